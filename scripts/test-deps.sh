@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# System tools the test suite and benchmarks drive for real (SSH server, load
+# generator, reference load balancer). Installed only when missing, so a
+# developer machine that already has them pays nothing.
+set -euo pipefail
+need=()
+command -v sshd >/dev/null 2>&1 || need+=(openssh-server)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+if ((${#need[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "test-deps: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2
+        exit 1
+    fi
+    echo "test-deps: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,7 @@
+"""kiln: immutable infrastructure for web apps.
+
+Bake an app into a content-addressed image, deploy it by launching fresh
+instances and discarding old ones, never patch anything in place.
+"""
+
+__version__ = "0.1.0"

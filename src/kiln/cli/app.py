@@ -1,0 +1,69 @@
+"""The ``kiln`` command group and what every subcommand shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from kiln import __version__
+from kiln.cli.output import err_console, report_error
+from kiln.config import LoadedConfig, load_config
+from kiln.errors import KilnError
+from kiln.home import Home
+
+
+@dataclass
+class State:
+    """Options given before the subcommand, resolved lazily."""
+
+    home_override: str | None = None
+    config_path: str | None = None
+    _home: Home | None = field(default=None, repr=False)
+    _config: LoadedConfig | None = field(default=None, repr=False)
+
+    def home(self) -> Home:
+        if self._home is None:
+            self._home = Home.resolve(self.home_override).ensure()
+        return self._home
+
+    def config(self) -> LoadedConfig:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+class KilnGroup(click.Group):
+    """Turns user errors into one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KilnError as exc:
+            report_error(exc)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            ctx.exit(130)
+
+
+@click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    "home",
+    metavar="PATH",
+    envvar="KILN_HOME",
+    help="State directory (default: $KILN_HOME or ~/.kiln).",
+)
+@click.option(
+    "-c", "--config", "config", metavar="PATH", help="kiln.toml to use (default: ./kiln.toml)."
+)
+@click.version_option(__version__, prog_name="kiln")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, config: str | None) -> None:
+    """Immutable infrastructure for web apps: bake images, deploy by replacement."""
+    ctx.obj = State(home_override=home, config_path=config)

@@ -1,0 +1,50 @@
+"""``kiln init`` and ``kiln config``: getting a kiln.toml right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kiln.cli.app import State, cli, pass_state
+from kiln.cli.output import console, emit_json
+from kiln.config import CONFIG_NAME, json_schema
+from kiln.errors import ConfigError
+from kiln.scaffold import render_config
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing kiln.toml.")
+@click.option("--name", help="App name (default: the directory's name).")
+def init(force: bool, name: str | None) -> None:
+    """Write a commented kiln.toml for the app in this directory."""
+    target = Path.cwd() / CONFIG_NAME
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists", hint="use --force to overwrite it")
+    text = render_config(Path.cwd(), name=name)
+    target.write_text(text, encoding="utf-8")
+    console.print(f"wrote {target}")
+    console.print("next: review it, then 'kiln bake' and 'kiln deploy'")
+
+
+@cli.group()
+def config() -> None:
+    """Inspect and validate kiln.toml."""
+
+
+@config.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of kiln.toml (for editors)."""
+    emit_json(json_schema())
+
+
+@config.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
+@pass_state
+def config_check(state: State, as_json: bool) -> None:
+    """Validate kiln.toml and show it with defaults filled in."""
+    loaded = state.config()
+    if as_json:
+        emit_json(loaded.config.model_dump(mode="json"))
+    else:
+        console.print(f"{loaded.path}: ok (app {loaded.config.app.name})")

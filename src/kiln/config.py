@@ -1,0 +1,460 @@
+"""kiln.toml: typed, validated, documented in one place.
+
+Field descriptions live on the models; ``docs/config.md`` and the JSON Schema
+(``kiln config schema``) are generated from them, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from kiln.durations import parse_duration
+from kiln.errors import ConfigError
+
+CONFIG_NAME = "kiln.toml"
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "duration: '500ms', '2s', '5m', '1h', '7d' or seconds",
+        }
+    ),
+]
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV = {"HOST", "PORT", "KILN_INSTANCE_ID", "KILN_IMAGE"}
+
+
+class Section(BaseModel):
+    """Strict base: unknown keys are errors, values are frozen once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class App(Section):
+    """The application: how to build it and how to run it."""
+
+    name: str = Field(
+        description="App name: lowercase letters, digits and dashes. Names images and fleets.",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+    )
+    run: str = Field(
+        description=(
+            "Command line that starts one instance, run through /bin/sh from the "
+            "instance's directory. It must listen on $HOST:$PORT."
+        ),
+    )
+    build: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Shell commands run in order in a scratch copy of the source at bake time, "
+            "e.g. 'pip install -r requirements.txt --target deps'."
+        ),
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="gitignore-style patterns left out of the image (in addition to .kilnignore).",
+    )
+    writable: list[str] = Field(
+        default_factory=list,
+        description=(
+            "gitignore-style paths an instance may change at run time (caches, tmp); "
+            "drift detection ignores them."
+        ),
+    )
+    python: str | None = Field(
+        default=None,
+        description=(
+            "Interpreter the image needs, e.g. 'python3.11'. Default: the interpreter "
+            "that baked it, recorded in the manifest."
+        ),
+    )
+
+    @field_validator("run")
+    @classmethod
+    def _run_is_a_command(cls, value: str) -> str:
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot parse the command line: {exc}") from exc
+        if not argv:
+            raise ValueError("the run command is empty: say how to start the app")
+        return value
+
+
+class Health(Section):
+    """Load-balancer health checks, with ALB semantics."""
+
+    path: str | None = Field(
+        default=None,
+        description="HTTP path probed with GET (2xx/3xx is healthy). Unset: a TCP connect check.",
+    )
+    interval: Duration = Field(default=1.0, gt=0, description="Time between two checks.")
+    timeout: Duration = Field(default=2.0, gt=0, description="A check slower than this fails.")
+    healthy_threshold: int = Field(
+        default=2, ge=1, description="Consecutive passes before an instance takes traffic."
+    )
+    unhealthy_threshold: int = Field(
+        default=3, ge=1, description="Consecutive failures before an instance is unhealthy."
+    )
+    grace: Duration = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "Time after start during which failed checks do not count: the app may still boot."
+        ),
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must start with '/', e.g. '/{value}'")
+        return value
+
+
+class Fleet(Section):
+    """How many instances serve the app and how deployments replace them."""
+
+    size: int = Field(default=2, ge=1, le=1000, description="Desired number of instances.")
+    strategy: Literal["rolling", "blue-green", "canary"] = Field(
+        default="rolling", description="Default deployment strategy."
+    )
+    max_surge: int = Field(
+        default=1, ge=0, description="Rolling: instances launched above the desired size."
+    )
+    max_unavailable: int = Field(
+        default=0, ge=0, description="Rolling: instances below the desired healthy capacity."
+    )
+    drain: Duration = Field(
+        default=10.0,
+        ge=0,
+        description="Longest wait for in-flight requests when an instance is deregistered.",
+    )
+    max_age: Duration | None = Field(
+        default=None,
+        gt=0,
+        description="Instances older than this are recycled (replaced from the same image).",
+    )
+    keep_images: int = Field(
+        default=5, ge=1, description="Images kept per app by 'kiln prune' (besides those in use)."
+    )
+    keep_warm: Duration = Field(
+        default=300.0,
+        ge=0,
+        description="Blue-green: how long the old fleet stays warm for instant rollback.",
+    )
+    progress_deadline: Duration = Field(
+        default=600.0, gt=0, description="A whole deployment must finish within this."
+    )
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> Fleet:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError(
+                "max_surge and max_unavailable cannot both be 0: a rolling deployment "
+                "could never replace an instance"
+            )
+        return self
+
+
+class Canary(Section):
+    """Canary deployments: a few new instances judged against the old fleet."""
+
+    instances: int = Field(default=1, ge=1, description="Canary instances launched.")
+    percent: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="Canary size as a percentage of the fleet (overrides 'instances').",
+    )
+    duration: Duration = Field(default=30.0, gt=0, description="How long canaries take traffic.")
+    max_error_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Highest 5xx rate allowed above the old fleet's (0.01 = 1 point).",
+    )
+    max_p99_ratio: float = Field(
+        default=1.5,
+        gt=0,
+        description="Highest canary p99 latency as a multiple of the old fleet's.",
+    )
+    min_requests: int = Field(
+        default=20, ge=0, description="Requests canaries must serve before they can be judged."
+    )
+
+
+_LISTEN = re.compile(r"^(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+class LocalProvider(Section):
+    """The local provider: this host, the agent's load balancer and processes."""
+
+    listen: str = Field(
+        default="127.0.0.1:8080", description="Address the fleet's load balancer listens on."
+    )
+    balance: Literal["least-outstanding", "round-robin"] = Field(
+        default="least-outstanding", description="How the load balancer picks an instance."
+    )
+    log_max_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=4096, description="Per-instance log size cap, in bytes."
+    )
+    stop_timeout: Duration = Field(
+        default=10.0, ge=0, description="Time between SIGTERM and SIGKILL when stopping."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        match = _LISTEN.match(value)
+        if not match or not 0 < int(match.group("port")) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT, e.g. '127.0.0.1:8080'")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+class AwsProvider(Section):
+    """The AWS provider: AMIs, Auto Scaling groups, an ALB target group."""
+
+    region: str | None = Field(default=None, description="AWS region. Default: $AWS_REGION.")
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint override (moto, LocalStack). Default: $AWS_ENDPOINT_URL.",
+    )
+    base_image: str = Field(
+        default="debian-12-amd64-*",
+        description="Base AMI: an 'ami-' id, or a name pattern resolved to the newest match.",
+    )
+    base_image_owner: str = Field(
+        default="136693071363", description="Owner account of base AMI name lookups (Debian)."
+    )
+    instance_type: str = Field(default="t3.micro", description="EC2 instance type.")
+    builder_instance_type: str = Field(
+        default="t3.small", description="Instance type of the temporary AMI builder."
+    )
+    ssh_user: str = Field(default="admin", description="SSH user of the base image.")
+    ssh_cidr: str | None = Field(
+        default=None,
+        description="CIDR allowed to SSH to the builder. Default: the caller's address /32.",
+    )
+    subnet_id: str | None = Field(default=None, description="Subnet for builders and instances.")
+    subnet_ids: list[str] = Field(
+        default_factory=list, description="Subnets of the Auto Scaling groups."
+    )
+    security_group_ids: list[str] = Field(
+        default_factory=list, description="Security groups of fleet instances."
+    )
+    target_group_arn: str | None = Field(
+        default=None, description="ALB target group the fleet serves behind."
+    )
+    instance_profile: str | None = Field(
+        default=None, description="Instance profile (role) fleet instances run with."
+    )
+    port: int = Field(default=3000, ge=1, le=65535, description="Port the app listens on.")
+    keep_server_groups: int = Field(
+        default=2, ge=1, description="Server groups kept (current + warm standbys)."
+    )
+    ssm_prefix: str | None = Field(
+        default=None,
+        description="SSM Parameter Store prefix secrets are read from at boot (/<app>/ default).",
+    )
+
+
+class Providers(Section):
+    local: LocalProvider = Field(default_factory=LocalProvider)
+    aws: AwsProvider | None = Field(default=None, description="Set to enable the AWS provider.")
+
+
+SecretRef = Annotated[
+    str,
+    Field(
+        pattern=r"^(env|file|ssm):.+$",
+        description="Where the value comes from at launch: 'env:VAR', 'file:/path' or 'ssm:/name'.",
+    ),
+]
+
+
+class Config(Section):
+    """A whole kiln.toml."""
+
+    app: App
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment baked into the image: part of its identity.",
+    )
+    secrets: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description=(
+            "Environment resolved at launch, never stored: NAME = 'env:VAR' | 'file:/path'."
+        ),
+    )
+    health: Health = Field(default_factory=Health)
+    fleet: Fleet = Field(default_factory=Fleet)
+    canary: Canary = Field(default_factory=Canary)
+    provider: Providers = Field(default_factory=Providers)
+
+    @field_validator("env", "secrets")
+    @classmethod
+    def _names_are_env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+            if name in _RESERVED_ENV:
+                raise ValueError(f"{name} is set by kiln for every instance; choose another name")
+        return value
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> Config:
+        both = sorted(set(self.env) & set(self.secrets))
+        if both:
+            raise ValueError(f"{', '.join(both)} set in both [env] and [secrets]; keep one")
+        return self
+
+
+class LoadedConfig(BaseModel):
+    """A validated config and where it came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    config: Config
+    path: Path
+
+    @property
+    def root(self) -> Path:
+        """The app's source directory: the config file's directory."""
+        return self.path.parent
+
+
+def find_config(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
+    """The config to use: ``-c PATH`` or ``kiln.toml`` in the current directory."""
+    if explicit is not None:
+        path = Path(explicit)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+    else:
+        path = (cwd or Path.cwd()) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(
+            f"no {CONFIG_NAME} at {path}",
+            hint="run 'kiln init' in your app's directory, or pass -c PATH",
+        )
+    return path.absolute()
+
+
+def load_config(explicit: str | Path | None = None, cwd: Path | None = None) -> LoadedConfig:
+    path = find_config(explicit, cwd)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    return LoadedConfig(config=parse_config(text, source=str(path)), path=path)
+
+
+def parse_config(text: str, source: str = CONFIG_NAME) -> Config:
+    """Parse and validate; every failure is one ConfigError naming the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: malformed TOML: {exc}") from exc
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from exc
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [_describe_one(err) for err in exc.errors()]
+    if len(lines) == 1:
+        return f"{source}: {lines[0]}"
+    return f"{source}: {len(lines)} problems:\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+def _describe_one(err: Any) -> str:
+    loc = [str(part) for part in err["loc"]]
+    where = _key_path(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        guess = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+        suggestion = f" (did you mean '{guess[0]}'?)" if guess else ""
+        valid = f"; valid keys: {', '.join(sorted(known))}" if known and not guess else ""
+        return f"{where}: unknown key{suggestion}{valid}"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    message = str(err["msg"])
+    message = message.removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch" and loc[-1] == "name":
+        message = "must be lowercase letters, digits and dashes, e.g. 'my-app'"
+    return f"{where}: {message}"
+
+
+def _key_path(loc: list[str]) -> str:
+    """('health', 'interval') -> '[health] interval'; the TOML a user would edit."""
+    if not loc:
+        return "(top level)"
+    tables = {"app", "health", "fleet", "canary"}
+    if loc[0] == "provider" and len(loc) >= 3:
+        return f"[provider.{loc[1]}] {'.'.join(loc[2:])}"
+    if loc[0] in tables | {"env", "secrets"} and len(loc) >= 2:
+        return f"[{loc[0]}] {'.'.join(loc[1:])}"
+    return ".".join(loc)
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None:
+            return []
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    return list(model.model_fields) if model else []
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found:
+            return found
+    return None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema for editors (taplo, Even Better TOML)."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "kiln.toml"
+    return schema

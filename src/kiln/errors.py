@@ -1,0 +1,93 @@
+"""Every error a user can cause, in one place.
+
+The CLI turns a ``KilnError`` into one line (plus an optional hint) and its
+``exit_code``; anything else is a bug and keeps its traceback.
+
+    KilnError
+    ├── ConfigError            kiln.toml missing, malformed or invalid
+    ├── HomeError              KILN_HOME unusable
+    ├── StoreError             image store problems
+    │   ├── ImageNotFound
+    │   └── CorruptObject      an object no longer matches its hash
+    ├── BuildError             a bake step failed
+    ├── AgentError             the local agent cannot be reached or refused
+    ├── ProviderError          a provider could not do what was asked
+    │   └── InstanceNotFound
+    ├── DeployError            a deployment could not proceed
+    │   ├── GateFailed         a health/progress/canary gate tripped
+    │   ├── LockHeld           another deployment holds the fleet's lock
+    │   └── FleetNotFound
+    └── AwsError               AWS refused or failed (credentials, permissions)
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base class: a failure the user can understand and act on."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(KilnError):
+    exit_code = 2
+
+
+class HomeError(KilnError):
+    exit_code = 2
+
+
+class StoreError(KilnError):
+    pass
+
+
+class ImageNotFound(StoreError):
+    pass
+
+
+class CorruptObject(StoreError):
+    exit_code = 3
+
+
+class BuildError(KilnError):
+    pass
+
+
+class AgentError(KilnError):
+    pass
+
+
+class ProviderError(KilnError):
+    pass
+
+
+class InstanceNotFound(ProviderError):
+    pass
+
+
+class DeployError(KilnError):
+    pass
+
+
+class GateFailed(DeployError):
+    exit_code = 4
+
+
+class LockHeld(DeployError):
+    exit_code = 5
+
+
+class FleetNotFound(DeployError):
+    pass
+
+
+class AwsError(KilnError):
+    pass

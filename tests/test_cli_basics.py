@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import REPO, Kiln
+from kiln.cli.docgen import generated
+
+
+def test_init_writes_a_valid_config(kiln: Kiln) -> None:
+    (kiln.cwd / "app.py").write_text("print('hi')\n")
+    (kiln.cwd / "requirements.txt").write_text("")
+    kiln("init", "--name", "shop")
+    text = (kiln.cwd / "kiln.toml").read_text()
+    assert 'run = "python3 app.py"' in text and "requirements.txt" in text
+    assert "ok (app shop)" in kiln("config", "check").stdout
+
+
+def test_init_refuses_to_overwrite(kiln: Kiln) -> None:
+    kiln("init")
+    result = kiln("init", ok=False)
+    assert result.exit_code == 2
+    assert "already exists" in result.stderr and "--force" in result.stderr
+    kiln("init", "--force")
+
+
+def test_bad_config_is_one_line_not_a_traceback(kiln: Kiln) -> None:
+    (kiln.cwd / "kiln.toml").write_text('[app]\nname = "a"\nrun = "x"\n[health]\npaht = "/"\n')
+    result = kiln("config", "check", ok=False)
+    assert result.exit_code == 2
+    assert "[health] paht: unknown key (did you mean 'path'?)" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_config_schema_command(kiln: Kiln) -> None:
+    schema = json.loads(kiln("config", "schema").stdout)
+    assert schema["title"] == "kiln.toml"
+
+
+def test_generated_docs_are_fresh() -> None:
+    for name, text in generated().items():
+        committed = (REPO / "docs" / name).read_text()
+        assert committed == text, f"docs/{name} is stale: run 'make docs'"
+
+
+def test_core_never_imports_the_cli_layer() -> None:
+    """The library must stay usable without click/rich (STYLE.md rule 1)."""
+    offenders = []
+    for path in (REPO / "src" / "kiln").rglob("*.py"):
+        if "cli" in path.relative_to(REPO / "src" / "kiln").parts:
+            continue
+        text = path.read_text()
+        for banned in ("import click", "from click", "import rich", "from rich", "kiln.cli"):
+            if banned in text:
+                offenders.append(f"{path.name}: {banned}")
+    assert offenders == []
+
+
+def test_unwritable_home_is_a_clear_error(kiln: Kiln, tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    kiln("init")
+    import pytest
+
+    from kiln.errors import HomeError
+    from kiln.home import Home
+
+    with pytest.raises(HomeError) as info:
+        Home.resolve(blocked / "home").ensure()
+    assert "is not usable" in str(info.value)

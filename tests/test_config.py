@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kiln.config import json_schema, load_config, parse_config
+from kiln.durations import format_duration, parse_duration
+from kiln.errors import ConfigError
+
+MINIMAL = '[app]\nname = "shop"\nrun = "python3 app.py"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("2s", 2), ("5m", 300), ("7d", 604800), ("1m30s", 90), (3, 3), ("1.5", 1.5)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "5 parsecs", "-1", "s", "2x", True, [1]])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format_duration_round_trips_common_values() -> None:
+    for text in ("500ms", "2s", "5m", "1h", "7d"):
+        assert parse_duration(format_duration(parse_duration(text))) == parse_duration(text)
+
+
+def test_minimal_config_gets_sane_defaults() -> None:
+    config = parse_config(MINIMAL)
+    assert config.fleet.size == 2
+    assert config.fleet.max_surge == 1 and config.fleet.max_unavailable == 0
+    assert config.provider.local.listen == "127.0.0.1:8080"
+    assert config.health.path is None
+
+
+def test_full_config() -> None:
+    config = parse_config(
+        MINIMAL
+        + '[env]\nLOG = "info"\n[secrets]\nDB = "env:DATABASE_URL"\n'
+        + '[health]\npath = "/health"\ninterval = "500ms"\n'
+        + '[fleet]\nsize = 3\nmax_age = "7d"\n[provider.local]\nlisten = "127.0.0.1:9000"\n'
+    )
+    assert config.env == {"LOG": "info"}
+    assert config.health.interval == 0.5
+    assert config.fleet.max_age == 604800
+    assert config.provider.local.port == 9000
+
+
+def _error(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="kiln.toml")
+    return str(info.value)
+
+
+def test_typo_suggests_the_key() -> None:
+    message = _error(MINIMAL + "[health]\nintervall = 3\n")
+    assert message == "kiln.toml: [health] intervall: unknown key (did you mean 'interval'?)"
+
+
+def test_unknown_section_lists_valid_keys() -> None:
+    message = _error(MINIMAL + "[zzz]\nx = 1\n")
+    assert "zzz: unknown key" in message and "valid keys:" in message and "fleet" in message
+
+
+def test_bad_duration_names_the_key() -> None:
+    assert "[fleet] drain: '5 parsecs' is not a duration" in _error(
+        MINIMAL + '[fleet]\ndrain = "5 parsecs"\n'
+    )
+
+
+def test_empty_run_command() -> None:
+    assert "[app] run: the run command is empty" in _error('[app]\nname = "a"\nrun = "  "\n')
+
+
+def test_missing_app_section() -> None:
+    assert "app: required key is missing" in _error("[fleet]\nsize = 2\n")
+
+
+def test_malformed_toml_shows_the_line() -> None:
+    assert "line 2" in _error('[app]\nname = "a\n')
+
+
+def test_reserved_and_duplicated_env() -> None:
+    assert "PORT is set by kiln" in _error(MINIMAL + '[env]\nPORT = "1"\n')
+    assert "set in both [env] and [secrets]" in _error(
+        MINIMAL + '[env]\nDB = "x"\n[secrets]\nDB = "env:DB"\n'
+    )
+
+
+def test_secret_reference_syntax() -> None:
+    assert "[secrets] DB" in _error(MINIMAL + '[secrets]\nDB = "plaintext"\n')
+
+
+def test_rolling_must_be_able_to_progress() -> None:
+    assert "cannot both be 0" in _error(MINIMAL + "[fleet]\nmax_surge = 0\n")
+
+
+def test_bad_listen_address() -> None:
+    assert "is not HOST:PORT" in _error(MINIMAL + '[provider.local]\nlisten = "8080"\n')
+
+
+def test_missing_config_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(cwd=tmp_path)
+    assert "kiln init" in (info.value.hint or "")
+
+
+def test_schema_is_valid_json_schema() -> None:
+    import jsonschema
+
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert "app" in schema["required"]
+    json.dumps(schema)
