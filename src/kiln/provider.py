@@ -1,0 +1,114 @@
+"""The seam between the deploy engine and where instances run.
+
+A fleet is a set of *server groups*, one per image, each with a desired
+count: exactly an Auto Scaling group per release on AWS, and the agent's
+self-healing target locally. The engine changes those counts and the load
+balancer membership; the provider keeps reality matching them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+
+class InstanceState(StrEnum):
+    PENDING = "pending"  # launched, process/VM not up yet
+    RUNNING = "running"  # up, not yet proven healthy
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    DRAINING = "draining"  # out of rotation, finishing in-flight requests
+    TERMINATED = "terminated"
+    FAILED = "failed"  # exited or never became healthy; will not serve
+
+
+LIVE_STATES = frozenset(
+    {
+        InstanceState.PENDING,
+        InstanceState.RUNNING,
+        InstanceState.HEALTHY,
+        InstanceState.UNHEALTHY,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    fleet: str
+    image: str
+    state: InstanceState
+    launched_at: float
+    address: str | None = None
+    in_service: bool = False  # registered with the load balancer
+    exit_status: int | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)  # provider-specific (pid, az...)
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is InstanceState.HEALTHY
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """What a provider observes of one fleet right now."""
+
+    name: str
+    endpoint: str | None
+    groups: Mapping[str, int]  # image id -> desired instance count
+    instances: tuple[Instance, ...]
+
+    def live(self, image: str | None = None) -> list[Instance]:
+        return [i for i in self.instances if i.live and (image is None or i.image == image)]
+
+    def serving(self) -> list[Instance]:
+        return [i for i in self.instances if i.healthy and i.in_service]
+
+
+@dataclass(frozen=True)
+class InstanceStats:
+    """Load-balancer counters for one instance, read by the canary gate."""
+
+    requests: int = 0
+    errors: int = 0  # 5xx answers and failed upstream attempts
+    p99_seconds: float | None = None
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Everything the engine needs from a provider; keep it this small."""
+
+    name: str
+
+    def describe(self, fleet: str) -> FleetState:
+        """Observe the fleet; an unknown fleet is an empty one."""
+        ...
+
+    def launch(self, fleet: str, image: str, count: int, *, in_service: bool = True) -> list[str]:
+        """Raise the image's group by ``count``; return the new instance ids.
+
+        ``in_service=False`` keeps them out of the load balancer (blue-green).
+        """
+        ...
+
+    def set_in_service(self, fleet: str, add: Sequence[str], remove: Sequence[str]) -> None:
+        """Change load-balancer membership in one step; removed ones drain."""
+        ...
+
+    def terminate(self, fleet: str, ids: Sequence[str]) -> None:
+        """Drain, stop and forget these instances, lowering their group's count."""
+        ...
+
+    def image_exists(self, image: str) -> bool: ...
+
+    def log_tail(self, instance: str, lines: int = 20) -> str: ...
+
+    def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
+        """Per-instance counters since launch."""
+        ...
