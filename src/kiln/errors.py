@@ -17,7 +17,8 @@ The CLI turns a ``KilnError`` into one line (plus an optional hint) and its
     │   ├── GateFailed         a health/progress/canary gate tripped
     │   ├── LockHeld           another deployment holds the fleet's lock
     │   └── FleetNotFound
-    └── AwsError               AWS refused or failed (credentials, permissions)
+    ├── AwsError               AWS refused or failed (credentials, permissions)
+    └── CiError                a CI pipeline cannot be written as asked
 """
 
 from __future__ import annotations
@@ -90,4 +91,8 @@ class FleetNotFound(DeployError):
 
 
 class AwsError(KilnError):
+    pass
+
+
+class CiError(KilnError):
     pass
