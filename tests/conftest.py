@@ -7,12 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from kiln.cli import cli
 from kiln.home import Home
-
-REPO = Path(__file__).resolve().parents[1]
+from kilntest import Kiln
 
 
 @pytest.fixture(autouse=True)
@@ -30,28 +27,6 @@ def _isolated_home(
 @pytest.fixture
 def home() -> Home:
     return Home.resolve(os.environ["KILN_HOME"]).ensure()
-
-
-class Kiln:
-    """Runs the real CLI in-process, from a chosen directory."""
-
-    def __init__(self, cwd: Path) -> None:
-        self.cwd = cwd
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, ok: bool = True, input: str | None = None) -> Result:
-        old = Path.cwd()
-        os.chdir(self.cwd)
-        try:
-            result = self.runner.invoke(cli, list(args), input=input, catch_exceptions=False)
-        finally:
-            os.chdir(old)
-        if ok and result.exit_code != 0:
-            raise AssertionError(
-                f"kiln {' '.join(args)} exited {result.exit_code}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-            )
-        return result
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import REPO, Kiln
 from kiln.cli.docgen import generated
+from kilntest import REPO, Kiln
 
 
 def test_init_writes_a_valid_config(kiln: Kiln) -> None:

@@ -1,0 +1,351 @@
+"""Bake: turn an app directory into an image in the store.
+
+Same inputs, same digest. A stat-keyed source index (like git's) means an
+unchanged app is recognised without re-reading it, and a one-file change
+reads and stores one file (plus a copy when there are build steps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kiln.config import LoadedConfig
+from kiln.errors import BuildError
+from kiln.home import Home
+from kiln.ignore import SourceEntry, load_spec, walk
+from kiln.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, file_sha256, short_id
+
+WORKERS = min(8, (os.cpu_count() or 2) * 2)
+RACY_NS = 100_000_000  # files touched this recently are re-hashed next time
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    image: str
+    digest: str
+    app: str
+    files: int
+    bytes: int
+    reused: bool
+    seconds: float
+    commit: str | None = None
+    dirty: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class BakeProgress:
+    """Hooks the CLI overrides to show progress; the library stays silent."""
+
+    def step(self, index: int, total: int, command: str) -> None: ...
+
+    def output(self, line: str) -> None: ...
+
+    def files(self, done: int, total: int) -> None: ...
+
+
+def bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None = None) -> BakeResult:
+    progress = progress or BakeProgress()
+    started = time.monotonic()
+    app = loaded.config.app
+    root = loaded.root
+    store = Store(home)
+    clean_tmp(home)
+    with store.writing():
+        spec = load_spec(root, [*app.exclude, f"/{loaded.path.name}"])
+        entries = list(walk(root, spec))
+        if not any(e.kind == "file" for e in entries):
+            raise BuildError(
+                f"no source files in {root}", hint="check [app] exclude and .kilnignore"
+            )
+        index = SourceIndex(home, app.name)
+        hashes = index.hash_all(root, entries, progress)
+        key = _cache_key(loaded, entries, hashes)
+        cached = _cache_get(home, key)
+        if cached is not None and store.exists(cached):
+            record = store.get(cached)
+            index.save()
+            return _result(record.digest, record.manifest, True, started, record.meta)
+        if app.build:
+            manifest = _bake_with_build(loaded, home, store, entries, hashes, progress)
+        else:
+            manifest = _commit_tree(loaded, store, root, entries, hashes, progress)
+        commit, dirty = git_state(root)
+        meta = {
+            "created": time.time(),
+            "commit": commit,
+            "dirty": dirty,
+            "seconds": round(time.monotonic() - started, 3),
+            "source": str(root),
+        }
+        record = store.add_image(manifest, meta)
+        _cache_put(home, key, record.digest)
+        index.save()
+    return _result(record.digest, manifest, False, started, record.meta)
+
+
+def _result(
+    digest: str, manifest: Manifest, reused: bool, started: float, meta: dict[str, Any]
+) -> BakeResult:
+    return BakeResult(
+        image=short_id(digest),
+        digest=digest,
+        app=manifest.app,
+        files=len(manifest.files),
+        bytes=manifest.size,
+        reused=reused,
+        seconds=round(time.monotonic() - started, 3),
+        commit=meta.get("commit"),
+        dirty=meta.get("dirty"),
+    )
+
+
+def _manifest(
+    loaded: LoadedConfig, files: list[FileEntry], links: list[LinkEntry], dirs: list[str]
+) -> Manifest:
+    cfg = loaded.config
+    return Manifest(
+        app=cfg.app.name,
+        run=cfg.app.run,
+        env=dict(cfg.env),
+        python=interpreter(loaded),
+        files=tuple(sorted(files, key=lambda f: f.path)),
+        links=tuple(sorted(links, key=lambda link: link.path)),
+        dirs=tuple(sorted(dirs)),
+    )
+
+
+def interpreter(loaded: LoadedConfig) -> str:
+    return loaded.config.app.python or f"python{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _commit_tree(
+    loaded: LoadedConfig,
+    store: Store,
+    root: Path,
+    entries: list[SourceEntry],
+    hashes: dict[str, str],
+    progress: BakeProgress,
+) -> Manifest:
+    """Store every file of a finished tree; known hashes skip stored objects."""
+    files = [e for e in entries if e.kind == "file"]
+    links = [_link(root, e) for e in entries if e.kind == "link"]
+    dirs = [e.path for e in entries if e.kind == "dir"]
+
+    def put(entry: SourceEntry) -> FileEntry:
+        sha, size = store.put_file(root / entry.path, hashes.get(entry.path))
+        return FileEntry(entry.path, entry.mode, size, sha)
+
+    stored = _parallel(put, files, progress)
+    return _manifest(loaded, stored, links, dirs)
+
+
+def _link(root: Path, entry: SourceEntry) -> LinkEntry:
+    target = PurePosixPath(entry.target)
+    resolved = os.path.normpath(PurePosixPath(entry.path).parent / target)
+    if target.is_absolute() or resolved.startswith(".."):
+        raise BuildError(
+            f"symlink {entry.path} -> {entry.target} points outside the app",
+            hint="images must be relocatable: use a relative link inside the app, or exclude it",
+        )
+    return LinkEntry(entry.path, entry.target)
+
+
+def _bake_with_build(
+    loaded: LoadedConfig,
+    home: Home,
+    store: Store,
+    entries: list[SourceEntry],
+    hashes: dict[str, str],
+    progress: BakeProgress,
+) -> Manifest:
+    scratch = home.tmp / f"bake-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        _copy_source(loaded.root, scratch, entries)
+        _run_steps(loaded, scratch, progress)
+        spec = load_spec(scratch, [*loaded.config.app.exclude, f"/{loaded.path.name}"])
+        built = list(walk(scratch, spec))
+        source = {e.path: e for e in entries if e.kind == "file"}
+        known = {
+            e.path: hashes[e.path]
+            for e in built
+            if e.kind == "file"
+            and (s := source.get(e.path)) is not None
+            and (s.size, s.mtime_ns) == (e.size, e.mtime_ns)
+        }
+        return _commit_tree(loaded, store, scratch, built, known, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _copy_source(root: Path, scratch: Path, entries: list[SourceEntry]) -> None:
+    scratch.mkdir(parents=True)
+    for entry in entries:
+        target = scratch / entry.path
+        if entry.kind == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if entry.kind == "link":
+            target.symlink_to(entry.target)
+        else:
+            shutil.copy2(root / entry.path, target)
+
+
+def _run_steps(loaded: LoadedConfig, scratch: Path, progress: BakeProgress) -> None:
+    steps = loaded.config.app.build
+    env = {**os.environ, **loaded.config.env, "KILN_BUILD": "1"}
+    for number, command in enumerate(steps, 1):
+        progress.step(number, len(steps), command)
+        tail: deque[str] = deque(maxlen=30)
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=scratch,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                tail.append(line.rstrip("\n"))
+                progress.output(line.rstrip("\n"))
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if code != 0:
+            shown = "\n".join(f"  | {line}" for line in tail) or "  | (no output)"
+            raise BuildError(
+                f"build step {number}/{len(steps)} failed with exit code {code}: "
+                f"{command}\n{shown}",
+                hint="fix the step and bake again; nothing was stored",
+            )
+
+
+def _parallel(
+    fn: Callable[[SourceEntry], Any], items: list[SourceEntry], progress: BakeProgress
+) -> list[Any]:
+    total = len(items)
+    results: list[Any] = []
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for done, result in enumerate(pool.map(fn, items), 1):
+            results.append(result)
+            if done % 250 == 0 or done == total:
+                progress.files(done, total)
+    return results
+
+
+class SourceIndex:
+    """sha256 of source files keyed by their stat, so unchanged files are not re-read."""
+
+    def __init__(self, home: Home, app: str) -> None:
+        self.path = home.root / "cache" / f"index-{app}.json"
+        self.entries: dict[str, list[Any]] = {}
+        try:
+            self.entries = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.fresh: dict[str, list[Any]] = {}
+
+    def hash_all(
+        self, root: Path, entries: Iterable[SourceEntry], progress: BakeProgress
+    ) -> dict[str, str]:
+        now = time.time_ns()
+        hashes: dict[str, str] = {}
+        todo: list[SourceEntry] = []
+        for e in entries:
+            if e.kind != "file":
+                continue
+            cached = self.entries.get(e.path)
+            if cached and cached[:4] == [e.size, e.mtime_ns, e.ctime_ns, e.ino]:
+                hashes[e.path] = cached[4]
+                self.fresh[e.path] = cached
+            else:
+                todo.append(e)
+
+        def one(e: SourceEntry) -> tuple[SourceEntry, str]:
+            return e, file_sha256(root / e.path)
+
+        for e, sha in _parallel(one, todo, progress) if todo else []:
+            hashes[e.path] = sha
+            if e.mtime_ns < now - RACY_NS and e.ctime_ns < now - RACY_NS:
+                self.fresh[e.path] = [e.size, e.mtime_ns, e.ctime_ns, e.ino, sha]
+        return hashes
+
+    def save(self) -> None:
+        self.path.parent.mkdir(exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.fresh, separators=(",", ":")))
+        tmp.replace(self.path)
+
+
+def _cache_key(loaded: LoadedConfig, entries: list[SourceEntry], hashes: dict[str, str]) -> str:
+    cfg = loaded.config
+    doc = {
+        "app": cfg.app.name,
+        "run": cfg.app.run,
+        "build": cfg.app.build,
+        "exclude": cfg.app.exclude,
+        "env": cfg.env,
+        "python": interpreter(loaded),
+        "tree": [[e.path, e.kind, e.mode, hashes.get(e.path, e.target)] for e in entries],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_get(home: Home, key: str) -> str | None:
+    path = home.root / "cache" / "bake" / key
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _cache_put(home: Home, key: str, digest: str) -> None:
+    path = home.root / "cache" / "bake" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{key}.{os.getpid()}.tmp")
+    tmp.write_text(digest)
+    tmp.replace(path)
+
+
+def git_state(root: Path) -> tuple[str | None, bool | None]:
+    """The commit the source is at and whether it has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if head.returncode != 0:
+            return None, None
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+    return head.stdout.strip(), bool(status.stdout.strip())

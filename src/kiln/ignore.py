@@ -1,0 +1,96 @@
+"""Which files of an app directory make up its source."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pathspec
+
+# kiln.toml stays out: fleet settings (size, strategy) must not change the image.
+ALWAYS_EXCLUDED = (".git/", ".kiln/", ".hg/", ".svn/", "/kiln.toml", "/.kilnignore")
+IGNORE_FILE = ".kilnignore"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntry:
+    """One path of the tree, with the stat data the bake cache keys on."""
+
+    path: str  # relative, '/'-separated
+    kind: str  # "file" | "link" | "dir"
+    mode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    target: str = ""  # for links
+
+
+def load_spec(root: Path, patterns: Sequence[str]) -> pathspec.PathSpec[Any]:
+    lines = list(ALWAYS_EXCLUDED)
+    ignore_file = root / IGNORE_FILE
+    if ignore_file.is_file():
+        lines += ignore_file.read_text(encoding="utf-8").splitlines()
+    lines += list(patterns)
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def walk(root: Path, spec: pathspec.PathSpec[Any] | None = None) -> Iterator[SourceEntry]:
+    """Every file, symlink and empty directory under root not matched by spec.
+
+    Directories are pruned as soon as they match, so a huge excluded
+    node_modules costs nothing.
+    """
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        base = root / rel_dir if rel_dir else root
+        try:
+            entries = sorted(os.scandir(base), key=lambda e: e.name)
+        except OSError:
+            continue
+        kept = 0
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                if spec is not None and spec.match_file(rel + "/"):
+                    continue
+                stack.append(rel)
+                kept += 1
+                continue
+            if spec is not None and spec.match_file(rel):
+                continue
+            kept += 1
+            if stat.S_ISLNK(st.st_mode):
+                yield SourceEntry(
+                    rel,
+                    "link",
+                    0o777,
+                    0,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_ino,
+                    str(Path(entry.path).readlink()),
+                )
+            elif stat.S_ISREG(st.st_mode):
+                yield SourceEntry(
+                    rel,
+                    "file",
+                    _normal_mode(st.st_mode),
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_ino,
+                )
+        if kept == 0 and rel_dir:
+            yield SourceEntry(rel_dir, "dir", 0o755, 0, 0, 0, 0)
+
+
+def _normal_mode(mode: int) -> int:
+    """Only the executable bit matters; umask differences must not change digests."""
+    return 0o755 if mode & 0o111 else 0o644

@@ -1,0 +1,418 @@
+"""The local image store: content-addressed objects and image manifests.
+
+Layout under ``KILN_HOME/store``::
+
+    objects/ab/cdef...    one file per distinct content, named by its sha256,
+                          read-only once written (written to tmp, then renamed)
+    images/<hex>.json     canonical manifest; its sha256 is the image digest
+    meta/<hex>.json       when/where it was baked: not part of its identity
+    gc.lock               bakes hold it shared, garbage collection exclusive
+
+An image exists once its manifest exists, and the manifest is written last,
+so an interrupted bake leaves at most unreferenced objects, never an image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from kiln.errors import CorruptObject, ImageNotFound, StoreError
+from kiln.home import Home
+
+CHUNK = 1 << 20
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str
+    mode: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEntry:
+    path: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything that makes an image what it is, and nothing else."""
+
+    app: str
+    run: str
+    env: dict[str, str]
+    python: str
+    files: tuple[FileEntry, ...]
+    links: tuple[LinkEntry, ...] = ()
+    dirs: tuple[str, ...] = ()
+
+    def canonical(self) -> bytes:
+        doc = {
+            "format": FORMAT,
+            "app": self.app,
+            "run": self.run,
+            "env": dict(sorted(self.env.items())),
+            "python": self.python,
+            "files": [[f.path, f.mode, f.size, f.sha256] for f in self.files],
+            "links": [[link.path, link.target] for link in self.links],
+            "dirs": list(self.dirs),
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.canonical()).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Manifest:
+        doc = json.loads(raw)
+        if doc.get("format") != FORMAT:
+            raise StoreError(f"image manifest format {doc.get('format')} is not supported")
+        return cls(
+            app=doc["app"],
+            run=doc["run"],
+            env=doc["env"],
+            python=doc["python"],
+            files=tuple(FileEntry(*f) for f in doc["files"]),
+            links=tuple(LinkEntry(*link) for link in doc["links"]),
+            dirs=tuple(doc["dirs"]),
+        )
+
+
+def short_id(digest: str) -> str:
+    return "img-" + digest.removeprefix("sha256:")[:12]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    digest: str
+    manifest: Manifest
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return short_id(self.digest)
+
+    @property
+    def app(self) -> str:
+        return self.manifest.app
+
+    @property
+    def created(self) -> float:
+        return float(self.meta.get("created", 0.0))
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON shape `kiln images --json` and `kiln image show` print."""
+        return {
+            "image": self.id,
+            "digest": self.digest,
+            "app": self.app,
+            "created": self.created,
+            "files": len(self.manifest.files),
+            "bytes": self.manifest.size,
+            "commit": self.meta.get("commit"),
+            "dirty": self.meta.get("dirty"),
+            "bake_seconds": self.meta.get("seconds"),
+            "python": self.manifest.python,
+        }
+
+
+def file_sha256(path: Path) -> str:
+    """Streaming hash: memory stays flat whatever the file size."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Store:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.root = home.store
+        self.objects = self.root / "objects"
+        self.images = self.root / "images"
+        self.meta = self.root / "meta"
+        for d in (self.objects, self.images, self.meta):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # objects -----------------------------------------------------------
+
+    def object_path(self, sha256: str) -> Path:
+        return self.objects / sha256[:2] / sha256[2:]
+
+    def has_object(self, sha256: str) -> bool:
+        return self.object_path(sha256).exists()
+
+    def put_file(self, source: Path, expected: str | None = None) -> tuple[str, int]:
+        """Copy a file in, hashing as it streams; returns (sha256, size).
+
+        When ``expected`` is given and already stored, nothing is read.
+        """
+        if expected is not None and self.has_object(expected):
+            return expected, self.object_path(expected).stat().st_size
+        h = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=self.home.tmp, prefix=f"obj-{os.getpid()}-")
+        try:
+            with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+            digest = h.hexdigest()
+            self._commit_object(Path(tmp), digest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest, size
+
+    def _commit_object(self, tmp: Path, digest: str) -> None:
+        target = self.object_path(digest)
+        if target.exists():
+            tmp.unlink()
+            return
+        target.parent.mkdir(exist_ok=True)
+        tmp.chmod(0o444)
+        tmp.replace(target)
+
+    # images ------------------------------------------------------------
+
+    def add_image(self, manifest: Manifest, meta: dict[str, Any]) -> ImageRecord:
+        """Record an image whose objects are all stored; idempotent."""
+        missing = [f.path for f in manifest.files if not self.has_object(f.sha256)]
+        if missing:
+            raise StoreError(f"cannot record image: {len(missing)} objects missing ({missing[0]})")
+        digest = manifest.digest
+        hexd = digest.removeprefix("sha256:")
+        meta_path = self.meta / f"{hexd}.json"
+        if not meta_path.exists():
+            _atomic_write(meta_path, json.dumps(meta, sort_keys=True).encode(), self.home.tmp)
+        manifest_path = self.images / f"{hexd}.json"
+        if not manifest_path.exists():
+            _atomic_write(manifest_path, manifest.canonical(), self.home.tmp)
+        return self.get(digest)
+
+    def get(self, ref: str) -> ImageRecord:
+        """Look an image up by 'img-<12hex>', 'sha256:<hex>' or a unique hex prefix."""
+        prefix = ref.removeprefix("img-").removeprefix("sha256:").lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise ImageNotFound(
+                f"{ref!r} is not an image id", hint="image ids look like img-3f2a9c1d0b7e"
+            )
+        matches = sorted(p for p in self.images.glob(f"{prefix}*.json"))
+        if not matches:
+            raise ImageNotFound(f"no image {ref} in {self.root}", hint="see 'kiln images'")
+        if len(matches) > 1:
+            raise ImageNotFound(f"{ref} is ambiguous: {len(matches)} images match")
+        return self._load(matches[0])
+
+    def exists(self, ref: str) -> bool:
+        try:
+            self.get(ref)
+        except ImageNotFound:
+            return False
+        return True
+
+    def _load(self, manifest_path: Path) -> ImageRecord:
+        hexd = manifest_path.stem
+        raw = manifest_path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != hexd:
+            raise CorruptObject(
+                f"image manifest {manifest_path} does not match its digest",
+                hint="the store was modified by hand; delete that file and bake again",
+            )
+        meta_path = self.meta / f"{hexd}.json"
+        meta = json.loads(meta_path.read_bytes()) if meta_path.exists() else {}
+        return ImageRecord(digest="sha256:" + hexd, manifest=Manifest.parse(raw), meta=meta)
+
+    def list_images(self, app: str | None = None) -> list[ImageRecord]:
+        """Images, newest first."""
+        records = [self._load(p) for p in self.images.glob("*.json")]
+        if app is not None:
+            records = [r for r in records if r.app == app]
+        return sorted(records, key=lambda r: r.created, reverse=True)
+
+    # reading images back -----------------------------------------------
+
+    def verify(self, ref: str) -> list[str]:
+        """Re-hash every object of an image; the paths whose content is wrong."""
+        record = self.get(ref)
+        bad: list[str] = []
+        checked: dict[str, bool] = {}
+        for entry in record.manifest.files:
+            if entry.sha256 not in checked:
+                path = self.object_path(entry.sha256)
+                checked[entry.sha256] = path.exists() and file_sha256(path) == entry.sha256
+            if not checked[entry.sha256]:
+                bad.append(entry.path)
+        return bad
+
+    def materialize(self, ref: str, dest: Path) -> Manifest:
+        """Write an image's tree into a new directory, verifying every object.
+
+        Files are private copies, never links into the store, so nothing an
+        instance does can alter the store or another instance.
+        """
+        record = self.get(ref)
+        manifest = record.manifest
+        dest.mkdir(parents=True, exist_ok=False)
+        try:
+            for d in manifest.dirs:
+                (dest / d).mkdir(parents=True, exist_ok=True)
+            for entry in manifest.files:
+                self._copy_verified(entry, dest / entry.path)
+            for link in manifest.links:
+                target = dest / link.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(link.target)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        return manifest
+
+    def _copy_verified(self, entry: FileEntry, target: Path) -> None:
+        source = self.object_path(entry.sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        try:
+            with source.open("rb") as src, target.open("wb") as dst:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+        except FileNotFoundError as exc:
+            raise CorruptObject(
+                f"object for {entry.path} is missing from the store",
+                hint="run 'kiln image verify' and bake again",
+            ) from exc
+        if h.hexdigest() != entry.sha256:
+            raise CorruptObject(
+                f"{entry.path}: stored object {entry.sha256[:12]} is corrupted",
+                hint="run 'kiln image verify'; bake again to restore it",
+            )
+        target.chmod(entry.mode)
+
+    def export_tar(self, ref: str, fileobj: IO[bytes]) -> Manifest:
+        """A deterministic tar stream of the image (for uploads, e.g. AMI bakes)."""
+        manifest = self.get(ref).manifest
+        with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for d in manifest.dirs:
+                tar.addfile(_tarinfo(d, tarfile.DIRTYPE, 0o755))
+            for entry in manifest.files:
+                info = _tarinfo(entry.path, tarfile.REGTYPE, entry.mode)
+                info.size = entry.size
+                with self.object_path(entry.sha256).open("rb") as f:
+                    tar.addfile(info, f)
+            for link in manifest.links:
+                info = _tarinfo(link.path, tarfile.SYMTYPE, 0o777)
+                info.linkname = link.target
+                tar.addfile(info)
+        return manifest
+
+    # locking and garbage collection ----------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held (shared) by a bake, so garbage collection never races it."""
+        with _flock(self.root / "gc.lock", fcntl.LOCK_SH):
+            yield
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Held (exclusive) by garbage collection."""
+        with _flock(self.root / "gc.lock", fcntl.LOCK_EX):
+            yield
+
+
+def _tarinfo(name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+@contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with path.open("a") as f:
+        fcntl.flock(f.fileno(), mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f"w-{os.getpid()}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = [
+    "FileEntry",
+    "ImageRecord",
+    "LinkEntry",
+    "Manifest",
+    "Store",
+    "file_sha256",
+    "short_id",
+]
+
+
+def clean_tmp(home: Home) -> int:
+    """Remove scratch left by killed bakes (named after their dead pid)."""
+    removed = 0
+    for entry in home.tmp.iterdir() if home.tmp.exists() else ():
+        parts = entry.name.split("-")
+        if len(parts) < 3 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            _make_writable(entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _make_writable(tree: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(tree):
+        for name in dirnames:
+            (Path(dirpath) / name).chmod(0o755)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

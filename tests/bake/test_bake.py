@@ -1,0 +1,307 @@
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bake.apps import write_app
+from kiln.bake import BakeProgress, bake
+from kiln.config import load_config
+from kiln.errors import BuildError, CorruptObject, ImageNotFound
+from kiln.home import Home
+from kiln.store import Store
+
+
+def _bake(app: Path, home: Home, progress: BakeProgress | None = None):  # type: ignore[no-untyped-def]
+    return bake(load_config(app), home, progress)
+
+
+def test_bake_records_every_file_and_reuses_unchanged(app_dir: Path, home: Home) -> None:
+    first = _bake(app_dir, home)
+    assert first.image.startswith("img-") and len(first.image) == 16
+    assert first.digest == "sha256:" + first.image[4:] + first.digest[19:]
+    assert not first.reused and first.files == 4
+    record = Store(home).get(first.image)
+    paths = [f.path for f in record.manifest.files]
+    assert paths == sorted(paths) and "kiln.toml" not in paths
+    again = _bake(app_dir, home)
+    assert again.reused and again.digest == first.digest
+
+
+def test_same_content_same_digest_across_dirs_homes_and_commits(tmp_path: Path) -> None:
+    a = write_app(tmp_path / "a")
+    b = write_app(tmp_path / "elsewhere" / "b")
+    (b / "app.py").chmod(0o664)  # umask differences do not matter
+    subprocess.run(["git", "init", "-q", str(b)], check=True)
+    ha, hb = Home(tmp_path / "h1").ensure(), Home(tmp_path / "h2").ensure()
+    assert _bake(a, ha).digest == _bake(b, hb).digest
+
+
+def test_executable_bit_and_env_are_identity(app_dir: Path, home: Home) -> None:
+    base = _bake(app_dir, home).digest
+    (app_dir / "app.py").chmod(0o755)
+    with_x = _bake(app_dir, home).digest
+    assert with_x != base
+    toml = app_dir / "kiln.toml"
+    toml.write_text(toml.read_text() + '[env]\nAPP_VERSION = "v2"\n')
+    assert _bake(app_dir, home).digest != with_x
+
+
+def test_fleet_settings_do_not_change_the_image(app_dir: Path, home: Home) -> None:
+    base = _bake(app_dir, home)
+    toml = app_dir / "kiln.toml"
+    toml.write_text(toml.read_text() + "[fleet]\nsize = 7\n")
+    again = _bake(app_dir, home)
+    assert again.digest == base.digest
+
+
+def test_one_file_change_stores_one_new_object(app_dir: Path, home: Home) -> None:
+    store = Store(home)
+    _bake(app_dir, home)
+    before = set(store.objects.rglob("*"))
+    (app_dir / "static" / "f1.txt").write_text("changed\n")
+    changed = _bake(app_dir, home)
+    new = [p for p in set(store.objects.rglob("*")) - before if p.is_file()]
+    assert len(new) == 1 and not changed.reused
+
+
+def test_excludes_kilnignore_and_vcs(app_dir: Path, home: Home) -> None:
+    (app_dir / ".git").mkdir()
+    (app_dir / ".git" / "HEAD").write_text("ref")
+    (app_dir / ".kilnignore").write_text("secret.txt\n")
+    (app_dir / "secret.txt").write_text("x")
+    (app_dir / "node_modules" / "pkg").mkdir(parents=True)
+    (app_dir / "node_modules" / "pkg" / "i.js").write_text("x")
+    (app_dir / "kiln.toml").write_text(
+        (app_dir / "kiln.toml")
+        .read_text()
+        .replace('run = "python3 app.py"', 'run = "python3 app.py"\nexclude = ["node_modules/"]')
+    )
+    (app_dir / "data").mkdir()
+    result = _bake(app_dir, home)
+    record = Store(home).get(result.image)
+    paths = {f.path for f in record.manifest.files}
+    assert paths == {"app.py", "static/f0.txt", "static/f1.txt", "static/f2.txt"}
+    assert record.manifest.dirs == ("data",)
+
+
+def test_build_steps_run_once_and_are_cached(app_dir: Path, home: Home, tmp_path: Path) -> None:
+    counter = tmp_path / "runs"
+    (app_dir / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\n'
+        f'build = ["echo run >> {counter}", "mkdir -p out && echo built > out/asset.txt"]\n'
+    )
+    lines: list[str] = []
+
+    class Capture(BakeProgress):
+        def step(self, index: int, total: int, command: str) -> None:
+            lines.append(f"{index}/{total} {command}")
+
+    first = _bake(app_dir, home, Capture())
+    assert lines[0].startswith("1/2 echo run") and len(lines) == 2
+    assert "out/asset.txt" in {f.path for f in Store(home).get(first.image).manifest.files}
+    assert not (app_dir / "out").exists(), "build steps must run in a scratch copy"
+    second = _bake(app_dir, home)
+    assert second.reused and counter.read_text().count("run") == 1
+
+
+def test_failing_build_step_names_step_code_and_tail(app_dir: Path, home: Home) -> None:
+    (app_dir / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\n'
+        'build = ["true", "echo compiling; echo boom >&2; exit 7"]\n'
+    )
+    with pytest.raises(BuildError) as info:
+        _bake(app_dir, home)
+    message = str(info.value)
+    assert "build step 2/2 failed with exit code 7" in message
+    assert "compiling" in message and "boom" in message
+    assert Store(home).list_images() == []
+    assert not any(home.tmp.iterdir()), "scratch must be removed"
+
+
+def test_empty_source_is_an_error(tmp_path: Path, home: Home) -> None:
+    (tmp_path / "kiln.toml").write_text('[app]\nname = "e"\nrun = "x"\n')
+    with pytest.raises(BuildError, match="no source files"):
+        _bake(tmp_path, home)
+
+
+def test_symlink_outside_app_is_refused(app_dir: Path, home: Home) -> None:
+    (app_dir / "link").symlink_to("/etc/hostname")
+    with pytest.raises(BuildError, match="points outside the app"):
+        _bake(app_dir, home)
+
+
+def test_relative_symlink_is_kept(app_dir: Path, home: Home, tmp_path: Path) -> None:
+    (app_dir / "current").symlink_to("static/f0.txt")
+    result = _bake(app_dir, home)
+    dest = tmp_path / "inst"
+    Store(home).materialize(result.image, dest)
+    assert (dest / "current").read_text() == "file 0\n"
+
+
+def test_corrupted_object_is_named_and_never_materialized(
+    app_dir: Path, home: Home, tmp_path: Path
+) -> None:
+    store = Store(home)
+    result = _bake(app_dir, home)
+    entry = next(f for f in store.get(result.image).manifest.files if f.path == "static/f2.txt")
+    obj = store.object_path(entry.sha256)
+    obj.chmod(0o644)
+    obj.write_text("tampered")
+    assert store.verify(result.image) == ["static/f2.txt"]
+    with pytest.raises(CorruptObject, match=r"static/f2\.txt"):
+        store.materialize(result.image, tmp_path / "inst")
+    assert not (tmp_path / "inst").exists()
+
+
+def test_materialized_copies_cannot_touch_the_store(
+    app_dir: Path, home: Home, tmp_path: Path
+) -> None:
+    store = Store(home)
+    result = _bake(app_dir, home)
+    dest = tmp_path / "inst"
+    store.materialize(result.image, dest)
+    (dest / "app.py").write_text("changed by the instance")
+    assert store.verify(result.image) == []
+    assert all(not os.access(p, os.W_OK) or os.geteuid() == 0 for p in store.objects.rglob("*"))
+    assert (
+        oct(store.object_path(store.get(result.image).manifest.files[0].sha256).stat().st_mode)[-3:]
+        == "444"
+    )
+
+
+def test_lookup_by_prefix_and_unknown_ids(app_dir: Path, home: Home) -> None:
+    store = Store(home)
+    result = _bake(app_dir, home)
+    assert store.get(result.digest).id == result.image
+    assert store.get(result.image[4:10]).id == result.image
+    with pytest.raises(ImageNotFound):
+        store.get("img-000000000000")
+    with pytest.raises(ImageNotFound, match="not an image id"):
+        store.get("latest!")
+
+
+def test_export_tar_is_deterministic(app_dir: Path, home: Home) -> None:
+    store = Store(home)
+    result = _bake(app_dir, home)
+    one, two = io.BytesIO(), io.BytesIO()
+    store.export_tar(result.image, one)
+    store.export_tar(result.image, two)
+    assert one.getvalue() == two.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(one.getvalue())) as tar:
+        assert sorted(tar.getnames()) == [
+            "app.py",
+            "static/f0.txt",
+            "static/f1.txt",
+            "static/f2.txt",
+        ]
+
+
+def test_relocatable_python_app_with_a_real_dependency(tmp_path: Path, home: Home) -> None:
+    """pip --target deps at bake time; the image must run from another directory."""
+    wheel_dir = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "-d",
+            str(wheel_dir),
+            "six==1.16.0",
+        ],
+        check=True,
+    )
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "requirements.txt").write_text("six==1.16.0\n")
+    (app / "app.py").write_text(
+        "import os, sys\n"
+        "sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'deps'))\n"
+        "import six\n"
+        "print('six', six.__version__, six.__file__)\n"
+    )
+    (app / "kiln.toml").write_text(
+        '[app]\nname = "reloc"\nrun = "python3 app.py"\n'
+        f'build = ["{sys.executable} -m pip install -q --no-index --find-links {wheel_dir} '
+        '-r requirements.txt --target deps"]\n'
+        'exclude = ["__pycache__/", "*.pyc"]\n'
+    )
+    result = _bake(app, home)
+    dest = tmp_path / "somewhere" / "else"
+    Store(home).materialize(result.image, dest)
+    out = subprocess.run(
+        [sys.executable, "app.py"], cwd=dest, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("six 1.16.0") and str(dest) in out
+
+
+def _kill_bake_midway(app: Path, home: Path, sig: int) -> subprocess.CompletedProcess[str]:
+    """Start a real `kiln bake` and signal it while it is storing objects."""
+    env = {**os.environ, "KILN_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln.cli", "bake"],
+        cwd=app,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    objects = home / "store" / "objects"
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if objects.exists() and sum(1 for _ in objects.rglob("*")) > 40:
+            break
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("signame", ["SIGKILL", "SIGINT"])
+def test_interrupted_bake_leaves_no_image(tmp_path: Path, signame: str) -> None:
+    import signal
+
+    app = write_app(tmp_path / "big", files=3000)
+    home = tmp_path / "h"
+    result = _kill_bake_midway(app, home, getattr(signal, signame))
+    assert result.returncode != 0, "the bake finished before it could be interrupted"
+    if signame == "SIGINT":
+        assert result.returncode == 130 and "Traceback" not in result.stderr
+    images = home / "store" / "images"
+    assert not images.exists() or not list(images.iterdir())
+    h = Home(home).ensure()
+    done = _bake(app, h)
+    assert not done.reused and Store(h).verify(done.image) == []
+    assert [p.name for p in h.tmp.iterdir()] == []
+
+
+def test_bake_json_cli(kiln, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_app(kiln.cwd)
+    first = json.loads(kiln("bake", "--json").stdout)
+    assert {"image", "digest", "files", "bytes", "reused", "seconds"} <= set(first)
+    assert first["reused"] is False
+    assert json.loads(kiln("bake", "--json").stdout)["reused"] is True
+    listed = json.loads(kiln("images", "--json").stdout)
+    assert [i["image"] for i in listed] == [first["image"]]
+    shown = json.loads(kiln("image", "show", first["image"], "--json").stdout)
+    assert shown["run"] == "python3 app.py" and len(shown["manifest"]) == first["files"]
+    assert "ok, 4 files verified" in kiln("image", "verify", first["image"]).stdout
+
+
+def test_cli_errors_are_one_line(kiln) -> None:  # type: ignore[no-untyped-def]
+    result = kiln("bake", ok=False)
+    assert result.exit_code == 2 and "no kiln.toml" in result.stderr
+    write_app(kiln.cwd)
+    missing = kiln("image", "show", "img-123456789abc", ok=False)
+    assert missing.exit_code == 1 and "no image img-123456789abc" in missing.stderr
