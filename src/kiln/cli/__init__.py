@@ -11,7 +11,10 @@ import importlib
 from kiln.cli.app import cli
 
 # Modules that attach commands to ``cli`` when imported.
-_COMMAND_MODULES = ("kiln.cli.basics",)
+_COMMAND_MODULES = (
+    "kiln.cli.basics",
+    "kiln.cli.ci",
+)
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

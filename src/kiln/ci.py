@@ -1,0 +1,358 @@
+"""CI/CD pipelines that test every push and bake + deploy the default branch.
+
+``kiln ci init`` renders one of two templates (``templates/github-deploy.yml``,
+``templates/gitlab-ci.yml``) for the app a kiln.toml describes. The pipeline
+only calls kiln (``kiln bake --json``, ``kiln deploy --json``, ``kiln ci
+summary``), so everything it does can also be run by hand, and the same
+deploy lock and history apply whoever runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from kiln import __version__
+from kiln.config import LoadedConfig
+from kiln.errors import CiError
+
+System = Literal["github", "gitlab"]
+Provider = Literal["aws", "local"]
+SYSTEMS: tuple[System, ...] = ("github", "gitlab")
+PROVIDERS: tuple[Provider, ...] = ("aws", "local")
+
+DEFAULT_PYTHON = "3.12"
+_TEMPLATES = {"github": "github-deploy.yml", "gitlab": "gitlab-ci.yml"}
+_TARGETS = {"github": Path(".github/workflows/deploy.yml"), "gitlab": Path(".gitlab-ci.yml")}
+_PLACEHOLDER = re.compile(r"<<([a-z_]+)>>")
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_][\w./=<>~+,@:\-\[\] ]*$")
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything a pipeline template needs: a plain value, easy to test."""
+
+    system: System
+    provider: Provider
+    app: str
+    workdir: str
+    python: str
+    install: str
+    test_commands: tuple[str, ...]
+    has_requirements: bool
+    region: str | None
+
+
+def find_repo_root(start: Path) -> Path:
+    """The enclosing git checkout (pipelines live at its root), else ``start``."""
+    for candidate in (start, *start.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return start
+
+
+def default_target(system: System, root: Path) -> Path:
+    """Where GitHub or GitLab looks for the pipeline in a repository."""
+    return root / _TARGETS[system]
+
+
+def plan_pipeline(
+    loaded: LoadedConfig,
+    system: System,
+    provider: Provider,
+    *,
+    root: Path,
+    install: str | None = None,
+    test_command: str | None = None,
+) -> PipelineSpec:
+    """Decide what the pipeline does for this app; explain anything that cannot work."""
+    config = loaded.config
+    if provider == "aws" and config.provider.aws is None:
+        raise CiError(
+            "kiln.toml has no [provider.aws] section, so the pipeline cannot deploy to AWS",
+            hint="add [provider.aws] (see docs/config.md), or use --provider local",
+        )
+    app_dir = loaded.root.resolve()
+    try:
+        workdir = app_dir.relative_to(root.resolve()).as_posix() or "."
+    except ValueError:
+        raise CiError(
+            f"the app ({app_dir}) is not inside the repository root {root}",
+            hint="pass --root with the directory that holds the app's repository",
+        ) from None
+    if not _SAFE_PATH.match(workdir):
+        raise CiError(
+            f"the app's path {workdir!r} has characters a pipeline cannot quote simply",
+            hint="use letters, digits, '.', '_', '-' and '/' in the app's directory names",
+        )
+    region = config.provider.aws.region if config.provider.aws else None
+    return PipelineSpec(
+        system=system,
+        provider=provider,
+        app=config.app.name,
+        workdir=workdir,
+        python=_python_version(config.app.python),
+        install=install or f"kiln=={__version__}",
+        test_commands=_test_commands(app_dir, test_command),
+        has_requirements=(app_dir / "requirements.txt").is_file(),
+        region=region,
+    )
+
+
+def _python_version(wanted: str | None) -> str:
+    match = re.search(r"(\d+\.\d+)", wanted or "")
+    return match.group(1) if match else DEFAULT_PYTHON
+
+
+def _test_commands(app_dir: Path, explicit: str | None) -> tuple[str, ...]:
+    if explicit is not None:
+        return (explicit,) if explicit.strip() else ()
+    has_tests = (app_dir / "tests").is_dir() or any(app_dir.glob("test_*.py"))
+    return ("python -m pip install pytest", "python -m pytest -q") if has_tests else ()
+
+
+def render_pipeline(spec: PipelineSpec) -> str:
+    """The pipeline file's text."""
+    template = resources.files("kiln").joinpath("templates", _TEMPLATES[spec.system])
+    values = _github_values(spec) if spec.system == "github" else _gitlab_values(spec)
+    values |= {
+        "version": __version__,
+        "app": spec.app,
+        "python": spec.python,
+        "install": _scalar(spec.install),
+        "provider": spec.provider,
+        "workdir": spec.workdir,
+        "setup_note": _setup_note(spec),
+    }
+    return _fill(template.read_text(encoding="utf-8"), values)
+
+
+def _cache_files(spec: PipelineSpec) -> list[str]:
+    prefix = "" if spec.workdir == "." else f"{spec.workdir}/"
+    names = ["kiln.toml", "requirements.txt"] if spec.has_requirements else ["kiln.toml"]
+    return [prefix + name for name in names]
+
+
+def _github_values(spec: PipelineSpec) -> dict[str, str]:
+    steps: list[str] = []
+    if spec.test_commands and spec.has_requirements:
+        steps += _github_step(
+            "Install the app's requirements", "python -m pip install -r requirements.txt"
+        )
+    for number, command in enumerate(spec.test_commands, 1):
+        steps += _github_step(
+            "Test" if number == len(spec.test_commands) else "Prepare tests", command
+        )
+    if not spec.test_commands:
+        steps.append(
+            "# No tests found: run `kiln ci init --test-command CMD --force` to add yours."
+        )
+    aws = spec.provider == "aws"
+    region = spec.region or "${{ secrets.AWS_REGION }}"
+    env = [
+        "env:",
+        "  AWS_ACCESS_KEY_ID: ${{ secrets.AWS_ACCESS_KEY_ID }}",
+        "  AWS_SECRET_ACCESS_KEY: ${{ secrets.AWS_SECRET_ACCESS_KEY }}",
+        f"  AWS_REGION: {_scalar(region)}",
+    ]
+    check = [
+        "- name: Check AWS credentials",
+        "  run: |",
+        '    if [[ -z "$AWS_ACCESS_KEY_ID" || -z "$AWS_SECRET_ACCESS_KEY" ||',
+        '          -z "$AWS_REGION" ]]; then',
+        '      echo "::error::set the repository secrets AWS_ACCESS_KEY_ID, '
+        'AWS_SECRET_ACCESS_KEY and AWS_REGION"',
+        "      exit 1",
+        "    fi",
+    ]
+    return {
+        "cache_paths": "\n".join(_cache_files(spec)),
+        "test_steps": "\n".join(steps),
+        "deploy_runner": "ubuntu-latest" if aws else "[self-hosted, linux]",
+        "deploy_env": "\n".join(env) if aws else "",
+        "credential_check": "\n".join(check) if aws else "",
+    }
+
+
+def _github_step(name: str, command: str) -> list[str]:
+    return [f"- name: {name}", f"  run: {_scalar(command)}"]
+
+
+def _gitlab_values(spec: PipelineSpec) -> dict[str, str]:
+    commands: list[str] = []
+    if spec.test_commands and spec.has_requirements:
+        commands.append("python -m pip install -r requirements.txt")
+    commands += spec.test_commands
+    steps = [f"- {_scalar(command)}" for command in commands]
+    if not commands:
+        steps.append(
+            "# No tests found: run `kiln ci init --test-command CMD --force` to add yours."
+        )
+    aws = spec.provider == "aws"
+    check = [
+        "- |",
+        '  if [ -z "$AWS_ACCESS_KEY_ID" ] || [ -z "$AWS_SECRET_ACCESS_KEY" ] ||',
+        '     [ -z "$AWS_REGION" ]; then',
+        '    echo "set the masked CI/CD variables AWS_ACCESS_KEY_ID,'
+        ' AWS_SECRET_ACCESS_KEY and AWS_REGION"',
+        "    exit 1",
+        "  fi",
+    ]
+    env = ["variables:", f"  AWS_REGION: {_scalar(spec.region)}"] if aws and spec.region else []
+    prefix = "" if spec.workdir == "." else f"{spec.workdir}/"
+    return {
+        "cache_paths": "\n".join(f"- {name}" for name in _cache_files(spec)),
+        "test_steps": "\n".join(steps),
+        "deploy_runner": "" if aws else "tags: [kiln]",
+        "deploy_env": "\n".join(env),
+        "credential_check": "\n".join(check) if aws else "",
+        "cd_workdir": "" if spec.workdir == "." else f'- cd "{spec.workdir}"',
+        "workdir_prefix": prefix,
+    }
+
+
+def _setup_note(spec: PipelineSpec) -> str:
+    if spec.provider == "local":
+        where = (
+            "a self-hosted runner\n# (labels: self-hosted, linux)"
+            if spec.system == "github"
+            else "a shell runner\n# tagged 'kiln'"
+        )
+        return (
+            f"#\n# Deploys with the local provider: the deploy job runs on {where} on the\n"
+            "# host that serves the fleet. Keep the agent running there as a service\n"
+            "# ('kiln agent start') so the fleet outlives CI jobs."
+        )
+    where = (
+        "repository secrets\n# (Settings > Secrets and variables > Actions)"
+        if spec.system == "github"
+        else "masked CI/CD variables\n# (Settings > CI/CD > Variables)"
+    )
+    region = (
+        f"# The region, {spec.region}, comes from kiln.toml."
+        if spec.region
+        else "# Store the region as AWS_REGION too."
+    )
+    return (
+        "#\n# Before the first push, create the deploy user (kiln aws create-deploy-user\n"
+        f"# --team NAME) and store its keys as {where}:\n"
+        f"# AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.\n{region}"
+    )
+
+
+def _scalar(text: str | None) -> str:
+    """A YAML scalar for ``text``: plain when unambiguous, double-quoted otherwise."""
+    text = text or ""
+    if _PLAIN.match(text) and ": " not in text and not text.endswith(":"):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Replace ``<<name>>``; a placeholder alone on its line takes that line's indent."""
+    out: list[str] = []
+    for line in template.splitlines():
+        alone = _PLACEHOLDER.fullmatch(line.strip())
+        if alone:
+            indent = line[: len(line) - len(line.lstrip())]
+            block = values[alone.group(1)]
+            out += [indent + part if part else part for part in block.splitlines()]
+            continue
+        out.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], line))
+    return "\n".join(out) + "\n"
+
+
+def write_pipeline(path: Path, text: str, *, force: bool = False) -> None:
+    """Write the pipeline; an existing file is someone's work, kept unless ``force``."""
+    if path.exists() and not force:
+        raise CiError(f"{path} already exists", hint="use --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_result(path: Path) -> object | None:
+    """A ``kiln ... --json`` document; None when the step never wrote one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.strip():
+        return None
+    try:
+        doc: object = json.loads(text)
+    except json.JSONDecodeError:
+        return {"error": f"not a JSON result: {text.strip()[:200]}"}
+    return doc
+
+
+def render_summary(results: list[tuple[str, object | None]]) -> str:
+    """Markdown for a CI job summary, one section per named kiln result."""
+    lines = ["## kiln", ""]
+    for title, doc in results:
+        outcome = _outcome(doc)
+        lines.append(f"### {title}" + (f": {outcome}" if outcome else ""))
+        lines.append("")
+        if doc is None:
+            lines.append("_no result: the step failed before printing one, or did not run_")
+        else:
+            lines += _markdown(doc)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _outcome(doc: object | None) -> str:
+    if isinstance(doc, dict):
+        for key in ("outcome", "status", "result", "error"):
+            if isinstance(doc.get(key), str | int | float | bool):
+                return _cell(doc[key])
+    return ""
+
+
+def _markdown(doc: object) -> list[str]:
+    if not isinstance(doc, dict):
+        return _table_of_rows(doc) if _is_rows(doc) else [f"`{_cell(doc)}`"]
+    pairs = [(key, value) for key, value in _flatten(doc) if not _is_rows(value)]
+    lines = ["| | |", "|---|---|", *(f"| {key} | {_cell(value)} |" for key, value in pairs)]
+    for key, value in doc.items():
+        if _is_rows(value):
+            lines += ["", f"**{key}**", "", *_table_of_rows(value)]
+    return lines
+
+
+def _flatten(doc: dict[str, object], prefix: str = "") -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = []
+    for key, value in doc.items():
+        if isinstance(value, dict) and value:
+            pairs += _flatten(value, f"{prefix}{key}.")
+        else:
+            pairs.append((f"{prefix}{key}", value))
+    return pairs
+
+
+def _is_rows(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _table_of_rows(rows: object) -> list[str]:
+    assert isinstance(rows, list)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(col)) for col in columns) + " |" for row in rows]
+    return lines
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        value = json.dumps(value, separators=(",", ":"))
+    return str(value).replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,184 @@
+"""`kiln ci init`: pipelines that real linters accept and that do what the issue asks."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from ruamel.yaml import YAML
+
+if TYPE_CHECKING:
+    from conftest import Kiln
+
+Lint = Callable[..., list[dict[str, object]]]
+SchemaCheck = Callable[[str, Path], subprocess.CompletedProcess[str]]
+
+LOCAL_APP = '[app]\nname = "shop"\nrun = "python3 app.py"\n'
+AWS_APP = LOCAL_APP + "[provider.aws]\n"
+DEFAULT_BRANCH_ONLY = (
+    "github.event_name == 'push' && "
+    "github.ref == format('refs/heads/{0}', github.event.repository.default_branch)"
+)
+VARIANTS = [
+    pytest.param(".", AWS_APP, "aws", id="aws"),
+    pytest.param("services/shop", AWS_APP, "aws", id="aws-in-subdir"),
+    pytest.param(".", AWS_APP + 'region = "eu-west-1"\n', "aws", id="aws-region-in-config"),
+    pytest.param(".", LOCAL_APP, "local", id="local"),
+]
+
+
+def app_in_repo(kiln: Kiln, sub: str = ".", config: str = AWS_APP, tests: bool = True) -> Path:
+    """A git checkout with the app at ``sub``; the CLI then runs from the app."""
+    repo = kiln.cwd
+    (repo / ".git").mkdir(exist_ok=True)
+    kiln.cwd = (repo / sub).resolve()
+    kiln.cwd.mkdir(parents=True, exist_ok=True)
+    (kiln.cwd / "kiln.toml").write_text(config)
+    (kiln.cwd / "requirements.txt").write_text("")
+    if tests:
+        (kiln.cwd / "tests").mkdir(exist_ok=True)
+    return repo
+
+
+def load(path: Path) -> Any:
+    return YAML(typ="safe").load(path.read_text())
+
+
+@pytest.mark.parametrize(("sub", "config", "provider"), VARIANTS)
+def test_github_workflow_passes_actionlint_and_schema(
+    kiln: Kiln, actionlint: Lint, schema_check: SchemaCheck, sub: str, config: str, provider: str
+) -> None:
+    repo = app_in_repo(kiln, sub, config)
+    kiln("ci", "init", "github", "--provider", provider)
+    path = repo / ".github/workflows/deploy.yml"
+    assert actionlint(path) == []
+    checked = schema_check("github-workflows", path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert load(path)["defaults"]["run"]["working-directory"] == sub
+
+
+@pytest.mark.parametrize(("sub", "config", "provider"), VARIANTS)
+def test_gitlab_pipeline_passes_schema(
+    kiln: Kiln, schema_check: SchemaCheck, sub: str, config: str, provider: str
+) -> None:
+    repo = app_in_repo(kiln, sub, config)
+    kiln("ci", "init", "gitlab", "--provider", provider)
+    path = repo / ".gitlab-ci.yml"
+    checked = schema_check("gitlab-ci", path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    before = load(path)[".kiln"]["before_script"]
+    assert (f'cd "{sub}"' in before) == (sub != ".")
+
+
+def test_the_validators_are_real(
+    tmp_path: Path, actionlint: Lint, schema_check: SchemaCheck
+) -> None:
+    """A broken workflow is caught, so a clean result above means something."""
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n"
+        "    steps:\n      - run: echo ${{ secret.NOPE }}\n"
+    )
+    assert any("secret" in str(problem["message"]) for problem in actionlint(bad))
+    bad.write_text("stages: [test]\njob:\n  stage: test\n  script: 42\n")
+    assert schema_check("gitlab-ci", bad).returncode != 0
+
+
+def test_github_deploys_only_pushes_to_the_default_branch_one_at_a_time(kiln: Kiln) -> None:
+    repo = app_in_repo(kiln)
+    kiln("ci", "init", "github")
+    workflow = load(repo / ".github/workflows/deploy.yml")
+    test, deploy = workflow["jobs"]["test"], workflow["jobs"]["deploy"]
+    assert deploy["needs"] == "test"
+    assert deploy["if"] == DEFAULT_BRANCH_ONLY
+    assert deploy["concurrency"] == {"group": "kiln-deploy-shop", "cancel-in-progress": False}
+    assert deploy["env"]["AWS_ACCESS_KEY_ID"] == "${{ secrets.AWS_ACCESS_KEY_ID }}"
+    assert deploy["env"]["AWS_SECRET_ACCESS_KEY"] == "${{ secrets.AWS_SECRET_ACCESS_KEY }}"
+    assert deploy["env"]["AWS_REGION"] == "${{ secrets.AWS_REGION }}"
+    for job in (test, deploy):
+        python = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup"))
+        assert python["with"]["cache"] == "pip"
+    runs = [step.get("run", "") for step in deploy["steps"]]
+    bake = runs.index('kiln bake --provider aws --json > "$RUNNER_TEMP/bake.json"')
+    roll = runs.index('kiln deploy --provider aws --json > "$RUNNER_TEMP/deploy.json"')
+    assert bake < roll
+    summary = deploy["steps"][-1]
+    assert summary["if"] == "always()"
+    assert '>> "$GITHUB_STEP_SUMMARY"' in summary["run"]
+    assert "kiln ci summary" in summary["run"]
+    # A failed deploy fails the job: bash -e, nothing swallows the exit code.
+    assert workflow["defaults"]["run"]["shell"] == "bash"
+    assert not any("|| true" in run or "continue-on-error" in run for run in runs)
+    assert "continue-on-error" not in str(deploy)
+    assert [s.get("run") for s in test["steps"]][-1] == "python -m pytest -q"
+
+
+def test_gitlab_deploys_only_pushes_to_the_default_branch_one_at_a_time(kiln: Kiln) -> None:
+    repo = app_in_repo(kiln)
+    kiln("ci", "init", "gitlab")
+    pipeline = load(repo / ".gitlab-ci.yml")
+    deploy = pipeline["deploy"]
+    assert pipeline["stages"] == ["test", "deploy"]
+    assert deploy["rules"] == [
+        {"if": '$CI_PIPELINE_SOURCE == "push" && $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH'}
+    ]
+    assert deploy["resource_group"] == "kiln-deploy-shop"
+    assert pipeline["variables"]["PIP_CACHE_DIR"] == "$CI_PROJECT_DIR/.cache/pip"
+    assert pipeline[".kiln"]["cache"]["paths"] == [".cache/pip"]
+    assert deploy["script"][1:] == [
+        "kiln bake --provider aws --json > bake.json",
+        "kiln deploy --provider aws --json > deploy.json",
+    ]
+    assert "AWS_SECRET_ACCESS_KEY" in deploy["script"][0]
+    assert deploy["after_script"] == ["kiln ci summary bake.json deploy.json | tee kiln-summary.md"]
+    assert deploy["artifacts"]["when"] == "always"
+
+
+def test_local_provider_deploys_from_a_runner_on_the_fleets_host(kiln: Kiln) -> None:
+    repo = app_in_repo(kiln, config=LOCAL_APP)
+    kiln("ci", "init", "github", "--provider", "local")
+    deploy = load(repo / ".github/workflows/deploy.yml")["jobs"]["deploy"]
+    assert deploy["runs-on"] == ["self-hosted", "linux"]
+    assert "env" not in deploy
+    assert "kiln deploy --provider local --json" in str(deploy["steps"])
+
+
+def test_refuses_to_overwrite_without_force(kiln: Kiln) -> None:
+    repo = app_in_repo(kiln)
+    target = repo / ".github/workflows/deploy.yml"
+    target.parent.mkdir(parents=True)
+    target.write_text("# mine\n")
+    result = kiln("ci", "init", "github", ok=False)
+    assert result.exit_code == 1
+    assert "already exists" in result.stderr and "--force" in result.stderr
+    assert target.read_text() == "# mine\n"
+    kiln("ci", "init", "github", "--force")
+    assert "kiln bake" in target.read_text()
+
+
+def test_aws_pipeline_needs_an_aws_section(kiln: Kiln) -> None:
+    app_in_repo(kiln, config=LOCAL_APP)
+    result = kiln("ci", "init", "gitlab", ok=False)
+    assert "no [provider.aws] section" in result.stderr
+    assert "--provider local" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_options_shape_the_pipeline(kiln: Kiln) -> None:
+    app_in_repo(kiln, tests=False, config=AWS_APP.replace("\n[", '\npython = "python3.11"\n[', 1))
+    text = kiln(
+        "ci", "init", "gitlab", "-o", "-", "--install", "kiln @ git+https://example.org/kiln"
+    ).stdout
+    pipeline = YAML(typ="safe").load(text)
+    assert pipeline["default"]["image"] == "python:3.11"
+    assert pipeline[".kiln"]["before_script"][0] == (
+        "python -m pip install kiln @ git+https://example.org/kiln"
+    )
+    assert pipeline["test"]["script"] == ["kiln config check"]
+    assert "No tests found" in text
+    text = kiln("ci", "init", "github", "-o", "-", "--test-command", "make check: all").stdout
+    steps = YAML(typ="safe").load(text)["jobs"]["test"]["steps"]
+    assert steps[-1] == {"name": "Test", "run": "make check: all"}
