@@ -13,7 +13,9 @@ from kiln.cli.app import cli
 # Modules that attach commands to ``cli`` when imported.
 _COMMAND_MODULES = (
     "kiln.cli.basics",
+    "kiln.cli.agent",
     "kiln.cli.ci",
+    "kiln.cli.images",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,1 @@
+"""The local provider: the agent (supervisor, load balancer, health checks) and its client."""

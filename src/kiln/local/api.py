@@ -1,0 +1,179 @@
+"""The agent's control API: JSON over HTTP on a private Unix socket, plus /metrics.
+
+Paths are versioned (``/v1/...``). A ``KilnError`` raised by an operation
+comes back as ``{"error": {"type", "message", "hint"}}`` with status 400/404,
+and the client raises the same class again, so users see the same message
+whether the agent or the command found the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from kiln import __version__
+from kiln.errors import ImageNotFound, InstanceNotFound, KilnError
+from kiln.local.metrics import render_counters
+from kiln.local.model import FleetSettings
+from kiln.local.supervisor import Supervisor
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+STOP = web.AppKey("stop", asyncio.Event)
+STARTED = web.AppKey("started", float)
+STOP_INSTANCES = web.AppKey("stop_instances", list)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except KilnError as exc:
+        status = 404 if isinstance(exc, ImageNotFound | InstanceNotFound) else 400
+        body = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+        return web.json_response({"error": body}, status=status)
+    except (KeyError, TypeError, ValueError) as exc:
+        body = {"type": "AgentError", "message": f"bad request: {exc}", "hint": None}
+        return web.json_response({"error": body}, status=400)
+
+
+def make_app(supervisor: Supervisor, stop: asyncio.Event) -> web.Application:
+    app = web.Application(middlewares=[errors])
+    app[SUPERVISOR] = supervisor
+    app[STOP] = stop
+    app[STARTED] = time.time()
+    app[STOP_INSTANCES] = [False]
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/fleets/{fleet}", describe)
+    app.router.add_get("/v1/fleets/{fleet}/stats", stats)
+    app.router.add_post("/v1/fleets/{fleet}/launch", launch)
+    app.router.add_post("/v1/fleets/{fleet}/in-service", in_service)
+    app.router.add_post("/v1/fleets/{fleet}/terminate", terminate)
+    app.router.add_get("/v1/instances/{instance}", instance)
+    app.router.add_post("/v1/shutdown", shutdown)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def status(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    fleets = {}
+    for name, fleet in sup.fleets.items():
+        states: dict[str, int] = {}
+        for rec in sup.instances.values():
+            if rec.fleet == name:
+                states[rec.state] = states.get(rec.state, 0) + 1
+        fleets[name] = {
+            "endpoint": fleet.settings.endpoint,
+            "listening": fleet.balancer.listen is not None,
+            "groups": fleet.groups,
+            "instances": states,
+        }
+    return web.json_response(
+        {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started": request.app[STARTED],
+            "uptime_seconds": round(time.time() - request.app[STARTED], 3),
+            "fleets": fleets,
+        }
+    )
+
+
+async def describe(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SUPERVISOR].describe(request.match_info["fleet"]))
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SUPERVISOR].stats(request.match_info["fleet"]))
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    data = await request.json()
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object")
+    return data
+
+
+async def launch(request: web.Request) -> web.Response:
+    data = await _body(request)
+    count = int(data["count"])
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    ids = await request.app[SUPERVISOR].launch(
+        request.match_info["fleet"],
+        FleetSettings.from_json(data["settings"]),
+        str(data["image"]),
+        count,
+        bool(data.get("in_service", True)),
+        {str(k): str(v) for k, v in data.get("supplied", {}).items()},
+    )
+    return web.json_response({"ids": ids})
+
+
+async def in_service(request: web.Request) -> web.Response:
+    data = await _body(request)
+    request.app[SUPERVISOR].set_in_service(
+        request.match_info["fleet"], list(data.get("add", [])), list(data.get("remove", []))
+    )
+    return web.json_response({"ok": True})
+
+
+async def terminate(request: web.Request) -> web.Response:
+    data = await _body(request)
+    await request.app[SUPERVISOR].terminate(request.match_info["fleet"], list(data["ids"]))
+    return web.json_response({"ok": True})
+
+
+async def instance(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    wanted = request.match_info["instance"]
+    matches = [r for i, r in sup.instances.items() if i.startswith(wanted)]
+    if len(matches) != 1:
+        problem = "no instance" if not matches else f"{len(matches)} instances match"
+        raise InstanceNotFound(f"{problem} {wanted}", hint="see 'kiln status'")
+    return web.json_response(matches[0].public())
+
+
+async def shutdown(request: web.Request) -> web.Response:
+    data = await _body(request)
+    request.app[STOP_INSTANCES][0] = bool(data.get("stop_instances", False))
+    request.app[STOP].set()
+    return web.json_response({"ok": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    lines = [
+        "# HELP kiln_instances Instances the agent knows, by fleet and state.",
+        "# TYPE kiln_instances gauge",
+    ]
+    counts: dict[tuple[str, str], int] = {}
+    for rec in sup.instances.values():
+        counts[(rec.fleet, rec.state)] = counts.get((rec.fleet, rec.state), 0) + 1
+    lines += [f'kiln_instances{{fleet="{f}",state="{s}"}} {n}' for (f, s), n in counts.items()]
+    per_instance = [
+        ({"fleet": name, "instance": i}, c)
+        for name, fleet in sup.fleets.items()
+        for i, c in fleet.counters.items()
+    ]
+    lines += render_counters("kiln_lb_instance", per_instance)
+    per_fleet = [({"fleet": name}, f.balancer.totals) for name, f in sup.fleets.items()]
+    lines += render_counters("kiln_lb_fleet", per_fleet)
+    lines += ["# HELP kiln_lb_retries_total Requests retried on another instance."]
+    lines += ["# TYPE kiln_lb_retries_total counter"]
+    lines += [
+        f'kiln_lb_retries_total{{fleet="{n}"}} {f.balancer.retries}' for n, f in sup.fleets.items()
+    ]
+    lines += ["# HELP kiln_lb_unavailable_total Requests answered 503: no healthy instance."]
+    lines += ["# TYPE kiln_lb_unavailable_total counter"]
+    lines += [
+        f'kiln_lb_unavailable_total{{fleet="{n}"}} {f.balancer.unavailable}'
+        for n, f in sup.fleets.items()
+    ]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

@@ -1,0 +1,71 @@
+"""Health checks with load-balancer semantics (interval, timeout, thresholds, grace).
+
+A check is an HTTP GET of ``[health] path`` (2xx/3xx passes) or, without a
+path, a TCP connect. ``Tracker`` turns a stream of results into the
+healthy/unhealthy verdicts the supervisor acts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from kiln.config import Health
+
+
+async def probe(host: str, port: int, path: str | None, timeout: float) -> str | None:
+    """Run one check; None when it passed, else why it failed."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            if path is None:
+                return None
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kiln-health\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            line = await reader.readline()
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except OSError as exc:
+        return f"cannot connect: {exc.strerror or exc}"
+    finally:
+        if writer is not None:
+            writer.close()
+    parts = line.split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return f"not an HTTP answer: {line[:60]!r}"
+    status = int(parts[1])
+    return None if 200 <= status < 400 else f"GET {path} answered {status}"
+
+
+@dataclass
+class Tracker:
+    """Consecutive passes and failures of one instance, ALB style."""
+
+    settings: Health
+    started: float  # monotonic-independent wall clock of the instance's start
+    healthy: bool = False
+    passes: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+    def observe(self, error: str | None, now: float) -> str | None:
+        """Feed one result; returns 'healthy' or 'unhealthy' when the verdict changes."""
+        if error is None:
+            self.passes += 1
+            self.failures = 0
+            if not self.healthy and self.passes >= self.settings.healthy_threshold:
+                self.healthy = True
+                return "healthy"
+            return None
+        self.last_error = error
+        self.passes = 0
+        if now - self.started < self.settings.grace and not self.healthy:
+            return None  # still booting: failures do not count yet
+        self.failures += 1
+        if self.failures >= self.settings.unhealthy_threshold:
+            self.healthy = False
+            return "unhealthy"
+        return None

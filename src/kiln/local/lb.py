@@ -1,0 +1,375 @@
+"""The fleet's HTTP/1.1 load balancer: a streaming reverse proxy on asyncio.
+
+Routes each request to a registered, healthy instance (least outstanding
+requests, or round-robin), over keep-alive upstream connections. A request
+whose instance fails before any response byte arrived is retried on another
+instance when nothing was sent yet or the method is idempotent and the body
+could be replayed, as nginx and HAProxy do; so an instance that dies, even by
+SIGKILL, costs clients nothing. Bodies stream in both directions; only request
+bodies up to ``REPLAY_LIMIT`` are held, so they can be replayed on a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import time
+from collections.abc import Iterable
+
+from kiln.errors import ProviderError
+from kiln.local.http1 import (
+    CHUNK,
+    IDEMPOTENT,
+    BadMessage,
+    Head,
+    copy_chunked,
+    copy_exact,
+    copy_until_eof,
+    forward_headers,
+    framing_lines,
+    parse_head,
+    simple_response,
+)
+from kiln.local.metrics import Counters
+
+REPLAY_LIMIT = 64 * 1024
+IDLE_TIMEOUT = 60.0  # client keep-alive
+CONNECT_TIMEOUT = 2.0
+RESPONSE_TIMEOUT = 60.0  # until the response head
+SUSPECT_SECONDS = 1.0  # avoid an instance that refused a connection for this long
+POOL_SIZE = 128
+_NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, BadMessage)
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class _Retry(Exception):
+    """The attempt failed in a way that is safe to try on another instance."""
+
+
+class Backend:
+    """One instance as the balancer sees it: address, idle connections, counters."""
+
+    __slots__ = ("counters", "down_until", "host", "id", "idle", "outstanding", "port")
+
+    def __init__(
+        self, instance_id: str, host: str, port: int, counters: Counters | None = None
+    ) -> None:
+        self.id = instance_id
+        self.host = host
+        self.port = port
+        self.outstanding = 0
+        self.idle: list[Conn] = []
+        self.counters = counters or Counters()
+        self.down_until = 0.0
+
+    def close_idle(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+class Balancer:
+    """One fleet's listener; the supervisor decides who is routable."""
+
+    def __init__(self, fleet: str, policy: str = "least-outstanding") -> None:
+        self.fleet = fleet
+        self.policy = policy
+        self.backends: dict[str, Backend] = {}
+        self.routable: list[Backend] = []
+        self.totals = Counters()
+        self.retries = 0
+        self.unavailable = 0  # 503s: no instance to send to
+        self.listen: tuple[str, int] | None = None
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._rr = 0
+
+    # membership -----------------------------------------------------------
+
+    def add(
+        self, instance_id: str, host: str, port: int, counters: Counters | None = None
+    ) -> Backend:
+        backend = self.backends.get(instance_id)
+        if backend is None or (backend.host, backend.port) != (host, port):
+            backend = Backend(instance_id, host, port, counters)
+            self.backends[instance_id] = backend
+        return backend
+
+    def remove(self, instance_id: str) -> None:
+        backend = self.backends.pop(instance_id, None)
+        if backend is not None:
+            backend.close_idle()
+            self.routable = [b for b in self.routable if b.id != instance_id]
+
+    def set_routable(self, ids: Iterable[str]) -> None:
+        wanted = set(ids)
+        self.routable = [b for i, b in sorted(self.backends.items()) if i in wanted]
+        for backend in self.backends.values():
+            if backend.id not in wanted:
+                backend.close_idle()
+
+    def outstanding(self, instance_id: str) -> int:
+        backend = self.backends.get(instance_id)
+        return backend.outstanding if backend else 0
+
+    def _pick(self, tried: set[str]) -> Backend | None:
+        candidates = [b for b in self.routable if b.id not in tried]
+        if not candidates:
+            return None
+        now = time.monotonic()
+        fresh = [b for b in candidates if b.down_until <= now] or candidates
+        self._rr = (self._rr + 1) % len(fresh)
+        if self.policy == "round-robin":
+            return fresh[self._rr]
+        rotated = fresh[self._rr :] + fresh[: self._rr]
+        return min(rotated, key=lambda b: b.outstanding)
+
+    # listening ------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._client, host, port, reuse_address=True, backlog=1024
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ProviderError(
+                    f"cannot serve fleet {self.fleet}: {host}:{port} is already in use",
+                    hint="stop what listens there, or set [provider.local] listen to a free "
+                    "address",
+                ) from exc
+            raise ProviderError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self.listen = (host, port)
+
+    async def move(self, host: str, port: int) -> None:
+        """Listen somewhere else; the old listener closes once the new one is up."""
+        old = self._server
+        await self.start(host, port)
+        if old is not None:
+            old.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._clients):
+                writer.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+        for backend in self.backends.values():
+            backend.close_idle()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
+        peer = writer.get_extra_info("peername")
+        client_ip = str(peer[0]) if peer else "unknown"
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(IDLE_TIMEOUT):
+                        raw = await reader.readuntil(b"\r\n\r\n")
+                    head = parse_head(raw, request=True)
+                except BadMessage:
+                    writer.write(simple_response(400, "Bad Request", "bad request\n", close=True))
+                    break
+                except asyncio.LimitOverrunError:
+                    writer.write(simple_response(431, "Headers Too Large", "", close=True))
+                    break
+                except (TimeoutError, *_NETWORK_ERRORS):
+                    break
+                if not await self._serve(head, reader, writer, client_ip):
+                    break
+                await writer.drain()
+        except _NETWORK_ERRORS:
+            pass
+        finally:
+            self._clients.discard(writer)
+            writer.close()
+
+    # one request ----------------------------------------------------------
+
+    async def _serve(
+        self, head: Head, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter, ip: str
+    ) -> bool:
+        """Answer one request; False when the client connection must close."""
+        started = time.monotonic()
+        if any(n.lower() == b"expect" for n, _ in head.headers) and (head.chunked or head.length):
+            cwriter.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body: bytes | None = b""
+        if head.chunked or (head.length or 0) > REPLAY_LIMIT:
+            body = None  # streamed from the client, so it can be sent only once
+        elif head.length:
+            body = await creader.readexactly(head.length)
+        upstream_head = _upstream_head(head, ip)
+        tried: set[str] = set()
+        while True:
+            backend = self._pick(tried)
+            if backend is None:
+                return self._give_up(head, cwriter, tried, body is not None)
+            tried.add(backend.id)
+            backend.outstanding += 1
+            try:
+                return await self._attempt(
+                    backend, head, upstream_head, body, creader, cwriter, started
+                )
+            except _Retry:
+                backend.counters.failures += 1
+                self.totals.failures += 1
+                self.retries += 1
+            finally:
+                backend.outstanding -= 1
+
+    def _give_up(
+        self, head: Head, cwriter: asyncio.StreamWriter, tried: set[str], body_read: bool
+    ) -> bool:
+        keep = body_read and not head.close
+        if tried:
+            message = f"fleet {self.fleet}: every instance tried failed to answer\n"
+            cwriter.write(simple_response(502, "Bad Gateway", message, close=not keep))
+            self.totals.record(502, 0.0)
+        else:
+            self.unavailable += 1
+            message = f"fleet {self.fleet} has no healthy instance in service\n"
+            cwriter.write(simple_response(503, "Service Unavailable", message, close=not keep))
+        return keep
+
+    async def _connect(self, backend: Backend, pooled: bool) -> tuple[Conn, bool]:
+        while pooled and backend.idle:
+            reader, writer = backend.idle.pop()
+            if not reader.at_eof() and not writer.is_closing():
+                return (reader, writer), True
+            writer.close()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                conn = await asyncio.open_connection(backend.host, backend.port)
+        except (OSError, TimeoutError) as exc:
+            backend.down_until = time.monotonic() + SUSPECT_SECONDS
+            raise _Retry from exc
+        return conn, False
+
+    async def _attempt(
+        self,
+        backend: Backend,
+        head: Head,
+        upstream_head: bytes,
+        body: bytes | None,
+        creader: asyncio.StreamReader,
+        cwriter: asyncio.StreamWriter,
+        started: float,
+    ) -> bool:
+        method = head.first[0]
+        (ureader, uwriter), _ = await self._connect(backend, pooled=body is not None)
+        replayable = body is not None and method in IDEMPOTENT
+        try:
+            if body is None:
+                uwriter.write(upstream_head)
+                if head.chunked:
+                    await copy_chunked(creader, uwriter)
+                else:
+                    await copy_exact(creader, uwriter, head.length or 0)
+            else:
+                uwriter.write(upstream_head + body if body else upstream_head)
+            async with asyncio.timeout(RESPONSE_TIMEOUT):
+                resp, interim = await _read_response_head(ureader)
+        except (TimeoutError, *_NETWORK_ERRORS) as exc:
+            uwriter.close()
+            if replayable and not _partial(exc):
+                raise _Retry from exc
+            backend.counters.failures += 1
+            self.totals.failures += 1
+            cwriter.write(simple_response(502, "Bad Gateway", "instance failed\n", close=True))
+            return False
+        cwriter.write(interim)
+        return await self._respond(backend, head, resp, (ureader, uwriter), cwriter, started)
+
+    async def _respond(
+        self,
+        backend: Backend,
+        head: Head,
+        resp: Head,
+        upstream: Conn,
+        cwriter: asyncio.StreamWriter,
+        started: float,
+    ) -> bool:
+        ureader, uwriter = upstream
+        status = int(resp.first[1])
+        no_body = head.first[0] == b"HEAD" or status in (204, 304)
+        client10 = head.first[2] == b"HTTP/1.0"
+        keep_client = not head.close
+        reusable = not resp.close
+        lines = [b"HTTP/1.1 " + resp.first[1] + b" " + resp.first[2], *forward_headers(resp)]
+        if no_body or (resp.length is not None and not resp.chunked):
+            lines += framing_lines(resp)
+        elif resp.chunked and not client10:
+            lines.append(b"Transfer-Encoding: chunked")
+        else:  # delimited by close, or chunked to an HTTP/1.0 client
+            keep_client = False
+            reusable = reusable and resp.chunked
+        lines.append(b"Connection: keep-alive" if keep_client else b"Connection: close")
+        out = b"\r\n".join(lines) + b"\r\n\r\n"
+        try:
+            if no_body:
+                cwriter.write(out)
+            elif resp.chunked:
+                cwriter.write(out)
+                await copy_chunked(ureader, cwriter, raw=not client10)
+            elif resp.length is not None and resp.length <= CHUNK:
+                cwriter.write(out + await ureader.readexactly(resp.length))
+            elif resp.length is not None:
+                cwriter.write(out)
+                await copy_exact(ureader, cwriter, resp.length)
+            else:
+                cwriter.write(out)
+                await copy_until_eof(ureader, cwriter)
+        except _NETWORK_ERRORS:
+            uwriter.close()
+            backend.counters.failures += 1
+            self.totals.failures += 1
+            return False
+        elapsed = time.monotonic() - started
+        backend.counters.record(status, elapsed)
+        self.totals.record(status, elapsed)
+        if reusable and backend in self.routable and len(backend.idle) < POOL_SIZE:
+            backend.idle.append(upstream)
+        else:
+            uwriter.close()
+        return keep_client
+
+
+async def _read_response_head(reader: asyncio.StreamReader) -> tuple[Head, bytes]:
+    """The final response head, and any interim (1xx) heads to pass on."""
+    interim = b""
+    while True:
+        raw = await reader.readuntil(b"\r\n\r\n")
+        resp = parse_head(raw, request=False)
+        status = resp.first[1]
+        if not status.isdigit():
+            raise BadMessage(f"bad status {status[:10]!r}")
+        if status.startswith(b"1") and status != b"101":
+            interim += raw
+            continue
+        return resp, interim
+
+
+def _partial(exc: BaseException) -> bool:
+    """Whether some response bytes had arrived before the failure."""
+    return isinstance(exc, asyncio.IncompleteReadError) and bool(exc.partial)
+
+
+def _upstream_head(head: Head, client_ip: str) -> bytes:
+    method, target, _ = head.first
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    forwarded_for = client_ip.encode()
+    for name, value in head.headers:
+        if name.lower() == b"x-forwarded-for":
+            forwarded_for = value + b", " + forwarded_for
+    lines += [
+        line
+        for line in forward_headers(head)
+        if not line.lower().startswith((b"x-forwarded-for:", b"x-forwarded-proto:", b"expect:"))
+    ]
+    lines += framing_lines(head)
+    lines += [b"X-Forwarded-For: " + forwarded_for, b"X-Forwarded-Proto: http"]
+    return b"\r\n".join(lines) + b"\r\n\r\n"

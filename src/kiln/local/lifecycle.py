@@ -1,0 +1,250 @@
+"""One instance's life: boot from an image, health checks, death, retirement.
+
+``Lifecycle`` holds the agent's in-memory state; ``Supervisor`` (its
+subclass) adds the fleet-level operations the API exposes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import KilnError
+from kiln.home import Home
+from kiln.local import procs
+from kiln.local.health import Tracker, probe
+from kiln.local.lb import Balancer
+from kiln.local.metrics import Counters
+from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
+from kiln.local.secret_refs import resolve
+from kiln.provider import InstanceState
+from kiln.store import Store
+
+log = logging.getLogger("kiln.agent")
+INSTANCE_HOST = "127.0.0.1"
+
+
+@dataclass
+class FleetRuntime:
+    """A fleet inside the agent: settings, server groups, its load balancer."""
+
+    name: str
+    settings: FleetSettings
+    balancer: Balancer
+    groups: dict[str, int] = field(default_factory=dict)  # image id -> desired count
+    supplied: dict[str, str] = field(default_factory=dict)  # env values for secrets, memory only
+    backoff: dict[str, tuple[float, float]] = field(default_factory=dict)  # image -> (when, delay)
+    counters: dict[str, Counters] = field(default_factory=dict)
+
+
+def describe_exit(status: int | None) -> str:
+    if status is None:
+        return "exited (status unknown: it was not the agent's child)"
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"killed by {name}"
+    return f"exited with status {status}"
+
+
+class Lifecycle:
+    def __init__(self, home: Home, db: AgentDB, store: Store) -> None:
+        self.home = home
+        self.db = db
+        self.store = store
+        self.logs = home.agent_dir / "logs"
+        self.fleets: dict[str, FleetRuntime] = {}
+        self.instances: dict[str, InstanceRecord] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.health_tasks: dict[str, asyncio.Task[None]] = {}
+        self.stopping: set[str] = set()  # ids whose retirement is under way
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def save(self, rec: InstanceRecord) -> None:
+        self.db.save_instance(rec)
+
+    # routing --------------------------------------------------------------
+
+    def sync_lb(self, fleet: FleetRuntime) -> None:
+        """Route to exactly the healthy, in-service instances not on their way out."""
+        fleet.balancer.set_routable(
+            r.id
+            for r in self.instances.values()
+            if r.fleet == fleet.name
+            and r.in_service
+            and r.state == "healthy"
+            and not r.terminating
+            and r.id not in self.stopping
+        )
+
+    # booting --------------------------------------------------------------
+
+    def new_record(
+        self, fleet: FleetRuntime, image: str, in_service: bool, replaces: str | None = None
+    ) -> InstanceRecord:
+        instance_id = "i-" + os.urandom(6).hex()
+        rec = InstanceRecord(
+            id=instance_id,
+            fleet=fleet.name,
+            image=image,
+            state="pending",
+            launched_at=time.time(),
+            in_service=in_service,
+            dir=str(self.home.instances / instance_id),
+            log=str(self.logs / f"{instance_id}.log"),
+            replaces=replaces,
+        )
+        rec.set_state(InstanceState.PENDING)
+        self.instances[rec.id] = rec
+        self.save(rec)
+        return rec
+
+    async def boot(self, fleet: FleetRuntime, rec: InstanceRecord) -> None:
+        """Materialize, resolve secrets, spawn; a failure marks the record failed and raises."""
+        try:
+            manifest = await asyncio.to_thread(self.store.materialize, rec.image, Path(rec.dir))
+            env = procs.base_env() | manifest.env | resolve(fleet.settings.secrets, fleet.supplied)
+            rec.port = procs.free_port(INSTANCE_HOST)
+            env |= {
+                "HOST": INSTANCE_HOST,
+                "PORT": str(rec.port),
+                "KILN_INSTANCE_ID": rec.id,
+                "KILN_IMAGE": rec.image,
+            }
+            proc = procs.spawn(manifest.run, Path(rec.dir), env, Path(rec.log))
+        except (KilnError, OSError) as exc:
+            rec.reason = f"could not start: {exc}"
+            self.finish(fleet, rec, InstanceState.FAILED)
+            raise
+        rec.pid = proc.pid
+        rec.pid_start = procs.start_time(proc.pid)
+        self.procs[rec.id] = proc
+        rec.set_state(InstanceState.RUNNING)
+        self.save(rec)
+        log.info("instance %s of %s started: pid %s port %s", rec.id, rec.image, rec.pid, rec.port)
+        self.watch_health(fleet, rec, healthy=False)
+
+    def watch_health(self, fleet: FleetRuntime, rec: InstanceRecord, *, healthy: bool) -> None:
+        counters = fleet.counters.setdefault(rec.id, Counters())
+        fleet.balancer.add(rec.id, INSTANCE_HOST, rec.port or 0, counters)
+        tracker = Tracker(fleet.settings.health_check, started=rec.launched_at, healthy=healthy)
+        self.health_tasks[rec.id] = asyncio.create_task(self._health_loop(fleet, rec, tracker))
+
+    async def _health_loop(self, fleet: FleetRuntime, rec: InstanceRecord, t: Tracker) -> None:
+        check = t.settings
+        while rec.live and rec.id not in self.stopping:
+            error = await probe(INSTANCE_HOST, rec.port or 0, check.path, check.timeout)
+            if not rec.live or rec.id in self.stopping:
+                return
+            verdict = t.observe(error, time.time())
+            if verdict == "healthy":
+                rec.set_state(InstanceState.HEALTHY)
+                rec.reason = None
+                self.save(rec)
+                fleet.backoff.pop(rec.image, None)
+                self.sync_lb(fleet)
+            elif verdict == "unhealthy":
+                rec.set_state(InstanceState.UNHEALTHY)
+                rec.reason = f"unhealthy: {t.last_error}"
+                self.save(rec)
+                log.warning("instance %s is %s; replacing it", rec.id, rec.reason)
+                self.background(self.retire(fleet, rec, InstanceState.FAILED, drain=False))
+                return
+            await asyncio.sleep(check.interval)
+
+    # dying and retiring ---------------------------------------------------
+
+    def exit_status(self, rec: InstanceRecord) -> tuple[bool, int | None]:
+        """(dead, exit status if known)."""
+        proc = self.procs.get(rec.id)
+        if proc is not None:
+            code = proc.poll()
+            return code is not None, code
+        return not procs.alive(rec.pid or 0, rec.pid_start), None
+
+    def check_processes(self) -> None:
+        """Notice instances that died on their own."""
+        for rec in list(self.instances.values()):
+            if not rec.live or rec.pid is None or rec.id in self.stopping:
+                continue
+            dead, status = self.exit_status(rec)
+            if dead:
+                rec.exit_status = status
+                rec.reason = describe_exit(status)
+                log.warning("instance %s %s", rec.id, rec.reason)
+                fleet = self.fleets.get(rec.fleet)
+                if fleet is not None:
+                    self.finish(fleet, rec, InstanceState.FAILED)
+
+    def finish(self, fleet: FleetRuntime, rec: InstanceRecord, state: InstanceState) -> None:
+        """Record a final state and forget the process and its directory."""
+        rec.set_state(state)
+        if state is InstanceState.TERMINATED:
+            rec.in_service = False
+        self.procs.pop(rec.id, None)
+        task = self.health_tasks.pop(rec.id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        fleet.balancer.remove(rec.id)
+        self.sync_lb(fleet)
+        self.save(rec)
+        shutil.rmtree(rec.dir, ignore_errors=True)
+
+    async def retire(
+        self, fleet: FleetRuntime, rec: InstanceRecord, final: InstanceState, *, drain: bool
+    ) -> None:
+        """Deregister, let in-flight requests finish (up to [fleet] drain), stop."""
+        if rec.id in self.stopping:
+            return
+        self.stopping.add(rec.id)
+        try:
+            self.sync_lb(fleet)
+            if drain and fleet.balancer.outstanding(rec.id):
+                rec.set_state(InstanceState.DRAINING)
+                self.save(rec)
+                deadline = time.monotonic() + fleet.settings.drain
+                while fleet.balancer.outstanding(rec.id) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+            await self.stop_process(rec, fleet.settings.stop_timeout)
+            self.finish(fleet, rec, final)
+        finally:
+            self.stopping.discard(rec.id)
+
+    async def stop_process(self, rec: InstanceRecord, timeout: float) -> None:
+        """SIGTERM the instance's group, SIGKILL it after ``timeout``."""
+        if rec.pid is None:
+            return
+        status: int | None = None
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            dead, status = self.exit_status(rec)
+            if dead:
+                break
+            procs.signal_group(rec.pid, sig)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                dead, status = self.exit_status(rec)
+                if dead:
+                    break
+                await asyncio.sleep(0.02)
+        rec.exit_status = status

@@ -1,0 +1,120 @@
+"""Instance processes: spawn detached, recognise after a restart, stop, log.
+
+Instances run in their own session so they outlive the agent (even a
+SIGKILLed one); a pid is only trusted together with its /proc start time, so
+a recycled pid is never mistaken for an instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+# Passed through from the agent; everything else an instance sees is explicit.
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "TMPDIR")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["PYTHONUNBUFFERED"] = "1"  # log lines arrive when written; the image may override
+    return env
+
+
+def spawn(run: str, cwd: Path, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``run`` through /bin/sh with exec, in its own session, output to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", f"exec {run}"],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(fd)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), None if gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int, started: int | None) -> bool:
+    now = start_time(pid)
+    return now is not None and (started is None or now == started)
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the instance's whole process group (its session leader is the app)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids whose environment has NAME=value: finds an instance spawned but not recorded."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def cap_log(path: Path, max_bytes: int) -> None:
+    """Keep a log within ``max_bytes``: the older half moves to ``.1``, replacing it.
+
+    The instance writes with O_APPEND, so truncating in place is safe: its
+    next write lands at the new end.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return
+    if size <= max_bytes // 2:
+        return
+    keep = max_bytes // 2
+    with path.open("rb") as f:
+        f.seek(max(0, size - keep))
+        tail = f.read()
+    path.with_name(path.name + ".1").write_bytes(tail)
+    os.truncate(path, 0)
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log (and of its rotated half if needed)."""
+    chunks = []
+    for candidate in (path.with_name(path.name + ".1"), path):
+        with contextlib.suppress(OSError):
+            chunks.append(candidate.read_bytes()[-256 * 1024 :])
+    text = b"".join(chunks).decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""

@@ -1,0 +1,297 @@
+"""Fleet operations and the self-healing loop of the agent.
+
+A fleet is a set of per-image server groups with desired counts. Launching
+raises a group's count; the reconcile loop replaces any instance that died
+or went unhealthy, from the same image, so each group keeps its count. A
+replacement inherits its predecessor's load-balancer membership and takes
+traffic only once healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import InstanceNotFound, KilnError
+from kiln.local import procs
+from kiln.local.lb import Balancer
+from kiln.local.lifecycle import FleetRuntime, Lifecycle
+from kiln.local.model import FleetSettings, InstanceRecord
+from kiln.local.secret_refs import resolve
+from kiln.provider import InstanceState
+
+log = logging.getLogger("kiln.agent")
+TICK = 0.2  # seconds between two looks at the processes
+KEEP_FINISHED = 900.0  # how long terminated/failed instances stay visible
+MAX_BACKOFF = 30.0
+
+
+class Supervisor(Lifecycle):
+    # fleets ---------------------------------------------------------------
+
+    async def ensure_fleet(
+        self, name: str, settings: FleetSettings, supplied: Mapping[str, str]
+    ) -> FleetRuntime:
+        """The fleet, created and listening; follows changed settings."""
+        fleet = self.fleets.get(name)
+        if fleet is None:
+            balancer = Balancer(name, settings.balance)
+            await balancer.start(settings.listen_host, settings.listen_port)
+            fleet = self.fleets[name] = FleetRuntime(name, settings, balancer)
+            log.info("fleet %s serves %s", name, settings.endpoint)
+        elif settings != fleet.settings:
+            old = fleet.settings
+            if (old.listen_host, old.listen_port) != (settings.listen_host, settings.listen_port):
+                await fleet.balancer.move(settings.listen_host, settings.listen_port)
+            fleet.balancer.policy = settings.balance
+            fleet.settings = settings
+        fleet.supplied.update(supplied)
+        self.db.save_fleet(name, fleet.settings)
+        return fleet
+
+    def fleet(self, name: str) -> FleetRuntime:
+        fleet = self.fleets.get(name)
+        if fleet is None:
+            raise InstanceNotFound(f"fleet {name} has no instances on this host")
+        return fleet
+
+    def _set_group(self, fleet: FleetRuntime, image: str, delta: int) -> None:
+        desired = max(0, fleet.groups.get(image, 0) + delta)
+        if desired:
+            fleet.groups[image] = desired
+        else:
+            fleet.groups.pop(image, None)
+        self.db.save_group(fleet.name, image, desired)
+
+    async def _drop_if_empty(self, fleet: FleetRuntime) -> None:
+        busy = any(r.live for r in self.instances.values() if r.fleet == fleet.name)
+        if not fleet.groups and not busy and self.fleets.get(fleet.name) is fleet:
+            del self.fleets[fleet.name]
+            self.db.delete_fleet(fleet.name)
+            await fleet.balancer.close()
+            log.info("fleet %s is empty; stopped listening", fleet.name)
+
+    # operations -----------------------------------------------------------
+
+    async def launch(
+        self,
+        name: str,
+        settings: FleetSettings,
+        image: str,
+        count: int,
+        in_service: bool,
+        supplied: Mapping[str, str],
+    ) -> list[str]:
+        record = await asyncio.to_thread(self.store.get, image)
+        resolve(settings.secrets, {**supplied})  # fail before anything changes
+        fleet = await self.ensure_fleet(name, settings, supplied)
+        self._set_group(fleet, record.id, count)
+        recs = [self.new_record(fleet, record.id, in_service) for _ in range(count)]
+        for index, rec in enumerate(recs):
+            try:
+                await self.boot(fleet, rec)
+            except KilnError:
+                for later in recs[index:]:
+                    later.terminating = True  # not to be replaced: the launch failed
+                    if later.live:
+                        self.finish(fleet, later, InstanceState.FAILED)
+                self._set_group(fleet, record.id, -(count - index))
+                await self._drop_if_empty(fleet)
+                raise
+        return [rec.id for rec in recs]
+
+    def resolve_id(self, fleet: FleetRuntime, instance_id: str) -> InstanceRecord:
+        """The instance, or the live replacement that took its place."""
+        rec = self.instances.get(instance_id)
+        if rec is None or rec.fleet != fleet.name:
+            raise InstanceNotFound(f"no instance {instance_id} in fleet {fleet.name}")
+        seen = {rec.id}
+        while rec.replaced_by and rec.replaced_by in self.instances:
+            rec = self.instances[rec.replaced_by]
+            if rec.id in seen:
+                break
+            seen.add(rec.id)
+        return rec
+
+    def set_in_service(self, name: str, add: Sequence[str], remove: Sequence[str]) -> None:
+        fleet = self.fleet(name)
+        changes = [(self.resolve_id(fleet, i), True) for i in add]
+        changes += [(self.resolve_id(fleet, i), False) for i in remove]
+        for rec, wanted in changes:
+            rec.in_service = wanted
+            self.save(rec)
+        self.sync_lb(fleet)  # one step: removed ones get no new request from here on
+
+    async def terminate(self, name: str, ids: Sequence[str]) -> None:
+        fleet = self.fleet(name)
+        targets = []
+        for rec in [self.resolve_id(fleet, i) for i in ids]:
+            if rec.terminating or rec.state == InstanceState.TERMINATED:
+                continue
+            rec.terminating = True
+            self.save(rec)
+            self._set_group(fleet, rec.image, -1)
+            if rec.live:
+                targets.append(rec)
+        self.sync_lb(fleet)
+        await asyncio.gather(
+            *(self.retire(fleet, r, InstanceState.TERMINATED, drain=True) for r in targets)
+        )
+        await self._drop_if_empty(fleet)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        fleet = self.fleets.get(name)
+        instances = [r for r in self.instances.values() if r.fleet == name]
+        instances.sort(key=lambda r: r.launched_at)
+        return {
+            "name": name,
+            "endpoint": fleet.settings.endpoint if fleet else None,
+            "groups": dict(fleet.groups) if fleet else {},
+            "instances": [r.public() for r in instances],
+        }
+
+    def stats(self, name: str) -> dict[str, Any]:
+        fleet = self.fleets.get(name)
+        if fleet is None:
+            return {}
+        return {i: c.as_dict() for i, c in fleet.counters.items() if i in self.instances}
+
+    # self-healing ---------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch processes, keep every group at its count, tidy up; forever."""
+        ticks = 0
+        while True:
+            self.check_processes()
+            for fleet in list(self.fleets.values()):
+                await self._listen(fleet)
+                await self._reconcile(fleet)
+            ticks += 1
+            if ticks % 25 == 0:
+                self._housekeeping()
+            await asyncio.sleep(TICK)
+
+    async def _listen(self, fleet: FleetRuntime) -> None:
+        if fleet.balancer.listen is None:
+            try:
+                s = fleet.settings
+                await fleet.balancer.start(s.listen_host, s.listen_port)
+            except KilnError as exc:
+                log.error("%s (will retry)", exc)
+
+    async def _reconcile(self, fleet: FleetRuntime) -> None:
+        for image, desired in list(fleet.groups.items()):
+            mine = [
+                r for r in self.instances.values() if r.fleet == fleet.name and r.image == image
+            ]
+            live = [r for r in mine if r.live and r.state != "unhealthy" and not r.terminating]
+            missing = desired - len(live)
+            for _ in range(missing):
+                if time.time() < fleet.backoff.get(image, (0.0, 0.0))[0]:
+                    return
+                await self._replace(fleet, image, mine, live)
+
+    async def _replace(
+        self,
+        fleet: FleetRuntime,
+        image: str,
+        mine: list[InstanceRecord],
+        live: list[InstanceRecord],
+    ) -> None:
+        gone = sorted(
+            (
+                r
+                for r in mine
+                if r.state in ("failed", "unhealthy") and not r.replaced_by and not r.terminating
+            ),
+            key=lambda r: r.launched_at,
+        )
+        predecessor = gone[0] if gone else None
+        in_service = predecessor.in_service if predecessor else any(r.in_service for r in live)
+        if predecessor is not None and not predecessor.ever_healthy:
+            delay = min(max(fleet.backoff.get(image, (0.0, 0.5))[1] * 2, 1.0), MAX_BACKOFF)
+            fleet.backoff[image] = (time.time() + delay, delay)
+        rec = self.new_record(fleet, image, in_service, predecessor.id if predecessor else None)
+        if predecessor is not None:
+            predecessor.replaced_by = rec.id
+            self.save(predecessor)
+        log.info("replacing %s with %s", predecessor.id if predecessor else "(lost)", rec.id)
+        try:
+            await self.boot(fleet, rec)
+        except KilnError as exc:
+            log.error("replacement %s failed: %s", rec.id, exc)
+
+    def _housekeeping(self) -> None:
+        now = time.time()
+        for rec in list(self.instances.values()):
+            if rec.live:
+                procs.cap_log(Path(rec.log), self._log_cap(rec))
+                continue
+            finished = max(rec.times.values(), default=rec.launched_at)
+            if now - finished > KEEP_FINISHED:
+                del self.instances[rec.id]
+                self.db.delete_instance(rec.id)
+                for path in (Path(rec.log), Path(rec.log + ".1")):
+                    path.unlink(missing_ok=True)
+                fleet = self.fleets.get(rec.fleet)
+                if fleet is not None:
+                    fleet.counters.pop(rec.id, None)
+
+    def _log_cap(self, rec: InstanceRecord) -> int:
+        fleet = self.fleets.get(rec.fleet)
+        return fleet.settings.log_max_bytes if fleet else 10 * 1024 * 1024
+
+    # restart --------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Re-adopt the instances a previous agent left running; never duplicate one."""
+        groups = self.db.groups()
+        for name, settings in self.db.fleets().items():
+            balancer = Balancer(name, settings.balance)
+            self.fleets[name] = FleetRuntime(name, settings, balancer, groups.get(name, {}))
+        for rec in self.db.instances():
+            self.instances[rec.id] = rec
+            fleet = self.fleets.get(rec.fleet)
+            if not rec.live or fleet is None:
+                continue
+            self._readopt(fleet, rec)
+        for fleet in self.fleets.values():
+            await self._listen(fleet)
+            self.sync_lb(fleet)
+
+    def _readopt(self, fleet: FleetRuntime, rec: InstanceRecord) -> None:
+        if rec.pid is None:  # the previous agent died between record and spawn
+            for pid in procs.processes_with_env("KILN_INSTANCE_ID", rec.id):
+                procs.signal_group(pid, signal.SIGKILL)
+            rec.reason = "the agent stopped while it was starting"
+            self.finish(fleet, rec, InstanceState.FAILED)
+        elif not procs.alive(rec.pid, rec.pid_start):
+            rec.reason = "exited while the agent was down"
+            self.finish(fleet, rec, InstanceState.FAILED)
+        else:
+            log.info("re-adopted instance %s (pid %s, %s)", rec.id, rec.pid, rec.state)
+            self.watch_health(fleet, rec, healthy=rec.state == "healthy")
+            if rec.terminating or rec.state in ("draining", "unhealthy"):
+                final = InstanceState.TERMINATED if rec.terminating else InstanceState.FAILED
+                self.background(self.retire(fleet, rec, final, drain=True))
+
+    async def shutdown(self, stop_instances: bool) -> None:
+        """Stop serving; with ``stop_instances`` also stop every instance (and forget groups)."""
+        if stop_instances:
+            for fleet in list(self.fleets.values()):
+                live = [r.id for r in self.instances.values() if r.fleet == fleet.name and r.live]
+                with contextlib.suppress(KilnError):
+                    await self.terminate(fleet.name, live)
+                for image in list(fleet.groups):
+                    self._set_group(fleet, image, -fleet.groups[image])
+                await self._drop_if_empty(fleet)
+        for task in self.health_tasks.values():
+            task.cancel()
+        for fleet in self.fleets.values():
+            await fleet.balancer.close()
