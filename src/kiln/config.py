@@ -267,6 +267,24 @@ class AwsProvider(Section):
         default=None,
         description="CIDR allowed to SSH to the builder. Default: the caller's address /32.",
     )
+    ssh_private_ip: bool = Field(
+        default=False,
+        description="SSH to the builder's private address (CI runners inside the VPC).",
+    )
+    ssh_timeout: Duration = Field(
+        default=300.0, gt=0, description="Longest wait for the builder to accept SSH."
+    )
+    image_timeout: Duration = Field(
+        default=1800.0, gt=0, description="Longest wait for a new AMI to become available."
+    )
+    build_ttl: Duration = Field(
+        default=7200.0,
+        gt=0,
+        description=(
+            "Expiry tagged on a bake's temporary resources; 'kiln aws reap' removes "
+            "them after it, and the builder powers itself off then."
+        ),
+    )
     subnet_id: str | None = Field(default=None, description="Subnet for builders and instances.")
     subnet_ids: list[str] = Field(
         default_factory=list, description="Subnets of the Auto Scaling groups."

@@ -1,0 +1,326 @@
+"""``kiln bake --provider aws``: a baked image becomes an AMI, like Packer but tidy.
+
+Bake locally (the digest is the identity); reuse an AMI already tagged with
+that digest, or resume the wait for one still pending; otherwise launch a
+builder inside nested ``with`` blocks (key pair → security group →
+instance), upload and install the image over SSH, stop, create the AMI, wait,
+tag it and its snapshots. Whatever happens, the builder, key pair and
+security group are gone when this returns or raises.
+"""
+
+from __future__ import annotations
+
+import datetime
+import posixpath
+import secrets
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.aws import builder as b
+from kiln.aws.images import (
+    BASE_TAG,
+    COMMIT_TAG,
+    DIGEST_TAG,
+    IMAGE_TAG,
+    RECIPE_TAG,
+    Ami,
+    delete_ami,
+    find_ami,
+    wait_available,
+)
+from kiln.aws.install import recipe, render_bundle
+from kiln.aws.policy import APP_TAG
+from kiln.aws.session import Aws, aws_errors, connect, tags
+from kiln.aws.ssh import SshTarget, Upload, provision
+from kiln.config import AwsProvider, Config, LoadedConfig
+from kiln.errors import AwsError
+from kiln.home import Home
+from kiln.store import ImageRecord, Store
+
+Progress = Callable[[str], None]
+TargetFactory = Callable[[b.Builder], SshTarget]
+
+
+@dataclass(frozen=True)
+class AmiResult:
+    ami: str
+    image: str
+    digest: str
+    app: str
+    region: str
+    reused: bool  # an AMI for this digest existed: no builder launched
+    resumed: bool  # it was still pending: this bake waited for it
+    build_id: str | None
+    base_ami: str | None
+    snapshots: tuple[str, ...]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "provider": "aws",
+            "ami": self.ami,
+            "image": self.image,
+            "digest": self.digest,
+            "app": self.app,
+            "region": self.region,
+            "reused": self.reused,
+            "resumed": self.resumed,
+            "build_id": self.build_id,
+            "base_ami": self.base_ami,
+            "snapshots": list(self.snapshots),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def settings_of(config: Config) -> AwsProvider:
+    return config.provider.aws or AwsProvider()
+
+
+def bake_ami(
+    loaded: LoadedConfig,
+    home: Home,
+    *,
+    progress: Progress | None = None,
+    aws: Aws | None = None,
+    ssh_target: TargetFactory | None = None,
+) -> AmiResult:
+    """Bake the app locally, then make (or reuse) its AMI."""
+    from kiln.bake import bake  # the local bake; imported late to keep this module light
+
+    note = progress or (lambda _msg: None)
+    local = bake(loaded, home)
+    note(f"image {local.image} ({'reused' if local.reused else 'baked'})")
+    store = Store(home)
+    record = store.get(local.image)
+    settings = settings_of(loaded.config)
+    return build_ami(
+        store,
+        record,
+        loaded.config,
+        aws=aws or connect(settings),
+        progress=note,
+        ssh_target=ssh_target,
+    )
+
+
+def build_ami(
+    store: Store,
+    record: ImageRecord,
+    config: Config,
+    *,
+    aws: Aws,
+    progress: Progress | None = None,
+    ssh_target: TargetFactory | None = None,
+) -> AmiResult:
+    """The AMI for an image already in the store."""
+    note = progress or (lambda _msg: None)
+    settings = settings_of(config)
+    started = time.monotonic()
+    shape = recipe(config, settings)
+    existing = find_ami(aws, record.digest, shape)
+    if existing is not None and existing.state in {"available", "pending"}:
+        resumed = existing.state == "pending"
+        note(f"{'resuming the wait for' if resumed else 'reusing'} {existing.id}")
+        ami = _finish(aws, existing.id, settings, note)
+        return _result(ami, record, aws, None, True, resumed, started)
+    if existing is not None:
+        note(f"deregistering {existing.id} (state {existing.state}) before baking again")
+        delete_ami(aws, existing)
+    build_id = "kb-" + secrets.token_hex(6)
+    base = resolve_base_image(aws, settings)
+    note(f"build {build_id}: base image {base}")
+    bundle_dir = store.home.tmp / f"ami-{build_id}"
+    try:
+        ami_id = _build(store, record, config, settings, aws, build_id, base, note, ssh_target)
+    finally:
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+    ami = _finish(aws, ami_id, settings, note)
+    return _result(ami, record, aws, build_id, False, False, started, base)
+
+
+def _build(
+    store: Store,
+    record: ImageRecord,
+    config: Config,
+    settings: AwsProvider,
+    aws: Aws,
+    build_id: str,
+    base: str,
+    note: Progress,
+    ssh_target: TargetFactory | None,
+) -> str:
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=settings.build_ttl)
+    build = b.BuildTags(build_id=build_id, app=record.app, expires=expires.replace(microsecond=0))
+    bundle = render_bundle(store, record, config, settings, store.home.tmp / f"ami-{build_id}")
+    cidr = settings.ssh_cidr or caller_cidr(aws)
+    vpc_id = subnet_vpc(aws, settings.subnet_id) if settings.subnet_id else None
+    with ExitStack() as stack:
+        key_name, key = stack.enter_context(b.key_pair(aws, build, note))
+        group_id = stack.enter_context(b.security_group(aws, build, cidr, vpc_id, note))
+        builder = stack.enter_context(
+            b.builder_instance(
+                aws,
+                build,
+                base_ami=base,
+                instance_type=settings.builder_instance_type,
+                key_name=key_name,
+                key=key,
+                group_id=group_id,
+                subnet_id=settings.subnet_id,
+                ttl=settings.build_ttl,
+                note=note,
+            )
+        )
+        target = (ssh_target or default_target(settings))(builder)
+        staging = posixpath.join(target.root, "tmp", f"kiln-{build_id}")
+        uploads = [Upload(path, posixpath.join(staging, path.name)) for path in bundle.files()]
+        provision(
+            target,
+            uploads,
+            bundle.command(staging, target.root, target.sudo),
+            timeout=settings.ssh_timeout,
+            note=note,
+        )
+        note(f"stopping {builder.instance_id}")
+        with aws_errors("stopping the builder"):
+            aws.ec2.stop_instances(InstanceIds=[builder.instance_id])
+        b.wait_instance(aws, builder.instance_id, "stopped", timeout=600, note=note)
+        ami_id = _create_image(aws, record, builder.instance_id, base, settings, config)
+        note(f"creating {ami_id}")
+        wait_available(aws, ami_id, timeout=settings.image_timeout, note=note)
+        return ami_id
+
+
+def _create_image(
+    aws: Aws,
+    record: ImageRecord,
+    instance_id: str,
+    base: str,
+    settings: AwsProvider,
+    config: Config,
+) -> str:
+    name = f"kiln-{record.app}-{record.id}-{recipe(config, settings)[:8]}"
+    image_tags = ami_tags(record, base, recipe(config, settings))
+    spec: list[Any] = [{"ResourceType": "image", "Tags": tags(image_tags)}]
+    with aws_errors("creating the AMI"):
+        response = aws.ec2.create_image(
+            InstanceId=instance_id,
+            Name=name,
+            Description=f"kiln image {record.id} of {record.app}",
+            TagSpecifications=spec,
+        )
+    return response["ImageId"]
+
+
+def ami_tags(record: ImageRecord, base: str, shape: str) -> dict[str, str]:
+    return {
+        "Name": f"kiln-{record.app}-{record.id}",
+        APP_TAG: record.app,
+        DIGEST_TAG: record.digest,
+        IMAGE_TAG: record.id,
+        COMMIT_TAG: str(record.meta.get("commit") or "unknown"),
+        BASE_TAG: base,
+        RECIPE_TAG: shape,
+    }
+
+
+def _finish(aws: Aws, ami_id: str, settings: AwsProvider, note: Progress) -> Ami:
+    """Wait until available, then give the snapshots the AMI's kiln tags."""
+    ami = wait_available(aws, ami_id, timeout=settings.image_timeout, note=note)
+    wanted = {k: v for k, v in ami.tags.items() if k.startswith("kiln:")}
+    if ami.snapshots and wanted:
+        with aws_errors(f"tagging the snapshots of {ami_id}"):
+            aws.ec2.create_tags(Resources=list(ami.snapshots), Tags=tags(wanted))  # type: ignore[arg-type]
+    note(f"{ami_id} available")
+    return ami
+
+
+def _result(
+    ami: Ami,
+    record: ImageRecord,
+    aws: Aws,
+    build_id: str | None,
+    reused: bool,
+    resumed: bool,
+    started: float,
+    base: str | None = None,
+) -> AmiResult:
+    return AmiResult(
+        ami=ami.id,
+        image=record.id,
+        digest=record.digest,
+        app=record.app,
+        region=aws.region,
+        reused=reused,
+        resumed=resumed,
+        build_id=build_id,
+        base_ami=base or ami.tags.get(BASE_TAG),
+        snapshots=ami.snapshots,
+        seconds=time.monotonic() - started,
+    )
+
+
+def resolve_base_image(aws: Aws, settings: AwsProvider) -> str:
+    """Pin the base image to an id: a given 'ami-' id, or the newest name match."""
+    wanted = settings.base_image
+    with aws_errors("resolving the base image"):
+        if wanted.startswith("ami-"):
+            found = aws.ec2.describe_images(ImageIds=[wanted])["Images"]
+        else:
+            found = aws.ec2.describe_images(
+                Owners=[settings.base_image_owner],
+                Filters=[
+                    {"Name": "name", "Values": [wanted]},
+                    {"Name": "state", "Values": ["available"]},
+                ],
+            )["Images"]
+    if not found:
+        raise AwsError(
+            f"no base image {wanted!r} (owner {settings.base_image_owner}) in {aws.region}",
+            hint="set [provider.aws] base_image to an AMI id or name pattern available there",
+        )
+    newest = max(found, key=lambda image: image.get("CreationDate", ""))
+    return newest["ImageId"]
+
+
+def subnet_vpc(aws: Aws, subnet_id: str) -> str:
+    with aws_errors(f"looking up subnet {subnet_id}"):
+        subnets = aws.ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+    return subnets[0]["VpcId"]
+
+
+def caller_cidr(aws: Aws) -> str:
+    """The address AWS sees us from, as a /32 (loopback against a local endpoint)."""
+    if aws.is_local:
+        return "127.0.0.1/32"
+    try:
+        with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=5) as resp:
+            address = resp.read().decode().strip()
+    except OSError as exc:
+        raise AwsError(
+            f"cannot find this machine's public address: {exc}",
+            hint="set [provider.aws] ssh_cidr to the CIDR the builder should accept SSH from",
+        ) from None
+    return f"{address}/32"
+
+
+def default_target(settings: AwsProvider) -> TargetFactory:
+    """SSH to the builder's public address (or private, with ssh_private_ip) on port 22."""
+
+    def target(builder: b.Builder) -> SshTarget:
+        host = builder.private_ip if settings.ssh_private_ip else builder.public_ip
+        if not host:
+            raise AwsError(
+                f"builder {builder.instance_id} has no "
+                f"{'private' if settings.ssh_private_ip else 'public'} address",
+                hint="use a subnet that assigns public addresses, or set ssh_private_ip = true "
+                "when kiln runs inside the VPC",
+            )
+        return SshTarget(host=host, port=22, username=settings.ssh_user, key=builder.key)
+
+    return target

@@ -1,0 +1,232 @@
+"""A bake's temporary AWS resources, each born inside a ``with`` that removes it.
+
+Key pair, security group and builder instance are tagged with the bake's
+build id and an expiry, so if the process is killed outright (no ``finally``
+runs) ``kiln aws reap`` finds them; the builder also powers itself off at
+its expiry and is set to terminate on shutdown. Cleanup defers Ctrl-C until
+it is done, so an impatient second Ctrl-C cannot orphan anything.
+"""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import asyncssh
+
+from kiln.aws.policy import APP_TAG, BUILD_TAG
+from kiln.aws.session import Aws, aws_errors, tags
+from kiln.errors import AwsError
+
+EXPIRES_TAG = "kiln:expires"
+Note = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildTags:
+    build_id: str
+    app: str
+    expires: datetime.datetime
+
+    def base(self) -> dict[str, str]:
+        return {
+            BUILD_TAG: self.build_id,
+            APP_TAG: self.app,
+            EXPIRES_TAG: self.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    def spec(self, *kinds: str, name: str) -> list[Any]:
+        tagged = tags({**self.base(), "Name": name})
+        return [{"ResourceType": kind, "Tags": tagged} for kind in kinds]
+
+
+@dataclass(frozen=True)
+class Builder:
+    """The running builder instance and what is needed to reach it."""
+
+    instance_id: str
+    public_ip: str | None
+    private_ip: str | None
+    key: asyncssh.SSHKey
+
+
+def parse_expiry(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT during cleanup; re-raise it once everything is removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _cleanup(what: str, note: Note, action: Callable[[], object]) -> None:
+    with interrupts_deferred():
+        try:
+            with aws_errors(f"removing {what}"):
+                action()
+            note(f"removed {what}")
+        except AwsError as exc:
+            note(f"could not remove {what}: {exc}; 'kiln aws reap' will")
+
+
+@contextmanager
+def key_pair(aws: Aws, build: BuildTags, note: Note) -> Iterator[tuple[str, asyncssh.SSHKey]]:
+    """A fresh ed25519 key: the private half never leaves this process."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    name = f"kiln-{build.build_id}"
+    with aws_errors("creating the builder's key pair"):
+        aws.ec2.import_key_pair(
+            KeyName=name,
+            PublicKeyMaterial=key.export_public_key(),
+            TagSpecifications=build.spec("key-pair", name=name),
+        )
+    note(f"key pair {name}")
+    try:
+        yield name, key
+    finally:
+        _cleanup(f"key pair {name}", note, lambda: aws.ec2.delete_key_pair(KeyName=name))
+
+
+@contextmanager
+def security_group(
+    aws: Aws, build: BuildTags, cidr: str, vpc_id: str | None, note: Note
+) -> Iterator[str]:
+    name = f"kiln-{build.build_id}"
+    args: dict[str, Any] = {
+        "GroupName": name,
+        "Description": f"kiln AMI builder {build.build_id}: SSH from {cidr}",
+        "TagSpecifications": build.spec("security-group", name=name),
+    }
+    if vpc_id:
+        args["VpcId"] = vpc_id
+    with aws_errors("creating the builder's security group"):
+        group_id = aws.ec2.create_security_group(**args)["GroupId"]
+    try:
+        with aws_errors("opening SSH on the builder's security group"):
+            aws.ec2.authorize_security_group_ingress(
+                GroupId=group_id,
+                IpPermissions=[
+                    {
+                        "IpProtocol": "tcp",
+                        "FromPort": 22,
+                        "ToPort": 22,
+                        "IpRanges": [{"CidrIp": cidr, "Description": "kiln bake"}],
+                    }
+                ],
+            )
+        note(f"security group {group_id}: SSH from {cidr}")
+        yield group_id
+    finally:
+        _cleanup(
+            f"security group {group_id}",
+            note,
+            lambda: aws.ec2.delete_security_group(GroupId=group_id),
+        )
+
+
+def _user_data(ttl: float) -> str:
+    minutes = max(1, int(ttl // 60))
+    return (
+        "#!/bin/sh\n"
+        "# kiln builder: power off (and so terminate) at expiry\n"
+        f"shutdown -h +{minutes}\n"
+    )
+
+
+@contextmanager
+def builder_instance(
+    aws: Aws,
+    build: BuildTags,
+    *,
+    base_ami: str,
+    instance_type: str,
+    key_name: str,
+    key: asyncssh.SSHKey,
+    group_id: str,
+    subnet_id: str | None,
+    ttl: float,
+    note: Note,
+) -> Iterator[Builder]:
+    args: dict[str, Any] = {
+        "ImageId": base_ami,
+        "InstanceType": instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "KeyName": key_name,
+        "SecurityGroupIds": [group_id],
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "UserData": _user_data(ttl),
+        "MetadataOptions": {"HttpTokens": "required"},
+        "TagSpecifications": build.spec(
+            "instance", "volume", name=f"kiln-builder-{build.app}-{build.build_id}"
+        ),
+    }
+    if subnet_id:
+        args["SubnetId"] = subnet_id
+    with aws_errors("launching the builder instance"):
+        instance_id = aws.ec2.run_instances(**args)["Instances"][0]["InstanceId"]
+    note(f"builder {instance_id} launched from {base_ami}")
+    try:
+        described = wait_instance(aws, instance_id, "running", timeout=600, note=note)
+        yield Builder(
+            instance_id=instance_id,
+            public_ip=described.get("PublicIpAddress"),
+            private_ip=described.get("PrivateIpAddress"),
+            key=key,
+        )
+    finally:
+        _cleanup(f"builder {instance_id}", note, lambda: terminate(aws, instance_id, note))
+
+
+def terminate(aws: Aws, instance_id: str, note: Note) -> None:
+    aws.ec2.terminate_instances(InstanceIds=[instance_id])
+    wait_instance(aws, instance_id, "terminated", timeout=600, note=note)
+
+
+def wait_instance(
+    aws: Aws, instance_id: str, state: str, *, timeout: float, note: Note
+) -> dict[str, Any]:
+    """Poll until the instance reaches ``state``; its description then."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        with aws_errors(f"waiting for {instance_id}"):
+            found = aws.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        instance: dict[str, Any] = dict(found[0]["Instances"][0])
+        current = instance["State"]["Name"]
+        if current == state:
+            return instance
+        if state == "running" and current in {"shutting-down", "terminated", "stopped"}:
+            reason = instance.get("StateReason", {}).get("Message", current)
+            raise AwsError(f"builder {instance_id} did not start: {reason}")
+        if time.monotonic() > deadline:
+            raise AwsError(f"{instance_id} still {current} after {timeout:g}s (wanted {state})")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 5.0)

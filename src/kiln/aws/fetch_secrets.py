@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""kiln fetch-secrets: resolve an app's secrets on the instance, at every boot.
+
+Installed on AMIs as /usr/local/lib/kiln/fetch-secrets and run by the app's
+systemd unit before it starts (``ExecStartPre``). Secrets are never baked:
+the AMI holds only their *names* (secrets.json); the values are read here
+from SSM Parameter Store with the instance role's credentials (IMDSv2), or
+from files, and written to a root-only environment file under /run (tmpfs).
+
+Standard library only: it runs on a bare base image.
+
+    fetch-secrets SPEC.json OUT.env
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+IMDS = os.environ.get("KILN_IMDS_ENDPOINT", "http://169.254.169.254")
+
+
+def _imds(path: str, token: str) -> str:
+    req = urllib.request.Request(f"{IMDS}{path}", headers={"X-aws-ec2-metadata-token": token})
+    with urllib.request.urlopen(req, timeout=2) as resp:
+        return str(resp.read().decode())
+
+
+def _imds_token() -> str:
+    req = urllib.request.Request(
+        f"{IMDS}/latest/api/token",
+        method="PUT",
+        headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"},
+    )
+    with urllib.request.urlopen(req, timeout=2) as resp:
+        return str(resp.read().decode())
+
+
+def credentials() -> tuple[str, str, str | None]:
+    """The environment's keys, else the instance role's (IMDSv2)."""
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return (
+            os.environ["AWS_ACCESS_KEY_ID"],
+            os.environ["AWS_SECRET_ACCESS_KEY"],
+            os.environ.get("AWS_SESSION_TOKEN"),
+        )
+    token = _imds_token()
+    role = _imds("/latest/meta-data/iam/security-credentials/", token).split()[0]
+    doc = json.loads(_imds(f"/latest/meta-data/iam/security-credentials/{role}", token))
+    return doc["AccessKeyId"], doc["SecretAccessKey"], doc.get("Token")
+
+
+def region() -> str:
+    found = os.environ.get("AWS_REGION")
+    if found:
+        return found
+    return _imds("/latest/meta-data/placement/region", _imds_token())
+
+
+def _sign(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def signed_request(url: str, target: str, body: bytes, where: str) -> urllib.request.Request:
+    """An AWS JSON-protocol POST signed with Signature Version 4."""
+    key_id, secret, token = credentials()
+    host = urllib.parse.urlparse(url).netloc
+    now = datetime.datetime.now(datetime.UTC)
+    stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    headers = {
+        "content-type": "application/x-amz-json-1.1",
+        "host": host,
+        "x-amz-date": stamp,
+        "x-amz-target": target,
+    }
+    if token:
+        headers["x-amz-security-token"] = token
+    names = ";".join(sorted(headers))
+    canonical = "\n".join(
+        [
+            "POST",
+            "/",
+            "",
+            "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
+            names,
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
+    scope = f"{day}/{where}/ssm/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    k = _sign(_sign(_sign(_sign(f"AWS4{secret}".encode(), day), where), "ssm"), "aws4_request")
+    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={names}, "
+        f"Signature={signature}"
+    )
+    return urllib.request.Request(url, data=body, method="POST", headers=headers)
+
+
+def ssm_parameters(names: list[str]) -> dict[str, str]:
+    """GetParameters (10 names a call), decrypted; a missing one is an error."""
+    where = region()
+    url = os.environ.get("KILN_SSM_ENDPOINT") or f"https://ssm.{where}.amazonaws.com/"
+    found: dict[str, str] = {}
+    for start in range(0, len(names), 10):
+        batch = names[start : start + 10]
+        body = json.dumps({"Names": batch, "WithDecryption": True}).encode()
+        req = signed_request(url, "AmazonSSM.GetParameters", body, where)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+        for param in doc.get("Parameters", []):
+            found[param["Name"]] = param["Value"]
+        missing = doc.get("InvalidParameters") or []
+        if missing:
+            raise SystemExit(f"fetch-secrets: SSM parameters not found: {', '.join(missing)}")
+    return found
+
+
+def resolve(spec: dict[str, str]) -> dict[str, str]:
+    wanted = sorted({ref[4:] for ref in spec.values() if ref.startswith("ssm:")})
+    params = ssm_parameters(wanted) if wanted else {}
+    values: dict[str, str] = {}
+    for name, ref in sorted(spec.items()):
+        kind, _, where = ref.partition(":")
+        if kind == "ssm":
+            values[name] = params[where]
+        elif kind == "file":
+            values[name] = Path(where).read_text(encoding="utf-8").rstrip("\n")
+        else:
+            raise SystemExit(f"fetch-secrets: {name}: unsupported reference {ref!r}")
+    return values
+
+
+def env_line(name: str, value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'{name}="{escaped}"\n'
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: fetch-secrets SPEC.json OUT.env", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    values = resolve(spec)
+    out = Path(argv[2])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(env_line(name, value) for name, value in values.items())
+    tmp.replace(out)
+    print(f"fetch-secrets: {len(values)} secrets resolved")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

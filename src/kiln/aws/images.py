@@ -1,0 +1,193 @@
+"""AMIs as kiln images: find by digest, list, wait, and prune with their snapshots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.aws.policy import APP_TAG
+from kiln.aws.session import Aws, aws_errors, tag_map
+from kiln.errors import AwsError
+
+DIGEST_TAG = "kiln:digest"
+RECIPE_TAG = "kiln:recipe"
+IMAGE_TAG = "kiln:image"
+COMMIT_TAG = "kiln:commit"
+BASE_TAG = "kiln:base-ami"
+
+
+@dataclass(frozen=True)
+class Ami:
+    """One AMI kiln baked, as AWS describes it."""
+
+    id: str
+    name: str
+    state: str
+    created: str  # ISO 8601, as EC2 reports it
+    tags: dict[str, str]
+    snapshots: tuple[str, ...]
+
+    @property
+    def app(self) -> str:
+        return self.tags.get(APP_TAG, "")
+
+    @property
+    def digest(self) -> str:
+        return self.tags.get(DIGEST_TAG, "")
+
+    @property
+    def image(self) -> str:
+        return self.tags.get(IMAGE_TAG, "")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ami": self.id,
+            "image": self.image,
+            "digest": self.digest,
+            "app": self.app,
+            "state": self.state,
+            "created": self.created,
+            "commit": self.tags.get(COMMIT_TAG),
+            "base_ami": self.tags.get(BASE_TAG),
+            "snapshots": list(self.snapshots),
+        }
+
+    @classmethod
+    def from_aws(cls, raw: Any) -> Ami:
+        snapshots = tuple(
+            str(m["Ebs"]["SnapshotId"])
+            for m in raw.get("BlockDeviceMappings", [])
+            if m.get("Ebs", {}).get("SnapshotId")
+        )
+        return cls(
+            id=raw["ImageId"],
+            name=raw.get("Name", ""),
+            state=raw.get("State", "unknown"),
+            created=raw.get("CreationDate", ""),
+            tags=tag_map(raw.get("Tags")),
+            snapshots=snapshots,
+        )
+
+
+def _describe(aws: Aws, filters: list[Any]) -> list[Ami]:
+    with aws_errors("listing AMIs"):
+        raw = aws.ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
+    return sorted((Ami.from_aws(r) for r in raw), key=lambda a: a.created, reverse=True)
+
+
+def list_amis(aws: Aws, app: str | None = None) -> list[Ami]:
+    """kiln's AMIs in the region (one app's, or all), newest first."""
+    filters: list[Any] = [{"Name": "tag-key", "Values": [DIGEST_TAG]}]
+    if app:
+        filters.append({"Name": f"tag:{APP_TAG}", "Values": [app]})
+    return _describe(aws, filters)
+
+
+def find_ami(aws: Aws, digest: str, recipe: str) -> Ami | None:
+    """The AMI already baked from this image with this recipe, if any (any state)."""
+    found = _describe(
+        aws,
+        [
+            {"Name": f"tag:{DIGEST_TAG}", "Values": [digest]},
+            {"Name": f"tag:{RECIPE_TAG}", "Values": [recipe]},
+        ],
+    )
+    usable = [a for a in found if a.state in {"available", "pending"}]
+    candidates = usable or found
+    return candidates[0] if candidates else None
+
+
+def wait_available(aws: Aws, ami_id: str, *, timeout: float, note: Callable[[str], None]) -> Ami:
+    deadline = time.monotonic() + timeout
+    delay = 1.0
+    while True:
+        with aws_errors(f"waiting for {ami_id}"):
+            raw = aws.ec2.describe_images(ImageIds=[ami_id])["Images"]
+        if not raw:
+            raise AwsError(f"{ami_id} disappeared while it was being created")
+        ami = Ami.from_aws(raw[0])
+        if ami.state == "available":
+            return ami
+        if ami.state in {"failed", "invalid", "error", "deregistered"}:
+            raise AwsError(
+                f"AWS could not create {ami_id} (state {ami.state})",
+                hint="run the bake again; kiln deregisters failed AMIs first",
+            )
+        if time.monotonic() > deadline:
+            raise AwsError(
+                f"{ami_id} is still {ami.state} after {timeout:g}s",
+                hint="run the bake again later: it resumes this wait instead of rebuilding",
+            )
+        note(f"{ami_id} is {ami.state}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 15.0)
+
+
+def in_use(aws: Aws, ami_ids: Iterable[str]) -> set[str]:
+    """AMIs some instance (running, stopped or starting) was launched from."""
+    ids = sorted(set(ami_ids))
+    used: set[str] = set()
+    paginator = aws.ec2.get_paginator("describe_instances")
+    for start in range(0, len(ids), 100):
+        filters: list[Any] = [
+            {"Name": "image-id", "Values": ids[start : start + 100]},
+            {
+                "Name": "instance-state-name",
+                "Values": ["pending", "running", "stopping", "stopped"],
+            },
+        ]
+        with aws_errors("checking which AMIs are in use"):
+            for page in paginator.paginate(Filters=filters):
+                for reservation in page["Reservations"]:
+                    used.update(i["ImageId"] for i in reservation["Instances"])
+    return used
+
+
+def delete_ami(aws: Aws, ami: Ami) -> None:
+    """Deregister, then delete its snapshots: together, never one without the other."""
+    with aws_errors(f"deleting {ami.id}"):
+        aws.ec2.deregister_image(ImageId=ami.id)
+        for snapshot in ami.snapshots:
+            aws.ec2.delete_snapshot(SnapshotId=snapshot)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    deleted: tuple[Ami, ...]
+    kept: tuple[Ami, ...]
+    in_use: tuple[Ami, ...]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "deleted": [a.summary() for a in self.deleted],
+            "kept": [a.id for a in self.kept],
+            "in_use": [a.id for a in self.in_use],
+        }
+
+
+def prune_amis(
+    aws: Aws,
+    app: str,
+    keep: int,
+    *,
+    dry_run: bool = False,
+    also_in_use: Iterable[str] = (),
+) -> PruneResult:
+    """Keep the ``keep`` newest AMIs of ``app`` and every one in use; delete the rest.
+
+    ``also_in_use`` lets callers protect AMIs referenced elsewhere (launch
+    templates of warm server groups).
+    """
+    if keep < 1:
+        raise AwsError("--keep must be at least 1: pruning never deletes the newest AMI")
+    amis = [a for a in list_amis(aws, app) if a.state != "pending"]
+    newest, older = amis[:keep], amis[keep:]
+    used = in_use(aws, [a.id for a in older]) | set(also_in_use)
+    protected = tuple(a for a in older if a.id in used)
+    doomed = tuple(a for a in older if a.id not in used)
+    if not dry_run:
+        for ami in doomed:
+            delete_ami(aws, ami)
+    return PruneResult(deleted=doomed, kept=tuple(newest), in_use=protected)

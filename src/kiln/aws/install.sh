@@ -1,0 +1,60 @@
+#!/bin/sh
+# kiln: install one baked image on an AMI builder.
+#
+#   install.sh ROOT APP DIGEST STAGING SHA256
+#
+# ROOT is the filesystem to install into: "/" on a real builder, a scratch
+# directory in tests. STAGING holds what kiln uploaded: image.tar (checked
+# against SHA256), the unit, env, run and secrets.json files and fetch-secrets.
+# Ends by clearing first-boot state so every instance cloned from the AMI
+# boots as a fresh machine.
+set -eu
+
+root=${1:?root}
+app=${2:?app}
+digest=${3:?digest}
+staging=${4:?staging}
+sha=${5:?sha256}
+
+say() { printf 'kiln-install: %s\n' "$*"; }
+fail() { printf 'kiln-install: %s\n' "$*" >&2; exit 1; }
+
+root=${root%/}
+actual=$(sha256sum "$staging/image.tar" | cut -d' ' -f1)
+[ "$actual" = "$sha" ] || fail "image.tar is damaged: sha256 $actual, expected $sha"
+
+home="$root/opt/kiln/$app"
+dest="$home/$digest"
+rm -rf "$dest.partial"
+mkdir -p "$dest.partial"
+tar -xf "$staging/image.tar" -C "$dest.partial" --no-same-owner
+rm -rf "$dest"
+mv "$dest.partial" "$dest"
+ln -sfn "$digest" "$home/current"
+say "image unpacked into /opt/kiln/$app/$digest"
+
+conf="$root/etc/kiln/$app"
+mkdir -p "$conf" "$root/usr/local/lib/kiln" "$root/etc/systemd/system/multi-user.target.wants"
+install -m 0644 "$staging/env" "$conf/env"
+install -m 0755 "$staging/run" "$conf/run"
+install -m 0644 "$staging/secrets.json" "$conf/secrets.json"
+install -m 0755 "$staging/fetch-secrets" "$root/usr/local/lib/kiln/fetch-secrets"
+unit="kiln-$app.service"
+install -m 0644 "$staging/$unit" "$root/etc/systemd/system/$unit"
+ln -sfn "/etc/systemd/system/$unit" "$root/etc/systemd/system/multi-user.target.wants/$unit"
+say "unit $unit installed and enabled"
+
+if [ -z "$root" ] && command -v useradd >/dev/null 2>&1 && ! id kiln >/dev/null 2>&1; then
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kiln
+fi
+
+# First-boot state: clones must get their own identity, keys and cloud-init run.
+rm -rf "$root/var/lib/cloud/instances" "$root/var/lib/cloud/instance" "$root/var/lib/cloud/data"
+rm -f "$root"/etc/ssh/ssh_host_*
+[ -f "$root/etc/machine-id" ] && : > "$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+for keys in "$root"/root/.ssh/authorized_keys "$root"/home/*/.ssh/authorized_keys; do
+    [ -f "$keys" ] && rm -f "$keys"
+done
+rm -rf "$staging"
+say "first-boot state cleared"

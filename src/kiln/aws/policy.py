@@ -1,0 +1,210 @@
+"""The least-privilege IAM policy for exactly the calls kiln's AWS provider makes.
+
+Statements are grouped by purpose (``bake``, ``images``, ``reap``; part 2 adds
+``deploy``) and each has a Sid saying why it exists. Reads cannot be scoped
+below the region; everything that changes or deletes is scoped to resources
+kiln tagged, so a leaked deploy key cannot touch the rest of the account.
+
+Two renderings of one action set:
+
+- :func:`policy_document`: the scoped policy users attach (and the linter checks);
+- :func:`enforceable_document`: the same actions, ``Resource: "*"`` and no
+  conditions, which is what moto's IAM enforcement can evaluate (it denies
+  EC2 resource ARNs and ignores conditions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+VERSION = "2012-10-17"
+TAG_PREFIX = "kiln:"
+BUILD_TAG = "kiln:build-id"
+APP_TAG = "kiln:app"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One policy statement: why (sid, purposes), what (actions), where (resources)."""
+
+    sid: str
+    purposes: frozenset[str]
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]  # templates: {partition} {region} {account}
+    condition: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _p(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+_OWN = "arn:{partition}:ec2:{region}:{account}:"
+_ANY_OWNER = "arn:{partition}:ec2:{region}::"
+_TAGGED_AT_CREATE = {"StringLike": {f"aws:RequestTag/{BUILD_TAG}": "*"}}
+_BUILT_BY_KILN = {"StringLike": {f"ec2:ResourceTag/{BUILD_TAG}": "*"}}
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        sid="KilnDescribe",
+        purposes=_p("bake", "images", "reap"),
+        actions=(
+            "ec2:DescribeImages",
+            "ec2:DescribeInstances",
+            "ec2:DescribeKeyPairs",
+            "ec2:DescribeSecurityGroups",
+            "ec2:DescribeSubnets",
+        ),
+        resources=("*",),
+        condition={"StringEquals": {"aws:RequestedRegion": "{region}"}},
+    ),
+    Rule(
+        sid="KilnBakeLaunchBuilder",
+        purposes=_p("bake"),
+        actions=("ec2:RunInstances",),
+        resources=(
+            _ANY_OWNER + "image/*",
+            _OWN + "subnet/*",
+            _OWN + "security-group/*",
+            _OWN + "key-pair/*",
+            _OWN + "instance/*",
+            _OWN + "volume/*",
+            _OWN + "network-interface/*",
+        ),
+    ),
+    Rule(
+        sid="KilnBakeImportTaggedKeyPair",
+        purposes=_p("bake"),
+        actions=("ec2:ImportKeyPair",),
+        resources=(_OWN + "key-pair/*",),
+        condition=_TAGGED_AT_CREATE,
+    ),
+    Rule(
+        sid="KilnBakeCreateSecurityGroup",
+        purposes=_p("bake"),
+        actions=("ec2:CreateSecurityGroup",),
+        resources=(_OWN + "security-group/*", _OWN + "vpc/*"),
+    ),
+    Rule(
+        sid="KilnTagOnCreate",
+        purposes=_p("bake"),
+        actions=("ec2:CreateTags",),
+        resources=(
+            _OWN + "key-pair/*",
+            _OWN + "security-group/*",
+            _OWN + "instance/*",
+            _OWN + "volume/*",
+            _OWN + "network-interface/*",
+            _ANY_OWNER + "image/*",
+        ),
+        condition={
+            "StringEquals": {
+                "ec2:CreateAction": [
+                    "ImportKeyPair",
+                    "CreateSecurityGroup",
+                    "RunInstances",
+                    "CreateImage",
+                ]
+            }
+        },
+    ),
+    Rule(
+        sid="KilnTagImagesAndSnapshots",
+        purposes=_p("bake"),
+        actions=("ec2:CreateTags",),
+        resources=(_ANY_OWNER + "image/*", _ANY_OWNER + "snapshot/*"),
+        condition={"ForAllValues:StringLike": {"aws:TagKeys": f"{TAG_PREFIX}*"}},
+    ),
+    Rule(
+        sid="KilnManageOwnTemporaryResources",
+        purposes=_p("bake", "reap"),
+        actions=(
+            "ec2:AuthorizeSecurityGroupIngress",
+            "ec2:DeleteSecurityGroup",
+            "ec2:DeleteKeyPair",
+            "ec2:StopInstances",
+            "ec2:TerminateInstances",
+        ),
+        resources=(_OWN + "security-group/*", _OWN + "key-pair/*", _OWN + "instance/*"),
+        condition=_BUILT_BY_KILN,
+    ),
+    Rule(
+        sid="KilnBakeCreateImage",
+        purposes=_p("bake"),
+        actions=("ec2:CreateImage",),
+        resources=(_OWN + "instance/*", _ANY_OWNER + "image/*", _ANY_OWNER + "snapshot/*"),
+    ),
+    Rule(
+        sid="KilnPruneOwnImages",
+        purposes=_p("images", "reap"),
+        actions=("ec2:DeregisterImage", "ec2:DeleteSnapshot"),
+        resources=(_ANY_OWNER + "image/*", _ANY_OWNER + "snapshot/*"),
+        condition={"StringLike": {f"ec2:ResourceTag/{APP_TAG}": "*"}},
+    ),
+)
+
+PURPOSES = ("bake", "images", "reap")
+
+
+def rules_for(purposes: Iterable[str] = PURPOSES) -> list[Rule]:
+    wanted = set(purposes)
+    return [rule for rule in RULES if rule.purposes & wanted]
+
+
+def actions(purposes: Iterable[str] = PURPOSES) -> set[str]:
+    """Every IAM action kiln needs for these purposes."""
+    return {action for rule in rules_for(purposes) for action in rule.actions}
+
+
+def policy_document(
+    *,
+    region: str | None,
+    account: str | None,
+    partition: str = "aws",
+    purposes: Iterable[str] = PURPOSES,
+) -> dict[str, Any]:
+    """The scoped policy: region, account and kiln's own tags narrow every write."""
+    values = {"partition": partition, "region": region or "*", "account": account or "*"}
+    statements = []
+    for rule in rules_for(purposes):
+        statement: dict[str, Any] = {
+            "Sid": rule.sid,
+            "Effect": "Allow",
+            "Action": sorted(rule.actions),
+            "Resource": [r.format(**values) for r in rule.resources],
+        }
+        if len(statement["Resource"]) == 1:
+            statement["Resource"] = statement["Resource"][0]
+        condition = _render(rule.condition, values)
+        if region is None:
+            condition.get("StringEquals", {}).pop("aws:RequestedRegion", None)
+            condition = {k: v for k, v in condition.items() if v}
+        if condition:
+            statement["Condition"] = condition
+        statements.append(statement)
+    return {"Version": VERSION, "Statement": statements}
+
+
+def enforceable_document(purposes: Iterable[str] = PURPOSES) -> dict[str, Any]:
+    """The same actions per Sid, unscoped: the rendering moto's IAM can evaluate."""
+    merged: dict[str, set[str]] = {}
+    for rule in rules_for(purposes):
+        merged.setdefault(rule.sid, set()).update(rule.actions)
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {"Sid": sid, "Effect": "Allow", "Action": sorted(acts), "Resource": "*"}
+            for sid, acts in merged.items()
+        ],
+    }
+
+
+def _render(value: Any, values: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format(**values) if "{" in value and "}" in value else value
+    if isinstance(value, list):
+        return [_render(v, values) for v in value]
+    if isinstance(value, dict):
+        return {k: _render(v, values) for k, v in value.items()}
+    return value

@@ -1,0 +1,177 @@
+"""Fixtures: a moto server (real HTTP, real boto3), an SSH builder stand-in, an app."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from awsservers import SshServer, moto_server, reset_moto
+
+from kiln.aws.builder import Builder
+from kiln.aws.session import Aws, connect
+from kiln.aws.ssh import SshTarget
+from kiln.config import AwsProvider, LoadedConfig, load_config
+from kiln.home import Home
+
+REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="session")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
+@pytest.fixture
+def aws_env(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Fresh moto state and dummy admin credentials in the environment."""
+    reset_moto(moto_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAADMINTESTING0000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "admin-secret")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    return moto_url
+
+
+@pytest.fixture
+def aws(aws_env: str) -> Aws:
+    return connect(AwsProvider())
+
+
+@pytest.fixture
+def base_ami(aws: Aws) -> str:
+    """A Debian-like base image registered in moto, as an account would have."""
+    reservation = aws.ec2.run_instances(ImageId=_any_ami(aws), MinCount=1, MaxCount=1)
+    source = reservation["Instances"][0]["InstanceId"]
+    image = aws.ec2.create_image(InstanceId=source, Name="debian-12-amd64-20260101-1234")
+    aws.ec2.terminate_instances(InstanceIds=[source])
+    return image["ImageId"]
+
+
+def _any_ami(aws: Aws) -> str:
+    return aws.ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
+
+
+@pytest.fixture
+def ssh_server() -> Iterator[SshServer]:
+    server = SshServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def scratch_root(tmp_path: Path) -> Path:
+    """A builder's filesystem: first-boot state that the installer must clear."""
+    root = tmp_path / "builder-root"
+    for path, text in {
+        "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
+        "etc/ssh/ssh_host_ed25519_key": "secret host key\n",
+        "var/lib/cloud/instances/i-builder/boot-finished": "done\n",
+        "home/admin/.ssh/authorized_keys": "ssh-ed25519 AAAA temporary\n",
+    }.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
+TargetFactory = Callable[[Builder], SshTarget]
+
+
+@pytest.fixture
+def loopback_target(ssh_server: SshServer, scratch_root: Path) -> TargetFactory:
+    """Point the bake's SSH step at the loopback server, installing into scratch_root."""
+
+    def target(builder: Builder) -> SshTarget:
+        ssh_server.authorize(builder.key)
+        return SshTarget(
+            host="127.0.0.1",
+            port=ssh_server.port,
+            username="admin",
+            key=builder.key,
+            sudo=False,
+            root=str(scratch_root),
+        )
+
+    return target
+
+
+def write_app(directory: Path, *, extra: str = "", version: str = "1") -> LoadedConfig:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "app.py").write_text(f"print('acme v{version}')\n")
+    (directory / "static").mkdir(exist_ok=True)
+    (directory / "static" / "index.html").write_text("<h1>acme</h1>\n")
+    (directory / "kiln.toml").write_text(
+        f"""
+[app]
+name = "acme"
+run = "python3 app.py --port $PORT"
+
+[env]
+GREETING = 'say "hi"'
+
+[secrets]
+DB_PASSWORD = "env:DB_PASSWORD"
+API_TOKEN = "ssm:/shared/api-token"
+
+[provider.aws]
+ssh_cidr = "127.0.0.1/32"
+ssh_timeout = "20s"
+image_timeout = "20s"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return load_config(directory / "kiln.toml")
+
+
+@pytest.fixture
+def app_factory(tmp_path: Path, base_ami: str) -> Callable[..., LoadedConfig]:
+    def make(extra: str = "", version: str = "1") -> LoadedConfig:
+        return write_app(
+            tmp_path / "app", extra=f'base_image = "{base_ami}"\n{extra}', version=version
+        )
+
+    return make
+
+
+@pytest.fixture
+def home() -> Home:
+    return Home.resolve(os.environ["KILN_HOME"]).ensure()
+
+
+def leftovers(aws: Aws) -> dict[str, list[Any]]:
+    """Every temporary bake resource still alive: must be empty after any bake."""
+    instances = [
+        i["InstanceId"]
+        for r in aws.ec2.describe_instances(
+            Filters=[
+                {"Name": "tag-key", "Values": ["kiln:build-id"]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ]
+        )["Reservations"]
+        for i in r["Instances"]
+    ]
+    groups = [
+        g["GroupId"]
+        for g in aws.ec2.describe_security_groups(
+            Filters=[{"Name": "tag-key", "Values": ["kiln:build-id"]}]
+        )["SecurityGroups"]
+    ]
+    pairs = [
+        k["KeyName"]
+        for k in aws.ec2.describe_key_pairs(
+            Filters=[{"Name": "tag-key", "Values": ["kiln:build-id"]}]
+        )["KeyPairs"]
+    ]
+    return {
+        k: v for k, v in {"instances": instances, "groups": groups, "key_pairs": pairs}.items() if v
+    }

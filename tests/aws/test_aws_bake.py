@@ -1,0 +1,123 @@
+"""The AMI bake, end to end: moto for EC2, a real SSH server, a real installer run."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import TargetFactory, leftovers
+from kiln.aws.ami import bake_ami
+from kiln.aws.images import list_amis
+from kiln.aws.session import Aws, tag_map
+from kiln.config import LoadedConfig
+from kiln.home import Home
+from kiln.store import Store
+
+pytestmark = pytest.mark.aws
+
+
+def test_bake_installs_image_unit_and_clears_first_boot_state(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+    scratch_root: Path,
+    base_ami: str,
+) -> None:
+    loaded = app_factory()
+    steps: list[str] = []
+    result = bake_ami(loaded, home, progress=steps.append, aws=aws, ssh_target=loopback_target)
+
+    assert not result.reused and result.build_id and result.base_ami == base_ami
+    record = Store(home).get(result.image)
+    hexd = record.digest.removeprefix("sha256:")
+
+    # the unpacked image, byte for byte and mode for mode
+    dest = scratch_root / "opt/kiln/acme" / hexd
+    assert (dest / "app.py").read_text() == "print('acme v1')\n"
+    assert (dest / "static/index.html").read_text() == "<h1>acme</h1>\n"
+    assert (scratch_root / "opt/kiln/acme/current").resolve() == dest.resolve()
+    for entry in record.manifest.files:
+        assert stat.S_IMODE((dest / entry.path).stat().st_mode) == entry.mode
+
+    # the unit: enabled, runs the app from its image directory, secrets at boot
+    unit = (scratch_root / "etc/systemd/system/kiln-acme.service").read_text()
+    assert f"WorkingDirectory=/opt/kiln/acme/{hexd}" in unit
+    assert "ExecStart=/etc/kiln/acme/run" in unit
+    assert "EnvironmentFile=/etc/kiln/acme/env" in unit
+    assert "fetch-secrets /etc/kiln/acme/secrets.json /run/kiln-acme/secrets.env" in unit
+    wants = scratch_root / "etc/systemd/system/multi-user.target.wants/kiln-acme.service"
+    assert wants.is_symlink()
+    env = (scratch_root / "etc/kiln/acme/env").read_text()
+    assert 'PORT="3000"' in env and 'HOST="0.0.0.0"' in env
+    assert 'GREETING="say \\"hi\\""' in env
+    assert f'KILN_IMAGE="{record.id}"' in env
+    assert "DB_PASSWORD" not in env  # secrets are never baked, only their names
+    spec = json.loads((scratch_root / "etc/kiln/acme/secrets.json").read_text())
+    assert spec == {"API_TOKEN": "ssm:/shared/api-token", "DB_PASSWORD": "ssm:/acme/DB_PASSWORD"}
+    run = scratch_root / "etc/kiln/acme/run"
+    assert f"cd /opt/kiln/acme/{hexd}" in run.read_text() and run.stat().st_mode & 0o111
+    fetch = scratch_root / "usr/local/lib/kiln/fetch-secrets"
+    assert fetch.stat().st_mode & 0o111
+    # the run script really starts the app's command through /bin/sh
+    out = subprocess.run(
+        ["/bin/sh", "-c", f"cd {dest} && PORT=3000 /bin/sh -c 'python3 app.py --port $PORT'"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout == "acme v1\n"
+
+    # first-boot state cleared so clones boot fresh; staging removed
+    assert (scratch_root / "etc/machine-id").read_text() == ""
+    assert not list((scratch_root / "etc/ssh").glob("ssh_host_*"))
+    assert not (scratch_root / "var/lib/cloud/instances").exists()
+    assert not (scratch_root / "home/admin/.ssh/authorized_keys").exists()
+    assert not list((scratch_root / "tmp").glob("kiln-*"))
+
+    # the AMI and its snapshots carry kiln's tags; nothing temporary survives
+    ami = aws.ec2.describe_images(ImageIds=[result.ami])["Images"][0]
+    ami_tags = tag_map(ami["Tags"])
+    assert ami_tags["kiln:app"] == "acme"
+    assert ami_tags["kiln:digest"] == record.digest
+    assert ami_tags["kiln:base-ami"] == base_ami
+    assert "kiln:commit" in ami_tags
+    assert result.snapshots
+    for snapshot in aws.ec2.describe_snapshots(SnapshotIds=list(result.snapshots))["Snapshots"]:
+        snap_tags = tag_map(snapshot["Tags"])
+        assert snap_tags["kiln:digest"] == record.digest and snap_tags["kiln:app"] == "acme"
+    assert leftovers(aws) == {}
+    builder = aws.ec2.describe_instances(
+        Filters=[{"Name": "tag:kiln:build-id", "Values": [result.build_id]}]
+    )["Reservations"][0]["Instances"][0]
+    assert builder["State"]["Name"] == "terminated"
+    assert any("SSH up" in s for s in steps)
+
+
+def test_unchanged_app_reuses_its_ami_without_a_builder(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+) -> None:
+    loaded = app_factory()
+    first = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target)
+
+    def no_builder(_builder: object) -> object:
+        raise AssertionError("a reused AMI must not launch a builder")
+
+    again = bake_ami(loaded, home, aws=aws, ssh_target=no_builder)  # type: ignore[arg-type]
+    assert again.reused and again.ami == first.ami and again.build_id is None
+    assert again.seconds < 5
+
+    changed = app_factory(version="2")
+    second = bake_ami(changed, home, aws=aws, ssh_target=loopback_target)
+    assert not second.reused and second.ami != first.ami
+    assert [a.id for a in list_amis(aws, "acme")] == [second.ami, first.ami] or {
+        a.id for a in list_amis(aws, "acme")
+    } == {first.ami, second.ami}
