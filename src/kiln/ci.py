@@ -26,7 +26,8 @@ Provider = Literal["aws", "local"]
 SYSTEMS: tuple[System, ...] = ("github", "gitlab")
 PROVIDERS: tuple[Provider, ...] = ("aws", "local")
 
-DEFAULT_PYTHON = "3.12"
+# Debian 12's python3: the AWS provider's default base image runs what CI baked.
+DEFAULT_PYTHON = "3.11"
 _TEMPLATES = {"github": "github-deploy.yml", "gitlab": "gitlab-ci.yml"}
 _TARGETS = {"github": Path(".github/workflows/deploy.yml"), "gitlab": Path(".gitlab-ci.yml")}
 _PLACEHOLDER = re.compile(r"<<([a-z_]+)>>")
@@ -154,12 +155,12 @@ def _github_values(spec: PipelineSpec) -> dict[str, str]:
             "# No tests found: run `kiln ci init --test-command CMD --force` to add yours."
         )
     aws = spec.provider == "aws"
-    region = spec.region or "${{ secrets.AWS_REGION }}"
+    region = _scalar(spec.region) if spec.region else "${{ secrets.AWS_REGION }}"
     env = [
         "env:",
         "  AWS_ACCESS_KEY_ID: ${{ secrets.AWS_ACCESS_KEY_ID }}",
         "  AWS_SECRET_ACCESS_KEY: ${{ secrets.AWS_SECRET_ACCESS_KEY }}",
-        f"  AWS_REGION: {_scalar(region)}",
+        f"  AWS_REGION: {region}",
     ]
     check = [
         "- name: Check AWS credentials",
@@ -311,7 +312,7 @@ def render_summary(results: list[tuple[str, object | None]]) -> str:
 
 def _outcome(doc: object | None) -> str:
     if isinstance(doc, dict):
-        for key in ("outcome", "status", "result", "error"):
+        for key in ("outcome", "status", "result", "error", "image"):
             if isinstance(doc.get(key), str | int | float | bool):
                 return _cell(doc[key])
     return ""

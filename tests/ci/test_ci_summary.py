@@ -24,7 +24,7 @@ def test_results_become_markdown_tables(kiln: Kiln) -> None:
         )
     )
     text = kiln("ci", "summary", "bake.json", "deploy.json").stdout
-    assert "### bake\n" in text and "| image | img-3f2a9c1d0b7e |" in text
+    assert "### bake: img-3f2a9c1d0b7e\n" in text and "| image | img-3f2a9c1d0b7e |" in text
     assert "| aws.ami | ami-1 |" in text
     assert "### deploy: rolled-back" in text
     assert "| batch | launched | note |" in text
