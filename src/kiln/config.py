@@ -169,6 +169,14 @@ class Fleet(Section):
     progress_deadline: Duration = Field(
         default=600.0, gt=0, description="A whole deployment must finish within this."
     )
+    settle: Duration = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "After the last batch, the new instances must stay healthy this long before the "
+            "deployment succeeds: catches apps that crash soon after passing their checks."
+        ),
+    )
 
     @model_validator(mode="after")
     def _can_progress(self) -> Fleet:

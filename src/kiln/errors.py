@@ -16,6 +16,7 @@ The CLI turns a ``KilnError`` into one line (plus an optional hint) and its
     ├── DeployError            a deployment could not proceed
     │   ├── GateFailed         a health/progress/canary gate tripped
     │   ├── LockHeld           another deployment holds the fleet's lock
+    │   ├── DeployInterrupted  stopped by Ctrl-C; says how to finish
     │   └── FleetNotFound
     ├── AwsError               AWS refused or failed (credentials, permissions)
     └── CiError                a CI pipeline cannot be written as asked
@@ -84,6 +85,10 @@ class GateFailed(DeployError):
 
 class LockHeld(DeployError):
     exit_code = 5
+
+
+class DeployInterrupted(DeployError):
+    exit_code = 130
 
 
 class FleetNotFound(DeployError):

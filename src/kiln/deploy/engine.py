@@ -1,0 +1,475 @@
+"""The deploy engine: plan, journal, apply, gate, roll back. Provider-agnostic.
+
+It depends only on a Provider, a Clock and the state database, so the same
+code drives the local agent, AWS, and the FakeProvider in fast tests.
+
+Every operation holds the fleet's lock from start to finish. A deployment is
+journaled before its first step; on a tripped gate the rollback plan is
+journaled before the rollback acts. Nothing rolls back a rollback: when the
+previous image cannot be restored either, the deployment is marked failed
+and the user is told what is running.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kiln.deploy.clock import Clock, SystemClock
+from kiln.deploy.gates import Gates, Trip
+from kiln.deploy.history import Result, who_am_i
+from kiln.deploy.journal import Deployment, Journal, Who
+from kiln.deploy.lock import HEARTBEAT_TTL, DeployLock
+from kiln.deploy.plan import STRATEGIES, Knobs, Plan, make_plan, rollback_plan
+from kiln.deploy.settings import Settings
+from kiln.deploy.state import FleetRecord, StateDb
+from kiln.deploy.steps import StepRunner
+from kiln.errors import DeployError, DeployInterrupted, FleetNotFound, ImageNotFound
+from kiln.provider import FleetState, Provider
+
+
+@dataclass(frozen=True)
+class Event:
+    """Narration for whoever drives the engine (the CLI shows it live)."""
+
+    kind: str  # info | warning | step | progress | trip
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        provider: Provider,
+        db: StateDb,
+        settings: Settings,
+        fleet: str,
+        *,
+        clock: Clock | None = None,
+        who: Who | None = None,
+        pid: int | None = None,
+        lock_ttl: float = HEARTBEAT_TTL,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.provider, self.db, self.settings, self.fleet = provider, db, settings, fleet
+        self.clock = clock or SystemClock()
+        self.who = who or who_am_i()
+        self.journal = Journal(db)
+        self.on_event = on_event or (lambda _e: None)
+        self.lock = DeployLock(
+            db,
+            fleet,
+            self.clock,
+            user=self.who.user,
+            host=self.who.host,
+            pid=pid,
+            ttl=lock_ttl,
+            warn=lambda m: self._emit("warning", m),
+        )
+        self._figures: dict[str, Any] = {}
+        self._where = ""
+
+    # read-only -----------------------------------------------------------------
+
+    def plan(self, image: str, strategy: str | None = None) -> Plan:
+        """What ``deploy`` would do now (``--dry-run``): no lock, nothing written."""
+        self._check_image(image)
+        return self._plan(image, self._strategy(strategy))
+
+    # operations ----------------------------------------------------------------
+
+    def deploy(
+        self,
+        image: str,
+        *,
+        strategy: str | None = None,
+        reason: str | None = None,
+        wait: float | None = None,
+    ) -> Result:
+        """Move the fleet to ``image``; first finish any deployment a kill left behind."""
+        chosen = self._strategy(strategy)
+        self._check_image(image)
+        with self._locked(wait):
+            resumed = self._resume_unfinished()
+            self._reap_warm()
+            plan = self._plan(image, chosen)
+            if plan.empty:
+                self._save_unchanged(plan)
+                return Result(self.fleet, "unchanged", to_image=image, resumed=resumed)
+            return replace(self._start(plan, "deploy", reason), resumed=resumed)
+
+    def resume(self, *, wait: float | None = None) -> Result | None:
+        """Finish (or finish rolling back) an interrupted deployment; None if there is none."""
+        with self._locked(wait):
+            return self._resume_unfinished()
+
+    def rollback(
+        self, to: str | None = None, *, reason: str | None = None, wait: float | None = None
+    ) -> Result:
+        """Back to the previous good image (or ``to``), from a warm standby when one exists."""
+        with self._locked(wait):
+            dep = self.journal.unfinished(self.fleet)
+            if dep is not None:
+                return self._abort(dep, to, reason)
+            self._reap_warm()
+            rec = self._record()
+            target = to or rec.previous_image
+            if target is None:
+                raise DeployError(
+                    f"fleet {self.fleet} has no previous image to roll back to",
+                    hint="name one with 'kiln rollback --to IMAGE'",
+                )
+            self._check_image(target)
+            state = self.provider.describe(self.fleet)
+            size = rec.desired_size(self.settings.size)
+            plan = rollback_plan(state, target, size, "rollback")
+            plan = replace(plan, from_image=rec.current_image)
+            if plan.empty:
+                return Result(self.fleet, "unchanged", kind="rollback", to_image=target)
+            return self._start(plan, "rollback", reason)
+
+    def scale(self, size: int, *, wait: float | None = None) -> Result:
+        """Change the desired size; new instances come from the current image."""
+        if size < 1:
+            raise DeployError("a fleet needs at least 1 instance", hint="kiln scale 1")
+        with self._locked(wait):
+            self._refuse_unfinished()
+            self._reap_warm()
+            rec = self._record()
+            image = rec.current_image
+            assert image is not None
+            state = self.provider.describe(self.fleet)
+            warm = set(rec.warm_ids)
+            state = replace(state, instances=tuple(i for i in state.instances if i.id not in warm))
+            plan = make_plan(state, image, "rolling", size, self._knobs(settle=0), image)
+            if plan.empty:
+                self._save(replace(rec, size=size, config_size=self.settings.size))
+                return Result(self.fleet, "unchanged", kind="scale", to_image=image)
+            return self._start(plan, "scale", f"scale to {size}")
+
+    # lock ----------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, wait: float | None) -> Iterator[None]:
+        """Hold the lock; a kill (any other BaseException) leaves it for takeover."""
+        self.lock.acquire(wait)
+        try:
+            yield
+        except (Exception, KeyboardInterrupt, SystemExit):
+            self.lock.release()
+            raise
+        self.lock.release()
+
+    # planning ------------------------------------------------------------------
+
+    def _strategy(self, strategy: str | None) -> str:
+        chosen = strategy or self.settings.strategy
+        if chosen not in STRATEGIES:
+            raise DeployError(f"unknown strategy {chosen!r}: use one of {', '.join(STRATEGIES)}")
+        return chosen
+
+    def _check_image(self, image: str) -> None:
+        if not self.provider.image_exists(image):
+            raise ImageNotFound(
+                f"image {image} does not exist in the {self.provider.name} provider",
+                hint="'kiln images' lists the images; 'kiln bake' makes one",
+            )
+
+    def _knobs(self, settle: float | None = None) -> Knobs:
+        s = self.settings
+        size = self._desired_size()
+        return Knobs(
+            max_surge=s.max_surge,
+            max_unavailable=s.max_unavailable,
+            keep_warm=s.keep_warm,
+            settle=s.settle if settle is None else settle,
+            canary_count=s.canary_count(size),
+            canary_seconds=s.canary_duration,
+        )
+
+    def _desired_size(self) -> int:
+        rec = self.db.fleet(self.fleet)
+        return rec.desired_size(self.settings.size) if rec else self.settings.size
+
+    def _plan(self, image: str, strategy: str) -> Plan:
+        rec = self.db.fleet(self.fleet)
+        state = self.provider.describe(self.fleet)
+        current = rec.current_image if rec else _majority(state)
+        return make_plan(state, image, strategy, self._desired_size(), self._knobs(), current)
+
+    def _record(self) -> FleetRecord:
+        rec = self.db.fleet(self.fleet)
+        if rec is None or rec.current_image is None:
+            raise FleetNotFound(
+                f"fleet {self.fleet} has not been deployed yet", hint="run 'kiln deploy' first"
+            )
+        return rec
+
+    def _refuse_unfinished(self) -> None:
+        dep = self.journal.unfinished(self.fleet)
+        if dep is not None:
+            raise DeployError(
+                f"deployment {dep.id} ({dep.from_image} → {dep.to_image}) is unfinished",
+                hint="finish it with 'kiln deploy --resume' or undo it with 'kiln rollback'",
+            )
+
+    # running -------------------------------------------------------------------
+
+    def _start(self, plan: Plan, kind: str, reason: str | None) -> Result:
+        dep = self.journal.create(plan, kind, self.who, reason, self.clock.now())
+        self._emit("info", f"deployment {dep.id}", {"plan": plan.to_json()})
+        self.lock.beat(dep.id)
+        return self._drive(dep, self._execute)
+
+    def _resume_unfinished(self) -> Result | None:
+        dep = self.journal.unfinished(self.fleet)
+        if dep is None:
+            return None
+        _ = dep.plan, dep.rollback_plan  # an unknown journal format stops here, unchanged
+        self._emit(
+            "warning",
+            f"resuming deployment {dep.id} ({dep.from_image} → {dep.to_image}, "
+            f"{'rolling back' if dep.phase == 'rollback' else dep.strategy}) left unfinished",
+        )
+        self.journal.set_outcome(dep.id, "running", self.clock.now())
+        self.lock.beat(dep.id)
+        return self._drive(dep, self._execute)
+
+    def _abort(self, dep: Deployment, to: str | None, reason: str | None) -> Result:
+        """``kiln rollback`` during an unfinished deployment rolls that one back."""
+        _ = dep.plan, dep.rollback_plan
+        if to is not None and to != dep.from_image:
+            raise DeployError(
+                f"deployment {dep.id} ({dep.from_image} → {dep.to_image}) is unfinished; "
+                f"it can only be rolled back to {dep.from_image}",
+                hint="run 'kiln rollback' without --to first",
+            )
+        self.journal.set_outcome(dep.id, "running", self.clock.now())
+        self.lock.beat(dep.id)
+        if dep.phase == "rollback":
+            return self._drive(dep, self._execute)
+        why = f"rollback requested by {self.who}" + (f": {reason}" if reason else "")
+        return self._drive(dep, lambda d: self._begin_rollback(d, Trip("user", why)))
+
+    def _drive(self, dep: Deployment, body: Callable[[Deployment], Result]) -> Result:
+        """Run, turning Ctrl-C into a journaled stop and instructions to finish."""
+        try:
+            return body(dep)
+        except KeyboardInterrupt:
+            self.journal.set_outcome(dep.id, "interrupted", self.clock.now())
+            raise DeployInterrupted(self._how_to_finish(dep)) from None
+
+    def _execute(self, dep: Deployment) -> Result:
+        self._figures = dict(dep.figures)
+        if dep.phase == "rollback":
+            return self._run_rollback(dep)
+        gates = self._gates(dep, dep.plan)
+        try:
+            gates.observe()
+            self._run(dep, dep.plan, "forward", gates)
+        except Trip as trip:
+            return self._begin_rollback(dep, trip)
+        return self._succeed(dep)
+
+    def _gates(self, dep: Deployment, plan: Plan) -> Gates:
+        gates = Gates(
+            self.provider,
+            self.clock,
+            self.fleet,
+            self.settings,
+            deadline=self.clock.now() + self.settings.progress_deadline,
+            tick=self._tick,
+            image=plan.image,
+            since=dep.started,
+        )
+        for step in plan.steps:
+            gates.forget(list(step.instances))
+        return gates
+
+    def _run(self, dep: Deployment, plan: Plan, phase: str, gates: Gates) -> None:
+        done = self.journal.done_steps(dep.id, phase)
+        runner = StepRunner(self.provider, self.fleet, gates)
+        total = len(plan.steps)
+        for k, step in enumerate(plan.steps):
+            if k in done:
+                continue
+            started = self.clock.now()
+            self.journal.begin(dep.id, phase, k, started, step.to_json())
+            label = "rollback " if phase == "rollback" else ""
+            self._where = f"{label}step {k + 1} of {total} ({step.describe()})"
+            self._emit("step", f"{label}[{k + 1}/{total}] {step.describe()}", step.to_json())
+            result = runner.apply(step, plan)
+            result["seconds"] = round(self.clock.now() - started, 3)
+            if step.kind == "canary":
+                self._figures["canary"] = dict(result)
+            self.journal.done(dep.id, phase, k, self.clock.now(), result)
+
+    def _tick(self, state: FleetState) -> None:
+        self.lock.beat()
+        self._emit("progress", _summary(state), {"instances": len(state.instances)})
+
+    # endings -------------------------------------------------------------------
+
+    def _succeed(self, dep: Deployment) -> Result:
+        plan = dep.plan
+        state = self.provider.describe(self.fleet)
+        rec = self.db.fleet(self.fleet)
+        warm: list[str] = []
+        if plan.strategy == "blue-green" and self.settings.keep_warm > 0:
+            warm = [
+                i.id for i in state.live(dep.from_image or "") if not i.in_service and i.healthy
+            ]
+        self._save_ending(state, rec, plan.image, dep.from_image, plan.size, warm)
+        now = self.clock.now()
+        message = f"{self.fleet} serves {plan.image} on {plan.size} instance(s)"
+        if warm:
+            message += f"; {dep.from_image} kept warm for {self.settings.keep_warm:g}s"
+        self.journal.finish(dep.id, "succeeded", message, self._figures, now)
+        return self._result(self.journal.get(dep.id))
+
+    def _begin_rollback(self, dep: Deployment, trip: Trip) -> Result:
+        self._emit("trip", trip.message, {"gate": trip.gate, "log": trip.log})
+        state = self.provider.describe(self.fleet)
+        target = dep.from_image
+        rec = self.db.fleet(self.fleet)
+        size = rec.size if rec and rec.current_image else dep.size
+        figures = {**self._figures, **trip.figures, "gate": trip.gate, "instance": trip.instance}
+        if trip.log:
+            figures["log_tail"] = trip.log
+        self._figures = figures
+        if target is not None and not self.provider.image_exists(target):
+            message = f"{trip.message}; cannot roll back: image {target} no longer exists"
+            self.journal.finish(dep.id, "failed", message, figures, self.clock.now())
+            return self._result(self.journal.get(dep.id))
+        plan = rollback_plan(state, target, size, dep.strategy)
+        self.journal.start_rollback(dep.id, plan, trip.message, figures, self.clock.now())
+        self._emit("warning", f"rolling back to {target or 'nothing'}", {"plan": plan.to_json()})
+        return self._run_rollback(self.journal.get(dep.id))
+
+    def _run_rollback(self, dep: Deployment) -> Result:
+        plan = dep.rollback_plan
+        assert plan is not None
+        gates = self._gates(dep, plan)
+        rec = self.db.fleet(self.fleet)
+        try:
+            self._run(dep, plan, "rollback", gates)
+        except Trip as second:
+            message = f"{dep.message}; the rollback to {plan.image} failed too: {second.message}"
+            figures = {**self._figures, "rollback_gate": second.gate}
+            self.journal.finish(dep.id, "failed", message, figures, self.clock.now())
+            return self._result(self.journal.get(dep.id), log=second.log)
+        state = self.provider.describe(self.fleet)
+        previous = rec.previous_image if rec else None
+        self._save_ending(state, rec, plan.image, previous, plan.size, [], keep_previous=True)
+        self.journal.finish(dep.id, "rolled back", dep.message, self._figures, self.clock.now())
+        return self._result(self.journal.get(dep.id))
+
+    def _save_ending(
+        self,
+        state: FleetState,
+        rec: FleetRecord | None,
+        current: str | None,
+        from_image: str | None,
+        size: int,
+        warm: list[str],
+        keep_previous: bool = False,
+    ) -> None:
+        previous = rec.previous_image if rec else None
+        if keep_previous or (from_image and from_image != current):
+            previous = from_image
+        warm_image, until = None, None
+        if warm:
+            warm_image, until = from_image, self.clock.now() + self.settings.keep_warm
+        elif rec and rec.warm_ids:  # an older standby survives only if still warm
+            idle = {i.id for i in state.live() if not i.in_service}
+            warm = [i for i in rec.warm_ids if i in idle]
+            warm_image, until = (rec.warm_image, rec.warm_until) if warm else (None, None)
+        self._save(
+            FleetRecord(
+                self.fleet,
+                size=size,
+                config_size=self.settings.size,
+                current_image=current,
+                previous_image=previous,
+                warm_image=warm_image,
+                warm_ids=tuple(warm),
+                warm_until=until,
+            )
+        )
+
+    def _save_unchanged(self, plan: Plan) -> None:
+        rec = self.db.fleet(self.fleet)
+        if rec is None or rec.current_image != plan.image:
+            state = self.provider.describe(self.fleet)
+            self._save_ending(state, rec, plan.image, plan.from_image, plan.size, [])
+
+    def _save(self, rec: FleetRecord) -> None:
+        self.db.save_fleet(rec, self.clock.now())
+
+    def _reap_warm(self) -> None:
+        """Discard a blue-green standby whose keep_warm has run out."""
+        rec = self.db.fleet(self.fleet)
+        if rec is None or not rec.warm_ids or (rec.warm_until or 0) > self.clock.now():
+            return
+        state = self.provider.describe(self.fleet)
+        idle = {i.id for i in state.live() if not i.in_service}
+        doomed = [i for i in rec.warm_ids if i in idle]
+        if doomed:
+            self._emit(
+                "info", f"discarding the warm standby of {rec.warm_image}: keep_warm is over"
+            )
+            self.provider.terminate(self.fleet, doomed)
+        self._save(replace(rec, warm_image=None, warm_ids=(), warm_until=None))
+
+    def _result(self, dep: Deployment, log: str | None = None) -> Result:
+        figures = dict(dep.figures)
+        return Result(
+            fleet=self.fleet,
+            outcome=dep.outcome,
+            deployment=dep.id,
+            kind=dep.kind,
+            strategy=dep.strategy,
+            from_image=dep.from_image,
+            to_image=dep.to_image,
+            duration=dep.duration,
+            message=dep.message,
+            gate=figures.get("gate"),
+            instance=figures.get("instance"),
+            log=log or figures.get("log_tail"),
+            figures=figures,
+        )
+
+    def _how_to_finish(self, dep: Deployment) -> str:
+        try:
+            running = _summary(self.provider.describe(self.fleet))
+        except Exception:
+            running = "(could not be observed)"
+        back = f"return to {dep.from_image}" if dep.from_image else "undo it"
+        return (
+            f"deployment {dep.id} stopped at {self._where or 'its start'}; the fleet runs "
+            f"{running}. Run 'kiln deploy --resume' to finish it, or 'kiln rollback' to {back}"
+        )
+
+    def _emit(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self.on_event(Event(kind, message, data or {}))
+
+
+def _majority(state: FleetState) -> str | None:
+    images = Counter(i.image for i in state.serving())
+    return images.most_common(1)[0][0] if images else None
+
+
+def _summary(state: FleetState) -> str:
+    """'img-a x2 (2 healthy), img-b x1 (0 healthy)': what runs right now."""
+    live = state.live()
+    if not live:
+        return "no instances"
+    parts = []
+    for image, count in sorted(Counter(i.image for i in live).items()):
+        healthy = sum(1 for i in live if i.image == image and i.healthy)
+        serving = sum(1 for i in live if i.image == image and i.in_service)
+        parts.append(f"{image} x{count} ({healthy} healthy, {serving} in service)")
+    return ", ".join(parts)

@@ -1,0 +1,240 @@
+"""Health gates: each waits on the observed fleet with its own deadline and message.
+
+boot       a new instance is healthy within grace + threshold x interval + slack
+stability  new instances stay healthy (they must not exit or turn unhealthy)
+progress   the whole deployment finishes within ``[fleet] progress_deadline``
+canary     the canaries' 5xx rate and p99 stay close to the old fleet's
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.deploy.clock import Clock
+from kiln.deploy.settings import Settings
+from kiln.errors import KilnError
+from kiln.provider import FleetState, Instance, InstanceState, InstanceStats, Provider
+
+LOG_LINES = 20
+
+
+class Trip(Exception):
+    """A gate tripped: the deployment must roll back."""
+
+    def __init__(
+        self,
+        gate: str,
+        message: str,
+        *,
+        instance: str | None = None,
+        log: str | None = None,
+        figures: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.gate, self.message = gate, message
+        self.instance, self.log = instance, log
+        self.figures = dict(figures or {})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gate": self.gate, "message": self.message, "instance": self.instance}
+
+
+@dataclass
+class Gates:
+    """Watches one image's instances while the engine waits on the provider."""
+
+    provider: Provider
+    clock: Clock
+    fleet: str
+    settings: Settings
+    deadline: float  # progress deadline, absolute
+    tick: Callable[[FleetState], None] = lambda _s: None
+    image: str | None = None
+    since: float = 0.0  # failures of instances launched before this are history
+    seen: set[str] = field(default_factory=set)
+    healthy_once: set[str] = field(default_factory=set)
+    ours_gone: set[str] = field(default_factory=set)
+
+    def forget(self, ids: list[str]) -> None:
+        """We are terminating these: their disappearance is not a failure."""
+        self.ours_gone.update(ids)
+
+    def observe(self) -> FleetState:
+        state = self.provider.describe(self.fleet)
+        self.tick(state)
+        if self.image is not None:
+            self._check_instances(state, self.image)
+        if self.clock.now() > self.deadline:
+            raise Trip(
+                "progress",
+                f"progress deadline: the deployment did not finish within "
+                f"{self.settings.progress_deadline:g}s ([fleet] progress_deadline)",
+            )
+        return state
+
+    def _check_instances(self, state: FleetState, image: str) -> None:
+        present = {i.id for i in state.instances}
+        for inst in state.instances:
+            if inst.image != image or inst.id in self.ours_gone:
+                continue
+            if not inst.live and inst.launched_at < self.since:
+                continue
+            self.seen.add(inst.id)
+            if inst.healthy:
+                self.healthy_once.add(inst.id)
+            if inst.state in (InstanceState.FAILED, InstanceState.TERMINATED):
+                raise self._trip_failed(inst)
+            if inst.state is InstanceState.UNHEALTHY:
+                gate = "stability" if inst.id in self.healthy_once else "boot"
+                raise self._trip(gate, inst, f"instance {inst.id} of {image} is unhealthy")
+        for gone in sorted(self.seen - present - self.ours_gone):
+            raise self._trip(
+                "stability",
+                None,
+                f"instance {gone} of {image} exited and was replaced by the provider",
+                log_of=gone,
+            )
+
+    def _trip_failed(self, inst: Instance) -> Trip:
+        age = self.clock.now() - inst.launched_at
+        status = f" with status {inst.exit_status}" if inst.exit_status is not None else ""
+        if inst.id in self.healthy_once:
+            what = f"crashed{status} {age:.0f}s after start, after passing its health checks"
+            return self._trip("stability", inst, f"instance {inst.id} of {inst.image} {what}")
+        what = f"exited at start{status}"
+        return self._trip("boot", inst, f"instance {inst.id} of {inst.image} {what}")
+
+    def _trip(
+        self, gate: str, inst: Instance | None, message: str, log_of: str | None = None
+    ) -> Trip:
+        target = log_of or (inst.id if inst else None)
+        log = self._log_tail(target) if target else None
+        return Trip(f"{gate}", f"{gate} gate: {message}", instance=target, log=log)
+
+    def _log_tail(self, instance: str) -> str | None:
+        try:
+            return self.provider.log_tail(instance, LOG_LINES)
+        except KilnError:
+            return None
+
+    def boot(self, image: str, expect: int) -> FleetState:
+        """Wait until ``expect`` instances of ``image`` are live and all of them healthy."""
+        self.image = image
+        limit = self.settings.boot_deadline
+        deadline = self.clock.now() + limit
+        while True:
+            state = self.observe()
+            live = state.live(image)
+            waiting = [i for i in live if not i.healthy]
+            if len(live) >= expect and not waiting:
+                return state
+            if self.clock.now() > deadline:
+                raise self._boot_timeout(image, expect, live, waiting, limit)
+            self.clock.sleep(self.settings.poll)
+
+    def _boot_timeout(
+        self, image: str, expect: int, live: list[Instance], waiting: list[Instance], limit: float
+    ) -> Trip:
+        s = self.settings
+        budget = (
+            f"{limit:g}s = grace {s.grace:g}s + {s.healthy_threshold} x {s.interval:g}s checks "
+            f"+ {s.slack:g}s slack"
+        )
+        if waiting:
+            inst = waiting[0]
+            return self._trip(
+                "boot",
+                inst,
+                f"instance {inst.id} of {image} did not become healthy within {budget} "
+                f"(state: {inst.state.value})",
+            )
+        return Trip(
+            "boot",
+            f"boot gate: only {len(live)} of {expect} instances of {image} came up in {budget}",
+        )
+
+    def hold(self, image: str, seconds: float) -> None:
+        """Stability: the image's instances stay healthy for ``seconds``."""
+        self.image = image
+        end = self.clock.now() + seconds
+        while self.clock.now() < end:
+            self.observe()
+            self.clock.sleep(min(self.settings.poll, max(0.0, end - self.clock.now())))
+        self.observe()
+
+    def canary(self, image: str, seconds: float) -> dict[str, Any]:
+        """Let the canaries take traffic for ``seconds``, then compare them with the fleet."""
+        self.image = image
+        before = dict(self.provider.stats(self.fleet))
+        self.hold(image, seconds)
+        state = self.observe()
+        after = self.provider.stats(self.fleet)
+        canaries = {i.id for i in state.live(image)}
+        old = {i.id for i in state.serving() if i.image != image}
+        figures = canary_figures(before, after, canaries, old)
+        verdict = judge_canary(figures, self.settings)
+        if verdict:
+            raise Trip("canary", f"canary gate: {verdict}", figures=figures)
+        return figures
+
+
+def _delta(
+    before: Mapping[str, InstanceStats], after: Mapping[str, InstanceStats], ids: set[str]
+) -> tuple[int, int, float | None]:
+    requests = errors = 0
+    p99s: list[float] = []
+    for iid in ids:
+        now = after.get(iid)
+        if now is None:
+            continue
+        then = before.get(iid, InstanceStats())
+        requests += max(0, now.requests - then.requests)
+        errors += max(0, now.errors - then.errors)
+        if now.p99_seconds is not None:
+            p99s.append(now.p99_seconds)
+    return requests, errors, max(p99s) if p99s else None
+
+
+def canary_figures(
+    before: Mapping[str, InstanceStats],
+    after: Mapping[str, InstanceStats],
+    canaries: set[str],
+    old: set[str],
+) -> dict[str, Any]:
+    c_req, c_err, c_p99 = _delta(before, after, canaries)
+    o_req, o_err, o_p99 = _delta(before, after, old)
+    return {
+        "canary_requests": c_req,
+        "canary_errors": c_err,
+        "canary_error_rate": round(c_err / c_req, 4) if c_req else None,
+        "canary_p99": c_p99,
+        "fleet_requests": o_req,
+        "fleet_errors": o_err,
+        "fleet_error_rate": round(o_err / o_req, 4) if o_req else 0.0,
+        "fleet_p99": o_p99,
+    }
+
+
+def judge_canary(f: Mapping[str, Any], s: Settings) -> str | None:
+    """Why the canaries fail, with the figures, or None when they pass."""
+    if f["canary_requests"] < s.min_requests:
+        return (
+            f"canaries served {f['canary_requests']} requests, fewer than "
+            f"[canary] min_requests = {s.min_requests}: not enough traffic to judge them"
+        )
+    rate, base = f["canary_error_rate"] or 0.0, f["fleet_error_rate"] or 0.0
+    if rate - base > s.max_error_rate:
+        return (
+            f"5xx rate {rate:.2%} on the canaries vs {base:.2%} on the fleet "
+            f"({f['canary_errors']}/{f['canary_requests']} requests); "
+            f"allowed: {s.max_error_rate:.2%} above the fleet ([canary] max_error_rate)"
+        )
+    c_p99, o_p99 = f["canary_p99"], f["fleet_p99"]
+    if c_p99 is not None and o_p99 and c_p99 > s.max_p99_ratio * o_p99:
+        return (
+            f"p99 latency {c_p99 * 1000:.0f}ms on the canaries vs {o_p99 * 1000:.0f}ms on the "
+            f"fleet ({c_p99 / o_p99:.1f}x); allowed: {s.max_p99_ratio:g}x ([canary] max_p99_ratio)"
+        )
+    return None

@@ -1,0 +1,322 @@
+"""Plans are data: observed fleet + target image + strategy in, steps out.
+
+A plan is computed once, printed by ``--dry-run``, journaled before the first
+step runs, and compared as JSON in tests. Every step is idempotent against
+the observed fleet (a launch tops the image up to ``expect`` live instances,
+a terminate skips instances already gone), so a deployment killed anywhere
+resumes by re-running its first unfinished step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kiln.errors import DeployError
+from kiln.provider import FleetState, Instance, InstanceState
+
+PLAN_FORMAT = 1
+STRATEGIES = ("rolling", "blue-green", "canary")
+STEP_KINDS = ("launch", "terminate", "switch", "canary", "retire", "verify")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One action on the fleet.
+
+    launch:    top ``image`` up to ``expect`` live instances (``count`` new), wait healthy
+    terminate: drain and stop ``instances``
+    switch:    put every healthy out-of-service ``image`` instance in service and take
+               ``instances`` (or, if empty, every other serving instance) out, in one call
+    canary:    judge the new instances against the old fleet for ``seconds``
+    retire:    keep the drained old fleet warm for ``seconds`` (0: terminate it now)
+    verify:    new instances must stay healthy for ``seconds``
+    """
+
+    kind: str
+    image: str | None = None
+    count: int = 0
+    expect: int = 0
+    in_service: bool = True
+    instances: tuple[str, ...] = ()
+    seconds: float = 0.0
+    why: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind}
+        defaults = Step(kind=self.kind)
+        for name in ("image", "count", "expect", "in_service", "instances", "seconds", "why"):
+            value = getattr(self, name)
+            if value != getattr(defaults, name):
+                data[name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Step:
+        if data.get("kind") not in STEP_KINDS:
+            raise DeployError(f"unknown step kind {data.get('kind')!r} in a journaled plan")
+        values = dict(data)
+        values["instances"] = tuple(values.get("instances", ()))
+        return cls(**values)
+
+    def describe(self) -> str:
+        ids = ", ".join(self.instances)
+        if self.kind == "launch":
+            where = "" if self.in_service else " out of service"
+            return f"launch {self.count} x {self.image}{where}, wait until healthy"
+        if self.kind == "terminate":
+            return f"terminate {ids}" + (f" ({self.why})" if self.why else "")
+        if self.kind == "switch":
+            out = ids or "the old fleet"
+            return f"switch the load balancer: {self.image} in, {out} out (one step)"
+        if self.kind == "canary":
+            return (
+                f"canary: judge {self.count} x {self.image} against the fleet for {self.seconds:g}s"
+            )
+        if self.kind == "retire":
+            if self.seconds:
+                return f"keep the old fleet warm for {self.seconds:g}s (instant rollback)"
+            return "terminate the drained old fleet"
+        return f"verify: {self.image} stays healthy for {self.seconds:g}s"
+
+
+@dataclass(frozen=True)
+class Plan:
+    fleet: str
+    strategy: str
+    image: str | None  # target; None when a first deployment is rolled back to nothing
+    from_image: str | None
+    size: int
+    steps: tuple[Step, ...]
+    format: int = PLAN_FORMAT
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "fleet": self.fleet,
+            "strategy": self.strategy,
+            "image": self.image,
+            "from_image": self.from_image,
+            "size": self.size,
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        version = data.get("format")
+        if version != PLAN_FORMAT:
+            raise DeployError(
+                f"the journaled plan has format {version!r}, this kiln understands {PLAN_FORMAT}",
+                hint="finish or roll back that deployment with the kiln version that started it",
+            )
+        return cls(
+            fleet=data["fleet"],
+            strategy=data["strategy"],
+            image=data["image"],
+            from_image=data["from_image"],
+            size=int(data["size"]),
+            steps=tuple(Step.from_json(s) for s in data["steps"]),
+        )
+
+    def describe(self) -> list[str]:
+        head = (
+            f"{self.strategy} deployment of {self.fleet}: "
+            f"{self.from_image or '(nothing)'} → {self.image or '(nothing)'}, "
+            f"{self.size} instance(s)"
+        )
+        if self.empty:
+            return [head, "  nothing to do: the fleet already serves this image"]
+        return [head] + [f"  {n}. {s.describe()}" for n, s in enumerate(self.steps, 1)]
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The planner's inputs besides the fleet: plain numbers, easy to fixture."""
+
+    max_surge: int = 1
+    max_unavailable: int = 0
+    keep_warm: float = 300.0
+    settle: float = 5.0
+    canary_count: int = 1
+    canary_seconds: float = 30.0
+
+
+@dataclass
+class _Fleet:
+    """The fleet split the way the planners think about it."""
+
+    target: str
+    ready: list[Instance] = field(default_factory=list)  # target, in service
+    standby: list[Instance] = field(default_factory=list)  # target, healthy, out of service
+    old: list[Instance] = field(default_factory=list)  # other images, in service
+    idle: list[Instance] = field(default_factory=list)  # anything else not serving
+
+    @classmethod
+    def split(cls, state: FleetState, target: str) -> _Fleet:
+        view = cls(target)
+        for inst in sorted(state.live(), key=_retire_order):
+            if inst.image == target and inst.in_service:
+                view.ready.append(inst)
+            elif inst.image == target and inst.healthy:
+                view.standby.append(inst)
+            elif inst.image != target and inst.in_service:
+                view.old.append(inst)
+            else:
+                view.idle.append(inst)
+        view.idle += unreplaced_failures(state, exclude=target)
+        return view
+
+
+def unreplaced_failures(state: FleetState, exclude: str | None = None) -> list[Instance]:
+    """Failed instances still counted in their group: terminating them lowers the count.
+
+    A provider replaces failed instances to keep each group at its count; when
+    the count is above the live instances, these failures are what holds it up.
+    """
+    found: list[Instance] = []
+    for image, desired in sorted(state.groups.items()):
+        if image == exclude:
+            continue
+        excess = desired - len(state.live(image))
+        failed = [
+            i for i in state.instances if i.image == image and i.state is InstanceState.FAILED
+        ]
+        failed.sort(key=lambda i: (i.launched_at, i.id), reverse=True)
+        found += failed[: max(0, excess)]
+    return found
+
+
+def _retire_order(inst: Instance) -> tuple[bool, float, str]:
+    """Unhealthy first, then oldest: the instances least worth keeping go first."""
+    return (inst.healthy, inst.launched_at, inst.id)
+
+
+def _ids(instances: Sequence[Instance]) -> tuple[str, ...]:
+    return tuple(i.id for i in instances)
+
+
+def make_plan(
+    state: FleetState,
+    image: str,
+    strategy: str,
+    size: int,
+    knobs: Knobs,
+    from_image: str | None = None,
+) -> Plan:
+    """The steps that move ``state`` to ``size`` healthy instances of ``image``."""
+    if strategy not in STRATEGIES:
+        raise DeployError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    view = _Fleet.split(state, image)
+    if strategy == "blue-green":
+        steps = _blue_green(view, size, knobs)
+    elif strategy == "canary":
+        steps = _canary(view, size, knobs)
+    else:
+        steps = _rolling(view, size, knobs)
+    if steps and any(s.kind in ("launch", "switch") for s in steps) and knobs.settle > 0:
+        steps.append(Step("verify", image=image, seconds=knobs.settle))
+    return Plan(state.name, strategy, image, from_image, size, tuple(steps))
+
+
+def rollback_plan(state: FleetState, image: str | None, size: int, strategy: str) -> Plan:
+    """Back to ``image`` as fast as is safe: warm standbys first, then launch all at once."""
+    if image is None:
+        doomed = _ids(state.live() + unreplaced_failures(state))
+        steps = (Step("terminate", instances=doomed, why="first deployment failed"),)
+        return Plan(state.name, strategy, None, None, size, steps if doomed else ())
+    knobs = Knobs(max_surge=size, max_unavailable=0, settle=0)
+    plan = make_plan(state, image, "rolling", size, knobs)
+    return replace(plan, strategy=strategy)
+
+
+def _rolling(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
+    steps = _discard_idle(view)
+    steps += _switch_in_standby(view, size)
+    steps += _batches(view.target, len(view.ready), view.old, size, knobs)
+    if len(view.ready) > size:
+        surplus = view.ready[: len(view.ready) - size]
+        steps.append(Step("terminate", instances=_ids(surplus), why="scaled down"))
+    return steps
+
+
+def _discard_idle(view: _Fleet) -> list[Step]:
+    if not view.idle:
+        return []
+    doomed, view.idle = view.idle, []
+    return [Step("terminate", instances=_ids(doomed), why="not serving")]
+
+
+def _switch_in_standby(view: _Fleet, size: int) -> list[Step]:
+    """Healthy out-of-service target instances (a warm standby) go in with one switch."""
+    if not view.standby:
+        return []
+    take = view.standby[: max(0, size - len(view.ready))]
+    extra = view.standby[len(take) :]
+    remove = view.old[: len(take)]
+    steps = [Step("switch", image=view.target, instances=_ids(remove))] if take else []
+    doomed = remove + extra
+    if doomed:
+        steps.append(Step("terminate", instances=_ids(doomed), why="replaced"))
+    view.ready += take
+    view.old = view.old[len(remove) :]
+    view.standby = []
+    return steps
+
+
+def _batches(target: str, new: int, old: Sequence[Instance], size: int, knobs: Knobs) -> list[Step]:
+    """Surge/unavailable batches: never above size+surge, never below size-unavailable.
+
+    ``new`` target instances already serve; ``old`` are replaced in retire order.
+    """
+    steps: list[Step] = []
+    old = list(old)
+    while new < size or old:
+        live = new + len(old)
+        first = min(len(old), max(0, live - (size - knobs.max_unavailable)))
+        if first:
+            steps.append(Step("terminate", instances=_ids(old[:first]), why="replaced"))
+            old, live = old[first:], live - first
+        count = min(size - new, size + knobs.max_surge - live)
+        if count > 0:
+            new += count
+            steps.append(Step("launch", image=target, count=count, expect=new))
+            live += count
+        after = min(len(old), max(0, live - size))
+        if after:
+            steps.append(Step("terminate", instances=_ids(old[:after]), why="replaced"))
+            old = old[after:]
+        if not first and count <= 0 and not after:
+            break
+    return steps
+
+
+def _blue_green(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
+    steps = _discard_idle(view)
+    have = len(view.ready) + len(view.standby)
+    if have < size:
+        steps.append(
+            Step("launch", image=view.target, count=size - have, expect=size, in_service=False)
+        )
+    if view.old or have < size or view.standby:
+        steps.append(Step("switch", image=view.target))
+    if view.old:
+        steps.append(Step("retire", seconds=knobs.keep_warm))
+    return steps
+
+
+def _canary(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
+    steps = _discard_idle(view)
+    if not view.old:  # nothing to compare against: a plain rollout
+        return steps + _rolling(view, size, knobs)
+    steps += _switch_in_standby(view, size)
+    count = max(min(knobs.canary_count, size), len(view.ready))
+    if len(view.ready) < count:
+        launch = count - len(view.ready)
+        steps.append(Step("launch", image=view.target, count=launch, expect=count))
+    steps.append(Step("canary", image=view.target, count=count, seconds=knobs.canary_seconds))
+    return steps + _batches(view.target, count, view.old, size, knobs)
