@@ -25,7 +25,7 @@ from kiln.config import LoadedConfig
 from kiln.errors import BuildError
 from kiln.home import Home
 from kiln.ignore import SourceEntry, load_spec, walk
-from kiln.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, file_sha256, short_id
+from kiln.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, short_id
 
 WORKERS = min(8, (os.cpu_count() or 2) * 2)
 RACY_NS = 100_000_000  # files touched this recently are re-hashed next time
@@ -72,17 +72,22 @@ def bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None = None)
                 f"no source files in {root}", hint="check [app] exclude and .kilnignore"
             )
         index = SourceIndex(home, app.name)
-        hashes = index.hash_all(root, entries, progress)
-        key = _cache_key(loaded, entries, hashes)
-        cached = _cache_get(home, key)
-        if cached is not None and store.exists(cached):
-            record = store.get(cached)
-            index.save()
-            return _result(record.digest, record.manifest, True, started, record.meta)
-        if app.build:
-            manifest = _bake_with_build(loaded, home, store, entries, hashes, progress)
-        else:
-            manifest = _commit_tree(loaded, store, root, entries, hashes, progress)
+        with store.objects.batch():
+            hashes = index.ingest(store, root, entries, progress)
+            key = _cache_key(loaded, entries, hashes)
+            cached = _cache_get(home, key)
+            if cached is not None:
+                manifest = None
+            elif app.build:
+                manifest = _bake_with_build(loaded, home, store, entries, hashes, progress)
+            else:
+                _restore_missing(store, root, entries, hashes)
+                manifest = _manifest_of(loaded, root, entries, hashes)
+        index.save()
+        if manifest is None:
+            assert cached is not None
+            seconds = round(time.monotonic() - started, 3)
+            return BakeResult(**{**cached, "reused": True, "seconds": seconds})
         commit, dirty = git_state(root)
         meta = {
             "created": time.time(),
@@ -92,9 +97,9 @@ def bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None = None)
             "source": str(root),
         }
         record = store.add_image(manifest, meta)
-        _cache_put(home, key, record.digest)
-        index.save()
-    return _result(record.digest, manifest, False, started, record.meta)
+        result = _result(record.digest, manifest, False, started, record.meta)
+        _cache_put(home, key, result)
+    return result
 
 
 def _result(
@@ -151,6 +156,16 @@ def _commit_tree(
 
     stored = _parallel(put, files, progress)
     return _manifest(loaded, stored, links, dirs)
+
+
+def _manifest_of(
+    loaded: LoadedConfig, root: Path, entries: list[SourceEntry], hashes: dict[str, str]
+) -> Manifest:
+    """The manifest of a tree whose files are all ingested already."""
+    files = [FileEntry(e.path, e.mode, e.size, hashes[e.path]) for e in entries if e.kind == "file"]
+    links = [_link(root, e) for e in entries if e.kind == "link"]
+    dirs = [e.path for e in entries if e.kind == "dir"]
+    return _manifest(loaded, files, links, dirs)
 
 
 def _link(root: Path, entry: SourceEntry) -> LinkEntry:
@@ -243,31 +258,41 @@ def _run_steps(loaded: LoadedConfig, scratch: Path, progress: BakeProgress) -> N
 def _parallel(
     fn: Callable[[SourceEntry], Any], items: list[SourceEntry], progress: BakeProgress
 ) -> list[Any]:
+    """Run fn over items on a thread pool, in chunks: hashing and I/O drop the GIL."""
     total = len(items)
+    size = max(1, min(64, total // (WORKERS * 4) or 1))
+    chunks = [items[i : i + size] for i in range(0, total, size)]
     results: list[Any] = []
     with ThreadPoolExecutor(WORKERS) as pool:
-        for done, result in enumerate(pool.map(fn, items), 1):
-            results.append(result)
-            if done % 250 == 0 or done == total:
-                progress.files(done, total)
+        for chunk_results in pool.map(lambda chunk: [fn(item) for item in chunk], chunks):
+            results.extend(chunk_results)
+            progress.files(len(results), total)
     return results
 
 
 class SourceIndex:
-    """sha256 of source files keyed by their stat, so unchanged files are not re-read."""
+    """sha256 of source files keyed by their stat, so unchanged files are not re-read.
+
+    One line per file (``size mtime ctime ino sha path``): parsing it is a
+    large share of recognising an unchanged app, so it is kept trivial.
+    """
 
     def __init__(self, home: Home, app: str) -> None:
-        self.path = home.root / "cache" / f"index-{app}.json"
-        self.entries: dict[str, list[Any]] = {}
+        self.path = home.root / "cache" / f"index-{app}.txt"
+        self.entries: dict[str, tuple[int, int, int, int, str]] = {}
         try:
-            self.entries = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
-            self.entries = {}
-        self.fresh: dict[str, list[Any]] = {}
+            text = self.path.read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            size, mtime, ctime, ino, sha, path = line.split(" ", 5)
+            self.entries[path] = (int(size), int(mtime), int(ctime), int(ino), sha)
+        self.fresh: dict[str, tuple[int, int, int, int, str]] = {}
 
-    def hash_all(
-        self, root: Path, entries: Iterable[SourceEntry], progress: BakeProgress
+    def ingest(
+        self, store: Store, root: Path, entries: Iterable[SourceEntry], progress: BakeProgress
     ) -> dict[str, str]:
+        """Hash every source file, storing new content in the same single read."""
         now = time.time_ns()
         hashes: dict[str, str] = {}
         todo: list[SourceEntry] = []
@@ -275,72 +300,85 @@ class SourceIndex:
             if e.kind != "file":
                 continue
             cached = self.entries.get(e.path)
-            if cached and cached[:4] == [e.size, e.mtime_ns, e.ctime_ns, e.ino]:
+            if cached and cached[:4] == (e.size, e.mtime_ns, e.ctime_ns, e.ino):
                 hashes[e.path] = cached[4]
                 self.fresh[e.path] = cached
             else:
                 todo.append(e)
 
         def one(e: SourceEntry) -> tuple[SourceEntry, str]:
-            return e, file_sha256(root / e.path)
+            sha, size = store.put_file(root / e.path)
+            if size != e.size:
+                raise BuildError(f"{e.path} changed while it was being baked", hint="bake again")
+            return e, sha
 
         for e, sha in _parallel(one, todo, progress) if todo else []:
             hashes[e.path] = sha
             if e.mtime_ns < now - RACY_NS and e.ctime_ns < now - RACY_NS:
-                self.fresh[e.path] = [e.size, e.mtime_ns, e.ctime_ns, e.ino, sha]
+                self.fresh[e.path] = (e.size, e.mtime_ns, e.ctime_ns, e.ino, sha)
         return hashes
 
     def save(self) -> None:
         self.path.parent.mkdir(exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.fresh, separators=(",", ":")))
+        tmp.write_text(
+            "".join(f"{s} {m} {c} {i} {h} {p}\n" for p, (s, m, c, i, h) in self.fresh.items()),
+            encoding="utf-8",
+        )
         tmp.replace(self.path)
+
+
+def _restore_missing(
+    store: Store, root: Path, entries: list[SourceEntry], hashes: dict[str, str]
+) -> None:
+    """Objects the index vouches for may have been pruned since: store them again."""
+    for e in entries:
+        if e.kind == "file" and not store.has_object(hashes[e.path]):
+            hashes[e.path] = store.put_file(root / e.path)[0]
 
 
 def _cache_key(loaded: LoadedConfig, entries: list[SourceEntry], hashes: dict[str, str]) -> str:
     cfg = loaded.config
-    doc = {
+    head = {
         "app": cfg.app.name,
         "run": cfg.app.run,
         "build": cfg.app.build,
         "exclude": cfg.app.exclude,
         "env": cfg.env,
         "python": interpreter(loaded),
-        "tree": [[e.path, e.kind, e.mode, hashes.get(e.path, e.target)] for e in entries],
     }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    h.update(
+        "\n".join(
+            f"{e.path}\0{e.kind}\0{e.mode}\0{hashes.get(e.path, e.target)}" for e in entries
+        ).encode()
+    )
+    return h.hexdigest()
 
 
-def _cache_get(home: Home, key: str) -> str | None:
+def _cache_get(home: Home, key: str) -> dict[str, Any] | None:
     path = home.root / "cache" / "bake" / key
     try:
-        return path.read_text().strip() or None
-    except OSError:
+        hit: dict[str, Any] = json.loads(path.read_bytes())
+    except (OSError, ValueError):
         return None
+    manifest = Store.manifest_path(home, hit.get("digest", ""))
+    return hit if manifest is not None and manifest.exists() else None
 
 
-def _cache_put(home: Home, key: str, digest: str) -> None:
+def _cache_put(home: Home, key: str, result: BakeResult) -> None:
     path = home.root / "cache" / "bake" / key
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{key}.{os.getpid()}.tmp")
-    tmp.write_text(digest)
+    tmp.write_text(json.dumps(result.as_dict()))
     tmp.replace(path)
 
 
 def git_state(root: Path) -> tuple[str | None, bool | None]:
-    """The commit the source is at and whether it has uncommitted changes."""
+    """The commit the source is at and whether it has uncommitted changes (one git call)."""
     try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        if head.returncode != 0:
-            return None, None
         status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", "."],
+            ["git", "-C", str(root), "status", "--porcelain=v2", "--branch", "--", "."],
             capture_output=True,
             text=True,
             timeout=10,
@@ -348,4 +386,14 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None, None
-    return head.stdout.strip(), bool(status.stdout.strip())
+    if status.returncode != 0:
+        return None, None
+    commit = None
+    dirty = False
+    for line in status.stdout.splitlines():
+        if line.startswith("# branch.oid "):
+            oid = line.split()[2]
+            commit = None if oid == "(initial)" else oid
+        elif not line.startswith("#"):
+            dirty = True
+    return commit, dirty if commit else None

@@ -2,8 +2,7 @@
 
 Layout under ``KILN_HOME/store``::
 
-    objects/ab/cdef...    one file per distinct content, named by its sha256,
-                          read-only once written (written to tmp, then renamed)
+    objects/, packs/      content by sha256 (see kiln.objects), read-only
     images/<hex>.json     canonical manifest; its sha256 is the image digest
     meta/<hex>.json       when/where it was baked: not part of its identity
     gc.lock               bakes hold it shared, garbage collection exclusive
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -29,8 +29,8 @@ from typing import IO, Any
 
 from kiln.errors import CorruptObject, ImageNotFound, StoreError
 from kiln.home import Home
+from kiln.objects import ObjectStore
 
-CHUNK = 1 << 20
 FORMAT = 1
 
 
@@ -139,7 +139,7 @@ def file_sha256(path: Path) -> str:
     """Streaming hash: memory stays flat whatever the file size."""
     h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
+        while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
 
@@ -148,51 +148,19 @@ class Store:
     def __init__(self, home: Home) -> None:
         self.home = home
         self.root = home.store
-        self.objects = self.root / "objects"
         self.images = self.root / "images"
         self.meta = self.root / "meta"
-        for d in (self.objects, self.images, self.meta):
+        for d in (self.images, self.meta):
             d.mkdir(parents=True, exist_ok=True)
+        self.objects = ObjectStore(self.root, home.tmp)
 
     # objects -----------------------------------------------------------
 
-    def object_path(self, sha256: str) -> Path:
-        return self.objects / sha256[:2] / sha256[2:]
-
     def has_object(self, sha256: str) -> bool:
-        return self.object_path(sha256).exists()
+        return self.objects.has(sha256)
 
     def put_file(self, source: Path, expected: str | None = None) -> tuple[str, int]:
-        """Copy a file in, hashing as it streams; returns (sha256, size).
-
-        When ``expected`` is given and already stored, nothing is read.
-        """
-        if expected is not None and self.has_object(expected):
-            return expected, self.object_path(expected).stat().st_size
-        h = hashlib.sha256()
-        size = 0
-        fd, tmp = tempfile.mkstemp(dir=self.home.tmp, prefix=f"obj-{os.getpid()}-")
-        try:
-            with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
-                while chunk := src.read(CHUNK):
-                    h.update(chunk)
-                    dst.write(chunk)
-                    size += len(chunk)
-            digest = h.hexdigest()
-            self._commit_object(Path(tmp), digest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return digest, size
-
-    def _commit_object(self, tmp: Path, digest: str) -> None:
-        target = self.object_path(digest)
-        if target.exists():
-            tmp.unlink()
-            return
-        target.parent.mkdir(exist_ok=True)
-        tmp.chmod(0o444)
-        tmp.replace(target)
+        return self.objects.put_file(source, expected)
 
     # images ------------------------------------------------------------
 
@@ -210,6 +178,14 @@ class Store:
         if not manifest_path.exists():
             _atomic_write(manifest_path, manifest.canonical(), self.home.tmp)
         return self.get(digest)
+
+    @staticmethod
+    def manifest_path(home: Home, digest: str) -> Path | None:
+        """Where an image's manifest lives, without opening the store."""
+        hexd = digest.removeprefix("sha256:")
+        if len(hexd) != 64:
+            return None
+        return home.store / "images" / f"{hexd}.json"
 
     def get(self, ref: str) -> ImageRecord:
         """Look an image up by 'img-<12hex>', 'sha256:<hex>' or a unique hex prefix."""
@@ -260,8 +236,7 @@ class Store:
         checked: dict[str, bool] = {}
         for entry in record.manifest.files:
             if entry.sha256 not in checked:
-                path = self.object_path(entry.sha256)
-                checked[entry.sha256] = path.exists() and file_sha256(path) == entry.sha256
+                checked[entry.sha256] = self.objects.intact(entry.sha256)
             if not checked[entry.sha256]:
                 bad.append(entry.path)
         return bad
@@ -290,19 +265,17 @@ class Store:
         return manifest
 
     def _copy_verified(self, entry: FileEntry, target: Path) -> None:
-        source = self.object_path(entry.sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
-        try:
-            with source.open("rb") as src, target.open("wb") as dst:
-                while chunk := src.read(CHUNK):
+        with target.open("wb") as dst:
+            try:
+                for chunk in self.objects.read(entry.sha256):
                     h.update(chunk)
                     dst.write(chunk)
-        except FileNotFoundError as exc:
-            raise CorruptObject(
-                f"object for {entry.path} is missing from the store",
-                hint="run 'kiln image verify' and bake again",
-            ) from exc
+            except CorruptObject as exc:
+                raise CorruptObject(
+                    f"{entry.path}: {exc.message}", hint="run 'kiln image verify'"
+                ) from exc
         if h.hexdigest() != entry.sha256:
             raise CorruptObject(
                 f"{entry.path}: stored object {entry.sha256[:12]} is corrupted",
@@ -319,8 +292,12 @@ class Store:
             for entry in manifest.files:
                 info = _tarinfo(entry.path, tarfile.REGTYPE, entry.mode)
                 info.size = entry.size
-                with self.object_path(entry.sha256).open("rb") as f:
-                    tar.addfile(info, f)
+                where = self.objects.locate(entry.sha256)
+                if isinstance(where, Path):
+                    with where.open("rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info, io.BytesIO(b"".join(self.objects.read(entry.sha256))))
             for link in manifest.links:
                 info = _tarinfo(link.path, tarfile.SYMTYPE, 0o777)
                 info.linkname = link.target

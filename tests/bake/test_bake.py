@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bake.apps import write_app
+from bake.apps import corrupt, write_app
 from kiln.bake import BakeProgress, bake
 from kiln.config import load_config
 from kiln.errors import BuildError, CorruptObject, ImageNotFound
@@ -64,11 +65,10 @@ def test_fleet_settings_do_not_change_the_image(app_dir: Path, home: Home) -> No
 def test_one_file_change_stores_one_new_object(app_dir: Path, home: Home) -> None:
     store = Store(home)
     _bake(app_dir, home)
-    before = set(store.objects.rglob("*"))
+    before = store.objects.all()
     (app_dir / "static" / "f1.txt").write_text("changed\n")
     changed = _bake(app_dir, home)
-    new = [p for p in set(store.objects.rglob("*")) - before if p.is_file()]
-    assert len(new) == 1 and not changed.reused
+    assert len(Store(home).objects.all() - before) == 1 and not changed.reused
 
 
 def test_excludes_kilnignore_and_vcs(app_dir: Path, home: Home) -> None:
@@ -145,18 +145,18 @@ def test_relative_symlink_is_kept(app_dir: Path, home: Home, tmp_path: Path) -> 
     assert (dest / "current").read_text() == "file 0\n"
 
 
+@pytest.mark.parametrize("victim", ["static/f2.txt", "big.bin"])
 def test_corrupted_object_is_named_and_never_materialized(
-    app_dir: Path, home: Home, tmp_path: Path
+    app_dir: Path, home: Home, tmp_path: Path, victim: str
 ) -> None:
+    (app_dir / "big.bin").write_bytes(os.urandom(3 << 20))  # stored loose, not packed
     store = Store(home)
     result = _bake(app_dir, home)
-    entry = next(f for f in store.get(result.image).manifest.files if f.path == "static/f2.txt")
-    obj = store.object_path(entry.sha256)
-    obj.chmod(0o644)
-    obj.write_text("tampered")
-    assert store.verify(result.image) == ["static/f2.txt"]
-    with pytest.raises(CorruptObject, match=r"static/f2\.txt"):
-        store.materialize(result.image, tmp_path / "inst")
+    entry = next(f for f in store.get(result.image).manifest.files if f.path == victim)
+    corrupt(store, entry.sha256)
+    assert Store(home).verify(result.image) == [victim]
+    with pytest.raises(CorruptObject, match=re.escape(victim)):
+        Store(home).materialize(result.image, tmp_path / "inst")
     assert not (tmp_path / "inst").exists()
 
 
@@ -169,11 +169,9 @@ def test_materialized_copies_cannot_touch_the_store(
     store.materialize(result.image, dest)
     (dest / "app.py").write_text("changed by the instance")
     assert store.verify(result.image) == []
-    assert all(not os.access(p, os.W_OK) or os.geteuid() == 0 for p in store.objects.rglob("*"))
-    assert (
-        oct(store.object_path(store.get(result.image).manifest.files[0].sha256).stat().st_mode)[-3:]
-        == "444"
-    )
+    stored = [p for p in store.root.rglob("*") if p.is_file() and p.parent.name != "images"]
+    stored = [p for p in stored if "objects" in p.parts or "packs" in p.parts]
+    assert stored and all(p.stat().st_mode & 0o777 == 0o444 for p in stored)
 
 
 def test_lookup_by_prefix_and_unknown_ids(app_dir: Path, home: Home) -> None:
@@ -255,14 +253,14 @@ def _kill_bake_midway(app: Path, home: Path, sig: int) -> subprocess.CompletedPr
         stderr=subprocess.PIPE,
         text=True,
     )
-    objects = home / "store" / "objects"
     import time
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
-        if objects.exists() and sum(1 for _ in objects.rglob("*")) > 40:
+        packs = list((home / "tmp").glob("pack-*.tmp")) if (home / "tmp").exists() else []
+        if any(p.stat().st_size > 20_000 for p in packs if p.exists()):
             break
-        time.sleep(0.005)
+        time.sleep(0.002)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -305,3 +303,16 @@ def test_cli_errors_are_one_line(kiln) -> None:  # type: ignore[no-untyped-def]
     write_app(kiln.cwd)
     missing = kiln("image", "show", "img-123456789abc", ok=False)
     assert missing.exit_code == 1 and "no image img-123456789abc" in missing.stderr
+
+
+def test_commit_and_dirty_flag_are_recorded_beside_the_image(app_dir: Path, home: Home) -> None:
+    git = ["git", "-C", str(app_dir), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    result = _bake(app_dir, home)
+    assert (result.commit, result.dirty) == (head.strip(), False)
+    (app_dir / "new.txt").write_text("x")
+    dirty = _bake(app_dir, home)
+    assert dirty.dirty is True and dirty.commit == head.strip()
