@@ -101,7 +101,9 @@ def loopback_target(ssh_server: SshServer, scratch_root: Path) -> TargetFactory:
     return target
 
 
-def write_app(directory: Path, *, extra: str = "", version: str = "1") -> LoadedConfig:
+def write_app(
+    directory: Path, *, extra: str = "", version: str = "1", ssh_timeout: str = "20s"
+) -> LoadedConfig:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "app.py").write_text(f"print('acme v{version}')\n")
     (directory / "static").mkdir(exist_ok=True)
@@ -121,7 +123,7 @@ API_TOKEN = "ssm:/shared/api-token"
 
 [provider.aws]
 ssh_cidr = "127.0.0.1/32"
-ssh_timeout = "20s"
+ssh_timeout = "{ssh_timeout}"
 image_timeout = "20s"
 {extra}
 """,
@@ -132,9 +134,12 @@ image_timeout = "20s"
 
 @pytest.fixture
 def app_factory(tmp_path: Path, base_ami: str) -> Callable[..., LoadedConfig]:
-    def make(extra: str = "", version: str = "1") -> LoadedConfig:
+    def make(extra: str = "", version: str = "1", ssh_timeout: str = "20s") -> LoadedConfig:
         return write_app(
-            tmp_path / "app", extra=f'base_image = "{base_ami}"\n{extra}', version=version
+            tmp_path / "app",
+            extra=f'base_image = "{base_ami}"\n{extra}',
+            version=version,
+            ssh_timeout=ssh_timeout,
         )
 
     return make
@@ -175,3 +180,17 @@ def leftovers(aws: Aws) -> dict[str, list[Any]]:
     return {
         k: v for k, v in {"instances": instances, "groups": groups, "key_pairs": pairs}.items() if v
     }
+
+
+def fail_call(aws: Aws, operation: str, code: str, message: str) -> None:
+    """Make AWS answer ``operation`` with an error, at the client's edge (no request sent)."""
+
+    def answer(**_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        http = type("Http", (), {"status_code": 400, "headers": {}, "text": ""})()
+        parsed = {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        }
+        return http, parsed
+
+    aws.ec2.meta.events.register(f"before-call.ec2.{operation}", answer)

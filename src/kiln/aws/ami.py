@@ -37,6 +37,7 @@ from kiln.aws.install import recipe, render_bundle
 from kiln.aws.policy import APP_TAG
 from kiln.aws.session import Aws, aws_errors, connect, tags
 from kiln.aws.ssh import SshTarget, Upload, provision
+from kiln.bake import BakeProgress, bake
 from kiln.config import AwsProvider, Config, LoadedConfig
 from kiln.errors import AwsError
 from kiln.home import Home
@@ -88,12 +89,15 @@ def bake_ami(
     progress: Progress | None = None,
     aws: Aws | None = None,
     ssh_target: TargetFactory | None = None,
+    bake_progress: BakeProgress | None = None,
 ) -> AmiResult:
-    """Bake the app locally, then make (or reuse) its AMI."""
-    from kiln.bake import bake  # the local bake; imported late to keep this module light
+    """Bake the app locally, then make (or reuse) its AMI.
 
+    ``progress`` narrates the AWS steps; ``bake_progress`` is handed to the
+    local bake. ``aws`` and ``ssh_target`` are for tests and embedding.
+    """
     note = progress or (lambda _msg: None)
-    local = bake(loaded, home)
+    local = bake(loaded, home, bake_progress)
     note(f"image {local.image} ({'reused' if local.reused else 'baked'})")
     store = Store(home)
     record = store.get(local.image)

@@ -1,0 +1,151 @@
+"""``kiln aws``: the deploy user, its policy, and cleaning up after killed bakes.
+
+``kiln bake/images/prune --provider aws`` live with their local siblings and
+call :mod:`kiln.aws.ami` and :mod:`kiln.aws.images`.
+"""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from kiln.aws import policy as iam_policy
+from kiln.aws.iam import DeployUser, create_deploy_user
+from kiln.aws.reap import reap
+from kiln.aws.session import Aws, aws_errors, connect
+from kiln.cli.app import State, cli, pass_state
+from kiln.cli.output import console, emit_json, note
+from kiln.config import AwsProvider
+from kiln.errors import AwsError, ConfigError
+
+
+def aws_settings(state: State) -> AwsProvider:
+    """[provider.aws] from kiln.toml when there is one; defaults and env otherwise."""
+    try:
+        loaded = state.config()
+    except ConfigError as exc:
+        if "no kiln.toml" in exc.message and state.config_path is None:
+            return AwsProvider()
+        raise
+    return loaded.config.provider.aws or AwsProvider()
+
+
+@cli.group("aws")
+def aws_group() -> None:
+    """AWS provider: deploy user and policy, leftovers of killed bakes."""
+
+
+@aws_group.command("policy")
+@click.option("--json", "as_json", is_flag=True, help="Print the policy document only.")
+@click.option("--account", metavar="ID", help="Account id for resource ARNs (default: ask STS).")
+@click.option("--region", metavar="NAME", help="Region the policy is scoped to.")
+@pass_state
+def policy_command(state: State, as_json: bool, account: str | None, region: str | None) -> None:
+    """Print the least-privilege IAM policy for exactly the calls kiln makes."""
+    settings = aws_settings(state)
+    aws = _maybe_connect(settings)
+    region = region or (aws.region if aws else settings.region)
+    if account is None and aws is not None:
+        account = _account(aws)
+    document = iam_policy.policy_document(region=region, account=account)
+    if as_json:
+        emit_json(document)
+        return
+    table = Table(title=f"kiln deploy policy ({region or 'any region'})")
+    for column in ("Sid", "actions", "scoped by"):
+        table.add_column(column)
+    for statement in document["Statement"]:
+        scope = ", ".join(_condition_keys(statement.get("Condition", {}))) or "resource ARNs"
+        table.add_row(statement["Sid"], "\n".join(statement["Action"]), scope)
+    console.print(table)
+    console.print("the document: 'kiln aws policy --json'", markup=False)
+
+
+def _maybe_connect(settings: AwsProvider) -> Aws | None:
+    try:
+        return connect(settings)
+    except AwsError:
+        return None
+
+
+def _account(aws: Aws) -> str | None:
+    if aws.session.get_credentials() is None:
+        return None
+    try:
+        with aws_errors("asking STS for the account id"):
+            return aws.sts.get_caller_identity()["Account"]
+    except AwsError as exc:
+        note(f"account id unknown ({exc}); ARNs use '*'")
+        return None
+
+
+def _condition_keys(condition: dict[str, dict[str, object]]) -> list[str]:
+    return sorted({key for block in condition.values() for key in block})
+
+
+@aws_group.command("create-deploy-user")
+@click.option("--team", required=True, help="Team name: the user is deploy-user-TEAM.")
+@click.option("--rotate-key", is_flag=True, help="Replace the access key with a new one.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_state
+def create_deploy_user_command(state: State, team: str, rotate_key: bool, as_json: bool) -> None:
+    """Create the CI deploy user (programmatic access only) with kiln's policy.
+
+    Run once with admin credentials. The secret key is printed once, here.
+    """
+    aws = connect(aws_settings(state))
+    user = create_deploy_user(aws, team, rotate_key=rotate_key)
+    if as_json:
+        emit_json(user.summary())
+        return
+    _print_user(user)
+
+
+def _print_user(user: DeployUser) -> None:
+    verb = "created" if user.created else "exists:"
+    console.print(f"{verb} {user.user} ({user.arn}), policy kiln-deploy", markup=False)
+    if user.policy_changed and not user.created:
+        console.print("policy updated to this kiln version's", markup=False)
+    if user.console_access_removed:
+        console.print("console password removed: programmatic access only", markup=False)
+    if user.deleted_keys:
+        console.print(f"deleted old keys: {', '.join(user.deleted_keys)}", markup=False)
+    if user.secret_access_key is None:
+        console.print(
+            f"access key {user.access_key_id} unchanged (its secret was shown when created; "
+            "--rotate-key makes a new one)",
+            markup=False,
+        )
+        return
+    console.print("\nstore these as CI secrets now; the secret is not shown again:", markup=False)
+    console.print(f"AWS_ACCESS_KEY_ID={user.access_key_id}", markup=False)
+    console.print(f"AWS_SECRET_ACCESS_KEY={user.secret_access_key}", markup=False)
+
+
+@aws_group.command("reap")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option(
+    "--all", "include_unexpired", is_flag=True, help="Also remove resources not expired yet."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_state
+def reap_command(state: State, dry_run: bool, include_unexpired: bool, as_json: bool) -> None:
+    """Remove builders, key pairs and security groups left by killed bakes."""
+    aws = connect(aws_settings(state))
+    result = reap(
+        aws, dry_run=dry_run, include_unexpired=include_unexpired, note=None if as_json else note
+    )
+    if as_json:
+        emit_json(result.summary())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for item in result.removed:
+        console.print(f"{verb} {item.kind} {item.id} (build {item.build_id})", markup=False)
+    for item in result.kept:
+        until = item.expires.isoformat() if item.expires else "?"
+        console.print(f"kept {item.kind} {item.id}: in use until {until} (--all)", markup=False)
+    if not result.removed and not result.kept:
+        console.print("nothing to reap", markup=False)
+
+
+__all__ = ["aws_group", "aws_settings"]

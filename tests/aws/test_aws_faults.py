@@ -1,0 +1,119 @@
+"""Every way a bake can fail ends with a clear error and zero leftover resources."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from awsservers import SshServer, free_port
+
+from conftest import TargetFactory, fail_call, leftovers
+from kiln.aws.ami import bake_ami
+from kiln.aws.builder import Builder
+from kiln.aws.images import list_amis
+from kiln.aws.session import Aws
+from kiln.aws.ssh import SshTarget
+from kiln.config import LoadedConfig
+from kiln.errors import AwsError
+from kiln.home import Home
+
+pytestmark = pytest.mark.aws
+
+
+def test_ssh_never_comes_up(aws: Aws, home: Home, app_factory: Callable[..., LoadedConfig]) -> None:
+    closed = free_port()
+
+    def nobody_home(builder: Builder) -> SshTarget:
+        return SshTarget("127.0.0.1", closed, "admin", builder.key, sudo=False, root="/nonexistent")
+
+    loaded = app_factory(ssh_timeout="1s")
+    with pytest.raises(AwsError, match=r"did not accept SSH at admin@127\.0\.0\.1:\d+ within 1s"):
+        bake_ami(loaded, home, aws=aws, ssh_target=nobody_home)
+    assert leftovers(aws) == {}
+    assert list_amis(aws, "acme") == []
+
+
+def test_upload_breaks(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+    ssh_server: SshServer,
+) -> None:
+    ssh_server.break_upload_after = 100
+    with pytest.raises(AwsError, match="broke"):
+        bake_ami(app_factory(), home, aws=aws, ssh_target=loopback_target)
+    assert leftovers(aws) == {}
+    assert list_amis(aws, "acme") == []
+    assert not list((home.tmp).glob("ami-*"))  # local staging removed too
+
+
+def test_ami_creation_fails(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+) -> None:
+    fail_call(aws, "CreateImage", "InternalError", "An internal error has occurred")
+    with pytest.raises(AwsError, match=r"creating the AMI: CreateImage failed \(InternalError\)"):
+        bake_ami(app_factory(), home, aws=aws, ssh_target=loopback_target)
+    assert leftovers(aws) == {}
+    assert list_amis(aws, "acme") == []
+
+
+def test_interrupted_bake_cleans_up_and_the_next_bake_resumes_the_wait(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+) -> None:
+    def impatient(message: str) -> None:
+        if message.startswith("creating ami-"):
+            raise KeyboardInterrupt
+
+    loaded = app_factory()
+    with pytest.raises(KeyboardInterrupt):
+        bake_ami(loaded, home, aws=aws, progress=impatient, ssh_target=loopback_target)
+    assert leftovers(aws) == {}
+    [pending] = list_amis(aws, "acme")
+
+    # AWS still reports the AMI pending for two polls: the next bake waits, never rebuilds
+    polls: list[str] = []
+
+    def still_pending(parsed: dict[str, Any], **_kwargs: Any) -> None:
+        for image in parsed.get("Images", []):
+            if image["ImageId"] == pending.id and len(polls) < 2:
+                polls.append(image["State"])
+                image["State"] = "pending"
+
+    aws.ec2.meta.events.register("after-call.ec2.DescribeImages", still_pending)
+
+    def no_builder(_builder: Builder) -> SshTarget:
+        raise AssertionError("resuming must not launch a builder")
+
+    resumed = bake_ami(loaded, home, aws=aws, ssh_target=no_builder)
+    assert resumed.ami == pending.id and resumed.resumed and resumed.reused
+    assert len(polls) == 2
+    assert leftovers(aws) == {}
+
+
+def test_failed_ami_is_replaced(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+) -> None:
+    loaded = app_factory()
+    first = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target)
+
+    def failed(parsed: dict[str, Any], **_kwargs: Any) -> None:
+        for image in parsed.get("Images", []):
+            if image["ImageId"] == first.ami:
+                image["State"] = "failed"
+
+    aws.ec2.meta.events.register("after-call.ec2.DescribeImages", failed)
+    second = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target)
+    assert second.ami != first.ami and not second.reused
+    assert [a.id for a in list_amis(aws, "acme")] == [second.ami]
+    assert leftovers(aws) == {}

@@ -1,0 +1,253 @@
+"""The deploy policy: linted by parliament, complete and minimal, enforced by IAM.
+
+moto's IAM enforcement checks keys, signatures and actions but denies EC2
+resource ARNs and ignores conditions, so the enforced run attaches
+:func:`enforceable_document` (the same actions per Sid, ``Resource: "*"``),
+while the scoped :func:`policy_document` is what users get and what the
+linter checks. Both come from one list of rules.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import parliament
+import pytest
+from awsservers import moto_server
+
+from conftest import REGION, TargetFactory, leftovers, write_app
+from kiln.aws.ami import bake_ami
+from kiln.aws.iam import create_deploy_user
+from kiln.aws.images import list_amis, prune_amis
+from kiln.aws.policy import PURPOSES, actions, enforceable_document, policy_document
+from kiln.aws.reap import reap
+from kiln.aws.session import Aws, aws_errors, connect
+from kiln.config import AwsProvider
+from kiln.errors import AwsError
+from kiln.home import Home
+
+pytestmark = pytest.mark.aws
+
+
+@pytest.mark.parametrize(
+    ("region", "account"), [("eu-west-1", "123456789012"), ("us-east-1", None), (None, None)]
+)
+def test_parliament_finds_nothing(region: str | None, account: str | None) -> None:
+    document = json.dumps(policy_document(region=region, account=account))
+    for community in (False, True):
+        findings = parliament.analyze_policy_string(
+            document, include_community_auditors=community
+        ).findings
+        assert [(f.issue, f.detail) for f in findings] == []
+
+
+def test_policy_is_scoped_by_purpose_and_tags() -> None:
+    document = policy_document(region="eu-west-1", account="123456789012")
+    sids = [s["Sid"] for s in document["Statement"]]
+    assert len(sids) == len(set(sids))
+    by_sid = {s["Sid"]: s for s in document["Statement"]}
+    # everything that deletes or terminates is limited to what kiln tagged
+    for statement in document["Statement"]:
+        destructive = [a for a in statement["Action"] if ":Delete" in a or ":Terminate" in a]
+        if destructive or "ec2:DeregisterImage" in statement["Action"]:
+            tag_keys = json.dumps(statement["Condition"])
+            assert "ec2:ResourceTag/kiln:" in tag_keys, statement["Sid"]
+    assert by_sid["KilnDescribe"]["Condition"] == {
+        "StringEquals": {"aws:RequestedRegion": "eu-west-1"}
+    }
+    for statement in document["Statement"]:
+        resources = statement["Resource"]
+        for arn in [resources] if isinstance(resources, str) else resources:
+            assert arn == "*" or ":eu-west-1:" in arn
+    # the moto rendering holds exactly the same actions, unscoped
+    enforceable = enforceable_document()
+    assert {a for s in enforceable["Statement"] for a in s["Action"]} == actions(PURPOSES)
+    assert all(s["Resource"] == "*" and "Condition" not in s for s in enforceable["Statement"])
+
+
+# ---------------------------------------------------------------- IAM enforced
+
+
+@pytest.fixture(scope="module")
+def enforced_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second moto server: the first 3 requests are free (to create an admin)."""
+    with moto_server(tmp_path_factory.mktemp("moto-iam") / "moto.log", free_requests=3) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def admin_keys(enforced_url: str) -> tuple[str, str]:
+    bootstrap = connect(
+        AwsProvider(region=REGION, endpoint_url=enforced_url),
+        access_key_id="AKIABOOTSTRAP0000000",
+        secret_access_key="bootstrap",
+    )
+    bootstrap.iam.create_user(UserName="admin")
+    bootstrap.iam.put_user_policy(
+        UserName="admin",
+        PolicyName="admin",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+            }
+        ),
+    )
+    key = bootstrap.iam.create_access_key(UserName="admin")["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+@pytest.fixture
+def enforced(
+    enforced_url: str, admin_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Aws:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", enforced_url)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    return connect(AwsProvider(), access_key_id=admin_keys[0], secret_access_key=admin_keys[1])
+
+
+def _base_image(admin: Aws) -> str:
+    source = admin.ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
+    instance = admin.ec2.run_instances(ImageId=source, MinCount=1, MaxCount=1)
+    instance_id = instance["Instances"][0]["InstanceId"]
+    image = admin.ec2.create_image(InstanceId=instance_id, Name=f"debian-12-{time.time_ns()}")
+    admin.ec2.terminate_instances(InstanceIds=[instance_id])
+    return image["ImageId"]
+
+
+def _deploy_aws(admin: Aws, team: str, document: dict[str, Any] | None = None) -> Aws:
+    user = create_deploy_user(admin, team, document=document or enforceable_document())
+    assert user.access_key_id and user.secret_access_key
+    return connect(
+        AwsProvider(), access_key_id=user.access_key_id, secret_access_key=user.secret_access_key
+    )
+
+
+def _record(aws: Aws) -> set[str]:
+    """Every IAM action this session's clients perform, from botocore's own events."""
+    calls: set[str] = set()
+
+    def seen(model: Any, **_kwargs: Any) -> None:
+        calls.add(f"{model.service_model.signing_name}:{model.name}")
+
+    aws.session.events.register("before-call", seen)
+    return calls
+
+
+def test_deploy_user_bakes_lists_prunes_and_reaps_with_exactly_the_policy(
+    enforced: Aws, tmp_path: Path, home: Home, loopback_target: TargetFactory
+) -> None:
+    base = _base_image(enforced)
+    subnet = enforced.ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    deploy = _deploy_aws(enforced, "ci")
+    calls = _record(deploy)  # before the first client exists, so every call is seen
+    extra = f'base_image = "{base}"\nsubnet_id = "{subnet}"\n'
+    notes: list[str] = []
+
+    first = bake_ami(
+        write_app(tmp_path / "app", extra=extra),
+        home,
+        aws=deploy,
+        ssh_target=loopback_target,
+        progress=notes.append,
+    )
+    again = bake_ami(write_app(tmp_path / "app", extra=extra), home, aws=deploy)
+    assert again.reused and again.ami == first.ami
+    time.sleep(1.1)  # AMI creation dates have one-second resolution
+    second = bake_ami(
+        write_app(tmp_path / "app", extra=extra, version="2"),
+        home,
+        aws=deploy,
+        ssh_target=loopback_target,
+        progress=notes.append,
+    )
+    assert [a.id for a in list_amis(deploy, "acme")] == [second.ami, first.ami]
+    pruned = prune_amis(deploy, "acme", keep=1)
+    assert [a.id for a in pruned.deleted] == [first.ami]
+    assert reap(deploy).removed == ()
+    assert leftovers(enforced) == {}
+
+    # every call kiln made is in the policy, and the policy holds nothing unused
+    assert calls == actions(PURPOSES)
+    # the deploy user's keys never show up in what kiln says
+    key_id = deploy.session.get_credentials().access_key
+    said = json.dumps([first.summary(), second.summary(), notes])
+    assert key_id not in said
+
+
+def test_calls_outside_the_policy_are_denied_and_reported_clearly(
+    enforced: Aws, tmp_path: Path, home: Home, loopback_target: TargetFactory
+) -> None:
+    base = _base_image(enforced)
+    deploy = _deploy_aws(enforced, "ci-denied")
+    outside = r"AWS denied DescribeVpcs \(AccessDenied\)"
+    with pytest.raises(AwsError, match=outside) as denied, aws_errors("listing VPCs"):
+        deploy.ec2.describe_vpcs()
+    assert denied.value.hint and "kiln aws policy" in denied.value.hint
+    # a deploy key cannot mint more deploy users
+    with pytest.raises(AwsError, match="AWS denied"):
+        create_deploy_user(deploy, "escalate")
+
+    # a policy missing one action: the bake fails on exactly that call, cleanly
+    document = enforceable_document()
+    for statement in document["Statement"]:
+        statement["Action"] = [a for a in statement["Action"] if a != "ec2:CreateImage"]
+    document["Statement"] = [s for s in document["Statement"] if s["Action"]]
+    crippled = _deploy_aws(enforced, "ci-no-create-image", document)
+    with pytest.raises(AwsError, match=r"AWS denied CreateImage \(AccessDenied\)") as failed:
+        bake_ami(
+            write_app(tmp_path / "app", extra=f'base_image = "{base}"\n', version="3"),
+            home,
+            aws=crippled,
+            ssh_target=loopback_target,
+        )
+    assert crippled.session.get_credentials().access_key not in str(failed.value)
+    assert leftovers(enforced) == {}
+
+
+def test_create_deploy_user_converges_and_rotates(aws: Aws) -> None:
+    first = create_deploy_user(aws, "web")
+    assert first.created and first.secret_access_key and first.user == "deploy-user-web"
+    stored = aws.iam.get_user_policy(UserName="deploy-user-web", PolicyName="kiln-deploy")
+    document = stored["PolicyDocument"]
+    document = json.loads(document) if isinstance(document, str) else document
+    assert document == policy_document(region=aws.region, account="123456789012")
+
+    again = create_deploy_user(aws, "web")
+    assert not again.changed and again.secret_access_key is None
+    assert again.access_key_id == first.access_key_id
+
+    aws.iam.create_login_profile(UserName="deploy-user-web", Password="Passw0rd!Passw0rd!")
+    fixed = create_deploy_user(aws, "web")
+    assert fixed.console_access_removed and fixed.secret_access_key is None
+
+    rotated = create_deploy_user(aws, "web", rotate_key=True)
+    assert rotated.secret_access_key and rotated.access_key_id != first.access_key_id
+    assert rotated.deleted_keys == (first.access_key_id,)
+    keys = aws.iam.list_access_keys(UserName="deploy-user-web")["AccessKeyMetadata"]
+    assert [k["AccessKeyId"] for k in keys] == [rotated.access_key_id]
+
+    with pytest.raises(AwsError, match="cannot be part of an IAM user name"):
+        create_deploy_user(aws, "no spaces")
+
+
+def test_missing_credentials_and_region_say_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, moto_url: str, home: Home, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    with pytest.raises(AwsError, match="no AWS region") as no_region:
+        connect(AwsProvider())
+    assert no_region.value.hint and "AWS_REGION" in no_region.value.hint
+
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    aws = connect(AwsProvider(region=REGION, endpoint_url=moto_url))
+    with pytest.raises(AwsError, match="no AWS credentials") as no_keys:
+        list_amis(aws, "acme")
+    assert no_keys.value.hint and "AWS_ACCESS_KEY_ID" in no_keys.value.hint

@@ -1,0 +1,68 @@
+"""A bake killed outright leaves tagged resources; ``kiln aws reap`` removes them."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from awsservers import free_port
+
+from conftest import leftovers
+from kiln.aws.reap import reap
+from kiln.aws.session import Aws
+from kiln.config import LoadedConfig
+
+pytestmark = pytest.mark.aws
+HERE = Path(__file__).parent
+
+
+def test_reap_removes_what_a_killed_bake_left(
+    aws: Aws, app_factory: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    loaded = app_factory(ssh_timeout="5m")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "killable_bake.py"),
+            str(loaded.path),
+            str(tmp_path / "kiln-home"),
+            str(free_port()),
+        ],
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(leftovers(aws)) < 3:  # builder, security group and key pair exist
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, leftovers(aws)
+            time.sleep(0.2)
+    finally:
+        proc.kill()  # SIGKILL: no finally, no context manager runs
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    left = leftovers(aws)
+    assert {k: len(v) for k, v in left.items()} == {"instances": 1, "groups": 1, "key_pairs": 1}
+
+    # not expired yet: a live bake may own them, so reap keeps them
+    kept = reap(aws)
+    assert kept.removed == () and len(kept.kept) == 3
+    assert leftovers(aws) == left
+
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)
+    preview = reap(aws, dry_run=True, now=later)
+    assert [i.kind for i in preview.removed] == ["instance", "security-group", "key-pair"]
+    assert leftovers(aws) == left
+
+    done = reap(aws, now=later)
+    assert {i.id for i in done.removed} == {i for ids in left.values() for i in ids}
+    assert leftovers(aws) == {}
+    assert reap(aws, now=later).removed == ()
