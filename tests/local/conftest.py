@@ -1,4 +1,4 @@
-"""Fixtures for the local provider: a tiny stdlib HTTP app, images of it, the agent.
+"""Fixtures for the local provider tests.
 
 Every test that starts an agent gets it (and every instance it ran) stopped
 and killed at teardown, so nothing outlives the test.
@@ -6,178 +6,15 @@ and killed at teardown, so nothing outlives the test.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
-import os
-import signal
-import socket
-import sqlite3
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from localtest import free_port, kill_everything, make_image, write_config
 
 from kiln.config import load_config
 from kiln.home import Home
-from kiln.local.agent import db_path, read_pid
-from kiln.local.client import stop_agent
 from kiln.local.provider import LocalProvider
-from kiln.store import FileEntry, Manifest, Store
-
-APP = r'''
-import hashlib, json, os, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def send(self, code, doc):
-        data = json.dumps(doc).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        path, _, query = self.path.partition("?")
-        if path == "/health":
-            return self.send(500 if os.path.exists("unhealthy") else 200, {"ok": True})
-        if path == "/slow":
-            time.sleep(float(query.partition("=")[2] or 1))
-        if path == "/secret":
-            digest = hashlib.sha256(os.environ.get("API_TOKEN", "").encode()).hexdigest()
-            return self.send(200, {"sha256": digest, "file": os.environ.get("DB_PASSWORD")})
-        self.send(200, {
-            "instance": os.environ["KILN_INSTANCE_ID"],
-            "image": os.environ["KILN_IMAGE"],
-            "xff": self.headers.get("X-Forwarded-For"),
-            "proto": self.headers.get("X-Forwarded-Proto"),
-            "greeting": os.environ.get("GREETING"),
-        })
-
-    def do_POST(self):
-        size = int(self.headers.get("Content-Length", 0))
-        body = self.rfile.read(size)
-        self.send(200, {"instance": os.environ["KILN_INSTANCE_ID"], "size": size,
-                        "sha256": hashlib.sha256(body).hexdigest()})
-
-ThreadingHTTPServer.daemon_threads = True
-server = ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Handler)
-print("listening on", os.environ["HOST"], os.environ["PORT"], flush=True)
-server.serve_forever()
-'''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def make_image(
-    home: Home, run: str | None = None, files: dict[str, str] | None = None, app: str = "web"
-) -> str:
-    """Store an image straight from file contents (bake is another area's job)."""
-    store = Store(home)
-    files = {"app.py": APP} if files is None else files
-    source = home.tmp / f"src-{os.urandom(4).hex()}"
-    entries = []
-    for name, text in sorted(files.items()):
-        path = source / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        digest, size = store.put_file(path)
-        entries.append(FileEntry(name, 0o644, size, digest))
-    manifest = Manifest(
-        app=app,
-        run=run or f"{sys.executable} app.py",
-        env={"GREETING": "hello"},
-        python=sys.executable,
-        files=tuple(entries),
-    )
-    return store.add_image(manifest, {"created": time.time()}).id
-
-
-def write_config(directory: Path, port: int, extra: str = "", name: str = "web") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "kiln.toml"
-    path.write_text(
-        f"""
-[app]
-name = "{name}"
-run = "python3 app.py"
-
-[health]
-path = "/health"
-interval = "100ms"
-timeout = "1s"
-healthy_threshold = 1
-unhealthy_threshold = 2
-grace = "3s"
-
-[fleet]
-drain = "5s"
-
-[provider.local]
-listen = "127.0.0.1:{port}"
-stop_timeout = "2s"
-{extra}
-"""
-    )
-    return path
-
-
-def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        raw = response.read()
-    finally:
-        conn.close()
-    try:
-        return response.status, json.loads(raw)
-    except ValueError:
-        return response.status, {"text": raw.decode(errors="replace")}
-
-
-def _recorded_pids(home: Home) -> list[int]:
-    path = db_path(home)
-    if not path.exists():
-        return []
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        rows = conn.execute("SELECT data FROM agent_instances").fetchall()
-    return [json.loads(raw)["pid"] for (raw,) in rows if json.loads(raw).get("pid")]
-
-
-def kill_everything(home: Home) -> None:
-    """Stop the agent and its instances however they are doing."""
-    with contextlib.suppress(Exception):
-        stop_agent(home, stop_instances=True, timeout=30)
-    agent_pid = read_pid(home)
-    for pid in [*_recorded_pids(home), *([agent_pid] if agent_pid else [])]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -43,10 +43,22 @@ class AgentNotRunning(AgentError):
 
 
 class AgentClient:
-    def __init__(self, home: Home) -> None:
+    """JSON calls to the agent; with ``autostart``, an agent that is gone is started again."""
+
+    def __init__(self, home: Home, *, autostart: bool = False) -> None:
         self.home = home
+        self.autostart = autostart
 
     def request(self, method: str, path: str, body: Any = None, *, timeout: float = 300.0) -> Any:
+        try:
+            return self._request(method, path, body, timeout)
+        except AgentNotRunning:
+            if not self.autostart:
+                raise
+        start_agent(self.home)  # nothing was sent: a retry cannot do anything twice
+        return self._request(method, path, body, timeout)
+
+    def _request(self, method: str, path: str, body: Any, timeout: float) -> Any:
         check_socket_owner(self.home.agent_socket)
         conn = _UnixConnection(str(self.home.agent_socket), timeout)
         try:
@@ -124,7 +136,7 @@ def start_agent(home: Home) -> tuple[dict[str, Any], bool]:
 
 def ensure_agent(home: Home) -> AgentClient:
     start_agent(home)
-    return AgentClient(home)
+    return AgentClient(home, autostart=True)
 
 
 def stop_agent(home: Home, *, stop_instances: bool = False, timeout: float = 120.0) -> int | None:

@@ -165,6 +165,9 @@ class Lifecycle:
                 fleet.backoff.pop(rec.image, None)
                 self.sync_lb(fleet)
             elif verdict == "unhealthy":
+                if self.exit_status(rec)[0]:
+                    self.check_processes()  # it died: say so, rather than "unhealthy"
+                    return
                 rec.set_state(InstanceState.UNHEALTHY)
                 rec.reason = f"unhealthy: {t.last_error}"
                 self.save(rec)
