@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "kiln.cli.agent",
     "kiln.cli.ci",
     "kiln.cli.images",
+    "kiln.cli.aws",
 )
 
 for _name in _COMMAND_MODULES:
