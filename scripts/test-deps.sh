@@ -8,6 +8,9 @@ command -v sshd >/dev/null 2>&1 || need+=(openssh-server)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+# PostgreSQL server for the example app's DATABASE_URL=postgresql:// test.
+command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+    need+=(postgresql)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "test-deps: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2

@@ -78,8 +78,17 @@ class Posts:
             )
         self._mark = "?" if self.kind == "sqlite" else "%s"
 
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        if self.kind == "sqlite":
+            return (sqlite3.Error,)
+        import psycopg
+
+        return (psycopg.Error,)
+
     @contextmanager
     def _connect(self) -> Iterator[Any]:
+        """A connection; any driver failure becomes one DatabaseError (a 503, not a crash)."""
+        errors = self._driver_errors()
         try:
             if self.kind == "sqlite":
                 conn: Any = sqlite3.connect(self._path, timeout=10, isolation_level=None)
@@ -88,21 +97,29 @@ class Posts:
                 import psycopg
 
                 conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-        except (sqlite3.Error, OSError) as exc:
-            raise DatabaseError(f"cannot open the database {self.url}: {exc}") from exc
-        except Exception as exc:  # psycopg.OperationalError, without importing it eagerly
-            raise DatabaseError(f"cannot connect to the database: {exc}") from exc
+        except (*errors, OSError) as exc:
+            where = self.url if self.kind == "sqlite" else "(PostgreSQL)"  # no password in logs
+            raise DatabaseError(f"cannot open the database {where}: {exc}") from exc
         try:
             yield conn
+        except errors as exc:
+            raise DatabaseError(f"database error: {exc}") from exc
         finally:
             conn.close()
 
     def migrate(self) -> None:
-        """Create the table if needed; run by every instance at start, so idempotent."""
+        """Create the table if needed; every instance runs it at start, so idempotent."""
+        create = f"CREATE TABLE IF NOT EXISTS posts ({_SCHEMA[self.kind]}, {_COLUMNS})"
         with self._connect() as conn:
             if self.kind == "sqlite":
                 conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"CREATE TABLE IF NOT EXISTS posts ({_SCHEMA[self.kind]}, {_COLUMNS})")
+                conn.execute(create)
+            else:  # concurrent CREATE ... IF NOT EXISTS can still collide in PostgreSQL
+                conn.execute("SELECT pg_advisory_lock(7411)")
+                try:
+                    conn.execute(create)
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(7411)")
 
     def create(self, author: str, body: str, *, instance: str, image: str) -> Post:
         author, body = author.strip() or "anonymous", body.strip()

@@ -96,3 +96,18 @@ def test_deps_are_found_next_to_the_app_wherever_it_is_copied(tmp_path: Path) ->
         check=True,
     ).stdout
     assert out.strip() == str(copy / "deps" / "acebook_probe.py")
+
+
+def test_a_lost_database_is_a_503_and_health_stays_up(
+    tmp_path: Path, launch: Callable[..., Running]
+) -> None:
+    (tmp_path / "db").mkdir()
+    app = launch(DATABASE_URL=f"sqlite://{tmp_path}/db/acebook.db")
+    assert app.post_json("/api/posts", {"body": "before"})[0] == 201
+    shutil.rmtree(tmp_path / "db")
+    status, body = app.post_json("/api/posts", {"body": "after"})
+    assert (status, body) == (503, {"error": "database unavailable"})
+    assert app.request("/api/posts")[0] == 503
+    assert app.request("/health")[0] == 200
+    assert app.stop() == 0
+    assert "acebook: cannot open the database" in (app.errors or "")
