@@ -201,6 +201,12 @@ class Store:
             raise ImageNotFound(f"{ref} is ambiguous: {len(matches)} images match")
         return self._load(matches[0])
 
+    def remove_image(self, digest: str) -> None:
+        """Forget an image (its objects go at the next collection)."""
+        hexd = digest.removeprefix("sha256:")
+        (self.images / f"{hexd}.json").unlink(missing_ok=True)
+        (self.meta / f"{hexd}.json").unlink(missing_ok=True)
+
     def exists(self, ref: str) -> bool:
         try:
             self.get(ref)

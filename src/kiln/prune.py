@@ -1,0 +1,75 @@
+"""Image retention: keep the newest N per app and everything in use, collect the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kiln.store import ImageRecord, Store, short_id
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    remove: tuple[ImageRecord, ...]
+    keep: tuple[ImageRecord, ...]
+    in_use: frozenset[str]  # image ids protected whatever their age
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "remove": [r.id for r in self.remove],
+            "keep": [r.id for r in self.keep],
+            "in_use": sorted(self.in_use),
+        }
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    plan: PrunePlan
+    objects_removed: int
+    bytes_freed: int
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **self.plan.as_dict(),
+            "objects_removed": self.objects_removed,
+            "bytes_freed": self.bytes_freed,
+            "dry_run": self.dry_run,
+        }
+
+
+def plan_prune(store: Store, keep: int, in_use: Iterable[str], app: str | None = None) -> PrunePlan:
+    """Newest ``keep`` images of each app survive, and so does any image in use."""
+    used = frozenset(short_id(ref) if ref.startswith("sha256:") else ref for ref in in_use)
+    remove: list[ImageRecord] = []
+    kept: list[ImageRecord] = []
+    per_app: dict[str, int] = {}
+    for record in store.list_images(app):  # newest first
+        per_app[record.app] = per_app.get(record.app, 0) + 1
+        if record.id in used or per_app[record.app] <= keep:
+            kept.append(record)
+        else:
+            remove.append(record)
+    return PrunePlan(tuple(remove), tuple(kept), used)
+
+
+def prune(store: Store, plan: PrunePlan, *, dry_run: bool = False) -> PruneResult:
+    """Remove the planned images, then every object no remaining image references.
+
+    Runs under the store's exclusive lock: a bake holds the shared one from
+    its first object to its manifest, so nothing it is writing is collected.
+    """
+    with store.collecting():
+        doomed = {r.digest for r in plan.remove}
+        live: set[str] = set()
+        for record in store.list_images():
+            if record.digest not in doomed:
+                live.update(f.sha256 for f in record.manifest.files)
+        dead = store.objects.all() - live
+        freed = sum(store.objects.size(sha) for sha in dead)
+        if dry_run:
+            return PruneResult(plan, len(dead), freed, True)
+        for record in plan.remove:
+            store.remove_image(record.digest)
+        freed = store.objects.delete(dead)
+    return PruneResult(plan, len(dead), freed, False)
