@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +48,20 @@ class PipelineSpec:
     test_commands: tuple[str, ...]
     has_requirements: bool
     region: str | None
+
+
+def default_install() -> str:
+    """How runners install the kiln that wrote the pipeline: its git commit if it
+    was installed from git, else this version from the package index."""
+    try:
+        raw = metadata.distribution("kiln").read_text("direct_url.json")
+        origin = json.loads(raw or "{}")
+    except (metadata.PackageNotFoundError, json.JSONDecodeError):
+        origin = {}
+    vcs = origin.get("vcs_info") or {}
+    if vcs.get("vcs") == "git" and vcs.get("commit_id") and origin.get("url"):
+        return f"kiln @ git+{origin['url']}@{vcs['commit_id']}"
+    return f"kiln=={__version__}"
 
 
 def find_repo_root(start: Path) -> Path:
@@ -99,7 +113,7 @@ def plan_pipeline(
         app=config.app.name,
         workdir=workdir,
         python=_python_version(config.app.python),
-        install=install or f"kiln=={__version__}",
+        install=install or default_install(),
         test_commands=_test_commands(app_dir, test_command),
         has_requirements=(app_dir / "requirements.txt").is_file(),
         region=region,

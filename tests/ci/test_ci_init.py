@@ -182,3 +182,22 @@ def test_options_shape_the_pipeline(kiln: Kiln) -> None:
     text = kiln("ci", "init", "github", "-o", "-", "--test-command", "make check: all").stdout
     steps = YAML(typ="safe").load(text)["jobs"]["test"]["steps"]
     assert steps[-1] == {"name": "Test", "run": "make check: all"}
+
+
+def test_runners_install_the_kiln_that_wrote_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed from git: pin that commit. Otherwise: this version from the index."""
+    from kiln import ci
+
+    class Dist:
+        def __init__(self, direct_url: str | None) -> None:
+            self.direct_url = direct_url
+
+        def read_text(self, name: str) -> str | None:
+            return self.direct_url if name == "direct_url.json" else None
+
+    git = '{"url": "https://example.org/kiln.git", "vcs_info": {"vcs": "git", "commit_id": "abc1"}}'
+    monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(git))
+    assert ci.default_install() == "kiln @ git+https://example.org/kiln.git@abc1"
+    local = '{"url": "file:///src/kiln", "dir_info": {"editable": true}}'
+    monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(local))
+    assert ci.default_install() == f"kiln=={ci.__version__}"
