@@ -133,25 +133,39 @@ class FakeProvider:
         self._ids = itertools.count(1)
         self._mutations = 0
         self._kill: tuple[int, bool] | None = None
+        self._kill_on_describe = False
+        self._describes = 0
 
     # scripting -------------------------------------------------------------
 
     def add_image(self, image: str, behavior: Behavior | None = None) -> None:
         self.behaviors[image] = behavior or Behavior()
 
-    def kill_at(self, call: int, *, after: bool = False) -> None:
-        """Raise SimulatedKill at the ``call``-th launch/set_in_service/terminate."""
+    def kill_at(self, call: int, *, after: bool = False, describes: bool = False) -> None:
+        """Raise SimulatedKill at the ``call``-th launch/set_in_service/terminate from now.
+
+        ``describes=True`` counts ``describe`` calls too: a kill while the
+        deployer waits on health checks.
+        """
         self._mutations = 0
+        self._describes = 0
         self._kill = (call, after)
+        self._kill_on_describe = describes
 
     @property
     def mutations(self) -> int:
         return self._mutations
 
+    @property
+    def describes(self) -> int:
+        return self._describes
+
     def _mutate(self, name: str, *args: str) -> bool:
         """Count a mutating call; kill before it, or report that we must kill after it."""
         self._mutations += 1
         self.calls.append((name, *args))
+        if self._kill_on_describe:
+            return False
         if self._kill is not None and self._kill[0] == self._mutations:
             if not self._kill[1]:
                 self._kill = None
@@ -169,6 +183,10 @@ class FakeProvider:
 
     def describe(self, fleet: str) -> FleetState:
         self.calls.append(("describe", fleet))
+        self._describes += 1
+        if self._kill_on_describe and self._kill and self._kill[0] == self._describes:
+            self._kill = None
+            raise SimulatedKill(f"killed while observing (describe call {self._describes})")
         now = self.clock.now()
         if self.self_heal:
             self._heal(fleet, now)

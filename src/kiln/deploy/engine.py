@@ -94,6 +94,8 @@ class Engine:
         self._check_image(image)
         with self._locked(wait):
             resumed = self._resume_unfinished()
+            if resumed and resumed.to_image == image and resumed.outcome != "succeeded":
+                return resumed  # that very deployment just failed: no second attempt here
             self._reap_warm()
             plan = self._plan(image, chosen)
             if plan.empty:
@@ -198,7 +200,14 @@ class Engine:
         rec = self.db.fleet(self.fleet)
         state = self.provider.describe(self.fleet)
         current = rec.current_image if rec else _majority(state)
-        return make_plan(state, image, strategy, self._desired_size(), self._knobs(), current)
+        size, knobs = self._desired_size(), self._knobs()
+        if rec and rec.warm_ids:  # re-deploying what serves keeps the standby warm
+            warm = set(rec.warm_ids)
+            rest = replace(state, instances=tuple(i for i in state.instances if i.id not in warm))
+            unchanged = make_plan(rest, image, strategy, size, knobs, current)
+            if unchanged.empty:
+                return unchanged
+        return make_plan(state, image, strategy, size, knobs, current)
 
     def _record(self) -> FleetRecord:
         rec = self.db.fleet(self.fleet)

@@ -235,8 +235,8 @@ def rollback_plan(state: FleetState, image: str | None, size: int, strategy: str
 
 
 def _rolling(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
-    steps = _discard_idle(view)
-    steps += _switch_in_standby(view, size)
+    steps = _switch_in_standby(view, size)  # a warm standby serves first, then tidy up
+    steps += _discard_idle(view)
     steps += _batches(view.target, len(view.ready), view.old, size, knobs)
     if len(view.ready) > size:
         surplus = view.ready[: len(view.ready) - size]

@@ -1,0 +1,289 @@
+"""Engine scenarios on the FakeProvider: strategies, gates, rollback, history."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import BAD, FLEET, NEW, OLD, Behavior, World
+from kiln.errors import DeployError, DeployInterrupted, FleetNotFound, ImageNotFound
+from kiln.fake import BAD_START_LOG
+
+
+def test_first_deploy_launches_the_whole_fleet_at_once(world: World) -> None:
+    result = world.engine().deploy(OLD)
+    assert result.outcome == "succeeded" and result.ok
+    assert [c[0] for c in world.provider.calls if c[0] != "describe"] == ["launch"]
+    world.assert_settled(OLD, 2)
+    rec = world.db.fleet(FLEET)
+    assert rec is not None and rec.current_image == OLD and rec.previous_image is None
+
+
+def test_rolling_replaces_one_at_a_time_without_losing_capacity(deployed: World) -> None:
+    w, t0 = deployed, deployed.clock.now()
+    result = w.engine().deploy(NEW, reason="ship it")
+    assert result.outcome == "succeeded"
+    mutations = [c[0] for c in w.provider.calls if c[0] != "describe" and c[0] != "stats"]
+    assert mutations[-4:] == ["launch", "terminate", "launch", "terminate"]
+    assert w.min_capacity_after(t0) >= 2
+    assert max(n for _t, _f, n in w.provider.capacity) <= 3  # size + max_surge
+    w.assert_settled(NEW, 2)
+    entry = w.journal().history(FLEET)[0]
+    assert (entry.from_image, entry.to_image, entry.outcome) == (OLD, NEW, "succeeded")
+    assert (entry.who, entry.commit, entry.reason) == ("alice@ci-runner-1", "abc123", "ship it")
+    assert entry.duration is not None and entry.duration > 0
+    rec = w.db.fleet(FLEET)
+    assert rec is not None and (rec.current_image, rec.previous_image) == (NEW, OLD)
+
+
+def test_one_instance_fleet_keeps_serving(world: World) -> None:
+    world.engine(size=1).deploy(OLD)
+    t0 = world.clock.now()
+    assert world.engine(size=1).deploy(NEW).outcome == "succeeded"
+    assert world.min_capacity_after(t0) >= 1
+    world.assert_settled(NEW, 1)
+
+
+def test_max_unavailable_terminates_first(deployed: World) -> None:
+    w, t0 = deployed, deployed.clock.now()
+    assert w.engine(max_surge=0, max_unavailable=1).deploy(NEW).outcome == "succeeded"
+    mutations = [c[0] for c in w.provider.calls if c[0] in ("launch", "terminate")]
+    assert mutations[-4:] == ["terminate", "launch", "terminate", "launch"]
+    assert w.min_capacity_after(t0) >= 1
+    assert max(n for t, _f, n in w.provider.capacity if t >= t0) <= 2
+
+
+def test_redeploying_the_current_image_changes_nothing(deployed: World) -> None:
+    calls = len(deployed.provider.calls)
+    result = deployed.engine().deploy(OLD)
+    assert result.outcome == "unchanged" and result.ok
+    assert all(c[0] == "describe" for c in deployed.provider.calls[calls:])
+
+
+def test_blue_green_flips_in_one_call_and_keeps_the_old_fleet_warm(deployed: World) -> None:
+    w, t0 = deployed, deployed.clock.now()
+    result = w.engine().deploy(NEW, strategy="blue-green")
+    assert result.outcome == "succeeded"
+    assert "kept warm" in (result.message or "")
+    flips = [c for c in w.provider.calls if c[0] == "set_in_service"]
+    assert len(flips) == 1 and flips[0][2].count(",") == 1 and flips[0][3].count(",") == 1
+    assert w.min_capacity_after(t0) >= 2
+    assert w.running() == {NEW: 2, OLD: 2}
+    assert w.serving() == {NEW: 2}
+    w.assert_settled(NEW, 2)  # the warm standby is recorded, not orphaned
+
+    # rollback from the warm standby: one switch, no launch, about one health check
+    before = len(w.provider.calls)
+    t1 = w.clock.now()
+    back = w.engine().rollback()
+    assert back.outcome == "succeeded" and back.kind == "rollback"
+    kinds = [c[0] for c in w.provider.calls[before:] if c[0] != "describe"]
+    assert kinds == ["set_in_service", "terminate"]
+    assert w.clock.now() - t1 <= w.settings.interval * 2
+    assert w.min_capacity_after(t1) >= 2
+    w.assert_settled(OLD, 2)
+
+
+def test_warm_standby_is_discarded_once_keep_warm_is_over(deployed: World) -> None:
+    w = deployed
+    w.engine().deploy(NEW, strategy="blue-green")
+    w.clock.sleep(61)
+    w.engine().scale(2)  # any later operation reaps it
+    assert w.running() == {NEW: 2}
+    rec = w.db.fleet(FLEET)
+    assert rec is not None and rec.warm_ids == ()
+
+
+def test_blue_green_without_keep_warm_terminates_the_old_fleet(deployed: World) -> None:
+    assert deployed.engine(keep_warm=0).deploy(NEW, strategy="blue-green").ok
+    assert deployed.running() == {NEW: 2}
+    deployed.assert_settled(NEW, 2)
+
+
+BAD_KINDS = {
+    "exits at start": (Behavior(exit_at_start=True), "boot", "exited at start with status 1"),
+    "never healthy": (Behavior(never_healthy=True), "boot", "did not become healthy within"),
+    "crashes after passing checks": (Behavior(crash_after=3.0), "stability", "crashed"),
+}
+
+
+@pytest.mark.parametrize("strategy", ["rolling", "blue-green", "canary"])
+@pytest.mark.parametrize("kind", list(BAD_KINDS))
+@pytest.mark.parametrize("self_heal", [False, True])
+def test_bad_images_are_rolled_back(
+    deployed: World, strategy: str, kind: str, self_heal: bool
+) -> None:
+    w, t0 = deployed, deployed.clock.now()
+    behavior, gate, words = BAD_KINDS[kind]
+    w.provider.add_image(BAD, behavior)
+    w.provider.self_heal = self_heal
+    result = w.engine().deploy(BAD, strategy=strategy)
+    assert result.outcome == "rolled back" and not result.ok
+    assert result.gate == gate, result
+    if not self_heal or gate == "boot":
+        assert words in (result.message or ""), result.message
+    assert result.instance is not None
+    if behavior.exit_at_start:
+        assert result.log == BAD_START_LOG
+    # a delayed crash of an instance already serving costs that instance, never more
+    crashed = 1 if behavior.crash_after and strategy != "blue-green" else 0
+    assert w.min_capacity_after(t0) >= 2 - crashed
+    w.assert_settled(OLD, 2)
+    entry = w.journal().history(FLEET)[0]
+    assert entry.outcome == "rolled back" and entry.figures["gate"] == gate
+    rec = w.db.fleet(FLEET)
+    assert rec is not None and rec.current_image == OLD
+
+
+def test_a_failed_first_deployment_leaves_nothing_behind(world: World) -> None:
+    world.provider.add_image(BAD, Behavior(exit_at_start=True))
+    result = world.engine().deploy(BAD)
+    assert result.outcome == "rolled back"
+    world.assert_settled(None, 0)
+
+
+def test_no_rollback_loop_when_the_old_image_fails_too(deployed: World) -> None:
+    w = deployed
+    w.provider.add_image(BAD, Behavior(never_healthy=True))
+    w.engine().deploy(BAD)  # rolled back: OLD x2 serve
+    # now OLD itself starts failing (say its database went away) and NEW is bad as well
+    w.provider.behaviors[OLD] = Behavior(exit_at_start=True)
+    w.provider.add_image(NEW, Behavior(crash_after=1.5))
+    launches = sum(1 for c in w.provider.calls if c[0] == "launch")
+    result = w.engine(max_surge=2).deploy(NEW)
+    assert result.outcome == "failed"
+    assert "the rollback to" in (result.message or "") and "failed too" in (result.message or "")
+    new_launches = sum(1 for c in w.provider.calls if c[0] == "launch") - launches
+    assert new_launches == 2  # one forward batch, one rollback attempt: no loop
+    assert w.journal().unfinished(FLEET) is None
+    assert w.journal().history(FLEET)[0].outcome == "failed"
+
+
+def test_progress_deadline_trips_with_its_own_message(deployed: World) -> None:
+    w = deployed
+    w.provider.add_image(BAD, Behavior(boot=20.0))  # slow, but within the boot gate
+    result = w.engine(grace=30.0, progress_deadline=25.0).deploy(BAD)
+    assert result.outcome == "rolled back" and result.gate == "progress"
+    assert "progress_deadline" in (result.message or "")
+    w.assert_settled(OLD, 2)
+
+
+def test_canary_passes_then_rolls_on(deployed: World) -> None:
+    w, t0 = deployed, deployed.clock.now()
+    result = w.engine(size=4).deploy(NEW, strategy="canary")
+    assert result.outcome == "succeeded"
+    canary = result.figures["canary"]
+    assert canary["canary_requests"] >= 20 and canary["canary_error_rate"] == 0.0
+    assert w.min_capacity_after(t0) >= 2
+    w.assert_settled(NEW, 4)
+
+
+@pytest.mark.parametrize(
+    ("behavior", "words"),
+    [
+        (Behavior(error_rate=0.2), "5xx rate 20.00% on the canaries vs 0.00% on the fleet"),
+        (Behavior(p99=0.5), "p99 latency 500ms on the canaries vs 50ms on the fleet"),
+    ],
+)
+def test_canary_fails_on_errors_or_latency(deployed: World, behavior: Behavior, words: str) -> None:
+    w = deployed
+    w.provider.add_image(BAD, behavior)
+    result = w.engine().deploy(BAD, strategy="canary")
+    assert result.outcome == "rolled back" and result.gate == "canary"
+    assert words in (result.message or ""), result.message
+    entry = w.journal().history(FLEET)[0]
+    assert entry.figures["canary_requests"] > 0 and "canary_p99" in entry.figures
+    w.assert_settled(OLD, 2)
+
+
+def test_canary_without_traffic_cannot_be_judged(deployed: World) -> None:
+    deployed.provider.rps = 0
+    result = deployed.engine().deploy(NEW, strategy="canary")
+    assert result.gate == "canary" and "min_requests" in (result.message or "")
+
+
+def test_scale_up_and_down(deployed: World) -> None:
+    w = deployed
+    assert w.engine().scale(4).outcome == "succeeded"
+    assert w.serving() == {OLD: 4}
+    assert w.engine().scale(1).outcome == "succeeded"
+    w.assert_settled(OLD, 1)
+    # the scaled size sticks for the next deployment
+    assert w.engine().deploy(NEW).ok
+    w.assert_settled(NEW, 1)
+    assert w.engine(size=3).deploy(OLD).ok  # ... until kiln.toml's size changes
+    w.assert_settled(OLD, 3)
+
+
+def test_rollback_goes_to_the_previous_image(deployed: World) -> None:
+    w = deployed
+    w.engine().deploy(NEW)
+    result = w.engine().rollback(reason="bad numbers")
+    assert result.outcome == "succeeded" and result.to_image == OLD
+    w.assert_settled(OLD, 2)
+    assert w.journal().history(FLEET)[0].reason == "bad numbers"
+
+
+def test_bad_input_is_refused_before_anything_changes(world: World) -> None:
+    with pytest.raises(ImageNotFound, match="img-missing"):
+        world.engine().deploy("img-missing")
+    with pytest.raises(DeployError, match="unknown strategy"):
+        world.engine().deploy(OLD, strategy="yolo")
+    with pytest.raises(FleetNotFound, match="has not been deployed"):
+        world.engine().rollback()
+    with pytest.raises(FleetNotFound):
+        world.engine().scale(3)
+    assert world.provider.calls == [] or all(c[0] == "describe" for c in world.provider.calls)
+    assert world.journal().history(FLEET) == []
+
+
+def test_dry_run_plan_touches_nothing(deployed: World) -> None:
+    calls = len(deployed.provider.calls)
+    plan = deployed.engine().plan(NEW, "blue-green")
+    assert [s.kind for s in plan.steps] == ["launch", "switch", "retire", "verify"]
+    assert "switch the load balancer" in "\n".join(plan.describe())
+    assert all(c[0] == "describe" for c in deployed.provider.calls[calls:])
+    assert len(deployed.journal().history(FLEET)) == 1
+
+
+class _CtrlC:
+    """A clock whose n-th sleep is interrupted by Ctrl-C."""
+
+    def __init__(self, world: World, at: int) -> None:
+        self.world, self.left = world, at
+
+    def now(self) -> float:
+        return self.world.clock.now()
+
+    def sleep(self, seconds: float) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.world.clock.sleep(seconds)
+
+
+def test_ctrl_c_stops_and_says_how_to_finish(deployed: World) -> None:
+    w = deployed
+    engine = w.engine()
+    engine.clock = _CtrlC(w, at=3)
+    with pytest.raises(DeployInterrupted) as info:
+        engine.deploy(NEW)
+    message = str(info.value)
+    assert "kiln deploy --resume" in message and "kiln rollback" in message
+    assert "stopped at step 3 of 5" in message and OLD in message
+    dep = w.journal().unfinished(FLEET)
+    assert dep is not None and dep.outcome == "interrupted"
+    assert w.db.conn.execute("SELECT COUNT(*) FROM deploy_locks").fetchone()[0] == 0
+    result = w.engine().resume()
+    assert result is not None and result.outcome == "succeeded"
+    w.assert_settled(NEW, 2)
+
+
+def test_rollback_of_an_interrupted_deployment(deployed: World) -> None:
+    w = deployed
+    engine = w.engine()
+    engine.clock = _CtrlC(w, at=3)
+    with pytest.raises(DeployInterrupted):
+        engine.deploy(NEW)
+    result = w.engine().rollback()
+    assert result.outcome == "rolled back" and result.gate == "user"
+    w.assert_settled(OLD, 2)

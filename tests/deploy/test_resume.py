@@ -1,0 +1,124 @@
+"""kill -9 at every step, then resume with a fresh engine: the invariants hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import BAD, FLEET, NEW, OLD, Behavior, World, dead_pid
+from kiln.deploy import StateDb
+from kiln.deploy.plan import Plan
+from kiln.deploy.state import SCHEMA_VERSION
+from kiln.errors import DeployError
+from kiln.fake import SimulatedKill
+
+# name: (image, behavior of that image, strategy, size, expected outcome)
+SCENARIOS: dict[str, tuple[str, Behavior | None, str, int, str]] = {
+    "rolling": (NEW, None, "rolling", 3, "succeeded"),
+    "blue-green": (NEW, None, "blue-green", 2, "succeeded"),
+    "canary": (NEW, None, "canary", 3, "succeeded"),
+    "rolling, bad image": (BAD, Behavior(never_healthy=True), "rolling", 2, "rolled back"),
+    "blue-green, crash after flip": (
+        BAD,
+        Behavior(crash_after=2.0),
+        "blue-green",
+        2,
+        "rolled back",
+    ),
+}
+
+
+def _world(path: Path, scenario: str) -> tuple[World, dict[str, Any]]:
+    image, behavior, _strategy, size, _outcome = SCENARIOS[scenario]
+    world = World(StateDb(path))
+    if behavior is not None:
+        world.provider.add_image(image, behavior)
+    assert world.engine(size=size).deploy(OLD).ok
+    return world, {"size": size}
+
+
+def _calls(tmp_path: Path, scenario: str) -> tuple[int, int]:
+    """How many mutating calls and describe calls the uninterrupted deployment makes."""
+    world, knobs = _world(tmp_path / "count.db", scenario)
+    image, _b, strategy, _size, outcome = SCENARIOS[scenario]
+    world.provider.kill_at(0)  # reset the counters, kill nothing
+    assert world.engine(**knobs).deploy(image, strategy=strategy).outcome == outcome
+    world.db.close()
+    return world.provider.mutations, world.provider.describes
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_kill_at_every_step_then_resume(tmp_path: Path, scenario: str) -> None:
+    image, _b, strategy, size, outcome = SCENARIOS[scenario]
+    mutations, describes = _calls(tmp_path, scenario)
+    assert mutations >= 2 and describes > mutations
+    kills = [(k, after, False) for k in range(1, mutations + 1) for after in (False, True)]
+    kills += [(k, False, True) for k in range(1, describes + 1)]  # while waiting
+    for k, after, waiting in kills:
+        world, knobs = _world(tmp_path / f"{k}-{after}-{waiting}.db", scenario)
+        t0 = world.clock.now()
+        world.provider.kill_at(k, after=after, describes=waiting)  # counts from now
+        with pytest.raises(SimulatedKill):
+            world.engine(pid=dead_pid(), **knobs).deploy(image, strategy=strategy)
+        killed = world.journal().unfinished(FLEET)
+        survivor = world.engine(**knobs)
+        if killed is None:  # killed while planning: nothing was touched yet
+            assert world.serving() == {OLD: size}
+            finished = survivor.deploy(image, strategy=strategy)
+        elif after:  # the next 'kiln deploy' finishes it...
+            result = survivor.deploy(image, strategy=strategy)
+            assert killed.outcome == "running"
+            finished = result.resumed or result
+            assert finished.deployment == killed.id
+        else:  # ... and so does 'kiln deploy --resume'
+            resumed = survivor.resume()
+            assert resumed is not None
+            finished = resumed
+        where = f"{scenario}: killed {'after' if after else 'before'} call {k} {waiting}"
+        assert finished.outcome == outcome, (where, finished)
+        assert any("taking over the lock" in e.message for e in world.events), where
+        current = image if outcome == "succeeded" else OLD
+        world.assert_settled(current, size)
+        assert world.min_capacity_after(t0) >= size, where
+        history = world.journal().history(FLEET)
+        assert [h.outcome for h in history] == [outcome, "succeeded"], where
+        assert killed is None or history[0].id == killed.id
+        rec = world.db.fleet(FLEET)
+        assert rec is not None and rec.current_image == current
+        world.db.close()
+
+
+def test_a_journal_from_another_plan_format_is_refused_unchanged(deployed: World) -> None:
+    w = deployed
+    plan = w.engine().plan(NEW)
+    data = plan.to_json() | {"format": 99}
+    from kiln.deploy.journal import Who
+
+    dep = w.journal().create(Plan.from_json(plan.to_json()), "deploy", Who("a", "b"), None, 0.0)
+    w.db.conn.execute(
+        "UPDATE deploy_deployments SET plan=? WHERE id=?", (__import__("json").dumps(data), dep.id)
+    )
+    calls = len(w.provider.calls)
+    with pytest.raises(DeployError, match="format 99, this kiln understands 1"):
+        w.engine().deploy(NEW)
+    with pytest.raises(DeployError, match="format 99"):
+        w.engine().resume()
+    assert all(c[0] == "describe" for c in w.provider.calls[calls:])
+    assert w.serving() == {OLD: 2}
+    assert w.db.conn.execute("SELECT COUNT(*) FROM deploy_locks").fetchone()[0] == 0
+
+
+def test_a_state_file_of_another_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateDb(path).close()
+    db = StateDb(path)
+    db.conn.execute("UPDATE deploy_meta SET value='7' WHERE key='schema'")
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(
+        DeployError, match=f"schema version 7; this kiln understands version {SCHEMA_VERSION}"
+    ):
+        StateDb(path)
+    assert path.read_bytes() == before
