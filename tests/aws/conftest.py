@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,44 @@ def aws_env(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
     return moto_url
+
+
+@pytest.fixture(scope="session")
+def enforced_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second moto server: the first 3 requests are free (to create an admin)."""
+    with moto_server(tmp_path_factory.mktemp("moto-iam") / "moto.log", free_requests=3) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def admin_keys(enforced_url: str) -> tuple[str, str]:
+    bootstrap = connect(
+        AwsProvider(region=REGION, endpoint_url=enforced_url),
+        access_key_id="AKIABOOTSTRAP0000000",
+        secret_access_key="bootstrap",
+    )
+    bootstrap.iam.create_user(UserName="admin")
+    bootstrap.iam.put_user_policy(
+        UserName="admin",
+        PolicyName="admin",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+            }
+        ),
+    )
+    key = bootstrap.iam.create_access_key(UserName="admin")["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+@pytest.fixture
+def enforced(
+    enforced_url: str, admin_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Aws:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", enforced_url)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    return connect(AwsProvider(), access_key_id=admin_keys[0], secret_access_key=admin_keys[1])
 
 
 @pytest.fixture

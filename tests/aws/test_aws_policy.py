@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import parliament
 import pytest
-from awsservers import moto_server
 
 from conftest import REGION, TargetFactory, leftovers, write_app
 from kiln.aws.ami import bake_ami
@@ -70,44 +68,6 @@ def test_policy_is_scoped_by_purpose_and_tags() -> None:
 
 
 # ---------------------------------------------------------------- IAM enforced
-
-
-@pytest.fixture(scope="module")
-def enforced_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second moto server: the first 3 requests are free (to create an admin)."""
-    with moto_server(tmp_path_factory.mktemp("moto-iam") / "moto.log", free_requests=3) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def admin_keys(enforced_url: str) -> tuple[str, str]:
-    bootstrap = connect(
-        AwsProvider(region=REGION, endpoint_url=enforced_url),
-        access_key_id="AKIABOOTSTRAP0000000",
-        secret_access_key="bootstrap",
-    )
-    bootstrap.iam.create_user(UserName="admin")
-    bootstrap.iam.put_user_policy(
-        UserName="admin",
-        PolicyName="admin",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
-            }
-        ),
-    )
-    key = bootstrap.iam.create_access_key(UserName="admin")["AccessKey"]
-    return key["AccessKeyId"], key["SecretAccessKey"]
-
-
-@pytest.fixture
-def enforced(
-    enforced_url: str, admin_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Aws:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", enforced_url)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    return connect(AwsProvider(), access_key_id=admin_keys[0], secret_access_key=admin_keys[1])
 
 
 def _base_image(admin: Aws) -> str:

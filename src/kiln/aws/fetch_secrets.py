@@ -20,6 +20,7 @@ import hmac
 import json
 import os
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -116,8 +117,14 @@ def ssm_parameters(names: list[str]) -> dict[str, str]:
         batch = names[start : start + 10]
         body = json.dumps({"Names": batch, "WithDecryption": True}).encode()
         req = signed_request(url, "AmazonSSM.GetParameters", body, where)
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            doc: dict[str, Any] = json.loads(resp.read())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                doc: dict[str, Any] = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:300]
+            raise SystemExit(f"fetch-secrets: SSM refused GetParameters ({exc.code}): {detail}")
+        except OSError as exc:
+            raise SystemExit(f"fetch-secrets: cannot reach SSM at {url}: {exc}") from None
         for param in doc.get("Parameters", []):
             found[param["Name"]] = param["Value"]
         missing = doc.get("InvalidParameters") or []

@@ -53,7 +53,7 @@ def policy_command(state: State, as_json: bool, account: str | None, region: str
         return
     table = Table(title=f"kiln deploy policy ({region or 'any region'})")
     for column in ("Sid", "actions", "scoped by"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for statement in document["Statement"]:
         scope = ", ".join(_condition_keys(statement.get("Condition", {}))) or "resource ARNs"
         table.add_row(statement["Sid"], "\n".join(statement["Action"]), scope)

@@ -1,0 +1,59 @@
+"""``kiln aws policy | create-deploy-user | reap`` through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kiln.aws.policy import policy_document
+from kiln.aws.session import Aws
+from kilntest import Kiln
+
+pytestmark = pytest.mark.aws
+
+
+def test_policy_json_is_the_scoped_document(aws: Aws, kiln: Kiln) -> None:
+    result = kiln("aws", "policy", "--json")
+    assert json.loads(result.stdout) == policy_document(region="eu-west-1", account="123456789012")
+    table = kiln("aws", "policy", "--region", "us-east-2", "--account", "210987654321")
+    assert "kiln deploy policy (us-east-2)" in table.stdout
+    assert "kiln aws policy --json" in table.stdout
+
+
+def test_policy_without_any_aws_setup_still_prints(kiln: Kiln) -> None:
+    result = kiln("aws", "policy", "--json")
+    document = json.loads(result.stdout)
+    assert document == policy_document(region=None, account=None)
+
+
+def test_create_deploy_user_prints_keys_once(aws: Aws, kiln: Kiln) -> None:
+    first = json.loads(kiln("aws", "create-deploy-user", "--team", "web", "--json").stdout)
+    assert first["user"] == "deploy-user-web" and first["created"]
+    secrets = first["ci_secrets"]
+    assert secrets["AWS_ACCESS_KEY_ID"] == first["access_key_id"]
+    assert secrets["AWS_SECRET_ACCESS_KEY"] == first["secret_access_key"]
+
+    again = kiln("aws", "create-deploy-user", "--team", "web")
+    assert "exists: deploy-user-web" in again.stdout
+    assert first["secret_access_key"] not in again.stdout + again.stderr
+    assert "unchanged" in again.stdout
+
+    rotated = kiln("aws", "create-deploy-user", "--team", "web", "--rotate-key")
+    assert "AWS_SECRET_ACCESS_KEY=" in rotated.stdout
+    assert f"deleted old keys: {first['access_key_id']}" in rotated.stdout
+
+
+def test_reap_with_nothing_to_do(aws: Aws, kiln: Kiln) -> None:
+    assert "nothing to reap" in kiln("aws", "reap").stdout
+    summary = json.loads(kiln("aws", "reap", "--dry-run", "--json").stdout)
+    assert summary == {"dry_run": True, "removed": [], "kept": []}
+
+
+def test_errors_are_one_line_not_tracebacks(kiln: Kiln, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    result = kiln("aws", "reap", ok=False)
+    assert result.exit_code == 1
+    assert "error: no AWS region configured" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
