@@ -221,28 +221,42 @@ def _gitlab_values(spec: PipelineSpec) -> dict[str, str]:
     ]
     env = ["variables:", f"  AWS_REGION: {_scalar(spec.region)}"] if aws and spec.region else []
     prefix = "" if spec.workdir == "." else f"{spec.workdir}/"
+    cd_workdir = "" if spec.workdir == "." else f'- cd "{spec.workdir}"'
+    # A shell runner's system Python is the distribution's (PEP 668): use a venv.
+    activate = '. "$CI_PROJECT_DIR/.kiln-venv/bin/activate"'
+    local_before = [
+        "before_script:",
+        '  - python3 -m venv "$CI_PROJECT_DIR/.kiln-venv"',
+        f"  - {activate}",
+        f"  - python -m pip install {_scalar(spec.install)}",
+        *([f"  {cd_workdir}"] if cd_workdir else []),
+    ]
     return {
         "cache_paths": "\n".join(f"- {name}" for name in _cache_files(spec)),
         "test_steps": "\n".join(steps),
         "deploy_runner": "" if aws else "tags: [kiln]",
         "deploy_env": "\n".join(env),
         "credential_check": "\n".join(check) if aws else "",
-        "cd_workdir": "" if spec.workdir == "." else f'- cd "{spec.workdir}"',
+        "cd_workdir": cd_workdir,
+        "deploy_before": "" if aws else "\n".join(local_before),
+        "after_setup": "\n".join(([] if aws else [f"- {activate}"]) + [cd_workdir]),
         "workdir_prefix": prefix,
     }
 
 
 def _setup_note(spec: PipelineSpec) -> str:
     if spec.provider == "local":
-        where = (
-            "a self-hosted runner\n# (labels: self-hosted, linux)"
-            if spec.system == "github"
-            else "a shell runner\n# tagged 'kiln'"
-        )
+        if spec.system == "github":
+            return (
+                "#\n# Deploys with the local provider: the deploy job runs on a self-hosted\n"
+                "# runner (labels: self-hosted, linux) on the host that serves the fleet.\n"
+                "# Keep the agent running there as a service ('kiln agent start') so the\n"
+                "# fleet outlives CI jobs."
+            )
         return (
-            f"#\n# Deploys with the local provider: the deploy job runs on {where} on the\n"
-            "# host that serves the fleet. Keep the agent running there as a service\n"
-            "# ('kiln agent start') so the fleet outlives CI jobs."
+            "#\n# Deploys with the local provider: the deploy job runs on a shell runner\n"
+            "# tagged 'kiln' on the host that serves the fleet. Keep the agent running\n"
+            "# there as a service ('kiln agent start') so the fleet outlives CI jobs."
         )
     where = (
         "repository secrets\n# (Settings > Secrets and variables > Actions)"
@@ -292,82 +306,3 @@ def write_pipeline(path: Path, text: str, *, force: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-
-
-def load_result(path: Path) -> object | None:
-    """A ``kiln ... --json`` document; None when the step never wrote one."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not text.strip():
-        return None
-    try:
-        doc: object = json.loads(text)
-    except json.JSONDecodeError:
-        return {"error": f"not a JSON result: {text.strip()[:200]}"}
-    return doc
-
-
-def render_summary(results: list[tuple[str, object | None]]) -> str:
-    """Markdown for a CI job summary, one section per named kiln result."""
-    lines = ["## kiln", ""]
-    for title, doc in results:
-        outcome = _outcome(doc)
-        lines.append(f"### {title}" + (f": {outcome}" if outcome else ""))
-        lines.append("")
-        if doc is None:
-            lines.append("_no result: the step failed before printing one, or did not run_")
-        else:
-            lines += _markdown(doc)
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _outcome(doc: object | None) -> str:
-    if isinstance(doc, dict):
-        for key in ("outcome", "status", "result", "error", "image"):
-            if isinstance(doc.get(key), str | int | float | bool):
-                return _cell(doc[key])
-    return ""
-
-
-def _markdown(doc: object) -> list[str]:
-    if not isinstance(doc, dict):
-        return _table_of_rows(doc) if _is_rows(doc) else [f"`{_cell(doc)}`"]
-    pairs = [(key, value) for key, value in _flatten(doc) if not _is_rows(value)]
-    lines = ["| | |", "|---|---|", *(f"| {key} | {_cell(value)} |" for key, value in pairs)]
-    for key, value in doc.items():
-        if _is_rows(value):
-            lines += ["", f"**{key}**", "", *_table_of_rows(value)]
-    return lines
-
-
-def _flatten(doc: dict[str, object], prefix: str = "") -> list[tuple[str, object]]:
-    pairs: list[tuple[str, object]] = []
-    for key, value in doc.items():
-        if isinstance(value, dict) and value:
-            pairs += _flatten(value, f"{prefix}{key}.")
-        else:
-            pairs.append((f"{prefix}{key}", value))
-    return pairs
-
-
-def _is_rows(value: object) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def _table_of_rows(rows: object) -> list[str]:
-    assert isinstance(rows, list)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(col)) for col in columns) + " |" for row in rows]
-    return lines
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | dict):
-        value = json.dumps(value, separators=(",", ":"))
-    return str(value).replace("|", "\\|").replace("\n", " ")

@@ -144,6 +144,13 @@ def test_local_provider_deploys_from_a_runner_on_the_fleets_host(kiln: Kiln) -> 
     assert deploy["runs-on"] == ["self-hosted", "linux"]
     assert "env" not in deploy
     assert "kiln deploy --provider local --json" in str(deploy["steps"])
+    kiln("ci", "init", "gitlab", "--provider", "local")
+    job = load(repo / ".gitlab-ci.yml")["deploy"]
+    assert job["tags"] == ["kiln"] and "variables" not in job
+    # A shell runner's Python is externally managed: kiln goes into a venv.
+    assert job["before_script"][0] == 'python3 -m venv "$CI_PROJECT_DIR/.kiln-venv"'
+    assert job["after_script"][0] == job["before_script"][1]
+    assert job["script"][1] == "kiln deploy --provider local --json > deploy.json"
 
 
 def test_refuses_to_overwrite_without_force(kiln: Kiln) -> None:

@@ -14,12 +14,11 @@ from kiln.ci import (
     System,
     default_target,
     find_repo_root,
-    load_result,
     plan_pipeline,
     render_pipeline,
-    render_summary,
     write_pipeline,
 )
+from kiln.ci_summary import load_result, render_summary
 from kiln.cli.app import State, cli, pass_state
 from kiln.cli.output import console
 
