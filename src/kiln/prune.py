@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
+from kiln.deploy.state import StateDb
+from kiln.home import Home
 from kiln.store import ImageRecord, Store, short_id
 
 
@@ -73,3 +77,40 @@ def prune(store: Store, plan: PrunePlan, *, dry_run: bool = False) -> PruneResul
             store.remove_image(record.digest)
         freed = store.objects.delete(dead)
     return PruneResult(plan, len(dead), freed, False)
+
+
+def local_images_in_use(home: Home) -> set[str]:
+    """Every image the local provider still needs: running, warm, or a rollback target.
+
+    Asks the agent (starting it if needed: it re-adopts instances that outlived
+    it) and the deploy state, so an image is never pruned from under a fleet.
+    """
+    from kiln.local.client import ensure_agent
+
+    used: set[str] = set()
+    if home.state_db.exists():
+        db = StateDb(home.state_db)
+        try:
+            for name in db.fleets():
+                record = db.fleet(name)
+                if record is not None:
+                    used.update(
+                        image
+                        for image in (
+                            record.current_image,
+                            record.previous_image,
+                            record.warm_image,
+                        )
+                        if image
+                    )
+        finally:
+            db.close()
+    agent = ensure_agent(home)
+    fleets: dict[str, Any] = agent.get("/v1/status").get("fleets", {})
+    for name, info in fleets.items():
+        used.update(info.get("groups", {}))
+        described = agent.get(f"/v1/fleets/{quote(name, safe='')}")
+        for instance in described.get("instances", []):
+            if instance.get("state") not in ("terminated", "failed"):
+                used.add(instance["image"])
+    return used

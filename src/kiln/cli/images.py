@@ -18,7 +18,7 @@ from rich.table import Table
 
 from kiln.bake import BakeProgress, BakeResult, bake
 from kiln.cli.app import State, cli, pass_state
-from kiln.cli.output import console, emit_json, err_console
+from kiln.cli.output import console, emit_json, err_console, note
 from kiln.errors import CorruptObject
 from kiln.store import Store
 
@@ -73,11 +73,24 @@ def _bake_local(state: State, quiet: bool) -> BakeResult:
         progress._stop_bar()
 
 
+PROVIDER = click.option(
+    "--provider",
+    type=click.Choice(["local", "aws"]),
+    default="local",
+    show_default=True,
+    help="local: the image store in KILN_HOME; aws: also an AMI (reused by digest).",
+)
+
+
 @cli.command("bake")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@PROVIDER
 @pass_state
-def bake_command(state: State, as_json: bool) -> None:
+def bake_command(state: State, as_json: bool, provider: str) -> None:
     """Bake the app into an immutable, content-addressed image."""
+    if provider == "aws":
+        _bake_aws(state, as_json)
+        return
     result = _bake_local(state, quiet=as_json)
     if as_json:
         emit_json(result.as_dict())
@@ -90,12 +103,60 @@ def bake_command(state: State, as_json: bool) -> None:
     )
 
 
+def _bake_aws(state: State, as_json: bool) -> None:
+    from kiln.aws.ami import bake_ami
+
+    progress = _ConsoleProgress(quiet=as_json)
+    try:
+        result = bake_ami(
+            state.config(),
+            state.home(),
+            progress=None if as_json else note,
+            bake_progress=progress,
+        )
+    finally:
+        progress._stop_bar()
+    if as_json:
+        emit_json(result.summary())
+        return
+    how = "reused, no builder launched" if result.reused else f"{result.seconds:.0f}s"
+    console.print(
+        f"[bold green]{result.ami}[/]  {result.image}  {result.app}  {result.region}  ({how})",
+        markup=True,
+    )
+
+
+def _images_aws(state: State, app: str | None, as_json: bool) -> None:
+    from kiln.aws.images import list_amis
+    from kiln.aws.session import connect
+    from kiln.cli.aws import aws_settings
+
+    amis = list_amis(connect(aws_settings(state)), app)
+    if as_json:
+        emit_json([a.summary() for a in amis])
+        return
+    if not amis:
+        console.print("no AMIs baked by kiln in this region: run 'kiln bake --provider aws'")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("AMI", "IMAGE", "APP", "STATE", "CREATED", "COMMIT"):
+        table.add_column(column)
+    for a in amis:
+        commit = (a.summary().get("commit") or "-")[:10]
+        table.add_row(a.id, a.image, a.app, a.state, a.created, commit)
+    console.print(table)
+
+
 @cli.command("images")
 @click.option("--app", help="Only this app's images.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@PROVIDER
 @pass_state
-def images_command(state: State, app: str | None, as_json: bool) -> None:
+def images_command(state: State, app: str | None, as_json: bool, provider: str) -> None:
     """List baked images, newest first."""
+    if provider == "aws":
+        _images_aws(state, app, as_json)
+        return
     records = Store(state.home()).list_images(app)
     if as_json:
         emit_json([r.summary() for r in records])
