@@ -239,7 +239,7 @@ def test_bad_input_is_refused_before_anything_changes(world: World) -> None:
 def test_dry_run_plan_touches_nothing(deployed: World) -> None:
     calls = len(deployed.provider.calls)
     plan = deployed.engine().plan(NEW, "blue-green")
-    assert [s.kind for s in plan.steps] == ["launch", "switch", "retire", "verify"]
+    assert [s.kind for s in plan.steps] == ["launch", "switch", "verify", "retire"]
     assert "switch the load balancer" in "\n".join(plan.describe())
     assert all(c[0] == "describe" for c in deployed.provider.calls[calls:])
     assert len(deployed.journal().history(FLEET)) == 1

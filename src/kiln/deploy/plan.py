@@ -219,7 +219,9 @@ def make_plan(
     else:
         steps = _rolling(view, size, knobs)
     if steps and any(s.kind in ("launch", "switch") for s in steps) and knobs.settle > 0:
-        steps.append(Step("verify", image=image, seconds=knobs.settle))
+        verify = Step("verify", image=image, seconds=knobs.settle)
+        at = len(steps) - 1 if steps[-1].kind == "retire" else len(steps)
+        steps.insert(at, verify)  # before the old fleet is retired: it can still come back
     return Plan(state.name, strategy, image, from_image, size, tuple(steps))
 
 
