@@ -66,3 +66,36 @@ def test_reap_removes_what_a_killed_bake_left(
     assert {i.id for i in done.removed} == {i for ids in left.values() for i in ids}
     assert leftovers(aws) == {}
     assert reap(aws, now=later).removed == ()
+
+
+def test_sigterm_from_a_cancelled_ci_job_cleans_up(
+    aws: Aws, app_factory: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    loaded = app_factory(ssh_timeout="5m")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "killable_bake.py"),
+            str(loaded.path),
+            str(tmp_path / "kiln-home"),
+            str(free_port()),
+        ],
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(leftovers(aws)) < 3:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, leftovers(aws)
+            time.sleep(0.2)
+        proc.terminate()  # SIGTERM, as CI runners send on cancel
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode != 0
+    assert leftovers(aws) == {}

@@ -140,7 +140,8 @@ def build_ami(
     note(f"build {build_id}: base image {base}")
     bundle_dir = store.home.tmp / f"ami-{build_id}"
     try:
-        ami_id = _build(store, record, config, settings, aws, build_id, base, note, ssh_target)
+        with b.terminate_as_interrupt():
+            ami_id = _build(store, record, config, settings, aws, build_id, base, note, ssh_target)
     finally:
         shutil.rmtree(bundle_dir, ignore_errors=True)
     ami = _finish(aws, ami_id, settings, note)

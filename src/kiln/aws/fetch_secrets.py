@@ -122,7 +122,9 @@ def ssm_parameters(names: list[str]) -> dict[str, str]:
                 doc: dict[str, Any] = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
-            raise SystemExit(f"fetch-secrets: SSM refused GetParameters ({exc.code}): {detail}")
+            raise SystemExit(
+                f"fetch-secrets: SSM refused GetParameters ({exc.code}): {detail}"
+            ) from None
         except OSError as exc:
             raise SystemExit(f"fetch-secrets: cannot reach SSM at {url}: {exc}") from None
         for param in doc.get("Parameters", []):
