@@ -11,7 +11,7 @@ import pytest
 from ruamel.yaml import YAML
 
 if TYPE_CHECKING:
-    from conftest import Kiln
+    from kilntest import Kiln
 
 Lint = Callable[..., list[dict[str, object]]]
 SchemaCheck = Callable[[str, Path], subprocess.CompletedProcess[str]]

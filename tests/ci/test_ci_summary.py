@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Kiln
+    from kilntest import Kiln
 
 
 def test_results_become_markdown_tables(kiln: Kiln) -> None:

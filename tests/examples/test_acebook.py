@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Kiln
+    from kilntest import Kiln
 
 REPO = Path(__file__).resolve().parents[2]
 ACEBOOK = REPO / "examples" / "acebook"
