@@ -85,12 +85,22 @@ def serve(home: Home, ready: Ready | None = None) -> None:
         home.agent_socket.unlink(missing_ok=True)  # stale: we hold the lock, nobody serves it
         pid_path(home).write_text(f"{os.getpid()}\n")
         try:
-            asyncio.run(_serve(home, ready))
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(_serve(home, ready))
         finally:
             pid_path(home).unlink(missing_ok=True)
             home.agent_socket.unlink(missing_ok=True)
     finally:
         os.close(lock_fd)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: it roughly doubles what the load balancer can carry."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(home: Home, ready: Ready | None) -> None:

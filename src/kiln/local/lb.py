@@ -83,7 +83,9 @@ class Balancer:
         self.unavailable = 0  # 503s: no instance to send to
         self.listen: tuple[str, int] | None = None
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.StreamWriter] = set()
+        # client connection -> when it went idle (0.0 while a request is in progress)
+        self._clients: dict[asyncio.StreamWriter, float] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self._rr = 0
 
     # membership -----------------------------------------------------------
@@ -142,6 +144,17 @@ class Balancer:
                 ) from exc
             raise ProviderError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         self.listen = (host, port)
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close keep-alive client connections idle for IDLE_TIMEOUT (cheaper than a timer each)."""
+        while True:
+            await asyncio.sleep(IDLE_TIMEOUT / 4)
+            limit = time.monotonic() - IDLE_TIMEOUT
+            for writer, idle_since in list(self._clients.items()):
+                if 0.0 < idle_since < limit:
+                    writer.close()
 
     async def move(self, host: str, port: int) -> None:
         """Listen somewhere else; the old listener closes once the new one is up."""
@@ -151,6 +164,9 @@ class Balancer:
             old.close()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
             for writer in list(self._clients):
@@ -162,14 +178,15 @@ class Balancer:
             backend.close_idle()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._clients.add(writer)
+        clients = self._clients
+        clients[writer] = time.monotonic()
         peer = writer.get_extra_info("peername")
         client_ip = str(peer[0]) if peer else "unknown"
         try:
             while True:
                 try:
-                    async with asyncio.timeout(IDLE_TIMEOUT):
-                        raw = await reader.readuntil(b"\r\n\r\n")
+                    raw = await reader.readuntil(b"\r\n\r\n")
+                    clients[writer] = 0.0
                     head = parse_head(raw, request=True)
                 except BadMessage:
                     writer.write(simple_response(400, "Bad Request", "bad request\n", close=True))
@@ -177,15 +194,16 @@ class Balancer:
                 except asyncio.LimitOverrunError:
                     writer.write(simple_response(431, "Headers Too Large", "", close=True))
                     break
-                except (TimeoutError, *_NETWORK_ERRORS):
+                except _NETWORK_ERRORS:
                     break
                 if not await self._serve(head, reader, writer, client_ip):
                     break
                 await writer.drain()
+                clients[writer] = time.monotonic()
         except _NETWORK_ERRORS:
             pass
         finally:
-            self._clients.discard(writer)
+            clients.pop(writer, None)
             writer.close()
 
     # one request ----------------------------------------------------------
@@ -281,7 +299,8 @@ class Balancer:
             self.totals.failures += 1
             cwriter.write(simple_response(502, "Bad Gateway", "instance failed\n", close=True))
             return False
-        cwriter.write(interim)
+        if interim:
+            cwriter.write(interim)
         return await self._respond(backend, head, resp, (ureader, uwriter), cwriter, started)
 
     async def _respond(

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""kiln's load balancer against HAProxy, on the same backends, in one run.
+
+Starts a private agent (own KILN_HOME) serving two instances of a tiny
+keep-alive HTTP backend (node when available, else a Python asyncio one),
+then measures with wrk:
+
+* direct    wrk -> one instance
+* kiln      wrk -> the agent's load balancer -> both instances
+* haproxy   wrk -> HAProxy (1 thread, leastconn, keep-alive reuse) -> both instances
+
+at full load (throughput) and at a moderate, paced load (latency: each
+connection pauses between requests, so nothing queues). Prints a table and
+writes benchmarks/results/lb.json.
+
+    python benchmarks/lb.py [--duration 10] [--connections 64]
+
+Needs wrk and haproxy (scripts/test-deps.sh installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from kiln.config import load_config
+from kiln.home import Home
+from kiln.local.client import stop_agent
+from kiln.local.provider import LocalProvider
+from kiln.store import FileEntry, Manifest, Store
+
+RESULTS = Path(__file__).resolve().parent / "results" / "lb.json"
+BODY = "x" * 128
+
+NODE_BACKEND = f"""
+const http = require('http');
+const body = '{BODY}\\n';
+const server = http.createServer((req, res) => {{
+  res.writeHead(200, {{'Content-Type': 'text/plain', 'Content-Length': body.length}});
+  res.end(body);
+}});
+server.keepAliveTimeout = 60000;
+server.listen(+process.env.PORT, process.env.HOST);
+"""
+
+PY_BACKEND = f"""
+import asyncio, os
+BODY = b'{BODY}\\n'
+HEAD = b'HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\n'
+RESP = HEAD + b'Content-Length: %d\\r\\n\\r\\n%s' % (len(BODY), BODY)
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b'\\r\\n\\r\\n')
+            writer.write(RESP)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    writer.close()
+async def main():
+    server = await asyncio.start_server(handle, os.environ['HOST'], int(os.environ['PORT']))
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+# Paces each connection: wrk calls delay() before every request (milliseconds).
+PACED_LUA = "function delay() return {delay} end\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def backend_image(home: Home) -> tuple[str, str]:
+    store = Store(home)
+    src = Path(tempfile.mkdtemp(dir=home.tmp))
+    if shutil.which("node"):
+        kind, name, text, run = (
+            "node",
+            "backend.js",
+            NODE_BACKEND,
+            f"{shutil.which('node')} backend.js",
+        )
+    else:
+        kind, name, text, run = "python", "backend.py", PY_BACKEND, f"{sys.executable} backend.py"
+    (src / name).write_text(text)
+    digest, size = store.put_file(src / name)
+    manifest = Manifest(
+        app="bench",
+        run=run,
+        env={},
+        python=sys.executable,
+        files=(FileEntry(name, 0o644, size, digest),),
+    )
+    return store.add_image(manifest, {"created": time.time()}).id, kind
+
+
+@contextmanager
+def kiln_fleet(workdir: Path, instances: int) -> Iterator[tuple[int, list[str], str]]:
+    """An agent with a fleet of ``instances``: (lb port, instance addresses, backend kind)."""
+    home = Home(workdir / "kiln").ensure()
+    os.environ["KILN_HOME"] = str(home.root)
+    port = free_port()
+    app = workdir / "app"
+    app.mkdir()
+    (app / "kiln.toml").write_text(
+        f"""
+[app]
+name = "bench"
+run = "true"
+[health]
+path = "/"
+interval = "1s"
+healthy_threshold = 1
+[provider.local]
+listen = "127.0.0.1:{port}"
+"""
+    )
+    provider = LocalProvider(home, load_config(app / "kiln.toml"))
+    image, kind = backend_image(home)
+    try:
+        provider.launch("bench", image, instances)
+        deadline = time.monotonic() + 20
+        while len(provider.describe("bench").serving()) < instances:
+            if time.monotonic() > deadline:
+                raise RuntimeError("backends did not become healthy")
+            time.sleep(0.1)
+        addresses = [i.address or "" for i in provider.describe("bench").serving()]
+        yield port, addresses, kind
+    finally:
+        stop_agent(home, stop_instances=True)
+
+
+@contextmanager
+def haproxy(addresses: list[str]) -> Iterator[int]:
+    port = free_port()
+    servers = "\n".join(f"  server s{n} {a} maxconn 1000" for n, a in enumerate(addresses))
+    config = f"""
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  balance leastconn
+{servers}
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
+        f.write(config)
+    proc = subprocess.Popen(["haproxy", "-f", f.name, "-db"], stdout=subprocess.DEVNULL)
+    try:
+        try:
+            wait_port(port)
+        except RuntimeError:
+            proc.kill()
+            raise RuntimeError(f"haproxy did not start (exit {proc.wait()})") from None
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        Path(f.name).unlink()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(
+    port: int, connections: int, duration: int, delay_ms: float | None = None
+) -> dict[str, Any]:
+    cmd = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s", "--latency"]
+    script = None
+    if delay_ms is not None:
+        fd, name = tempfile.mkstemp(suffix=".lua")
+        script = Path(name)
+        os.close(fd)
+        script.write_text(PACED_LUA.format(delay=delay_ms))
+        cmd += ["-s", str(script)]
+    cmd.append(f"http://127.0.0.1:{port}/")
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    finally:
+        if script is not None:
+            script.unlink()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        latency[pct] = round(float(m.group(1)) * _UNITS[m.group(2)], 3) if m else None
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests_per_second": round(rps, 1),
+        "p50_ms": latency["50"],
+        "p99_ms": latency["99"],
+        "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=64, help="connections at full load")
+    parser.add_argument("--paced-connections", type=int, default=16)
+    parser.add_argument("--paced-delay-ms", type=float, default=5.0, help="pause between requests")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    for tool in ("wrk", "haproxy"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run scripts/test-deps.sh (or apt-get install {tool})")
+
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-bench-")))
+        kiln_port, addresses, kind = stack.enter_context(kiln_fleet(workdir, 2))
+        ha_port = stack.enter_context(haproxy(addresses))
+        direct_port = int(addresses[0].rsplit(":", 1)[1])
+        targets = {"direct": direct_port, "kiln": kiln_port, "haproxy": ha_port}
+        for port in targets.values():  # warm up connections, caches, the JIT of node
+            wrk(port, 8, 1)
+        full = {name: wrk(port, args.connections, args.duration) for name, port in targets.items()}
+        paced = {
+            name: wrk(port, args.paced_connections, args.duration, args.paced_delay_ms)
+            for name, port in targets.items()
+        }
+
+    ratio = full["kiln"]["requests_per_second"] / full["haproxy"]["requests_per_second"]
+    added_p99 = (paced["kiln"]["p99_ms"] or 0) - (paced["direct"]["p99_ms"] or 0)
+    added_vs_haproxy = (paced["kiln"]["p99_ms"] or 0) - (paced["haproxy"]["p99_ms"] or 0)
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "system": platform.platform(),
+        },
+        "backend": {"kind": kind, "instances": 2, "body_bytes": len(BODY) + 1},
+        "load": {
+            "full": {"tool": "wrk -t2", "connections": args.connections, "seconds": args.duration},
+            "moderate": {
+                "tool": "wrk -t2 with a paced delay() script",
+                "connections": args.paced_connections,
+                "pause_ms": args.paced_delay_ms,
+                "seconds": args.duration,
+            },
+        },
+        "full_load": full,
+        "moderate_load": paced,
+        "summary": {
+            "kiln_vs_haproxy_throughput": round(ratio, 3),
+            "kiln_added_p99_ms_vs_direct_moderate": round(added_p99, 3),
+            "kiln_added_p99_ms_vs_haproxy_moderate": round(added_vs_haproxy, 3),
+            "goal_throughput_met": ratio >= 0.5,
+            "goal_added_p99_met": added_p99 <= 2.0,
+        },
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"{'':10}{'full load req/s':>16}{'p50 ms':>9}{'p99 ms':>9}   |"
+        f"{'moderate req/s':>15}{'p50 ms':>9}{'p99 ms':>9}"
+    )
+    for name in ("direct", "kiln", "haproxy"):
+        f, p = full[name], paced[name]
+        print(
+            f"{name:10}{f['requests_per_second']:>16}{f['p50_ms']:>9}{f['p99_ms']:>9}   |"
+            f"{p['requests_per_second']:>15}{p['p50_ms']:>9}{p['p99_ms']:>9}"
+        )
+    s = report["summary"]
+    print(
+        f"kiln/haproxy throughput: {s['kiln_vs_haproxy_throughput']:.2f}x (goal >= 0.5x); "
+        f"kiln added p99 at moderate load: {s['kiln_added_p99_ms_vs_direct_moderate']:.2f} ms "
+        f"vs direct (goal <= 2 ms), {s['kiln_added_p99_ms_vs_haproxy_moderate']:+.2f} ms vs haproxy"
+    )
+    print(f"saved {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
