@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -140,12 +141,16 @@ def render_pipeline(spec: PipelineSpec) -> str:
         "version": __version__,
         "app": spec.app,
         "python": spec.python,
-        "install": _scalar(spec.install),
+        "install_command": _scalar(_install_command(spec)),
         "provider": spec.provider,
         "workdir": spec.workdir,
         "setup_note": _setup_note(spec),
     }
     return _fill(template.read_text(encoding="utf-8"), values)
+
+
+def _install_command(spec: PipelineSpec) -> str:
+    return f"python -m pip install {shlex.quote(spec.install)}"
 
 
 def _cache_files(spec: PipelineSpec) -> list[str]:
@@ -228,7 +233,7 @@ def _gitlab_values(spec: PipelineSpec) -> dict[str, str]:
         "before_script:",
         '  - python3 -m venv "$CI_PROJECT_DIR/.kiln-venv"',
         f"  - {activate}",
-        f"  - python -m pip install {_scalar(spec.install)}",
+        f"  - {_scalar(_install_command(spec))}",
         *([f"  {cd_workdir}"] if cd_workdir else []),
     ]
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -182,8 +183,10 @@ def test_options_shape_the_pipeline(kiln: Kiln) -> None:
     pipeline = YAML(typ="safe").load(text)
     assert pipeline["default"]["image"] == "python:3.11"
     assert pipeline[".kiln"]["before_script"][0] == (
-        "python -m pip install kiln @ git+https://example.org/kiln"
+        "python -m pip install 'kiln @ git+https://example.org/kiln'"
     )
+    argv = shlex.split(pipeline[".kiln"]["before_script"][0])
+    assert argv[-1] == "kiln @ git+https://example.org/kiln"
     assert pipeline["test"]["script"] == ["kiln config check"]
     assert "No tests found" in text
     text = kiln("ci", "init", "github", "-o", "-", "--test-command", "make check: all").stdout
