@@ -15,6 +15,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kiln.deploy.clock import Clock
 from kiln.errors import InstanceNotFound, ProviderError
 from kiln.provider import FleetState, Instance, InstanceState, InstanceStats
 
@@ -117,13 +118,13 @@ class FakeProvider:
 
     def __init__(
         self,
-        clock: FakeClock | None = None,
+        clock: Clock | None = None,
         *,
         self_heal: bool = False,
         rps: float = 20.0,
         endpoint: str = "http://127.0.0.1:8080",
     ) -> None:
-        self.clock = clock or FakeClock()
+        self.clock: Clock = clock or FakeClock()
         self.self_heal, self.rps, self.endpoint = self_heal, rps, endpoint
         self.behaviors: dict[str, Behavior] = {}
         self.calls: list[tuple[str, ...]] = []

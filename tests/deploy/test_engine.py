@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from deploykit import BAD, FLEET, NEW, OLD, Behavior, World
 
-from conftest import BAD, FLEET, NEW, OLD, Behavior, World
 from kiln.errors import DeployError, DeployInterrupted, FleetNotFound, ImageNotFound
 from kiln.fake import BAD_START_LOG
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from deploykit import FLEET, NEW, OLD, World, dead_pid
 
-from conftest import FLEET, NEW, OLD, World, dead_pid
 from kiln.deploy.lock import DeployLock, read_holder, unlock
 from kiln.errors import LockHeld
 from kiln.fake import FakeClock

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deploykit import BAD, FLEET, NEW, OLD, Behavior, World, dead_pid
 
-from conftest import BAD, FLEET, NEW, OLD, Behavior, World, dead_pid
 from kiln.deploy import StateDb
 from kiln.deploy.plan import Plan
 from kiln.deploy.state import SCHEMA_VERSION

@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "kiln.cli.images",
     "kiln.cli.aws",
     "kiln.cli.lifecycle",
+    "kiln.cli.deploy",
 )
 
 for _name in _COMMAND_MODULES:

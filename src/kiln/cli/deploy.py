@@ -1,0 +1,380 @@
+"""``kiln deploy``, ``status``, ``history``, ``rollback``, ``scale``, ``unlock``."""
+
+from __future__ import annotations
+
+import math
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.status import Status
+from rich.table import Table
+
+from kiln import providers
+from kiln.cli.app import State, cli, pass_state
+from kiln.cli.output import console, emit_json, err_console
+from kiln.deploy import Engine, Event, Result, Settings, StateDb
+from kiln.deploy.journal import Journal
+from kiln.deploy.lock import unlock as unlock_fleet
+from kiln.deploy.status import fleet_status
+from kiln.durations import format_duration, parse_duration
+from kiln.errors import ConfigError, DeployError, GateFailed, ImageNotFound
+from kiln.store import Store
+
+PROVIDER = click.option(
+    "--provider",
+    type=click.Choice(sorted(providers.PROVIDERS)),
+    default="local",
+    show_default=True,
+    help="Where the fleet runs.",
+)
+JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+WAIT = click.option(
+    "--wait",
+    "wait",
+    metavar="[TIMEOUT]",
+    is_flag=False,
+    flag_value="forever",
+    default=None,
+    help="If another deployment holds the fleet, wait for it (up to TIMEOUT, e.g. 10m).",
+)
+
+
+def _wait_seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    if value == "forever":
+        return math.inf
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait") from exc
+
+
+class _Narrator:
+    """Live progress on stderr: one line per step, a spinner while waiting."""
+
+    def __init__(self) -> None:
+        self.status: Status | None = None
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "progress":
+            if self.status is not None:
+                self.status.update(f"[dim]{escape(event.message)}[/]")
+            return
+        style = {"warning": "yellow", "trip": "bold red", "step": "bold"}.get(event.kind, "")
+        text = escape(event.message)
+        err_console.print(f"[{style}]{text}[/]" if style else text)
+        if event.kind == "trip" and event.data.get("log"):
+            err_console.print(_indent(event.data["log"]), markup=False, style="dim")
+
+    @contextmanager
+    def live(self, enabled: bool) -> Iterator[None]:
+        if not enabled or not err_console.is_terminal:
+            yield
+            return
+        with err_console.status("observing the fleet") as status:
+            self.status = status
+            try:
+                yield
+            finally:
+                self.status = None
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines())
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """CI cancels jobs with SIGTERM: stop as safely as on Ctrl-C."""
+
+    def handler(_sig: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _engine(state: State, provider: str, narrator: _Narrator) -> Engine:
+    loaded = state.config()
+    home = state.home()
+    return Engine(
+        providers.open_provider(provider, home, loaded),
+        StateDb(home.state_db),
+        Settings.from_config(loaded.config),
+        loaded.config.app.name,
+        on_event=narrator,
+    )
+
+
+def _resolve_image(state: State, engine: Engine, ref: str) -> str:
+    """A store reference (short id, prefix) becomes the image id; others go as given."""
+    try:
+        record = Store(state.home()).get(ref)
+    except ImageNotFound:
+        return ref
+    if record.app != engine.fleet:
+        raise DeployError(
+            f"image {record.id} was baked for app {record.app}, not {engine.fleet}",
+            hint="deploy it from that app's directory, or pick another with 'kiln images'",
+        )
+    return record.id
+
+
+def _bake(state: State) -> str:
+    from kiln.bake import bake
+
+    result = bake(state.config(), state.home())
+    verb = "reused" if result.reused else "baked"
+    err_console.print(f"{verb} {result.image}")
+    return result.image
+
+
+def _finish(result: Result, as_json: bool) -> None:
+    """Print the result; a deployment that did not succeed exits non-zero."""
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        _print_result(result)
+    if result.ok:
+        return
+    code = GateFailed.exit_code if result.outcome == "rolled back" else DeployError.exit_code
+    raise click.exceptions.Exit(code)
+
+
+def _print_result(result: Result) -> None:
+    if result.resumed is not None:
+        _print_result(result.resumed)
+    took = f" in {format_duration(result.duration)}" if result.duration else ""
+    if result.outcome == "unchanged":
+        console.print(f"{result.fleet} already serves {result.to_image}: nothing to do")
+        return
+    if result.outcome == "succeeded":
+        console.print(f"[green]✓[/] {escape(result.message or '')}{took} ({result.deployment})")
+        return
+    verb = "rolled back" if result.outcome == "rolled back" else "FAILED"
+    headline = f"✗ deployment {result.deployment} {verb}{took}:"
+    err_console.print(f"[bold red]{headline}[/] {escape(result.message or '')}")
+    if result.log:
+        err_console.print(f"  log tail of {result.instance}:", style="dim")
+        err_console.print(_indent(result.log), markup=False, style="dim")
+    if result.outcome == "rolled back":
+        err_console.print(f"  the fleet serves {result.from_image or 'nothing'} again")
+    else:
+        err_console.print("  run 'kiln status' to see what runs, then deploy a known-good image")
+
+
+@cli.command("deploy")
+@click.option("--image", metavar="ID", help="Image to deploy (default: bake the app first).")
+@click.option(
+    "--strategy",
+    type=click.Choice(["rolling", "blue-green", "canary"]),
+    help="Default: [fleet] strategy.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--resume", is_flag=True, help="Only finish an interrupted deployment.")
+@click.option("--reason", help="Why, recorded in the history.")
+@JSON
+@WAIT
+@PROVIDER
+@pass_state
+def deploy_command(
+    state: State,
+    image: str | None,
+    strategy: str | None,
+    dry_run: bool,
+    resume: bool,
+    reason: str | None,
+    as_json: bool,
+    wait: str | None,
+    provider: str,
+) -> None:
+    """Move the fleet to a new image: plan, launch, prove healthy, shift, discard."""
+    narrator = _Narrator()
+    engine = _engine(state, provider, narrator)
+    timeout = _wait_seconds(wait)
+    with _sigterm_as_ctrl_c(), narrator.live(not dry_run):
+        if resume:
+            result = engine.resume(wait=timeout)
+            if result is None:
+                console.print(f"no interrupted deployment of {engine.fleet} to resume")
+                return
+            _finish(result, as_json)
+            return
+        target = _resolve_image(state, engine, image) if image else _bake(state)
+        if dry_run:
+            plan = engine.plan(target, strategy)
+            if as_json:
+                emit_json(plan.to_json())
+            else:
+                console.print("\n".join(plan.describe()), markup=False)
+            return
+        _finish(engine.deploy(target, strategy=strategy, reason=reason, wait=timeout), as_json)
+
+
+@cli.command("rollback")
+@click.option("--to", "to", metavar="IMAGE", help="Image to go back to (default: the previous).")
+@click.option("--reason", help="Why, recorded in the history.")
+@JSON
+@WAIT
+@PROVIDER
+@pass_state
+def rollback_command(
+    state: State, to: str | None, reason: str | None, as_json: bool, wait: str | None, provider: str
+) -> None:
+    """Back to the previous good image; from a warm standby in about one health check."""
+    narrator = _Narrator()
+    engine = _engine(state, provider, narrator)
+    target = _resolve_image(state, engine, to) if to else None
+    with _sigterm_as_ctrl_c(), narrator.live(True):
+        result = engine.rollback(target, reason=reason, wait=_wait_seconds(wait))
+    _finish(result, as_json)
+
+
+@cli.command("scale")
+@click.argument("size", type=click.IntRange(min=1))
+@JSON
+@WAIT
+@PROVIDER
+@pass_state
+def scale_command(state: State, size: int, as_json: bool, wait: str | None, provider: str) -> None:
+    """Change the fleet's desired size; new instances come from the current image."""
+    narrator = _Narrator()
+    engine = _engine(state, provider, narrator)
+    with _sigterm_as_ctrl_c(), narrator.live(True):
+        result = engine.scale(size, wait=_wait_seconds(wait))
+    _finish(result, as_json)
+
+
+@cli.command("status")
+@JSON
+@PROVIDER
+@pass_state
+def status_command(state: State, as_json: bool, provider: str) -> None:
+    """The fleet now: endpoint, size, image, instances, any deployment in progress."""
+    engine = _engine(state, provider, _Narrator())
+    data = fleet_status(engine.provider, engine.db, engine.fleet, engine.settings.size, time.time())
+    if as_json:
+        emit_json(data)
+        return
+    _print_status(data)
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]fleet {data['fleet']}[/] ({data['provider']})  endpoint "
+        f"{data['endpoint'] or '-'}  desired {data['desired_size']}  serving {data['serving']}"
+    )
+    console.print(f"image {data['current_image'] or '-'}  previous {data['previous_image'] or '-'}")
+    warm = data["warm_standby"]
+    if warm:
+        until = _clock(warm["until"]) if warm["until"] else "?"
+        console.print(f"warm standby {warm['image']} x{len(warm['instances'])} until {until}")
+    if data["instances"]:
+        table = Table(box=None, header_style="bold")
+        for column in ("INSTANCE", "IMAGE", "STATE", "HEALTHY", "IN SERVICE", "AGE", "ADDRESS"):
+            table.add_column(column)
+        for i in data["instances"]:
+            table.add_row(
+                i["id"],
+                i["image"],
+                i["state"] + (" (warm)" if i["warm"] else ""),
+                "yes" if i["healthy"] else "no",
+                "yes" if i["in_service"] else "no",
+                format_duration(i["age"]),
+                i["address"] or "-",
+            )
+        console.print(table)
+    else:
+        console.print("no instances")
+    dep = data["deployment_in_progress"]
+    if dep:
+        console.print(
+            f"[yellow]deployment {dep['id']} ({dep['from']} → {dep['to']}, {dep['strategy']}) "
+            f"is {dep['outcome']}[/]: finish it with 'kiln deploy --resume' or undo it with "
+            "'kiln rollback'"
+        )
+    lock = data["lock"]
+    if lock:
+        console.print(
+            f"locked by {lock['holder']} (pid {lock['pid']}), heartbeat "
+            f"{format_duration(max(0.0, time.time() - lock['heartbeat']))} ago"
+        )
+
+
+@cli.command("history")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--all", "all_fleets", is_flag=True, help="Every fleet, not just this app's.")
+@JSON
+@pass_state
+def history_command(state: State, limit: int, all_fleets: bool, as_json: bool) -> None:
+    """Deployments, newest first: from → to, strategy, outcome, duration, who, why."""
+    fleet = None
+    if not all_fleets:
+        try:
+            fleet = state.config().config.app.name
+        except ConfigError:
+            fleet = None
+    db = StateDb(state.home().state_db)
+    entries = Journal(db).history(fleet, limit)
+    if as_json:
+        emit_json([e.to_json() for e in entries])
+        return
+    if not entries:
+        console.print("no deployments yet")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("DEPLOYMENT", "FLEET", "STARTED", "FROM → TO", "STRATEGY", "OUTCOME", "TOOK"):
+        table.add_column(column)
+    table.add_column("WHO")
+    table.add_column("REASON / MESSAGE", overflow="fold")
+    for e in entries:
+        style = {"succeeded": "green", "rolled back": "yellow", "failed": "red"}.get(e.outcome)
+        who = e.who + (f" ({e.commit[:10]})" if e.commit else "")
+        table.add_row(
+            e.id,
+            e.fleet,
+            _clock(e.started),
+            f"{e.from_image or '-'} → {e.to_image or '-'}",
+            e.kind if e.kind != "deploy" else e.strategy,
+            f"[{style}]{e.outcome}[/]" if style else e.outcome,
+            format_duration(e.duration) if e.duration is not None else "-",
+            who,
+            escape(e.reason or e.message or ""),
+        )
+    console.print(table)
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@cli.command("unlock")
+@click.option("--force", is_flag=True, help="Remove the lock even if its holder looks alive.")
+@pass_state
+def unlock_command(state: State, force: bool) -> None:
+    """Remove a deployment lock left behind by a process that is gone."""
+    fleet = state.config().config.app.name
+    db = StateDb(state.home().state_db)
+    holder = unlock_fleet(db, fleet, time.time(), socket.gethostname(), force=force)
+    if holder is None:
+        console.print(f"fleet {fleet} is not locked")
+        return
+    console.print(f"removed the lock of fleet {fleet} held by {holder.describe(time.time())}")
+    if Journal(db).unfinished(fleet):
+        console.print("its deployment is unfinished: run 'kiln deploy --resume'")

@@ -1,0 +1,74 @@
+"""What a fleet looks like right now: the provider's view plus kiln's memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.deploy.journal import Journal
+from kiln.deploy.lock import read_holder
+from kiln.deploy.state import StateDb
+from kiln.provider import Provider
+
+
+def fleet_status(
+    provider: Provider, db: StateDb, fleet: str, configured_size: int, now: float
+) -> dict[str, Any]:
+    """One fleet, as ``kiln status --json`` prints it."""
+    state = provider.describe(fleet)
+    rec = db.fleet(fleet)
+    unfinished = Journal(db).unfinished(fleet)
+    holder = read_holder(db, fleet)
+    instances = [
+        {
+            "id": i.id,
+            "image": i.image,
+            "state": i.state.value,
+            "healthy": i.healthy,
+            "in_service": i.in_service,
+            "age": round(max(0.0, now - i.launched_at), 1),
+            "address": i.address,
+            "warm": bool(rec and i.id in rec.warm_ids),
+        }
+        for i in state.instances
+        if i.state.value != "terminated"
+    ]
+    return {
+        "fleet": fleet,
+        "provider": provider.name,
+        "endpoint": state.endpoint,
+        "desired_size": rec.desired_size(configured_size) if rec else configured_size,
+        "current_image": rec.current_image if rec else None,
+        "previous_image": rec.previous_image if rec else None,
+        "warm_standby": (
+            {"image": rec.warm_image, "instances": list(rec.warm_ids), "until": rec.warm_until}
+            if rec and rec.warm_ids
+            else None
+        ),
+        "serving": len(state.serving()),
+        "instances": instances,
+        "deployment_in_progress": (
+            {
+                "id": unfinished.id,
+                "from": unfinished.from_image,
+                "to": unfinished.to_image,
+                "strategy": unfinished.strategy,
+                "phase": unfinished.phase,
+                "outcome": unfinished.outcome,
+                "who": unfinished.who,
+                "started": unfinished.started,
+            }
+            if unfinished
+            else None
+        ),
+        "lock": (
+            {
+                "holder": f"{holder.user}@{holder.host}",
+                "pid": holder.pid,
+                "deployment": holder.deployment,
+                "started": holder.started,
+                "heartbeat": holder.heartbeat,
+            }
+            if holder
+            else None
+        ),
+    }
