@@ -137,6 +137,11 @@ class Lifecycle:
             rec.reason = f"could not start: {exc}"
             self.finish(fleet, rec, InstanceState.FAILED)
             raise
+        if rec.terminating or not rec.live:  # terminated while it was being prepared
+            procs.signal_group(proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(proc.wait)
+            shutil.rmtree(rec.dir, ignore_errors=True)
+            return
         rec.pid = proc.pid
         rec.pid_start = procs.start_time(proc.pid)
         self.procs[rec.id] = proc
