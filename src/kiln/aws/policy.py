@@ -95,7 +95,6 @@ RULES: tuple[Rule, ...] = (
             _OWN + "security-group/*",
             _OWN + "instance/*",
             _OWN + "volume/*",
-            _OWN + "network-interface/*",
             _ANY_OWNER + "image/*",
         ),
         condition={
