@@ -35,8 +35,11 @@ def render_summary(results: list[tuple[str, object | None]]) -> str:
         lines.append("")
         if doc is None:
             lines.append("_no result: the step failed before printing one, or did not run_")
-        else:
-            lines += _markdown(doc)
+            lines.append("")
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            lines += [_cell(doc["message"]), ""]
+        lines += _markdown(doc)
         lines.append("")
     return "\n".join(lines)
 
@@ -52,7 +55,11 @@ def _outcome(doc: object | None) -> str:
 def _markdown(doc: object) -> list[str]:
     if not isinstance(doc, dict):
         return _table_of_rows(doc) if _is_rows(doc) else [f"`{_cell(doc)}`"]
-    pairs = [(key, value) for key, value in _flatten(doc) if not _is_rows(value)]
+    pairs = [
+        (key, value)
+        for key, value in _flatten(doc)
+        if not _is_rows(value) and not _is_empty(value) and key != "message"
+    ]
     lines = ["| | |", "|---|---|", *(f"| {key} | {_cell(value)} |" for key, value in pairs)]
     for key, value in doc.items():
         if _is_rows(value):
@@ -70,6 +77,10 @@ def _flatten(doc: dict[str, object], prefix: str = "") -> list[tuple[str, object
     return pairs
 
 
+def _is_empty(value: object) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
 def _is_rows(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
@@ -85,6 +96,8 @@ def _table_of_rows(rows: object) -> list[str]:
 def _cell(value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, list | dict):
+    if isinstance(value, float):
+        value = f"{value:.3f}".rstrip("0").rstrip(".")
+    elif isinstance(value, list | dict):
         value = json.dumps(value, separators=(",", ":"))
     return str(value).replace("|", "\\|").replace("\n", " ")
