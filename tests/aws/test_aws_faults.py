@@ -117,3 +117,29 @@ def test_failed_ami_is_replaced(
     assert second.ami != first.ami and not second.reused
     assert [a.id for a in list_amis(aws, "acme")] == [second.ami]
     assert leftovers(aws) == {}
+
+
+def test_two_runners_baking_the_same_image_share_one_ami(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+) -> None:
+    loaded = app_factory()
+    first = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target)
+
+    # the second runner looked before the first finished (sees no AMI), then AWS
+    # refuses its CreateImage because the first runner's AMI now holds the name
+    hidden: list[str] = []
+
+    def not_yet(parsed: dict[str, Any], **_kwargs: Any) -> None:
+        if not hidden:
+            hidden.append("once")
+            parsed["Images"] = []
+
+    aws.ec2.meta.events.register("after-call.ec2.DescribeImages", not_yet)
+    fail_call(aws, "CreateImage", "InvalidAMIName.Duplicate", "AMI name is already in use")
+    second = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target)
+    assert second.ami == first.ami and not second.reused and second.build_id
+    assert [a.id for a in list_amis(aws, "acme")] == [first.ami]
+    assert leftovers(aws) == {}

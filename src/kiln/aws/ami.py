@@ -21,6 +21,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import botocore.exceptions
+
 from kiln.aws import builder as b
 from kiln.aws.images import (
     BASE_TAG,
@@ -213,13 +215,25 @@ def _create_image(
     image_tags = ami_tags(record, base, recipe(config, settings))
     spec: list[Any] = [{"ResourceType": "image", "Tags": tags(image_tags)}]
     with aws_errors("creating the AMI"):
-        response = aws.ec2.create_image(
-            InstanceId=instance_id,
-            Name=name,
-            Description=f"kiln image {record.id} of {record.app}",
-            TagSpecifications=spec,
-        )
+        try:
+            response = aws.ec2.create_image(
+                InstanceId=instance_id,
+                Name=name,
+                Description=f"kiln image {record.id} of {record.app}",
+                TagSpecifications=spec,
+            )
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidAMIName.Duplicate":
+                raise
+            return _same_name(aws, name)  # another runner baked this image meanwhile
     return response["ImageId"]
+
+
+def _same_name(aws: Aws, name: str) -> str:
+    found = aws.ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])
+    if not found["Images"]:
+        raise AwsError(f"AWS reports an AMI named {name} exists, but it cannot be found")
+    return found["Images"][0]["ImageId"]
 
 
 def ami_tags(record: ImageRecord, base: str, shape: str) -> dict[str, str]:
