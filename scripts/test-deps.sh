@@ -5,6 +5,8 @@
 set -euo pipefail
 need=()
 command -v sshd >/dev/null 2>&1 || need+=(openssh-server)
+# systemd-analyze verifies the unit files AMI bakes install (tests/aws).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)

@@ -28,6 +28,7 @@ def test_bake_installs_image_unit_and_clears_first_boot_state(
     loopback_target: TargetFactory,
     scratch_root: Path,
     base_ami: str,
+    tmp_path: Path,
 ) -> None:
     loaded = app_factory()
     steps: list[str] = []
@@ -51,6 +52,7 @@ def test_bake_installs_image_unit_and_clears_first_boot_state(
     assert "ExecStart=/etc/kiln/acme/run" in unit
     assert "EnvironmentFile=/etc/kiln/acme/env" in unit
     assert "fetch-secrets /etc/kiln/acme/secrets.json /run/kiln-acme/secrets.env" in unit
+    _verify_unit(unit, scratch_root, tmp_path)
     wants = scratch_root / "etc/systemd/system/multi-user.target.wants/kiln-acme.service"
     assert wants.is_symlink()
     env = (scratch_root / "etc/kiln/acme/env").read_text()
@@ -121,3 +123,13 @@ def test_unchanged_app_reuses_its_ami_without_a_builder(
     assert [a.id for a in list_amis(aws, "acme")] == [second.ami, first.ami] or {
         a.id for a in list_amis(aws, "acme")
     } == {first.ami, second.ami}
+
+
+def _verify_unit(unit: str, root: Path, tmp_path: Path) -> None:
+    """systemd's own checker; the run script is looked up in the scratch root."""
+    copy = tmp_path / "kiln-acme.service"
+    copy.write_text(unit.replace("ExecStart=/etc/kiln/", f"ExecStart={root}/etc/kiln/"))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
