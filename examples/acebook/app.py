@@ -46,6 +46,7 @@ class Identity:
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "acebook"
+    timeout = 10  # an idle or stuck client cannot hold up a graceful stop for long
     posts: Posts  # set by serve()
 
     def do_GET(self) -> None:
