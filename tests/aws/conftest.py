@@ -221,10 +221,17 @@ def leftovers(aws: Aws) -> dict[str, list[Any]]:
     }
 
 
-def fail_call(aws: Aws, operation: str, code: str, message: str) -> None:
-    """Make AWS answer ``operation`` with an error, at the client's edge (no request sent)."""
+def fail_call(aws: Aws, operation: str, code: str, message: str, *, times: int = 0) -> None:
+    """Make AWS answer ``operation`` with an error, at the client's edge (no request sent).
 
-    def answer(**_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    ``times`` > 0 fails only that many calls, then lets them through.
+    """
+    failed: list[int] = []
+
+    def answer(**_kwargs: Any) -> tuple[Any, dict[str, Any]] | None:
+        if times and len(failed) >= times:
+            return None
+        failed.append(1)
         http = type("Http", (), {"status_code": 400, "headers": {}, "text": ""})()
         parsed = {
             "Error": {"Code": code, "Message": message},

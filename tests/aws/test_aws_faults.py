@@ -143,3 +143,17 @@ def test_two_runners_baking_the_same_image_share_one_ami(
     assert second.ami == first.ami and not second.reused and second.build_id
     assert [a.id for a in list_amis(aws, "acme")] == [first.ami]
     assert leftovers(aws) == {}
+
+
+def test_eventual_consistency_of_fresh_resources_is_waited_out(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+) -> None:
+    """Right after a create, EC2 may still answer NotFound for it: kiln retries."""
+    fail_call(aws, "AuthorizeSecurityGroupIngress", "InvalidGroup.NotFound", "no", times=2)
+    fail_call(aws, "DescribeInstances", "InvalidInstanceID.NotFound", "no", times=2)
+    result = bake_ami(app_factory(), home, aws=aws, ssh_target=loopback_target)
+    assert not result.reused and result.ami
+    assert leftovers(aws) == {}

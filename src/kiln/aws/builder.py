@@ -22,7 +22,7 @@ from typing import Any
 import asyncssh
 
 from kiln.aws.policy import APP_TAG, BUILD_TAG
-from kiln.aws.session import Aws, aws_errors, tags
+from kiln.aws.session import Aws, aws_errors, eventually, tags
 from kiln.errors import AwsError
 
 EXPIRES_TAG = "kiln:expires"
@@ -147,16 +147,18 @@ def security_group(
         group_id = aws.ec2.create_security_group(**args)["GroupId"]
     try:
         with aws_errors("opening SSH on the builder's security group"):
-            aws.ec2.authorize_security_group_ingress(
-                GroupId=group_id,
-                IpPermissions=[
-                    {
-                        "IpProtocol": "tcp",
-                        "FromPort": 22,
-                        "ToPort": 22,
-                        "IpRanges": [{"CidrIp": cidr, "Description": "kiln bake"}],
-                    }
-                ],
+            eventually(
+                lambda: aws.ec2.authorize_security_group_ingress(
+                    GroupId=group_id,
+                    IpPermissions=[
+                        {
+                            "IpProtocol": "tcp",
+                            "FromPort": 22,
+                            "ToPort": 22,
+                            "IpRanges": [{"CidrIp": cidr, "Description": "kiln bake"}],
+                        }
+                    ],
+                )
             )
         note(f"security group {group_id}: SSH from {cidr}")
         yield group_id
@@ -235,7 +237,9 @@ def wait_instance(
     delay = 0.2
     while True:
         with aws_errors(f"waiting for {instance_id}"):
-            found = aws.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+            found = eventually(
+                lambda: aws.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+            )
         instance: dict[str, Any] = dict(found[0]["Instances"][0])
         current = instance["State"]["Name"]
         if current == state:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.aws.policy import APP_TAG
-from kiln.aws.session import Aws, aws_errors, tag_map
+from kiln.aws.session import Aws, aws_errors, eventually, tag_map
 from kiln.errors import AwsError
 
 DIGEST_TAG = "kiln:digest"
@@ -104,7 +104,7 @@ def wait_available(aws: Aws, ami_id: str, *, timeout: float, note: Callable[[str
     delay = 1.0
     while True:
         with aws_errors(f"waiting for {ami_id}"):
-            raw = aws.ec2.describe_images(ImageIds=[ami_id])["Images"]
+            raw = eventually(lambda: aws.ec2.describe_images(ImageIds=[ami_id])["Images"])
         if not raw:
             raise AwsError(f"{ami_id} disappeared while it was being created")
         ami = Ami.from_aws(raw[0])

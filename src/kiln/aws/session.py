@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import boto3
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
     from mypy_boto3_sts import STSClient
 
+T = TypeVar("T")
 _KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{12,}\b")
 _DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthFailure"}
 _BAD_KEYS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
@@ -102,6 +104,32 @@ def connect(
         )
     endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
     return Aws(session=session, region=region, endpoint_url=endpoint)
+
+
+# Codes EC2 answers for a resource created a moment ago (it is eventually consistent).
+NOT_YET = frozenset(
+    {
+        "InvalidInstanceID.NotFound",
+        "InvalidGroup.NotFound",
+        "InvalidAMIID.NotFound",
+        "InvalidKeyPair.NotFound",
+    }
+)
+
+
+def eventually(call: Callable[[], T], *, timeout: float = 60.0) -> T:
+    """Retry ``call`` while EC2 does not yet know a resource it just created."""
+    deadline = time.monotonic() + timeout
+    delay = 0.25
+    while True:
+        try:
+            return call()
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code not in NOT_YET or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 4.0)
 
 
 def redact(text: str) -> str:
