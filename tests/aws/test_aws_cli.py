@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 import pytest
 
+from conftest import TargetFactory
+from kiln.aws.ami import bake_ami
+from kiln.aws.images import list_amis
 from kiln.aws.policy import policy_document
 from kiln.aws.session import Aws
+from kiln.config import LoadedConfig
+from kiln.home import Home
 from kilntest import Kiln
 
 pytestmark = pytest.mark.aws
@@ -57,3 +64,29 @@ def test_errors_are_one_line_not_tracebacks(kiln: Kiln, monkeypatch: pytest.Monk
     assert result.exit_code == 1
     assert "error: no AWS region configured" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_images_and_prune_for_aws_through_the_cli(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+) -> None:
+    first = bake_ami(app_factory(), home, aws=aws, ssh_target=loopback_target)
+    time.sleep(1.1)  # AMI creation dates have one-second resolution
+    loaded = app_factory(version="2")
+    second = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target)
+    kiln = Kiln(loaded.root)
+
+    listed = json.loads(kiln("images", "--provider", "aws", "--json").stdout)
+    assert [row["ami"] for row in listed] == [second.ami, first.ami]
+    assert listed[0]["image"] == second.image and listed[0]["digest"] == second.digest
+
+    preview = json.loads(
+        kiln("prune", "--provider", "aws", "--keep", "1", "--dry-run", "--json").stdout
+    )
+    assert [a["ami"] for a in preview["deleted"]] == [first.ami]
+    assert len(list_amis(aws, "acme")) == 2
+    done = kiln("prune", "--provider", "aws", "--keep", "1")
+    assert f"deleted {first.ami}" in done.stdout
+    assert [a.id for a in list_amis(aws, "acme")] == [second.ami]
