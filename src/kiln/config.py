@@ -173,8 +173,9 @@ class Fleet(Section):
         default=5.0,
         ge=0,
         description=(
-            "After the last batch, the new instances must stay healthy this long before the "
-            "deployment succeeds: catches apps that crash soon after passing their checks."
+            "Each batch of new instances must stay healthy this long before the instances "
+            "they replace are discarded (blue-green: before the switch). Catches apps that "
+            "crash soon after passing their checks; 0 trusts the first passing checks."
         ),
     )
 

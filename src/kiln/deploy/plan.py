@@ -18,20 +18,20 @@ from kiln.provider import FleetState, Instance, InstanceState
 
 PLAN_FORMAT = 1
 STRATEGIES = ("rolling", "blue-green", "canary")
-STEP_KINDS = ("launch", "terminate", "switch", "canary", "retire", "verify")
+STEP_KINDS = ("launch", "terminate", "switch", "canary", "retire")
 
 
 @dataclass(frozen=True)
 class Step:
     """One action on the fleet.
 
-    launch:    top ``image`` up to ``expect`` live instances (``count`` new), wait healthy
+    launch:    top ``image`` up to ``expect`` live instances (``count`` new), wait until
+               healthy, then until they have stayed healthy for ``seconds``
     terminate: drain and stop ``instances``
     switch:    put every healthy out-of-service ``image`` instance in service and take
                ``instances`` (or, if empty, every other serving instance) out, in one call
     canary:    judge the new instances against the old fleet for ``seconds``
     retire:    keep the drained old fleet warm for ``seconds`` (0: terminate it now)
-    verify:    new instances must stay healthy for ``seconds``
     """
 
     kind: str
@@ -64,7 +64,8 @@ class Step:
         ids = ", ".join(self.instances)
         if self.kind == "launch":
             where = "" if self.in_service else " out of service"
-            return f"launch {self.count} x {self.image}{where}, wait until healthy"
+            stable = f", stable for {self.seconds:g}s" if self.seconds else ""
+            return f"launch {self.count} x {self.image}{where}, wait until healthy{stable}"
         if self.kind == "terminate":
             return f"terminate {ids}" + (f" ({self.why})" if self.why else "")
         if self.kind == "switch":
@@ -78,7 +79,7 @@ class Step:
             if self.seconds:
                 return f"keep the old fleet warm for {self.seconds:g}s (instant rollback)"
             return "terminate the drained old fleet"
-        return f"verify: {self.image} stays healthy for {self.seconds:g}s"
+        raise AssertionError(self.kind)
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,8 @@ def make_plan(
         steps = _canary(view, size, knobs)
     else:
         steps = _rolling(view, size, knobs)
-    if steps and any(s.kind in ("launch", "switch") for s in steps) and knobs.settle > 0:
-        verify = Step("verify", image=image, seconds=knobs.settle)
-        at = len(steps) - 1 if steps[-1].kind == "retire" else len(steps)
-        steps.insert(at, verify)  # before the old fleet is retired: it can still come back
+    if knobs.settle > 0:  # a batch proves itself before what it replaces goes
+        steps = [replace(s, seconds=knobs.settle) if s.kind == "launch" else s for s in steps]
     return Plan(state.name, strategy, image, from_image, size, tuple(steps))
 
 

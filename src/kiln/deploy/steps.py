@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.deploy.gates import Gates, Trip
+from kiln.deploy.gates import Gates
 from kiln.deploy.plan import Plan, Step, unreplaced_failures
 from kiln.provider import FleetState, InstanceState, Provider
 
@@ -38,6 +38,8 @@ class StepRunner:
                 self.fleet, step.image, missing, in_service=step.in_service
             )
         self.gates.boot(step.image, step.expect)
+        if step.seconds > 0:
+            self.gates.hold(step.image, step.seconds)
         return {"launched": launched}
 
     def _terminate(self, step: Step, plan: Plan) -> dict[str, Any]:
@@ -80,19 +82,6 @@ class StepRunner:
             return {"warm": old}
         failed = [i.id for i in unreplaced_failures(state, exclude=plan.image)]
         return {"terminated": self._stop(old + failed)}
-
-    def _verify(self, step: Step, plan: Plan) -> dict[str, Any]:
-        assert step.image is not None
-        self.gates.hold(step.image, step.seconds)
-        state = self.gates.observe()
-        serving = [i for i in state.serving() if i.image == step.image]
-        if len(serving) < plan.size:
-            raise Trip(
-                "stability",
-                f"stability gate: only {len(serving)} of {plan.size} instances of "
-                f"{step.image} serve after {step.seconds:g}s",
-            )
-        return {"serving": len(serving)}
 
 
 def _drained(state: FleetState, image: str | None) -> list[str]:

@@ -1,0 +1,134 @@
+"""Helpers for end-to-end deployments on the real local provider under real load.
+
+The image/agent helpers come from tests/local/localtest.py (the local provider's
+own test kit); this adds app variants and a load generator.
+"""
+
+from __future__ import annotations
+
+import http.client
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
+
+from localtest import APP, free_port, kill_everything, make_image
+
+from kiln.home import Home
+
+EXIT_AT_START = "import sys\nprint('boom: missing DATABASE_URL', flush=True)\nsys.exit(3)\n"
+CRASH_LATER = (
+    "import os, threading\n"
+    "threading.Timer(1.5, lambda: (print('fatal: out of memory', flush=True), os._exit(9)))"
+    ".start()\n" + APP
+)
+
+
+def write_app_config(directory: Path, port: int, size: int = 2, extra: str = "") -> Path:
+    """kiln.toml for the test app (app name 'web', as images from make_image)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "kiln.toml"
+    path.write_text(
+        f"""
+[app]
+name = "web"
+run = "python3 app.py"
+
+[health]
+path = "/health"
+interval = "100ms"
+timeout = "1s"
+healthy_threshold = 2
+unhealthy_threshold = 2
+grace = "1s"
+
+[fleet]
+size = {size}
+drain = "5s"
+settle = "2s"
+keep_warm = "1m"
+{extra}
+
+[provider.local]
+listen = "127.0.0.1:{port}"
+stop_timeout = "2s"
+"""
+    )
+    return path
+
+
+def app_image(home: Home, variant: str) -> str:
+    """An image of the test app; ``variant`` makes the digest (and the behaviour) differ."""
+    files = {"app.py": APP + f"\n# {variant}\n"}
+    if variant == "never-healthy":
+        files["unhealthy"] = "health checks answer 500 while this file exists\n"
+    elif variant == "exits-at-start":
+        files = {"app.py": EXIT_AT_START}
+    elif variant == "crashes-later":
+        files = {"app.py": CRASH_LATER}
+    return make_image(home, files=files)
+
+
+@dataclass
+class Load:
+    """Keep-alive GET traffic through the fleet's load balancer, counting failures."""
+
+    port: int
+    workers: int = 4
+    phase: str = "steady"  # set by the test; failures are reported with it
+    sent: int = 0
+    failed: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> Load:
+        for _ in range(self.workers):
+            thread = threading.Thread(target=self._run, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set():
+            conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            started = time.perf_counter()
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                response.read()
+                ok, why = response.status == 200, f"HTTP {response.status}"
+            except (OSError, http.client.HTTPException) as exc:
+                ok, why = False, repr(exc)
+                conn.close()
+                conn = None
+            self._record(ok, why, time.perf_counter() - started)
+        if conn is not None:
+            conn.close()
+
+    def _record(self, ok: bool, why: str, seconds: float) -> None:
+        with self._lock:
+            self.sent += 1
+            self.latencies.append(seconds)
+            if not ok:
+                self.failed += 1
+                self.errors.append(f"{self.phase}: {why}")
+
+    def p99(self) -> float:
+        with self._lock:
+            ordered = sorted(self.latencies)
+        return ordered[int(len(ordered) * 0.99)] if ordered else 0.0
+
+
+__all__ = ["Load", "app_image", "free_port", "kill_everything", "write_app_config"]
