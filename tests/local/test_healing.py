@@ -5,11 +5,12 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 
-from localtest import gone, http_get, serving, wait_for
+from localtest import http_get, serving, wait_for
 
 from kiln.home import Home
 from kiln.local.agent import read_pid
@@ -112,7 +113,7 @@ def test_agent_sigkill_then_restart_readopts(
     agent_pid = read_pid(local_home)
     assert agent_pid
     os.kill(agent_pid, signal.SIGKILL)
-    wait_for(lambda: gone(agent_pid), 5)
+    wait_for(lambda: refused(local_home.agent_socket), 5, "the dead agent's socket to refuse")
     for pid in before.values():
         assert Path(f"/proc/{pid}").exists()  # instances outlive the agent
 
@@ -130,3 +131,13 @@ def test_agent_sigkill_then_restart_readopts(
              "replacement of a re-adopted instance")  # fmt: skip
     live = provider.describe("web").live()
     assert len(live) == 2  # nothing duplicated
+
+
+def refused(path: Path) -> bool:
+    """Connecting is refused: every thread of the killed agent is gone with its fds."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+    return False

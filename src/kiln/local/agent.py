@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,19 +69,29 @@ def read_pid(home: Home) -> int | None:
         return None
 
 
+def _lock(fd: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 def serve(home: Home, ready: Ready | None = None) -> None:
     """Run the agent until SIGTERM/SIGINT or an API shutdown."""
     home.ensure()
     home.agent_dir.mkdir(mode=0o700, exist_ok=True)
     lock_fd = os.open(lock_path(home), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(lock_fd, wait=2.0):  # a predecessor may still be exiting
             raise AgentError(
                 f"an agent already runs for {home.root} (pid {read_pid(home)})",
                 hint="'kiln agent status' shows it; 'kiln agent stop' stops it",
-            ) from None
+            )
         check_socket_owner(home.agent_socket)
         home.agent_socket.unlink(missing_ok=True)  # stale: we hold the lock, nobody serves it
         pid_path(home).write_text(f"{os.getpid()}\n")
