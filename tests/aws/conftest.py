@@ -18,6 +18,8 @@ from kiln.config import AwsProvider, LoadedConfig, load_config
 from kiln.home import Home
 
 REGION = "eu-west-1"
+# One of the public AMIs moto ships in every region (describing them all takes a second).
+SOURCE_AMI = "ami-03cf127a"
 
 
 @pytest.fixture(scope="session")
@@ -83,15 +85,11 @@ def aws(aws_env: str) -> Aws:
 @pytest.fixture
 def base_ami(aws: Aws) -> str:
     """A Debian-like base image registered in moto, as an account would have."""
-    reservation = aws.ec2.run_instances(ImageId=_any_ami(aws), MinCount=1, MaxCount=1)
+    reservation = aws.ec2.run_instances(ImageId=SOURCE_AMI, MinCount=1, MaxCount=1)
     source = reservation["Instances"][0]["InstanceId"]
     image = aws.ec2.create_image(InstanceId=source, Name="debian-12-amd64-20260101-1234")
     aws.ec2.terminate_instances(InstanceIds=[source])
     return image["ImageId"]
-
-
-def _any_ami(aws: Aws) -> str:
-    return aws.ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
 
 
 @pytest.fixture

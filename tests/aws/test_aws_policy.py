@@ -17,7 +17,7 @@ from typing import Any
 import parliament
 import pytest
 
-from conftest import REGION, TargetFactory, leftovers, write_app
+from conftest import REGION, SOURCE_AMI, TargetFactory, leftovers, write_app
 from kiln.aws.ami import bake_ami
 from kiln.aws.iam import create_deploy_user
 from kiln.aws.images import list_amis, prune_amis
@@ -71,7 +71,7 @@ def test_policy_is_scoped_by_purpose_and_tags() -> None:
 
 
 def _base_image(admin: Aws) -> str:
-    source = admin.ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
+    source = SOURCE_AMI
     instance = admin.ec2.run_instances(ImageId=source, MinCount=1, MaxCount=1)
     instance_id = instance["Instances"][0]["InstanceId"]
     image = admin.ec2.create_image(InstanceId=instance_id, Name=f"debian-12-{time.time_ns()}")
