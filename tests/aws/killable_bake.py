@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ def main(config: str, home: str, port: int) -> None:
     def unreachable(builder: Builder) -> SshTarget:
         return SshTarget("127.0.0.1", port, "admin", builder.key, sudo=False, root="/nonexistent")
 
+    # a shell may start background jobs with SIGINT ignored; a terminal would not
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print("baking", flush=True)
     bake_ami(load_config(Path(config)), Home.resolve(home).ensure(), ssh_target=unreachable)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,8 +69,9 @@ def test_reap_removes_what_a_killed_bake_left(
     assert reap(aws, now=later).removed == ()
 
 
-def test_sigterm_from_a_cancelled_ci_job_cleans_up(
-    aws: Aws, app_factory: Callable[..., LoadedConfig], tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "ci-cancel"])
+def test_interrupted_process_cleans_up(
+    aws: Aws, app_factory: Callable[..., LoadedConfig], tmp_path: Path, signum: int
 ) -> None:
     loaded = app_factory(ssh_timeout="5m")
     proc = subprocess.Popen(
@@ -90,7 +92,7 @@ def test_sigterm_from_a_cancelled_ci_job_cleans_up(
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, leftovers(aws)
             time.sleep(0.2)
-        proc.terminate()  # SIGTERM, as CI runners send on cancel
+        proc.send_signal(signum)  # Ctrl-C, or SIGTERM as CI runners send on cancel
         proc.wait(timeout=30)
     finally:
         proc.kill()
