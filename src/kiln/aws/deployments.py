@@ -1,0 +1,325 @@
+"""Engine operations on an AWS fleet, with every piece of state kept in AWS.
+
+The deploy engine keeps its fleet record, journal and lock in a SQLite
+database it is handed. For AWS that database is scratch: each operation
+
+1. takes the fleet's lock in AWS (:class:`~kiln.aws.awsstate.AwsLock`),
+2. rebuilds the fleet record from the server groups and the history,
+3. runs the unchanged engine on a throwaway database, the lock's heartbeat
+   driven by the engine's own observation of the fleet,
+4. writes the outcome back: group tags and a history version.
+
+A deployment killed half-way is therefore not resumed from a journal; the
+next ``kiln deploy`` re-plans from what AWS shows (every plan step is
+idempotent against the observed fleet), after the dead holder's lock expires.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.aws import awsstate as st
+from kiln.aws import groups as g
+from kiln.aws import targets as t
+from kiln.aws.provider import AwsProvider
+from kiln.aws.session import aws_errors
+from kiln.deploy.clock import Clock, SystemClock
+from kiln.deploy.engine import Engine, Event
+from kiln.deploy.gates import Gates, Trip
+from kiln.deploy.history import Result, who_am_i
+from kiln.deploy.journal import Who
+from kiln.deploy.plan import Plan
+from kiln.deploy.settings import Settings
+from kiln.deploy.state import StateDb
+from kiln.errors import DeployError
+from kiln.provider import FleetState, InstanceStats
+
+LOCK_TTL = 120.0
+
+
+class _Heartbeat:
+    """The provider, with the AWS lock's heartbeat on every observation of the fleet."""
+
+    def __init__(self, provider: AwsProvider, lock: st.AwsLock) -> None:
+        self.inner, self.lock = provider, lock
+        self.name = provider.name
+
+    def describe(self, fleet: str) -> FleetState:
+        self.lock.beat()
+        return self.inner.describe(fleet)
+
+    def launch(self, fleet: str, image: str, count: int, *, in_service: bool = True) -> list[str]:
+        return self.inner.launch(fleet, image, count, in_service=in_service)
+
+    def set_in_service(self, fleet: str, add: Sequence[str], remove: Sequence[str]) -> None:
+        self.inner.set_in_service(fleet, add, remove)
+
+    def terminate(self, fleet: str, ids: Sequence[str]) -> None:
+        self.inner.terminate(fleet, ids)
+
+    def image_exists(self, image: str) -> bool:
+        return self.inner.image_exists(image)
+
+    def log_tail(self, instance: str, lines: int = 20) -> str:
+        return self.inner.log_tail(instance, lines)
+
+    def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
+        return self.inner.stats(fleet)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Instances that are not what the fleet's server groups say they should be."""
+
+    not_current: tuple[dict[str, Any], ...]  # wrong image, AMI or template version
+    unmanaged: tuple[str, ...]  # in the target group, not launched by kiln
+
+    @property
+    def clean(self) -> bool:
+        return not self.not_current and not self.unmanaged
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "not_current": list(self.not_current),
+            "unmanaged": list(self.unmanaged),
+        }
+
+
+class AwsDeployments:
+    """deploy / rollback / scale / recycle / status / history / drift for one AWS fleet."""
+
+    def __init__(
+        self,
+        provider: AwsProvider,
+        settings: Settings,
+        fleet: str,
+        *,
+        who: Who | None = None,
+        clock: Clock | None = None,
+        lock_ttl: float = LOCK_TTL,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.provider, self.settings, self.fleet = provider, settings, fleet
+        self.aws = provider.aws
+        self.who = who or who_am_i()
+        self.clock = clock or SystemClock()
+        self.on_event = on_event or (lambda _e: None)
+        self.lock = st.AwsLock(
+            self.aws,
+            fleet,
+            self.clock,
+            holder=str(self.who),
+            ttl=lock_ttl,
+            vpc=self._vpc(),
+            warn=lambda m: self.on_event(Event("warning", m)),
+        )
+
+    # engine operations ------------------------------------------------------------
+
+    def plan(self, image: str, strategy: str | None = None) -> Plan:
+        """What deploy would do now (``--dry-run``): no lock taken, nothing written."""
+        with tempfile.TemporaryDirectory(prefix="kiln-aws-") as scratch:
+            db = StateDb(Path(scratch) / "state.db")
+            try:
+                self._seed(db)
+                return self._engine(db, self.provider).plan(image, strategy)
+            finally:
+                db.close()
+
+    def deploy(
+        self, image: str, *, strategy: str | None = None, reason: str | None = None,
+        wait: float | None = None,
+    ) -> Result:  # fmt: skip
+        return self._run(lambda e: e.deploy(image, strategy=strategy, reason=reason), wait)
+
+    def rollback(
+        self, to: str | None = None, *, reason: str | None = None, wait: float | None = None
+    ) -> Result:
+        return self._run(lambda e: e.rollback(to, reason=reason), wait)
+
+    def scale(self, size: int, *, wait: float | None = None) -> Result:
+        return self._run(lambda e: e.scale(size), wait)
+
+    def _run(self, op: Callable[[Engine], Result], wait: float | None) -> Result:
+        with (
+            self.lock.held(wait),
+            tempfile.TemporaryDirectory(prefix="kiln-aws-") as scratch,
+        ):
+            db = StateDb(Path(scratch) / "state.db")
+            try:
+                self._seed(db)
+                result = op(self._engine(db, _Heartbeat(self.provider, self.lock)))
+                self._persist(db, result)
+            finally:
+                db.close()
+        return result
+
+    def _engine(self, db: StateDb, provider: Any) -> Engine:
+        return Engine(
+            provider, db, self.settings, self.fleet, clock=self.clock, who=self.who,
+            on_event=self.on_event,
+        )  # fmt: skip
+
+    def _seed(self, db: StateDb) -> None:
+        groups = g.list_groups(self.aws, self.fleet, self.provider.settings.target_group_arn)
+        serving = set(self.provider.target_health())
+        history = st.read_history(self.aws, self.fleet, limit=20)
+        record = st.fleet_record(self.fleet, groups, serving, history, self.settings.size)
+        if record is not None:
+            db.save_fleet(record, self.clock.now())
+
+    def _persist(self, db: StateDb, result: Result) -> None:
+        record = db.fleet(self.fleet)
+        groups = g.list_groups(self.aws, self.fleet, self.provider.settings.target_group_arn)
+        if record is not None and record.current_image is not None:
+            st.save_record(self.aws, groups, record)
+        if result.deployment is None:  # unchanged: nothing happened worth a record
+            return
+        text = st.history_record(result, str(self.who), self.who.commit, self.clock.now())
+        st.write_history(self.aws, self.fleet, text, record.current_image if record else None)
+
+    # recycle ----------------------------------------------------------------------
+
+    def recycle(self, max_age: float, *, wait: float | None = None) -> dict[str, Any]:
+        """Replace instances older than ``max_age`` from their own image, batch by batch."""
+        with self.lock.held(wait):
+            provider = _Heartbeat(self.provider, self.lock)
+            state = provider.describe(self.fleet)
+            now = self.clock.now()
+            old = sorted(
+                (i for i in state.live() if i.in_service and now - i.launched_at > max_age),
+                key=lambda i: i.launched_at,
+            )
+            batch = max(1, self.settings.max_surge)
+            replaced: list[str] = []
+            launched: list[str] = []
+            for start in range(0, len(old), batch):
+                chunk = old[start : start + batch]
+                for image in sorted({i.image for i in chunk}):
+                    ids = [i.id for i in chunk if i.image == image]
+                    launched += self._replace(provider, image, ids)
+                    replaced += ids
+            return {"fleet": self.fleet, "replaced": replaced, "launched": launched}
+
+    def _replace(self, provider: _Heartbeat, image: str, ids: list[str]) -> list[str]:
+        gates = Gates(
+            provider,
+            self.clock,
+            self.fleet,
+            self.settings,
+            deadline=self.clock.now() + self.settings.progress_deadline,
+            image=image,
+            since=self.clock.now(),
+        )
+        expect = len(gates.observe().live(image)) + len(ids)
+        new = provider.launch(self.fleet, image, len(ids), in_service=True)
+        try:
+            gates.boot(image, expect)
+        except Trip as trip:
+            provider.terminate(self.fleet, new)
+            raise DeployError(
+                f"recycle stopped: {trip.message}; the old instances still serve",
+                hint="look at the image's health before recycling again",
+            ) from None
+        gates.forget(ids)
+        provider.terminate(self.fleet, ids)
+        return new
+
+    # read-only ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        state = self.provider.describe(self.fleet)
+        groups = g.list_groups(self.aws, self.fleet, self.provider.settings.target_group_arn)
+        now = self.clock.now()
+        return {
+            "fleet": self.fleet,
+            "provider": "aws",
+            "endpoint": state.endpoint,
+            "groups": [
+                {
+                    "name": grp.name,
+                    "image": grp.image,
+                    "desired": grp.desired,
+                    "min": grp.min_size,
+                    "max": grp.max_size,
+                    "attached": grp.attached,
+                    "template_version": grp.template_version,
+                }
+                for grp in groups
+            ],
+            "instances": [
+                {
+                    "id": i.id,
+                    "image": i.image,
+                    "state": i.state.value,
+                    "healthy": i.healthy,
+                    "in_service": i.in_service,
+                    "age": round(now - i.launched_at, 1),
+                    "address": i.address,
+                    "group": i.details.get("group"),
+                }
+                for i in state.instances
+            ],
+            "lock": self._lock_holder(),
+        }
+
+    def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        return st.read_history(self.aws, self.fleet, limit)
+
+    def drift(self) -> Drift:
+        """Serving instances not from the current image, AMI or template version; strangers.
+
+        A warm standby is not drift: it is out of service on purpose.
+        """
+        tg = self.provider.settings.target_group_arn
+        groups = g.list_groups(self.aws, self.fleet, tg)
+        members = {m.id: (grp, m) for grp in groups for m in grp.members}
+        raw = g.describe_instances(self.aws, list(members)) if members else {}
+        registered = set(t.target_health(self.aws, tg)) if tg else set()
+        serving = [grp for grp in groups if any(m.id in registered for m in grp.members)]
+        current = (serving or groups)[0].image if groups else None
+        wrong: list[dict[str, Any]] = []
+        for iid, (grp, member) in sorted(members.items()):
+            reasons = _drift_reasons(grp, member, raw.get(iid, {}), current)
+            if iid not in registered:
+                reasons = [r for r in reasons if not r.startswith("runs ")]
+            if reasons:
+                wrong.append({"id": iid, "group": grp.name, "reasons": reasons})
+        strangers = sorted(registered - set(members))
+        return Drift(tuple(wrong), tuple(strangers))
+
+    def _lock_holder(self) -> dict[str, str] | None:
+        with aws_errors("reading the deploy lock"):
+            found = self.lock.read()
+        return found[1] if found else None
+
+    def _vpc(self) -> str | None:
+        tg = self.provider.settings.target_group_arn
+        if not tg:
+            return None
+        with aws_errors("reading the target group"):
+            found = self.aws.client("elbv2").describe_target_groups(TargetGroupArns=[tg])
+        groups = found["TargetGroups"]
+        return str(groups[0]["VpcId"]) if groups and groups[0].get("VpcId") else None
+
+
+def _drift_reasons(
+    grp: g.ServerGroup, member: g.Member, inst: Any, current: str | None
+) -> list[str]:
+    tags = {str(x["Key"]): str(x["Value"]) for x in inst.get("Tags", [])}
+    reasons = []
+    if grp.image != current:
+        reasons.append(f"runs {grp.image}, the fleet's current image is {current}")
+    if inst and inst.get("ImageId") != grp.tags.get(g.AMI_TAG):
+        reasons.append(f"AMI {inst.get('ImageId')} is not {grp.tags.get(g.AMI_TAG)}")
+    if tags.get(g.IMAGE_TAG, grp.image) != grp.image:
+        reasons.append(f"tagged {tags.get(g.IMAGE_TAG)}, its group runs {grp.image}")
+    version = member.template_version
+    if grp.image == current and version and version != grp.template_version:
+        reasons.append(f"template version {version}, its group uses {grp.template_version}")
+    return reasons

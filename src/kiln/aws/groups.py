@@ -1,0 +1,300 @@
+"""Server groups: one Auto Scaling group per release, one launch template per fleet.
+
+A group ``kiln-<fleet>-vNNN`` runs exactly one image, from its own
+launch-template version (always the full launch data, never a diff). Groups
+are found by their ``kiln:fleet`` tag, newest (highest NNN) first; every
+listing paginates, so a fleet of any size is read the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.aws.session import Aws, aws_errors, tag_map
+
+FLEET_TAG = "kiln:fleet"
+APP_TAG = "kiln:app"
+IMAGE_TAG = "kiln:image"
+AMI_TAG = "kiln:ami"
+CONFIG_SIZE_TAG = "kiln:config-size"
+WARM_UNTIL_TAG = "kiln:warm-until"
+_NAME = re.compile(r"^kiln-(?P<fleet>.+)-v(?P<n>\d{3,})$")
+
+
+def template_name(fleet: str) -> str:
+    return f"kiln-{fleet}"
+
+
+def group_name(fleet: str, number: int) -> str:
+    return f"kiln-{fleet}-v{number:03d}"
+
+
+def group_number(name: str) -> int:
+    match = _NAME.match(name)
+    return int(match["n"]) if match else 0
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance as its Auto Scaling group sees it."""
+
+    id: str
+    lifecycle: str  # Pending | InService | Terminating | ...
+    health: str  # Healthy | Unhealthy (EC2 or ELB checks, per the group)
+    template_version: str = ""
+
+
+@dataclass(frozen=True)
+class ServerGroup:
+    name: str
+    image: str
+    desired: int
+    min_size: int
+    max_size: int
+    attached: bool  # the group itself is attached to the fleet's target group
+    template_version: str
+    members: tuple[Member, ...]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        return group_number(self.name)
+
+    @classmethod
+    def from_aws(cls, raw: Any, target_group: str | None) -> ServerGroup:
+        tags = tag_map(raw.get("Tags"))
+        template = raw.get("LaunchTemplate") or {}
+        return cls(
+            name=raw["AutoScalingGroupName"],
+            image=tags.get(IMAGE_TAG, ""),
+            desired=int(raw["DesiredCapacity"]),
+            min_size=int(raw["MinSize"]),
+            max_size=int(raw["MaxSize"]),
+            attached=bool(target_group and target_group in raw.get("TargetGroupARNs", [])),
+            template_version=str(template.get("Version", "")),
+            members=tuple(
+                Member(
+                    m["InstanceId"],
+                    m["LifecycleState"],
+                    m.get("HealthStatus", ""),
+                    str((m.get("LaunchTemplate") or {}).get("Version", "")),
+                )
+                for m in raw.get("Instances", [])
+            ),
+            tags=tags,
+        )
+
+
+def list_groups(aws: Aws, fleet: str, target_group: str | None) -> list[ServerGroup]:
+    """The fleet's server groups, newest first (paginated)."""
+    paginator = aws.client("autoscaling").get_paginator("describe_auto_scaling_groups")
+    filters = [{"Name": f"tag:{FLEET_TAG}", "Values": [fleet]}]
+    groups: list[ServerGroup] = []
+    with aws_errors(f"listing the server groups of {fleet}"):
+        for page in paginator.paginate(Filters=filters):
+            groups += [ServerGroup.from_aws(g, target_group) for g in page["AutoScalingGroups"]]
+    return sorted(groups, key=lambda g: g.number, reverse=True)
+
+
+def describe_instances(aws: Aws, ids: Sequence[str]) -> dict[str, Any]:
+    """EC2's view (address, launch time, state, tags) of these instances, by id."""
+    found: dict[str, Any] = {}
+    paginator = aws.ec2.get_paginator("describe_instances")
+    with aws_errors("describing the fleet's instances"):
+        for chunk in _chunks(sorted(set(ids)), 200):
+            filters: list[Any] = [{"Name": "instance-id", "Values": chunk}]
+            for page in paginator.paginate(Filters=filters):
+                for reservation in page["Reservations"]:
+                    found.update({i["InstanceId"]: i for i in reservation["Instances"]})
+    return found
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+# launch template ------------------------------------------------------------
+
+
+def launch_data(
+    *,
+    ami: str,
+    instance_type: str,
+    tags: dict[str, str],
+    security_groups: Sequence[str],
+    instance_profile: str | None,
+) -> dict[str, Any]:
+    """The full launch data of one image's version (IMDSv2 only, tags on instance and disk)."""
+    tag_list = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+    data: dict[str, Any] = {
+        "ImageId": ami,
+        "InstanceType": instance_type,
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": tag_list},
+            {"ResourceType": "volume", "Tags": tag_list},
+        ],
+    }
+    if security_groups:
+        data["SecurityGroupIds"] = list(security_groups)
+    if instance_profile:
+        data["IamInstanceProfile"] = {"Name": instance_profile}
+    return data
+
+
+def add_template_version(
+    aws: Aws, fleet: str, data: Any, description: str, tags: dict[str, str]
+) -> str:
+    """A new version of the fleet's template (created on first use); its number."""
+    name = template_name(fleet)
+    ec2 = aws.ec2
+    with aws_errors(f"writing launch template {name}"):
+        try:
+            version = ec2.create_launch_template_version(
+                LaunchTemplateName=name, LaunchTemplateData=data, VersionDescription=description
+            )["LaunchTemplateVersion"]
+        except ec2.exceptions.ClientError as exc:
+            if "NotFound" not in str(exc.response.get("Error", {}).get("Code", "")):
+                raise
+            created = ec2.create_launch_template(
+                LaunchTemplateName=name,
+                LaunchTemplateData=data,
+                VersionDescription=description,
+                TagSpecifications=[
+                    {
+                        "ResourceType": "launch-template",
+                        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                    }
+                ],
+            )["LaunchTemplate"]
+            return str(created["LatestVersionNumber"])
+    return str(version["VersionNumber"])
+
+
+def set_default_version(aws: Aws, fleet: str, version: str) -> None:
+    """The template's default version is the one the fleet serves: what a console launch gets."""
+    with aws_errors(f"updating launch template {template_name(fleet)}"):
+        aws.ec2.modify_launch_template(
+            LaunchTemplateName=template_name(fleet), DefaultVersion=version
+        )
+
+
+def template_versions(aws: Aws, fleet: str) -> list[Any]:
+    """Every version of the fleet's template, newest first; [] before the first deploy."""
+    paginator = aws.ec2.get_paginator("describe_launch_template_versions")
+    versions: list[Any] = []
+    with aws_errors(f"reading launch template {template_name(fleet)}"):
+        try:
+            for page in paginator.paginate(LaunchTemplateName=template_name(fleet)):
+                versions += page["LaunchTemplateVersions"]
+        except aws.ec2.exceptions.ClientError as exc:
+            if "NotFound" not in str(exc.response.get("Error", {}).get("Code", "")):
+                raise
+            return []
+    return sorted(versions, key=lambda v: int(v["VersionNumber"]), reverse=True)
+
+
+# Auto Scaling groups ------------------------------------------------------------
+
+
+def create_group(
+    aws: Aws,
+    fleet: str,
+    name: str,
+    version: str,
+    *,
+    desired: int,
+    min_size: int,
+    max_size: int,
+    subnets: Sequence[str],
+    target_group: str | None,
+    grace: int,
+    tags: dict[str, str],
+) -> None:
+    kwargs: dict[str, Any] = {
+        "AutoScalingGroupName": name,
+        "LaunchTemplate": {"LaunchTemplateName": template_name(fleet), "Version": version},
+        "MinSize": min_size,
+        "MaxSize": max_size,
+        "DesiredCapacity": desired,
+        "VPCZoneIdentifier": ",".join(subnets),
+        "HealthCheckGracePeriod": grace,
+        "Tags": [
+            {"Key": k, "Value": v, "PropagateAtLaunch": k in (APP_TAG, FLEET_TAG, IMAGE_TAG)}
+            for k, v in tags.items()
+        ],
+    }
+    if target_group:
+        kwargs["TargetGroupARNs"] = [target_group]
+        kwargs["HealthCheckType"] = "ELB"
+    with aws_errors(f"creating server group {name}"):
+        aws.client("autoscaling").create_auto_scaling_group(**kwargs)
+
+
+def resize(aws: Aws, group: ServerGroup, desired: int) -> None:
+    """Set the desired count, widening min/max only as far as that needs."""
+    with aws_errors(f"resizing server group {group.name}"):
+        aws.client("autoscaling").update_auto_scaling_group(
+            AutoScalingGroupName=group.name,
+            DesiredCapacity=desired,
+            MinSize=min(group.min_size, desired),
+            MaxSize=max(group.max_size, desired),
+        )
+
+
+def lower_min(aws: Aws, group: ServerGroup, floor: int) -> None:
+    if group.min_size > floor:
+        with aws_errors(f"resizing server group {group.name}"):
+            aws.client("autoscaling").update_auto_scaling_group(
+                AutoScalingGroupName=group.name, MinSize=max(0, floor)
+            )
+
+
+def set_attached(aws: Aws, group: str, target_group: str, attached: bool) -> None:
+    client = aws.client("autoscaling")
+    with aws_errors(f"{'attaching' if attached else 'detaching'} server group {group}"):
+        if attached:
+            client.attach_load_balancer_target_groups(
+                AutoScalingGroupName=group, TargetGroupARNs=[target_group]
+            )
+        else:
+            client.detach_load_balancer_target_groups(
+                AutoScalingGroupName=group, TargetGroupARNs=[target_group]
+            )
+
+
+def terminate_members(aws: Aws, ids: Iterable[str]) -> None:
+    """Terminate and lower the group's desired count, so nothing replaces them."""
+    client = aws.client("autoscaling")
+    for instance in ids:
+        with aws_errors(f"terminating {instance}"):
+            client.terminate_instance_in_auto_scaling_group(
+                InstanceId=instance, ShouldDecrementDesiredCapacity=True
+            )
+
+
+def delete_group(aws: Aws, name: str) -> None:
+    with aws_errors(f"deleting server group {name}"):
+        aws.client("autoscaling").delete_auto_scaling_group(
+            AutoScalingGroupName=name, ForceDelete=True
+        )
+
+
+def tag_group(aws: Aws, name: str, tags: dict[str, str]) -> None:
+    with aws_errors(f"tagging server group {name}"):
+        aws.client("autoscaling").create_or_update_tags(
+            Tags=[
+                {
+                    "ResourceId": name,
+                    "ResourceType": "auto-scaling-group",
+                    "Key": k,
+                    "Value": v,
+                    "PropagateAtLaunch": False,
+                }
+                for k, v in tags.items()
+            ]
+        )

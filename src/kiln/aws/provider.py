@@ -1,0 +1,438 @@
+"""The AWS provider: a fleet is a set of Auto Scaling groups behind one ALB target group.
+
+Each image runs in its own server group (``kiln-<fleet>-vNNN``). ``launch``
+creates the image's group, or grows it; ``set_in_service`` attaches or
+detaches whole groups when it can and registers single targets otherwise;
+``terminate`` drains for the target group's deregistration delay, then
+terminates inside the group with its desired count lowered, so autoscaling
+does not bring the instance back. Emptied groups are kept, scaled down, for
+rollback (``keep_server_groups``); older ones and failed releases are deleted.
+
+Health is ELB's target health plus kiln's own HTTP probe of every instance it
+can reach (ALB semantics: interval, thresholds, grace), because ELB does not
+judge a blue-green standby outside the target group, and moto calls every
+registered target healthy.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.aws import groups as g
+from kiln.aws import targets as t
+from kiln.aws.session import Aws, aws_errors, connect
+from kiln.config import Health, LoadedConfig
+from kiln.deploy.clock import Clock, SystemClock
+from kiln.errors import ImageNotFound, InstanceNotFound, ProviderError
+from kiln.home import Home
+from kiln.provider import FleetState, Instance, InstanceState, InstanceStats
+
+LAUNCH_WAIT = 120.0  # longest wait for Auto Scaling to show instances it was asked for
+_GONE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated", "Detaching")
+
+
+@dataclass
+class _Probe:
+    """ALB-like consecutive-check counters for one instance."""
+
+    passes: int = 0
+    fails: int = 0
+    healthy: bool = False
+    last: float = float("-inf")
+
+    def record(self, ok: bool, health: Health, now: float) -> None:
+        self.last = now
+        self.passes, self.fails = (self.passes + 1, 0) if ok else (0, self.fails + 1)
+        if self.passes >= health.healthy_threshold:
+            self.healthy = True
+        elif self.fails >= health.unhealthy_threshold:
+            self.healthy = False
+
+
+class AwsProvider:
+    """Server groups on EC2 Auto Scaling; see the module docstring."""
+
+    name = "aws"
+
+    def __init__(
+        self,
+        home: Home,
+        loaded: LoadedConfig,
+        *,
+        aws: Aws | None = None,
+        resolve: t.Resolver | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        settings = loaded.config.provider.aws
+        if settings is None:
+            raise ProviderError(
+                "the aws provider is not configured",
+                hint="add a [provider.aws] table to kiln.toml (target_group_arn, subnet_ids, ...)",
+            )
+        self.home, self.loaded, self.settings = home, loaded, settings
+        self.app = loaded.config.app.name
+        self.health = loaded.config.health
+        self.aws = aws or connect(settings)
+        self.resolve = resolve or t.private_address
+        self.clock = clock or SystemClock()
+        self._amis: dict[str, str] = {}
+        self._probes: dict[str, _Probe] = {}
+        self._drain_until: dict[str, float] = {}
+        self._delay: float | None = None
+        self._endpoint: tuple[str | None] | None = None
+
+    # Provider: observe ----------------------------------------------------------
+
+    def describe(self, fleet: str) -> FleetState:
+        groups = g.list_groups(self.aws, fleet, self.settings.target_group_arn)
+        members = {m.id: (grp, m) for grp in groups for m in grp.members}
+        raw = g.describe_instances(self.aws, list(members)) if members else {}
+        health = self.target_health()
+        probed = self._probe(members, raw)
+        instances = tuple(
+            self._instance(fleet, grp, m, raw.get(m.id), health.get(m.id), probed.get(m.id))
+            for grp, m in members.values()
+        )
+        sizes: dict[str, int] = {}
+        for grp in groups:
+            if grp.desired > 0:
+                sizes[grp.image] = sizes.get(grp.image, 0) + grp.desired
+        return FleetState(
+            name=fleet,
+            endpoint=self._fleet_endpoint() if sizes else None,
+            groups=sizes,
+            instances=instances,
+        )
+
+    def image_exists(self, image: str) -> bool:
+        try:
+            self._ami(image)
+        except ImageNotFound:
+            return False
+        return True
+
+    def log_tail(self, instance: str, lines: int = 20) -> str:
+        """The instance's console output (boot log and the service's journal on the console)."""
+        ec2 = self.aws.ec2
+        try:
+            found = ec2.get_console_output(InstanceId=instance, Latest=True)
+        except ec2.exceptions.ClientError as exc:
+            if "NotFound" in str(exc.response.get("Error", {}).get("Code", "")):
+                raise InstanceNotFound(f"no instance {instance}") from None
+            with aws_errors(f"reading the console of {instance}"):
+                raise
+        text = _decode(str(found.get("Output") or ""))
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
+        """Empty: ALB per-target request counts live in CloudWatch, which kiln does not read.
+
+        The canary gate therefore cannot judge AWS canaries by traffic; use the
+        rolling or blue-green strategy there.
+        """
+        return {}
+
+    # Provider: change -----------------------------------------------------------
+
+    def launch(self, fleet: str, image: str, count: int, *, in_service: bool = True) -> list[str]:
+        ami = self._ami(image)
+        if count < 1:
+            return []
+        tg = self._target_group()
+        groups = g.list_groups(self.aws, fleet, tg)
+        group = next((grp for grp in groups if grp.image == image), None)
+        if group is None:
+            name = self._create_group(fleet, image, ami, count, groups, in_service)
+            before: set[str] = set()
+        else:
+            name, before = group.name, {m.id for m in group.members}
+            g.resize(self.aws, _bounded(group), group.desired + count)
+        new = self._await_members(name, before, count)
+        attached = group.attached if group else in_service
+        if in_service != attached:
+            t.register(self.aws, tg, new, self.settings.port, add=in_service)
+        self._prune(fleet)
+        return new
+
+    def set_in_service(self, fleet: str, add: Sequence[str], remove: Sequence[str]) -> None:
+        tg = self._target_group()
+        groups = g.list_groups(self.aws, fleet, tg)
+        owner = {m.id: grp for grp in groups for m in grp.members}
+        unknown = [i for i in [*add, *remove] if i not in owner]
+        if unknown:
+            raise InstanceNotFound(f"no instance {unknown[0]} in fleet {fleet}")
+        registered = set(self.target_health())
+        adding, removing = set(add), set(remove)
+        for grp in groups:
+            live = {m.id for m in grp.members if m.lifecycle not in _GONE}
+            if live and not grp.attached and live <= adding:
+                g.set_attached(self.aws, grp.name, tg, True)
+                adding -= live
+            serving = live & registered
+            if grp.attached and serving and serving <= removing and not live & adding:
+                g.set_attached(self.aws, grp.name, tg, False)
+                removing -= live
+                self._draining(serving)
+        t.register(self.aws, tg, sorted(adding), self.settings.port, add=True)
+        t.register(self.aws, tg, sorted(removing & registered), self.settings.port, add=False)
+        self._draining(removing & registered)
+
+    def terminate(self, fleet: str, ids: Sequence[str]) -> None:
+        tg = self._target_group()
+        groups = g.list_groups(self.aws, fleet, tg)
+        owner = {m.id: grp for grp in groups for m in grp.members if m.lifecycle not in _GONE}
+        doomed = [i for i in ids if i in owner]  # already gone: nothing to do
+        if not doomed:
+            return
+        registered = set(self.target_health()) & set(doomed)
+        t.register(self.aws, tg, sorted(registered), self.settings.port, add=False)
+        self._draining(registered)
+        self._wait_drained(doomed)
+        for grp in groups:
+            leaving = sum(1 for i in doomed if owner[i].name == grp.name)
+            if leaving:
+                g.lower_min(self.aws, grp, grp.desired - leaving)
+        g.terminate_members(self.aws, doomed)
+        self._prune(fleet)
+
+    # groups -----------------------------------------------------------------------
+
+    def _create_group(
+        self,
+        fleet: str,
+        image: str,
+        ami: str,
+        count: int,
+        groups: list[g.ServerGroup],
+        in_service: bool,
+    ) -> str:
+        """A new release: its own template version and group, sized like the current one."""
+        s = self.settings
+        subnets = s.subnet_ids or ([s.subnet_id] if s.subnet_id else [])
+        if not subnets:
+            raise ProviderError(
+                "no subnets for the server groups",
+                hint="set [provider.aws] subnet_ids (or subnet_id) in kiln.toml",
+            )
+        current = next((grp for grp in groups if grp.desired > 0), None)
+        low = current.min_size if current else 0
+        high = max(current.max_size if current else count, count)
+        number = max((grp.number for grp in groups), default=0) + 1
+        name = g.group_name(fleet, number)
+        tags = {g.APP_TAG: self.app, g.FLEET_TAG: fleet, g.IMAGE_TAG: image}
+        data = g.launch_data(
+            ami=ami,
+            instance_type=s.instance_type,
+            tags=tags,
+            security_groups=s.security_group_ids,
+            instance_profile=s.instance_profile,
+        )
+        version = g.add_template_version(self.aws, fleet, data, f"{name} {image} {ami}", tags)
+        g.create_group(
+            self.aws,
+            fleet,
+            name,
+            version,
+            desired=count,
+            min_size=min(low, count),
+            max_size=high,
+            subnets=subnets,
+            target_group=self._target_group() if in_service else None,
+            grace=int(self.health.grace) + 30,
+            tags={**tags, g.AMI_TAG: ami, "kiln:min": str(low), "kiln:max": str(high)},
+        )
+        return name
+
+    def _await_members(self, name: str, before: set[str], count: int) -> list[str]:
+        """Auto Scaling launches asynchronously: wait until the new instances are listed."""
+        deadline = self.clock.now() + LAUNCH_WAIT
+        client = self.aws.client("autoscaling")
+        while True:
+            with aws_errors(f"reading server group {name}"):
+                found = client.describe_auto_scaling_groups(AutoScalingGroupNames=[name])
+            members = [
+                m["InstanceId"]
+                for raw in found["AutoScalingGroups"]
+                for m in raw.get("Instances", [])
+                if m["InstanceId"] not in before
+            ]
+            if len(members) >= count or self.clock.now() > deadline:
+                return sorted(members)
+            self.clock.sleep(1.0)
+
+    def _prune(self, fleet: str) -> None:
+        """Delete empty groups: failed releases, and standbys beyond ``keep_server_groups``."""
+        groups = g.list_groups(self.aws, fleet, self.settings.target_group_arn)
+        running = [grp for grp in groups if grp.desired > 0 or grp.members]
+        if not running:
+            return
+        newest = running[0].number
+        keep = self.settings.keep_server_groups - len(running)
+        for grp in groups:
+            if grp in running:
+                continue
+            if grp.number > newest or keep <= 0:
+                g.delete_group(self.aws, grp.name)
+            else:
+                keep -= 1
+
+    # health -----------------------------------------------------------------------
+
+    def _instance(
+        self,
+        fleet: str,
+        grp: g.ServerGroup,
+        member: g.Member,
+        raw: Any,
+        target: str | None,
+        probe: _Probe | None,
+    ) -> Instance:
+        launched = raw["LaunchTime"].timestamp() if raw else self.clock.now()
+        ip = raw.get("PrivateIpAddress") if raw else None
+        return Instance(
+            id=member.id,
+            fleet=fleet,
+            image=grp.image,
+            state=self._state(member, raw, target, probe, launched),
+            launched_at=launched,
+            address=f"{ip}:{self.settings.port}" if ip else None,
+            in_service=target is not None and target != "draining",
+            details={
+                "group": grp.name,
+                "ami": raw.get("ImageId") if raw else None,
+                "lifecycle": member.lifecycle,
+                "target_health": target,
+                "zone": raw.get("Placement", {}).get("AvailabilityZone") if raw else None,
+            },
+        )
+
+    def _state(
+        self, member: g.Member, raw: Any, target: str | None, probe: _Probe | None, since: float
+    ) -> InstanceState:
+        ec2_state = raw["State"]["Name"] if raw else "pending"
+        if member.lifecycle in _GONE or ec2_state in ("shutting-down", "terminated"):
+            return InstanceState.TERMINATED
+        if ec2_state in ("stopping", "stopped") or member.health == "Unhealthy":
+            return InstanceState.FAILED
+        if member.lifecycle.startswith("Pending") or ec2_state == "pending":
+            return InstanceState.PENDING
+        if target == "unhealthy":
+            return InstanceState.UNHEALTHY
+        if probe is not None:
+            if probe.healthy and target != "initial":
+                return InstanceState.HEALTHY
+            past_grace = self.clock.now() - since > self.health.grace
+            if probe.fails >= self.health.unhealthy_threshold and past_grace:
+                return InstanceState.UNHEALTHY
+            return InstanceState.RUNNING
+        if target == "healthy" or (target is None and member.lifecycle == "InService"):
+            return InstanceState.HEALTHY  # unreachable from here: trust ELB / Auto Scaling
+        return InstanceState.RUNNING
+
+    def _probe(self, members: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, _Probe]:
+        """Probe reachable instances, at most once per health interval each."""
+        now = self.clock.now()
+        due: dict[str, str] = {}
+        reachable: dict[str, _Probe] = {}
+        for iid, (grp, _member) in members.items():
+            ip = raw.get(iid, {}).get("PrivateIpAddress")
+            address = self.resolve(t.Target(iid, grp.image, ip, self.settings.port))
+            if address is None:
+                continue
+            state = self._probes.setdefault(iid, _Probe())
+            reachable[iid] = state
+            if now - state.last >= self.health.interval:
+                due[iid] = address
+        results = t.probe_all(due, self.health.path, self.health.timeout)
+        for iid, ok in results.items():
+            reachable[iid].record(ok, self.health, now)
+        return reachable
+
+    def target_health(self) -> dict[str, str]:
+        tg = self.settings.target_group_arn
+        return t.target_health(self.aws, tg) if tg else {}
+
+    # draining ---------------------------------------------------------------------
+
+    def _draining(self, ids: set[str]) -> None:
+        until = self.clock.now() + self._deregistration_delay()
+        self._drain_until.update(dict.fromkeys(ids, until))
+
+    def _deregistration_delay(self) -> float:
+        if self._delay is None:
+            self._delay = t.deregistration_delay(self.aws, self._target_group())
+        return self._delay
+
+    def _wait_drained(self, ids: Sequence[str]) -> None:
+        """Until ELB has drained them: its delay, or sooner once ELB says they are gone."""
+        deadline = max((self._drain_until.get(i, 0.0) for i in ids), default=0.0)
+        seen_draining = False
+        while self.clock.now() < deadline:
+            states = self.target_health()
+            if any(states.get(i) == "draining" for i in ids):
+                seen_draining = True
+            elif seen_draining:
+                break
+            self.clock.sleep(min(1.0, max(0.0, deadline - self.clock.now())))
+
+    # lookups ----------------------------------------------------------------------
+
+    def _target_group(self) -> str:
+        tg = self.settings.target_group_arn
+        if not tg:
+            raise ProviderError(
+                "no target group to deploy behind",
+                hint="set [provider.aws] target_group_arn in kiln.toml",
+            )
+        return tg
+
+    def _fleet_endpoint(self) -> str | None:
+        if self._endpoint is None:
+            tg = self.settings.target_group_arn
+            self._endpoint = (t.endpoint(self.aws, tg) if tg else None,)
+        return self._endpoint[0]
+
+    def _ami(self, image: str) -> str:
+        if image not in self._amis:
+            filters: list[Any] = [
+                {"Name": "tag:kiln:image", "Values": [image]},
+                {"Name": "state", "Values": ["available"]},
+            ]
+            with aws_errors(f"looking up the AMI of {image}"):
+                found = self.aws.ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
+            if not found:
+                raise ImageNotFound(
+                    f"image {image} has no AMI in {self.aws.region}",
+                    hint="bake it with 'kiln bake --provider aws'",
+                )
+            newest = max(found, key=lambda a: str(a.get("CreationDate", "")))
+            self._amis[image] = str(newest["ImageId"])
+        return self._amis[image]
+
+
+def _bounded(group: g.ServerGroup) -> g.ServerGroup:
+    """The group with the min/max kiln copied from the release it replaced."""
+    low = int(group.tags.get("kiln:min", group.min_size))
+    high = int(group.tags.get("kiln:max", group.max_size))
+    return g.ServerGroup(
+        group.name,
+        group.image,
+        group.desired,
+        low,
+        high,
+        group.attached,
+        group.template_version,
+        group.members,
+        group.tags,
+    )
+
+
+def _decode(output: str) -> str:
+    try:
+        return base64.b64decode(output, validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return output

@@ -1,0 +1,172 @@
+"""A fleet's surroundings on a moto server: VPC, ALB, target group, AMIs, app processes.
+
+The admin (all actions) builds the world; kiln runs with the deploy user's
+own keys under IAM enforcement. Instance addresses resolve to local app
+processes by image, so kiln's own probe sees healthy and failing releases
+(moto reports every registered target healthy).
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.aws.provider import AwsProvider
+from kiln.aws.session import Aws
+from kiln.aws.targets import Target
+from kiln.config import LoadedConfig, load_config
+from kiln.home import Home
+
+HERE = Path(__file__).parent
+_names = itertools.count(1)
+
+
+@contextmanager
+def app_process(status: int) -> Iterator[str]:
+    """A real HTTP server answering ``status``; yields its 127.0.0.1 address."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "healthapp.py"), str(status)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class World:
+    admin: Aws
+    deploy: Aws
+    app: str
+    vpc: str
+    subnets: list[str]
+    target_group: str
+    dns: str
+    addresses: dict[str, str] = field(default_factory=dict)  # image -> app process
+    base_ami: str = ""
+
+    def resolve(self, target: Target) -> str | None:
+        return self.addresses.get(target.image)
+
+    def ami(self, image: str) -> str:
+        """Bake stand-in: an AMI tagged as kiln's bake tags it."""
+        reservation = self.admin.ec2.run_instances(ImageId=self.base_ami, MinCount=1, MaxCount=1)
+        source = reservation["Instances"][0]["InstanceId"]
+        ami = self.admin.ec2.create_image(InstanceId=source, Name=f"{self.app}-{image}")["ImageId"]
+        self.admin.ec2.terminate_instances(InstanceIds=[source])
+        self.admin.ec2.create_tags(
+            Resources=[ami],
+            Tags=[
+                {"Key": "kiln:app", "Value": self.app},
+                {"Key": "kiln:image", "Value": image},
+                {"Key": "kiln:digest", "Value": image * 2},
+            ],
+        )
+        return str(ami)
+
+    def config(self, root: Path, *, extra_fleet: str = "", extra_aws: str = "") -> LoadedConfig:
+        root.mkdir(parents=True, exist_ok=True)
+        subnets = ", ".join(f'"{s}"' for s in self.subnets[:2])
+        (root / "kiln.toml").write_text(
+            f"""
+[app]
+name = "{self.app}"
+run = "python3 app.py"
+
+[health]
+path = "/health"
+interval = "0.2s"
+timeout = "0.5s"
+healthy_threshold = 2
+unhealthy_threshold = 2
+grace = "1s"
+
+[fleet]
+size = 2
+settle = "0.3s"
+progress_deadline = "60s"
+keep_warm = "0s"
+{extra_fleet}
+
+[provider.aws]
+target_group_arn = "{self.target_group}"
+subnet_ids = [{subnets}]
+instance_type = "t3.micro"
+{extra_aws}
+""",
+            encoding="utf-8",
+        )
+        return load_config(root / "kiln.toml")
+
+    def provider(self, home: Home, loaded: LoadedConfig) -> AwsProvider:
+        return AwsProvider(home, loaded, aws=self.deploy, resolve=self.resolve)
+
+    # what AWS says, read with the admin's keys ----------------------------------
+
+    def groups(self) -> dict[str, dict[str, Any]]:
+        found = self.admin.client("autoscaling").describe_auto_scaling_groups()
+        return {
+            g["AutoScalingGroupName"]: g
+            for g in found["AutoScalingGroups"]
+            if g["AutoScalingGroupName"].startswith(f"kiln-{self.app}-v")
+        }
+
+    def targets(self) -> set[str]:
+        found = self.admin.client("elbv2").describe_target_health(TargetGroupArn=self.target_group)
+        return {d["Target"]["Id"] for d in found["TargetHealthDescriptions"]}
+
+    def live_members(self, group: str) -> set[str]:
+        g = self.groups().get(group)
+        return {m["InstanceId"] for m in g["Instances"]} if g else set()
+
+
+def build_world(admin: Aws, deploy: Aws, base_ami: str, *, delay: int = 1) -> World:
+    app = f"shop{next(_names)}"
+    vpc = admin.ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]
+    subnets = [
+        s["SubnetId"]
+        for s in admin.ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])[
+            "Subnets"
+        ]
+    ]
+    elb = admin.client("elbv2")
+    balancer = elb.create_load_balancer(Name=f"{app}-alb", Subnets=subnets[:2])["LoadBalancers"][0]
+    tg = elb.create_target_group(
+        Name=f"{app}-tg",
+        Protocol="HTTP",
+        Port=3000,
+        VpcId=vpc["VpcId"],
+        TargetType="instance",
+        HealthCheckPath="/health",
+    )["TargetGroups"][0]["TargetGroupArn"]
+    elb.create_listener(
+        LoadBalancerArn=balancer["LoadBalancerArn"],
+        Protocol="HTTP",
+        Port=80,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}],
+    )
+    elb.modify_target_group_attributes(
+        TargetGroupArn=tg,
+        Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": str(delay)}],
+    )
+    return World(
+        admin=admin,
+        deploy=deploy,
+        app=app,
+        vpc=vpc["VpcId"],
+        subnets=subnets,
+        target_group=tg,
+        dns=balancer["DNSName"],
+        base_ami=base_ami,
+    )
