@@ -137,6 +137,13 @@ def test_deploy_user_bakes_lists_prunes_and_reaps_with_exactly_the_policy(
     key_id = deploy.session.get_credentials().access_key
     said = json.dumps([first.summary(), second.summary(), notes])
     assert key_id not in said
+    # ... nor in kiln's state, and the builders' private SSH keys never touched disk
+    secret = deploy.session.get_credentials().secret_key
+    for path in home.root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert key_id.encode() not in data and secret.encode() not in data, path
+            assert b"PRIVATE KEY" not in data, path
 
 
 def test_calls_outside_the_policy_are_denied_and_reported_clearly(
