@@ -10,10 +10,11 @@ then measures with wrk:
 * haproxy   wrk -> HAProxy (1 thread, leastconn, keep-alive reuse) -> both instances
 
 at full load (throughput) and at a moderate, paced load (latency: each
-connection pauses between requests, so nothing queues). Prints a table and
-writes benchmarks/results/lb.json.
+connection pauses between requests, so nothing queues), in interleaved
+rounds whose medians are kept. Prints a table and writes
+benchmarks/results/lb.json.
 
-    python benchmarks/lb.py [--duration 10] [--connections 64]
+    python benchmarks/lb.py [--duration 5] [--rounds 3] [--connections 64]
 
 Needs wrk and haproxy (scripts/test-deps.sh installs them).
 """
@@ -231,11 +232,22 @@ def wrk(
     }
 
 
+def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds (and every round, for the record)."""
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        values = sorted(r[key] for r in runs if r[key] is not None)
+        out[key] = values[len(values) // 2] if values else None
+    out["rounds"] = runs
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians kept")
     parser.add_argument("--connections", type=int, default=64, help="connections at full load")
     parser.add_argument("--paced-connections", type=int, default=16)
     parser.add_argument("--paced-delay-ms", type=float, default=5.0, help="pause between requests")
@@ -253,11 +265,17 @@ def main() -> int:
         targets = {"direct": direct_port, "kiln": kiln_port, "haproxy": ha_port}
         for port in targets.values():  # warm up connections, caches, the JIT of node
             wrk(port, 8, 1)
-        full = {name: wrk(port, args.connections, args.duration) for name, port in targets.items()}
-        paced = {
-            name: wrk(port, args.paced_connections, args.duration, args.paced_delay_ms)
-            for name, port in targets.items()
-        }
+        full_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        paced_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        for _ in range(args.rounds):  # interleaved, so a noisy neighbour hurts all alike
+            for name, port in targets.items():
+                full_runs[name].append(wrk(port, args.connections, args.duration))
+            for name, port in targets.items():
+                paced_runs[name].append(
+                    wrk(port, args.paced_connections, args.duration, args.paced_delay_ms)
+                )
+        full = {name: median(runs) for name, runs in full_runs.items()}
+        paced = {name: median(runs) for name, runs in paced_runs.items()}
 
     ratio = full["kiln"]["requests_per_second"] / full["haproxy"]["requests_per_second"]
     added_p99 = (paced["kiln"]["p99_ms"] or 0) - (paced["direct"]["p99_ms"] or 0)
@@ -271,6 +289,7 @@ def main() -> int:
         },
         "backend": {"kind": kind, "instances": 2, "body_bytes": len(BODY) + 1},
         "load": {
+            "rounds": args.rounds,
             "full": {"tool": "wrk -t2", "connections": args.connections, "seconds": args.duration},
             "moderate": {
                 "tool": "wrk -t2 with a paced delay() script",

@@ -9,7 +9,8 @@ import asyncio
 from dataclasses import dataclass
 
 CHUNK = 64 * 1024
-HOP_BY_HOP = frozenset(
+# Headers the proxy consumes or rewrites rather than forwards as they are.
+_HANDLED = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -19,6 +20,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
         b"transfer-encoding",
         b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"expect",
     }
 )
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -28,21 +32,21 @@ class BadMessage(Exception):
     """A head that cannot be parsed; the connection cannot continue."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Head:
-    """A parsed request or response head, with its body framing."""
+    """A parsed request or response head: what to forward, and its body framing."""
 
     first: list[bytes]  # request: method, target, version; response: version, status, reason
-    headers: list[tuple[bytes, bytes]]
+    keep: list[bytes]  # header lines to forward as they are (end-to-end ones)
     chunked: bool
-    length: int | None  # None with chunked, or a response delimited by close
+    length: int | None  # Content-Length; None when absent or chunked
     close: bool  # the sender wants the connection closed after this message
-
-    def names(self) -> set[bytes]:
-        return {n.lower() for n, _ in self.headers}
+    forwarded_for: bytes | None = None
+    expect: bool = False
 
 
 def parse_head(raw: bytes, *, request: bool) -> Head:
+    """One pass over the header lines; hop-by-hop headers are consumed, not kept."""
     lines = raw[:-4].split(b"\r\n")
     first = lines[0].split(b" ", 2)
     if len(first) < (3 if request else 2):
@@ -50,51 +54,50 @@ def parse_head(raw: bytes, *, request: bool) -> Head:
     version = first[2] if request else first[0]
     if not version.startswith(b"HTTP/1."):
         raise BadMessage(f"unsupported version {version[:20]!r}")
-    headers: list[tuple[bytes, bytes]] = []
-    chunked = False
+    keep: list[bytes] = []
+    chunked = expect = False
     length: int | None = None
-    connection = b""
+    connection = forwarded_for = None
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
+        if not sep or not name or name[:1] in b" \t" or name[-1:] in b" \t":
             raise BadMessage(f"bad header line {line[:80]!r}")
-        value = value.strip()
         lname = name.lower()
-        if lname == b"transfer-encoding":
-            chunked = value.lower().endswith(b"chunked")
-        elif lname == b"content-length":
+        if lname not in _HANDLED:
+            keep.append(line)
+            continue
+        value = value.strip()
+        if lname == b"content-length":
             if not value.isdigit() or (length is not None and length != int(value)):
                 raise BadMessage("bad Content-Length")
             length = int(value)
+        elif lname == b"transfer-encoding":
+            chunked = value.lower().endswith(b"chunked")
         elif lname == b"connection":
-            connection += b"," + value.lower()
-        headers.append((name, value))
+            connection = value.lower() if connection is None else connection + b"," + value.lower()
+        elif lname == b"x-forwarded-for":
+            forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+        elif lname == b"expect":
+            expect = True
     if chunked:
         length = None
-    http10 = version == b"HTTP/1.0"
-    close = b"close" in connection or (http10 and b"keep-alive" not in connection)
-    if request and length is None and not chunked:
-        length = 0
+    close = version == b"HTTP/1.0"
+    if connection is not None:
+        tokens = {t.strip() for t in connection.split(b",")}
+        close = b"close" in tokens or (close and b"keep-alive" not in tokens)
+        named = tokens - {b"close", b"keep-alive", b""}
+        if named:  # headers the sender declared hop-by-hop
+            keep = [line for line in keep if line.partition(b":")[0].lower() not in named]
     if len(first) == 2:
         first.append(b"")
-    return Head(first, headers, chunked, length, close)
+    return Head(first, keep, chunked, length, close, forwarded_for, expect)
 
 
-def forward_headers(head: Head) -> list[bytes]:
-    """Header lines minus hop-by-hop ones (and those named in Connection)."""
-    named = set()
-    for name, value in head.headers:
-        if name.lower() == b"connection":
-            named |= {t.strip() for t in value.lower().split(b",")}
-    drop = HOP_BY_HOP | named
-    return [n + b": " + v for n, v in head.headers if n.lower() not in drop]
-
-
-def framing_lines(head: Head) -> list[bytes]:
+def framing_line(head: Head) -> list[bytes]:
     if head.chunked:
         return [b"Transfer-Encoding: chunked"]
     if head.length is not None:
-        return [b"Content-Length: " + str(head.length).encode()]
+        return [b"Content-Length: %d" % head.length]
     return []
 
 

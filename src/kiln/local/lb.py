@@ -7,6 +7,9 @@ instance when nothing was sent yet or the method is idempotent and the body
 could be replayed, as nginx and HAProxy do; so an instance that dies, even by
 SIGKILL, costs clients nothing. Bodies stream in both directions; only request
 bodies up to ``REPLAY_LIMIT`` are held, so they can be replayed on a retry.
+
+The per-request path is kept lean (one pass over each head, no timer per
+request): a sweeper enforces the idle and response timeouts instead.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ from kiln.local.http1 import (
     copy_chunked,
     copy_exact,
     copy_until_eof,
-    forward_headers,
-    framing_lines,
+    framing_line,
     parse_head,
     simple_response,
 )
@@ -36,9 +38,10 @@ from kiln.local.metrics import Counters
 REPLAY_LIMIT = 64 * 1024
 IDLE_TIMEOUT = 60.0  # client keep-alive
 CONNECT_TIMEOUT = 2.0
-RESPONSE_TIMEOUT = 60.0  # until the response head
+RESPONSE_TIMEOUT = 60.0  # until the response head (enforced within IDLE_TIMEOUT / 4)
 SUSPECT_SECONDS = 1.0  # avoid an instance that refused a connection for this long
 POOL_SIZE = 128
+HIGH_WATER = 64 * 1024
 _NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, BadMessage)
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -51,7 +54,7 @@ class _Retry(Exception):
 class Backend:
     """One instance as the balancer sees it: address, idle connections, counters."""
 
-    __slots__ = ("counters", "down_until", "host", "id", "idle", "outstanding", "port")
+    __slots__ = ("counters", "down_until", "host", "id", "idle", "outstanding", "port", "routable")
 
     def __init__(
         self, instance_id: str, host: str, port: int, counters: Counters | None = None
@@ -63,6 +66,7 @@ class Backend:
         self.idle: list[Conn] = []
         self.counters = counters or Counters()
         self.down_until = 0.0
+        self.routable = False
 
     def close_idle(self) -> None:
         for _, writer in self.idle:
@@ -85,6 +89,8 @@ class Balancer:
         self._server: asyncio.Server | None = None
         # client connection -> when it went idle (0.0 while a request is in progress)
         self._clients: dict[asyncio.StreamWriter, float] = {}
+        # upstream connection -> deadline for the response head
+        self._waiting: dict[asyncio.StreamWriter, float] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._rr = 0
 
@@ -102,6 +108,7 @@ class Balancer:
     def remove(self, instance_id: str) -> None:
         backend = self.backends.pop(instance_id, None)
         if backend is not None:
+            backend.routable = False
             backend.close_idle()
             self.routable = [b for b in self.routable if b.id != instance_id]
 
@@ -109,24 +116,40 @@ class Balancer:
         wanted = set(ids)
         self.routable = [b for i, b in sorted(self.backends.items()) if i in wanted]
         for backend in self.backends.values():
-            if backend.id not in wanted:
+            backend.routable = backend.id in wanted
+            if not backend.routable:
                 backend.close_idle()
 
     def outstanding(self, instance_id: str) -> int:
         backend = self.backends.get(instance_id)
         return backend.outstanding if backend else 0
 
-    def _pick(self, tried: set[str]) -> Backend | None:
-        candidates = [b for b in self.routable if b.id not in tried]
-        if not candidates:
+    def _pick(self, tried: tuple[str, ...]) -> Backend | None:
+        """Least outstanding (or next in turn), skipping tried and suspect instances."""
+        routable = self.routable
+        n = len(routable)
+        if not n:
             return None
-        now = time.monotonic()
-        fresh = [b for b in candidates if b.down_until <= now] or candidates
-        self._rr = (self._rr + 1) % len(fresh)
-        if self.policy == "round-robin":
-            return fresh[self._rr]
-        rotated = fresh[self._rr :] + fresh[: self._rr]
-        return min(rotated, key=lambda b: b.outstanding)
+        self._rr += 1
+        start = self._rr % n
+        best: Backend | None = None
+        suspect: Backend | None = None
+        now = 0.0
+        for k in range(n):
+            backend = routable[(start + k) % n]
+            if backend.id in tried:
+                continue
+            if backend.down_until:
+                now = now or time.monotonic()
+                if backend.down_until > now:
+                    suspect = suspect or backend
+                    continue
+                backend.down_until = 0.0
+            if self.policy == "round-robin":
+                return backend
+            if best is None or backend.outstanding < best.outstanding:
+                best = backend
+        return best or suspect
 
     # listening ------------------------------------------------------------
 
@@ -148,13 +171,16 @@ class Balancer:
             self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Close keep-alive client connections idle for IDLE_TIMEOUT (cheaper than a timer each)."""
+        """Close idle clients and upstreams that do not answer; cheaper than a timer each."""
         while True:
             await asyncio.sleep(IDLE_TIMEOUT / 4)
-            limit = time.monotonic() - IDLE_TIMEOUT
+            now = time.monotonic()
             for writer, idle_since in list(self._clients.items()):
-                if 0.0 < idle_since < limit:
+                if 0.0 < idle_since < now - IDLE_TIMEOUT:
                     writer.close()
+            for writer, deadline in list(self._waiting.items()):
+                if deadline < now:
+                    writer.close()  # the pending read fails: a 502, or a retry
 
     async def move(self, host: str, port: int) -> None:
         """Listen somewhere else; the old listener closes once the new one is up."""
@@ -181,7 +207,8 @@ class Balancer:
         clients = self._clients
         clients[writer] = time.monotonic()
         peer = writer.get_extra_info("peername")
-        client_ip = str(peer[0]) if peer else "unknown"
+        client_ip = str(peer[0]).encode() if peer else b"unknown"
+        transport = writer.transport
         try:
             while True:
                 try:
@@ -198,7 +225,8 @@ class Balancer:
                     break
                 if not await self._serve(head, reader, writer, client_ip):
                     break
-                await writer.drain()
+                if transport.get_write_buffer_size() > HIGH_WATER:
+                    await writer.drain()
                 clients[writer] = time.monotonic()
         except _NETWORK_ERRORS:
             pass
@@ -209,24 +237,25 @@ class Balancer:
     # one request ----------------------------------------------------------
 
     async def _serve(
-        self, head: Head, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter, ip: str
+        self, head: Head, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter, ip: bytes
     ) -> bool:
         """Answer one request; False when the client connection must close."""
         started = time.monotonic()
-        if any(n.lower() == b"expect" for n, _ in head.headers) and (head.chunked or head.length):
-            cwriter.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body: bytes | None = b""
-        if head.chunked or (head.length or 0) > REPLAY_LIMIT:
-            body = None  # streamed from the client, so it can be sent only once
-        elif head.length:
-            body = await creader.readexactly(head.length)
+        if head.chunked or head.length:
+            if head.expect:
+                cwriter.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if head.chunked or (head.length or 0) > REPLAY_LIMIT:
+                body = None  # streamed from the client, so it can be sent only once
+            else:
+                body = await creader.readexactly(head.length or 0)
         upstream_head = _upstream_head(head, ip)
-        tried: set[str] = set()
+        tried: tuple[str, ...] = ()
         while True:
             backend = self._pick(tried)
             if backend is None:
-                return self._give_up(head, cwriter, tried, body is not None)
-            tried.add(backend.id)
+                return self._give_up(head, cwriter, bool(tried), body is not None)
+            tried += (backend.id,)
             backend.outstanding += 1
             try:
                 return await self._attempt(
@@ -240,7 +269,7 @@ class Balancer:
                 backend.outstanding -= 1
 
     def _give_up(
-        self, head: Head, cwriter: asyncio.StreamWriter, tried: set[str], body_read: bool
+        self, head: Head, cwriter: asyncio.StreamWriter, tried: bool, body_read: bool
     ) -> bool:
         keep = body_read and not head.close
         if tried:
@@ -253,19 +282,19 @@ class Balancer:
             cwriter.write(simple_response(503, "Service Unavailable", message, close=not keep))
         return keep
 
-    async def _connect(self, backend: Backend, pooled: bool) -> tuple[Conn, bool]:
-        while pooled and backend.idle:
-            reader, writer = backend.idle.pop()
+    async def _connect(self, backend: Backend, pooled: bool) -> Conn:
+        idle = backend.idle
+        while pooled and idle:
+            reader, writer = idle.pop()
             if not reader.at_eof() and not writer.is_closing():
-                return (reader, writer), True
+                return reader, writer
             writer.close()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                conn = await asyncio.open_connection(backend.host, backend.port)
+                return await asyncio.open_connection(backend.host, backend.port)
         except (OSError, TimeoutError) as exc:
             backend.down_until = time.monotonic() + SUSPECT_SECONDS
             raise _Retry from exc
-        return conn, False
 
     async def _attempt(
         self,
@@ -277,9 +306,10 @@ class Balancer:
         cwriter: asyncio.StreamWriter,
         started: float,
     ) -> bool:
-        method = head.first[0]
-        (ureader, uwriter), _ = await self._connect(backend, pooled=body is not None)
-        replayable = body is not None and method in IDEMPOTENT
+        ureader, uwriter = await self._connect(backend, pooled=body is not None)
+        replayable = body is not None and head.first[0] in IDEMPOTENT
+        waiting = self._waiting
+        waiting[uwriter] = started + RESPONSE_TIMEOUT
         try:
             if body is None:
                 uwriter.write(upstream_head)
@@ -289,9 +319,8 @@ class Balancer:
                     await copy_exact(creader, uwriter, head.length or 0)
             else:
                 uwriter.write(upstream_head + body if body else upstream_head)
-            async with asyncio.timeout(RESPONSE_TIMEOUT):
-                resp, interim = await _read_response_head(ureader)
-        except (TimeoutError, *_NETWORK_ERRORS) as exc:
+            resp, interim = await _read_response_head(ureader)
+        except _NETWORK_ERRORS as exc:
             uwriter.close()
             if replayable and not _partial(exc):
                 raise _Retry from exc
@@ -299,6 +328,8 @@ class Balancer:
             self.totals.failures += 1
             cwriter.write(simple_response(502, "Bad Gateway", "instance failed\n", close=True))
             return False
+        finally:
+            waiting.pop(uwriter, None)
         if interim:
             cwriter.write(interim)
         return await self._respond(backend, head, resp, (ureader, uwriter), cwriter, started)
@@ -313,44 +344,45 @@ class Balancer:
         started: float,
     ) -> bool:
         ureader, uwriter = upstream
-        status = int(resp.first[1])
-        no_body = head.first[0] == b"HEAD" or status in (204, 304)
+        status = resp.first[1]
+        no_body = head.first[0] == b"HEAD" or status in (b"204", b"304")
         client10 = head.first[2] == b"HTTP/1.0"
         keep_client = not head.close
         reusable = not resp.close
-        lines = [b"HTTP/1.1 " + resp.first[1] + b" " + resp.first[2], *forward_headers(resp)]
-        if no_body or (resp.length is not None and not resp.chunked):
-            lines += framing_lines(resp)
+        parts = [b"HTTP/1.1 " + status + b" " + resp.first[2], *resp.keep]
+        length = resp.length
+        if no_body or (length is not None and not resp.chunked):
+            parts += framing_line(resp)
         elif resp.chunked and not client10:
-            lines.append(b"Transfer-Encoding: chunked")
+            parts.append(b"Transfer-Encoding: chunked")
         else:  # delimited by close, or chunked to an HTTP/1.0 client
             keep_client = False
             reusable = reusable and resp.chunked
-        lines.append(b"Connection: keep-alive" if keep_client else b"Connection: close")
-        out = b"\r\n".join(lines) + b"\r\n\r\n"
+        parts.append(b"Connection: keep-alive\r\n" if keep_client else b"Connection: close\r\n")
         try:
             if no_body:
-                cwriter.write(out)
-            elif resp.chunked:
-                cwriter.write(out)
-                await copy_chunked(ureader, cwriter, raw=not client10)
-            elif resp.length is not None and resp.length <= CHUNK:
-                cwriter.write(out + await ureader.readexactly(resp.length))
-            elif resp.length is not None:
-                cwriter.write(out)
-                await copy_exact(ureader, cwriter, resp.length)
+                cwriter.write(b"\r\n".join(parts) + b"\r\n")
+            elif length is not None and length <= CHUNK and not resp.chunked:
+                parts.append(await ureader.readexactly(length))
+                cwriter.write(b"\r\n".join(parts))
             else:
-                cwriter.write(out)
-                await copy_until_eof(ureader, cwriter)
+                cwriter.write(b"\r\n".join(parts) + b"\r\n")
+                if resp.chunked:
+                    await copy_chunked(ureader, cwriter, raw=not client10)
+                elif length is not None:
+                    await copy_exact(ureader, cwriter, length)
+                else:
+                    await copy_until_eof(ureader, cwriter)
         except _NETWORK_ERRORS:
             uwriter.close()
             backend.counters.failures += 1
             self.totals.failures += 1
             return False
         elapsed = time.monotonic() - started
-        backend.counters.record(status, elapsed)
-        self.totals.record(status, elapsed)
-        if reusable and backend in self.routable and len(backend.idle) < POOL_SIZE:
+        code = int(status)
+        backend.counters.record(code, elapsed)
+        self.totals.record(code, elapsed)
+        if reusable and backend.routable and len(backend.idle) < POOL_SIZE:
             backend.idle.append(upstream)
         else:
             uwriter.close()
@@ -364,9 +396,9 @@ async def _read_response_head(reader: asyncio.StreamReader) -> tuple[Head, bytes
         raw = await reader.readuntil(b"\r\n\r\n")
         resp = parse_head(raw, request=False)
         status = resp.first[1]
-        if not status.isdigit():
+        if len(status) != 3 or not status.isdigit():
             raise BadMessage(f"bad status {status[:10]!r}")
-        if status.startswith(b"1") and status != b"101":
+        if status[:1] == b"1" and status != b"101":
             interim += raw
             continue
         return resp, interim
@@ -377,18 +409,10 @@ def _partial(exc: BaseException) -> bool:
     return isinstance(exc, asyncio.IncompleteReadError) and bool(exc.partial)
 
 
-def _upstream_head(head: Head, client_ip: str) -> bytes:
+def _upstream_head(head: Head, client_ip: bytes) -> bytes:
     method, target, _ = head.first
-    lines = [method + b" " + target + b" HTTP/1.1"]
-    forwarded_for = client_ip.encode()
-    for name, value in head.headers:
-        if name.lower() == b"x-forwarded-for":
-            forwarded_for = value + b", " + forwarded_for
-    lines += [
-        line
-        for line in forward_headers(head)
-        if not line.lower().startswith((b"x-forwarded-for:", b"x-forwarded-proto:", b"expect:"))
-    ]
-    lines += framing_lines(head)
-    lines += [b"X-Forwarded-For: " + forwarded_for, b"X-Forwarded-Proto: http"]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    forwarded = client_ip if head.forwarded_for is None else head.forwarded_for + b", " + client_ip
+    parts = [method + b" " + target + b" HTTP/1.1", *head.keep, *framing_line(head)]
+    parts.append(b"X-Forwarded-For: " + forwarded)
+    parts.append(b"X-Forwarded-Proto: http\r\n\r\n")
+    return b"\r\n".join(parts)
