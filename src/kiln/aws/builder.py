@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -54,7 +54,7 @@ class Builder:
     instance_id: str
     public_ip: str | None
     private_ip: str | None
-    key: asyncssh.SSHKey
+    key: asyncssh.SSHKey = field(repr=False)
 
 
 def parse_expiry(value: str | None) -> datetime.datetime | None:

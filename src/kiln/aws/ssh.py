@@ -15,7 +15,7 @@ import posixpath
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -32,7 +32,7 @@ class SshTarget:
     host: str
     port: int
     username: str
-    key: asyncssh.SSHKey
+    key: asyncssh.SSHKey = field(repr=False)
     sudo: bool = True
     root: str = "/"  # install prefix: "/" on a real builder, a scratch dir in tests
 
@@ -57,6 +57,7 @@ async def _connect(target: SshTarget, timeout: float) -> asyncssh.SSHClientConne
         client_keys=[target.key],
         known_hosts=None,
         agent_path=None,
+        config=[],  # the user's ~/.ssh/config must not reroute a bake
         connect_timeout=timeout,
         login_timeout=timeout,
         keepalive_interval=15,
