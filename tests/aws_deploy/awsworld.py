@@ -75,7 +75,17 @@ class World:
         )
         return str(ami)
 
-    def config(self, root: Path, *, extra_fleet: str = "", extra_aws: str = "") -> LoadedConfig:
+    def config(
+        self,
+        root: Path,
+        *,
+        size: int = 2,
+        interval: str = "0.2s",
+        timeout: str = "0.5s",
+        grace: str = "1s",
+        extra_fleet: str = "",
+        extra_aws: str = "",
+    ) -> LoadedConfig:
         root.mkdir(parents=True, exist_ok=True)
         subnets = ", ".join(f'"{s}"' for s in self.subnets[:2])
         (root / "kiln.toml").write_text(
@@ -86,14 +96,14 @@ run = "python3 app.py"
 
 [health]
 path = "/health"
-interval = "0.2s"
-timeout = "0.5s"
+interval = "{interval}"
+timeout = "{timeout}"
 healthy_threshold = 2
 unhealthy_threshold = 2
-grace = "1s"
+grace = "{grace}"
 
 [fleet]
-size = 2
+size = {size}
 settle = "0.3s"
 progress_deadline = "60s"
 keep_warm = "0s"

@@ -77,6 +77,8 @@ class AwsLock:
             holder = self._try()
             if holder is None:
                 return
+            if not holder:
+                continue  # a stale lock was just removed, or vanished: create again now
             now = self.clock.now()
             if deadline is None or now >= deadline:
                 raise LockHeld(

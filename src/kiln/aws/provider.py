@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kiln.aws import groups as g
@@ -150,6 +150,9 @@ class AwsProvider:
             before: set[str] = set()
         else:
             name, before = group.name, {m.id for m in group.members}
+            if group.attached and not in_service and not before:
+                g.set_attached(self.aws, name, tg, False)  # a standby-to-be: out of the TG
+                group = replace(group, attached=False)
             g.resize(self.aws, _bounded(group), group.desired + count)
         new = self._await_members(name, before, count)
         attached = group.attached if group else in_service
@@ -188,15 +191,17 @@ class AwsProvider:
         doomed = [i for i in ids if i in owner]  # already gone: nothing to do
         if not doomed:
             return
+        for grp in groups:  # first: resizing may re-register a group's members
+            leaving = sum(1 for i in doomed if owner[i].name == grp.name)
+            if leaving:
+                g.lower_min(self.aws, grp, grp.desired - leaving)
         registered = set(self.target_health()) & set(doomed)
         t.register(self.aws, tg, sorted(registered), self.settings.port, add=False)
         self._draining(registered)
         self._wait_drained(doomed)
-        for grp in groups:
-            leaving = sum(1 for i in doomed if owner[i].name == grp.name)
-            if leaving:
-                g.lower_min(self.aws, grp, grp.desired - leaving)
         g.terminate_members(self.aws, doomed)
+        lingering = set(self.target_health()) & set(doomed)  # AWS deregisters; moto does not
+        t.register(self.aws, tg, sorted(lingering), self.settings.port, add=False)
         self._prune(fleet)
 
     # groups -----------------------------------------------------------------------
@@ -418,17 +423,7 @@ def _bounded(group: g.ServerGroup) -> g.ServerGroup:
     """The group with the min/max kiln copied from the release it replaced."""
     low = int(group.tags.get("kiln:min", group.min_size))
     high = int(group.tags.get("kiln:max", group.max_size))
-    return g.ServerGroup(
-        group.name,
-        group.image,
-        group.desired,
-        low,
-        high,
-        group.attached,
-        group.template_version,
-        group.members,
-        group.tags,
-    )
+    return replace(group, min_size=low, max_size=high)
 
 
 def _decode(output: str) -> str:

@@ -1,0 +1,115 @@
+"""The deploy statements are complete and minimal, proven on an IAM-enforced moto server.
+
+Every AWS call kiln makes while deploying (rolling, blue-green, a failed
+release, warm rollback, recycle, status, history, drift, logs, a lock
+takeover) is recorded from botocore's own events on the deploy user's
+session. The deploy user holds only ``enforceable_document(DEPLOY_PURPOSES)``,
+so every recorded call was allowed; the recorded set must equal the deploy
+actions, minus the ones AWS checks on the caller's behalf when Auto Scaling
+launches from a launch template.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import parliament
+import pytest
+
+from aws_deploy.awsworld import World
+from kiln.aws.awsstate import AwsLock
+from kiln.aws.deployments import AwsDeployments
+from kiln.aws.policy import (
+    ALL_PURPOSES,
+    DEPLOY_PURPOSES,
+    IMPLICIT_DEPLOY_ACTIONS,
+    actions,
+    policy_document,
+)
+from kiln.aws.session import Aws, aws_errors
+from kiln.deploy.clock import SystemClock
+from kiln.deploy.settings import Settings
+from kiln.errors import AwsError
+from kiln.home import Home
+
+pytestmark = pytest.mark.aws
+
+
+def record(aws: Aws) -> set[str]:
+    calls: set[str] = set()
+
+    def seen(model: Any, **_kwargs: Any) -> None:
+        calls.add(f"{model.service_model.signing_name}:{model.name}")
+
+    aws.session.events.register("before-call", seen)
+    return calls
+
+
+def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
+    world: World, home: Home, tmp_path: Path, good_app: str, bad_app: str
+) -> None:
+    calls = record(world.deploy)  # before the first client exists: every call is seen
+    images = ["img-p00000000001", "img-p00000000002", "img-p00000000003", "img-pbad00000001"]
+    for image in images:
+        world.ami(image)
+        world.addresses[image] = bad_app if "bad" in image else good_app
+    loaded = world.config(tmp_path / "app")
+    provider = world.provider(home, loaded)
+    settings = Settings.from_config(loaded.config)
+    fleet = AwsDeployments(provider, settings, world.app, lock_ttl=30)
+
+    assert fleet.deploy(images[0]).ok  # first release: template and group created
+    assert fleet.deploy(images[1]).ok  # rolling: drain, terminate in group
+    assert fleet.deploy(images[3]).outcome == "rolled back"  # failed release deleted
+    fleet.settings = Settings(**{**settings.to_json(), "keep_warm": 600.0})
+    assert fleet.deploy(images[2], strategy="blue-green").ok  # attach/detach, warm tag
+    assert fleet.rollback().ok  # warm group re-attached, warm tag removed
+    one = world.live_members(f"kiln-{world.app}-v002").pop()
+    provider.set_in_service(world.app, [], [one])  # single targets out and back in
+    provider.set_in_service(world.app, [one], [])
+    assert fleet.recycle(max_age=0)["replaced"]
+    assert fleet.status()["instances"] and fleet.history() and fleet.drift().clean
+    assert isinstance(provider.log_tail(one), str)
+    stale = AwsLock(world.deploy, world.app, SystemClock(), holder="ci@gone", ttl=-1)
+    stale.acquire()  # a lock whose holder died: expired at once
+    assert fleet.plan(images[0]).image == images[0]
+    taken = AwsLock(world.deploy, world.app, SystemClock(), holder="ci@next")
+    taken.acquire()
+    taken.release()
+
+    expected = actions(DEPLOY_PURPOSES) - IMPLICIT_DEPLOY_ACTIONS
+    assert sorted(calls - expected) == [], "called but not in the policy"
+    assert sorted(expected - calls) == [], "in the policy but never called"
+
+
+def test_deploy_key_is_denied_outside_its_policy(world: World) -> None:
+    denied = r"AWS denied DescribeVpcs \(AccessDenied\)"
+    with pytest.raises(AwsError, match=denied), aws_errors("listing VPCs"):
+        world.deploy.ec2.describe_vpcs()
+    with pytest.raises(AwsError, match="AWS denied"), aws_errors("creating a user"):
+        world.deploy.iam.create_user(UserName="escalate")
+
+
+def test_full_policy_lints_clean_and_scopes_every_destructive_deploy_call() -> None:
+    document = policy_document(region="eu-west-1", account="123456789012", purposes=ALL_PURPOSES)
+    for community in (False, True):
+        findings = parliament.analyze_policy_string(
+            json.dumps(document), include_community_auditors=community
+        ).findings
+        assert [(f.issue, f.detail) for f in findings] == []
+    deploy_sids = {
+        s["Sid"]
+        for s in policy_document(region=None, account=None, purposes=DEPLOY_PURPOSES)["Statement"]
+    }
+    for statement in document["Statement"]:
+        if statement["Sid"] not in deploy_sids:
+            continue
+        risky = [
+            a
+            for a in statement["Action"]
+            if any(w in a for w in (":Delete", ":Terminate", ":Detach", ":Deregister", ":Update"))
+        ]
+        if risky and not statement["Sid"].endswith("Targets"):
+            assert "ResourceTag/kiln:" in json.dumps(statement["Condition"]), statement["Sid"]
