@@ -25,10 +25,12 @@ from kiln.errors import AgentError, KilnError
 from kiln.home import Home
 from kiln.local.api import STOP_INSTANCES, make_app
 from kiln.local.model import AgentDB
+from kiln.local.procs import cap_log
 from kiln.local.supervisor import Supervisor
 from kiln.store import Store
 
 Ready = Callable[[str | None], None]
+AGENT_LOG_MAX = 10 * 1024 * 1024
 log = logging.getLogger("kiln.agent")
 
 
@@ -160,9 +162,12 @@ def _daemonize(home: Home) -> int:
         return 1
     os.close(read_end)
     os.setsid()
+    os.umask(0o077)
+    home.agent_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    os.chdir(home.agent_dir)  # never hold on to the starter's directory
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    home.agent_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    cap_log(log_path(home), AGENT_LOG_MAX)
     out = os.open(log_path(home), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(out, 1)
     os.dup2(out, 2)
