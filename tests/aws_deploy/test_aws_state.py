@@ -1,0 +1,146 @@
+"""State kept in AWS: the lock, capacity autoscaling chose, drift, recycle, draining.
+
+Each test talks to AWS with the deploy user's keys under IAM enforcement; a
+second AwsDeployments stands in for a second CI runner with nothing local.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from aws_deploy.awsworld import World
+from kiln.aws.awsstate import AwsLock, lock_name
+from kiln.aws.deployments import AwsDeployments
+from kiln.deploy.clock import SystemClock
+from kiln.deploy.settings import Settings
+from kiln.errors import LockHeld
+from kiln.home import Home
+
+pytestmark = pytest.mark.aws
+V1, V2 = "img-s00000000001", "img-s00000000002"
+
+
+def runner(world: World, home: Home, tmp_path: Path, **config: str) -> AwsDeployments:
+    loaded = world.config(tmp_path / "app", **config)
+    provider = world.provider(home, loaded)
+    return AwsDeployments(provider, Settings.from_config(loaded.config), world.app, lock_ttl=30)
+
+
+@pytest.fixture
+def two_images(world: World, good_app: str) -> World:
+    for image in (V1, V2):
+        world.ami(image)
+        world.addresses[image] = good_app
+    return world
+
+
+def test_lock_is_one_security_group_with_holder_expiry_and_takeover(
+    two_images: World, home: Home, tmp_path: Path
+) -> None:
+    world = two_images
+    clock = SystemClock()
+    held = AwsLock(world.deploy, world.app, clock, holder="alice@ci-1", ttl=60)
+    held.acquire()
+    found = world.admin.ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [lock_name(world.app)]}]
+    )["SecurityGroups"]
+    assert len(found) == 1
+    tags = {t["Key"]: t["Value"] for t in found[0]["Tags"]}
+    assert (
+        tags["kiln:holder"].startswith("alice@ci-1") and float(tags["kiln:expires"]) > time.time()
+    )
+
+    other = runner(world, home, tmp_path)
+    with pytest.raises(LockHeld, match="being deployed by alice@ci-1") as busy:
+        other.deploy(V1)
+    assert busy.value.hint and lock_name(world.app) in busy.value.hint
+    started = time.monotonic()
+    with pytest.raises(LockHeld):
+        other.deploy(V1, wait=1.0)
+    assert time.monotonic() - started >= 1.0
+    assert world.groups() == {}  # nothing was touched while locked
+
+    # alice's runner dies (kill -9): her lock expires and the next deploy takes it over
+    world.admin.ec2.create_tags(
+        Resources=[found[0]["GroupId"]], Tags=[{"Key": "kiln:expires", "Value": "0"}]
+    )
+    warnings: list[str] = []
+    other.on_event = lambda e: warnings.append(e.message) if e.kind == "warning" else None
+    other.lock.warn = warnings.append
+    assert other.deploy(V1).ok
+    assert any("taking over the deploy lock" in w and "alice@ci-1" in w for w in warnings)
+    assert other.status()["lock"] is None  # released at the end
+
+
+def test_no_local_state_a_second_runner_sees_history_and_rolls_back(
+    two_images: World, home: Home, tmp_path: Path
+) -> None:
+    world = two_images
+    first = runner(world, home, tmp_path / "one")
+    assert first.deploy(V1).ok and first.deploy(V2).ok
+    assert not home.state_db.exists()  # nothing kept on this machine
+
+    second = runner(world, home, tmp_path / "two")  # another CI runner
+    assert [h["to"] for h in second.history()] == [V2, V1]
+    back = second.rollback()
+    assert back.ok and (back.from_image, back.to_image) == (V2, V1), back.message
+    assert {i["image"] for i in first.status()["instances"] if i["in_service"]} == {V1}
+    assert [h["kind"] for h in first.history()] == ["rollback", "deploy", "deploy"]
+
+
+def test_capacity_autoscaling_chose_is_kept(two_images: World, home: Home, tmp_path: Path) -> None:
+    world = two_images
+    fleet = runner(world, home, tmp_path)
+    assert fleet.deploy(V1).ok
+    v1, v2 = f"kiln-{world.app}-v001", f"kiln-{world.app}-v002"
+    world.admin.client("autoscaling").update_auto_scaling_group(
+        AutoScalingGroupName=v1, MinSize=2, MaxSize=6, DesiredCapacity=3
+    )  # a scaling policy grew the fleet
+
+    assert fleet.deploy(V2).ok
+    grown = world.groups()[v2]
+    assert (grown["MinSize"], grown["DesiredCapacity"], grown["MaxSize"]) == (2, 3, 6)
+    assert len(world.targets()) == 3 and world.targets() == world.live_members(v2)
+
+
+def test_drift_recycle_and_deregistration_delay(
+    world: World, home: Home, tmp_path: Path, good_app: str
+) -> None:
+    world.ami(V1)
+    world.addresses[V1] = good_app
+    world.admin.client("elbv2").modify_target_group_attributes(
+        TargetGroupArn=world.target_group,
+        Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "2"}],
+    )
+    fleet = runner(world, home, tmp_path)
+    assert fleet.deploy(V1).ok
+    assert fleet.drift().clean
+
+    # someone registers a hand-launched instance behind the fleet's load balancer
+    stranger = world.admin.ec2.run_instances(ImageId=world.base_ami, MinCount=1, MaxCount=1)
+    stranger_id = stranger["Instances"][0]["InstanceId"]
+    world.admin.client("elbv2").register_targets(
+        TargetGroupArn=world.target_group, Targets=[{"Id": stranger_id}]
+    )
+    drift = fleet.drift()
+    assert drift.unmanaged == (stranger_id,) and not drift.clean
+    world.admin.client("elbv2").deregister_targets(
+        TargetGroupArn=world.target_group, Targets=[{"Id": stranger_id}]
+    )
+
+    # recycle replaces every instance older than max age, from the same image
+    before = world.live_members(f"kiln-{world.app}-v001")
+    started = time.monotonic()
+    result = fleet.recycle(max_age=0)
+    took = time.monotonic() - started
+    after = world.live_members(f"kiln-{world.app}-v001")
+    assert sorted(result["replaced"]) == sorted(before) and not after & before
+    assert len(after) == 2 and world.targets() == after
+    assert took >= 2 * 2  # two batches, each drained for the target group's 2s delay
+    assert fleet.drift().clean
+
+    text = fleet.provider.log_tail(sorted(after)[0])
+    assert isinstance(text, str)
