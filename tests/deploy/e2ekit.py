@@ -22,12 +22,12 @@ from kiln.home import Home
 EXIT_AT_START = "import sys\nprint('boom: missing DATABASE_URL', flush=True)\nsys.exit(3)\n"
 CRASH_LATER = (
     "import os, threading\n"
-    "threading.Timer(1.5, lambda: (print('fatal: out of memory', flush=True), os._exit(9)))"
+    "threading.Timer(1.0, lambda: (print('fatal: out of memory', flush=True), os._exit(9)))"
     ".start()\n" + APP
 )
 
 
-def write_app_config(directory: Path, port: int, size: int = 2, extra: str = "") -> Path:
+def write_app_config(directory: Path, port: int, size: int = 2, settle: str = "1.5s") -> Path:
     """kiln.toml for the test app (app name 'web', as images from make_image)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "kiln.toml"
@@ -48,9 +48,12 @@ grace = "1s"
 [fleet]
 size = {size}
 drain = "5s"
-settle = "2s"
+settle = "{settle}"
 keep_warm = "1m"
-{extra}
+
+[canary]
+duration = "2s"
+min_requests = 5
 
 [provider.local]
 listen = "127.0.0.1:{port}"

@@ -6,7 +6,14 @@ images; status and history tell the truth afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,8 +52,13 @@ def test_rollouts_and_rollbacks_under_load(site: tuple[Kiln, int], home: Home) -
         load.phase = "rolling"
         rolled = _deploy(kiln, v2)
         assert rolled["outcome"] == "succeeded", rolled
+        load.phase = "canary"
+        canary = _deploy(kiln, v1, "--strategy", "canary", ok=False)
+        assert canary["outcome"] == "succeeded", canary
+        assert canary["figures"]["canary"]["canary_requests"] >= 5
+        assert canary["figures"]["canary"]["canary_errors"] == 0
         load.phase = "blue-green"
-        flipped = _deploy(kiln, v1, "--strategy", "blue-green")
+        flipped = _deploy(kiln, v2, "--strategy", "blue-green")
         assert flipped["outcome"] == "succeeded", flipped
         for variant, gate in (
             ("exits-at-start", "boot"),
@@ -59,17 +71,102 @@ def test_rollouts_and_rollbacks_under_load(site: tuple[Kiln, int], home: Home) -
             assert bad["instance"]
         load.phase = "rollback"
         back = json.loads(kiln("rollback", "--json").stdout)
-        assert back["outcome"] == "succeeded" and back["to"] == v2
+        assert back["outcome"] == "succeeded" and back["to"] == v1
     assert load.sent > 200
     assert load.failed == 0, load.errors[:5]
 
     status = json.loads(kiln("status", "--json").stdout)
-    assert status["current_image"] == v2 and status["serving"] == 2
+    assert status["current_image"] == v1 and status["serving"] == 2
     live = [i for i in status["instances"] if i["state"] in ("healthy", "running", "pending")]
-    assert {i["image"] for i in live if i["in_service"]} == {v2}
+    assert {i["image"] for i in live if i["in_service"]} == {v1}
     history = json.loads(kiln("history", "--json").stdout)
     outcomes = [h["outcome"] for h in history]
-    assert (
-        outcomes == ["succeeded", "rolled back", "rolled back", "rolled back"] + ["succeeded"] * 3
+    assert outcomes == ["succeeded"] + ["rolled back"] * 3 + ["succeeded"] * 4
+    assert history[5]["strategy"] == "canary" and history[5]["figures"]["canary"]
+    assert "failed at start: exited with status 3" in history[3]["message"]
+    assert "boom: missing DATABASE_URL" in history[3]["figures"]["log_tail"]
+    assert "failed at start: unhealthy" in history[2]["message"]
+
+
+def _journal_reached(db_path: Path, since: float, step: int) -> bool:
+    """Has a deployment started after ``since`` begun its ``step``?"""
+    with contextlib.closing(sqlite3.connect(db_path, timeout=5)) as conn:
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM deploy_journal j JOIN deploy_deployments d ON d.id = j.deployment "
+                "WHERE d.started >= ? AND j.phase = 'forward' AND j.event = 'begin' "
+                "AND j.step = ?",
+                (since, step),
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return False
+    return row is not None
+
+
+@pytest.mark.parametrize("strategy", ["rolling", "blue-green"])
+def test_kill_9_at_every_step_under_load(site: tuple[Kiln, int], home: Home, strategy: str) -> None:
+    """SIGKILL the deployer as each step begins; 'kiln deploy --resume' finishes it."""
+    kiln, port = site
+    config = kiln.cwd / "kiln.toml"
+    config.write_text(config.read_text().replace('settle = "1.5s"', "settle = 0"))
+    images = [app_image(home, "v1"), app_image(home, "v2")]
+    assert _deploy(kiln, images[0])["outcome"] == "succeeded"
+    steps = len(
+        json.loads(kiln("deploy", "--image", images[1], "--dry-run", "--json").stdout)["steps"]
     )
-    assert "exited at start" in history[3]["message"]
+    env = {**os.environ, "KILN_HOME": str(home.root)}
+    missed = 0
+    with Load(port) as load:
+        for kill_at in range(steps):
+            target = images[(kill_at + 1) % 2]
+            plan = kiln("deploy", "--image", target, "--strategy", strategy, "--dry-run", "--json")
+            # (blue-green back to a warm standby is shorter: a switch and a retire)
+            step = min(kill_at, len(json.loads(plan.stdout)["steps"]) - 1)
+            load.phase = f"{strategy} killed at step {step}"
+            since = time.time()
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kiln.cli",
+                    "deploy",
+                    "--image",
+                    target,
+                    "--strategy",
+                    strategy,
+                    "--json",
+                ],
+                cwd=kiln.cwd,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while not _journal_reached(home.state_db, since, step):
+                    assert proc.poll() is None and time.monotonic() < deadline, "never got there"
+                    time.sleep(0.002)
+                proc.send_signal(signal.SIGKILL)
+            finally:
+                proc.kill()
+                proc.wait()
+            if proc.returncode == 0:  # it finished between our look and the kill
+                missed += 1
+                continue
+            resumed = json.loads(kiln("deploy", "--resume", "--json").stdout)
+            if resumed["outcome"] == "none":  # the kill came after its last write
+                missed += 1
+                continue
+            assert resumed["outcome"] == "succeeded" and resumed["to"] == target, resumed
+            status = json.loads(kiln("status", "--json").stdout)
+            warm = set((status["warm_standby"] or {}).get("instances", []))
+            live = [
+                i for i in status["instances"] if i["state"] in ("pending", "running", "healthy")
+            ]
+            assert {i["image"] for i in live if i["id"] not in warm} == {target}, status
+            assert status["serving"] == 2 and status["deployment_in_progress"] is None
+            assert status["lock"] is None
+    assert load.failed == 0, load.errors[:5]
+    assert missed <= 1
+    history = json.loads(kiln("history", "--json").stdout)
+    assert [h["outcome"] for h in history] == ["succeeded"] * (steps + 1)

@@ -212,7 +212,10 @@ def deploy_command(
         if resume:
             result = engine.resume(wait=timeout)
             if result is None:
-                console.print(f"no interrupted deployment of {engine.fleet} to resume")
+                if as_json:
+                    emit_json({"fleet": engine.fleet, "deployment": None, "outcome": "none"})
+                else:
+                    console.print(f"no interrupted deployment of {engine.fleet} to resume")
                 return
             _finish(result, as_json)
             return

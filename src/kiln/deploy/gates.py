@@ -100,10 +100,12 @@ class Gates:
     def _trip_failed(self, inst: Instance) -> Trip:
         age = self.clock.now() - inst.launched_at
         status = f" with status {inst.exit_status}" if inst.exit_status is not None else ""
+        reason = inst.details.get("reason")  # the provider's own words, when it has them
         if inst.id in self.healthy_once:
             what = f"crashed{status} {age:.0f}s after start, after passing its health checks"
+            what += f": {reason}" if reason else ""
             return self._trip("stability", inst, f"instance {inst.id} of {inst.image} {what}")
-        what = f"exited at start{status}"
+        what = f"failed at start: {reason}" if reason else f"exited at start{status}"
         return self._trip("boot", inst, f"instance {inst.id} of {inst.image} {what}")
 
     def _trip(
