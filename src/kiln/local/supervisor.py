@@ -175,6 +175,8 @@ class Supervisor(Lifecycle):
             ticks += 1
             if ticks % 25 == 0:
                 self._housekeeping()
+                for fleet in list(self.fleets.values()):
+                    await self._drop_if_empty(fleet)  # e.g. restored with nothing left
             await asyncio.sleep(TICK)
 
     async def _listen(self, fleet: FleetRuntime) -> None:
