@@ -282,13 +282,17 @@ class Balancer:
             cwriter.write(simple_response(503, "Service Unavailable", message, close=not keep))
         return keep
 
-    async def _connect(self, backend: Backend, pooled: bool) -> Conn:
+    @staticmethod
+    def _pooled(backend: Backend) -> Conn | None:
         idle = backend.idle
-        while pooled and idle:
+        while idle:
             reader, writer = idle.pop()
             if not reader.at_eof() and not writer.is_closing():
                 return reader, writer
             writer.close()
+        return None
+
+    async def _connect(self, backend: Backend) -> Conn:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 return await asyncio.open_connection(backend.host, backend.port)
@@ -306,7 +310,8 @@ class Balancer:
         cwriter: asyncio.StreamWriter,
         started: float,
     ) -> bool:
-        ureader, uwriter = await self._connect(backend, pooled=body is not None)
+        conn = self._pooled(backend) if body is not None else None
+        ureader, uwriter = conn or await self._connect(backend)
         replayable = body is not None and head.first[0] in IDEMPOTENT
         waiting = self._waiting
         waiting[uwriter] = started + RESPONSE_TIMEOUT
@@ -319,7 +324,10 @@ class Balancer:
                     await copy_exact(creader, uwriter, head.length or 0)
             else:
                 uwriter.write(upstream_head + body if body else upstream_head)
-            resp, interim = await _read_response_head(ureader)
+            resp = parse_head(await ureader.readuntil(b"\r\n\r\n"), request=False)
+            interim = b""
+            if resp.first[1][:1] == b"1" or not resp.first[1].isdigit():
+                resp, interim = await _read_response_head(ureader, resp)
         except _NETWORK_ERRORS as exc:
             uwriter.close()
             if replayable and not _partial(exc):
@@ -389,19 +397,21 @@ class Balancer:
         return keep_client
 
 
-async def _read_response_head(reader: asyncio.StreamReader) -> tuple[Head, bytes]:
-    """The final response head, and any interim (1xx) heads to pass on."""
+async def _read_response_head(reader: asyncio.StreamReader, resp: Head) -> tuple[Head, bytes]:
+    """Past interim (1xx) heads to the final one; the interim ones are passed on."""
     interim = b""
     while True:
-        raw = await reader.readuntil(b"\r\n\r\n")
-        resp = parse_head(raw, request=False)
         status = resp.first[1]
         if len(status) != 3 or not status.isdigit():
             raise BadMessage(f"bad status {status[:10]!r}")
-        if status[:1] == b"1" and status != b"101":
-            interim += raw
-            continue
-        return resp, interim
+        if status[:1] != b"1" or status == b"101":
+            return resp, interim
+        interim += _head_bytes(resp)
+        resp = parse_head(await reader.readuntil(b"\r\n\r\n"), request=False)
+
+
+def _head_bytes(head: Head) -> bytes:
+    return b"\r\n".join([b" ".join(head.first).rstrip(), *head.keep, b"", b""])
 
 
 def _partial(exc: BaseException) -> bool:
