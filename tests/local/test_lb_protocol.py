@@ -35,6 +35,9 @@ def backend(name: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
                         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
                     )
+                elif path == b"/interim":
+                    writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfull")
                 elif path == b"/eof":
                     writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close")
                     await writer.drain()
@@ -92,6 +95,9 @@ async def scenario() -> None:
         assert chunked.endswith(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
         old = await request(lb_port, b"GET /chunked HTTP/1.0\r\n\r\n")  # 1.0: de-chunked
         assert old.endswith(b"\r\n\r\nhello world") and b"Connection: close" in old
+        interim = await request(lb_port, b"GET /interim HTTP/1.1\r\n" + close)
+        assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+        assert interim.endswith(b"\r\n\r\nfull") and b"HTTP/1.1 200 OK" in interim
         eof = await request(lb_port, b"GET /eof HTTP/1.1\r\nHost: x\r\n\r\n")
         assert eof.endswith(b"until close")
         bad = await request(lb_port, b"NONSENSE\r\n\r\n")
