@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import click
 from rich.markup import escape
@@ -20,7 +20,7 @@ from rich.table import Table
 from kiln import providers
 from kiln.cli.app import State, cli, pass_state
 from kiln.cli.output import console, emit_json, err_console
-from kiln.deploy import Engine, Event, Result, Settings, StateDb
+from kiln.deploy import Engine, Event, Plan, Result, Settings, StateDb
 from kiln.deploy.journal import Journal
 from kiln.deploy.lock import unlock as unlock_fleet
 from kiln.deploy.status import fleet_status
@@ -110,6 +110,39 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class Deployer(Protocol):
+    """What the commands drive: the engine (local) or its AWS wrapper (state in AWS)."""
+
+    fleet: str
+
+    def plan(self, image: str, strategy: str | None = None) -> Plan: ...
+
+    def deploy(
+        self,
+        image: str,
+        *,
+        strategy: str | None = None,
+        reason: str | None = None,
+        wait: float | None = None,
+    ) -> Result: ...
+
+    def rollback(
+        self, to: str | None = None, *, reason: str | None = None, wait: float | None = None
+    ) -> Result: ...
+
+    def scale(self, size: int, *, wait: float | None = None) -> Result: ...
+
+    def resume(self, *, wait: float | None = None) -> Result | None: ...
+
+
+def _deployer(state: State, provider: str, narrator: _Narrator) -> Deployer:
+    if provider == "aws":  # lock, history and fleet record live in AWS, not in KILN_HOME
+        from kiln.aws.deployments import open_deployments
+
+        return open_deployments(state.home(), state.config(), on_event=narrator)
+    return _engine(state, provider, narrator)
+
+
 def _engine(state: State, provider: str, narrator: _Narrator) -> Engine:
     loaded = state.config()
     home = state.home()
@@ -122,7 +155,7 @@ def _engine(state: State, provider: str, narrator: _Narrator) -> Engine:
     )
 
 
-def _resolve_image(state: State, engine: Engine, ref: str) -> str:
+def _resolve_image(state: State, engine: Deployer, ref: str) -> str:
     """A store reference (short id, prefix) becomes the image id; others go as given."""
     try:
         record = Store(state.home()).get(ref)
@@ -206,7 +239,7 @@ def deploy_command(
 ) -> None:
     """Move the fleet to a new image: plan, launch, prove healthy, shift, discard."""
     narrator = _Narrator()
-    engine = _engine(state, provider, narrator)
+    engine = _deployer(state, provider, narrator)
     timeout = _wait_seconds(wait)
     with _sigterm_as_ctrl_c(), narrator.live(not dry_run):
         if resume:
@@ -242,7 +275,7 @@ def rollback_command(
 ) -> None:
     """Back to the previous good image; from a warm standby in about one health check."""
     narrator = _Narrator()
-    engine = _engine(state, provider, narrator)
+    engine = _deployer(state, provider, narrator)
     target = _resolve_image(state, engine, to) if to else None
     with _sigterm_as_ctrl_c(), narrator.live(True):
         result = engine.rollback(target, reason=reason, wait=_wait_seconds(wait))
@@ -258,7 +291,7 @@ def rollback_command(
 def scale_command(state: State, size: int, as_json: bool, wait: str | None, provider: str) -> None:
     """Change the fleet's desired size; new instances come from the current image."""
     narrator = _Narrator()
-    engine = _engine(state, provider, narrator)
+    engine = _deployer(state, provider, narrator)
     with _sigterm_as_ctrl_c(), narrator.live(True):
         result = engine.scale(size, wait=_wait_seconds(wait))
     _finish(result, as_json)
@@ -270,8 +303,14 @@ def scale_command(state: State, size: int, as_json: bool, wait: str | None, prov
 @pass_state
 def status_command(state: State, as_json: bool, provider: str) -> None:
     """The fleet now: endpoint, size, image, instances, any deployment in progress."""
-    engine = _engine(state, provider, _Narrator())
-    data = fleet_status(engine.provider, engine.db, engine.fleet, engine.settings.size, time.time())
+    if provider == "aws":
+        from kiln.aws.deployments import open_deployments
+
+        data = open_deployments(state.home(), state.config()).status()
+    else:
+        engine = _engine(state, provider, _Narrator())
+        now = time.time()
+        data = fleet_status(engine.provider, engine.db, engine.fleet, engine.settings.size, now)
     if as_json:
         emit_json(data)
         return
@@ -279,86 +318,109 @@ def status_command(state: State, as_json: bool, provider: str) -> None:
 
 
 def _print_status(data: dict[str, Any]) -> None:
+    size = data.get("desired_size", "-")
     console.print(
         f"[bold]fleet {data['fleet']}[/] ({data['provider']})  endpoint "
-        f"{data['endpoint'] or '-'}  desired {data['desired_size']}  serving {data['serving']}"
+        f"{data['endpoint'] or '-'}  desired {size}  serving {data.get('serving', '-')}"
     )
-    console.print(f"image {data['current_image'] or '-'}  previous {data['previous_image'] or '-'}")
-    warm = data["warm_standby"]
+    if "current_image" in data:
+        console.print(
+            f"image {data['current_image'] or '-'}  previous {data['previous_image'] or '-'}"
+        )
+    for group in data.get("groups", []):
+        attached = "attached" if group.get("attached") else "detached"
+        console.print(f"group {group['name']}: {group['image']} x{group['desired']} ({attached})")
+    warm = data.get("warm_standby")
     if warm:
         until = _clock(warm["until"]) if warm["until"] else "?"
         console.print(f"warm standby {warm['image']} x{len(warm['instances'])} until {until}")
-    if data["instances"]:
-        table = Table(box=None, header_style="bold")
-        for column in ("INSTANCE", "IMAGE", "STATE", "HEALTHY", "IN SERVICE", "AGE", "ADDRESS"):
-            table.add_column(column)
-        for i in data["instances"]:
-            table.add_row(
-                i["id"],
-                i["image"],
-                i["state"] + (" (warm)" if i["warm"] else ""),
-                "yes" if i["healthy"] else "no",
-                "yes" if i["in_service"] else "no",
-                format_duration(i["age"]),
-                i["address"] or "-",
-            )
-        console.print(table)
-    else:
-        console.print("no instances")
-    dep = data["deployment_in_progress"]
+    _print_instances(data["instances"])
+    dep = data.get("deployment_in_progress")
     if dep:
         console.print(
             f"[yellow]deployment {dep['id']} ({dep['from']} → {dep['to']}, {dep['strategy']}) "
             f"is {dep['outcome']}[/]: finish it with 'kiln deploy --resume' or undo it with "
             "'kiln rollback'"
         )
-    lock = data["lock"]
+    lock = data.get("lock")
     if lock:
-        console.print(
-            f"locked by {lock['holder']} (pid {lock['pid']}), heartbeat "
-            f"{format_duration(max(0.0, time.time() - lock['heartbeat']))} ago"
+        beat = lock.get("heartbeat")
+        ago = f", heartbeat {format_duration(max(0.0, time.time() - beat))} ago" if beat else ""
+        console.print(f"locked by {lock.get('holder')}{ago}")
+
+
+def _print_instances(instances: list[dict[str, Any]]) -> None:
+    if not instances:
+        console.print("no instances")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("INSTANCE", "IMAGE", "STATE", "HEALTHY", "IN SERVICE", "AGE", "ADDRESS"):
+        table.add_column(column)
+    for i in instances:
+        table.add_row(
+            i["id"],
+            i["image"],
+            i["state"] + (" (warm)" if i.get("warm") else ""),
+            "yes" if i["healthy"] else "no",
+            "yes" if i["in_service"] else "no",
+            format_duration(i["age"]),
+            i["address"] or "-",
         )
+    console.print(table)
 
 
 @cli.command("history")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--all", "all_fleets", is_flag=True, help="Every fleet, not just this app's.")
 @JSON
+@PROVIDER
 @pass_state
-def history_command(state: State, limit: int, all_fleets: bool, as_json: bool) -> None:
+def history_command(
+    state: State, limit: int, all_fleets: bool, as_json: bool, provider: str
+) -> None:
     """Deployments, newest first: from → to, strategy, outcome, duration, who, why."""
-    fleet = None
-    if not all_fleets:
-        try:
-            fleet = state.config().config.app.name
-        except ConfigError:
-            fleet = None
-    db = StateDb(state.home().state_db)
-    entries = Journal(db).history(fleet, limit)
+    if provider == "aws":
+        from kiln.aws.deployments import open_deployments
+
+        entries = open_deployments(state.home(), state.config()).history(limit)
+    else:
+        fleet = None
+        if not all_fleets:
+            try:
+                fleet = state.config().config.app.name
+            except ConfigError:
+                fleet = None
+        db = StateDb(state.home().state_db)
+        entries = [e.to_json() for e in Journal(db).history(fleet, limit)]
     if as_json:
-        emit_json([e.to_json() for e in entries])
+        emit_json(entries)
         return
     if not entries:
         console.print("no deployments yet")
         return
+    _print_history(entries)
+
+
+def _print_history(entries: list[dict[str, Any]]) -> None:
     table = Table(box=None, header_style="bold")
-    for column in ("DEPLOYMENT", "FLEET", "STARTED", "FROM → TO", "STRATEGY", "OUTCOME", "TOOK"):
+    for column in ("DEPLOYMENT", "STARTED", "FROM → TO", "STRATEGY", "OUTCOME", "TOOK", "WHO"):
         table.add_column(column)
-    table.add_column("WHO")
     table.add_column("REASON / MESSAGE", overflow="fold")
     for e in entries:
-        style = {"succeeded": "green", "rolled back": "yellow", "failed": "red"}.get(e.outcome)
-        who = e.who + (f" ({e.commit[:10]})" if e.commit else "")
+        outcome = e.get("outcome") or "-"
+        style = {"succeeded": "green", "rolled back": "yellow", "failed": "red"}.get(outcome)
+        who = (e.get("who") or "-") + (f" ({e['commit'][:10]})" if e.get("commit") else "")
+        kind = e.get("kind") or "deploy"
+        duration = e.get("duration")
         table.add_row(
-            e.id,
-            e.fleet,
-            _clock(e.started),
-            f"{e.from_image or '-'} → {e.to_image or '-'}",
-            e.kind if e.kind != "deploy" else e.strategy,
-            f"[{style}]{e.outcome}[/]" if style else e.outcome,
-            format_duration(e.duration) if e.duration is not None else "-",
+            e.get("id") or "-",
+            _clock(e["started"]) if e.get("started") else "-",
+            f"{e.get('from') or '-'} → {e.get('to') or '-'}",
+            (e.get("strategy") or "-") if kind == "deploy" else kind,
+            f"[{style}]{outcome}[/]" if style else outcome,
+            format_duration(duration) if duration is not None else "-",
             who,
-            escape(e.reason or e.message or ""),
+            escape(e.get("reason") or e.get("message") or ""),
         )
     console.print(table)
 
