@@ -26,7 +26,9 @@ from kiln.aws import awsstate as st
 from kiln.aws import groups as g
 from kiln.aws import targets as t
 from kiln.aws.provider import AwsProvider
-from kiln.aws.session import aws_errors
+from kiln.aws.session import Aws, aws_errors
+from kiln.aws.targets import Resolver
+from kiln.config import LoadedConfig
 from kiln.deploy.clock import Clock, SystemClock
 from kiln.deploy.engine import Engine, Event
 from kiln.deploy.gates import Gates, Trip
@@ -36,6 +38,7 @@ from kiln.deploy.plan import Plan
 from kiln.deploy.settings import Settings
 from kiln.deploy.state import StateDb
 from kiln.errors import DeployError
+from kiln.home import Home
 from kiln.provider import FleetState, InstanceStats
 
 LOCK_TTL = 120.0
@@ -88,6 +91,20 @@ class Drift:
             "not_current": list(self.not_current),
             "unmanaged": list(self.unmanaged),
         }
+
+
+def open_deployments(
+    home: Home,
+    loaded: LoadedConfig,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    aws: Aws | None = None,
+    resolve: Resolver | None = None,
+) -> AwsDeployments:
+    """The AWS fleet of this app, its state in AWS: what ``--provider aws`` commands drive."""
+    provider = AwsProvider(home, loaded, aws=aws, resolve=resolve)
+    settings = Settings.from_config(loaded.config)
+    return AwsDeployments(provider, settings, loaded.config.app.name, on_event=on_event)
 
 
 class AwsDeployments:
@@ -144,6 +161,10 @@ class AwsDeployments:
 
     def scale(self, size: int, *, wait: float | None = None) -> Result:
         return self._run(lambda e: e.scale(size), wait)
+
+    def resume(self, *, wait: float | None = None) -> Result | None:
+        """Always None: no journal outlives an AWS operation; ``deploy`` re-plans from AWS."""
+        return None
 
     def _run(self, op: Callable[[Engine], Result], wait: float | None) -> Result:
         with (

@@ -31,6 +31,7 @@ from kiln.errors import ImageNotFound, InstanceNotFound, ProviderError
 from kiln.home import Home
 from kiln.provider import FleetState, Instance, InstanceState, InstanceStats
 
+UNREACHABLE_BACKOFF = 30.0  # an instance this runner cannot route to is retried this often
 LAUNCH_WAIT = 120.0  # longest wait for Auto Scaling to show instances it was asked for
 _GONE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated", "Detaching")
 
@@ -43,9 +44,13 @@ class _Probe:
     fails: int = 0
     healthy: bool = False
     last: float = float("-inf")
+    reached: bool = False  # ever answered (or refused): from then on, silence is a failure
 
-    def record(self, ok: bool, health: Health, now: float) -> None:
-        self.last = now
+    def record(self, ok: bool | None, health: Health, now: float) -> None:
+        if ok is None and not self.reached:
+            self.last = now + UNREACHABLE_BACKOFF  # not from here: ask ELB, retry later
+            return
+        self.last, self.reached = now, True
         self.passes, self.fails = (self.passes + 1, 0) if ok else (0, self.fails + 1)
         if self.passes >= health.healthy_threshold:
             self.healthy = True
@@ -355,7 +360,7 @@ class AwsProvider:
         results = t.probe_all(due, self.health.path, self.health.timeout)
         for iid, ok in results.items():
             reachable[iid].record(ok, self.health, now)
-        return reachable
+        return {iid: probe for iid, probe in reachable.items() if probe.reached}
 
     def target_health(self) -> dict[str, str]:
         tg = self.settings.target_group_arn

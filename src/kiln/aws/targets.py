@@ -8,6 +8,7 @@ standby is not, and moto reports every registered target healthy.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -83,26 +84,42 @@ def register(aws: Aws, target_group: str, ids: Sequence[str], port: int, add: bo
                 client.deregister_targets(TargetGroupArn=target_group, Targets=chunk)
 
 
-def probe(address: str, path: str | None, timeout: float) -> bool:
-    """One ALB-like check: GET path answers 2xx/3xx, or (no path) a TCP connect."""
+_NO_ROUTE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+
+
+def probe(address: str, path: str | None, timeout: float) -> bool | None:
+    """One ALB-like check: GET path answers 2xx/3xx, or (no path) a TCP connect.
+
+    None when the address cannot be reached from here at all (no route, or
+    the connection attempt times out: a runner outside the VPC); a refused
+    connection or a bad answer is a failed check.
+    """
     host, _, port = address.rpartition(":")
     try:
-        if path is None:
-            socket.create_connection((host, int(port)), timeout=timeout).close()
-            return True
-        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-        try:
-            conn.request("GET", path, headers={"User-Agent": "kiln-health"})
-            return 200 <= conn.getresponse().status < 400
-        finally:
-            conn.close()
-    except (OSError, http.client.HTTPException, ValueError):
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except TimeoutError:
+        return None
+    except OSError as exc:
+        return None if exc.errno in _NO_ROUTE else False
+    except ValueError:
+        return None
+    if path is None:
+        sock.close()
+        return True
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    conn.sock = sock
+    try:
+        conn.request("GET", path, headers={"User-Agent": "kiln-health"})
+        return 200 <= conn.getresponse().status < 400
+    except (OSError, http.client.HTTPException):
         return False
+    finally:
+        conn.close()
 
 
 def probe_all(
     addresses: Mapping[str, str], path: str | None, timeout: float, workers: int = 32
-) -> dict[str, bool]:
+) -> dict[str, bool | None]:
     """Probe many instances at once: a 200-instance fleet is one timeout, not 200."""
     if not addresses:
         return {}

@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "kiln.cli.ci",
     "kiln.cli.images",
     "kiln.cli.aws",
+    "kiln.cli.awsfleet",
     "kiln.cli.lifecycle",
     "kiln.cli.deploy",
 )
