@@ -36,8 +36,13 @@ def test_prune_keeps_newest_and_in_use_and_deletes_snapshots_with_amis(
     assert listed[0].image == newest.image and listed[0].state == "available"
     assert list_amis(aws, "other-app") == []
 
-    # an instance still runs the oldest: it must survive any prune
+    # an instance still runs the oldest, a warm server group (scaled to zero) the middle one
     aws.ec2.run_instances(ImageId=oldest.ami, MinCount=1, MaxCount=1)
+    _warm_group(aws, middle.ami)
+    untouched = prune_amis(aws, "acme", keep=1)
+    assert untouched.deleted == ()
+    assert {a.id for a in untouched.in_use} == {oldest.ami, middle.ami}
+    aws.client("autoscaling").delete_auto_scaling_group(AutoScalingGroupName="kiln-acme-v001")
 
     preview = prune_amis(aws, "acme", keep=1, dry_run=True)
     assert [a.id for a in preview.deleted] == [middle.ami]
@@ -56,3 +61,21 @@ def test_prune_keeps_newest_and_in_use_and_deletes_snapshots_with_amis(
 
     with pytest.raises(AwsError, match="at least 1"):
         prune_amis(aws, "acme", keep=0)
+
+
+def _warm_group(aws: Aws, ami: str) -> None:
+    """A server group the way kiln's deploys leave a warm one: zero instances, tagged AMI."""
+    aws.ec2.create_launch_template(
+        LaunchTemplateName="kiln-acme",
+        LaunchTemplateData={"ImageId": ami, "InstanceType": "t3.micro"},
+    )
+    subnet = aws.ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    aws.client("autoscaling").create_auto_scaling_group(
+        AutoScalingGroupName="kiln-acme-v001",
+        LaunchTemplate={"LaunchTemplateName": "kiln-acme", "Version": "1"},
+        MinSize=0,
+        MaxSize=0,
+        DesiredCapacity=0,
+        VPCZoneIdentifier=subnet,
+        Tags=[{"Key": "kiln:ami", "Value": ami, "PropagateAtLaunch": False}],
+    )

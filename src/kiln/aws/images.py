@@ -16,6 +16,7 @@ RECIPE_TAG = "kiln:recipe"
 IMAGE_TAG = "kiln:image"
 COMMIT_TAG = "kiln:commit"
 BASE_TAG = "kiln:base-ami"
+AMI_TAG = "kiln:ami"  # on server groups (kiln.aws.groups): the AMI a group launches
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,19 @@ def in_use(aws: Aws, ami_ids: Iterable[str]) -> set[str]:
     return used
 
 
+def in_server_groups(aws: Aws) -> set[str]:
+    """AMIs kiln's server groups run, warm groups scaled to zero included."""
+    paginator = aws.client("autoscaling").get_paginator("describe_auto_scaling_groups")
+    used: set[str] = set()
+    with aws_errors("checking which AMIs server groups use"):
+        for page in paginator.paginate(Filters=[{"Name": "tag-key", "Values": [AMI_TAG]}]):
+            for group in page["AutoScalingGroups"]:
+                ami = tag_map(group.get("Tags")).get(AMI_TAG)
+                if ami:
+                    used.add(ami)
+    return used
+
+
 def delete_ami(aws: Aws, ami: Ami) -> None:
     """Deregister, then delete its snapshots: together, never one without the other."""
     with aws_errors(f"deleting {ami.id}"):
@@ -177,14 +191,17 @@ def prune_amis(
 ) -> PruneResult:
     """Keep the ``keep`` newest AMIs of ``app`` and every one in use; delete the rest.
 
-    ``also_in_use`` lets callers protect AMIs referenced elsewhere (launch
-    templates of warm server groups).
+    In use: launched by an instance that still exists, or run by one of
+    kiln's server groups (a warm group scaled to zero still needs its AMI to
+    roll back). ``also_in_use`` protects AMIs referenced elsewhere.
     """
     if keep < 1:
         raise AwsError("--keep must be at least 1: pruning never deletes the newest AMI")
     amis = [a for a in list_amis(aws, app) if a.state != "pending"]
     newest, older = amis[:keep], amis[keep:]
-    used = in_use(aws, [a.id for a in older]) | set(also_in_use)
+    used = set(also_in_use)
+    if older:
+        used |= in_use(aws, [a.id for a in older]) | in_server_groups(aws)
     protected = tuple(a for a in older if a.id in used)
     doomed = tuple(a for a in older if a.id not in used)
     if not dry_run:

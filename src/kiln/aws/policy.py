@@ -50,6 +50,7 @@ RULES: tuple[Rule, ...] = (
         sid="KilnDescribe",
         purposes=_p("bake", "images", "reap"),
         actions=(
+            "autoscaling:DescribeAutoScalingGroups",  # prune keeps AMIs of warm groups
             "ec2:DescribeImages",
             "ec2:DescribeInstances",
             "ec2:DescribeKeyPairs",
