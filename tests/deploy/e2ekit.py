@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
 
-from localtest import APP, free_port, kill_everything, make_image
+from localtest import APP, free_port, http_get, kill_everything, make_image
 
 from kiln.home import Home
 
@@ -134,4 +134,12 @@ class Load:
         return ordered[int(len(ordered) * 0.99)] if ordered else 0.0
 
 
-__all__ = ["Load", "app_image", "free_port", "kill_everything", "write_app_config"]
+__all__ = [
+    "APP",
+    "Load",
+    "app_image",
+    "free_port",
+    "http_get",
+    "kill_everything",
+    "write_app_config",
+]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2ekit import Load, app_image, free_port, kill_everything, write_app_config
+from e2ekit import APP, Load, app_image, free_port, http_get, kill_everything, write_app_config
 
 from kiln.home import Home
 from kilntest import Kiln
@@ -170,3 +170,20 @@ def test_kill_9_at_every_step_under_load(site: tuple[Kiln, int], home: Home, str
     assert missed <= 1
     history = json.loads(kiln("history", "--json").stdout)
     assert [h["outcome"] for h in history] == ["succeeded"] * (steps + 1)
+
+
+def test_deploy_bakes_first_and_an_unchanged_app_is_a_no_op(
+    site: tuple[Kiln, int], home: Home
+) -> None:
+    kiln, port = site
+    (kiln.cwd / "app.py").write_text(APP)
+    first = json.loads(kiln("deploy", "--json").stdout)
+    assert first["outcome"] == "succeeded" and first["to"].startswith("img-")
+    status, body = http_get(port)
+    assert status == 200 and body["image"] == first["to"]
+    again = json.loads(kiln("deploy", "--json").stdout)
+    assert again["outcome"] == "unchanged" and again["to"] == first["to"]
+    (kiln.cwd / "app.py").write_text(APP + "\n# a change is a new image\n")
+    changed = json.loads(kiln("deploy", "--json").stdout)
+    assert changed["outcome"] == "succeeded" and changed["from"] == first["to"]
+    assert changed["to"] != first["to"]
