@@ -72,6 +72,9 @@ class _Narrator:
         style = {"warning": "yellow", "trip": "bold red", "step": "bold"}.get(event.kind, "")
         text = escape(event.message)
         err_console.print(f"[{style}]{text}[/]" if style else text)
+        if "plan" in event.data:  # the plan, before anything acts on it
+            lines = Plan.from_json(event.data["plan"]).describe()
+            err_console.print("\n".join(lines), markup=False, style="dim")
         if event.kind == "trip" and event.data.get("log"):
             err_console.print(_indent(event.data["log"]), markup=False, style="dim")
 
@@ -355,7 +358,7 @@ def _print_instances(instances: list[dict[str, Any]]) -> None:
         return
     table = Table(box=None, header_style="bold")
     for column in ("INSTANCE", "IMAGE", "STATE", "HEALTHY", "IN SERVICE", "AGE", "ADDRESS"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for i in instances:
         table.add_row(
             i["id"],
@@ -404,8 +407,8 @@ def history_command(
 def _print_history(entries: list[dict[str, Any]]) -> None:
     table = Table(box=None, header_style="bold")
     for column in ("DEPLOYMENT", "STARTED", "FROM → TO", "STRATEGY", "OUTCOME", "TOOK", "WHO"):
-        table.add_column(column)
-    table.add_column("REASON / MESSAGE", overflow="fold")
+        table.add_column(column, no_wrap=True)
+    table.add_column("REASON", overflow="fold")
     for e in entries:
         outcome = e.get("outcome") or "-"
         style = {"succeeded": "green", "rolled back": "yellow", "failed": "red"}.get(outcome)
@@ -420,9 +423,17 @@ def _print_history(entries: list[dict[str, Any]]) -> None:
             f"[{style}]{outcome}[/]" if style else outcome,
             format_duration(duration) if duration is not None else "-",
             who,
-            escape(e.get("reason") or e.get("message") or ""),
+            escape(_why(e)),
         )
     console.print(table)
+
+
+def _why(entry: dict[str, Any]) -> str:
+    """The user's reason; for a deployment that did not succeed, what went wrong."""
+    reason = entry.get("reason") or ""
+    if entry.get("outcome") in ("rolled back", "failed") and entry.get("message"):
+        return f"{reason}: {entry['message']}" if reason else str(entry["message"])
+    return reason
 
 
 def _clock(ts: float) -> str:
