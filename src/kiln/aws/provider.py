@@ -196,15 +196,19 @@ class AwsProvider:
         doomed = [i for i in ids if i in owner]  # already gone: nothing to do
         if not doomed:
             return
+        emptied = [grp for grp in groups if _all_leaving(grp, set(doomed))]
         for grp in groups:  # first: resizing may re-register a group's members
             leaving = sum(1 for i in doomed if owner[i].name == grp.name)
-            if leaving:
+            if leaving and grp not in emptied:
                 g.lower_min(self.aws, grp, grp.desired - leaving)
         registered = set(self.target_health()) & set(doomed)
         t.register(self.aws, tg, sorted(registered), self.settings.port, add=False)
         self._draining(registered)
         self._wait_drained(doomed)
-        g.terminate_members(self.aws, doomed)
+        for grp in emptied:  # a whole group goes: one scale-in, not one call per instance
+            g.resize(self.aws, replace(grp, min_size=0), 0)
+        gone = {m.id for grp in emptied for m in grp.members}
+        g.terminate_members(self.aws, [i for i in doomed if i not in gone])
         lingering = set(self.target_health()) & set(doomed)  # AWS deregisters; moto does not
         t.register(self.aws, tg, sorted(lingering), self.settings.port, add=False)
         self._prune(fleet)
@@ -422,6 +426,12 @@ class AwsProvider:
             newest = max(found, key=lambda a: str(a.get("CreationDate", "")))
             self._amis[image] = str(newest["ImageId"])
         return self._amis[image]
+
+
+def _all_leaving(group: g.ServerGroup, doomed: set[str]) -> bool:
+    """Every instance the group has, or will launch, is being terminated."""
+    live = {m.id for m in group.members if m.lifecycle not in _GONE}
+    return bool(live) and live <= doomed and group.desired == len(live)
 
 
 def _bounded(group: g.ServerGroup) -> g.ServerGroup:
