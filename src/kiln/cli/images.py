@@ -111,7 +111,7 @@ def _bake_aws(state: State, as_json: bool) -> None:
         result = bake_ami(
             state.config(),
             state.home(),
-            progress=None if as_json else note,
+            progress=note,  # stderr: CI logs show minutes of AWS work, stdout stays JSON
             bake_progress=progress,
         )
     finally:
