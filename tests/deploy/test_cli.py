@@ -78,7 +78,7 @@ def test_deploy_status_history_rollback_scale(app: Any) -> None:
     assert isinstance(instances, list) and len(instances) == 4
     assert {i["image"] for i in instances if i["warm"]} == {OLD}
     human = app("status").stdout
-    assert "warm standby img-0000000000aa x2" in human and "INSTANCE" in human
+    assert "warm standby img-0000000000aa x2" in human and "i-0001" in human
 
     history = json.loads(app("history", "--json").stdout)
     assert [h["outcome"] for h in history] == ["succeeded", "succeeded"]

@@ -358,7 +358,7 @@ def _print_instances(instances: list[dict[str, Any]]) -> None:
         return
     table = Table(box=None, header_style="bold")
     for column in ("INSTANCE", "IMAGE", "STATE", "HEALTHY", "IN SERVICE", "AGE", "ADDRESS"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column, no_wrap=column in ("INSTANCE", "IMAGE"), min_width=4)
     for i in instances:
         table.add_row(
             i["id"],
@@ -407,7 +407,7 @@ def history_command(
 def _print_history(entries: list[dict[str, Any]]) -> None:
     table = Table(box=None, header_style="bold")
     for column in ("DEPLOYMENT", "STARTED", "FROM → TO", "STRATEGY", "OUTCOME", "TOOK", "WHO"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column, no_wrap=column in ("DEPLOYMENT", "OUTCOME"))
     table.add_column("REASON", overflow="fold")
     for e in entries:
         outcome = e.get("outcome") or "-"
