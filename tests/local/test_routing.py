@@ -9,9 +9,11 @@ import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
-from localtest import http_get, serving, wait_for
+from localtest import http_get, serving, wait_for, write_config
 
+from kiln.config import load_config
 from kiln.home import Home
 from kiln.local.client import AgentClient
 from kiln.local.provider import LocalProvider
@@ -111,3 +113,33 @@ def test_terminate_drains_in_flight_requests(
     assert inst.state is InstanceState.TERMINATED and not inst.in_service
     assert "draining" in inst.details["times"]
     assert not any(i.live for i in state.instances)
+
+
+def test_drain_is_capped_by_fleet_drain(
+    local_home: Home, image: str, tmp_path: Path, lb_port: int
+) -> None:
+    config = (
+        write_config(tmp_path / "short", lb_port)
+        .read_text()
+        .replace('drain = "5s"', 'drain = "400ms"')
+    )
+    (tmp_path / "short" / "kiln.toml").write_text(config)
+    provider = LocalProvider(local_home, load_config(tmp_path / "short" / "kiln.toml"))
+    ids = provider.launch("web", image, 1)
+    serving(provider, 1)
+    results: list[object] = []
+
+    def slow() -> None:
+        try:
+            results.append(http_get(lb_port, "/slow?s=5")[0])
+        except OSError as exc:  # cut off: the instance was stopped after the drain time
+            results.append(exc)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    provider.terminate("web", ids)
+    assert time.monotonic() - started < 3.0  # the drain time, then SIGTERM: not the 5 s request
+    thread.join(10)
+    assert results and results[0] != 200
