@@ -8,23 +8,22 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, Protocol
+from typing import Protocol
 
 import click
 from rich.markup import escape
 from rich.status import Status
-from rich.table import Table
 
 from kiln import providers
 from kiln.cli.app import State, cli, pass_state
+from kiln.cli.fleetviews import indent, print_history, print_result, print_status
 from kiln.cli.output import console, emit_json, err_console
 from kiln.deploy import Engine, Event, Plan, Result, Settings, StateDb
 from kiln.deploy.journal import Journal
 from kiln.deploy.lock import unlock as unlock_fleet
 from kiln.deploy.status import fleet_status
-from kiln.durations import format_duration, parse_duration
+from kiln.durations import parse_duration
 from kiln.errors import ConfigError, DeployError, GateFailed, ImageNotFound
 from kiln.store import Store
 
@@ -76,7 +75,7 @@ class _Narrator:
             lines = Plan.from_json(event.data["plan"]).describe()
             err_console.print("\n".join(lines), markup=False, style="dim")
         if event.kind == "trip" and event.data.get("log"):
-            err_console.print(_indent(event.data["log"]), markup=False, style="dim")
+            err_console.print(indent(event.data["log"]), markup=False, style="dim")
 
     @contextmanager
     def live(self, enabled: bool) -> Iterator[None]:
@@ -89,10 +88,6 @@ class _Narrator:
                 yield
             finally:
                 self.status = None
-
-
-def _indent(text: str) -> str:
-    return "\n".join(f"    {line}" for line in text.splitlines())
 
 
 @contextmanager
@@ -186,33 +181,11 @@ def _finish(result: Result, as_json: bool) -> None:
     if as_json:
         emit_json(result.to_json())
     else:
-        _print_result(result)
+        print_result(result)
     if result.ok:
         return
     code = GateFailed.exit_code if result.outcome == "rolled back" else DeployError.exit_code
     raise click.exceptions.Exit(code)
-
-
-def _print_result(result: Result) -> None:
-    if result.resumed is not None:
-        _print_result(result.resumed)
-    took = f" in {format_duration(result.duration)}" if result.duration else ""
-    if result.outcome == "unchanged":
-        console.print(f"{result.fleet} already serves {result.to_image}: nothing to do")
-        return
-    if result.outcome == "succeeded":
-        console.print(f"[green]✓[/] {escape(result.message or '')}{took} ({result.deployment})")
-        return
-    verb = "rolled back" if result.outcome == "rolled back" else "FAILED"
-    headline = f"✗ deployment {result.deployment} {verb}{took}:"
-    err_console.print(f"[bold red]{headline}[/] {escape(result.message or '')}")
-    if result.log:
-        err_console.print(f"  log tail of {result.instance}:", style="dim")
-        err_console.print(_indent(result.log), markup=False, style="dim")
-    if result.outcome == "rolled back":
-        err_console.print(f"  the fleet serves {result.from_image or 'nothing'} again")
-    else:
-        err_console.print("  run 'kiln status' to see what runs, then deploy a known-good image")
 
 
 @cli.command("deploy")
@@ -317,59 +290,7 @@ def status_command(state: State, as_json: bool, provider: str) -> None:
     if as_json:
         emit_json(data)
         return
-    _print_status(data)
-
-
-def _print_status(data: dict[str, Any]) -> None:
-    size = data.get("desired_size", "-")
-    console.print(
-        f"[bold]fleet {data['fleet']}[/] ({data['provider']})  endpoint "
-        f"{data['endpoint'] or '-'}  desired {size}  serving {data.get('serving', '-')}"
-    )
-    if "current_image" in data:
-        console.print(
-            f"image {data['current_image'] or '-'}  previous {data['previous_image'] or '-'}"
-        )
-    for group in data.get("groups", []):
-        attached = "attached" if group.get("attached") else "detached"
-        console.print(f"group {group['name']}: {group['image']} x{group['desired']} ({attached})")
-    warm = data.get("warm_standby")
-    if warm:
-        until = _clock(warm["until"]) if warm["until"] else "?"
-        console.print(f"warm standby {warm['image']} x{len(warm['instances'])} until {until}")
-    _print_instances(data["instances"])
-    dep = data.get("deployment_in_progress")
-    if dep:
-        console.print(
-            f"[yellow]deployment {dep['id']} ({dep['from']} → {dep['to']}, {dep['strategy']}) "
-            f"is {dep['outcome']}[/]: finish it with 'kiln deploy --resume' or undo it with "
-            "'kiln rollback'"
-        )
-    lock = data.get("lock")
-    if lock:
-        beat = lock.get("heartbeat")
-        ago = f", heartbeat {format_duration(max(0.0, time.time() - beat))} ago" if beat else ""
-        console.print(f"locked by {lock.get('holder')}{ago}")
-
-
-def _print_instances(instances: list[dict[str, Any]]) -> None:
-    if not instances:
-        console.print("no instances")
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("INSTANCE", "IMAGE", "STATE", "HEALTHY", "IN SERVICE", "AGE", "ADDRESS"):
-        table.add_column(column, no_wrap=column in ("INSTANCE", "IMAGE"), min_width=4)
-    for i in instances:
-        table.add_row(
-            i["id"],
-            i["image"],
-            i["state"] + (" (warm)" if i.get("warm") else ""),
-            "yes" if i["healthy"] else "no",
-            "yes" if i["in_service"] else "no",
-            format_duration(i["age"]),
-            i["address"] or "-",
-        )
-    console.print(table)
+    print_status(data)
 
 
 @cli.command("history")
@@ -401,43 +322,7 @@ def history_command(
     if not entries:
         console.print("no deployments yet")
         return
-    _print_history(entries)
-
-
-def _print_history(entries: list[dict[str, Any]]) -> None:
-    table = Table(box=None, header_style="bold")
-    for column in ("DEPLOYMENT", "STARTED", "FROM → TO", "STRATEGY", "OUTCOME", "TOOK", "WHO"):
-        table.add_column(column, no_wrap=column in ("DEPLOYMENT", "OUTCOME"))
-    table.add_column("REASON", overflow="fold")
-    for e in entries:
-        outcome = e.get("outcome") or "-"
-        style = {"succeeded": "green", "rolled back": "yellow", "failed": "red"}.get(outcome)
-        who = (e.get("who") or "-") + (f" ({e['commit'][:10]})" if e.get("commit") else "")
-        kind = e.get("kind") or "deploy"
-        duration = e.get("duration")
-        table.add_row(
-            e.get("id") or "-",
-            _clock(e["started"]) if e.get("started") else "-",
-            f"{e.get('from') or '-'} → {e.get('to') or '-'}",
-            (e.get("strategy") or "-") if kind == "deploy" else kind,
-            f"[{style}]{outcome}[/]" if style else outcome,
-            format_duration(duration) if duration is not None else "-",
-            who,
-            escape(_why(e)),
-        )
-    console.print(table)
-
-
-def _why(entry: dict[str, Any]) -> str:
-    """The user's reason; for a deployment that did not succeed, what went wrong."""
-    reason = entry.get("reason") or ""
-    if entry.get("outcome") in ("rolled back", "failed") and entry.get("message"):
-        return f"{reason}: {entry['message']}" if reason else str(entry["message"])
-    return reason
-
-
-def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    print_history(entries)
 
 
 @cli.command("unlock")

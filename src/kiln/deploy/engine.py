@@ -12,7 +12,6 @@ and the user is told what is running.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,7 @@ from kiln.deploy.history import Result, who_am_i
 from kiln.deploy.journal import Deployment, Journal, Who
 from kiln.deploy.lock import HEARTBEAT_TTL, DeployLock
 from kiln.deploy.plan import STRATEGIES, Knobs, Plan, make_plan, rollback_plan
+from kiln.deploy.records import majority, next_record, result_of, summary
 from kiln.deploy.settings import Settings
 from kiln.deploy.state import FleetRecord, StateDb
 from kiln.deploy.steps import StepRunner
@@ -181,16 +181,7 @@ class Engine:
             )
 
     def _knobs(self, settle: float | None = None) -> Knobs:
-        s = self.settings
-        size = self._desired_size()
-        return Knobs(
-            max_surge=s.max_surge,
-            max_unavailable=s.max_unavailable,
-            keep_warm=s.keep_warm,
-            settle=s.settle if settle is None else settle,
-            canary_count=s.canary_count(size),
-            canary_seconds=s.canary_duration,
-        )
+        return self.settings.knobs(self._desired_size(), settle)
 
     def _desired_size(self) -> int:
         rec = self.db.fleet(self.fleet)
@@ -199,7 +190,7 @@ class Engine:
     def _plan(self, image: str, strategy: str) -> Plan:
         rec = self.db.fleet(self.fleet)
         state = self.provider.describe(self.fleet)
-        current = rec.current_image if rec else _majority(state)
+        current = rec.current_image if rec else majority(state)
         size, knobs = self._desired_size(), self._knobs()
         if rec and rec.warm_ids:  # re-deploying what serves keeps the standby warm
             warm = set(rec.warm_ids)
@@ -318,7 +309,7 @@ class Engine:
 
     def _tick(self, state: FleetState) -> None:
         self.lock.beat()
-        self._emit("progress", _summary(state), {"instances": len(state.instances)})
+        self._emit("progress", summary(state), {"instances": len(state.instances)})
 
     # endings -------------------------------------------------------------------
 
@@ -386,28 +377,19 @@ class Engine:
         warm: list[str],
         keep_previous: bool = False,
     ) -> None:
-        previous = rec.previous_image if rec else None
-        if keep_previous or (from_image and from_image != current):
-            previous = from_image
-        warm_image, until = None, None
-        if warm:
-            warm_image, until = from_image, self.clock.now() + self.settings.keep_warm
-        elif rec and rec.warm_ids:  # an older standby survives only if still warm
-            idle = {i.id for i in state.live() if not i.in_service}
-            warm = [i for i in rec.warm_ids if i in idle]
-            warm_image, until = (rec.warm_image, rec.warm_until) if warm else (None, None)
-        self._save(
-            FleetRecord(
-                self.fleet,
-                size=size,
-                config_size=self.settings.size,
-                current_image=current,
-                previous_image=previous,
-                warm_image=warm_image,
-                warm_ids=tuple(warm),
-                warm_until=until,
-            )
+        record = next_record(
+            state,
+            rec,
+            fleet=self.fleet,
+            current=current,
+            from_image=from_image,
+            size=size,
+            config_size=self.settings.size,
+            warm=warm,
+            warm_until=self.clock.now() + self.settings.keep_warm,
+            keep_previous=keep_previous,
         )
+        self._save(record)
 
     def _save_unchanged(self, plan: Plan) -> None:
         rec = self.db.fleet(self.fleet)
@@ -434,26 +416,11 @@ class Engine:
         self._save(replace(rec, warm_image=None, warm_ids=(), warm_until=None))
 
     def _result(self, dep: Deployment, log: str | None = None) -> Result:
-        figures = dict(dep.figures)
-        return Result(
-            fleet=self.fleet,
-            outcome=dep.outcome,
-            deployment=dep.id,
-            kind=dep.kind,
-            strategy=dep.strategy,
-            from_image=dep.from_image,
-            to_image=dep.to_image,
-            duration=dep.duration,
-            message=dep.message,
-            gate=figures.get("gate"),
-            instance=figures.get("instance"),
-            log=log or figures.get("log_tail"),
-            figures=figures,
-        )
+        return result_of(dep, log)
 
     def _how_to_finish(self, dep: Deployment) -> str:
         try:
-            running = _summary(self.provider.describe(self.fleet))
+            running = summary(self.provider.describe(self.fleet))
         except Exception:
             running = "(could not be observed)"
         back = f"return to {dep.from_image}" if dep.from_image else "undo it"
@@ -464,21 +431,3 @@ class Engine:
 
     def _emit(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         self.on_event(Event(kind, message, data or {}))
-
-
-def _majority(state: FleetState) -> str | None:
-    images = Counter(i.image for i in state.serving())
-    return images.most_common(1)[0][0] if images else None
-
-
-def _summary(state: FleetState) -> str:
-    """'img-a x2 (2 healthy), img-b x1 (0 healthy)': what runs right now."""
-    live = state.live()
-    if not live:
-        return "no instances"
-    parts = []
-    for image, count in sorted(Counter(i.image for i in live).items()):
-        healthy = sum(1 for i in live if i.image == image and i.healthy)
-        serving = sum(1 for i in live if i.image == image and i.in_service)
-        parts.append(f"{image} x{count} ({healthy} healthy, {serving} in service)")
-    return ", ".join(parts)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kiln.config import Config
+from kiln.deploy.plan import Knobs
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,17 @@ class Settings:
         if self.canary_percent is not None:
             wanted = round(size * self.canary_percent / 100)
         return max(1, min(size, wanted))
+
+    def knobs(self, size: int, settle: float | None = None) -> Knobs:
+        """The planner's inputs for a fleet of ``size`` (``settle`` overrides [fleet] settle)."""
+        return Knobs(
+            max_surge=self.max_surge,
+            max_unavailable=self.max_unavailable,
+            keep_warm=self.keep_warm,
+            settle=self.settle if settle is None else settle,
+            canary_count=self.canary_count(size),
+            canary_seconds=self.canary_duration,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

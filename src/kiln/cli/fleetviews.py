@@ -1,0 +1,128 @@
+"""How fleets, deployments and their results look to people (rich, stdout/stderr)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from kiln.cli.output import console, err_console
+from kiln.deploy import Result
+from kiln.durations import format_duration
+
+
+def indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines())
+
+
+def print_result(result: Result) -> None:
+    if result.resumed is not None:
+        print_result(result.resumed)
+    took = f" in {format_duration(result.duration)}" if result.duration else ""
+    if result.outcome == "unchanged":
+        console.print(f"{result.fleet} already serves {result.to_image}: nothing to do")
+        return
+    if result.outcome == "succeeded":
+        console.print(f"[green]✓[/] {escape(result.message or '')}{took} ({result.deployment})")
+        return
+    verb = "rolled back" if result.outcome == "rolled back" else "FAILED"
+    headline = f"✗ deployment {result.deployment} {verb}{took}:"
+    err_console.print(f"[bold red]{headline}[/] {escape(result.message or '')}")
+    if result.log:
+        err_console.print(f"  log tail of {result.instance}:", style="dim")
+        err_console.print(indent(result.log), markup=False, style="dim")
+    if result.outcome == "rolled back":
+        err_console.print(f"  the fleet serves {result.from_image or 'nothing'} again")
+    else:
+        err_console.print("  run 'kiln status' to see what runs, then deploy a known-good image")
+
+
+def print_status(data: dict[str, Any]) -> None:
+    size = data.get("desired_size", "-")
+    console.print(
+        f"[bold]fleet {data['fleet']}[/] ({data['provider']})  endpoint "
+        f"{data['endpoint'] or '-'}  desired {size}  serving {data.get('serving', '-')}"
+    )
+    if "current_image" in data:
+        console.print(
+            f"image {data['current_image'] or '-'}  previous {data['previous_image'] or '-'}"
+        )
+    for group in data.get("groups", []):
+        attached = "attached" if group.get("attached") else "detached"
+        console.print(f"group {group['name']}: {group['image']} x{group['desired']} ({attached})")
+    warm = data.get("warm_standby")
+    if warm:
+        until = _clock(warm["until"]) if warm["until"] else "?"
+        console.print(f"warm standby {warm['image']} x{len(warm['instances'])} until {until}")
+    _print_instances(data["instances"])
+    dep = data.get("deployment_in_progress")
+    if dep:
+        console.print(
+            f"[yellow]deployment {dep['id']} ({dep['from']} → {dep['to']}, {dep['strategy']}) "
+            f"is {dep['outcome']}[/]: finish it with 'kiln deploy --resume' or undo it with "
+            "'kiln rollback'"
+        )
+    lock = data.get("lock")
+    if lock:
+        beat = lock.get("heartbeat")
+        ago = f", heartbeat {format_duration(max(0.0, time.time() - beat))} ago" if beat else ""
+        console.print(f"locked by {lock.get('holder')}{ago}")
+
+
+def _print_instances(instances: list[dict[str, Any]]) -> None:
+    if not instances:
+        console.print("no instances")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("INSTANCE", "IMAGE", "STATE", "HEALTHY", "IN SERVICE", "AGE", "ADDRESS"):
+        table.add_column(column, no_wrap=column in ("INSTANCE", "IMAGE"), min_width=4)
+    for i in instances:
+        table.add_row(
+            i["id"],
+            i["image"],
+            i["state"] + (" (warm)" if i.get("warm") else ""),
+            "yes" if i["healthy"] else "no",
+            "yes" if i["in_service"] else "no",
+            format_duration(i["age"]),
+            i["address"] or "-",
+        )
+    console.print(table)
+
+
+def print_history(entries: list[dict[str, Any]]) -> None:
+    table = Table(box=None, header_style="bold")
+    for column in ("DEPLOYMENT", "STARTED", "FROM → TO", "STRATEGY", "OUTCOME", "TOOK", "WHO"):
+        table.add_column(column, no_wrap=column in ("DEPLOYMENT", "OUTCOME"))
+    table.add_column("REASON", overflow="fold")
+    for e in entries:
+        outcome = e.get("outcome") or "-"
+        style = {"succeeded": "green", "rolled back": "yellow", "failed": "red"}.get(outcome)
+        who = (e.get("who") or "-") + (f" ({e['commit'][:10]})" if e.get("commit") else "")
+        kind = e.get("kind") or "deploy"
+        duration = e.get("duration")
+        table.add_row(
+            e.get("id") or "-",
+            _clock(e["started"]) if e.get("started") else "-",
+            f"{e.get('from') or '-'} → {e.get('to') or '-'}",
+            (e.get("strategy") or "-") if kind == "deploy" else kind,
+            f"[{style}]{outcome}[/]" if style else outcome,
+            format_duration(duration) if duration is not None else "-",
+            who,
+            escape(_why(e)),
+        )
+    console.print(table)
+
+
+def _why(entry: dict[str, Any]) -> str:
+    """The user's reason; for a deployment that did not succeed, what went wrong."""
+    reason = entry.get("reason") or ""
+    if entry.get("outcome") in ("rolled back", "failed") and entry.get("message"):
+        return f"{reason}: {entry['message']}" if reason else str(entry["message"])
+    return reason
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
