@@ -63,9 +63,15 @@ class Handler(BaseHTTPRequestHandler):
         })
 
     def do_POST(self):
-        size = int(self.headers.get("Content-Length", 0))
-        body = self.rfile.read(size)
-        self.send(200, {"instance": os.environ["KILN_INSTANCE_ID"], "size": size,
+        if self.headers.get("Transfer-Encoding", "").endswith("chunked"):
+            body = b""
+            while (size := int(self.rfile.readline().split(b";")[0], 16)):
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send(200, {"instance": os.environ["KILN_INSTANCE_ID"], "size": len(body),
                         "sha256": hashlib.sha256(body).hexdigest()})
 
 ThreadingHTTPServer.daemon_threads = True

@@ -6,7 +6,6 @@ import hashlib
 import http.client
 import json
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -66,14 +65,13 @@ def test_bodies_stream_both_ways(provider: LocalProvider, image: str, lb_port: i
     # the same keep-alive client connection goes on working
     conn.request("GET", "/", headers={"X-Forwarded-For": "10.0.0.9"})
     assert json.loads(conn.getresponse().read())["xff"] == "10.0.0.9, 127.0.0.1"
+    # a chunked upload of unknown length: streamed through, framing intact
+    pieces = [os.urandom(n) for n in (1, 70_000, 3000)]
+    conn.request("POST", "/chunked", body=iter(pieces), encode_chunked=True)
+    doc = json.loads(conn.getresponse().read())
+    whole = b"".join(pieces)
+    assert doc["size"] == len(whole) and doc["sha256"] == hashlib.sha256(whole).hexdigest()
     conn.close()
-    # curl, chunked upload: framing passes through
-    out = subprocess.run(
-        ["curl", "-s", "-H", "Transfer-Encoding: chunked", "--data-binary", "@-",
-         f"http://127.0.0.1:{lb_port}/chunked"],
-        input=b"x" * 1000, capture_output=True, timeout=10, check=True,
-    )  # fmt: skip
-    assert out.returncode == 0
 
 
 def test_membership_changes_and_503(provider: LocalProvider, image: str, lb_port: int) -> None:
