@@ -97,6 +97,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(app: Any, fake: FakeProvide
     out = app("deploy", "--image", NEW, "--dry-run").stdout
     assert "rolling deployment of shop: img-0000000000aa → img-0000000000bb" in out
     assert "1. launch 1 x img-0000000000bb" in out
+    assert "1. launch" in app("deploy", "--image", NEW, "--wait", "--dry-run").stdout
     plan = json.loads(app("deploy", "--image", NEW, "--dry-run", "--json").stdout)
     assert plan["format"] == 1 and plan["steps"][0]["kind"] == "launch"
     assert all(c[0] == "describe" for c in fake.calls[calls:])
