@@ -157,3 +157,34 @@ def simple_response(status: int, reason: str, body: str, *, close: bool = False)
     if status == 503:
         lines.append("Retry-After: 1")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+async def read_response_head(reader: asyncio.StreamReader, resp: Head) -> tuple[Head, bytes]:
+    """Past interim (1xx) heads to the final one; the interim ones are passed on."""
+    interim = b""
+    while True:
+        status = resp.first[1]
+        if len(status) != 3 or not status.isdigit():
+            raise BadMessage(f"bad status {status[:10]!r}")
+        if status[:1] != b"1" or status == b"101":
+            return resp, interim
+        interim += head_bytes(resp)
+        resp = parse_head(await reader.readuntil(b"\r\n\r\n"), request=False)
+
+
+def head_bytes(head: Head) -> bytes:
+    return b"\r\n".join([b" ".join(head.first).rstrip(), *head.keep, b"", b""])
+
+
+def partial_response(exc: BaseException) -> bool:
+    """Whether some response bytes had arrived before the failure."""
+    return isinstance(exc, asyncio.IncompleteReadError) and bool(exc.partial)
+
+
+def make_upstream_head(head: Head, client_ip: bytes) -> bytes:
+    method, target, _ = head.first
+    forwarded = client_ip if head.forwarded_for is None else head.forwarded_for + b", " + client_ip
+    parts = [method + b" " + target + b" HTTP/1.1", *head.keep, *framing_line(head)]
+    parts.append(b"X-Forwarded-For: " + forwarded)
+    parts.append(b"X-Forwarded-Proto: http\r\n\r\n")
+    return b"\r\n".join(parts)

@@ -30,7 +30,10 @@ from kiln.local.http1 import (
     copy_exact,
     copy_until_eof,
     framing_line,
+    make_upstream_head,
     parse_head,
+    partial_response,
+    read_response_head,
     simple_response,
 )
 from kiln.local.metrics import Counters
@@ -249,7 +252,7 @@ class Balancer:
                 body = None  # streamed from the client, so it can be sent only once
             else:
                 body = await creader.readexactly(head.length or 0)
-        upstream_head = _upstream_head(head, ip)
+        upstream_head = make_upstream_head(head, ip)
         tried: tuple[str, ...] = ()
         while True:
             backend = self._pick(tried)
@@ -327,10 +330,10 @@ class Balancer:
             resp = parse_head(await ureader.readuntil(b"\r\n\r\n"), request=False)
             interim = b""
             if resp.first[1][:1] == b"1" or not resp.first[1].isdigit():
-                resp, interim = await _read_response_head(ureader, resp)
+                resp, interim = await read_response_head(ureader, resp)
         except _NETWORK_ERRORS as exc:
             uwriter.close()
-            if replayable and not _partial(exc):
+            if replayable and not partial_response(exc):
                 raise _Retry from exc
             backend.counters.failures += 1
             self.totals.failures += 1
@@ -395,34 +398,3 @@ class Balancer:
         else:
             uwriter.close()
         return keep_client
-
-
-async def _read_response_head(reader: asyncio.StreamReader, resp: Head) -> tuple[Head, bytes]:
-    """Past interim (1xx) heads to the final one; the interim ones are passed on."""
-    interim = b""
-    while True:
-        status = resp.first[1]
-        if len(status) != 3 or not status.isdigit():
-            raise BadMessage(f"bad status {status[:10]!r}")
-        if status[:1] != b"1" or status == b"101":
-            return resp, interim
-        interim += _head_bytes(resp)
-        resp = parse_head(await reader.readuntil(b"\r\n\r\n"), request=False)
-
-
-def _head_bytes(head: Head) -> bytes:
-    return b"\r\n".join([b" ".join(head.first).rstrip(), *head.keep, b"", b""])
-
-
-def _partial(exc: BaseException) -> bool:
-    """Whether some response bytes had arrived before the failure."""
-    return isinstance(exc, asyncio.IncompleteReadError) and bool(exc.partial)
-
-
-def _upstream_head(head: Head, client_ip: bytes) -> bytes:
-    method, target, _ = head.first
-    forwarded = client_ip if head.forwarded_for is None else head.forwarded_for + b", " + client_ip
-    parts = [method + b" " + target + b" HTTP/1.1", *head.keep, *framing_line(head)]
-    parts.append(b"X-Forwarded-For: " + forwarded)
-    parts.append(b"X-Forwarded-Proto: http\r\n\r\n")
-    return b"\r\n".join(parts)
