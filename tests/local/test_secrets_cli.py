@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from localtest import Kiln, free_port, gone, http_get, serving, wait_for, write_
 
 from kiln.config import load_config
 from kiln.home import Home
-from kiln.local.client import AgentClient, start_agent
+from kiln.local.client import AgentClient, agent_status, start_agent
 from kiln.local.provider import LocalProvider
 
 
@@ -78,3 +81,25 @@ def test_agent_commands_and_logs(kiln: Kiln, local_home: Home, image: str, tmp_p
     assert "stopped the agent and its instances" in kiln("agent", "stop", "--all").stdout
     wait_for(lambda: gone(pid), 5, "instance stopped")
     assert kiln("agent", "stop").stdout.strip() == "agent not running"
+
+
+def test_agent_run_in_the_foreground_stops_on_sigterm(local_home: Home) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiln.cli", "agent", "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        status = wait_for(lambda: agent_status(local_home), 15, "the foreground agent")
+        assert status["pid"] == proc.pid
+        second = subprocess.run(
+            [sys.executable, "-m", "kiln.cli", "agent", "run"], capture_output=True, text=True
+        )
+        assert second.returncode == 1 and "an agent already runs" in second.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert not local_home.agent_socket.exists()
+    finally:
+        proc.kill()
+        proc.wait()
