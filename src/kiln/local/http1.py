@@ -25,6 +25,7 @@ _HANDLED = frozenset(
         b"expect",
     }
 )
+_BLANK = (32, 9)  # space, tab: never at the start of a header line or before its colon
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
@@ -59,14 +60,14 @@ def parse_head(raw: bytes, *, request: bool) -> Head:
     length: int | None = None
     connection = forwarded_for = None
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[:1] in b" \t" or name[-1:] in b" \t":
+        colon = line.find(b":")
+        if colon <= 0 or line[0] in _BLANK or line[colon - 1] in _BLANK:
             raise BadMessage(f"bad header line {line[:80]!r}")
-        lname = name.lower()
+        lname = line[:colon].lower()
         if lname not in _HANDLED:
             keep.append(line)
             continue
-        value = value.strip()
+        value = line[colon + 1 :].strip()
         if lname == b"content-length":
             if not value.isdigit() or (length is not None and length != int(value)):
                 raise BadMessage("bad Content-Length")
@@ -82,7 +83,11 @@ def parse_head(raw: bytes, *, request: bool) -> Head:
     if chunked:
         length = None
     close = version == b"HTTP/1.0"
-    if connection is not None:
+    if connection == b"keep-alive":
+        close = False
+    elif connection == b"close":
+        close = True
+    elif connection is not None:
         tokens = {t.strip() for t in connection.split(b",")}
         close = b"close" in tokens or (close and b"keep-alive" not in tokens)
         named = tokens - {b"close", b"keep-alive", b""}
