@@ -10,9 +10,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from localtest import free_port
 
 from kiln.local.health import probe
+from kiln.local.http1 import BadMessage, make_upstream_head, parse_head
 from kiln.local.lb import Balancer
 from kiln.local.procs import cap_log, log_tail
 
@@ -127,3 +129,37 @@ def test_log_cap_keeps_the_newest_lines(tmp_path: Path) -> None:
     with log.open("a") as f:
         f.write("after\n")
     assert log_tail(log, 2) == "line 1999\nafter"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",  # space before the colon (smuggling vector)
+        b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",  # obsolete line folding
+        b"GET / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GET /\r\n\r\n",
+        b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+    ],
+)
+def test_malformed_heads_are_refused(raw: bytes) -> None:
+    with pytest.raises(BadMessage):
+        parse_head(raw, request=True)
+
+
+def test_heads_lose_hop_by_hop_headers_and_gain_forwarding() -> None:
+    head = parse_head(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Trace\r\nX-Trace: 1\r\n"
+        b"Keep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 9\r\nExpect: 100-continue\r\n\r\n",
+        request=True,
+    )
+    assert head.chunked and head.length is None and head.expect and not head.close
+    upstream = make_upstream_head(head, b"127.0.0.1")
+    assert upstream == (
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+        b"X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n"
+    )
+    assert parse_head(b"GET / HTTP/1.0\r\n\r\n", request=True).close
+    assert not parse_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", request=True).close
