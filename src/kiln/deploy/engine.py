@@ -270,6 +270,7 @@ class Engine:
         try:
             gates.observe()
             self._run(dep, dep.plan, "forward", gates)
+            _check_serving(gates.observe(), dep.plan)
         except Trip as trip:
             return self._begin_rollback(dep, trip)
         return self._succeed(dep)
@@ -431,3 +432,15 @@ class Engine:
 
     def _emit(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         self.on_event(Event(kind, message, data or {}))
+
+
+def _check_serving(state: FleetState, plan: Plan) -> None:
+    """Success means the whole fleet serves the new image, healthy: say so or trip."""
+    serving = [i for i in state.serving() if i.image == plan.image]
+    others = [i for i in state.serving() if i.image != plan.image]
+    if len(serving) < plan.size or others:
+        raise Trip(
+            "stability",
+            f"stability gate: at the end {len(serving)} of {plan.size} instances of "
+            f"{plan.image} serve" + (f", and {len(others)} of other images" if others else ""),
+        )
