@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -116,7 +118,16 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def _raise_fd_limit() -> None:
+    """Every proxied request holds two sockets: take all the descriptors allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+
+
 async def _serve(home: Home, ready: Ready | None) -> None:
+    _raise_fd_limit()
     db = AgentDB(db_path(home))
     supervisor = Supervisor(home, db, Store(home))
     await supervisor.restore()
