@@ -21,9 +21,13 @@ from kiln.local.procs import cap_log, log_tail
 
 def backend(name: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                served += 1
+                if name == "stale" and served > 1:
+                    break  # closes a kept-alive connection as the next request arrives
                 method, path = head.split(b" ")[:2]
                 length = next(
                     (int(line.split(b":")[1]) for line in head.split(b"\r\n")
@@ -117,6 +121,28 @@ async def scenario() -> None:
 
 def test_framing_retries_and_503() -> None:
     asyncio.run(scenario())
+
+
+async def stale_scenario() -> None:
+    port = free_port()
+    server = await asyncio.start_server(backend("stale"), "127.0.0.1", port)
+    lb = Balancer("t")
+    lb_port = free_port()
+    await lb.start("127.0.0.1", lb_port)
+    try:
+        lb.add("only", "127.0.0.1", port)
+        lb.set_routable(["only"])
+        for _ in range(3):  # each reuse of the pooled connection meets a close
+            answer = await request(lb_port, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert lb.retries == 0  # retried on a fresh connection, not counted as a failure
+    finally:
+        await lb.close()
+        server.close()
+
+
+def test_a_stale_keepalive_connection_is_retried_on_the_same_instance() -> None:
+    asyncio.run(stale_scenario())
 
 
 def test_log_cap_keeps_the_newest_lines(tmp_path: Path) -> None:

@@ -54,6 +54,10 @@ class _Retry(Exception):
     """The attempt failed in a way that is safe to try on another instance."""
 
 
+class _Stale(Exception):
+    """A reused keep-alive connection was closed under us: try the same instance afresh."""
+
+
 class Backend:
     """One instance as the balancer sees it: address, idle connections, counters."""
 
@@ -261,9 +265,14 @@ class Balancer:
             tried += (backend.id,)
             backend.outstanding += 1
             try:
-                return await self._attempt(
-                    backend, head, upstream_head, body, creader, cwriter, started
-                )
+                try:
+                    return await self._attempt(
+                        backend, head, upstream_head, body, creader, cwriter, started
+                    )
+                except _Stale:
+                    return await self._attempt(
+                        backend, head, upstream_head, body, creader, cwriter, started, fresh=True
+                    )
             except _Retry:
                 backend.counters.failures += 1
                 self.totals.failures += 1
@@ -312,8 +321,9 @@ class Balancer:
         creader: asyncio.StreamReader,
         cwriter: asyncio.StreamWriter,
         started: float,
+        fresh: bool = False,
     ) -> bool:
-        conn = self._pooled(backend) if body is not None else None
+        conn = self._pooled(backend) if body is not None and not fresh else None
         ureader, uwriter = conn or await self._connect(backend)
         replayable = body is not None and head.first[0] in IDEMPOTENT
         waiting = self._waiting
@@ -334,7 +344,7 @@ class Balancer:
         except _NETWORK_ERRORS as exc:
             uwriter.close()
             if replayable and not partial_response(exc):
-                raise _Retry from exc
+                raise (_Stale if conn is not None else _Retry) from exc
             backend.counters.failures += 1
             self.totals.failures += 1
             cwriter.write(simple_response(502, "Bad Gateway", "instance failed\n", close=True))
