@@ -6,17 +6,22 @@ second AwsDeployments stands in for a second CI runner with nothing local.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aws_deploy.awsworld import World
 from kiln.aws.awsstate import AwsLock, lock_name
 from kiln.aws.deployments import AwsDeployments
+from kiln.aws.session import connect
+from kiln.config import AwsProvider
 from kiln.deploy.clock import SystemClock
 from kiln.deploy.settings import Settings
 from kiln.errors import LockHeld
+from kiln.fake import SimulatedKill
 from kiln.home import Home
 
 pytestmark = pytest.mark.aws
@@ -73,6 +78,10 @@ def test_lock_is_one_security_group_with_holder_expiry_and_takeover(
     assert other.deploy(V1).ok
     assert any("taking over the deploy lock" in w and "alice@ci-1" in w for w in warnings)
     assert other.status()["lock"] is None  # released at the end
+
+    # alice's runner was only stalled: her next heartbeat finds the lock gone and stops
+    with pytest.raises(LockHeld, match="lost the deploy lock"):
+        held.beat("dep-alice")
 
 
 def test_no_local_state_a_second_runner_sees_history_and_rolls_back(
@@ -144,3 +153,73 @@ def test_drift_recycle_and_deregistration_delay(
 
     text = fleet.provider.log_tail(sorted(after)[0])
     assert isinstance(text, str)
+
+
+def test_a_deploy_killed_half_way_is_finished_by_the_next_runner(
+    two_images: World, home: Home, tmp_path: Path
+) -> None:
+    world = two_images
+    first = runner(world, home, tmp_path / "one")
+    assert first.deploy(V1).ok
+    real_launch = first.provider.launch
+
+    def launch_then_die(*args: Any, **kwargs: Any) -> list[str]:
+        real_launch(*args, **kwargs)
+        raise SimulatedKill("the CI runner died right after the first batch launched")
+
+    first.provider.launch = launch_then_die  # type: ignore[method-assign]
+    with pytest.raises(SimulatedKill):
+        first.deploy(V2)
+    v1, v2 = f"kiln-{world.app}-v001", f"kiln-{world.app}-v002"
+    assert len(world.live_members(v1)) == 2 and len(world.live_members(v2)) == 1
+
+    second = runner(world, home, tmp_path / "two")  # nothing local: re-plans from AWS
+    result = second.deploy(V2)
+    assert result.ok and result.from_image == V1, result.message
+    assert world.targets() == world.live_members(v2) and len(world.live_members(v2)) == 2
+    assert world.groups()[v1]["DesiredCapacity"] == 0
+    assert [(h["from"], h["to"]) for h in second.history()] == [(V1, V2), (None, V1)]
+
+
+def test_the_lock_stays_alive_through_a_drain_longer_than_its_ttl(
+    two_images: World,
+    home: Home,
+    tmp_path: Path,
+    deploy_moto: str,
+    deploy_keys: tuple[str, str],
+) -> None:
+    world = two_images
+    world.admin.client("elbv2").modify_target_group_attributes(
+        TargetGroupArn=world.target_group,
+        Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "4"}],
+    )
+    fleet = runner(world, home, tmp_path, extra_fleet="max_surge = 2\n")
+    fleet.lock.ttl = 3.0  # shorter than the 4s drain: only the heartbeat keeps it
+    assert fleet.deploy(V1).ok
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(fleet.deploy(V2)))
+    worker.start()
+    rival = AwsLock(
+        connect(
+            AwsProvider(region="eu-west-1", endpoint_url=deploy_moto),
+            access_key_id=deploy_keys[0],
+            secret_access_key=deploy_keys[1],
+        ),
+        world.app,
+        SystemClock(),
+        holder="rival@ci-2",
+    )
+    refused = 0
+    while worker.is_alive():
+        try:
+            rival.acquire()
+        except LockHeld:
+            refused += 1
+        else:
+            rival.release()
+            if worker.is_alive():
+                pytest.fail("the rival took the lock while the deploy was running")
+        time.sleep(0.5)
+    worker.join()
+    assert outcome and outcome[0].ok, outcome
+    assert refused >= 8  # the deploy (with its 4s drain) outlived the ttl several times

@@ -148,8 +148,19 @@ class AwsLock:
         tags = self._tags(now)
         if deployment:
             tags.append({"Key": DEPLOYMENT_TAG, "Value": deployment})
+        ec2 = self.aws.ec2
         with aws_errors(f"refreshing the deploy lock of {self.fleet}"):
-            self.aws.ec2.create_tags(Resources=[self.group_id], Tags=tags)
+            try:
+                ec2.create_tags(Resources=[self.group_id], Tags=tags)
+            except ec2.exceptions.ClientError as exc:
+                if "NotFound" not in str(exc.response.get("Error", {}).get("Code", "")):
+                    raise
+                self.group_id = None
+                raise LockHeld(
+                    f"lost the deploy lock of {self.fleet}: another runner took it over "
+                    "after this one's heartbeat stopped",
+                    hint="check 'kiln aws status' and 'kiln aws history' before deploying again",
+                ) from None
         self._last_beat = now
 
     def release(self) -> None:
@@ -274,9 +285,17 @@ def fleet_record(
     in_service = [grp for grp in live if any(m.id in serving for m in grp.members)]
     if not (in_service or live):
         return None
-    current_group = (in_service or live)[0]
-    current = current_group.image
-    size = sum(grp.desired for grp in live if grp.image == current) or configured
+    settled = [grp for grp in in_service if g.SIZE_TAG in grp.tags]
+    if len(in_service) > 1 and settled:
+        # an operation stopped half-way: the fleet is still the last one that finished
+        current_group = settled[0]
+        current = current_group.image
+        size = int(current_group.tags[g.SIZE_TAG])
+    else:
+        current_group = (in_service or live)[0]
+        current = current_group.image
+        # one serving group: its desired count, whatever autoscaling made of it
+        size = sum(grp.desired for grp in live if grp.image == current) or configured
     previous = next(
         (e["from"] for e in history if e["to"] == current and e["from"] and e["from"] != current),
         None,
@@ -308,7 +327,8 @@ def save_record(aws: Aws, groups: list[g.ServerGroup], record: FleetRecord) -> N
     """Tag the groups with what the fleet record needs beyond their own shape."""
     current = next((grp for grp in groups if grp.image == record.current_image), None)
     if current is not None:
-        g.tag_group(aws, current.name, {g.CONFIG_SIZE_TAG: str(record.config_size)})
+        sizes = {g.CONFIG_SIZE_TAG: str(record.config_size), g.SIZE_TAG: str(record.size)}
+        g.tag_group(aws, current.name, sizes)
         if current.template_version.isdigit():
             g.set_default_version(aws, record.fleet, current.template_version)
     warm = set(record.warm_ids)

@@ -50,6 +50,7 @@ class _Heartbeat:
     def __init__(self, provider: AwsProvider, lock: st.AwsLock) -> None:
         self.inner, self.lock = provider, lock
         self.name = provider.name
+        provider.on_wait = lock.beat  # long drains and launches keep the lock too
 
     def describe(self, fleet: str) -> FleetState:
         self.lock.beat()

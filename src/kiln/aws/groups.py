@@ -20,6 +20,7 @@ APP_TAG = "kiln:app"
 IMAGE_TAG = "kiln:image"
 AMI_TAG = "kiln:ami"
 CONFIG_SIZE_TAG = "kiln:config-size"
+SIZE_TAG = "kiln:size"  # the fleet's size when the last operation finished
 WARM_UNTIL_TAG = "kiln:warm-until"
 _NAME = re.compile(r"^kiln-(?P<fleet>.+)-v(?P<n>\d{3,})$")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -89,6 +89,7 @@ class AwsProvider:
         self._drain_until: dict[str, float] = {}
         self._delay: float | None = None
         self._endpoint: tuple[str | None] | None = None
+        self.on_wait: Callable[[], None] = lambda: None  # called while waiting (lock heartbeat)
 
     # Provider: observe ----------------------------------------------------------
 
@@ -276,6 +277,7 @@ class AwsProvider:
             ]
             if len(members) >= count or self.clock.now() > deadline:
                 return sorted(members)
+            self.on_wait()
             self.clock.sleep(1.0)
 
     def _prune(self, fleet: str) -> None:
@@ -391,6 +393,7 @@ class AwsProvider:
                 seen_draining = True
             elif seen_draining:
                 break
+            self.on_wait()
             self.clock.sleep(min(1.0, max(0.0, deadline - self.clock.now())))
 
     # lookups ----------------------------------------------------------------------
