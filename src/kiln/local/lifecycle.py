@@ -69,6 +69,7 @@ class Lifecycle:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.health_tasks: dict[str, asyncio.Task[None]] = {}
         self.stopping: set[str] = set()  # ids whose retirement is under way
+        self._listening = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -39,6 +39,12 @@ class Supervisor(Lifecycle):
         self, name: str, settings: FleetSettings, supplied: Mapping[str, str]
     ) -> FleetRuntime:
         """The fleet, created and listening; follows changed settings."""
+        async with self._listening:  # two first launches must not both bind
+            return await self._ensure_fleet(name, settings, supplied)
+
+    async def _ensure_fleet(
+        self, name: str, settings: FleetSettings, supplied: Mapping[str, str]
+    ) -> FleetRuntime:
         fleet = self.fleets.get(name)
         if fleet is None:
             balancer = Balancer(name, settings.balance)
