@@ -85,7 +85,7 @@ def test_rollouts_and_rollbacks_under_load(site: tuple[Kiln, int], home: Home) -
     assert history[5]["strategy"] == "canary" and history[5]["figures"]["canary"]
     assert "failed at start: exited with status 3" in history[3]["message"]
     assert "boom: missing DATABASE_URL" in history[3]["figures"]["log_tail"]
-    assert "failed at start: unhealthy" in history[2]["message"]
+    assert "unhealthy" in history[2]["message"]  # seen failing its checks, or killed for it
 
 
 def _journal_reached(db_path: Path, since: float, step: int) -> bool:

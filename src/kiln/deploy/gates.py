@@ -88,7 +88,9 @@ class Gates:
                 raise self._trip_failed(inst)
             if inst.state is InstanceState.UNHEALTHY:
                 gate = "stability" if inst.id in self.healthy_once else "boot"
-                raise self._trip(gate, inst, f"instance {inst.id} of {image} is unhealthy")
+                reason = inst.details.get("reason")
+                why = f" ({reason})" if reason else ""
+                raise self._trip(gate, inst, f"instance {inst.id} of {image} is unhealthy{why}")
         for gone in sorted(self.seen - present - self.ours_gone):
             raise self._trip(
                 "stability",
