@@ -85,6 +85,12 @@ def test_sigkill_under_load_costs_no_request_and_heals(
     assert state.groups == {image: 2}
     # the replacement takes traffic
     assert replacement in {http_get(lb_port)[1]["instance"] for _ in range(6)}
+    # the id the engine knows stays meaningful: terminating it ends its replacement
+    provider.terminate("web", [victim])
+    state = provider.describe("web")
+    assert state.groups == {image: 1}
+    assert [i.id for i in state.live()] == [survivor]
+    assert next(i for i in state.instances if i.id == replacement).state is InstanceState.TERMINATED
 
 
 def test_unhealthy_instance_is_replaced(provider: LocalProvider, image: str) -> None:
