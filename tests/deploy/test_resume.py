@@ -8,14 +8,16 @@ from typing import Any
 import pytest
 from deploykit import BAD, FLEET, NEW, OLD, Behavior, World, dead_pid
 
-from kiln.deploy import StateDb
+from kiln.deploy import Engine, Result, StateDb
 from kiln.deploy.plan import Plan
 from kiln.deploy.state import SCHEMA_VERSION
 from kiln.errors import DeployError
 from kiln.fake import SimulatedKill
 
 # name: (image, behavior of that image, strategy, size, expected outcome)
+# strategy "rollback": the operation is 'kiln rollback' from a blue-green warm standby
 SCENARIOS: dict[str, tuple[str, Behavior | None, str, int, str]] = {
+    "rollback from warm standby": (OLD, None, "rollback", 2, "succeeded"),
     "rolling": (NEW, None, "rolling", 3, "succeeded"),
     "blue-green": (NEW, None, "blue-green", 2, "succeeded"),
     "canary": (NEW, None, "canary", 3, "succeeded"),
@@ -36,7 +38,16 @@ def _world(path: Path, scenario: str) -> tuple[World, dict[str, Any]]:
     if behavior is not None:
         world.provider.add_image(image, behavior)
     assert world.engine(size=size).deploy(OLD).ok
+    if _strategy == "rollback":
+        assert world.engine(size=size).deploy(NEW, strategy="blue-green").ok
     return world, {"size": size}
+
+
+def _operate(engine: Engine, image: str, strategy: str) -> Result:
+    """The operation under test: a deployment, or 'kiln rollback'."""
+    if strategy == "rollback":
+        return engine.rollback()
+    return engine.deploy(image, strategy=strategy)
 
 
 def _calls(tmp_path: Path, scenario: str) -> tuple[int, int]:
@@ -44,7 +55,7 @@ def _calls(tmp_path: Path, scenario: str) -> tuple[int, int]:
     world, knobs = _world(tmp_path / "count.db", scenario)
     image, _b, strategy, _size, outcome = SCENARIOS[scenario]
     world.provider.kill_at(0)  # reset the counters, kill nothing
-    assert world.engine(**knobs).deploy(image, strategy=strategy).outcome == outcome
+    assert _operate(world.engine(**knobs), image, strategy).outcome == outcome
     world.db.close()
     return world.provider.mutations, world.provider.describes
 
@@ -61,14 +72,14 @@ def test_kill_at_every_step_then_resume(tmp_path: Path, scenario: str) -> None:
         t0 = world.clock.now()
         world.provider.kill_at(k, after=after, describes=waiting)  # counts from now
         with pytest.raises(SimulatedKill):
-            world.engine(pid=dead_pid(), **knobs).deploy(image, strategy=strategy)
+            _operate(world.engine(pid=dead_pid(), **knobs), image, strategy)
         killed = world.journal().unfinished(FLEET)
         survivor = world.engine(**knobs)
         if killed is None:  # killed while planning: nothing was touched yet
-            assert world.serving() == {OLD: size}
-            finished = survivor.deploy(image, strategy=strategy)
+            assert world.serving() == {NEW if strategy == "rollback" else OLD: size}
+            finished = _operate(survivor, image, strategy)
         elif after:  # the next 'kiln deploy' finishes it...
-            result = survivor.deploy(image, strategy=strategy)
+            result = _operate(survivor, image, strategy)
             assert killed.outcome == "running"
             finished = result.resumed or result
             assert finished.deployment == killed.id
@@ -83,7 +94,8 @@ def test_kill_at_every_step_then_resume(tmp_path: Path, scenario: str) -> None:
         world.assert_settled(current, size)
         assert world.min_capacity_after(t0) >= size, where
         history = world.journal().history(FLEET)
-        assert [h.outcome for h in history] == [outcome, "succeeded"], where
+        before = ["succeeded"] * (2 if strategy == "rollback" else 1)
+        assert [h.outcome for h in history] == [outcome, *before], where
         assert killed is None or history[0].id == killed.id
         rec = world.db.fleet(FLEET)
         assert rec is not None and rec.current_image == current

@@ -239,17 +239,23 @@ class Engine:
         return self._drive(dep, self._execute)
 
     def _abort(self, dep: Deployment, to: str | None, reason: str | None) -> Result:
-        """``kiln rollback`` during an unfinished deployment rolls that one back."""
+        """``kiln rollback`` during an unfinished deployment rolls that one back.
+
+        An unfinished rollback (or a deployment already rolling back) is finished
+        instead: undoing an undo would be a loop.
+        """
         _ = dep.plan, dep.rollback_plan
-        if to is not None and to != dep.from_image:
+        finishing = dep.kind == "rollback" or dep.phase == "rollback"
+        allowed = dep.to_image if dep.kind == "rollback" else dep.from_image
+        if to is not None and to != allowed:
             raise DeployError(
                 f"deployment {dep.id} ({dep.from_image} → {dep.to_image}) is unfinished; "
-                f"it can only be rolled back to {dep.from_image}",
+                f"'kiln rollback' can only take the fleet to {allowed} now",
                 hint="run 'kiln rollback' without --to first",
             )
         self.journal.set_outcome(dep.id, "running", self.clock.now())
         self.lock.beat(dep.id)
-        if dep.phase == "rollback":
+        if finishing:
             return self._drive(dep, self._execute)
         why = f"rollback requested by {self.who}" + (f": {reason}" if reason else "")
         return self._drive(dep, lambda d: self._begin_rollback(d, Trip("user", why)))
