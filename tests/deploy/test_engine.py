@@ -272,6 +272,8 @@ def test_ctrl_c_stops_and_says_how_to_finish(deployed: World) -> None:
     dep = w.journal().unfinished(FLEET)
     assert dep is not None and dep.outcome == "interrupted"
     assert w.db.conn.execute("SELECT COUNT(*) FROM deploy_locks").fetchone()[0] == 0
+    w.engine().plan(NEW)
+    assert any("is unfinished: 'kiln deploy' finishes it first" in e.message for e in w.events)
     result = w.engine().resume()
     assert result is not None and result.outcome == "succeeded"
     w.assert_settled(NEW, 2)

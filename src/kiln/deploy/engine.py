@@ -77,6 +77,13 @@ class Engine:
     def plan(self, image: str, strategy: str | None = None) -> Plan:
         """What ``deploy`` would do now (``--dry-run``): no lock, nothing written."""
         self._check_image(image)
+        dep = self.journal.unfinished(self.fleet)
+        if dep is not None:
+            self._emit(
+                "warning",
+                f"deployment {dep.id} ({dep.from_image} → {dep.to_image}) is unfinished: "
+                "'kiln deploy' finishes it first, so this plan may change",
+            )
         return self._plan(image, self._strategy(strategy))
 
     # operations ----------------------------------------------------------------
