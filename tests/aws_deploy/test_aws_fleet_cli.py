@@ -9,7 +9,10 @@ import pytest
 
 from aws_deploy.awsworld import World
 from kiln.aws.deployments import open_deployments
+from kiln.aws.provider import AwsProvider
 from kiln.home import Home
+from kiln.provider import Provider
+from kiln.providers import open_provider
 from kilntest import Kiln
 
 pytestmark = pytest.mark.aws
@@ -52,3 +55,13 @@ def test_history_and_drift_from_the_command_line(
     drifted = kiln("aws", "drift", ok=False)
     assert drifted.exit_code == 6 and stranger_id in drifted.stdout
     assert deploy_keys[0] not in drifted.stdout + drifted.stderr
+
+
+def test_the_provider_registry_opens_the_aws_provider(
+    world: World, home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    loaded = world.config(tmp_path / "app")
+    provider = open_provider("aws", home, loaded)
+    assert isinstance(provider, AwsProvider) and isinstance(provider, Provider)
+    assert provider.name == "aws" and provider.stats(world.app) == {}
