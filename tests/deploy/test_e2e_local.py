@@ -187,3 +187,40 @@ def test_deploy_bakes_first_and_an_unchanged_app_is_a_no_op(
     changed = json.loads(kiln("deploy", "--json").stdout)
     assert changed["outcome"] == "succeeded" and changed["from"] == first["to"]
     assert changed["to"] != first["to"]
+
+
+def test_sigterm_stops_safely_and_says_how_to_finish(site: tuple[Kiln, int], home: Home) -> None:
+    """A cancelled CI job (SIGTERM) is a Ctrl-C: journaled stop, lock released, next steps."""
+    kiln, port = site
+    v1, v2 = app_image(home, "v1"), app_image(home, "v2")
+    assert _deploy(kiln, v1)["outcome"] == "succeeded"
+    env = {**os.environ, "KILN_HOME": str(home.root)}
+    since = time.time()
+    with Load(port) as load:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiln.cli", "deploy", "--image", v2],
+            cwd=kiln.cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not _journal_reached(home.state_db, since, 0):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(0.3)  # inside the first batch's wait
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 130, err
+        assert "kiln deploy --resume" in err and "stopped at step 1 of" in err
+        status = json.loads(kiln("status", "--json").stdout)
+        assert status["deployment_in_progress"]["outcome"] == "interrupted"
+        assert status["lock"] is None and status["serving"] >= 2
+        resumed = json.loads(kiln("deploy", "--resume", "--json").stdout)
+        assert resumed["outcome"] == "succeeded" and resumed["to"] == v2
+    assert load.failed == 0, load.errors[:5]
