@@ -9,9 +9,7 @@ does not bring the instance back. Emptied groups are kept, scaled down, for
 rollback (``keep_server_groups``); older ones and failed releases are deleted.
 
 Health is ELB's target health plus kiln's own HTTP probe of every instance it
-can reach (ALB semantics: interval, thresholds, grace), because ELB does not
-judge a blue-green standby outside the target group, and moto calls every
-registered target healthy.
+can reach (:mod:`kiln.aws.health`).
 """
 
 from __future__ import annotations
@@ -19,43 +17,20 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from kiln.aws import groups as g
 from kiln.aws import targets as t
+from kiln.aws.health import GONE, Probe, Prober
 from kiln.aws.session import Aws, aws_errors, connect
-from kiln.config import Health, LoadedConfig
+from kiln.config import LoadedConfig
 from kiln.deploy.clock import Clock, SystemClock
 from kiln.errors import ImageNotFound, InstanceNotFound, ProviderError
 from kiln.home import Home
-from kiln.provider import FleetState, Instance, InstanceState, InstanceStats
+from kiln.provider import FleetState, Instance, InstanceStats
 
-UNREACHABLE_BACKOFF = 30.0  # an instance this runner cannot route to is retried this often
 LAUNCH_WAIT = 120.0  # longest wait for Auto Scaling to show instances it was asked for
-_GONE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated", "Detaching")
-
-
-@dataclass
-class _Probe:
-    """ALB-like consecutive-check counters for one instance."""
-
-    passes: int = 0
-    fails: int = 0
-    healthy: bool = False
-    last: float = float("-inf")
-    reached: bool = False  # ever answered (or refused): from then on, silence is a failure
-
-    def record(self, ok: bool | None, health: Health, now: float) -> None:
-        if ok is None and not self.reached:
-            self.last = now + UNREACHABLE_BACKOFF  # not from here: ask ELB, retry later
-            return
-        self.last, self.reached = now, True
-        self.passes, self.fails = (self.passes + 1, 0) if ok else (0, self.fails + 1)
-        if self.passes >= health.healthy_threshold:
-            self.healthy = True
-        elif self.fails >= health.unhealthy_threshold:
-            self.healthy = False
 
 
 class AwsProvider:
@@ -82,10 +57,9 @@ class AwsProvider:
         self.app = loaded.config.app.name
         self.health = loaded.config.health
         self.aws = aws or connect(settings)
-        self.resolve = resolve or t.private_address
         self.clock = clock or SystemClock()
+        self.prober = Prober(self.health, settings.port, self.clock, resolve or t.private_address)
         self._amis: dict[str, str] = {}
-        self._probes: dict[str, _Probe] = {}
         self._drain_until: dict[str, float] = {}
         self._delay: float | None = None
         self._endpoint: tuple[str | None] | None = None
@@ -98,7 +72,7 @@ class AwsProvider:
         members = {m.id: (grp, m) for grp in groups for m in grp.members}
         raw = g.describe_instances(self.aws, list(members)) if members else {}
         health = self.target_health()
-        probed = self._probe(members, raw)
+        probed = self.prober.observe(members, raw)
         instances = tuple(
             self._instance(fleet, grp, m, raw.get(m.id), health.get(m.id), probed.get(m.id))
             for grp, m in members.values()
@@ -177,7 +151,7 @@ class AwsProvider:
         registered = set(self.target_health())
         adding, removing = set(add), set(remove)
         for grp in groups:
-            live = {m.id for m in grp.members if m.lifecycle not in _GONE}
+            live = {m.id for m in grp.members if m.lifecycle not in GONE}
             if live and not grp.attached and live <= adding:
                 g.set_attached(self.aws, grp.name, tg, True)
                 adding -= live
@@ -193,7 +167,7 @@ class AwsProvider:
     def terminate(self, fleet: str, ids: Sequence[str]) -> None:
         tg = self._target_group()
         groups = g.list_groups(self.aws, fleet, tg)
-        owner = {m.id: grp for grp in groups for m in grp.members if m.lifecycle not in _GONE}
+        owner = {m.id: grp for grp in groups for m in grp.members if m.lifecycle not in GONE}
         doomed = [i for i in ids if i in owner]  # already gone: nothing to do
         if not doomed:
             return
@@ -305,7 +279,7 @@ class AwsProvider:
         member: g.Member,
         raw: Any,
         target: str | None,
-        probe: _Probe | None,
+        probe: Probe | None,
     ) -> Instance:
         launched = raw["LaunchTime"].timestamp() if raw else self.clock.now()
         ip = raw.get("PrivateIpAddress") if raw else None
@@ -313,7 +287,7 @@ class AwsProvider:
             id=member.id,
             fleet=fleet,
             image=grp.image,
-            state=self._state(member, raw, target, probe, launched),
+            state=self.prober.state(member, raw, target, probe, launched),
             launched_at=launched,
             address=f"{ip}:{self.settings.port}" if ip else None,
             in_service=target is not None and target != "draining",
@@ -325,48 +299,6 @@ class AwsProvider:
                 "zone": raw.get("Placement", {}).get("AvailabilityZone") if raw else None,
             },
         )
-
-    def _state(
-        self, member: g.Member, raw: Any, target: str | None, probe: _Probe | None, since: float
-    ) -> InstanceState:
-        ec2_state = raw["State"]["Name"] if raw else "pending"
-        if member.lifecycle in _GONE or ec2_state in ("shutting-down", "terminated"):
-            return InstanceState.TERMINATED
-        if ec2_state in ("stopping", "stopped") or member.health == "Unhealthy":
-            return InstanceState.FAILED
-        if member.lifecycle.startswith("Pending") or ec2_state == "pending":
-            return InstanceState.PENDING
-        if target == "unhealthy":
-            return InstanceState.UNHEALTHY
-        if probe is not None:
-            if probe.healthy and target != "initial":
-                return InstanceState.HEALTHY
-            past_grace = self.clock.now() - since > self.health.grace
-            if probe.fails >= self.health.unhealthy_threshold and past_grace:
-                return InstanceState.UNHEALTHY
-            return InstanceState.RUNNING
-        if target == "healthy" or (target is None and member.lifecycle == "InService"):
-            return InstanceState.HEALTHY  # unreachable from here: trust ELB / Auto Scaling
-        return InstanceState.RUNNING
-
-    def _probe(self, members: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, _Probe]:
-        """Probe reachable instances, at most once per health interval each."""
-        now = self.clock.now()
-        due: dict[str, str] = {}
-        reachable: dict[str, _Probe] = {}
-        for iid, (grp, _member) in members.items():
-            ip = raw.get(iid, {}).get("PrivateIpAddress")
-            address = self.resolve(t.Target(iid, grp.image, ip, self.settings.port))
-            if address is None:
-                continue
-            state = self._probes.setdefault(iid, _Probe())
-            reachable[iid] = state
-            if now - state.last >= self.health.interval:
-                due[iid] = address
-        results = t.probe_all(due, self.health.path, self.health.timeout)
-        for iid, ok in results.items():
-            reachable[iid].record(ok, self.health, now)
-        return {iid: probe for iid, probe in reachable.items() if probe.reached}
 
     def target_health(self) -> dict[str, str]:
         tg = self.settings.target_group_arn
@@ -433,7 +365,7 @@ class AwsProvider:
 
 def _all_leaving(group: g.ServerGroup, doomed: set[str]) -> bool:
     """Every instance the group has, or will launch, is being terminated."""
-    live = {m.id for m in group.members if m.lifecycle not in _GONE}
+    live = {m.id for m in group.members if m.lifecycle not in GONE}
     return bool(live) and live <= doomed and group.desired == len(live)
 
 
