@@ -136,6 +136,7 @@ class FakeProvider:
         self._kill: tuple[int, bool] | None = None
         self._kill_on_describe = False
         self._describes = 0
+        self._errors: dict[str, Exception] = {}
 
     # scripting -------------------------------------------------------------
 
@@ -161,8 +162,15 @@ class FakeProvider:
     def describes(self) -> int:
         return self._describes
 
+    def fail_next(self, call: str, error: Exception) -> None:
+        """The next ``call`` ('launch', 'terminate', 'set_in_service') raises ``error``."""
+        self._errors[call] = error
+
     def _mutate(self, name: str, *args: str) -> bool:
         """Count a mutating call; kill before it, or report that we must kill after it."""
+        error = self._errors.pop(name, None)
+        if error is not None:
+            raise error
         self._mutations += 1
         self.calls.append((name, *args))
         if self._kill_on_describe:

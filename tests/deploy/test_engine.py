@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from deploykit import BAD, FLEET, NEW, OLD, Behavior, World
 
-from kiln.errors import DeployError, DeployInterrupted, FleetNotFound, ImageNotFound
+from kiln.errors import (
+    AgentError,
+    DeployError,
+    DeployInterrupted,
+    FleetNotFound,
+    ImageNotFound,
+)
 from kiln.fake import BAD_START_LOG
 
 
@@ -288,3 +294,20 @@ def test_rollback_of_an_interrupted_deployment(deployed: World) -> None:
     result = w.engine().rollback()
     assert result.outcome == "rolled back" and result.gate == "user"
     w.assert_settled(OLD, 2)
+
+
+def test_a_provider_failure_stops_without_rolling_back(deployed: World) -> None:
+    """An unreachable agent says nothing about the image: stop, journal, resume later."""
+    w = deployed
+    w.provider.fail_next("terminate", AgentError("the agent is not running"))
+    with pytest.raises(DeployError) as info:
+        w.engine().deploy(NEW)
+    message = str(info.value)
+    assert message.startswith("the agent is not running; deployment dep-")
+    assert "kiln deploy --resume" in message
+    dep = w.journal().unfinished(FLEET)
+    assert dep is not None and dep.outcome == "interrupted"
+    assert w.db.conn.execute("SELECT COUNT(*) FROM deploy_locks").fetchone()[0] == 0
+    result = w.engine().resume()
+    assert result is not None and result.outcome == "succeeded"
+    w.assert_settled(NEW, 2)

@@ -27,7 +27,13 @@ from kiln.deploy.records import majority, next_record, result_of, summary
 from kiln.deploy.settings import Settings
 from kiln.deploy.state import FleetRecord, StateDb
 from kiln.deploy.steps import StepRunner
-from kiln.errors import DeployError, DeployInterrupted, FleetNotFound, ImageNotFound
+from kiln.errors import (
+    DeployError,
+    DeployInterrupted,
+    FleetNotFound,
+    ImageNotFound,
+    KilnError,
+)
 from kiln.provider import FleetState, Provider
 
 
@@ -268,12 +274,22 @@ class Engine:
         return self._drive(dep, lambda d: self._begin_rollback(d, Trip("user", why)))
 
     def _drive(self, dep: Deployment, body: Callable[[Deployment], Result]) -> Result:
-        """Run, turning Ctrl-C into a journaled stop and instructions to finish."""
+        """Run, turning Ctrl-C or a provider failure into a journaled stop and next steps.
+
+        A provider that cannot be reached is no verdict on the image, so it does
+        not roll back: the deployment waits, journaled, for ``--resume``.
+        """
         try:
             return body(dep)
         except KeyboardInterrupt:
             self.journal.set_outcome(dep.id, "interrupted", self.clock.now())
             raise DeployInterrupted(self._how_to_finish(dep)) from None
+        except KilnError as exc:
+            self.journal.set_outcome(dep.id, "interrupted", self.clock.now())
+            raise DeployError(
+                f"{exc.message}; {self._how_to_finish(dep)}",
+                hint=exc.hint or "fix the cause first",
+            ) from exc
 
     def _execute(self, dep: Deployment) -> Result:
         self._figures = dict(dep.figures)
