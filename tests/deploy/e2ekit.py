@@ -17,7 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
 
 from localtest import APP, free_port, http_get, kill_everything, make_image
 
+from kiln.config import load_config
 from kiln.home import Home
+from kiln.local.provider import LocalProvider
 
 EXIT_AT_START = "import sys\nprint('boom: missing DATABASE_URL', flush=True)\nsys.exit(3)\n"
 CRASH_LATER = (
@@ -134,8 +136,37 @@ class Load:
         return ordered[int(len(ordered) * 0.99)] if ordered else 0.0
 
 
+class Capacity:
+    """Samples how many instances serve (healthy, in service) while a test runs."""
+
+    def __init__(self, home: Home, config: Path, fleet: str = "web") -> None:
+        self.provider = LocalProvider(home, load_config(config))
+        self.fleet = fleet
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Capacity:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(len(self.provider.describe(self.fleet).serving()))
+            time.sleep(0.02)
+
+    @property
+    def minimum(self) -> int:
+        return min(self.samples)
+
+
 __all__ = [
     "APP",
+    "Capacity",
     "Load",
     "app_image",
     "free_port",

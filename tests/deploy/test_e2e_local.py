@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2ekit import APP, Load, app_image, free_port, http_get, kill_everything, write_app_config
+from e2ekit import (
+    APP,
+    Capacity,
+    Load,
+    app_image,
+    free_port,
+    http_get,
+    kill_everything,
+    write_app_config,
+)
 
 from kiln.home import Home
 from kilntest import Kiln
@@ -48,7 +57,7 @@ def test_rollouts_and_rollbacks_under_load(site: tuple[Kiln, int], home: Home) -
     v1, v2 = app_image(home, "v1"), app_image(home, "v2")
     assert _deploy(kiln, v1)["outcome"] == "succeeded"
 
-    with Load(port) as load:
+    with Load(port) as load, Capacity(home, kiln.cwd / "kiln.toml") as capacity:
         load.phase = "rolling"
         rolled = _deploy(kiln, v2)
         assert rolled["outcome"] == "succeeded", rolled
@@ -74,6 +83,7 @@ def test_rollouts_and_rollbacks_under_load(site: tuple[Kiln, int], home: Home) -
         assert back["outcome"] == "succeeded" and back["to"] == v1
     assert load.sent > 200
     assert load.failed == 0, load.errors[:5]
+    assert capacity.minimum >= 2, "the fleet went below its desired healthy capacity"
 
     status = json.loads(kiln("status", "--json").stdout)
     assert status["current_image"] == v1 and status["serving"] == 2
@@ -116,7 +126,7 @@ def test_kill_9_at_every_step_under_load(site: tuple[Kiln, int], home: Home, str
     )
     env = {**os.environ, "KILN_HOME": str(home.root)}
     missed = 0
-    with Load(port) as load:
+    with Load(port) as load, Capacity(home, config) as capacity:
         for kill_at in range(steps):
             target = images[(kill_at + 1) % 2]
             plan = kiln("deploy", "--image", target, "--strategy", strategy, "--dry-run", "--json")
@@ -167,6 +177,7 @@ def test_kill_9_at_every_step_under_load(site: tuple[Kiln, int], home: Home, str
             assert status["serving"] == 2 and status["deployment_in_progress"] is None
             assert status["lock"] is None
     assert load.failed == 0, load.errors[:5]
+    assert capacity.minimum >= 2, "the fleet went below its desired healthy capacity"
     assert missed <= 1
     history = json.loads(kiln("history", "--json").stdout)
     assert [h["outcome"] for h in history] == ["succeeded"] * (steps + 1)
