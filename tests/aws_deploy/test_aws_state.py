@@ -150,6 +150,8 @@ def test_drift_recycle_and_deregistration_delay(
     assert len(after) == 2 and world.targets() == after
     assert took >= 2 * 2  # two batches, each drained for the target group's 2s delay
     assert fleet.drift().clean
+    recycled = fleet.history()[0]
+    assert (recycled["kind"], recycled["outcome"], recycled["to"]) == ("recycle", "succeeded", V1)
 
     text = fleet.provider.log_tail(sorted(after)[0])
     assert isinstance(text, str)

@@ -16,6 +16,7 @@ idempotent against the observed fleet), after the dead holder's lock expires.
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -220,13 +221,37 @@ class AwsDeployments:
             batch = max(1, self.settings.max_surge)
             replaced: list[str] = []
             launched: list[str] = []
-            for start in range(0, len(old), batch):
-                chunk = old[start : start + batch]
-                for image in sorted({i.image for i in chunk}):
-                    ids = [i.id for i in chunk if i.image == image]
-                    launched += self._replace(provider, image, ids)
-                    replaced += ids
+            try:
+                for start in range(0, len(old), batch):
+                    chunk = old[start : start + batch]
+                    for image in sorted({i.image for i in chunk}):
+                        ids = [i.id for i in chunk if i.image == image]
+                        launched += self._replace(provider, image, ids)
+                        replaced += ids
+            except DeployError as exc:
+                self._record_recycle(state, now, "failed", exc.message)
+                raise
+            if replaced:
+                message = f"replaced {len(replaced)} instance(s) older than {max_age:g}s"
+                self._record_recycle(state, now, "succeeded", message)
             return {"fleet": self.fleet, "replaced": replaced, "launched": launched}
+
+    def _record_recycle(self, state: FleetState, started: float, outcome: str, why: str) -> None:
+        images = sorted({i.image for i in state.serving()})
+        image = images[0] if len(images) == 1 else None
+        result = Result(
+            self.fleet,
+            outcome,
+            deployment=f"rcy-{secrets.token_hex(4)}",
+            kind="recycle",
+            strategy="rolling",
+            from_image=image,
+            to_image=image,
+            duration=self.clock.now() - started,
+            message=why,
+        )
+        text = st.history_record(result, str(self.who), self.who.commit, self.clock.now())
+        st.write_history(self.aws, self.fleet, text, image)
 
     def _replace(self, provider: _Heartbeat, image: str, ids: list[str]) -> list[str]:
         gates = Gates(
