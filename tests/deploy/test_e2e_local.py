@@ -198,6 +198,10 @@ def test_deploy_bakes_first_and_an_unchanged_app_is_a_no_op(
     changed = json.loads(kiln("deploy", "--json").stdout)
     assert changed["outcome"] == "succeeded" and changed["from"] == first["to"]
     assert changed["to"] != first["to"]
+    for size in (3, 1):
+        assert json.loads(kiln("scale", str(size), "--json").stdout)["outcome"] == "succeeded"
+        status = json.loads(kiln("status", "--json").stdout)
+        assert status["serving"] == size and status["desired_size"] == size
 
 
 def test_sigterm_stops_safely_and_says_how_to_finish(site: tuple[Kiln, int], home: Home) -> None:
