@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -123,14 +125,16 @@ def test_a_journal_from_another_plan_format_is_refused_unchanged(deployed: World
 
 
 def test_a_state_file_of_another_schema_is_refused(tmp_path: Path) -> None:
+    """Say, written by a newer kiln: refused, and the file is left byte for byte."""
     path = tmp_path / "state.db"
-    StateDb(path).close()
-    db = StateDb(path)
-    db.conn.execute("UPDATE deploy_meta SET value='7' WHERE key='schema'")
-    db.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE deploy_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO deploy_meta VALUES ('schema', '7')")
+        conn.execute("CREATE TABLE deploy_future (x)")
+        conn.commit()
     before = path.read_bytes()
-    with pytest.raises(
-        DeployError, match=f"schema version 7; this kiln understands version {SCHEMA_VERSION}"
-    ):
+    message = f"schema version 7; this kiln understands version {SCHEMA_VERSION}"
+    with pytest.raises(DeployError, match=message):
         StateDb(path)
     assert path.read_bytes() == before
+    assert not (tmp_path / "state.db-wal").exists()

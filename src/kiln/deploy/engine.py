@@ -12,7 +12,7 @@ and the user is told what is running.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +24,7 @@ from kiln.deploy.journal import Deployment, Journal, Who
 from kiln.deploy.lock import HEARTBEAT_TTL, DeployLock
 from kiln.deploy.plan import STRATEGIES, Knobs, Plan, make_plan, rollback_plan
 from kiln.deploy.records import majority, next_record, result_of, summary
+from kiln.deploy.replace import replacement_plan
 from kiln.deploy.settings import Settings
 from kiln.deploy.state import FleetRecord, StateDb
 from kiln.deploy.steps import StepRunner
@@ -164,6 +165,33 @@ class Engine:
                 self._save(replace(rec, size=size, config_size=self.settings.size))
                 return Result(self.fleet, "unchanged", kind="scale", to_image=image)
             return self._start(plan, "scale", f"scale to {size}")
+
+    def replace_instances(
+        self,
+        ids: Sequence[str],
+        *,
+        kind: str,
+        why: str,
+        reason: str | None = None,
+        wait: float | None = None,
+    ) -> Result:
+        """Replace these instances with fresh ones from their own image (recycle, drift).
+
+        Launch first, prove healthy, then drain and terminate, ``max_surge`` at a
+        time: journaled, gated and rolled back like any deployment.
+        """
+        with self._locked(wait):
+            self._resume_unfinished()
+            rec = self._record()
+            state = self.provider.describe(self.fleet)
+            wanted = set(ids)
+            doomed = [i for i in state.live() if i.id in wanted]
+            plan = replacement_plan(
+                state, doomed, rec.desired_size(self.settings.size), self._knobs(), why
+            )
+            if plan.empty:
+                return Result(self.fleet, "unchanged", kind=kind, to_image=rec.current_image)
+            return self._start(plan, kind, reason)
 
     # lock ----------------------------------------------------------------------
 

@@ -101,11 +101,15 @@ class StateDb:
         self.path = path
         self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
+        try:
+            self._check_schema()  # first: a file we do not understand is left exactly as it was
+        except BaseException:
+            self.conn.close()
+            raise
         # WAL + NORMAL: a commit is in the OS before we act, which is what surviving
         # kill -9 needs; only a power cut could lose the last step (then resume re-observes).
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self._check_schema()
 
     def close(self) -> None:
         self.conn.close()
