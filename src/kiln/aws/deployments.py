@@ -142,6 +142,7 @@ class AwsDeployments:
 
     def plan(self, image: str, strategy: str | None = None) -> Plan:
         """What deploy would do now (``--dry-run``): no lock taken, nothing written."""
+        self._refuse_canary(strategy)
         with tempfile.TemporaryDirectory(prefix="kiln-aws-") as scratch:
             db = StateDb(Path(scratch) / "state.db")
             try:
@@ -154,7 +155,16 @@ class AwsDeployments:
         self, image: str, *, strategy: str | None = None, reason: str | None = None,
         wait: float | None = None,
     ) -> Result:  # fmt: skip
+        self._refuse_canary(strategy)
         return self._run(lambda e: e.deploy(image, strategy=strategy, reason=reason), wait)
+
+    def _refuse_canary(self, strategy: str | None) -> None:
+        if (strategy or self.settings.strategy) == "canary":
+            raise DeployError(
+                "the canary strategy judges canaries by their request and error counts, which "
+                "the AWS provider does not read (they are in CloudWatch)",
+                hint="deploy with --strategy rolling or blue-green on AWS",
+            )
 
     def rollback(
         self, to: str | None = None, *, reason: str | None = None, wait: float | None = None
