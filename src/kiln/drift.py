@@ -13,12 +13,14 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pathspec
 
+from kiln.errors import KilnError
 from kiln.ignore import matcher
-from kiln.store import Manifest, file_sha256
+from kiln.provider import FleetState
+from kiln.store import Manifest, Store, file_sha256
 
 ChangeKind = Literal["modified", "added", "deleted", "mode"]
 
@@ -107,3 +109,45 @@ def _files(root: Path) -> list[tuple[str, os.stat_result]]:
             else:
                 out.append((rel, st))
     return out
+
+
+@dataclass(frozen=True)
+class InstanceDrift:
+    instance: str
+    image: str
+    changes: tuple[Change, ...]
+    error: str | None = None  # could not be checked (directory gone, image pruned)
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.changes) or self.error is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.instance,
+            "image": self.image,
+            "drifted": self.drifted,
+            "changes": [c.as_dict() for c in self.changes],
+            "error": self.error,
+        }
+
+
+def fleet_drift(
+    store: Store, state: FleetState, writable: Sequence[str] = ()
+) -> list[InstanceDrift]:
+    """Scan every live instance of a local fleet against its image."""
+    found: list[InstanceDrift] = []
+    for inst in sorted(state.live(), key=lambda i: i.launched_at):
+        where = inst.details.get("dir")
+        if not where or not Path(where).is_dir():
+            found.append(InstanceDrift(inst.id, inst.image, (), "its directory is missing"))
+            continue
+        try:
+            manifest = store.get(inst.image).manifest
+        except KilnError as exc:
+            found.append(InstanceDrift(inst.id, inst.image, (), f"image unreadable: {exc}"))
+            continue
+        found.append(
+            InstanceDrift(inst.id, inst.image, tuple(scan(Path(where), manifest, writable)))
+        )
+    return found

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.drift import baseline_path, record_baseline
 from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.local import procs
@@ -44,6 +45,8 @@ class FleetRuntime:
     supplied: dict[str, str] = field(default_factory=dict)  # env values for secrets, memory only
     backoff: dict[str, tuple[float, float]] = field(default_factory=dict)  # image -> (when, delay)
     counters: dict[str, Counters] = field(default_factory=dict)
+    recycling: bool = False  # a max_age replacement is under way
+    recycle_after: float = 0.0  # no max_age recycling before this (after a failure)
 
 
 def describe_exit(status: int | None) -> str:
@@ -125,6 +128,7 @@ class Lifecycle:
         """Materialize, resolve secrets, spawn; a failure marks the record failed and raises."""
         try:
             manifest = await asyncio.to_thread(self.store.materialize, rec.image, Path(rec.dir))
+            await asyncio.to_thread(record_baseline, Path(rec.dir))  # cheap `kiln drift`
             env = procs.base_env() | manifest.env | resolve(fleet.settings.secrets, fleet.supplied)
             rec.port = procs.free_port(INSTANCE_HOST)
             env |= {
@@ -142,6 +146,7 @@ class Lifecycle:
             procs.signal_group(proc.pid, signal.SIGKILL)
             await asyncio.to_thread(proc.wait)
             shutil.rmtree(rec.dir, ignore_errors=True)
+            baseline_path(Path(rec.dir)).unlink(missing_ok=True)
             return
         rec.pid = proc.pid
         rec.pid_start = procs.start_time(proc.pid)
@@ -219,6 +224,7 @@ class Lifecycle:
         self.sync_lb(fleet)
         self.save(rec)
         shutil.rmtree(rec.dir, ignore_errors=True)
+        baseline_path(Path(rec.dir)).unlink(missing_ok=True)
 
     async def retire(
         self, fleet: FleetRuntime, rec: InstanceRecord, final: InstanceState, *, drain: bool

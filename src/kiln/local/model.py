@@ -33,6 +33,7 @@ class FleetSettings:
     stop_timeout: float = 10.0
     log_max_bytes: int = 10 * 1024 * 1024
     secrets: dict[str, str] = field(default_factory=dict)  # NAME -> 'env:VAR' | 'file:/path'
+    max_age: float | None = None  # [fleet] max_age: the agent recycles older instances
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> FleetSettings:
@@ -47,6 +48,7 @@ class FleetSettings:
             stop_timeout=local.stop_timeout,
             log_max_bytes=local.log_max_bytes,
             secrets=dict(cfg.secrets),
+            max_age=cfg.fleet.max_age,
         )
 
     @classmethod

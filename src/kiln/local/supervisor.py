@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import InstanceNotFound, KilnError
-from kiln.local import procs
+from kiln.local import procs, recycler
 from kiln.local.lb import Balancer
 from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
@@ -181,6 +181,7 @@ class Supervisor(Lifecycle):
             ticks += 1
             if ticks % 25 == 0:
                 self._housekeeping()
+                self._recycle_old()
                 for fleet in list(self.fleets.values()):
                     await self._drop_if_empty(fleet)  # e.g. restored with nothing left
             await asyncio.sleep(TICK)
@@ -234,6 +235,14 @@ class Supervisor(Lifecycle):
             await self.boot(fleet, rec)
         except KilnError as exc:
             log.error("replacement %s failed: %s", rec.id, exc)
+
+    def _recycle_old(self) -> None:
+        now = time.time()
+        for fleet in self.fleets.values():
+            victim = recycler.due(self, fleet, now)
+            if victim is not None:
+                fleet.recycling = True  # claimed before the task first runs
+                self.background(recycler.recycle(self, fleet, victim))
 
     def _housekeeping(self) -> None:
         now = time.time()
