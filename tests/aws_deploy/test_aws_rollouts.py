@@ -129,3 +129,24 @@ def test_blue_green_keeps_the_old_group_warm_and_rollback_reattaches_it(
     assert world.targets() == blue  # the same instances: nothing was launched
     assert took < 20, took
     assert fleet.history()[0]["kind"] == "rollback"
+
+
+def test_a_warm_standby_is_discarded_once_keep_warm_is_over(
+    world: World, home: Home, tmp_path: Path, good_app: str
+) -> None:
+    for image in ("img-warm00000001", "img-warm00000002"):
+        world.ami(image)
+        world.addresses[image] = good_app
+    fleet = open_fleet(world, home, tmp_path, extra_fleet='strategy = "blue-green"\n')
+    fleet.settings = Settings(**{**fleet.settings.to_json(), "keep_warm": 1.0})
+    v1 = f"kiln-{world.app}-v001"
+    assert fleet.deploy("img-warm00000001").ok
+    assert fleet.deploy("img-warm00000002").ok
+    assert len(world.live_members(v1)) == 2  # warm, detached
+    assert world.groups()[v1]["Tags"] and any(
+        t["Key"] == "kiln:warm-until" for t in world.groups()[v1]["Tags"]
+    )
+    time.sleep(1.5)
+    assert fleet.deploy("img-warm00000002").outcome == "unchanged"  # reaps the standby first
+    assert world.live_members(v1) == set() and world.groups()[v1]["DesiredCapacity"] == 0
+    assert not any(t["Key"] == "kiln:warm-until" for t in world.groups()[v1]["Tags"])
