@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "kiln.cli.aws",
     "kiln.cli.awsfleet",
     "kiln.cli.lifecycle",
+    "kiln.cli.demo",
     "kiln.cli.deploy",
 )
 

@@ -143,6 +143,8 @@ def drift_command(
     report = fleet_drift(Store(state.home()), fleet, loaded.config.app.writable)
     drifted = [d for d in report if d.drifted]
     result: Result | None = None
+    if not as_json:
+        _print_drift(report)
     if replace and drifted:
         narrator = _Narrator()
         engine = _engine(state, "local", narrator)
@@ -158,10 +160,8 @@ def drift_command(
                 "replaced": result.to_json() if result else None,
             }
         )
-    else:
-        _print_drift(report)
-        if result is not None:
-            print_result(result)
+    elif result is not None:
+        print_result(result)
     if result is not None:
         if not result.ok:
             raise click.exceptions.Exit(GateFailed.exit_code)

@@ -1,0 +1,82 @@
+"""A small, bounded HTTP load loop: the demo's proof that nobody saw a failure.
+
+Keep-alive GETs from a few threads against one address, counting answers,
+failures and latency. Bounded in time (``max_seconds``) so a forgotten loop
+stops by itself.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoadLoop:
+    host: str
+    port: int
+    path: str = "/"
+    workers: int = 2
+    max_seconds: float = 300.0
+    pause: float = 0.005  # between requests of one worker: steady, not a flood
+    sent: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> LoadLoop:
+        for _ in range(self.workers):
+            thread = threading.Thread(target=self._run, daemon=True, name="kiln-load")
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+    def __enter__(self) -> LoadLoop:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            conn = conn or http.client.HTTPConnection(self.host, self.port, timeout=10)
+            started = time.perf_counter()
+            try:
+                conn.request("GET", self.path)
+                response = conn.getresponse()
+                response.read()
+                ok, why = response.status < 500, f"HTTP {response.status}"
+            except (OSError, http.client.HTTPException) as exc:
+                ok, why = False, f"{type(exc).__name__}: {exc}"
+                conn.close()
+                conn = None
+            self._record(ok, why, time.perf_counter() - started)
+            self._stop.wait(self.pause)
+        if conn is not None:
+            conn.close()
+
+    def _record(self, ok: bool, why: str, seconds: float) -> None:
+        with self._lock:
+            self.sent += 1
+            self.latencies.append(seconds)
+            if not ok:
+                self.failed += 1
+                if len(self.errors) < 20:
+                    self.errors.append(why)
+
+    def percentile(self, q: float) -> float:
+        with self._lock:
+            ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
