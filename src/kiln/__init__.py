@@ -5,3 +5,4 @@ instances and discarding old ones, never patch anything in place.
 """
 
 __version__ = "0.1.0"
+DISTRIBUTION = "kiln-deploy"  # on PyPI "kiln" is an unrelated project

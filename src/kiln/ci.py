@@ -18,7 +18,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Literal
 
-from kiln import __version__
+from kiln import DISTRIBUTION, __version__
 from kiln.config import LoadedConfig
 from kiln.errors import CiError
 
@@ -55,14 +55,14 @@ def default_install() -> str:
     """How runners install the kiln that wrote the pipeline: its git commit if it
     was installed from git, else this version from the package index."""
     try:
-        raw = metadata.distribution("kiln").read_text("direct_url.json")
+        raw = metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
         origin = json.loads(raw or "{}")
     except (metadata.PackageNotFoundError, json.JSONDecodeError):
         origin = {}
     vcs = origin.get("vcs_info") or {}
     if vcs.get("vcs") == "git" and vcs.get("commit_id") and origin.get("url"):
-        return f"kiln @ git+{origin['url']}@{vcs['commit_id']}"
-    return f"kiln=={__version__}"
+        return f"{DISTRIBUTION} @ git+{origin['url']}@{vcs['commit_id']}"
+    return f"{DISTRIBUTION}=={__version__}"
 
 
 def find_repo_root(start: Path) -> Path:

@@ -207,7 +207,7 @@ def test_runners_install_the_kiln_that_wrote_the_pipeline(monkeypatch: pytest.Mo
 
     git = '{"url": "https://example.org/kiln.git", "vcs_info": {"vcs": "git", "commit_id": "abc1"}}'
     monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(git))
-    assert ci.default_install() == "kiln @ git+https://example.org/kiln.git@abc1"
+    assert ci.default_install() == "kiln-deploy @ git+https://example.org/kiln.git@abc1"
     local = '{"url": "file:///src/kiln", "dir_info": {"editable": true}}'
     monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(local))
-    assert ci.default_install() == f"kiln=={ci.__version__}"
+    assert ci.default_install() == f"kiln-deploy=={ci.__version__}"
