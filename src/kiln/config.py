@@ -307,6 +307,13 @@ class AwsProvider(Section):
     instance_profile: str | None = Field(
         default=None, description="Instance profile (role) fleet instances run with."
     )
+    instance_role: str | None = Field(
+        default=None,
+        description=(
+            "IAM role inside the instance profile; the deploy policy may pass only this role "
+            "(iam:PassRole). Default: the profile's name."
+        ),
+    )
     port: int = Field(default=3000, ge=1, le=65535, description="Port the app listens on.")
     keep_server_groups: int = Field(
         default=2, ge=1, description="Server groups kept (current + warm standbys)."

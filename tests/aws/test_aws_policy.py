@@ -43,6 +43,27 @@ def test_parliament_finds_nothing(region: str | None, account: str | None) -> No
         assert [(f.issue, f.detail) for f in findings] == []
 
 
+def test_pass_role_only_for_the_configured_instance_role() -> None:
+    plain = policy_document(region="eu-west-1", account="123456789012")
+    assert "iam:PassRole" not in json.dumps(plain), "no role configured: nothing to pass"
+    document = policy_document(region="eu-west-1", account="123456789012", pass_role="shop-web")
+    (statement,) = [s for s in document["Statement"] if s["Action"] == "iam:PassRole"]
+    assert statement["Resource"] == "arn:aws:iam::123456789012:role/shop-web"
+    assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    core = parliament.analyze_policy_string(json.dumps(document)).findings
+    assert core == []
+    # The community auditors flag any PassRole beside RunInstances: that is what an
+    # instance profile needs, so the role is pinned and passable to EC2 only instead.
+    community = parliament.analyze_policy_string(
+        json.dumps(document), include_community_auditors=True
+    ).findings
+    assert {f.issue for f in community} == {
+        "PERMISSIONS_MANAGEMENT_ACTIONS",
+        "PRIVILEGE_ESCALATION",
+    }
+    assert all("iam:passrole" in f.location["actions"] for f in community)
+
+
 def test_policy_is_scoped_by_purpose_and_tags() -> None:
     document = policy_document(region="eu-west-1", account="123456789012")
     sids = [s["Sid"] for s in document["Statement"]]

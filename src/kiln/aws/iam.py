@@ -78,12 +78,15 @@ def create_deploy_user(
     *,
     rotate_key: bool = False,
     document: dict[str, Any] | None = None,
+    pass_role: str | None = None,
 ) -> DeployUser:
     """Converge the deploy user; ``document`` overrides the policy (tests, part 2)."""
     name = user_name(team)
     with aws_errors(f"setting up {name}"):
         account = aws.sts.get_caller_identity()["Account"]
-        policy = document or policy_document(region=aws.region, account=account)
+        policy = document or policy_document(
+            region=aws.region, account=account, pass_role=pass_role
+        )
         arn, created = _ensure_user(aws, name, team)
         console_removed = _remove_console_access(aws, name)
         policy_changed = _ensure_policy(aws, name, policy)

@@ -283,8 +283,13 @@ def policy_document(
     account: str | None,
     partition: str = "aws",
     purposes: Iterable[str] = ALL_PURPOSES,
+    pass_role: str | None = None,
 ) -> dict[str, Any]:
-    """The scoped policy: region, account and kiln's own tags narrow every write."""
+    """The scoped policy: region, account and kiln's own tags narrow every write.
+
+    ``pass_role`` (the fleet's instance role) adds ``iam:PassRole`` for that one
+    role, passable to EC2 only: launch templates naming an instance profile need it.
+    """
     values = {"partition": partition, "region": region or "*", "account": account or "*"}
     statements = []
     for rule in rules_for(purposes):
@@ -303,7 +308,25 @@ def policy_document(
         if condition:
             statement["Condition"] = condition
         statements.append(statement)
+    if pass_role and "deploy" in set(purposes):
+        statements.append(_pass_role(pass_role, values))
     return {"Version": VERSION, "Statement": statements}
+
+
+def _pass_role(role: str, values: dict[str, str]) -> dict[str, Any]:
+    return {
+        "Sid": "KilnDeployPassInstanceRole",
+        "Effect": "Allow",
+        "Action": "iam:PassRole",
+        "Resource": "arn:{partition}:iam::{account}:role/".format(**values) + role,
+        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+    }
+
+
+def instance_role(settings: Any) -> str | None:
+    """The role a deploy passes to instances: [provider.aws] instance_role or the profile."""
+    role: str | None = settings.instance_role or settings.instance_profile
+    return role
 
 
 def enforceable_document(purposes: Iterable[str] = ALL_PURPOSES) -> dict[str, Any]:

@@ -45,7 +45,9 @@ def policy_command(state: State, as_json: bool, account: str | None, region: str
     region = region or (aws.region if aws else settings.region)
     if account is None and aws is not None:
         account = _account(aws)
-    document = iam_policy.policy_document(region=region, account=account)
+    document = iam_policy.policy_document(
+        region=region, account=account, pass_role=iam_policy.instance_role(settings)
+    )
     if as_json:
         emit_json(document)
         return
@@ -91,8 +93,11 @@ def create_deploy_user_command(state: State, team: str, rotate_key: bool, as_jso
 
     Run once with admin credentials. The secret key is printed once, here.
     """
-    aws = connect(aws_settings(state))
-    user = create_deploy_user(aws, team, rotate_key=rotate_key)
+    settings = aws_settings(state)
+    aws = connect(settings)
+    user = create_deploy_user(
+        aws, team, rotate_key=rotate_key, pass_role=iam_policy.instance_role(settings)
+    )
     if as_json:
         emit_json(user.summary())
         return
