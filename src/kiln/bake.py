@@ -319,6 +319,8 @@ class SourceIndex:
         return hashes
 
     def save(self) -> None:
+        if self.fresh == self.entries:
+            return  # nothing moved: keep the file as it is
         self.path.parent.mkdir(exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(
@@ -376,6 +378,8 @@ def _cache_put(home: Home, key: str, result: BakeResult) -> None:
 
 def git_state(root: Path) -> tuple[str | None, bool | None]:
     """The commit the source is at and whether it has uncommitted changes (one git call)."""
+    if not any((d / ".git").exists() for d in (root, *root.parents)):
+        return None, None  # not a checkout: spare the subprocess
     try:
         status = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain=v2", "--branch", "--", "."],

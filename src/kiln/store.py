@@ -169,15 +169,17 @@ class Store:
         missing = [f.path for f in manifest.files if not self.has_object(f.sha256)]
         if missing:
             raise StoreError(f"cannot record image: {len(missing)} objects missing ({missing[0]})")
-        digest = manifest.digest
-        hexd = digest.removeprefix("sha256:")
+        canonical = manifest.canonical()
+        hexd = hashlib.sha256(canonical).hexdigest()
         meta_path = self.meta / f"{hexd}.json"
-        if not meta_path.exists():
+        if meta_path.exists():  # the same content baked before: keep its first record
+            meta = json.loads(meta_path.read_bytes())
+        else:
             _atomic_write(meta_path, json.dumps(meta, sort_keys=True).encode(), self.home.tmp)
         manifest_path = self.images / f"{hexd}.json"
         if not manifest_path.exists():
-            _atomic_write(manifest_path, manifest.canonical(), self.home.tmp)
-        return self.get(digest)
+            _atomic_write(manifest_path, canonical, self.home.tmp)
+        return ImageRecord(digest="sha256:" + hexd, manifest=manifest, meta=meta)
 
     @staticmethod
     def manifest_path(home: Home, digest: str) -> Path | None:
