@@ -30,6 +30,7 @@ from typing import IO, Any
 from kiln.errors import CorruptObject, ImageNotFound, StoreError
 from kiln.home import Home
 from kiln.objects import ObjectStore
+from kiln.pids import pid_alive
 
 FORMAT = 1
 
@@ -376,7 +377,7 @@ def clean_tmp(home: Home) -> int:
     removed = 0
     for entry in home.tmp.iterdir() if home.tmp.exists() else ():
         parts = entry.name.split("-")
-        if len(parts) < 3 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+        if len(parts) < 3 or not parts[1].isdigit() or pid_alive(int(parts[1])):
             continue
         if entry.is_dir() and not entry.is_symlink():
             _make_writable(entry)
@@ -391,13 +392,3 @@ def _make_writable(tree: Path) -> None:
     for dirpath, dirnames, _ in os.walk(tree):
         for name in dirnames:
             (Path(dirpath) / name).chmod(0o755)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -17,6 +17,7 @@ from kiln.deploy.clock import Clock
 from kiln.deploy.state import StateDb
 from kiln.durations import format_duration
 from kiln.errors import LockHeld
+from kiln.pids import pid_alive
 
 HEARTBEAT_TTL = 60.0
 
@@ -38,16 +39,6 @@ class Holder:
             f"{format_duration(max(0.0, now - self.started))} ago, last heartbeat "
             f"{format_duration(max(0.0, now - self.heartbeat))} ago"
         )
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stale_reason(holder: Holder, now: float, host: str, ttl: float) -> str | None:
