@@ -1,0 +1,231 @@
+"""Every command shown in README.md and docs/*.md is run here, or listed with a reason.
+
+Each doc's commands run in order, as a reader following along would, in a
+sandbox: a private KILN_HOME, a small real app, the real local agent, and a
+moto server for the AWS commands (see tests/docs/awsdocs.py). A doc that gains
+a command gets it run by its scenario; a doc without a scenario fails until
+the command is given one or allow-listed below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ci.test_ci_docs import RUNNABLE as CI_DOC_RUNS
+from docs import awsdocs
+from docs.awsdocs import AWS, is_aws
+from docs.doccommands import REPO, Command, anchors, doc_files, extract, relative_links
+from docs.sandbox import Sandbox, Step
+from kiln.home import Home
+from local.localtest import APP, free_port, kill_everything
+
+# (doc, command) -> why no test here runs it
+ALLOWED: dict[tuple[str, str], str] = {
+    ("README.md", "make demo"): "runs `kiln demo`, which tests/test_demo.py runs",
+    ("README.md", "make test"): "the whole suite: CI runs it (.ci/run)",
+    (
+        "docs/ci.md",
+        'git add .github/workflows/deploy.yml && git commit -m "Deploy with kiln" && git push',
+    ): "pushes to the reader's remote; `kiln ci init github` before it is run",
+    ("docs/ci.md", "kiln ci init github|gitlab [--provider aws|local] [--force]"): (
+        "a synopsis, not a command; each form is run by tests/ci/test_ci_init.py"
+    ),
+    ("docs/ci.md", "kiln deploy --provider aws --json > deploy.json"): awsdocs.NO_AWS_DEPLOY,
+    ("README.md", "kiln deploy --provider aws"): awsdocs.NO_AWS_DEPLOY,
+    ("docs/aws.md", "kiln aws status"): awsdocs.NO_AWS_PROBE,
+    ("docs/aws.md", "kiln aws recycle --max-age 7d"): awsdocs.NO_AWS_PROBE,
+}
+ALLOWED_CI_DOC = "run by tests/ci/test_ci_docs.py"
+
+
+def commands() -> list[Command]:
+    return [c for path in doc_files() for c in extract(path)]
+
+
+def why_not_run(command: Command) -> str | None:
+    if command.doc == "docs/ci.md" and command.text.startswith(CI_DOC_RUNS):
+        return ALLOWED_CI_DOC
+    return ALLOWED.get((command.doc, command.text))
+
+
+# README.md -------------------------------------------------------------------
+
+
+def my_app(box: Sandbox) -> None:
+    """An app without a kiln.toml, as `kiln init` expects it."""
+    (box.cwd / "my-app").mkdir()
+    (box.cwd / "my-app" / "app.py").write_text(APP)
+
+
+def review(box: Sandbox) -> None:
+    """What the reader reviews after `kiln init`: a free port, quick checks."""
+    path = box.cwd / "kiln.toml"
+    text = path.read_text()
+    for old, new in (
+        ('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{free_port()}"'),
+        ('interval = "1s"', 'interval = "100ms"'),
+        ("healthy_threshold = 2", "healthy_threshold = 1"),
+        ('drain = "10s"', 'drain = "2s"\nsettle = "0s"'),
+    ):
+        assert old in text, f"kiln init no longer writes {old!r}"
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def first_instance(box: Sandbox, placeholder: str) -> None:
+    status = json.loads(box.sh("kiln status --json").stdout)
+    box.values[placeholder] = status["instances"][0]["id"][:6]
+
+
+def new_version(box: Sandbox) -> None:
+    """The reader changed the code: the next deploy bakes a new image."""
+    with (box.cwd / "app.py").open("a") as f:
+        f.write("# v2\n")
+
+
+README = {
+    "cd my-app": Step(prepare=my_app),
+    "kiln init": Step(shows=("kiln.toml",)),
+    "kiln bake": Step(prepare=review, shows=("img-",)),
+    "kiln deploy": Step(shows=("serves img-",)),
+    "kiln status": Step(shows=("healthy", "127.0.0.1:")),
+    "kiln deploy --strategy blue-green": Step(prepare=new_version, shows=("serves img-",)),
+    "kiln history": Step(shows=("blue-green", "succeeded")),
+    "kiln drift": Step(shows=("clean",)),
+    "kiln agent status": Step(shows=("agent running, pid", "healthy")),
+    "kiln logs INSTANCE": Step(prepare=lambda box: first_instance(box, "INSTANCE")),
+}
+
+# docs/deploying.md -------------------------------------------------------------
+
+
+def bake_new_version(box: Sandbox, placeholder: str) -> None:
+    """Change the code and bake it: the image the doc's placeholder stands for."""
+    new_version(box)
+    box.values[placeholder] = json.loads(box.sh("kiln bake --json").stdout)["image"]
+
+
+def two_instances_then_bake(box: Sandbox) -> None:
+    """The doc's plan: a 2-instance fleet on img-aaaaaaaaaaaa, img-bbbbbbbbbbbb baked."""
+    box.sh("kiln scale 2")
+    status = json.loads(box.sh("kiln status --json").stdout)
+    box.values["img-aaaaaaaaaaaa"] = status["current_image"]
+    bake_new_version(box, "img-bbbbbbbbbbbb")
+
+
+DEPLOYING = {
+    "kiln deploy --image img-3f2a9c1d0b7e --strategy blue-green": Step(
+        prepare=lambda box: bake_new_version(box, "img-3f2a9c1d0b7e"),
+        shows=("shop serves img-3f2a9c1d0b7e",),
+    ),
+    "kiln deploy --dry-run": Step(prepare=new_version),
+    "kiln scale 4": Step(shows=("4",)),
+    "kiln deploy --image img-bbbbbbbbbbbb --dry-run": Step(
+        prepare=two_instances_then_bake,
+        shows=(
+            "rolling deployment of shop: img-aaaaaaaaaaaa → img-bbbbbbbbbbbb, 2 instance(s)",
+            "1. launch 1 x img-bbbbbbbbbbbb, wait until healthy, stable for",
+            "2. terminate i-",
+            "(replaced)",
+        ),
+    ),
+}
+
+LOCAL_APP = """
+[app]
+name = "shop"
+run = "python3 app.py"
+
+[health]
+path = "/health"
+interval = "100ms"
+healthy_threshold = 1
+grace = "5s"
+
+[fleet]
+size = 2
+settle = "0.5s"
+drain = "2s"
+
+[provider.local]
+listen = "127.0.0.1:{port}"
+stop_timeout = "2s"
+"""
+
+LOCAL: dict[str, dict[str, Step]] = {"README.md": README, "docs/deploying.md": DEPLOYING}
+
+
+@pytest.fixture
+def local_box(tmp_path: Path) -> Iterator[Sandbox]:
+    """A directory holding a small real app, and the agent killed at the end."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "kiln.toml").write_text(LOCAL_APP.format(port=free_port()))
+    try:
+        yield Sandbox(tmp_path)
+    finally:
+        kill_everything(Home.resolve(os.environ["KILN_HOME"]))
+
+
+def run_doc(doc: str, box: Sandbox, steps: dict[str, Step], *, aws: bool) -> None:
+    """Run the doc's local (or AWS) commands in the order it shows them."""
+    ran = []
+    for command in commands():
+        if command.doc == doc and not why_not_run(command) and is_aws(command.text) == aws:
+            box.run(command, steps.get(command.text, Step()))
+            ran.append(command.text)
+    assert ran, f"{doc} shows no command to run"
+
+
+@pytest.mark.parametrize("doc", sorted(LOCAL))
+def test_local_commands_run(doc: str, local_box: Sandbox) -> None:
+    if doc == "README.md":  # `kiln init` starts from an app without kiln.toml
+        for name in ("app.py", "kiln.toml"):
+            (local_box.cwd / name).unlink()
+    run_doc(doc, local_box, LOCAL[doc], aws=False)
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize("doc", sorted(AWS))
+def test_aws_commands_run(doc: str, aws_box: Sandbox) -> None:
+    run_doc(doc, aws_box, AWS[doc], aws=True)
+
+
+# the lists stay honest ---------------------------------------------------------
+
+
+def test_every_command_is_run_or_allow_listed() -> None:
+    orphans = [
+        str(c)
+        for c in commands()
+        if not why_not_run(c) and c.doc not in (AWS if is_aws(c.text) else LOCAL)
+    ]
+    assert not orphans, "commands no test runs: give the doc a scenario or allow-list them"
+    shown = {(c.doc, c.text) for c in commands()}
+    assert not set(ALLOWED) - shown, "allow-listed commands the docs no longer show"
+    for doc, steps in [*LOCAL.items(), *AWS.items()]:
+        stale = set(steps) - {c.text for c in commands() if c.doc == doc}
+        assert not stale, f"{doc}: steps for commands it no longer shows: {stale}"
+
+
+def test_the_docs_show_commands() -> None:
+    docs = {c.doc for c in commands()}
+    assert {"README.md", "docs/deploying.md", "docs/aws.md", "docs/ci.md"} <= docs
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: p.name)
+def test_relative_links_resolve(path: Path) -> None:
+    """Links go to files that exist and to headings that exist."""
+    # `_readme_*.md` fragments are written to be pasted into README.md
+    base = REPO if path.name.startswith("_readme") else path.parent
+    broken = []
+    for link in relative_links(path):
+        target, _, anchor = link.partition("#")
+        file = (base / target) if target else path
+        if not file.exists() or (anchor and file.suffix == ".md" and anchor not in anchors(file)):
+            broken.append(link)
+    assert not broken, f"{path.name}: broken links {broken}"
