@@ -146,6 +146,8 @@ class Lifecycle:
             procs.signal_group(proc.pid, signal.SIGKILL)
             await asyncio.to_thread(proc.wait)
             shutil.rmtree(rec.dir, ignore_errors=True)
+            if rec.dir:
+                if rec.dir:
             baseline_path(Path(rec.dir)).unlink(missing_ok=True)
             return
         rec.pid = proc.pid
@@ -224,7 +226,8 @@ class Lifecycle:
         self.sync_lb(fleet)
         self.save(rec)
         shutil.rmtree(rec.dir, ignore_errors=True)
-        baseline_path(Path(rec.dir)).unlink(missing_ok=True)
+        if rec.dir:
+            baseline_path(Path(rec.dir)).unlink(missing_ok=True)
 
     async def retire(
         self, fleet: FleetRuntime, rec: InstanceRecord, final: InstanceState, *, drain: bool
