@@ -147,8 +147,7 @@ class Lifecycle:
             await asyncio.to_thread(proc.wait)
             shutil.rmtree(rec.dir, ignore_errors=True)
             if rec.dir:
-                if rec.dir:
-            baseline_path(Path(rec.dir)).unlink(missing_ok=True)
+                baseline_path(Path(rec.dir)).unlink(missing_ok=True)
             return
         rec.pid = proc.pid
         rec.pid_start = procs.start_time(proc.pid)
