@@ -78,7 +78,9 @@ def _print_instances(instances: list[dict[str, Any]]) -> None:
         return
     table = Table(box=None, header_style="bold")
     for column in ("INSTANCE", "IMAGE", "STATE", "HEALTHY", "IN SERVICE", "AGE", "ADDRESS"):
-        table.add_column(column, no_wrap=column in ("INSTANCE", "IMAGE"), min_width=4)
+        # ids are what users copy into `kiln logs`: never cut them short
+        widths = {"INSTANCE": 14, "IMAGE": 16, "ADDRESS": 15}
+        table.add_column(column, no_wrap=column in widths, min_width=widths.get(column, 4))
     for i in instances:
         table.add_row(
             i["id"],
