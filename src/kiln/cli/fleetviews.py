@@ -77,16 +77,16 @@ def _print_instances(instances: list[dict[str, Any]]) -> None:
         console.print("no instances")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("INSTANCE", "IMAGE", "STATE", "HEALTHY", "IN SERVICE", "AGE", "ADDRESS"):
-        # ids are what users copy into `kiln logs`: never cut them short
-        widths = {"INSTANCE": 14, "IMAGE": 16, "ADDRESS": 15}
-        table.add_column(column, no_wrap=column in widths, min_width=widths.get(column, 4))
+    # ids are what users copy into `kiln logs`: never cut them short. STATE says
+    # whether it is healthy; IN LB whether the load balancer sends it traffic.
+    widths = {"INSTANCE": 14, "IMAGE": 16, "STATE": 9, "ADDRESS": 15}
+    for column in ("INSTANCE", "IMAGE", "STATE", "IN LB", "AGE", "ADDRESS"):
+        table.add_column(column, no_wrap=True, min_width=widths.get(column, 4))
     for i in instances:
         table.add_row(
             i["id"],
             i["image"],
             i["state"] + (" (warm)" if i.get("warm") else ""),
-            "yes" if i["healthy"] else "no",
             "yes" if i["in_service"] else "no",
             format_duration(i["age"]),
             i["address"] or "-",
