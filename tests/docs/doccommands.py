@@ -99,3 +99,9 @@ def relative_links(path: Path) -> list[str]:
     text = FENCE.sub("", path.read_text(encoding="utf-8"))
     text = re.sub(r"`[^`\n]*`", "", text)
     return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def inline_commands(path: Path) -> list[str]:
+    """``kiln ...`` spans in the prose (outside code blocks)."""
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
+    return re.findall(r"`(kiln [^`\n]+)`", text)

@@ -11,16 +11,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from ci.test_ci_docs import RUNNABLE as CI_DOC_RUNS
 from docs import awsdocs
 from docs.awsdocs import AWS, is_aws
-from docs.doccommands import REPO, Command, anchors, doc_files, extract, relative_links
+from docs.doccommands import (
+    REPO,
+    Command,
+    anchors,
+    doc_files,
+    extract,
+    inline_commands,
+    relative_links,
+)
 from docs.sandbox import Sandbox, Step
+from kiln.cli import cli
 from kiln.home import Home
 from local.localtest import APP, free_port, kill_everything
 
@@ -229,3 +240,34 @@ def test_relative_links_resolve(path: Path) -> None:
         if not file.exists() or (anchor and file.suffix == ".md" and anchor not in anchors(file)):
             broken.append(link)
     assert not broken, f"{path.name}: broken links {broken}"
+
+
+def unknown_words(span: str) -> list[str]:
+    """Commands and options of an inline ``kiln ...`` span that the CLI does not have.
+
+    ``kiln aws history|drift`` and ``kiln deploy/rollback --provider aws`` name
+    several commands at once: each one is checked.
+    """
+    words = span.split()[1:]
+    group: click.Command = cli
+    i = 0
+    while i < len(words) and isinstance(group, click.Group) and not words[i].startswith("-"):
+        names = re.split(r"[|/]", words[i])
+        if not all(n in group.commands for n in names):
+            break
+        if len(names) > 1:
+            return [w for n in names for w in unknown_words(f"kiln {n} {' '.join(words[i + 1 :])}")]
+        group = group.commands[names[0]]
+        i += 1
+    if isinstance(group, click.Group) and i < len(words) and words[i].isidentifier():
+        return [words[i]]
+    known = {o for p in [*cli.params, *group.params] for o in [*p.opts, *p.secondary_opts]}
+    flags = (w.strip("[]|,.").split("=")[0] for w in words[i:])
+    return [f for f in flags if f.startswith("-") and f not in known and f not in ("-", "--")]
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: p.name)
+def test_inline_commands_name_real_commands_and_options(path: Path) -> None:
+    """`kiln ...` in the prose is not run, but its command and flags must exist."""
+    wrong = {span: bad for span in inline_commands(path) if (bad := unknown_words(span))}
+    assert not wrong, f"{path.name}: {wrong}"
