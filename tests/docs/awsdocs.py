@@ -1,11 +1,16 @@
 """The AWS side of the docs' commands: a moto server, a baked AMI, a deployed fleet.
 
-The CLI runs for real against a moto server. Two things it cannot do here are
-done through the library first, as tests/aws and tests/aws_deploy do: the
-AMI's first bake needs SSH to a builder (pointed at a loopback SSH server), so
-``kiln bake --provider aws`` then reuses that AMI; and a deployment probes
-instances at their private addresses, so the fleet is deployed once with
-instances resolved to a local app process before ``kiln aws history|drift``.
+The CLI runs for real against a moto server, in a VPC whose subnets are
+carved from 127.0.0.0/16 (moto accepts it): every instance's private address
+is a loopback one, and a responder binds a tiny HTTP app on each instance's
+address and port as it appears, so kiln's own health probes reach "the
+instance" without any traffic leaving this machine. Instances there get no
+public address, so nothing can SSH off the machine either.
+
+The one thing the CLI cannot do here is an AMI's first bake (SSH to the
+builder): that goes through the library with the builder pointed at a loopback
+SSH server, as tests/aws does, and the documented ``kiln bake --provider aws``
+then reuses that AMI. A guard refuses any documented bake that would not.
 """
 
 from __future__ import annotations
@@ -13,17 +18,18 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from aws.awsservers import SshServer, reset_moto
-from aws_deploy.awsworld import World, app_process, build_world
+from aws.awsservers import SshServer, free_port, reset_moto
+from aws_deploy.awsworld import World
 from docs.doccommands import REPO
 from docs.sandbox import Sandbox, Step
 from kiln.aws.ami import bake_ami
 from kiln.aws.builder import Builder
-from kiln.aws.deployments import open_deployments
 from kiln.aws.images import list_amis
 from kiln.aws.session import Aws, connect
 from kiln.aws.ssh import SshTarget
@@ -32,11 +38,6 @@ from kiln.home import Home
 
 REGION = "eu-west-1"
 BASE_AMI = "ami-03cf127a"  # one of the public AMIs moto ships in every region
-NO_AWS_PROBE = (
-    "probes each instance at its private address, which on moto is in 172.31.0.0/16 where "
-    "tests must send nothing; tests/aws_deploy runs it with addresses resolved to local apps"
-)
-NO_AWS_DEPLOY = f"a deployment {NO_AWS_PROBE}"
 
 
 def is_aws(text: str) -> bool:
@@ -45,6 +46,7 @@ def is_aws(text: str) -> bool:
         "--provider aws" in text
         or text.startswith(("kiln aws ", "kiln ci init"))
         or "build-ami.sh" in text
+        or "$RUNNER_TEMP" in text  # a step of the CI deploy job
     )
 
 
@@ -57,18 +59,22 @@ def aws_sandbox(root: Path, moto_url: str, home: Home) -> Iterator[Sandbox]:
         "AWS_SECRET_ACCESS_KEY": "admin-secret",
         "AWS_REGION": REGION,
         "AWS_ENDPOINT_URL": moto_url,
+        "RUNNER_TEMP": str(root / "runner-temp"),  # as GitHub Actions sets it
     }
+    (root / "runner-temp").mkdir()
     admin = connect(
         AwsProvider(region=REGION, endpoint_url=moto_url),
         access_key_id=env["AWS_ACCESS_KEY_ID"],
         secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
-    world = build_world(admin, admin, BASE_AMI, delay=0)
+    world = loopback_world(admin)
     app = root / "app"
+    port = free_port()
     world.config(
         app,
         extra_aws=f'base_image = "{BASE_AMI}"\nssh_cidr = "127.0.0.1/32"\n'
-        'ssh_timeout = "20s"\nimage_timeout = "20s"',
+        f'ssh_timeout = "20s"\nimage_timeout = "20s"\nsubnet_id = "{world.subnets[0]}"\n'
+        f"port = {port}",
     )
     (app / "app.py").write_text("print('hello')\n")
     (app / ".git").mkdir()  # the app's checkout, for `kiln ci init`
@@ -77,10 +83,91 @@ def aws_sandbox(root: Path, moto_url: str, home: Home) -> Iterator[Sandbox]:
     box = Sandbox(app, env=env)
     box.aws = AwsWorld(world, ssh, root / "builder-root", home)
     try:
-        yield box
+        with Responder(admin, world.vpc, port):
+            yield box
     finally:
         ssh.stop()
-        box.aws.close()
+
+
+def loopback_world(admin: Aws) -> World:
+    """A VPC in 127.0.0.0/16 with two subnets, an ALB, a listener and a target group."""
+    vpc = admin.ec2.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        admin.ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.0.{n}.0/24", AvailabilityZone=zone)[
+            "Subnet"
+        ]["SubnetId"]
+        for n, zone in ((1, f"{REGION}a"), (2, f"{REGION}b"))
+    ]
+    elb = admin.client("elbv2")
+    balancer = elb.create_load_balancer(Name="shop-alb", Subnets=subnets)["LoadBalancers"][0]
+    group = elb.create_target_group(
+        Name="shop-tg", Protocol="HTTP", Port=3000, VpcId=vpc, HealthCheckPath="/health"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    elb.create_listener(
+        LoadBalancerArn=balancer["LoadBalancerArn"],
+        Protocol="HTTP",
+        Port=80,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": group}],
+    )
+    elb.modify_target_group_attributes(
+        TargetGroupArn=group,
+        Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "0"}],
+    )
+    return World(
+        admin=admin,
+        deploy=admin,
+        app="shop",
+        vpc=vpc,
+        subnets=subnets,
+        target_group=group,
+        dns=balancer["DNSName"],
+        base_ami=BASE_AMI,
+    )
+
+
+class _Healthy(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class Responder:
+    """The app on every running instance: an HTTP server on its loopback address."""
+
+    def __init__(self, admin: Aws, vpc: str, port: int) -> None:
+        self.admin, self.vpc, self.port = admin, vpc, port
+        self.servers: dict[str, ThreadingHTTPServer] = {}
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Responder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+        for server in self.servers.values():
+            server.shutdown()
+            server.server_close()
+
+    def _watch(self) -> None:
+        filters = [
+            {"Name": "vpc-id", "Values": [self.vpc]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+        while not self.stopped.wait(0.05):
+            found = self.admin.ec2.describe_instances(Filters=filters)["Reservations"]
+            for ip in {i["PrivateIpAddress"] for r in found for i in r["Instances"]}:
+                if ip not in self.servers and ip.startswith("127."):
+                    server = ThreadingHTTPServer((ip, self.port), _Healthy)
+                    threading.Thread(target=server.serve_forever, daemon=True).start()
+                    self.servers[ip] = server
 
 
 class AwsWorld:
@@ -88,10 +175,6 @@ class AwsWorld:
 
     def __init__(self, world: World, ssh: SshServer, scratch: Path, home: Home) -> None:
         self.world, self.ssh, self.scratch, self.home = world, ssh, scratch, home
-        self.stack = contextlib.ExitStack()
-
-    def close(self) -> None:
-        self.stack.close()
 
     def loaded(self, box: Sandbox) -> LoadedConfig:
         return load_config(box.cwd / "kiln.toml")
@@ -125,14 +208,9 @@ class AwsWorld:
         )
 
     def deploy(self, box: Sandbox) -> None:
-        """One release on the fleet, its instances resolved to a local app process."""
-        image = self.bake(box)
-        address = self.stack.enter_context(app_process(200))
-        self.world.addresses[image] = address
-        fleet = open_deployments(
-            self.home, self.loaded(box), aws=self.world.admin, resolve=self.world.resolve
-        )
-        assert fleet.deploy(image, reason="first release").ok
+        """What part 2 starts from: the fleet deployed, through the CLI."""
+        self.bake(box)
+        box.sh("kiln deploy --provider aws")
 
 
 def _aws(box: Sandbox) -> AwsWorld:
@@ -194,15 +272,22 @@ AWS: dict[str, dict[str, Step]] = {
         "secrets.AWS_SECRET_ACCESS_KEY }} AWS_REGION=eu-west-1 scripts/build-ami.sh > ami.json": (
             Step(prepare=build_ami_script)
         ),
-        "kiln aws history": Step(prepare=deployed, shows=("succeeded",)),
-        "kiln aws drift": Step(),
+        "kiln aws status": Step(prepare=deployed, shows=("attached", "127.0.1.")),
+        "kiln aws history": Step(shows=("succeeded",)),
+        "kiln aws drift": Step(shows=("no drift",)),
+        "kiln aws recycle --max-age 7d": Step(),
     },
     "docs/ci.md": {
-        "kiln bake --provider aws --json > bake.json": Step(prepare=baked),
+        'kiln bake --provider aws --json > "$RUNNER_TEMP/bake.json"': Step(prepare=baked),
+        'kiln deploy --provider aws --json > "$RUNNER_TEMP/deploy.json"': Step(),
+        'kiln ci summary "$RUNNER_TEMP/bake.json" "$RUNNER_TEMP/deploy.json"': Step(
+            shows=("succeeded", "ami-")
+        ),
     },
     "README.md": {
         "kiln aws create-deploy-user --team web": CREATE_USER,
         "kiln bake --provider aws": Step(prepare=baked, shows=("ami-",)),
+        "kiln deploy --provider aws": Step(shows=("serves img-",)),
         "kiln ci init github": Step(shows=(".github/workflows/deploy.yml",)),
     },
 }
