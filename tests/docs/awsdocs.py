@@ -246,6 +246,12 @@ def build_ami_script(box: Sandbox) -> None:
         box.values[f"${{{{ secrets.{name} }}}}"] = f"${name}"
 
 
+def ami_in_result(box: Sandbox) -> None:
+    """stdout is one JSON object, the AMI id under .ami."""
+    result = json.loads((Path(box.env["RUNNER_TEMP"]) / "ami.json").read_text())
+    assert result["ami"].startswith("ami-") and result["reused"] is True
+
+
 CREATE_USER = Step(
     prepare=forget_user,
     shows=(
@@ -269,9 +275,8 @@ AWS: dict[str, dict[str, Step]] = {
             shows=("nothing to reap",),
         ),
         "AWS_ACCESS_KEY_ID=${{ secrets.AWS_ACCESS_KEY_ID }} AWS_SECRET_ACCESS_KEY=${{ "
-        "secrets.AWS_SECRET_ACCESS_KEY }} AWS_REGION=eu-west-1 scripts/build-ami.sh > ami.json": (
-            Step(prepare=build_ami_script)
-        ),
+        "secrets.AWS_SECRET_ACCESS_KEY }} AWS_REGION=eu-west-1 scripts/build-ami.sh "
+        '> "$RUNNER_TEMP/ami.json"': Step(prepare=build_ami_script, then=ami_in_result),
         "kiln aws status": Step(prepare=deployed, shows=("attached", "127.0.1.")),
         "kiln aws history": Step(shows=("succeeded",)),
         "kiln aws drift": Step(shows=("no drift",)),

@@ -29,6 +29,7 @@ class Step:
     prepare: Callable[[Sandbox], None] | None = None  # what the reader did before it
     exit: int = 0  # a documented non-zero exit code
     shows: tuple[str, ...] = ()  # text the output must contain (placeholders replaced)
+    then: Callable[[Sandbox], None] | None = None  # checks what the command left behind
 
 
 @dataclass
@@ -81,5 +82,7 @@ class Sandbox:
         output = proc.stdout + proc.stderr
         for expected in step.shows:
             assert self.fill(expected) in output, f"{command}\nshould show {expected!r}:\n{output}"
+        if step.then is not None:
+            step.then(self)
         self.ran.append(text)
         return proc
