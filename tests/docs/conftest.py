@@ -14,8 +14,9 @@ from docs.sandbox import Sandbox
 from kiln.home import Home
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def docs_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Its own server, stopped once this directory's tests are done."""
     with moto_server(tmp_path_factory.mktemp("moto-docs") / "moto.log") as url:
         yield url
 

@@ -21,7 +21,6 @@ import pytest
 from ci.test_ci_docs import RUNNABLE as CI_DOC_RUNS
 from docs.awsdocs import AWS, is_aws
 from docs.doccommands import (
-    REPO,
     Command,
     anchors,
     doc_files,
@@ -212,7 +211,7 @@ def test_every_command_is_run_or_allow_listed() -> None:
         for c in commands()
         if not why_not_run(c) and c.doc not in (AWS if is_aws(c.text) else LOCAL)
     ]
-    assert not orphans, "commands no test runs: give the doc a scenario or allow-list them"
+    assert not orphans, f"no test runs these: give the doc a scenario or allow-list {orphans}"
     shown = {(c.doc, c.text) for c in commands()}
     assert not set(ALLOWED) - shown, "allow-listed commands the docs no longer show"
     for doc, steps in [*LOCAL.items(), *AWS.items()]:
@@ -228,12 +227,10 @@ def test_the_docs_show_commands() -> None:
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: p.name)
 def test_relative_links_resolve(path: Path) -> None:
     """Links go to files that exist and to headings that exist."""
-    # `_readme_*.md` fragments are written to be pasted into README.md
-    base = REPO if path.name.startswith("_readme") else path.parent
     broken = []
     for link in relative_links(path):
         target, _, anchor = link.partition("#")
-        file = (base / target) if target else path
+        file = (path.parent / target) if target else path
         if not file.exists() or (anchor and file.suffix == ".md" and anchor not in anchors(file)):
             broken.append(link)
     assert not broken, f"{path.name}: broken links {broken}"
