@@ -246,6 +246,19 @@ def build_ami_script(box: Sandbox) -> None:
         box.values[f"${{{{ secrets.{name} }}}}"] = f"${name}"
 
 
+def stranger(box: Sandbox) -> None:
+    """Something kiln did not launch, registered in the fleet's target group by hand."""
+    world = _aws(box).world
+    found = world.admin.ec2.run_instances(
+        ImageId=BASE_AMI, MinCount=1, MaxCount=1, SubnetId=world.subnets[0]
+    )
+    instance = found["Instances"][0]["InstanceId"]
+    world.admin.client("elbv2").register_targets(
+        TargetGroupArn=world.target_group, Targets=[{"Id": instance}]
+    )
+    box.values["STRANGER"] = instance
+
+
 def ami_in_result(box: Sandbox) -> None:
     """stdout is one JSON object, the AMI id under .ami."""
     result = json.loads((Path(box.env["RUNNER_TEMP"]) / "ami.json").read_text())
@@ -279,7 +292,8 @@ AWS: dict[str, dict[str, Step]] = {
         '> "$RUNNER_TEMP/ami.json"': Step(prepare=build_ami_script, then=ami_in_result),
         "kiln aws status": Step(prepare=deployed, shows=("attached", "127.0.1.")),
         "kiln aws history": Step(shows=("succeeded",)),
-        "kiln aws drift": Step(shows=("no drift",)),
+        # the doc's comment: "exit 6 when something is not what kiln launched"
+        "kiln aws drift": Step(prepare=stranger, exit=6, shows=("STRANGER",)),
         "kiln aws recycle --max-age 7d": Step(),
     },
     "docs/ci.md": {
