@@ -228,10 +228,10 @@ def _gitlab_values(spec: PipelineSpec) -> dict[str, str]:
     prefix = "" if spec.workdir == "." else f"{spec.workdir}/"
     cd_workdir = "" if spec.workdir == "." else f'- cd "{spec.workdir}"'
     # A shell runner's system Python is the distribution's (PEP 668): use a venv.
-    activate = '. "$CI_PROJECT_DIR/.kiln-venv/bin/activate"'
+    activate = '. "$CI_PROJECT_DIR/.kiln/venv/bin/activate"'
     local_before = [
         "before_script:",
-        '  - python3 -m venv "$CI_PROJECT_DIR/.kiln-venv"',
+        '  - python3 -m venv "$CI_PROJECT_DIR/.kiln/venv"',
         f"  - {activate}",
         f"  - {_scalar(_install_command(spec))}",
         *([f"  {cd_workdir}"] if cd_workdir else []),

@@ -127,14 +127,17 @@ def test_gitlab_deploys_only_pushes_to_the_default_branch_one_at_a_time(kiln: Ki
         {"if": '$CI_PIPELINE_SOURCE == "push" && $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH'}
     ]
     assert deploy["resource_group"] == "kiln-deploy-shop"
-    assert pipeline["variables"]["PIP_CACHE_DIR"] == "$CI_PROJECT_DIR/.cache/pip"
-    assert pipeline[".kiln"]["cache"]["paths"] == [".cache/pip"]
+    assert pipeline["variables"]["PIP_CACHE_DIR"] == "$CI_PROJECT_DIR/.kiln/cache/pip"
+    assert pipeline[".kiln"]["cache"]["paths"] == [".kiln/cache/pip"]
     assert deploy["script"][1:] == [
-        "kiln bake --provider aws --json > bake.json",
-        "kiln deploy --provider aws --json > deploy.json",
+        "mkdir -p .kiln",
+        "kiln bake --provider aws --json > .kiln/bake.json",
+        "kiln deploy --provider aws --json > .kiln/deploy.json",
     ]
     assert "AWS_SECRET_ACCESS_KEY" in deploy["script"][0]
-    assert deploy["after_script"] == ["kiln ci summary bake.json deploy.json | tee kiln-summary.md"]
+    assert deploy["after_script"] == [
+        "kiln ci summary .kiln/bake.json .kiln/deploy.json | tee .kiln/kiln-summary.md"
+    ]
     assert deploy["artifacts"]["when"] == "always"
 
 
@@ -149,9 +152,9 @@ def test_local_provider_deploys_from_a_runner_on_the_fleets_host(kiln: Kiln) -> 
     job = load(repo / ".gitlab-ci.yml")["deploy"]
     assert job["tags"] == ["kiln"] and "variables" not in job
     # A shell runner's Python is externally managed: kiln goes into a venv.
-    assert job["before_script"][0] == 'python3 -m venv "$CI_PROJECT_DIR/.kiln-venv"'
+    assert job["before_script"][0] == 'python3 -m venv "$CI_PROJECT_DIR/.kiln/venv"'
     assert job["after_script"][0] == job["before_script"][1]
-    assert job["script"][1] == "kiln deploy --provider local --json > deploy.json"
+    assert job["script"][2] == "kiln deploy --provider local --json > .kiln/deploy.json"
 
 
 def test_refuses_to_overwrite_without_force(kiln: Kiln) -> None:

@@ -31,7 +31,7 @@ if [[ -z "${AWS_REGION:-}${AWS_DEFAULT_REGION:-}" ]] &&
 fi
 
 kiln="${KILN:-kiln}"
-command -v "$kiln" >/dev/null 2>&1 || fail "'$kiln' not found: pip install kiln (or set KILN=/path/to/kiln)"
+command -v "$kiln" >/dev/null 2>&1 || fail "'$kiln' not found: pip install kiln-deploy (or set KILN=/path/to/kiln)"
 
 cd "$app_dir"
 exec "$kiln" bake --provider aws --json
