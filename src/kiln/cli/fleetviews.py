@@ -95,27 +95,48 @@ def _print_instances(instances: list[dict[str, Any]]) -> None:
 
 
 def print_history(entries: list[dict[str, Any]]) -> None:
+    """A table on a wide terminal; one line per deployment (reason below) otherwise."""
+    rows = [_history_row(e) for e in entries]
+    if console.width < 140:
+        for row in rows:
+            head = "  ".join(
+                [row["id"], row["started"], row["change"], row["how"], row["outcome"],
+                 row["took"], row["who"]]
+            )  # fmt: skip
+            console.print(head, markup=True)
+            if row["why"]:
+                console.print(f"    {row['why']}", markup=True)
+        return
     table = Table(box=None, header_style="bold")
+    widths = {"DEPLOYMENT": 12, "STARTED": 11, "OUTCOME": 11}
     for column in ("DEPLOYMENT", "STARTED", "FROM → TO", "STRATEGY", "OUTCOME", "TOOK", "WHO"):
-        table.add_column(column, no_wrap=column in ("DEPLOYMENT", "OUTCOME"))
+        table.add_column(column, no_wrap=column in widths, min_width=widths.get(column))
     table.add_column("REASON", overflow="fold")
-    for e in entries:
-        outcome = e.get("outcome") or "-"
-        style = {"succeeded": "green", "rolled back": "yellow", "failed": "red"}.get(outcome)
-        who = (e.get("who") or "-") + (f" ({e['commit'][:10]})" if e.get("commit") else "")
-        kind = e.get("kind") or "deploy"
-        duration = e.get("duration")
+    for row in rows:
         table.add_row(
-            e.get("id") or "-",
-            _clock(e["started"]) if e.get("started") else "-",
-            f"{e.get('from') or '-'} → {e.get('to') or '-'}",
-            (e.get("strategy") or "-") if kind == "deploy" else kind,
-            f"[{style}]{outcome}[/]" if style else outcome,
-            format_duration(duration) if duration is not None else "-",
-            who,
-            escape(_why(e)),
-        )
+            row["id"], row["started"], row["change"], row["how"], row["outcome"],
+            row["took"], row["who"], row["why"],
+        )  # fmt: skip
     console.print(table)
+
+
+def _history_row(e: dict[str, Any]) -> dict[str, str]:
+    outcome = e.get("outcome") or "-"
+    style = {"succeeded": "green", "rolled back": "yellow", "failed": "red"}.get(outcome)
+    kind = e.get("kind") or "deploy"
+    duration = e.get("duration")
+    return {
+        "id": e.get("id") or "-",
+        "started": _short_clock(e["started"]) if e.get("started") else "-",
+        "change": f"{e.get('from') or '-'} → {e.get('to') or '-'}",
+        "how": (e.get("strategy") or "-") if kind == "deploy" else kind,
+        "outcome": f"[{style}]{outcome}[/]" if style else outcome,
+        "took": format_duration(duration) if duration is not None else "-",
+        "who": escape(
+            (e.get("who") or "-") + (f" ({e['commit'][:10]})" if e.get("commit") else "")
+        ),
+        "why": escape(_why(e)),
+    }
 
 
 def _why(entry: dict[str, Any]) -> str:
@@ -124,6 +145,11 @@ def _why(entry: dict[str, Any]) -> str:
     if entry.get("outcome") in ("rolled back", "failed") and entry.get("message"):
         return f"{reason}: {entry['message']}" if reason else str(entry["message"])
     return reason
+
+
+def _short_clock(ts: float) -> str:
+    """UTC month-day hour:minute: fits the table; --json has the full timestamp."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%m-%d %H:%M")
 
 
 def _clock(ts: float) -> str:
