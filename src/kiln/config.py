@@ -234,6 +234,14 @@ class LocalProvider(Section):
     stop_timeout: Duration = Field(
         default=10.0, ge=0, description="Time between SIGTERM and SIGKILL when stopping."
     )
+    isolate: bool = Field(
+        default=False,
+        description=(
+            "Run each instance as its own unprivileged user (a fresh uid), its directory "
+            "private to it, so it can alter neither the store nor another instance. Needs "
+            "the agent to run as root and an interpreter any user can run (/usr/bin/python3)."
+        ),
+    )
 
     @field_validator("listen")
     @classmethod

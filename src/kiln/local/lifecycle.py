@@ -34,6 +34,9 @@ log = logging.getLogger("kiln.agent")
 INSTANCE_HOST = "127.0.0.1"
 
 
+ISOLATED_UIDS = 2_000_000_000  # instance users: far above any account a system creates
+
+
 @dataclass
 class FleetRuntime:
     """A fleet inside the agent: settings, server groups, its load balancer."""
@@ -104,6 +107,41 @@ class Lifecycle:
 
     # booting --------------------------------------------------------------
 
+    def _isolate(self, directory: Path) -> int:
+        """A uid no other live instance has, owning the instance's directory alone."""
+        if os.geteuid() != 0:
+            raise KilnError(
+                "[provider.local] isolate needs the agent to run as root",
+                hint="run the agent as root (e.g. a systemd unit), or set isolate = false",
+            )
+        self._lock_down_home()
+        taken = {r.uid for r in self.instances.values() if r.live and r.uid is not None}
+        uid = next(u for u in range(ISOLATED_UIDS, ISOLATED_UIDS + 1_000_000) if u not in taken)
+        for path in (directory, *directory.rglob("*")):
+            os.lchown(path, uid, uid)
+        directory.chmod(0o700)
+        return uid
+
+    def _lock_down_home(self) -> None:
+        """Instances may pass through KILN_HOME to their own directory, and see nothing else.
+
+        KILN_HOME and instances/ become traverse-only (0711); everything else in
+        KILN_HOME stays private to the agent's user.
+        """
+        for ancestor in self.home.root.parents:
+            if not ancestor.stat().st_mode & 0o001:
+                raise KilnError(
+                    f"[provider.local] isolate: instances cannot reach their directories "
+                    f"under {self.home.root}: {ancestor} is private to its owner",
+                    hint="put KILN_HOME where other users may pass, e.g. /var/lib/kiln",
+                )
+        for private in self.home.root.iterdir():
+            if private != self.home.instances:
+                private.chmod(0o700 if private.is_dir() else 0o600)
+        self.home.instances.mkdir(exist_ok=True)
+        for traverse_only in (self.home.root, self.home.instances):
+            traverse_only.chmod(0o711)
+
     def new_record(
         self, fleet: FleetRuntime, image: str, in_service: bool, replaces: str | None = None
     ) -> InstanceRecord:
@@ -137,7 +175,10 @@ class Lifecycle:
                 "KILN_INSTANCE_ID": rec.id,
                 "KILN_IMAGE": rec.image,
             }
-            proc = procs.spawn(manifest.run, Path(rec.dir), env, Path(rec.log))
+            if fleet.settings.isolate:
+                rec.uid = self._isolate(Path(rec.dir))
+                env |= {"HOME": rec.dir, "USER": f"kiln-{rec.uid}"}
+            proc = procs.spawn(manifest.run, Path(rec.dir), env, Path(rec.log), rec.uid)
         except (KilnError, OSError) as exc:
             rec.reason = f"could not start: {exc}"
             self.finish(fleet, rec, InstanceState.FAILED)

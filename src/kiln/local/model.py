@@ -34,6 +34,7 @@ class FleetSettings:
     log_max_bytes: int = 10 * 1024 * 1024
     secrets: dict[str, str] = field(default_factory=dict)  # NAME -> 'env:VAR' | 'file:/path'
     max_age: float | None = None  # [fleet] max_age: the agent recycles older instances
+    isolate: bool = False  # [provider.local] isolate: one unprivileged uid per instance
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> FleetSettings:
@@ -49,6 +50,7 @@ class FleetSettings:
             log_max_bytes=local.log_max_bytes,
             secrets=dict(cfg.secrets),
             max_age=cfg.fleet.max_age,
+            isolate=local.isolate,
         )
 
     @classmethod
@@ -85,6 +87,7 @@ class InstanceRecord:
     replaced_by: str | None = None
     terminating: bool = False
     ever_healthy: bool = False
+    uid: int | None = None  # its own user when the fleet is isolated
 
     @property
     def live(self) -> bool:

@@ -32,8 +32,14 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def spawn(run: str, cwd: Path, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start ``run`` through /bin/sh with exec, in its own session, output to ``log``."""
+def spawn(
+    run: str, cwd: Path, env: Mapping[str, str], log: Path, uid: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``run`` through /bin/sh with exec, in its own session, output to ``log``.
+
+    With ``uid`` the process runs as that user and group, with no supplementary
+    groups: the agent (root) opens the log and enters the directory first.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -46,6 +52,9 @@ def spawn(run: str, cwd: Path, env: Mapping[str, str], log: Path) -> subprocess.
             stderr=fd,
             start_new_session=True,
             close_fds=True,
+            user=uid,
+            group=uid,
+            extra_groups=[] if uid is not None else None,
         )
     finally:
         os.close(fd)
