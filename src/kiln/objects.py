@@ -84,9 +84,18 @@ class ObjectStore:
         loose = self.loose_path(sha)
         if loose.exists():
             return loose
-        if sha not in self._packed:
-            self.refresh()
-        return self._packed.get(sha)
+        where = self._packed.get(sha)
+        if where is None or not where.pack.exists():
+            # unknown here, or its pack was repacked away by a collection since
+            # we read the indexes (a long-lived reader such as the agent)
+            self._reload()
+            where = self._packed.get(sha)
+        return where
+
+    def _reload(self) -> None:
+        self._packed.clear()
+        self._known_idx.clear()
+        self.refresh()
 
     def size(self, sha: str) -> int:
         writer = self._writer
@@ -244,9 +253,7 @@ class ObjectStore:
                         writer.add(sha, b"".join(self.read(sha)))
             pack.with_suffix(".idx").unlink(missing_ok=True)
             pack.unlink(missing_ok=True)
-        self._packed.clear()
-        self._known_idx.clear()
-        self.refresh()
+        self._reload()
         return freed
 
 

@@ -115,3 +115,21 @@ def test_prune_keeps_what_serves_and_the_rollback_target(
     assert left == {images[2], images[3]}
     code, rollback = _json(kiln, "rollback")
     assert code == 0 and rollback["outcome"] == "succeeded"
+
+
+def test_agent_launches_after_prune_repacked_its_objects(
+    site: tuple[Kiln, int], home: Home
+) -> None:
+    """A long-lived agent must not read a pack that a prune has just rewritten."""
+    from e2ekit import APP
+
+    kiln, _port = site
+    (kiln.cwd / "app.py").write_text(APP)
+    for version in ("v1", "v2", "v3"):  # app.py lands in v1's pack, shared by all three
+        (kiln.cwd / "version.txt").write_text(version)
+        assert _json(kiln, "deploy")[1]["outcome"] == "succeeded"
+    _, pruned = _json(kiln, "prune", "--keep", "1")
+    assert len(pruned["remove"]) == 1 and pruned["objects_removed"] >= 1
+    code, scaled = _json(kiln, "scale", "3")
+    assert code == 0 and scaled["outcome"] == "succeeded", scaled
+    assert len(_live(kiln)) == 3

@@ -9,6 +9,7 @@ whether the agent or the command found the problem.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from kiln.local.metrics import render_counters
 from kiln.local.model import FleetSettings
 from kiln.local.supervisor import Supervisor
 
+log = logging.getLogger("kiln.agent")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 STOP = web.AppKey("stop", asyncio.Event)
@@ -40,6 +42,16 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except (KeyError, TypeError, ValueError) as exc:
         body = {"type": "AgentError", "message": f"bad request: {exc}", "hint": None}
         return web.json_response({"error": body}, status=400)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # a bug: say so in JSON, keep serving, keep the trace in the log
+        log.exception("error handling %s %s", request.method, request.path)
+        body = {
+            "type": "AgentError",
+            "message": f"the agent failed on {request.method} {request.path}: {exc}",
+            "hint": "see the agent's log (KILN_HOME/agent/agent.log)",
+        }
+        return web.json_response({"error": body}, status=500)
 
 
 def make_app(supervisor: Supervisor, stop: asyncio.Event) -> web.Application:

@@ -76,7 +76,13 @@ class AgentClient:
             conn.close()
         if path == "/metrics":
             return raw.decode()
-        data = json.loads(raw) if raw else None
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise AgentError(
+                f"the agent answered {method} {path} with HTTP {response.status} and no JSON",
+                hint="see the agent's log (KILN_HOME/agent/agent.log)",
+            ) from exc
         if response.status >= 400:
             raise _error(data)
         return data

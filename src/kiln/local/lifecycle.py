@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.drift import baseline_path, record_baseline
-from kiln.errors import KilnError
+from kiln.errors import KilnError, ProviderError
 from kiln.home import Home
 from kiln.local import procs
 from kiln.local.health import Tracker, probe
@@ -182,7 +182,11 @@ class Lifecycle:
         except (KilnError, OSError) as exc:
             rec.reason = f"could not start: {exc}"
             self.finish(fleet, rec, InstanceState.FAILED)
-            raise
+            if isinstance(exc, KilnError):
+                raise
+            # callers (launch, self-healing) handle KilnError: an OSError must not
+            # escape them and take the supervisor loop down with it
+            raise ProviderError(f"instance {rec.id} could not start: {exc}") from exc
         if rec.terminating or not rec.live:  # terminated while it was being prepared
             procs.signal_group(proc.pid, signal.SIGKILL)
             await asyncio.to_thread(proc.wait)

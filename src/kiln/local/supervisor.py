@@ -171,20 +171,30 @@ class Supervisor(Lifecycle):
     # self-healing ---------------------------------------------------------
 
     async def run(self) -> None:
-        """Watch processes, keep every group at its count, tidy up; forever."""
+        """Watch processes, keep every group at its count, tidy up; forever.
+
+        One bad tick is logged, never fatal: a dead loop would silently stop
+        self-healing while the agent still looked alive.
+        """
         ticks = 0
         while True:
-            self.check_processes()
-            for fleet in list(self.fleets.values()):
-                await self._listen(fleet)
-                await self._reconcile(fleet)
             ticks += 1
-            if ticks % 25 == 0:
-                self._housekeeping()
-                self._recycle_old()
-                for fleet in list(self.fleets.values()):
-                    await self._drop_if_empty(fleet)  # e.g. restored with nothing left
+            try:
+                await self._tick(ticks)
+            except Exception:
+                log.exception("supervisor tick failed; carrying on")
             await asyncio.sleep(TICK)
+
+    async def _tick(self, ticks: int) -> None:
+        self.check_processes()
+        for fleet in list(self.fleets.values()):
+            await self._listen(fleet)
+            await self._reconcile(fleet)
+        if ticks % 25 == 0:
+            self._housekeeping()
+            self._recycle_old()
+            for fleet in list(self.fleets.values()):
+                await self._drop_if_empty(fleet)  # e.g. restored with nothing left
 
     async def _listen(self, fleet: FleetRuntime) -> None:
         if fleet.balancer.listen is None:
