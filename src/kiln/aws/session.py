@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import boto3
 import botocore.exceptions
+import botocore.parsers
 from botocore.config import Config as BotoConfig
 
 from kiln.config import AwsProvider
@@ -103,6 +104,12 @@ def connect(
             hint="set [provider.aws] region in kiln.toml or export AWS_REGION",
         )
     endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+    if endpoint is not None and urlparse(endpoint).scheme not in ("http", "https"):
+        raise AwsError(
+            f"endpoint {endpoint!r} is not an http(s) URL",
+            hint="set AWS_ENDPOINT_URL (or [provider.aws] endpoint_url) to e.g. "
+            "http://127.0.0.1:5000, or unset it to talk to AWS",
+        )
     return Aws(session=session, region=region, endpoint_url=endpoint)
 
 
@@ -156,6 +163,16 @@ def aws_errors(doing: str) -> Iterator[None]:
         ) from None
     except botocore.exceptions.BotoCoreError as exc:
         raise AwsError(f"{doing}: {redact(str(exc))}") from None
+    except botocore.parsers.ResponseParserError:
+        raise AwsError(
+            f"{doing}: the AWS endpoint answered something that is not an AWS API response",
+            hint="is AWS_ENDPOINT_URL (or [provider.aws] endpoint_url) really an AWS API?",
+        ) from None
+    except KeyError as exc:  # an answer without the fields every AWS answer has
+        raise AwsError(
+            f"{doing}: unexpected answer from the AWS endpoint (no {exc})",
+            hint="is AWS_ENDPOINT_URL (or [provider.aws] endpoint_url) really an AWS API?",
+        ) from None
 
 
 def _client_error(exc: botocore.exceptions.ClientError, doing: str) -> AwsError:

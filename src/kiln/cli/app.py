@@ -49,6 +49,17 @@ class KilnGroup(click.Group):
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             ctx.exit(130)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("botocore"):
+                raise
+            # a safety net: AWS failures the library did not translate still get one line
+            report_error(
+                KilnError(
+                    f"AWS: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                    hint="check credentials, region and AWS_ENDPOINT_URL",
+                )
+            )
+            ctx.exit(1)
 
 
 @click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})
