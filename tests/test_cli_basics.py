@@ -68,3 +68,9 @@ def test_unwritable_home_is_a_clear_error(kiln: Kiln, tmp_path: Path) -> None:
     with pytest.raises(HomeError) as info:
         Home.resolve(blocked / "home").ensure()
     assert "is not usable" in str(info.value)
+
+
+def test_init_refuses_a_name_kiln_toml_would_reject(kiln: Kiln) -> None:
+    result = kiln("init", "--name", "Bad Name", ok=False)
+    assert result.exit_code == 2 and "cannot be an app name" in result.stderr
+    assert not (kiln.cwd / "kiln.toml").exists()

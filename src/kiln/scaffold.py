@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kiln.errors import ConfigError
+
 _TEMPLATE = """\
 # kiln.toml: how to bake this app into an image and run it as a fleet.
 # Reference: docs/config.md (or `kiln config schema` for editors).
@@ -51,8 +53,16 @@ listen = "127.0.0.1:8080"  # the fleet's load balancer
 """
 
 
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
 def render_config(app_dir: Path, name: str | None = None) -> str:
     """Guess what we can from the directory; leave the rest commented."""
+    if name is not None and not NAME.match(name):
+        raise ConfigError(
+            f"{name!r} cannot be an app name",
+            hint="use lowercase letters, digits and dashes, e.g. 'my-app'",
+        )
     return _TEMPLATE.format(
         name=name or _slug(app_dir.name),
         run=_guess_run(app_dir),

@@ -54,3 +54,21 @@ def test_logs_follow_prints_new_lines(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_logs_follow_ends_when_the_instance_has_ended(
+    provider: LocalProvider, local_home: Home, image: str
+) -> None:
+    provider.launch("web", image, 1)
+    (instance,) = serving(provider, 1)
+    provider.terminate("web", [instance])
+    env = {**os.environ, "KILN_HOME": str(local_home.root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "logs", instance, "-f"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 0 and "listening on" in done.stdout

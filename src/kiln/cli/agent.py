@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -11,8 +12,9 @@ from rich.table import Table
 
 from kiln.cli.app import State, cli, pass_state
 from kiln.cli.output import console, emit_json, note
+from kiln.errors import KilnError
 from kiln.local.agent import log_path, read_pid, serve
-from kiln.local.client import agent_status, start_agent, stop_agent
+from kiln.local.client import AgentClient, agent_status, start_agent, stop_agent
 from kiln.local.procs import log_tail
 from kiln.local.provider import instance_log
 
@@ -94,7 +96,14 @@ def agent_run(state: State) -> None:
 @cli.command()
 @click.argument("instance")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@click.option("-n", "--lines", default=50, show_default=True, help="Lines to show first.")
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Lines to show first.",
+)
 @pass_state
 def logs(state: State, instance: str, follow: bool, lines: int) -> None:
     """Show an instance's log (stdout and stderr)."""
@@ -103,12 +112,22 @@ def logs(state: State, instance: str, follow: bool, lines: int) -> None:
     if text:
         click.echo(text)
     if follow:
-        _follow(path)
+        _follow(path, lambda: _still_running(state, instance))
 
 
-def _follow(path: Path) -> None:
-    """Print what gets appended, surviving the size cap's truncation."""
+def _still_running(state: State, instance: str) -> bool:
+    """Ask the agent whether the instance may still write; no agent, no writer."""
+    try:
+        info = AgentClient(state.home()).get(f"/v1/instances/{instance}", timeout=5.0)
+    except KilnError:
+        return False
+    return str(info.get("state")) not in ("failed", "terminated")
+
+
+def _follow(path: Path, running: Callable[[], bool]) -> None:
+    """Print what gets appended, surviving the size cap's truncation, until the instance ends."""
     offset = path.stat().st_size
+    polls = 0
     while True:
         try:
             size = path.stat().st_size
@@ -123,4 +142,7 @@ def _follow(path: Path) -> None:
             offset = size
             sys.stdout.write(data.decode("utf-8", "replace"))
             sys.stdout.flush()
+        elif polls % 10 == 0 and not running():
+            return  # it has ended and everything it wrote is printed
+        polls += 1
         time.sleep(0.2)

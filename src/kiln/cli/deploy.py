@@ -195,7 +195,11 @@ def _finish(result: Result, as_json: bool) -> None:
     type=click.Choice(["rolling", "blue-green", "canary"]),
     help="Default: [fleet] strategy.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan; change no instance (without --image it bakes first, to know the image).",
+)
 @click.option("--resume", is_flag=True, help="Only finish an interrupted deployment.")
 @click.option("--reason", help="Why, recorded in the history.")
 @JSON
@@ -219,6 +223,11 @@ def deploy_command(
     timeout = _wait_seconds(wait)
     with _sigterm_as_ctrl_c(), narrator.live(not dry_run):
         if resume:
+            if image or strategy or dry_run:
+                raise click.UsageError(
+                    "--resume finishes the interrupted deployment as planned: "
+                    "it takes no --image, --strategy or --dry-run"
+                )
             result = engine.resume(wait=timeout)
             if result is None:
                 if as_json:
@@ -296,7 +305,7 @@ def status_command(state: State, as_json: bool, provider: str) -> None:
 @cli.command("history")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--all", "all_fleets", is_flag=True, help="Every fleet, not just this app's.")
-@JSON
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, newest first.")
 @PROVIDER
 @pass_state
 def history_command(

@@ -87,7 +87,7 @@ def _print_instances(instances: list[dict[str, Any]]) -> None:
             i["id"],
             i["image"],
             i["state"] + (" (warm)" if i.get("warm") else ""),
-            "yes" if i["in_service"] else "no",
+            "yes" if i["in_service"] and i["state"] not in ("failed", "terminated") else "no",
             format_duration(i["age"]),
             i["address"] or "-",
         )

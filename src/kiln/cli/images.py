@@ -149,8 +149,14 @@ def _images_aws(state: State, app: str | None, as_json: bool) -> None:
 
 @cli.command("images")
 @click.option("--app", help="Only this app's images.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@PROVIDER
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option(
+    "--provider",
+    type=click.Choice(["local", "aws"]),
+    default="local",
+    show_default=True,
+    help="local: the image store in KILN_HOME; aws: kiln's AMIs in the region.",
+)
 @pass_state
 def images_command(state: State, app: str | None, as_json: bool, provider: str) -> None:
     """List baked images, newest first."""
@@ -203,7 +209,8 @@ def image_show(state: State, image: str, as_json: bool) -> None:
         emit_json(summary)
         return
     for key in ("image", "digest", "app", "files", "commit", "dirty", "python"):
-        console.print(f"{key:>8}: {summary[key]}")
+        value = summary[key]
+        console.print(f"{key:>8}: {'-' if value is None else value}")
     console.print(f"{'size':>8}: {_size(record.manifest.size)}")
     console.print(f"{'created':>8}: {_when(record.created)}")
     console.print(f"{'run':>8}: {record.manifest.run}")

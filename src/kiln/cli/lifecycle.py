@@ -28,6 +28,13 @@ PROVIDER = click.option(
     show_default=True,
     help="Where the images live.",
 )
+FLEET_PROVIDER = click.option(
+    "--provider",
+    type=click.Choice(["local", "aws"]),
+    default="local",
+    show_default=True,
+    help="Where the fleet runs.",
+)
 
 
 def _keep_default(state: State, keep: int | None) -> int:
@@ -117,7 +124,7 @@ def _local_fleet(state: State) -> tuple[Provider, FleetState]:
     help="Replace drifted instances from their image through the rolling engine.",
 )
 @click.option("--reason", help="Why, recorded in the history (with --replace).")
-@PROVIDER
+@FLEET_PROVIDER
 @pass_state
 @click.pass_context
 def drift_command(
@@ -198,7 +205,7 @@ def _print_drift(report: list[InstanceDrift]) -> None:
 @click.option("--reason", help="Why, recorded in the history.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--wait", metavar="TIMEOUT", help="Wait for a deployment holding the fleet.")
-@PROVIDER
+@FLEET_PROVIDER
 @pass_state
 @click.pass_context
 def recycle_command(
