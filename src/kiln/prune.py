@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -57,13 +57,24 @@ def plan_prune(store: Store, keep: int, in_use: Iterable[str], app: str | None =
     return PrunePlan(tuple(remove), tuple(kept), used)
 
 
-def prune(store: Store, plan: PrunePlan, *, dry_run: bool = False) -> PruneResult:
+def prune(
+    store: Store,
+    plan: PrunePlan,
+    *,
+    dry_run: bool = False,
+    still_in_use: Callable[[], Iterable[str]] | None = None,
+) -> PruneResult:
     """Remove the planned images, then every object no remaining image references.
 
     Runs under the store's exclusive lock: a bake holds the shared one from
-    its first object to its manifest, so nothing it is writing is collected.
+    its first object to its manifest, and a launch while it materializes, so
+    nothing either is using is collected. ``still_in_use`` is asked again
+    under the lock: an image a deployment started using since the plan was
+    made is kept.
     """
     with store.collecting():
+        if still_in_use is not None:
+            plan = _recheck(plan, still_in_use())
         doomed = {r.digest for r in plan.remove}
         live: set[str] = set()
         for record in store.list_images():
@@ -77,6 +88,13 @@ def prune(store: Store, plan: PrunePlan, *, dry_run: bool = False) -> PruneResul
             store.remove_image(record.digest)
         freed = store.objects.delete(dead)
     return PruneResult(plan, len(dead), freed, False)
+
+
+def _recheck(plan: PrunePlan, in_use: Iterable[str]) -> PrunePlan:
+    used = plan.in_use | {short_id(r) if r.startswith("sha256:") else r for r in in_use}
+    keep = tuple(r for r in plan.remove if r.id in used)
+    remove = tuple(r for r in plan.remove if r.id not in used)
+    return PrunePlan(remove, plan.keep + keep, frozenset(used))
 
 
 def local_images_in_use(home: Home) -> set[str]:

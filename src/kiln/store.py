@@ -256,6 +256,10 @@ class Store:
         Files are private copies, never links into the store, so nothing an
         instance does can alter the store or another instance.
         """
+        with self.writing():  # a collection waits until the copy is done
+            return self._materialize(ref, dest)
+
+    def _materialize(self, ref: str, dest: Path) -> Manifest:
         record = self.get(ref)
         manifest = record.manifest
         dest.mkdir(parents=True, exist_ok=False)
@@ -317,7 +321,7 @@ class Store:
 
     @contextmanager
     def writing(self) -> Iterator[None]:
-        """Held (shared) by a bake, so garbage collection never races it."""
+        """Held (shared) by bakes and materializations: collection never races them."""
         with _flock(self.root / "gc.lock", fcntl.LOCK_SH):
             yield
 

@@ -75,3 +75,15 @@ def test_prune_racing_a_bake_leaves_both_correct(tmp_path: Path, home: Home) -> 
     assert results[-1].image in {r.id for r in store.list_images()}
     for record in store.list_images():
         assert store.verify(record.id) == [], record.id
+
+
+def test_an_image_taken_into_use_after_planning_is_kept(tmp_path: Path, home: Home) -> None:
+    app = write_app(tmp_path / "app")
+    v = _versions(app, home, 3)
+    store = Store(home)
+    plan = plan_prune(store, keep=1, in_use=[])
+    assert {r.id for r in plan.remove} == {v[0].image, v[1].image}
+    result = prune(store, plan, still_in_use=lambda: [v[0].digest])  # a rollback started
+    assert {r.id for r in result.plan.remove} == {v[1].image}
+    assert {r.id for r in Store(home).list_images()} == {v[0].image, v[2].image}
+    assert Store(home).verify(v[0].image) == []

@@ -68,7 +68,7 @@ def prune_command(
     home = state.home()
     store = Store(home)
     plan = plan_prune(store, keep, local_images_in_use(home), app)
-    result = prune(store, plan, dry_run=dry_run)
+    result = prune(store, plan, dry_run=dry_run, still_in_use=lambda: local_images_in_use(home))
     if as_json:
         emit_json(result.as_dict())
         return
