@@ -84,13 +84,9 @@ class ObjectStore:
         loose = self.loose_path(sha)
         if loose.exists():
             return loose
-        where = self._packed.get(sha)
-        if where is None or not where.pack.exists():
-            # unknown here, or its pack was repacked away by a collection since
-            # we read the indexes (a long-lived reader such as the agent)
-            self._reload()
-            where = self._packed.get(sha)
-        return where
+        if sha not in self._packed:
+            self._reload()  # written by another process since we read the indexes
+        return self._packed.get(sha)
 
     def _reload(self) -> None:
         self._packed.clear()
@@ -116,7 +112,17 @@ class ObjectStore:
                 while chunk := f.read(CHUNK):
                     yield chunk
             return
-        with where.pack.open("rb") as f:
+        try:
+            f = where.pack.open("rb")
+        except FileNotFoundError:
+            # repacked away by a collection since we read the indexes (a
+            # long-lived reader such as the agent): read them again, once
+            self._reload()
+            where = self._packed.get(sha)
+            if where is None:
+                raise CorruptObject(f"object {sha[:12]} is missing from the store") from None
+            f = where.pack.open("rb")
+        with f:
             f.seek(where.offset)
             left = where.length
             while left:
