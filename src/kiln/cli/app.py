@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -12,6 +13,9 @@ from kiln.cli.output import err_console, report_error
 from kiln.config import LoadedConfig, load_config
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.providers import PROVIDERS
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -35,6 +39,17 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+
+
+def provider_option(help: str) -> Callable[[F], F]:
+    """``--provider`` among the registered providers, ``local`` by default."""
+    return click.option(
+        "--provider",
+        type=click.Choice(sorted(PROVIDERS)),
+        default="local",
+        show_default=True,
+        help=help,
+    )
 
 
 class KilnGroup(click.Group):

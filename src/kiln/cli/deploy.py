@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.status import Status
 
 from kiln import providers
-from kiln.cli.app import State, cli, pass_state
+from kiln.cli.app import State, cli, pass_state, provider_option
 from kiln.cli.fleetviews import indent, print_history, print_result, print_status
 from kiln.cli.output import console, emit_json, err_console
 from kiln.deploy import Engine, Event, Plan, Result, Settings, StateDb
@@ -27,13 +27,7 @@ from kiln.durations import parse_duration
 from kiln.errors import ConfigError, DeployError, GateFailed, ImageNotFound
 from kiln.store import Store
 
-PROVIDER = click.option(
-    "--provider",
-    type=click.Choice(sorted(providers.PROVIDERS)),
-    default="local",
-    show_default=True,
-    help="Where the fleet runs.",
-)
+PROVIDER = provider_option("Where the fleet runs.")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 WAIT = click.option(
     "--wait",

@@ -17,7 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from kiln.bake import BakeProgress, BakeResult, bake
-from kiln.cli.app import State, cli, pass_state
+from kiln.cli.app import State, cli, pass_state, provider_option
 from kiln.cli.output import console, emit_json, err_console, note
 from kiln.errors import CorruptObject
 from kiln.store import Store
@@ -73,12 +73,8 @@ def _bake_local(state: State, quiet: bool) -> BakeResult:
         progress._stop_bar()
 
 
-PROVIDER = click.option(
-    "--provider",
-    type=click.Choice(["local", "aws"]),
-    default="local",
-    show_default=True,
-    help="local: the image store in KILN_HOME; aws: also an AMI (reused by digest).",
+PROVIDER = provider_option(
+    "local: the image store in KILN_HOME; aws: also an AMI (reused by digest)."
 )
 
 
@@ -150,13 +146,7 @@ def _images_aws(state: State, app: str | None, as_json: bool) -> None:
 @cli.command("images")
 @click.option("--app", help="Only this app's images.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option(
-    "--provider",
-    type=click.Choice(["local", "aws"]),
-    default="local",
-    show_default=True,
-    help="local: the image store in KILN_HOME; aws: kiln's AMIs in the region.",
-)
+@provider_option("local: the image store in KILN_HOME; aws: kiln's AMIs in the region.")
 @pass_state
 def images_command(state: State, app: str | None, as_json: bool, provider: str) -> None:
     """List baked images, newest first."""

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from kiln import providers
-from kiln.cli.app import State, cli, pass_state
+from kiln.cli.app import State, cli, pass_state, provider_option
 from kiln.cli.deploy import _engine, _finish, _Narrator, _sigterm_as_ctrl_c
 from kiln.cli.fleetviews import print_result
 from kiln.cli.images import _size
@@ -21,20 +21,8 @@ from kiln.provider import FleetState, Provider
 from kiln.prune import local_images_in_use, plan_prune, prune
 from kiln.store import Store
 
-PROVIDER = click.option(
-    "--provider",
-    type=click.Choice(["local", "aws"]),
-    default="local",
-    show_default=True,
-    help="Where the images live.",
-)
-FLEET_PROVIDER = click.option(
-    "--provider",
-    type=click.Choice(["local", "aws"]),
-    default="local",
-    show_default=True,
-    help="Where the fleet runs.",
-)
+PROVIDER = provider_option("Where the images live.")
+FLEET_PROVIDER = provider_option("Where the fleet runs.")
 
 
 def _keep_default(state: State, keep: int | None) -> int:
