@@ -8,7 +8,6 @@ same. ``kiln deploy/rollback/scale --provider aws`` drive the same
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -18,6 +17,7 @@ from rich.table import Table
 from kiln.aws.deployments import AwsDeployments, open_deployments
 from kiln.cli.app import State, pass_state
 from kiln.cli.aws import aws_group
+from kiln.cli.fleetviews import print_history
 from kiln.cli.output import console, emit_json, note
 from kiln.deploy.engine import Event
 from kiln.durations import format_duration, parse_duration
@@ -91,23 +91,7 @@ def history_command(state: State, limit: int, as_json: bool) -> None:
     if not entries:
         console.print("no deployments yet")
         return
-    table = Table(box=None, header_style="bold")
-    for column in ("DEPLOYMENT", "STARTED", "FROM → TO", "KIND", "OUTCOME", "TOOK", "WHO"):
-        table.add_column(column, overflow="fold")
-    table.add_column("MESSAGE", overflow="fold")
-    for e in entries:
-        style = {"succeeded": "green", "rolled back": "yellow", "failed": "red"}.get(e["outcome"])
-        table.add_row(
-            e["id"] or "-",
-            datetime.fromtimestamp(e["started"], UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            f"{e['from'] or '-'} → {e['to'] or '-'}",
-            e["kind"] if e["kind"] != "deploy" else (e["strategy"] or "deploy"),
-            f"[{style}]{e['outcome']}[/]" if style else str(e["outcome"]),
-            format_duration(e["duration"]),
-            (e["who"] or "") + (f" ({e['commit']})" if e["commit"] else ""),
-            escape(e["message"] or ""),
-        )
-    console.print(table)
+    print_history(entries)  # the same view as `kiln history --provider aws`
 
 
 @aws_group.command("drift")
