@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -21,6 +22,9 @@ class LoadLoop:
     workers: int = 2
     max_seconds: float = 300.0
     pause: float = 0.005  # between requests of one worker: steady, not a flood
+    accept: Callable[[int], bool] = field(default=lambda status: status < 500)
+    max_errors: int | None = 20  # failure messages kept (None: all)
+    phase: str = ""  # what is going on now; failures are labelled with it
     sent: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
@@ -57,13 +61,14 @@ class LoadLoop:
                 conn.request("GET", self.path)
                 response = conn.getresponse()
                 response.read()
-                ok, why = response.status < 500, f"HTTP {response.status}"
+                ok, why = self.accept(response.status), f"HTTP {response.status}"
             except (OSError, http.client.HTTPException) as exc:
                 ok, why = False, f"{type(exc).__name__}: {exc}"
                 conn.close()
                 conn = None
             self._record(ok, why, time.perf_counter() - started)
-            self._stop.wait(self.pause)
+            if self.pause:
+                self._stop.wait(self.pause)
         if conn is not None:
             conn.close()
 
@@ -73,8 +78,8 @@ class LoadLoop:
             self.latencies.append(seconds)
             if not ok:
                 self.failed += 1
-                if len(self.errors) < 20:
-                    self.errors.append(why)
+                if self.max_errors is None or len(self.errors) < self.max_errors:
+                    self.errors.append(f"{self.phase}: {why}" if self.phase else why)
 
     def percentile(self, q: float) -> float:
         with self._lock:

@@ -6,11 +6,9 @@ own test kit); this adds app variants and a load generator.
 
 from __future__ import annotations
 
-import http.client
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
@@ -19,6 +17,7 @@ from localtest import APP, free_port, http_get, kill_everything, make_image
 
 from kiln.config import load_config
 from kiln.home import Home
+from kiln.loadgen import LoadLoop
 from kiln.local.provider import LocalProvider
 
 EXIT_AT_START = "import sys\nprint('boom: missing DATABASE_URL', flush=True)\nsys.exit(3)\n"
@@ -77,63 +76,19 @@ def app_image(home: Home, variant: str) -> str:
     return make_image(home, files=files)
 
 
-@dataclass
-class Load:
-    """Keep-alive GET traffic through the fleet's load balancer, counting failures."""
-
-    port: int
-    workers: int = 4
-    phase: str = "steady"  # set by the test; failures are reported with it
-    sent: int = 0
-    failed: int = 0
-    latencies: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __enter__(self) -> Load:
-        for _ in range(self.workers):
-            thread = threading.Thread(target=self._run, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-    def _run(self) -> None:
-        conn: http.client.HTTPConnection | None = None
-        while not self._stop.is_set():
-            conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            started = time.perf_counter()
-            try:
-                conn.request("GET", "/")
-                response = conn.getresponse()
-                response.read()
-                ok, why = response.status == 200, f"HTTP {response.status}"
-            except (OSError, http.client.HTTPException) as exc:
-                ok, why = False, repr(exc)
-                conn.close()
-                conn = None
-            self._record(ok, why, time.perf_counter() - started)
-        if conn is not None:
-            conn.close()
-
-    def _record(self, ok: bool, why: str, seconds: float) -> None:
-        with self._lock:
-            self.sent += 1
-            self.latencies.append(seconds)
-            if not ok:
-                self.failed += 1
-                self.errors.append(f"{self.phase}: {why}")
-
-    def p99(self) -> float:
-        with self._lock:
-            ordered = sorted(self.latencies)
-        return ordered[int(len(ordered) * 0.99)] if ordered else 0.0
+def Load(port: int, workers: int = 4) -> LoadLoop:
+    """Keep-alive GETs through the fleet's load balancer, flat out; anything but a
+    200 is a failure, and every failure is kept, labelled with ``load.phase``."""
+    return LoadLoop(
+        "127.0.0.1",
+        port,
+        workers=workers,
+        pause=0.0,
+        accept=lambda status: status == 200,
+        max_errors=None,
+        max_seconds=600.0,
+        phase="steady",
+    )
 
 
 class Capacity:
