@@ -11,7 +11,6 @@ not grow with file size). Prints a table and saves benchmarks/results/bake.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -23,11 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchutil import machine, save_and_print
+
 from kiln.bake import bake
 from kiln.config import load_config
 from kiln.home import Home
-
-RESULTS = Path(__file__).parent / "results" / "bake.json"
 
 
 def generate_app(root: Path, files: int, total_mb: int, seed: int = 7) -> int:
@@ -65,9 +64,7 @@ def timed(fn: Callable[[], object], repeat: int, setup: Callable[[], None] | Non
 
 
 def tar_floor(root: Path) -> None:
-    subprocess.run(
-        "tar -cf - . | sha256sum > /dev/null", shell=True, cwd=root, check=True
-    )
+    subprocess.run("tar -cf - . | sha256sum > /dev/null", shell=True, cwd=root, check=True)
 
 
 def peak_rss_of_bake(app: Path, home: Path) -> int:
@@ -153,16 +150,11 @@ def main() -> None:
                 "onefile_vs_full<=0.10": onefile / full <= 0.10,
                 "memory_flat(ratio<=1.2)": large / small <= 1.2,
             },
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **machine(),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
-    for key, value in figures.items():
-        print(f"{key:>28}: {value}")
+    save_and_print("bake", figures)
 
 
 if __name__ == "__main__":

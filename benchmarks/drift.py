@@ -10,23 +10,20 @@ Prints a table and saves benchmarks/results/drift.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchutil import machine, save_and_print
 
 from kiln.bake import bake
 from kiln.config import load_config
 from kiln.drift import baseline_path, record_baseline, scan
 from kiln.home import Home
 from kiln.store import Store
-
-RESULTS = Path(__file__).parent / "results" / "drift.json"
 
 
 def median_time(fn, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
@@ -86,16 +83,11 @@ def main() -> None:
             "hash_everything_scan_s": round(full_hash, 4),
             "baseline_speedup": round(full_hash / clean, 1),
             "per_instance_clean_ms": round(clean / args.instances * 1000, 2),
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **machine(),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
-    for key, value in figures.items():
-        print(f"{key:>24}: {value}")
+    save_and_print("drift", figures)
 
 
 if __name__ == "__main__":

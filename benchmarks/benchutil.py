@@ -1,0 +1,29 @@
+"""What every benchmark script records beside its figures, and how it saves them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def save_and_print(name: str, figures: dict[str, Any]) -> None:
+    """benchmarks/results/<name>.json, and the same figures as a table."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:>{width}}: {value}")
