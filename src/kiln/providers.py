@@ -8,17 +8,21 @@ command fast and lets one provider be broken without breaking the other.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from kiln.config import LoadedConfig
 from kiln.errors import ProviderError
-from kiln.home import Home
-from kiln.provider import Provider
+
+if TYPE_CHECKING:
+    from kiln.config import LoadedConfig
+    from kiln.home import Home
+    from kiln.provider import Provider
 
 # name -> (module, class); each class is constructed as Class(home, loaded)
 PROVIDERS: dict[str, tuple[str, str]] = {
     "local": ("kiln.local.provider", "LocalProvider"),
     "aws": ("kiln.aws.provider", "AwsProvider"),
 }
+PROVIDER_NAMES = frozenset(PROVIDERS)
 
 
 def open_provider(name: str, home: Home, loaded: LoadedConfig) -> Provider:

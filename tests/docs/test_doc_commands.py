@@ -29,9 +29,11 @@ from docs.doccommands import (
     relative_links,
 )
 from docs.sandbox import Sandbox, Step
-from kiln.cli import cli
+from kiln.cli import cli, load_all_commands
 from kiln.home import Home
 from local.localtest import APP, free_port, kill_everything
+
+load_all_commands()  # unknown_words() walks group.commands
 
 # (doc, command) -> why no test here runs it
 ALLOWED: dict[tuple[str, str], str] = {

@@ -1,7 +1,10 @@
 """The ``kiln`` command line: parses, calls the library, prints.
 
 Each area registers its commands from its own module, so the core library
-never imports click or rich.
+never imports click or rich. Those modules are imported only when one of their
+commands runs (``COMMANDS``): ``kiln --version`` and ``kiln bake`` must not pay
+for boto3, asyncssh and aiohttp. A test checks that ``COMMANDS`` names every
+command each module registers.
 """
 
 from __future__ import annotations
@@ -10,25 +13,39 @@ import importlib
 
 from kiln.cli.app import cli
 
-# Modules that attach commands to ``cli`` when imported.
-_COMMAND_MODULES = (
-    "kiln.cli.basics",
-    "kiln.cli.agent",
-    "kiln.cli.ci",
-    "kiln.cli.images",
-    "kiln.cli.aws",
-    "kiln.cli.awsfleet",
-    "kiln.cli.lifecycle",
-    "kiln.cli.demo",
-    "kiln.cli.deploy",
-)
+# top-level command -> the module that registers it on ``cli`` when imported
+COMMANDS: dict[str, str] = {
+    "init": "kiln.cli.basics",
+    "config": "kiln.cli.basics",
+    "agent": "kiln.cli.agent",
+    "logs": "kiln.cli.agent",
+    "ci": "kiln.cli.ci",
+    "bake": "kiln.cli.images",
+    "images": "kiln.cli.images",
+    "image": "kiln.cli.images",
+    "aws": "kiln.cli.awsfleet",
+    "prune": "kiln.cli.lifecycle",
+    "drift": "kiln.cli.lifecycle",
+    "recycle": "kiln.cli.lifecycle",
+    "demo": "kiln.cli.demo",
+    "deploy": "kiln.cli.deploy",
+    "rollback": "kiln.cli.deploy",
+    "scale": "kiln.cli.deploy",
+    "status": "kiln.cli.deploy",
+    "history": "kiln.cli.deploy",
+    "unlock": "kiln.cli.deploy",
+}
+cli.lazy_commands = COMMANDS
 
-for _name in _COMMAND_MODULES:
-    importlib.import_module(_name)
+
+def load_all_commands() -> None:
+    """Register every command now (docs generation, tests walking the tree)."""
+    for module in sorted(set(COMMANDS.values())):
+        importlib.import_module(module)
 
 
 def main() -> None:
     cli(prog_name="kiln")
 
 
-__all__ = ["cli", "main"]
+__all__ = ["COMMANDS", "cli", "load_all_commands", "main"]

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from kiln import __version__
 from kiln.cli.output import err_console, report_error
-from kiln.config import LoadedConfig, load_config
 from kiln.errors import KilnError
 from kiln.home import Home
-from kiln.providers import PROVIDERS
+from kiln.providers import PROVIDER_NAMES
+
+if TYPE_CHECKING:
+    from kiln.config import LoadedConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,6 +37,8 @@ class State:
 
     def config(self) -> LoadedConfig:
         if self._config is None:
+            from kiln.config import load_config  # pydantic: paid only by commands that read it
+
             self._config = load_config(self.config_path)
         return self._config
 
@@ -45,7 +50,7 @@ def provider_option(help: str) -> Callable[[F], F]:
     """``--provider`` among the registered providers, ``local`` by default."""
     return click.option(
         "--provider",
-        type=click.Choice(sorted(PROVIDERS)),
+        type=click.Choice(sorted(PROVIDER_NAMES)),
         default="local",
         show_default=True,
         help=help,
@@ -53,7 +58,22 @@ def provider_option(help: str) -> Callable[[F], F]:
 
 
 class KilnGroup(click.Group):
-    """Turns user errors into one line and an exit code, never a traceback."""
+    """Turns user errors into one line and an exit code, never a traceback.
+
+    Commands named in ``lazy_commands`` are registered by importing their
+    module the first time they are looked up, so a command pays only for the
+    libraries it uses.
+    """
+
+    lazy_commands: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            importlib.import_module(self.lazy_commands[cmd_name])
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
