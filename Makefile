@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint fmt docs clean
+.PHONY: demo test test-fast lint fmt docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The inner loop: engine, bake, config and CLI, no processes started (< 30 s quiet).
+test-fast: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not aws" tests/deploy tests/bake \
+		tests/test_config.py tests/test_cli_basics.py tests/test_cli_startup.py
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -32,3 +32,16 @@ def home() -> Home:
 @pytest.fixture
 def kiln(tmp_path: Path) -> Iterator[Kiln]:
     yield Kiln(tmp_path)
+
+
+# Suites whose every test starts real processes (agents, instances, servers):
+# marked slow here so `make test-fast` leaves them out without a marker per test.
+_PROCESS_SUITES = ("local", "lifecycle", "examples", "realapps", "vm")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        parts = Path(item.fspath).relative_to(root).parts
+        if parts and parts[0] in _PROCESS_SUITES:
+            item.add_marker(pytest.mark.slow)

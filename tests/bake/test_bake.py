@@ -201,6 +201,7 @@ def test_export_tar_is_deterministic(app_dir: Path, home: Home) -> None:
         ]
 
 
+@pytest.mark.slow
 def test_relocatable_python_app_with_a_real_dependency(tmp_path: Path, home: Home) -> None:
     """pip --target deps at bake time; the image must run from another directory."""
     wheel_dir = tmp_path / "wheels"
@@ -266,6 +267,7 @@ def _kill_bake_midway(app: Path, home: Path, sig: int) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGKILL", "SIGINT"])
 def test_interrupted_bake_leaves_no_image(tmp_path: Path, signame: str) -> None:
     import signal

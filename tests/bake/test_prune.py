@@ -3,6 +3,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from bake.apps import write_app
 from kiln.bake import BakeResult, bake
 from kiln.config import load_config
@@ -50,6 +52,7 @@ def test_pruned_app_bakes_again_from_its_index(tmp_path: Path, home: Home) -> No
     assert Store(home).verify(again.image) == []
 
 
+@pytest.mark.slow
 def test_prune_racing_a_bake_leaves_both_correct(tmp_path: Path, home: Home) -> None:
     app = write_app(tmp_path / "app", files=400)
     _versions(app, home, 3)

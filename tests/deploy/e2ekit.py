@@ -6,12 +6,9 @@ own test kit); this adds app variants and a load generator.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
 
 from localtest import APP, free_port, http_get, kill_everything, make_image
 

@@ -62,6 +62,7 @@ def _calls(tmp_path: Path, scenario: str) -> tuple[int, int]:
     return world.provider.mutations, world.provider.describes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_kill_at_every_step_then_resume(tmp_path: Path, scenario: str) -> None:
     image, _b, strategy, size, outcome = SCENARIOS[scenario]

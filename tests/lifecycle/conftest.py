@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-
 from e2ekit import free_port, kill_everything, write_app_config
 
 from kiln.home import Home
