@@ -21,7 +21,7 @@ from typing import Any
 from kiln.drift import baseline_path, record_baseline
 from kiln.errors import KilnError, ProviderError
 from kiln.home import Home
-from kiln.local import procs
+from kiln.local import procs, uids
 from kiln.local.health import Tracker, probe
 from kiln.local.lb import Balancer
 from kiln.local.metrics import Counters
@@ -32,9 +32,6 @@ from kiln.store import Store
 
 log = logging.getLogger("kiln.agent")
 INSTANCE_HOST = "127.0.0.1"
-
-
-ISOLATED_UIDS = 2_000_000_000  # instance users: far above any account a system creates
 
 
 @dataclass
@@ -77,6 +74,7 @@ class Lifecycle:
         self.stopping: set[str] = set()  # ids whose retirement is under way
         self._listening = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.uids = uids.UidPool(home.agent_dir / "last-uid")
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -107,16 +105,18 @@ class Lifecycle:
 
     # booting --------------------------------------------------------------
 
-    def _isolate(self, directory: Path) -> int:
-        """A uid no other live instance has, owning the instance's directory alone."""
+    def _isolate(self, directory: Path, known: list[int]) -> int:
+        """A uid never used before here, owning the instance's directory alone.
+
+        Runs in a thread: it scans /proc and walks the instance's files.
+        """
         if os.geteuid() != 0:
             raise KilnError(
                 "[provider.local] isolate needs the agent to run as root",
                 hint="run the agent as root (e.g. a systemd unit), or set isolate = false",
             )
         self._lock_down_home()
-        taken = {r.uid for r in self.instances.values() if r.live and r.uid is not None}
-        uid = next(u for u in range(ISOLATED_UIDS, ISOLATED_UIDS + 1_000_000) if u not in taken)
+        uid = self.uids.take(known, self.home.instances)
         for path in (directory, *directory.rglob("*")):
             os.lchown(path, uid, uid)
         directory.chmod(0o700)
@@ -176,7 +176,8 @@ class Lifecycle:
                 "KILN_IMAGE": rec.image,
             }
             if fleet.settings.isolate:
-                rec.uid = self._isolate(Path(rec.dir))
+                known = [r.uid for r in self.instances.values() if r.uid is not None]
+                rec.uid = await asyncio.to_thread(self._isolate, Path(rec.dir), known)
                 env |= {"HOME": rec.dir, "USER": f"kiln-{rec.uid}"}
             proc = procs.spawn(manifest.run, Path(rec.dir), env, Path(rec.log), rec.uid)
         except (KilnError, OSError) as exc:
@@ -272,6 +273,8 @@ class Lifecycle:
         shutil.rmtree(rec.dir, ignore_errors=True)
         if rec.dir:
             baseline_path(Path(rec.dir)).unlink(missing_ok=True)
+        if rec.uid is not None:  # what it started outside its process group dies too
+            self.background(asyncio.to_thread(uids.reap, rec.uid, rec.dir))
 
     async def retire(
         self, fleet: FleetRuntime, rec: InstanceRecord, final: InstanceState, *, drain: bool

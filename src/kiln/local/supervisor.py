@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import InstanceNotFound, KilnError
-from kiln.local import procs, recycler
+from kiln.local import procs, recycler, uids
 from kiln.local.lb import Balancer
 from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
@@ -285,6 +285,8 @@ class Supervisor(Lifecycle):
         for rec in self.db.instances():
             self.instances[rec.id] = rec
             fleet = self.fleets.get(rec.fleet)
+            if not rec.live and rec.uid is not None:  # a previous agent may not have reaped it
+                self.background(asyncio.to_thread(uids.reap, rec.uid))
             if not rec.live or fleet is None:
                 continue
             self._readopt(fleet, rec)
