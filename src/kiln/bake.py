@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from kiln.config import LoadedConfig
@@ -26,6 +26,7 @@ from kiln.errors import BuildError
 from kiln.home import Home
 from kiln.ignore import SourceEntry, load_spec, walk
 from kiln.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, short_id
+from kiln.tree import UnsafeTree, check_tree
 
 WORKERS = min(8, (os.cpu_count() or 2) * 2)
 RACY_NS = 100_000_000  # files touched this recently are re-hashed next time
@@ -122,6 +123,7 @@ def _manifest(
     loaded: LoadedConfig, files: list[FileEntry], links: list[LinkEntry], dirs: list[str]
 ) -> Manifest:
     cfg = loaded.config
+    _check_links(files, links, dirs)
     return Manifest(
         app=cfg.app.name,
         run=cfg.app.run,
@@ -169,14 +171,18 @@ def _manifest_of(
 
 
 def _link(root: Path, entry: SourceEntry) -> LinkEntry:
-    target = PurePosixPath(entry.target)
-    resolved = os.path.normpath(PurePosixPath(entry.path).parent / target)
-    if target.is_absolute() or resolved.startswith(".."):
-        raise BuildError(
-            f"symlink {entry.path} -> {entry.target} points outside the app",
-            hint="images must be relocatable: use a relative link inside the app, or exclude it",
-        )
     return LinkEntry(entry.path, entry.target)
+
+
+def _check_links(files: list[FileEntry], links: list[LinkEntry], dirs: list[str]) -> None:
+    """Follow every link through the tree as the kernel would: none may leave it."""
+    try:
+        check_tree((f.path for f in files), {link.path: link.target for link in links}, dirs)
+    except UnsafeTree as exc:
+        raise BuildError(
+            f"symlink {exc.path} {exc.reason.replace('the image', 'the app')}",
+            hint="images must be relocatable: use a relative link inside the app, or exclude it",
+        ) from None
 
 
 def _bake_with_build(

@@ -8,7 +8,8 @@ The CLI turns a ``KilnError`` into one line (plus an optional hint) and its
     ├── HomeError              KILN_HOME unusable
     ├── StoreError             image store problems
     │   ├── ImageNotFound
-    │   └── CorruptObject      an object no longer matches its hash
+    │   ├── CorruptObject      an object no longer matches its hash
+    │   └── UnsafeImage        a manifest whose tree reaches outside its directory
     ├── BuildError             a bake step failed
     ├── AgentError             the local agent cannot be reached or refused
     ├── ProviderError          a provider could not do what was asked
@@ -56,6 +57,10 @@ class ImageNotFound(StoreError):
 
 
 class CorruptObject(StoreError):
+    exit_code = 3
+
+
+class UnsafeImage(StoreError):
     exit_code = 3
 
 

@@ -25,14 +25,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from kiln.errors import CorruptObject, ImageNotFound, StoreError
 from kiln.home import Home
+from kiln.materialize import check_manifest, write_tree
 from kiln.objects import ObjectStore
 from kiln.pids import pid_alive
 
 FORMAT = 1
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,18 +86,51 @@ class Manifest:
 
     @classmethod
     def parse(cls, raw: bytes) -> Manifest:
-        doc = json.loads(raw)
-        if doc.get("format") != FORMAT:
-            raise StoreError(f"image manifest format {doc.get('format')} is not supported")
-        return cls(
-            app=doc["app"],
-            run=doc["run"],
-            env=doc["env"],
-            python=doc["python"],
-            files=tuple(FileEntry(*f) for f in doc["files"]),
-            links=tuple(LinkEntry(*link) for link in doc["links"]),
-            dirs=tuple(doc["dirs"]),
-        )
+        """Parse strictly: a manifest is untrusted input, so every field has its exact type."""
+        try:
+            doc = json.loads(raw)
+            if doc.get("format") != FORMAT:
+                raise StoreError(f"image manifest format {doc.get('format')} is not supported")
+            return cls(
+                app=_typed(doc["app"], str),
+                run=_typed(doc["run"], str),
+                env={_typed(k, str): _typed(v, str) for k, v in _typed(doc["env"], dict).items()},
+                python=_typed(doc["python"], str),
+                files=tuple(_file_entry(f) for f in _typed(doc["files"], list)),
+                links=tuple(
+                    LinkEntry(*(_typed(x, str) for x in _fields(link, 2)))
+                    for link in _typed(doc["links"], list)
+                ),
+                dirs=tuple(_typed(d, str) for d in _typed(doc["dirs"], list)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptObject(
+                f"image manifest is malformed: {exc}",
+                hint="the store was modified by hand; delete that manifest and bake again",
+            ) from None
+
+
+def _typed(value: Any, kind: type[_T]) -> _T:
+    if type(value) is not kind:
+        raise TypeError(f"expected {kind.__name__}, got {value!r:.60}")
+    return value
+
+
+def _fields(value: object, n: int) -> list[object]:
+    items = _typed(value, list)
+    if len(items) != n:
+        raise ValueError(f"expected {n} fields, got {items!r:.80}")
+    return items
+
+
+def _file_entry(value: object) -> FileEntry:
+    path, mode, size, sha = _fields(value, 4)
+    digest = _typed(sha, str)
+    if len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError(f"{digest!r:.80} is not a sha256")
+    if _typed(size, int) < 0:
+        raise ValueError(f"negative size {size}")
+    return FileEntry(_typed(path, str), _typed(mode, int), _typed(size, int), digest)
 
 
 def short_id(digest: str) -> str:
@@ -167,6 +202,7 @@ class Store:
 
     def add_image(self, manifest: Manifest, meta: dict[str, Any]) -> ImageRecord:
         """Record an image whose objects are all stored; idempotent."""
+        check_manifest(short_id(manifest.digest), manifest)
         missing = [f.path for f in manifest.files if not self.has_object(f.sha256)]
         if missing:
             raise StoreError(f"cannot record image: {len(missing)} objects missing ({missing[0]})")
@@ -241,6 +277,7 @@ class Store:
     def verify(self, ref: str) -> list[str]:
         """Re-hash every object of an image; the paths whose content is wrong."""
         record = self.get(ref)
+        check_manifest(record.id, record.manifest)
         bad: list[str] = []
         checked: dict[str, bool] = {}
         for entry in record.manifest.files:
@@ -261,44 +298,14 @@ class Store:
 
     def _materialize(self, ref: str, dest: Path) -> Manifest:
         record = self.get(ref)
-        manifest = record.manifest
-        dest.mkdir(parents=True, exist_ok=False)
-        try:
-            for d in manifest.dirs:
-                (dest / d).mkdir(parents=True, exist_ok=True)
-            for entry in manifest.files:
-                self._copy_verified(entry, dest / entry.path)
-            for link in manifest.links:
-                target = dest / link.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.symlink_to(link.target)
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-        return manifest
-
-    def _copy_verified(self, entry: FileEntry, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        h = hashlib.sha256()
-        with target.open("wb") as dst:
-            try:
-                for chunk in self.objects.read(entry.sha256):
-                    h.update(chunk)
-                    dst.write(chunk)
-            except CorruptObject as exc:
-                raise CorruptObject(
-                    f"{entry.path}: {exc.message}", hint="run 'kiln image verify'"
-                ) from exc
-        if h.hexdigest() != entry.sha256:
-            raise CorruptObject(
-                f"{entry.path}: stored object {entry.sha256[:12]} is corrupted",
-                hint="run 'kiln image verify'; bake again to restore it",
-            )
-        target.chmod(entry.mode)
+        write_tree(record.id, record.manifest, dest, self.objects.read)
+        return record.manifest
 
     def export_tar(self, ref: str, fileobj: IO[bytes]) -> Manifest:
         """A deterministic tar stream of the image (for uploads, e.g. AMI bakes)."""
-        manifest = self.get(ref).manifest
+        record = self.get(ref)
+        manifest = record.manifest
+        check_manifest(record.id, manifest)
         with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for d in manifest.dirs:
                 tar.addfile(_tarinfo(d, tarfile.DIRTYPE, 0o755))
