@@ -123,7 +123,7 @@ async def launch(request: web.Request) -> web.Response:
         str(data["image"]),
         count,
         bool(data.get("in_service", True)),
-        {str(k): str(v) for k, v in data.get("supplied", {}).items()},
+        {str(k): str(v) for k, v in data.get("secrets", {}).items()},
     )
     return web.json_response({"ids": ids})
 

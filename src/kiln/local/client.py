@@ -20,6 +20,10 @@ from kiln.local.agent import check_socket_owner, log_path, read_pid
 from kiln.local.procs import log_tail, start_time
 
 START_TIMEOUT = 30.0
+# All the agent takes from the environment of the command that starts it: never
+# a secret, never the caller's other variables (any same-user process can read
+# /proc/<agent>/environ). Secrets reach the agent over its socket instead.
+AGENT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -120,7 +124,9 @@ def start_agent(home: Home) -> tuple[dict[str, Any], bool]:
     home.ensure()
     cmd = [sys.executable, "-m", "kiln.local.agent", "--home", str(home.root), "--daemon"]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=START_TIMEOUT, env=agent_env(home)
+        )
     except subprocess.TimeoutExpired as exc:
         raise AgentError(
             f"the agent did not start within {START_TIMEOUT:g}s",
@@ -138,6 +144,16 @@ def start_agent(home: Home) -> tuple[dict[str, Any], bool]:
     if status is None:
         raise AgentError("the agent started but does not answer", hint=f"see {log_path(home)}")
     return status, True
+
+
+def agent_env(home: Home) -> dict[str, str]:
+    """The agent's whole environment: a few basics, where kiln's code is, its home."""
+    env = {k: os.environ[k] for k in AGENT_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if "PYTHONPATH" in os.environ:  # kiln run from a checkout: the agent imports it the same way
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env["KILN_HOME"] = str(home.root)
+    return env
 
 
 def ensure_agent(home: Home) -> AgentClient:

@@ -26,7 +26,7 @@ from kiln.local.health import Tracker, probe
 from kiln.local.lb import Balancer
 from kiln.local.metrics import Counters
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
-from kiln.local.secret_refs import resolve
+from kiln.local.secret_refs import pick
 from kiln.provider import InstanceState
 from kiln.store import Store
 
@@ -42,7 +42,7 @@ class FleetRuntime:
     settings: FleetSettings
     balancer: Balancer
     groups: dict[str, int] = field(default_factory=dict)  # image id -> desired count
-    supplied: dict[str, str] = field(default_factory=dict)  # env values for secrets, memory only
+    secrets: dict[str, str] = field(default_factory=dict)  # NAME -> value, in memory only
     backoff: dict[str, tuple[float, float]] = field(default_factory=dict)  # image -> (when, delay)
     counters: dict[str, Counters] = field(default_factory=dict)
     recycling: bool = False  # a max_age replacement is under way
@@ -167,7 +167,7 @@ class Lifecycle:
         try:
             manifest = await asyncio.to_thread(self.store.materialize, rec.image, Path(rec.dir))
             await asyncio.to_thread(record_baseline, Path(rec.dir))  # cheap `kiln drift`
-            env = procs.base_env() | manifest.env | resolve(fleet.settings.secrets, fleet.supplied)
+            env = procs.base_env() | manifest.env | pick(fleet.settings.secrets, fleet.secrets)
             rec.port = procs.free_port(INSTANCE_HOST)
             env |= {
                 "HOST": INSTANCE_HOST,

@@ -83,6 +83,18 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
+def environ_of(pid: int, started: int | None) -> dict[str, str]:
+    """The environment a process was started with ({} if gone or not the same process)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    if not alive(pid, started):  # read first, check after: a pid reused meanwhile is refused
+        return {}
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+
+
 def processes_with_env(name: str, value: str) -> list[int]:
     """Pids whose environment has NAME=value: finds an instance spawned but not recorded."""
     needle = f"{name}={value}".encode()

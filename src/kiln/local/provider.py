@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -60,7 +61,7 @@ class LocalProvider:
             "count": count,
             "in_service": in_service,
             "settings": asdict(self.settings),
-            "supplied": secret_refs.collect(self.settings.secrets),
+            "secrets": secret_refs.resolve(self.settings.secrets, os.environ),
         }
         ids: list[str] = self.agent.post(self._path(fleet, "/launch"), body)["ids"]
         return ids

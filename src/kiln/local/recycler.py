@@ -66,7 +66,7 @@ async def recycle(sup: Supervisor, fleet: FleetRuntime, victim_id: str) -> None:
         log.info("recycling %s: older than max_age (%gs)", victim.id, fleet.settings.max_age)
         try:
             (new_id,) = await sup.launch(
-                fleet.name, fleet.settings, victim.image, 1, True, fleet.supplied
+                fleet.name, fleet.settings, victim.image, 1, True, fleet.secrets
             )
         except KilnError as exc:
             log.error("recycle of %s could not launch a replacement: %s", victim.id, exc)

@@ -1,35 +1,29 @@
-"""Secrets: resolved when an instance launches, held only in memory.
+"""Secrets: resolved by the kiln command, carried to the agent, held only in memory.
 
-``env:VAR`` comes from the environment of the kiln command that asked for
-the launch (sent over the agent's private socket), else the agent's own;
-``file:/path`` is read by the agent at each launch. Values are never written
-to the image, the agent's database, its log or its API answers.
+The command that launches (``kiln deploy`` …) resolves every reference:
+``env:VAR`` from its own environment, ``file:/path`` by reading the file. A
+missing one fails there, before the agent is asked for anything. The values
+travel only over the agent's private socket; the agent keeps them in memory
+for that fleet's replacements and puts them only into that fleet's instances.
+The agent's own environment holds no secret (it starts with a minimal one).
+Values are never written to the image, the agent's database, its log or its
+API answers.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from kiln.errors import ProviderError
 
 
-def env_vars_needed(refs: Mapping[str, str]) -> list[str]:
-    return [ref[4:] for ref in refs.values() if ref.startswith("env:")]
-
-
-def collect(refs: Mapping[str, str]) -> dict[str, str]:
-    """The values a client can supply from its own environment."""
-    return {var: os.environ[var] for var in env_vars_needed(refs) if var in os.environ}
-
-
-def resolve(refs: Mapping[str, str], supplied: Mapping[str, str]) -> dict[str, str]:
+def resolve(refs: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
     """NAME -> value for every secret, or one clear error naming the missing one."""
     values: dict[str, str] = {}
     for name, ref in refs.items():
         kind, _, where = ref.partition(":")
         if kind == "env":
-            value = supplied.get(where, os.environ.get(where))
+            value = environ.get(where)
             if value is None:
                 raise ProviderError(
                     f"secret {name}: environment variable {where} is not set",
@@ -50,3 +44,15 @@ def resolve(refs: Mapping[str, str], supplied: Mapping[str, str]) -> dict[str, s
             )
         values[name] = value
     return values
+
+
+def pick(refs: Mapping[str, str], known: Mapping[str, str]) -> dict[str, str]:
+    """The agent's side: the value of every secret the fleet names, from what it was sent."""
+    missing = sorted(set(refs) - set(known))
+    if missing:
+        raise ProviderError(
+            f"secret {missing[0]}: the agent does not know its value (it restarted, and no "
+            "running instance of the fleet carries it)",
+            hint="run 'kiln deploy' again: the command sends the values",
+        )
+    return {name: known[name] for name in refs}

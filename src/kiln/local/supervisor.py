@@ -23,7 +23,7 @@ from kiln.local import procs, recycler, uids
 from kiln.local.lb import Balancer
 from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
-from kiln.local.secret_refs import resolve
+from kiln.local.secret_refs import pick
 from kiln.provider import InstanceState
 
 log = logging.getLogger("kiln.agent")
@@ -36,14 +36,14 @@ class Supervisor(Lifecycle):
     # fleets ---------------------------------------------------------------
 
     async def ensure_fleet(
-        self, name: str, settings: FleetSettings, supplied: Mapping[str, str]
+        self, name: str, settings: FleetSettings, secrets: Mapping[str, str]
     ) -> FleetRuntime:
         """The fleet, created and listening; follows changed settings."""
         async with self._listening:  # two first launches must not both bind
-            return await self._ensure_fleet(name, settings, supplied)
+            return await self._ensure_fleet(name, settings, secrets)
 
     async def _ensure_fleet(
-        self, name: str, settings: FleetSettings, supplied: Mapping[str, str]
+        self, name: str, settings: FleetSettings, secrets: Mapping[str, str]
     ) -> FleetRuntime:
         fleet = self.fleets.get(name)
         if fleet is None:
@@ -57,7 +57,7 @@ class Supervisor(Lifecycle):
                 await fleet.balancer.move(settings.listen_host, settings.listen_port)
             fleet.balancer.policy = settings.balance
             fleet.settings = settings
-        fleet.supplied.update(supplied)
+        fleet.secrets = dict(secrets)  # the latest values: what replacements get
         self.db.save_fleet(name, fleet.settings)
         return fleet
 
@@ -92,11 +92,11 @@ class Supervisor(Lifecycle):
         image: str,
         count: int,
         in_service: bool,
-        supplied: Mapping[str, str],
+        secrets: Mapping[str, str],
     ) -> list[str]:
         record = await asyncio.to_thread(self.store.get, image)
-        resolve(settings.secrets, {**supplied})  # fail before anything changes
-        fleet = await self.ensure_fleet(name, settings, supplied)
+        secrets = pick(settings.secrets, secrets)  # fail before anything changes
+        fleet = await self.ensure_fleet(name, settings, secrets)
         self._set_group(fleet, record.id, count)
         recs = [self.new_record(fleet, record.id, in_service) for _ in range(count)]
         for index, rec in enumerate(recs):
@@ -291,8 +291,24 @@ class Supervisor(Lifecycle):
                 continue
             self._readopt(fleet, rec)
         for fleet in self.fleets.values():
+            self._recover_secrets(fleet)
             await self._listen(fleet)
             self.sync_lb(fleet)
+
+    def _recover_secrets(self, fleet: FleetRuntime) -> None:
+        """The secret values a restarted agent lost, taken back from a running instance.
+
+        They were in memory only; the instances of the fleet carry them in their
+        environment, so self-healing keeps working until the next launch sends them.
+        """
+        names = set(fleet.settings.secrets)
+        for rec in self.instances.values():
+            if names <= set(fleet.secrets):
+                return
+            if rec.fleet == fleet.name and rec.live and rec.pid and not rec.terminating:
+                env = procs.environ_of(rec.pid, rec.pid_start)
+                if names <= set(env):
+                    fleet.secrets = {name: env[name] for name in names}
 
     def _readopt(self, fleet: FleetRuntime, rec: InstanceRecord) -> None:
         if rec.pid is None:  # the previous agent died between record and spawn
