@@ -51,6 +51,18 @@ class PipelineSpec:
     region: str | None
 
 
+def next_step(spec: PipelineSpec) -> str:
+    """What the user does after the file is written, which depends on where it deploys."""
+    if spec.provider == "aws":
+        where = "repository secrets" if spec.system == "github" else "masked CI/CD variables"
+        region = "" if spec.region else " (and AWS_REGION)"
+        return (
+            f"add AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY as {where}{region}, "
+            "commit the file and push"
+        )
+    return "register a runner on the fleet's host, commit the file and push"
+
+
 def default_install() -> str:
     """How runners install the kiln that wrote the pipeline: its git commit if it
     was installed from git, else this version from the package index."""

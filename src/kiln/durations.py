@@ -53,3 +53,22 @@ def format_duration(seconds: float) -> str:
             parts.append(f"{remaining // size}{unit}")
             remaining %= size
     return "".join(parts[:2])
+
+
+def format_size(n: int) -> str:
+    """Bytes the way people read them: ``936 B``, ``95.4 MiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def format_time(ts: float) -> str:
+    """A UTC timestamp, or ``-`` for none."""
+    if not ts:
+        return "-"
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")

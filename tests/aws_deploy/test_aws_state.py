@@ -59,6 +59,9 @@ def test_lock_is_one_security_group_with_holder_expiry_and_takeover(
     )
 
     other = runner(world, home, tmp_path)
+    # status shows the holder as `kiln status` does on every platform (was "locked by None")
+    shown = other.status()["lock"]
+    assert shown["holder"].startswith("alice@ci-1") and shown["expires"] > time.time()
     with pytest.raises(LockHeld, match="being deployed by alice@ci-1") as busy:
         other.deploy(V1)
     assert busy.value.hint and lock_name(world.app) in busy.value.hint

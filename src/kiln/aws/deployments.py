@@ -350,10 +350,18 @@ class AwsDeployments:
         strangers = sorted(registered - set(members))
         return Drift(tuple(wrong), tuple(strangers))
 
-    def _lock_holder(self) -> dict[str, str] | None:
+    def _lock_holder(self) -> dict[str, Any] | None:
+        """The lock as ``kiln status`` shows it on every platform, not its raw tags."""
         with aws_errors("reading the deploy lock"):
             found = self.lock.read()
-        return found[1] if found else None
+        if not found:
+            return None
+        tags = found[1]
+        return {
+            "holder": tags.get(st.HOLDER_TAG, "?"),
+            "deployment": tags.get(st.DEPLOYMENT_TAG),
+            "expires": float(tags.get(st.EXPIRES_TAG, "0") or 0),
+        }
 
     def _vpc(self) -> str | None:
         tg = self.provider.settings.target_group_arn

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -13,10 +14,11 @@ from kiln import __version__
 from kiln.cli.output import err_console, report_error
 from kiln.errors import KilnError
 from kiln.home import Home
-from kiln.providers import PROVIDER_NAMES
+from kiln.platform import PLATFORM_NAMES
 
 if TYPE_CHECKING:
     from kiln.config import LoadedConfig
+    from kiln.platform import Platform
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,6 +37,18 @@ class State:
             self._home = Home.resolve(self.home_override).ensure()
         return self._home
 
+    def has_config(self) -> bool:
+        """Whether a kiln.toml was named or is here (image commands work without one)."""
+        from kiln.config import CONFIG_NAME
+
+        return self.config_path is not None or (Path.cwd() / CONFIG_NAME).is_file()
+
+    def platform(self, name: str) -> Platform:
+        """The one place a command's provider is chosen; everything after delegates."""
+        from kiln.platform import open_platform
+
+        return open_platform(name, self.home(), self.config, has_config=self.has_config())
+
     def config(self) -> LoadedConfig:
         if self._config is None:
             from kiln.config import load_config  # pydantic: paid only by commands that read it
@@ -50,7 +64,7 @@ def provider_option(help: str) -> Callable[[F], F]:
     """``--provider`` among the registered providers, ``local`` by default."""
     return click.option(
         "--provider",
-        type=click.Choice(sorted(PROVIDER_NAMES)),
+        type=click.Choice(sorted(PLATFORM_NAMES)),
         default="local",
         show_default=True,
         help=help,

@@ -6,8 +6,6 @@ call :mod:`kiln.aws.ami` and :mod:`kiln.aws.images`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from rich.table import Table
 
@@ -17,15 +15,15 @@ from kiln.aws.reap import reap
 from kiln.aws.session import Aws, aws_errors, connect
 from kiln.cli.app import State, cli, pass_state
 from kiln.cli.output import console, emit_json, note
-from kiln.config import CONFIG_NAME, AwsProvider
+from kiln.config import AwsProvider
 from kiln.errors import AwsError
 
 
 def aws_settings(state: State) -> AwsProvider:
     """[provider.aws] from kiln.toml when there is one; defaults and env otherwise."""
-    if state.config_path is None and not (Path.cwd() / CONFIG_NAME).is_file():
-        return AwsProvider()
-    return state.config().config.provider.aws or AwsProvider()
+    from kiln.aws.platform import AwsPlatform
+
+    return AwsPlatform(state.home(), state.config, has_config=state.has_config()).settings()
 
 
 @cli.group("aws")

@@ -14,6 +14,7 @@ from kiln.ci import (
     System,
     default_target,
     find_repo_root,
+    next_step,
     plan_pipeline,
     render_pipeline,
     write_pipeline,
@@ -80,15 +81,7 @@ def ci_init(
     target = output or default_target(system, repo)
     write_pipeline(target, text, force=force)
     console.print(f"wrote {target}")
-    if provider == "aws":
-        where = "repository secrets" if system == "github" else "masked CI/CD variables"
-        console.print(
-            f"next: add AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY as {where}"
-            + ("" if spec.region else " (and AWS_REGION)")
-            + ", commit the file and push"
-        )
-    else:
-        console.print("next: register a runner on the fleet's host, commit the file and push")
+    console.print(f"next: {next_step(spec)}")
 
 
 @ci.command("summary")

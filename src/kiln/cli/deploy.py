@@ -9,22 +9,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Protocol
 
 import click
 from rich.markup import escape
 from rich.status import Status
 
-from kiln import providers
 from kiln.cli.app import State, cli, pass_state, provider_option
 from kiln.cli.fleetviews import indent, print_history, print_result, print_status
 from kiln.cli.output import console, emit_json, err_console
-from kiln.deploy import Engine, Event, Plan, Result, Settings, StateDb
+from kiln.deploy import Event, Plan, Result, StateDb
 from kiln.deploy.journal import Journal
 from kiln.deploy.lock import unlock as unlock_fleet
-from kiln.deploy.status import fleet_status
 from kiln.durations import parse_duration
-from kiln.errors import ConfigError, DeployError, GateFailed, ImageNotFound
+from kiln.errors import DeployError, GateFailed, ImageNotFound
+from kiln.platform import Capability, Deployer
 from kiln.store import Store
 
 PROVIDER = provider_option("Where the fleet runs.")
@@ -102,51 +100,6 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class Deployer(Protocol):
-    """What the commands drive: the engine (local) or its AWS wrapper (state in AWS)."""
-
-    fleet: str
-
-    def plan(self, image: str, strategy: str | None = None) -> Plan: ...
-
-    def deploy(
-        self,
-        image: str,
-        *,
-        strategy: str | None = None,
-        reason: str | None = None,
-        wait: float | None = None,
-    ) -> Result: ...
-
-    def rollback(
-        self, to: str | None = None, *, reason: str | None = None, wait: float | None = None
-    ) -> Result: ...
-
-    def scale(self, size: int, *, wait: float | None = None) -> Result: ...
-
-    def resume(self, *, wait: float | None = None) -> Result | None: ...
-
-
-def _deployer(state: State, provider: str, narrator: _Narrator) -> Deployer:
-    if provider == "aws":  # lock, history and fleet record live in AWS, not in KILN_HOME
-        from kiln.aws.deployments import open_deployments
-
-        return open_deployments(state.home(), state.config(), on_event=narrator)
-    return _engine(state, provider, narrator)
-
-
-def _engine(state: State, provider: str, narrator: _Narrator) -> Engine:
-    loaded = state.config()
-    home = state.home()
-    return Engine(
-        providers.open_provider(provider, home, loaded),
-        StateDb(home.state_db),
-        Settings.from_config(loaded.config),
-        loaded.config.app.name,
-        on_event=narrator,
-    )
-
-
 def _resolve_image(state: State, engine: Deployer, ref: str) -> str:
     """A store reference (short id, prefix) becomes the image id; others go as given."""
     try:
@@ -176,6 +129,11 @@ def _finish(result: Result, as_json: bool) -> None:
         emit_json(result.to_json())
     else:
         print_result(result)
+    exit_for(result)
+
+
+def exit_for(result: Result) -> None:
+    """A deployment that did not succeed exits non-zero: rolled back 4, failed otherwise."""
     if result.ok:
         return
     code = GateFailed.exit_code if result.outcome == "rolled back" else DeployError.exit_code
@@ -213,7 +171,8 @@ def deploy_command(
 ) -> None:
     """Move the fleet to a new image: plan, launch, prove healthy, shift, discard."""
     narrator = _Narrator()
-    engine = _deployer(state, provider, narrator)
+    platform = state.platform(provider)
+    engine = platform.deployer(narrator)
     timeout = _wait_seconds(wait)
     with _sigterm_as_ctrl_c(), narrator.live(not dry_run):
         if resume:
@@ -231,6 +190,8 @@ def deploy_command(
                 return
             _finish(result, as_json)
             return
+        if strategy == "canary":
+            platform.require(Capability.CANARY, "the canary strategy")
         target = _resolve_image(state, engine, image) if image else _bake(state)
         if dry_run:
             plan = engine.plan(target, strategy)
@@ -254,7 +215,7 @@ def rollback_command(
 ) -> None:
     """Back to the previous good image; from a warm standby in about one health check."""
     narrator = _Narrator()
-    engine = _deployer(state, provider, narrator)
+    engine = state.platform(provider).deployer(narrator)
     target = _resolve_image(state, engine, to) if to else None
     with _sigterm_as_ctrl_c(), narrator.live(True):
         result = engine.rollback(target, reason=reason, wait=_wait_seconds(wait))
@@ -270,7 +231,7 @@ def rollback_command(
 def scale_command(state: State, size: int, as_json: bool, wait: str | None, provider: str) -> None:
     """Change the fleet's desired size; new instances come from the current image."""
     narrator = _Narrator()
-    engine = _deployer(state, provider, narrator)
+    engine = state.platform(provider).deployer(narrator)
     with _sigterm_as_ctrl_c(), narrator.live(True):
         result = engine.scale(size, wait=_wait_seconds(wait))
     _finish(result, as_json)
@@ -282,14 +243,7 @@ def scale_command(state: State, size: int, as_json: bool, wait: str | None, prov
 @pass_state
 def status_command(state: State, as_json: bool, provider: str) -> None:
     """The fleet now: endpoint, size, image, instances, any deployment in progress."""
-    if provider == "aws":
-        from kiln.aws.deployments import open_deployments
-
-        data = open_deployments(state.home(), state.config()).status()
-    else:
-        engine = _engine(state, provider, _Narrator())
-        now = time.time()
-        data = fleet_status(engine.provider, engine.db, engine.fleet, engine.settings.size, now)
+    data = state.platform(provider).status()
     if as_json:
         emit_json(data)
         return
@@ -306,19 +260,7 @@ def history_command(
     state: State, limit: int, all_fleets: bool, as_json: bool, provider: str
 ) -> None:
     """Deployments, newest first: from → to, strategy, outcome, duration, who, why."""
-    if provider == "aws":
-        from kiln.aws.deployments import open_deployments
-
-        entries = open_deployments(state.home(), state.config()).history(limit)
-    else:
-        fleet = None
-        if not all_fleets:
-            try:
-                fleet = state.config().config.app.name
-            except ConfigError:
-                fleet = None
-        db = StateDb(state.home().state_db)
-        entries = [e.to_json() for e in Journal(db).history(fleet, limit)]
+    entries = state.platform(provider).history(limit, all_fleets=all_fleets)
     if as_json:
         emit_json(entries)
         return

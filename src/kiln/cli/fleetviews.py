@@ -52,7 +52,10 @@ def print_status(data: dict[str, Any]) -> None:
         )
     for group in data.get("groups", []):
         attached = "attached" if group.get("attached") else "detached"
-        console.print(f"group {group['name']}: {group['image']} x{group['desired']} ({attached})")
+        version = f", template v{group['template_version']}" if "template_version" in group else ""
+        console.print(
+            f"group {group['name']}: {group['image']} x{group['desired']} ({attached}{version})"
+        )
     warm = data.get("warm_standby")
     if warm:
         until = _clock(warm["until"]) if warm["until"] else "?"
@@ -67,9 +70,11 @@ def print_status(data: dict[str, Any]) -> None:
         )
     lock = data.get("lock")
     if lock:
-        beat = lock.get("heartbeat")
+        beat, expires = lock.get("heartbeat"), lock.get("expires")
         ago = f", heartbeat {format_duration(max(0.0, time.time() - beat))} ago" if beat else ""
-        console.print(f"locked by {lock.get('holder')}{ago}")
+        if expires:
+            ago += f", expires in {format_duration(max(0.0, expires - time.time()))}"
+        console.print(f"[yellow]locked by {escape(str(lock.get('holder')))}{ago}[/]")
 
 
 def _print_instances(instances: list[dict[str, Any]]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import click
 from rich.progress import (
@@ -14,11 +13,11 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
-from kiln.bake import BakeProgress, BakeResult, bake
+from kiln.bake import BakeProgress
 from kiln.cli.app import State, cli, pass_state, provider_option
-from kiln.cli.output import console, emit_json, err_console, note
+from kiln.cli.output import console, emit_json, err_console, note, print_report
+from kiln.durations import format_size, format_time
 from kiln.errors import CorruptObject
 from kiln.store import Store
 
@@ -65,14 +64,6 @@ class _ConsoleProgress(BakeProgress):
             self.bar = None
 
 
-def _bake_local(state: State, quiet: bool) -> BakeResult:
-    progress = _ConsoleProgress(quiet)
-    try:
-        return bake(state.config(), state.home(), progress)
-    finally:
-        progress._stop_bar()
-
-
 PROVIDER = provider_option(
     "local: the image store in KILN_HOME; aws: also an AMI (reused by digest)."
 )
@@ -84,63 +75,13 @@ PROVIDER = provider_option(
 @pass_state
 def bake_command(state: State, as_json: bool, provider: str) -> None:
     """Bake the app into an immutable, content-addressed image."""
-    if provider == "aws":
-        _bake_aws(state, as_json)
-        return
-    result = _bake_local(state, quiet=as_json)
-    if as_json:
-        emit_json(result.as_dict())
-        return
-    how = "reused, nothing changed" if result.reused else f"{result.seconds:.2f}s"
-    console.print(
-        f"[bold green]{result.image}[/]  {result.app}  {result.files} files, "
-        f"{_size(result.bytes)}  ({how})",
-        markup=True,
-    )
-
-
-def _bake_aws(state: State, as_json: bool) -> None:
-    from kiln.aws.ami import bake_ami
-
     progress = _ConsoleProgress(quiet=as_json)
     try:
-        result = bake_ami(
-            state.config(),
-            state.home(),
-            progress=note,  # stderr: CI logs show minutes of AWS work, stdout stays JSON
-            bake_progress=progress,
-        )
+        # narration on stderr: CI logs show minutes of AWS work, stdout stays JSON
+        report = state.platform(provider).bake(progress, note)
     finally:
         progress._stop_bar()
-    if as_json:
-        emit_json(result.summary())
-        return
-    how = "reused, no builder launched" if result.reused else f"{result.seconds:.0f}s"
-    console.print(
-        f"[bold green]{result.ami}[/]  {result.image}  {result.app}  {result.region}  ({how})",
-        markup=True,
-    )
-
-
-def _images_aws(state: State, app: str | None, as_json: bool) -> None:
-    from kiln.aws.images import list_amis
-    from kiln.aws.session import connect
-    from kiln.cli.aws import aws_settings
-
-    amis = list_amis(connect(aws_settings(state)), app)
-    if as_json:
-        emit_json([a.summary() for a in amis])
-        return
-    if not amis:
-        console.print("no AMIs baked by kiln in this region: run 'kiln bake --provider aws'")
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("AMI", "IMAGE", "APP", "STATE", "CREATED", "COMMIT"):
-        table.add_column(column)
-    for a in amis:
-        commit = (a.summary().get("commit") or "-")[:10]
-        table.add_row(a.id, a.image, a.app, a.state, a.created, commit)
-    console.print(table)
+    print_report(report, as_json)
 
 
 @cli.command("images")
@@ -150,30 +91,7 @@ def _images_aws(state: State, app: str | None, as_json: bool) -> None:
 @pass_state
 def images_command(state: State, app: str | None, as_json: bool, provider: str) -> None:
     """List baked images, newest first."""
-    if provider == "aws":
-        _images_aws(state, app, as_json)
-        return
-    records = Store(state.home()).list_images(app)
-    if as_json:
-        emit_json([r.summary() for r in records])
-        return
-    if not records:
-        console.print("no images yet: run 'kiln bake' in your app's directory")
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("IMAGE", "APP", "CREATED", "SIZE", "FILES", "COMMIT"):
-        table.add_column(column)
-    for r in records:
-        commit = (r.meta.get("commit") or "-")[:10] + ("+dirty" if r.meta.get("dirty") else "")
-        table.add_row(
-            r.id,
-            r.app,
-            _when(r.created),
-            _size(r.manifest.size),
-            str(len(r.manifest.files)),
-            commit,
-        )
-    console.print(table)
+    print_report(state.platform(provider).images(app), as_json)
 
 
 @cli.group("image")
@@ -201,8 +119,8 @@ def image_show(state: State, image: str, as_json: bool) -> None:
     for key in ("image", "digest", "app", "files", "commit", "dirty", "python"):
         value = summary[key]
         console.print(f"{key:>8}: {'-' if value is None else value}")
-    console.print(f"{'size':>8}: {_size(record.manifest.size)}")
-    console.print(f"{'created':>8}: {_when(record.created)}")
+    console.print(f"{'size':>8}: {format_size(record.manifest.size)}")
+    console.print(f"{'created':>8}: {format_time(record.created)}")
     console.print(f"{'run':>8}: {record.manifest.run}")
     for name, value in sorted(record.manifest.env.items()):
         console.print(f"{'env':>8}: {name}={value}")
@@ -228,18 +146,3 @@ def image_verify(state: State, image: str) -> None:
         f"{record.id}: ok, {len(record.manifest.files)} files verified "
         f"in {time.monotonic() - started:.2f}s"
     )
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def _when(ts: float) -> str:
-    if not ts:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")

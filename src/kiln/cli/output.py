@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.platform import Report
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -25,6 +29,26 @@ def report_error(exc: KilnError) -> None:
     err_console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
     if exc.hint:
         err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True)
+
+
+def print_report(report: Report, as_json: bool) -> None:
+    """A platform's report: its JSON, or its lines, table and footer."""
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        for line in report.lines:
+            console.print(line, markup=False)
+        if report.columns and report.rows:
+            table = Table(box=None, header_style="bold")
+            for column in report.columns:
+                table.add_column(column)
+            for row in report.rows:
+                table.add_row(*row)
+            console.print(table)
+        elif report.columns and report.empty:
+            console.print(report.empty, markup=False)
+        for line in report.footer:
+            console.print(line, markup=False)
 
 
 def note(message: str) -> None:

@@ -1,0 +1,108 @@
+"""An AWS account as a platform: AMIs baked over SSH, fleets of Auto Scaling groups.
+
+Every piece of fleet state (lock, history, groups) is read from AWS itself,
+so any CI runner sees the same; see :mod:`kiln.aws.deployments`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.aws.deployments import AwsDeployments, open_deployments
+from kiln.aws.session import connect
+from kiln.bake import BakeProgress
+from kiln.config import AwsProvider
+from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
+
+
+class AwsPlatform(PlatformBase):
+    name = "aws"
+    # canary needs per-instance request counts (CloudWatch); drift is replaced by recycling
+    capabilities = frozenset()
+
+    def settings(self) -> AwsProvider:
+        """[provider.aws] from kiln.toml if there is one; else defaults and the environment."""
+        if not self.has_config:
+            return AwsProvider()
+        return self.loaded.config.provider.aws or AwsProvider()
+
+    def deployer(self, on_event: OnEvent | None = None) -> AwsDeployments:
+        return open_deployments(self.home, self.loaded, on_event=on_event)
+
+    def bake(self, progress: BakeProgress, narrate: Narrate) -> Report:
+        from kiln.aws.ami import bake_ami
+
+        result = bake_ami(self.loaded, self.home, progress=narrate, bake_progress=progress)
+        how = "reused, no builder launched" if result.reused else f"{result.seconds:.0f}s"
+        headline = f"{result.ami}  {result.image}  {result.app}  {result.region}  ({how})"
+        return Report(result.summary(), lines=(headline,))
+
+    def images(self, app: str | None) -> Report:
+        from kiln.aws.images import list_amis
+
+        amis = list_amis(connect(self.settings()), app)
+        return Report(
+            [a.summary() for a in amis],
+            columns=("AMI", "IMAGE", "APP", "STATE", "CREATED", "COMMIT"),
+            rows=tuple(
+                (a.id, a.image, a.app, a.state, a.created, (a.summary().get("commit") or "-")[:10])
+                for a in amis
+            ),
+            empty="no AMIs baked by kiln in this region: run 'kiln bake --provider aws'",
+        )
+
+    def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
+        """Deregister old AMIs and delete their snapshots together, never one in use."""
+        from kiln.aws.images import prune_amis
+
+        name = app or self.loaded.config.app.name
+        result = prune_amis(connect(self.settings()), name, keep, dry_run=dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        lines = [
+            f"{verb} {a.id} ({a.image}) and {len(a.snapshots)} snapshot(s)" for a in result.deleted
+        ]
+        lines += [f"kept {a.id} ({a.image}): in use" for a in result.in_use]
+        lines.append(f"{len(result.deleted)} AMI(s) {verb}, {len(result.kept)} newest kept")
+        return Report({**result.summary(), "dry_run": dry_run}, lines=tuple(lines))
+
+    def status(self) -> dict[str, Any]:
+        return self.deployer().status()
+
+    def history(self, limit: int, *, all_fleets: bool) -> list[dict[str, Any]]:
+        return self.deployer().history(limit)
+
+    def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
+        if replace:
+            self.require(Capability.DRIFT_REPLACE, "kiln drift --replace (use 'kiln recycle')")
+        drift = self.deployer(on_event).drift()
+        if drift.clean:
+            lines = ["no drift: every serving instance is what its server group launched"]
+        else:
+            lines = [
+                f"{i['id']} ({i['group']}): {'; '.join(i['reasons'])}" for i in drift.not_current
+            ]
+            lines += [f"{s}: in the target group, not launched by kiln" for s in drift.unmanaged]
+        return Report(
+            drift.to_json(), lines=tuple(lines), exit_code=0 if drift.clean else DRIFT_FOUND
+        )
+
+    def recycle(
+        self,
+        max_age: float,
+        *,
+        dry_run: bool,
+        reason: str | None,
+        wait: float | None,
+        on_event: OnEvent | None,
+    ) -> Report:
+        if dry_run:
+            self.require(Capability.RECYCLE_DRY_RUN, "kiln recycle --dry-run")
+        from kiln.durations import format_duration
+
+        done = self.deployer(on_event).recycle(max_age, wait=wait)
+        if done["replaced"]:
+            age = format_duration(max_age)
+            line = f"replaced {len(done['replaced'])} instance(s) older than {age}"
+        else:
+            line = "no instance is older than the maximum age"
+        return Report(done, lines=(line,))

@@ -1,0 +1,202 @@
+"""This host as a platform: the image store in KILN_HOME, the agent's fleets."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from kiln.durations import format_duration, format_size, format_time
+from kiln.errors import ConfigError
+from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
+from kiln.store import Store
+
+if TYPE_CHECKING:
+    from kiln.bake import BakeProgress
+    from kiln.deploy import Engine
+    from kiln.drift import InstanceDrift
+    from kiln.provider import Provider
+
+
+class LocalPlatform(PlatformBase):
+    name = "local"
+    capabilities = frozenset(Capability)
+
+    def provider(self) -> Provider:
+        """The agent's client (aiohttp), from the provider registry, loaded only now."""
+        from kiln.providers import open_provider
+
+        return open_provider(self.name, self.home, self.loaded)
+
+    def engine(self, on_event: OnEvent | None = None) -> Engine:
+        from kiln.deploy import Engine, Settings, StateDb
+
+        loaded = self.loaded
+        return Engine(
+            self.provider(),
+            StateDb(self.home.state_db),
+            Settings.from_config(loaded.config),
+            loaded.config.app.name,
+            on_event=on_event,
+        )
+
+    deployer = engine
+
+    def bake(self, progress: BakeProgress, narrate: Narrate) -> Report:
+        from kiln.bake import bake
+
+        result = bake(self.loaded, self.home, progress)
+        how = "reused, nothing changed" if result.reused else f"{result.seconds:.2f}s"
+        headline = (
+            f"{result.image}  {result.app}  {result.files} files, "
+            f"{format_size(result.bytes)}  ({how})"
+        )
+        return Report(result.as_dict(), lines=(headline,))
+
+    def images(self, app: str | None) -> Report:
+        records = Store(self.home).list_images(app)
+        rows = []
+        for r in records:
+            commit = (r.meta.get("commit") or "-")[:10] + ("+dirty" if r.meta.get("dirty") else "")
+            rows.append(
+                (
+                    r.id,
+                    r.app,
+                    format_time(r.created),
+                    format_size(r.manifest.size),
+                    str(len(r.manifest.files)),
+                    commit,
+                )
+            )
+        return Report(
+            [r.summary() for r in records],
+            columns=("IMAGE", "APP", "CREATED", "SIZE", "FILES", "COMMIT"),
+            rows=tuple(rows),
+            empty="no images yet: run 'kiln bake' in your app's directory",
+        )
+
+    def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
+        from kiln.prune import local_images_in_use, plan_prune, prune
+
+        home = self.home
+        store = Store(home)
+        plan = plan_prune(store, keep, local_images_in_use(home), app)
+        result = prune(store, plan, dry_run=dry_run, still_in_use=lambda: local_images_in_use(home))
+        if not plan.remove and not result.objects_removed:
+            return Report(
+                result.as_dict(), lines=(f"nothing to prune: {len(plan.keep)} image(s) kept",)
+            )
+        rows = [(r.id, r.app, format_size(r.manifest.size), "remove") for r in plan.remove]
+        for r in plan.keep:
+            why = "in use" if r.id in plan.in_use else f"newest {keep}"
+            rows.append((r.id, r.app, format_size(r.manifest.size), f"keep ({why})"))
+        verb = "would free" if dry_run else "freed"
+        footer = (
+            f"{verb} {format_size(result.bytes_freed)} in {result.objects_removed} object(s)"
+            + (" (dry run: nothing removed)" if dry_run else "")
+        )
+        return Report(
+            result.as_dict(),
+            columns=("IMAGE", "APP", "SIZE", "ACTION"),
+            rows=tuple(rows),
+            footer=(footer,),
+        )
+
+    def status(self) -> dict[str, Any]:
+        from kiln.deploy.status import fleet_status
+
+        engine = self.engine()
+        return fleet_status(
+            engine.provider, engine.db, engine.fleet, engine.settings.size, time.time()
+        )
+
+    def history(self, limit: int, *, all_fleets: bool) -> list[dict[str, Any]]:
+        fleet = None
+        if not all_fleets:
+            try:
+                fleet = self.loaded.config.app.name
+            except ConfigError:
+                fleet = None
+        from kiln.deploy import StateDb
+        from kiln.deploy.journal import Journal
+
+        db = StateDb(self.home.state_db)
+        return [e.to_json() for e in Journal(db).history(fleet, limit)]
+
+    def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
+        from kiln.drift import fleet_drift
+
+        loaded = self.loaded
+        fleet = self.provider().describe(loaded.config.app.name)
+        report = fleet_drift(Store(self.home), fleet, loaded.config.app.writable)
+        drifted = [d for d in report if d.drifted]
+        result = None
+        if replace and drifted:
+            result = self.engine(on_event).replace_instances(
+                [d.instance for d in drifted], kind="drift", why="drifted", reason=reason
+            )
+        data = {
+            "fleet": fleet.name,
+            "drifted": len(drifted),
+            "instances": [d.as_dict() for d in report],
+            "replaced": result.to_json() if result else None,
+        }
+        code = DRIFT_FOUND if drifted and result is None else 0
+        return Report(data, lines=_drift_lines(report), exit_code=code, result=result)
+
+    def recycle(
+        self,
+        max_age: float,
+        *,
+        dry_run: bool,
+        reason: str | None,
+        wait: float | None,
+        on_event: OnEvent | None,
+    ) -> Report:
+        fleet = self.provider().describe(self.loaded.config.app.name)
+        now = time.time()
+        old = sorted(
+            (i for i in fleet.live() if i.in_service and now - i.launched_at > max_age),
+            key=lambda i: i.launched_at,
+        )
+        ids = [i.id for i in old]
+        if dry_run or not ids:
+            data = {"fleet": fleet.name, "max_age": max_age, "due": ids, "dry_run": dry_run}
+            if not ids:
+                return Report(
+                    data,
+                    lines=(
+                        f"no instance of {fleet.name} is older than {format_duration(max_age)}",
+                    ),
+                )
+            return Report(
+                data,
+                lines=tuple(
+                    f"would replace {i.id} ({i.image}), {format_duration(now - i.launched_at)} old"
+                    for i in old
+                ),
+            )
+        result = self.engine(on_event).replace_instances(
+            ids,
+            kind="recycle",
+            why=f"older than {format_duration(max_age)}",
+            reason=reason,
+            wait=wait,
+        )
+        return Report(result.to_json(), result=result)
+
+
+def _drift_lines(report: list[InstanceDrift]) -> tuple[str, ...]:
+    if not report:
+        return ("no running instances to check",)
+    lines: list[str] = []
+    for item in report:
+        if not item.drifted:
+            lines.append(f"clean    {item.instance}  {item.image}")
+            continue
+        lines.append(f"drifted  {item.instance}  {item.image}")
+        if item.error:
+            lines.append(f"           {item.error}")
+        lines.extend(f"           {c.kind:<9} {c.path}" for c in item.changes[:20])
+        if len(item.changes) > 20:
+            lines.append(f"           ... and {len(item.changes) - 20} more")
+    return tuple(lines)

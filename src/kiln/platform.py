@@ -1,0 +1,172 @@
+"""Where a fleet's images are baked and its instances run, chosen once per command.
+
+The deploy engine talks to a :class:`~kiln.provider.Provider` (seven methods
+about instances). Everything around a deployment — baking, listing and
+pruning images, status, history, drift, recycling — differs between "this
+host" and "an AWS account" too. A :class:`Platform` owns those operations for
+one provider, so the CLI asks ``open_platform(name, ...)`` once and delegates
+(as kamal picks its builder once): no command asks which provider it runs on.
+What a platform cannot do is a :class:`Capability` it lacks, refused in one
+place (:meth:`PlatformBase.require`) with one message.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kiln.errors import ConfigError, ProviderError
+
+if TYPE_CHECKING:
+    from kiln.bake import BakeProgress
+    from kiln.config import LoadedConfig
+    from kiln.deploy.engine import Event
+    from kiln.deploy.history import Result
+    from kiln.deploy.plan import Plan
+    from kiln.home import Home
+
+OnEvent = Callable[["Event"], None]
+Narrate = Callable[[str], None]
+
+# name -> (module, class); each class is constructed as Class(home, config loader)
+PLATFORMS: dict[str, tuple[str, str]] = {
+    "local": ("kiln.local.platform", "LocalPlatform"),
+    "aws": ("kiln.aws.platform", "AwsPlatform"),
+}
+PLATFORM_NAMES = frozenset(PLATFORMS)
+
+DRIFT_FOUND = 6  # exit code of `kiln drift` when anything drifted
+
+
+class Capability(StrEnum):
+    """Things some platforms do and others do not."""
+
+    CANARY = "canary"  # the canary strategy, with its per-instance 5xx/p99 gate
+    DRIFT_REPLACE = "drift-replace"  # `kiln drift --replace`
+    RECYCLE_DRY_RUN = "recycle-dry-run"  # `kiln recycle --dry-run`
+    RESUME = "resume"  # `kiln deploy --resume` from a journal
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an operation found or did: JSON for scripts, lines and a table for people.
+
+    The library stays free of any terminal library: the CLI prints ``lines``,
+    then ``rows`` under ``columns``, then ``footer``, and exits with
+    ``exit_code``. A deployment the operation ran is in ``result``.
+    """
+
+    data: Any
+    lines: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    rows: tuple[tuple[str, ...], ...] = ()
+    footer: tuple[str, ...] = ()
+    empty: str = ""  # said instead of the table when there are no rows
+    exit_code: int = 0
+    result: Result | None = field(default=None)
+
+    def to_json(self) -> Any:
+        return self.data
+
+
+class Deployer(Protocol):
+    """What ``kiln deploy|rollback|scale`` drive: the engine, or an engine kept in AWS."""
+
+    fleet: str
+
+    def plan(self, image: str, strategy: str | None = None) -> Plan: ...
+
+    def deploy(
+        self,
+        image: str,
+        *,
+        strategy: str | None = None,
+        reason: str | None = None,
+        wait: float | None = None,
+    ) -> Result: ...
+
+    def rollback(
+        self, to: str | None = None, *, reason: str | None = None, wait: float | None = None
+    ) -> Result: ...
+
+    def scale(self, size: int, *, wait: float | None = None) -> Result: ...
+
+    def resume(self, *, wait: float | None = None) -> Result | None: ...
+
+
+class Platform(Protocol):
+    """Every operation a command can ask of where the fleet lives."""
+
+    name: str
+    capabilities: frozenset[Capability]
+
+    def require(self, capability: Capability, what: str) -> None: ...
+
+    def bake(self, progress: BakeProgress, narrate: Narrate) -> Report: ...
+
+    def images(self, app: str | None) -> Report: ...
+
+    def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report: ...
+
+    def deployer(self, on_event: OnEvent | None = None) -> Deployer: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def history(self, limit: int, *, all_fleets: bool) -> list[dict[str, Any]]: ...
+
+    def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report: ...
+
+    def recycle(
+        self,
+        max_age: float,
+        *,
+        dry_run: bool,
+        reason: str | None,
+        wait: float | None,
+        on_event: OnEvent | None,
+    ) -> Report: ...
+
+
+class PlatformBase:
+    """What every platform shares: its home, its config (read when first needed)."""
+
+    name = ""
+    capabilities: frozenset[Capability] = frozenset()
+
+    def __init__(
+        self, home: Home, config: Callable[[], LoadedConfig], *, has_config: bool = True
+    ) -> None:
+        self.home = home
+        self._config = config
+        self.has_config = has_config  # False: no kiln.toml here; image commands use defaults
+
+    @property
+    def loaded(self) -> LoadedConfig:
+        return self._config()
+
+    def require(self, capability: Capability, what: str) -> None:
+        """The one place an unsupported feature is refused."""
+        if capability not in self.capabilities:
+            others = [n for n in PLATFORMS if n != self.name]
+            raise ConfigError(
+                f"{what} is not available with --provider {self.name}",
+                hint=f"it works with --provider {' or '.join(others)}" if others else None,
+            )
+
+
+def open_platform(
+    name: str, home: Home, config: Callable[[], LoadedConfig], *, has_config: bool = True
+) -> Platform:
+    """The platform called ``name``; its module (and boto3 or aiohttp) loads only now."""
+    try:
+        module_name, class_name = PLATFORMS[name]
+    except KeyError:
+        raise ProviderError(
+            f"unknown provider {name!r}", hint=f"use one of: {', '.join(PLATFORMS)}"
+        ) from None
+    module = importlib.import_module(module_name)
+    platform: Platform = getattr(module, class_name)(home, config, has_config=has_config)
+    return platform

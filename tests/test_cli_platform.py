@@ -1,0 +1,52 @@
+"""The CLI chooses the platform once and delegates: no command asks which provider it runs on."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from kiln.errors import ConfigError
+from kiln.home import Home
+from kiln.platform import PLATFORM_NAMES, Capability, open_platform
+
+CLI = Path(__file__).resolve().parents[1] / "src" / "kiln" / "cli"
+
+
+def _provider_branches(path: Path) -> list[str]:
+    """Comparisons of a provider name with a literal: `provider == "aws"` and the like."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        names = {o.id if isinstance(o, ast.Name) else getattr(o, "attr", None) for o in operands}
+        literals = {o.value for o in operands if isinstance(o, ast.Constant)}
+        if "provider" in names or literals & PLATFORM_NAMES:
+            found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_no_provider_branch_in_the_cli() -> None:
+    branches = [b for path in sorted(CLI.glob("*.py")) for b in _provider_branches(path)]
+    assert branches == []
+
+
+def test_the_branch_finder_finds_a_branch(tmp_path: Path) -> None:
+    sample = tmp_path / "x.py"
+    sample.write_text('if provider == "aws":\n    pass\nif "local" != where:\n    pass\n')
+    assert _provider_branches(sample) == ["x.py:1", "x.py:3"]
+
+
+def test_an_unsupported_feature_is_refused_in_one_place(home: Home) -> None:
+    def no_config() -> None:
+        raise AssertionError("not read")
+
+    aws = open_platform("aws", home, no_config, has_config=False)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not available with --provider aws") as caught:
+        aws.require(Capability.CANARY, "the canary strategy")
+    assert caught.value.hint == "it works with --provider local"
+    local = open_platform("local", home, no_config, has_config=False)  # type: ignore[arg-type]
+    for capability in Capability:
+        local.require(capability, "anything")
