@@ -37,7 +37,7 @@ class _ConsoleProgress(BakeProgress):
 
     def output(self, line: str) -> None:
         if not self.quiet:
-            err_console.print(f"  [dim]{line}[/]" if line else "", markup=False)
+            err_console.print(f"  {line}", markup=False, highlight=False, style="dim")
 
     def files(self, done: int, total: int) -> None:
         if self.quiet or total < 500:
