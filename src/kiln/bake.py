@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from kiln.config import LoadedConfig
 from kiln.errors import BuildError
 from kiln.home import Home
 from kiln.ignore import SourceEntry, load_spec, walk
+from kiln.runenv import build_env, instance_env, python_on
 from kiln.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, short_id
 from kiln.tree import UnsafeTree, check_tree
 
@@ -136,7 +136,21 @@ def _manifest(
 
 
 def interpreter(loaded: LoadedConfig) -> str:
-    return loaded.config.app.python or f"python{sys.version_info.major}.{sys.version_info.minor}"
+    """The python the image runs with, recorded in its manifest ('' when there is none).
+
+    ``[app] python`` when set, else what ``python3`` is on the instances' PATH
+    (never kiln's own interpreter: see kiln.runenv).
+    """
+    path = instance_env(loaded.config.env)["PATH"]
+    wanted = loaded.config.app.python
+    if wanted is None:
+        return python_on(path) or ""
+    if shutil.which(wanted, path=path) is None:
+        raise BuildError(
+            f"[app] python = {wanted!r} is not on the instances' PATH ({path})",
+            hint="install it, or name one that is there (e.g. 'python3')",
+        )
+    return wanted
 
 
 def _commit_tree(
@@ -228,7 +242,7 @@ def _copy_source(root: Path, scratch: Path, entries: list[SourceEntry]) -> None:
 
 def _run_steps(loaded: LoadedConfig, scratch: Path, progress: BakeProgress) -> None:
     steps = loaded.config.app.build
-    env = {**os.environ, **loaded.config.env, "KILN_BUILD": "1"}
+    env = build_env(loaded.config.env)
     for number, command in enumerate(steps, 1):
         progress.step(number, len(steps), command)
         tail: deque[str] = deque(maxlen=30)

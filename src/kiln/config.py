@@ -62,8 +62,9 @@ class App(Section):
     )
     run: str = Field(
         description=(
-            "Command line that starts one instance, run through /bin/sh from the "
-            "instance's directory. It must listen on $HOST:$PORT."
+            "Shell command line that starts one instance, run through /bin/sh from the "
+            "instance's directory ('&&', quoting and $VAR work; the last command is exec'd "
+            "so the server gets signals itself). It must listen on $HOST:$PORT."
         ),
     )
     build: list[str] = Field(
@@ -87,8 +88,9 @@ class App(Section):
     python: str | None = Field(
         default=None,
         description=(
-            "Interpreter the image needs, e.g. 'python3.11'. Default: the interpreter "
-            "that baked it, recorded in the manifest."
+            "Interpreter the image needs, e.g. 'python3.11', on the instances' PATH. "
+            "Default: what 'python3' is on that PATH at bake time; recorded in the image, "
+            "and a host without it refuses to start the image."
         ),
     )
 

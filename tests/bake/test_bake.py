@@ -16,7 +16,9 @@ from kiln.bake import BakeProgress, bake
 from kiln.config import load_config
 from kiln.errors import BuildError, CorruptObject, ImageNotFound
 from kiln.home import Home
+from kiln.runenv import SYSTEM_PATH, python_on
 from kiln.store import Store
+from kilntest import Kiln
 
 
 def _bake(app: Path, home: Home, progress: BakeProgress | None = None):  # type: ignore[no-untyped-def]
@@ -318,3 +320,41 @@ def test_commit_and_dirty_flag_are_recorded_beside_the_image(app_dir: Path, home
     (app_dir / "new.txt").write_text("x")
     dirty = _bake(app_dir, home)
     assert dirty.dirty is True and dirty.commit == head.strip()
+
+
+def test_build_steps_use_the_systems_python_and_the_image_records_it(
+    app_dir: Path, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    venv = Path(sys.prefix)
+    monkeypatch.setenv("VIRTUAL_ENV", str(venv))
+    monkeypatch.setenv("PATH", f"{venv / 'bin'}:{os.environ['PATH']}")
+    (app_dir / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\n'
+        "build = [\"python3 -c 'import os, sys; print(sys.executable, "
+        'os.environ.get(\\"VIRTUAL_ENV\\"))\' > exe.txt"]\n'
+    )
+    record = Store(home).get(_bake(app_dir, home).image)
+    (exe,) = [f for f in record.manifest.files if f.path == "exe.txt"]
+    executable, virtual_env = b"".join(Store(home).objects.read(exe.sha256)).decode().split()
+    assert not executable.startswith(str(venv)) and virtual_env == "None"
+    assert record.manifest.python == python_on(SYSTEM_PATH)
+    assert record.manifest.python.startswith("python3.")
+
+
+def test_an_interpreter_the_host_lacks_is_refused_at_bake(app_dir: Path, home: Home) -> None:
+    (app_dir / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\npython = "python3.99"\n'
+    )
+    with pytest.raises(BuildError, match=r"python3\.99"):
+        _bake(app_dir, home)
+
+
+def test_build_output_is_shown_as_written_without_markup(app_dir: Path, kiln: Kiln) -> None:
+    (app_dir / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\n'
+        "build = [\"echo 'Collecting [extra]'; echo done\"]\n"
+    )
+    kiln.cwd = app_dir
+    result = kiln("bake")
+    assert "  Collecting [extra]\n  done\n" in result.stderr
+    assert "[dim]" not in result.stderr and "[/]" not in result.stderr

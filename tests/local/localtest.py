@@ -98,7 +98,11 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condi
 
 
 def make_image(
-    home: Home, run: str | None = None, files: dict[str, str] | None = None, app: str = "web"
+    home: Home,
+    run: str | None = None,
+    files: dict[str, str] | None = None,
+    app: str = "web",
+    env: dict[str, str] | None = None,
 ) -> str:
     """Store an image straight from file contents (bake is another area's job)."""
     store = Store(home)
@@ -114,7 +118,7 @@ def make_image(
     manifest = Manifest(
         app=app,
         run=run or f"{sys.executable} app.py",
-        env={"GREETING": "hello"},
+        env={"GREETING": "hello", **(env or {})},
         python=sys.executable,
         files=tuple(entries),
     )

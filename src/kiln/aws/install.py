@@ -16,9 +16,10 @@ from importlib import resources
 from pathlib import Path
 
 from kiln.config import AwsProvider, Config
+from kiln.runline import exec_form
 from kiln.store import ImageRecord, Store, file_sha256
 
-INSTALLER_VERSION = "1"
+INSTALLER_VERSION = "2"  # 2: the run line's last command is exec'd (kiln.runline)
 FILES = ("install.sh", "fetch-secrets", "env", "run", "secrets.json")
 
 
@@ -89,7 +90,7 @@ def run_script(record: ImageRecord, digest_hex: str) -> str:
         "#!/bin/sh\n"
         f"# kiln: start {record.app} ({record.id})\n"
         f"cd {shlex.quote(where)} || exit 1\n"
-        f"exec /bin/sh -c {shlex.quote(record.manifest.run)}\n"
+        f"exec /bin/sh -c {shlex.quote(exec_form(record.manifest.run))}\n"
     )
 
 

@@ -28,6 +28,7 @@ from kiln.local.metrics import Counters
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
 from kiln.provider import InstanceState
+from kiln.runenv import check_interpreter, instance_env
 from kiln.store import Store
 
 log = logging.getLogger("kiln.agent")
@@ -167,7 +168,8 @@ class Lifecycle:
         try:
             manifest = await asyncio.to_thread(self.store.materialize, rec.image, Path(rec.dir))
             await asyncio.to_thread(record_baseline, Path(rec.dir))  # cheap `kiln drift`
-            env = procs.base_env() | manifest.env | pick(fleet.settings.secrets, fleet.secrets)
+            env = instance_env(manifest.env) | pick(fleet.settings.secrets, fleet.secrets)
+            check_interpreter(manifest.python, env["PATH"])
             rec.port = procs.free_port(INSTANCE_HOST)
             env |= {
                 "HOST": INSTANCE_HOST,
@@ -251,6 +253,7 @@ class Lifecycle:
                 continue
             dead, status = self.exit_status(rec)
             if dead:
+                procs.signal_group(rec.pid, signal.SIGKILL)  # what it left behind goes with it
                 rec.exit_status = status
                 rec.reason = describe_exit(status)
                 log.warning("instance %s %s", rec.id, rec.reason)
@@ -297,19 +300,28 @@ class Lifecycle:
             self.stopping.discard(rec.id)
 
     async def stop_process(self, rec: InstanceRecord, timeout: float) -> None:
-        """SIGTERM the instance's group, SIGKILL it after ``timeout``."""
+        """SIGTERM the instance's group, SIGKILL it after ``timeout``.
+
+        The instance is its whole process group: with a run line kiln could not
+        exec (``a | b``), the shell may exit first while the server still drains.
+        """
         if rec.pid is None:
             return
+        pid = rec.pid
         status: int | None = None
+
+        def gone() -> bool:
+            nonlocal status
+            dead, code = self.exit_status(rec)
+            if dead and status is None:
+                status = code
+            return dead and not procs.group_alive(pid)
+
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            dead, status = self.exit_status(rec)
-            if dead:
+            if gone():
                 break
-            procs.signal_group(rec.pid, sig)
+            procs.signal_group(pid, sig)
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                dead, status = self.exit_status(rec)
-                if dead:
-                    break
+            while time.monotonic() < deadline and not gone():
                 await asyncio.sleep(0.02)
         rec.exit_status = status

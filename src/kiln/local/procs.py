@@ -15,8 +15,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-# Passed through from the agent; everything else an instance sees is explicit.
-BASE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "TMPDIR")
+from kiln.runline import exec_form
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -25,17 +24,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def base_env() -> dict[str, str]:
-    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env["PYTHONUNBUFFERED"] = "1"  # log lines arrive when written; the image may override
-    return env
-
-
 def spawn(
     run: str, cwd: Path, env: Mapping[str, str], log: Path, uid: int | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start ``run`` through /bin/sh with exec, in its own session, output to ``log``.
+    """Start the command line ``run`` through /bin/sh, in its own session, output to ``log``.
+
+    Its last simple command is exec'd when that is safe (kiln.runline), so the
+    server is the session leader and gets signals itself.
 
     With ``uid`` the process runs as that user and group, with no supplementary
     groups: the agent (root) opens the log and enters the directory first.
@@ -44,7 +39,7 @@ def spawn(
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         return subprocess.Popen(
-            ["/bin/sh", "-c", f"exec {run}"],
+            ["/bin/sh", "-c", exec_form(run)],
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
@@ -75,6 +70,17 @@ def start_time(pid: int) -> int | None:
 def alive(pid: int, started: int | None) -> bool:
     now = start_time(pid)
     return now is not None and (started is None or now == started)
+
+
+def group_alive(pid: int) -> bool:
+    """Whether any process is left in the instance's process group (the leader's pid)."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone is there, running as another user
+    return True
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:
