@@ -23,7 +23,7 @@ from typing import Any
 from kiln.config import LoadedConfig
 from kiln.errors import BuildError
 from kiln.home import Home
-from kiln.ignore import SourceEntry, load_spec, walk
+from kiln.ignore import SourceEntry, build_spec, load_spec, walk
 from kiln.runenv import build_env, instance_env, python_on
 from kiln.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, short_id
 from kiln.tree import UnsafeTree, check_tree
@@ -211,8 +211,8 @@ def _bake_with_build(
     try:
         _copy_source(loaded.root, scratch, entries)
         _run_steps(loaded, scratch, progress)
-        spec = load_spec(scratch, [*loaded.config.app.exclude, f"/{loaded.path.name}"])
-        built = list(walk(scratch, spec))
+        # [app] exclude and .kilnignore chose the source; what the steps made is kept
+        built = list(walk(scratch, build_spec()))
         source = {e.path: e for e in entries if e.kind == "file"}
         known = {
             e.path: hashes[e.path]

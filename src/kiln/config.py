@@ -76,7 +76,11 @@ class App(Section):
     )
     exclude: list[str] = Field(
         default_factory=list,
-        description="gitignore-style patterns left out of the image (in addition to .kilnignore).",
+        description=(
+            "gitignore patterns (git's anchoring and negation) for source files left out of "
+            "the image, besides .kilnignore. They select the source only: what build steps "
+            "make is always kept, so 'deps/' keeps a local install out and the built one in."
+        ),
     )
     writable: list[str] = Field(
         default_factory=list,

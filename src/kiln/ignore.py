@@ -31,7 +31,19 @@ class SourceEntry:
     target: str = ""  # for links
 
 
+def build_spec() -> pathspec.PathSpec[Any]:
+    """What never enters an image, even when a build step makes it (VCS and kiln dirs).
+
+    ``[app] exclude`` and ``.kilnignore`` select the *source*: applied to build
+    outputs, ``exclude = ["deps/"]`` (keep a local install out) would strip
+    the dependencies the build installs, and an unanchored ``staticfiles/``
+    would strip ``deps/django/contrib/staticfiles``.
+    """
+    return pathspec.GitIgnoreSpec.from_lines(ALWAYS_EXCLUDED)
+
+
 def load_spec(root: Path, patterns: Sequence[str]) -> pathspec.PathSpec[Any]:
+    """The source's exclusions: gitignore semantics, as git applies them."""
     lines = list(ALWAYS_EXCLUDED)
     ignore_file = root / IGNORE_FILE
     if ignore_file.is_file():

@@ -358,3 +358,20 @@ def test_build_output_is_shown_as_written_without_markup(app_dir: Path, kiln: Ki
     result = kiln("bake")
     assert "  Collecting [extra]\n  done\n" in result.stderr
     assert "[dim]" not in result.stderr and "[/]" not in result.stderr
+
+
+def test_excludes_choose_the_source_and_never_strip_build_outputs(
+    app_dir: Path, home: Home
+) -> None:
+    (app_dir / "deps").mkdir()
+    (app_dir / "deps" / "stale.py").write_text("a local install, not for the image\n")
+    (app_dir / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\n'
+        'exclude = ["deps/", "staticfiles/", "*.txt"]\n'
+        'build = ["test ! -e deps/stale.py && mkdir -p deps/django/contrib/staticfiles '
+        "&& echo css > deps/django/contrib/staticfiles/a.css && echo x > deps/new.py "
+        '&& echo made > notes.txt"]\n'
+    )
+    paths = {f.path for f in Store(home).get(_bake(app_dir, home).image).manifest.files}
+    assert {"deps/new.py", "deps/django/contrib/staticfiles/a.css", "notes.txt"} <= paths
+    assert "deps/stale.py" not in paths and "static/f0.txt" not in paths
