@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import TargetFactory, leftovers
+from conftest import SOURCE_AMI, TargetFactory, leftovers, write_app
 from kiln.aws.ami import bake_ami
 from kiln.aws.images import list_amis
 from kiln.aws.session import Aws, tag_map
@@ -133,3 +134,33 @@ def _verify_unit(unit: str, root: Path, tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_newer_base_image_makes_a_new_ami(
+    aws: Aws,
+    home: Home,
+    tmp_path: Path,
+    base_ami: str,
+    loopback_target: TargetFactory,
+) -> None:
+    """Patched by replacement: the same app on a newer base is another AMI, not a reuse."""
+    loaded = write_app(tmp_path / "app", extra='base_image = "debian-12-amd64-*"\n'
+                       'base_image_owner = "self"\n')  # fmt: skip
+    first = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target)
+    assert first.base_ami == base_ami
+    steps: list[str] = []
+    again = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target, progress=steps.append)
+    assert again.reused and again.ami == first.ami
+    assert not any("base image changed" in s for s in steps)
+
+    time.sleep(1.1)  # creation dates have one-second resolution
+    source = aws.ec2.run_instances(ImageId=SOURCE_AMI, MinCount=1, MaxCount=1)
+    patched = aws.ec2.create_image(
+        InstanceId=source["Instances"][0]["InstanceId"], Name="debian-12-amd64-20260301-2000"
+    )["ImageId"]
+    steps.clear()
+    second = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target, progress=steps.append)
+    assert not second.reused and second.ami != first.ami and second.base_ami == patched
+    changed = [s for s in steps if s.startswith("base image changed")]
+    assert changed and base_ami in changed[0] and patched in changed[0]
+    assert second.image == first.image  # the same app image: only the machine under it changed

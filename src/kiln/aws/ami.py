@@ -128,7 +128,10 @@ def build_ami(
     settings = settings_of(config)
     started = time.monotonic()
     shape = recipe(config, settings)
-    existing = find_ami(aws, record.digest, shape)
+    base = resolve_base_image(aws, settings)
+    existing = find_ami(aws, record.digest, shape, base)
+    if existing is None:
+        _say_if_base_changed(aws, find_ami(aws, record.digest, shape), base, note)
     if existing is not None and existing.state in {"available", "pending"}:
         resumed = existing.state == "pending"
         note(f"{'resuming the wait for' if resumed else 'reusing'} {existing.id}")
@@ -138,7 +141,6 @@ def build_ami(
         note(f"deregistering {existing.id} (state {existing.state}) before baking again")
         delete_ami(aws, existing)
     build_id = "kb-" + secrets.token_hex(6)
-    base = resolve_base_image(aws, settings)
     note(f"build {build_id}: base image {base}")
     bundle_dir = store.home.tmp / f"ami-{build_id}"
     try:
@@ -281,6 +283,22 @@ def _result(
         base_ami=base or ami.tags.get(BASE_TAG),
         snapshots=ami.snapshots,
         seconds=time.monotonic() - started,
+    )
+
+
+def _say_if_base_changed(aws: Aws, previous: Ami | None, base: str, note: Progress) -> None:
+    """This image was baked before on another base: say so, that is why it bakes again."""
+    old = previous.tags.get(BASE_TAG) if previous is not None else None
+    if not old or old == base:
+        return
+    with aws_errors("describing the base images"):
+        found = aws.ec2.describe_images(Filters=[{"Name": "image-id", "Values": [old, base]}])[
+            "Images"
+        ]
+    dates = {i["ImageId"]: i.get("CreationDate", "?")[:10] for i in found}
+    note(
+        f"base image changed: {old} ({dates.get(old, 'gone')}) → {base} "
+        f"({dates.get(base, '?')}), baking"
     )
 
 

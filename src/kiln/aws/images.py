@@ -86,15 +86,19 @@ def list_amis(aws: Aws, app: str | None = None) -> list[Ami]:
     return _describe(aws, filters)
 
 
-def find_ami(aws: Aws, digest: str, recipe: str) -> Ami | None:
-    """The AMI already baked from this image with this recipe, if any (any state)."""
-    found = _describe(
-        aws,
-        [
-            {"Name": f"tag:{DIGEST_TAG}", "Values": [digest]},
-            {"Name": f"tag:{RECIPE_TAG}", "Values": [recipe]},
-        ],
-    )
+def find_ami(aws: Aws, digest: str, recipe: str, base: str | None = None) -> Ami | None:
+    """The AMI already baked from this image with this recipe (on ``base``), if any.
+
+    The base image is part of an AMI's identity: the same app on a patched
+    base is a different machine, so an AMI on an older base is not reused.
+    """
+    filters: list[Any] = [
+        {"Name": f"tag:{DIGEST_TAG}", "Values": [digest]},
+        {"Name": f"tag:{RECIPE_TAG}", "Values": [recipe]},
+    ]
+    if base is not None:
+        filters.append({"Name": f"tag:{BASE_TAG}", "Values": [base]})
+    found = _describe(aws, filters)
     usable = [a for a in found if a.state in {"available", "pending"}]
     candidates = usable or found
     return candidates[0] if candidates else None
