@@ -1,195 +1,338 @@
-"""Just enough HTTP/1.1 for a streaming reverse proxy: heads, framing, copies.
+"""HTTP/1.1 heads for a reverse proxy that trusts nothing it receives.
 
-Bodies are never held whole: they move in chunks of at most ``CHUNK`` bytes.
+llhttp (through httptools, see ``kiln.local.messages``) tokenises every
+message strictly: header names are tokens, values hold no CR, LF, NUL or
+other control character, lines end in CRLF, there is no obs-fold, chunk
+sizes are plain hex. This module adds what a parser leaves to its user and a
+proxy must decide (RFC 9110, RFC 9112 sections 3, 6 and 7): exactly one Host,
+a request target in origin form, ``chunked`` as the only transfer coding, no
+Content-Length beside it, and which headers are hop-by-hop. What passes
+becomes a ``Request`` or ``Response`` of validated fields, and the proxy
+writes every head it forwards from those fields, never from the bytes it
+read (HAProxy and h11 work the same way): two parsers cannot disagree about
+a message nobody forwards verbatim.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 CHUNK = 64 * 1024
-# Headers the proxy consumes or rewrites rather than forwards as they are.
-_HANDLED = frozenset(
+MAX_HEAD = 64 * 1024  # bytes of one head; more is 431
+MAX_FIELDS = 100  # header fields in one head; more is 431
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+# Headers the proxy consumes or regenerates rather than forwards as they are.
+_HOP = frozenset(
     {
         b"connection",
         b"keep-alive",
         b"proxy-connection",
         b"te",
-        b"trailer",
         b"upgrade",
         b"transfer-encoding",
         b"content-length",
+        b"host",
+        b"expect",
         b"x-forwarded-for",
         b"x-forwarded-proto",
-        b"expect",
     }
 )
-_BLANK = (32, 9)  # space, tab: never at the start of a header line or before its colon
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+# Connection may name hop-by-hop headers to drop, but never these: dropping
+# Host or the framing would change what the next hop thinks the message is.
+_NEVER_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+# Second locks behind llhttp's own checks (RFC 9110 5.1, 5.5, 5.6.2).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
+_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_ORIGIN = re.compile(rb"/[\x21-\x7e]*")  # origin-form: path and query, visible ASCII only
+_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@\s]+)([/?][\x21-\x7e]*)?")
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    417: b"Expectation Failed",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
 
 
 class BadMessage(Exception):
-    """A head that cannot be parsed; the connection cannot continue."""
+    """A message the proxy refuses; ``status`` is the answer a client gets."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 @dataclass(slots=True)
-class Head:
-    """A parsed request or response head: what to forward, and its body framing."""
+class Request:
+    """A validated request head: what the proxy forwards, and how its body is framed."""
 
-    first: list[bytes]  # request: method, target, version; response: version, status, reason
-    keep: list[bytes]  # header lines to forward as they are (end-to-end ones)
-    chunked: bool
-    length: int | None  # Content-Length; None when absent or chunked
-    close: bool  # the sender wants the connection closed after this message
+    method: bytes
+    target: bytes  # origin-form (or ``*`` for OPTIONS)
+    version: bytes  # b"1.0" or b"1.1"
+    host: bytes | None
+    fields: list[tuple[bytes, bytes]]  # end-to-end fields, validated
+    chunked: bool = False
+    length: int | None = None  # Content-Length; None when absent or chunked
+    close: bool = False  # the client wants the connection closed after this exchange
+    upgrade: bytes | None = None  # the protocol a client asked to switch to
+    expect: bool = False  # Expect: 100-continue
     forwarded_for: bytes | None = None
-    expect: bool = False
+    forwarded_proto: bytes | None = None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.length)
 
 
-def parse_head(raw: bytes, *, request: bool) -> Head:
-    """One pass over the header lines; hop-by-hop headers are consumed, not kept."""
-    lines = raw[:-4].split(b"\r\n")
-    first = lines[0].split(b" ", 2)
-    if len(first) < (3 if request else 2):
-        raise BadMessage(f"bad first line {lines[0][:80]!r}")
-    version = first[2] if request else first[0]
-    if not version.startswith(b"HTTP/1."):
-        raise BadMessage(f"unsupported version {version[:20]!r}")
-    keep: list[bytes] = []
-    chunked = expect = False
+@dataclass(slots=True)
+class Response:
+    """A validated response head."""
+
+    status: int
+    reason: bytes
+    version: bytes
+    fields: list[tuple[bytes, bytes]]
+    chunked: bool = False
     length: int | None = None
-    connection = forwarded_for = None
-    for line in lines[1:]:
-        colon = line.find(b":")
-        if colon <= 0 or line[0] in _BLANK or line[colon - 1] in _BLANK:
-            raise BadMessage(f"bad header line {line[:80]!r}")
-        lname = line[:colon].lower()
-        if lname not in _HANDLED:
-            keep.append(line)
-            continue
-        value = line[colon + 1 :].strip()
-        if lname == b"content-length":
-            if not value.isdigit() or (length is not None and length != int(value)):
-                raise BadMessage("bad Content-Length")
+    close: bool = False
+    upgrade: bytes | None = None
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Fields:
+    """What one pass over a head's fields found."""
+
+    keep: list[tuple[bytes, bytes]]
+    hosts: list[bytes]
+    chunked: bool
+    length: int | None
+    connection: set[bytes]
+    upgrade: bytes | None
+    expect: bytes | None
+    forwarded_for: bytes | None
+    forwarded_proto: bytes | None
+
+
+def check_field(name: bytes, value: bytes) -> bytes:
+    """The value without surrounding whitespace; BadMessage unless both are clean."""
+    value = value.strip(b" \t")
+    if not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+        raise BadMessage(f"bad header field {name[:40]!r}")
+    return value
+
+
+def _fields(raw: list[tuple[bytes, bytes]]) -> _Fields:
+    keep: list[tuple[bytes, bytes]] = []
+    hosts: list[bytes] = []
+    connection: set[bytes] = set()
+    length: int | None = None
+    te: bytes | None = None
+    upgrade = expect = forwarded_for = forwarded_proto = None
+    for name, raw_value in raw:
+        value = check_field(name, raw_value)
+        lname = name.lower()
+        if lname not in _HOP:
+            keep.append((name, value))
+        elif lname == b"host":
+            hosts.append(value)
+        elif lname == b"content-length":
+            if not value.isdigit() or length is not None:
+                raise BadMessage("bad or repeated Content-Length")
             length = int(value)
         elif lname == b"transfer-encoding":
-            chunked = value.lower().endswith(b"chunked")
+            if te is not None:
+                raise BadMessage("repeated Transfer-Encoding")
+            te = value.lower()
         elif lname == b"connection":
-            connection = value.lower() if connection is None else connection + b"," + value.lower()
+            for token in value.lower().split(b","):
+                token = token.strip(b" \t")
+                if token and not _TOKEN.fullmatch(token):
+                    raise BadMessage("bad Connection")
+                connection.add(token)
+        elif lname == b"upgrade":
+            upgrade = value
+        elif lname == b"expect":
+            expect = value.lower()
         elif lname == b"x-forwarded-for":
             forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-        elif lname == b"expect":
-            expect = True
-    if chunked:
-        length = None
-    close = version == b"HTTP/1.0"
-    if connection == b"keep-alive":
-        close = False
-    elif connection == b"close":
-        close = True
-    elif connection is not None:
-        tokens = {t.strip() for t in connection.split(b",")}
-        close = b"close" in tokens or (close and b"keep-alive" not in tokens)
-        named = tokens - {b"close", b"keep-alive", b""}
-        if named:  # headers the sender declared hop-by-hop
-            keep = [line for line in keep if line.partition(b":")[0].lower() not in named]
-    if len(first) == 2:
-        first.append(b"")
-    return Head(first, keep, chunked, length, close, forwarded_for, expect)
+        elif lname == b"x-forwarded-proto":
+            forwarded_proto = value
+    if te is not None:
+        if te != b"chunked":  # gzip, identity, xchunked, "chunked, x": nobody agrees on these
+            raise BadMessage("only Transfer-Encoding: chunked is supported", 501)
+        if length is not None:  # RFC 9112 6.3: a smuggling attempt until proven otherwise
+            raise BadMessage("Transfer-Encoding together with Content-Length")
+    named = connection - _NEVER_DROPPED - {b"close", b"keep-alive", b""}
+    if named:  # headers the sender declared hop-by-hop
+        keep = [(n, v) for n, v in keep if n.lower() not in named]
+    return _Fields(
+        keep,
+        hosts,
+        te is not None,
+        length,
+        connection,
+        upgrade,
+        expect,
+        forwarded_for,
+        forwarded_proto,
+    )
 
 
-def framing_line(head: Head) -> list[bytes]:
-    if head.chunked:
-        return [b"Transfer-Encoding: chunked"]
-    if head.length is not None:
-        return [b"Content-Length: %d" % head.length]
-    return []
+def _keep_alive(version: bytes, connection: set[bytes]) -> bool:
+    if b"close" in connection:
+        return False
+    return version == b"1.1" or b"keep-alive" in connection
 
 
-async def copy_exact(src: asyncio.StreamReader, dst: asyncio.StreamWriter | None, n: int) -> None:
-    """Move exactly ``n`` bytes; ``dst=None`` discards them."""
-    while n > 0:
-        chunk = await src.read(min(n, CHUNK))
-        if not chunk:
-            raise asyncio.IncompleteReadError(b"", n)
-        n -= len(chunk)
-        if dst is not None:
-            dst.write(chunk)
-            await dst.drain()
+def make_request(
+    method: bytes, target: bytes, version: str, raw: list[tuple[bytes, bytes]]
+) -> Request:
+    """Validate a request head llhttp parsed; BadMessage says why not."""
+    if version not in ("1.0", "1.1"):
+        raise BadMessage(f"unsupported HTTP version {version!r}", 505)
+    if method == b"CONNECT":
+        raise BadMessage("CONNECT is not supported", 501)
+    f = _fields(raw)
+    ver = version.encode()
+    if f.chunked and ver == b"1.0":  # RFC 9112 6.1: framing is faulty
+        raise BadMessage("Transfer-Encoding in an HTTP/1.0 request")
+    if len(f.hosts) > 1:
+        raise BadMessage("more than one Host")
+    host = f.hosts[0] if f.hosts else None
+    if host is None and ver == b"1.1":
+        raise BadMessage("HTTP/1.1 request without Host")
+    if host is not None and not _HOST.fullmatch(host):
+        raise BadMessage("bad Host")
+    if not _ORIGIN.fullmatch(target):
+        target, host = _normalise_target(method, target, host)
+    if f.expect is not None and f.expect != b"100-continue":
+        raise BadMessage("unsupported Expect", 417)
+    upgrade = f.upgrade if b"upgrade" in f.connection else None
+    if upgrade is not None and (f.chunked or f.length):
+        raise BadMessage("a body on an Upgrade request")
+    return Request(
+        method,
+        target,
+        ver,
+        host,
+        f.keep,
+        f.chunked,
+        f.length,
+        not _keep_alive(ver, f.connection),
+        upgrade,
+        f.expect is not None,
+        f.forwarded_for,
+        f.forwarded_proto,
+    )
 
 
-async def copy_chunked(
-    src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, raw: bool = True
-) -> None:
-    """Move one chunked body; ``raw=False`` strips the framing (for HTTP/1.0 peers)."""
-    while True:
-        line = await src.readuntil(b"\r\n")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError as exc:
-            raise BadMessage("bad chunk size") from exc
-        if raw:
-            dst.write(line)
-        if size == 0:
-            while True:
-                trailer = await src.readuntil(b"\r\n")
-                if raw:
-                    dst.write(trailer)
-                if trailer == b"\r\n":
-                    await dst.drain()
-                    return
-        await copy_exact(src, dst, size)
-        crlf = await src.readexactly(2)
-        if raw:
-            dst.write(crlf)
-        await dst.drain()
+def _normalise_target(method: bytes, target: bytes, host: bytes | None) -> tuple[bytes, bytes]:
+    """Absolute form becomes origin form (RFC 9112 3.2.2); anything else is refused."""
+    if target == b"*" and method == b"OPTIONS":
+        return target, host or b""
+    absolute = _ABSOLUTE.fullmatch(target)
+    if absolute is None:
+        raise BadMessage("bad request target")
+    authority = absolute.group(1)
+    if not _HOST.fullmatch(authority) or (host is not None and host.lower() != authority.lower()):
+        raise BadMessage("request target and Host disagree")
+    path = absolute.group(2) or b"/"
+    if path[:1] == b"?":
+        path = b"/" + path
+    return path, authority
 
 
-async def copy_until_eof(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    while chunk := await src.read(CHUNK):
-        dst.write(chunk)
-        await dst.drain()
+def make_response(
+    status: int, reason: bytes, version: str, raw: list[tuple[bytes, bytes]]
+) -> Response:
+    """Validate a response head from an instance; BadMessage (a 502) says why not."""
+    if version not in ("1.0", "1.1"):
+        raise BadMessage(f"instance answered HTTP version {version!r}", 502)
+    if not 100 <= status <= 599 or not _REASON.fullmatch(reason):
+        raise BadMessage(f"instance answered a bad status line ({status})", 502)
+    try:
+        f = _fields(raw)
+    except BadMessage as exc:
+        raise BadMessage(f"instance answered: {exc}", 502) from exc
+    ver = version.encode()
+    upgrade = f.upgrade if status == 101 else None
+    close = not _keep_alive(ver, f.connection)
+    return Response(status, reason, ver, f.keep, f.chunked, f.length, close, upgrade)
 
 
-def simple_response(status: int, reason: str, body: str, *, close: bool = False) -> bytes:
+# writing ------------------------------------------------------------------
+
+
+def _field_lines(fields: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join([name + b": " + value + b"\r\n" for name, value in fields])
+
+
+def request_head(req: Request, forwarded_for: bytes, forwarded_proto: bytes) -> bytes:
+    """The head sent upstream, written from the validated fields."""
+    parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
+    if req.host is not None:
+        parts += [b"Host: ", req.host, b"\r\n"]
+    parts.append(_field_lines(req.fields))
+    if req.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif req.length is not None:
+        parts.append(b"Content-Length: %d\r\n" % req.length)
+    parts += [b"X-Forwarded-For: ", forwarded_for, b"\r\nX-Forwarded-Proto: ", forwarded_proto]
+    parts.append(b"\r\n\r\n")
+    return b"".join(parts)
+
+
+def response_head(resp: Response, framing: bytes, keep_alive: bool) -> bytes:
+    """The head sent to the client; ``framing`` is its Content-Length or TE line, or empty."""
+    return b"".join(
+        [
+            b"HTTP/1.1 %d " % resp.status,
+            resp.reason,
+            b"\r\n",
+            _field_lines(resp.fields),
+            framing,
+            b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n",
+        ]
+    )
+
+
+def interim_head(resp: Response) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (resp.status, resp.reason, _field_lines(resp.fields))
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk, framed afresh: sizes and extensions as received are never forwarded."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def check_trailers(raw: list[tuple[bytes, bytes]]) -> None:
+    """Trailer fields are validated, then dropped: RFC 9110 6.5.1 lets a proxy discard
+    them, and many servers choke on them (werkzeug answers 500)."""
+    for name, value in raw:
+        check_field(name, value)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def simple_response(status: int, body: str, *, close: bool = False) -> bytes:
     data = body.encode()
     lines = [
-        f"HTTP/1.1 {status} {reason}",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(data)}",
-        f"Connection: {'close' if close else 'keep-alive'}",
+        b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Error")),
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Length: %d" % len(data),
+        b"Connection: close" if close else b"Connection: keep-alive",
     ]
     if status == 503:
-        lines.append("Retry-After: 1")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
-
-
-async def read_response_head(reader: asyncio.StreamReader, resp: Head) -> tuple[Head, bytes]:
-    """Past interim (1xx) heads to the final one; the interim ones are passed on."""
-    interim = b""
-    while True:
-        status = resp.first[1]
-        if len(status) != 3 or not status.isdigit():
-            raise BadMessage(f"bad status {status[:10]!r}")
-        if status[:1] != b"1" or status == b"101":
-            return resp, interim
-        interim += head_bytes(resp)
-        resp = parse_head(await reader.readuntil(b"\r\n\r\n"), request=False)
-
-
-def head_bytes(head: Head) -> bytes:
-    return b"\r\n".join([b" ".join(head.first).rstrip(), *head.keep, b"", b""])
-
-
-def partial_response(exc: BaseException) -> bool:
-    """Whether some response bytes had arrived before the failure."""
-    return isinstance(exc, asyncio.IncompleteReadError) and bool(exc.partial)
-
-
-def make_upstream_head(head: Head, client_ip: bytes) -> bytes:
-    method, target, _ = head.first
-    forwarded = client_ip if head.forwarded_for is None else head.forwarded_for + b", " + client_ip
-    parts = [method + b" " + target + b" HTTP/1.1", *head.keep, *framing_line(head)]
-    parts.append(b"X-Forwarded-For: " + forwarded)
-    parts.append(b"X-Forwarded-Proto: http\r\n\r\n")
-    return b"\r\n".join(parts)
+        lines.append(b"Retry-After: 1")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + data

@@ -19,23 +19,23 @@ import contextlib
 import errno
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from kiln.errors import ProviderError
 from kiln.local.http1 import (
     CHUNK,
     IDEMPOTENT,
+    LAST_CHUNK,
     BadMessage,
-    Head,
-    copy_chunked,
-    copy_exact,
-    copy_until_eof,
-    framing_line,
-    make_upstream_head,
-    parse_head,
-    partial_response,
-    read_response_head,
+    Request,
+    Response,
+    chunk,
+    interim_head,
+    request_head,
+    response_head,
     simple_response,
 )
+from kiln.local.messages import BODY, HEAD, MessageReader, Truncated
 from kiln.local.metrics import Counters
 
 REPLAY_LIMIT = 64 * 1024
@@ -45,9 +45,33 @@ RESPONSE_TIMEOUT = 60.0  # until the response head (enforced within IDLE_TIMEOUT
 SUSPECT_SECONDS = 1.0  # avoid an instance that refused a connection for this long
 POOL_SIZE = 128
 HIGH_WATER = 64 * 1024
-_NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, BadMessage)
+LINGER = 1.0  # how long a refused client may go on sending before the connection is reset
+_NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, BadMessage)
 
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+class Upstream:
+    """A connection to an instance and the parser of the responses arriving on it."""
+
+    __slots__ = ("messages", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.messages = MessageReader(reader, request=False)
+
+    def usable(self) -> bool:
+        """Open, between responses, and nothing arrived that was not asked for.
+
+        Bytes an instance sent while the connection sat idle would otherwise
+        be taken as the answer to the next client's request.
+        """
+        buffered = getattr(self.reader, "_buffer", None)  # StreamReader has no public peek
+        return (
+            self.messages.reusable
+            and not buffered
+            and not self.reader.at_eof()
+            and not self.writer.is_closing()
+        )
 
 
 class _Retry(Exception):
@@ -70,14 +94,14 @@ class Backend:
         self.host = host
         self.port = port
         self.outstanding = 0
-        self.idle: list[Conn] = []
+        self.idle: list[Upstream] = []
         self.counters = counters or Counters()
         self.down_until = 0.0
         self.routable = False
 
     def close_idle(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
+        for upstream in self.idle:
+            upstream.writer.close()
         self.idle.clear()
 
 
@@ -216,21 +240,19 @@ class Balancer:
         peer = writer.get_extra_info("peername")
         client_ip = str(peer[0]).encode() if peer else b"unknown"
         transport = writer.transport
+        messages = MessageReader(reader, request=True)
         try:
             while True:
                 try:
-                    raw = await reader.readuntil(b"\r\n\r\n")
-                    clients[writer] = 0.0
-                    head = parse_head(raw, request=True)
-                except BadMessage:
-                    writer.write(simple_response(400, "Bad Request", "bad request\n", close=True))
+                    kind, head = await messages.next()
+                except BadMessage as exc:
+                    writer.write(simple_response(exc.status, f"{exc}\n", close=True))
+                    await _linger(reader, writer)
                     break
-                except asyncio.LimitOverrunError:
-                    writer.write(simple_response(431, "Headers Too Large", "", close=True))
+                if kind != HEAD:  # closed between requests, or the tail of an upgrade
                     break
-                except _NETWORK_ERRORS:
-                    break
-                if not await self._serve(head, reader, writer, client_ip):
+                clients[writer] = 0.0
+                if not await self._serve(head, messages, writer, client_ip):
                     break
                 if transport.get_write_buffer_size() > HIGH_WATER:
                     await writer.drain()
@@ -244,19 +266,26 @@ class Balancer:
     # one request ----------------------------------------------------------
 
     async def _serve(
-        self, head: Head, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter, ip: bytes
+        self, head: Request, messages: MessageReader, cwriter: asyncio.StreamWriter, ip: bytes
     ) -> bool:
         """Answer one request; False when the client connection must close."""
         started = time.monotonic()
         body: bytes | None = b""
-        if head.chunked or head.length:
-            if head.expect:
-                cwriter.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            if head.chunked or (head.length or 0) > REPLAY_LIMIT:
-                body = None  # streamed from the client, so it can be sent only once
+        try:
+            if head.has_body:
+                if head.expect:
+                    cwriter.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if head.chunked or (head.length or 0) > REPLAY_LIMIT:
+                    body = None  # streamed from the client, so it can be sent only once
+                else:
+                    body = await _read_body(messages)
             else:
-                body = await creader.readexactly(head.length or 0)
-        upstream_head = make_upstream_head(head, ip)
+                await _read_body(messages)  # the end of a message without a body
+        except _ClientFailed as exc:
+            exc.answer(cwriter)
+            return False
+        forwarded_for = ip if head.forwarded_for is None else head.forwarded_for + b", " + ip
+        upstream_head = request_head(head, forwarded_for, b"http")
         tried: tuple[str, ...] = ()
         while True:
             backend = self._pick(tried)
@@ -267,11 +296,11 @@ class Balancer:
             try:
                 try:
                     return await self._attempt(
-                        backend, head, upstream_head, body, creader, cwriter, started
+                        backend, head, upstream_head, body, messages, cwriter, started
                     )
                 except _Stale:
                     return await self._attempt(
-                        backend, head, upstream_head, body, creader, cwriter, started, fresh=True
+                        backend, head, upstream_head, body, messages, cwriter, started, fresh=True
                     )
             except _Retry:
                 backend.counters.failures += 1
@@ -281,33 +310,33 @@ class Balancer:
                 backend.outstanding -= 1
 
     def _give_up(
-        self, head: Head, cwriter: asyncio.StreamWriter, tried: bool, body_read: bool
+        self, head: Request, cwriter: asyncio.StreamWriter, tried: bool, body_read: bool
     ) -> bool:
-        keep = body_read and not head.close
+        keep = body_read and not head.close and head.upgrade is None
         if tried:
             message = f"fleet {self.fleet}: every instance tried failed to answer\n"
-            cwriter.write(simple_response(502, "Bad Gateway", message, close=not keep))
+            cwriter.write(simple_response(502, message, close=not keep))
             self.totals.record(502, 0.0)
         else:
             self.unavailable += 1
             message = f"fleet {self.fleet} has no healthy instance in service\n"
-            cwriter.write(simple_response(503, "Service Unavailable", message, close=not keep))
+            cwriter.write(simple_response(503, message, close=not keep))
         return keep
 
     @staticmethod
-    def _pooled(backend: Backend) -> Conn | None:
+    def _pooled(backend: Backend) -> Upstream | None:
         idle = backend.idle
         while idle:
-            reader, writer = idle.pop()
-            if not reader.at_eof() and not writer.is_closing():
-                return reader, writer
-            writer.close()
+            upstream = idle.pop()
+            if upstream.usable():
+                return upstream
+            upstream.writer.close()
         return None
 
-    async def _connect(self, backend: Backend) -> Conn:
+    async def _connect(self, backend: Backend) -> Upstream:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                return await asyncio.open_connection(backend.host, backend.port)
+                return Upstream(*await asyncio.open_connection(backend.host, backend.port))
         except (OSError, TimeoutError) as exc:
             backend.down_until = time.monotonic() + SUSPECT_SECONDS
             raise _Retry from exc
@@ -315,96 +344,184 @@ class Balancer:
     async def _attempt(
         self,
         backend: Backend,
-        head: Head,
+        head: Request,
         upstream_head: bytes,
         body: bytes | None,
-        creader: asyncio.StreamReader,
+        messages: MessageReader,
         cwriter: asyncio.StreamWriter,
         started: float,
         fresh: bool = False,
     ) -> bool:
-        conn = self._pooled(backend) if body is not None and not fresh else None
-        ureader, uwriter = conn or await self._connect(backend)
-        replayable = body is not None and head.first[0] in IDEMPOTENT
+        pooled = self._pooled(backend) if body is not None and not fresh else None
+        upstream = pooled or await self._connect(backend)
+        uwriter, responses = upstream.writer, upstream.messages
+        replayable = body is not None and head.method in IDEMPOTENT
+        responses.received = False
+        responses.no_body = head.method == b"HEAD"
         waiting = self._waiting
         waiting[uwriter] = started + RESPONSE_TIMEOUT
         try:
             if body is None:
                 uwriter.write(upstream_head)
-                if head.chunked:
-                    await copy_chunked(creader, uwriter)
-                else:
-                    await copy_exact(creader, uwriter, head.length or 0)
+                await _send_body(messages, uwriter, head.chunked)
             else:
                 uwriter.write(upstream_head + body if body else upstream_head)
-            resp = parse_head(await ureader.readuntil(b"\r\n\r\n"), request=False)
-            interim = b""
-            if resp.first[1][:1] == b"1" or not resp.first[1].isdigit():
-                resp, interim = await read_response_head(ureader, resp)
+            resp, interim = await _response_head(responses)
+        except _ClientFailed as exc:
+            uwriter.close()
+            exc.answer(cwriter)
+            return False
         except _NETWORK_ERRORS as exc:
             uwriter.close()
-            if replayable and not partial_response(exc):
-                raise (_Stale if conn is not None else _Retry) from exc
+            if replayable and not responses.received and not isinstance(exc, BadMessage):
+                raise (_Stale if pooled is not None else _Retry) from exc
             backend.counters.failures += 1
             self.totals.failures += 1
-            cwriter.write(simple_response(502, "Bad Gateway", "instance failed\n", close=True))
+            cwriter.write(simple_response(502, "instance failed\n", close=True))
             return False
         finally:
             waiting.pop(uwriter, None)
         if interim:
             cwriter.write(interim)
-        return await self._respond(backend, head, resp, (ureader, uwriter), cwriter, started)
+        return await self._respond(backend, head, resp, upstream, cwriter, started)
 
     async def _respond(
         self,
         backend: Backend,
-        head: Head,
-        resp: Head,
-        upstream: Conn,
+        head: Request,
+        resp: Response,
+        upstream: Upstream,
         cwriter: asyncio.StreamWriter,
         started: float,
     ) -> bool:
-        ureader, uwriter = upstream
-        status = resp.first[1]
-        no_body = head.first[0] == b"HEAD" or status in (b"204", b"304")
-        client10 = head.first[2] == b"HTTP/1.0"
-        keep_client = not head.close
-        reusable = not resp.close
-        parts = [b"HTTP/1.1 " + status + b" " + resp.first[2], *resp.keep]
-        length = resp.length
-        if no_body or (length is not None and not resp.chunked):
-            parts += framing_line(resp)
-        elif resp.chunked and not client10:
-            parts.append(b"Transfer-Encoding: chunked")
-        else:  # delimited by close, or chunked to an HTTP/1.0 client
-            keep_client = False
-            reusable = reusable and resp.chunked
-        parts.append(b"Connection: keep-alive\r\n" if keep_client else b"Connection: close\r\n")
+        responses = upstream.messages
+        status = resp.status
+        is_head = head.method == b"HEAD"
+        no_body = is_head or status in (204, 304)
+        client10 = head.version == b"1.0"
+        keep_client = not head.close and head.upgrade is None
+        reusable = not resp.close and not is_head  # after a HEAD answer the parser is spent
+        chunked = False
+        if status == 204:
+            framing = b""
+        elif resp.length is not None:
+            framing = b"Content-Length: %d\r\n" % resp.length
+        elif not client10 and (resp.chunked or not no_body):
+            framing = b"Transfer-Encoding: chunked\r\n"
+            chunked = not no_body  # re-framed: the instance's chunk sizes are never forwarded
+        else:  # a body delimited by close, for an HTTP/1.0 client
+            framing = b""
+            keep_client = keep_client and no_body
+        if responses.eof_body:
+            reusable = False
         try:
-            if no_body:
-                cwriter.write(b"\r\n".join(parts) + b"\r\n")
-            elif length is not None and length <= CHUNK and not resp.chunked:
-                parts.append(await ureader.readexactly(length))
-                cwriter.write(b"\r\n".join(parts))
-            else:
-                cwriter.write(b"\r\n".join(parts) + b"\r\n")
-                if resp.chunked:
-                    await copy_chunked(ureader, cwriter, raw=not client10)
-                elif length is not None:
-                    await copy_exact(ureader, cwriter, length)
-                else:
-                    await copy_until_eof(ureader, cwriter)
+            out = [response_head(resp, framing, keep_client)]
+            if is_head:
+                cwriter.write(out[0])
+            else:  # 204 and 304 too: their (empty) end is taken off the parser
+                await _copy_response(responses, cwriter, out, chunked)
         except _NETWORK_ERRORS:
-            uwriter.close()
+            upstream.writer.close()
             backend.counters.failures += 1
             self.totals.failures += 1
             return False
         elapsed = time.monotonic() - started
-        code = int(status)
-        backend.counters.record(code, elapsed)
-        self.totals.record(code, elapsed)
-        if reusable and backend.routable and len(backend.idle) < POOL_SIZE:
+        backend.counters.record(status, elapsed)
+        self.totals.record(status, elapsed)
+        if reusable and backend.routable and len(backend.idle) < POOL_SIZE and upstream.usable():
             backend.idle.append(upstream)
         else:
-            uwriter.close()
+            upstream.writer.close()
         return keep_client
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, and read what the client still sends, briefly: closing with
+    unread bytes makes the kernel reset the connection, and the client may
+    never see the error it was just sent."""
+    with contextlib.suppress(OSError, TimeoutError):
+        writer.write_eof()
+        async with asyncio.timeout(LINGER):
+            while await reader.read(CHUNK):
+                pass
+
+
+class _ClientFailed(Exception):
+    """The client's body broke off or was malformed: answer if there is an answer, and close."""
+
+    def __init__(self, status: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+    def answer(self, cwriter: asyncio.StreamWriter) -> None:
+        if self.status is not None:
+            cwriter.write(simple_response(self.status, f"{self}\n", close=True))
+            with contextlib.suppress(OSError):
+                cwriter.write_eof()
+
+
+async def _client_event(messages: MessageReader) -> tuple[int, Any]:
+    try:
+        return await messages.next()
+    except BadMessage as exc:
+        raise _ClientFailed(exc.status, str(exc)) from exc
+    except OSError as exc:  # Truncated included: the client went away
+        raise _ClientFailed(None, str(exc)) from exc
+
+
+async def _read_body(messages: MessageReader) -> bytes:
+    """The rest of a request's body, held whole (it is small: kept for a retry)."""
+    parts: list[bytes] = []
+    while True:
+        kind, value = await _client_event(messages)
+        if kind != BODY:
+            return b"".join(parts)
+        parts.append(value)
+
+
+async def _send_body(messages: MessageReader, uwriter: asyncio.StreamWriter, chunked: bool) -> None:
+    """Stream a request body upstream, chunk framing written afresh."""
+    while True:
+        kind, value = await _client_event(messages)
+        if kind != BODY:
+            if chunked:
+                uwriter.write(LAST_CHUNK)
+            await uwriter.drain()
+            return
+        uwriter.write(chunk(value) if chunked else value)
+        await uwriter.drain()
+
+
+async def _response_head(responses: MessageReader) -> tuple[Response, bytes]:
+    """The final response head; interim (1xx) heads before it, regenerated."""
+    interim = b""
+    while True:
+        kind, resp = await responses.next()
+        if kind != HEAD:
+            raise Truncated("the instance closed the connection without answering")
+        if resp.status == 101:  # nobody asked to switch protocols
+            raise BadMessage("instance switched protocols unasked", 502)
+        if resp.status >= 200:
+            return resp, interim
+        interim += interim_head(resp)
+        await responses.next()  # the end of the interim message
+
+
+async def _copy_response(
+    responses: MessageReader, cwriter: asyncio.StreamWriter, out: list[bytes], chunked: bool
+) -> None:
+    """Stream the body: whatever has arrived goes out at once, the head with the first bytes."""
+    transport = cwriter.transport
+    while True:
+        if out and not responses.ready():
+            cwriter.write(b"".join(out))
+            out.clear()
+            if transport.get_write_buffer_size() > HIGH_WATER:
+                await cwriter.drain()
+        kind, value = await responses.next()
+        if kind != BODY:
+            if chunked:
+                out.append(LAST_CHUNK)
+            cwriter.write(b"".join(out))
+            return
+        out.append(chunk(value) if chunked else value)
