@@ -2,42 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+from kiln.detect import Detected, detect
 from kiln.errors import ConfigError
 
 _TEMPLATE = """\
 # kiln.toml: how to bake this app into an image and run it as a fleet.
 # Reference: docs/config.md (or `kiln config schema` for editors).
+# `kiln init` detected: {kind}.{notes}
 
 [app]
 name = "{name}"
-# Started once per instance, from the instance's directory, through /bin/sh.
+# Started once per instance, from the instance's directory, through /bin/sh
+# (a shell line: '&&' and $VARS work; its last command is exec'd).
 # The app must listen on $HOST:$PORT (kiln sets both).
-run = "{run}"
+run = {run}
 # Run at bake time in a scratch copy of the source; the result is the image.
 build = [{build}]
-# Left out of the image (gitignore syntax), besides .git and .kilnignore patterns.
-exclude = ["__pycache__/", "*.pyc", ".venv/", "node_modules/", ".env"]
+# Source files left out of the image (gitignore syntax), besides .git and
+# .kilnignore patterns. What the build makes is always kept.
+exclude = [{exclude}]
 # Paths an instance may write at run time; drift detection ignores them.
 writable = ["tmp/", "*.log"]
 
 # Baked into the image: changing a value makes a new image.
 [env]
-# LOG_LEVEL = "info"
-
+{env}
 # Resolved when an instance starts, never stored: "env:VAR" or "file:/path".
 [secrets]
 # DATABASE_URL = "env:DATABASE_URL"
 
 [health]
-path = "{health}"          # GET must answer 2xx/3xx; remove for a TCP check
+{health}
 interval = "1s"
 timeout = "2s"
 healthy_threshold = 2
 unhealthy_threshold = 3
-grace = "30s"              # boot time during which failed checks do not count
+grace = "{grace}"              # boot time during which failed checks do not count
 
 [fleet]
 size = 2
@@ -56,38 +60,37 @@ listen = "127.0.0.1:8080"  # the fleet's load balancer
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-def render_config(app_dir: Path, name: str | None = None) -> str:
-    """Guess what we can from the directory; leave the rest commented."""
+def render_config(app_dir: Path, name: str | None = None, found: Detected | None = None) -> str:
+    """A kiln.toml that deploys what ``detect`` found, every section explained."""
     if name is not None and not NAME.match(name):
         raise ConfigError(
             f"{name!r} cannot be an app name",
             hint="use lowercase letters, digits and dashes, e.g. 'my-app'",
         )
+    found = found or detect(app_dir)
+    if found.health_path:
+        health = f'path = "{found.health_path}"          # GET must answer 2xx/3xx'
+    else:
+        health = '# path = "/health"       # unset: a TCP connect check (no health route found)'
+    notes = "".join(f"\n# note: {note}" for note in found.notes)
+    env = "".join(f"{key} = {_toml(value)}\n" for key, value in found.env.items())
     return _TEMPLATE.format(
+        kind=found.kind,
+        notes=notes,
         name=name or _slug(app_dir.name),
-        run=_guess_run(app_dir),
-        build=_guess_build(app_dir),
-        health="/health",
+        run=_toml(found.run),
+        build=", ".join(_toml(step) for step in found.build),
+        exclude=", ".join(_toml(p) for p in found.exclude),
+        env=env or '# LOG_LEVEL = "info"\n',
+        health=health,
+        grace=found.grace,
     )
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
 def _slug(text: str) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return slug[:63] or "app"
-
-
-def _guess_run(app_dir: Path) -> str:
-    for candidate in ("app.py", "main.py", "server.py", "wsgi.py"):
-        if (app_dir / candidate).is_file():
-            return f"python3 {candidate}"
-    if (app_dir / "package.json").is_file():
-        return "node server.js"
-    return "python3 -m http.server --bind $HOST $PORT"
-
-
-def _guess_build(app_dir: Path) -> str:
-    if (app_dir / "requirements.txt").is_file():
-        return '"python3 -m pip install -q -r requirements.txt --target deps"'
-    if (app_dir / "package.json").is_file():
-        return '"npm ci --omit=dev"'
-    return ""

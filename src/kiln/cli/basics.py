@@ -9,6 +9,7 @@ import click
 from kiln.cli.app import State, cli, pass_state
 from kiln.cli.output import console, emit_json
 from kiln.config import CONFIG_NAME, json_schema
+from kiln.detect import detect
 from kiln.errors import ConfigError
 from kiln.scaffold import render_config
 
@@ -21,10 +22,16 @@ def init(force: bool, name: str | None) -> None:
     target = Path.cwd() / CONFIG_NAME
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists", hint="use --force to overwrite it")
-    text = render_config(Path.cwd(), name=name)
+    found = detect(Path.cwd())
+    text = render_config(Path.cwd(), name=name, found=found)
+    console.print(f"detected: {found.kind}", markup=False)
+    for reason in found.why:
+        console.print(f"  - {reason}", markup=False)
+    for note in found.notes:
+        console.print(f"  note: {note}", markup=False)
     target.write_text(text, encoding="utf-8")
-    console.print(f"wrote {target}")
-    console.print("next: review it, then 'kiln bake' and 'kiln deploy'")
+    console.print(f"wrote {target}", markup=False)
+    console.print("next: review it, then 'kiln deploy' (it bakes first)")
 
 
 @cli.group()

@@ -1,0 +1,289 @@
+"""What kind of app a directory holds, and how to build and run it in production.
+
+``kiln init`` writes what this finds, so the first deploy works as written:
+a production server (gunicorn, uvicorn) installed into the image by the
+build, listening on $HOST:$PORT, a health check on a path the app serves or
+a TCP check. Every guess comes with the reason for it, printed to the user.
+Detection reads files only; it never imports or runs the app.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PY_EXCLUDE = ["__pycache__/", "*.pyc", ".venv/", "venv/", "/deps/", ".env", "*.sqlite3"]
+NODE_EXCLUDE = ["node_modules/", ".env", "npm-debug.log*"]
+PIP = "python3 -m pip install -q --target deps"
+GUNICORN = "python3 -m gunicorn --bind $HOST:$PORT --workers 2 --access-logfile -"
+UVICORN = "python3 -m uvicorn --host $HOST --port $PORT"
+_SOURCE_LIMIT = 256 * 1024  # bigger files are not read for detection
+
+
+@dataclass
+class Detected:
+    """An app's kind and the kiln.toml settings that deploy it; ``why`` says how we know."""
+
+    kind: str
+    run: str
+    why: list[str] = field(default_factory=list)
+    build: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=lambda: list(PY_EXCLUDE))
+    env: dict[str, str] = field(default_factory=dict)
+    health_path: str | None = None  # None: a TCP check
+    grace: str = "30s"
+    release: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def detect(root: Path) -> Detected:
+    """The first detector that recognises the app; a commented fallback otherwise."""
+    for detector in (_django, _python_framework, _node, _static):
+        found = detector(root)
+        if found is not None:
+            return found
+    return _fallback(root)
+
+
+# Python ------------------------------------------------------------------------
+
+
+def _requirements(root: Path) -> list[str]:
+    """Lower-cased distribution names in requirements.txt (no includes, no URLs)."""
+    path = root / "requirements.txt"
+    if not path.is_file():
+        return []
+    names = []
+    for line in _read(path).splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        if match:
+            names.append(re.sub(r"[-_.]+", "-", match.group(1)).lower())
+    return names
+
+
+def _pip_build(root: Path, needed: list[str], why: list[str]) -> list[str]:
+    """Install requirements.txt plus the server (and framework) it does not list."""
+    listed = _requirements(root)
+    missing = [name for name in needed if name not in listed]
+    parts = [PIP]
+    if (root / "requirements.txt").is_file():
+        parts.append("-r requirements.txt")
+        why.append("requirements.txt: installed into deps/ at bake time")
+    else:
+        why.append("no requirements.txt: the build installs unpinned packages; pin them there")
+    if missing:
+        parts.append(" ".join(missing))
+        why.append(f"{', '.join(missing)} not in requirements.txt: the build adds it")
+    return [" ".join(parts)]
+
+
+def _python_env() -> dict[str, str]:
+    return {"PYTHONPATH": "deps", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _django(root: Path) -> Detected | None:
+    manage = root / "manage.py"
+    if not manage.is_file():
+        return None
+    match = re.search(r"DJANGO_SETTINGS_MODULE['\"],\s*['\"]([\w.]+)['\"]", _read(manage))
+    if match is None:
+        return None
+    settings = match.group(1)
+    package = settings.rsplit(".", 1)[0]
+    package_dir = root / package.replace(".", "/")
+    why = [f"manage.py sets DJANGO_SETTINGS_MODULE={settings}: a Django project"]
+    if (package_dir / "wsgi.py").is_file():
+        run = f"{GUNICORN} {package}.wsgi:application"
+        why.append(f"{package}/wsgi.py: served by gunicorn")
+        server = "gunicorn"
+    elif (package_dir / "asgi.py").is_file():
+        run = f"{UVICORN} {package}.asgi:application"
+        why.append(f"{package}/asgi.py: served by uvicorn")
+        server = "uvicorn"
+    else:
+        return None
+    build = _pip_build(root, ["django", server], why)
+    settings_text = _read(root / (settings.replace(".", "/") + ".py"))
+    notes = []
+    if "STATIC_ROOT" in settings_text:
+        build.append("python3 manage.py collectstatic --noinput")
+        why.append("STATIC_ROOT is set: static files are collected at bake time")
+    else:
+        notes.append("set STATIC_ROOT (and serve it, e.g. with whitenoise) to ship static files")
+    if "sqlite3" in settings_text:
+        notes.append(
+            "the database is SQLite inside the app directory: each instance would get its "
+            "own copy; point DATABASES at a shared database through a [secrets] entry"
+        )
+    return Detected(
+        kind="Django",
+        run=run,
+        why=why,
+        build=build,
+        env=_python_env(),
+        health_path=_route(root, ("/health", "/healthz")),
+        release="python3 manage.py migrate --noinput",
+        notes=notes,
+    )
+
+
+_FRAMEWORKS = (
+    # (kind, regex of the app object, server, framework distribution)
+    ("FastAPI", r"^(\w+)\s*(?::[^=]+)?=\s*(?:fastapi\.)?FastAPI\(", "uvicorn", "fastapi"),
+    ("Starlette", r"^(\w+)\s*(?::[^=]+)?=\s*(?:\w+\.)?Starlette\(", "uvicorn", "starlette"),
+    ("Flask", r"^(\w+)\s*(?::[^=]+)?=\s*(?:flask\.)?Flask\(", "gunicorn", "flask"),
+    ("Flask", r"^def (create_app)\(", "gunicorn", "flask"),
+    ("WSGI", r"^def (application)\(\s*environ\s*,\s*start_response", "gunicorn", None),
+    ("WSGI", r"^(application)\s*=", "gunicorn", None),
+)
+_MODULES = ("app.py", "main.py", "wsgi.py", "asgi.py", "server.py", "application.py", "api.py")
+
+
+def _python_framework(root: Path) -> Detected | None:
+    candidates = [root / name for name in _MODULES] + sorted(root.glob("*.py"))
+    seen: set[Path] = set()
+    for path in candidates:
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        text = _read(path)
+        for kind, pattern, server, framework in _FRAMEWORKS:
+            if kind == "WSGI" and path.name != "wsgi.py" and pattern.endswith("="):
+                continue  # 'application = …' means WSGI only in wsgi.py
+            match = re.search(pattern, text, re.MULTILINE)
+            if match is None:
+                continue
+            target = f"{path.stem}:{match.group(1)}" + (
+                "()" if kind == "Flask" and match.group(1) == "create_app" else ""
+            )
+            why = [f"{path.name} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
+            run = f"{GUNICORN if server == 'gunicorn' else UVICORN} {target}"
+            why.append(f"served by {server} on $HOST:$PORT")
+            needed = [n for n in (framework, server) if n is not None]
+            return Detected(
+                kind=kind,
+                run=run,
+                why=why,
+                build=_pip_build(root, needed, why),
+                env=_python_env(),
+                health_path=_route(root, ("/health", "/healthz", "/ping")),
+                grace="20s",
+            )
+    return None
+
+
+def _route(root: Path, paths: tuple[str, ...]) -> str | None:
+    """A health route the source defines ('/health' in a route decorator or urls.py)."""
+    for py in sorted(root.rglob("*.py"))[:200]:
+        if any(part in ("deps", "venv", ".venv", "node_modules") for part in py.parts):
+            continue
+        text = _read(py)
+        for path in paths:
+            if re.search(rf"""["']{re.escape(path)}/?["']""", text) or (
+                re.search(rf"""path\(\s*["']{re.escape(path[1:])}/?["']""", text)
+            ):
+                return path
+    return None
+
+
+# Node --------------------------------------------------------------------------
+
+
+def _node(root: Path) -> Detected | None:
+    manifest = root / "package.json"
+    if not manifest.is_file():
+        return None
+    try:
+        package = json.loads(_read(manifest))
+    except ValueError:
+        package = {}
+    if not isinstance(package, dict):
+        package = {}
+    why = ["package.json: a Node app"]
+    lock = next(
+        (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
+    )
+    if lock:
+        build = ["npm ci --omit=dev"]
+        why.append(f"{lock}: 'npm ci' installs exactly the locked versions")
+    else:
+        build = ["npm install --omit=dev --no-audit --no-fund"]
+        why.append("no package-lock.json: 'npm install' (commit a lockfile for repeatable builds)")
+    scripts = package.get("scripts") if isinstance(package.get("scripts"), dict) else {}
+    start = str(scripts.get("start", "")) if scripts else ""
+    main = package.get("main") if isinstance(package.get("main"), str) else None
+    direct = re.fullmatch(r"node\s+([\w./-]+\.m?js)", start.strip())
+    if direct and (root / direct.group(1)).is_file():
+        run = f"node {direct.group(1)}"
+        why.append(f"scripts.start is '{start}': run with node directly, so it gets signals")
+    elif start:
+        run = "npm start"
+        why.append(f"scripts.start is '{start}'")
+    else:
+        file = next(
+            (f for f in (main, "server.js", "app.js", "index.js") if f and (root / f).is_file()),
+            None,
+        )
+        if file is None:
+            return None
+        run = f"node {file}"
+        why.append(f"no start script: {file} is the entry point")
+    if scripts and "build" in scripts:
+        build = [build[0].replace("--omit=dev", "").replace("  ", " ").strip(), "npm run build"]
+        build.append("npm prune --omit=dev")
+        why.append("scripts.build: run at bake time (with dev dependencies, pruned after)")
+    return Detected(
+        kind="Node",
+        run=run,
+        why=why,
+        build=build,
+        exclude=list(NODE_EXCLUDE),
+        env={"NODE_ENV": "production"},
+        grace="20s",
+        notes=["the app must listen on process.env.PORT (and process.env.HOST if it binds one)"],
+    )
+
+
+# static ------------------------------------------------------------------------
+
+
+def _static(root: Path) -> Detected | None:
+    for directory in ("", "public", "dist", "_site", "site", "build"):
+        if (root / directory / "index.html").is_file():
+            where = f" --directory {directory}" if directory else ""
+            shown = f"{directory}/index.html" if directory else "index.html"
+            return Detected(
+                kind="static site",
+                run=f"python3 -m http.server --bind $HOST{where} $PORT",
+                why=[f"{shown} and no app code: a static site, served by python3 -m http.server"],
+                exclude=[".env"],
+                health_path="/",
+                grace="10s",
+            )
+    return None
+
+
+def _fallback(root: Path) -> Detected:
+    for candidate in ("app.py", "main.py", "server.py"):
+        if (root / candidate).is_file():
+            why = [f"{candidate}: started with python3; it must listen on $HOST:$PORT"]
+            build = _pip_build(root, [], why) if (root / "requirements.txt").is_file() else []
+            env = _python_env() if build else {}
+            return Detected(
+                kind="Python script", run=f"python3 {candidate}", why=why, build=build, env=env
+            )
+    return Detected(
+        kind="unknown",
+        run="python3 -m http.server --bind $HOST $PORT",
+        why=["nothing recognised: a placeholder that serves the directory; edit [app] run"],
+    )
+
+
+def _read(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            return f.read(_SOURCE_LIMIT).decode("utf-8", "replace")
+    except OSError:
+        return ""

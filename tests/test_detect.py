@@ -1,0 +1,166 @@
+"""kiln init recognises common apps and writes a kiln.toml that deploys them as written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kiln.config import parse_config
+from kiln.detect import detect
+from kiln.scaffold import render_config
+from kilntest import Kiln
+
+DJANGO_MANAGE = """\
+import os, sys
+def main():
+    os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')
+    from django.core.management import execute_from_command_line
+    execute_from_command_line(sys.argv)
+"""
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def _config(root: Path):  # type: ignore[no-untyped-def]
+    return parse_config(render_config(root, name="app"))
+
+
+def test_django_runs_gunicorn_on_its_wsgi_collects_static_and_migrates(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "manage.py": DJANGO_MANAGE,
+            "mysite/settings.py": "STATIC_ROOT = 'static'\nENGINE = 'django.db.backends.sqlite3'\n",
+            "mysite/wsgi.py": "application = get_wsgi_application()\n",
+            "mysite/urls.py": "urlpatterns = [path('admin/', admin.site.urls)]\n",
+            "requirements.txt": "Django>=5\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.kind == "Django" and found.release == "python3 manage.py migrate --noinput"
+    config = _config(tmp_path)
+    assert config.app.run.startswith("python3 -m gunicorn --bind $HOST:$PORT")
+    assert config.app.run.endswith("mysite.wsgi:application")
+    assert config.app.build == [
+        "python3 -m pip install -q --target deps -r requirements.txt gunicorn",
+        "python3 manage.py collectstatic --noinput",
+    ]
+    assert config.env["PYTHONPATH"] == "deps" and config.health.path is None  # TCP
+    assert any("SQLite" in note for note in found.notes)
+
+
+@pytest.mark.parametrize(
+    ("files", "kind", "target", "server"),
+    [
+        (
+            {"app.py": "from flask import Flask\napp = Flask(__name__)\n"},
+            "Flask",
+            "app:app",
+            "gunicorn",
+        ),
+        (
+            {"web.py": "import flask\ndef create_app():\n    pass\n"},
+            "Flask",
+            "web:create_app()",
+            "gunicorn",
+        ),
+        (
+            {"main.py": "from fastapi import FastAPI\napi: FastAPI = FastAPI()\n"},
+            "FastAPI",
+            "main:api",
+            "uvicorn",
+        ),
+        (
+            {"asgi.py": "from starlette.applications import Starlette\napp = Starlette()\n"},
+            "Starlette",
+            "asgi:app",
+            "uvicorn",
+        ),
+        (
+            {"wsgi.py": "def application(environ, start_response):\n    pass\n"},
+            "WSGI",
+            "wsgi:application",
+            "gunicorn",
+        ),
+    ],
+)
+def test_python_frameworks_get_a_production_server(
+    tmp_path: Path, files: dict[str, str], kind: str, target: str, server: str
+) -> None:
+    found = detect(_write(tmp_path, files))
+    assert found.kind == kind
+    config = _config(tmp_path)
+    assert config.app.run.startswith(f"python3 -m {server} ") and config.app.run.endswith(
+        f" {target}"
+    )
+    assert server in config.app.build[0]  # installed into deps/ by the build
+    assert "$HOST" in config.app.run and "$PORT" in config.app.run
+
+
+def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
+    app = "from flask import Flask\napp = Flask(__name__)\n"
+    _write(tmp_path, {"app.py": app, "requirements.txt": "flask\ngunicorn\n"})
+    assert _config(tmp_path).health.path is None
+    (tmp_path / "app.py").write_text(app + '@app.route("/healthz")\ndef h(): return "ok"\n')
+    config = _config(tmp_path)
+    assert config.health.path == "/healthz"
+    assert config.app.build == ["python3 -m pip install -q --target deps -r requirements.txt"]
+
+
+@pytest.mark.parametrize(
+    ("files", "build", "run"),
+    [
+        (
+            {
+                "package.json": {"scripts": {"start": "node server.js"}},
+                "server.js": "",
+                "package-lock.json": {},
+            },
+            ["npm ci --omit=dev"],
+            "node server.js",
+        ),
+        (
+            {"package.json": {"main": "index.js"}, "index.js": ""},
+            ["npm install --omit=dev --no-audit --no-fund"],
+            "node index.js",
+        ),
+        (
+            {
+                "package.json": {"scripts": {"start": "next start", "build": "next build"}},
+                "package-lock.json": {},
+            },
+            ["npm ci", "npm run build", "npm prune --omit=dev"],
+            "npm start",
+        ),
+    ],
+)
+def test_node_installs_with_or_without_a_lockfile_and_keeps_node_modules(
+    tmp_path: Path, files: dict[str, object], build: list[str], run: str
+) -> None:
+    _write(tmp_path, {k: v if isinstance(v, str) else json.dumps(v) for k, v in files.items()})
+    config = _config(tmp_path)
+    assert (config.app.build, config.app.run) == (build, run)
+    assert config.env["NODE_ENV"] == "production"
+    assert "node_modules/" in config.app.exclude  # the source's: the build's are kept
+
+
+def test_static_site_is_served_from_its_directory(tmp_path: Path) -> None:
+    _write(tmp_path, {"public/index.html": "<h1>hi</h1>"})
+    config = _config(tmp_path)
+    assert config.app.run == "python3 -m http.server --bind $HOST --directory public $PORT"
+    assert config.health.path == "/" and config.app.build == []
+
+
+def test_init_prints_what_it_detected_and_why(kiln: Kiln) -> None:
+    _write(kiln.cwd, {"main.py": "from fastapi import FastAPI\napp = FastAPI()\n"})
+    out = kiln("init").stdout
+    assert "detected: FastAPI" in out and "main.py defines app = FastAPI" in out
+    assert "no requirements.txt" in out
+    assert "ok (app" in kiln("config", "check").stdout
