@@ -11,7 +11,7 @@ import pytest
 from conftest import TargetFactory
 from kiln.aws.ami import bake_ami
 from kiln.aws.images import list_amis
-from kiln.aws.policy import policy_document
+from kiln.aws.policy import DEPLOY_PURPOSES, PARTS, PURPOSES, policy_document
 from kiln.aws.session import Aws
 from kiln.config import LoadedConfig
 from kiln.home import Home
@@ -22,16 +22,27 @@ pytestmark = pytest.mark.aws
 
 def test_policy_json_is_the_scoped_document(aws: Aws, kiln: Kiln) -> None:
     result = kiln("aws", "policy", "--json")
-    assert json.loads(result.stdout) == policy_document(region="eu-west-1", account="123456789012")
+    assert json.loads(result.stdout) == {
+        part: policy_document(region="eu-west-1", account="123456789012", purposes=purposes)
+        for part, purposes in PARTS.items()
+    }
+    one = kiln("aws", "policy", "--json", "--part", "bake", "--partition", "aws-us-gov")
+    assert json.loads(one.stdout) == policy_document(
+        region="eu-west-1", account="123456789012", partition="aws-us-gov", purposes=PURPOSES
+    )
     table = kiln("aws", "policy", "--region", "us-east-2", "--account", "210987654321")
-    assert "kiln deploy policy (us-east-2)" in table.stdout
+    assert "kiln bake policy (us-east-2," in table.stdout
+    assert "kiln deploy policy (us-east-2," in table.stdout
+    assert "/6144 characters)" in table.stdout
     assert "kiln aws policy --json" in table.stdout
 
 
 def test_policy_without_any_aws_setup_still_prints(kiln: Kiln) -> None:
     result = kiln("aws", "policy", "--json")
-    document = json.loads(result.stdout)
-    assert document == policy_document(region=None, account=None)
+    documents = json.loads(result.stdout)
+    assert documents["deploy"] == policy_document(
+        region=None, account=None, purposes=DEPLOY_PURPOSES
+    )
 
 
 def test_create_deploy_user_prints_keys_once(aws: Aws, kiln: Kiln) -> None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import parliament
 import pytest
 
@@ -21,7 +22,16 @@ from conftest import REGION, SOURCE_AMI, TargetFactory, leftovers, write_app
 from kiln.aws.ami import bake_ami
 from kiln.aws.iam import create_deploy_user
 from kiln.aws.images import list_amis, prune_amis
-from kiln.aws.policy import PURPOSES, actions, enforceable_document, policy_document
+from kiln.aws.policy import (
+    MANAGED_POLICY_MAX,
+    PARTS,
+    PURPOSES,
+    actions,
+    enforceable_document,
+    enforceable_documents,
+    policy_document,
+    size,
+)
 from kiln.aws.reap import reap
 from kiln.aws.session import Aws, aws_errors, connect
 from kiln.config import AwsProvider
@@ -101,7 +111,8 @@ def _base_image(admin: Aws) -> str:
 
 
 def _deploy_aws(admin: Aws, team: str, document: dict[str, Any] | None = None) -> Aws:
-    user = create_deploy_user(admin, team, document=document or enforceable_document())
+    documents = {"bake": document} if document else enforceable_documents(["bake"])
+    user = create_deploy_user(admin, team, parts=["bake"], documents=documents)
     assert user.access_key_id and user.secret_access_key
     return connect(
         AwsProvider(), access_key_id=user.access_key_id, secret_access_key=user.secret_access_key
@@ -181,7 +192,7 @@ def test_calls_outside_the_policy_are_denied_and_reported_clearly(
         create_deploy_user(deploy, "escalate")
 
     # a policy missing one action: the bake fails on exactly that call, cleanly
-    document = enforceable_document()
+    document = enforceable_document(PURPOSES)
     for statement in document["Statement"]:
         statement["Action"] = [a for a in statement["Action"] if a != "ec2:CreateImage"]
     document["Statement"] = [s for s in document["Statement"] if s["Action"]]
@@ -197,13 +208,24 @@ def test_calls_outside_the_policy_are_denied_and_reported_clearly(
     assert leftovers(enforced) == {}
 
 
+def _stored(aws: Aws, name: str) -> Any:
+    arn = f"arn:aws:iam::123456789012:policy/kiln/{name}"
+    default = aws.iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    document = aws.iam.get_policy_version(PolicyArn=arn, VersionId=default)["PolicyVersion"]
+    raw = document["Document"]
+    return json.loads(raw) if isinstance(raw, str) else raw
+
+
 def test_create_deploy_user_converges_and_rotates(aws: Aws) -> None:
     first = create_deploy_user(aws, "web")
     assert first.created and first.secret_access_key and first.user == "deploy-user-web"
-    stored = aws.iam.get_user_policy(UserName="deploy-user-web", PolicyName="kiln-deploy")
-    document = stored["PolicyDocument"]
-    document = json.loads(document) if isinstance(document, str) else document
-    assert document == policy_document(region=aws.region, account="123456789012")
+    assert first.policies == ("kiln-web-bake", "kiln-web-deploy")
+    attached = aws.iam.list_attached_user_policies(UserName="deploy-user-web")["AttachedPolicies"]
+    assert sorted(p["PolicyName"] for p in attached) == ["kiln-web-bake", "kiln-web-deploy"]
+    assert aws.iam.list_user_policies(UserName="deploy-user-web")["PolicyNames"] == []
+    for part, purposes in PARTS.items():
+        expected = policy_document(region=aws.region, account="123456789012", purposes=purposes)
+        assert _stored(aws, f"kiln-web-{part}") == expected
 
     again = create_deploy_user(aws, "web")
     assert not again.changed and again.secret_access_key is None
@@ -221,6 +243,69 @@ def test_create_deploy_user_converges_and_rotates(aws: Aws) -> None:
 
     with pytest.raises(AwsError, match="cannot be part of an IAM user name"):
         create_deploy_user(aws, "no spaces")
+
+
+def test_policy_updates_are_new_versions_never_more_than_five(aws: Aws) -> None:
+    arn = "arn:aws:iam::123456789012:policy/kiln/kiln-ops-bake"
+    for n in range(7):  # seven kiln upgrades, each needing a different policy
+        document = enforceable_document(PURPOSES)
+        document["Statement"][0]["Sid"] = f"Upgrade{n}"
+        user = create_deploy_user(aws, "ops", parts=["bake"], documents={"bake": document})
+        assert user.policies_changed == ("kiln-ops-bake",)
+        versions = aws.iam.list_policy_versions(PolicyArn=arn)["Versions"]
+        assert len(versions) == min(n + 1, 5)
+        assert _stored(aws, "kiln-ops-bake") == document
+    assert not create_deploy_user(aws, "ops", parts=["bake"], documents={"bake": document}).changed
+
+
+def test_bake_only_user_and_the_old_inline_policy_is_removed(aws: Aws) -> None:
+    aws.iam.create_user(UserName="deploy-user-ci", Path="/kiln/")
+    aws.iam.put_user_policy(  # what kiln 0.1 did: inline, over IAM's 2,048 on real AWS
+        UserName="deploy-user-ci",
+        PolicyName="kiln-deploy",
+        PolicyDocument=json.dumps(enforceable_document(PURPOSES)),
+    )
+    both = create_deploy_user(aws, "ci")
+    assert "kiln-deploy (inline, removed)" in both.policies_changed
+    assert aws.iam.list_user_policies(UserName="deploy-user-ci")["PolicyNames"] == []
+    bake_only = create_deploy_user(aws, "ci", parts=["bake"])
+    assert bake_only.policies == ("kiln-ci-bake",)
+    assert bake_only.policies_changed == ("kiln-ci-deploy",)  # detached
+    attached = aws.iam.list_attached_user_policies(UserName="deploy-user-ci")["AttachedPolicies"]
+    assert [p["PolicyName"] for p in attached] == ["kiln-ci-bake"]
+
+
+def _every_region() -> list[tuple[str, str]]:
+    session = boto3.session.Session()
+    found = [
+        (partition, region)
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("ec2", partition_name=partition)
+    ]
+    assert ("aws-us-gov", "us-gov-west-1") in found and ("aws-cn", "cn-north-1") in found
+    return found
+
+
+def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() -> None:
+    """IAM's 6,144-character limit (whitespace not counted): moto does not enforce it."""
+    role = "r" * 64  # the longest role name IAM allows, for iam:PassRole
+    largest: dict[str, int] = {}
+    for partition, region in [*_every_region(), ("aws", None)]:
+        for account in ("123456789012", None):
+            for pass_role in (None, role):
+                for part, purposes in PARTS.items():
+                    document = policy_document(
+                        region=region,
+                        account=account,
+                        partition=partition,
+                        purposes=purposes,
+                        pass_role=pass_role,
+                    )
+                    chars = size(document)
+                    assert chars <= MANAGED_POLICY_MAX, (partition, region, part, chars)
+                    largest[part] = max(largest.get(part, 0), chars)
+    # headroom for the next kiln version's statements: at most 75% of the limit each
+    assert all(chars < MANAGED_POLICY_MAX * 0.75 for chars in largest.values()), largest
 
 
 def test_missing_credentials_and_region_say_what_to_do(

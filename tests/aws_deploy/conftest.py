@@ -12,7 +12,7 @@ import pytest
 from aws.awsservers import moto_server
 from aws_deploy.awsworld import World, app_process, build_world
 from kiln.aws.iam import create_deploy_user
-from kiln.aws.policy import DEPLOY_PURPOSES, enforceable_document
+from kiln.aws.policy import enforceable_documents
 from kiln.aws.session import Aws, connect
 from kiln.config import AwsProvider
 from kiln.home import Home
@@ -52,7 +52,9 @@ def admin(deploy_moto: str) -> Aws:
 @pytest.fixture(scope="session")
 def deploy_keys(admin: Aws) -> tuple[str, str]:
     """The deploy user holds only the deploy statements (moto's rendering of them)."""
-    user = create_deploy_user(admin, "deploys", document=enforceable_document(DEPLOY_PURPOSES))
+    user = create_deploy_user(
+        admin, "deploys", parts=["deploy"], documents=enforceable_documents(["deploy"])
+    )
     assert user.access_key_id and user.secret_access_key
     return user.access_key_id, user.secret_access_key
 

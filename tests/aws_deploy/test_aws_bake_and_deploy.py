@@ -19,7 +19,7 @@ from kiln.aws.ami import bake_ami
 from kiln.aws.builder import Builder
 from kiln.aws.deployments import open_deployments
 from kiln.aws.iam import create_deploy_user
-from kiln.aws.policy import enforceable_document
+from kiln.aws.policy import enforceable_documents
 from kiln.aws.session import connect
 from kiln.aws.ssh import SshTarget
 from kiln.config import AwsProvider
@@ -46,7 +46,7 @@ def test_baked_amis_deploy_roll_back_and_show_in_history(
     ssh_server: SshServer,
     deploy_moto: str,
 ) -> None:
-    user = create_deploy_user(world.admin, "everything", document=enforceable_document())
+    user = create_deploy_user(world.admin, "everything", documents=enforceable_documents())
     assert user.access_key_id and user.secret_access_key
     world.deploy = connect(
         AwsProvider(region="eu-west-1", endpoint_url=deploy_moto),

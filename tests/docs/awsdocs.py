@@ -226,6 +226,9 @@ def forget_user(box: Sandbox) -> None:
             iam.iam.delete_access_key(UserName="deploy-user-web", AccessKeyId=key["AccessKeyId"])
         for name in iam.iam.list_user_policies(UserName="deploy-user-web")["PolicyNames"]:
             iam.iam.delete_user_policy(UserName="deploy-user-web", PolicyName=name)
+        attached = iam.iam.list_attached_user_policies(UserName="deploy-user-web")
+        for policy in attached["AttachedPolicies"]:
+            iam.iam.detach_user_policy(UserName="deploy-user-web", PolicyArn=policy["PolicyArn"])
         iam.iam.delete_user(UserName="deploy-user-web")
 
 
@@ -269,7 +272,7 @@ CREATE_USER = Step(
     prepare=forget_user,
     shows=(
         "created deploy-user-web (arn:aws:iam::123456789012:user/kiln/deploy-user-web), "
-        "policy kiln-deploy",
+        "policies kiln-web-bake, kiln-web-deploy",
         "store these as CI secrets now; the secret is not shown again:",
         "AWS_ACCESS_KEY_ID=AKIA",
         "AWS_SECRET_ACCESS_KEY=",

@@ -1,25 +1,35 @@
 """``kiln aws create-deploy-user``: a CI identity with exactly kiln's permissions.
 
 Run once with admin credentials. Creates ``deploy-user-<team>`` (no console
-access), puts kiln's policy on it inline, and creates an access key whose
-secret is returned exactly once. Re-running converges without changing
-anything; ``rotate_key`` replaces the key.
+access), attaches kiln's customer-managed policies to it (``kiln-<team>-bake``
+and ``kiln-<team>-deploy``: inline policies are limited to 2,048 characters per
+user, kiln's need about 6,000), and creates an access key whose secret is
+returned exactly once. Re-running converges: a changed policy gets a new
+default version (at most five are kept, as IAM allows), nothing else changes.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
-from kiln.aws.policy import policy_document
+from kiln.aws.policy import MANAGED_POLICY_MAX, PARTS, policy_document, size
 from kiln.aws.session import Aws, aws_errors
 from kiln.errors import AwsError
 
-POLICY_NAME = "kiln-deploy"
+LEGACY_INLINE_POLICY = "kiln-deploy"  # kiln 0.1 put its policy inline (over IAM's limit)
 USER_PATH = "/kiln/"
+POLICY_PATH = "/kiln/"
+MAX_POLICY_VERSIONS = 5
 _TEAM = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,52}$")
+
+
+def policy_name(team: str, part: str) -> str:
+    return f"kiln-{team}-{part}"
 
 
 @dataclass(frozen=True)
@@ -27,7 +37,8 @@ class DeployUser:
     user: str
     arn: str
     created: bool
-    policy_changed: bool
+    policies: tuple[str, ...]  # managed policy names attached, one per part
+    policies_changed: tuple[str, ...]  # created, given a new version, attached or detached
     console_access_removed: bool
     access_key_id: str | None
     secret_access_key: str | None  # only when a key was created by this call
@@ -37,7 +48,7 @@ class DeployUser:
     def changed(self) -> bool:
         return (
             self.created
-            or self.policy_changed
+            or bool(self.policies_changed)
             or self.console_access_removed
             or self.secret_access_key is not None
         )
@@ -47,8 +58,8 @@ class DeployUser:
             "user": self.user,
             "arn": self.arn,
             "created": self.created,
-            "policy": POLICY_NAME,
-            "policy_changed": self.policy_changed,
+            "policies": list(self.policies),
+            "policies_changed": list(self.policies_changed),
             "console_access_removed": self.console_access_removed,
             "access_key_id": self.access_key_id,
             "deleted_keys": list(self.deleted_keys),
@@ -77,25 +88,45 @@ def create_deploy_user(
     team: str,
     *,
     rotate_key: bool = False,
-    document: dict[str, Any] | None = None,
+    parts: Sequence[str] = tuple(PARTS),
+    documents: Mapping[str, dict[str, Any]] | None = None,
     pass_role: str | None = None,
 ) -> DeployUser:
-    """Converge the deploy user; ``document`` overrides the policy (tests, part 2)."""
+    """Converge the deploy user; ``documents`` overrides a part's policy (tests).
+
+    ``parts`` picks the policies: ``("bake",)`` makes a user that can bake,
+    list, prune and reap AMIs but not deploy.
+    """
     name = user_name(team)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise AwsError(f"unknown policy part(s) {unknown}", hint=f"choose from {sorted(PARTS)}")
     with aws_errors(f"setting up {name}"):
-        account = aws.sts.get_caller_identity()["Account"]
-        policy = document or policy_document(
-            region=aws.region, account=account, pass_role=pass_role
-        )
+        caller = aws.sts.get_caller_identity()
+        account, partition = caller["Account"], caller["Arn"].split(":")[1]
+        wanted = {
+            part: dict(
+                (documents or {}).get(part)
+                or policy_document(
+                    region=aws.region,
+                    account=account,
+                    partition=partition,
+                    purposes=PARTS[part],
+                    pass_role=pass_role,
+                )
+            )
+            for part in parts
+        }
         arn, created = _ensure_user(aws, name, team)
         console_removed = _remove_console_access(aws, name)
-        policy_changed = _ensure_policy(aws, name, policy)
+        changed = _ensure_policies(aws, name, team, partition, account, wanted)
         key_id, secret, deleted = _ensure_key(aws, name, rotate_key)
     return DeployUser(
         user=name,
         arn=arn,
         created=created,
-        policy_changed=policy_changed,
+        policies=tuple(policy_name(team, part) for part in wanted),
+        policies_changed=changed,
         console_access_removed=console_removed,
         access_key_id=key_id,
         secret_access_key=secret,
@@ -125,20 +156,84 @@ def _remove_console_access(aws: Aws, name: str) -> bool:
     return True
 
 
-def _ensure_policy(aws: Aws, name: str, policy: dict[str, Any]) -> bool:
+def _ensure_policies(
+    aws: Aws,
+    user: str,
+    team: str,
+    partition: str,
+    account: str,
+    wanted: dict[str, dict[str, Any]],
+) -> tuple[str, ...]:
+    """Each part's managed policy current and attached; other parts detached; no inline one."""
+    changed: list[str] = []
+    attached = {
+        p["PolicyName"]: p["PolicyArn"]
+        for p in aws.iam.list_attached_user_policies(UserName=user, PathPrefix=POLICY_PATH)[
+            "AttachedPolicies"
+        ]
+    }
+    for part, document in wanted.items():
+        name = policy_name(team, part)
+        if size(document) > MANAGED_POLICY_MAX:
+            raise AwsError(
+                f"policy {name} is {size(document)} characters, over IAM's {MANAGED_POLICY_MAX}",
+                hint="this is a kiln bug: report it with 'kiln aws policy --json'",
+            )
+        arn = f"arn:{partition}:iam::{account}:policy{POLICY_PATH}{name}"
+        if _ensure_managed_policy(aws, arn, name, team, part, document):
+            changed.append(name)
+        if name not in attached:
+            aws.iam.attach_user_policy(UserName=user, PolicyArn=arn)
+            if name not in changed:
+                changed.append(name)
+    for part in set(PARTS) - set(wanted):
+        name = policy_name(team, part)
+        if name in attached:  # e.g. re-run with --bake-only
+            aws.iam.detach_user_policy(UserName=user, PolicyArn=attached[name])
+            changed.append(name)
     try:
-        current: Any = aws.iam.get_user_policy(UserName=name, PolicyName=POLICY_NAME)
-        existing = current["PolicyDocument"]
-        if isinstance(existing, str):
-            existing = json.loads(existing)
-        if existing == policy:
-            return False
+        aws.iam.delete_user_policy(UserName=user, PolicyName=LEGACY_INLINE_POLICY)
     except aws.iam.exceptions.NoSuchEntityException:
-        pass
-    aws.iam.put_user_policy(
-        UserName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy)
+        return tuple(changed)
+    return (*changed, f"{LEGACY_INLINE_POLICY} (inline, removed)")
+
+
+def _ensure_managed_policy(
+    aws: Aws, arn: str, name: str, team: str, part: str, document: dict[str, Any]
+) -> bool:
+    """Create the policy, or make ``document`` its default version; True when changed."""
+    try:
+        policy = aws.iam.get_policy(PolicyArn=arn)["Policy"]
+    except aws.iam.exceptions.NoSuchEntityException:
+        aws.iam.create_policy(
+            PolicyName=name,
+            Path=POLICY_PATH,
+            PolicyDocument=json.dumps(document),
+            Description=f"kiln {part}: exactly the AWS calls kiln makes (team {team})",
+            Tags=[{"Key": "kiln:team", "Value": team}, {"Key": "kiln:part", "Value": part}],
+        )
+        return True
+    default = policy["DefaultVersionId"]
+    current = aws.iam.get_policy_version(PolicyArn=arn, VersionId=default)["PolicyVersion"]
+    if _document(current["Document"]) == document:
+        return False
+    versions = aws.iam.list_policy_versions(PolicyArn=arn)["Versions"]
+    if len(versions) >= MAX_POLICY_VERSIONS:  # IAM keeps five: drop the oldest non-default
+        oldest = min(
+            (v for v in versions if not v["IsDefaultVersion"]), key=lambda v: v["CreateDate"]
+        )
+        aws.iam.delete_policy_version(PolicyArn=arn, VersionId=oldest["VersionId"])
+    aws.iam.create_policy_version(
+        PolicyArn=arn, PolicyDocument=json.dumps(document), SetAsDefault=True
     )
     return True
+
+
+def _document(raw: Any) -> Any:
+    """IAM returns documents URL-encoded (boto3 decodes them); accept either."""
+    if isinstance(raw, str):
+        return json.loads(unquote(raw))
+    return raw
 
 
 def _ensure_key(

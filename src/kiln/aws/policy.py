@@ -15,6 +15,7 @@ Two renderings of one action set:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -266,6 +267,18 @@ PURPOSES = ("bake", "images", "reap")
 DEPLOY_PURPOSES = ("deploy",)
 ALL_PURPOSES = (*PURPOSES, *DEPLOY_PURPOSES)  # the default rendering: everything kiln does
 
+# The managed policies a deploy user gets: one per part, so a CI user that only
+# bakes can hold "bake" alone. IAM counts a managed policy's size without
+# whitespace and allows 6,144 characters each (inline policies: 2,048 for all of
+# a user's together, which kiln's policy never fits).
+PARTS: dict[str, tuple[str, ...]] = {"bake": PURPOSES, "deploy": DEPLOY_PURPOSES}
+MANAGED_POLICY_MAX = 6144
+
+
+def size(document: dict[str, Any]) -> int:
+    """The size IAM checks a policy against: its JSON without whitespace."""
+    return len(json.dumps(document, separators=(",", ":")))
+
 
 def rules_for(purposes: Iterable[str] = ALL_PURPOSES) -> list[Rule]:
     wanted = set(purposes)
@@ -341,6 +354,11 @@ def enforceable_document(purposes: Iterable[str] = ALL_PURPOSES) -> dict[str, An
             for sid, acts in merged.items()
         ],
     }
+
+
+def enforceable_documents(parts: Iterable[str] = tuple(PARTS)) -> dict[str, dict[str, Any]]:
+    """:func:`enforceable_document` per managed policy: what moto tests attach."""
+    return {part: enforceable_document(PARTS[part]) for part in parts}
 
 
 def _render(value: Any, values: dict[str, str]) -> Any:

@@ -32,31 +32,66 @@ def aws_group() -> None:
 
 
 @aws_group.command("policy")
-@click.option("--json", "as_json", is_flag=True, help="Print the policy document only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the policy document(s) only.")
+@click.option(
+    "--part",
+    type=click.Choice(sorted(iam_policy.PARTS)),
+    help="One managed policy: bake (bake, images, prune, reap) or deploy. Default: both.",
+)
 @click.option("--account", metavar="ID", help="Account id for resource ARNs (default: ask STS).")
 @click.option("--region", metavar="NAME", help="Region the policy is scoped to.")
+@click.option("--partition", default="aws", show_default=True, help="aws, aws-cn, aws-us-gov.")
 @pass_state
-def policy_command(state: State, as_json: bool, account: str | None, region: str | None) -> None:
-    """Print the least-privilege IAM policy for exactly the calls kiln makes."""
+def policy_command(
+    state: State,
+    as_json: bool,
+    part: str | None,
+    account: str | None,
+    region: str | None,
+    partition: str,
+) -> None:
+    """Print the least-privilege IAM policies for exactly the calls kiln makes.
+
+    --json --part NAME prints one document, ready for `aws iam create-policy`;
+    --json alone prints {"bake": ..., "deploy": ...}.
+    """
     settings = aws_settings(state)
     aws = _maybe_connect(settings)
     region = region or (aws.region if aws else settings.region)
     if account is None and aws is not None:
         account = _account(aws)
-    document = iam_policy.policy_document(
-        region=region, account=account, pass_role=iam_policy.instance_role(settings)
-    )
+    documents = {
+        name: iam_policy.policy_document(
+            region=region,
+            account=account,
+            partition=partition,
+            purposes=purposes,
+            pass_role=iam_policy.instance_role(settings),
+        )
+        for name, purposes in iam_policy.PARTS.items()
+        if part in (None, name)
+    }
     if as_json:
-        emit_json(document)
+        emit_json(documents[part] if part else documents)
         return
-    table = Table(title=f"kiln deploy policy ({region or 'any region'})")
-    for column in ("Sid", "actions", "scoped by"):
-        table.add_column(column, overflow="fold")
-    for statement in document["Statement"]:
-        scope = ", ".join(_condition_keys(statement.get("Condition", {}))) or "resource ARNs"
-        table.add_row(statement["Sid"], "\n".join(statement["Action"]), scope)
-    console.print(table)
-    console.print("the document: 'kiln aws policy --json'", markup=False)
+    for name, document in documents.items():
+        size = iam_policy.size(document)
+        table = Table(
+            title=f"kiln {name} policy ({region or 'any region'}, "
+            f"{size}/{iam_policy.MANAGED_POLICY_MAX} characters)"
+        )
+        for column in ("Sid", "actions", "scoped by"):
+            table.add_column(column, overflow="fold")
+        for statement in document["Statement"]:
+            scope = ", ".join(_condition_keys(statement.get("Condition", {}))) or "resource ARNs"
+            actions = statement["Action"]
+            table.add_row(
+                statement["Sid"],
+                "\n".join([actions] if isinstance(actions, str) else actions),
+                scope,
+            )
+        console.print(table)
+    console.print("the documents: 'kiln aws policy --json [--part bake|deploy]'", markup=False)
 
 
 def _maybe_connect(settings: AwsProvider) -> Aws | None:
@@ -84,17 +119,26 @@ def _condition_keys(condition: dict[str, dict[str, object]]) -> list[str]:
 @aws_group.command("create-deploy-user")
 @click.option("--team", required=True, help="Team name: the user is deploy-user-TEAM.")
 @click.option("--rotate-key", is_flag=True, help="Replace the access key with a new one.")
+@click.option(
+    "--bake-only", is_flag=True, help="Attach only the bake policy: this user cannot deploy."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_state
-def create_deploy_user_command(state: State, team: str, rotate_key: bool, as_json: bool) -> None:
-    """Create the CI deploy user (programmatic access only) with kiln's policy.
+def create_deploy_user_command(
+    state: State, team: str, rotate_key: bool, bake_only: bool, as_json: bool
+) -> None:
+    """Create the CI deploy user (programmatic access only) with kiln's policies.
 
     Run once with admin credentials. The secret key is printed once, here.
     """
     settings = aws_settings(state)
     aws = connect(settings)
     user = create_deploy_user(
-        aws, team, rotate_key=rotate_key, pass_role=iam_policy.instance_role(settings)
+        aws,
+        team,
+        rotate_key=rotate_key,
+        parts=("bake",) if bake_only else tuple(iam_policy.PARTS),
+        pass_role=iam_policy.instance_role(settings),
     )
     if as_json:
         emit_json(user.summary())
@@ -104,9 +148,11 @@ def create_deploy_user_command(state: State, team: str, rotate_key: bool, as_jso
 
 def _print_user(user: DeployUser) -> None:
     verb = "created" if user.created else "exists:"
-    console.print(f"{verb} {user.user} ({user.arn}), policy kiln-deploy", markup=False)
-    if user.policy_changed and not user.created:
-        console.print("policy updated to this kiln version's", markup=False)
+    policies = ", ".join(user.policies)
+    console.print(f"{verb} {user.user} ({user.arn}), policies {policies}", markup=False)
+    if user.policies_changed and not user.created:
+        changed = ", ".join(user.policies_changed)
+        console.print(f"policies updated to this kiln version's: {changed}", markup=False)
     if user.console_access_removed:
         console.print("console password removed: programmatic access only", markup=False)
     if user.deleted_keys:
