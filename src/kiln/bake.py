@@ -77,6 +77,8 @@ def bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None = None)
             hashes = index.ingest(store, root, entries, progress)
             key = _cache_key(loaded, entries, hashes)
             cached = _cache_get(home, key)
+            if cached is not None and store.quarantined(cached["digest"]):
+                cached = None  # found corrupt since: store its objects again
             if cached is not None:
                 manifest = None
             elif app.build:

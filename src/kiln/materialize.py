@@ -13,9 +13,9 @@ import contextlib
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from kiln.errors import CorruptObject, UnsafeImage
 from kiln.tree import UnsafeTree, check_tree
@@ -53,9 +53,15 @@ def check_manifest(image: str, manifest: Manifest) -> None:
         ) from None
 
 
-def write_tree(
-    image: str, manifest: Manifest, dest: Path, read: Callable[[str], Iterator[bytes]]
-) -> None:
+class Objects(Protocol):
+    """Where content comes from (kiln.objects.ObjectStore)."""
+
+    def read(self, sha: str) -> Iterator[bytes]: ...
+
+    def quarantine(self, sha: str) -> None: ...
+
+
+def write_tree(image: str, manifest: Manifest, dest: Path, objects: Objects) -> None:
     """Create ``dest`` (which must not exist) holding the image's tree, verified."""
     check_manifest(image, manifest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +72,7 @@ def write_tree(
                 os.close(dirs.open(d.split("/"), create=True, cache=False))
             for entry in manifest.files:
                 parent, name = _split(entry.path)
-                _write_file(dirs.open(parent, create=True), name, entry, read)
+                _write_file(dirs.open(parent, create=True), name, entry, objects)
             for link in manifest.links:
                 parent, name = _split(link.path)
                 os.symlink(link.target, name, dir_fd=dirs.open(parent, create=True))
@@ -80,27 +86,27 @@ def _split(path: str) -> tuple[list[str], str]:
     return parent, name
 
 
-def _write_file(
-    parent_fd: int, name: str, entry: FileEntry, read: Callable[[str], Iterator[bytes]]
-) -> None:
+def _write_file(parent_fd: int, name: str, entry: FileEntry, objects: Objects) -> None:
     fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent_fd)
     try:
         h = hashlib.sha256()
         size = 0
         try:
-            for chunk in read(entry.sha256):
+            for chunk in objects.read(entry.sha256):
                 h.update(chunk)
                 write_sparse(fd, chunk)
                 size += len(chunk)
         except CorruptObject as exc:
             raise CorruptObject(
-                f"{entry.path}: {exc.message}", hint="run 'kiln image verify'"
+                f"{entry.path}: {exc.message}",
+                hint="bake the app again to restore it, or see 'kiln image verify --repair'",
             ) from exc
         os.ftruncate(fd, size)  # a file that ends in a hole still has its length
         if h.hexdigest() != entry.sha256:
+            objects.quarantine(entry.sha256)  # so that the next bake stores it again
             raise CorruptObject(
                 f"{entry.path}: stored object {entry.sha256[:12]} is corrupted",
-                hint="run 'kiln image verify --repair', or bake the app again to restore it",
+                hint="bake the app again to restore it, or see 'kiln image verify --repair'",
             )
         os.fchmod(fd, entry.mode)
     finally:

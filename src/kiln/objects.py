@@ -9,9 +9,13 @@ pack (raw bytes back to back) plus an index of sha256 -> offset, length.
     packs/pack-<id>.pack    concatenated objects, mode 0444
     packs/pack-<id>.idx     sorted (sha256, offset, length) records; written
                             last, so a pack without one does not exist
+    corrupt/<sha>           an object found not to match its name: it counts
+                            as missing (a loose copy is deleted), so the next
+                            bake of that content stores it again, loose
 
 Every object is immutable once written and re-hashed whenever it is read
-for use (materialize, verify).
+for use (materialize, verify), and whenever a bake reads content that is
+already stored: a damaged copy is replaced, never trusted.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class ObjectStore:
     def __init__(self, root: Path, tmp: Path) -> None:
         self.loose = root / "objects"
         self.packs = root / "packs"
+        self.corrupt_dir = root / "corrupt"
         self.tmp = tmp
         for d in (self.loose, self.packs):
             d.mkdir(parents=True, exist_ok=True)
@@ -54,12 +59,14 @@ class ObjectStore:
         self._writer: _PackWriter | None = None
         self._lock = threading.Lock()
         self._loaded = False
+        self.corrupt: set[str] = set()
 
     # lookup ----------------------------------------------------------------
 
     def refresh(self) -> None:
         """Load indexes of packs written since we last looked (other bakes)."""
         self._loaded = True
+        self.refresh_corrupt()
         for idx in self.packs.glob("pack-*.idx"):
             if idx.name in self._known_idx:
                 continue
@@ -72,9 +79,32 @@ class ObjectStore:
     def loose_path(self, sha: str) -> Path:
         return self.loose / sha[:2] / sha[2:]
 
+    def refresh_corrupt(self) -> set[str]:
+        """Re-read which objects are quarantined (other processes find and repair them)."""
+        try:
+            self.corrupt = {p.name for p in self.corrupt_dir.iterdir()}
+        except FileNotFoundError:
+            self.corrupt = set()
+        return self.corrupt
+
+    def quarantine(self, sha: str) -> None:
+        """Mark an object found corrupt: it counts as missing until stored again."""
+        self.corrupt_dir.mkdir(exist_ok=True)
+        (self.corrupt_dir / sha).touch()
+        self.loose_path(sha).unlink(missing_ok=True)
+        with self._lock:
+            self.corrupt.add(sha)
+
+    def _restored(self, sha: str) -> None:
+        (self.corrupt_dir / sha).unlink(missing_ok=True)
+        with self._lock:
+            self.corrupt.discard(sha)
+
     def has(self, sha: str) -> bool:
         if not self._loaded:
             self.refresh()
+        if sha in self.corrupt:
+            return False
         if sha in self._packed or self.loose_path(sha).exists():
             return True
         writer = self._writer
@@ -106,7 +136,8 @@ class ObjectStore:
         """Stream an object's bytes; raises CorruptObject when it is missing."""
         where = self.locate(sha)
         if where is None:
-            raise CorruptObject(f"object {sha[:12]} is missing from the store")
+            found = "was found corrupted" if sha in self.corrupt else "is missing from the store"
+            raise CorruptObject(f"object {sha[:12]} {found}")
         if isinstance(where, Path):
             with where.open("rb") as f:
                 while chunk := f.read(CHUNK):
@@ -141,6 +172,13 @@ class ObjectStore:
         except (CorruptObject, OSError):
             return False
         return h.hexdigest() == sha
+
+    def checked(self, sha: str) -> bool:
+        """Like intact, but an object that is not is quarantined on the spot."""
+        if self.intact(sha):
+            return True
+        self.quarantine(sha)
+        return False
 
     def all(self) -> set[str]:
         self.refresh()
@@ -185,13 +223,16 @@ class ObjectStore:
             os.close(fd)
 
     def _put_small(self, sha: str, data: bytes) -> None:
-        if self.has(sha):
-            return
         writer = self._writer
-        if writer is not None:
+        if writer is not None and sha in writer.index:
+            return
+        if self.has(sha) and self.checked(sha):
+            return
+        if writer is not None and sha not in self.corrupt:
             with self._lock:
                 writer.add(sha, data)
             return
+        # a loose copy is found before any packed one: it also repairs a damaged pack
         tmp = self._tmp_name()
         _write_file(tmp, [data])
         self._commit_loose(tmp, sha)
@@ -220,13 +261,15 @@ class ObjectStore:
 
     def _commit_loose(self, tmp: Path, sha: str) -> None:
         target = self.loose_path(sha)
-        if target.exists():
+        if target.exists() and self.checked(sha):
             tmp.unlink()
             return
         if sha[:2] not in self._fanout:
             target.parent.mkdir(exist_ok=True)
             self._fanout.add(sha[:2])
         tmp.replace(target)
+        if sha in self.corrupt:
+            self._restored(sha)
 
     # garbage collection -----------------------------------------------------
 
@@ -241,6 +284,7 @@ class ObjectStore:
             if path.exists():
                 freed += path.stat().st_size
                 path.unlink()
+            (self.corrupt_dir / sha).unlink(missing_ok=True)
         self.refresh()
         by_pack: dict[Path, list[str]] = {}
         for sha, where in self._packed.items():

@@ -275,17 +275,31 @@ class Store:
     # reading images back -----------------------------------------------
 
     def verify(self, ref: str) -> list[str]:
-        """Re-hash every object of an image; the paths whose content is wrong."""
+        """Re-hash every object of an image; the paths whose content is wrong.
+
+        A wrong object is quarantined: it counts as missing from then on, so
+        the next bake of its content stores it again.
+        """
         record = self.get(ref)
         check_manifest(record.id, record.manifest)
         bad: list[str] = []
         checked: dict[str, bool] = {}
         for entry in record.manifest.files:
             if entry.sha256 not in checked:
-                checked[entry.sha256] = self.objects.intact(entry.sha256)
+                checked[entry.sha256] = self.objects.checked(entry.sha256)
             if not checked[entry.sha256]:
                 bad.append(entry.path)
         return bad
+
+    def quarantined(self, ref: str) -> list[str]:
+        """Paths of an image whose objects were found corrupt and not stored again since.
+
+        One directory listing when nothing is quarantined (the usual case).
+        """
+        corrupt = self.objects.refresh_corrupt()
+        if not corrupt:
+            return []
+        return [f.path for f in self.get(ref).manifest.files if f.sha256 in corrupt]
 
     def materialize(self, ref: str, dest: Path) -> Manifest:
         """Write an image's tree into a new directory, verifying every object.
@@ -298,7 +312,7 @@ class Store:
 
     def _materialize(self, ref: str, dest: Path) -> Manifest:
         record = self.get(ref)
-        write_tree(record.id, record.manifest, dest, self.objects.read)
+        write_tree(record.id, record.manifest, dest, self.objects)
         return record.manifest
 
     def export_tar(self, ref: str, fileobj: IO[bytes]) -> Manifest:

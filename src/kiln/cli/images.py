@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 from rich.progress import (
@@ -14,6 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from kiln import repair as repairs
 from kiln.bake import BakeProgress
 from kiln.cli.app import State, cli, pass_state, provider_option
 from kiln.cli.output import console, emit_json, err_console, note, print_report
@@ -128,21 +130,55 @@ def image_show(state: State, image: str, as_json: bool) -> None:
 
 @image_group.command("verify")
 @click.argument("image")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Store corrupted objects again from --source, and name the images to re-bake.",
+)
+@click.option(
+    "--source",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --repair: the app directory the image was baked from.",
+)
 @pass_state
-def image_verify(state: State, image: str) -> None:
-    """Re-hash every object of an image; names any corrupted file."""
+def image_verify(state: State, image: str, repair: bool, source: Path | None) -> None:
+    """Re-hash every object of an image; names any corrupted file.
+
+    A corrupted object is quarantined: it counts as missing, so baking the app
+    again stores it again.
+    """
     store = Store(state.home())
     record = store.get(image)
     started = time.monotonic()
-    bad = store.verify(image)
-    if bad:
-        listed = "\n".join(f"  {path}" for path in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise CorruptObject(
-            f"{record.id}: {len(bad)} corrupted file(s):\n{listed}{more}",
-            hint="bake the app again to restore the objects, or prune the image",
-        )
+    if not repair:
+        bad = store.verify(image)
+        if bad:
+            raise CorruptObject(
+                f"{record.id}: {len(bad)} corrupted file(s):\n{_listed(bad)}",
+                hint=f"bake the app again to restore them, or run "
+                f"'kiln image verify {record.id} --repair --source APP_DIR'",
+            )
+    else:
+        done = repairs.repair(store, image, source)
+        if done.restored:
+            console.print(f"{record.id}: restored {len(done.restored)} file(s) from {source}")
+        if done.rebake:
+            left = sorted(set(done.corrupted) - set(done.restored))
+            images = "; ".join(
+                f"{r.id} ({r.app}, baked from {r.meta.get('source', '?')})" for r in done.rebake
+            )
+            raise CorruptObject(
+                f"{record.id}: {len(left)} corrupted file(s) could not be restored "
+                f"and are quarantined:\n{_listed(left)}",
+                hint=f"bake again to store them: {images}",
+            )
     console.print(
         f"{record.id}: ok, {len(record.manifest.files)} files verified "
         f"in {time.monotonic() - started:.2f}s"
     )
+
+
+def _listed(paths: list[str]) -> str:
+    more = f"\n  ... and {len(paths) - 20} more" if len(paths) > 20 else ""
+    return "\n".join(f"  {path}" for path in paths[:20]) + more

@@ -30,6 +30,7 @@ log = logging.getLogger("kiln.agent")
 TICK = 0.2  # seconds between two looks at the processes
 KEEP_FINISHED = 900.0  # how long terminated/failed instances stay visible
 MAX_BACKOFF = 30.0
+CORRUPT_RECHECK = 5.0  # an image with quarantined objects: a cheap look, no launch
 
 
 class Supervisor(Lifecycle):
@@ -232,6 +233,8 @@ class Supervisor(Lifecycle):
             key=lambda r: r.launched_at,
         )
         predecessor = gone[0] if gone else None
+        if await self._corrupt_image(fleet, image):
+            return
         in_service = predecessor.in_service if predecessor else any(r.in_service for r in live)
         if predecessor is not None and not predecessor.ever_healthy:
             delay = min(max(fleet.backoff.get(image, (0.0, 0.5))[1] * 2, 1.0), MAX_BACKOFF)
@@ -245,6 +248,29 @@ class Supervisor(Lifecycle):
             await self.boot(fleet, rec)
         except KilnError as exc:
             log.error("replacement %s failed: %s", rec.id, exc)
+
+    async def _corrupt_image(self, fleet: FleetRuntime, image: str) -> bool:
+        """An image whose objects were found corrupt cannot start: no launch, no record.
+
+        Retrying would only add a failed instance every backoff period; look
+        again every CORRUPT_RECHECK seconds (a bake stores the objects again).
+        """
+        try:
+            bad = await asyncio.to_thread(self.store.quarantined, image)
+        except KilnError:
+            return False  # the launch itself will say what is wrong
+        if not bad:
+            return False
+        fleet.backoff[image] = (time.time() + CORRUPT_RECHECK, CORRUPT_RECHECK)
+        log.error(
+            "not replacing instances of %s: %d file(s) corrupted in the store (%s); "
+            "bake the app again or run 'kiln image verify %s --repair'",
+            image,
+            len(bad),
+            bad[0],
+            image,
+        )
+        return True
 
     def _recycle_old(self) -> None:
         now = time.time()
