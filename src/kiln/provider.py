@@ -8,10 +8,10 @@ balancer membership; the provider keeps reality matching them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 
 class InstanceState(StrEnum):
@@ -69,6 +69,28 @@ class FleetState:
 
     def serving(self) -> list[Instance]:
         return [i for i in self.instances if i.healthy and i.in_service]
+
+    def older_than(self, max_age: float, now: float) -> list[Instance]:
+        """The live instances ``kiln recycle`` replaces, oldest first."""
+        return past_max_age(self.live(), max_age, now)
+
+
+class _Aging(Protocol):
+    @property
+    def in_service(self) -> bool: ...
+    @property
+    def launched_at(self) -> float: ...
+
+
+_A = TypeVar("_A", bound=_Aging)
+
+
+def past_max_age(instances: Iterable[_A], max_age: float, now: float) -> list[_A]:
+    """The age rule, in one place for every recycler: in service and older, oldest first."""
+    return sorted(
+        (i for i in instances if i.in_service and now - i.launched_at > max_age),
+        key=lambda i: i.launched_at,
+    )
 
 
 @dataclass(frozen=True)

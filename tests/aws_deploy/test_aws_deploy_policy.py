@@ -69,7 +69,7 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
     one = world.live_members(f"kiln-{world.app}-v002").pop()
     provider.set_in_service(world.app, [], [one])  # single targets out and back in
     provider.set_in_service(world.app, [one], [])
-    assert fleet.recycle(max_age=0)["replaced"]
+    assert fleet.recycle(max_age=0).ok
     assert fleet.status()["instances"] and fleet.history() and fleet.drift().clean
     assert isinstance(provider.log_tail(one), str)
     stale = AwsLock(world.deploy, world.app, SystemClock(), holder="ci@gone", ttl=-1)

@@ -16,7 +16,6 @@ idempotent against the observed fleet), after the dead holder's lock expires.
 
 from __future__ import annotations
 
-import secrets
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,12 +31,12 @@ from kiln.aws.targets import Resolver
 from kiln.config import LoadedConfig
 from kiln.deploy.clock import Clock, SystemClock
 from kiln.deploy.engine import Engine, Event
-from kiln.deploy.gates import Gates, Trip
 from kiln.deploy.history import Result, who_am_i
 from kiln.deploy.journal import Who
 from kiln.deploy.plan import Plan
 from kiln.deploy.settings import Settings
 from kiln.deploy.state import StateDb
+from kiln.durations import format_duration
 from kiln.errors import DeployError
 from kiln.home import Home
 from kiln.provider import FleetState, InstanceStats
@@ -218,74 +217,22 @@ class AwsDeployments:
 
     # recycle ----------------------------------------------------------------------
 
-    def recycle(self, max_age: float, *, wait: float | None = None) -> dict[str, Any]:
-        """Replace instances older than ``max_age`` from their own image, batch by batch."""
-        with self.lock.held(wait):
-            provider = _Heartbeat(self.provider, self.lock)
-            state = provider.describe(self.fleet)
-            now = self.clock.now()
-            old = sorted(
-                (i for i in state.live() if i.in_service and now - i.launched_at > max_age),
-                key=lambda i: i.launched_at,
+    def recycle(
+        self, max_age: float, *, reason: str | None = None, wait: float | None = None
+    ) -> Result:
+        """Replace instances older than ``max_age`` from their own image: the engine's
+        ``replace_instances``, as locally, with its batches, gates, settle and rollback."""
+
+        def replace(engine: Engine) -> Result:
+            old = engine.provider.describe(self.fleet).older_than(max_age, self.clock.now())
+            return engine.replace_instances(
+                [i.id for i in old],
+                kind="recycle",
+                why=f"older than {format_duration(max_age)}",
+                reason=reason,
             )
-            batch = max(1, self.settings.max_surge)
-            replaced: list[str] = []
-            launched: list[str] = []
-            try:
-                for start in range(0, len(old), batch):
-                    chunk = old[start : start + batch]
-                    for image in sorted({i.image for i in chunk}):
-                        ids = [i.id for i in chunk if i.image == image]
-                        launched += self._replace(provider, image, ids)
-                        replaced += ids
-            except DeployError as exc:
-                self._record_recycle(state, now, "failed", exc.message)
-                raise
-            if replaced:
-                message = f"replaced {len(replaced)} instance(s) older than {max_age:g}s"
-                self._record_recycle(state, now, "succeeded", message)
-            return {"fleet": self.fleet, "replaced": replaced, "launched": launched}
 
-    def _record_recycle(self, state: FleetState, started: float, outcome: str, why: str) -> None:
-        images = sorted({i.image for i in state.serving()})
-        image = images[0] if len(images) == 1 else None
-        result = Result(
-            self.fleet,
-            outcome,
-            deployment=f"rcy-{secrets.token_hex(4)}",
-            kind="recycle",
-            strategy="rolling",
-            from_image=image,
-            to_image=image,
-            duration=self.clock.now() - started,
-            message=why,
-        )
-        text = st.history_record(result, str(self.who), self.who.commit, self.clock.now())
-        st.write_history(self.aws, self.fleet, text, image)
-
-    def _replace(self, provider: _Heartbeat, image: str, ids: list[str]) -> list[str]:
-        gates = Gates(
-            provider,
-            self.clock,
-            self.fleet,
-            self.settings,
-            deadline=self.clock.now() + self.settings.progress_deadline,
-            image=image,
-            since=self.clock.now(),
-        )
-        expect = len(gates.observe().live(image)) + len(ids)
-        new = provider.launch(self.fleet, image, len(ids), in_service=True)
-        try:
-            gates.boot(image, expect)
-        except Trip as trip:
-            provider.terminate(self.fleet, new)
-            raise DeployError(
-                f"recycle stopped: {trip.message}; the old instances still serve",
-                hint="look at the image's health before recycling again",
-            ) from None
-        gates.forget(ids)
-        provider.terminate(self.fleet, ids)
-        return new
+        return self._run(replace, wait)
 
     # read-only ----------------------------------------------------------------------
 

@@ -97,12 +97,5 @@ class AwsPlatform(PlatformBase):
     ) -> Report:
         if dry_run:
             self.require(Capability.RECYCLE_DRY_RUN, "kiln recycle --dry-run")
-        from kiln.durations import format_duration
-
-        done = self.deployer(on_event).recycle(max_age, wait=wait)
-        if done["replaced"]:
-            age = format_duration(max_age)
-            line = f"replaced {len(done['replaced'])} instance(s) older than {age}"
-        else:
-            line = "no instance is older than the maximum age"
-        return Report(done, lines=(line,))
+        result = self.deployer(on_event).recycle(max_age, reason=reason, wait=wait)
+        return Report(result.to_json(), result=result)

@@ -154,10 +154,7 @@ class LocalPlatform(PlatformBase):
     ) -> Report:
         fleet = self.provider().describe(self.loaded.config.app.name)
         now = time.time()
-        old = sorted(
-            (i for i in fleet.live() if i.in_service and now - i.launched_at > max_age),
-            key=lambda i: i.launched_at,
-        )
+        old = fleet.older_than(max_age, now)
         ids = [i.id for i in old]
         if dry_run or not ids:
             data = {"fleet": fleet.name, "max_age": max_age, "due": ids, "dry_run": dry_run}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.provider import past_max_age
 
 if TYPE_CHECKING:
     from kiln.local.lifecycle import FleetRuntime
@@ -49,10 +50,7 @@ def due(sup: Supervisor, fleet: FleetRuntime, now: float) -> str | None:
     mine = [r for r in sup.instances.values() if r.fleet == fleet.name and r.live]
     if not mine or any(r.state != "healthy" or r.terminating for r in mine):
         return None
-    old = sorted(
-        (r for r in mine if r.in_service and now - r.launched_at > max_age),
-        key=lambda r: r.launched_at,
-    )
+    old = past_max_age(mine, max_age, now)
     if not old or deployment_holds(sup.home, fleet.name):
         return None
     return old[0].id
