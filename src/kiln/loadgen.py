@@ -22,6 +22,7 @@ class LoadLoop:
     workers: int = 2
     max_seconds: float = 300.0
     pause: float = 0.005  # between requests of one worker: steady, not a flood
+    fresh: bool = False  # a new connection for every request: proves the listener, not a pool
     accept: Callable[[int], bool] = field(default=lambda status: status < 500)
     max_errors: int | None = 20  # failure messages kept (None: all)
     phase: str = ""  # what is going on now; failures are labelled with it
@@ -62,8 +63,10 @@ class LoadLoop:
                 response = conn.getresponse()
                 response.read()
                 ok, why = self.accept(response.status), f"HTTP {response.status}"
+                broken = False
             except (OSError, http.client.HTTPException) as exc:
-                ok, why = False, f"{type(exc).__name__}: {exc}"
+                ok, why, broken = False, f"{type(exc).__name__}: {exc}", True
+            if self.fresh or broken:
                 conn.close()
                 conn = None
             self._record(ok, why, time.perf_counter() - started)

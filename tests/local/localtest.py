@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.home import Home
+from kiln.local import lbproc
 from kiln.local.agent import db_path, read_pid
 from kiln.local.client import stop_agent
 from kiln.local.provider import LocalProvider
@@ -178,11 +179,12 @@ def _recorded_pids(home: Home) -> list[int]:
 
 
 def kill_everything(home: Home) -> None:
-    """Stop the agent and its instances however they are doing."""
+    """Stop the agent, its balancer and its instances however they are doing."""
     with contextlib.suppress(Exception):
         stop_agent(home, stop_instances=True, timeout=30)
     agent_pid = read_pid(home)
-    for pid in [*_recorded_pids(home), *([agent_pid] if agent_pid else [])]:
+    balancer_pid = lbproc.read_pid(home)
+    for pid in [*_recorded_pids(home), *(p for p in (agent_pid, balancer_pid) if p)]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):

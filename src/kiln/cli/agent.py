@@ -72,6 +72,8 @@ def agent_status_cmd(state: State, as_json: bool) -> None:
 
 def _print_status(status: dict[str, object]) -> None:
     console.print(f"agent running, pid {status['pid']}, up {status['uptime_seconds']}s")
+    if status.get("balancer_pid"):
+        console.print(f"balancer running, pid {status['balancer_pid']}")
     fleets = status.get("fleets") or {}
     assert isinstance(fleets, dict)
     if not fleets:

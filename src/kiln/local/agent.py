@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
-import resource
 import signal
 import sys
 import time
@@ -27,7 +25,7 @@ from kiln.errors import AgentError, KilnError
 from kiln.home import Home
 from kiln.local.api import STOP_INSTANCES, make_app
 from kiln.local.model import AgentDB
-from kiln.local.procs import cap_log
+from kiln.local.procs import cap_log, loop_factory, raise_fd_limit
 from kiln.local.supervisor import Supervisor
 from kiln.store import Store
 
@@ -100,7 +98,7 @@ def serve(home: Home, ready: Ready | None = None) -> None:
         home.agent_socket.unlink(missing_ok=True)  # stale: we hold the lock, nobody serves it
         pid_path(home).write_text(f"{os.getpid()}\n")
         try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
                 runner.run(_serve(home, ready))
         finally:
             pid_path(home).unlink(missing_ok=True)
@@ -109,25 +107,8 @@ def serve(home: Home, ready: Ready | None = None) -> None:
         os.close(lock_fd)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed: it roughly doubles what the load balancer can carry."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _raise_fd_limit() -> None:
-    """Every proxied request holds two sockets: take all the descriptors allowed."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
-
-
 async def _serve(home: Home, ready: Ready | None) -> None:
-    _raise_fd_limit()
+    raise_fd_limit()
     db = AgentDB(db_path(home))
     supervisor = Supervisor(home, db, Store(home))
     await supervisor.restore()
@@ -145,6 +126,7 @@ async def _serve(home: Home, ready: Ready | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     healer = asyncio.create_task(supervisor.run())
+    pusher = asyncio.create_task(supervisor.lb.run())
     log.info("agent %s serving %s", os.getpid(), home.agent_socket)
     if ready is not None:
         ready(None)
@@ -152,6 +134,7 @@ async def _serve(home: Home, ready: Ready | None) -> None:
         await stop.wait()
     finally:
         healer.cancel()
+        pusher.cancel()
         await supervisor.shutdown(stop_instances=app[STOP_INSTANCES][0])
         await runner.cleanup()
         db.close()

@@ -19,7 +19,6 @@ from aiohttp import web
 
 from kiln import __version__
 from kiln.errors import ImageNotFound, InstanceNotFound, KilnError
-from kiln.local.metrics import render_counters
 from kiln.local.model import FleetSettings
 from kiln.local.supervisor import Supervisor
 
@@ -82,7 +81,7 @@ async def status(request: web.Request) -> web.Response:
                 states[rec.state] = states.get(rec.state, 0) + 1
         fleets[name] = {
             "endpoint": fleet.settings.endpoint,
-            "listening": fleet.balancer.listen is not None,
+            "listening": fleet.listening,
             "groups": fleet.groups,
             "instances": states,
         }
@@ -93,6 +92,7 @@ async def status(request: web.Request) -> web.Response:
             "started": request.app[STARTED],
             "uptime_seconds": round(time.time() - request.app[STARTED], 3),
             "fleets": fleets,
+            "balancer_pid": (sup.lb.info or {}).get("pid"),
         }
     )
 
@@ -102,7 +102,7 @@ async def describe(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SUPERVISOR].stats(request.match_info["fleet"]))
+    return web.json_response(await request.app[SUPERVISOR].stats(request.match_info["fleet"]))
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -130,7 +130,7 @@ async def launch(request: web.Request) -> web.Response:
 
 async def in_service(request: web.Request) -> web.Response:
     data = await _body(request)
-    request.app[SUPERVISOR].set_in_service(
+    await request.app[SUPERVISOR].set_in_service(
         request.match_info["fleet"], list(data.get("add", [])), list(data.get("remove", []))
     )
     return web.json_response({"ok": True})
@@ -169,23 +169,5 @@ async def metrics(request: web.Request) -> web.Response:
     for rec in sup.instances.values():
         counts[(rec.fleet, rec.state)] = counts.get((rec.fleet, rec.state), 0) + 1
     lines += [f'kiln_instances{{fleet="{f}",state="{s}"}} {n}' for (f, s), n in counts.items()]
-    per_instance = [
-        ({"fleet": name, "instance": i}, c)
-        for name, fleet in sup.fleets.items()
-        for i, c in fleet.counters.items()
-    ]
-    lines += render_counters("kiln_lb_instance", per_instance)
-    per_fleet = [({"fleet": name}, f.balancer.totals) for name, f in sup.fleets.items()]
-    lines += render_counters("kiln_lb_fleet", per_fleet)
-    lines += ["# HELP kiln_lb_retries_total Requests retried on another instance."]
-    lines += ["# TYPE kiln_lb_retries_total counter"]
-    lines += [
-        f'kiln_lb_retries_total{{fleet="{n}"}} {f.balancer.retries}' for n, f in sup.fleets.items()
-    ]
-    lines += ["# HELP kiln_lb_unavailable_total Requests answered 503: no healthy instance."]
-    lines += ["# TYPE kiln_lb_unavailable_total counter"]
-    lines += [
-        f'kiln_lb_unavailable_total{{fleet="{n}"}} {f.balancer.unavailable}'
-        for n, f in sup.fleets.items()
-    ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    text = "\n".join(lines) + "\n" + await sup.lb.metrics()  # its counters outlive the agent
+    return web.Response(text=text, content_type="text/plain")

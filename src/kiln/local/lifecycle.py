@@ -23,8 +23,7 @@ from kiln.errors import KilnError, ProviderError
 from kiln.home import Home
 from kiln.local import procs, uids
 from kiln.local.health import Tracker, probe
-from kiln.local.lb import Balancer
-from kiln.local.metrics import Counters
+from kiln.local.lblink import BalancerLink
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
 from kiln.provider import InstanceState
@@ -37,15 +36,16 @@ INSTANCE_HOST = "127.0.0.1"
 
 @dataclass
 class FleetRuntime:
-    """A fleet inside the agent: settings, server groups, its load balancer."""
+    """A fleet inside the agent: settings, server groups, what its load balancer should do."""
 
     name: str
     settings: FleetSettings
-    balancer: Balancer
     groups: dict[str, int] = field(default_factory=dict)  # image id -> desired count
     secrets: dict[str, str] = field(default_factory=dict)  # NAME -> value, in memory only
     backoff: dict[str, tuple[float, float]] = field(default_factory=dict)  # image -> (when, delay)
-    counters: dict[str, Counters] = field(default_factory=dict)
+    backends: dict[str, int] = field(default_factory=dict)  # instance id -> port, watched ones
+    routable: frozenset[str] = frozenset()  # the instances the balancer may send requests to
+    listening: bool = False  # as the balancer process last reported
     recycling: bool = False  # a max_age replacement is under way
     recycle_after: float = 0.0  # no max_age recycling before this (after a failure)
 
@@ -74,6 +74,7 @@ class Lifecycle:
         self.health_tasks: dict[str, asyncio.Task[None]] = {}
         self.stopping: set[str] = set()  # ids whose retirement is under way
         self._listening = asyncio.Lock()
+        self.lb = BalancerLink(home, self.lb_config)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.uids = uids.UidPool(home.agent_dir / "last-uid")
 
@@ -93,8 +94,12 @@ class Lifecycle:
     # routing --------------------------------------------------------------
 
     def sync_lb(self, fleet: FleetRuntime) -> None:
-        """Route to exactly the healthy, in-service instances not on their way out."""
-        fleet.balancer.set_routable(
+        """Route to exactly the healthy, in-service instances not on their way out.
+
+        The balancer process hears of it at the next push; callers that promise
+        "from here on" (membership changes, draining) await ``self.lb.flush()``.
+        """
+        routable = frozenset(
             r.id
             for r in self.instances.values()
             if r.fleet == fleet.name
@@ -102,7 +107,27 @@ class Lifecycle:
             and r.state == "healthy"
             and not r.terminating
             and r.id not in self.stopping
+            and r.id in fleet.backends
         )
+        if routable != fleet.routable:
+            fleet.routable = routable
+            self.lb.changed()
+
+    def lb_config(self) -> dict[str, dict[str, Any]]:
+        """What the balancer process should serve: every fleet, declaratively."""
+        known: dict[str, list[str]] = {}
+        for rec in self.instances.values():
+            known.setdefault(rec.fleet, []).append(rec.id)
+        return {
+            name: {
+                "listen": [fleet.settings.listen_host, fleet.settings.listen_port],
+                "policy": fleet.settings.balance,
+                "backends": {i: [INSTANCE_HOST, port] for i, port in fleet.backends.items()},
+                "routable": sorted(fleet.routable),
+                "known": known.get(name, []),  # their counters are kept for `stats`
+            }
+            for name, fleet in self.fleets.items()
+        }
 
     # booting --------------------------------------------------------------
 
@@ -206,8 +231,8 @@ class Lifecycle:
         self.watch_health(fleet, rec, healthy=False)
 
     def watch_health(self, fleet: FleetRuntime, rec: InstanceRecord, *, healthy: bool) -> None:
-        counters = fleet.counters.setdefault(rec.id, Counters())
-        fleet.balancer.add(rec.id, INSTANCE_HOST, rec.port or 0, counters)
+        fleet.backends[rec.id] = rec.port or 0
+        self.lb.changed()
         tracker = Tracker(fleet.settings.health_check, started=rec.launched_at, healthy=healthy)
         self.health_tasks[rec.id] = asyncio.create_task(self._health_loop(fleet, rec, tracker))
 
@@ -270,7 +295,8 @@ class Lifecycle:
         task = self.health_tasks.pop(rec.id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        fleet.balancer.remove(rec.id)
+        if fleet.backends.pop(rec.id, None) is not None:
+            self.lb.changed()
         self.sync_lb(fleet)
         self.save(rec)
         shutil.rmtree(rec.dir, ignore_errors=True)
@@ -288,16 +314,27 @@ class Lifecycle:
         self.stopping.add(rec.id)
         try:
             self.sync_lb(fleet)
-            if drain and fleet.balancer.outstanding(rec.id):
-                rec.set_state(InstanceState.DRAINING)
-                self.save(rec)
-                deadline = time.monotonic() + fleet.settings.drain
-                while fleet.balancer.outstanding(rec.id) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.02)
+            if drain:
+                await self._drain(fleet, rec)
             await self.stop_process(rec, fleet.settings.stop_timeout)
             self.finish(fleet, rec, final)
         finally:
             self.stopping.discard(rec.id)
+
+    async def _drain(self, fleet: FleetRuntime, rec: InstanceRecord) -> None:
+        """Once the balancer sends it nothing new, wait for its requests in flight."""
+        try:
+            await self.lb.flush()
+        except KilnError as exc:
+            log.error("draining %s: %s", rec.id, exc)
+            return
+        if not await self.lb.outstanding(fleet.name, rec.id):
+            return
+        rec.set_state(InstanceState.DRAINING)
+        self.save(rec)
+        deadline = time.monotonic() + fleet.settings.drain
+        while time.monotonic() < deadline and await self.lb.outstanding(fleet.name, rec.id):
+            await asyncio.sleep(0.05)
 
     async def stop_process(self, rec: InstanceRecord, timeout: float) -> None:
         """SIGTERM the instance's group, SIGKILL it after ``timeout``.

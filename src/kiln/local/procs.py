@@ -7,12 +7,14 @@ a recycled pid is never mistaken for an instance.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from kiln.runline import exec_form
@@ -145,3 +147,20 @@ def log_tail(path: Path, lines: int = 20) -> str:
             chunks.append(candidate.read_bytes()[-256 * 1024 :])
     text = b"".join(chunks).decode("utf-8", "replace")
     return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: it roughly doubles what the load balancer can carry."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def raise_fd_limit() -> None:
+    """Every proxied request holds two sockets: take all the descriptors allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))

@@ -18,9 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import InstanceNotFound, KilnError
+from kiln.errors import InstanceNotFound, KilnError, ProviderError
 from kiln.local import procs, recycler, uids
-from kiln.local.lb import Balancer
 from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
@@ -48,19 +47,39 @@ class Supervisor(Lifecycle):
     ) -> FleetRuntime:
         fleet = self.fleets.get(name)
         if fleet is None:
-            balancer = Balancer(name, settings.balance)
-            await balancer.start(settings.listen_host, settings.listen_port)
-            fleet = self.fleets[name] = FleetRuntime(name, settings, balancer)
+            fleet = self.fleets[name] = FleetRuntime(name, settings)
+            try:
+                await self._serving(fleet)
+            except KilnError:
+                del self.fleets[name]
+                with contextlib.suppress(KilnError):
+                    await self.lb.flush()
+                raise
             log.info("fleet %s serves %s", name, settings.endpoint)
         elif settings != fleet.settings:
-            old = fleet.settings
-            if (old.listen_host, old.listen_port) != (settings.listen_host, settings.listen_port):
-                await fleet.balancer.move(settings.listen_host, settings.listen_port)
-            fleet.balancer.policy = settings.balance
-            fleet.settings = settings
+            old, fleet.settings = fleet.settings, settings
+            try:
+                await self._serving(fleet)
+            except KilnError:
+                fleet.settings = old  # the old listener still serves
+                with contextlib.suppress(KilnError):
+                    await self.lb.flush()
+                raise
         fleet.secrets = dict(secrets)  # the latest values: what replacements get
         self.db.save_fleet(name, fleet.settings)
         return fleet
+
+    async def _serving(self, fleet: FleetRuntime) -> None:
+        """Push the fleet's settings to the balancer; its listen error is ours."""
+        result = await self.lb.flush()
+        error = result["errors"].get(fleet.name)
+        if error is not None:
+            raise ProviderError(error["message"], hint=error.get("hint"))
+        self._listened(result)
+
+    def _listened(self, result: dict[str, Any]) -> None:
+        for name, fleet in self.fleets.items():
+            fleet.listening = bool(result["listening"].get(name))
 
     def fleet(self, name: str) -> FleetRuntime:
         fleet = self.fleets.get(name)
@@ -81,7 +100,8 @@ class Supervisor(Lifecycle):
         if not fleet.groups and not busy and self.fleets.get(fleet.name) is fleet:
             del self.fleets[fleet.name]
             self.db.delete_fleet(fleet.name)
-            await fleet.balancer.close()
+            with contextlib.suppress(KilnError):
+                await self.lb.flush()
             log.info("fleet %s is empty; stopped listening", fleet.name)
 
     # operations -----------------------------------------------------------
@@ -126,14 +146,15 @@ class Supervisor(Lifecycle):
             seen.add(rec.id)
         return rec
 
-    def set_in_service(self, name: str, add: Sequence[str], remove: Sequence[str]) -> None:
+    async def set_in_service(self, name: str, add: Sequence[str], remove: Sequence[str]) -> None:
         fleet = self.fleet(name)
         changes = [(self.resolve_id(fleet, i), True) for i in add]
         changes += [(self.resolve_id(fleet, i), False) for i in remove]
         for rec, wanted in changes:
             rec.in_service = wanted
             self.save(rec)
-        self.sync_lb(fleet)  # one step: removed ones get no new request from here on
+        self.sync_lb(fleet)
+        await self.lb.flush()  # one step: removed ones get no new request from here on
 
     async def terminate(self, name: str, ids: Sequence[str]) -> None:
         fleet = self.fleet(name)
@@ -147,6 +168,7 @@ class Supervisor(Lifecycle):
             if rec.live:
                 targets.append(rec)
         self.sync_lb(fleet)
+        await self.lb.flush()
         await asyncio.gather(
             *(self.retire(fleet, r, InstanceState.TERMINATED, drain=True) for r in targets)
         )
@@ -163,11 +185,12 @@ class Supervisor(Lifecycle):
             "instances": [r.public() for r in instances],
         }
 
-    def stats(self, name: str) -> dict[str, Any]:
-        fleet = self.fleets.get(name)
-        if fleet is None:
+    async def stats(self, name: str) -> dict[str, Any]:
+        """Per-instance counters, as the balancer process counted them."""
+        if name not in self.fleets:
             return {}
-        return {i: c.as_dict() for i, c in fleet.counters.items() if i in self.instances}
+        counted = await self.lb.stats(name)
+        return {i: c for i, c in counted.items() if i in self.instances}
 
     # self-healing ---------------------------------------------------------
 
@@ -188,22 +211,14 @@ class Supervisor(Lifecycle):
 
     async def _tick(self, ticks: int) -> None:
         self.check_processes()
+        self._listened(self.lb.last)
         for fleet in list(self.fleets.values()):
-            await self._listen(fleet)
             await self._reconcile(fleet)
         if ticks % 25 == 0:
             self._housekeeping()
             self._recycle_old()
             for fleet in list(self.fleets.values()):
                 await self._drop_if_empty(fleet)  # e.g. restored with nothing left
-
-    async def _listen(self, fleet: FleetRuntime) -> None:
-        if fleet.balancer.listen is None:
-            try:
-                s = fleet.settings
-                await fleet.balancer.start(s.listen_host, s.listen_port)
-            except KilnError as exc:
-                log.error("%s (will retry)", exc)
 
     async def _reconcile(self, fleet: FleetRuntime) -> None:
         for image, desired in list(fleet.groups.items()):
@@ -292,9 +307,7 @@ class Supervisor(Lifecycle):
                 self.db.delete_instance(rec.id)
                 for path in (Path(rec.log), Path(rec.log + ".1")):
                     path.unlink(missing_ok=True)
-                fleet = self.fleets.get(rec.fleet)
-                if fleet is not None:
-                    fleet.counters.pop(rec.id, None)
+                self.lb.changed()  # its counters go too
 
     def _log_cap(self, rec: InstanceRecord) -> int:
         fleet = self.fleets.get(rec.fleet)
@@ -303,11 +316,12 @@ class Supervisor(Lifecycle):
     # restart --------------------------------------------------------------
 
     async def restore(self) -> None:
-        """Re-adopt the instances a previous agent left running; never duplicate one."""
+        """Re-adopt the instances a previous agent left running, and the balancer; never
+        duplicate either. The balancer kept serving meanwhile: configuring it again
+        is all adopting it takes."""
         groups = self.db.groups()
         for name, settings in self.db.fleets().items():
-            balancer = Balancer(name, settings.balance)
-            self.fleets[name] = FleetRuntime(name, settings, balancer, groups.get(name, {}))
+            self.fleets[name] = FleetRuntime(name, settings, groups.get(name, {}))
         for rec in self.db.instances():
             self.instances[rec.id] = rec
             fleet = self.fleets.get(rec.fleet)
@@ -318,8 +332,11 @@ class Supervisor(Lifecycle):
             self._readopt(fleet, rec)
         for fleet in self.fleets.values():
             self._recover_secrets(fleet)
-            await self._listen(fleet)
             self.sync_lb(fleet)
+        try:
+            self._listened(await self.lb.flush())
+        except KilnError as exc:
+            log.error("%s (will retry)", exc)
 
     def _recover_secrets(self, fleet: FleetRuntime) -> None:
         """The secret values a restarted agent lost, taken back from a running instance.
@@ -364,5 +381,7 @@ class Supervisor(Lifecycle):
                 await self._drop_if_empty(fleet)
         for task in self.health_tasks.values():
             task.cancel()
-        for fleet in self.fleets.values():
-            await fleet.balancer.close()
+        if not self.fleets:
+            with contextlib.suppress(KilnError):
+                await self.lb.flush()  # nothing to serve: the balancer exits
+        self.lb.close()  # otherwise it keeps serving until the next agent adopts it

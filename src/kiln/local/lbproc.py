@@ -1,0 +1,265 @@
+"""The load balancer's own process: it serves the fleets' listeners and outlives the agent.
+
+The agent starts it in its own session, like an instance, so a SIGKILLed or
+restarting agent never drops a listener or a connection: the balancer keeps
+routing to the last backends it was given (and still retries another one when
+a backend refuses), while the agent is away. The agent reconfigures it over
+a private Unix socket (``KILN_HOME/agent/lb.sock``, 0600) with one JSON line
+per request, declaratively: each ``configure`` carries every fleet's listen
+address, policy, backends and routable instances, so a message lost or
+repeated changes nothing, and a restarted agent re-adopts the running
+balancer by simply configuring it again.
+
+One balancer per ``KILN_HOME``, held by an exclusive ``flock`` on
+``agent/lb.lock``. Counters live here, so they survive agent restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kiln import __version__
+from kiln.errors import KilnError
+from kiln.home import Home
+from kiln.local.lb import Balancer
+from kiln.local.metrics import Counters, render_counters
+from kiln.local.procs import loop_factory, raise_fd_limit
+
+PROTOCOL = 1  # bumped when the control messages change; a mismatch means "replace me"
+WATCH_SECONDS = 2.0
+LOG_MAX = 10 * 1024 * 1024
+ALREADY_RUNS = 3  # exit status: another balancer holds the lock
+log = logging.getLogger("kiln.lb")
+
+
+def socket_path(home: Home) -> Path:
+    return home.agent_dir / "lb.sock"
+
+
+def lock_path(home: Home) -> Path:
+    return home.agent_dir / "lb.lock"
+
+
+def pid_path(home: Home) -> Path:
+    return home.agent_dir / "lb.pid"
+
+
+def log_path(home: Home) -> Path:
+    return home.agent_dir / "lb.log"
+
+
+def read_pid(home: Home) -> int | None:
+    try:
+        return int(pid_path(home).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class BalancerHost:
+    """Every fleet's Balancer in this process, set to what the agent last said."""
+
+    def __init__(self) -> None:
+        self.fleets: dict[str, Balancer] = {}
+        self.counters: dict[str, dict[str, Counters]] = {}  # fleet -> instance -> counters
+        self.started = time.time()
+        self.done = asyncio.Event()
+
+    async def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        op = msg.get("op")
+        if op == "hello":
+            return {"pid": os.getpid(), "version": __version__, "protocol": PROTOCOL,
+                    "started": self.started}  # fmt: skip
+        if op == "configure":
+            return await self.configure(msg["fleets"])
+        if op == "outstanding":
+            balancer = self.fleets.get(str(msg["fleet"]))
+            return {"outstanding": balancer.outstanding(str(msg["id"])) if balancer else 0}
+        if op == "stats":
+            counters = self.counters.get(str(msg["fleet"]), {})
+            return {"stats": {i: c.as_dict() for i, c in counters.items()}}
+        if op == "metrics":
+            return {"text": self.metrics()}
+        if op == "exit":
+            self.done.set()
+            return {}
+        raise ValueError(f"unknown op {op!r}")
+
+    async def configure(self, fleets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Make the listeners and backends exactly these; report what could not listen."""
+        for name in set(self.fleets) - set(fleets):
+            await self.fleets.pop(name).close()
+            self.counters.pop(name, None)
+            log.info("fleet %s: stopped listening", name)
+        errors: dict[str, dict[str, str | None]] = {}
+        for name, spec in fleets.items():
+            error = await self._fleet(name, spec)
+            if error is not None:
+                errors[name] = {"message": error.message, "hint": error.hint}
+        listening = {name: b.listen is not None for name, b in self.fleets.items()}
+        return {"listening": listening, "errors": errors}
+
+    async def _fleet(self, name: str, spec: dict[str, Any]) -> KilnError | None:
+        balancer = self.fleets.get(name)
+        if balancer is None:
+            balancer = self.fleets[name] = Balancer(name, str(spec["policy"]))
+        balancer.policy = str(spec["policy"])
+        counters = self.counters.setdefault(name, {})
+        known = set(spec["known"])
+        for gone in [i for i in counters if i not in known]:
+            del counters[gone]
+        backends = {str(i): (str(h), int(p)) for i, (h, p) in spec["backends"].items()}
+        for instance_id in [i for i in balancer.backends if i not in backends]:
+            balancer.remove(instance_id)
+        for instance_id, (host, port) in backends.items():
+            balancer.add(instance_id, host, port, counters.setdefault(instance_id, Counters()))
+        balancer.set_routable(str(i) for i in spec["routable"])
+        host, port = str(spec["listen"][0]), int(spec["listen"][1])
+        if balancer.listen == (host, port):
+            return None
+        try:
+            if balancer.listen is None:
+                await balancer.start(host, port)
+            else:
+                await balancer.move(host, port)
+        except KilnError as exc:
+            return exc
+        log.info("fleet %s: listening on %s:%s", name, host, port)
+        return None
+
+    def metrics(self) -> str:
+        """The balancer's counters as Prometheus text."""
+        per_instance = [
+            ({"fleet": name, "instance": i}, c)
+            for name, counters in self.counters.items()
+            for i, c in counters.items()
+        ]
+        fleets = self.fleets.items()
+        lines = render_counters("kiln_lb_instance", per_instance)
+        lines += render_counters("kiln_lb_fleet", [({"fleet": n}, b.totals) for n, b in fleets])
+        lines += ["# HELP kiln_lb_retries_total Requests retried on another instance."]
+        lines += ["# TYPE kiln_lb_retries_total counter"]
+        lines += [f'kiln_lb_retries_total{{fleet="{n}"}} {b.retries}' for n, b in fleets]
+        lines += ["# HELP kiln_lb_unavailable_total Requests answered 503: no healthy instance."]
+        lines += ["# TYPE kiln_lb_unavailable_total counter"]
+        lines += [f'kiln_lb_unavailable_total{{fleet="{n}"}} {b.unavailable}' for n, b in fleets]
+        return "\n".join(lines) + "\n"
+
+    async def close(self) -> None:
+        for balancer in self.fleets.values():
+            await balancer.close()
+        self.fleets.clear()
+
+    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One JSON request per line, one JSON answer per line."""
+        try:
+            while line := await reader.readline():
+                try:
+                    answer = {"ok": True, **await self.handle(json.loads(line))}
+                except (ValueError, KeyError, TypeError) as exc:
+                    answer = {"ok": False, "error": f"bad request: {exc}"}
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+
+def _lock(fd: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def serve(home: Home) -> int:
+    """Run the balancer until told to exit, SIGTERM, or its socket is taken away."""
+    home.agent_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    lock_fd = os.open(lock_path(home), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if not _lock(lock_fd, wait=2.0):
+            log.error("a balancer already runs for %s (pid %s)", home.root, read_pid(home))
+            return ALREADY_RUNS
+        socket_path(home).unlink(missing_ok=True)  # stale: we hold the lock
+        pid_path(home).write_text(f"{os.getpid()}\n")
+        try:
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                runner.run(_serve(home))
+        finally:
+            with contextlib.suppress(OSError):
+                if read_pid(home) == os.getpid():
+                    pid_path(home).unlink()
+    finally:
+        os.close(lock_fd)
+    return 0
+
+
+async def _serve(home: Home) -> None:
+    raise_fd_limit()
+    host = BalancerHost()
+    path = socket_path(home)
+    old_umask = os.umask(0o177)  # born private: no window where others connect
+    try:
+        server = await asyncio.start_unix_server(host.control, str(path))
+    finally:
+        os.umask(old_umask)
+    inode = path.stat().st_ino
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, host.done.set)
+    watcher = asyncio.create_task(_watch(path, inode, host.done))
+    log.info("balancer %s serving %s", os.getpid(), path)
+    try:
+        await host.done.wait()
+    finally:
+        watcher.cancel()
+        server.close()
+        await host.close()
+        with contextlib.suppress(OSError):
+            if path.stat().st_ino == inode:
+                path.unlink()
+        log.info("balancer %s stopped", os.getpid())
+
+
+async def _watch(path: Path, inode: int, done: asyncio.Event) -> None:
+    """Exit when the control socket is gone: its KILN_HOME was removed, nobody can reach us."""
+    while True:
+        await asyncio.sleep(WATCH_SECONDS)
+        try:
+            alive = path.stat().st_ino == inode
+        except OSError:
+            alive = False
+        if not alive:
+            log.warning("control socket %s is gone; exiting", path)
+            done.set()
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kiln.local.lbproc")
+    parser.add_argument("--home", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    return serve(Home.resolve(args.home))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Serving survives the agent: the balancer is its own process, re-adopted, supervised.
+
+Real agent, real instances, real load through the listener, on kept-alive
+connections and on a fresh connection per request (the listener itself).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+from localtest import gone, serving, wait_for
+
+from kiln.home import Home
+from kiln.loadgen import LoadLoop
+from kiln.local.agent import read_pid
+from kiln.local.client import AgentClient, agent_status, start_agent, stop_agent
+from kiln.local.provider import LocalProvider
+
+pytestmark = pytest.mark.slow
+
+
+def _loops(port: int) -> list[LoadLoop]:
+    return [
+        LoadLoop("127.0.0.1", port, workers=2, pause=0.002, max_seconds=120, max_errors=None),
+        LoadLoop("127.0.0.1", port, workers=2, pause=0.002, max_seconds=120, max_errors=None,
+                 fresh=True),
+    ]  # fmt: skip
+
+
+def _fleet_requests(home: Home) -> int:
+    text = AgentClient(home).get("/metrics")
+    found = re.search(r'^kiln_lb_fleet_requests_total\{fleet="web"\} (\d+)$', text, re.M)
+    assert found, text
+    return int(found.group(1))
+
+
+def test_agent_sigkill_and_restart_under_load_fail_no_request(
+    provider: LocalProvider, image: str, lb_port: int, local_home: Home
+) -> None:
+    provider.launch("web", image, 2)
+    serving(provider, 2)
+    balancer = agent_status(local_home)["balancer_pid"]  # type: ignore[index]
+    assert balancer and balancer != read_pid(local_home)
+    loops = [loop.start() for loop in _loops(lb_port)]
+    try:
+        time.sleep(1.0)
+        agent = read_pid(local_home)
+        assert agent
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: gone(agent), 10, "the agent to be gone")
+        before = sum(loop.sent for loop in loops)
+        time.sleep(3.0)  # longer than the 11 s outage was a third of: nobody answers the API
+        assert sum(loop.sent for loop in loops) > before + 100  # ...but requests are served
+
+        start_agent(local_home)  # a new agent re-adopts the running balancer
+        status = agent_status(local_home)
+        assert status and status["balancer_pid"] == balancer
+        assert status["fleets"]["web"]["listening"]
+        serving(provider, 2)
+        time.sleep(1.0)
+
+        stop_agent(local_home)  # a graceful stop leaves it serving too
+        time.sleep(1.0)
+        assert not gone(balancer)
+        start_agent(local_home)
+        time.sleep(1.0)
+    finally:
+        for loop in loops:
+            loop.stop()
+    sent = sum(loop.sent for loop in loops)
+    assert sent > 1000
+    assert [e for loop in loops for e in loop.errors] == []
+    assert sum(loop.failed for loop in loops) == 0
+    assert agent_status(local_home)["balancer_pid"] == balancer  # type: ignore[index]
+    # the counters live in the balancer: they count every request, across both agents
+    assert _fleet_requests(local_home) >= sent
+
+
+def test_a_dead_balancer_is_restarted_and_the_fleet_served_again(
+    provider: LocalProvider, image: str, lb_port: int, local_home: Home
+) -> None:
+    provider.launch("web", image, 1)
+    serving(provider, 1)
+    balancer = agent_status(local_home)["balancer_pid"]  # type: ignore[index]
+    os.kill(balancer, signal.SIGKILL)
+
+    def replaced() -> bool:
+        status = agent_status(local_home)
+        return bool(status and status["balancer_pid"] not in (None, balancer))
+
+    wait_for(replaced, 20, "a new balancer")
+    with LoadLoop("127.0.0.1", lb_port, workers=1, max_seconds=30) as loop:
+        wait_for(lambda: loop.sent >= 20, 20, "requests through the new balancer")
+    assert loop.failed == 0, loop.errors
+
+
+def test_stop_all_stops_the_balancer(
+    provider: LocalProvider, image: str, lb_port: int, local_home: Home
+) -> None:
+    provider.launch("web", image, 1)
+    serving(provider, 1)
+    balancer = agent_status(local_home)["balancer_pid"]  # type: ignore[index]
+    stop_agent(local_home, stop_instances=True)
+    wait_for(lambda: gone(balancer), 10, "the balancer to exit")
+    assert not (local_home.agent_dir / "lb.sock").exists()
