@@ -118,3 +118,12 @@ def test_schema_is_valid_json_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     assert "app" in schema["required"]
     json.dumps(schema)
+
+
+def test_engine_defaults_are_the_config_defaults() -> None:
+    """Declared once: an empty [fleet]/[health]/[canary] and Settings() agree."""
+    from kiln.config import Config
+    from kiln.deploy.settings import Settings
+
+    config = Config.model_validate({"app": {"name": "a", "run": "python3 app.py"}})
+    assert Settings.from_config(config) == Settings()

@@ -5,30 +5,34 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kiln.config import Config
+from kiln.config import Canary, Config, Fleet, Health
 from kiln.deploy.plan import Knobs
+
+# The defaults are kiln.toml's own, declared once in kiln.config: a Settings()
+# in a test or the library behaves as an empty [fleet], [health] and [canary].
+_FLEET, _HEALTH, _CANARY = Fleet(), Health(), Canary()
 
 
 @dataclass(frozen=True)
 class Settings:
-    size: int = 2
-    strategy: str = "rolling"
-    max_surge: int = 1
-    max_unavailable: int = 0
-    keep_warm: float = 300.0
-    progress_deadline: float = 600.0
-    settle: float = 5.0
-    drain: float = 10.0
-    grace: float = 30.0
-    interval: float = 1.0
-    timeout: float = 2.0
-    healthy_threshold: int = 2
-    canary_instances: int = 1
-    canary_percent: float | None = None
-    canary_duration: float = 30.0
-    max_error_rate: float = 0.01
-    max_p99_ratio: float = 1.5
-    min_requests: int = 20
+    size: int = _FLEET.size
+    strategy: str = _FLEET.strategy
+    max_surge: int = _FLEET.max_surge
+    max_unavailable: int = _FLEET.max_unavailable
+    keep_warm: float = _FLEET.keep_warm
+    progress_deadline: float = _FLEET.progress_deadline
+    settle: float = _FLEET.settle
+    drain: float = _FLEET.drain
+    grace: float = _HEALTH.grace
+    interval: float = _HEALTH.interval
+    timeout: float = _HEALTH.timeout
+    healthy_threshold: int = _HEALTH.healthy_threshold
+    canary_instances: int = _CANARY.instances
+    canary_percent: float | None = _CANARY.percent
+    canary_duration: float = _CANARY.duration
+    max_error_rate: float = _CANARY.max_error_rate
+    max_p99_ratio: float = _CANARY.max_p99_ratio
+    min_requests: int = _CANARY.min_requests
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
