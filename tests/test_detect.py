@@ -53,6 +53,7 @@ def test_django_runs_gunicorn_on_its_wsgi_collects_static_and_migrates(tmp_path:
         "python3 manage.py collectstatic --noinput",
     ]
     assert config.env["PYTHONPATH"] == "deps" and config.health.path is None  # TCP
+    assert config.app.release == "python3 manage.py migrate --noinput"
     assert any("SQLite" in note for note in found.notes)
 
 

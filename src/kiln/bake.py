@@ -131,6 +131,7 @@ def _manifest(
         run=cfg.app.run,
         env=dict(cfg.env),
         python=interpreter(loaded),
+        release=cfg.app.release or "",
         files=tuple(sorted(files, key=lambda f: f.path)),
         links=tuple(sorted(links, key=lambda link: link.path)),
         dirs=tuple(sorted(dirs)),
@@ -366,6 +367,7 @@ def _cache_key(loaded: LoadedConfig, entries: list[SourceEntry], hashes: dict[st
     head = {
         "app": cfg.app.name,
         "run": cfg.app.run,
+        "release": cfg.app.release,
         "build": cfg.app.build,
         "exclude": cfg.app.exclude,
         "env": cfg.env,

@@ -74,6 +74,15 @@ class App(Section):
             "e.g. 'pip install -r requirements.txt --target deps'."
         ),
     )
+    release: str | None = Field(
+        default=None,
+        description=(
+            "Shell command run once per deployment (e.g. 'python3 manage.py migrate "
+            "--noinput'), in a fresh directory of the new image with its env and secrets, "
+            "before any new instance takes traffic. Exit 0 or nothing changes. Part of the "
+            "image."
+        ),
+    )
     exclude: list[str] = Field(
         default_factory=list,
         description=(
@@ -97,6 +106,13 @@ class App(Section):
             "and a host without it refuses to start the image."
         ),
     )
+
+    @field_validator("release")
+    @classmethod
+    def _release_is_a_command(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("the release command is empty: remove it or say what to run")
+        return value
 
     @field_validator("run")
     @classmethod

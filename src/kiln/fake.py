@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from kiln.deploy.clock import Clock
 from kiln.errors import InstanceNotFound, ProviderError
-from kiln.provider import FleetState, Instance, InstanceState, InstanceStats
+from kiln.provider import CommandResult, FleetState, Instance, InstanceState, InstanceStats
 
 INFINITY = float("inf")
 
@@ -37,6 +37,9 @@ class Behavior:
     error_rate: float = 0.0  # share of requests answered 5xx
     p99: float = 0.05
     log: str = "listening on $HOST:$PORT"
+    release: str | None = None  # the image's release command, if it has one
+    release_exit: int = 0  # what that command exits with
+    release_seconds: float = 2.0
 
 
 BAD_START_LOG = (
@@ -205,6 +208,21 @@ class FakeProvider:
         groups = {k: v for k, v in self.groups.get(fleet, {}).items() if v > 0}
         endpoint = self.endpoint if groups else None
         return FleetState(name=fleet, endpoint=endpoint, groups=groups, instances=instances)
+
+    def release(self, fleet: str, image: str) -> CommandResult | None:
+        """The image's scripted release: recorded like a mutating call, takes simulated time."""
+        behavior = self.behaviors.get(image)
+        if behavior is None:
+            raise ProviderError(f"no image {image}")
+        if behavior.release is None:
+            return None
+        kill = self._mutate("release", fleet, image)
+        self.clock.sleep(behavior.release_seconds)
+        output = "Operations to perform: ..." if behavior.release_exit == 0 else BAD_START_LOG
+        self._after(kill, fleet, "release")
+        return CommandResult(
+            behavior.release, behavior.release_exit, output, behavior.release_seconds
+        )
 
     def launch(self, fleet: str, image: str, count: int, *, in_service: bool = True) -> list[str]:
         if image not in self.behaviors:

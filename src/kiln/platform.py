@@ -48,6 +48,8 @@ class Capability(StrEnum):
     DRIFT_REPLACE = "drift-replace"  # `kiln drift --replace`
     RECYCLE_DRY_RUN = "recycle-dry-run"  # `kiln recycle --dry-run`
     RESUME = "resume"  # `kiln deploy --resume` from a journal
+    RELEASE = "release"  # [app] release: a command run once per deployment, before it acts
+    RUN = "run"  # `kiln run`: a one-off command in a fresh directory of an image
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,26 @@ class Provider(Protocol):
     def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
         """Per-instance counters since launch."""
         ...
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """A command kiln ran once in a fresh directory of an image (a release)."""
+
+    command: str
+    exit_code: int  # negative: killed by that signal
+    output: str  # its last lines, stdout and stderr interleaved
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@runtime_checkable
+class Releaser(Protocol):
+    """A provider that runs an image's release command before a deployment acts."""
+
+    def release(self, fleet: str, image: str) -> CommandResult | None:
+        """Run the image's ``[app] release`` once; None when the image has none."""
+        ...

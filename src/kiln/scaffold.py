@@ -22,7 +22,7 @@ name = "{name}"
 run = {run}
 # Run at bake time in a scratch copy of the source; the result is the image.
 build = [{build}]
-# Source files left out of the image (gitignore syntax), besides .git and
+{release}# Source files left out of the image (gitignore syntax), besides .git and
 # .kilnignore patterns. What the build makes is always kept.
 exclude = [{exclude}]
 # Paths an instance may write at run time; drift detection ignores them.
@@ -72,6 +72,10 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         health = f'path = "{found.health_path}"          # GET must answer 2xx/3xx'
     else:
         health = '# path = "/health"       # unset: a TCP connect check (no health route found)'
+    release = (
+        "# Run once per deployment in the new image, before any new instance takes traffic.\n"
+        + (f"release = {_toml(found.release)}\n" if found.release else '# release = "..."\n')
+    )
     notes = "".join(f"\n# note: {note}" for note in found.notes)
     env = "".join(f"{key} = {_toml(value)}\n" for key, value in found.env.items())
     return _TEMPLATE.format(
@@ -80,6 +84,7 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         name=name or _slug(app_dir.name),
         run=_toml(found.run),
         build=", ".join(_toml(step) for step in found.build),
+        release=release,
         exclude=", ".join(_toml(p) for p in found.exclude),
         env=env or '# LOG_LEVEL = "info"\n',
         health=health,

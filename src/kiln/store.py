@@ -62,9 +62,10 @@ class Manifest:
     files: tuple[FileEntry, ...]
     links: tuple[LinkEntry, ...] = ()
     dirs: tuple[str, ...] = ()
+    release: str = ""  # run once per deployment; '' (and absent from older images): none
 
     def canonical(self) -> bytes:
-        doc = {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "app": self.app,
             "run": self.run,
@@ -74,6 +75,8 @@ class Manifest:
             "links": [[link.path, link.target] for link in self.links],
             "dirs": list(self.dirs),
         }
+        if self.release:  # only when set: images without one keep their digests
+            doc["release"] = self.release
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @property
@@ -102,6 +105,7 @@ class Manifest:
                     for link in _typed(doc["links"], list)
                 ),
                 dirs=tuple(_typed(d, str) for d in _typed(doc["dirs"], list)),
+                release=_typed(doc.get("release", ""), str),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptObject(
@@ -168,6 +172,7 @@ class ImageRecord:
             "dirty": self.meta.get("dirty"),
             "bake_seconds": self.meta.get("seconds"),
             "python": self.manifest.python,
+            "release": self.manifest.release or None,
         }
 
 

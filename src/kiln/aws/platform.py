@@ -27,6 +27,8 @@ class AwsPlatform(PlatformBase):
         return self.loaded.config.provider.aws or AwsProvider()
 
     def deployer(self, on_event: OnEvent | None = None) -> AwsDeployments:
+        if self.loaded.config.app.release:
+            self.require(Capability.RELEASE, "[app] release (see docs/deploying.md, Release)")
         return open_deployments(self.home, self.loaded, on_event=on_event)
 
     def bake(self, progress: BakeProgress, narrate: Narrate) -> Report:

@@ -36,6 +36,8 @@ def print_result(result: Result) -> None:
         err_console.print(indent(result.log), markup=False, style="dim")
     if result.outcome == "rolled back":
         err_console.print(f"  the fleet serves {result.from_image or 'nothing'} again")
+    elif result.gate == "release":
+        err_console.print("  fix the release command (try it with 'kiln run'), then deploy again")
     else:
         err_console.print("  run 'kiln status' to see what runs, then deploy a known-good image")
 

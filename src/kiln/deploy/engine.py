@@ -35,7 +35,7 @@ from kiln.errors import (
     ImageNotFound,
     KilnError,
 )
-from kiln.provider import FleetState, Provider
+from kiln.provider import FleetState, Provider, Releaser
 
 
 @dataclass(frozen=True)
@@ -323,6 +323,10 @@ class Engine:
         self._figures = dict(dep.figures)
         if dep.phase == "rollback":
             return self._run_rollback(dep)
+        if dep.kind == "deploy" and not self._released(dep):
+            failed = self._release(dep)
+            if failed is not None:
+                return failed
         gates = self._gates(dep, dep.plan)
         try:
             gates.observe()
@@ -331,6 +335,41 @@ class Engine:
         except Trip as trip:
             return self._begin_rollback(dep, trip)
         return self._succeed(dep)
+
+    def _released(self, dep: Deployment) -> bool:
+        """Whether this deployment's release ran already (it is resumed)."""
+        return any(e["event"] == "release" for e in self.journal.entries(dep.id))
+
+    def _release(self, dep: Deployment) -> Result | None:
+        """Run the new image's release command before anything changes; a Result if it failed.
+
+        Journaled once it succeeded, so a resumed deployment does not run it again.
+        """
+        image = dep.plan.image
+        if image is None or not isinstance(self.provider, Releaser):
+            return None  # a provider without releases refuses [app] release up front
+        self._where = "its release command"
+        done = self.provider.release(self.fleet, image)
+        if done is None:
+            return None
+        figures = {
+            "command": done.command,
+            "exit_code": done.exit_code,
+            "seconds": done.seconds,
+        }
+        self._figures["release"] = figures
+        if done.ok:
+            self.journal.event(dep.id, "forward", "release", self.clock.now(), figures)
+            self._emit("info", f"release ran in {done.seconds:g}s: {done.command}", figures)
+            return None
+        how = f"exited with status {done.exit_code}" if done.exit_code > 0 else "was killed"
+        message = (
+            f"release command {how}: {done.command}; nothing changed, "
+            f"the fleet serves {dep.from_image or 'nothing'} as before"
+        )
+        self._figures.update(gate="release", instance="the release command", log_tail=done.output)
+        self.journal.finish(dep.id, "failed", message, self._figures, self.clock.now())
+        return self._result(self.journal.get(dep.id))
 
     def _gates(self, dep: Deployment, plan: Plan) -> Gates:
         gates = Gates(

@@ -15,8 +15,9 @@ from kiln.home import Home
 from kiln.local import secret_refs
 from kiln.local.client import AgentClient, ensure_agent
 from kiln.local.model import FleetSettings
+from kiln.local.oneoff import run_captured, scratch_instance
 from kiln.local.procs import log_tail
-from kiln.provider import FleetState, Instance, InstanceState, InstanceStats
+from kiln.provider import CommandResult, FleetState, Instance, InstanceState, InstanceStats
 from kiln.store import Store
 
 _DETAILS = ("pid", "port", "dir", "log", "times", "reason", "replaces", "replaced_by")
@@ -73,6 +74,16 @@ class LocalProvider:
     def terminate(self, fleet: str, ids: Sequence[str]) -> None:
         if ids:
             self.agent.post(self._path(fleet, "/terminate"), {"ids": list(ids)})
+
+    def release(self, fleet: str, image: str) -> CommandResult | None:
+        """The image's release command, run here in a fresh directory of it."""
+        record = self.store.get(image)
+        if not record.manifest.release:
+            return None
+        secrets = secret_refs.resolve(self.settings.secrets, os.environ)
+        with scratch_instance(self.home, record.id, secrets, "release") as (where, manifest, env):
+            timeout = self.loaded.config.fleet.progress_deadline
+            return run_captured(manifest.release, where, env, timeout)
 
     def image_exists(self, image: str) -> bool:
         return self.store.exists(image)

@@ -1,0 +1,107 @@
+"""Release commands and one-off commands against a real agent, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from localtest import APP, Kiln, free_port, http_get
+
+from kiln.home import Home
+
+CONFIG = """
+[app]
+name = "web"
+run = "python3 app.py"
+release = {release}
+
+[env]
+OUT = "{out}"
+
+[secrets]
+API_TOKEN = "env:KILN_TEST_TOKEN"
+
+[health]
+path = "/health"
+interval = "100ms"
+healthy_threshold = 1
+grace = "5s"
+
+[fleet]
+size = 2
+settle = "0s"
+drain = "1s"
+
+[provider.local]
+listen = "127.0.0.1:{port}"
+stop_timeout = "2s"
+"""
+
+RECORD = (
+    "python3 -c \"import os; open(os.environ['OUT'], 'a').write("
+    "os.environ['API_TOKEN'] + ' ' + os.environ['KILN_IMAGE'] + ' ' + os.getcwd() + '\\\\n')\""
+)
+
+
+def _app(root: Path, port: int, release: str, version: str = "v1") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "app.py").write_text(APP + f"# {version}\n")
+    out = root.parent / "released"
+    (root / "kiln.toml").write_text(CONFIG.format(release=json.dumps(release), out=out, port=port))
+    return root
+
+
+@pytest.fixture
+def app(tmp_path: Path, local_home: Home, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KILN_TEST_TOKEN", "tok-123")
+    return _app(tmp_path / "app", free_port(), RECORD)
+
+
+def test_release_runs_once_in_the_new_image_with_its_secrets(app: Path) -> None:
+    kiln = Kiln(app)
+    out = json.loads(kiln("deploy", "--json").stdout)
+    assert out["outcome"] == "succeeded"
+    token, image, cwd = (app.parent / "released").read_text().split()
+    assert (token, image) == ("tok-123", out["to"])
+    assert not Path(cwd).exists()  # its directory is thrown away
+    history = json.loads(kiln("history", "--json").stdout)
+    assert history[0]["figures"]["release"]["exit_code"] == 0
+
+
+def test_a_failing_release_shows_its_output_and_leaves_the_fleet_alone(app: Path) -> None:
+    kiln = Kiln(app)
+    first = json.loads(kiln("deploy", "--json").stdout)
+    port = _listen_port(app)
+    before = json.loads(kiln("status", "--json").stdout)
+    _app(app, port, "echo migrating; echo 'no such table: users' >&2; exit 3", version="v2")
+    failed = kiln("deploy", ok=False)
+    assert failed.exit_code != 0
+    assert "release command exited with status 3" in failed.stderr
+    assert "no such table: users" in failed.stderr and "migrating" in failed.stderr
+    after = json.loads(kiln("status", "--json").stdout)
+    assert _ids(after) == _ids(before) and after["current_image"] == first["to"]
+    assert http_get(port, "/")[1]["image"] == first["to"]
+    assert json.loads(kiln("history", "--json").stdout)[0]["outcome"] == "failed"
+
+
+def _listen_port(app: Path) -> int:
+    text = (app / "kiln.toml").read_text()
+    return int(text.split('listen = "127.0.0.1:')[1].split('"')[0])
+
+
+def _ids(status: dict[str, object]) -> list[str]:
+    instances = status["instances"]
+    assert isinstance(instances, list)
+    return sorted(i["id"] for i in instances if i["state"] == "healthy")
+
+
+def test_release_needs_its_secrets_before_anything_starts(
+    app: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KILN_TEST_TOKEN")
+    failed = Kiln(app)("deploy", ok=False)
+    assert "KILN_TEST_TOKEN is not set" in failed.stderr
+    assert not (app.parent / "released").exists()
+    assert os.environ.get("KILN_TEST_TOKEN") is None
