@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from kiln import __version__
-from kiln.cli.output import err_console, report_error
 from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.platform import PLATFORM_NAMES
@@ -93,15 +92,21 @@ class KilnGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KilnError as exc:
+            from kiln.cli.output import report_error  # rich: paid only when printing
+
             report_error(exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
+            from kiln.cli.output import err_console
+
             err_console.print("[yellow]interrupted[/]")
             ctx.exit(130)
         except Exception as exc:
             if not type(exc).__module__.startswith("botocore"):
                 raise
             # a safety net: AWS failures the library did not translate still get one line
+            from kiln.cli.output import report_error
+
             report_error(
                 KilnError(
                     f"AWS: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
