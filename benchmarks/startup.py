@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bake import generate_app
 from benchutil import machine, save_and_print
+
+from bake import generate_app
 
 KILN = [sys.executable, "-m", "kiln.cli"]
 
