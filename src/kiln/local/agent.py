@@ -27,6 +27,7 @@ from kiln.local.api import STOP_INSTANCES, make_app
 from kiln.local.model import AgentDB
 from kiln.local.procs import cap_log, loop_factory, raise_fd_limit
 from kiln.local.supervisor import Supervisor
+from kiln.local.watchdog import LoopWatchdog
 from kiln.store import Store
 
 Ready = Callable[[str | None], None]
@@ -113,7 +114,8 @@ async def _serve(home: Home, ready: Ready | None) -> None:
     supervisor = Supervisor(home, db, Store(home))
     await supervisor.restore()
     stop = asyncio.Event()
-    app = make_app(supervisor, stop)
+    watchdog = LoopWatchdog()
+    app = make_app(supervisor, stop, watchdog)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     old_umask = os.umask(0o177)  # the socket is born private: no window where others connect
@@ -127,6 +129,7 @@ async def _serve(home: Home, ready: Ready | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     healer = asyncio.create_task(supervisor.run())
     pusher = asyncio.create_task(supervisor.lb.run())
+    watching = asyncio.create_task(watchdog.run())
     log.info("agent %s serving %s", os.getpid(), home.agent_socket)
     if ready is not None:
         ready(None)
@@ -135,6 +138,7 @@ async def _serve(home: Home, ready: Ready | None) -> None:
     finally:
         healer.cancel()
         pusher.cancel()
+        watching.cancel()
         await supervisor.shutdown(stop_instances=app[STOP_INSTANCES][0])
         await runner.cleanup()
         db.close()

@@ -21,6 +21,7 @@ from kiln import __version__
 from kiln.errors import ImageNotFound, InstanceNotFound, KilnError
 from kiln.local.model import FleetSettings
 from kiln.local.supervisor import Supervisor
+from kiln.local.watchdog import LoopWatchdog
 
 log = logging.getLogger("kiln.agent")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -28,6 +29,7 @@ SUPERVISOR = web.AppKey("supervisor", Supervisor)
 STOP = web.AppKey("stop", asyncio.Event)
 STARTED = web.AppKey("started", float)
 STOP_INSTANCES = web.AppKey("stop_instances", list)
+WATCHDOG = web.AppKey("watchdog", LoopWatchdog)
 
 
 @web.middleware
@@ -53,8 +55,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"error": body}, status=500)
 
 
-def make_app(supervisor: Supervisor, stop: asyncio.Event) -> web.Application:
+def make_app(
+    supervisor: Supervisor, stop: asyncio.Event, watchdog: LoopWatchdog | None = None
+) -> web.Application:
     app = web.Application(middlewares=[errors])
+    app[WATCHDOG] = watchdog or LoopWatchdog()
     app[SUPERVISOR] = supervisor
     app[STOP] = stop
     app[STARTED] = time.time()
@@ -169,5 +174,6 @@ async def metrics(request: web.Request) -> web.Response:
     for rec in sup.instances.values():
         counts[(rec.fleet, rec.state)] = counts.get((rec.fleet, rec.state), 0) + 1
     lines += [f'kiln_instances{{fleet="{f}",state="{s}"}} {n}' for (f, s), n in counts.items()]
+    lines += request.app[WATCHDOG].metrics()
     text = "\n".join(lines) + "\n" + await sup.lb.metrics()  # its counters outlive the agent
     return web.Response(text=text, content_type="text/plain")

@@ -50,6 +50,20 @@ class FleetRuntime:
     recycle_after: float = 0.0  # no max_age recycling before this (after a failure)
 
 
+def remove_instance_dir(where: str) -> None:
+    """An instance's directory and its drift baseline, gone (file-tree work: a thread)."""
+    if where:
+        shutil.rmtree(where, ignore_errors=True)
+        baseline_path(Path(where)).unlink(missing_ok=True)
+
+
+def dispose_instance_dir(where: str, uid: int | None) -> None:
+    """After an instance ended: its files, and what its uid left behind (a thread)."""
+    remove_instance_dir(where)
+    if uid is not None:  # what it started outside its process group dies too
+        uids.reap(uid, where)
+
+
 def describe_exit(status: int | None) -> str:
     if status is None:
         return "exited (status unknown: it was not the agent's child)"
@@ -206,7 +220,10 @@ class Lifecycle:
                 known = [r.uid for r in self.instances.values() if r.uid is not None]
                 rec.uid = await asyncio.to_thread(self._isolate, Path(rec.dir), known)
                 env |= {"HOME": rec.dir, "USER": f"kiln-{rec.uid}"}
-            proc = procs.spawn(manifest.run, Path(rec.dir), env, Path(rec.log), rec.uid)
+            await asyncio.wrap_future(self.db.flush())  # the record is on disk before the spawn
+            proc = await asyncio.to_thread(
+                procs.spawn, manifest.run, Path(rec.dir), env, Path(rec.log), rec.uid
+            )
         except (KilnError, OSError) as exc:
             rec.reason = f"could not start: {exc}"
             self.finish(fleet, rec, InstanceState.FAILED)
@@ -218,9 +235,7 @@ class Lifecycle:
         if rec.terminating or not rec.live:  # terminated while it was being prepared
             procs.signal_group(proc.pid, signal.SIGKILL)
             await asyncio.to_thread(proc.wait)
-            shutil.rmtree(rec.dir, ignore_errors=True)
-            if rec.dir:
-                baseline_path(Path(rec.dir)).unlink(missing_ok=True)
+            await asyncio.to_thread(remove_instance_dir, rec.dir)
             return
         rec.pid = proc.pid
         rec.pid_start = procs.start_time(proc.pid)
@@ -299,11 +314,8 @@ class Lifecycle:
             self.lb.changed()
         self.sync_lb(fleet)
         self.save(rec)
-        shutil.rmtree(rec.dir, ignore_errors=True)
-        if rec.dir:
-            baseline_path(Path(rec.dir)).unlink(missing_ok=True)
-        if rec.uid is not None:  # what it started outside its process group dies too
-            self.background(asyncio.to_thread(uids.reap, rec.uid, rec.dir))
+        if rec.dir or rec.uid is not None:  # never on the loop every fleet's balancer runs on
+            self.background(asyncio.to_thread(dispose_instance_dir, rec.dir, rec.uid))
 
     async def retire(
         self, fleet: FleetRuntime, rec: InstanceRecord, final: InstanceState, *, drain: bool

@@ -8,8 +8,10 @@ Secret *values* never appear here: only their references.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from kiln.provider import InstanceState
 
 LIVE = frozenset({"pending", "running", "healthy", "unhealthy", "draining"})
 FINAL = frozenset({"terminated", "failed"})
+BUSY_TIMEOUT = 5.0  # seconds one attempt waits for a lock before the worker retries
+log = logging.getLogger("kiln.agent")
 
 
 @dataclass(frozen=True)
@@ -109,14 +113,26 @@ class InstanceRecord:
 
 
 class AgentDB:
-    """Write-through persistence for the agent's state."""
+    """Write-through persistence for the agent's state, on a thread of its own.
+
+    The connection lives on one worker thread and is used from nowhere else.
+    Writes are queued and applied in order, so a slow disk or a reader holding
+    the file locked delays the database, never the agent's event loop (the load
+    balancer of every fleet runs on it). ``flush`` waits for what is queued:
+    call it where a write must be durable before acting (before a spawn).
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-agent-db")
+        self._conn: sqlite3.Connection | None = None
+        self._pool.submit(self._open, path).result()
+
+    def _open(self, path: Path) -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(
             """
             CREATE TABLE IF NOT EXISTS agent_fleets (name TEXT PRIMARY KEY, settings TEXT);
             CREATE TABLE IF NOT EXISTS agent_groups (
@@ -125,48 +141,94 @@ class AgentDB:
                 id TEXT PRIMARY KEY, fleet TEXT, data TEXT);
             """
         )
+        self._conn = conn
 
     def close(self) -> None:
-        self.conn.close()
+        """Apply everything queued, then close."""
+        self._pool.submit(self._close).result()
+        self._pool.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # the worker -------------------------------------------------------------
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        self._pool.submit(self._apply, sql, args).add_done_callback(_report)
+
+    def _apply(self, sql: str, args: tuple[Any, ...]) -> None:
+        """Runs on the worker: a locked database is waited out, never dropped."""
+        assert self._conn is not None
+        delay = 0.05
+        while True:
+            try:
+                self._conn.execute(sql, args)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                log.warning("agent database busy (%s); retrying", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _read(self, sql: str) -> list[Any]:
+        def fetch() -> list[Any]:
+            assert self._conn is not None
+            return self._conn.execute(sql).fetchall()
+
+        return self._pool.submit(fetch).result()
+
+    def flush(self) -> Future[None]:
+        """Done once every write queued before it is applied."""
+        return self._pool.submit(lambda: None)
+
+    # writes (queued) ---------------------------------------------------------
 
     def save_fleet(self, name: str, settings: FleetSettings) -> None:
-        self.conn.execute(
+        self._write(
             "INSERT OR REPLACE INTO agent_fleets VALUES (?, ?)",
             (name, json.dumps(asdict(settings))),
         )
 
     def delete_fleet(self, name: str) -> None:
-        self.conn.execute("DELETE FROM agent_fleets WHERE name = ?", (name,))
-
-    def fleets(self) -> dict[str, FleetSettings]:
-        rows = self.conn.execute("SELECT name, settings FROM agent_fleets").fetchall()
-        return {name: FleetSettings.from_json(json.loads(raw)) for name, raw in rows}
+        self._write("DELETE FROM agent_fleets WHERE name = ?", (name,))
 
     def save_group(self, fleet: str, image: str, desired: int) -> None:
         if desired <= 0:
-            self.conn.execute(
-                "DELETE FROM agent_groups WHERE fleet = ? AND image = ?", (fleet, image)
-            )
+            self._write("DELETE FROM agent_groups WHERE fleet = ? AND image = ?", (fleet, image))
         else:
-            self.conn.execute(
-                "INSERT OR REPLACE INTO agent_groups VALUES (?, ?, ?)", (fleet, image, desired)
-            )
-
-    def groups(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for fleet, image, desired in self.conn.execute("SELECT * FROM agent_groups"):
-            out.setdefault(fleet, {})[image] = desired
-        return out
+            sql = "INSERT OR REPLACE INTO agent_groups VALUES (?, ?, ?)"
+            self._write(sql, (fleet, image, desired))
 
     def save_instance(self, rec: InstanceRecord) -> None:
-        self.conn.execute(
+        self._write(
             "INSERT OR REPLACE INTO agent_instances VALUES (?, ?, ?)",
             (rec.id, rec.fleet, json.dumps(asdict(rec))),
         )
 
     def delete_instance(self, instance_id: str) -> None:
-        self.conn.execute("DELETE FROM agent_instances WHERE id = ?", (instance_id,))
+        self._write("DELETE FROM agent_instances WHERE id = ?", (instance_id,))
+
+    # reads (blocking: at start, before the agent serves) ---------------------
+
+    def fleets(self) -> dict[str, FleetSettings]:
+        rows = self._read("SELECT name, settings FROM agent_fleets")
+        return {name: FleetSettings.from_json(json.loads(raw)) for name, raw in rows}
+
+    def groups(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for fleet, image, desired in self._read("SELECT * FROM agent_groups"):
+            out.setdefault(fleet, {})[image] = desired
+        return out
 
     def instances(self) -> list[InstanceRecord]:
-        rows = self.conn.execute("SELECT data FROM agent_instances").fetchall()
+        rows = self._read("SELECT data FROM agent_instances")
         return [InstanceRecord(**json.loads(raw)) for (raw,) in rows]
+
+
+def _report(done: Future[None]) -> None:
+    exc = done.exception()
+    if exc is not None:
+        log.error("agent database write failed", exc_info=exc)

@@ -51,9 +51,7 @@ def due(sup: Supervisor, fleet: FleetRuntime, now: float) -> str | None:
     if not mine or any(r.state != "healthy" or r.terminating for r in mine):
         return None
     old = past_max_age(mine, max_age, now)
-    if not old or deployment_holds(sup.home, fleet.name):
-        return None
-    return old[0].id
+    return old[0].id if old else None
 
 
 async def recycle(sup: Supervisor, fleet: FleetRuntime, victim_id: str) -> None:
@@ -61,6 +59,8 @@ async def recycle(sup: Supervisor, fleet: FleetRuntime, victim_id: str) -> None:
     victim = sup.instances[victim_id]
     fleet.recycling = True
     try:
+        if await asyncio.to_thread(deployment_holds, sup.home, fleet.name):
+            return  # a deployment is moving the fleet: its SQLite is not read on the loop
         log.info("recycling %s: older than max_age (%gs)", victim.id, fleet.settings.max_age)
         try:
             (new_id,) = await sup.launch(

@@ -297,17 +297,19 @@ class Supervisor(Lifecycle):
 
     def _housekeeping(self) -> None:
         now = time.time()
+        caps: list[tuple[Path, int]] = []
+        doomed: list[Path] = []
         for rec in list(self.instances.values()):
             if rec.live:
-                procs.cap_log(Path(rec.log), self._log_cap(rec))
+                caps.append((Path(rec.log), self._log_cap(rec)))
                 continue
             finished = max(rec.times.values(), default=rec.launched_at)
             if now - finished > KEEP_FINISHED:
                 del self.instances[rec.id]
                 self.db.delete_instance(rec.id)
-                for path in (Path(rec.log), Path(rec.log + ".1")):
-                    path.unlink(missing_ok=True)
+                doomed += [Path(rec.log), Path(rec.log + ".1")]
                 self.lb.changed()  # its counters go too
+        self.background(asyncio.to_thread(_tidy_logs, caps, doomed))
 
     def _log_cap(self, rec: InstanceRecord) -> int:
         fleet = self.fleets.get(rec.fleet)
@@ -319,17 +321,19 @@ class Supervisor(Lifecycle):
         """Re-adopt the instances a previous agent left running, and the balancer; never
         duplicate either. The balancer kept serving meanwhile: configuring it again
         is all adopting it takes."""
-        groups = self.db.groups()
-        for name, settings in self.db.fleets().items():
+        groups, fleets, records = await asyncio.to_thread(
+            lambda: (self.db.groups(), self.db.fleets(), self.db.instances())
+        )
+        for name, settings in fleets.items():
             self.fleets[name] = FleetRuntime(name, settings, groups.get(name, {}))
-        for rec in self.db.instances():
+        for rec in records:
             self.instances[rec.id] = rec
             fleet = self.fleets.get(rec.fleet)
             if not rec.live and rec.uid is not None:  # a previous agent may not have reaped it
                 self.background(asyncio.to_thread(uids.reap, rec.uid))
             if not rec.live or fleet is None:
                 continue
-            self._readopt(fleet, rec)
+            await self._readopt(fleet, rec)
         for fleet in self.fleets.values():
             self._recover_secrets(fleet)
             self.sync_lb(fleet)
@@ -353,9 +357,10 @@ class Supervisor(Lifecycle):
                 if names <= set(env):
                     fleet.secrets = {name: env[name] for name in names}
 
-    def _readopt(self, fleet: FleetRuntime, rec: InstanceRecord) -> None:
+    async def _readopt(self, fleet: FleetRuntime, rec: InstanceRecord) -> None:
         if rec.pid is None:  # the previous agent died between record and spawn
-            for pid in procs.processes_with_env("KILN_INSTANCE_ID", rec.id):
+            found = await asyncio.to_thread(procs.processes_with_env, "KILN_INSTANCE_ID", rec.id)
+            for pid in found:
                 procs.signal_group(pid, signal.SIGKILL)
             rec.reason = "the agent stopped while it was starting"
             self.finish(fleet, rec, InstanceState.FAILED)
@@ -385,3 +390,11 @@ class Supervisor(Lifecycle):
             with contextlib.suppress(KilnError):
                 await self.lb.flush()  # nothing to serve: the balancer exits
         self.lb.close()  # otherwise it keeps serving until the next agent adopts it
+
+
+def _tidy_logs(caps: list[tuple[Path, int]], doomed: list[Path]) -> None:
+    """Cap live instances' logs, delete expired ones (file work: runs in a thread)."""
+    for path, cap in caps:
+        procs.cap_log(path, cap)
+    for path in doomed:
+        path.unlink(missing_ok=True)
