@@ -24,6 +24,7 @@ from kiln.config import LoadedConfig
 from kiln.errors import BuildError
 from kiln.home import Home
 from kiln.ignore import SourceEntry, build_spec, load_spec, walk
+from kiln.oserrors import explain
 from kiln.runenv import build_env, instance_env, python_on
 from kiln.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, short_id
 from kiln.tree import UnsafeTree, check_tree
@@ -59,6 +60,17 @@ class BakeProgress:
 
 
 def bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None = None) -> BakeResult:
+    """Bake the app; an unreadable source path or a full disk is one line, never a traceback."""
+    try:
+        return _bake(loaded, home, progress)
+    except OSError as exc:
+        explained = explain(exc, source=loaded.root)
+        if explained is None:
+            raise
+        raise explained from exc
+
+
+def _bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None) -> BakeResult:
     progress = progress or BakeProgress()
     started = time.monotonic()
     app = loaded.config.app
@@ -296,20 +308,22 @@ def _parallel(
 class SourceIndex:
     """sha256 of source files keyed by their stat, so unchanged files are not re-read.
 
-    One line per file (``size mtime ctime ino sha path``): parsing it is a
-    large share of recognising an unchanged app, so it is kept trivial.
+    One NUL-terminated record per file (``size mtime ctime ino sha path``):
+    parsing it is a large share of recognising an unchanged app, so it is kept
+    trivial. A name may hold anything but NUL (newlines, bytes that are not
+    UTF-8: kept as surrogate escapes), and a damaged file is only a cache miss.
     """
 
     def __init__(self, home: Home, app: str) -> None:
-        self.path = home.root / "cache" / f"index-{app}.txt"
+        self.path = home.root / "cache" / f"index-{app}.v2"
         self.entries: dict[str, tuple[int, int, int, int, str]] = {}
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError:
-            text = ""
-        for line in text.splitlines():
-            size, mtime, ctime, ino, sha, path = line.split(" ", 5)
-            self.entries[path] = (int(size), int(mtime), int(ctime), int(ino), sha)
+            text = self.path.read_bytes().decode("utf-8", "surrogateescape")
+            for record in text.split("\0")[:-1]:
+                size, mtime, ctime, ino, sha, path = record.split(" ", 5)
+                self.entries[path] = (int(size), int(mtime), int(ctime), int(ino), sha)
+        except (OSError, ValueError):
+            self.entries = {}  # no index yet, or a damaged one: every file is read
         self.fresh: dict[str, tuple[int, int, int, int, str]] = {}
 
     def ingest(
@@ -346,9 +360,10 @@ class SourceIndex:
             return  # nothing moved: keep the file as it is
         self.path.parent.mkdir(exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(
-            "".join(f"{s} {m} {c} {i} {h} {p}\n" for p, (s, m, c, i, h) in self.fresh.items()),
-            encoding="utf-8",
+        tmp.write_bytes(
+            "".join(
+                f"{s} {m} {c} {i} {h} {p}\0" for p, (s, m, c, i, h) in self.fresh.items()
+            ).encode("utf-8", "surrogateescape")
         )
         tmp.replace(self.path)
 
@@ -375,9 +390,9 @@ def _cache_key(loaded: LoadedConfig, entries: list[SourceEntry], hashes: dict[st
     }
     h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
     h.update(
-        "\n".join(
-            f"{e.path}\0{e.kind}\0{e.mode}\0{hashes.get(e.path, e.target)}" for e in entries
-        ).encode()
+        "".join(
+            f"{e.path}\0{e.kind}\0{e.mode}\0{hashes.get(e.path, e.target)}\0" for e in entries
+        ).encode("utf-8", "surrogateescape")
     )
     return h.hexdigest()
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pathspec
 
+from kiln.errors import BuildError
+
 # kiln.toml stays out: fleet settings (size, strategy) must not change the image.
 ALWAYS_EXCLUDED = (".git/", ".kiln/", ".hg/", ".svn/", "/kiln.toml", "/.kilnignore")
 IGNORE_FILE = ".kilnignore"
@@ -75,6 +77,9 @@ _NAMED_GROUP = re.compile(r"\(\?P<\w+>")
 def walk(root: Path, spec: pathspec.PathSpec[Any] | None = None) -> Iterator[SourceEntry]:
     """Every file, symlink and empty directory under root not matched by spec.
 
+    Nothing is dropped silently: a FIFO, socket or device raises BuildError,
+    and a directory that cannot be read raises its OSError.
+
     Directories are pruned as soon as they match, so a huge excluded
     node_modules costs nothing.
     """
@@ -83,10 +88,7 @@ def walk(root: Path, spec: pathspec.PathSpec[Any] | None = None) -> Iterator[Sou
     while stack:
         rel_dir = stack.pop()
         base = root / rel_dir if rel_dir else root
-        try:
-            entries = list(os.scandir(base))
-        except OSError:
-            continue
+        entries = list(os.scandir(base))  # unreadable: the caller says so, never skips it
         kept = 0
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
@@ -121,8 +123,24 @@ def walk(root: Path, spec: pathspec.PathSpec[Any] | None = None) -> Iterator[Sou
                     st.st_ctime_ns,
                     st.st_ino,
                 )
+            else:
+                raise BuildError(
+                    f"{rel} is a {_special_kind(st.st_mode)}: an image holds only files, "
+                    "symlinks and directories",
+                    hint="exclude it in [app] exclude or .kilnignore",
+                )
         if kept == 0 and rel_dir:
             yield SourceEntry(rel_dir, "dir", 0o755, 0, 0, 0, 0)
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device node"
+    return "special file"
 
 
 def _normal_mode(mode: int) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from kiln.errors import CorruptObject, UnsafeImage
+from kiln.objects import write_sparse
 from kiln.tree import UnsafeTree, check_tree
 
 if TYPE_CHECKING:
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-BLOCK = 1 << 16  # holes are found at this granularity
-_ZERO = memoryview(bytes(BLOCK))
 _OPEN_DIRS_MAX = 128
 
 
@@ -111,25 +110,6 @@ def _write_file(parent_fd: int, name: str, entry: FileEntry, objects: Objects) -
         os.fchmod(fd, entry.mode)
     finally:
         os.close(fd)
-
-
-def write_sparse(fd: int, chunk: bytes) -> None:
-    """Write ``chunk`` at the file position, seeking over all-zero blocks."""
-    view = memoryview(chunk)
-    start = 0  # first byte not yet written or skipped
-    for offset in range(0, len(view), BLOCK):
-        block = view[offset : offset + BLOCK]
-        if block != _ZERO[: len(block)]:
-            continue
-        _write_all(fd, view[start:offset])
-        os.lseek(fd, len(block), os.SEEK_CUR)
-        start = offset + len(block)
-    _write_all(fd, view[start:])
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
 
 
 class _Dirs:

@@ -33,6 +33,8 @@ from pathlib import Path
 from kiln.errors import CorruptObject
 
 CHUNK = 1 << 20
+BLOCK = 1 << 16  # holes are made at this granularity
+_ZERO = bytes(BLOCK)
 PACK_MAX = 1 << 20  # objects smaller than this are packed
 _RECORD = struct.Struct(">32sQQ")
 _COUNTER = itertools.count()
@@ -246,8 +248,9 @@ class ObjectStore:
             try:
                 while chunk := os.read(fd, CHUNK):
                     h.update(chunk)
-                    _write_all(out, chunk)
+                    write_sparse(out, chunk)  # a sparse source stays sparse in the store
                     size += len(chunk)
+                os.ftruncate(out, size)
             finally:
                 os.close(out)
             self._commit_loose(tmp, h.hexdigest())
@@ -354,10 +357,29 @@ def _read_all(fd: int) -> bytes:
     return b"".join(parts)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def write_sparse(fd: int, chunk: bytes) -> None:
+    """Write ``chunk`` at the file position, seeking over all-zero blocks.
+
+    The caller truncates the file to its length at the end, since a file
+    that ends in a hole has no bytes written there. (bytes compare with
+    memcmp; memoryviews element by element, a hundred times slower.)
+    """
+    view = memoryview(chunk)
+    start = 0  # first byte not yet written or skipped
+    for offset in range(0, len(chunk), BLOCK):
+        end = min(offset + BLOCK, len(chunk))
+        if chunk[offset] or chunk[end - 1] or chunk[offset:end] != _ZERO[: end - offset]:
+            continue
+        _write_all(fd, view[start:offset])
+        os.lseek(fd, end - offset, os.SEEK_CUR)
+        start = end
+    _write_all(fd, view[start:])
 
 
 def _write_file(path: Path, chunks: list[bytes]) -> None:

@@ -1,0 +1,58 @@
+"""OS failures a user can cause, as one line that says what to do.
+
+A full disk, a file kiln may not read, a read-only KILN_HOME: these are not
+bugs, so they become KilnErrors naming the path and the fix, never a
+traceback. Anything else keeps its traceback: it is a bug to report.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from kiln.errors import BuildError, HomeError, KilnError, StoreError
+
+FULL = {errno.ENOSPC, errno.EDQUOT}
+DENIED = {errno.EACCES, errno.EPERM}
+USER_CAUSED = FULL | DENIED | {errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE}
+
+
+def _where(exc: OSError, root: Path | None) -> tuple[str, bool]:
+    """The path a failure is about (relative when it is inside ``root``), and whether it is."""
+    if exc.filename is None:
+        return "", False
+    name = Path(os.fsdecode(exc.filename))
+    if root is not None and name.is_relative_to(root):
+        return str(name.relative_to(root)), True
+    return str(name), False
+
+
+def explain(exc: OSError, *, source: Path | None = None) -> KilnError | None:
+    """The KilnError for ``exc``, or None when it is not one a user causes.
+
+    ``source`` is the directory being read (an app being baked): failures
+    inside it are about the app, anything else is about KILN_HOME.
+    """
+    if exc.errno not in USER_CAUSED:
+        return None
+    where, inside = _where(exc, source)
+    what = exc.strerror or str(exc)
+    if exc.errno in FULL:
+        return StoreError(
+            f"no space left on device{f' writing {where}' if where else ''}",
+            hint="free space (kiln prune removes images nothing uses), or point KILN_HOME "
+            "at a larger filesystem; nothing half-written was kept",
+        )
+    if inside:
+        return BuildError(
+            f"cannot read {where}: {what}",
+            hint="make it readable by this user, or exclude it in [app] exclude or .kilnignore",
+        )
+    if exc.errno in DENIED or exc.errno == errno.EROFS:
+        return HomeError(
+            f"{what}: {where or 'KILN_HOME'}",
+            hint="kiln reads and writes KILN_HOME (or --home) as this user: check the owner "
+            "and permissions of that path",
+        )
+    return KilnError(f"{where}: {what}" if where else what)
