@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,39 @@ def test_release_needs_its_secrets_before_anything_starts(
     assert "KILN_TEST_TOKEN is not set" in failed.stderr
     assert not (app.parent / "released").exists()
     assert os.environ.get("KILN_TEST_TOKEN") is None
+
+
+SHOW = (
+    "import os, sys; print(os.environ['API_TOKEN'], os.environ['KILN_IMAGE'], os.getcwd(), "
+    "sys.stdin.read().strip(), 'VIRTUAL_ENV' in os.environ); sys.exit(7)"
+)
+
+
+def _kiln_run(app: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "run", *args],
+        cwd=app,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_kiln_run_sees_secrets_and_stdin_in_a_throwaway_directory(app: Path) -> None:
+    first = json.loads(Kiln(app)("deploy", "--json").stdout)
+    done = _kiln_run(app, "--", "python3", "-c", SHOW, stdin="typed\n")
+    assert done.returncode == 7, done.stderr
+    token, image, cwd, typed, venv = done.stdout.split()
+    assert (token, image, typed, venv) == ("tok-123", first["to"], "typed", "False")
+    assert not Path(cwd).exists()
+    (app / "app.py").write_text(APP + "# v2\n")
+    baked = json.loads(Kiln(app)("bake", "--json").stdout)["image"]
+    other = _kiln_run(app, "--image", baked, "--", "sh", "-c", 'echo "$KILN_IMAGE"')
+    assert other.returncode == 0 and other.stdout.strip() == baked
+
+
+def test_kiln_run_before_any_deploy_says_what_to_do(app: Path) -> None:
+    done = _kiln_run(app, "--", "true")
+    assert done.returncode != 0 and "has not been deployed yet" in done.stderr
+    assert "kiln run --image ID" in done.stderr

@@ -73,6 +73,10 @@ class AwsPlatform(PlatformBase):
     def history(self, limit: int, *, all_fleets: bool) -> list[dict[str, Any]]:
         return self.deployer().history(limit)
 
+    def run(self, image: str | None, argv: list[str]) -> int:
+        self.require(Capability.RUN, "kiln run")
+        raise AssertionError("unreachable: RUN is not an AWS capability")
+
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
         if replace:
             self.require(Capability.DRIFT_REPLACE, "kiln drift --replace (use 'kiln recycle')")

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "status": "kiln.cli.deploy",
     "history": "kiln.cli.deploy",
     "unlock": "kiln.cli.deploy",
+    "run": "kiln.cli.run",
 }
 cli.lazy_commands = COMMANDS
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from kiln.durations import format_duration, format_size, format_time
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, FleetNotFound
 from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
 from kiln.store import Store
 
@@ -100,6 +101,31 @@ class LocalPlatform(PlatformBase):
             rows=tuple(rows),
             footer=(footer,),
         )
+
+    def run(self, image: str | None, argv: list[str]) -> int:
+        """On this terminal, as this user, with the image's env and the app's secrets."""
+        from kiln.deploy import StateDb
+        from kiln.local.oneoff import run_attached, scratch_instance
+        from kiln.local.secret_refs import resolve
+
+        config = self.loaded.config
+        if image is None:
+            rec = StateDb(self.home.state_db).fleet(config.app.name)
+            if rec is None or rec.current_image is None:
+                raise FleetNotFound(
+                    f"fleet {config.app.name} has not been deployed yet: no current image",
+                    hint="deploy it first, or name an image: kiln run --image ID -- CMD",
+                )
+            image = rec.current_image
+        record = Store(self.home).get(image)
+        if record.app != config.app.name:
+            raise ConfigError(
+                f"image {record.id} was baked for app {record.app}, not {config.app.name}",
+                hint="run it from that app's directory",
+            )
+        secrets = resolve(config.secrets, os.environ)
+        with scratch_instance(self.home, record.id, secrets, "run") as (where, _manifest, env):
+            return run_attached(argv, where, env)
 
     def status(self) -> dict[str, Any]:
         from kiln.deploy.status import fleet_status
