@@ -264,6 +264,38 @@ class LocalProvider(Section):
             "the agent to run as root and an interpreter any user can run (/usr/bin/python3)."
         ),
     )
+    header_timeout: Duration = Field(
+        default=10.0,
+        gt=0,
+        description="Time a client has to send a whole request head, from its first byte; "
+        "then 408.",
+    )
+    body_timeout: Duration = Field(
+        default=60.0,
+        gt=0,
+        description="Time a client has to send a whole request body; then 408, and an "
+        "instance that was receiving it has its connection closed.",
+    )
+    body_idle_timeout: Duration = Field(
+        default=10.0,
+        gt=0,
+        description="Longest silence while a request body arrives; then 408.",
+    )
+    client_idle_timeout: Duration = Field(
+        default=60.0,
+        gt=0,
+        description="A kept-alive client connection idle for this long is closed; so is one "
+        "that stops reading its response.",
+    )
+    connect_timeout: Duration = Field(
+        default=2.0, gt=0, description="Time to connect to an instance; then another is tried."
+    )
+    response_timeout: Duration = Field(
+        default=60.0,
+        gt=0,
+        description="Time an instance has to start its response once the request is sent; "
+        "then 504.",
+    )
 
     @field_validator("listen")
     @classmethod

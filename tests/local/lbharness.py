@@ -112,7 +112,7 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 class Backend:
     """One recording backend process: its port and what it saw."""
 
-    def __init__(self, kind: str, directory: Path) -> None:
+    def __init__(self, kind: str, directory: Path, threads: int = 8) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "recording_app.py").write_text(RECORDING_APP)
         self.kind = kind
@@ -121,7 +121,7 @@ class Backend:
         self.port = free_port()
         env = {**os.environ, "RECORD_LOG": str(self.log)}
         if kind == "gunicorn":
-            cmd = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8"]
+            cmd = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", str(threads)]
             cmd += ["-w", "1", "--keep-alive", "75", "-b", f"127.0.0.1:{self.port}"]
             cmd += ["recording_app:app"]
         else:

@@ -19,59 +19,41 @@ import contextlib
 import errno
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from kiln.errors import ProviderError
 from kiln.local.http1 import (
-    CHUNK,
     IDEMPOTENT,
-    LAST_CHUNK,
     BadMessage,
     Request,
     Response,
     chunk,
-    interim_head,
     request_head,
     response_head,
     simple_response,
 )
-from kiln.local.messages import BODY, HEAD, MessageReader, Truncated
+from kiln.local.messages import HEAD
 from kiln.local.metrics import Counters
+from kiln.local.proxy import (
+    BUSY,
+    HIGH_WATER,
+    IDLE,
+    Client,
+    ClientFailed,
+    Limits,
+    ResponseTimeout,
+    Upstream,
+    copy_response,
+    final_response,
+    linger,
+    read_body,
+    send_body,
+)
 
-REPLAY_LIMIT = 64 * 1024
-IDLE_TIMEOUT = 60.0  # client keep-alive
-CONNECT_TIMEOUT = 2.0
-RESPONSE_TIMEOUT = 60.0  # until the response head (enforced within IDLE_TIMEOUT / 4)
+REPLAY_LIMIT = 64 * 1024  # request bodies up to this are read whole before an instance is picked
+SWEEP = 0.5  # seconds between two looks at the deadlines
 SUSPECT_SECONDS = 1.0  # avoid an instance that refused a connection for this long
 POOL_SIZE = 128
-HIGH_WATER = 64 * 1024
-LINGER = 1.0  # how long a refused client may go on sending before the connection is reset
 _NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, BadMessage)
-
-
-class Upstream:
-    """A connection to an instance and the parser of the responses arriving on it."""
-
-    __slots__ = ("messages", "reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.messages = MessageReader(reader, request=False)
-
-    def usable(self) -> bool:
-        """Open, between responses, and nothing arrived that was not asked for.
-
-        Bytes an instance sent while the connection sat idle would otherwise
-        be taken as the answer to the next client's request.
-        """
-        buffered = getattr(self.reader, "_buffer", None)  # StreamReader has no public peek
-        return (
-            self.messages.reusable
-            and not buffered
-            and not self.reader.at_eof()
-            and not self.writer.is_closing()
-        )
 
 
 class _Retry(Exception):
@@ -108,9 +90,12 @@ class Backend:
 class Balancer:
     """One fleet's listener; the supervisor decides who is routable."""
 
-    def __init__(self, fleet: str, policy: str = "least-outstanding") -> None:
+    def __init__(
+        self, fleet: str, policy: str = "least-outstanding", limits: Limits | None = None
+    ) -> None:
         self.fleet = fleet
         self.policy = policy
+        self.limits = limits or Limits()
         self.backends: dict[str, Backend] = {}
         self.routable: list[Backend] = []
         self.totals = Counters()
@@ -118,10 +103,9 @@ class Balancer:
         self.unavailable = 0  # 503s: no instance to send to
         self.listen: tuple[str, int] | None = None
         self._server: asyncio.Server | None = None
-        # client connection -> when it went idle (0.0 while a request is in progress)
-        self._clients: dict[asyncio.StreamWriter, float] = {}
+        self._clients: set[Client] = set()
         # upstream connection -> deadline for the response head
-        self._waiting: dict[asyncio.StreamWriter, float] = {}
+        self._waiting: dict[Upstream, float] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._rr = 0
 
@@ -202,16 +186,17 @@ class Balancer:
             self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Close idle clients and upstreams that do not answer; cheaper than a timer each."""
+        """Enforce every deadline; cheaper than a timer per request."""
         while True:
-            await asyncio.sleep(IDLE_TIMEOUT / 4)
+            await asyncio.sleep(SWEEP)
             now = time.monotonic()
-            for writer, idle_since in list(self._clients.items()):
-                if 0.0 < idle_since < now - IDLE_TIMEOUT:
-                    writer.close()
-            for writer, deadline in list(self._waiting.items()):
+            limits = self.limits
+            for client in list(self._clients):
+                client.overdue(now, limits)
+            for upstream, deadline in list(self._waiting.items()):
                 if deadline < now:
-                    writer.close()  # the pending read fails: a 502, or a retry
+                    del self._waiting[upstream]
+                    upstream.reader.set_exception(ResponseTimeout("no response in time"))
 
     async def move(self, host: str, port: int) -> None:
         """Listen somewhere else; the old listener closes once the new one is up."""
@@ -226,8 +211,8 @@ class Balancer:
             self._sweeper = None
         if self._server is not None:
             self._server.close()
-            for writer in list(self._clients):
-                writer.close()
+            for client in list(self._clients):
+                client.writer.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
@@ -235,72 +220,70 @@ class Balancer:
             backend.close_idle()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        clients = self._clients
-        clients[writer] = time.monotonic()
-        peer = writer.get_extra_info("peername")
-        client_ip = str(peer[0]).encode() if peer else b"unknown"
+        client = Client(reader, writer)
+        self._clients.add(client)
         transport = writer.transport
-        messages = MessageReader(reader, request=True)
         try:
             while True:
                 try:
-                    kind, head = await messages.next()
-                except BadMessage as exc:
-                    writer.write(simple_response(exc.status, f"{exc}\n", close=True))
-                    await _linger(reader, writer)
+                    kind, head = await client.next()
+                except (BadMessage, TimeoutError) as exc:
+                    status = exc.status if isinstance(exc, BadMessage) else 408
+                    writer.write(simple_response(status, f"{exc}\n", close=True))
+                    await linger(reader, writer)
                     break
                 if kind != HEAD:  # closed between requests, or the tail of an upgrade
                     break
-                clients[writer] = 0.0
-                if not await self._serve(head, messages, writer, client_ip):
+                client.set(BUSY)
+                if not await self._serve(head, client):
                     break
                 if transport.get_write_buffer_size() > HIGH_WATER:
                     await writer.drain()
-                clients[writer] = time.monotonic()
+                client.set(IDLE)
         except _NETWORK_ERRORS:
             pass
         finally:
-            clients.pop(writer, None)
+            self._clients.discard(client)
             writer.close()
 
     # one request ----------------------------------------------------------
 
-    async def _serve(
-        self, head: Request, messages: MessageReader, cwriter: asyncio.StreamWriter, ip: bytes
-    ) -> bool:
+    async def _serve(self, head: Request, client: Client) -> bool:
         """Answer one request; False when the client connection must close."""
         started = time.monotonic()
-        body: bytes | None = b""
+        if head.expect and head.has_body:
+            client.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            if head.has_body:
-                if head.expect:
-                    cwriter.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                if head.chunked or (head.length or 0) > REPLAY_LIMIT:
-                    body = None  # streamed from the client, so it can be sent only once
-                else:
-                    body = await _read_body(messages)
-            else:
-                await _read_body(messages)  # the end of a message without a body
-        except _ClientFailed as exc:
-            exc.answer(cwriter)
+            read, whole = await read_body(client, head, REPLAY_LIMIT)
+        except ClientFailed as exc:
+            await exc.answer(client)
             return False
-        forwarded_for = ip if head.forwarded_for is None else head.forwarded_for + b", " + ip
+        client.set(BUSY)
+        body: bytes | None = read
+        prefix = b""
+        if not whole:
+            body, prefix = None, read  # the rest streams from the client: sent only once
+        elif head.chunked:  # read whole: forwarded with its length
+            head.chunked, head.length = False, len(read)
+        forwarded_for = client.ip
+        if head.forwarded_for is not None:
+            forwarded_for = head.forwarded_for + b", " + client.ip
         upstream_head = request_head(head, forwarded_for, b"http")
+        if prefix:
+            upstream_head += chunk(prefix) if head.chunked else prefix
         tried: tuple[str, ...] = ()
         while True:
             backend = self._pick(tried)
             if backend is None:
-                return self._give_up(head, cwriter, bool(tried), body is not None)
+                return self._give_up(head, client, bool(tried), body is not None)
             tried += (backend.id,)
             backend.outstanding += 1
             try:
                 try:
-                    return await self._attempt(
-                        backend, head, upstream_head, body, messages, cwriter, started
-                    )
+                    return await self._attempt(backend, head, upstream_head, body, client, started)
                 except _Stale:
                     return await self._attempt(
-                        backend, head, upstream_head, body, messages, cwriter, started, fresh=True
+                        backend, head, upstream_head, body, client, started, fresh=True
                     )
             except _Retry:
                 backend.counters.failures += 1
@@ -309,18 +292,16 @@ class Balancer:
             finally:
                 backend.outstanding -= 1
 
-    def _give_up(
-        self, head: Request, cwriter: asyncio.StreamWriter, tried: bool, body_read: bool
-    ) -> bool:
+    def _give_up(self, head: Request, client: Client, tried: bool, body_read: bool) -> bool:
         keep = body_read and not head.close and head.upgrade is None
         if tried:
             message = f"fleet {self.fleet}: every instance tried failed to answer\n"
-            cwriter.write(simple_response(502, message, close=not keep))
+            client.writer.write(simple_response(502, message, close=not keep))
             self.totals.record(502, 0.0)
         else:
             self.unavailable += 1
             message = f"fleet {self.fleet} has no healthy instance in service\n"
-            cwriter.write(simple_response(503, message, close=not keep))
+            client.writer.write(simple_response(503, message, close=not keep))
         return keep
 
     @staticmethod
@@ -335,7 +316,7 @@ class Balancer:
 
     async def _connect(self, backend: Backend) -> Upstream:
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
+            async with asyncio.timeout(self.limits.connect_timeout):
                 return Upstream(*await asyncio.open_connection(backend.host, backend.port))
         except (OSError, TimeoutError) as exc:
             backend.down_until = time.monotonic() + SUSPECT_SECONDS
@@ -347,8 +328,7 @@ class Balancer:
         head: Request,
         upstream_head: bytes,
         body: bytes | None,
-        messages: MessageReader,
-        cwriter: asyncio.StreamWriter,
+        client: Client,
         started: float,
         fresh: bool = False,
     ) -> bool:
@@ -358,18 +338,25 @@ class Balancer:
         replayable = body is not None and head.method in IDEMPOTENT
         responses.received = False
         responses.no_body = head.method == b"HEAD"
-        waiting = self._waiting
-        waiting[uwriter] = started + RESPONSE_TIMEOUT
         try:
             if body is None:
                 uwriter.write(upstream_head)
-                await _send_body(messages, uwriter, head.chunked)
+                await send_body(client, uwriter, head.chunked)
             else:
                 uwriter.write(upstream_head + body if body else upstream_head)
-            resp, interim = await _response_head(responses)
-        except _ClientFailed as exc:
+            self._waiting[upstream] = time.monotonic() + self.limits.response_timeout
+            resp, interim = await final_response(responses)
+        except ClientFailed as exc:
             uwriter.close()
-            exc.answer(cwriter)
+            await exc.answer(client)
+            return False
+        except ResponseTimeout:
+            uwriter.close()
+            backend.counters.failures += 1
+            self.totals.failures += 1
+            client.writer.write(
+                simple_response(504, "instance did not answer in time\n", close=True)
+            )
             return False
         except _NETWORK_ERRORS as exc:
             uwriter.close()
@@ -377,13 +364,13 @@ class Balancer:
                 raise (_Stale if pooled is not None else _Retry) from exc
             backend.counters.failures += 1
             self.totals.failures += 1
-            cwriter.write(simple_response(502, "instance failed\n", close=True))
+            client.writer.write(simple_response(502, "instance failed\n", close=True))
             return False
         finally:
-            waiting.pop(uwriter, None)
+            self._waiting.pop(upstream, None)
         if interim:
-            cwriter.write(interim)
-        return await self._respond(backend, head, resp, upstream, cwriter, started)
+            client.writer.write(interim)
+        return await self._respond(backend, head, resp, upstream, client, started)
 
     async def _respond(
         self,
@@ -391,7 +378,7 @@ class Balancer:
         head: Request,
         resp: Response,
         upstream: Upstream,
-        cwriter: asyncio.StreamWriter,
+        client: Client,
         started: float,
     ) -> bool:
         responses = upstream.messages
@@ -417,9 +404,9 @@ class Balancer:
         try:
             out = [response_head(resp, framing, keep_client)]
             if is_head:
-                cwriter.write(out[0])
+                client.writer.write(out[0])
             else:  # 204 and 304 too: their (empty) end is taken off the parser
-                await _copy_response(responses, cwriter, out, chunked)
+                await copy_response(responses, client, out, chunked)
         except _NETWORK_ERRORS:
             upstream.writer.close()
             backend.counters.failures += 1
@@ -433,95 +420,3 @@ class Balancer:
         else:
             upstream.writer.close()
         return keep_client
-
-
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Half-close, and read what the client still sends, briefly: closing with
-    unread bytes makes the kernel reset the connection, and the client may
-    never see the error it was just sent."""
-    with contextlib.suppress(OSError, TimeoutError):
-        writer.write_eof()
-        async with asyncio.timeout(LINGER):
-            while await reader.read(CHUNK):
-                pass
-
-
-class _ClientFailed(Exception):
-    """The client's body broke off or was malformed: answer if there is an answer, and close."""
-
-    def __init__(self, status: int | None, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-    def answer(self, cwriter: asyncio.StreamWriter) -> None:
-        if self.status is not None:
-            cwriter.write(simple_response(self.status, f"{self}\n", close=True))
-            with contextlib.suppress(OSError):
-                cwriter.write_eof()
-
-
-async def _client_event(messages: MessageReader) -> tuple[int, Any]:
-    try:
-        return await messages.next()
-    except BadMessage as exc:
-        raise _ClientFailed(exc.status, str(exc)) from exc
-    except OSError as exc:  # Truncated included: the client went away
-        raise _ClientFailed(None, str(exc)) from exc
-
-
-async def _read_body(messages: MessageReader) -> bytes:
-    """The rest of a request's body, held whole (it is small: kept for a retry)."""
-    parts: list[bytes] = []
-    while True:
-        kind, value = await _client_event(messages)
-        if kind != BODY:
-            return b"".join(parts)
-        parts.append(value)
-
-
-async def _send_body(messages: MessageReader, uwriter: asyncio.StreamWriter, chunked: bool) -> None:
-    """Stream a request body upstream, chunk framing written afresh."""
-    while True:
-        kind, value = await _client_event(messages)
-        if kind != BODY:
-            if chunked:
-                uwriter.write(LAST_CHUNK)
-            await uwriter.drain()
-            return
-        uwriter.write(chunk(value) if chunked else value)
-        await uwriter.drain()
-
-
-async def _response_head(responses: MessageReader) -> tuple[Response, bytes]:
-    """The final response head; interim (1xx) heads before it, regenerated."""
-    interim = b""
-    while True:
-        kind, resp = await responses.next()
-        if kind != HEAD:
-            raise Truncated("the instance closed the connection without answering")
-        if resp.status == 101:  # nobody asked to switch protocols
-            raise BadMessage("instance switched protocols unasked", 502)
-        if resp.status >= 200:
-            return resp, interim
-        interim += interim_head(resp)
-        await responses.next()  # the end of the interim message
-
-
-async def _copy_response(
-    responses: MessageReader, cwriter: asyncio.StreamWriter, out: list[bytes], chunked: bool
-) -> None:
-    """Stream the body: whatever has arrived goes out at once, the head with the first bytes."""
-    transport = cwriter.transport
-    while True:
-        if out and not responses.ready():
-            cwriter.write(b"".join(out))
-            out.clear()
-            if transport.get_write_buffer_size() > HIGH_WATER:
-                await cwriter.drain()
-        kind, value = await responses.next()
-        if kind != BODY:
-            if chunked:
-                out.append(LAST_CHUNK)
-            cwriter.write(b"".join(out))
-            return
-        out.append(chunk(value) if chunked else value)

@@ -35,8 +35,9 @@ from kiln.home import Home
 from kiln.local.lb import Balancer
 from kiln.local.metrics import Counters, render_counters
 from kiln.local.procs import loop_factory, raise_fd_limit
+from kiln.local.proxy import limits_from
 
-PROTOCOL = 1  # bumped when the control messages change; a mismatch means "replace me"
+PROTOCOL = 2  # bumped when the control messages change; a mismatch means "replace me"
 WATCH_SECONDS = 2.0
 LOG_MAX = 10 * 1024 * 1024
 ALREADY_RUNS = 3  # exit status: another balancer holds the lock
@@ -114,6 +115,7 @@ class BalancerHost:
         if balancer is None:
             balancer = self.fleets[name] = Balancer(name, str(spec["policy"]))
         balancer.policy = str(spec["policy"])
+        balancer.limits = limits_from(spec.get("limits", {}))
         counters = self.counters.setdefault(name, {})
         known = set(spec["known"])
         for gone in [i for i in counters if i not in known]:

@@ -136,6 +136,7 @@ class Lifecycle:
             name: {
                 "listen": [fleet.settings.listen_host, fleet.settings.listen_port],
                 "policy": fleet.settings.balance,
+                "limits": fleet.settings.limits,  # [provider.local] *_timeout
                 "backends": {i: [INSTANCE_HOST, port] for i, port in fleet.backends.items()},
                 "routable": sorted(fleet.routable),
                 "known": known.get(name, []),  # their counters are kept for `stats`

@@ -11,6 +11,7 @@ boundaries. llhttp runs without any of its "dangerous leniencies".
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any
 
@@ -62,6 +63,8 @@ class MessageReader:
         "_trailers",
         "_url",
         "eof_body",
+        "head_start",
+        "last_read",
         "mid",
         "no_body",
         "received",
@@ -86,11 +89,14 @@ class MessageReader:
         self.no_body = False  # the next response answers HEAD: it has a head only
         self.eof_body = False  # the current response's body runs until the connection closes
         self.spent = False  # the parser cannot go on (after a HEAD answer, an upgrade, an error)
+        self.last_read = 0.0  # monotonic time of the last read that brought bytes
+        self.head_start = 0.0  # when the head being read began; 0.0 when none is
 
     # httptools callbacks --------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.mid = True
+        self.head_start = self.last_read
         self.eof_body = False
         self._url = self._reason = b""
         self._fields = []
@@ -114,6 +120,7 @@ class MessageReader:
         version = parser.get_http_version()
         self._in_trailers = self._body = True
         self._head_bytes = 0
+        self.head_start = 0.0
         if self._request:
             request = make_request(parser.get_method(), self._url, version, self._fields)
             self._events.append((HEAD, request))
@@ -166,6 +173,7 @@ class MessageReader:
                 self._events.append((EOF, None))
             return
         self.received = True
+        self.last_read = time.monotonic()
         if self.spent:
             self._error = BadMessage("bytes after the end of a message", 502)
             return

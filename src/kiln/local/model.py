@@ -12,11 +12,12 @@ import logging
 import sqlite3
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from kiln.config import Health, LoadedConfig
+from kiln.local.proxy import Limits
 from kiln.provider import InstanceState
 
 LIVE = frozenset({"pending", "running", "healthy", "unhealthy", "draining"})
@@ -39,6 +40,7 @@ class FleetSettings:
     secrets: dict[str, str] = field(default_factory=dict)  # NAME -> 'env:VAR' | 'file:/path'
     max_age: float | None = None  # [fleet] max_age: the agent recycles older instances
     isolate: bool = False  # [provider.local] isolate: one unprivileged uid per instance
+    limits: dict[str, float] = field(default_factory=dict)  # [provider.local] *_timeout
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> FleetSettings:
@@ -55,6 +57,7 @@ class FleetSettings:
             secrets=dict(cfg.secrets),
             max_age=cfg.fleet.max_age,
             isolate=local.isolate,
+            limits={f.name: getattr(local, f.name) for f in fields(Limits)},
         )
 
     @classmethod
