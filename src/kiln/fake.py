@@ -72,6 +72,7 @@ class _Inst:
     service: list[list[float]] = field(default_factory=list)  # [start, end] in service
     terminated_at: float | None = None
     replaced_by: str | None = None
+    launch: dict[str, str] = field(default_factory=dict)
 
     @property
     def healthy_from(self) -> float:
@@ -140,6 +141,7 @@ class FakeProvider:
         self._kill_on_describe = False
         self._describes = 0
         self._errors: dict[str, Exception] = {}
+        self.launch_settings: dict[str, str] = {}  # what new instances carry (launch_print)
 
     # scripting -------------------------------------------------------------
 
@@ -166,7 +168,8 @@ class FakeProvider:
         return self._describes
 
     def fail_next(self, call: str, error: Exception) -> None:
-        """The next ``call`` ('launch', 'terminate', 'set_in_service') raises ``error``."""
+        """The next ``call`` ('launch', 'terminate', 'set_in_service', 'launch_print')
+        raises ``error``."""
         self._errors[call] = error
 
     def _mutate(self, name: str, *args: str) -> bool:
@@ -260,6 +263,15 @@ class FakeProvider:
     def image_exists(self, image: str) -> bool:
         return image in self.behaviors
 
+    def launch_print(self) -> Mapping[str, str]:
+        error = self._errors.pop("launch_print", None)
+        if error is not None:  # e.g. a secret that cannot be resolved
+            raise error
+        return dict(self.launch_settings)
+
+    def apply_settings(self, fleet: str) -> list[str]:
+        return []
+
     def log_tail(self, instance: str, lines: int = 20) -> str:
         inst = self._instances.get(instance)
         if inst is None:
@@ -284,6 +296,7 @@ class FakeProvider:
     def _new(self, fleet: str, image: str, in_service: bool) -> _Inst:
         now = self.clock.now()
         inst = _Inst(f"i-{next(self._ids):04d}", fleet, image, now, self.behaviors[image])
+        inst.launch = dict(self.launch_settings)
         if in_service:
             inst.set_service(True, now)
         self._instances[inst.id] = inst
@@ -328,4 +341,5 @@ class FakeProvider:
             in_service=inst.in_service and state is not InstanceState.TERMINATED,
             exit_status=exit_status,
             details={"replaced_by": inst.replaced_by} if inst.replaced_by else {},
+            launch=inst.launch,
         )

@@ -45,6 +45,9 @@ class Instance:
     in_service: bool = False  # registered with the load balancer
     exit_status: int | None = None
     details: Mapping[str, Any] = field(default_factory=dict)  # provider-specific (pid, az...)
+    # How it was launched: setting -> value, with "secrets" a keyed fingerprint of
+    # the secret values (never a value). Empty when the provider does not track it.
+    launch: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -133,6 +136,20 @@ class Provider(Protocol):
 
     def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
         """Per-instance counters since launch."""
+        ...
+
+    def launch_print(self) -> Mapping[str, str]:
+        """What an instance launched now carries in ``Instance.launch`` ({}: not tracked).
+
+        Resolves what a launch needs (secrets): a missing one fails here, before
+        anything changes. Instances whose ``launch`` differs are replaced.
+        """
+        ...
+
+    def apply_settings(self, fleet: str) -> list[str]:
+        """Apply the fleet-wide settings that need no new instance (where the fleet
+        listens...); what changed, in words. A setting that cannot be applied
+        raises, naming it, with nothing changed."""
         ...
 
 

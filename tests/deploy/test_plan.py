@@ -24,6 +24,7 @@ def _state(fleet: dict[str, Any]) -> FleetState:
             state=InstanceState(i["state"]),
             launched_at=i["launched_at"],
             in_service=i["in_service"],
+            launch=i.get("launch", {}),
         )
         for i in fleet["instances"]
     )
@@ -38,8 +39,12 @@ def test_plan_fixture(path: Path) -> None:
         plan = rollback_plan(state, case["image"], case["size"], case["strategy"])
     else:
         knobs = Knobs(**case["knobs"])
-        plan = make_plan(state, case["image"], case["strategy"], case["size"], knobs)
+        plan = make_plan(
+            state, case["image"], case["strategy"], case["size"], knobs, launch=case.get("launch")
+        )
     assert [s.to_json() for s in plan.steps] == case["expect"], case["description"]
+    assert list(plan.changed) == case.get("expect_changed", [])
+    assert list(plan.relaunch) == case.get("expect_relaunch", [])
     assert Plan.from_json(plan.to_json()) == plan  # what the journal stores comes back intact
 
 

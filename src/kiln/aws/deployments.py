@@ -68,6 +68,12 @@ class _Heartbeat:
     def image_exists(self, image: str) -> bool:
         return self.inner.image_exists(image)
 
+    def launch_print(self) -> Mapping[str, str]:
+        return self.inner.launch_print()
+
+    def apply_settings(self, fleet: str) -> list[str]:
+        return self.inner.apply_settings(fleet)
+
     def log_tail(self, instance: str, lines: int = 20) -> str:
         return self.inner.log_tail(instance, lines)
 

@@ -95,6 +95,14 @@ class AwsProvider:
             return False
         return True
 
+    def launch_print(self) -> Mapping[str, str]:
+        """Not tracked: an instance reads its secrets from SSM itself when it boots."""
+        return {}
+
+    def apply_settings(self, fleet: str) -> list[str]:
+        """Nothing fleet-wide to apply here: the load balancer is the user's own."""
+        return []
+
     def log_tail(self, instance: str, lines: int = 20) -> str:
         """The instance's console output (boot log and the service's journal on the console)."""
         ec2 = self.aws.ec2

@@ -12,7 +12,7 @@ and the user is told what is running.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -91,7 +91,7 @@ class Engine:
                 f"deployment {dep.id} ({dep.from_image} → {dep.to_image}) is unfinished: "
                 "'kiln deploy' finishes it first, so this plan may change",
             )
-        return self._plan(image, self._strategy(strategy))
+        return self._plan(image, self._strategy(strategy), self.provider.launch_print())
 
     # operations ----------------------------------------------------------------
 
@@ -103,15 +103,25 @@ class Engine:
         reason: str | None = None,
         wait: float | None = None,
     ) -> Result:
-        """Move the fleet to ``image``; first finish any deployment a kill left behind."""
+        """Move the fleet to ``image``; first finish any deployment a kill left behind.
+
+        Settings that change how instances run (secrets, isolation) are part of
+        what "the fleet serves this image" means: instances launched otherwise
+        are replaced. Fleet-wide settings (where it listens) are applied first.
+        """
         chosen = self._strategy(strategy)
         self._check_image(image)
+        launch = self.provider.launch_print()  # a missing secret stops here: nothing changed
         with self._locked(wait):
             resumed = self._resume_unfinished()
             if resumed and resumed.to_image == image and resumed.outcome != "succeeded":
                 return resumed  # that very deployment just failed: no second attempt here
             self._reap_warm()
-            plan = self._plan(image, chosen)
+            for change in self.provider.apply_settings(self.fleet):
+                self._emit("info", change)
+            plan = self._plan(image, chosen, launch)
+            if plan.relaunch:
+                self._emit("info", plan.relaunch_note, {"instances": list(plan.relaunch)})
             if plan.empty:
                 self._save_unchanged(plan)
                 return Result(self.fleet, "unchanged", to_image=image, resumed=resumed)
@@ -228,7 +238,7 @@ class Engine:
         rec = self.db.fleet(self.fleet)
         return rec.desired_size(self.settings.size) if rec else self.settings.size
 
-    def _plan(self, image: str, strategy: str) -> Plan:
+    def _plan(self, image: str, strategy: str, launch: Mapping[str, str]) -> Plan:
         rec = self.db.fleet(self.fleet)
         state = self.provider.describe(self.fleet)
         current = rec.current_image if rec else majority(state)
@@ -236,10 +246,9 @@ class Engine:
         if rec and rec.warm_ids:  # re-deploying what serves keeps the standby warm
             warm = set(rec.warm_ids)
             rest = replace(state, instances=tuple(i for i in state.instances if i.id not in warm))
-            unchanged = make_plan(rest, image, strategy, size, knobs, current)
-            if unchanged.empty:
-                return unchanged
-        return make_plan(state, image, strategy, size, knobs, current)
+            if make_plan(rest, image, strategy, size, knobs, current).empty:
+                return make_plan(rest, image, strategy, size, knobs, current, launch)
+        return make_plan(state, image, strategy, size, knobs, current, launch)
 
     def _record(self) -> FleetRecord:
         rec = self.db.fleet(self.fleet)

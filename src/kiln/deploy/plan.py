@@ -9,7 +9,7 @@ resumes by re-running its first unfinished step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -91,13 +91,15 @@ class Plan:
     size: int
     steps: tuple[Step, ...]
     format: int = PLAN_FORMAT
+    changed: tuple[str, ...] = ()  # launch settings that changed ("secrets", "isolate"...)
+    relaunch: tuple[str, ...] = ()  # the instances replaced because of them
 
     @property
     def empty(self) -> bool:
         return not self.steps
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": self.format,
             "fleet": self.fleet,
             "strategy": self.strategy,
@@ -106,6 +108,17 @@ class Plan:
             "size": self.size,
             "steps": [s.to_json() for s in self.steps],
         }
+        if self.relaunch:
+            data |= {"changed": list(self.changed), "relaunch": list(self.relaunch)}
+        return data
+
+    @property
+    def relaunch_note(self) -> str:
+        """'secrets changed: replacing 3 instances', or '' when no setting changed."""
+        if not self.relaunch:
+            return ""
+        n = len(self.relaunch)
+        return f"{', '.join(self.changed)} changed: replacing {n} instance{'s' * (n != 1)}"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
@@ -122,6 +135,8 @@ class Plan:
             from_image=data["from_image"],
             size=int(data["size"]),
             steps=tuple(Step.from_json(s) for s in data["steps"]),
+            changed=tuple(data.get("changed", ())),
+            relaunch=tuple(data.get("relaunch", ())),
         )
 
     def describe(self) -> list[str]:
@@ -132,7 +147,8 @@ class Plan:
         )
         if self.empty:
             return [head, "  nothing to do: the fleet already serves this image"]
-        return [head] + [f"  {n}. {s.describe()}" for n, s in enumerate(self.steps, 1)]
+        note = [f"  {self.relaunch_note}"] if self.relaunch else []
+        return [head, *note] + [f"  {n}. {s.describe()}" for n, s in enumerate(self.steps, 1)]
 
 
 @dataclass(frozen=True)
@@ -208,20 +224,65 @@ def make_plan(
     size: int,
     knobs: Knobs,
     from_image: str | None = None,
+    launch: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The steps that move ``state`` to ``size`` healthy instances of ``image``."""
+    """The steps that move ``state`` to ``size`` healthy instances of ``image``.
+
+    With ``launch`` (what a new instance carries, see ``Instance.launch``),
+    instances of ``image`` launched with other settings or secrets are replaced
+    too, after the strategy's own steps.
+    """
     if strategy not in STRATEGIES:
         raise DeployError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     view = _Fleet.split(state, image)
+    stale = _stale(view.ready + view.standby, launch or {})
     if strategy == "blue-green":
         steps = _blue_green(view, size, knobs)
     elif strategy == "canary":
         steps = _canary(view, size, knobs)
     else:
         steps = _rolling(view, size, knobs)
+    gone = {i for s in steps if s.kind == "terminate" for i in s.instances}
+    stale = [i for i in stale if i.id not in gone]
+    steps += _relaunch(image, stale, size, knobs, launch or {})
     if knobs.settle > 0:  # a batch proves itself before what it replaces goes
         steps = [replace(s, seconds=knobs.settle) if s.kind == "launch" else s for s in steps]
-    return Plan(state.name, strategy, image, from_image, size, tuple(steps))
+    changed = _changed(stale, launch or {})
+    return Plan(
+        state.name, strategy, image, from_image, size, tuple(steps), changed=changed,
+        relaunch=_ids(stale),
+    )  # fmt: skip
+
+
+def _stale(instances: Sequence[Instance], launch: Mapping[str, str]) -> list[Instance]:
+    """Those launched with settings other than ``launch`` (unknown counts as current)."""
+    return [
+        i for i in instances if i.launch and any(i.launch.get(k) != v for k, v in launch.items())
+    ]
+
+
+def _changed(stale: Sequence[Instance], launch: Mapping[str, str]) -> tuple[str, ...]:
+    keys = {k for i in stale for k, v in launch.items() if i.launch.get(k) != v}
+    return tuple(sorted(keys, key=lambda k: (k != "secrets", k)))  # secrets first
+
+
+def _relaunch(
+    image: str, stale: Sequence[Instance], size: int, knobs: Knobs, launch: Mapping[str, str]
+) -> list[Step]:
+    """Replace instances of the right image launched the wrong way, ``max_surge`` at a time.
+
+    Whatever the strategy: canary and blue-green compare and switch images, and
+    here the image stays. The strategy's own steps leave ``size`` instances of
+    ``image``, so each batch tops that up and then retires the stale ones.
+    """
+    why = f"{', '.join(_changed(stale, launch))} changed"
+    steps: list[Step] = []
+    batch = max(1, knobs.max_surge)
+    for start in range(0, len(stale), batch):
+        chunk = stale[start : start + batch]
+        steps.append(Step("launch", image=image, count=len(chunk), expect=size + len(chunk)))
+        steps.append(Step("terminate", instances=_ids(chunk), why=why))
+    return steps
 
 
 def rollback_plan(state: FleetState, image: str | None, size: int, strategy: str) -> Plan:

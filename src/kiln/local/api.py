@@ -68,6 +68,7 @@ def make_app(
     app.router.add_get("/v1/fleets/{fleet}", describe)
     app.router.add_get("/v1/fleets/{fleet}/stats", stats)
     app.router.add_post("/v1/fleets/{fleet}/launch", launch)
+    app.router.add_post("/v1/fleets/{fleet}/settings", fleet_settings)
     app.router.add_post("/v1/fleets/{fleet}/in-service", in_service)
     app.router.add_post("/v1/fleets/{fleet}/terminate", terminate)
     app.router.add_get("/v1/instances/{instance}", instance)
@@ -131,6 +132,16 @@ async def launch(request: web.Request) -> web.Response:
         {str(k): str(v) for k, v in data.get("secrets", {}).items()},
     )
     return web.json_response({"ids": ids})
+
+
+async def fleet_settings(request: web.Request) -> web.Response:
+    data = await _body(request)
+    changes = await request.app[SUPERVISOR].apply_settings(
+        request.match_info["fleet"],
+        FleetSettings.from_json(data["settings"]),
+        {str(k): str(v) for k, v in data.get("secrets", {}).items()},
+    )
+    return web.json_response({"changes": changes})
 
 
 async def in_service(request: web.Request) -> web.Response:

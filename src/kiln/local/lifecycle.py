@@ -23,6 +23,7 @@ from kiln.errors import KilnError, ProviderError
 from kiln.home import Home
 from kiln.local import procs, uids
 from kiln.local.health import Tracker, probe
+from kiln.local.launchprint import launch_print, load_key
 from kiln.local.lblink import BalancerLink
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
@@ -91,6 +92,13 @@ class Lifecycle:
         self.lb = BalancerLink(home, self.lb_config)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.uids = uids.UidPool(home.agent_dir / "last-uid")
+        self._launch_key: bytes | None = None
+
+    @property
+    def launch_key(self) -> bytes:
+        if self._launch_key is None:
+            self._launch_key = load_key(self.home)
+        return self._launch_key
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -208,8 +216,10 @@ class Lifecycle:
         try:
             manifest = await asyncio.to_thread(self.store.materialize, rec.image, Path(rec.dir))
             await asyncio.to_thread(record_baseline, Path(rec.dir))  # cheap `kiln drift`
-            env = instance_env(manifest.env) | pick(fleet.settings.secrets, fleet.secrets)
+            secrets = pick(fleet.settings.secrets, fleet.secrets)
+            env = instance_env(manifest.env) | secrets
             check_interpreter(manifest.python, env["PATH"])
+            rec.launch = launch_print(self.launch_key, fleet.settings, secrets)
             rec.port = procs.free_port(INSTANCE_HOST)
             env |= {
                 "HOST": INSTANCE_HOST,

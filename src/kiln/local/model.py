@@ -95,6 +95,7 @@ class InstanceRecord:
     terminating: bool = False
     ever_healthy: bool = False
     uid: int | None = None  # its own user when the fleet is isolated
+    launch: dict[str, str] = field(default_factory=dict)  # its launch print (launchprint.py)
 
     @property
     def live(self) -> bool:

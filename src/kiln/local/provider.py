@@ -14,6 +14,7 @@ from kiln.errors import InstanceNotFound
 from kiln.home import Home
 from kiln.local import secret_refs
 from kiln.local.client import AgentClient, ensure_agent
+from kiln.local.launchprint import launch_print, load_key
 from kiln.local.model import FleetSettings
 from kiln.local.oneoff import run_captured, scratch_instance
 from kiln.local.procs import log_tail
@@ -66,6 +67,18 @@ class LocalProvider:
         }
         ids: list[str] = self.agent.post(self._path(fleet, "/launch"), body)["ids"]
         return ids
+
+    def launch_print(self) -> Mapping[str, str]:
+        secrets = secret_refs.resolve(self.settings.secrets, os.environ)
+        return launch_print(load_key(self.home), self.settings, secrets)
+
+    def apply_settings(self, fleet: str) -> list[str]:
+        body = {
+            "settings": asdict(self.settings),
+            "secrets": secret_refs.resolve(self.settings.secrets, os.environ),
+        }
+        changes: list[str] = self.agent.post(self._path(fleet, "/settings"), body)["changes"]
+        return changes
 
     def set_in_service(self, fleet: str, add: Sequence[str], remove: Sequence[str]) -> None:
         body = {"add": list(add), "remove": list(remove)}
@@ -127,4 +140,5 @@ def _instance(raw: dict[str, Any]) -> Instance:
         in_service=bool(raw["in_service"]),
         exit_status=raw.get("exit_status"),
         details={k: raw.get(k) for k in _DETAILS},
+        launch={str(k): str(v) for k, v in (raw.get("launch") or {}).items()},
     )

@@ -40,12 +40,23 @@ class Supervisor(Lifecycle):
     ) -> FleetRuntime:
         """The fleet, created and listening; follows changed settings."""
         async with self._listening:  # two first launches must not both bind
-            return await self._ensure_fleet(name, settings, secrets)
+            return (await self._ensure_fleet(name, settings, secrets))[0]
+
+    async def apply_settings(
+        self, name: str, settings: FleetSettings, secrets: Mapping[str, str]
+    ) -> list[str]:
+        """Follow changed settings of a fleet that exists; what changed, in words."""
+        secrets = pick(settings.secrets, secrets)
+        async with self._listening:
+            if name not in self.fleets:
+                return []
+            return (await self._ensure_fleet(name, settings, secrets))[1]
 
     async def _ensure_fleet(
         self, name: str, settings: FleetSettings, secrets: Mapping[str, str]
-    ) -> FleetRuntime:
+    ) -> tuple[FleetRuntime, list[str]]:
         fleet = self.fleets.get(name)
+        changes: list[str] = []
         if fleet is None:
             fleet = self.fleets[name] = FleetRuntime(name, settings)
             try:
@@ -57,17 +68,44 @@ class Supervisor(Lifecycle):
                 raise
             log.info("fleet %s serves %s", name, settings.endpoint)
         elif settings != fleet.settings:
-            old, fleet.settings = fleet.settings, settings
-            try:
-                await self._serving(fleet)
-            except KilnError:
-                fleet.settings = old  # the old listener still serves
-                with contextlib.suppress(KilnError):
-                    await self.lb.flush()
-                raise
+            changes = await self._follow(fleet, settings)
         fleet.secrets = dict(secrets)  # the latest values: what replacements get
         self.db.save_fleet(name, fleet.settings)
-        return fleet
+        return fleet, changes
+
+    async def _follow(self, fleet: FleetRuntime, settings: FleetSettings) -> list[str]:
+        """Apply new settings to a running fleet; a listener that cannot move changes nothing.
+
+        Moving binds the new address first and closes the old one after, so no
+        request is refused; connections already open on the old one finish.
+        """
+        old, fleet.settings = fleet.settings, settings
+        try:
+            await self._serving(fleet)  # the balancer binds the new address, then closes the old
+        except KilnError as exc:
+            fleet.settings = old  # the old listener still serves
+            with contextlib.suppress(KilnError):
+                await self.lb.flush()
+            raise ProviderError(
+                f"{exc.message}; fleet {fleet.name} still listens on {old.endpoint} "
+                "and no setting was changed",
+                hint=exc.hint,
+            ) from exc
+        changes = []
+        if (old.listen_host, old.listen_port) != (settings.listen_host, settings.listen_port):
+            changes.append(
+                f"fleet {fleet.name} now listens on {settings.endpoint} (was {old.endpoint})"
+            )
+        if old.balance != settings.balance:
+            changes.append(f"fleet {fleet.name} balances by {settings.balance} (was {old.balance})")
+        if old.health != settings.health:
+            changes.append(
+                "[health] changed: instances launched from now on use the new checks; "
+                "running ones keep theirs until they are replaced"
+            )
+        for change in changes:
+            log.info("%s", change)
+        return changes
 
     async def _serving(self, fleet: FleetRuntime) -> None:
         """Push the fleet's settings to the balancer; its listen error is ours."""
