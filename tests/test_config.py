@@ -105,6 +105,13 @@ def test_bad_listen_address() -> None:
     assert "is not HOST:PORT" in _error(MINIMAL + '[provider.local]\nlisten = "8080"\n')
 
 
+def test_trusted_proxies_are_addresses_or_cidr_blocks() -> None:
+    bad = MINIMAL + '[provider.local]\ntrusted_proxies = ["10.0.0.0/8", "proxy.local"]\n'
+    assert "'proxy.local' is not an address or CIDR block" in _error(bad)
+    good = MINIMAL + '[provider.local]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]\n'
+    assert parse_config(good).provider.local.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
+
+
 def test_missing_config_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(cwd=tmp_path)

@@ -7,6 +7,7 @@ Field descriptions live on the models; ``docs/config.md`` and the JSON Schema
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import shlex
 import tomllib
@@ -290,12 +291,31 @@ class LocalProvider(Section):
     connect_timeout: Duration = Field(
         default=2.0, gt=0, description="Time to connect to an instance; then another is tried."
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR blocks (e.g. '10.0.0.0/8') of proxies in front of the "
+        "load balancer whose X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and "
+        "Forwarded headers are believed. From anyone else they are replaced by what the "
+        "connection shows.",
+    )
     response_timeout: Duration = Field(
         default=60.0,
         gt=0,
         description="Time an instance has to start its response once the request is sent; "
         "then 504.",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{cidr!r} is not an address or CIDR block, e.g. '10.0.0.0/8'"
+                ) from None
+        return value
 
     @field_validator("listen")
     @classmethod

@@ -155,10 +155,12 @@ stop_timeout = "2s"
     return path
 
 
-def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+def http_get(
+    port: int, path: str = "/", timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
         raw = response.read()
     finally:

@@ -37,8 +37,13 @@ _HOP = frozenset(
         b"expect",
         b"x-forwarded-for",
         b"x-forwarded-proto",
+        *(b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip", b"forwarded"),
     }
 )
+# What proxies say about the client beside X-Forwarded-For/-Proto: kept only
+# from a trusted proxy, or a client could claim any address or host.
+_CLAIMS = frozenset({b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip", b"forwarded"})
+_SCHEMES = (b"http", b"https")
 # Connection may name hop-by-hop headers to drop, but never these: dropping
 # Host or the framing would change what the next hop thinks the message is.
 _NEVER_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -87,6 +92,7 @@ class Request:
     expect: bool = False  # Expect: 100-continue
     forwarded_for: bytes | None = None
     forwarded_proto: bytes | None = None
+    claims: list[tuple[bytes, bytes]] = field(default_factory=list)  # Forwarded, X-Real-IP…
 
     @property
     def has_body(self) -> bool:
@@ -121,6 +127,7 @@ class _Fields:
     expect: bytes | None
     forwarded_for: bytes | None
     forwarded_proto: bytes | None
+    claims: list[tuple[bytes, bytes]]
 
 
 def check_field(name: bytes, value: bytes) -> bytes:
@@ -133,6 +140,7 @@ def check_field(name: bytes, value: bytes) -> bytes:
 
 def _fields(raw: list[tuple[bytes, bytes]]) -> _Fields:
     keep: list[tuple[bytes, bytes]] = []
+    claims: list[tuple[bytes, bytes]] = []
     hosts: list[bytes] = []
     connection: set[bytes] = set()
     length: int | None = None
@@ -166,7 +174,9 @@ def _fields(raw: list[tuple[bytes, bytes]]) -> _Fields:
         elif lname == b"x-forwarded-for":
             forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
         elif lname == b"x-forwarded-proto":
-            forwarded_proto = value
+            forwarded_proto = value if forwarded_proto is None else forwarded_proto
+        elif lname in _CLAIMS:
+            claims.append((name, value))
     if te is not None:
         if te != b"chunked":  # gzip, identity, xchunked, "chunked, x": nobody agrees on these
             raise BadMessage("only Transfer-Encoding: chunked is supported", 501)
@@ -185,6 +195,7 @@ def _fields(raw: list[tuple[bytes, bytes]]) -> _Fields:
         expect,
         forwarded_for,
         forwarded_proto,
+        claims,
     )
 
 
@@ -233,6 +244,7 @@ def make_request(
         f.expect is not None,
         f.forwarded_for,
         f.forwarded_proto,
+        f.claims,
     )
 
 
@@ -277,7 +289,23 @@ def _field_lines(fields: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join([name + b": " + value + b"\r\n" for name, value in fields])
 
 
-def request_head(req: Request, forwarded_for: bytes, forwarded_proto: bytes) -> bytes:
+def forwarding(req: Request, client_ip: bytes, scheme: bytes, trusted: bool) -> bytes:
+    """X-Forwarded-For/-Proto lines for the next hop.
+
+    A trusted proxy's claims are kept and extended with its own address;
+    anyone else's are replaced by what the connection shows (its address,
+    and https only when this listener terminated TLS).
+    """
+    if not trusted:
+        return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (client_ip, scheme)
+    chain = client_ip if req.forwarded_for is None else req.forwarded_for + b", " + client_ip
+    claimed = (req.forwarded_proto or b"").split(b",")[0].strip(b" \t").lower()
+    proto = claimed if claimed in _SCHEMES else scheme
+    lines = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (chain, proto)
+    return _field_lines(req.claims) + lines
+
+
+def request_head(req: Request, forwarded: bytes) -> bytes:
     """The head sent upstream, written from the validated fields."""
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     if req.host is not None:
@@ -287,8 +315,7 @@ def request_head(req: Request, forwarded_for: bytes, forwarded_proto: bytes) -> 
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif req.length is not None:
         parts.append(b"Content-Length: %d\r\n" % req.length)
-    parts += [b"X-Forwarded-For: ", forwarded_for, b"\r\nX-Forwarded-Proto: ", forwarded_proto]
-    parts.append(b"\r\n\r\n")
+    parts += [forwarded, b"\r\n"]
     return b"".join(parts)
 
 

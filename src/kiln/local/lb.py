@@ -27,6 +27,7 @@ from kiln.local.http1 import (
     Request,
     Response,
     chunk,
+    forwarding,
     request_head,
     response_head,
     simple_response,
@@ -40,6 +41,7 @@ from kiln.local.proxy import (
     Client,
     ClientFailed,
     Limits,
+    Networks,
     ResponseTimeout,
     Upstream,
     copy_response,
@@ -96,6 +98,7 @@ class Balancer:
         self.fleet = fleet
         self.policy = policy
         self.limits = limits or Limits()
+        self.trusted: Networks = ()  # [provider.local] trusted_proxies
         self.backends: dict[str, Backend] = {}
         self.routable: list[Backend] = []
         self.totals = Counters()
@@ -220,7 +223,7 @@ class Balancer:
             backend.close_idle()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = Client(reader, writer)
+        client = Client(reader, writer, self.trusted)
         self._clients.add(client)
         transport = writer.transport
         try:
@@ -265,10 +268,8 @@ class Balancer:
             body, prefix = None, read  # the rest streams from the client: sent only once
         elif head.chunked:  # read whole: forwarded with its length
             head.chunked, head.length = False, len(read)
-        forwarded_for = client.ip
-        if head.forwarded_for is not None:
-            forwarded_for = head.forwarded_for + b", " + client.ip
-        upstream_head = request_head(head, forwarded_for, b"http")
+        forwarded = forwarding(head, client.ip, client.scheme, client.trusted)
+        upstream_head = request_head(head, forwarded)
         if prefix:
             upstream_head += chunk(prefix) if head.chunked else prefix
         tried: tuple[str, ...] = ()

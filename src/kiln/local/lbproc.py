@@ -35,7 +35,7 @@ from kiln.home import Home
 from kiln.local.lb import Balancer
 from kiln.local.metrics import Counters, render_counters
 from kiln.local.procs import loop_factory, raise_fd_limit
-from kiln.local.proxy import limits_from
+from kiln.local.proxy import limits_from, networks
 
 PROTOCOL = 2  # bumped when the control messages change; a mismatch means "replace me"
 WATCH_SECONDS = 2.0
@@ -116,6 +116,7 @@ class BalancerHost:
             balancer = self.fleets[name] = Balancer(name, str(spec["policy"]))
         balancer.policy = str(spec["policy"])
         balancer.limits = limits_from(spec.get("limits", {}))
+        balancer.trusted = networks(spec.get("trusted_proxies", []))
         counters = self.counters.setdefault(name, {})
         known = set(spec["known"])
         for gone in [i for i in counters if i not in known]:

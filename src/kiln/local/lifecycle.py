@@ -145,6 +145,7 @@ class Lifecycle:
                 "listen": [fleet.settings.listen_host, fleet.settings.listen_port],
                 "policy": fleet.settings.balance,
                 "limits": fleet.settings.limits,  # [provider.local] *_timeout
+                "trusted_proxies": list(fleet.settings.trusted_proxies),
                 "backends": {i: [INSTANCE_HOST, port] for i, port in fleet.backends.items()},
                 "routable": sorted(fleet.routable),
                 "known": known.get(name, []),  # their counters are kept for `stats`

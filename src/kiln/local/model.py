@@ -41,6 +41,7 @@ class FleetSettings:
     max_age: float | None = None  # [fleet] max_age: the agent recycles older instances
     isolate: bool = False  # [provider.local] isolate: one unprivileged uid per instance
     limits: dict[str, float] = field(default_factory=dict)  # [provider.local] *_timeout
+    trusted_proxies: list[str] = field(default_factory=list)  # [provider.local]
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> FleetSettings:
@@ -58,6 +59,7 @@ class FleetSettings:
             max_age=cfg.fleet.max_age,
             isolate=local.isolate,
             limits={f.name: getattr(local, f.name) for f in fields(Limits)},
+            trusted_proxies=list(local.trusted_proxies),
         )
 
     @classmethod

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -62,12 +64,16 @@ class Client:
         "messages",
         "phase",
         "reader",
+        "scheme",
         "since",
         "task",
+        "trusted",
         "writer",
     )
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trusted: Networks = ()
+    ) -> None:
         self.task = asyncio.current_task()
         self.expired: str | None = None  # what the client was too slow to send
         self.reader = reader
@@ -75,6 +81,9 @@ class Client:
         self.messages = MessageReader(reader, request=True)
         peer = writer.get_extra_info("peername")
         self.ip = str(peer[0]).encode() if peer else b"unknown"
+        self.trusted = bool(peer) and is_in(str(peer[0]), trusted)
+        # the hook for TLS: a listener that terminates it makes every request https
+        self.scheme = b"https" if writer.get_extra_info("sslcontext") is not None else b"http"
         self.phase = IDLE
         self.since = self.body_start = time.monotonic()
 
@@ -114,6 +123,26 @@ class Client:
                 raise
             self.task.uncancel()
             raise RequestTimeout(f"{self.expired} not received in time") from None
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def networks(cidrs: Iterable[str]) -> Networks:
+    """Addresses or CIDR blocks ([provider.local] trusted_proxies), parsed."""
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def is_in(ip: str, nets: Networks) -> bool:
+    if not nets:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in nets)
 
 
 def limits_from(values: dict[str, Any]) -> Limits:
