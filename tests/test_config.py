@@ -134,3 +134,47 @@ def test_engine_defaults_are_the_config_defaults() -> None:
 
     config = Config.model_validate({"app": {"name": "a", "run": "python3 app.py"}})
     assert Settings.from_config(config) == Settings()
+
+
+BASE = '[app]\nname = "x"\nrun = "y"\n'
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "expected"),
+    [
+        ("fleet", "size = true", "[fleet] size: must be an integer, not true"),
+        ("fleet", 'size = "3"', "[fleet] size: must be an integer, not '3'"),
+        ("fleet", "max_surge = 1.5", "[fleet] max_surge: must be an integer, not 1.5"),
+        ("provider.local", "isolate = 1", "[provider.local] isolate: must be true or false"),
+        ("provider.local", 'isolate = "yes"', "isolate: must be true or false, not 'yes'"),
+        ("fleet", "strategy = 1", "[fleet] strategy: "),
+    ],
+)
+def test_strict_types_never_coerce(table: str, line: str, expected: str) -> None:
+    """``size = true`` used to scale a fleet to 1 with exit 0."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"{BASE}[{table}]\n{line}\n")
+    assert expected in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('grace = "99999999999d"', "[health] grace: '99999999999d' is longer than 366d"),
+        ("grace = 1e300", "[health] grace: 1e+300 is longer than 366d"),
+        ('interval = "inf"', "[health] interval: 'inf' is not a duration"),
+        ("healthy_threshold = 9223372036854775807", "must be at most 100"),
+    ],
+)
+def test_durations_and_counts_are_bounded(line: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"{BASE}[health]\n{line}\n")
+    assert expected in caught.value.message
+
+
+def test_the_largest_accepted_values_still_load() -> None:
+    config = parse_config(
+        f'{BASE}[fleet]\nsize = 1000\nmax_age = "366d"\n[provider.local]\n'
+        f"log_max_bytes = {1 << 40}\n"
+    )
+    assert config.fleet.size == 1000 and config.fleet.max_age == 366 * 86400

@@ -49,9 +49,13 @@ _RESERVED_ENV = {"HOST", "PORT", "KILN_INSTANCE_ID", "KILN_IMAGE"}
 
 
 class Section(BaseModel):
-    """Strict base: unknown keys are errors, values are frozen once loaded."""
+    """Strict base: unknown keys are errors, values are frozen once loaded.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict types: ``size = true`` or ``size = "3"`` is an error, not 1 or 3
+    (an int field takes only an integer, a bool field only true or false).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class App(Section):
@@ -137,10 +141,10 @@ class Health(Section):
     interval: Duration = Field(default=1.0, gt=0, description="Time between two checks.")
     timeout: Duration = Field(default=2.0, gt=0, description="A check slower than this fails.")
     healthy_threshold: int = Field(
-        default=2, ge=1, description="Consecutive passes before an instance takes traffic."
+        default=2, ge=1, le=100, description="Consecutive passes before an instance takes traffic."
     )
     unhealthy_threshold: int = Field(
-        default=3, ge=1, description="Consecutive failures before an instance is unhealthy."
+        default=3, ge=1, le=100, description="Consecutive failures before an instance is unhealthy."
     )
     grace: Duration = Field(
         default=30.0,
@@ -166,10 +170,13 @@ class Fleet(Section):
         default="rolling", description="Default deployment strategy."
     )
     max_surge: int = Field(
-        default=1, ge=0, description="Rolling: instances launched above the desired size."
+        default=1, ge=0, le=1000, description="Rolling: instances launched above the desired size."
     )
     max_unavailable: int = Field(
-        default=0, ge=0, description="Rolling: instances below the desired healthy capacity."
+        default=0,
+        ge=0,
+        le=1000,
+        description="Rolling: instances below the desired healthy capacity.",
     )
     drain: Duration = Field(
         default=10.0,
@@ -182,7 +189,10 @@ class Fleet(Section):
         description="Instances older than this are recycled (replaced from the same image).",
     )
     keep_images: int = Field(
-        default=5, ge=1, description="Images kept per app by 'kiln prune' (besides those in use)."
+        default=5,
+        ge=1,
+        le=1000,
+        description="Images kept per app by 'kiln prune' (besides those in use).",
     )
     keep_warm: Duration = Field(
         default=300.0,
@@ -215,7 +225,7 @@ class Fleet(Section):
 class Canary(Section):
     """Canary deployments: a few new instances judged against the old fleet."""
 
-    instances: int = Field(default=1, ge=1, description="Canary instances launched.")
+    instances: int = Field(default=1, ge=1, le=1000, description="Canary instances launched.")
     percent: float | None = Field(
         default=None,
         gt=0,
@@ -232,10 +242,14 @@ class Canary(Section):
     max_p99_ratio: float = Field(
         default=1.5,
         gt=0,
+        le=1000,
         description="Highest canary p99 latency as a multiple of the old fleet's.",
     )
     min_requests: int = Field(
-        default=20, ge=0, description="Requests canaries must serve before they can be judged."
+        default=20,
+        ge=0,
+        le=1_000_000_000,
+        description="Requests canaries must serve before they can be judged.",
     )
 
 
@@ -252,7 +266,10 @@ class LocalProvider(Section):
         default="least-outstanding", description="How the load balancer picks an instance."
     )
     log_max_bytes: int = Field(
-        default=10 * 1024 * 1024, ge=4096, description="Per-instance log size cap, in bytes."
+        default=10 * 1024 * 1024,
+        ge=4096,
+        le=1 << 40,
+        description="Per-instance log size cap, in bytes.",
     )
     stop_timeout: Duration = Field(
         default=10.0, ge=0, description="Time between SIGTERM and SIGKILL when stopping."
@@ -398,7 +415,7 @@ class AwsProvider(Section):
     )
     port: int = Field(default=3000, ge=1, le=65535, description="Port the app listens on.")
     keep_server_groups: int = Field(
-        default=2, ge=1, description="Server groups kept (current + warm standbys)."
+        default=2, ge=1, le=100, description="Server groups kept (current + warm standbys)."
     )
     ssm_prefix: str | None = Field(
         default=None,
@@ -529,9 +546,41 @@ def _describe_one(err: Any) -> str:
         return f"{where}: required key is missing"
     message = str(err["msg"])
     message = message.removeprefix("Value error, ")
+    if kind in _STRICT_TYPES:
+        message = f"must be {_STRICT_TYPES[kind]}, not {_toml_value(err['input'])}"
+    if kind in _BOUNDS:
+        words, key = _BOUNDS[kind]
+        message = f"must be {words} {err['ctx'][key]}, not {_toml_value(err['input'])}"
     if kind == "string_pattern_mismatch" and loc[-1] == "name":
         message = "must be lowercase letters, digits and dashes, e.g. 'my-app'"
     return f"{where}: {message}"
+
+
+_STRICT_TYPES = {
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a table",
+}
+
+
+def _toml_value(value: Any) -> str:
+    """How the offending value reads in kiln.toml."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float | str):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+_BOUNDS = {
+    "less_than_equal": ("at most", "le"),
+    "less_than": ("less than", "lt"),
+    "greater_than_equal": ("at least", "ge"),
+    "greater_than": ("more than", "gt"),
+}
 
 
 def _key_path(loc: list[str]) -> str:

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+MAX_SECONDS = 366 * 86400.0  # the longest duration kiln accepts anywhere: a year
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
 def parse_duration(value: object) -> float:
-    """Parse a duration; numbers are seconds, strings may chain parts ("1m30s")."""
+    """Parse a duration; numbers are seconds, strings may chain parts ("1m30s").
+
+    Bounded: nothing kiln waits for takes more than a year, and a huge value
+    (``"99999999999d"``) would overflow timers and timestamps downstream.
+    """
+    seconds = _parse(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a duration: use e.g. '500ms', '2s', '5m' or seconds")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{value!r} is longer than 366d, the longest duration kiln accepts")
+    return seconds
+
+
+def _parse(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like '500ms', '2s', '5m', '7d' or seconds")
     if isinstance(value, int | float):
