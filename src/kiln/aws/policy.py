@@ -256,12 +256,13 @@ DEPLOY_RULES: tuple[Rule, ...] = (
 )
 RULES = RULES + DEPLOY_RULES
 
-# Checked by AWS on the caller when Auto Scaling launches from a launch template
-# (RunInstances, tags on the new instances), never called by kiln itself: the
-# completeness test expects them unrecorded. With [provider.aws] instance_profile
-# set, AWS also checks iam:PassRole on that one role: grant it for that role's ARN
+# Checked by AWS on the caller when Auto Scaling launches from a launch template,
+# never called by kiln itself: the completeness test expects it unrecorded.
+# (ec2:CreateTags is checked that way too, for the new instances' tags, and kiln
+# also calls it: the lock's heartbeat.) With [provider.aws] instance_profile set,
+# AWS also checks iam:PassRole on that one role: grant it for that role's ARN
 # only (a wildcard PassRole next to RunInstances is a privilege escalation).
-IMPLICIT_DEPLOY_ACTIONS = frozenset({"ec2:RunInstances", "ec2:CreateTags"})
+IMPLICIT_DEPLOY_ACTIONS = frozenset({"ec2:RunInstances"})
 
 PURPOSES = ("bake", "images", "reap")
 DEPLOY_PURPOSES = ("deploy",)
