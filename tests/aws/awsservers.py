@@ -39,10 +39,11 @@ def moto_server(log: Path, *, free_requests: int | None = None) -> Iterator[str]
     env = dict(os.environ)
     if free_requests is not None:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(free_requests)
-    server = Path(sys.executable).with_name("moto_server")
+    # moto plus snapshot tags at CreateImage, which AWS applies and moto 5.2 lacks
+    server = [sys.executable, str(Path(__file__).with_name("motopatched.py"))]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(server), "-H", "127.0.0.1", "-p", str(port)],
+            [*server, "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -12,7 +12,7 @@ from conftest import TargetFactory, fail_call, leftovers
 from kiln.aws.ami import bake_ami
 from kiln.aws.builder import Builder
 from kiln.aws.images import list_amis
-from kiln.aws.session import Aws
+from kiln.aws.session import Aws, tag_map
 from kiln.aws.ssh import SshTarget
 from kiln.config import LoadedConfig
 from kiln.errors import AwsError
@@ -77,6 +77,12 @@ def test_interrupted_bake_cleans_up_and_the_next_bake_resumes_the_wait(
         bake_ami(loaded, home, aws=aws, progress=impatient, ssh_target=loopback_target)
     assert leftovers(aws) == {}
     [pending] = list_amis(aws, "acme")
+    # its snapshots were tagged by CreateImage itself, not after the wait this bake
+    # never finished: prune may delete them (DeleteSnapshot needs kiln:app)
+    assert pending.snapshots
+    for snapshot in aws.ec2.describe_snapshots(SnapshotIds=list(pending.snapshots))["Snapshots"]:
+        assert tag_map(snapshot.get("Tags"))["kiln:app"] == "acme"
+        assert tag_map(snapshot.get("Tags"))["kiln:digest"] == pending.digest
 
     # AWS still reports the AMI pending for two polls: the next bake waits, never rebuilds
     polls: list[str] = []

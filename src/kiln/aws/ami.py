@@ -215,7 +215,11 @@ def _create_image(
 ) -> str:
     name = f"kiln-{record.app}-{record.id}-{recipe(config, settings)[:8]}"
     image_tags = ami_tags(record, base, recipe(config, settings))
-    spec: list[Any] = [{"ResourceType": "image", "Tags": tags(image_tags)}]
+    # Snapshots are tagged by the same call: a bake killed during the long wait
+    # for "available" leaves snapshots prune may delete (DeleteSnapshot needs kiln:app).
+    spec: list[Any] = [
+        {"ResourceType": kind, "Tags": tags(image_tags)} for kind in ("image", "snapshot")
+    ]
     with aws_errors("creating the AMI"):
         try:
             response = aws.ec2.create_image(
@@ -251,12 +255,8 @@ def ami_tags(record: ImageRecord, base: str, shape: str) -> dict[str, str]:
 
 
 def _finish(aws: Aws, ami_id: str, settings: AwsProvider, note: Progress) -> Ami:
-    """Wait until available, then give the snapshots the AMI's kiln tags."""
+    """Wait until available (image and snapshots were tagged when CreateImage ran)."""
     ami = wait_available(aws, ami_id, timeout=settings.image_timeout, note=note)
-    wanted = {k: v for k, v in ami.tags.items() if k.startswith("kiln:")}
-    if ami.snapshots and wanted:
-        with aws_errors(f"tagging the snapshots of {ami_id}"):
-            aws.ec2.create_tags(Resources=list(ami.snapshots), Tags=tags(wanted))  # type: ignore[arg-type]
     note(f"{ami_id} available")
     return ami
 

@@ -91,6 +91,7 @@ def create_deploy_user(
     parts: Sequence[str] = tuple(PARTS),
     documents: Mapping[str, dict[str, Any]] | None = None,
     pass_role: str | None = None,
+    target_group: str | None = None,
 ) -> DeployUser:
     """Converge the deploy user; ``documents`` overrides a part's policy (tests).
 
@@ -113,6 +114,7 @@ def create_deploy_user(
                     partition=partition,
                     purposes=PARTS[part],
                     pass_role=pass_role,
+                    target_group=target_group,
                 )
             )
             for part in parts

@@ -45,6 +45,18 @@ _OWN = "arn:{partition}:ec2:{region}:{account}:"
 _ANY_OWNER = "arn:{partition}:ec2:{region}::"
 _TAGGED_AT_CREATE = {"StringLike": {f"aws:RequestTag/{BUILD_TAG}": "*"}}
 _BUILT_BY_KILN = {"StringLike": {f"ec2:ResourceTag/{BUILD_TAG}": "*"}}
+FLEET_TAG = "kiln:fleet"
+LOCK_TAG = "kiln:lock"
+LOCK_TAG_KEYS = ("kiln:lock", "kiln:holder", "kiln:expires", "kiln:started", "kiln:deployment")
+# Every tag kiln writes: its own keys and Name. Tags are written only by the call
+# that creates the resource (ec2:CreateAction), never onto something that exists,
+# so a leaked key cannot tag a stranger's resource into one it may delete.
+_KILN_KEYS_ONLY = {"ForAllValues:StringLike": {"aws:TagKeys": ["kiln:*", "Name"]}}
+
+
+def _on_create(*actions: str) -> dict[str, dict[str, Any]]:
+    return {"StringEquals": {"ec2:CreateAction": list(actions)}, **_KILN_KEYS_ONLY}
+
 
 RULES: tuple[Rule, ...] = (
     Rule(
@@ -98,24 +110,9 @@ RULES: tuple[Rule, ...] = (
             _OWN + "instance/*",
             _OWN + "volume/*",
             _ANY_OWNER + "image/*",
+            _ANY_OWNER + "snapshot/*",
         ),
-        condition={
-            "StringEquals": {
-                "ec2:CreateAction": [
-                    "ImportKeyPair",
-                    "CreateSecurityGroup",
-                    "RunInstances",
-                    "CreateImage",
-                ]
-            }
-        },
-    ),
-    Rule(
-        sid="KilnTagImagesAndSnapshots",
-        purposes=_p("bake"),
-        actions=("ec2:CreateTags",),
-        resources=(_ANY_OWNER + "image/*", _ANY_OWNER + "snapshot/*"),
-        condition={"ForAllValues:StringLike": {"aws:TagKeys": f"{TAG_PREFIX}*"}},
+        condition=_on_create("ImportKeyPair", "CreateSecurityGroup", "RunInstances", "CreateImage"),
     ),
     Rule(
         sid="KilnManageOwnTemporaryResources",
@@ -130,11 +127,18 @@ RULES: tuple[Rule, ...] = (
         resources=(_OWN + "security-group/*", _OWN + "key-pair/*", _OWN + "instance/*"),
         condition=_BUILT_BY_KILN,
     ),
+    Rule(  # only from kiln's own builder: never an image of somebody else's disk
+        sid="KilnBakeImageOfOwnBuilder",
+        purposes=_p("bake"),
+        actions=("ec2:CreateImage",),
+        resources=(_OWN + "instance/*",),
+        condition=_BUILT_BY_KILN,
+    ),
     Rule(
         sid="KilnBakeCreateImage",
         purposes=_p("bake"),
         actions=("ec2:CreateImage",),
-        resources=(_OWN + "instance/*", _ANY_OWNER + "image/*", _ANY_OWNER + "snapshot/*"),
+        resources=(_ANY_OWNER + "image/*", _ANY_OWNER + "snapshot/*"),
     ),
     Rule(
         sid="KilnPruneOwnImages",
@@ -151,8 +155,7 @@ RULES: tuple[Rule, ...] = (
 
 _ASG = "arn:{partition}:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/"
 _ELB = "arn:{partition}:elasticloadbalancing:{region}:{account}:"
-FLEET_TAG = "kiln:fleet"
-LOCK_TAG = "kiln:lock"
+_FLEET_OWNED = {"StringLike": {f"ec2:ResourceTag/{FLEET_TAG}": "*"}}
 
 DEPLOY_RULES: tuple[Rule, ...] = (
     Rule(
@@ -177,17 +180,21 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         purposes=_p("deploy"),
         actions=("ec2:GetConsoleOutput",),
         resources=(_OWN + "instance/*",),
-        condition={"StringLike": {f"ec2:ResourceTag/{FLEET_TAG}": "*"}},
+        condition=_FLEET_OWNED,
     ),
     Rule(
-        sid="KilnDeployLaunchTemplates",
+        sid="KilnDeployCreateTaggedLaunchTemplate",
         purposes=_p("deploy"),
-        actions=(
-            "ec2:CreateLaunchTemplate",
-            "ec2:CreateLaunchTemplateVersion",
-            "ec2:ModifyLaunchTemplate",
-        ),
+        actions=("ec2:CreateLaunchTemplate",),
         resources=(_OWN + "launch-template/*",),
+        condition={"StringLike": {f"aws:RequestTag/{FLEET_TAG}": "*"}},
+    ),
+    Rule(
+        sid="KilnDeployOwnLaunchTemplates",
+        purposes=_p("deploy"),
+        actions=("ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"),
+        resources=(_OWN + "launch-template/*",),
+        condition=_FLEET_OWNED,
     ),
     Rule(
         sid="KilnDeployCreateServerGroup",
@@ -209,13 +216,16 @@ DEPLOY_RULES: tuple[Rule, ...] = (
             "autoscaling:UpdateAutoScalingGroup",
         ),
         resources=(_ASG + "kiln-*",),
-        condition={"StringLike": {f"autoscaling:ResourceTag/{FLEET_TAG}": "*"}},
+        condition={
+            "StringLike": {f"autoscaling:ResourceTag/{FLEET_TAG}": "*"},
+            "ForAllValues:StringLike": {"aws:TagKeys": ["kiln:*"]},
+        },
     ),
-    Rule(
+    Rule(  # one target group when kiln.toml names it (policy_document(target_group=...))
         sid="KilnDeployTargets",
         purposes=_p("deploy"),
         actions=("elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets"),
-        resources=(_ELB + "targetgroup/*/*",),
+        resources=("{target_group}",),
     ),
     Rule(
         sid="KilnDeployLockCreate",
@@ -227,22 +237,28 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         sid="KilnDeployTagOnCreate",
         purposes=_p("deploy"),
         actions=("ec2:CreateTags",),
-        resources=(_OWN + "security-group/*", _OWN + "launch-template/*"),
-        condition={
-            "StringEquals": {"ec2:CreateAction": ["CreateSecurityGroup", "CreateLaunchTemplate"]}
-        },
+        resources=(
+            _OWN + "security-group/*",
+            _OWN + "launch-template/*",
+            _OWN + "instance/*",
+            _OWN + "volume/*",
+        ),
+        condition=_on_create("CreateSecurityGroup", "CreateLaunchTemplate", "RunInstances"),
     ),
     Rule(
         sid="KilnDeployLockHeartbeatAndRelease",
         purposes=_p("deploy"),
         actions=("ec2:CreateTags", "ec2:DeleteSecurityGroup"),
         resources=(_OWN + "security-group/*",),
-        condition={"StringLike": {f"ec2:ResourceTag/{LOCK_TAG}": "*"}},
+        condition={
+            "StringLike": {f"ec2:ResourceTag/{LOCK_TAG}": "*"},
+            "ForAllValues:StringEquals": {"aws:TagKeys": list(LOCK_TAG_KEYS)},
+        },
     ),
     Rule(
         sid="KilnDeployLaunchFromTemplates",
         purposes=_p("deploy"),
-        actions=("ec2:RunInstances", "ec2:CreateTags"),
+        actions=("ec2:RunInstances",),
         resources=(
             _ANY_OWNER + "image/*",
             _OWN + "subnet/*",
@@ -263,6 +279,10 @@ RULES = RULES + DEPLOY_RULES
 # AWS also checks iam:PassRole on that one role: grant it for that role's ARN
 # only (a wildcard PassRole next to RunInstances is a privilege escalation).
 IMPLICIT_DEPLOY_ACTIONS = frozenset({"ec2:RunInstances"})
+# A bake never calls CreateTags: every tag rides on the call that creates the
+# resource (TagSpecifications), and AWS checks CreateTags (with ec2:CreateAction)
+# for it on the caller.
+IMPLICIT_BAKE_ACTIONS = frozenset({"ec2:CreateTags"})
 
 PURPOSES = ("bake", "images", "reap")
 DEPLOY_PURPOSES = ("deploy",)
@@ -298,13 +318,17 @@ def policy_document(
     partition: str = "aws",
     purposes: Iterable[str] = ALL_PURPOSES,
     pass_role: str | None = None,
+    target_group: str | None = None,
 ) -> dict[str, Any]:
     """The scoped policy: region, account and kiln's own tags narrow every write.
 
     ``pass_role`` (the fleet's instance role) adds ``iam:PassRole`` for that one
     role, passable to EC2 only: launch templates naming an instance profile need it.
+    ``target_group`` (kiln.toml's ``target_group_arn``) is the only target group
+    whose members the deploy statements may change; without it, any in the region.
     """
     values = {"partition": partition, "region": region or "*", "account": account or "*"}
+    values["target_group"] = target_group or (_ELB + "targetgroup/*/*").format(**values)
     statements = []
     for rule in rules_for(purposes):
         statement: dict[str, Any] = {

@@ -67,6 +67,7 @@ def policy_command(
             partition=partition,
             purposes=purposes,
             pass_role=iam_policy.instance_role(settings),
+            target_group=settings.target_group_arn,
         )
         for name, purposes in iam_policy.PARTS.items()
         if part in (None, name)
@@ -139,6 +140,7 @@ def create_deploy_user_command(
         rotate_key=rotate_key,
         parts=("bake",) if bake_only else tuple(iam_policy.PARTS),
         pass_role=iam_policy.instance_role(settings),
+        target_group=settings.target_group_arn,
     )
     if as_json:
         emit_json(user.summary())
