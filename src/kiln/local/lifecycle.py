@@ -227,6 +227,7 @@ class Lifecycle:
                 "PORT": str(rec.port),
                 "KILN_INSTANCE_ID": rec.id,
                 "KILN_IMAGE": rec.image,
+                "KILN_FLEET": fleet.name,  # with the id: a lost database is rebuilt from these
             }
             if fleet.settings.isolate:
                 known = [r.uid for r in self.instances.values() if r.uid is not None]

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from kiln.config import Health, LoadedConfig
 from kiln.local.proxy import Limits
@@ -130,6 +131,7 @@ class AgentDB:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-agent-db")
         self._conn: sqlite3.Connection | None = None
         self._pool.submit(self._open, path).result()
@@ -193,13 +195,33 @@ class AgentDB:
     # writes (queued) ---------------------------------------------------------
 
     def save_fleet(self, name: str, settings: FleetSettings) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO agent_fleets VALUES (?, ?)",
-            (name, json.dumps(asdict(settings))),
-        )
+        data = json.dumps(asdict(settings))
+        self._write("INSERT OR REPLACE INTO agent_fleets VALUES (?, ?)", (name, data))
+        self._pool.submit(self._save_copy, name, data).add_done_callback(_report)
 
     def delete_fleet(self, name: str) -> None:
         self._write("DELETE FROM agent_fleets WHERE name = ?", (name,))
+        self._pool.submit(self._copy(name).unlink, missing_ok=True).add_done_callback(_report)
+
+    def _copy(self, name: str) -> Path:
+        """A fleet's settings, also kept beside the database: they survive losing it."""
+        return self.path.parent / "fleets" / f"{quote(name, safe='')}.json"
+
+    def _save_copy(self, name: str, data: str) -> None:
+        path = self._copy(name)
+        if path.exists() and path.read_text() == data:
+            return
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(data)
+        tmp.replace(path)
+
+    def settings_copy(self, name: str) -> FleetSettings | None:
+        """The copy of a fleet's settings (blocking: at start), None if there is none."""
+        try:
+            return FleetSettings.from_json(json.loads(self._copy(name).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
     def save_group(self, fleet: str, image: str, desired: int) -> None:
         if desired <= 0:

@@ -103,6 +103,28 @@ def environ_of(pid: int, started: int | None) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
 
 
+def instance_processes() -> list[tuple[int, dict[str, str]]]:
+    """(pid, environment) of every session leader carrying a KILN_INSTANCE_ID: the
+    instances running on this host, whoever (if anyone) remembers them."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getsid(pid) != pid:
+                continue
+            raw = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"KILN_INSTANCE_ID=" not in raw:
+            continue
+        env = environ_of(pid, start_time(pid))
+        if env.get("KILN_INSTANCE_ID"):
+            found.append((pid, env))
+    return found
+
+
 def processes_with_env(name: str, value: str) -> list[int]:
     """Pids whose environment has NAME=value: finds an instance spawned but not recorded."""
     needle = f"{name}={value}".encode()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import InstanceNotFound, KilnError, ProviderError
-from kiln.local import procs, recycler, uids
+from kiln.local import procs, recovery, recycler, uids
 from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
@@ -372,6 +372,7 @@ class Supervisor(Lifecycle):
             if not rec.live or fleet is None:
                 continue
             await self._readopt(fleet, rec)
+        await recovery.adopt_unrecorded(self)  # e.g. the database was lost: never duplicate
         for fleet in self.fleets.values():
             self._recover_secrets(fleet)
             self.sync_lb(fleet)
