@@ -308,6 +308,13 @@ class LocalProvider(Section):
     connect_timeout: Duration = Field(
         default=2.0, gt=0, description="Time to connect to an instance; then another is tried."
     )
+    tunnel_grace: Duration = Field(
+        default=5.0,
+        ge=0,
+        description="How long WebSocket (and other upgraded) connections to an instance taken "
+        "out of service may go on before the load balancer closes them. Draining waits for "
+        "them, within [fleet] drain.",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="Addresses or CIDR blocks (e.g. '10.0.0.0/8') of proxies in front of the "

@@ -51,6 +51,8 @@ _NEVER_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
 # Second locks behind llhttp's own checks (RFC 9110 5.1, 5.5, 5.6.2).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
+_PROTOCOL = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:/[!#$%&'*+\-.^_`|~0-9A-Za-z]+)?"
+_UPGRADE = re.compile(_PROTOCOL + rb"(?:[ \t]*,[ \t]*" + _PROTOCOL + rb")*")  # RFC 9110 7.8
 _REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _ORIGIN = re.compile(rb"/[\x21-\x7e]*")  # origin-form: path and query, visible ASCII only
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@\s]+)([/?][\x21-\x7e]*)?")
@@ -229,8 +231,11 @@ def make_request(
     if f.expect is not None and f.expect != b"100-continue":
         raise BadMessage("unsupported Expect", 417)
     upgrade = f.upgrade if b"upgrade" in f.connection else None
-    if upgrade is not None and (f.chunked or f.length):
-        raise BadMessage("a body on an Upgrade request")
+    if upgrade is not None:
+        if f.chunked or f.length:
+            raise BadMessage("a body on an Upgrade request")
+        if not _UPGRADE.fullmatch(upgrade):
+            raise BadMessage("bad Upgrade")
     return Request(
         method,
         target,
@@ -278,6 +283,8 @@ def make_response(
         raise BadMessage(f"instance answered: {exc}", 502) from exc
     ver = version.encode()
     upgrade = f.upgrade if status == 101 else None
+    if status == 101 and (upgrade is None or not _UPGRADE.fullmatch(upgrade)):
+        raise BadMessage("instance switched protocols without a valid Upgrade", 502)
     close = not _keep_alive(ver, f.connection)
     return Response(status, reason, ver, f.keep, f.chunked, f.length, close, upgrade)
 
@@ -311,6 +318,8 @@ def request_head(req: Request, forwarded: bytes) -> bytes:
     if req.host is not None:
         parts += [b"Host: ", req.host, b"\r\n"]
     parts.append(_field_lines(req.fields))
+    if req.upgrade is not None:
+        parts += [b"Connection: Upgrade\r\nUpgrade: ", req.upgrade, b"\r\n"]
     if req.chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif req.length is not None:
@@ -330,6 +339,17 @@ def response_head(resp: Response, framing: bytes, keep_alive: bool) -> bytes:
             framing,
             b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n",
         ]
+    )
+
+
+def switching_head(resp: Response) -> bytes:
+    """A 101 answer, sent on once the client asked to switch to what the instance chose."""
+    fields = _field_lines(resp.fields)
+    upgrade = resp.upgrade or b""
+    return b"HTTP/1.1 101 %s\r\n%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (
+        resp.reason or b"Switching Protocols",
+        fields,
+        upgrade,
     )
 
 

@@ -31,8 +31,9 @@ from kiln.local.http1 import (
     request_head,
     response_head,
     simple_response,
+    switching_head,
 )
-from kiln.local.messages import HEAD
+from kiln.local.messages import HEAD, UPGRADE
 from kiln.local.metrics import Counters
 from kiln.local.proxy import (
     BUSY,
@@ -43,6 +44,7 @@ from kiln.local.proxy import (
     Limits,
     Networks,
     ResponseTimeout,
+    Tunnel,
     Upstream,
     copy_response,
     final_response,
@@ -69,7 +71,18 @@ class _Stale(Exception):
 class Backend:
     """One instance as the balancer sees it: address, idle connections, counters."""
 
-    __slots__ = ("counters", "down_until", "host", "id", "idle", "outstanding", "port", "routable")
+    __slots__ = (
+        "counters",
+        "down_until",
+        "draining_since",
+        "host",
+        "id",
+        "idle",
+        "outstanding",
+        "port",
+        "routable",
+        "tunnels",
+    )
 
     def __init__(
         self, instance_id: str, host: str, port: int, counters: Counters | None = None
@@ -82,6 +95,12 @@ class Backend:
         self.counters = counters or Counters()
         self.down_until = 0.0
         self.routable = False
+        self.draining_since = 0.0  # when it stopped being routable, while it has tunnels
+        self.tunnels: set[Tunnel] = set()
+
+    def close_tunnels(self) -> None:
+        for tunnel in list(self.tunnels):
+            tunnel.close()
 
     def close_idle(self) -> None:
         for upstream in self.idle:
@@ -128,19 +147,24 @@ class Balancer:
         if backend is not None:
             backend.routable = False
             backend.close_idle()
+            backend.close_tunnels()  # the instance is gone: nothing to wait for
             self.routable = [b for b in self.routable if b.id != instance_id]
 
     def set_routable(self, ids: Iterable[str]) -> None:
         wanted = set(ids)
         self.routable = [b for i, b in sorted(self.backends.items()) if i in wanted]
+        now = time.monotonic()
         for backend in self.backends.values():
-            backend.routable = backend.id in wanted
+            was, backend.routable = backend.routable, backend.id in wanted
             if not backend.routable:
                 backend.close_idle()
+                if was:
+                    backend.draining_since = now  # its tunnels get tunnel_grace from now
 
     def outstanding(self, instance_id: str) -> int:
+        """Requests in flight and open tunnels: what draining waits for."""
         backend = self.backends.get(instance_id)
-        return backend.outstanding if backend else 0
+        return backend.outstanding + len(backend.tunnels) if backend else 0
 
     def _pick(self, tried: tuple[str, ...]) -> Backend | None:
         """Least outstanding (or next in turn), skipping tried and suspect instances."""
@@ -151,6 +175,7 @@ class Balancer:
         self._rr += 1
         start = self._rr % n
         best: Backend | None = None
+        best_load = 0
         suspect: Backend | None = None
         now = 0.0
         for k in range(n):
@@ -165,8 +190,9 @@ class Balancer:
                 backend.down_until = 0.0
             if self.policy == "round-robin":
                 return backend
-            if best is None or backend.outstanding < best.outstanding:
-                best = backend
+            load = backend.outstanding + len(backend.tunnels)
+            if best is None or load < best_load:
+                best, best_load = backend, load
         return best or suspect
 
     # listening ------------------------------------------------------------
@@ -196,6 +222,10 @@ class Balancer:
             limits = self.limits
             for client in list(self._clients):
                 client.overdue(now, limits)
+            for backend in self.backends.values():
+                late = now - backend.draining_since > limits.tunnel_grace
+                if backend.tunnels and not backend.routable and late:
+                    backend.close_tunnels()
             for upstream, deadline in list(self._waiting.items()):
                 if deadline < now:
                     del self._waiting[upstream]
@@ -346,7 +376,7 @@ class Balancer:
             else:
                 uwriter.write(upstream_head + body if body else upstream_head)
             self._waiting[upstream] = time.monotonic() + self.limits.response_timeout
-            resp, interim = await final_response(responses)
+            resp, interim = await final_response(responses, head.upgrade is not None)
         except ClientFailed as exc:
             uwriter.close()
             await exc.answer(client)
@@ -382,6 +412,8 @@ class Balancer:
         client: Client,
         started: float,
     ) -> bool:
+        if resp.status == 101:
+            return await self._switch(backend, resp, upstream, client, started)
         responses = upstream.messages
         status = resp.status
         is_head = head.method == b"HEAD"
@@ -421,3 +453,29 @@ class Balancer:
         else:
             upstream.writer.close()
         return keep_client
+
+    async def _switch(
+        self, backend: Backend, resp: Response, upstream: Upstream, client: Client, started: float
+    ) -> bool:
+        """The instance agreed to switch protocols: tunnel bytes until either side ends."""
+        try:
+            await upstream.messages.next()  # the end of the 101
+            _, from_instance = await upstream.messages.next()  # bytes after its head
+            kind, from_client = await client.next()  # bytes after the request's head
+        except _NETWORK_ERRORS:
+            upstream.writer.close()
+            return False
+        client.writer.write(switching_head(resp) + from_instance)
+        if kind == UPGRADE and from_client:
+            upstream.writer.write(from_client)
+        backend.counters.record(101, time.monotonic() - started)
+        self.totals.record(101, time.monotonic() - started)
+        tunnel = Tunnel(client, upstream)
+        backend.tunnels.add(tunnel)
+        backend.outstanding -= 1  # a tunnel now, counted as one: no longer a request
+        try:
+            await tunnel.run()
+        finally:
+            backend.tunnels.discard(tunnel)
+            backend.outstanding += 1  # as the caller, who counted the request, expects
+        return False

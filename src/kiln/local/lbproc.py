@@ -156,6 +156,13 @@ class BalancerHost:
         lines += ["# HELP kiln_lb_unavailable_total Requests answered 503: no healthy instance."]
         lines += ["# TYPE kiln_lb_unavailable_total counter"]
         lines += [f'kiln_lb_unavailable_total{{fleet="{n}"}} {b.unavailable}' for n, b in fleets]
+        lines += ["# HELP kiln_lb_tunnels Open upgraded connections (WebSocket) per instance."]
+        lines += ["# TYPE kiln_lb_tunnels gauge"]
+        lines += [
+            f'kiln_lb_tunnels{{fleet="{n}",instance="{i}"}} {len(backend.tunnels)}'
+            for n, b in fleets
+            for i, backend in b.backends.items()
+        ]
         return "\n".join(lines) + "\n"
 
     async def close(self) -> None:

@@ -39,6 +39,10 @@ class _HeadOnly(Exception):
     """Stops the parser after the head of a response that has no body (to a HEAD)."""
 
 
+class _Switch(Exception):
+    """Stops the parser after a 101 head: what follows is another protocol's."""
+
+
 class MessageReader:
     """One connection's incoming requests (``request=True``) or responses.
 
@@ -55,11 +59,13 @@ class MessageReader:
         "_events",
         "_fields",
         "_head_bytes",
+        "_heads",
         "_in_trailers",
         "_parser",
         "_reader",
         "_reason",
         "_request",
+        "_tail",
         "_trailers",
         "_url",
         "eof_body",
@@ -83,6 +89,8 @@ class MessageReader:
         self._trailers: list[tuple[bytes, bytes]] = []
         self._in_trailers = self._body = False
         self._head_bytes = 0
+        self._heads = 0  # heads completed by the current feed
+        self._tail = b""  # the last bytes of the previous feed: a head's end may straddle
         self._error: BaseException | None = None
         self.mid = False  # inside a message
         self.received = False  # any byte arrived since the flag was last cleared
@@ -120,6 +128,7 @@ class MessageReader:
         version = parser.get_http_version()
         self._in_trailers = self._body = True
         self._head_bytes = 0
+        self._heads += 1
         self.head_start = 0.0
         if self._request:
             request = make_request(parser.get_method(), self._url, version, self._fields)
@@ -127,6 +136,8 @@ class MessageReader:
             return
         resp = make_response(parser.get_status_code(), self._reason, version, self._fields)
         self._events.append((HEAD, resp))
+        if resp.status == 101:
+            raise _Switch
         if resp.status < 200:
             return
         if self.no_body:
@@ -179,6 +190,7 @@ class MessageReader:
             return
         if not self._body:
             self._head_bytes += len(data)
+        self._heads = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -188,11 +200,29 @@ class MessageReader:
         except httptools.HttpParserCallbackError as exc:
             self.spent = True
             cause = exc.__context__
-            if not isinstance(cause, _HeadOnly):
+            if isinstance(cause, _Switch):
+                self.mid = False
+                self._events.append((END, None))
+                self._events.append((UPGRADE, self._after_heads(data)))
+            elif not isinstance(cause, _HeadOnly):
                 self._error = cause if isinstance(cause, BadMessage) else BadMessage(str(exc))
         except httptools.HttpParserError as exc:
             self.spent = True
             self._error = BadMessage(f"malformed: {exc}", 400 if self._request else 502)
+        self._tail = data[-3:]
         if not self._body and self._head_bytes > MAX_HEAD and self._error is None:
             self.spent = True
             self._error = BadMessage("head too large", 431)
+
+    def _after_heads(self, data: bytes) -> bytes:
+        """The bytes of ``data`` after the heads this feed completed (1xx ones and a 101).
+
+        httptools gives no offset for a paused response parser, but llhttp
+        accepted these heads only if each ended in exactly CRLF CRLF, and
+        1xx responses have no body: the n-th CRLF CRLF ends the n-th head.
+        """
+        joined = self._tail + data
+        end = 0
+        for _ in range(self._heads):
+            end = joined.index(b"\r\n\r\n", end) + 4
+        return joined[end:]

@@ -44,6 +44,7 @@ class Limits:
     client_idle_timeout: float = 60.0  # a kept-alive client between requests, or not reading
     connect_timeout: float = 2.0  # a connection to an instance
     response_timeout: float = 60.0  # an instance's response head, once the request is sent
+    tunnel_grace: float = 5.0  # an upgraded connection to an instance taken out of service
 
 
 class ResponseTimeout(TimeoutError):
@@ -51,7 +52,7 @@ class ResponseTimeout(TimeoutError):
 
 
 # what a client connection is waiting for, for the sweeper
-IDLE, BODY_IN, BUSY, SENDING = range(4)
+IDLE, BODY_IN, BUSY, SENDING, TUNNEL = range(5)
 
 
 class Client:
@@ -245,16 +246,17 @@ async def send_body(client: Client, uwriter: asyncio.StreamWriter, chunked: bool
     await uwriter.drain()
 
 
-async def final_response(responses: MessageReader) -> tuple[Response, bytes]:
-    """The final response head; interim (1xx) heads before it, regenerated."""
+async def final_response(responses: MessageReader, switching: bool) -> tuple[Response, bytes]:
+    """The final response head (or a 101 when ``switching`` was asked for); interim
+    (1xx) heads before it, regenerated."""
     interim = b""
     while True:
         kind, resp = await responses.next()
         if kind != HEAD:
             raise Truncated("the instance closed the connection without answering")
-        if resp.status == 101:  # nobody asked to switch protocols
+        if resp.status == 101 and not switching:
             raise BadMessage("instance switched protocols unasked", 502)
-        if resp.status >= 200:
+        if resp.status >= 200 or resp.status == 101:
             return resp, interim
         interim += interim_head(resp)
         await responses.next()  # the end of the interim message
@@ -292,3 +294,41 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         async with asyncio.timeout(LINGER):
             while await reader.read(CHUNK):
                 pass
+
+
+class Tunnel:
+    """An upgraded connection (WebSocket…): bytes copied both ways until either side ends."""
+
+    __slots__ = ("client", "upstream")
+
+    def __init__(self, client: Client, upstream: Upstream) -> None:
+        self.client = client
+        self.upstream = upstream
+
+    async def run(self) -> None:
+        self.client.set(TUNNEL)
+        await asyncio.gather(
+            _pipe(self.client.reader, self.upstream.writer),
+            _pipe(self.upstream.reader, self.client.writer),
+        )
+        self.close()
+
+    def close(self) -> None:
+        """Close both sides (after what is buffered is sent): the pipes then end."""
+        self.upstream.writer.close()
+        self.client.writer.close()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    """One direction of a tunnel; the other side is told of the end with a half-close,
+    or closed when this side broke (so the other direction ends too)."""
+    try:
+        while data := await src.read(CHUNK):
+            dst.write(data)
+            await dst.drain()
+    except (OSError, RuntimeError):  # reset, or closed under us
+        dst.close()
+        return
+    if dst.can_write_eof() and not dst.is_closing():
+        with contextlib.suppress(OSError, RuntimeError):
+            dst.write_eof()

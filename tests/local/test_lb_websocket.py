@@ -1,0 +1,187 @@
+"""WebSocket (Upgrade) through the load balancer, with real clients and servers.
+
+The `websockets` library on both ends: the 101 passes, frames flow both
+ways, each tunnel counts against its instance (so draining waits for it),
+and an instance taken out of service has its tunnels closed after
+``tunnel_grace`` while new connections go elsewhere. The last test does the
+same through the agent across a replacement of the instance, as a rolling
+deploy does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from localtest import free_port, make_image, serving, wait_for, write_config
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from kiln.config import load_config
+from kiln.home import Home
+from kiln.local.lb import Balancer
+from kiln.local.provider import LocalProvider
+from kiln.local.proxy import Limits
+
+
+def echo(name: str) -> Callable[[ServerConnection], Awaitable[None]]:
+    async def handler(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                await ws.send(message if isinstance(message, bytes) else f"{name}:{message}")
+
+    return handler
+
+
+def plain_answer(connection: ServerConnection, request: object) -> object:
+    path = getattr(request, "path", "/")
+    if path == "/plain":  # refuses to switch: an ordinary HTTP answer
+        return connection.respond(426, "use the other door\n")
+    return None
+
+
+@contextlib.asynccontextmanager
+async def fleet(names: list[str], grace: float = 0.5) -> AsyncIterator[tuple[Balancer, int]]:
+    """WebSocket echo servers behind a balancer; (balancer, its port)."""
+    servers = []
+    lb = Balancer("t", "round-robin", Limits(tunnel_grace=grace))
+    lb_port = free_port()
+    await lb.start("127.0.0.1", lb_port)
+    for name in names:
+        port = free_port()
+        servers.append(await serve(echo(name), "127.0.0.1", port, process_request=plain_answer))
+        lb.add(name, "127.0.0.1", port)
+    lb.set_routable(names)
+    try:
+        yield lb, lb_port
+    finally:
+        await lb.close()
+        for server in servers:
+            server.close()
+
+
+async def echo_scenario() -> None:
+    async with fleet(["a"]) as (lb, port):
+        async with connect(f"ws://127.0.0.1:{port}/chat") as ws:
+            assert lb.outstanding("a") == 1  # an open tunnel counts against its instance
+            await ws.send("hello")
+            assert await ws.recv() == "a:hello"
+            big = os.urandom(1_000_000)
+            await ws.send(big)
+            assert await ws.recv() == big
+            for n in range(50):  # many small frames, both ways, in order
+                await ws.send(f"m{n}")
+            assert [await ws.recv() for _ in range(50)] == [f"a:m{n}" for n in range(50)]
+        await asyncio.sleep(0.2)
+        assert lb.outstanding("a") == 0
+        assert lb.totals.as_dict()["requests"] >= 1
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"ws://127.0.0.1:{port}/plain")
+        assert refused.value.response.status_code == 426
+
+
+def test_websocket_echo_through_the_balancer() -> None:
+    asyncio.run(echo_scenario())
+
+
+async def drain_scenario() -> None:
+    async with fleet(["a", "b"], grace=0.5) as (lb, port):
+        sockets = {}
+        for _ in range(2):  # round-robin: one on each
+            ws = await connect(f"ws://127.0.0.1:{port}/")
+            await ws.send("who")
+            sockets[str(await ws.recv()).split(":")[0]] = ws
+        ws_a, ws_b = sockets["a"], sockets["b"]
+        assert {name: lb.outstanding(name) for name in ("a", "b")} == {"a": 1, "b": 1}
+        lb.set_routable(["b"])  # a is taken out of service
+        started = time.monotonic()
+        await ws_a.send("still here")  # within the grace, a's tunnel still works
+        assert (await ws_a.recv()).endswith("still here")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws_a.recv(), 5)
+        assert 0.4 < time.monotonic() - started < 3.0
+        assert lb.outstanding("a") == 0
+        await ws_b.send("unaffected")  # b's tunnel lives on
+        assert (await ws_b.recv()).endswith("unaffected")
+        async with connect(f"ws://127.0.0.1:{port}/") as ws_new:
+            assert lb.outstanding("b") == 2  # new connections go to b only
+            await ws_new.send("x")
+            await ws_new.recv()
+        await ws_b.close()
+
+
+def test_tunnels_of_an_instance_out_of_service_close_after_the_grace() -> None:
+    asyncio.run(drain_scenario())
+
+
+WS_APP = """
+import asyncio, contextlib, http, os
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
+
+NAME = os.environ["KILN_INSTANCE_ID"]
+
+async def echo(ws):
+    with contextlib.suppress(ConnectionClosed):
+        async for message in ws:
+            await ws.send(f"{NAME}:{message}")
+
+def health(connection, request):
+    if request.path == "/health":
+        return connection.respond(http.HTTPStatus.OK, "ok\\n")
+
+async def main():
+    async with serve(echo, os.environ["HOST"], int(os.environ["PORT"]), process_request=health):
+        await asyncio.get_running_loop().create_future()
+
+asyncio.run(main())
+"""
+
+
+def test_websockets_across_a_replacement(local_home: Home, tmp_path: Path) -> None:
+    """Old instance's sockets close after the grace; clients reconnect to the new one."""
+    port = free_port()
+    config = write_config(tmp_path / "app", port, extra='tunnel_grace = "1s"')
+    provider = LocalProvider(local_home, load_config(config))
+    image = make_image(local_home, run=f"{sys.executable} app.py", files={"app.py": WS_APP})
+    [old] = provider.launch("web", image, 1)
+    serving(provider, 1)
+    log: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    async def client() -> None:  # keeps a socket open, reconnecting when it is closed
+        while not stop.is_set():
+            with contextlib.suppress(ConnectionClosed, OSError):
+                async with connect(f"ws://127.0.0.1:{port}/") as ws:
+                    while not stop.is_set():
+                        await ws.send("ping")
+                        log.append((time.monotonic(), str(await ws.recv())))
+                        await asyncio.sleep(0.05)
+            log.append((time.monotonic(), "closed"))
+            await asyncio.sleep(0.1)
+
+    runner = threading.Thread(target=lambda: asyncio.run(client()))
+    runner.start()
+    try:
+        wait_for(lambda: any(m.startswith(old) for _, m in log), 10, "echoes from the old instance")
+        [new] = provider.launch("web", image, 1)  # a rolling step: new one in, old one out
+        wait_for(lambda: len(provider.describe("web").serving()) == 2, 15, "both serving")
+        started = time.monotonic()
+        provider.terminate("web", [old])
+        wait_for(lambda: any(m.startswith(new) for _, m in log), 15, "echoes from the new one")
+    finally:
+        stop.set()
+        runner.join(20)
+    closed = [t for t, m in log if m == "closed" and t >= started]
+    assert closed and 0.9 < closed[0] - started < 6.0  # the grace, then closed by the balancer
+    last_old = max(t for t, m in log if m.startswith(old))
+    assert last_old > started + 0.5  # the old socket kept working during the grace
+    assert all(not m.startswith(old) for t, m in log if t > closed[0])
