@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,9 @@ from pathlib import Path
 import pytest
 from e2ekit import APP, Load, free_port, http_get, kill_everything, write_app_config
 
+from kiln.config import load_config
 from kiln.home import Home
+from kiln.local.provider import LocalProvider
 from kilntest import Kiln
 
 pytestmark = pytest.mark.slow
@@ -127,3 +131,44 @@ class socket_on:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="isolation needs the agent to run as root")
+def test_turning_isolation_on_replaces_the_instances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = Path(tempfile.mkdtemp(prefix="kiln-iso-", dir="/tmp"))
+    base.chmod(0o711)  # instance users must pass through to their directories
+    home = Home(base / "kiln").ensure()
+    monkeypatch.setenv("KILN_HOME", str(home.root))
+    monkeypatch.setenv("KILN_TEST_TOKEN", "token")
+    config = write_app_config(tmp_path / "app", free_port())
+    config.write_text(config.read_text().replace('grace = "1s"', 'grace = "20s"') + SECRETS)
+    (config.parent / "app.py").write_text(APP)
+    kiln = Kiln(config.parent)
+    try:
+        assert json.loads(kiln("deploy", "--json").stdout)["outcome"] == "succeeded"
+        assert {_uid(p) for p in _pids(home, config)} == {0}
+
+        config.write_text(config.read_text().replace("[provider.local]", _ISOLATE))
+        result = kiln("deploy")
+        assert "isolate changed: replacing 2 instances" in result.stderr
+        uids = {_uid(p) for p in _pids(home, config)}
+        assert len(uids) == 2 and all(u >= 2_000_000_000 for u in uids)
+        assert json.loads(kiln("deploy", "--json").stdout)["outcome"] == "unchanged"
+    finally:
+        kill_everything(home)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+_ISOLATE = "[provider.local]\nisolate = true"
+
+
+def _pids(home: Home, config: Path) -> list[int]:
+    provider = LocalProvider(home, load_config(config))
+    return [int(i.details["pid"]) for i in provider.describe("web").live()]
+
+
+def _uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("Uid:")).split()[1])
