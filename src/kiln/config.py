@@ -57,6 +57,24 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """A NUL cannot reach a path, a command line or the environment: refuse it here."""
+        if "\0" in _strings(value):
+            raise ValueError("contains a NUL character")
+        return value
+
+
+def _strings(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        return "".join(_strings(v) for v in value)
+    if isinstance(value, dict):
+        return "".join(_strings(k) + _strings(v) for k, v in value.items())
+    return ""
+
 
 class App(Section):
     """The application: how to build it and how to run it."""
@@ -515,8 +533,17 @@ def load_config(explicit: str | Path | None = None, cwd: Path | None = None) -> 
     path = find_config(explicit, cwd)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read: {exc.strerror or exc}",
+            hint="make it readable by this user (kiln.toml holds no secrets: [secrets] are "
+            "references)",
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
+            hint="TOML files are UTF-8: save it as UTF-8",
+        ) from exc
     return LoadedConfig(config=parse_config(text, source=str(path)), path=path)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 
 from kiln.errors import BuildError, HomeError, KilnError, StoreError
@@ -41,8 +42,8 @@ def explain(exc: OSError, *, source: Path | None = None) -> KilnError | None:
     if exc.errno in FULL:
         return StoreError(
             f"no space left on device{f' writing {where}' if where else ''}",
-            hint="free space (kiln prune removes images nothing uses), or point KILN_HOME "
-            "at a larger filesystem; nothing half-written was kept",
+            hint="free space on that filesystem (in KILN_HOME, 'kiln prune' removes images "
+            "nothing uses), or point KILN_HOME at a larger one; nothing half-written was kept",
         )
     if inside:
         return BuildError(
@@ -56,3 +57,21 @@ def explain(exc: OSError, *, source: Path | None = None) -> KilnError | None:
             "and permissions of that path",
         )
     return KilnError(f"{where}: {what}" if where else what)
+
+
+def explain_failure(exc: BaseException) -> KilnError | None:
+    """The CLI's safety net: an OS or SQLite failure a user causes, as a KilnError."""
+    if isinstance(exc, OSError):
+        return explain(exc)
+    sqlite3 = sys.modules.get("sqlite3")  # not imported: not the cause (and not paid for)
+    if sqlite3 is not None and isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if "disk is full" in text:
+            return explain(OSError(errno.ENOSPC, text))
+        if "readonly database" in text or "unable to open database" in text:
+            return HomeError(
+                f"cannot write kiln's state: {text}",
+                hint="kiln reads and writes KILN_HOME (or --home) as this user: check the "
+                "owner and permissions of its files",
+            )
+    return None

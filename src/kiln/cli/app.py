@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import click
 from kiln import __version__
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.oserrors import explain_failure
 from kiln.platform import PLATFORM_NAMES
 
 if TYPE_CHECKING:
@@ -102,6 +104,12 @@ class KilnGroup(click.Group):
             err_console.print("[yellow]interrupted[/]")
             ctx.exit(130)
         except Exception as exc:
+            explained = explain_failure(exc)  # a full disk, a path kiln may not use
+            if explained is not None:
+                from kiln.cli.output import report_error
+
+                report_error(explained)
+                ctx.exit(explained.exit_code)
             if not type(exc).__module__.startswith("botocore"):
                 raise
             # a safety net: AWS failures the library did not translate still get one line
@@ -131,4 +139,8 @@ class KilnGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, config: str | None) -> None:
     """Immutable infrastructure for web apps: bake images, deploy by replacement."""
+    # a file name that is not UTF-8 prints escaped (as stderr already does), never a traceback
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
     ctx.obj = State(home_override=home, config_path=config)
