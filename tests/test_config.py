@@ -112,6 +112,16 @@ def test_trusted_proxies_are_addresses_or_cidr_blocks() -> None:
     assert parse_config(good).provider.local.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
 
 
+def test_hosts_are_host_names() -> None:
+    local = '[provider.local]\nhosts = ["Shop.Example.com.", "*.shop.example.com"]\n'
+    hosts = parse_config(MINIMAL + local).provider.local.hosts
+    assert hosts == ["shop.example.com", "*.shop.example.com"]
+    for bad in ("http://shop.example.com", "shop.example.com:443", "a..b", "*"):
+        error = _error(MINIMAL + f'[provider.local]\nhosts = ["{bad}"]\n')
+        assert "is not a host name" in error, error
+    assert "listed twice" in _error(MINIMAL + '[provider.local]\nhosts = ["a.io", "A.io"]\n')
+
+
 def test_missing_config_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(cwd=tmp_path)

@@ -27,6 +27,7 @@ from pydantic import (
 
 from kiln.durations import parse_duration
 from kiln.errors import ConfigError
+from kiln.local.routes import valid_host
 
 CONFIG_NAME = "kiln.toml"
 
@@ -283,6 +284,15 @@ class LocalProvider(Section):
     balance: Literal["least-outstanding", "round-robin"] = Field(
         default="least-outstanding", description="How the load balancer picks an instance."
     )
+    hosts: list[str] = Field(
+        default=[],
+        description=(
+            "Host names this fleet answers on its listen address (the Host header), so "
+            "several fleets can share one address, e.g. ['shop.example.com']; "
+            "'*.example.com' matches every subdomain. A fleet without hosts answers every "
+            "Host no other fleet there claims; with no such fleet, unknown Hosts get 404."
+        ),
+    )
     log_max_bytes: int = Field(
         default=10 * 1024 * 1024,
         ge=4096,
@@ -358,6 +368,20 @@ class LocalProvider(Section):
                     f"{cidr!r} is not an address or CIDR block, e.g. '10.0.0.0/8'"
                 ) from None
         return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_are_names(cls, value: list[str]) -> list[str]:
+        names = [name.lower().rstrip(".") for name in value]
+        for name in names:
+            if not valid_host(name):
+                raise ValueError(
+                    f"{name!r} is not a host name such as 'shop.example.com' or "
+                    "'*.example.com' (no scheme, no port)"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError("a host is listed twice")
+        return names
 
     @field_validator("listen")
     @classmethod

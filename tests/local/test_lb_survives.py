@@ -11,7 +11,6 @@ import re
 import signal
 import time
 
-import pytest
 from localtest import gone, serving, wait_for
 
 from kiln.home import Home
@@ -19,8 +18,6 @@ from kiln.loadgen import LoadLoop
 from kiln.local.agent import read_pid
 from kiln.local.client import AgentClient, agent_status, start_agent, stop_agent
 from kiln.local.provider import LocalProvider
-
-pytestmark = pytest.mark.slow
 
 
 def _loops(port: int) -> list[LoadLoop]:

@@ -59,6 +59,7 @@ _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@\s]+)([/?][\x21-\x7e]*)?")
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
 _REASONS = {
     400: b"Bad Request",
+    404: b"Not Found",
     408: b"Request Timeout",
     417: b"Expectation Failed",
     431: b"Request Header Fields Too Large",

@@ -211,6 +211,10 @@ class Balancer:
                 ) from exc
             raise ProviderError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         self.listen = (host, port)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Enforce the timeouts; called by ``start``, or for a fleet behind a shared listener."""
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep())
 

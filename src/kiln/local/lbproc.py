@@ -32,16 +32,19 @@ from typing import Any
 from kiln import __version__
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.local.front import Front
 from kiln.local.lb import Balancer
 from kiln.local.metrics import Counters, render_counters
 from kiln.local.procs import loop_factory, raise_fd_limit
 from kiln.local.proxy import limits_from, networks
+from kiln.local.routes import Routes, claim_error
 
 PROTOCOL = 2  # bumped when the control messages change; a mismatch means "replace me"
 WATCH_SECONDS = 2.0
 LOG_MAX = 10 * 1024 * 1024
 ALREADY_RUNS = 3  # exit status: another balancer holds the lock
 log = logging.getLogger("kiln.lb")
+Address = tuple[str, int]
 
 
 def socket_path(home: Home) -> Path:
@@ -71,7 +74,8 @@ class BalancerHost:
     """Every fleet's Balancer in this process, set to what the agent last said."""
 
     def __init__(self) -> None:
-        self.fleets: dict[str, Balancer] = {}
+        self.fleets: dict[str, Balancer] = {}  # each fleet's instances, by name
+        self.fronts: dict[Address, Front] = {}  # the listeners, by address
         self.counters: dict[str, dict[str, Counters]] = {}  # fleet -> instance -> counters
         self.started = time.time()
         self.done = asyncio.Event()
@@ -97,23 +101,39 @@ class BalancerHost:
         raise ValueError(f"unknown op {op!r}")
 
     async def configure(self, fleets: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """Make the listeners and backends exactly these; report what could not listen."""
+        """Make the listeners, routes and backends exactly these; report what could not serve.
+
+        Fleets that share a listen address share one listener, routed by Host.
+        New listeners open before unwanted ones close, so a fleet that moves
+        is never without one.
+        """
         for name in set(self.fleets) - set(fleets):
             await self.fleets.pop(name).close()
             self.counters.pop(name, None)
-            log.info("fleet %s: stopped listening", name)
-        errors: dict[str, dict[str, str | None]] = {}
         for name, spec in fleets.items():
-            error = await self._fleet(name, spec)
-            if error is not None:
-                errors[name] = {"message": error.message, "hint": error.hint}
-        listening = {name: b.listen is not None for name, b in self.fleets.items()}
+            self._pool(name, spec)
+        wanted: dict[Address, list[str]] = {}
+        for name, spec in sorted(fleets.items()):
+            wanted.setdefault((str(spec["listen"][0]), int(spec["listen"][1])), []).append(name)
+        errors: dict[str, dict[str, str | None]] = {}
+        for address, names in wanted.items():
+            errors |= await self._front(address, names, fleets)
+        for address in set(self.fronts) - set(wanted):
+            await self.fronts.pop(address).close()
+            log.info("stopped listening on %s:%s", *address)
+        listening = {
+            name: address in self.fronts and name not in errors
+            for address, names in wanted.items()
+            for name in names
+        }
         return {"listening": listening, "errors": errors}
 
-    async def _fleet(self, name: str, spec: dict[str, Any]) -> KilnError | None:
+    def _pool(self, name: str, spec: dict[str, Any]) -> None:
+        """A fleet's backends, routable set, policy and counters."""
         balancer = self.fleets.get(name)
         if balancer is None:
             balancer = self.fleets[name] = Balancer(name, str(spec["policy"]))
+            balancer.sweep()
         balancer.policy = str(spec["policy"])
         balancer.limits = limits_from(spec.get("limits", {}))
         balancer.trusted = networks(spec.get("trusted_proxies", []))
@@ -127,18 +147,43 @@ class BalancerHost:
         for instance_id, (host, port) in backends.items():
             balancer.add(instance_id, host, port, counters.setdefault(instance_id, Counters()))
         balancer.set_routable(str(i) for i in spec["routable"])
-        host, port = str(spec["listen"][0]), int(spec["listen"][1])
-        if balancer.listen == (host, port):
-            return None
-        try:
-            if balancer.listen is None:
-                await balancer.start(host, port)
-            else:
-                await balancer.move(host, port)
-        except KilnError as exc:
-            return exc
-        log.info("fleet %s: listening on %s:%s", name, host, port)
-        return None
+
+    async def _front(
+        self, address: Address, names: list[str], fleets: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, str | None]]:
+        """The listener on one address and its Host table; the errors, by fleet."""
+        errors: dict[str, dict[str, str | None]] = {}
+        routes: Routes[Balancer] = Routes()
+        front = self.fronts.get(address)
+        serving = set(front.routes.owners.values()) if front else set()
+        for name in sorted(names, key=lambda n: (n not in serving, n)):  # first come, first kept
+            problem = routes.claim(name, fleets[name].get("hosts", ()), self.fleets[name])
+            if problem is not None:
+                error = claim_error(name, address, problem)
+                errors[name] = {"message": error.message, "hint": error.hint}
+        if front is None:
+            front = Front(", ".join(names))
+            try:
+                await front.start(*address)
+            except KilnError as exc:
+                return {name: {"message": exc.message, "hint": exc.hint} for name in names}
+            self.fronts[address] = front
+            log.info("listening on %s:%s for %s", *address, front.fleet)
+        front.routes = routes
+        self._client_rules(front, [fleets[n] for n in names])
+        return errors
+
+    @staticmethod
+    def _client_rules(front: Front, specs: list[dict[str, Any]]) -> None:
+        """Before a request names its fleet, the fleets there agree: the shortest client
+        timeouts, and only the proxies every one of them trusts."""
+        limits: dict[str, float] = {}
+        for spec in specs:
+            for key, value in spec.get("limits", {}).items():
+                limits[key] = min(float(value), limits.get(key, float(value)))
+        front.limits = limits_from(limits)
+        trusted = set.intersection(*(set(s.get("trusted_proxies", [])) for s in specs))
+        front.trusted = networks(sorted(trusted))
 
     def metrics(self) -> str:
         """The balancer's counters as Prometheus text."""
@@ -163,11 +208,18 @@ class BalancerHost:
             for n, b in fleets
             for i, backend in b.backends.items()
         ]
+        lines += ["# HELP kiln_lb_unrouted_total Requests for a Host no fleet claims: 404."]
+        lines += ["# TYPE kiln_lb_unrouted_total counter"]
+        lines += [
+            f'kiln_lb_unrouted_total{{listen="{h}:{p}"}} {f.unrouted}'
+            for (h, p), f in self.fronts.items()
+        ]
         return "\n".join(lines) + "\n"
 
     async def close(self) -> None:
-        for balancer in self.fleets.values():
+        for balancer in [*self.fronts.values(), *self.fleets.values()]:
             await balancer.close()
+        self.fronts.clear()
         self.fleets.clear()
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -142,10 +142,11 @@ class Lifecycle:
             known.setdefault(rec.fleet, []).append(rec.id)
         return {
             name: {
-                "listen": [fleet.settings.listen_host, fleet.settings.listen_port],
+                "listen": list(fleet.settings.address),
                 "policy": fleet.settings.balance,
                 "limits": fleet.settings.limits,  # [provider.local] *_timeout
                 "trusted_proxies": list(fleet.settings.trusted_proxies),
+                "hosts": list(fleet.settings.hosts),
                 "backends": {i: [INSTANCE_HOST, port] for i, port in fleet.backends.items()},
                 "routable": sorted(fleet.routable),
                 "known": known.get(name, []),  # their counters are kept for `stats`

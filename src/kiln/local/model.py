@@ -43,6 +43,7 @@ class FleetSettings:
     isolate: bool = False  # [provider.local] isolate: one unprivileged uid per instance
     limits: dict[str, float] = field(default_factory=dict)  # [provider.local] *_timeout
     trusted_proxies: list[str] = field(default_factory=list)  # [provider.local]
+    hosts: tuple[str, ...] = ()  # [provider.local] hosts: its Host names on a shared listener
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> FleetSettings:
@@ -61,15 +62,21 @@ class FleetSettings:
             isolate=local.isolate,
             limits={f.name: getattr(local, f.name) for f in fields(Limits)},
             trusted_proxies=list(local.trusted_proxies),
+            hosts=tuple(local.hosts),
         )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FleetSettings:
-        return cls(**data)
+        return cls(**{**data, "hosts": tuple(data.get("hosts", ()))})
 
     @property
     def health_check(self) -> Health:
         return Health.model_validate(self.health)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where its listener is; fleets with the same one share it, routed by Host."""
+        return self.listen_host, self.listen_port
 
     @property
     def endpoint(self) -> str:

@@ -22,6 +22,7 @@ from kiln.errors import InstanceNotFound, KilnError, ProviderError
 from kiln.local import procs, recovery, recycler, uids
 from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
+from kiln.local.routes import Routes, claim_error
 from kiln.local.secret_refs import pick
 from kiln.provider import InstanceState
 
@@ -55,6 +56,7 @@ class Supervisor(Lifecycle):
     async def _ensure_fleet(
         self, name: str, settings: FleetSettings, secrets: Mapping[str, str]
     ) -> tuple[FleetRuntime, list[str]]:
+        self._check_claims(name, settings)
         fleet = self.fleets.get(name)
         changes: list[str] = []
         if fleet is None:
@@ -106,6 +108,17 @@ class Supervisor(Lifecycle):
         for change in changes:
             log.info("%s", change)
         return changes
+
+    def _check_claims(self, name: str, settings: FleetSettings) -> None:
+        """Refuse a Host claim that another fleet on the same address holds, before any change."""
+        address = settings.address
+        routes: Routes[str] = Routes()
+        for other in self.fleets.values():
+            if other.name != name and other.settings.address == address:
+                routes.claim(other.name, other.settings.hosts, other.name)
+        problem = routes.claim(name, settings.hosts, name)
+        if problem is not None:
+            raise claim_error(name, address, problem)
 
     async def _serving(self, fleet: FleetRuntime) -> None:
         """Push the fleet's settings to the balancer; its listen error is ours."""

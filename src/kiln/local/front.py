@@ -1,0 +1,34 @@
+"""A listen address shared by several fleets: each request goes to the fleet its Host names.
+
+The front accepts the connections and parses the requests (it is a
+``Balancer`` without backends of its own); the fleet's ``Balancer`` answers
+each request, with its own instances, counters and retries. Routing is per
+request, not per connection: a client (or a proxy in front) may send
+requests for several hosts on one kept-alive connection.
+"""
+
+from __future__ import annotations
+
+from kiln.local.http1 import Request, simple_response
+from kiln.local.lb import Balancer
+from kiln.local.proxy import Client
+from kiln.local.routes import Routes, host_name
+
+
+class Front(Balancer):
+    """The listener on one address, and the Host table of the fleets behind it."""
+
+    def __init__(self, fleets: str) -> None:
+        super().__init__(fleets)  # named for its errors: "cannot serve fleet web: ..."
+        self.routes: Routes[Balancer] = Routes()
+        self.unrouted = 0  # requests for a Host no fleet here claims: 404
+
+    async def _serve(self, head: Request, client: Client) -> bool:
+        target = self.routes.pick(head.host)
+        if target is not None:
+            return await target._serve(head, client)
+        self.unrouted += 1
+        where = "" if self.listen is None else f" on {self.listen[0]}:{self.listen[1]}"
+        body = f"no fleet serves host {host_name(head.host) or '(none)'}{where}\n"
+        client.writer.write(simple_response(404, body, close=True))  # its body, if any, unread
+        return False
