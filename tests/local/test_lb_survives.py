@@ -11,7 +11,7 @@ import re
 import signal
 import time
 
-from localtest import gone, serving, wait_for
+from localtest import gone, http_get, serving, wait_for
 
 from kiln.home import Home
 from kiln.loadgen import LoadLoop
@@ -26,6 +26,13 @@ def _loops(port: int) -> list[LoadLoop]:
         LoadLoop("127.0.0.1", port, workers=2, pause=0.002, max_seconds=120, max_errors=None,
                  fresh=True),
     ]  # fmt: skip
+
+
+def _answers(port: int) -> bool:
+    try:
+        return http_get(port)[0] == 200
+    except OSError:
+        return False
 
 
 def _fleet_requests(home: Home) -> int:
@@ -90,6 +97,7 @@ def test_a_dead_balancer_is_restarted_and_the_fleet_served_again(
         return bool(status and status["balancer_pid"] not in (None, balancer))
 
     wait_for(replaced, 20, "a new balancer")
+    wait_for(lambda: _answers(lb_port), 10, "the new balancer to listen")  # configured next
     with LoadLoop("127.0.0.1", lb_port, workers=1, max_seconds=30) as loop:
         wait_for(lambda: loop.sent >= 20, 20, "requests through the new balancer")
     assert loop.failed == 0, loop.errors
