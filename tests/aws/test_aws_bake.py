@@ -128,6 +128,9 @@ def test_unchanged_app_reuses_its_ami_without_a_builder(
 
 def _verify_unit(unit: str, root: Path, tmp_path: Path) -> None:
     """systemd's own checker; the run script is looked up in the scratch root."""
+    # restarts forever: no start limit to give up on a boot whose secrets come late
+    head = unit.split("[Service]")[0]
+    assert "StartLimitIntervalSec=0" in head.splitlines() and "Restart=always" in unit
     copy = tmp_path / "kiln-acme.service"
     copy.write_text(unit.replace("ExecStart=/etc/kiln/", f"ExecStart={root}/etc/kiln/"))
     done = subprocess.run(

@@ -7,6 +7,7 @@ local server here), and writes a root-only environment file.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import stat
@@ -31,6 +32,7 @@ class Imds(BaseHTTPRequestHandler):
     """IMDSv2: a token first, then metadata only with that token."""
 
     token = "imds-token-123"
+    failures_left = 0  # answer 503 this many times first: IMDS not up yet at boot
     paths = {
         "/latest/meta-data/placement/region": REGION,
         "/latest/meta-data/iam/security-credentials/": "acme-role",
@@ -40,17 +42,28 @@ class Imds(BaseHTTPRequestHandler):
     }
 
     def do_PUT(self) -> None:
+        if self._unavailable():
+            return
         ok = self.path == "/latest/api/token" and self.headers.get(
             "X-aws-ec2-metadata-token-ttl-seconds"
         )
         self._answer(200 if ok else 400, self.token if ok else "")
 
     def do_GET(self) -> None:
+        if self._unavailable():
+            return
         if self.headers.get("X-aws-ec2-metadata-token") != self.token:
             self._answer(401, "")
             return
         body = self.paths.get(self.path)
         self._answer(200 if body is not None else 404, body or "")
+
+    def _unavailable(self) -> bool:
+        if Imds.failures_left <= 0:
+            return False
+        Imds.failures_left -= 1
+        self._answer(503, "")
+        return True
 
     def _answer(self, status: int, body: str) -> None:
         data = body.encode()
@@ -141,3 +154,53 @@ def test_signature_is_accepted_by_an_iam_enforcing_endpoint(
     assert forged.returncode != 0 and not (tmp_path / "forged.env").exists()
     assert "SSM refused GetParameters (403)" in forged.stderr
     assert "Traceback" not in forged.stderr
+
+
+def test_metadata_not_up_yet_is_retried_with_backoff(
+    aws: Aws, aws_env: str, imds: str, tmp_path: Path
+) -> None:
+    aws.client("ssm").put_parameter(Name="/acme/late", Value="ok", Type="String")
+    env = {
+        "PATH": os.environ["PATH"],
+        "KILN_IMDS_ENDPOINT": imds,
+        "KILN_SSM_ENDPOINT": aws_env + "/",
+        "KILN_FETCH_DELAY": "0.05",
+    }
+    Imds.failures_left = 4
+    try:
+        done = _run({"LATE": "ssm:/acme/late"}, tmp_path / "late.env", env)
+    finally:
+        Imds.failures_left = 0
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "late.env").read_text() == 'LATE="ok"\n'
+    assert done.stderr.count("retrying in") == 4
+    assert "0.05s" in done.stderr and "0.4s" in done.stderr  # doubling
+
+    Imds.failures_left = 100  # never comes up: a clear failure after the last attempt
+    try:
+        gone = _run(
+            {"LATE": "ssm:/acme/late"}, tmp_path / "gone.env", {**env, "KILN_FETCH_ATTEMPTS": "3"}
+        )
+    finally:
+        Imds.failures_left = 0
+    assert gone.returncode != 0 and gone.stderr.count("retrying in") == 2
+
+
+def test_runs_on_the_python_of_every_mainstream_base_image() -> None:
+    """Python 3.8+ (AL2023 3.9, Ubuntu 22.04 3.10): no 3.9+ syntax, module or member.
+
+    vermin knows which Python added each stdlib member (datetime.UTC is 3.11);
+    annotations are never evaluated (``from __future__ import annotations``), so
+    builtin generics there are fine, which is why vermin is not told to judge them.
+    """
+    source = SCRIPT.read_text(encoding="utf-8")
+    assert "from __future__ import annotations" in source
+    ast.parse(source, feature_version=(3, 8))
+    vermin = Path(sys.executable).with_name("vermin")
+    checked = subprocess.run(
+        [str(vermin), "--no-tips", "--target=3.8-", "--violations", str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

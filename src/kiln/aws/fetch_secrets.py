@@ -7,7 +7,11 @@ the AMI holds only their *names* (secrets.json); the values are read here
 from SSM Parameter Store with the instance role's credentials (IMDSv2), or
 from files, and written to a root-only environment file under /run (tmpfs).
 
-Standard library only: it runs on a bare base image.
+Standard library only, and Python 3.8 or newer: it runs on the bare base
+image's own python3 (Amazon Linux 2023 has 3.9, Ubuntu 22.04 3.10), not on
+kiln's. A test checks the 3.8 floor with vermin and ``ast``. Metadata and SSM
+calls are retried with backoff: right after boot the network, IMDS and SSM
+may not answer yet, or SSM may throttle a fleet starting at once.
 
     fetch-secrets SPEC.json OUT.env
 """
@@ -20,19 +24,61 @@ import hmac
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 IMDS = os.environ.get("KILN_IMDS_ENDPOINT", "http://169.254.169.254")
+ATTEMPTS = int(os.environ.get("KILN_FETCH_ATTEMPTS", "8"))  # 0.5 s doubling to 8 s: ~40 s
+FIRST_DELAY = float(os.environ.get("KILN_FETCH_DELAY", "0.5"))
+T = TypeVar("T")
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another try: no answer yet, throttled, or the service's own error."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code in (408, 429) or exc.code >= 500 or _throttled(exc)
+    return isinstance(exc, (OSError, ValueError))  # URLError, timeouts, resets
+
+
+def _throttled(exc: urllib.error.HTTPError) -> bool:
+    if exc.code != 400:
+        return False
+    try:
+        body = exc.read().decode(errors="replace")
+    except OSError:
+        return False
+    exc.fp = None  # type: ignore[assignment]  # already read: the caller must not re-read
+    return "Throttling" in body or "ThrottlingException" in body
+
+
+def retried(what: str, call: Callable[[], T]) -> T:
+    """``call()``, retried with exponential backoff while the failure is transient."""
+    delay = FIRST_DELAY
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return call()
+        except (OSError, ValueError) as exc:
+            if attempt == ATTEMPTS or not _transient(exc):
+                raise
+            print(f"fetch-secrets: {what}: {exc}; retrying in {delay:g}s", file=sys.stderr)
+        time.sleep(delay)
+        delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
+
+
+def _get(req: urllib.request.Request, timeout: float) -> str:
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return str(resp.read().decode())
 
 
 def _imds(path: str, token: str) -> str:
     req = urllib.request.Request(f"{IMDS}{path}", headers={"X-aws-ec2-metadata-token": token})
-    with urllib.request.urlopen(req, timeout=2) as resp:
-        return str(resp.read().decode())
+    return retried(f"instance metadata {path}", lambda: _get(req, 2))
 
 
 def _imds_token() -> str:
@@ -41,8 +87,7 @@ def _imds_token() -> str:
         method="PUT",
         headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"},
     )
-    with urllib.request.urlopen(req, timeout=2) as resp:
-        return str(resp.read().decode())
+    return retried("instance metadata token", lambda: _get(req, 2))
 
 
 def credentials() -> tuple[str, str, str | None]:
@@ -74,7 +119,7 @@ def signed_request(url: str, target: str, body: bytes, where: str) -> urllib.req
     """An AWS JSON-protocol POST signed with Signature Version 4."""
     key_id, secret, token = credentials()
     host = urllib.parse.urlparse(url).netloc
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 (3.8: no datetime.UTC)
     stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     headers = {
         "content-type": "application/x-amz-json-1.1",
@@ -116,12 +161,17 @@ def ssm_parameters(names: list[str]) -> dict[str, str]:
     for start in range(0, len(names), 10):
         batch = names[start : start + 10]
         body = json.dumps({"Names": batch, "WithDecryption": True}).encode()
-        req = signed_request(url, "AmazonSSM.GetParameters", body, where)
-        try:
+
+        def call(body: bytes = body) -> dict[str, Any]:  # signed anew: the date is in it
+            req = signed_request(url, "AmazonSSM.GetParameters", body, where)
             with urllib.request.urlopen(req, timeout=10) as resp:
-                doc: dict[str, Any] = json.loads(resp.read())
+                answer: dict[str, Any] = json.loads(resp.read())
+                return answer
+
+        try:
+            doc = retried("SSM GetParameters", call)
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300]
+            detail = exc.read().decode(errors="replace")[:300] if exc.fp else ""
             raise SystemExit(
                 f"fetch-secrets: SSM refused GetParameters ({exc.code}): {detail}"
             ) from None

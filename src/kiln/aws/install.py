@@ -19,7 +19,7 @@ from kiln.config import AwsProvider, Config
 from kiln.runline import exec_form
 from kiln.store import ImageRecord, Store, file_sha256
 
-INSTALLER_VERSION = "2"  # 2: the run line's last command is exec'd (kiln.runline)
+INSTALLER_VERSION = "3"  # 2: run line exec'd (kiln.runline); 3: no start limit, 3.8 fetch
 FILES = ("install.sh", "fetch-secrets", "env", "run", "secrets.json")
 
 
@@ -100,6 +100,9 @@ def unit_file(record: ImageRecord, digest_hex: str) -> str:
 Description=kiln app {app} ({record.id})
 Wants=network-online.target
 After=network-online.target
+# Restart=always forever: systemd's default start limit (5 starts in 10 s) would
+# leave an instance whose secrets are not readable yet stopped for good.
+StartLimitIntervalSec=0
 
 [Service]
 Type=simple
@@ -114,7 +117,7 @@ ExecStartPre=+/usr/bin/python3 /usr/local/lib/kiln/fetch-secrets \
 EnvironmentFile=-/run/kiln-{app}/secrets.env
 ExecStart=/etc/kiln/{app}/run
 Restart=always
-RestartSec=2
+RestartSec=5
 NoNewPrivileges=yes
 
 [Install]
