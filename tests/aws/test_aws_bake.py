@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import time
@@ -167,3 +168,30 @@ def test_a_newer_base_image_makes_a_new_ami(
     changed = [s for s in steps if s.startswith("base image changed")]
     assert changed and base_ami in changed[0] and patched in changed[0]
     assert second.image == first.image  # the same app image: only the machine under it changed
+
+
+def test_the_installer_waits_for_cloud_init_before_clearing_its_state(
+    aws: Aws,
+    home: Home,
+    tmp_path: Path,
+    scratch_root: Path,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fake cloud-init on the builder's PATH notes when it is asked, and whether
+    cloud-init's instance state still existed then (it must: wiped afterwards)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "cloud-init.log"
+    bin_dir.mkdir()
+    fake = bin_dir / "cloud-init"
+    state = scratch_root / "var/lib/cloud/instances"
+    fake.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n[ -d {state} ] && echo "state present" >> {log}\n'
+        "exit 2\n"  # 2: finished with recoverable errors (cloud-init >= 23.4)
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    notes: list[str] = []
+    bake_ami(app_factory(), home, aws=aws, ssh_target=loopback_target, progress=notes.append)
+    assert log.read_text().splitlines() == ["status --wait", "state present"]
+    assert not state.exists()  # and cleared after it finished

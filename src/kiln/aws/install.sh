@@ -10,6 +10,15 @@
 # boots as a fresh machine.
 set -eu
 
+# cloud-init may still be running on a fresh builder (package upgrades, users,
+# its own state): wait for it to finish before installing, so clearing its
+# state at the end cannot race it and clones get a clean first boot.
+if command -v cloud-init >/dev/null 2>&1; then
+    printf 'kiln-install: %s\n' "waiting for cloud-init to finish"
+    cloud-init status --wait >/dev/null 2>&1 ||
+        printf 'kiln-install: %s\n' "cloud-init reported a problem (status $?); continuing" >&2
+fi
+
 root=${1:?root}
 app=${2:?app}
 digest=${3:?digest}
