@@ -77,6 +77,9 @@ class Engine:
             warn=lambda m: self._emit("warning", m),
         )
         self._figures: dict[str, Any] = {}
+        # failures from before a resume (say, instances an agent killed mid-launch
+        # left behind) are history, not a verdict on the image
+        self._resumed_at = 0.0
         self._where = ""
 
     # read-only -----------------------------------------------------------------
@@ -284,6 +287,7 @@ class Engine:
             f"resuming deployment {dep.id} ({dep.from_image} → {dep.to_image}, "
             f"{'rolling back' if dep.phase == 'rollback' else dep.strategy}) left unfinished",
         )
+        self._resumed_at = self.clock.now()
         self.journal.set_outcome(dep.id, "running", self.clock.now())
         self.lock.beat(dep.id)
         return self._drive(dep, self._execute)
@@ -389,7 +393,7 @@ class Engine:
             deadline=self.clock.now() + self.settings.progress_deadline,
             tick=self._tick,
             image=plan.image,
-            since=dep.started,
+            since=max(dep.started, self._resumed_at),
         )
         for step in plan.steps:
             gates.forget(list(step.instances))

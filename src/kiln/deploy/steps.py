@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.deploy.gates import Gates
+from kiln.deploy.gates import Gates, Trip
 from kiln.deploy.plan import Plan, Step, unreplaced_failures
+from kiln.errors import StoreError
 from kiln.provider import FleetState, InstanceState, Provider
 
 GONE = (InstanceState.TERMINATED, InstanceState.DRAINING)
@@ -31,12 +32,18 @@ class StepRunner:
         assert step.image is not None
         self.gates.image = step.image
         state = self.gates.observe()
-        missing = step.expect - len(state.live(step.image))
+        # the group's count is the provider's promise: instances it is about to
+        # replace (say, after an agent died mid-launch) are not launched twice
+        have = max(len(state.live(step.image)), state.groups.get(step.image, 0))
+        missing = step.expect - have
         launched: list[str] = []
         if missing > 0:
-            launched = self.provider.launch(
-                self.fleet, step.image, missing, in_service=step.in_service
-            )
+            try:
+                launched = self.provider.launch(
+                    self.fleet, step.image, missing, in_service=step.in_service
+                )
+            except StoreError as exc:  # a verdict on the image, not on the provider
+                raise Trip("boot", f"boot gate: {step.image} cannot start: {exc.message}") from exc
         self.gates.boot(step.image, step.expect)
         if step.seconds > 0:
             self.gates.hold(step.image, step.seconds)

@@ -47,6 +47,7 @@ class FleetRuntime:
     backends: dict[str, int] = field(default_factory=dict)  # instance id -> port, watched ones
     routable: frozenset[str] = frozenset()  # the instances the balancer may send requests to
     listening: bool = False  # as the balancer process last reported
+    idle: bool = False  # empty: known, deployable, but not listening
     recycling: bool = False  # a max_age replacement is under way
     recycle_after: float = 0.0  # no max_age recycling before this (after a failure)
 
@@ -88,6 +89,7 @@ class Lifecycle:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.health_tasks: dict[str, asyncio.Task[None]] = {}
         self.stopping: set[str] = set()  # ids whose retirement is under way
+        self.booting: set[str] = set()  # ids recorded by this agent, not yet spawned
         self._listening = asyncio.Lock()
         self.lb = BalancerLink(home, self.lb_config)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -152,6 +154,7 @@ class Lifecycle:
                 "known": known.get(name, []),  # their counters are kept for `stats`
             }
             for name, fleet in self.fleets.items()
+            if not fleet.idle
         }
 
     # booting --------------------------------------------------------------
@@ -210,11 +213,18 @@ class Lifecycle:
         )
         rec.set_state(InstanceState.PENDING)
         self.instances[rec.id] = rec
+        self.booting.add(rec.id)  # its boot is this agent's business until boot() ends
         self.save(rec)
         return rec
 
     async def boot(self, fleet: FleetRuntime, rec: InstanceRecord) -> None:
         """Materialize, resolve secrets, spawn; a failure marks the record failed and raises."""
+        try:
+            await self._boot(fleet, rec)
+        finally:
+            self.booting.discard(rec.id)
+
+    async def _boot(self, fleet: FleetRuntime, rec: InstanceRecord) -> None:
         try:
             manifest = await asyncio.to_thread(self.store.materialize, rec.image, Path(rec.dir))
             await asyncio.to_thread(record_baseline, Path(rec.dir))  # cheap `kiln drift`
@@ -262,7 +272,10 @@ class Lifecycle:
     def watch_health(self, fleet: FleetRuntime, rec: InstanceRecord, *, healthy: bool) -> None:
         fleet.backends[rec.id] = rec.port or 0
         self.lb.changed()
-        tracker = Tracker(fleet.settings.health_check, started=rec.launched_at, healthy=healthy)
+        # grace counts from the process's start, not the record's: materializing
+        # a big image must not eat the time the app has to boot (issue 15)
+        started = rec.times.get("running", rec.launched_at)
+        tracker = Tracker(fleet.settings.health_check, started=started, healthy=healthy)
         self.health_tasks[rec.id] = asyncio.create_task(self._health_loop(fleet, rec, tracker))
 
     async def _health_loop(self, fleet: FleetRuntime, rec: InstanceRecord, t: Tracker) -> None:
@@ -301,9 +314,20 @@ class Lifecycle:
         return not procs.alive(rec.pid or 0, rec.pid_start), None
 
     def check_processes(self) -> None:
-        """Notice instances that died on their own."""
+        """The one step that makes records match reality, every tick.
+
+        A live record whose process is gone, or that has no process and no
+        boot running in this agent (a previous agent died mid-launch), is
+        finished as failed right here: once, so it is logged once.
+        """
         for rec in list(self.instances.values()):
-            if not rec.live or rec.pid is None or rec.id in self.stopping:
+            if not rec.live or rec.id in self.stopping or rec.id in self.booting:
+                continue
+            if rec.pid is None:
+                rec.reason = "the agent stopped while it was starting"
+                log.warning("instance %s: %s", rec.id, rec.reason)
+                self.background(asyncio.to_thread(procs.kill_by_env, "KILN_INSTANCE_ID", rec.id))
+                self.finish(self.fleets.get(rec.fleet), rec, InstanceState.FAILED)
                 continue
             dead, status = self.exit_status(rec)
             if dead:
@@ -311,12 +335,14 @@ class Lifecycle:
                 rec.exit_status = status
                 rec.reason = describe_exit(status)
                 log.warning("instance %s %s", rec.id, rec.reason)
-                fleet = self.fleets.get(rec.fleet)
-                if fleet is not None:
-                    self.finish(fleet, rec, InstanceState.FAILED)
+                self.finish(self.fleets.get(rec.fleet), rec, InstanceState.FAILED)
 
-    def finish(self, fleet: FleetRuntime, rec: InstanceRecord, state: InstanceState) -> None:
-        """Record a final state and forget the process and its directory."""
+    def finish(self, fleet: FleetRuntime | None, rec: InstanceRecord, state: InstanceState) -> None:
+        """Record a final state and forget the process and its directory.
+
+        Works without the fleet (a record must always be able to end): the
+        state is what stops every later tick from looking at it again.
+        """
         rec.set_state(state)
         if state is InstanceState.TERMINATED:
             rec.in_service = False
@@ -324,9 +350,10 @@ class Lifecycle:
         task = self.health_tasks.pop(rec.id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        if fleet.backends.pop(rec.id, None) is not None:
-            self.lb.changed()
-        self.sync_lb(fleet)
+        if fleet is not None:
+            if fleet.backends.pop(rec.id, None) is not None:
+                self.lb.changed()
+            self.sync_lb(fleet)
         self.save(rec)
         if rec.dir or rec.uid is not None:  # never on the loop every fleet's balancer runs on
             self.background(asyncio.to_thread(dispose_instance_dir, rec.dir, rec.uid))

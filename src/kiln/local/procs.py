@@ -186,3 +186,11 @@ def raise_fd_limit() -> None:
     if hard == resource.RLIM_INFINITY or hard > soft:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+
+
+def kill_by_env(name: str, value: str) -> list[int]:
+    """SIGKILL the group of every process whose environment has NAME=value (a thread)."""
+    found = processes_with_env(name, value)
+    for pid in found:
+        signal_group(pid, signal.SIGKILL)
+    return found

@@ -69,11 +69,25 @@ class Supervisor(Lifecycle):
                     await self.lb.flush()
                 raise
             log.info("fleet %s serves %s", name, settings.endpoint)
+        elif fleet.idle:
+            await self._wake(fleet, settings)
         elif settings != fleet.settings:
             changes = await self._follow(fleet, settings)
         fleet.secrets = dict(secrets)  # the latest values: what replacements get
         self.db.save_fleet(name, fleet.settings)
         return fleet, changes
+
+    async def _wake(self, fleet: FleetRuntime, settings: FleetSettings) -> None:
+        """An empty fleet launches again: listen (with the latest settings) again."""
+        old, fleet.settings, fleet.idle = fleet.settings, settings, False
+        try:
+            await self._serving(fleet)
+        except KilnError:
+            fleet.settings, fleet.idle = old, True
+            with contextlib.suppress(KilnError):
+                await self.lb.flush()
+            raise
+        log.info("fleet %s serves %s again", fleet.name, settings.endpoint)
 
     async def _follow(self, fleet: FleetRuntime, settings: FleetSettings) -> list[str]:
         """Apply new settings to a running fleet; a listener that cannot move changes nothing.
@@ -133,9 +147,10 @@ class Supervisor(Lifecycle):
             fleet.listening = bool(result["listening"].get(name))
 
     def fleet(self, name: str) -> FleetRuntime:
+        """A fleet this agent knows, empty or not: only ``destroy`` forgets one."""
         fleet = self.fleets.get(name)
         if fleet is None:
-            raise InstanceNotFound(f"fleet {name} has no instances on this host")
+            raise InstanceNotFound(f"no fleet {name} on this host", hint="'kiln deploy' creates it")
         return fleet
 
     def _set_group(self, fleet: FleetRuntime, image: str, delta: int) -> None:
@@ -146,14 +161,21 @@ class Supervisor(Lifecycle):
             fleet.groups.pop(image, None)
         self.db.save_group(fleet.name, image, desired)
 
-    async def _drop_if_empty(self, fleet: FleetRuntime) -> None:
+    async def _idle_if_empty(self, fleet: FleetRuntime) -> None:
+        """No group and no live instance: stop listening, but stay a fleet.
+
+        An empty fleet can still be deployed to, rolled back and destroyed; its
+        listener comes back with its next launch. Forgetting it here is what let
+        a record outlive its fleet and the fleet become undeployable (issue 15).
+        """
         busy = any(r.live for r in self.instances.values() if r.fleet == fleet.name)
-        if not fleet.groups and not busy and self.fleets.get(fleet.name) is fleet:
-            del self.fleets[fleet.name]
-            self.db.delete_fleet(fleet.name)
-            with contextlib.suppress(KilnError):
-                await self.lb.flush()
-            log.info("fleet %s is empty; stopped listening", fleet.name)
+        if fleet.groups or busy or fleet.idle:
+            return
+        fleet.idle = True
+        self.lb.changed()
+        with contextlib.suppress(KilnError):
+            await self.lb.flush()
+        log.info("fleet %s is empty; stopped listening", fleet.name)
 
     # operations -----------------------------------------------------------
 
@@ -176,11 +198,12 @@ class Supervisor(Lifecycle):
                 await self.boot(fleet, rec)
             except KilnError:
                 for later in recs[index:]:
+                    self.booting.discard(later.id)
                     later.terminating = True  # not to be replaced: the launch failed
                     if later.live:
                         self.finish(fleet, later, InstanceState.FAILED)
                 self._set_group(fleet, record.id, -(count - index))
-                await self._drop_if_empty(fleet)
+                await self._idle_if_empty(fleet)
                 raise
         return [rec.id for rec in recs]
 
@@ -223,7 +246,7 @@ class Supervisor(Lifecycle):
         await asyncio.gather(
             *(self.retire(fleet, r, InstanceState.TERMINATED, drain=True) for r in targets)
         )
-        await self._drop_if_empty(fleet)
+        await self._idle_if_empty(fleet)
 
     def describe(self, name: str) -> dict[str, Any]:
         fleet = self.fleets.get(name)
@@ -269,7 +292,7 @@ class Supervisor(Lifecycle):
             self._housekeeping()
             self._recycle_old()
             for fleet in list(self.fleets.values()):
-                await self._drop_if_empty(fleet)  # e.g. restored with nothing left
+                await self._idle_if_empty(fleet)  # e.g. restored with nothing left
 
     async def _reconcile(self, fleet: FleetRuntime) -> None:
         for image, desired in list(fleet.groups.items()):
@@ -387,6 +410,8 @@ class Supervisor(Lifecycle):
             await self._readopt(fleet, rec)
         await recovery.adopt_unrecorded(self)  # e.g. the database was lost: never duplicate
         for fleet in self.fleets.values():
+            live = any(r.live for r in self.instances.values() if r.fleet == fleet.name)
+            fleet.idle = not fleet.groups and not live
             self._recover_secrets(fleet)
             self.sync_lb(fleet)
         try:
@@ -435,10 +460,10 @@ class Supervisor(Lifecycle):
                     await self.terminate(fleet.name, live)
                 for image in list(fleet.groups):
                     self._set_group(fleet, image, -fleet.groups[image])
-                await self._drop_if_empty(fleet)
+                await self._idle_if_empty(fleet)
         for task in self.health_tasks.values():
             task.cancel()
-        if not self.fleets:
+        if all(f.idle for f in self.fleets.values()):
             with contextlib.suppress(KilnError):
                 await self.lb.flush()  # nothing to serve: the balancer exits
         self.lb.close()  # otherwise it keeps serving until the next agent adopts it
