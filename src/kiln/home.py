@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,4 +63,30 @@ class Home:
                 f"KILN_HOME {self.root} is not usable: {exc.strerror or exc}",
                 hint="point KILN_HOME (or --home) at a directory you can write",
             ) from exc
+        self._make_private()
         return self
+
+    def _make_private(self) -> None:
+        """Nobody else may read or write the home: it holds manifests with [env], the state.
+
+        A home made beforehand (``mkdir`` with umask 022) is tightened to 0700,
+        its entries to 0700/0600; what lies below them is then out of reach.
+        A traverse-only 0711 (what isolation sets, so instances reach their own
+        directories) reads nothing and is kept.
+        """
+        for path in (self.root, *self.root.iterdir()):
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            loose = mode & (0o066 if stat.S_ISDIR(mode) else 0o077)
+            if not loose:
+                continue
+            try:
+                path.chmod(0o700 if stat.S_ISDIR(mode) else 0o600)
+            except OSError as exc:
+                raise HomeError(
+                    f"KILN_HOME {path} is open to other users (mode {stat.S_IMODE(mode):o}) "
+                    f"and kiln cannot make it private: {exc.strerror or exc}",
+                    hint=f"as its owner, run 'chmod -R go-rwx {self.root}', or point "
+                    "KILN_HOME (or --home) at a directory of your own",
+                ) from exc
