@@ -13,6 +13,9 @@ command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 # PostgreSQL server for the example app's DATABASE_URL=postgresql:// test.
 command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
     need+=(postgresql)
+# Headless Chromium and its WebDriver: tests/ui drives `kiln ui` in a real browser.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "test-deps: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2

@@ -36,7 +36,7 @@ def kiln(tmp_path: Path) -> Iterator[Kiln]:
 
 # Suites whose every test starts real processes (agents, instances, servers):
 # marked slow here so `make test-fast` leaves them out without a marker per test.
-_PROCESS_SUITES = ("local", "lifecycle", "examples", "realapps", "vm")
+_PROCESS_SUITES = ("local", "lifecycle", "examples", "realapps", "vm", "ui")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -125,6 +125,14 @@ class Platform(Protocol):
 
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report: ...
 
+    def timeline(self, limit: int) -> list[dict[str, Any]]:
+        """Deployments, newest first, each with its steps and their times where known."""
+        ...
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """Per instance: requests and errors so far, from the load balancer (may be empty)."""
+        ...
+
     def recycle(
         self,
         max_age: float,

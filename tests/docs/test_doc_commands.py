@@ -39,6 +39,9 @@ load_all_commands()  # unknown_words() walks group.commands
 ALLOWED: dict[tuple[str, str], str] = {
     ("README.md", "make demo"): "runs `kiln demo`, which tests/test_demo.py runs",
     ("README.md", "make test"): "the whole suite: CI runs it (.ci/run)",
+    ("docs/ui.md", "kiln ui"): "serves until Ctrl-C: tests/ui/test_ui_browser.py runs it",
+    ("docs/ui.md", "kiln ui --provider aws"): "serves until Ctrl-C; the AWS read path is the "
+    "same platform status/history that tests/aws_deploy exercises",
     (
         "docs/ci.md",
         'git add .github/workflows/deploy.yml && git commit -m "Deploy with kiln" && git push',

@@ -77,6 +77,13 @@ class AwsPlatform(PlatformBase):
         self.require(Capability.RUN, "kiln run")
         raise AssertionError("unreachable: RUN is not an AWS capability")
 
+    def timeline(self, limit: int) -> list[dict[str, Any]]:
+        """History records from AWS: one per operation, without steps (see kiln.ui.timeline)."""
+        return [{**entry, "steps": []} for entry in self.history(limit, all_fleets=False)]
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        return {}  # ALB counts live in CloudWatch, which kiln does not read
+
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
         if replace:
             self.require(Capability.DRIFT_REPLACE, "kiln drift --replace (use 'kiln recycle')")

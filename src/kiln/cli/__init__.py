@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "history": "kiln.cli.deploy",
     "unlock": "kiln.cli.deploy",
     "run": "kiln.cli.run",
+    "ui": "kiln.cli.ui",
 }
 cli.lazy_commands = COMMANDS
 

@@ -148,6 +148,19 @@ class LocalPlatform(PlatformBase):
         db = StateDb(self.home.state_db)
         return [e.to_json() for e in Journal(db).history(fleet, limit)]
 
+    def timeline(self, limit: int) -> list[dict[str, Any]]:
+        from kiln.deploy import StateDb
+        from kiln.deploy.journal import Journal
+        from kiln.ui.timeline import deployment_timeline
+
+        journal = Journal(StateDb(self.home.state_db))
+        fleet = self.loaded.config.app.name
+        return [deployment_timeline(journal, d) for d in journal.history(fleet, limit)]
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        stats = self.provider().stats(self.loaded.config.app.name)
+        return {i: (s.requests, s.errors) for i, s in stats.items()}
+
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
         from kiln.drift import fleet_drift
 

@@ -1,0 +1,235 @@
+"""The ``kiln ui`` web server: one read-only page, its JSON, and live updates.
+
+It serves on a loopback address only, never on a fleet's listener, and
+answers only a browser that presents the token printed by ``kiln ui`` (in the
+first URL, then as an HttpOnly, SameSite=Strict cookie) with a Host header
+naming that loopback address, so neither another user on the host nor a
+web page the user visits (DNS rebinding) can read it.
+
+Once a second it reads the platform (status, the deployment timeline, the
+load balancer's counters; images every ten seconds) in a thread, so a slow
+agent or AWS never stalls the page, and pushes the result to every open page
+over server-sent events. Request and error rates are sampled by this process
+while it runs: the sparkline covers the time the page has been served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from kiln.errors import KilnError
+from kiln.platform import Platform
+
+COOKIE = "kiln_ui"
+SERIES_SECONDS = 900  # the sparkline's memory: fifteen minutes of one-second samples
+TIMELINE_LIMIT = 30
+IMAGES_EVERY = 10.0
+
+
+@dataclass
+class Sample:
+    at: float
+    rps: float
+    eps: float  # errors (5xx answers, failed upstream attempts) per second
+
+
+@dataclass
+class Snapshot:
+    """What the page shows, as one JSON document."""
+
+    version: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Collector:
+    """Reads the platform in a thread, once a second, and keeps the latest snapshot."""
+
+    def __init__(self, platform: Platform, app: str, interval: float = 1.0) -> None:
+        self.platform = platform
+        self.app = app
+        self.interval = interval
+        self.series: deque[Sample] = deque(maxlen=int(SERIES_SECONDS / interval))
+        self.snapshot = Snapshot()
+        self.changed = asyncio.Condition()
+        self._counts: dict[str, tuple[int, int]] = {}
+        self._counted_at: float | None = None
+        self._images: list[dict[str, Any]] = []
+        self._images_at = 0.0
+
+    async def run(self) -> None:
+        while True:
+            data = await asyncio.to_thread(self.read)
+            async with self.changed:
+                self.snapshot = Snapshot(self.snapshot.version + 1, data)
+                self.changed.notify_all()
+            await asyncio.sleep(self.interval)
+
+    def read(self) -> dict[str, Any]:
+        """One look at the platform; a failure is shown on the page, not raised."""
+        now = time.time()
+        data: dict[str, Any] = {"app": self.app, "provider": self.platform.name, "at": now}
+        errors: list[str] = []
+        data["status"] = _attempt(self.platform.status, errors)
+        data["timeline"] = _attempt(lambda: self.platform.timeline(TIMELINE_LIMIT), errors) or []
+        counts = _attempt(self.platform.counters, errors) or {}
+        self._sample(now, counts)
+        if now - self._images_at >= IMAGES_EVERY:
+            report = _attempt(lambda: self.platform.images(self.app), errors)
+            if report is not None:
+                self._images, self._images_at = list(report.data), now
+        data["images"] = self._images
+        data["counters"] = {i: {"requests": r, "errors": e} for i, (r, e) in counts.items()}
+        data["series"] = [[round(s.at, 1), round(s.rps, 2), round(s.eps, 2)] for s in self.series]
+        data["errors"] = errors
+        return data
+
+    def _sample(self, now: float, counts: dict[str, tuple[int, int]]) -> None:
+        """Rates from counter deltas; an instance seen for the first time counts from zero."""
+        if self._counted_at is not None and now > self._counted_at:
+            dt = now - self._counted_at
+            requests = errors = 0
+            for instance, (r, e) in counts.items():
+                before_r, before_e = self._counts.get(instance, (0, 0))
+                requests += max(0, r - before_r)
+                errors += max(0, e - before_e)
+            self.series.append(Sample(now, requests / dt, errors / dt))
+        self._counts, self._counted_at = counts, now
+
+
+def _attempt(read: Callable[[], Any], errors: list[str]) -> Any:
+    try:
+        return read()
+    except KilnError as exc:
+        errors.append(exc.message)
+    except OSError as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+    return None
+
+
+def _static(name: str) -> bytes:
+    return resources.files("kiln.ui").joinpath("static", name).read_bytes()
+
+
+_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def make_app(collector: Collector, token: str, host: str, port: int) -> web.Application:
+    allowed_hosts = {f"{host}:{port}", f"localhost:{port}"}
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.host not in allowed_hosts:
+            return web.Response(status=421, text="misdirected request\n")
+        given = request.query.get("token") or request.cookies.get(COOKIE, "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return web.Response(
+                status=403, text="open the address kiln ui printed (it carries the token)\n"
+            )
+        response = await handler(request)
+        response.headers.update(_SECURITY_HEADERS)
+        if request.query.get("token"):
+            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+        return response
+
+    async def static(request: web.Request) -> web.Response:
+        name = request.match_info.get("name") or "index.html"
+        suffix = name[name.rfind(".") :]
+        if name not in ("index.html", "ui.js", "ui.css"):
+            raise web.HTTPNotFound()
+        return web.Response(body=_static(name), content_type=_TYPES[suffix], charset="utf-8")
+
+    async def state(request: web.Request) -> web.Response:
+        return web.json_response(collector.snapshot.data, dumps=_dumps)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        seen = -1
+        while True:
+            async with collector.changed:
+                while collector.snapshot.version == seen:
+                    await collector.changed.wait()
+                snapshot = collector.snapshot
+            seen = snapshot.version
+            await response.write(f"data: {_dumps(snapshot.data)}\n\n".encode())
+
+    app = web.Application(middlewares=[guard])
+    app.router.add_get("/", static)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_get("/api/state", state)
+    app.router.add_get("/events", events)
+    return app
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, default=str, separators=(",", ":"))
+
+
+@dataclass
+class Served:
+    """A running page: where it is and how to open it."""
+
+    url: str
+    host: str
+    port: int
+    token: str
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    platform: Platform, app_name: str, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[Served]:
+    """Serve the page until the block ends; ``port=0`` picks a free port."""
+    if not host.startswith("127.") and host not in ("::1", "localhost"):
+        raise KilnError(
+            f"kiln ui serves on a loopback address only, not {host}",
+            hint="use 127.0.0.1 and an SSH tunnel to look from elsewhere",
+        )
+    token = secrets.token_urlsafe(24)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise KilnError(
+            f"kiln ui cannot listen on {host}:{port}: {exc.strerror}",
+            hint="pick another --port, or 0 for any free one",
+        ) from None
+    bound = sock.getsockname()[1]
+    collector = Collector(platform, app_name)
+    task = asyncio.create_task(collector.run())
+    runner = web.AppRunner(make_app(collector, token, host, bound), access_log=None)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        yield Served(f"http://{host}:{bound}/?token={token}", host, bound, token)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await runner.cleanup()
+        sock.close()
