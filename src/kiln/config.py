@@ -293,6 +293,20 @@ class LocalProvider(Section):
             "Host no other fleet there claims; with no such fleet, unknown Hosts get 404."
         ),
     )
+    tls_cert: str | None = Field(
+        default=None,
+        description=(
+            "Terminate TLS (HTTPS) on the listen address with this PEM file: the certificate, "
+            "then its intermediates. Relative to kiln.toml's directory. Re-read when it "
+            "changes, without dropping connections. Fleets sharing an address all use TLS "
+            "or none; the server name a client asks for (SNI) picks the certificate of "
+            "the fleet whose hosts match it."
+        ),
+    )
+    tls_key: str | None = Field(
+        default=None,
+        description="The PEM file with tls_cert's private key (not encrypted).",
+    )
     log_max_bytes: int = Field(
         default=10 * 1024 * 1024,
         ge=4096,
@@ -368,6 +382,12 @@ class LocalProvider(Section):
                     f"{cidr!r} is not an address or CIDR block, e.g. '10.0.0.0/8'"
                 ) from None
         return value
+
+    @model_validator(mode="after")
+    def _tls_cert_and_key(self) -> LocalProvider:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both, or neither")
+        return self
 
     @field_validator("hosts")
     @classmethod

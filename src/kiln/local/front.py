@@ -13,6 +13,7 @@ from kiln.local.http1 import Request, simple_response
 from kiln.local.lb import Balancer
 from kiln.local.proxy import Client
 from kiln.local.routes import Routes, host_name
+from kiln.local.tls import CertFiles, Sni
 
 
 class Front(Balancer):
@@ -22,6 +23,8 @@ class Front(Balancer):
         super().__init__(fleets)  # named for its errors: "cannot serve fleet web: ..."
         self.routes: Routes[Balancer] = Routes()
         self.unrouted = 0  # requests for a Host no fleet here claims: 404
+        self.sni: Sni | None = None  # when it terminates TLS: the certificate for each name
+        self.certs: dict[str, tuple[list[str], CertFiles]] = {}  # fleet -> (hosts, files)
 
     async def _serve(self, head: Request, client: Client) -> bool:
         target = self.routes.pick(head.host)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ssl
 import time
 from collections.abc import Iterable
 
@@ -53,6 +54,7 @@ from kiln.local.proxy import (
     send_body,
 )
 
+TLS_HANDSHAKE_TIMEOUT = 10.0
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this are read whole before an instance is picked
 SWEEP = 0.5  # seconds between two looks at the deadlines
 SUSPECT_SECONDS = 1.0  # avoid an instance that refused a connection for this long
@@ -197,10 +199,16 @@ class Balancer:
 
     # listening ------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         try:
             self._server = await asyncio.start_server(
-                self._client, host, port, reuse_address=True, backlog=1024
+                self._client,
+                host,
+                port,
+                reuse_address=True,
+                backlog=1024,
+                ssl=tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
             )
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:

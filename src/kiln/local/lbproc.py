@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,8 @@ from kiln.local.lb import Balancer
 from kiln.local.metrics import Counters, render_counters
 from kiln.local.procs import loop_factory, raise_fd_limit
 from kiln.local.proxy import limits_from, networks
-from kiln.local.routes import Routes, claim_error
+from kiln.local.routes import Routes, claim_error, tls_mismatch
+from kiln.local.tls import CertFiles, Certificates, Sni
 
 PROTOCOL = 2  # bumped when the control messages change; a mismatch means "replace me"
 WATCH_SECONDS = 2.0
@@ -45,6 +47,7 @@ LOG_MAX = 10 * 1024 * 1024
 ALREADY_RUNS = 3  # exit status: another balancer holds the lock
 log = logging.getLogger("kiln.lb")
 Address = tuple[str, int]
+Said = dict[str, str | None]  # an error as the agent shows it: message and hint
 
 
 def socket_path(home: Home) -> Path:
@@ -76,6 +79,7 @@ class BalancerHost:
     def __init__(self) -> None:
         self.fleets: dict[str, Balancer] = {}  # each fleet's instances, by name
         self.fronts: dict[Address, Front] = {}  # the listeners, by address
+        self.certs = Certificates()
         self.counters: dict[str, dict[str, Counters]] = {}  # fleet -> instance -> counters
         self.started = time.time()
         self.done = asyncio.Event()
@@ -115,7 +119,7 @@ class BalancerHost:
         wanted: dict[Address, list[str]] = {}
         for name, spec in sorted(fleets.items()):
             wanted.setdefault((str(spec["listen"][0]), int(spec["listen"][1])), []).append(name)
-        errors: dict[str, dict[str, str | None]] = {}
+        errors: dict[str, Said] = {}
         for address, names in wanted.items():
             errors |= await self._front(address, names, fleets)
         for address in set(self.fronts) - set(wanted):
@@ -150,28 +154,77 @@ class BalancerHost:
 
     async def _front(
         self, address: Address, names: list[str], fleets: dict[str, dict[str, Any]]
-    ) -> dict[str, dict[str, str | None]]:
-        """The listener on one address and its Host table; the errors, by fleet."""
-        errors: dict[str, dict[str, str | None]] = {}
+    ) -> dict[str, Said]:
+        """The listener on one address, its Host table and certificates; errors by fleet."""
+        errors: dict[str, Said] = {}
         routes: Routes[Balancer] = Routes()
+        certs: dict[str, tuple[list[str], CertFiles]] = {}
         front = self.fronts.get(address)
         serving = set(front.routes.owners.values()) if front else set()
-        for name in sorted(names, key=lambda n: (n not in serving, n)):  # first come, first kept
-            problem = routes.claim(name, fleets[name].get("hosts", ()), self.fleets[name])
-            if problem is not None:
-                error = claim_error(name, address, problem)
-                errors[name] = {"message": error.message, "hint": error.hint}
-        if front is None:
-            front = Front(", ".join(names))
+        order = sorted(names, key=lambda n: (n not in serving, n))  # first come, first kept
+        secure = bool(fleets[order[0]].get("tls"))
+        for name in order:
+            spec = fleets[name]
+            hosts = [str(h) for h in spec.get("hosts", ())]
             try:
-                await front.start(*address)
+                if bool(spec.get("tls")) != secure:
+                    raise claim_error(name, address, tls_mismatch(order[0], secure))
+                if secure:
+                    files = CertFiles(str(spec["tls"]["cert"]), str(spec["tls"]["key"]))
+                    self.certs.get(files)  # loads, or says why not
+                problem = routes.claim(name, hosts, self.fleets[name])
+                if problem is not None:
+                    raise claim_error(name, address, problem)
+            except KilnError as exc:
+                errors[name] = {"message": exc.message, "hint": exc.hint}
+                continue
+            if secure:
+                certs[name] = (hosts, files)
+        if front is not None and (front.sni is not None) != secure:
+            await self.fronts.pop(address).close()  # switching to or from TLS: reopen
+            front = None
+        if front is None:
+            if secure and not certs:
+                return errors
+            front = Front(", ".join(names))
+            if secure:
+                front.sni = Sni(self.certs.get(next(iter(certs.values()))[1]))
+            try:
+                await front.start(*address, front.sni.context if front.sni else None)
             except KilnError as exc:
                 return {name: {"message": exc.message, "hint": exc.hint} for name in names}
             self.fronts[address] = front
             log.info("listening on %s:%s for %s", *address, front.fleet)
         front.routes = routes
+        front.certs = certs
+        self._certificates(front)
         self._client_rules(front, [fleets[n] for n in names])
         return errors
+
+    def _certificates(self, front: Front) -> None:
+        """Point the listener's SNI table at the certificates as they are on disk now."""
+        if front.sni is None:
+            return
+        table: Routes[ssl.SSLContext] = Routes()
+        first: ssl.SSLContext | None = None
+        for name, (hosts, files) in front.certs.items():
+            try:
+                context = self.certs.get(files)
+            except KilnError as exc:
+                log.error("%s", exc.message)
+                continue
+            table.claim(name, hosts, context)
+            first = first or context
+        front.sni.routes = table
+        front.sni.default = table.default or first or front.sni.default
+
+    def refresh_certificates(self) -> None:
+        """Pick up renewed certificate files, even while no agent configures us."""
+        for front in self.fronts.values():
+            self._certificates(front)
+        self.certs.forget_except(
+            {files for front in self.fronts.values() for _, files in front.certs.values()}
+        )
 
     @staticmethod
     def _client_rules(front: Front, specs: list[dict[str, Any]]) -> None:
@@ -285,7 +338,7 @@ async def _serve(home: Home) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, host.done.set)
-    watcher = asyncio.create_task(_watch(path, inode, host.done))
+    watcher = asyncio.create_task(_watch(path, inode, host))
     log.info("balancer %s serving %s", os.getpid(), path)
     try:
         await host.done.wait()
@@ -299,10 +352,13 @@ async def _serve(home: Home) -> None:
         log.info("balancer %s stopped", os.getpid())
 
 
-async def _watch(path: Path, inode: int, done: asyncio.Event) -> None:
-    """Exit when the control socket is gone: its KILN_HOME was removed, nobody can reach us."""
+async def _watch(path: Path, inode: int, host: BalancerHost) -> None:
+    """Reload renewed certificates; exit when the control socket is gone (its KILN_HOME
+    was removed: nobody can reach us)."""
+    done = host.done
     while True:
         await asyncio.sleep(WATCH_SECONDS)
+        host.refresh_certificates()
         try:
             alive = path.stat().st_ino == inode
         except OSError:

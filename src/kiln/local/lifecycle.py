@@ -149,6 +149,9 @@ class Lifecycle:
                 "limits": fleet.settings.limits,  # [provider.local] *_timeout
                 "trusted_proxies": list(fleet.settings.trusted_proxies),
                 "hosts": list(fleet.settings.hosts),
+                "tls": {"cert": fleet.settings.tls_cert, "key": fleet.settings.tls_key}
+                if fleet.settings.tls_cert
+                else None,
                 "backends": {i: [INSTANCE_HOST, port] for i, port in fleet.backends.items()},
                 "routable": sorted(fleet.routable),
                 "known": known.get(name, []),  # their counters are kept for `stats`

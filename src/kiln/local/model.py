@@ -44,6 +44,8 @@ class FleetSettings:
     limits: dict[str, float] = field(default_factory=dict)  # [provider.local] *_timeout
     trusted_proxies: list[str] = field(default_factory=list)  # [provider.local]
     hosts: tuple[str, ...] = ()  # [provider.local] hosts: its Host names on a shared listener
+    tls_cert: str | None = None  # [provider.local] tls_cert, made absolute
+    tls_key: str | None = None
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> FleetSettings:
@@ -63,6 +65,8 @@ class FleetSettings:
             limits={f.name: getattr(local, f.name) for f in fields(Limits)},
             trusted_proxies=list(local.trusted_proxies),
             hosts=tuple(local.hosts),
+            tls_cert=str((loaded.root / local.tls_cert).absolute()) if local.tls_cert else None,
+            tls_key=str((loaded.root / local.tls_key).absolute()) if local.tls_key else None,
         )
 
     @classmethod
@@ -81,7 +85,8 @@ class FleetSettings:
     @property
     def endpoint(self) -> str:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"http://{host}:{self.listen_port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.listen_port}"
 
 
 @dataclass

@@ -83,6 +83,12 @@ class Routes(Generic[T]):
         return self.default
 
 
+def tls_mismatch(other: str, other_tls: object) -> str:
+    """Fleets sharing an address all terminate TLS, or none does."""
+    speaks = "terminates TLS" if other_tls else "speaks plain HTTP"
+    return f"fleet {other} there {speaks}; fleets sharing an address all use TLS or none"
+
+
 def claim_error(fleet: str, address: tuple[str, int], problem: str) -> ProviderError:
     return ProviderError(
         f"cannot serve fleet {fleet} on {address[0]}:{address[1]}: {problem}", hint=HOSTS_HINT

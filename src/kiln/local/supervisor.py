@@ -22,7 +22,7 @@ from kiln.errors import InstanceNotFound, KilnError, ProviderError
 from kiln.local import procs, recovery, recycler, uids
 from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
-from kiln.local.routes import Routes, claim_error
+from kiln.local.routes import Routes, claim_error, tls_mismatch
 from kiln.local.secret_refs import pick
 from kiln.provider import InstanceState
 
@@ -130,6 +130,10 @@ class Supervisor(Lifecycle):
         for other in self.fleets.values():
             if other.name != name and other.settings.address == address:
                 routes.claim(other.name, other.settings.hosts, other.name)
+                if bool(other.settings.tls_cert) != bool(settings.tls_cert):
+                    raise claim_error(
+                        name, address, tls_mismatch(other.name, other.settings.tls_cert)
+                    )
         problem = routes.claim(name, settings.hosts, name)
         if problem is not None:
             raise claim_error(name, address, problem)
