@@ -20,6 +20,7 @@ already stored: a damaged copy is replaced, never trusted.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
@@ -176,11 +177,26 @@ class ObjectStore:
         return h.hexdigest() == sha
 
     def checked(self, sha: str) -> bool:
-        """Like intact, but an object that is not is quarantined on the spot."""
-        if self.intact(sha):
-            return True
-        self.quarantine(sha)
-        return False
+        """Like intact, but an object that is not is quarantined on the spot.
+
+        Only evidence quarantines: content that hashes wrong, a truncated pack,
+        an I/O error. Any other OSError (EMFILE, say) says nothing about the
+        object and is raised.
+        """
+        h = hashlib.sha256()
+        try:
+            for chunk in self.read(sha):
+                h.update(chunk)
+            ok = h.hexdigest() == sha
+        except CorruptObject:
+            ok = False
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            ok = False
+        if not ok:
+            self.quarantine(sha)
+        return ok
 
     def all(self) -> set[str]:
         self.refresh()

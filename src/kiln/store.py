@@ -289,11 +289,12 @@ class Store:
         check_manifest(record.id, record.manifest)
         bad: list[str] = []
         checked: dict[str, bool] = {}
-        for entry in record.manifest.files:
-            if entry.sha256 not in checked:
-                checked[entry.sha256] = self.objects.checked(entry.sha256)
-            if not checked[entry.sha256]:
-                bad.append(entry.path)
+        with self.writing():  # a collection must not repack under the reads
+            for entry in record.manifest.files:
+                if entry.sha256 not in checked:
+                    checked[entry.sha256] = self.objects.checked(entry.sha256)
+                if not checked[entry.sha256]:
+                    bad.append(entry.path)
         return bad
 
     def quarantined(self, ref: str) -> list[str]:

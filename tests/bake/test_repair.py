@@ -6,9 +6,11 @@ bake reading the same content), so "bake again to restore it" is true.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,29 @@ def test_verify_repair_names_the_images_to_bake_again(kiln: Kiln, home: Home) ->
     (app / "static" / "f1.txt").write_text("file 1\n" * 2)
     kiln("bake")
     assert "ok, 5 files verified" in kiln("image", "verify", image).stdout
+
+
+def test_only_evidence_quarantines_an_object(
+    app_dir: Path, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running out of file descriptors says nothing about an object: it is not condemned."""
+    result = bake(load_config(app_dir), home)
+    store = Store(home)
+    sha = store.get(result.image).manifest.files[0].sha256
+
+    def no_fds(sha: str) -> Iterator[bytes]:
+        raise OSError(errno.EMFILE, "Too many open files")
+        yield b""
+
+    monkeypatch.setattr(store.objects, "read", no_fds)
+    with pytest.raises(OSError, match="Too many open files"):
+        store.verify(result.image)
+    assert sha not in store.objects.refresh_corrupt()
+
+    def failing_disk(sha: str) -> Iterator[bytes]:
+        raise OSError(errno.EIO, "Input/output error")
+        yield b""
+
+    monkeypatch.setattr(store.objects, "read", failing_disk)
+    assert store.verify(result.image) != []
+    assert sha in store.objects.refresh_corrupt()
