@@ -271,7 +271,7 @@ class Balancer:
         try:
             while True:
                 try:
-                    kind, head = await client.next()
+                    kind, head = client.messages.take() or await client.next()
                 except (BadMessage, TimeoutError) as exc:
                     status = exc.status if isinstance(exc, BadMessage) else 408
                     writer.write(simple_response(status, f"{exc}\n", close=True))
@@ -279,7 +279,7 @@ class Balancer:
                     break
                 if kind != HEAD:  # closed between requests, or the tail of an upgrade
                     break
-                client.set(BUSY)
+                client.phase = BUSY  # not timed: the instance's pace
                 if not await self._serve(head, client):
                     break
                 if transport.get_write_buffer_size() > HIGH_WATER:
@@ -303,7 +303,7 @@ class Balancer:
         except ClientFailed as exc:
             await exc.answer(client)
             return False
-        client.set(BUSY)
+        client.phase = BUSY
         body: bytes | None = read
         prefix = b""
         if not whole:

@@ -164,6 +164,10 @@ class MessageReader:
         """Cleanly between two messages, with nothing unasked-for read."""
         return not (self.spent or self.mid or self._events or self._head_bytes)
 
+    def take(self) -> Event | None:
+        """The next event if one is waiting (no await: the common case costs no task switch)."""
+        return self._events.popleft() if self._events else None
+
     async def next(self) -> Event:
         events = self._events
         while not events:

@@ -196,6 +196,9 @@ class ClientFailed(Exception):
 
 
 async def client_event(client: Client) -> tuple[int, Any]:
+    event = client.messages.take()
+    if event is not None:
+        return event
     try:
         return await client.next()
     except BadMessage as exc:
@@ -212,8 +215,8 @@ async def read_body(client: Client, head: Request, limit: int) -> tuple[bytes, b
     A body read whole before an instance is picked costs the instance
     nothing however slowly it arrives, and can be replayed on a retry.
     """
-    if not head.has_body:
-        await client_event(client)  # the end of a message without a body
+    if not head.has_body:  # its end came with its head (llhttp emits both in one feed)
+        client.messages.take() or await client_event(client)
         return b"", True
     client.set(BODY_IN)
     client.body_start = client.since
@@ -251,7 +254,7 @@ async def final_response(responses: MessageReader, switching: bool) -> tuple[Res
     (1xx) heads before it, regenerated."""
     interim = b""
     while True:
-        kind, resp = await responses.next()
+        kind, resp = responses.take() or await responses.next()
         if kind != HEAD:
             raise Truncated("the instance closed the connection without answering")
         if resp.status == 101 and not switching:
@@ -259,7 +262,7 @@ async def final_response(responses: MessageReader, switching: bool) -> tuple[Res
         if resp.status >= 200 or resp.status == 101:
             return resp, interim
         interim += interim_head(resp)
-        await responses.next()  # the end of the interim message
+        responses.take() or await responses.next()  # the end of the interim message
 
 
 async def copy_response(
@@ -276,7 +279,7 @@ async def copy_response(
                 client.set(SENDING)
                 await cwriter.drain()
                 client.phase = BUSY
-        kind, value = await responses.next()
+        kind, value = responses.take() or await responses.next()
         if kind != BODY:
             if chunked:
                 out.append(LAST_CHUNK)
