@@ -50,6 +50,7 @@ class Capability(StrEnum):
     RESUME = "resume"  # `kiln deploy --resume` from a journal
     RELEASE = "release"  # [app] release: a command run once per deployment, before it acts
     RUN = "run"  # `kiln run`: a one-off command in a fresh directory of an image
+    REFRESH = "refresh"  # `kiln refresh`: replace instances running replaced host files
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,12 @@ class Platform(Protocol):
     def history(self, limit: int, *, all_fleets: bool) -> list[dict[str, Any]]: ...
 
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report: ...
+
+    def refresh(
+        self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
+    ) -> Report:
+        """Replace the instances that run host files replaced since they started."""
+        ...
 
     def timeline(self, limit: int) -> list[dict[str, Any]]:
         """Deployments, newest first, each with its steps and their times where known."""

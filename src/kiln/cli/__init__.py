@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "prune": "kiln.cli.lifecycle",
     "drift": "kiln.cli.lifecycle",
     "recycle": "kiln.cli.lifecycle",
+    "refresh": "kiln.cli.lifecycle",
     "demo": "kiln.cli.demo",
     "deploy": "kiln.cli.deploy",
     "rollback": "kiln.cli.deploy",

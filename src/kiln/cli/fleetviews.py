@@ -63,6 +63,13 @@ def print_status(data: dict[str, Any]) -> None:
         until = _clock(warm["until"]) if warm["until"] else "?"
         console.print(f"warm standby {warm['image']} x{len(warm['instances'])} until {until}")
     _print_instances(data["instances"])
+    for i in data["instances"]:
+        if i.get("stale"):
+            more = f" (and {len(i['stale']) - 2} more)" if len(i["stale"]) > 2 else ""
+            console.print(
+                f"[yellow]{i['id']} runs host files replaced since it started: "
+                f"{escape(', '.join(i['stale'][:2]))}{more}[/]: 'kiln refresh' replaces it"
+            )
     dep = data.get("deployment_in_progress")
     if dep:
         console.print(

@@ -126,3 +126,27 @@ def _max_age(state: State, given: str | None) -> float:
             "no maximum age to recycle by", hint="pass --max-age 7d or set [fleet] max_age"
         )
     return configured
+
+
+@cli.command("refresh")
+@click.option("--reason", help="Why, recorded in the history.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--wait", metavar="TIMEOUT", help="Wait for a deployment holding the fleet.")
+@FLEET_PROVIDER
+@pass_state
+def refresh_command(
+    state: State, reason: str | None, as_json: bool, wait: str | None, provider: str
+) -> None:
+    """Replace instances still running host files replaced since they started.
+
+    A security update of python3 or a shared library changes files under /usr
+    but not the image, so no deploy replaces the instances that still run the
+    old copies; `kiln status` names them, this replaces them from the same
+    image through the rolling engine.
+    """
+    timeout = parse_duration(wait) if wait else None
+    narrator = _Narrator()
+    platform = state.platform(provider)
+    with _sigterm_as_ctrl_c(), narrator.live(not as_json):
+        report = platform.refresh(reason=reason, wait=timeout, on_event=narrator)
+    _conclude(report, as_json)

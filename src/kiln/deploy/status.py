@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kiln.deploy.journal import Journal
 from kiln.deploy.lock import read_holder
 from kiln.deploy.state import StateDb
-from kiln.provider import Provider
+from kiln.provider import Instance, Provider
 
 
 def fleet_status(
-    provider: Provider, db: StateDb, fleet: str, configured_size: int, now: float
+    provider: Provider,
+    db: StateDb,
+    fleet: str,
+    configured_size: int,
+    now: float,
+    annotate: Callable[[Instance], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One fleet, as ``kiln status --json`` prints it."""
+    """One fleet, as ``kiln status --json`` prints it; ``annotate`` adds per-instance facts."""
     state = provider.describe(fleet)
     rec = db.fleet(fleet)
     unfinished = Journal(db).unfinished(fleet)
@@ -28,6 +34,7 @@ def fleet_status(
             "age": round(max(0.0, now - i.launched_at), 1),
             "address": i.address,
             "warm": bool(rec and i.id in rec.warm_ids),
+            **(annotate(i) if annotate else {}),
         }
         for i in state.instances
         if i.state.value != "terminated"

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from kiln.bake import BakeProgress
     from kiln.deploy import Engine
     from kiln.drift import InstanceDrift
-    from kiln.provider import Provider
+    from kiln.provider import Instance, Provider
 
 
 class LocalPlatform(PlatformBase):
@@ -132,8 +132,27 @@ class LocalPlatform(PlatformBase):
 
         engine = self.engine()
         return fleet_status(
-            engine.provider, engine.db, engine.fleet, engine.settings.size, time.time()
+            engine.provider,
+            engine.db,
+            engine.fleet,
+            engine.settings.size,
+            time.time(),
+            annotate=lambda i: {"stale": _stale(i)},
         )
+
+    def refresh(
+        self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
+    ) -> Report:
+        fleet = self.provider().describe(self.loaded.config.app.name)
+        stale = {i.id: files for i in fleet.live() if (files := _stale(i))}
+        if not stale:
+            line = f"nothing to refresh: no instance of {fleet.name} runs a replaced host file"
+            return Report({"fleet": fleet.name, "stale": {}, "replaced": None}, lines=(line,))
+        lines = tuple(f"{i} runs replaced {', '.join(files[:3])}" for i, files in stale.items())
+        result = self.engine(on_event).replace_instances(
+            sorted(stale), kind="refresh", why="runs replaced host files", reason=reason, wait=wait
+        )
+        return Report(result.to_json(), lines=lines, result=result)
 
     def history(self, limit: int, *, all_fleets: bool) -> list[dict[str, Any]]:
         fleet = None
@@ -236,3 +255,11 @@ def _drift_lines(report: list[InstanceDrift]) -> tuple[str, ...]:
         if len(item.changes) > 20:
             lines.append(f"           ... and {len(item.changes) - 20} more")
     return tuple(lines)
+
+
+def _stale(instance: Instance) -> list[str]:
+    """Host files a live instance's process maps that were replaced since it started."""
+    from kiln.local.stale import replaced_files
+
+    pid = instance.details.get("pid")
+    return replaced_files(int(pid)) if pid and instance.live else []
