@@ -209,7 +209,39 @@ def _github_values(spec: PipelineSpec) -> dict[str, str]:
         "deploy_runner": "ubuntu-latest" if aws else "[self-hosted, linux]",
         "deploy_env": "\n".join(env) if aws else "",
         "credential_check": "\n".join(check) if aws else "",
+        "schedule": "\n".join(_GITHUB_SCHEDULE) if aws else "",
+        "reap_job": "\n".join(_github_reap(spec, env)) if aws else "",
     }
+
+
+# A cancelled bake has ~10 s to clean up; a builder takes 30-90 s to terminate,
+# so its security group is left to expire and be removed by this hourly job.
+REAP_CRON = "23 * * * *"
+_GITHUB_SCHEDULE = [
+    "schedule:",
+    f'  - cron: "{REAP_CRON}"  # kiln aws reap: leftovers of cancelled bakes',
+]
+
+
+def _github_reap(spec: PipelineSpec, env: list[str]) -> list[str]:
+    return [
+        "",
+        "reap:",
+        "  # Hourly: remove what cancelled or killed bakes left behind (builders,",
+        "  # security groups, key pairs) once their kiln:expires tag has passed.",
+        "  if: github.event_name == 'schedule'",
+        "  runs-on: ubuntu-latest",
+        *[f"  {line}" for line in env],
+        "  steps:",
+        "    - uses: actions/checkout@v4",
+        "    - uses: actions/setup-python@v5",
+        "      with:",
+        f'        python-version: "{spec.python}"',
+        "    - name: Install kiln",
+        f"      run: {_scalar(_install_command(spec))}",
+        "    - name: Remove expired leftovers of interrupted bakes",
+        "      run: kiln aws reap",
+    ]
 
 
 def _github_step(name: str, command: str) -> list[str]:
@@ -258,7 +290,24 @@ def _gitlab_values(spec: PipelineSpec) -> dict[str, str]:
         "deploy_before": "" if aws else "\n".join(local_before),
         "after_setup": "\n".join(([] if aws else [f"- {activate}"]) + [cd_workdir]),
         "workdir_prefix": prefix,
+        "reap_job": "\n".join(_gitlab_reap(env)) if aws else "",
     }
+
+
+def _gitlab_reap(env: list[str]) -> list[str]:
+    return [
+        "",
+        "# Run by a pipeline schedule (Build > Pipeline schedules, hourly): remove what",
+        "# cancelled or killed bakes left behind once their kiln:expires tag has passed.",
+        "reap:",
+        "  extends: .kiln",
+        "  stage: deploy",
+        "  rules:",
+        '    - if: $CI_PIPELINE_SOURCE == "schedule"',
+        *[f"  {line}" for line in env],
+        "  script:",
+        "    - kiln aws reap",
+    ]
 
 
 def _setup_note(spec: PipelineSpec) -> str:
@@ -285,10 +334,15 @@ def _setup_note(spec: PipelineSpec) -> str:
         if spec.region
         else "# Store the region as AWS_REGION too."
     )
+    schedule = (
+        "# The reap job runs on the hourly schedule below."
+        if spec.system == "github"
+        else "# Add an hourly pipeline schedule (Build > Pipeline schedules) for the reap job."
+    )
     return (
         "#\n# Before the first push, create the deploy user (kiln aws create-deploy-user\n"
         f"# --team NAME) and store its keys as {where}:\n"
-        f"# AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.\n{region}"
+        f"# AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.\n{region}\n{schedule}"
     )
 
 

@@ -101,3 +101,51 @@ def test_interrupted_process_cleans_up(
             proc.stderr.close()
     assert proc.returncode != 0
     assert leftovers(aws) == {}
+
+
+def test_a_cancelled_ci_bake_cleans_up_within_ten_seconds(
+    aws: Aws, app_factory: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    """GitHub sends SIGKILL ~10 s after cancelling; AWS takes 30-90 s to terminate.
+
+    The bake's EC2 is made to behave as AWS's (instances stay shutting-down, their
+    security group cannot be deleted yet): the key pair is gone, the builder is
+    terminating, the process exits well within the window, and the security group
+    is left tagged for the scheduled reap to remove once it expires.
+    """
+    loaded = app_factory(ssh_timeout="5m")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "killable_bake.py"),
+            str(loaded.path),
+            str(tmp_path / "kiln-home"),
+            str(free_port()),
+            "slow",
+        ],
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(leftovers(aws)) < 3:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, leftovers(aws)
+            time.sleep(0.2)
+        cancelled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)  # the old order waited for "terminated" here, for minutes
+        took = time.monotonic() - cancelled
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    assert took < 10, took
+    left = leftovers(aws)
+    assert list(left) == ["groups"], left  # no key pair; the builder is terminating
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)
+    assert reap(aws).removed == ()  # not expired: a bake might own it
+    assert [i.kind for i in reap(aws, now=later).removed] == ["security-group"]
+    assert leftovers(aws) == {}

@@ -214,3 +214,26 @@ def test_runners_install_the_kiln_that_wrote_the_pipeline(monkeypatch: pytest.Mo
     local = '{"url": "file:///src/kiln", "dir_info": {"editable": true}}'
     monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(local))
     assert ci.default_install() == f"kiln-deploy=={ci.__version__}"
+
+
+def test_aws_pipelines_reap_leftovers_of_cancelled_bakes_on_a_schedule(kiln: Kiln) -> None:
+    """A cancelled bake leaves its security group to expire (its builder takes longer
+    to terminate than CI waits): the pipeline removes it with a scheduled reap."""
+    repo = app_in_repo(kiln)
+    kiln("ci", "init", "github")
+    workflow = load(repo / ".github/workflows/deploy.yml")
+    assert workflow["on"]["schedule"] == [{"cron": "23 * * * *"}]
+    reap = workflow["jobs"]["reap"]
+    assert reap["if"] == "github.event_name == 'schedule'"
+    assert workflow["jobs"]["test"]["if"] == "github.event_name != 'schedule'"
+    assert reap["env"]["AWS_SECRET_ACCESS_KEY"] == "${{ secrets.AWS_SECRET_ACCESS_KEY }}"
+    assert [s.get("run") for s in reap["steps"]][-1] == "kiln aws reap"
+    kiln("ci", "init", "gitlab")
+    pipeline = load(repo / ".gitlab-ci.yml")
+    assert pipeline["reap"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
+    assert pipeline["reap"]["script"] == ["kiln aws reap"]
+    assert pipeline["test"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE != "schedule"'}]
+
+    kiln("ci", "init", "github", "--provider", "local", "--force")
+    assert "schedule" not in load(repo / ".github/workflows/deploy.yml")["on"]
+    assert "reap" not in load(repo / ".github/workflows/deploy.yml")["jobs"]

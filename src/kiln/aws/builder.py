@@ -5,12 +5,20 @@ build id and an expiry, so if the process is killed outright (no ``finally``
 runs) ``kiln aws reap`` finds them; the builder also powers itself off at
 its expiry and is set to terminate on shutdown. Cleanup defers Ctrl-C until
 it is done, so an impatient second Ctrl-C cannot orphan anything.
+
+Cleanup fits a cancelled CI job's window (GitHub sends SIGKILL about 10 s
+after SIGINT; an instance takes 30-90 s to reach ``terminated``): the key pair
+goes first (one call), then the builder is told to terminate; only a bake
+that was not interrupted waits for that before deleting the security group.
+An interrupted one tries once and leaves a group still in use to expire and
+be reaped (``kiln ci init`` schedules ``kiln aws reap``).
 """
 
 from __future__ import annotations
 
 import datetime
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +42,7 @@ class BuildTags:
     build_id: str
     app: str
     expires: datetime.datetime
+    removed: set[str] = field(default_factory=set, compare=False)  # cleaned up already
 
     def base(self) -> dict[str, str]:
         return {
@@ -128,7 +137,19 @@ def key_pair(aws: Aws, build: BuildTags, note: Note) -> Iterator[tuple[str, asyn
     try:
         yield name, key
     finally:
+        remove_key_pair(aws, build, name, note)
+
+
+def remove_key_pair(aws: Aws, build: BuildTags, name: str, note: Note) -> None:
+    """Once per bake: the builder's cleanup does it first, the key pair's own is a no-op."""
+    if name not in build.removed:
+        build.removed.add(name)
         _cleanup(f"key pair {name}", note, lambda: aws.ec2.delete_key_pair(KeyName=name))
+
+
+def _interrupted() -> bool:
+    """True inside a ``finally`` that a Ctrl-C or a cancelled job (SIGTERM) unwinds."""
+    return isinstance(sys.exc_info()[1], KeyboardInterrupt)
 
 
 @contextmanager
@@ -163,11 +184,10 @@ def security_group(
         note(f"security group {group_id}: SSH from {cidr}")
         yield group_id
     finally:
-        _cleanup(
-            f"security group {group_id}",
-            note,
-            lambda: aws.ec2.delete_security_group(GroupId=group_id),
-        )
+        what = f"security group {group_id}"
+        if _interrupted():  # its builder may still be shutting down: one try, then reap
+            what += f" (expires {build.base()[EXPIRES_TAG]}, then 'kiln aws reap' removes it)"
+        _cleanup(what, note, lambda: aws.ec2.delete_security_group(GroupId=group_id))
 
 
 def _user_data(ttl: float) -> str:
@@ -221,12 +241,19 @@ def builder_instance(
             key=key,
         )
     finally:
-        _cleanup(f"builder {instance_id}", note, lambda: terminate(aws, instance_id, note))
+        hurry = _interrupted()
+        remove_key_pair(aws, build, key_name, note)  # first: one call, nothing waits on it
+        _cleanup(
+            f"builder {instance_id}",
+            note,
+            lambda: terminate(aws, instance_id, note, wait=not hurry),
+        )
 
 
-def terminate(aws: Aws, instance_id: str, note: Note) -> None:
+def terminate(aws: Aws, instance_id: str, note: Note, *, wait: bool = True) -> None:
     aws.ec2.terminate_instances(InstanceIds=[instance_id])
-    wait_instance(aws, instance_id, "terminated", timeout=600, note=note)
+    if wait:  # 30-90 s on AWS: a cancelled job has about 10
+        wait_instance(aws, instance_id, "terminated", timeout=600, note=note)
 
 
 def wait_instance(
