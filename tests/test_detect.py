@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.config import parse_config
+from kiln.config import BuildStep, parse_config
 from kiln.detect import detect
 from kiln.scaffold import render_config
 from kilntest import Kiln
@@ -28,6 +28,11 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+def _steps(build: list[str | BuildStep]) -> list[object]:
+    """A cached step as (command, its one output); plain steps as they are."""
+    return [s if isinstance(s, str) else (s.run, *s.outputs) for s in build]
+
+
 def _config(root: Path):  # type: ignore[no-untyped-def]
     return parse_config(render_config(root, name="app"))
 
@@ -37,7 +42,7 @@ def test_django_runs_gunicorn_on_its_wsgi_collects_static_and_migrates(tmp_path:
         tmp_path,
         {
             "manage.py": DJANGO_MANAGE,
-            "mysite/settings.py": "STATIC_ROOT = 'static'\nENGINE = 'django.db.backends.sqlite3'\n",
+            "mysite/settings.py": "STATIC_ROOT = BASE_DIR / 'staticfiles'\nENGINE = 'sqlite3'\n",
             "mysite/wsgi.py": "application = get_wsgi_application()\n",
             "mysite/urls.py": "urlpatterns = [path('admin/', admin.site.urls)]\n",
             "requirements.txt": "Django>=5\n",
@@ -48,9 +53,9 @@ def test_django_runs_gunicorn_on_its_wsgi_collects_static_and_migrates(tmp_path:
     config = _config(tmp_path)
     assert config.app.run.startswith("python3 -m gunicorn --bind $HOST:$PORT")
     assert config.app.run.endswith("mysite.wsgi:application")
-    assert config.app.build == [
-        "python3 -m pip install -q --target deps -r requirements.txt gunicorn",
-        "python3 manage.py collectstatic --noinput",
+    assert _steps(config.app.build) == [
+        ("python3 -m pip install -q --target deps -r requirements.txt gunicorn", "deps"),
+        ("python3 manage.py collectstatic --noinput", "staticfiles"),
     ]
     assert config.env["PYTHONPATH"] == "deps" and config.health.path is None  # TCP
     assert config.app.release == "python3 manage.py migrate --noinput"
@@ -101,7 +106,7 @@ def test_python_frameworks_get_a_production_server(
     assert config.app.run.startswith(f"python3 -m {server} ") and config.app.run.endswith(
         f" {target}"
     )
-    assert server in config.app.build[0]  # installed into deps/ by the build
+    assert server in str(config.app.build[0])  # installed into deps/ by the build
     assert "$HOST" in config.app.run and "$PORT" in config.app.run
 
 
@@ -112,7 +117,10 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(app + '@app.route("/healthz")\ndef h(): return "ok"\n')
     config = _config(tmp_path)
     assert config.health.path == "/healthz"
-    assert config.app.build == ["python3 -m pip install -q --target deps -r requirements.txt"]
+    assert _steps(config.app.build) == [
+        ("python3 -m pip install -q --target deps -r requirements.txt", "deps")
+    ]
+    assert config.app.build[0].inputs == ["requirements.txt"]  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -124,12 +132,12 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
                 "server.js": "",
                 "package-lock.json": {},
             },
-            ["npm ci --omit=dev"],
+            [("npm ci --omit=dev", "node_modules")],
             "node server.js",
         ),
         (
             {"package.json": {"main": "index.js"}, "index.js": ""},
-            ["npm install --omit=dev --no-audit --no-fund"],
+            [("npm install --no-audit --no-fund --omit=dev", "node_modules")],
             "node index.js",
         ),
         (
@@ -137,17 +145,17 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
                 "package.json": {"scripts": {"start": "next start", "build": "next build"}},
                 "package-lock.json": {},
             },
-            ["npm ci", "npm run build", "npm prune --omit=dev"],
+            [("npm ci", "node_modules"), "npm run build", "npm prune --omit=dev"],
             "npm start",
         ),
     ],
 )
 def test_node_installs_with_or_without_a_lockfile_and_keeps_node_modules(
-    tmp_path: Path, files: dict[str, object], build: list[str], run: str
+    tmp_path: Path, files: dict[str, object], build: list[object], run: str
 ) -> None:
     _write(tmp_path, {k: v if isinstance(v, str) else json.dumps(v) for k, v in files.items()})
     config = _config(tmp_path)
-    assert (config.app.build, config.app.run) == (build, run)
+    assert (_steps(config.app.build), config.app.run) == (build, run)
     assert config.env["NODE_ENV"] == "production"
     assert "node_modules/" in config.app.exclude  # the source's: the build's are kept
 

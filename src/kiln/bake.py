@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln import stepcache
 from kiln.config import LoadedConfig
 from kiln.errors import BuildError
 from kiln.home import Home
@@ -53,6 +54,9 @@ class BakeProgress:
     """Hooks the CLI overrides to show progress; the library stays silent."""
 
     def step(self, index: int, total: int, command: str) -> None: ...
+
+    def cached(self, index: int, total: int, command: str) -> None:
+        """A step whose inputs are unchanged: its outputs were restored, it did not run."""
 
     def output(self, line: str) -> None: ...
 
@@ -225,18 +229,23 @@ def _bake_with_build(
     scratch = home.tmp / f"bake-{os.getpid()}-{time.monotonic_ns()}"
     try:
         _copy_source(loaded.root, scratch, entries)
-        _run_steps(loaded, scratch, progress)
+        cached = _run_steps(loaded, home, store, scratch, progress)
+        made = {path: f for step in cached for path, f in step.files.items()}
         # [app] exclude and .kilnignore chose the source; what the steps made is kept
         built = list(walk(scratch, build_spec()))
-        source = {e.path: e for e in entries if e.kind == "file"}
+        source = {e.path: (hashes[e.path], e.size, e.mtime_ns) for e in entries if e.kind == "file"}
+        source |= made  # step outputs stored already: no second read
         known = {
-            e.path: hashes[e.path]
+            e.path: known_file[0]
             for e in built
             if e.kind == "file"
-            and (s := source.get(e.path)) is not None
-            and (s.size, s.mtime_ns) == (e.size, e.mtime_ns)
+            and (known_file := source.get(e.path)) is not None
+            and known_file[1:] == (e.size, e.mtime_ns)
         }
-        return _commit_tree(loaded, store, scratch, built, known, progress)
+        manifest = _commit_tree(loaded, store, scratch, built, known, progress)
+        for step in cached:
+            stepcache.keep(home, step, scratch)  # one rename, not thousands of deletions
+        return manifest
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -255,39 +264,65 @@ def _copy_source(root: Path, scratch: Path, entries: list[SourceEntry]) -> None:
             shutil.copy2(root / entry.path, target)
 
 
-def _run_steps(loaded: LoadedConfig, scratch: Path, progress: BakeProgress) -> None:
+def _run_steps(
+    loaded: LoadedConfig, home: Home, store: Store, scratch: Path, progress: BakeProgress
+) -> list[stepcache.Restored]:
+    """Run the build steps (or restore cached ones); what the cached steps made, hashed."""
     steps = loaded.config.app.build
     env = build_env(loaded.config.env)
-    for number, command in enumerate(steps, 1):
-        progress.step(number, len(steps), command)
-        tail: deque[str] = deque(maxlen=30)
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            cwd=scratch,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
+    made: list[stepcache.Restored] = []
+    for number, step in enumerate(steps, 1):
+        if isinstance(step, str) or not step.outputs:
+            command = step if isinstance(step, str) else step.run
+            _run_step(number, len(steps), command, scratch, env, progress)
+            continue
+        key = stepcache.step_key(step, scratch, dict(loaded.config.env), interpreter(loaded))
+        restored = stepcache.restore(home, store, key, scratch)
+        if restored is not None:
+            progress.cached(number, len(steps), step.run)
+        else:
+            _run_step(number, len(steps), step.run, scratch, env, progress)
+            restored = stepcache.save(home, store, key, step, scratch)
+        made.append(restored)
+    return made
+
+
+def _run_step(
+    number: int,
+    total: int,
+    command: str,
+    scratch: Path,
+    env: dict[str, str],
+    progress: BakeProgress,
+) -> None:
+    progress.step(number, total, command)
+    tail: deque[str] = deque(maxlen=30)
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", command],
+        cwd=scratch,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            progress.output(line.rstrip("\n"))
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if code != 0:
+        shown = "\n".join(f"  | {line}" for line in tail) or "  | (no output)"
+        raise BuildError(
+            f"build step {number}/{total} failed with exit code {code}: {command}\n{shown}",
+            hint="fix the step and bake again; nothing was stored",
         )
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                tail.append(line.rstrip("\n"))
-                progress.output(line.rstrip("\n"))
-            code = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        if code != 0:
-            shown = "\n".join(f"  | {line}" for line in tail) or "  | (no output)"
-            raise BuildError(
-                f"build step {number}/{len(steps)} failed with exit code {code}: "
-                f"{command}\n{shown}",
-                hint="fix the step and bake again; nothing was stored",
-            )
 
 
 def _parallel(
@@ -383,7 +418,7 @@ def _cache_key(loaded: LoadedConfig, entries: list[SourceEntry], hashes: dict[st
         "app": cfg.app.name,
         "run": cfg.app.run,
         "release": cfg.app.release,
-        "build": cfg.app.build,
+        "build": [s if isinstance(s, str) else s.model_dump() for s in cfg.app.build],
         "exclude": cfg.app.exclude,
         "env": cfg.env,
         "python": interpreter(loaded),

@@ -77,6 +77,38 @@ def _strings(value: Any) -> str:
     return ""
 
 
+class BuildStep(Section):
+    """A build step whose result is reused while its inputs are unchanged."""
+
+    run: str = Field(description="Shell command, run like a plain build step.")
+    inputs: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Files, directories or glob patterns (relative to the app, as the step sees them) "
+            "the step's result depends on, e.g. ['requirements.txt']."
+        ),
+    )
+    outputs: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Files or directories the step makes, e.g. ['deps']: stored after it runs and "
+            "restored instead of running it while the inputs, the command, [env] and the "
+            "interpreter are unchanged."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _cacheable(self) -> BuildStep:
+        if bool(self.inputs) != bool(self.outputs):
+            raise ValueError(
+                "a cached build step needs both inputs and outputs (or neither, to run every time)"
+            )
+        for path in self.outputs:
+            if path.startswith("/") or ".." in path.split("/") or not path.strip("/."):
+                raise ValueError(f"output {path!r} must be a path inside the app, e.g. 'deps'")
+        return self
+
+
 class App(Section):
     """The application: how to build it and how to run it."""
 
@@ -91,11 +123,12 @@ class App(Section):
             "so the server gets signals itself). It must listen on $HOST:$PORT."
         ),
     )
-    build: list[str] = Field(
+    build: list[str | BuildStep] = Field(
         default_factory=list,
         description=(
             "Shell commands run in order in a scratch copy of the source at bake time, "
-            "e.g. 'pip install -r requirements.txt --target deps'."
+            "e.g. 'pip install -r requirements.txt --target deps'; a table "
+            "{ run, inputs, outputs } reuses the step's outputs while its inputs are unchanged."
         ),
     )
     release: str | None = Field(

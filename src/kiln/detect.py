@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.config import BuildStep
+
 PY_EXCLUDE = ["__pycache__/", "*.pyc", ".venv/", "venv/", "/deps/", ".env", "*.sqlite3"]
 NODE_EXCLUDE = ["node_modules/", ".env", "npm-debug.log*"]
 PIP = "python3 -m pip install -q --target deps"
@@ -29,7 +31,7 @@ class Detected:
     kind: str
     run: str
     why: list[str] = field(default_factory=list)
-    build: list[str] = field(default_factory=list)
+    build: list[str | BuildStep] = field(default_factory=list)
     exclude: list[str] = field(default_factory=lambda: list(PY_EXCLUDE))
     env: dict[str, str] = field(default_factory=dict)
     health_path: str | None = None  # None: a TCP check
@@ -63,20 +65,28 @@ def _requirements(root: Path) -> list[str]:
     return names
 
 
-def _pip_build(root: Path, needed: list[str], why: list[str]) -> list[str]:
-    """Install requirements.txt plus the server (and framework) it does not list."""
+def _pip_build(root: Path, needed: list[str], why: list[str]) -> list[str | BuildStep]:
+    """Install requirements.txt plus the server (and framework) it does not list.
+
+    With a requirements.txt the step is cached by it: a code-only change
+    re-bakes without running pip.
+    """
     listed = _requirements(root)
     missing = [name for name in needed if name not in listed]
     parts = [PIP]
-    if (root / "requirements.txt").is_file():
+    pinned = (root / "requirements.txt").is_file()
+    if pinned:
         parts.append("-r requirements.txt")
-        why.append("requirements.txt: installed into deps/ at bake time")
+        why.append("requirements.txt: installed into deps/ at bake time, reused while unchanged")
     else:
         why.append("no requirements.txt: the build installs unpinned packages; pin them there")
     if missing:
         parts.append(" ".join(missing))
         why.append(f"{', '.join(missing)} not in requirements.txt: the build adds it")
-    return [" ".join(parts)]
+    command = " ".join(parts)
+    if pinned:
+        return [BuildStep(run=command, inputs=["requirements.txt"], outputs=["deps"])]
+    return [command]
 
 
 def _python_env() -> dict[str, str]:
@@ -107,7 +117,21 @@ def _django(root: Path) -> Detected | None:
     build = _pip_build(root, ["django", server], why)
     settings_text = _read(root / (settings.replace(".", "/") + ".py"))
     notes = []
-    if "STATIC_ROOT" in settings_text:
+    static_root = re.search(r"^STATIC_ROOT\s*=.*?['\"]([\w.-]+)/?['\"]\)?\s*$", settings_text, re.M)
+    if static_root:
+        settings_file = settings.replace(".", "/") + ".py"
+        build.append(
+            BuildStep(
+                run="python3 manage.py collectstatic --noinput",
+                inputs=["requirements.txt", settings_file, "static", "*/static"],
+                outputs=[static_root.group(1)],
+            )
+        )
+        why.append(
+            f"STATIC_ROOT is {static_root.group(1)}/: static files are collected at bake time, "
+            "again only when requirements, settings or static/ dirs change"
+        )
+    elif "STATIC_ROOT" in settings_text:
         build.append("python3 manage.py collectstatic --noinput")
         why.append("STATIC_ROOT is set: static files are collected at bake time")
     else:
@@ -205,12 +229,16 @@ def _node(root: Path) -> Detected | None:
     lock = next(
         (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
     )
+    inputs = ["package.json", lock] if lock else ["package.json"]
     if lock:
-        build = ["npm ci --omit=dev"]
+        install = "npm ci"
         why.append(f"{lock}: 'npm ci' installs exactly the locked versions")
     else:
-        build = ["npm install --omit=dev --no-audit --no-fund"]
+        install = "npm install --no-audit --no-fund"
         why.append("no package-lock.json: 'npm install' (commit a lockfile for repeatable builds)")
+    why.append(
+        f"node_modules/ is made by the build and reused while {' and '.join(inputs)} are unchanged"
+    )
     scripts = package.get("scripts") if isinstance(package.get("scripts"), dict) else {}
     start = str(scripts.get("start", "")) if scripts else ""
     main = package.get("main") if isinstance(package.get("main"), str) else None
@@ -230,10 +258,13 @@ def _node(root: Path) -> Detected | None:
             return None
         run = f"node {file}"
         why.append(f"no start script: {file} is the entry point")
+    build: list[str | BuildStep]
     if scripts and "build" in scripts:
-        build = [build[0].replace("--omit=dev", "").replace("  ", " ").strip(), "npm run build"]
-        build.append("npm prune --omit=dev")
+        build = [BuildStep(run=install, inputs=inputs, outputs=["node_modules"])]
+        build += ["npm run build", "npm prune --omit=dev"]
         why.append("scripts.build: run at bake time (with dev dependencies, pruned after)")
+    else:
+        build = [BuildStep(run=f"{install} --omit=dev", inputs=inputs, outputs=["node_modules"])]
     return Detected(
         kind="Node",
         run=run,

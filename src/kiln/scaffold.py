@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from kiln.config import BuildStep
 from kiln.detect import Detected, detect
 from kiln.errors import ConfigError
 
@@ -21,7 +22,8 @@ name = "{name}"
 # The app must listen on $HOST:$PORT (kiln sets both).
 run = {run}
 # Run at bake time in a scratch copy of the source; the result is the image.
-build = [{build}]
+# A {{ run, inputs, outputs }} step is reused while its inputs are unchanged.
+build = {build}
 {release}# Source files left out of the image (gitignore syntax), besides .git and
 # .kilnignore patterns. What the build makes is always kept.
 exclude = [{exclude}]
@@ -83,13 +85,29 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         notes=notes,
         name=name or _slug(app_dir.name),
         run=_toml(found.run),
-        build=", ".join(_toml(step) for step in found.build),
+        build=_build(found.build),
         release=release,
         exclude=", ".join(_toml(p) for p in found.exclude),
         env=env or '# LOG_LEVEL = "info"\n',
         health=health,
         grace=found.grace,
     )
+
+
+def _build(steps: list[str | BuildStep]) -> str:
+    """One step a line; a cached step as an inline table (TOML keeps those on one line)."""
+    if not steps:
+        return "[]"
+    lines = []
+    for step in steps:
+        if isinstance(step, str):
+            lines.append(f"    {_toml(step)},")
+        else:
+            lines.append(
+                f"    {{ run = {_toml(step.run)}, inputs = {json.dumps(step.inputs)}, "
+                f"outputs = {json.dumps(step.outputs)} }},"
+            )
+    return "[\n" + "\n".join(lines) + "\n]"
 
 
 def _toml(value: str) -> str:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -35,7 +36,15 @@ class _ConsoleProgress(BakeProgress):
     def step(self, index: int, total: int, command: str) -> None:
         self._stop_bar()
         if not self.quiet:
-            err_console.print(f"[bold]step {index}/{total}[/] {command}", markup=True)
+            err_console.print(f"[bold]step {index}/{total}[/] {escape(command)}", markup=True)
+
+    def cached(self, index: int, total: int, command: str) -> None:
+        self._stop_bar()
+        if not self.quiet:
+            err_console.print(
+                f"[bold]step {index}/{total}[/] {escape(command)} [dim](reused)[/]",
+                markup=True,
+            )
 
     def output(self, line: str) -> None:
         if not self.quiet:
