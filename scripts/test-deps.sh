@@ -10,6 +10,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+# openssl makes the certificates and curl checks them (tests/local/test_tls.py).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # PostgreSQL server for the example app's DATABASE_URL=postgresql:// test.
 command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
     need+=(postgresql)
