@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httptools
-from localtest import free_port
 
 from kiln.local.lb import Balancer
 
@@ -97,6 +96,12 @@ if __name__ == "__main__":
 """
 
 BACKENDS = ("stdlib", "werkzeug", "gunicorn")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

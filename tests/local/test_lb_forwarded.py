@@ -123,3 +123,11 @@ def test_trusted_proxies_from_kiln_toml(local_home: Home, image: str, tmp_path: 
     status, doc = http_get(port, headers=headers)
     assert status == 200
     assert doc["xff"] == "10.1.2.3, 127.0.0.1" and doc["proto"] == "https"
+
+
+def test_hop_by_hop_and_trailer_announcements_are_not_forwarded() -> None:
+    extra = b"Trailer: X-Checksum\r\nTE: trailers\r\nKeep-Alive: 5\r\nX-App: kept\r\n"
+    lines = asyncio.run(received([], extra))
+    names = {line.split(b":")[0].lower() for line in lines if b":" in line}
+    assert b"x-app" in names
+    assert not names & {b"trailer", b"te", b"keep-alive"}

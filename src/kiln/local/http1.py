@@ -30,6 +30,7 @@ _HOP = frozenset(
         b"keep-alive",
         b"proxy-connection",
         b"te",
+        b"trailer",  # trailers are dropped, so no field announces them
         b"upgrade",
         b"transfer-encoding",
         b"content-length",
