@@ -30,6 +30,7 @@ from kiln.home import Home
 from kiln.local.lb import Balancer
 from kiln.local.provider import LocalProvider
 from kiln.local.proxy import Limits
+from kilntest import Kiln
 
 
 def echo(name: str) -> Callable[[ServerConnection], Awaitable[None]]:
@@ -185,3 +186,91 @@ def test_websockets_across_a_replacement(local_home: Home, tmp_path: Path) -> No
     last_old = max(t for t, m in log if m.startswith(old))
     assert last_old > started + 0.5  # the old socket kept working during the grace
     assert all(not m.startswith(old) for t, m in log if t > closed[0])
+
+
+class Sockets:
+    """Clients that each keep a WebSocket open through the balancer, reconnecting when it
+    closes; every echo and every close is logged as (time, client, what)."""
+
+    def __init__(self, port: int, clients: int) -> None:
+        self.port = port
+        self.log: list[tuple[float, int, str]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=lambda n=n: asyncio.run(self._client(n)))
+            for n in range(clients)
+        ]
+
+    async def _client(self, n: int) -> None:
+        while not self._stop.is_set():
+            try:
+                async with connect(f"ws://127.0.0.1:{self.port}/") as ws:
+                    while not self._stop.is_set():
+                        await ws.send("ping")
+                        self.log.append((time.monotonic(), n, str(await ws.recv())))
+                        await asyncio.sleep(0.05)
+            except ConnectionClosed:
+                self.log.append((time.monotonic(), n, "closed"))
+            except OSError as exc:  # could not connect at all: must never happen
+                self.failures.append(f"client {n}: {exc}")
+            await asyncio.sleep(0.05)
+
+    def __enter__(self) -> Sockets:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(20)
+
+    def instances(self, since: float = 0.0) -> set[str]:
+        return {m.split(":")[0] for t, _, m in self.log if t >= since and m != "closed"}
+
+
+def test_websockets_through_a_rolling_deploy(local_home: Home, tmp_path: Path) -> None:
+    """kiln deploy (rolling, 2 instances): every socket on an old instance is closed
+    after tunnel_grace and its client lands on a new one; nobody is refused."""
+    port = free_port()
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "kiln.toml").write_text(
+        f"""
+[app]
+name = "web"
+run = "python3 app.py"
+[health]
+path = "/health"
+interval = "100ms"
+timeout = "1s"
+healthy_threshold = 2
+grace = "1s"
+[fleet]
+size = 2
+drain = "5s"
+settle = "1s"
+[provider.local]
+listen = "127.0.0.1:{port}"
+stop_timeout = "2s"
+tunnel_grace = "1s"
+"""
+    )
+    kiln = Kiln(app)
+    run = f"{sys.executable} app.py"
+    v1, v2 = (make_image(local_home, run=run, files={"app.py": WS_APP + f"# {v}\n"}) for v in "12")
+    kiln("deploy", "--image", v1, "--json")
+    provider = LocalProvider(local_home, load_config(app / "kiln.toml"))
+    old = {i.id for i in provider.describe("web").serving()}
+    with Sockets(port, 4) as sockets:
+        wait_for(lambda: sockets.instances() == old, 10, "sockets on both old instances")
+        kiln("deploy", "--image", v2, "--json")
+        done = time.monotonic()
+        new = {i.id for i in provider.describe("web").serving()}
+        assert new.isdisjoint(old) and len(new) == 2
+        wait_for(lambda: len({n for t, n, m in sockets.log if t > done}) == 4, 10, "echoes")
+    assert sockets.failures == []
+    closes = [(t, n) for t, n, m in sockets.log if m == "closed"]
+    assert {n for _, n in closes} == {0, 1, 2, 3}  # every client lost its old socket once
+    assert sockets.instances(since=done) <= new  # and came back on a new instance
