@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,6 +122,8 @@ def test_blue_green_keeps_the_old_group_warm_and_rollback_reattaches_it(
     assert groups[v1]["TargetGroupARNs"] == []  # detached...
     assert world.live_members(v1) == blue  # ...and warm
     assert world.targets() == world.live_members(v2)
+    # attached from outside the target group: judged by the load balancer from now on
+    assert groups[v2]["HealthCheckType"] == "ELB"
 
     started = time.monotonic()
     back = fleet.rollback()
@@ -150,3 +153,38 @@ def test_a_warm_standby_is_discarded_once_keep_warm_is_over(
     assert fleet.deploy("img-warm00000002").outcome == "unchanged"  # reaps the standby first
     assert world.live_members(v1) == set() and world.groups()[v1]["DesiredCapacity"] == 0
     assert not any(t["Key"] == "kiln:warm-until" for t in world.groups()[v1]["Tags"])
+
+
+def test_blue_green_never_detaches_the_old_group_before_elb_calls_the_new_one_healthy(
+    world: World, home: Home, tmp_path: Path, good_app: str
+) -> None:
+    """The runner's probe passes (it reaches both releases) but ELB keeps the new
+    instances unhealthy: nothing is detached, the new group is taken out again, and
+    the deployment rolls back with the old group serving throughout."""
+    world.ami("img-blue00000002")
+    world.ami("img-green0000002")
+    world.addresses.update({"img-blue00000002": good_app, "img-green0000002": good_app})
+    fleet = open_fleet(world, home, tmp_path, extra_fleet='strategy = "blue-green"\n')
+    fleet.provider.attach_wait = 3.0
+    v1, v2 = f"kiln-{world.app}-v001", f"kiln-{world.app}-v002"
+    assert fleet.deploy("img-blue00000002").ok
+    blue = world.live_members(v1)
+    served: list[set[str]] = []
+
+    def elb_says_unhealthy(parsed: dict[str, Any], **_kwargs: Any) -> None:
+        green = world.live_members(v2)
+        for description in parsed.get("TargetHealthDescriptions", []):
+            if description["Target"]["Id"] in green:
+                description["TargetHealth"] = {"State": "unhealthy"}
+        served.append(world.targets())
+
+    elb = world.deploy.client("elbv2")
+    elb.meta.events.register(
+        "after-call.elastic-load-balancing-v2.DescribeTargetHealth", elb_says_unhealthy
+    )
+    result = fleet.deploy("img-green0000002")
+    assert result.outcome == "rolled back", result.message
+    assert "not all healthy in the target group" in (result.message or "")
+    assert all(blue <= targets for targets in served)  # the old group never left
+    assert world.groups()[v1]["TargetGroupARNs"] == [world.target_group]
+    assert world.targets() == blue

@@ -268,6 +268,19 @@ def set_attached(aws: Aws, group: str, target_group: str, attached: bool) -> Non
             )
 
 
+def use_elb_health(aws: Aws, group: str, grace: int) -> None:
+    """Judge the group's instances by the load balancer too, not only EC2 status.
+
+    A group created outside the target group (a blue-green standby) keeps
+    EC2 checks after attaching unless told: ELB-unhealthy instances would then
+    never be replaced.
+    """
+    with aws_errors(f"switching server group {group} to load-balancer health checks"):
+        aws.client("autoscaling").update_auto_scaling_group(
+            AutoScalingGroupName=group, HealthCheckType="ELB", HealthCheckGracePeriod=grace
+        )
+
+
 def terminate_members(aws: Aws, ids: Iterable[str]) -> None:
     """Terminate and lower the group's desired count, so nothing replaces them."""
     client = aws.client("autoscaling")

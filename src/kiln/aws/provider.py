@@ -26,11 +26,13 @@ from kiln.aws.health import GONE, Probe, Prober
 from kiln.aws.session import Aws, aws_errors, connect
 from kiln.config import LoadedConfig
 from kiln.deploy.clock import Clock, SystemClock
+from kiln.deploy.gates import Trip
 from kiln.errors import ImageNotFound, InstanceNotFound, ProviderError
 from kiln.home import Home
 from kiln.provider import FleetState, Instance, InstanceStats
 
 LAUNCH_WAIT = 120.0  # longest wait for Auto Scaling to show instances it was asked for
+ATTACH_WAIT = 300.0  # longest wait for ELB to call attached instances healthy
 
 
 class AwsProvider:
@@ -64,6 +66,7 @@ class AwsProvider:
         self._delay: float | None = None
         self._endpoint: tuple[str | None] | None = None
         self.on_wait: Callable[[], None] = lambda: None  # called while waiting (lock heartbeat)
+        self.attach_wait = ATTACH_WAIT
 
     # Provider: observe ----------------------------------------------------------
 
@@ -150,6 +153,14 @@ class AwsProvider:
         return new
 
     def set_in_service(self, fleet: str, add: Sequence[str], remove: Sequence[str]) -> None:
+        """Attach first, prove it in the target group, only then take the old ones out.
+
+        A group attached here switches to ELB health checks (so Auto Scaling
+        replaces what the load balancer finds unhealthy), and nothing leaves the
+        target group until ELB reports every added instance healthy: a runner
+        that cannot reach private addresses judged them by EC2 status alone.
+        If they never are, they are taken out again and the gate trips.
+        """
         tg = self._target_group()
         groups = g.list_groups(self.aws, fleet, tg)
         owner = {m.id: grp for grp in groups for m in grp.members}
@@ -158,19 +169,50 @@ class AwsProvider:
             raise InstanceNotFound(f"no instance {unknown[0]} in fleet {fleet}")
         registered = set(self.target_health())
         adding, removing = set(add), set(remove)
+        attached: list[str] = []
         for grp in groups:
             live = {m.id for m in grp.members if m.lifecycle not in GONE}
             if live and not grp.attached and live <= adding:
                 g.set_attached(self.aws, grp.name, tg, True)
+                g.use_elb_health(self.aws, grp.name, int(self.health.grace) + 30)
+                attached.append(grp.name)
                 adding -= live
+        singles = sorted(adding)
+        t.register(self.aws, tg, singles, self.settings.port, add=True)
+        if add:
+            self._await_in_target_group(set(add), attached, singles)
+        for grp in groups:
+            live = {m.id for m in grp.members if m.lifecycle not in GONE}
             serving = live & registered
-            if grp.attached and serving and serving <= removing and not live & adding:
+            if grp.attached and serving and serving <= removing and not live & set(add):
                 g.set_attached(self.aws, grp.name, tg, False)
                 removing -= live
                 self._draining(serving)
-        t.register(self.aws, tg, sorted(adding), self.settings.port, add=True)
         t.register(self.aws, tg, sorted(removing & registered), self.settings.port, add=False)
         self._draining(removing & registered)
+
+    def _await_in_target_group(self, ids: set[str], groups: list[str], singles: list[str]) -> None:
+        """Until ELB says every one of ``ids`` is healthy; else undo the attach and trip."""
+        deadline = self.clock.now() + self.attach_wait
+        while True:
+            states = self.target_health()
+            if all(states.get(i) == "healthy" for i in ids):
+                return
+            if self.clock.now() > deadline:
+                break
+            self.on_wait()
+            self.clock.sleep(1.0)
+        tg = self._target_group()
+        for name in groups:
+            g.set_attached(self.aws, name, tg, False)
+        t.register(self.aws, tg, singles, self.settings.port, add=False)
+        seen = ", ".join(f"{i} {states.get(i, 'not registered')}" for i in sorted(ids))
+        raise Trip(
+            "target-health",
+            f"the new instances were not all healthy in the target group after "
+            f"{self.attach_wait:g}s ({seen}); they were taken out again and the "
+            "previous release kept serving",
+        )
 
     def terminate(self, fleet: str, ids: Sequence[str]) -> None:
         tg = self._target_group()
