@@ -8,6 +8,7 @@ would show), behind the in-process balancer with short limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -73,14 +74,14 @@ def test_slow_head_gets_408(loop: LoopThread, gunicorn: Backend) -> None:
     ):
         data, took = answer_after(sock)
     assert data.startswith(b"HTTP/1.1 408 "), data
-    assert 0.9 < took < 3.0
+    assert 0.9 < took < 5.0
     assert "GET /slow" not in gunicorn.seen()
 
 
 def test_idle_keepalive_connection_is_closed_quietly(loop: LoopThread, gunicorn: Backend) -> None:
     with balancer(loop, gunicorn.port, limits=LIMITS) as (_, port), stalled(port, b"") as sock:
         data, took = answer_after(sock)
-    assert data == b"" and 1.4 < took < 3.5
+    assert data == b"" and 1.4 < took < 6.0
 
 
 def test_slow_small_body_gets_408_and_never_reaches_the_instance(
@@ -93,7 +94,7 @@ def test_slow_small_body_gets_408_and_never_reaches_the_instance(
     ):
         data, took = answer_after(sock)
     assert data.startswith(b"HTTP/1.1 408 "), data
-    assert 0.9 < took < 3.0
+    assert 0.9 < took < 5.0
     assert "POST /small" not in gunicorn.seen()  # held by the balancer, never forwarded
 
 
@@ -138,27 +139,44 @@ def test_endless_chunked_body_gets_408_at_the_total_limit(
             dripper.join()
             sock.close()
     assert data.startswith(b"HTTP/1.1 408 "), data
-    assert 2.9 < took < 5.5
+    assert 2.9 < took < 8.0
 
 
 def test_ten_slow_bodies_do_not_starve_a_threaded_backend(
     loop: LoopThread, gunicorn: Backend
 ) -> None:
+    """Ten clients trickle bodies (never idle long enough for body_idle_timeout, so only
+    buffering keeps them off the instance); normal requests are answered meanwhile."""
     sized = b"POST /slowloris HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"x" * 100
     chunked = b"POST /slowloris HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     chunked += b"64\r\n" + b"x" * 100 + b"\r\n"
     with balancer(loop, gunicorn.port, limits=LIMITS) as (_, port):
         slow = [stalled(port, sized if n % 2 else chunked) for n in range(10)]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.wait(0.3):
+                for n, sock in enumerate(slow):
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"x" if n % 2 else b"1\r\nx\r\n")
+
+        trickler = threading.Thread(target=trickle)
+        trickler.start()
         try:
             for n in range(20):  # gunicorn has 2 threads; ten slow clients would take them all
                 started = time.monotonic()
                 path = b"/ok%d" % n
                 answer = exchange(port, GET.replace(b"/ok", path), timeout=5.0)
                 assert answer == [(200, b"ECHO GET %s host=x" % path)]
-                assert time.monotonic() - started < 0.5
-            for sock in slow:
+                took = time.monotonic() - started  # a starved instance: body_timeout (3 s)
+                assert took < 2.0, f"request {n} waited {took:.1f}s"
+            stop.set()
+            trickler.join()
+            for sock in slow:  # and the trickles are cut off at body_timeout
                 assert answer_after(sock)[0].startswith(b"HTTP/1.1 408 ")
+            assert "POST /slowloris" not in gunicorn.seen()
         finally:
+            stop.set()
             for sock in slow:
                 sock.close()
 
@@ -179,7 +197,7 @@ def test_silent_instance_gets_504(loop: LoopThread) -> None:
     finally:
         server.close()
     assert [status for status, _ in answer] == [504]
-    assert 0.9 < took < 3.0
+    assert 0.9 < took < 5.0
 
 
 def test_kiln_toml_timeouts_reach_the_balancer(
@@ -192,4 +210,4 @@ def test_kiln_toml_timeouts_reach_the_balancer(
     serving(provider, 1)
     with stalled(port, b"GET / HTTP/1.1\r\n") as sock:
         data, took = answer_after(sock)
-    assert data.startswith(b"HTTP/1.1 408 ") and took < 3.0
+    assert data.startswith(b"HTTP/1.1 408 ") and took < 5.0
