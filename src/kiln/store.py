@@ -266,9 +266,13 @@ class Store:
                 f"image manifest {manifest_path} does not match its digest",
                 hint="the store was modified by hand; delete that file and bake again",
             )
+        try:
+            manifest = Manifest.parse(raw)
+        except CorruptObject as exc:
+            raise CorruptObject(f"{manifest_path}: {exc.message}", hint=exc.hint) from None
         meta_path = self.meta / f"{hexd}.json"
         meta = json.loads(meta_path.read_bytes()) if meta_path.exists() else {}
-        return ImageRecord(digest="sha256:" + hexd, manifest=Manifest.parse(raw), meta=meta)
+        return ImageRecord(digest="sha256:" + hexd, manifest=manifest, meta=meta)
 
     def list_images(self, app: str | None = None) -> list[ImageRecord]:
         """Images, newest first."""

@@ -7,6 +7,7 @@ time (the manifest crosses a trust boundary: whoever writes the store).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from kiln.bake import bake
 from kiln.config import load_config
-from kiln.errors import BuildError, UnsafeImage
+from kiln.errors import BuildError, CorruptObject, UnsafeImage
 from kiln.home import Home
 from kiln.materialize import write_tree
 from kiln.store import FileEntry, LinkEntry, Manifest, Store
@@ -211,7 +212,15 @@ def test_manifest_entries_are_what_kiln_writes() -> None:
     ],
 )
 def test_a_malformed_manifest_is_refused_in_one_line(bad: bytes) -> None:
-    from kiln.errors import CorruptObject
-
     with pytest.raises(CorruptObject, match="image manifest is malformed"):
         Manifest.parse(bad)
+
+
+def test_a_malformed_manifest_in_the_store_is_named(app_dir: Path, home: Home) -> None:
+    bake(load_config(app_dir), home)
+    raw = b'{"format":1,"app":"a","run":"r","env":{},"python":"p","links":[],"dirs":[],"files":1}'
+    path = Store.manifest_path(home, "sha256:" + hashlib.sha256(raw).hexdigest())
+    assert path is not None
+    path.write_bytes(raw)
+    with pytest.raises(CorruptObject, match=f"{path}: image manifest is malformed"):
+        Store(home).list_images()
