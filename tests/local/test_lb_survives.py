@@ -6,10 +6,12 @@ connections and on a fresh connection per request (the listener itself).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import time
+from typing import Any
 
 from localtest import gone, http_get, serving, wait_for
 
@@ -17,6 +19,7 @@ from kiln.home import Home
 from kiln.loadgen import LoadLoop
 from kiln.local.agent import read_pid
 from kiln.local.client import AgentClient, agent_status, start_agent, stop_agent
+from kiln.local.lblink import BalancerLink
 from kiln.local.provider import LocalProvider
 
 
@@ -112,3 +115,35 @@ def test_stop_all_stops_the_balancer(
     stop_agent(local_home, stop_instances=True)
     wait_for(lambda: gone(balancer), 10, "the balancer to exit")
     assert not (local_home.agent_dir / "lb.sock").exists()
+
+
+def test_a_balancer_running_other_code_hands_its_sockets_over_under_load(
+    provider: LocalProvider, image: str, lb_port: int, local_home: Home
+) -> None:
+    """What an upgrade of kiln does: the agent finds the balancer running other code."""
+    provider.launch("web", image, 2)
+    serving(provider, 2)
+    old = agent_status(local_home)["balancer_pid"]  # type: ignore[index]
+    loops = [loop.start() for loop in _loops(lb_port)]
+    try:
+        time.sleep(1.0)
+        link = BalancerLink(local_home, dict)
+        link.code = "newer code"  # as an upgraded agent would see it
+
+        async def upgrade() -> dict[str, Any]:
+            try:
+                return await link.ensure()
+            finally:
+                link.close()
+
+        new = asyncio.run(upgrade())["pid"]
+        assert new != old
+        # the running agent reconnects to the successor and configures it
+        wait_for(lambda: agent_status(local_home)["balancer_pid"] == new, 15, "the agent")  # type: ignore[index]
+        time.sleep(2.0)
+    finally:
+        for loop in loops:
+            loop.stop()
+    assert sum(loop.sent for loop in loops) > 500
+    assert [e for loop in loops for e in loop.errors] == []
+    wait_for(lambda: gone(old), 100, "the old balancer to finish and exit")

@@ -35,3 +35,12 @@ class Front(Balancer):
         body = f"no fleet serves host {host_name(head.host) or '(none)'}{where}\n"
         client.writer.write(simple_response(404, body, close=True))  # its body, if any, unread
         return False
+
+    def listening_fds(self) -> list[int]:
+        """The listening sockets' descriptors, to hand to a successor."""
+        return [s.fileno() for s in self._server.sockets] if self._server else []
+
+    def stop_accepting(self) -> None:
+        """Close the listener here only; open connections carry on (a successor has it)."""
+        if self._server is not None:
+            self._server.close()

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import socket
 import ssl
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from kiln.errors import ProviderError
 from kiln.local.http1 import (
@@ -199,12 +201,19 @@ class Balancer:
 
     # listening ------------------------------------------------------------
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Listen on host:port, or on ``sock`` (already listening there: handed over)."""
+        where: dict[str, Any] = {"sock": sock} if sock else {"host": host, "port": port}
         try:
             self._server = await asyncio.start_server(
                 self._client,
-                host,
-                port,
+                **where,
                 reuse_address=True,
                 backlog=1024,
                 ssl=tls,

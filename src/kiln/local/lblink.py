@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import Any
 from kiln.errors import ProviderError
 from kiln.home import Home
 from kiln.local import lbproc
+from kiln.local.handover import CODE, HandoverFailed, Listener, receive_listeners
 from kiln.local.procs import cap_log, log_tail, start_time
 
 log = logging.getLogger("kiln.agent")
@@ -47,6 +49,7 @@ class BalancerLink:
         self._push_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._child: subprocess.Popen[bytes] | None = None
+        self.code = CODE  # the balancer code this agent runs; another one is replaced
 
     # talking --------------------------------------------------------------
 
@@ -68,6 +71,7 @@ class BalancerLink:
                         raise ConnectionResetError("the balancer closed the connection")
                 except (OSError, TimeoutError, ValueError) as exc:
                     self._disconnect()
+                    self.info = None  # whoever answers next is asked who it is
                     if attempt:
                         raise BalancerDown(f"the load balancer does not answer: {exc}") from exc
                     continue
@@ -88,14 +92,29 @@ class BalancerLink:
         """The running balancer's hello: adopted if one answers, else started."""
         with contextlib.suppress(BalancerDown):
             info = await self.call("hello")
-            if info.get("protocol") == lbproc.PROTOCOL:
+            if info.get("protocol") == lbproc.PROTOCOL and info.get("code") == self.code:
                 if self.info is None or self.info.get("pid") != info.get("pid"):
                     log.info("load balancer pid %s adopted", info.get("pid"))
                 self.info = info
                 return info
-            log.warning("load balancer pid %s speaks another protocol; replacing it", info["pid"])
-            await self._replace(int(info["pid"]))
+            log.warning("load balancer pid %s runs other code; replacing it", info["pid"])
+            try:
+                return await self._hand_over()
+            except (HandoverFailed, OSError) as exc:  # an older balancer cannot: close, reopen
+                log.warning("%s; stopping it and starting anew", exc)
+                await self._replace(int(info["pid"]))
         return await self._start()
+
+    async def _hand_over(self) -> dict[str, Any]:
+        """A successor on the same listening sockets: no connection is refused meanwhile."""
+        self._disconnect()
+        path = lbproc.socket_path(self.home)
+        listeners = await asyncio.to_thread(receive_listeners, path, CALL_TIMEOUT)
+        try:
+            return await self._start(listeners)
+        finally:
+            for _, _, fd in listeners:
+                os.close(fd)
 
     async def _replace(self, pid: int) -> None:
         with contextlib.suppress(BalancerDown):
@@ -105,25 +124,33 @@ class BalancerLink:
         while start_time(pid) is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
-    async def _start(self) -> dict[str, Any]:
+    async def _start(self, inherit: list[Listener] | None = None) -> dict[str, Any]:
         path = lbproc.log_path(self.home)
-        if self._child is None or self._child.poll() is not None:
+        if inherit is not None or self._child is None or self._child.poll() is not None:
+            cmd = [sys.executable, "-m", "kiln.local.lbproc", "--home", str(self.home.root)]
+            if inherit:
+                cmd += ["--inherit", json.dumps(inherit)]
             cap_log(path, lbproc.LOG_MAX)
             with path.open("ab") as out:
                 self._child = subprocess.Popen(
-                    [sys.executable, "-m", "kiln.local.lbproc", "--home", str(self.home.root)],
+                    cmd,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
                     cwd=self.home.agent_dir,
                     start_new_session=True,  # outlives the agent, like an instance
                     close_fds=True,
+                    pass_fds=[fd for _, _, fd in inherit or []],
                 )
         child = self._child
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             with contextlib.suppress(BalancerDown):
                 info = await self.call("hello")
+                if info.get("pid") != child.pid and child.poll() is None:  # its predecessor
+                    self._disconnect()
+                    await asyncio.sleep(0.05)
+                    continue
                 self.info = info
                 log.info("load balancer pid %s started", info.get("pid"))
                 return info
@@ -155,8 +182,8 @@ class BalancerLink:
                 self.last = {"listening": {}, "errors": {}}
                 return self.last
             try:
-                if self.info is None:
-                    await self.ensure()  # adopt the one serving, or start one
+                if self.info is None or self._conn is None:
+                    await self.ensure()  # who serves there now: adopt it, or start one
                 result = await self.call("configure", fleets=config)
             except BalancerDown:
                 await self.ensure()

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -34,6 +35,7 @@ from kiln import __version__
 from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.local.front import Front
+from kiln.local.handover import CODE, inherited, send_listeners
 from kiln.local.lb import Balancer
 from kiln.local.metrics import Counters, render_counters
 from kiln.local.procs import loop_factory, raise_fd_limit
@@ -44,6 +46,7 @@ from kiln.local.tls import CertFiles, Certificates, Sni
 PROTOCOL = 2  # bumped when the control messages change; a mismatch means "replace me"
 WATCH_SECONDS = 2.0
 LOG_MAX = 10 * 1024 * 1024
+RETIRE_SECONDS = 90.0  # longest a replaced balancer lingers for its open connections
 ALREADY_RUNS = 3  # exit status: another balancer holds the lock
 log = logging.getLogger("kiln.lb")
 Address = tuple[str, int]
@@ -76,7 +79,12 @@ def read_pid(home: Home) -> int | None:
 class BalancerHost:
     """Every fleet's Balancer in this process, set to what the agent last said."""
 
-    def __init__(self) -> None:
+    def __init__(self, inherit: dict[Address, socket.socket] | None = None) -> None:
+        self.inherited = inherit or {}  # listening sockets a predecessor handed over
+        self.lock_fd = -1  # released when we hand over to a successor
+        self.retiring = False
+        self.controls: set[asyncio.StreamWriter] = set()
+        self.control_server: asyncio.Server | None = None
         self.fleets: dict[str, Balancer] = {}  # each fleet's instances, by name
         self.fronts: dict[Address, Front] = {}  # the listeners, by address
         self.certs = Certificates()
@@ -88,7 +96,7 @@ class BalancerHost:
         op = msg.get("op")
         if op == "hello":
             return {"pid": os.getpid(), "version": __version__, "protocol": PROTOCOL,
-                    "started": self.started}  # fmt: skip
+                    "code": CODE, "started": self.started}  # fmt: skip
         if op == "configure":
             return await self.configure(msg["fleets"])
         if op == "outstanding":
@@ -190,7 +198,8 @@ class BalancerHost:
             if secure:
                 front.sni = Sni(self.certs.get(next(iter(certs.values()))[1]))
             try:
-                await front.start(*address, front.sni.context if front.sni else None)
+                sock = self.inherited.pop(address, None)
+                await front.start(*address, front.sni.context if front.sni else None, sock)
             except KilnError as exc:
                 return {name: {"message": exc.message, "hint": exc.hint} for name in names}
             self.fronts[address] = front
@@ -277,10 +286,15 @@ class BalancerHost:
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One JSON request per line, one JSON answer per line."""
+        self.controls.add(writer)
         try:
             while line := await reader.readline():
                 try:
-                    answer = {"ok": True, **await self.handle(json.loads(line))}
+                    msg = json.loads(line)
+                    if isinstance(msg, dict) and msg.get("op") == "handover":
+                        self.hand_over(writer)
+                        return
+                    answer = {"ok": True, **await self.handle(msg)}
                 except (ValueError, KeyError, TypeError) as exc:
                     answer = {"ok": False, "error": f"bad request: {exc}"}
                 writer.write(json.dumps(answer).encode() + b"\n")
@@ -288,7 +302,30 @@ class BalancerHost:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
+            self.controls.discard(writer)
             writer.close()
+
+    def hand_over(self, writer: asyncio.StreamWriter) -> None:
+        """Give the listening sockets to a successor, then stop accepting and retire:
+        finish the connections we have, and exit."""
+        listeners = [(h, p, fd) for (h, p), f in self.fronts.items() for fd in f.listening_fds()]
+        send_listeners(writer, listeners)
+        for front in self.fronts.values():
+            front.stop_accepting()
+        self.retiring = True
+        if self.control_server is not None:
+            self.control_server.close()
+        for other in list(self.controls):
+            other.close()  # an agent talking to us reconnects, to the successor
+        fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        log.info("handed %d listeners over; finishing open connections", len(listeners))
+        asyncio.get_running_loop().create_task(self._retire())
+
+    async def _retire(self) -> None:
+        deadline = time.monotonic() + RETIRE_SECONDS
+        while time.monotonic() < deadline and any(f._clients for f in self.fronts.values()):
+            await asyncio.sleep(0.5)
+        self.done.set()
 
 
 def _lock(fd: int, wait: float) -> bool:
@@ -303,7 +340,7 @@ def _lock(fd: int, wait: float) -> bool:
             time.sleep(0.05)
 
 
-def serve(home: Home) -> int:
+def serve(home: Home, inherit: dict[Address, socket.socket] | None = None) -> int:
     """Run the balancer until told to exit, SIGTERM, or its socket is taken away."""
     home.agent_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     lock_fd = os.open(lock_path(home), os.O_RDWR | os.O_CREAT, 0o600)
@@ -315,7 +352,7 @@ def serve(home: Home) -> int:
         pid_path(home).write_text(f"{os.getpid()}\n")
         try:
             with asyncio.Runner(loop_factory=loop_factory()) as runner:
-                runner.run(_serve(home))
+                runner.run(_serve(home, BalancerHost(inherit), lock_fd))
         finally:
             with contextlib.suppress(OSError):
                 if read_pid(home) == os.getpid():
@@ -325,13 +362,13 @@ def serve(home: Home) -> int:
     return 0
 
 
-async def _serve(home: Home) -> None:
+async def _serve(home: Home, host: BalancerHost, lock_fd: int) -> None:
     raise_fd_limit()
-    host = BalancerHost()
+    host.lock_fd = lock_fd
     path = socket_path(home)
     old_umask = os.umask(0o177)  # born private: no window where others connect
     try:
-        server = await asyncio.start_unix_server(host.control, str(path))
+        server = host.control_server = await asyncio.start_unix_server(host.control, str(path))
     finally:
         os.umask(old_umask)
     inode = path.stat().st_ino
@@ -363,7 +400,7 @@ async def _watch(path: Path, inode: int, host: BalancerHost) -> None:
             alive = path.stat().st_ino == inode
         except OSError:
             alive = False
-        if not alive:
+        if not alive and not host.retiring:
             log.warning("control socket %s is gone; exiting", path)
             done.set()
             return
@@ -372,11 +409,12 @@ async def _watch(path: Path, inode: int, host: BalancerHost) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kiln.local.lbproc")
     parser.add_argument("--home", required=True)
+    parser.add_argument("--inherit", help="listening sockets handed over: [[host, port, fd]]")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
-    return serve(Home.resolve(args.home))
+    return serve(Home.resolve(args.home), inherited(args.inherit))
 
 
 if __name__ == "__main__":
