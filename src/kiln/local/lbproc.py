@@ -133,6 +133,9 @@ class BalancerHost:
         for address in set(self.fronts) - set(wanted):
             await self.fronts.pop(address).close()
             log.info("stopped listening on %s:%s", *address)
+        for sock in self.inherited.values():  # handed over, but no fleet listens there now
+            sock.close()
+        self.inherited.clear()
         listening = {
             name: address in self.fronts and name not in errors
             for address, names in wanted.items()
