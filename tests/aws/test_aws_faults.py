@@ -139,7 +139,8 @@ def test_two_runners_baking_the_same_image_share_one_ami(
     hidden: list[str] = []
 
     def not_yet(parsed: dict[str, Any], **_kwargs: Any) -> None:
-        if not hidden:
+        kilns = [i for i in parsed.get("Images", []) if "kiln:digest" in tag_map(i.get("Tags"))]
+        if kilns and not hidden:  # the lookup of kiln's AMI, not of the base image
             hidden.append("once")
             parsed["Images"] = []
 
