@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 class InstanceState(StrEnum):
     PENDING = "pending"  # launched, process/VM not up yet
+    MATERIALIZING = "materializing"  # its files are being written (local); no process yet
     RUNNING = "running"  # up, not yet proven healthy
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
@@ -27,6 +28,7 @@ class InstanceState(StrEnum):
 LIVE_STATES = frozenset(
     {
         InstanceState.PENDING,
+        InstanceState.MATERIALIZING,
         InstanceState.RUNNING,
         InstanceState.HEALTHY,
         InstanceState.UNHEALTHY,

@@ -134,9 +134,8 @@ def test_materialize_fails_half_way(site: tuple[Kiln, int], home: Home) -> None:
     code, data = deploy(kiln, bad, ok=False)
     assert code != 0 and data is not None, data
     assert data["outcome"] == "rolled back" and "zz_last.py" in data["message"], data
-    leftovers = list(home.instances.iterdir()) if home.instances.exists() else []
-    wait_for(lambda: not [p for p in home.instances.iterdir() if p.is_dir()], 10, "no dirs")
-    assert not [p for p in leftovers if p.is_dir() and p.exists()]
+    # nothing half-written is left: no instance directory, no partial image tree
+    wait_for(lambda: not _dirs(home.instances) and not _dirs(home.agent_dir / "trees"), 10, "")
     works(kiln, home, port)
 
 
@@ -174,3 +173,7 @@ def _pending(home: Home) -> bool:
     except sqlite3.OperationalError:  # the agent is still creating its tables
         return False
     return any(json.loads(raw)["pid"] is None for (raw,) in rows)
+
+
+def _dirs(where: Path) -> list[Path]:
+    return [p for p in where.iterdir() if p.is_dir()] if where.exists() else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 import urllib.parse
 import urllib.request
@@ -94,9 +95,15 @@ def test_isolated_instances_cannot_touch_the_store_the_agent_or_each_other(
     sha = Store(local_home).get(image).manifest.files[0].sha256
     where = Store(local_home).objects.locate(sha)
     store_file = where if isinstance(where, Path) else where.pack  # type: ignore[union-attr]
-    other_dir = Path(two.details["dir"])
+    other_dir, own_dir = Path(two.details["dir"]), Path(one.details["dir"])
+    # both instances' files are hard links into the image's verified tree, read-only:
+    # not even the instance's own copy of a shared file can be written
+    shared = (own_dir / "app.py").stat()
+    assert shared.st_ino == (other_dir / "app.py").stat().st_ino and shared.st_uid == 0
+    assert stat.S_IMODE(shared.st_mode) == 0o444
     for target in (
         store_file,
+        own_dir / "app.py",
         other_dir / "app.py",
         other_dir / "new-file",
         local_home.agent_dir / "agent.db",

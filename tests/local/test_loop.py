@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localtest import free_port, make_image, serving, write_config
+from localtest import free_port, make_image, many_files, serving, wait_for, write_config
 
 from kiln.config import load_config
 from kiln.home import Home
@@ -48,6 +48,27 @@ def second_fleet(home: Home, tmp_path: Path) -> tuple[LocalProvider, int]:
     port = free_port()
     config = write_config(tmp_path / "b", port, name="b")
     return LocalProvider(home, load_config(config)), port
+
+
+def test_scaling_a_many_file_fleet_down_never_stalls_another_fleet(
+    provider: LocalProvider, local_home: Home, tmp_path: Path
+) -> None:
+    big = make_image(local_home, files=many_files(3000), packed=True)
+    other, b_port = second_fleet(local_home, tmp_path)
+    other.launch("b", make_image(local_home, app="b"), 1)
+    serving(other, 1, "b")
+    ids = provider.launch("web", big, 6)
+    wait_for(lambda: len(provider.describe("web").serving()) == 6, 120, "6 instances of A")
+
+    with through(b_port) as load:
+        time.sleep(0.5)
+        provider.terminate("web", ids[:3])  # what `kiln scale 3` asks of the agent
+        time.sleep(1.5)  # the directories are removed after the processes stop
+    assert load.failed == 0, load.errors[:5]
+    assert load.sent > 50
+    worst = max(load.latencies)
+    assert worst < 1.0, f"a request through fleet b took {worst:.3f}s while fleet A scaled down"
+    assert len(provider.describe("web").live()) == 3
 
 
 def test_a_locked_agent_database_stalls_no_fleet(

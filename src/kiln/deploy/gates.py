@@ -18,6 +18,7 @@ from kiln.errors import KilnError
 from kiln.provider import FleetState, Instance, InstanceState, InstanceStats, Provider
 
 LOG_LINES = 20
+NOT_STARTED = (InstanceState.PENDING, InstanceState.MATERIALIZING)
 
 
 class Trip(Exception):
@@ -134,6 +135,10 @@ class Gates:
             waiting = [i for i in live if not i.healthy]
             if len(live) >= expect and not waiting:
                 return state
+            if any(i.state in NOT_STARTED for i in live):
+                # the boot budget starts with the process (as grace does): a big image
+                # still being materialized is bounded by the progress deadline only
+                deadline = max(deadline, self.clock.now() + limit)
             if self.clock.now() > deadline:
                 raise self._boot_timeout(image, expect, live, waiting, limit)
             self.clock.sleep(self.settings.poll)

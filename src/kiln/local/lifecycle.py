@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from kiln.local.launchprint import launch_print, load_key
 from kiln.local.lblink import BalancerLink
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
+from kiln.local.trees import ImageTrees
 from kiln.provider import InstanceState
 from kiln.runenv import check_interpreter, instance_env
 from kiln.store import Store
@@ -83,6 +85,7 @@ class Lifecycle:
         self.home = home
         self.db = db
         self.store = store
+        self.trees = ImageTrees(store, home.agent_dir / "trees")
         self.logs = home.agent_dir / "logs"
         self.fleets: dict[str, FleetRuntime] = {}
         self.instances: dict[str, InstanceRecord] = {}
@@ -175,7 +178,8 @@ class Lifecycle:
         self._lock_down_home()
         uid = self.uids.take(known, self.home.instances)
         for path in (directory, *directory.rglob("*")):
-            os.lchown(path, uid, uid)
+            if path.is_dir() or path.lstat().st_nlink == 1:  # never a shared, linked file
+                os.lchown(path, uid, uid)
         directory.chmod(0o700)
         return uid
 
@@ -229,7 +233,13 @@ class Lifecycle:
 
     async def _boot(self, fleet: FleetRuntime, rec: InstanceRecord) -> None:
         try:
-            manifest = await asyncio.to_thread(self.store.materialize, rec.image, Path(rec.dir))
+            rec.set_state(InstanceState.MATERIALIZING)  # a phase of its own: no grace yet
+            self.save(rec)
+            # shared, read-only files only for an instance that cannot write them
+            share = fleet.settings.isolate or os.geteuid() != 0
+            manifest = await asyncio.to_thread(
+                partial(self.trees.materialize, rec.image, Path(rec.dir), share=share)
+            )
             await asyncio.to_thread(record_baseline, Path(rec.dir))  # cheap `kiln drift`
             secrets = pick(fleet.settings.secrets, fleet.secrets)
             env = instance_env(manifest.env) | secrets

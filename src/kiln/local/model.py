@@ -21,7 +21,7 @@ from kiln.config import Health, LoadedConfig
 from kiln.local.proxy import Limits
 from kiln.provider import InstanceState
 
-LIVE = frozenset({"pending", "running", "healthy", "unhealthy", "draining"})
+LIVE = frozenset({"pending", "materializing", "running", "healthy", "unhealthy", "draining"})
 FINAL = frozenset({"terminated", "failed"})
 BUSY_TIMEOUT = 5.0  # seconds one attempt waits for a lock before the worker retries
 log = logging.getLogger("kiln.agent")

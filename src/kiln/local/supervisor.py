@@ -30,6 +30,7 @@ log = logging.getLogger("kiln.agent")
 TICK = 0.2  # seconds between two looks at the processes
 KEEP_FINISHED = 900.0  # how long terminated/failed instances stay visible
 MAX_BACKOFF = 30.0
+KEEP_TREES = 3600.0  # an image's shared tree outlives its last instance this long (rollbacks)
 CORRUPT_RECHECK = 5.0  # an image with quarantined objects: a cheap look, no launch
 
 
@@ -388,6 +389,9 @@ class Supervisor(Lifecycle):
                 doomed += [Path(rec.log), Path(rec.log + ".1")]
                 self.lb.changed()  # its counters go too
         self.background(asyncio.to_thread(_tidy_logs, caps, doomed))
+        keep = {r.image for r in self.instances.values() if r.live}
+        keep |= {image for fleet in self.fleets.values() for image in fleet.groups}
+        self.background(asyncio.to_thread(self.trees.prune, keep, KEEP_TREES))
 
     def _log_cap(self, rec: InstanceRecord) -> int:
         fleet = self.fleets.get(rec.fleet)
