@@ -11,6 +11,7 @@ launches from a launch template.
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from aws.policywalk import lint
 from aws_deploy.awsworld import World
 from kiln.aws.awsstate import AwsLock
 from kiln.aws.deployments import AwsDeployments
+from kiln.aws.groups import launch_failure
 from kiln.aws.policy import (
     ALL_PURPOSES,
     DEPLOY_PURPOSES,
@@ -72,6 +74,10 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
     assert fleet.recycle(max_age=0).ok
     assert fleet.status()["instances"] and fleet.history() and fleet.drift().clean
     assert isinstance(provider.log_tail(one), str)
+    # read by a launch wait only when Auto Scaling is slow (moto never is): made here
+    # with the deploy user's keys, as the wait makes it (test_aws_rollouts shows the wait)
+    since = datetime.datetime.now(datetime.UTC)
+    assert launch_failure(world.deploy, f"kiln-{world.app}-v002", since) is None
     stale = AwsLock(world.deploy, world.app, SystemClock(), holder="ci@gone", ttl=-1)
     stale.acquire()  # a lock whose holder died: expired at once
     assert fleet.plan(images[0]).image == images[0]

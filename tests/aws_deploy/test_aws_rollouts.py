@@ -6,6 +6,7 @@ real local HTTP processes by image, so a failing release fails kiln's probe.
 
 from __future__ import annotations
 
+import datetime
 import time
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,46 @@ def test_blue_green_never_detaches_the_old_group_before_elb_calls_the_new_one_he
     assert all(blue <= targets for targets in served)  # the old group never left
     assert world.groups()[v1]["TargetGroupARNs"] == [world.target_group]
     assert world.targets() == blue
+
+
+def test_a_launch_auto_scaling_gave_up_on_fails_the_gate_with_its_cause(
+    world: World, home: Home, tmp_path: Path, good_app: str
+) -> None:
+    """AWS says why a launch failed only in the group's scaling activities (moto
+    launches everything and records none, so both are made AWS-like here)."""
+    world.ami("img-nolaunch0001")
+    world.addresses["img-nolaunch0001"] = good_app
+    fleet = open_fleet(world, home, tmp_path)
+    v1 = f"kiln-{world.app}-v001"
+    why = (
+        "You are not authorized to use launch template: kiln-shop. "
+        "Not authorized to perform: iam:PassRole. Launching EC2 instance failed."
+    )
+
+    def nothing_launched(parsed: dict[str, Any], **_kwargs: Any) -> None:
+        for group in parsed.get("AutoScalingGroups", []):
+            if group["AutoScalingGroupName"] == v1:
+                group["Instances"] = []
+
+    def failed_activity(parsed: dict[str, Any], **_kwargs: Any) -> None:
+        parsed["Activities"] = [
+            {
+                "ActivityId": "a-1",
+                "AutoScalingGroupName": v1,
+                "Cause": "an instance was started in response to a difference in capacity",
+                "StartTime": datetime.datetime.now(datetime.UTC),
+                "StatusCode": "Failed",
+                "StatusMessage": why,
+                "Progress": 100,
+            }
+        ]
+
+    events = world.deploy.client("autoscaling").meta.events
+    events.register("after-call.auto-scaling.DescribeAutoScalingGroups", nothing_launched)
+    events.register("after-call.auto-scaling.DescribeScalingActivities", failed_activity)
+    started = time.monotonic()
+    result = fleet.deploy("img-nolaunch0001")
+    took = time.monotonic() - started
+    assert not result.ok and "iam:PassRole" in (result.message or ""), result.message
+    assert "launched 0 of 2" in (result.message or "")
+    assert took < 60, took  # read while waiting, not after the 120 s launch wait

@@ -8,6 +8,7 @@ listing paginates, so a fleet of any size is read the same way.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -266,6 +267,21 @@ def set_attached(aws: Aws, group: str, target_group: str, attached: bool) -> Non
             client.detach_load_balancer_target_groups(
                 AutoScalingGroupName=group, TargetGroupARNs=[target_group]
             )
+
+
+def launch_failure(aws: Aws, group: str, since: datetime.datetime) -> str | None:
+    """Why Auto Scaling failed to launch into ``group`` since ``since``, if it says so."""
+    with aws_errors(f"reading the scaling activities of {group}"):
+        found = aws.client("autoscaling").describe_scaling_activities(
+            AutoScalingGroupName=group, MaxRecords=20
+        )
+    for activity in found.get("Activities", []):
+        if activity.get("StatusCode") not in ("Failed", "Cancelled"):
+            continue
+        if activity.get("StartTime") and activity["StartTime"] < since:
+            continue
+        return str(activity.get("StatusMessage") or activity.get("Description") or "failed")
+    return None
 
 
 def use_elb_health(aws: Aws, group: str, grace: int) -> None:

@@ -163,6 +163,7 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         purposes=_p("deploy"),
         actions=(
             "autoscaling:DescribeAutoScalingGroups",
+            "autoscaling:DescribeScalingActivities",  # why a launch failed
             "ec2:DescribeImages",
             "ec2:DescribeInstances",
             "ec2:DescribeLaunchTemplateVersions",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -32,6 +33,7 @@ from kiln.home import Home
 from kiln.provider import FleetState, Instance, InstanceStats
 
 LAUNCH_WAIT = 120.0  # longest wait for Auto Scaling to show instances it was asked for
+ACTIVITY_EVERY = 5.0  # how often a launch wait reads the group's scaling activities
 ATTACH_WAIT = 300.0  # longest wait for ELB to call attached instances healthy
 
 
@@ -287,8 +289,16 @@ class AwsProvider:
         return name
 
     def _await_members(self, name: str, before: set[str], count: int) -> list[str]:
-        """Auto Scaling launches asynchronously: wait until the new instances are listed."""
+        """Auto Scaling launches asynchronously: wait until the new instances are listed.
+
+        A launch Auto Scaling gave up on (no PassRole, no capacity, no
+        service-linked role) is said only in its scaling activities: read them
+        while waiting, and trip the gate with their cause rather than go on
+        with fewer instances.
+        """
+        started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=30)
         deadline = self.clock.now() + LAUNCH_WAIT
+        next_look = self.clock.now() + ACTIVITY_EVERY
         client = self.aws.client("autoscaling")
         while True:
             with aws_errors(f"reading server group {name}"):
@@ -299,8 +309,19 @@ class AwsProvider:
                 for m in raw.get("Instances", [])
                 if m["InstanceId"] not in before
             ]
-            if len(members) >= count or self.clock.now() > deadline:
+            if len(members) >= count:
                 return sorted(members)
+            now = self.clock.now()
+            if now >= next_look or now > deadline:
+                next_look = now + ACTIVITY_EVERY
+                cause = g.launch_failure(self.aws, name, started)
+                if cause or now > deadline:
+                    why = cause or f"no more within {LAUNCH_WAIT:g}s, and no activity says why"
+                    raise Trip(
+                        "launch",
+                        f"Auto Scaling launched {len(members)} of {count} instance(s) "
+                        f"into {name}: {why}",
+                    )
             self.on_wait()
             self.clock.sleep(1.0)
 
