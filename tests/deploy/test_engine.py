@@ -105,6 +105,42 @@ def test_blue_green_without_keep_warm_terminates_the_old_fleet(deployed: World) 
     deployed.assert_settled(NEW, 2)
 
 
+@pytest.mark.parametrize("strategy", ["rolling", "blue-green", "canary"])
+def test_a_failed_deploy_keeps_the_warm_standby_for_rollback(
+    deployed: World, strategy: str
+) -> None:
+    # issue 15: the standby promised for minutes more was discarded by a failed
+    # deploy, so the next `kiln rollback` was a cold launch instead of a switch
+    w = deployed
+    assert w.engine().deploy(NEW, strategy="blue-green").ok  # OLD kept warm
+    standby = set(w.db.fleet(FLEET).warm_ids)  # type: ignore[union-attr]
+    w.provider.add_image(BAD, Behavior(exit_at_start=True))
+    failed = w.engine().deploy(BAD, strategy=strategy)
+    assert failed.outcome == "rolled back"
+    rec = w.db.fleet(FLEET)
+    assert rec is not None and set(rec.warm_ids) == standby and rec.warm_image == OLD
+    assert {i.id for i in w.provider.describe(FLEET).live(OLD)} == standby
+    w.assert_settled(NEW, 2)
+
+    before = len(w.provider.calls)
+    back = w.engine().rollback()
+    assert back.outcome == "succeeded"
+    kinds = [c[0] for c in w.provider.calls[before:] if c[0] != "describe"]
+    assert kinds == ["set_in_service", "terminate"]  # a switch, no launch
+    w.assert_settled(OLD, 2)
+
+
+def test_a_newer_standby_replaces_the_older_one(deployed: World) -> None:
+    w = deployed
+    assert w.engine().deploy(NEW, strategy="blue-green").ok  # OLD warm
+    w.provider.add_image(BAD, Behavior())
+    assert w.engine().deploy(BAD, strategy="blue-green").ok  # NEW warm, OLD discarded
+    rec = w.db.fleet(FLEET)
+    assert rec is not None and rec.warm_image == NEW
+    assert w.running() == {BAD: 2, NEW: 2}
+    w.assert_settled(BAD, 2)
+
+
 BAD_KINDS = {
     "exits at start": (Behavior(exit_at_start=True), "boot", "exited at start with status 1"),
     "never healthy": (Behavior(never_healthy=True), "boot", "did not become healthy within"),

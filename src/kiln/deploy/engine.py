@@ -246,12 +246,19 @@ class Engine:
         state = self.provider.describe(self.fleet)
         current = rec.current_image if rec else majority(state)
         size, knobs = self._desired_size(), self._knobs()
-        if rec and rec.warm_ids:  # re-deploying what serves keeps the standby warm
-            warm = set(rec.warm_ids)
-            rest = replace(state, instances=tuple(i for i in state.instances if i.id not in warm))
-            if make_plan(rest, image, strategy, size, knobs, current).empty:
+        if rec and rec.warm_ids:
+            rest = self._without_standby(state, rec)
+            # deploying anything but the standby's own image leaves the standby alone: it is
+            # what `kiln rollback` switches back to, whatever becomes of this deployment
+            if image != rec.warm_image or make_plan(rest, image, strategy, size, knobs).empty:
                 return make_plan(rest, image, strategy, size, knobs, current, launch)
         return make_plan(state, image, strategy, size, knobs, current, launch)
+
+    @staticmethod
+    def _without_standby(state: FleetState, rec: FleetRecord | None) -> FleetState:
+        """The fleet as a plan should see it when the warm standby is not its business."""
+        warm = set(rec.warm_ids) if rec else set()
+        return replace(state, instances=tuple(i for i in state.instances if i.id not in warm))
 
     def _record(self) -> FleetRecord:
         rec = self.db.fleet(self.fleet)
@@ -432,6 +439,13 @@ class Engine:
             warm = [
                 i.id for i in state.live(dep.from_image or "") if not i.in_service and i.healthy
             ]
+        if warm and rec and rec.warm_ids:  # a newer standby replaces the older one
+            idle = {i.id for i in state.live() if not i.in_service}
+            older = [i for i in rec.warm_ids if i in idle and i not in warm]
+            if older:
+                self._emit("info", f"discarding the older warm standby of {rec.warm_image}")
+                self.provider.terminate(self.fleet, older)
+                state = self.provider.describe(self.fleet)
         self._save_ending(state, rec, plan.image, dep.from_image, plan.size, warm)
         now = self.clock.now()
         message = f"{self.fleet} serves {plan.image} on {plan.size} instance(s)"
@@ -454,6 +468,8 @@ class Engine:
             message = f"{trip.message}; cannot roll back: image {target} no longer exists"
             self.journal.finish(dep.id, "failed", message, figures, self.clock.now())
             return self._result(self.journal.get(dep.id))
+        if rec is not None and target != rec.warm_image:
+            state = self._without_standby(state, rec)  # a failed deploy keeps the standby
         plan = rollback_plan(state, target, size, dep.strategy)
         self.journal.start_rollback(dep.id, plan, trip.message, figures, self.clock.now())
         self._emit("warning", f"rolling back to {target or 'nothing'}", {"plan": plan.to_json()})
