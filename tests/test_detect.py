@@ -173,3 +173,15 @@ def test_init_prints_what_it_detected_and_why(kiln: Kiln) -> None:
     assert "detected: FastAPI" in out and "main.py defines app = FastAPI" in out
     assert "no requirements.txt" in out
     assert "ok (app" in kiln("config", "check").stdout
+
+
+def test_an_asgi_py_with_an_app_object_runs_on_uvicorn(tmp_path: Path) -> None:
+    _write(tmp_path, {"asgi.py": "from datasette.app import Datasette\napp = Datasette().app()\n"})
+    config = _config(tmp_path)
+    assert config.app.run.startswith("python3 -m uvicorn ") and config.app.run.endswith("asgi:app")
+
+
+def test_a_start_script_naming_a_file_runs_node_directly(tmp_path: Path) -> None:
+    _write(tmp_path, {"package.json": json.dumps({"scripts": {"start": "node ./bin/www"}})})
+    _write(tmp_path, {"bin/www": "#!/usr/bin/env node\n"})
+    assert _config(tmp_path).app.run == "node ./bin/www"

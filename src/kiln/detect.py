@@ -161,6 +161,7 @@ _FRAMEWORKS = (
     ("Flask", r"^def (create_app)\(", "gunicorn", "flask"),
     ("WSGI", r"^def (application)\(\s*environ\s*,\s*start_response", "gunicorn", None),
     ("WSGI", r"^(application)\s*=", "gunicorn", None),
+    ("ASGI", r"^(application|app)\s*=", "uvicorn", None),
 )
 _MODULES = ("app.py", "main.py", "wsgi.py", "asgi.py", "server.py", "application.py", "api.py")
 
@@ -174,8 +175,8 @@ def _python_framework(root: Path) -> Detected | None:
         seen.add(path)
         text = _read(path)
         for kind, pattern, server, framework in _FRAMEWORKS:
-            if kind == "WSGI" and path.name != "wsgi.py" and pattern.endswith("="):
-                continue  # 'application = …' means WSGI only in wsgi.py
+            if pattern.endswith("=") and path.name != f"{kind.lower()}.py":
+                continue  # 'application = …' means WSGI in wsgi.py, ASGI in asgi.py
             match = re.search(pattern, text, re.MULTILINE)
             if match is None:
                 continue
@@ -242,7 +243,7 @@ def _node(root: Path) -> Detected | None:
     scripts = package.get("scripts") if isinstance(package.get("scripts"), dict) else {}
     start = str(scripts.get("start", "")) if scripts else ""
     main = package.get("main") if isinstance(package.get("main"), str) else None
-    direct = re.fullmatch(r"node\s+([\w./-]+\.m?js)", start.strip())
+    direct = re.fullmatch(r"node\s+([\w./-]+)", start.strip())
     if direct and (root / direct.group(1)).is_file():
         run = f"node {direct.group(1)}"
         why.append(f"scripts.start is '{start}': run with node directly, so it gets signals")

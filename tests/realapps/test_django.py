@@ -1,0 +1,118 @@
+"""A Django project from `django-admin startproject`: admin, static files, migrations."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from realkit import SYSTEM_PYTHON, first_try, get, pip_tools
+
+from kilntest import Kiln
+
+SETTINGS = """
+# production settings a Django user adds (kiln init notes say why)
+import os
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+DATABASES["default"]["NAME"] = os.environ.get("DATABASE_PATH", BASE_DIR / "db.sqlite3")
+"""
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    tools = pip_tools("Django>=5,<5.2")
+    app = tmp_path / "mysite"
+    app.mkdir()
+    subprocess.run(
+        [SYSTEM_PYTHON, "-m", "django", "startproject", "mysite", str(app)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(tools)},
+    )
+    with (app / "mysite" / "settings.py").open("a") as f:
+        f.write(SETTINGS)
+    (app / "requirements.txt").write_text("Django>=5,<5.2\nwhitenoise>=6\n")
+    monkeypatch.setenv("DJANGO_DB", str(tmp_path / "shared.sqlite3"))
+    return app
+
+
+SECRET = 'DATABASE_PATH = "env:DJANGO_DB"'
+
+
+def _configure(app: Path) -> None:
+    """The secret the settings read, and excludes that must not strip build outputs."""
+    path = app / "kiln.toml"
+    text = path.read_text().replace("[secrets]\n", f"[secrets]\n{SECRET}\n", 1)
+    # unanchored: would match deps/django/contrib/admin/static… if applied to build outputs
+    text = text.replace('exclude = ["', 'exclude = ["staticfiles/", "static/", "deps/", "', 1)
+    path.write_text(text)
+    (app / "staticfiles").mkdir()
+    (app / "staticfiles" / "stale.css").write_text("a local leftover, not for the image\n")
+
+
+def _kiln_run(app: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "run", "--", *argv],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_django_admin_static_and_migrations_on_the_first_try(site: Path) -> None:
+    urls = site / "mysite" / "urls.py"
+    kiln = Kiln(site)
+    init = kiln("init").stdout
+    assert "detected: Django" in init and "SQLite" in init
+    (site / "kiln.toml").unlink()
+
+    def change() -> None:
+        urls.write_text(urls.read_text() + "# v2\n")
+
+    kiln, port = first_try(
+        site, "/admin/login/", change, lambda body: b"Django" in body, configure=_configure
+    )
+    status, css = get(port, "/static/admin/css/base.css")
+    assert status == 200 and b"body" in css  # collected at bake, served by whitenoise
+    assert get(port, "/static/stale.css")[0] == 404  # the source's staticfiles/ left out
+    history = json.loads(kiln("history", "--json").stdout)
+    releases = [h["figures"].get("release") for h in history if h["kind"] == "deploy"]
+    assert all(r and r["command"] == "python3 manage.py migrate --noinput" for r in releases)
+
+    # kiln run: the instance environment with its secrets, and the migrated database
+    made = _kiln_run(
+        site,
+        "python3",
+        "manage.py",
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "User.objects.create_superuser('admin', 'a@example.com', 'pw'); "
+        "print('users', User.objects.count())",
+    )
+    assert made.returncode == 0 and "users 1" in made.stdout, made.stderr
+    assert b"admin" in get(port, "/admin/login/")[1]
+
+    # a release that fails leaves the fleet as it was, and shows why
+    before = json.loads(kiln("status", "--json").stdout)
+    toml = (site / "kiln.toml").read_text()
+    (site / "kiln.toml").write_text(
+        toml.replace(
+            'release = "python3 manage.py migrate --noinput"',
+            'release = "python3 manage.py migrate nosuchapp"',
+        )
+    )
+    change()
+    failed = kiln("deploy", ok=False)
+    assert failed.exit_code != 0 and "No installed app with label 'nosuchapp'" in failed.stderr
+    after = json.loads(kiln("status", "--json").stdout)
+    assert after["current_image"] == before["current_image"]
+    assert sorted(i["id"] for i in after["instances"] if i["state"] == "healthy") == sorted(
+        i["id"] for i in before["instances"] if i["state"] == "healthy"
+    )
