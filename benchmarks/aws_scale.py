@@ -37,7 +37,7 @@ from aws.awsservers import moto_server, reset_moto  # noqa: E402
 from aws_deploy.awsworld import app_process, build_world  # noqa: E402
 from kiln.aws.deployments import AwsDeployments  # noqa: E402
 from kiln.aws.session import Aws, connect  # noqa: E402
-from kiln.config import AwsProvider  # noqa: E402
+from kiln.config import AwsSettings  # noqa: E402
 from kiln.deploy.settings import Settings  # noqa: E402
 from kiln.home import Home  # noqa: E402
 
@@ -47,7 +47,7 @@ REGION = "eu-west-1"
 
 def _aws(url: str) -> Aws:
     return connect(
-        AwsProvider(region=REGION, endpoint_url=url),
+        AwsSettings(region=REGION, endpoint_url=url),
         access_key_id="AKIABENCHMARK0000000",
         secret_access_key="benchmark",
     )

@@ -109,7 +109,7 @@ class BuildStep(Section):
         return self
 
 
-class App(Section):
+class AppSettings(Section):
     """The application: how to build it and how to run it."""
 
     name: str = Field(
@@ -183,7 +183,7 @@ class App(Section):
         return value
 
 
-class Health(Section):
+class HealthSettings(Section):
     """Load-balancer health checks, with ALB semantics."""
 
     path: str | None = Field(
@@ -214,7 +214,7 @@ class Health(Section):
         return value
 
 
-class Fleet(Section):
+class FleetSettings(Section):
     """How many instances serve the app and how deployments replace them."""
 
     size: int = Field(default=2, ge=1, le=1000, description="Desired number of instances.")
@@ -265,7 +265,7 @@ class Fleet(Section):
     )
 
     @model_validator(mode="after")
-    def _can_progress(self) -> Fleet:
+    def _can_progress(self) -> FleetSettings:
         if self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError(
                 "max_surge and max_unavailable cannot both be 0: a rolling deployment "
@@ -274,7 +274,7 @@ class Fleet(Section):
         return self
 
 
-class Canary(Section):
+class CanarySettings(Section):
     """Canary deployments: a few new instances judged against the old fleet."""
 
     instances: int = Field(default=1, ge=1, le=1000, description="Canary instances launched.")
@@ -308,7 +308,7 @@ class Canary(Section):
 _LISTEN = re.compile(r"^(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
 
-class LocalProvider(Section):
+class LocalSettings(Section):
     """The local provider: this host, the agent's load balancer and processes."""
 
     listen: str = Field(
@@ -417,7 +417,7 @@ class LocalProvider(Section):
         return value
 
     @model_validator(mode="after")
-    def _tls_cert_and_key(self) -> LocalProvider:
+    def _tls_cert_and_key(self) -> LocalSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both, or neither")
         return self
@@ -453,7 +453,7 @@ class LocalProvider(Section):
         return int(self.listen.rsplit(":", 1)[1])
 
 
-class AwsProvider(Section):
+class AwsSettings(Section):
     """The AWS provider: AMIs, Auto Scaling groups, an ALB target group."""
 
     region: str | None = Field(default=None, description="AWS region. Default: $AWS_REGION.")
@@ -525,9 +525,9 @@ class AwsProvider(Section):
     )
 
 
-class Providers(Section):
-    local: LocalProvider = Field(default_factory=LocalProvider)
-    aws: AwsProvider | None = Field(default=None, description="Set to enable the AWS provider.")
+class ProviderSettings(Section):
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    aws: AwsSettings | None = Field(default=None, description="Set to enable the AWS provider.")
 
 
 SecretRef = Annotated[
@@ -542,7 +542,7 @@ SecretRef = Annotated[
 class Config(Section):
     """A whole kiln.toml."""
 
-    app: App
+    app: AppSettings
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment baked into the image: part of its identity.",
@@ -553,10 +553,10 @@ class Config(Section):
             "Environment resolved at launch, never stored: NAME = 'env:VAR' | 'file:/path'."
         ),
     )
-    health: Health = Field(default_factory=Health)
-    fleet: Fleet = Field(default_factory=Fleet)
-    canary: Canary = Field(default_factory=Canary)
-    provider: Providers = Field(default_factory=Providers)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    provider: ProviderSettings = Field(default_factory=ProviderSettings)
 
     @field_validator("env", "secrets")
     @classmethod
@@ -734,3 +734,10 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "kiln.toml"
     return schema
+
+
+# The names these sections had before they were called *Settings (they
+# collided with the runtime kiln.local.provider.LocalProvider and
+# kiln.aws.provider.AwsProvider); kept only until in-flight branches land.
+App, Health, Fleet, Canary = AppSettings, HealthSettings, FleetSettings, CanarySettings
+LocalProvider, AwsProvider, Providers = LocalSettings, AwsSettings, ProviderSettings

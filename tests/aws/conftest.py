@@ -14,7 +14,7 @@ from awsservers import SshServer, moto_server, reset_moto
 from kiln.aws.builder import Builder
 from kiln.aws.session import Aws, connect
 from kiln.aws.ssh import SshTarget
-from kiln.config import AwsProvider, LoadedConfig, load_config
+from kiln.config import AwsSettings, LoadedConfig, load_config
 from kiln.home import Home
 
 REGION = "eu-west-1"
@@ -49,7 +49,7 @@ def enforced_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def admin_keys(enforced_url: str) -> tuple[str, str]:
     bootstrap = connect(
-        AwsProvider(region=REGION, endpoint_url=enforced_url),
+        AwsSettings(region=REGION, endpoint_url=enforced_url),
         access_key_id="AKIABOOTSTRAP0000000",
         secret_access_key="bootstrap",
     )
@@ -74,12 +74,12 @@ def enforced(
 ) -> Aws:
     monkeypatch.setenv("AWS_ENDPOINT_URL", enforced_url)
     monkeypatch.setenv("AWS_REGION", REGION)
-    return connect(AwsProvider(), access_key_id=admin_keys[0], secret_access_key=admin_keys[1])
+    return connect(AwsSettings(), access_key_id=admin_keys[0], secret_access_key=admin_keys[1])
 
 
 @pytest.fixture
 def aws(aws_env: str) -> Aws:
-    return connect(AwsProvider())
+    return connect(AwsSettings())
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from kiln.aws.policy import (
 )
 from kiln.aws.reap import reap
 from kiln.aws.session import Aws, aws_errors, connect
-from kiln.config import AwsProvider
+from kiln.config import AwsSettings
 from kiln.errors import AwsError
 from kiln.home import Home
 
@@ -110,7 +110,7 @@ def _deploy_aws(admin: Aws, team: str, document: dict[str, Any] | None = None) -
     user = create_deploy_user(admin, team, parts=["bake"], documents=documents)
     assert user.access_key_id and user.secret_access_key
     return connect(
-        AwsProvider(), access_key_id=user.access_key_id, secret_access_key=user.secret_access_key
+        AwsSettings(), access_key_id=user.access_key_id, secret_access_key=user.secret_access_key
     )
 
 
@@ -309,13 +309,13 @@ def test_missing_credentials_and_region_say_what_to_do(
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     with pytest.raises(AwsError, match="no AWS region") as no_region:
-        connect(AwsProvider())
+        connect(AwsSettings())
     assert no_region.value.hint and "AWS_REGION" in no_region.value.hint
 
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    aws = connect(AwsProvider(region=REGION, endpoint_url=moto_url))
+    aws = connect(AwsSettings(region=REGION, endpoint_url=moto_url))
     with pytest.raises(AwsError, match="no AWS credentials") as no_keys:
         list_amis(aws, "acme")
     assert no_keys.value.hint and "AWS_ACCESS_KEY_ID" in no_keys.value.hint

@@ -14,7 +14,7 @@ from aws_deploy.awsworld import World, app_process, build_world
 from kiln.aws.iam import create_deploy_user
 from kiln.aws.policy import enforceable_documents
 from kiln.aws.session import Aws, connect
-from kiln.config import AwsProvider
+from kiln.config import AwsSettings
 from kiln.home import Home
 
 REGION = "eu-west-1"
@@ -30,7 +30,7 @@ def deploy_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _connect(url: str, key: str, secret: str) -> Aws:
     return connect(
-        AwsProvider(region=REGION, endpoint_url=url), access_key_id=key, secret_access_key=secret
+        AwsSettings(region=REGION, endpoint_url=url), access_key_id=key, secret_access_key=secret
     )
 
 

@@ -22,7 +22,7 @@ from kiln.aws.iam import create_deploy_user
 from kiln.aws.policy import enforceable_documents
 from kiln.aws.session import connect
 from kiln.aws.ssh import SshTarget
-from kiln.config import AwsProvider
+from kiln.config import AwsSettings
 from kiln.home import Home
 
 pytestmark = pytest.mark.aws
@@ -49,7 +49,7 @@ def test_baked_amis_deploy_roll_back_and_show_in_history(
     user = create_deploy_user(world.admin, "everything", documents=enforceable_documents())
     assert user.access_key_id and user.secret_access_key
     world.deploy = connect(
-        AwsProvider(region="eu-west-1", endpoint_url=deploy_moto),
+        AwsSettings(region="eu-west-1", endpoint_url=deploy_moto),
         access_key_id=user.access_key_id,
         secret_access_key=user.secret_access_key,
     )

@@ -17,7 +17,7 @@ from aws_deploy.awsworld import World
 from kiln.aws.awsstate import AwsLock, lock_name
 from kiln.aws.deployments import AwsDeployments
 from kiln.aws.session import connect
-from kiln.config import AwsProvider
+from kiln.config import AwsSettings
 from kiln.deploy.clock import SystemClock
 from kiln.deploy.settings import Settings
 from kiln.errors import LockHeld
@@ -206,7 +206,7 @@ def test_the_lock_stays_alive_through_a_drain_longer_than_its_ttl(
     worker.start()
     rival = AwsLock(
         connect(
-            AwsProvider(region="eu-west-1", endpoint_url=deploy_moto),
+            AwsSettings(region="eu-west-1", endpoint_url=deploy_moto),
             access_key_id=deploy_keys[0],
             secret_access_key=deploy_keys[1],
         ),

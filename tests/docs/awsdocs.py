@@ -33,7 +33,7 @@ from kiln.aws.builder import Builder
 from kiln.aws.images import list_amis
 from kiln.aws.session import Aws, connect
 from kiln.aws.ssh import SshTarget
-from kiln.config import AwsProvider, LoadedConfig, load_config
+from kiln.config import AwsSettings, LoadedConfig, load_config
 from kiln.home import Home
 
 REGION = "eu-west-1"
@@ -63,7 +63,7 @@ def aws_sandbox(root: Path, moto_url: str, home: Home) -> Iterator[Sandbox]:
     }
     (root / "runner-temp").mkdir()
     admin = connect(
-        AwsProvider(region=REGION, endpoint_url=moto_url),
+        AwsSettings(region=REGION, endpoint_url=moto_url),
         access_key_id=env["AWS_ACCESS_KEY_ID"],
         secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )

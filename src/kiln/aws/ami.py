@@ -40,7 +40,7 @@ from kiln.aws.policy import APP_TAG
 from kiln.aws.session import Aws, aws_errors, connect, tags
 from kiln.aws.ssh import SshTarget, Upload, provision
 from kiln.bake import BakeProgress, bake
-from kiln.config import AwsProvider, Config, LoadedConfig
+from kiln.config import AwsSettings, Config, LoadedConfig
 from kiln.errors import AwsError
 from kiln.home import Home
 from kiln.store import ImageRecord, Store
@@ -80,8 +80,8 @@ class AmiResult:
         }
 
 
-def settings_of(config: Config) -> AwsProvider:
-    return config.provider.aws or AwsProvider()
+def settings_of(config: Config) -> AwsSettings:
+    return config.provider.aws or AwsSettings()
 
 
 def bake_ami(
@@ -156,7 +156,7 @@ def _build(
     store: Store,
     record: ImageRecord,
     config: Config,
-    settings: AwsProvider,
+    settings: AwsSettings,
     aws: Aws,
     build_id: str,
     base: str,
@@ -210,7 +210,7 @@ def _create_image(
     record: ImageRecord,
     instance_id: str,
     base: str,
-    settings: AwsProvider,
+    settings: AwsSettings,
     config: Config,
 ) -> str:
     name = f"kiln-{record.app}-{record.id}-{recipe(config, settings)[:8]}"
@@ -254,7 +254,7 @@ def ami_tags(record: ImageRecord, base: str, shape: str) -> dict[str, str]:
     }
 
 
-def _finish(aws: Aws, ami_id: str, settings: AwsProvider, note: Progress) -> Ami:
+def _finish(aws: Aws, ami_id: str, settings: AwsSettings, note: Progress) -> Ami:
     """Wait until available (image and snapshots were tagged when CreateImage ran)."""
     ami = wait_available(aws, ami_id, timeout=settings.image_timeout, note=note)
     note(f"{ami_id} available")
@@ -302,7 +302,7 @@ def _say_if_base_changed(aws: Aws, previous: Ami | None, base: str, note: Progre
     )
 
 
-def resolve_base_image(aws: Aws, settings: AwsProvider) -> str:
+def resolve_base_image(aws: Aws, settings: AwsSettings) -> str:
     """Pin the base image to an id: a given 'ami-' id, or the newest name match."""
     wanted = settings.base_image
     with aws_errors("resolving the base image"):
@@ -346,7 +346,7 @@ def caller_cidr(aws: Aws) -> str:
     return f"{address}/32"
 
 
-def default_target(settings: AwsProvider) -> TargetFactory:
+def default_target(settings: AwsSettings) -> TargetFactory:
     """SSH to the builder's public address (or private, with ssh_private_ip) on port 22."""
 
     def target(builder: b.Builder) -> SshTarget:

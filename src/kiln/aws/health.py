@@ -15,7 +15,7 @@ from typing import Any
 
 from kiln.aws import groups as g
 from kiln.aws import targets as t
-from kiln.config import Health
+from kiln.config import HealthSettings
 from kiln.deploy.clock import Clock
 from kiln.provider import InstanceState
 
@@ -33,7 +33,7 @@ class Probe:
     last: float = float("-inf")
     reached: bool = False  # ever answered (or refused): from then on, silence is a failure
 
-    def record(self, ok: bool | None, health: Health, now: float) -> None:
+    def record(self, ok: bool | None, health: HealthSettings, now: float) -> None:
         if ok is None and not self.reached:
             self.last = now + UNREACHABLE_BACKOFF  # not from here: ask ELB, retry later
             return
@@ -49,7 +49,7 @@ class Probe:
 class Prober:
     """kiln's own checks of a fleet's instances, at most one per health interval each."""
 
-    health: Health
+    health: HealthSettings
     port: int
     clock: Clock
     resolve: t.Resolver = t.private_address

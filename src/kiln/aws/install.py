@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from kiln.config import AwsProvider, Config
+from kiln.config import AwsSettings, Config
 from kiln.runline import exec_form
 from kiln.store import ImageRecord, Store, file_sha256
 
@@ -46,7 +46,7 @@ class Bundle:
         return f"{prefix}/bin/sh {shlex.quote(script)} " + " ".join(shlex.quote(a) for a in args)
 
 
-def secret_spec(config: Config, settings: AwsProvider) -> dict[str, str]:
+def secret_spec(config: Config, settings: AwsSettings) -> dict[str, str]:
     """Secret references as the instance resolves them: 'env:X' reads SSM <prefix>X."""
     prefix = settings.ssm_prefix or f"/{config.app.name}/"
     if not prefix.endswith("/"):
@@ -58,7 +58,7 @@ def secret_spec(config: Config, settings: AwsProvider) -> dict[str, str]:
     return spec
 
 
-def recipe(config: Config, settings: AwsProvider) -> str:
+def recipe(config: Config, settings: AwsSettings) -> str:
     """Hash of everything besides the image that shapes an AMI (port, secrets, installer)."""
     doc = {
         "installer": INSTALLER_VERSION,
@@ -68,7 +68,7 @@ def recipe(config: Config, settings: AwsProvider) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def env_file(record: ImageRecord, settings: AwsProvider) -> str:
+def env_file(record: ImageRecord, settings: AwsSettings) -> str:
     """systemd EnvironmentFile: the baked env plus where to listen."""
     env = {
         **record.manifest.env,
@@ -126,7 +126,7 @@ WantedBy=multi-user.target
 
 
 def render_bundle(
-    store: Store, record: ImageRecord, config: Config, settings: AwsProvider, directory: Path
+    store: Store, record: ImageRecord, config: Config, settings: AwsSettings, directory: Path
 ) -> Bundle:
     """Write everything the builder needs into ``directory`` (created, must not exist)."""
     directory.mkdir(parents=True)

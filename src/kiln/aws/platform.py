@@ -11,7 +11,7 @@ from typing import Any
 from kiln.aws.deployments import AwsDeployments, open_deployments
 from kiln.aws.session import connect
 from kiln.bake import BakeProgress
-from kiln.config import AwsProvider
+from kiln.config import AwsSettings
 from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
 
 
@@ -20,11 +20,11 @@ class AwsPlatform(PlatformBase):
     # canary needs per-instance request counts (CloudWatch); drift is replaced by recycling
     capabilities = frozenset()
 
-    def settings(self) -> AwsProvider:
+    def settings(self) -> AwsSettings:
         """[provider.aws] from kiln.toml if there is one; else defaults and the environment."""
         if not self.has_config:
-            return AwsProvider()
-        return self.loaded.config.provider.aws or AwsProvider()
+            return AwsSettings()
+        return self.loaded.config.provider.aws or AwsSettings()
 
     def deployer(self, on_event: OnEvent | None = None) -> AwsDeployments:
         if self.loaded.config.app.release:

@@ -24,7 +24,7 @@ import botocore.exceptions
 import botocore.parsers
 from botocore.config import Config as BotoConfig
 
-from kiln.config import AwsProvider
+from kiln.config import AwsSettings
 from kiln.errors import AwsError
 
 if TYPE_CHECKING:
@@ -82,13 +82,13 @@ class Aws:
 
 
 def connect(
-    settings: AwsProvider | None = None,
+    settings: AwsSettings | None = None,
     *,
     access_key_id: str | None = None,
     secret_access_key: str | None = None,
 ) -> Aws:
     """Resolve region and endpoint; explicit keys are for tests and admin tools only."""
-    settings = settings or AwsProvider()
+    settings = settings or AwsSettings()
     session = boto3.Session(
         aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
     )

@@ -15,11 +15,11 @@ from kiln.aws.reap import reap
 from kiln.aws.session import Aws, aws_errors, connect
 from kiln.cli.app import State, cli, pass_state
 from kiln.cli.output import console, emit_json, note
-from kiln.config import AwsProvider
+from kiln.config import AwsSettings
 from kiln.errors import AwsError
 
 
-def aws_settings(state: State) -> AwsProvider:
+def aws_settings(state: State) -> AwsSettings:
     """[provider.aws] from kiln.toml when there is one; defaults and env otherwise."""
     from kiln.aws.platform import AwsPlatform
 
@@ -95,7 +95,7 @@ def policy_command(
     console.print("the documents: 'kiln aws policy --json [--part bake|deploy]'", markup=False)
 
 
-def _maybe_connect(settings: AwsProvider) -> Aws | None:
+def _maybe_connect(settings: AwsSettings) -> Aws | None:
     try:
         return connect(settings)
     except AwsError:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kiln.config import Canary, Config, Fleet, Health
+from kiln.config import CanarySettings, Config, FleetSettings, HealthSettings
 from kiln.deploy.plan import Knobs
 
 # The defaults are kiln.toml's own, declared once in kiln.config: a Settings()
 # in a test or the library behaves as an empty [fleet], [health] and [canary].
-_FLEET, _HEALTH, _CANARY = Fleet(), Health(), Canary()
+_FLEET, _HEALTH, _CANARY = FleetSettings(), HealthSettings(), CanarySettings()
 
 
 @dataclass(frozen=True)

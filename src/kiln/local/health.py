@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from kiln.config import Health
+from kiln.config import HealthSettings
 
 
 async def probe(host: str, port: int, path: str | None, timeout: float) -> str | None:
@@ -44,7 +44,7 @@ async def probe(host: str, port: int, path: str | None, timeout: float) -> str |
 class Tracker:
     """Consecutive passes and failures of one instance, ALB style."""
 
-    settings: Health
+    settings: HealthSettings
     started: float  # monotonic-independent wall clock of the instance's start
     healthy: bool = False
     passes: int = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kiln.config import Health, LoadedConfig
+from kiln.config import HealthSettings, LoadedConfig
 from kiln.local.proxy import Limits
 from kiln.provider import InstanceState
 
@@ -74,8 +74,8 @@ class FleetSettings:
         return cls(**{**data, "hosts": tuple(data.get("hosts", ()))})
 
     @property
-    def health_check(self) -> Health:
-        return Health.model_validate(self.health)
+    def health_check(self) -> HealthSettings:
+        return HealthSettings.model_validate(self.health)
 
     @property
     def address(self) -> tuple[str, int]:
