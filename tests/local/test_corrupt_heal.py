@@ -49,5 +49,8 @@ def test_corrupt_serving_image_backs_off_reports_and_recovers(
     source = local_home.tmp / "restore-app.py"  # what a bake of the app does
     source.write_text(APP)
     store.put_file(source)
-    (healed,) = serving(provider, 1)
-    assert healed != first and len(_could_not_start(provider)) == 1
+    # the agent looks again within 5 s; the new instance must then pass its checks
+    healed = wait_for(
+        lambda: [i.id for i in provider.describe("web").serving()], 45, "the fleet to heal"
+    )
+    assert healed != [first] and len(_could_not_start(provider)) == 1
