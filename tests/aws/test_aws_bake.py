@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import stat
@@ -13,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SOURCE_AMI, TargetFactory, leftovers, write_app
-from kiln.aws.ami import bake_ami
+from kiln.aws.ami import bake_ami, host_cidr
+from kiln.aws.builder import BuildTags, security_group, ssh_from
 from kiln.aws.images import list_amis
 from kiln.aws.session import Aws, tag_map
 from kiln.config import LoadedConfig
+from kiln.errors import AwsError
 from kiln.home import Home
 from kiln.store import Store
 
@@ -195,3 +198,39 @@ def test_the_installer_waits_for_cloud_init_before_clearing_its_state(
     bake_ami(app_factory(), home, aws=aws, ssh_target=loopback_target, progress=notes.append)
     assert log.read_text().splitlines() == ["status --wait", "state present"]
     assert not state.exists()  # and cleared after it finished
+
+
+def test_ssh_source_may_be_ipv6() -> None:
+    """checkip answers an IPv6 address on IPv6-only runners: /128, in Ipv6Ranges."""
+    assert host_cidr("2001:db8::7\n") == "2001:db8::7/128"
+    assert host_cidr("203.0.113.7") == "203.0.113.7/32"
+    assert ssh_from("2001:db8::7/128")["Ipv6Ranges"] == [
+        {"CidrIpv6": "2001:db8::7/128", "Description": "kiln bake"}
+    ]
+    assert "Ipv6Ranges" not in ssh_from("203.0.113.7/32")
+    with pytest.raises(AwsError, match="not a CIDR"):
+        ssh_from("somewhere")
+
+
+def test_builder_security_group_opens_ssh_to_an_ipv6_address(aws: Aws) -> None:
+    build = BuildTags("kb-ipv6", "acme", datetime.datetime.now(datetime.UTC))
+    with security_group(aws, build, "2001:db8::7/128", None, lambda _m: None) as group_id:
+        [group] = aws.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+        [rule] = group["IpPermissions"]
+        assert rule["Ipv6Ranges"][0]["CidrIpv6"] == "2001:db8::7/128"
+        assert rule["FromPort"] == 22 and not rule.get("IpRanges")
+    assert leftovers(aws) == {}
+
+
+def test_no_default_vpc_and_no_subnet_is_a_clear_error(
+    aws: Aws, home: Home, app_factory: Callable[..., LoadedConfig]
+) -> None:
+    loaded = app_factory()  # its base image is registered before the VPC goes
+    for subnet in aws.ec2.describe_subnets(
+        Filters=[{"Name": "default-for-az", "Values": ["true"]}]
+    )["Subnets"]:
+        aws.ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    with pytest.raises(AwsError, match=r"no default VPC and \[provider\.aws\] subnet_id") as err:
+        bake_ami(loaded, home, aws=aws)
+    assert err.value.hint and "subnet_id" in err.value.hint
+    assert leftovers(aws) == {}  # refused before creating anything

@@ -19,6 +19,7 @@ import pytest
 from policywalk import lint
 
 from conftest import REGION, SOURCE_AMI, TargetFactory, leftovers, write_app
+from kiln.aws import iam
 from kiln.aws.ami import bake_ami
 from kiln.aws.iam import create_deploy_user
 from kiln.aws.images import list_amis, prune_amis
@@ -238,6 +239,48 @@ def test_create_deploy_user_converges_and_rotates(aws: Aws) -> None:
 
     with pytest.raises(AwsError, match="cannot be part of an IAM user name"):
         create_deploy_user(aws, "no spaces")
+
+
+def test_rotation_proves_the_new_key_before_deleting_the_old(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = create_deploy_user(aws, "rot")
+    order: list[str] = []
+    aws.iam.meta.events.register("before-call", lambda model, **_kw: order.append(model.name))
+    real_connect = iam.connect
+    checked: list[str | None] = []
+
+    def spy(settings: AwsSettings, **keys: str) -> Aws:
+        checked.append(keys.get("access_key_id"))
+        fresh = real_connect(settings, **keys)
+        fresh.session.events.register(
+            "before-call.sts.GetCallerIdentity", lambda **_kw: order.append("NewKeyWorks")
+        )
+        return fresh
+
+    monkeypatch.setattr(iam, "connect", spy)
+    rotated = create_deploy_user(aws, "rot", rotate_key=True)
+    assert checked == [rotated.access_key_id]
+    assert (
+        order.index("CreateAccessKey") < order.index("NewKeyWorks") < order.index("DeleteAccessKey")
+    )
+    assert rotated.deleted_keys == (first.access_key_id,)
+
+    def rejected(settings: AwsSettings, **keys: str) -> Aws:
+        fresh = real_connect(settings, **keys)
+        error = {"Error": {"Code": "InvalidClientTokenId", "Message": "not valid"}}
+        http = type("Http", (), {"status_code": 403, "headers": {}, "text": ""})()
+        fresh.session.events.register(
+            "before-call.sts.GetCallerIdentity", lambda **_kw: (http, error)
+        )
+        return fresh
+
+    monkeypatch.setattr(iam, "connect", rejected)
+    monkeypatch.setattr(iam, "KEY_VERIFY_WAIT", 0.0)
+    with pytest.raises(AwsError, match="new access key does not work"):
+        create_deploy_user(aws, "rot", rotate_key=True)
+    keys = aws.iam.list_access_keys(UserName="deploy-user-rot")["AccessKeyMetadata"]
+    assert [k["AccessKeyId"] for k in keys] == [rotated.access_key_id]  # the old one works on
 
 
 def test_policy_updates_are_new_versions_never_more_than_five(aws: Aws) -> None:

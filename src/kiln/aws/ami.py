@@ -11,6 +11,7 @@ security group are gone when this returns or raises.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import posixpath
 import secrets
 import shutil
@@ -168,6 +169,8 @@ def _build(
     bundle = render_bundle(store, record, config, settings, store.home.tmp / f"ami-{build_id}")
     cidr = settings.ssh_cidr or caller_cidr(aws)
     vpc_id = subnet_vpc(aws, settings.subnet_id) if settings.subnet_id else None
+    if vpc_id is None:
+        require_default_vpc(aws)
     with ExitStack() as stack:
         key_name, key = stack.enter_context(b.key_pair(aws, build, note))
         group_id = stack.enter_context(b.security_group(aws, build, cidr, vpc_id, note))
@@ -331,8 +334,28 @@ def subnet_vpc(aws: Aws, subnet_id: str) -> str:
     return subnets[0]["VpcId"]
 
 
+def require_default_vpc(aws: Aws) -> None:
+    """Without subnet_id the builder goes to the default VPC: say so if there is none."""
+    with aws_errors("looking for the default VPC"):
+        found = aws.ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])[
+            "Subnets"
+        ]
+    if not found:
+        raise AwsError(
+            f"{aws.region} has no default VPC and [provider.aws] subnet_id is not set",
+            hint="set subnet_id to a subnet whose instances get a public address (or set "
+            "ssh_private_ip = true when kiln runs inside that VPC)",
+        )
+
+
+def host_cidr(address: str) -> str:
+    """One address as a CIDR: /32 for IPv4, /128 for IPv6."""
+    ip = ipaddress.ip_address(address.strip())
+    return f"{ip}/{ip.max_prefixlen}"
+
+
 def caller_cidr(aws: Aws) -> str:
-    """The address AWS sees us from, as a /32 (loopback against a local endpoint)."""
+    """The address AWS sees us from, as a one-address CIDR (IPv4 or IPv6)."""
     if aws.is_local:
         return "127.0.0.1/32"
     try:
@@ -343,7 +366,13 @@ def caller_cidr(aws: Aws) -> str:
             f"cannot find this machine's public address: {exc}",
             hint="set [provider.aws] ssh_cidr to the CIDR the builder should accept SSH from",
         ) from None
-    return f"{address}/32"
+    try:
+        return host_cidr(address)
+    except ValueError:
+        raise AwsError(
+            f"checkip.amazonaws.com answered {address[:60]!r}, not an address",
+            hint="set [provider.aws] ssh_cidr to the CIDR the builder should accept SSH from",
+        ) from None
 
 
 def default_target(settings: AwsSettings) -> TargetFactory:

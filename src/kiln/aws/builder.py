@@ -17,6 +17,7 @@ be reaped (``kiln ci init`` schedules ``kiln aws reap``).
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import signal
 import sys
 import threading
@@ -171,14 +172,7 @@ def security_group(
             eventually(
                 lambda: aws.ec2.authorize_security_group_ingress(
                     GroupId=group_id,
-                    IpPermissions=[
-                        {
-                            "IpProtocol": "tcp",
-                            "FromPort": 22,
-                            "ToPort": 22,
-                            "IpRanges": [{"CidrIp": cidr, "Description": "kiln bake"}],
-                        }
-                    ],
+                    IpPermissions=[ssh_from(cidr)],
                 )
             )
         note(f"security group {group_id}: SSH from {cidr}")
@@ -188,6 +182,22 @@ def security_group(
         if _interrupted():  # its builder may still be shutting down: one try, then reap
             what += f" (expires {build.base()[EXPIRES_TAG]}, then 'kiln aws reap' removes it)"
         _cleanup(what, note, lambda: aws.ec2.delete_security_group(GroupId=group_id))
+
+
+def ssh_from(cidr: str) -> Any:
+    """The ingress rule for SSH from ``cidr``: IpRanges for IPv4, Ipv6Ranges for IPv6."""
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise AwsError(
+            f"ssh_cidr {cidr!r} is not a CIDR", hint="e.g. 203.0.113.7/32 or 2001:db8::7/128"
+        ) from None
+    rule: dict[str, Any] = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22}
+    if network.version == 6:
+        rule["Ipv6Ranges"] = [{"CidrIpv6": str(network), "Description": "kiln bake"}]
+    else:
+        rule["IpRanges"] = [{"CidrIp": str(network), "Description": "kiln bake"}]
+    return rule
 
 
 def _user_data(ttl: float) -> str:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 from kiln.aws.policy import MANAGED_POLICY_MAX, PARTS, policy_document, size
-from kiln.aws.session import Aws, aws_errors
+from kiln.aws.session import Aws, aws_errors, connect
+from kiln.config import AwsSettings
 from kiln.errors import AwsError
 
 LEGACY_INLINE_POLICY = "kiln-deploy"  # kiln 0.1 put its policy inline (over IAM's limit)
@@ -241,6 +243,12 @@ def _document(raw: Any) -> Any:
 def _ensure_key(
     aws: Aws, name: str, rotate: bool
 ) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """The user's key; rotating: create the new one, prove it works, then delete the old.
+
+    The old key stays valid until the new one has answered STS, so a rotation
+    that fails leaves the user with a working key. (AWS allows two keys: if
+    both slots are taken, the older of the two goes first.)
+    """
     keys = sorted(
         aws.iam.list_access_keys(UserName=name)["AccessKeyMetadata"],
         key=lambda k: k["CreateDate"],
@@ -248,12 +256,46 @@ def _ensure_key(
     if keys and not rotate:
         return keys[-1]["AccessKeyId"], None, ()
     deleted: list[str] = []
-    if len(keys) >= 2:  # AWS allows two keys: make room for the new one
+    if len(keys) >= 2:
         aws.iam.delete_access_key(UserName=name, AccessKeyId=keys[0]["AccessKeyId"])
         deleted.append(keys[0]["AccessKeyId"])
         keys = keys[1:]
     new = aws.iam.create_access_key(UserName=name)["AccessKey"]
+    try:
+        verify_key(aws, new["AccessKeyId"], new["SecretAccessKey"])
+    except AwsError:
+        aws.iam.delete_access_key(UserName=name, AccessKeyId=new["AccessKeyId"])
+        raise
     for old in keys:
         aws.iam.delete_access_key(UserName=name, AccessKeyId=old["AccessKeyId"])
         deleted.append(old["AccessKeyId"])
     return new["AccessKeyId"], new["SecretAccessKey"], tuple(deleted)
+
+
+KEY_VERIFY_WAIT = 60.0  # IAM is eventually consistent: a new key works within seconds
+
+
+def verify_key(aws: Aws, key_id: str, secret: str, *, wait: float | None = None) -> None:
+    """Sign an STS GetCallerIdentity with the new key until AWS accepts it."""
+    wait = KEY_VERIFY_WAIT if wait is None else wait
+    fresh = connect(
+        AwsSettings(region=aws.region, endpoint_url=aws.endpoint_url),
+        access_key_id=key_id,
+        secret_access_key=secret,
+    )
+    deadline = time.monotonic() + wait
+    delay = 1.0
+    while True:
+        try:
+            with aws_errors("checking the new access key"):
+                fresh.sts.get_caller_identity()
+            return
+        except AwsError as exc:
+            if time.monotonic() > deadline:
+                raise AwsError(
+                    f"the new access key does not work after {wait:g}s ({exc.message}); "
+                    "it was deleted and the old key kept",
+                    hint="run 'kiln aws create-deploy-user --team NAME --rotate-key' again",
+                ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 8.0)
