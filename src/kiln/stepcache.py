@@ -34,6 +34,7 @@ from kiln.ignore import walk
 from kiln.store import Store
 
 FORMAT = 1
+KEEP_TREES = 8  # kept output trees, most recently used first; records stay (they are small)
 STATE = ".kiln-state.json"  # inside a kept tree: sha and mtime of each file as restored
 
 
@@ -230,6 +231,26 @@ def keep(home: Home, restored: Restored, scratch: Path) -> None:
         staging.rename(tree)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)  # another bake kept one first: fine
+        return
+    os.utime(tree)  # most recently used
+    _drop_old_trees(home)
+
+
+def _drop_old_trees(home: Home) -> None:
+    """Keep the KEEP_TREES most recently used trees: each can be as big as a node_modules."""
+    trees = []
+    for path in (home.root / "cache" / "steps").glob("*.tree"):
+        try:
+            trees.append((path.stat().st_mtime_ns, path))
+        except OSError:
+            continue
+    for _used, path in sorted(trees, reverse=True)[KEEP_TREES:]:
+        parked = path.with_name(f"{path.name}.drop.{os.getpid()}")
+        try:
+            path.rename(parked)  # a bake checking it out now gets a miss, not half a tree
+        except OSError:
+            continue
+        shutil.rmtree(parked, ignore_errors=True)
 
 
 def save(home: Home, store: Store, key: str, step: BuildStep, scratch: Path) -> Restored:

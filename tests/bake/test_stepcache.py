@@ -140,3 +140,23 @@ def test_outputs_a_later_step_changed_are_repaired_before_reuse(tmp_path: Path, 
         assert "deps/extra" in files and "deps/link" not in files
         (app / "app.py").write_text(f"print('{version}')\n")
     assert steps.reused == [1] and counter.read_text() == "ran\n"
+
+
+def test_only_the_most_recently_used_output_trees_are_kept(
+    tmp_path: Path, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln import stepcache
+
+    monkeypatch.setattr(stepcache, "KEEP_TREES", 2)
+    app, counter = write_app(tmp_path / "app"), tmp_path / "ran"
+    _config(app, counter)
+    for n in range(4):
+        (app / "reqs.txt").write_text(f"version {n}\n")
+        _bake(app, home)
+    steps = home.root / "cache" / "steps"
+    assert len(list(steps.glob("*.tree"))) == 2 and len(list(steps.glob("*.json"))) == 4
+    (app / "reqs.txt").write_text("version 0\n")  # its tree is gone: written from the store
+    (app / "app.py").write_text("print('again')\n")
+    files, steps_seen = _bake(app, home)
+    assert steps_seen.reused == [1] and counter.read_text().count("ran") == 4
+    assert b"".join(Store(home).objects.read(files["deps/pkg/reqs.txt"][1])) == b"version 0\n"
