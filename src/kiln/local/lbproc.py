@@ -87,6 +87,7 @@ class BalancerHost:
         self.control_server: asyncio.Server | None = None
         self.fleets: dict[str, Balancer] = {}  # each fleet's instances, by name
         self.fronts: dict[Address, Front] = {}  # the listeners, by address
+        self.winding_down: set[asyncio.Task[None]] = set()  # old listeners finishing requests
         self.certs = Certificates()
         self.counters: dict[str, dict[str, Counters]] = {}  # fleet -> instance -> counters
         self.started = time.time()
@@ -131,7 +132,7 @@ class BalancerHost:
         for address, names in wanted.items():
             errors |= await self._front(address, names, fleets)
         for address in set(self.fronts) - set(wanted):
-            await self.fronts.pop(address).close()
+            self._wind_down(self.fronts.pop(address))
             log.info("stopped listening on %s:%s", *address)
         for sock in self.inherited.values():  # handed over, but no fleet listens there now
             sock.close()
@@ -142,6 +143,20 @@ class BalancerHost:
             for name in names
         }
         return {"listening": listening, "errors": errors}
+
+    def _wind_down(self, front: Front) -> None:
+        """A listener no fleet wants any more (it moved): refuse new connections at once,
+        finish the requests under way on the open ones, then close them."""
+        front.stop_accepting()
+        task = asyncio.get_running_loop().create_task(self._finish(front))
+        self.winding_down.add(task)
+        task.add_done_callback(self.winding_down.discard)
+
+    async def _finish(self, front: Front) -> None:
+        deadline = time.monotonic() + RETIRE_SECONDS
+        while front._clients and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await front.close()
 
     def _pool(self, name: str, spec: dict[str, Any]) -> None:
         """A fleet's backends, routable set, policy and counters."""
