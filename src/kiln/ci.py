@@ -155,6 +155,8 @@ def render_pipeline(spec: PipelineSpec) -> str:
         "python": spec.python,
         "install_command": _scalar(_install_command(spec)),
         "provider": spec.provider,
+        # an AMI must boot and pass its health check before the deploy step takes it
+        "bake_flags": " --boot-test" if spec.provider == "aws" else "",
         "workdir": spec.workdir,
         "setup_note": _setup_note(spec),
     }

@@ -495,6 +495,25 @@ class AwsSettings(Section):
             "them after it, and the builder powers itself off then."
         ),
     )
+    boot_test: bool = Field(
+        default=False,
+        description=(
+            "After baking an AMI, boot one instance from it with the fleet's launch data and "
+            "wait for its health check; tag the AMI kiln:verified or fail the bake. "
+            "'kiln bake --boot-test' turns it on for one bake (the generated CI does)."
+        ),
+    )
+    boot_test_timeout: Duration = Field(
+        default=600.0, gt=0, description="Longest wait for the boot test's health check to pass."
+    )
+    boot_test_target_group_arn: str | None = Field(
+        default=None,
+        description=(
+            "Target group (the fleet's port and health check, no listener) the boot test "
+            "registers its instance in, so ELB checks it from inside the VPC. Unset: kiln "
+            "probes the instance's private address itself (a runner inside the VPC)."
+        ),
+    )
     subnet_id: str | None = Field(default=None, description="Subnet for builders and instances.")
     subnet_ids: list[str] = Field(
         default_factory=list, description="Subnets of the Auto Scaling groups."

@@ -18,6 +18,7 @@ The CLI turns a ``KilnError`` into one line (plus an optional hint) and its
     │   ├── GateFailed         a health/progress/canary gate tripped
     │   ├── LockHeld           another deployment holds the fleet's lock
     │   ├── DeployInterrupted  stopped by Ctrl-C; says how to finish
+    │   ├── UnverifiedImage    an AMI no boot test has passed
     │   └── FleetNotFound
     ├── AwsError               AWS refused or failed (credentials, permissions)
     └── CiError                a CI pipeline cannot be written as asked
@@ -94,6 +95,10 @@ class LockHeld(DeployError):
 
 class DeployInterrupted(DeployError):
     exit_code = 130
+
+
+class UnverifiedImage(DeployError):
+    pass
 
 
 class FleetNotFound(DeployError):

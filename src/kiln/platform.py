@@ -108,13 +108,21 @@ class Platform(Protocol):
 
     def require(self, capability: Capability, what: str) -> None: ...
 
-    def bake(self, progress: BakeProgress, narrate: Narrate) -> Report: ...
+    def bake(
+        self, progress: BakeProgress, narrate: Narrate, *, boot_test: bool | None = None
+    ) -> Report:
+        """``boot_test``: boot the result once and health-check it (AMIs only)."""
+        ...
 
     def images(self, app: str | None) -> Report: ...
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report: ...
 
-    def deployer(self, on_event: OnEvent | None = None) -> Deployer: ...
+    def deployer(
+        self, on_event: OnEvent | None = None, *, allow_unverified: bool = False
+    ) -> Deployer:
+        """``allow_unverified``: deploy images no boot test has passed (AMIs only)."""
+        ...
 
     def run(self, image: str | None, argv: list[str]) -> int:
         """``argv`` once in a fresh directory of ``image`` (default: the current one)."""

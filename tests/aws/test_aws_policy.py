@@ -21,6 +21,7 @@ from policywalk import lint
 from conftest import REGION, SOURCE_AMI, TargetFactory, leftovers, write_app
 from kiln.aws import iam
 from kiln.aws.ami import bake_ami
+from kiln.aws.boottest import BootTestFailed
 from kiln.aws.iam import create_deploy_user
 from kiln.aws.images import list_amis, prune_amis
 from kiln.aws.policy import (
@@ -146,13 +147,28 @@ def test_deploy_user_bakes_lists_prunes_and_reaps_with_exactly_the_policy(
     again = bake_ami(write_app(tmp_path / "app", extra=extra), home, aws=deploy)
     assert again.reused and again.ami == first.ami
     time.sleep(1.1)  # AMI creation dates have one-second resolution
+    # the boot test through a target group: ELB (moto: always healthy) judges the instance
+    vpc = enforced.ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["VpcId"]
+    group = enforced.client("elbv2").create_target_group(
+        Name="boot-test", Protocol="HTTP", Port=3000, VpcId=vpc, HealthCheckPath="/health"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    tested = f'{extra}boot_test_target_group_arn = "{group}"\n'
     second = bake_ami(
-        write_app(tmp_path / "app", extra=extra, version="2"),
+        write_app(tmp_path / "app", extra=tested, version="2"),
         home,
         aws=deploy,
         ssh_target=loopback_target,
         progress=notes.append,
+        boot_test=True,
     )
+    assert second.verified
+    # a failed boot test reads the instance's console
+    failing = extra + '[health]\ninterval = "0.05s"\ngrace = "0s"\n'
+    with pytest.raises(BootTestFailed):
+        bake_ami(
+            write_app(tmp_path / "app", extra=failing), home, aws=deploy, boot_test=True,
+            checker=lambda _instance: False,
+        )  # fmt: skip
     assert [a.id for a in list_amis(deploy, "acme")] == [second.ami, first.ami]
     pruned = prune_amis(deploy, "acme", keep=1)
     assert [a.id for a in pruned.deleted] == [first.ami]

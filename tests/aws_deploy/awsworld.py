@@ -59,8 +59,8 @@ class World:
     def resolve(self, target: Target) -> str | None:
         return self.addresses.get(target.image)
 
-    def ami(self, image: str) -> str:
-        """Bake stand-in: an AMI tagged as kiln's bake tags it."""
+    def ami(self, image: str, *, verified: bool = True) -> str:
+        """Bake stand-in: an AMI tagged as kiln's bake tags it (after a passed boot test)."""
         reservation = self.admin.ec2.run_instances(ImageId=self.base_ami, MinCount=1, MaxCount=1)
         source = reservation["Instances"][0]["InstanceId"]
         ami = self.admin.ec2.create_image(InstanceId=source, Name=f"{self.app}-{image}")["ImageId"]
@@ -71,6 +71,7 @@ class World:
                 {"Key": "kiln:app", "Value": self.app},
                 {"Key": "kiln:image", "Value": image},
                 {"Key": "kiln:digest", "Value": image * 2},
+                *([{"Key": "kiln:verified", "Value": "stand-in"}] if verified else []),
             ],
         )
         return str(ami)

@@ -22,6 +22,7 @@ from kiln.aws.iam import create_deploy_user
 from kiln.aws.policy import enforceable_documents
 from kiln.aws.session import connect
 from kiln.aws.ssh import SshTarget
+from kiln.aws.targets import probe
 from kiln.config import AwsSettings
 from kiln.home import Home
 
@@ -73,8 +74,11 @@ def test_baked_amis_deploy_roll_back_and_show_in_history(
     for version in ("1", "2"):
         loaded = world.config(app, extra_aws=extra)
         (app / "app.py").write_text(f"print('v{version}')\n")
-        result = bake_ami(loaded, home, aws=world.deploy, ssh_target=loopback)
-        assert not result.reused
+        result = bake_ami(
+            loaded, home, aws=world.deploy, ssh_target=loopback, boot_test=True,
+            checker=lambda _instance: probe(good_app, None, 2.0),
+        )  # fmt: skip
+        assert not result.reused and result.verified
         world.addresses[result.image] = good_app
         baked.append(result)
 

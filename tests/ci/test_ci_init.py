@@ -103,7 +103,7 @@ def test_github_deploys_only_pushes_to_the_default_branch_one_at_a_time(kiln: Ki
         python = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup"))
         assert python["with"]["cache"] == "pip"
     runs = [step.get("run", "") for step in deploy["steps"]]
-    bake = runs.index('kiln bake --provider aws --json > "$RUNNER_TEMP/bake.json"')
+    bake = runs.index('kiln bake --provider aws --boot-test --json > "$RUNNER_TEMP/bake.json"')
     roll = runs.index('kiln deploy --provider aws --json > "$RUNNER_TEMP/deploy.json"')
     assert bake < roll
     summary = deploy["steps"][-1]
@@ -131,7 +131,7 @@ def test_gitlab_deploys_only_pushes_to_the_default_branch_one_at_a_time(kiln: Ki
     assert pipeline[".kiln"]["cache"]["paths"] == [".kiln/cache/pip"]
     assert deploy["script"][1:] == [
         "mkdir -p .kiln",
-        "kiln bake --provider aws --json > .kiln/bake.json",
+        "kiln bake --provider aws --boot-test --json > .kiln/bake.json",
         "kiln deploy --provider aws --json > .kiln/deploy.json",
     ]
     assert "AWS_SECRET_ACCESS_KEY" in deploy["script"][0]

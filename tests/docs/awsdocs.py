@@ -193,7 +193,14 @@ class AwsWorld:
 
     def bake(self, box: Sandbox) -> str:
         """The first bake of this code, its builder reached over loopback SSH; the image."""
-        result = bake_ami(self.loaded(box), self.home, aws=self.world.admin, ssh_target=self.target)
+        result = bake_ami(
+            self.loaded(box),
+            self.home,
+            aws=self.world.admin,
+            ssh_target=self.target,
+            boot_test=True,  # for real: the responder answers on the test instance's address
+        )
+        assert result.verified
         return result.image
 
     def guard(self, box: Sandbox, text: str) -> None:
@@ -300,7 +307,9 @@ AWS: dict[str, dict[str, Step]] = {
         "kiln aws recycle --max-age 7d": Step(),
     },
     "docs/ci.md": {
-        'kiln bake --provider aws --json > "$RUNNER_TEMP/bake.json"': Step(prepare=baked),
+        'kiln bake --provider aws --boot-test --json > "$RUNNER_TEMP/bake.json"': Step(
+            prepare=baked
+        ),
         'kiln deploy --provider aws --json > "$RUNNER_TEMP/deploy.json"': Step(),
         'kiln ci summary "$RUNNER_TEMP/bake.json" "$RUNNER_TEMP/deploy.json"': Step(
             shows=("succeeded", "ami-")

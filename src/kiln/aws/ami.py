@@ -19,12 +19,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import botocore.exceptions
 
 from kiln.aws import builder as b
+from kiln.aws.boottest import Checker, boot_test, is_verified
 from kiln.aws.images import (
     BASE_TAG,
     COMMIT_TAG,
@@ -63,6 +64,8 @@ class AmiResult:
     base_ami: str | None
     snapshots: tuple[str, ...]
     seconds: float
+    verified: bool = False  # tagged kiln:verified: a boot test passed (now or before)
+    boot_test_seconds: float | None = None  # this bake's boot test, launch to healthy
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,10 @@ class AmiResult:
             "base_ami": self.base_ami,
             "snapshots": list(self.snapshots),
             "seconds": round(self.seconds, 3),
+            "verified": self.verified,
+            "boot_test_seconds": (
+                None if self.boot_test_seconds is None else round(self.boot_test_seconds, 3)
+            ),
         }
 
 
@@ -93,11 +100,14 @@ def bake_ami(
     aws: Aws | None = None,
     ssh_target: TargetFactory | None = None,
     bake_progress: BakeProgress | None = None,
+    boot_test: bool | None = None,
+    checker: Checker | None = None,
 ) -> AmiResult:
     """Bake the app locally, then make (or reuse) its AMI.
 
     ``progress`` narrates the AWS steps; ``bake_progress`` is handed to the
-    local bake. ``aws`` and ``ssh_target`` are for tests and embedding.
+    local bake. ``boot_test`` overrides ``[provider.aws] boot_test``.
+    ``aws``, ``ssh_target`` and ``checker`` are for tests and embedding.
     """
     note = progress or (lambda _msg: None)
     local = bake(loaded, home, bake_progress)
@@ -112,6 +122,8 @@ def bake_ami(
         aws=aws or connect(settings),
         progress=note,
         ssh_target=ssh_target,
+        boot_test=boot_test,
+        checker=checker,
     )
 
 
@@ -123,10 +135,13 @@ def build_ami(
     aws: Aws,
     progress: Progress | None = None,
     ssh_target: TargetFactory | None = None,
+    boot_test: bool | None = None,
+    checker: Checker | None = None,
 ) -> AmiResult:
     """The AMI for an image already in the store."""
     note = progress or (lambda _msg: None)
     settings = settings_of(config)
+    testing = settings.boot_test if boot_test is None else boot_test
     started = time.monotonic()
     shape = recipe(config, settings)
     base = resolve_base_image(aws, settings)
@@ -137,7 +152,8 @@ def build_ami(
         resumed = existing.state == "pending"
         note(f"{'resuming the wait for' if resumed else 'reusing'} {existing.id}")
         ami = _finish(aws, existing.id, settings, note)
-        return _result(ami, record, aws, None, True, resumed, started)
+        result = _result(ami, record, aws, None, True, resumed, started)
+        return _verify(aws, result, ami, config, note, checker) if testing else result
     if existing is not None:
         note(f"deregistering {existing.id} (state {existing.state}) before baking again")
         delete_ami(aws, existing)
@@ -150,7 +166,25 @@ def build_ami(
     finally:
         shutil.rmtree(bundle_dir, ignore_errors=True)
     ami = _finish(aws, ami_id, settings, note)
-    return _result(ami, record, aws, build_id, False, False, started, base)
+    result = _result(ami, record, aws, build_id, False, False, started, base)
+    return _verify(aws, result, ami, config, note, checker) if testing else result
+
+
+def _verify(
+    aws: Aws, result: AmiResult, ami: Ami, config: Config, note: Progress, checker: Checker | None
+) -> AmiResult:
+    """The boot test, unless the AMI passed one already; the result says it is verified."""
+    if is_verified(ami.tags):
+        note(f"{ami.id} passed its boot test before")
+        return replace(result, verified=True)
+    settings = settings_of(config)
+    build_id = result.build_id or "kb-" + secrets.token_hex(6)
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=settings.build_ttl)
+    build = b.BuildTags(build_id=build_id, app=result.app, expires=expires.replace(microsecond=0))
+    with b.terminate_as_interrupt():
+        tested = boot_test(aws, ami.id, settings, config.health, build, note=note, checker=checker)
+    seconds = result.seconds + tested.seconds
+    return replace(result, verified=True, boot_test_seconds=tested.seconds, seconds=seconds)
 
 
 def _build(
@@ -286,6 +320,7 @@ def _result(
         base_ami=base or ami.tags.get(BASE_TAG),
         snapshots=ami.snapshots,
         seconds=time.monotonic() - started,
+        verified=is_verified(ami.tags),
     )
 
 

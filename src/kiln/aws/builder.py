@@ -123,6 +123,9 @@ def _cleanup(what: str, note: Note, action: Callable[[], object]) -> None:
             note(f"could not remove {what}: {exc}; 'kiln aws reap' will")
 
 
+cleanup = _cleanup  # the same guarantees for the boot test's instance (kiln.aws.boottest)
+
+
 @contextmanager
 def key_pair(aws: Aws, build: BuildTags, note: Note) -> Iterator[tuple[str, asyncssh.SSHKey]]:
     """A fresh ed25519 key: the private half never leaves this process."""

@@ -107,11 +107,18 @@ def open_deployments(
     on_event: Callable[[Event], None] | None = None,
     aws: Aws | None = None,
     resolve: Resolver | None = None,
+    allow_unverified: bool = False,
 ) -> AwsDeployments:
     """The AWS fleet of this app, its state in AWS: what ``--provider aws`` commands drive."""
     provider = AwsProvider(home, loaded, aws=aws, resolve=resolve)
     settings = Settings.from_config(loaded.config)
-    return AwsDeployments(provider, settings, loaded.config.app.name, on_event=on_event)
+    return AwsDeployments(
+        provider,
+        settings,
+        loaded.config.app.name,
+        on_event=on_event,
+        allow_unverified=allow_unverified,
+    )
 
 
 class AwsDeployments:
@@ -127,8 +134,10 @@ class AwsDeployments:
         clock: Clock | None = None,
         lock_ttl: float = LOCK_TTL,
         on_event: Callable[[Event], None] | None = None,
+        allow_unverified: bool = False,
     ) -> None:
         self.provider, self.settings, self.fleet = provider, settings, fleet
+        self.allow_unverified = allow_unverified  # deploy an AMI without a passed boot test
         self.aws = provider.aws
         self.who = who or who_am_i()
         self.clock = clock or SystemClock()
@@ -161,6 +170,8 @@ class AwsDeployments:
         wait: float | None = None,
     ) -> Result:  # fmt: skip
         self._refuse_canary(strategy)
+        if not self.allow_unverified:
+            self.provider.require_verified(image)
         return self._run(lambda e: e.deploy(image, strategy=strategy, reason=reason), wait)
 
     def _refuse_canary(self, strategy: str | None) -> None:

@@ -26,17 +26,32 @@ class AwsPlatform(PlatformBase):
             return AwsSettings()
         return self.loaded.config.provider.aws or AwsSettings()
 
-    def deployer(self, on_event: OnEvent | None = None) -> AwsDeployments:
+    def deployer(
+        self, on_event: OnEvent | None = None, *, allow_unverified: bool = False
+    ) -> AwsDeployments:
         if self.loaded.config.app.release:
             self.require(Capability.RELEASE, "[app] release (see docs/deploying.md, Release)")
-        return open_deployments(self.home, self.loaded, on_event=on_event)
+        return open_deployments(
+            self.home, self.loaded, on_event=on_event, allow_unverified=allow_unverified
+        )
 
-    def bake(self, progress: BakeProgress, narrate: Narrate) -> Report:
+    def bake(
+        self, progress: BakeProgress, narrate: Narrate, *, boot_test: bool | None = None
+    ) -> Report:
         from kiln.aws.ami import bake_ami
+        from kiln.aws.boottest import BootTestFailed
 
-        result = bake_ami(self.loaded, self.home, progress=narrate, bake_progress=progress)
+        try:
+            result = bake_ami(
+                self.loaded, self.home, progress=narrate, bake_progress=progress,
+                boot_test=boot_test,
+            )  # fmt: skip
+        except BootTestFailed as exc:
+            narrate(f"console output of the test instance:\n{exc.console}")
+            raise
         how = "reused, no builder launched" if result.reused else f"{result.seconds:.0f}s"
-        headline = f"{result.ami}  {result.image}  {result.app}  {result.region}  ({how})"
+        verified = "  verified" if result.verified else ""
+        headline = f"{result.ami}  {result.image}  {result.app}  {result.region}  ({how}){verified}"
         return Report(result.summary(), lines=(headline,))
 
     def images(self, app: str | None) -> Report:

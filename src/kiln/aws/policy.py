@@ -135,6 +135,26 @@ RULES: tuple[Rule, ...] = (
         condition=_BUILT_BY_KILN,
     ),
     Rule(
+        sid="KilnBootTestReadConsole",  # a failed boot test shows why
+        purposes=_p("bake"),
+        actions=("ec2:GetConsoleOutput",),
+        resources=(_OWN + "instance/*",),
+        condition=_BUILT_BY_KILN,
+    ),
+    Rule(
+        sid="KilnBootTestTargetHealth",  # [provider.aws] boot_test_target_group_arn
+        purposes=_p("bake"),
+        actions=("elasticloadbalancing:DescribeTargetHealth",),
+        resources=("*",),
+        condition={"StringEquals": {"aws:RequestedRegion": "{region}"}},
+    ),
+    Rule(
+        sid="KilnBootTestTargets",
+        purposes=_p("bake"),
+        actions=("elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets"),
+        resources=("arn:{partition}:elasticloadbalancing:{region}:{account}:targetgroup/*/*",),
+    ),
+    Rule(
         sid="KilnBakeCreateImage",
         purposes=_p("bake"),
         actions=("ec2:CreateImage",),
@@ -324,7 +344,8 @@ def policy_document(
     """The scoped policy: region, account and kiln's own tags narrow every write.
 
     ``pass_role`` (the fleet's instance role) adds ``iam:PassRole`` for that one
-    role, passable to EC2 only: launch templates naming an instance profile need it.
+    role, passable to EC2 only: launch templates naming an instance profile need
+    it, and so does the boot test, which launches with the fleet's launch data.
     ``target_group`` (kiln.toml's ``target_group_arn``) is the only target group
     whose members the deploy statements may change; without it, any in the region.
     """
@@ -347,7 +368,7 @@ def policy_document(
         if condition:
             statement["Condition"] = condition
         statements.append(statement)
-    if pass_role and "deploy" in set(purposes):
+    if pass_role and {"deploy", "bake"} & set(purposes):  # fleet and boot-test launches
         statements.append(_pass_role(pass_role, values))
     return {"Version": VERSION, "Statement": statements}
 

@@ -23,12 +23,13 @@ from typing import Any
 
 from kiln.aws import groups as g
 from kiln.aws import targets as t
+from kiln.aws.boottest import is_verified
 from kiln.aws.health import GONE, Probe, Prober
-from kiln.aws.session import Aws, aws_errors, connect
+from kiln.aws.session import Aws, aws_errors, connect, tag_map
 from kiln.config import LoadedConfig
 from kiln.deploy.clock import Clock, SystemClock
 from kiln.deploy.gates import Trip
-from kiln.errors import ImageNotFound, InstanceNotFound, ProviderError
+from kiln.errors import ImageNotFound, InstanceNotFound, ProviderError, UnverifiedImage
 from kiln.home import Home
 from kiln.provider import FleetState, Instance, InstanceStats
 
@@ -418,20 +419,33 @@ class AwsProvider:
 
     def _ami(self, image: str) -> str:
         if image not in self._amis:
-            filters: list[Any] = [
-                {"Name": "tag:kiln:image", "Values": [image]},
-                {"Name": "state", "Values": ["available"]},
-            ]
-            with aws_errors(f"looking up the AMI of {image}"):
-                found = self.aws.ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
-            if not found:
-                raise ImageNotFound(
-                    f"image {image} has no AMI in {self.aws.region}",
-                    hint="bake it with 'kiln bake --provider aws'",
-                )
-            newest = max(found, key=lambda a: str(a.get("CreationDate", "")))
-            self._amis[image] = str(newest["ImageId"])
+            self._amis[image] = str(self._newest_ami(image)["ImageId"])
         return self._amis[image]
+
+    def _newest_ami(self, image: str) -> dict[str, Any]:
+        filters: list[Any] = [
+            {"Name": "tag:kiln:image", "Values": [image]},
+            {"Name": "state", "Values": ["available"]},
+        ]
+        with aws_errors(f"looking up the AMI of {image}"):
+            found = self.aws.ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
+        if not found:
+            raise ImageNotFound(
+                f"image {image} has no AMI in {self.aws.region}",
+                hint="bake it with 'kiln bake --provider aws'",
+            )
+        images: list[dict[str, Any]] = [dict(a) for a in found]
+        return max(images, key=lambda a: str(a.get("CreationDate", "")))
+
+    def require_verified(self, image: str) -> None:
+        """Refuse an AMI that no boot test has passed (no ``kiln:verified`` tag)."""
+        ami = self._newest_ami(image)
+        if not is_verified(tag_map(ami.get("Tags"))):
+            raise UnverifiedImage(
+                f"{ami['ImageId']} (image {image}) has not passed a boot test",
+                hint="bake with 'kiln bake --provider aws --boot-test' (or [provider.aws] "
+                "boot_test = true), or deploy anyway with --allow-unverified",
+            )
 
 
 def _all_leaving(group: g.ServerGroup, doomed: set[str]) -> bool:

@@ -154,6 +154,11 @@ def exit_for(result: Result) -> None:
 )
 @click.option("--resume", is_flag=True, help="Only finish an interrupted deployment.")
 @click.option("--reason", help="Why, recorded in the history.")
+@click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="aws: deploy an AMI that has not passed a boot test (no kiln:verified tag).",
+)
 @JSON
 @WAIT
 @PROVIDER
@@ -165,6 +170,7 @@ def deploy_command(
     dry_run: bool,
     resume: bool,
     reason: str | None,
+    allow_unverified: bool,
     as_json: bool,
     wait: str | None,
     provider: str,
@@ -172,7 +178,7 @@ def deploy_command(
     """Move the fleet to a new image: plan, launch, prove healthy, shift, discard."""
     narrator = _Narrator()
     platform = state.platform(provider)
-    engine = platform.deployer(narrator)
+    engine = platform.deployer(narrator, allow_unverified=allow_unverified)
     timeout = _wait_seconds(wait)
     with _sigterm_as_ctrl_c(), narrator.live(not dry_run):
         if resume:

@@ -82,14 +82,20 @@ PROVIDER = provider_option(
 
 @cli.command("bake")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--boot-test/--no-boot-test",
+    default=None,
+    help="aws: boot one instance from the new AMI and wait for its health check before "
+    "tagging it kiln:verified (default: [provider.aws] boot_test).",
+)
 @PROVIDER
 @pass_state
-def bake_command(state: State, as_json: bool, provider: str) -> None:
+def bake_command(state: State, as_json: bool, boot_test: bool | None, provider: str) -> None:
     """Bake the app into an immutable, content-addressed image."""
     progress = _ConsoleProgress(quiet=as_json)
     try:
         # narration on stderr: CI logs show minutes of AWS work, stdout stays JSON
-        report = state.platform(provider).bake(progress, note)
+        report = state.platform(provider).bake(progress, note, boot_test=boot_test)
     finally:
         progress._stop_bar()
     print_report(report, as_json)

@@ -40,10 +40,22 @@ class LocalPlatform(PlatformBase):
             on_event=on_event,
         )
 
-    deployer = engine
+    def deployer(
+        self, on_event: OnEvent | None = None, *, allow_unverified: bool = False
+    ) -> Engine:
+        """The engine; a local image has no boot test to pass, so nothing is refused."""
+        return self.engine(on_event)
 
-    def bake(self, progress: BakeProgress, narrate: Narrate) -> Report:
+    def bake(
+        self, progress: BakeProgress, narrate: Narrate, *, boot_test: bool | None = None
+    ) -> Report:
         from kiln.bake import bake
+
+        if boot_test:
+            raise ConfigError(
+                "--boot-test boots an AMI from the image: it needs --provider aws",
+                hint="a local deploy starts the image and health-checks it anyway",
+            )
 
         result = bake(self.loaded, self.home, progress)
         how = "reused, nothing changed" if result.reused else f"{result.seconds:.2f}s"
