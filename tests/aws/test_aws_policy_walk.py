@@ -39,6 +39,8 @@ def merged(partition: str = "aws", target_group: str | None = TG, **kw: Any) -> 
 def test_no_foreign_resource_can_be_tagged_into_reach(partition: str) -> None:
     document = merged(partition, pass_role="shop-web")
     assert reachable_destruction(document) == []
+    boot_test_group = TG.replace("shop/", "shop-boot-test/")  # the boot test's, named
+    assert reachable_destruction(merged(partition, boot_test_target_group=boot_test_group)) == []
     for part in PARTS:  # each policy alone, too (a bake-only user)
         alone = {"Statement": [s for s in document["Statement"] if _part(s["Sid"]) == part]}
         assert reachable_destruction(alone) == []
@@ -62,6 +64,9 @@ def test_every_tag_write_is_on_create_or_of_the_lock_keys_on_the_lock() -> None:
         assert keys, raw["Sid"]  # aws:TagKeys guards every tag write
         if "ec2:CreateAction" in condition.get("StringEquals", {}):
             assert set(keys) == {"kiln:*", "Name"}
+        elif raw["Sid"] == "KilnBootTestMarkVerified":  # one key, on AMIs kiln created
+            assert keys == ["kiln:verified"]
+            assert condition["StringLike"] == {"ec2:ResourceTag/kiln:app": "*"}
         else:
             assert raw["Sid"] == "KilnDeployLockHeartbeatAndRelease"
             assert condition["StringLike"] == {"ec2:ResourceTag/kiln:lock": "*"}

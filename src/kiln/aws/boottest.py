@@ -29,11 +29,11 @@ from typing import Any
 from kiln.aws import builder as b
 from kiln.aws import groups as g
 from kiln.aws import targets as t
+from kiln.aws.policy import VERIFIED_TAG
 from kiln.aws.session import Aws, aws_errors
 from kiln.config import AwsSettings, HealthSettings
 from kiln.errors import AwsError
 
-VERIFIED_TAG = "kiln:verified"
 CONSOLE_LINES = 40
 # the instance as EC2 describes it -> its check passed, failed, or it cannot be reached
 Checker = Callable[[dict[str, Any]], bool | None]

@@ -94,6 +94,7 @@ def create_deploy_user(
     documents: Mapping[str, dict[str, Any]] | None = None,
     pass_role: str | None = None,
     target_group: str | None = None,
+    boot_test_target_group: str | None = None,
 ) -> DeployUser:
     """Converge the deploy user; ``documents`` overrides a part's policy (tests).
 
@@ -117,6 +118,7 @@ def create_deploy_user(
                     purposes=PARTS[part],
                     pass_role=pass_role,
                     target_group=target_group,
+                    boot_test_target_group=boot_test_target_group,
                 )
             )
             for part in parts

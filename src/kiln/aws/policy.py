@@ -24,6 +24,7 @@ VERSION = "2012-10-17"
 TAG_PREFIX = "kiln:"
 BUILD_TAG = "kiln:build-id"
 APP_TAG = "kiln:app"
+VERIFIED_TAG = "kiln:verified"  # the boot test passed (kiln.aws.boottest)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Rule:
     actions: tuple[str, ...]
     resources: tuple[str, ...]  # templates: {partition} {region} {account}
     condition: dict[str, dict[str, Any]] = field(default_factory=dict)
+    only_with: str = ""  # a policy_document argument without which the statement is left out
 
 
 def _p(*names: str) -> frozenset[str]:
@@ -148,11 +150,22 @@ RULES: tuple[Rule, ...] = (
         resources=("*",),
         condition={"StringEquals": {"aws:RequestedRegion": "{region}"}},
     ),
-    Rule(
+    Rule(  # only the boot test's own target group, and only when kiln.toml names one
         sid="KilnBootTestTargets",
         purposes=_p("bake"),
         actions=("elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets"),
-        resources=("arn:{partition}:elasticloadbalancing:{region}:{account}:targetgroup/*/*",),
+        resources=("{boot_test_target_group}",),
+        only_with="boot_test_target_group",
+    ),
+    Rule(  # a passed boot test: only this key, only on AMIs kiln tagged at creation
+        sid="KilnBootTestMarkVerified",
+        purposes=_p("bake"),
+        actions=("ec2:CreateTags",),
+        resources=(_ANY_OWNER + "image/*",),
+        condition={
+            "StringLike": {f"ec2:ResourceTag/{APP_TAG}": "*"},
+            "ForAllValues:StringEquals": {"aws:TagKeys": [VERIFIED_TAG]},
+        },
     ),
     Rule(
         sid="KilnBakeCreateImage",
@@ -300,10 +313,10 @@ RULES = RULES + DEPLOY_RULES
 # AWS also checks iam:PassRole on that one role: grant it for that role's ARN
 # only (a wildcard PassRole next to RunInstances is a privilege escalation).
 IMPLICIT_DEPLOY_ACTIONS = frozenset({"ec2:RunInstances"})
-# A bake never calls CreateTags: every tag rides on the call that creates the
-# resource (TagSpecifications), and AWS checks CreateTags (with ec2:CreateAction)
-# for it on the caller.
-IMPLICIT_BAKE_ACTIONS = frozenset({"ec2:CreateTags"})
+# A bake's tags ride on the calls that create the resources (TagSpecifications),
+# and AWS checks CreateTags (with ec2:CreateAction) for them on the caller; the
+# one CreateTags call kiln makes itself is a passed boot test's kiln:verified.
+IMPLICIT_BAKE_ACTIONS: frozenset[str] = frozenset()
 
 PURPOSES = ("bake", "images", "reap")
 DEPLOY_PURPOSES = ("deploy",)
@@ -340,6 +353,7 @@ def policy_document(
     purposes: Iterable[str] = ALL_PURPOSES,
     pass_role: str | None = None,
     target_group: str | None = None,
+    boot_test_target_group: str | None = None,
 ) -> dict[str, Any]:
     """The scoped policy: region, account and kiln's own tags narrow every write.
 
@@ -348,11 +362,16 @@ def policy_document(
     it, and so does the boot test, which launches with the fleet's launch data.
     ``target_group`` (kiln.toml's ``target_group_arn``) is the only target group
     whose members the deploy statements may change; without it, any in the region.
+    ``boot_test_target_group`` (``boot_test_target_group_arn``) is the one target group
+    the boot test may register in; without it, the bake may register in none.
     """
     values = {"partition": partition, "region": region or "*", "account": account or "*"}
     values["target_group"] = target_group or (_ELB + "targetgroup/*/*").format(**values)
+    values["boot_test_target_group"] = boot_test_target_group or ""
     statements = []
     for rule in rules_for(purposes):
+        if rule.only_with and not values[rule.only_with]:
+            continue
         statement: dict[str, Any] = {
             "Sid": rule.sid,
             "Effect": "Allow",

@@ -68,6 +68,7 @@ def policy_command(
             purposes=purposes,
             pass_role=iam_policy.instance_role(settings),
             target_group=settings.target_group_arn,
+            boot_test_target_group=settings.boot_test_target_group_arn,
         )
         for name, purposes in iam_policy.PARTS.items()
         if part in (None, name)
@@ -141,6 +142,7 @@ def create_deploy_user_command(
         parts=("bake",) if bake_only else tuple(iam_policy.PARTS),
         pass_role=iam_policy.instance_role(settings),
         target_group=settings.target_group_arn,
+        boot_test_target_group=settings.boot_test_target_group_arn,
     )
     if as_json:
         emit_json(user.summary())
