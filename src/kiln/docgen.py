@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from kiln.config import Config, _model_of
+from kiln.config import App, BuildStep, Config, _model_of
 from kiln.durations import format_duration
 
 _HEADER = """\
@@ -36,6 +36,8 @@ def render_config_reference() -> str:
                     parts.append(_section(f"provider.{sub}", submodel, subfield))
         elif model is not None:
             parts.append(_section(name, model, field))
+            if model is App:  # its build list may hold tables too: document them beside it
+                parts.append(_section("app.build (a cached step)", BuildStep, field))
         else:
             parts.append(f"\n## [{name}]\n\n{field.description}\n")
     return "".join(parts)
@@ -61,6 +63,7 @@ def _type_name(field: FieldInfo) -> str:
         return "duration"
     if "parse_duration" in text:
         return "duration or None" if "Optional" in text else "duration"
+    text = text.replace("kiln.config.BuildStep", "table (below)")
     for simple in ("str", "int", "float", "bool"):
         text = text.replace(f"<class '{simple}'>", simple)
     return text.replace("|", "or").replace("Literal", "one of ")
