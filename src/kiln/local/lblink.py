@@ -152,6 +152,7 @@ class BalancerLink:
                     await asyncio.sleep(0.05)
                     continue
                 self.info = info
+                self.code = str(info.get("code", self.code))  # what we started is current
                 log.info("load balancer pid %s started", info.get("pid"))
                 return info
             if child.poll() not in (None, 0, lbproc.ALREADY_RUNS):

@@ -120,7 +120,7 @@ class Lifecycle:
 
     # routing --------------------------------------------------------------
 
-    def sync_lb(self, fleet: FleetRuntime) -> None:
+    def sync_lb(self, fleet: FleetRuntime, *, becoming_healthy: str | None = None) -> None:
         """Route to exactly the healthy, in-service instances not on their way out.
 
         The balancer process hears of it at the next push; callers that promise
@@ -131,7 +131,7 @@ class Lifecycle:
             for r in self.instances.values()
             if r.fleet == fleet.name
             and r.in_service
-            and r.state == "healthy"
+            and (r.state == "healthy" or r.id == becoming_healthy)
             and not r.terminating
             and r.id not in self.stopping
             and r.id in fleet.backends
@@ -299,6 +299,14 @@ class Lifecycle:
                 return
             verdict = t.observe(error, time.time())
             if verdict == "healthy":
+                self.sync_lb(fleet, becoming_healthy=rec.id)
+                try:  # routable in the balancer before anyone is told it is healthy
+                    await self.lb.flush()
+                except KilnError as exc:
+                    log.error("%s (will retry)", exc)
+                if not rec.live or rec.id in self.stopping:  # it went meanwhile
+                    self.sync_lb(fleet)
+                    return
                 rec.set_state(InstanceState.HEALTHY)
                 rec.reason = None
                 self.save(rec)
