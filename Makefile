@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast lint fmt docs clean
+.PHONY: demo test test-fast test-vm lint fmt docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,15 @@ test: $(TEST_STAMP)
 test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not aws" tests/deploy tests/bake \
 		tests/test_config.py tests/test_cli_basics.py tests/test_cli_startup.py
+
+# The AMI rehearsal on booted VMs (tests/vm): builds the lab's base disk when it is
+# not cached (about 7 min from the Debian mirror, once per machine), then boots
+# a builder and two clones under QEMU (TCG when KVM does not work: slow).
+# `make test` runs the rehearsal too, but only once the base disk is cached.
+test-vm: $(TEST_STAMP)
+	./scripts/vm-deps.sh
+	./scripts/vm-base.sh
+	KILN_VM=1 $(BIN)/python -m pytest -m vm -s tests/vm
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,0 +1,39 @@
+"""The VM lab's fixtures: the cached base disk, and a moto server the guests reach.
+
+The lab runs when the base disk is already cached (``make test-vm`` builds
+it) or when ``KILN_VM=1`` asks for it to be built; otherwise its tests skip,
+so a plain ``make test`` on a fresh machine does not spend minutes on Debian.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from vmlab import base_dir, build_base, have_tools
+
+from aws.awsservers import moto_server
+
+
+@pytest.fixture(scope="session")
+def vm_base() -> Path:
+    missing = have_tools()
+    if missing:
+        if os.environ.get("KILN_VM") == "1":
+            pytest.fail(f"KILN_VM=1 but {missing}")
+        pytest.skip(missing)
+    base = base_dir()
+    if not (base / "disk.qcow2").exists():
+        if os.environ.get("KILN_VM") != "1":
+            pytest.skip(f"no cached base disk at {base} (make test-vm, or KILN_VM=1, builds it)")
+        base = build_base()
+    return base
+
+
+@pytest.fixture(scope="session")
+def lab_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto on 127.0.0.1: kiln's EC2 calls, and the guests' IMDS and SSM (via guestfwd)."""
+    with moto_server(tmp_path_factory.mktemp("moto-vm") / "moto.log") as url:
+        yield url
