@@ -7,10 +7,12 @@ tree is the only thing standing between a request path and the host's files.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+from pathlib import Path
 
 import pytest
-from localtest import http_get, make_image, serving
+from localtest import http_get, make_image, serving, wait_for
 
 from kiln.errors import UnsafeImage
 from kiln.home import Home
@@ -59,3 +61,27 @@ def test_http_server_cannot_serve_etc_passwd_through_a_link(
         status, body = http_get(lb_port, leak)
         assert status == 404 and "root:" not in body.get("text", ""), leak
     assert provider.describe("web").groups == {good: 1}
+
+
+def test_links_planted_in_the_agents_tree_never_reach_an_instance(
+    provider: LocalProvider, local_home: Home
+) -> None:
+    """The agent's per-image tree is a second copy of the image: links come from the manifest."""
+    store = Store(local_home)
+    plain = make_image(local_home, run=SERVER, files={"health": "ok\n", "static/a.txt": "a\n"})
+    inside = dataclasses.replace(
+        store.get(plain).manifest, links=(LinkEntry("s", "static"),), dirs=()
+    )
+    good = store.add_image(inside, {}).id
+    (first,) = provider.launch("web", good, 1)
+    serving(provider, 1)
+    tree = local_home.agent_dir / "trees" / good
+    (tree / "s").unlink()
+    (tree / "s").symlink_to("/etc")  # what a same-user instance could do to the tree
+    (tree / "evil").symlink_to("/")
+    provider.launch("web", good, 1)
+    wait_for(lambda: len(provider.describe("web").serving()) == 2, 30, "a second instance")
+    fresh = next(i for i in provider.describe("web").instances if i.id != first)
+    directory = Path(fresh.details["dir"])
+    assert str((directory / "s").readlink()) == "static"
+    assert not os.path.lexists(directory / "evil")

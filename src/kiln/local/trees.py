@@ -21,7 +21,7 @@ copied instead. Everything here is file-tree work: call it from a thread.
 """
 
 # thousands of files per call: plain str paths and os calls, no Path object per file
-# ruff: noqa: PTH101, PTH102, PTH115, PTH211
+# ruff: noqa: PTH101, PTH102, PTH211
 
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from kiln.errors import UnsafeImage
 from kiln.store import Manifest, Store
 
 log = logging.getLogger("kiln.agent")
@@ -75,7 +76,8 @@ class ImageTrees:
             self.last_used[image] = time.time()
             if not self._intact(image):
                 self._build(image)
-            link_tree(self.tree(image), dest, link=share)
+            links = {link.path: link.target for link in manifest.links}
+            link_tree(self.tree(image), dest, links, link=share)
         return manifest
 
     def _intact(self, image: str) -> bool:
@@ -133,7 +135,11 @@ class ImageTrees:
 
 
 def stamp(root: Path) -> Stamp:
-    """What must not change in a shared tree: (size, mtime, mode, inode) of each file."""
+    """What must not change in a shared tree: (size, mtime, mode, inode) of each file.
+
+    Symlinks too (size -1): one added or replaced (a new inode) means the
+    tree is not the image's any more.
+    """
     out: Stamp = {}
     stack = [""]
     while stack:
@@ -146,6 +152,8 @@ def stamp(root: Path) -> Stamp:
                     stack.append(rel)
                 elif stat.S_ISREG(st.st_mode):
                     out[rel] = [st.st_size, st.st_mtime_ns, st.st_mode, st.st_ino]
+                elif stat.S_ISLNK(st.st_mode):
+                    out[rel] = [-1, st.st_mtime_ns, st.st_mode, st.st_ino]
     return out
 
 
@@ -165,26 +173,39 @@ def _walk(top: str) -> Iterator[os.DirEntry[str]]:
                 yield from _walk(entry.path)
 
 
-def link_tree(source: Path, dest: Path, *, link: bool = True) -> None:
-    """A new directory ``dest`` mirroring ``source``: own dirs, files linked (or copied)."""
+def link_tree(source: Path, dest: Path, links: Mapping[str, str], *, link: bool = True) -> None:
+    """A new directory ``dest`` mirroring ``source``: own dirs, files linked (or copied).
+
+    ``links``: the image's symlinks (path -> target), checked when the
+    manifest was read. Symlinks are made from them, never from what the tree
+    holds (regenerated, not forwarded); one the image does not have is refused.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.mkdir(0o755)
     try:
-        _link_dir(str(source), str(dest), link)
+        _link_dir(str(source), str(dest), link, links, "")
     except BaseException:
         _remove(dest)
         raise
 
 
-def _link_dir(source: str, dest: str, link: bool) -> None:
+def _link_dir(source: str, dest: str, link: bool, links: Mapping[str, str], rel_dir: str) -> None:
     with os.scandir(source) as entries:
         for entry in entries:
             target = f"{dest}/{entry.name}"
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             if entry.is_symlink():
-                os.symlink(os.readlink(entry.path), target)
+                if rel in links:
+                    os.symlink(links[rel], target)
+                else:
+                    raise UnsafeImage(
+                        f"{rel} in the agent's tree of this image is a symlink the image "
+                        "does not have",
+                        hint="the tree was changed by hand; launch again to rebuild it",
+                    )
             elif entry.is_dir(follow_symlinks=False):
                 os.mkdir(target, 0o755)
-                _link_dir(entry.path, target, link)
+                _link_dir(entry.path, target, link, links, rel)
             elif not link:
                 _copy(entry.path, target)
             else:
