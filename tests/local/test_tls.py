@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import logging
 import os
 import shutil
 import socket
@@ -18,6 +20,7 @@ from localtest import make_image, serving, wait_for, write_config
 from kiln.config import load_config
 from kiln.errors import ProviderError
 from kiln.home import Home
+from kiln.local.lb import Balancer
 from kiln.local.provider import LocalProvider
 
 
@@ -157,3 +160,35 @@ def test_a_certificate_that_does_not_load_fails_the_launch(
     with pytest.raises(ProviderError, match="cannot use the TLS certificate"):
         fleet.launch("web", make_image(local_home), 1)
     assert fleet.describe("web").instances == ()
+
+
+def test_a_refused_request_over_tls_is_answered_without_an_error_in_the_balancer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TLS connection cannot half-close: the 400 goes out and nothing blows up."""
+    _ca(tmp_path)
+    cert, key = _leaf(tmp_path, "a", "a.example.com")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+
+    async def exchange() -> bytes:
+        balancer = Balancer("t")
+        await balancer.start("127.0.0.1", 0, server_context)
+        port = balancer._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_context, server_hostname="a.example.com"
+            )
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nA b: c\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            await asyncio.sleep(0.2)  # the balancer's side finishes
+            return answer
+        finally:
+            await balancer.close()
+
+    with caplog.at_level(logging.ERROR):
+        answer = asyncio.run(exchange())
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -293,7 +293,8 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     unread bytes makes the kernel reset the connection, and the client may
     never see the error it was just sent."""
     with contextlib.suppress(OSError, TimeoutError):
-        writer.write_eof()
+        if writer.can_write_eof():  # a TLS connection cannot half-close: just read on
+            writer.write_eof()
         async with asyncio.timeout(LINGER):
             while await reader.read(CHUNK):
                 pass
