@@ -57,6 +57,12 @@ def test_two_fleets_share_a_listener_routed_by_host(
         status, text = _get(conn, unknown)
         conn.close()
         assert status == 404 and "no fleet serves host" in text
+    # with a large body it does not read, the 404 still arrives (no reset)
+    conn = http.client.HTTPConnection("127.0.0.1", lb_port, timeout=10)
+    conn.request("POST", "/", body=b"x" * (4 << 20), headers={"Host": "nobody.example.com"})
+    response = conn.getresponse()
+    assert response.status == 404 and b"nobody.example.com" in response.read()
+    conn.close()
 
     # a third fleet cannot take a host already claimed there; the owner keeps serving
     thief = _fleet(local_home, tmp_path, "thief", lb_port, '["shop.example.com"]')
@@ -81,7 +87,7 @@ def test_two_fleets_share_a_listener_routed_by_host(
     metrics = AgentClient(local_home).get("/metrics")
     unrouted = re.search(rf'^kiln_lb_unrouted_total\{{listen="127.0.0.1:{lb_port}"\}} (\d+)$',
                          metrics, re.M)  # fmt: skip
-    assert unrouted and int(unrouted.group(1)) == 3
+    assert unrouted and int(unrouted.group(1)) == 4
     assert re.search(r'^kiln_lb_fleet_requests_total\{fleet="blog"\} 4$', metrics, re.M)
 
     # the shared listener closes only with its last fleet

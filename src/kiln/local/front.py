@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from kiln.local.http1 import Request, simple_response
 from kiln.local.lb import Balancer
-from kiln.local.proxy import Client
+from kiln.local.proxy import Client, linger
 from kiln.local.routes import Routes, host_name
 from kiln.local.tls import CertFiles, Sni
 
@@ -33,7 +33,9 @@ class Front(Balancer):
         self.unrouted += 1
         where = "" if self.listen is None else f" on {self.listen[0]}:{self.listen[1]}"
         body = f"no fleet serves host {host_name(head.host) or '(none)'}{where}\n"
-        client.writer.write(simple_response(404, body, close=True))  # its body, if any, unread
+        client.writer.write(simple_response(404, body, close=True))
+        if head.has_body:  # unread, it would make the close a reset that loses the 404
+            await linger(client.reader, client.writer)
         return False
 
     def listening_fds(self) -> list[int]:
