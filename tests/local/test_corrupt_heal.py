@@ -37,6 +37,9 @@ def test_corrupt_serving_image_backs_off_reports_and_recovers(
     store = Store(local_home)
     sha = next(f.sha256 for f in store.get(image).manifest.files if f.path == "app.py")
     corrupt(store, sha)
+    # the agent verified the image once into its own tree and links instances from it;
+    # without that tree's stamp it must materialize from the store again, and finds the damage
+    (local_home.agent_dir / "trees" / f"{image}.stamp.json").unlink()
     pid = provider.describe("web").instances[0].details["pid"]
     os.killpg(pid, signal.SIGKILL)
 
