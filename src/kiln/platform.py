@@ -51,6 +51,7 @@ class Capability(StrEnum):
     RELEASE = "release"  # [app] release: a command run once per deployment, before it acts
     RUN = "run"  # `kiln run`: a one-off command in a fresh directory of an image
     REFRESH = "refresh"  # `kiln refresh`: replace instances running replaced host files
+    DESTROY = "destroy"  # `kiln destroy`: stop every instance, forget the fleet, keep history
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,12 @@ class Platform(Protocol):
 
     def counters(self) -> dict[str, tuple[int, int]]:
         """Per instance: requests and errors so far, from the load balancer (may be empty)."""
+        ...
+
+    def destroy(
+        self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
+    ) -> Report:
+        """Drain and stop every instance, free the listener, forget the fleet; keep history."""
         ...
 
     def recycle(

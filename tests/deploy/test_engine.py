@@ -347,3 +347,29 @@ def test_a_provider_failure_stops_without_rolling_back(deployed: World) -> None:
     result = w.engine().resume()
     assert result is not None and result.outcome == "succeeded"
     w.assert_settled(NEW, 2)
+
+
+def test_scale_to_zero_keeps_the_fleet_and_comes_back(deployed: World) -> None:
+    w = deployed
+    result = w.engine().scale(0)
+    assert result.ok and "scaled to 0" in (result.message or "")
+    assert any(f"scaling {FLEET} to 0" in e.message for e in w.events if e.kind == "warning")
+    assert w.running() == {}
+    assert w.engine().scale(2).ok
+    w.assert_settled(OLD, 2)
+
+
+def test_destroy_stops_everything_forgets_the_fleet_and_keeps_history(deployed: World) -> None:
+    w = deployed
+    assert w.engine().deploy(NEW, strategy="blue-green").ok  # a warm standby goes too
+    result = w.engine().destroy(reason="retired")
+    assert result.ok and result.kind == "destroy", result
+    assert w.provider.describe(FLEET).live() == []
+    assert w.db.fleet(FLEET) is None
+    kinds = [e.kind for e in w.journal().history(FLEET)]
+    assert kinds[0] == "destroy" and kinds.count("deploy") == 2
+    again = w.engine().deploy(NEW)  # a fresh first deployment of the same app
+    assert again.ok
+    w.assert_settled(NEW, 2)
+    rec = w.db.fleet(FLEET)
+    assert rec is not None and rec.previous_image is None

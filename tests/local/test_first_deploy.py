@@ -177,3 +177,25 @@ def _pending(home: Home) -> bool:
 
 def _dirs(where: Path) -> list[Path]:
     return [p for p in where.iterdir() if p.is_dir()] if where.exists() else []
+
+
+def test_destroy_then_a_fresh_deploy_of_the_same_app(site: tuple[Kiln, int], home: Home) -> None:
+    kiln, port = site
+    first = make_image(home)
+    assert deploy(kiln, first)[0] == 0
+    refused = kiln("destroy", ok=False)  # no terminal, no --yes: nothing happens
+    assert refused.exit_code != 0 and "--yes" in refused.stderr
+    assert http_get(port)[0] == 200
+
+    destroyed = json.loads(kiln("destroy", "--yes", "--json").stdout)
+    assert destroyed["outcome"] == "succeeded" and destroyed["kind"] == "destroy", destroyed
+    with socket.socket() as probe:  # the listener is free for anyone
+        probe.bind(("127.0.0.1", port))
+    status = json.loads(kiln("status", "--json").stdout)
+    assert status["serving"] == 0 and status["current_image"] is None
+    assert [i for i in status["instances"] if i["state"] not in ("failed", "terminated")] == []
+    history = json.loads(kiln("history", "--json").stdout)
+    assert [e["kind"] for e in history[:2]] == ["destroy", "deploy"]  # history is kept
+
+    works(kiln, home, port)  # a fresh first deployment of the same app name
+    assert json.loads(kiln("status", "--json").stdout)["previous_image"] is None

@@ -98,6 +98,12 @@ class AwsPlatform(PlatformBase):
         self.require(Capability.REFRESH, "kiln refresh")
         raise AssertionError("unreachable: REFRESH is not an AWS capability")
 
+    def destroy(
+        self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
+    ) -> Report:
+        self.require(Capability.DESTROY, "kiln destroy")
+        raise AssertionError("unreachable: DESTROY is not an AWS capability")
+
     def timeline(self, limit: int) -> list[dict[str, Any]]:
         """History records from AWS: one per operation, without steps (see kiln.ui.timeline)."""
         return [{**entry, "steps": []} for entry in self.history(limit, all_fleets=False)]

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "drift": "kiln.cli.lifecycle",
     "recycle": "kiln.cli.lifecycle",
     "refresh": "kiln.cli.lifecycle",
+    "destroy": "kiln.cli.lifecycle",
     "demo": "kiln.cli.demo",
     "deploy": "kiln.cli.deploy",
     "rollback": "kiln.cli.deploy",

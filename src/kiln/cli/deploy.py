@@ -229,13 +229,17 @@ def rollback_command(
 
 
 @cli.command("scale")
-@click.argument("size", type=click.IntRange(min=1))
+@click.argument("size", type=click.IntRange(min=0))
 @JSON
 @WAIT
 @PROVIDER
 @pass_state
 def scale_command(state: State, size: int, as_json: bool, wait: str | None, provider: str) -> None:
-    """Change the fleet's desired size; new instances come from the current image."""
+    """Change the fleet's desired size; new instances come from the current image.
+
+    0 stops every instance but keeps the fleet (a warning says so); 'kiln
+    destroy' removes it.
+    """
     narrator = _Narrator()
     engine = state.platform(provider).deployer(narrator)
     with _sigterm_as_ctrl_c(), narrator.live(True):

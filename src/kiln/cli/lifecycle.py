@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from kiln.cli.app import State, cli, pass_state, provider_option
@@ -149,4 +151,34 @@ def refresh_command(
     platform = state.platform(provider)
     with _sigterm_as_ctrl_c(), narrator.live(not as_json):
         report = platform.refresh(reason=reason, wait=timeout, on_event=narrator)
+    _conclude(report, as_json)
+
+
+@cli.command("destroy")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--reason", help="Why, recorded in the history.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--wait", metavar="TIMEOUT", help="Wait for a deployment holding the fleet.")
+@FLEET_PROVIDER
+@pass_state
+def destroy_command(
+    state: State, yes: bool, reason: str | None, as_json: bool, wait: str | None, provider: str
+) -> None:
+    """Remove the fleet: drain and stop every instance, free its listener, keep its history.
+
+    An unfinished deployment is abandoned and the warm standby stops too. A
+    later 'kiln deploy' of the same app starts a fresh fleet.
+    """
+    platform = state.platform(provider)
+    fleet = state.config().config.app.name
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"kiln destroy stops every instance of {fleet}", hint="pass --yes to confirm"
+            )
+        click.confirm(f"Stop every instance of {fleet} and forget the fleet?", abort=True)
+    timeout = parse_duration(wait) if wait else None
+    narrator = _Narrator()
+    with _sigterm_as_ctrl_c(), narrator.live(not as_json):
+        report = platform.destroy(reason=reason, wait=timeout, on_event=narrator)
     _conclude(report, as_json)

@@ -22,7 +22,15 @@ from kiln.deploy.gates import Gates, Trip
 from kiln.deploy.history import Result, who_am_i
 from kiln.deploy.journal import Deployment, Journal, Who
 from kiln.deploy.lock import HEARTBEAT_TTL, DeployLock
-from kiln.deploy.plan import STRATEGIES, Knobs, Plan, make_plan, rollback_plan
+from kiln.deploy.plan import (
+    STRATEGIES,
+    Knobs,
+    Plan,
+    Step,
+    make_plan,
+    rollback_plan,
+    unreplaced_failures,
+)
 from kiln.deploy.records import majority, next_record, result_of, summary
 from kiln.deploy.replace import replacement_plan
 from kiln.deploy.settings import Settings
@@ -161,9 +169,19 @@ class Engine:
             return self._start(plan, "rollback", reason)
 
     def scale(self, size: int, *, wait: float | None = None) -> Result:
-        """Change the desired size; new instances come from the current image."""
-        if size < 1:
-            raise DeployError("a fleet needs at least 1 instance", hint="kiln scale 1")
+        """Change the desired size; new instances come from the current image.
+
+        Size 0 stops every instance (the listener closes with the last one) but
+        keeps the fleet: a later scale or deploy brings it back.
+        """
+        if size < 0:
+            raise DeployError("a fleet cannot have fewer than 0 instances", hint="kiln scale 0")
+        if size == 0:
+            self._emit(
+                "warning",
+                f"scaling {self.fleet} to 0: every instance stops and nothing serves its "
+                "endpoint; 'kiln scale N' brings it back, 'kiln destroy' removes the fleet",
+            )
         with self._locked(wait):
             self._refuse_unfinished()
             self._reap_warm()
@@ -178,6 +196,29 @@ class Engine:
                 self._save(replace(rec, size=size, config_size=self.settings.size))
                 return Result(self.fleet, "unchanged", kind="scale", to_image=image)
             return self._start(plan, "scale", f"scale to {size}")
+
+    def destroy(self, *, reason: str | None = None, wait: float | None = None) -> Result:
+        """Remove the fleet: drain and stop every instance, forget its record, keep history.
+
+        An unfinished deployment is abandoned (marked failed); the warm standby
+        goes too. The provider closes the fleet's listener with its last
+        instance. A later ``deploy`` of the same app starts a fresh fleet.
+        """
+        with self._locked(wait):
+            dep = self.journal.unfinished(self.fleet)
+            if dep is not None:
+                why = f"abandoned by kiln destroy ({self.who})"
+                self.journal.finish(dep.id, "failed", why, dict(dep.figures), self.clock.now())
+            rec = self.db.fleet(self.fleet)
+            state = self.provider.describe(self.fleet)
+            doomed = tuple(i.id for i in state.live() + unreplaced_failures(state))
+            current = rec.current_image if rec else majority(state)
+            steps = (Step("terminate", instances=doomed, why="fleet destroyed"),) if doomed else ()
+            plan = Plan(self.fleet, "rolling", None, current, 0, steps)
+            result = self._start(plan, "destroy", reason or "kiln destroy")
+            if result.ok:
+                self.db.delete_fleet(self.fleet)
+            return result
 
     def replace_instances(
         self,
@@ -449,6 +490,10 @@ class Engine:
         self._save_ending(state, rec, plan.image, dep.from_image, plan.size, warm)
         now = self.clock.now()
         message = f"{self.fleet} serves {plan.image} on {plan.size} instance(s)"
+        if dep.kind == "destroy":
+            message = f"{self.fleet} destroyed: its instances stopped, its listener closed"
+        elif plan.size == 0:
+            message = f"{self.fleet} scaled to 0: nothing serves {self.fleet}"
         if warm:
             message += f"; {dep.from_image} kept warm for {self.settings.keep_warm:g}s"
         self.journal.finish(dep.id, "succeeded", message, self._figures, now)

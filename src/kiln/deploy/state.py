@@ -172,6 +172,11 @@ class StateDb:
         rows = self.conn.execute("SELECT fleet FROM deploy_fleets ORDER BY fleet")
         return [r["fleet"] for r in rows]
 
+    def delete_fleet(self, name: str) -> None:
+        """Forget a destroyed fleet; its deployments (the history) stay."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM deploy_fleets WHERE fleet=?", (name,))
+
     def save_fleet(self, record: FleetRecord, now: float) -> None:
         with self.transaction() as conn:
             conn.execute(

@@ -152,6 +152,12 @@ class LocalPlatform(PlatformBase):
             annotate=lambda i: {"stale": _stale(i)},
         )
 
+    def destroy(
+        self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
+    ) -> Report:
+        result = self.engine(on_event).destroy(reason=reason, wait=wait)
+        return Report(result.to_json(), result=result)
+
     def refresh(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
     ) -> Report:
