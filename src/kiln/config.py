@@ -346,6 +346,13 @@ class LocalSettings(Section):
         le=1 << 40,
         description="Per-instance log size cap, in bytes.",
     )
+    log_retention: Duration = Field(
+        default=900.0,
+        ge=0,
+        le=366 * 86400,
+        description="How long an ended instance stays in `kiln status` and its log in "
+        '`kiln logs`, e.g. "15m" or "7d".',
+    )
     stop_timeout: Duration = Field(
         default=10.0, ge=0, description="Time between SIGTERM and SIGKILL when stopping."
     )

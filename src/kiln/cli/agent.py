@@ -6,15 +6,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 from rich.table import Table
 
 from kiln.cli.app import State, cli, pass_state
 from kiln.cli.output import console, emit_json, note
+from kiln.durations import parse_duration
 from kiln.errors import KilnError
+from kiln.home import Home
 from kiln.local.agent import log_path, read_pid, serve
 from kiln.local.client import AgentClient, agent_status, start_agent, stop_agent
+from kiln.local.logtimes import timed_lines
 from kiln.local.procs import log_tail
 from kiln.local.provider import instance_log
 
@@ -96,7 +100,7 @@ def agent_run(state: State) -> None:
 
 
 @cli.command()
-@click.argument("instance")
+@click.argument("instance", required=False)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option(
     "-n",
@@ -106,15 +110,104 @@ def agent_run(state: State) -> None:
     show_default=True,
     help="Lines to show first.",
 )
+@click.option("--since", metavar="AGE", help="Only lines written in the last AGE, e.g. 10m.")
 @pass_state
-def logs(state: State, instance: str, follow: bool, lines: int) -> None:
-    """Show an instance's log (stdout and stderr)."""
-    path = instance_log(state.home(), instance)
-    text = log_tail(path, lines)
-    if text:
-        click.echo(text)
+def logs(state: State, instance: str | None, follow: bool, lines: int, since: str | None) -> None:
+    """Show logs (stdout and stderr): one instance's, or every instance of the fleet.
+
+    Without INSTANCE, the lines of every instance of this app's fleet (ended
+    ones too, for [provider.local] log_retention) are interleaved by time,
+    each prefixed with its time (UTC) and instance id.
+    """
+    try:
+        cutoff = time.time() - parse_duration(since) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    home = state.home()
+    if instance is not None:
+        path = instance_log(home, instance)
+        if cutoff is None:
+            text = log_tail(path, lines)
+        else:
+            recent = [line for at, line in timed_lines(path) if at >= cutoff]
+            text = "\n".join(recent[-lines:] if lines else [])
+        if text:
+            click.echo(text)
+        if follow:
+            _follow(path, lambda: _still_running(state, instance))
+        return
+    fleet = state.config().config.app.name
+    known = _fleet_logs(home, fleet)
+    merged = sorted(
+        (at, iid, line)
+        for iid, (path, _live) in known.items()
+        for at, line in timed_lines(path)
+        if cutoff is None or at >= cutoff
+    )
+    for at, iid, line in merged[-lines:] if lines else []:
+        click.echo(f"{_clock(at)} {iid}  {line}")
     if follow:
-        _follow(path, lambda: _still_running(state, instance))
+        _follow_fleet(home, fleet, known)
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}"
+
+
+def _fleet_logs(home: Home, fleet: str) -> dict[str, tuple[Path, bool]]:
+    """Every instance of the fleet the agent still knows: its log, and whether it is live."""
+    try:
+        data = AgentClient(home).get(f"/v1/fleets/{quote(fleet, safe='')}", timeout=10.0)
+    except KilnError:
+        return {}
+    return {
+        i["id"]: (Path(i["log"]), i["state"] not in ("failed", "terminated"))
+        for i in data.get("instances", [])
+        if i.get("log")
+    }
+
+
+def _follow_fleet(home: Home, fleet: str, known: dict[str, tuple[Path, bool]]) -> None:
+    """Print each instance's new lines as they come, prefixed; new instances join in.
+
+    Ends once the fleet has no live instance left and everything is printed.
+    """
+    offsets = {iid: _size(path) for iid, (path, _live) in known.items()}
+    partial: dict[str, bytes] = {}
+    polls = 0
+    while True:
+        if polls % 10 == 0:
+            known = _fleet_logs(home, fleet) or known
+            for iid in known:
+                offsets.setdefault(iid, 0)  # started since: all of it is new
+        printed = False
+        for iid, (path, _live) in known.items():
+            size = _size(path)
+            if size < offsets[iid]:
+                offsets[iid] = 0  # capped: it starts again
+            if size > offsets[iid]:
+                with path.open("rb") as f:
+                    f.seek(offsets[iid])
+                    data = partial.pop(iid, b"") + f.read(size - offsets[iid])
+                offsets[iid] = size
+                *complete, rest = data.split(b"\n")
+                if rest:
+                    partial[iid] = rest
+                for raw in complete:
+                    text = raw.rstrip(b"\r").decode("utf-8", "replace")
+                    click.echo(f"{_clock(time.time())} {iid}  {text}")
+                printed = True
+        if not printed and polls % 10 == 0 and not any(live for _p, live in known.values()):
+            return
+        polls += 1
+        time.sleep(0.2)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _still_running(state: State, instance: str) -> bool:

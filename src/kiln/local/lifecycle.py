@@ -92,6 +92,7 @@ class Lifecycle:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.health_tasks: dict[str, asyncio.Task[None]] = {}
         self.stopping: set[str] = set()  # ids whose retirement is under way
+        self._log_sizes: dict[str, int] = {}  # log path -> size at the last time note
         self.booting: set[str] = set()  # ids recorded by this agent, not yet spawned
         self._listening = asyncio.Lock()
         self.lb = BalancerLink(home, self.lb_config)

@@ -38,6 +38,7 @@ class FleetSettings:
     drain: float = 10.0
     stop_timeout: float = 10.0
     log_max_bytes: int = 10 * 1024 * 1024
+    log_retention: float = 900.0  # [provider.local] log_retention: ended instances, then gone
     secrets: dict[str, str] = field(default_factory=dict)  # NAME -> 'env:VAR' | 'file:/path'
     max_age: float | None = None  # [fleet] max_age: the agent recycles older instances
     isolate: bool = False  # [provider.local] isolate: one unprivileged uid per instance
@@ -59,6 +60,7 @@ class FleetSettings:
             drain=cfg.fleet.drain,
             stop_timeout=local.stop_timeout,
             log_max_bytes=local.log_max_bytes,
+            log_retention=local.log_retention,
             secrets=dict(cfg.secrets),
             max_age=cfg.fleet.max_age,
             isolate=local.isolate,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import InstanceNotFound, KilnError, ProviderError
-from kiln.local import procs, recovery, recycler, uids
+from kiln.local import logtimes, procs, recovery, recycler, uids
 from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
 from kiln.local.routes import Routes, claim_error, tls_mismatch
@@ -28,7 +28,7 @@ from kiln.provider import InstanceState
 
 log = logging.getLogger("kiln.agent")
 TICK = 0.2  # seconds between two looks at the processes
-KEEP_FINISHED = 900.0  # how long terminated/failed instances stay visible
+KEEP_FINISHED = 900.0  # ended instances of a fleet the agent no longer knows stay this long
 MAX_BACKOFF = 30.0
 KEEP_TREES = 3600.0  # an image's shared tree outlives its last instance this long (rollbacks)
 CORRUPT_RECHECK = 5.0  # an image with quarantined objects: a cheap look, no launch
@@ -293,6 +293,9 @@ class Supervisor(Lifecycle):
         self._listened(self.lb.last)
         for fleet in list(self.fleets.values()):
             await self._reconcile(fleet)
+        if ticks % 5 == 0:  # once a second: how far each live log got, capped if too big
+            logs = [(Path(r.log), self._log_cap(r)) for r in self.instances.values() if r.live]
+            self.background(asyncio.to_thread(_note_logs, logs, self._log_sizes))
         if ticks % 25 == 0:
             self._housekeeping()
             self._recycle_old()
@@ -375,23 +378,26 @@ class Supervisor(Lifecycle):
                 self.background(recycler.recycle(self, fleet, victim))
 
     def _housekeeping(self) -> None:
+        """Forget ended instances (and their logs) after their fleet's log_retention."""
         now = time.time()
-        caps: list[tuple[Path, int]] = []
         doomed: list[Path] = []
         for rec in list(self.instances.values()):
             if rec.live:
-                caps.append((Path(rec.log), self._log_cap(rec)))
                 continue
             finished = max(rec.times.values(), default=rec.launched_at)
-            if now - finished > KEEP_FINISHED:
+            fleet = self.fleets.get(rec.fleet)
+            retention = fleet.settings.log_retention if fleet else KEEP_FINISHED
+            if now - finished > retention:
                 del self.instances[rec.id]
                 self.db.delete_instance(rec.id)
-                doomed += [Path(rec.log), Path(rec.log + ".1")]
+                doomed.append(Path(rec.log))
+                self._log_sizes.pop(rec.log, None)
                 self.lb.changed()  # its counters go too
-        self.background(asyncio.to_thread(_tidy_logs, caps, doomed))
-        keep = {r.image for r in self.instances.values() if r.live}
-        keep |= {image for fleet in self.fleets.values() for image in fleet.groups}
-        self.background(asyncio.to_thread(self.trees.prune, keep, KEEP_TREES))
+        if doomed:
+            self.background(asyncio.to_thread(_remove_logs, doomed))
+        used = {r.image for r in self.instances.values() if r.live}
+        used |= {image for fleet in self.fleets.values() for image in fleet.groups}
+        self.background(asyncio.to_thread(self.trees.prune, used, KEEP_TREES))
 
     def _log_cap(self, rec: InstanceRecord) -> int:
         fleet = self.fleets.get(rec.fleet)
@@ -477,9 +483,12 @@ class Supervisor(Lifecycle):
         self.lb.close()  # otherwise it keeps serving until the next agent adopts it
 
 
-def _tidy_logs(caps: list[tuple[Path, int]], doomed: list[Path]) -> None:
-    """Cap live instances' logs, delete expired ones (file work: runs in a thread)."""
-    for path, cap in caps:
-        procs.cap_log(path, cap)
-    for path in doomed:
-        path.unlink(missing_ok=True)
+def _note_logs(logs: list[tuple[Path, int]], sizes: dict[str, int]) -> None:
+    """Time notes (and size caps) of live logs (file work: runs in a thread)."""
+    for path, cap in logs:
+        logtimes.note(path, sizes, cap)
+
+
+def _remove_logs(logs: list[Path]) -> None:
+    for path in logs:
+        logtimes.remove(path)
