@@ -11,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import pytest
 from localtest import free_port, gone, http_get, serving, wait_for, write_config
 
 from kiln.config import load_config
-from kiln.errors import ProviderError
+from kiln.errors import AgentError, ProviderError
 from kiln.home import Home
-from kiln.local.client import agent_status, start_agent
+from kiln.local.client import AgentClient, agent_status, start_agent
 from kiln.local.provider import LocalProvider
 
 
@@ -82,3 +85,29 @@ def test_a_missing_secret_fails_in_the_command_before_the_agent_is_asked(
     with pytest.raises(ProviderError, match="environment variable KILN_TEST_NOT_SET is not set"):
         LocalProvider(local_home, config).launch("web", image, 1)
     assert agent_status(local_home) is None  # nothing was started, nothing changed
+
+
+def test_an_agent_dying_under_a_status_call_counts_as_not_running(local_home: Home) -> None:
+    """A SIGKILLed agent's last thread can hold its socket a moment after the process
+    shows as a zombie: a connection then is accepted and reset. Not an error for a
+    status probe (a new agent is started); a POST is never silently retried."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(local_home.agent_socket))
+    server.listen()
+
+    def reset_all() -> None:
+        for _ in range(2):
+            conn, _addr = server.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    thread = threading.Thread(target=reset_all, daemon=True)
+    thread.start()
+    try:
+        assert agent_status(local_home) is None
+        with pytest.raises(AgentError, match="did not answer POST"):
+            AgentClient(local_home).post("/v1/shutdown", {})
+    finally:
+        thread.join(5)
+        server.close()
+        local_home.agent_socket.unlink(missing_ok=True)

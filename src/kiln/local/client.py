@@ -74,6 +74,11 @@ class AgentClient:
                 raise AgentNotRunning(f"no agent answers on {self.home.agent_socket}") from exc
             response = conn.getresponse()
             raw = response.read()
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            if method != "GET":  # it may have acted: never retried behind the caller's back
+                raise AgentError(f"the agent did not answer {method} {path}: {exc}") from exc
+            # an agent killed a moment ago: its last thread still held the socket
+            raise AgentNotRunning(f"the agent on {self.home.agent_socket} was stopping") from exc
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             raise AgentError(f"the agent did not answer {method} {path}: {exc}") from exc
         finally:
