@@ -65,6 +65,7 @@ def _kiln_run(app: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.timeout(900)  # three bakes' worth of Django processes: minutes on a busy machine
 def test_django_admin_static_and_migrations_on_the_first_try(site: Path) -> None:
     urls = site / "mysite" / "urls.py"
     kiln = Kiln(site)
