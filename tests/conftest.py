@@ -20,6 +20,8 @@ def _isolated_home(
     base = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("KILN_HOME", str(base / "kiln"))
     monkeypatch.setenv("HOME", str(base))
+    # kiln ci init: this checkout has no address a runner could install it from
+    monkeypatch.setenv("KILN_CI_INSTALL", "kiln-deploy @ git+https://example.org/kiln.git@0123abc")
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -49,6 +50,7 @@ class PipelineSpec:
     test_commands: tuple[str, ...]
     has_requirements: bool
     region: str | None
+    bake_script: str | None = None  # the app's own scripts/build-ami.sh (AWS), if it has one
 
 
 def next_step(spec: PipelineSpec) -> str:
@@ -63,18 +65,67 @@ def next_step(spec: PipelineSpec) -> str:
     return "register a runner on the fleet's host, commit the file and push"
 
 
+INSTALL_ENV = "KILN_CI_INSTALL"
+# An AWS app's own bake step (examples/acebook has one): it checks the deploy
+# user's keys and the region, then runs kiln bake; the pipeline runs it when present.
+BAKE_SCRIPT = "scripts/build-ami.sh"
+
+
 def default_install() -> str:
-    """How runners install the kiln that wrote the pipeline: its git commit if it
-    was installed from git, else this version from the package index."""
+    """How runners install the kiln that wrote the pipeline, as a pip requirement.
+
+    kiln-deploy is not on the package index, so a version pin alone would not
+    install: ``$KILN_CI_INSTALL`` when set; else the git commit kiln was
+    installed from; else, for a checkout installed by path, its ``origin``
+    remote at the checked-out commit; else, installed from an index, that
+    version. Anything else (a local wheel, a checkout without a remote) has
+    no address a runner can reach: say so rather than write a line that fails.
+    """
+    explicit = os.environ.get(INSTALL_ENV, "").strip()
+    if explicit:
+        return explicit
     try:
         raw = metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
-        origin = json.loads(raw or "{}")
-    except (metadata.PackageNotFoundError, json.JSONDecodeError):
+    except metadata.PackageNotFoundError:
+        raw = None
+    if not raw:
+        return f"{DISTRIBUTION}=={__version__}"  # from an index, which therefore has it
+    try:
+        origin = json.loads(raw)
+    except json.JSONDecodeError:
         origin = {}
+    url = str(origin.get("url") or "")
     vcs = origin.get("vcs_info") or {}
-    if vcs.get("vcs") == "git" and vcs.get("commit_id") and origin.get("url"):
-        return f"{DISTRIBUTION} @ git+{origin['url']}@{vcs['commit_id']}"
-    return f"{DISTRIBUTION}=={__version__}"
+    if vcs.get("vcs") == "git" and vcs.get("commit_id") and url:
+        return f"{DISTRIBUTION} @ git+{url}@{vcs['commit_id']}"
+    if "dir_info" in origin and url.startswith("file://"):
+        found = _checkout_remote(Path(url.removeprefix("file://")))
+        if found:
+            return f"{DISTRIBUTION} @ git+{found[0]}@{found[1]}"
+    raise CiError(
+        f"cannot tell how a CI runner can install this kiln (installed from {url or '?'}, "
+        "which a runner cannot reach)",
+        hint=f"pass --install 'kiln-deploy @ git+https://HOST/ORG/kiln@COMMIT' (or a wheel's "
+        f"URL), or set {INSTALL_ENV}",
+    )
+
+
+def _checkout_remote(path: Path) -> tuple[str, str] | None:
+    """(origin URL as https or file, HEAD commit) of the git checkout at ``path``."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(path), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    remote, commit = git("config", "--get", "remote.origin.url"), git("rev-parse", "HEAD")
+    scp = re.match(r"^[\w.-]+@([\w.-]+):(.+)$", remote)
+    if scp:  # git@github.com:org/kiln.git -> https://github.com/org/kiln.git
+        remote = f"https://{scp.group(1)}/{scp.group(2)}"
+    if not commit or not remote.startswith(("https://", "http://", "file://")):
+        return None
+    return remote, commit
 
 
 def find_repo_root(start: Path) -> Path:
@@ -130,6 +181,9 @@ def plan_pipeline(
         test_commands=_test_commands(app_dir, test_command),
         has_requirements=(app_dir / "requirements.txt").is_file(),
         region=region,
+        bake_script=BAKE_SCRIPT
+        if provider == "aws" and (app_dir / BAKE_SCRIPT).is_file()
+        else None,
     )
 
 
@@ -155,12 +209,22 @@ def render_pipeline(spec: PipelineSpec) -> str:
         "python": spec.python,
         "install_command": _scalar(_install_command(spec)),
         "provider": spec.provider,
-        # an AMI must boot and pass its health check before the deploy step takes it
-        "bake_flags": " --boot-test" if spec.provider == "aws" else "",
         "workdir": spec.workdir,
         "setup_note": _setup_note(spec),
+        "bake_command": _bake_command(spec),
     }
     return _fill(template.read_text(encoding="utf-8"), values)
+
+
+def _bake_command(spec: PipelineSpec) -> str:
+    """The app's build-ami.sh (it passes its arguments on to kiln bake), else kiln bake.
+
+    On AWS an AMI must boot and pass its health check before the deploy step takes it.
+    """
+    flags = " --boot-test" if spec.provider == "aws" else ""
+    if spec.bake_script:
+        return f"{spec.bake_script}{flags}"
+    return f"kiln bake --provider {spec.provider}{flags} --json"
 
 
 def _install_command(spec: PipelineSpec) -> str:

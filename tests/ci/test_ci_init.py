@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import shlex
 import subprocess
+import sys
+import threading
 from collections.abc import Callable
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,23 +202,111 @@ def test_options_shape_the_pipeline(kiln: Kiln) -> None:
     assert steps[-1] == {"name": "Test", "run": "make check: all"}
 
 
-def test_runners_install_the_kiln_that_wrote_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Installed from git: pin that commit. Otherwise: this version from the index."""
+class Dist:
+    def __init__(self, direct_url: str | None) -> None:
+        self.direct_url = direct_url
+
+    def read_text(self, name: str) -> str | None:
+        return self.direct_url if name == "direct_url.json" else None
+
+
+def test_runners_install_the_kiln_that_wrote_the_pipeline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """kiln-deploy is not on the package index: a version pin is used only for a kiln
+    installed from an index; otherwise a git commit, or a clear error."""
     from kiln import ci
+    from kiln.errors import CiError
 
-    class Dist:
-        def __init__(self, direct_url: str | None) -> None:
-            self.direct_url = direct_url
-
-        def read_text(self, name: str) -> str | None:
-            return self.direct_url if name == "direct_url.json" else None
-
+    monkeypatch.delenv("KILN_CI_INSTALL")
     git = '{"url": "https://example.org/kiln.git", "vcs_info": {"vcs": "git", "commit_id": "abc1"}}'
     monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(git))
     assert ci.default_install() == "kiln-deploy @ git+https://example.org/kiln.git@abc1"
-    local = '{"url": "file:///src/kiln", "dir_info": {"editable": true}}'
-    monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(local))
+    monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(None))
     assert ci.default_install() == f"kiln-deploy=={ci.__version__}"
+    # a checkout installed by path: its origin, at the commit checked out
+    checkout = tmp_path / "kiln"
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    subprocess.run(
+        ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t",
+         "commit", "-q", "--allow-empty", "-m", "x"],
+        check=True,
+    )  # fmt: skip
+    local = json.dumps({"url": f"file://{checkout}", "dir_info": {"editable": True}})
+    monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(local))
+    with pytest.raises(CiError, match="cannot tell how a CI runner can install") as unknown:
+        ci.default_install()  # no remote: nothing a runner could reach
+    assert unknown.value.hint and "--install" in unknown.value.hint
+    remote = ["git", "-C", str(checkout), "remote", "add", "origin"]
+    subprocess.run([*remote, "git@github.com:acme/kiln.git"], check=True)
+    head = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert ci.default_install() == f"kiln-deploy @ git+https://github.com/acme/kiln.git@{head}"
+    monkeypatch.setenv("KILN_CI_INSTALL", "kiln-deploy @ https://example.org/kiln.whl")
+    assert ci.default_install() == "kiln-deploy @ https://example.org/kiln.whl"
+
+
+@pytest.mark.slow
+def test_the_generated_install_line_installs_kiln_from_its_repository(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The pipeline's own pip line, run against this checkout's repository (a bare
+    clone served over HTTP on 127.0.0.1 stands in for its git host): pip builds
+    kiln-deploy from that commit."""
+    from kiln import ci
+
+    monkeypatch.delenv("KILN_CI_INSTALL")
+    repo = Path(__file__).resolve().parents[2]
+    bare = tmp_path / "kiln.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(bare)], check=True)
+    subprocess.run(["git", "-C", str(bare), "update-server-info"], check=True)  # dumb HTTP
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/kiln.git"
+        work = tmp_path / "work"
+        subprocess.run(["git", "clone", "-q", url, str(work)], check=True)
+        local = json.dumps({"url": f"file://{work}", "dir_info": {"editable": True}})
+        monkeypatch.setattr(ci.metadata, "distribution", lambda name: Dist(local))
+        spec = ci.default_install()
+        assert spec.startswith(f"kiln-deploy @ git+{url}@")
+        _pip_wheel(ci, spec, tmp_path / "wheels")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _pip_wheel(ci: Any, spec: str, out: Path) -> None:
+    command = shlex.split(ci._install_command(ci.PipelineSpec(
+        "github", "aws", "shop", ".", "3.11", spec, (), False, None
+    )))  # fmt: skip
+    assert command[:4] == ["python", "-m", "pip", "install"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+         "-w", str(out), *command[4:]],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [w.name.split("-")[:2] for w in out.glob("*.whl")] == [["kiln_deploy", ci.__version__]]
+
+
+def test_aws_deploy_stage_runs_the_apps_build_ami_script(kiln: Kiln) -> None:
+    """An app with scripts/build-ami.sh (as examples/acebook) bakes with it, with the
+    deploy user's keys from the job's environment, on pushes to the default branch."""
+    repo = app_in_repo(kiln)
+    (kiln.cwd / "scripts").mkdir()
+    (kiln.cwd / "scripts/build-ami.sh").write_text("#!/bin/sh\n")
+    kiln("ci", "init", "github")
+    deploy = load(repo / ".github/workflows/deploy.yml")["jobs"]["deploy"]
+    runs = [step.get("run", "") for step in deploy["steps"]]
+    assert 'scripts/build-ami.sh --boot-test > "$RUNNER_TEMP/bake.json"' in runs
+    assert deploy["if"] == DEFAULT_BRANCH_ONLY
+    assert deploy["env"]["AWS_ACCESS_KEY_ID"] == "${{ secrets.AWS_ACCESS_KEY_ID }}"
+    kiln("ci", "init", "gitlab")
+    script = load(repo / ".gitlab-ci.yml")["deploy"]["script"]
+    assert "scripts/build-ami.sh --boot-test > .kiln/bake.json" in script
 
 
 def test_aws_pipelines_reap_leftovers_of_cancelled_bakes_on_a_schedule(kiln: Kiln) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bake a new AMI of this app from the code in this checkout (CI deploy stage).
 #
-#   AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... [AWS_REGION=...] scripts/build-ami.sh
+#   AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... [AWS_REGION=...] scripts/build-ami.sh [kiln bake options]
 #
 # The keys are the deploy user's (`kiln aws create-deploy-user --team NAME`
 # prints them once; store them as CI secrets). The region comes from
@@ -34,4 +34,4 @@ kiln="${KILN:-kiln}"
 command -v "$kiln" >/dev/null 2>&1 || fail "'$kiln' not found: pip install kiln-deploy (or set KILN=/path/to/kiln)"
 
 cd "$app_dir"
-exec "$kiln" bake --provider aws --json
+exec "$kiln" bake --provider aws --json "$@"  # e.g. --boot-test, as CI passes
