@@ -1,9 +1,13 @@
-"""``moto_server`` with the one AWS behaviour kiln relies on that moto 5.2 lacks.
+"""``moto_server`` with the AWS behaviour kiln relies on that moto 5.2 lacks.
 
-``CreateImage`` with a ``snapshot`` TagSpecification tags every snapshot the
-image gets (AWS documents it; moto raises NotImplementedError). kiln tags its
-snapshots that way so a bake killed mid-wait leaves nothing prune cannot
-delete, so the tests run moto with that behaviour added, nothing else changed.
+- ``CreateImage`` with a ``snapshot`` TagSpecification tags every snapshot the
+  image gets (AWS documents it; moto raises NotImplementedError). kiln tags
+  its snapshots that way so a bake killed mid-wait leaves nothing prune
+  cannot delete.
+- ``DeleteLaunchTemplateVersions`` (moto has no such action): the versions
+  are gone from every later describe; numbering and the default are kept.
+
+Nothing else changes.
 
     python motopatched.py -H 127.0.0.1 -p PORT
 """
@@ -13,7 +17,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from moto.core.responses import ActionResult
 from moto.ec2.models.amis import AmiBackend
+from moto.ec2.models.launch_templates import LaunchTemplateBackend
+from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.server import main
 
 _create_image = AmiBackend.create_image
@@ -36,6 +43,37 @@ def create_image(
 
 
 AmiBackend.create_image = create_image  # type: ignore[method-assign]
+
+_describe_versions = LaunchTemplateBackend.describe_launch_template_versions
+
+
+def describe_launch_template_versions(self: Any, *args: Any, **kwargs: Any) -> Any:
+    found = _describe_versions(self, *args, **kwargs)
+    return [(t, v) for t, v in found if not getattr(v, "kiln_deleted", False)]
+
+
+def delete_launch_template_versions(self: Any) -> Any:
+    """EC2's DeleteLaunchTemplateVersions: any version but the default."""
+    template = self.ec2_backend.get_launch_template_by_name(self._get_param("LaunchTemplateName"))
+    deleted, refused = [], []
+    for number in self._get_param("Versions", []):
+        version = template.versions[int(number) - 1]
+        entry = {"LaunchTemplateName": template.name, "VersionNumber": int(number)}
+        if template.is_default(version):
+            refused.append({**entry, "ResponseError": {"Code": "launchTemplateVersionIsDefault"}})
+            continue
+        version.kiln_deleted = True
+        deleted.append(entry)
+    return ActionResult(
+        {
+            "SuccessfullyDeletedLaunchTemplateVersions": deleted,
+            "UnsuccessfullyDeletedLaunchTemplateVersions": refused,
+        }
+    )
+
+
+LaunchTemplateBackend.describe_launch_template_versions = describe_launch_template_versions  # type: ignore[method-assign]
+LaunchTemplates.delete_launch_template_versions = delete_launch_template_versions  # type: ignore[attr-defined]
 
 if __name__ == "__main__":
     main(sys.argv[1:])

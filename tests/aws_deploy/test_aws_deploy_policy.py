@@ -20,6 +20,7 @@ import pytest
 
 from aws.policywalk import lint
 from aws_deploy.awsworld import World
+from kiln.aws import groups
 from kiln.aws.awsstate import AwsLock
 from kiln.aws.deployments import AwsDeployments
 from kiln.aws.groups import launch_failure
@@ -50,8 +51,14 @@ def record(aws: Aws) -> set[str]:
 
 
 def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
-    world: World, home: Home, tmp_path: Path, good_app: str, bad_app: str
+    world: World,
+    home: Home,
+    tmp_path: Path,
+    good_app: str,
+    bad_app: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(groups, "KEEP_TEMPLATE_VERSIONS", 4)  # old versions get deleted
     calls = record(world.deploy)  # before the first client exists: every call is seen
     images = ["img-p00000000001", "img-p00000000002", "img-p00000000003", "img-pbad00000001"]
     for image in images:

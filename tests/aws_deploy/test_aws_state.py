@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from aws_deploy.awsworld import World
+from kiln.aws import groups
 from kiln.aws.awsstate import AwsLock, lock_name
 from kiln.aws.deployments import AwsDeployments
 from kiln.aws.session import connect
@@ -228,3 +229,30 @@ def test_the_lock_stays_alive_through_a_drain_longer_than_its_ttl(
     worker.join()
     assert outcome and outcome[0].ok, outcome
     assert refused >= 8  # the deploy (with its 4s drain) outlived the ttl several times
+
+
+def test_old_template_versions_are_deleted_but_history_and_live_groups_keep_theirs(
+    world: World, home: Home, tmp_path: Path, good_app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each operation adds template versions (EC2 allows 10,000, and history pages
+    through all of them): only the newest N, the default and those in use stay."""
+    monkeypatch.setattr(groups, "KEEP_TEMPLATE_VERSIONS", 3)
+    images = [f"img-t0000000000{n}" for n in range(1, 5)]
+    for image in images:
+        world.ami(image)
+        world.addresses[image] = good_app
+    fleet = runner(world, home, tmp_path)
+    for image in images:
+        assert fleet.deploy(image).ok
+    name = f"kiln-{world.app}"
+    left = world.admin.ec2.describe_launch_template_versions(LaunchTemplateName=name)
+    numbers = sorted(int(v["VersionNumber"]) for v in left["LaunchTemplateVersions"])
+    used = {
+        int(grp["LaunchTemplate"]["Version"])
+        for grp in world.groups().values()
+        if grp["LaunchTemplate"]["Version"].isdigit()
+    }
+    assert numbers[-1] == 8 and set(numbers) == {6, 7, 8} | used, numbers  # 2 per deploy
+    assert 1 not in numbers and used <= set(numbers)
+    assert fleet.history()[0]["to"] == images[-1]  # the newest history is kept
+    assert fleet.rollback().ok  # and the group kept for rollback still launches

@@ -231,6 +231,9 @@ class AwsDeployments:
             return
         text = st.history_record(result, str(self.who), self.who.commit, self.clock.now())
         st.write_history(self.aws, self.fleet, text, record.current_image if record else None)
+        in_use = {grp.template_version for grp in groups}
+        in_use |= {m.template_version for grp in groups for m in grp.members}
+        g.prune_template_versions(self.aws, self.fleet, in_use)
 
     # recycle ----------------------------------------------------------------------
 

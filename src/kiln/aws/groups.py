@@ -328,3 +328,29 @@ def tag_group(aws: Aws, name: str, tags: dict[str, str]) -> None:
                 for k, v in tags.items()
             ]
         )
+
+
+KEEP_TEMPLATE_VERSIONS = 100  # newest versions kept (the history kiln aws history shows)
+
+
+def prune_template_versions(aws: Aws, fleet: str, in_use: Iterable[str]) -> list[int]:
+    """Delete old versions of the fleet's template; the versions deleted.
+
+    Kept: the newest ``KEEP_TEMPLATE_VERSIONS`` (the history), the default, and
+    every version a group or instance still uses. EC2 allows 10,000 versions
+    per template, and every history read pages through all of them.
+    """
+    versions = template_versions(aws, fleet)  # newest first
+    keep = {str(v["VersionNumber"]) for v in versions[:KEEP_TEMPLATE_VERSIONS]}
+    keep |= {str(v["VersionNumber"]) for v in versions if v.get("DefaultVersion")}
+    keep |= {str(v) for v in in_use if str(v)}
+    doomed = sorted(
+        int(v["VersionNumber"]) for v in versions if str(v["VersionNumber"]) not in keep
+    )
+    with aws_errors(f"deleting old versions of launch template {template_name(fleet)}"):
+        for start in range(0, len(doomed), 200):  # EC2 takes 200 a call
+            aws.ec2.delete_launch_template_versions(
+                LaunchTemplateName=template_name(fleet),
+                Versions=[str(n) for n in doomed[start : start + 200]],
+            )
+    return doomed

@@ -226,7 +226,11 @@ DEPLOY_RULES: tuple[Rule, ...] = (
     Rule(
         sid="KilnDeployOwnLaunchTemplates",
         purposes=_p("deploy"),
-        actions=("ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate"),
+        actions=(
+            "ec2:CreateLaunchTemplateVersion",
+            "ec2:DeleteLaunchTemplateVersions",  # old history beyond the newest 100
+            "ec2:ModifyLaunchTemplate",
+        ),
         resources=(_OWN + "launch-template/*",),
         condition=_FLEET_OWNED,
     ),
