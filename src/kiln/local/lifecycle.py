@@ -7,17 +7,19 @@ subclass) adds the fleet-level operations the API exposes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kiln.drift import baseline_path, record_baseline
 from kiln.errors import KilnError, ProviderError
@@ -54,6 +56,16 @@ class FleetRuntime:
     recycle_after: float = 0.0  # no max_age recycling before this (after a failure)
 
 
+T = TypeVar("T")
+FILE_WORK_NICE = 10  # niceness of the file-tree threads (spawns never run on them)
+
+
+def _lower_priority() -> None:
+    """Nice this thread alone (Linux: PRIO_PROCESS with 0 is the calling thread)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, FILE_WORK_NICE)
+
+
 def remove_instance_dir(where: str) -> None:
     """An instance's directory and its drift baseline, gone (file-tree work: a thread)."""
     if where:
@@ -86,6 +98,9 @@ class Lifecycle:
         self.db = db
         self.store = store
         self.trees = ImageTrees(store, home.agent_dir / "trees")
+        self._files = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="kiln-files", initializer=_lower_priority
+        )
         self.logs = home.agent_dir / "logs"
         self.fleets: dict[str, FleetRuntime] = {}
         self.instances: dict[str, InstanceRecord] = {}
@@ -105,6 +120,14 @@ class Lifecycle:
         if self._launch_key is None:
             self._launch_key = load_key(self.home)
         return self._launch_key
+
+    async def file_work(self, call: Callable[[], T]) -> T:
+        """Run file-tree work (materialize, remove, hash) on a low-priority thread.
+
+        Off the loop, and niced: on a small host it must not take the CPU that
+        the balancer and the instances serving requests need.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._files, call)
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -238,10 +261,10 @@ class Lifecycle:
             self.save(rec)
             # shared, read-only files only for an instance that cannot write them
             share = fleet.settings.isolate or os.geteuid() != 0
-            manifest = await asyncio.to_thread(
+            manifest = await self.file_work(
                 partial(self.trees.materialize, rec.image, Path(rec.dir), share=share)
             )
-            await asyncio.to_thread(record_baseline, Path(rec.dir))  # cheap `kiln drift`
+            await self.file_work(partial(record_baseline, Path(rec.dir)))  # cheap `kiln drift`
             secrets = pick(fleet.settings.secrets, fleet.secrets)
             env = instance_env(manifest.env) | secrets
             check_interpreter(manifest.python, env["PATH"])
@@ -273,7 +296,7 @@ class Lifecycle:
         if rec.terminating or not rec.live:  # terminated while it was being prepared
             procs.signal_group(proc.pid, signal.SIGKILL)
             await asyncio.to_thread(proc.wait)
-            await asyncio.to_thread(remove_instance_dir, rec.dir)
+            await self.file_work(partial(remove_instance_dir, rec.dir))
             return
         rec.pid = proc.pid
         rec.pid_start = procs.start_time(proc.pid)
@@ -378,7 +401,7 @@ class Lifecycle:
             self.sync_lb(fleet)
         self.save(rec)
         if rec.dir or rec.uid is not None:  # never on the loop every fleet's balancer runs on
-            self.background(asyncio.to_thread(dispose_instance_dir, rec.dir, rec.uid))
+            self.background(self.file_work(partial(dispose_instance_dir, rec.dir, rec.uid)))
 
     async def retire(
         self, fleet: FleetRuntime, rec: InstanceRecord, final: InstanceState, *, drain: bool
