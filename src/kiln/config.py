@@ -760,10 +760,3 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "kiln.toml"
     return schema
-
-
-# The names these sections had before they were called *Settings (they
-# collided with the runtime kiln.local.provider.LocalProvider and
-# kiln.aws.provider.AwsProvider); kept only until in-flight branches land.
-App, Health, Fleet, Canary = AppSettings, HealthSettings, FleetSettings, CanarySettings
-LocalProvider, AwsProvider, Providers = LocalSettings, AwsSettings, ProviderSettings

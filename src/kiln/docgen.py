@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from kiln.config import App, BuildStep, Config, _model_of
+from kiln.config import AppSettings, BuildStep, Config, _model_of
 from kiln.durations import format_duration
 
 _HEADER = """\
@@ -36,7 +36,7 @@ def render_config_reference() -> str:
                     parts.append(_section(f"provider.{sub}", submodel, subfield))
         elif model is not None:
             parts.append(_section(name, model, field))
-            if model is App:  # its build list may hold tables too: document them beside it
+            if model is AppSettings:  # its build list may hold tables too: document them beside it
                 parts.append(_section("app.build (a cached step)", BuildStep, field))
         else:
             parts.append(f"\n## [{name}]\n\n{field.description}\n")
