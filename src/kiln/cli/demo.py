@@ -208,7 +208,9 @@ class Demo:
 
     def _drift(self) -> None:
         status = json.loads(self.kiln("status", "--json", quiet=True))
-        victim = next(i for i in status["instances"] if i["state"] == "healthy")
+        victim = next(  # one that serves: a warm standby is out of the balancer
+            i for i in status["instances"] if i["state"] == "healthy" and i["in_service"]
+        )
         target = self.home / "instances" / victim["id"] / "posts.py"
         target.write_text(target.read_text() + "\n# hotfix applied by hand over ssh\n")
         console.print(f"  someone edited {victim['id']}'s posts.py in place")

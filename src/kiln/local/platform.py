@@ -206,18 +206,30 @@ class LocalPlatform(PlatformBase):
         report = fleet_drift(Store(self.home), fleet, loaded.config.app.writable)
         drifted = [d for d in report if d.drifted]
         result = None
-        if replace and drifted:
+        # A warm standby is out of the balancer: replacing it in place would put
+        # its (older) image back into service. It is reported, never replaced.
+        serving = {i.id for i in fleet.live() if i.in_service}
+        replaceable = [d.instance for d in drifted if d.instance in serving]
+        if replace and replaceable:
             result = self.engine(on_event).replace_instances(
-                [d.instance for d in drifted], kind="drift", why="drifted", reason=reason
+                replaceable, kind="drift", why="drifted", reason=reason
             )
+        warm = [d.instance for d in drifted if d.instance not in serving]
         data = {
             "fleet": fleet.name,
             "drifted": len(drifted),
             "instances": [d.as_dict() for d in report],
             "replaced": result.to_json() if result else None,
         }
-        code = DRIFT_FOUND if drifted and result is None else 0
-        return Report(data, lines=_drift_lines(report), exit_code=code, result=result)
+        code = DRIFT_FOUND if (drifted and result is None) or (replace and warm) else 0
+        lines = _drift_lines(report)
+        if replace and warm:
+            lines += tuple(
+                f"{i} is a warm standby (out of service): not replaced; "
+                "it goes when the standby expires"
+                for i in warm
+            )
+        return Report(data, lines=lines, exit_code=code, result=result)
 
     def recycle(
         self,
