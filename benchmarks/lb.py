@@ -239,21 +239,29 @@ def wrk(
     finally:
         if script is not None:
             script.unlink()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return wrk_figures(out, cpu if proxy_pid else None)
+
+
+def wrk_figures(out: str, cpu: float | None = None) -> dict[str, Any]:
+    """wrk's --latency report as figures; ``cpu`` (seconds) becomes CPU per request."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     latency = {}
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         latency[pct] = round(float(m.group(1)) * _UNITS[m.group(2)], 3) if m else None
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"(\d+) requests in", out)
+    total = int(found.group(1)) if found else 0
     return {
-        "requests_per_second": round(rps, 1),
+        "requests_per_second": round(float(rps.group(1)), 1) if rps else 0.0,
         "p50_ms": latency["50"],
         "p99_ms": latency["99"],
         "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "proxy_cpu_us_per_request": round(cpu / total * 1e6, 1) if proxy_pid and total else None,
+        "proxy_cpu_us_per_request": round(cpu / total * 1e6, 1)
+        if cpu is not None and total
+        else None,
     }
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchutil import machine, save_and_print
-from lb import backend_image, free_port, median, wait_port
+from lb import backend_image, cpu_seconds, free_port, median, wait_port, wrk_figures
 
 from kiln.config import load_config
 from kiln.home import Home
@@ -48,7 +47,6 @@ from kiln.local.client import start_agent, stop_agent
 from kiln.local.provider import LocalProvider
 
 CLOSE_LUA = 'wrk.headers["Connection"] = "close"\n'
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def certificate(directory: Path) -> tuple[Path, Path]:
@@ -138,12 +136,6 @@ backend be
         proc.wait(10)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far: robust where rates suffer from neighbours."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def https_wrk(
     port: int, connections: int, duration: int, close: bool, proxy_pid: int
 ) -> dict[str, Any]:
@@ -167,20 +159,7 @@ def https_wrk(
         if script is not None:
             script.unlink()
     cpu = cpu_seconds(proxy_pid) - cpu
-    total = re.search(r"(\d+) requests in", out)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p99 = re.search(r"^\s+99(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "requests_per_second": round(float(rps.group(1)), 1) if rps else 0.0,
-        "p99_ms": round(float(p99.group(1)) * _UNITS[p99.group(2)], 3) if p99 else None,
-        "proxy_cpu_us_per_request": round(cpu / int(total.group(1)) * 1e6, 1)
-        if total and int(total.group(1))
-        else None,
-        "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-    }
+    return wrk_figures(out, cpu)
 
 
 def agent_kill_under_load(home: Home, port: int, seconds: float) -> dict[str, Any]:

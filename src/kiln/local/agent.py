@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from kiln.local.model import AgentDB
 from kiln.local.procs import cap_log, loop_factory, raise_fd_limit
 from kiln.local.supervisor import Supervisor
 from kiln.local.watchdog import LoopWatchdog
+from kiln.pids import lock_exclusive, read_pid_file
 from kiln.store import Store
 
 Ready = Callable[[str | None], None]
@@ -66,22 +65,7 @@ def check_socket_owner(path: Path) -> None:
 
 
 def read_pid(home: Home) -> int | None:
-    try:
-        return int(pid_path(home).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _lock(fd: int, wait: float) -> bool:
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+    return read_pid_file(pid_path(home))
 
 
 def serve(home: Home, ready: Ready | None = None) -> None:
@@ -90,7 +74,7 @@ def serve(home: Home, ready: Ready | None = None) -> None:
     home.agent_dir.mkdir(mode=0o700, exist_ok=True)
     lock_fd = os.open(lock_path(home), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if not _lock(lock_fd, wait=2.0):  # a predecessor may still be exiting
+        if not lock_exclusive(lock_fd, wait=2.0):  # a predecessor may still be exiting
             raise AgentError(
                 f"an agent already runs for {home.root} (pid {read_pid(home)})",
                 hint="'kiln agent status' shows it; 'kiln agent stop' stops it",

@@ -42,6 +42,7 @@ from kiln.local.procs import loop_factory, raise_fd_limit
 from kiln.local.proxy import limits_from, networks
 from kiln.local.routes import Routes, claim_error, tls_mismatch
 from kiln.local.tls import CertFiles, Certificates, Sni
+from kiln.pids import lock_exclusive, read_pid_file
 
 PROTOCOL = 2  # bumped when the control messages change; a mismatch means "replace me"
 WATCH_SECONDS = 2.0
@@ -70,10 +71,7 @@ def log_path(home: Home) -> Path:
 
 
 def read_pid(home: Home) -> int | None:
-    try:
-        return int(pid_path(home).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+    return read_pid_file(pid_path(home))
 
 
 class BalancerHost:
@@ -346,24 +344,12 @@ class BalancerHost:
         self.done.set()
 
 
-def _lock(fd: int, wait: float) -> bool:
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-
-
 def serve(home: Home, inherit: dict[Address, socket.socket] | None = None) -> int:
     """Run the balancer until told to exit, SIGTERM, or its socket is taken away."""
     home.agent_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     lock_fd = os.open(lock_path(home), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if not _lock(lock_fd, wait=2.0):
+        if not lock_exclusive(lock_fd, wait=2.0):
             log.error("a balancer already runs for %s (pid %s)", home.root, read_pid(home))
             return ALREADY_RUNS
         socket_path(home).unlink(missing_ok=True)  # stale: we hold the lock
