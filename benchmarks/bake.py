@@ -24,9 +24,9 @@ from pathlib import Path
 
 from benchutil import machine, save_and_print
 
-from kiln.bake import bake
 from kiln.config import load_config
 from kiln.home import Home
+from kiln.image.bake import bake
 
 
 def generate_app(root: Path, files: int, total_mb: int, seed: int = 7) -> int:

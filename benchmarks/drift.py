@@ -1,6 +1,6 @@
 """Drift benchmark: 10 instances of a 1,000-file image, clean and with one tampered file.
 
-Measures `kiln.drift.scan` over all instances with the stat baseline (what
+Measures `kiln.image.drift.scan` over all instances with the stat baseline (what
 `kiln drift` does) and without it (hashing every file), in one run.
 Prints a table and saves benchmarks/results/drift.json.
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 from benchutil import machine, save_and_print
 
-from kiln.bake import bake
 from kiln.config import load_config
-from kiln.drift import baseline_path, record_baseline, scan
 from kiln.home import Home
-from kiln.store import Store
+from kiln.image.bake import bake
+from kiln.image.drift import baseline_path, record_baseline, scan
+from kiln.image.store import Store
 
 
 def median_time(fn, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]

@@ -42,10 +42,10 @@ from typing import Any
 
 from kiln.config import load_config
 from kiln.home import Home
+from kiln.image.store import FileEntry, Manifest, Store
 from kiln.local import lbproc
 from kiln.local.client import stop_agent
 from kiln.local.provider import LocalProvider
-from kiln.store import FileEntry, Manifest, Store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lb.json"
 BODY = "x" * 128

@@ -26,8 +26,8 @@ from pathlib import Path
 from benchutil import machine, save_and_print
 
 from kiln.home import Home
+from kiln.image.store import FileEntry, Manifest, Store
 from kiln.local.trees import ImageTrees
-from kiln.store import FileEntry, Manifest, Store
 
 
 def make_image(home: Home, files: int, total: int, rng: random.Random) -> str:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from benchutil import machine, save_and_print
 
-from kiln.bake import bake
 from kiln.config import load_config
 from kiln.home import Home
-from kiln.store import Store
+from kiln.image.bake import bake
+from kiln.image.store import Store
 
 REQUIREMENTS = """\
 Django>=5.0,<5.2

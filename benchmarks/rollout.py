@@ -42,9 +42,9 @@ from typing import Any
 from kiln.config import load_config
 from kiln.deploy import Engine, Event, Settings, StateDb
 from kiln.home import Home
+from kiln.image.store import FileEntry, Manifest, Store
 from kiln.local.client import stop_agent
 from kiln.local.provider import LocalProvider
-from kiln.store import FileEntry, Manifest, Store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
 

@@ -25,10 +25,10 @@ from benchutil import machine, save_and_print
 
 from kiln.config import load_config
 from kiln.home import Home
+from kiln.image.store import FileEntry, Manifest, Store
 from kiln.loadgen import LoadLoop
 from kiln.local.client import stop_agent
 from kiln.local.provider import LocalProvider
-from kiln.store import FileEntry, Manifest, Store
 
 APP = r"""
 import os

@@ -1,6 +1,6 @@
 """Where a fleet's images are baked and its instances run, chosen once per command.
 
-The deploy engine talks to a :class:`~kiln.provider.Provider` (seven methods
+The deploy engine talks to a :class:`~kiln.providers.protocol.Provider` (seven methods
 about instances). Everything around a deployment — baking, listing and
 pruning images, status, history, drift, recycling — differs between "this
 host" and "an AWS account" too. A :class:`Platform` owns those operations for
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kiln.errors import ConfigError, ProviderError
 
 if TYPE_CHECKING:
-    from kiln.bake import BakeProgress
     from kiln.config import LoadedConfig
     from kiln.deploy.engine import Event
     from kiln.deploy.history import Result
     from kiln.deploy.plan import Plan
     from kiln.home import Home
+    from kiln.image.bake import BakeProgress
 
 OnEvent = Callable[["Event"], None]
 Narrate = Callable[[str], None]

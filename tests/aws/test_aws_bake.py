@@ -21,7 +21,7 @@ from kiln.aws.session import Aws, tag_map
 from kiln.config import LoadedConfig
 from kiln.errors import AwsError
 from kiln.home import Home
-from kiln.store import Store
+from kiln.image.store import Store
 
 pytestmark = pytest.mark.aws
 

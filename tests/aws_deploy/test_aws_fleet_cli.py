@@ -11,8 +11,8 @@ from aws_deploy.awsworld import World
 from kiln.aws.deployments import open_deployments
 from kiln.aws.provider import AwsProvider
 from kiln.home import Home
-from kiln.provider import Provider
-from kiln.providers import open_provider
+from kiln.providers.protocol import Provider
+from kiln.providers.registry import open_provider
 from kilntest import Kiln
 
 pytestmark = pytest.mark.aws

@@ -22,8 +22,8 @@ from kiln.config import AwsSettings
 from kiln.deploy.clock import SystemClock
 from kiln.deploy.settings import Settings
 from kiln.errors import LockHeld
-from kiln.fake import SimulatedKill
 from kiln.home import Home
+from kiln.providers.fake import SimulatedKill
 
 pytestmark = pytest.mark.aws
 V1, V2 = "img-s00000000001", "img-s00000000002"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln.store import Store
+from kiln.image.store import Store
 
 APP_PY = """\
 import os, sys

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from bake.apps import corrupt, write_app
-from kiln.bake import BakeProgress, bake
 from kiln.config import load_config
 from kiln.errors import BuildError, CorruptObject, ImageNotFound
 from kiln.home import Home
+from kiln.image.bake import BakeProgress, bake
+from kiln.image.store import Store
 from kiln.runenv import SYSTEM_PATH, python_on
-from kiln.store import Store
 from kilntest import Kiln
 
 

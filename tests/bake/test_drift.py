@@ -4,11 +4,11 @@ import os
 from pathlib import Path
 
 from bake.apps import write_app
-from kiln.bake import bake
 from kiln.config import load_config
-from kiln.drift import Change, baseline_path, record_baseline, scan
 from kiln.home import Home
-from kiln.store import Store
+from kiln.image.bake import bake
+from kiln.image.drift import Change, baseline_path, record_baseline, scan
+from kiln.image.store import Store
 
 
 def _instance(app: Path, home: Home, dest: Path) -> Store:

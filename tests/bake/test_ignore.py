@@ -6,7 +6,7 @@ from pathlib import Path
 import pathspec
 import pytest
 
-from kiln.ignore import ALWAYS_EXCLUDED, load_spec, matcher, walk
+from kiln.image.ignore import ALWAYS_EXCLUDED, load_spec, matcher, walk
 
 PATTERNS = [*ALWAYS_EXCLUDED, "*.pyc", "__pycache__/", "node_modules/", "build/**/x", "docs/*.md"]
 PATHS = [

@@ -19,11 +19,11 @@ import pytest
 
 from bake.apps import write_app
 from bake.unprivileged import run_kiln
-from kiln.bake import bake
 from kiln.config import load_config
 from kiln.errors import BuildError
 from kiln.home import Home
-from kiln.store import Store
+from kiln.image.bake import bake
+from kiln.image.store import Store
 
 ODD = [b"new\nline.txt", b"bad\xffname.txt", b"tab\tand space.txt", b"caf\xc3\xa9.txt"]
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 
 from bake.apps import write_app
-from kiln.bake import BakeResult, bake
 from kiln.config import load_config
 from kiln.home import Home
-from kiln.prune import plan_prune, prune
-from kiln.store import Store
+from kiln.image.bake import BakeResult, bake
+from kiln.image.prune import plan_prune, prune
+from kiln.image.store import Store
 
 
 def _versions(app: Path, home: Home, count: int) -> list[BakeResult]:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from bake.apps import corrupt, write_app
-from kiln.bake import RACY_NS, bake
 from kiln.config import load_config
 from kiln.errors import CorruptObject
 from kiln.home import Home
-from kiln.store import Store
+from kiln.image.bake import RACY_NS, bake
+from kiln.image.store import Store
 from kilntest import Kiln
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from bake.apps import write_app
-from kiln.bake import BakeProgress, bake
 from kiln.config import load_config, parse_config
 from kiln.errors import BuildError, ConfigError
 from kiln.home import Home
-from kiln.store import Store
+from kiln.image.bake import BakeProgress, bake
+from kiln.image.store import Store
 
 
 def _config(app: Path, counter: Path, outputs: str = '["deps"]') -> None:
@@ -145,7 +145,7 @@ def test_outputs_a_later_step_changed_are_repaired_before_reuse(tmp_path: Path, 
 def test_only_the_most_recently_used_output_trees_are_kept(
     tmp_path: Path, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kiln import stepcache
+    from kiln.image import stepcache
 
     monkeypatch.setattr(stepcache, "KEEP_TREES", 2)
     app, counter = write_app(tmp_path / "app"), tmp_path / "ran"

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from kiln.bake import bake
 from kiln.config import load_config
 from kiln.errors import BuildError, CorruptObject, UnsafeImage
 from kiln.home import Home
-from kiln.materialize import write_tree
-from kiln.store import FileEntry, LinkEntry, Manifest, Store
-from kiln.tree import MAX_HOPS, UnsafeTree, check_tree, resolve_link
+from kiln.image.bake import bake
+from kiln.image.materialize import write_tree
+from kiln.image.store import FileEntry, LinkEntry, Manifest, Store
+from kiln.image.tree import MAX_HOPS, UnsafeTree, check_tree, resolve_link
 
 CHAIN = "d1/d2/d3/d4/d5/d6/d7"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from kiln.deploy import Engine, Event, Settings, StateDb
 from kiln.deploy.journal import Journal, Who
-from kiln.fake import Behavior, FakeClock, FakeProvider
+from kiln.providers.fake import Behavior, FakeClock, FakeProvider
 
 FLEET = "shop"
 OLD, NEW, BAD = "img-0000000000aa", "img-0000000000bb", "img-0000000000cc"

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from deploykit import BAD, NEW, OLD
 
-from kiln import providers
 from kiln.config import LoadedConfig
 from kiln.deploy import StateDb, SystemClock
 from kiln.deploy.lock import DeployLock
 from kiln.errors import ProviderError
-from kiln.fake import Behavior, FakeProvider
 from kiln.home import Home
+from kiln.providers import registry as providers
+from kiln.providers.fake import Behavior, FakeProvider
 
 CONFIG = """\
 [app]

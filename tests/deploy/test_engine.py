@@ -12,7 +12,7 @@ from kiln.errors import (
     FleetNotFound,
     ImageNotFound,
 )
-from kiln.fake import BAD_START_LOG
+from kiln.providers.fake import BAD_START_LOG
 
 
 def test_first_deploy_launches_the_whole_fleet_at_once(world: World) -> None:

@@ -7,7 +7,7 @@ from deploykit import FLEET, NEW, OLD, World, dead_pid
 
 from kiln.deploy.lock import DeployLock, read_holder, unlock
 from kiln.errors import LockHeld
-from kiln.fake import FakeClock
+from kiln.providers.fake import FakeClock
 
 
 def _holder(world: World, *, pid: int | None = None, host: str = "ci-runner-1") -> DeployLock:

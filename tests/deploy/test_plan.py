@@ -10,7 +10,7 @@ import pytest
 
 from kiln.deploy.plan import Knobs, Plan, Step, make_plan, rollback_plan
 from kiln.errors import DeployError
-from kiln.provider import FleetState, Instance, InstanceState
+from kiln.providers.protocol import FleetState, Instance, InstanceState
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "plans").glob("*.json"))
 

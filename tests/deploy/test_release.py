@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from deploykit import FLEET, NEW, OLD, Behavior, World
 
-from kiln.fake import BAD_START_LOG, SimulatedKill
+from kiln.providers.fake import BAD_START_LOG, SimulatedKill
 
 MIGRATE = "python3 manage.py migrate --noinput"
 

@@ -14,7 +14,7 @@ from kiln.deploy import Engine, Result, StateDb
 from kiln.deploy.plan import Plan
 from kiln.deploy.state import SCHEMA_VERSION
 from kiln.errors import DeployError
-from kiln.fake import SimulatedKill
+from kiln.providers.fake import SimulatedKill
 
 # name: (image, behavior of that image, strategy, size, expected outcome)
 # strategy "rollback": the operation is 'kiln rollback' from a blue-green warm standby

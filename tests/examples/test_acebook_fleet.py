@@ -14,9 +14,9 @@ from types import ModuleType
 
 import pytest
 
-from kiln.bake import bake
 from kiln.config import load_config
 from kiln.home import Home
+from kiln.image.bake import bake
 from kiln.local.provider import LocalProvider
 
 TESTS = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 from e2ekit import Load, app_image
 
 from kiln.home import Home
-from kiln.store import Store
+from kiln.image.store import Store
 from kilntest import Kiln
 
 pytestmark = pytest.mark.slow

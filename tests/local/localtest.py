@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from kiln.home import Home
+from kiln.image.store import FileEntry, Manifest, Store
 from kiln.local import lbproc
 from kiln.local.agent import db_path, read_pid
 from kiln.local.client import stop_agent
 from kiln.local.provider import LocalProvider
-from kiln.provider import InstanceState
-from kiln.store import FileEntry, Manifest, Store
+from kiln.providers.protocol import InstanceState
 from kilntest import Kiln
 
 APP = r"""

@@ -17,7 +17,7 @@ from kiln.home import Home
 from kiln.local.agent import pid_path
 from kiln.local.client import agent_status, start_agent
 from kiln.local.provider import LocalProvider
-from kiln.provider import InstanceState
+from kiln.providers.protocol import InstanceState
 
 
 def test_nonexistent_image(provider: LocalProvider) -> None:

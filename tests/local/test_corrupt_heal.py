@@ -16,9 +16,9 @@ from localtest import APP, serving, wait_for
 
 from bake.apps import corrupt
 from kiln.home import Home
+from kiln.image.store import Store
 from kiln.local.provider import LocalProvider
-from kiln.provider import InstanceState
-from kiln.store import Store
+from kiln.providers.protocol import InstanceState
 
 
 def _could_not_start(provider: LocalProvider) -> list[str]:

@@ -15,7 +15,7 @@ from localtest import http_get, serving, wait_for
 from kiln.home import Home
 from kiln.local.agent import read_pid
 from kiln.local.provider import LocalProvider
-from kiln.provider import InstanceState
+from kiln.providers.protocol import InstanceState
 
 
 class Load:

@@ -18,8 +18,8 @@ from localtest import kill_everything, make_image, serving, write_config
 from kiln.config import load_config
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.image.store import Store
 from kiln.local.provider import LocalProvider
-from kiln.store import Store
 
 PYTHON = Path("/usr/bin/python3")
 PROBE_APP = r"""

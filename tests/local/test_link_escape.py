@@ -16,8 +16,8 @@ from localtest import http_get, make_image, serving, wait_for
 
 from kiln.errors import UnsafeImage
 from kiln.home import Home
+from kiln.image.store import LinkEntry, Store
 from kiln.local.provider import LocalProvider
-from kiln.store import LinkEntry, Store
 
 pytestmark = pytest.mark.slow
 

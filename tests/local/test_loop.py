@@ -24,6 +24,7 @@ from localtest import free_port, make_image, many_files, serving, wait_for, writ
 
 from kiln.config import load_config
 from kiln.home import Home
+from kiln.image.store import Store
 from kiln.loadgen import LoadLoop
 from kiln.local.agent import db_path
 from kiln.local.client import AgentClient
@@ -31,7 +32,6 @@ from kiln.local.model import AgentDB, FleetSettings
 from kiln.local.provider import LocalProvider
 from kiln.local.supervisor import Supervisor
 from kiln.local.watchdog import LoopWatchdog
-from kiln.store import Store
 
 pytestmark = pytest.mark.slow
 

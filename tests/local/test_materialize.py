@@ -16,11 +16,11 @@ import pytest
 from localtest import APP, make_image, many_files, serving, wait_for, write_config
 
 from kiln.config import load_config
-from kiln.drift import fleet_drift
 from kiln.home import Home
+from kiln.image.drift import fleet_drift
+from kiln.image.store import Store
 from kiln.local.provider import LocalProvider
-from kiln.provider import InstanceState
-from kiln.store import Store
+from kiln.providers.protocol import InstanceState
 
 pytestmark = pytest.mark.slow
 

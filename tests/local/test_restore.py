@@ -13,7 +13,7 @@ from kiln.home import Home
 from kiln.local.agent import db_path
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.provider import LocalProvider
-from kiln.provider import InstanceState
+from kiln.providers.protocol import InstanceState
 
 
 def sleeper(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -16,7 +16,7 @@ from kiln.config import load_config
 from kiln.home import Home
 from kiln.local.client import AgentClient
 from kiln.local.provider import LocalProvider
-from kiln.provider import InstanceState
+from kiln.providers.protocol import InstanceState
 
 
 def test_launch_routes_to_every_healthy_instance(

@@ -33,10 +33,10 @@ from kiln.aws.ami import build_ami
 from kiln.aws.builder import Builder
 from kiln.aws.session import Aws, connect
 from kiln.aws.ssh import SshTarget
-from kiln.bake import bake
 from kiln.config import AwsSettings, load_config
 from kiln.home import Home
-from kiln.store import Store
+from kiln.image.bake import bake
+from kiln.image.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.aws, pytest.mark.timeout(3600)]
 

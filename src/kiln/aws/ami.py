@@ -41,11 +41,11 @@ from kiln.aws.install import recipe, render_bundle
 from kiln.aws.policy import APP_TAG
 from kiln.aws.session import Aws, aws_errors, connect, tags
 from kiln.aws.ssh import SshTarget, Upload, provision
-from kiln.bake import BakeProgress, bake
 from kiln.config import AwsSettings, Config, LoadedConfig
 from kiln.errors import AwsError
 from kiln.home import Home
-from kiln.store import ImageRecord, Store
+from kiln.image.bake import BakeProgress, bake
+from kiln.image.store import ImageRecord, Store
 
 Progress = Callable[[str], None]
 TargetFactory = Callable[[b.Builder], SshTarget]

@@ -39,7 +39,7 @@ from kiln.deploy.state import StateDb
 from kiln.durations import format_duration
 from kiln.errors import DeployError
 from kiln.home import Home
-from kiln.provider import FleetState, InstanceStats
+from kiln.providers.protocol import FleetState, InstanceStats
 
 LOCK_TTL = 120.0
 

@@ -17,7 +17,7 @@ from kiln.aws import groups as g
 from kiln.aws import targets as t
 from kiln.config import HealthSettings
 from kiln.deploy.clock import Clock
-from kiln.provider import InstanceState
+from kiln.providers.protocol import InstanceState
 
 UNREACHABLE_BACKOFF = 30.0  # an instance this runner cannot route to is retried this often
 GONE = ("Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated", "Detaching")

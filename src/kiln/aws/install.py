@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 from kiln.config import AwsSettings, Config
+from kiln.image.store import ImageRecord, Store, file_sha256
 from kiln.runline import exec_form
-from kiln.store import ImageRecord, Store, file_sha256
 
 INSTALLER_VERSION = "3"  # 2: run line exec'd (kiln.runline); 3: no start limit, 3.8 fetch
 FILES = ("install.sh", "fetch-secrets", "env", "run", "secrets.json")

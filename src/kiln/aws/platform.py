@@ -10,8 +10,8 @@ from typing import Any
 
 from kiln.aws.deployments import AwsDeployments, open_deployments
 from kiln.aws.session import connect
-from kiln.bake import BakeProgress
 from kiln.config import AwsSettings
+from kiln.image.bake import BakeProgress
 from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
 
 

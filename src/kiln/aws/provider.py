@@ -31,7 +31,7 @@ from kiln.deploy.clock import Clock, SystemClock
 from kiln.deploy.gates import Trip
 from kiln.errors import ImageNotFound, InstanceNotFound, ProviderError, UnverifiedImage
 from kiln.home import Home
-from kiln.provider import FleetState, Instance, InstanceStats
+from kiln.providers.protocol import FleetState, Instance, InstanceStats
 
 LAUNCH_WAIT = 120.0  # longest wait for Auto Scaling to show instances it was asked for
 ACTIVITY_EVERY = 5.0  # how often a launch wait reads the group's scaling activities

@@ -22,8 +22,8 @@ from kiln.deploy.journal import Journal
 from kiln.deploy.lock import unlock as unlock_fleet
 from kiln.durations import parse_duration
 from kiln.errors import DeployError, GateFailed, ImageNotFound
+from kiln.image.store import Store
 from kiln.platform import Capability, Deployer
-from kiln.store import Store
 
 PROVIDER = provider_option("Where the fleet runs.")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -115,7 +115,7 @@ def _resolve_image(state: State, engine: Deployer, ref: str) -> str:
 
 
 def _bake(state: State) -> str:
-    from kiln.bake import bake
+    from kiln.image.bake import bake
 
     result = bake(state.config(), state.home())
     verb = "reused" if result.reused else "baked"

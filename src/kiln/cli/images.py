@@ -16,13 +16,13 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from kiln import repair as repairs
-from kiln.bake import BakeProgress
 from kiln.cli.app import State, cli, pass_state, provider_option
 from kiln.cli.output import console, emit_json, err_console, note, print_report
 from kiln.durations import format_size, format_time
 from kiln.errors import CorruptObject
-from kiln.store import Store
+from kiln.image import repair as repairs
+from kiln.image.bake import BakeProgress
+from kiln.image.store import Store
 
 
 class _ConsoleProgress(BakeProgress):

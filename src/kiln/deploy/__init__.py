@@ -1,8 +1,8 @@
 """Deployments: plans, strategies, gates, rollback, lock, journal, history.
 
-The engine talks to the world only through :class:`kiln.provider.Provider`,
+The engine talks to the world only through :class:`kiln.providers.protocol.Provider`,
 a :class:`Clock` and the state database, so it runs unchanged on the local
-agent, on AWS, and on :class:`kiln.fake.FakeProvider` in tests.
+agent, on AWS, and on :class:`kiln.providers.fake.FakeProvider` in tests.
 """
 
 from kiln.deploy.clock import Clock, SystemClock

@@ -43,7 +43,7 @@ from kiln.errors import (
     ImageNotFound,
     KilnError,
 )
-from kiln.provider import FleetState, Provider, Releaser
+from kiln.providers.protocol import FleetState, Provider, Releaser
 
 
 @dataclass(frozen=True)

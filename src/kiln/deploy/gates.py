@@ -15,7 +15,7 @@ from typing import Any
 from kiln.deploy.clock import Clock
 from kiln.deploy.settings import Settings
 from kiln.errors import KilnError
-from kiln.provider import FleetState, Instance, InstanceState, InstanceStats, Provider
+from kiln.providers.protocol import FleetState, Instance, InstanceState, InstanceStats, Provider
 
 LOG_LINES = 20
 NOT_STARTED = (InstanceState.PENDING, InstanceState.MATERIALIZING)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kiln.errors import DeployError
-from kiln.provider import FleetState, Instance, InstanceState
+from kiln.providers.protocol import FleetState, Instance, InstanceState
 
 PLAN_FORMAT = 1
 STRATEGIES = ("rolling", "blue-green", "canary")

@@ -11,7 +11,7 @@ from collections import Counter
 from kiln.deploy.history import Result
 from kiln.deploy.journal import Deployment
 from kiln.deploy.state import FleetRecord
-from kiln.provider import FleetState
+from kiln.providers.protocol import FleetState
 
 
 def next_record(

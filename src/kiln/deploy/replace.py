@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kiln.deploy.plan import Knobs, Plan, Step
-from kiln.provider import FleetState, Instance
+from kiln.providers.protocol import FleetState, Instance
 
 
 def replacement_plan(

@@ -8,7 +8,7 @@ from typing import Any
 from kiln.deploy.journal import Journal
 from kiln.deploy.lock import read_holder
 from kiln.deploy.state import StateDb
-from kiln.provider import Instance, Provider
+from kiln.providers.protocol import Instance, Provider
 
 
 def fleet_status(

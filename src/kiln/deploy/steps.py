@@ -12,7 +12,7 @@ from typing import Any
 from kiln.deploy.gates import Gates, Trip
 from kiln.deploy.plan import Plan, Step, unreplaced_failures
 from kiln.errors import StoreError
-from kiln.provider import FleetState, InstanceState, Provider
+from kiln.providers.protocol import FleetState, InstanceState, Provider
 
 GONE = (InstanceState.TERMINATED, InstanceState.DRAINING)
 

@@ -21,13 +21,13 @@ from aiohttp import web
 
 from kiln.errors import AgentError, KilnError
 from kiln.home import Home
+from kiln.image.store import Store
 from kiln.local.api import STOP_INSTANCES, make_app
 from kiln.local.model import AgentDB
 from kiln.local.procs import cap_log, loop_factory, raise_fd_limit
 from kiln.local.supervisor import Supervisor
 from kiln.local.watchdog import LoopWatchdog
 from kiln.pids import lock_exclusive, read_pid_file
-from kiln.store import Store
 
 Ready = Callable[[str | None], None]
 AGENT_LOG_MAX = 10 * 1024 * 1024

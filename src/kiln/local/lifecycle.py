@@ -21,9 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kiln.drift import baseline_path, record_baseline
 from kiln.errors import KilnError, ProviderError
 from kiln.home import Home
+from kiln.image.drift import baseline_path, record_baseline
+from kiln.image.store import Store
 from kiln.local import procs, uids
 from kiln.local.health import Tracker, probe
 from kiln.local.launchprint import launch_print, load_key
@@ -31,9 +32,8 @@ from kiln.local.lblink import BalancerLink
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
 from kiln.local.trees import ImageTrees
-from kiln.provider import InstanceState
+from kiln.providers.protocol import InstanceState
 from kiln.runenv import check_interpreter, instance_env
-from kiln.store import Store
 
 log = logging.getLogger("kiln.agent")
 INSTANCE_HOST = "127.0.0.1"

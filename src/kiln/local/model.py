@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from kiln.config import HealthSettings, LoadedConfig
 from kiln.local.proxy import Limits
-from kiln.provider import InstanceState
+from kiln.providers.protocol import InstanceState
 
 LIVE = frozenset({"pending", "materializing", "running", "healthy", "unhealthy", "draining"})
 FINAL = frozenset({"terminated", "failed"})

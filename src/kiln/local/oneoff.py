@@ -20,10 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kiln.home import Home
+from kiln.image.store import Manifest, Store
 from kiln.local import procs
-from kiln.provider import CommandResult
+from kiln.providers.protocol import CommandResult
 from kiln.runenv import check_interpreter, instance_env
-from kiln.store import Manifest, Store
 
 OUTPUT_LINES = 40  # kept of a release's output: shown on failure, journaled
 

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.durations import format_duration, format_size, format_time
 from kiln.errors import ConfigError, FleetNotFound
+from kiln.image.store import Store
 from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
-from kiln.store import Store
 
 if TYPE_CHECKING:
-    from kiln.bake import BakeProgress
     from kiln.deploy import Engine
-    from kiln.drift import InstanceDrift
-    from kiln.provider import Instance, Provider
+    from kiln.image.bake import BakeProgress
+    from kiln.image.drift import InstanceDrift
+    from kiln.providers.protocol import Instance, Provider
 
 
 class LocalPlatform(PlatformBase):
@@ -24,7 +24,7 @@ class LocalPlatform(PlatformBase):
 
     def provider(self) -> Provider:
         """The agent's client (aiohttp), from the provider registry, loaded only now."""
-        from kiln.providers import open_provider
+        from kiln.providers.registry import open_provider
 
         return open_provider(self.name, self.home, self.loaded)
 
@@ -49,7 +49,7 @@ class LocalPlatform(PlatformBase):
     def bake(
         self, progress: BakeProgress, narrate: Narrate, *, boot_test: bool | None = None
     ) -> Report:
-        from kiln.bake import bake
+        from kiln.image.bake import bake
 
         if boot_test:
             raise ConfigError(
@@ -88,7 +88,7 @@ class LocalPlatform(PlatformBase):
         )
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
-        from kiln.prune import local_images_in_use, plan_prune, prune
+        from kiln.image.prune import local_images_in_use, plan_prune, prune
 
         home = self.home
         store = Store(home)
@@ -199,7 +199,7 @@ class LocalPlatform(PlatformBase):
         return {i: (s.requests, s.errors) for i, s in stats.items()}
 
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
-        from kiln.drift import fleet_drift
+        from kiln.image.drift import fleet_drift
 
         loaded = self.loaded
         fleet = self.provider().describe(loaded.config.app.name)

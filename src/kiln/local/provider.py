@@ -12,14 +12,20 @@ from urllib.parse import quote
 from kiln.config import LoadedConfig
 from kiln.errors import InstanceNotFound
 from kiln.home import Home
+from kiln.image.store import Store
 from kiln.local import secret_refs
 from kiln.local.client import AgentClient, ensure_agent
 from kiln.local.launchprint import launch_print, load_key
 from kiln.local.model import FleetSettings
 from kiln.local.oneoff import run_captured, scratch_instance
 from kiln.local.procs import log_tail
-from kiln.provider import CommandResult, FleetState, Instance, InstanceState, InstanceStats
-from kiln.store import Store
+from kiln.providers.protocol import (
+    CommandResult,
+    FleetState,
+    Instance,
+    InstanceState,
+    InstanceStats,
+)
 
 _DETAILS = ("pid", "port", "dir", "log", "times", "reason", "replaces", "replaced_by")
 

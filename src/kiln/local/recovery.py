@@ -36,7 +36,7 @@ from kiln.local import procs, uids
 from kiln.local.health import probe
 from kiln.local.launchprint import launch_print
 from kiln.local.model import InstanceRecord
-from kiln.provider import InstanceState
+from kiln.providers.protocol import InstanceState
 
 if TYPE_CHECKING:
     from kiln.local.lifecycle import FleetRuntime

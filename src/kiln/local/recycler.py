@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from kiln.errors import KilnError
 from kiln.home import Home
-from kiln.provider import past_max_age
+from kiln.providers.protocol import past_max_age
 
 if TYPE_CHECKING:
     from kiln.local.lifecycle import FleetRuntime

@@ -24,7 +24,7 @@ from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
 from kiln.local.routes import Routes, claim_error, tls_mismatch
 from kiln.local.secret_refs import pick
-from kiln.provider import InstanceState
+from kiln.providers.protocol import InstanceState
 
 log = logging.getLogger("kiln.agent")
 TICK = 0.2  # seconds between two looks at the processes

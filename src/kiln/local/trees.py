@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from kiln.errors import UnsafeImage
-from kiln.store import Manifest, Store
+from kiln.image.store import Manifest, Store
 
 log = logging.getLogger("kiln.agent")
 Stamp = dict[str, list[int]]

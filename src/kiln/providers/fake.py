@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 
 from kiln.deploy.clock import Clock
 from kiln.errors import InstanceNotFound, ProviderError
-from kiln.provider import CommandResult, FleetState, Instance, InstanceState, InstanceStats
+from kiln.providers.protocol import (
+    CommandResult,
+    FleetState,
+    Instance,
+    InstanceState,
+    InstanceStats,
+)
 
 INFINITY = float("inf")
 

@@ -15,7 +15,7 @@ from kiln.errors import ProviderError
 if TYPE_CHECKING:
     from kiln.config import LoadedConfig
     from kiln.home import Home
-    from kiln.provider import Provider
+    from kiln.providers.protocol import Provider
 
 # name -> (module, class); each class is constructed as Class(home, loaded)
 PROVIDERS: dict[str, tuple[str, str]] = {

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from kiln.deploy.state import StateDb
 from kiln.home import Home
-from kiln.store import ImageRecord, Store, short_id
+from kiln.image.store import ImageRecord, Store, short_id
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln import stepcache
 from kiln.config import LoadedConfig
 from kiln.errors import BuildError
 from kiln.home import Home
-from kiln.ignore import SourceEntry, build_spec, load_spec, walk
+from kiln.image import stepcache
+from kiln.image.ignore import SourceEntry, build_spec, load_spec, walk
+from kiln.image.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, short_id
+from kiln.image.tree import UnsafeTree, check_tree
 from kiln.oserrors import explain
 from kiln.runenv import build_env, instance_env, python_on
-from kiln.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, short_id
-from kiln.tree import UnsafeTree, check_tree
 
 WORKERS = min(8, (os.cpu_count() or 2) * 2)
 RACY_NS = 100_000_000  # files touched this recently are re-hashed next time

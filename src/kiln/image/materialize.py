@@ -1,6 +1,6 @@
 """Write an image's tree into a new directory, and nowhere else.
 
-The manifest is checked first (kiln.tree); then every file, directory and
+The manifest is checked first (kiln.image.tree); then every file, directory and
 link is created relative to an open directory fd with O_NOFOLLOW and
 O_EXCL, so even a link that appeared in the directory meanwhile cannot
 redirect a write outside it. Runs of zero bytes are skipped with a seek, so
@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from kiln.errors import CorruptObject, UnsafeImage
-from kiln.objects import write_sparse
-from kiln.tree import UnsafeTree, check_tree
+from kiln.image.objects import write_sparse
+from kiln.image.tree import UnsafeTree, check_tree
 
 if TYPE_CHECKING:
-    from kiln.store import FileEntry, Manifest
+    from kiln.image.store import FileEntry, Manifest
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -53,7 +53,7 @@ def check_manifest(image: str, manifest: Manifest) -> None:
 
 
 class Objects(Protocol):
-    """Where content comes from (kiln.objects.ObjectStore)."""
+    """Where content comes from (kiln.image.objects.ObjectStore)."""
 
     def read(self, sha: str) -> Iterator[bytes]: ...
 

@@ -1,6 +1,6 @@
 """Repair a store whose objects were found corrupt.
 
-A corrupt object is quarantined when it is found (kiln.objects): it counts as
+A corrupt object is quarantined when it is found (kiln.image.objects): it counts as
 missing, so a bake of the same content stores it again. Repair re-verifies
 an image, stores what it can again from the app's directory, and names the
 images that still need a bake for the rest.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.store import FileEntry, ImageRecord, Store, file_sha256
+from kiln.image.store import FileEntry, ImageRecord, Store, file_sha256
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from typing import Any
 from kiln.config import BuildStep
 from kiln.errors import BuildError
 from kiln.home import Home
-from kiln.ignore import walk
-from kiln.store import Store
+from kiln.image.ignore import walk
+from kiln.image.store import Store
 
 FORMAT = 1
 KEEP_TREES = 8  # kept output trees, most recently used first; records stay (they are small)

@@ -18,9 +18,9 @@ from typing import Any, Literal
 import pathspec
 
 from kiln.errors import KilnError
-from kiln.ignore import matcher
-from kiln.provider import FleetState
-from kiln.store import Manifest, Store, file_sha256
+from kiln.image.ignore import matcher
+from kiln.image.store import Manifest, Store, file_sha256
+from kiln.providers.protocol import FleetState
 
 ChangeKind = Literal["modified", "added", "deleted", "mode"]
 

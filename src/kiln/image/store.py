@@ -2,7 +2,7 @@
 
 Layout under ``KILN_HOME/store``::
 
-    objects/, packs/      content by sha256 (see kiln.objects), read-only
+    objects/, packs/      content by sha256 (see kiln.image.objects), read-only
     images/<hex>.json     canonical manifest; its sha256 is the image digest
     meta/<hex>.json       when/where it was baked: not part of its identity
     gc.lock               bakes hold it shared, garbage collection exclusive
@@ -29,8 +29,8 @@ from typing import IO, Any, TypeVar
 
 from kiln.errors import CorruptObject, ImageNotFound, StoreError
 from kiln.home import Home
-from kiln.materialize import check_manifest, write_tree
-from kiln.objects import ObjectStore
+from kiln.image.materialize import check_manifest, write_tree
+from kiln.image.objects import ObjectStore
 from kiln.pids import pid_alive
 
 FORMAT = 1
