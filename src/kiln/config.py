@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -565,6 +566,93 @@ SecretRef = Annotated[
 ]
 
 
+_ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_OVERRIDABLE = ("fleet", "health", "canary")
+
+
+def _object(description: str) -> Any:
+    return WithJsonSchema({"type": "object", "description": description})
+
+
+class EnvironmentSettings(Section):
+    """One environment (e.g. staging, production): the same code, its own fleet and settings.
+
+    Every key overrides the same key of the base file for this environment only;
+    tables are merged key by key. ``[app]`` cannot be overridden: the code is the
+    same everywhere, which is what promotion relies on.
+    """
+
+    require: str | None = Field(
+        default=None,
+        description=(
+            "Another environment whose healthy code is the only code this one may deploy, "
+            "e.g. require = 'staging' on production: a deploy of code never healthy there "
+            "is refused (override with --override-require, recorded in the history)."
+        ),
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "[env] values added or replaced in this environment: part of the image's env "
+            "layer (a new image), never of its code digest."
+        ),
+    )
+    secrets: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description="[secrets] references added or replaced in this environment.",
+    )
+    fleet: Annotated[dict[str, Any], _object("Keys of [fleet] to override.")] = Field(
+        default_factory=dict, description="Keys of [fleet] to override, e.g. { size = 1 }."
+    )
+    health: Annotated[dict[str, Any], _object("Keys of [health] to override.")] = Field(
+        default_factory=dict, description="Keys of [health] to override."
+    )
+    canary: Annotated[dict[str, Any], _object("Keys of [canary] to override.")] = Field(
+        default_factory=dict, description="Keys of [canary] to override."
+    )
+    provider: Annotated[
+        dict[str, dict[str, Any]], _object("Keys of [provider.local] / [provider.aws].")
+    ] = Field(
+        default_factory=dict,
+        description=(
+            "Keys of [provider.local] or [provider.aws] to override, e.g. a listen address, "
+            "an AWS profile, region or target group."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> EnvironmentSettings:
+        sections: dict[str, type[BaseModel]] = {
+            "fleet": FleetSettings,
+            "health": HealthSettings,
+            "canary": CanarySettings,
+            "provider.local": LocalSettings,
+            "provider.aws": AwsSettings,
+        }
+        tables = {name: getattr(self, name) for name in _OVERRIDABLE}
+        for name, keys in self.provider.items():
+            if name not in ("local", "aws"):
+                raise ValueError(f"provider.{name}: unknown provider; use local or aws")
+            tables[f"provider.{name}"] = keys
+        for table, keys in tables.items():
+            known = sections[table].model_fields
+            for key in keys:
+                if key not in known:
+                    guess = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+                    hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+                    raise ValueError(f"{table}.{key}: unknown key{hint}")
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The tables this environment changes, shaped like kiln.toml."""
+        out: dict[str, Any] = {}
+        for name in ("env", "secrets", *_OVERRIDABLE, "provider"):
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        return out
+
+
 class Config(Section):
     """A whole kiln.toml."""
 
@@ -583,6 +671,62 @@ class Config(Section):
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     canary: CanarySettings = Field(default_factory=CanarySettings)
     provider: ProviderSettings = Field(default_factory=ProviderSettings)
+    environments: dict[str, EnvironmentSettings] = Field(
+        default_factory=dict,
+        description=(
+            "Named environments, e.g. [environments.staging]: each deploys its own fleet "
+            "('<app>-<name>') with `--env NAME`, overriding the keys it sets. Without "
+            "--env, kiln uses the file as if there were none."
+        ),
+    )
+    _environment: str | None = PrivateAttr(default=None)
+
+    @property
+    def environment(self) -> str | None:
+        """The environment this config was selected for (None: the base file)."""
+        return self._environment
+
+    @property
+    def fleet_name(self) -> str:
+        """The fleet this config deploys: the app's name, or '<app>-<environment>'."""
+        if self._environment is None:
+            return self.app.name
+        return f"{self.app.name}-{self._environment}"
+
+    def for_environment(self, name: str | None) -> Config:
+        """This file as environment ``name`` sees it (None: the base file itself)."""
+        if name is None:
+            return self
+        if name not in self.environments:
+            known = ", ".join(sorted(self.environments)) or "none are defined"
+            raise ConfigError(
+                f"no environment {name!r} in kiln.toml (environments: {known})",
+                hint=f"add [environments.{name}] to kiln.toml, or pick one of those",
+            )
+        merged = _merge(self.model_dump(exclude_unset=True), self.environments[name].overrides())
+        selected = Config.model_validate(merged)
+        selected._environment = name
+        return selected
+
+    @field_validator("environments")
+    @classmethod
+    def _environment_names(
+        cls, value: dict[str, EnvironmentSettings]
+    ) -> dict[str, EnvironmentSettings]:
+        for name, settings in value.items():
+            if not _ENVIRONMENT_NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not an environment name: lowercase letters, digits and "
+                    "dashes, e.g. 'staging'"
+                )
+            if settings.require is not None and settings.require not in value:
+                raise ValueError(
+                    f"{name}.require = {settings.require!r}: no such environment "
+                    f"(environments: {', '.join(sorted(value))})"
+                )
+            if settings.require == name:
+                raise ValueError(f"{name}.require names {name} itself")
+        return value
 
     @field_validator("env", "secrets")
     @classmethod
@@ -616,6 +760,17 @@ class LoadedConfig(BaseModel):
         return self.path.parent
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, tables merged key by key (what an environment changes)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def find_config(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
     """The config to use: ``-c PATH`` or ``kiln.toml`` in the current directory."""
     if explicit is not None:
@@ -632,7 +787,13 @@ def find_config(explicit: str | Path | None = None, cwd: Path | None = None) -> 
     return path.absolute()
 
 
-def load_config(explicit: str | Path | None = None, cwd: Path | None = None) -> LoadedConfig:
+def load_config(
+    explicit: str | Path | None = None,
+    cwd: Path | None = None,
+    *,
+    environment: str | None = None,
+) -> LoadedConfig:
+    """The config to use; ``environment`` selects one of its [environments] (None: the base)."""
     path = find_config(explicit, cwd)
     try:
         text = path.read_text(encoding="utf-8")
@@ -647,7 +808,8 @@ def load_config(explicit: str | Path | None = None, cwd: Path | None = None) -> 
             f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
             hint="TOML files are UTF-8: save it as UTF-8",
         ) from exc
-    return LoadedConfig(config=parse_config(text, source=str(path)), path=path)
+    config = parse_config(text, source=str(path)).for_environment(environment)
+    return LoadedConfig(config=config, path=path)
 
 
 def parse_config(text: str, source: str = CONFIG_NAME) -> Config:
@@ -657,9 +819,15 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: malformed TOML: {exc}") from exc
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from exc
+    for name in config.environments:  # each one whole, so a typo in production fails staging too
+        try:
+            config.for_environment(name)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, f"{source} [environments.{name}]")) from exc
+    return config
 
 
 def _describe(exc: ValidationError, source: str) -> str:
@@ -725,6 +893,9 @@ def _key_path(loc: list[str]) -> str:
     if not loc:
         return "(top level)"
     tables = {"app", "health", "fleet", "canary"}
+    if loc[0] == "environments" and len(loc) >= 2:
+        rest = ".".join(loc[2:])
+        return f"[environments.{loc[1]}]" + (f" {rest}" if rest else "")
     if loc[0] == "provider" and len(loc) >= 3:
         return f"[provider.{loc[1]}] {'.'.join(loc[2:])}"
     if loc[0] in tables | {"env", "secrets"} and len(loc) >= 2:

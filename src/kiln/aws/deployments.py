@@ -115,7 +115,7 @@ def open_deployments(
     return AwsDeployments(
         provider,
         settings,
-        loaded.config.app.name,
+        loaded.config.fleet_name,
         on_event=on_event,
         allow_unverified=allow_unverified,
     )

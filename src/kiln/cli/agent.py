@@ -11,7 +11,7 @@ from urllib.parse import quote
 import click
 from rich.table import Table
 
-from kiln.cli.app import State, cli, pass_state
+from kiln.cli.app import State, cli, environment_option, pass_state
 from kiln.cli.output import console, emit_json, note
 from kiln.durations import parse_duration
 from kiln.errors import KilnError
@@ -101,6 +101,7 @@ def agent_run(state: State) -> None:
 
 @cli.command()
 @click.argument("instance", required=False)
+@environment_option
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option(
     "-n",
@@ -136,7 +137,7 @@ def logs(state: State, instance: str | None, follow: bool, lines: int, since: st
         if follow:
             _follow(path, lambda: _still_running(state, instance))
         return
-    fleet = state.config().config.app.name
+    fleet = state.config().config.fleet_name
     known = _fleet_logs(home, fleet)
     merged = sorted(
         (at, iid, line)

@@ -30,6 +30,7 @@ class State:
 
     home_override: str | None = None
     config_path: str | None = None
+    environment: str | None = None  # --env: one of kiln.toml's [environments]
     _home: Home | None = field(default=None, repr=False)
     _config: LoadedConfig | None = field(default=None, repr=False)
 
@@ -44,32 +45,64 @@ class State:
 
         return self.config_path is not None or (Path.cwd() / CONFIG_NAME).is_file()
 
-    def platform(self, name: str) -> Platform:
-        """The one place a command's provider is chosen; everything after delegates."""
+    def platform(self, name: str, environment: str | None = None) -> Platform:
+        """The one place a command's provider is chosen; everything after delegates.
+
+        ``environment`` opens another environment's platform than ``--env``'s
+        (``kiln promote`` reads one and deploys to the other).
+        """
         from kiln.platform import open_platform
 
-        return open_platform(name, self.home(), self.config, has_config=self.has_config())
+        config = self.config if environment is None else lambda: self.config_for(environment)
+        return open_platform(name, self.home(), config, has_config=self.has_config())
 
     def config(self) -> LoadedConfig:
+        """kiln.toml as ``--env`` selects it (no --env: the file as it is)."""
         if self._config is None:
-            from kiln.config import load_config  # pydantic: paid only by commands that read it
-
-            self._config = load_config(self.config_path)
+            self._config = self.config_for(self.environment)
         return self._config
+
+    def config_for(self, environment: str | None) -> LoadedConfig:
+        from kiln.config import load_config  # pydantic: paid only by commands that read it
+
+        return load_config(self.config_path, environment=environment)
 
 
 pass_state = click.make_pass_decorator(State)
 
 
 def provider_option(help: str) -> Callable[[F], F]:
-    """``--provider`` among the registered providers, ``local`` by default."""
-    return click.option(
+    """``--provider`` among the registered providers, ``local`` by default; and ``--env``."""
+    provider = click.option(
         "--provider",
         type=click.Choice(sorted(PLATFORM_NAMES)),
         default="local",
         show_default=True,
         help=help,
     )
+
+    def both(fn: F) -> F:
+        return provider(environment_option(fn))
+
+    return both
+
+
+def _select_environment(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(State).environment = value
+
+
+def environment_option(fn: F) -> F:
+    """``--env NAME``: act on the fleet of kiln.toml's [environments.NAME]."""
+    return click.option(
+        "--env",
+        "environment",
+        metavar="NAME",
+        expose_value=False,
+        callback=_select_environment,
+        help="Environment of kiln.toml ([environments.NAME]) to act on; default: none, "
+        "the file as it is.",
+    )(fn)
 
 
 class KilnGroup(click.Group):

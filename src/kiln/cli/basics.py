@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kiln.cli.app import State, cli, pass_state
+from kiln.cli.app import State, cli, environment_option, pass_state
 from kiln.cli.output import console, emit_json
 from kiln.config import CONFIG_NAME, json_schema
 from kiln.detect import detect
@@ -47,11 +47,18 @@ def config_schema() -> None:
 
 @config.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
+@environment_option
 @pass_state
 def config_check(state: State, as_json: bool) -> None:
-    """Validate kiln.toml and show it with defaults filled in."""
+    """Validate kiln.toml (every environment in it) and show it with defaults filled in."""
     loaded = state.config()
+    config = loaded.config
     if as_json:
-        emit_json(loaded.config.model_dump(mode="json"))
-    else:
-        console.print(f"{loaded.path}: ok (app {loaded.config.app.name})")
+        emit_json(config.model_dump(mode="json"))
+        return
+    where = f"app {config.app.name}"
+    if config.environment:
+        where += f", environment {config.environment}: fleet {config.fleet_name}"
+    elif config.environments:
+        where += f"; environments: {', '.join(sorted(config.environments))}"
+    console.print(f"{loaded.path}: ok ({where})")

@@ -14,7 +14,7 @@ import click
 from rich.markup import escape
 from rich.status import Status
 
-from kiln.cli.app import State, cli, pass_state, provider_option
+from kiln.cli.app import State, cli, environment_option, pass_state, provider_option
 from kiln.cli.fleetviews import indent, print_history, print_result, print_status
 from kiln.cli.output import console, emit_json, err_console
 from kiln.deploy import Event, Plan, Result, StateDb
@@ -106,9 +106,10 @@ def _resolve_image(state: State, engine: Deployer, ref: str) -> str:
         record = Store(state.home()).get(ref)
     except ImageNotFound:
         return ref
-    if record.app != engine.fleet:
+    app = state.config().config.app.name
+    if record.app != app:
         raise DeployError(
-            f"image {record.id} was baked for app {record.app}, not {engine.fleet}",
+            f"image {record.id} was baked for app {record.app}, not {app}",
             hint="deploy it from that app's directory, or pick another with 'kiln images'",
         )
     return record.id
@@ -282,10 +283,11 @@ def history_command(
 
 @cli.command("unlock")
 @click.option("--force", is_flag=True, help="Remove the lock even if its holder looks alive.")
+@environment_option
 @pass_state
 def unlock_command(state: State, force: bool) -> None:
     """Remove a deployment lock left behind by a process that is gone."""
-    fleet = state.config().config.app.name
+    fleet = state.config().config.fleet_name
     db = StateDb(state.home().state_db)
     holder = unlock_fleet(db, fleet, time.time(), socket.gethostname(), force=force)
     if holder is None:

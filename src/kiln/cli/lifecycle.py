@@ -170,7 +170,7 @@ def destroy_command(
     later 'kiln deploy' of the same app starts a fresh fleet.
     """
     platform = state.platform(provider)
-    fleet = state.config().config.app.name
+    fleet = state.config().config.fleet_name
     if not yes:
         if not sys.stdin.isatty():
             raise ConfigError(

@@ -25,7 +25,15 @@ from kiln.errors import BuildError
 from kiln.home import Home
 from kiln.image import stepcache
 from kiln.image.ignore import SourceEntry, build_spec, load_spec, walk
-from kiln.image.store import FileEntry, LinkEntry, Manifest, Store, clean_tmp, short_id
+from kiln.image.store import (
+    FileEntry,
+    LinkEntry,
+    Manifest,
+    Store,
+    clean_tmp,
+    short_code,
+    short_id,
+)
 from kiln.image.tree import UnsafeTree, check_tree
 from kiln.oserrors import explain
 from kiln.runenv import build_env, instance_env, python_on
@@ -45,6 +53,7 @@ class BakeResult:
     seconds: float
     commit: str | None = None
     dirty: bool | None = None
+    code: str | None = None  # short code digest: the image minus its env layer
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -106,6 +115,8 @@ def _bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None) -> Ba
         if manifest is None:
             assert cached is not None
             seconds = round(time.monotonic() - started, 3)
+            if cached.get("code") is None:  # cached before code digests existed
+                cached["code"] = short_code(store.get(cached["digest"]).manifest.code_digest)
             return BakeResult(**{**cached, "reused": True, "seconds": seconds})
         commit, dirty = git_state(root)
         meta = {
@@ -134,6 +145,7 @@ def _result(
         seconds=round(time.monotonic() - started, 3),
         commit=meta.get("commit"),
         dirty=meta.get("dirty"),
+        code=short_code(manifest.code_digest),
     )
 
 

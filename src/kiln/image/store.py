@@ -65,11 +65,21 @@ class Manifest:
     release: str = ""  # run once per deployment; '' (and absent from older images): none
 
     def canonical(self) -> bytes:
+        doc = self._code_doc()
+        doc["env"] = dict(sorted(self.env.items()))
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def code_canonical(self) -> bytes:
+        """The image minus its env layer: what ran in staging is what runs in production."""
+        doc = self._code_doc()
+        doc["layer"] = "code"  # never equal to a whole manifest's bytes
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def _code_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "format": FORMAT,
             "app": self.app,
             "run": self.run,
-            "env": dict(sorted(self.env.items())),
             "python": self.python,
             "files": [[f.path, f.mode, f.size, f.sha256] for f in self.files],
             "links": [[link.path, link.target] for link in self.links],
@@ -77,11 +87,21 @@ class Manifest:
         }
         if self.release:  # only when set: images without one keep their digests
             doc["release"] = self.release
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return doc
 
     @property
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.canonical()).hexdigest()
+
+    @property
+    def code_digest(self) -> str:
+        """sha256 of everything but [env]: the source tree, the build output, how it runs.
+
+        Two images that differ only in their env layer (staging's and production's
+        [env]) have the same code digest. Derived, never stored: a manifest cannot
+        claim a code digest its files do not have.
+        """
+        return "sha256:" + hashlib.sha256(self.code_canonical()).hexdigest()
 
     @property
     def size(self) -> int:
@@ -141,6 +161,11 @@ def short_id(digest: str) -> str:
     return "img-" + digest.removeprefix("sha256:")[:12]
 
 
+def short_code(digest: str) -> str:
+    """A code digest as people read it: 'code-' and 12 hex digits."""
+    return "code-" + digest.removeprefix("sha256:")[:12]
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     digest: str
@@ -164,6 +189,8 @@ class ImageRecord:
         return {
             "image": self.id,
             "digest": self.digest,
+            "code": short_code(self.manifest.code_digest),
+            "code_digest": self.manifest.code_digest,
             "app": self.app,
             "created": self.created,
             "files": len(self.manifest.files),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.durations import format_duration, format_size, format_time
 from kiln.errors import ConfigError, FleetNotFound
-from kiln.image.store import Store
+from kiln.image.store import Store, short_code
 from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class LocalPlatform(PlatformBase):
             self.provider(),
             StateDb(self.home.state_db),
             Settings.from_config(loaded.config),
-            loaded.config.app.name,
+            loaded.config.fleet_name,
             on_event=on_event,
         )
 
@@ -60,7 +60,7 @@ class LocalPlatform(PlatformBase):
         result = bake(self.loaded, self.home, progress)
         how = "reused, nothing changed" if result.reused else f"{result.seconds:.2f}s"
         headline = (
-            f"{result.image}  {result.app}  {result.files} files, "
+            f"{result.image}  {result.code}  {result.app}  {result.files} files, "
             f"{format_size(result.bytes)}  ({how})"
         )
         return Report(result.as_dict(), lines=(headline,))
@@ -73,6 +73,7 @@ class LocalPlatform(PlatformBase):
             rows.append(
                 (
                     r.id,
+                    short_code(r.manifest.code_digest),
                     r.app,
                     format_time(r.created),
                     format_size(r.manifest.size),
@@ -82,7 +83,7 @@ class LocalPlatform(PlatformBase):
             )
         return Report(
             [r.summary() for r in records],
-            columns=("IMAGE", "APP", "CREATED", "SIZE", "FILES", "COMMIT"),
+            columns=("IMAGE", "CODE", "APP", "CREATED", "SIZE", "FILES", "COMMIT"),
             rows=tuple(rows),
             empty="no images yet: run 'kiln bake' in your app's directory",
         )
@@ -122,10 +123,10 @@ class LocalPlatform(PlatformBase):
 
         config = self.loaded.config
         if image is None:
-            rec = StateDb(self.home.state_db).fleet(config.app.name)
+            rec = StateDb(self.home.state_db).fleet(config.fleet_name)
             if rec is None or rec.current_image is None:
                 raise FleetNotFound(
-                    f"fleet {config.app.name} has not been deployed yet: no current image",
+                    f"fleet {config.fleet_name} has not been deployed yet: no current image",
                     hint="deploy it first, or name an image: kiln run --image ID -- CMD",
                 )
             image = rec.current_image
@@ -161,7 +162,7 @@ class LocalPlatform(PlatformBase):
     def refresh(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
     ) -> Report:
-        fleet = self.provider().describe(self.loaded.config.app.name)
+        fleet = self.provider().describe(self.loaded.config.fleet_name)
         stale = {i.id: files for i in fleet.live() if (files := _stale(i))}
         if not stale:
             line = f"nothing to refresh: no instance of {fleet.name} runs a replaced host file"
@@ -176,7 +177,7 @@ class LocalPlatform(PlatformBase):
         fleet = None
         if not all_fleets:
             try:
-                fleet = self.loaded.config.app.name
+                fleet = self.loaded.config.fleet_name
             except ConfigError:
                 fleet = None
         from kiln.deploy import StateDb
@@ -191,18 +192,18 @@ class LocalPlatform(PlatformBase):
         from kiln.ui.timeline import deployment_timeline
 
         journal = Journal(StateDb(self.home.state_db))
-        fleet = self.loaded.config.app.name
+        fleet = self.loaded.config.fleet_name
         return [deployment_timeline(journal, d) for d in journal.history(fleet, limit)]
 
     def counters(self) -> dict[str, tuple[int, int]]:
-        stats = self.provider().stats(self.loaded.config.app.name)
+        stats = self.provider().stats(self.loaded.config.fleet_name)
         return {i: (s.requests, s.errors) for i, s in stats.items()}
 
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
         from kiln.image.drift import fleet_drift
 
         loaded = self.loaded
-        fleet = self.provider().describe(loaded.config.app.name)
+        fleet = self.provider().describe(loaded.config.fleet_name)
         report = fleet_drift(Store(self.home), fleet, loaded.config.app.writable)
         drifted = [d for d in report if d.drifted]
         result = None
@@ -240,7 +241,7 @@ class LocalPlatform(PlatformBase):
         wait: float | None,
         on_event: OnEvent | None,
     ) -> Report:
-        fleet = self.provider().describe(self.loaded.config.app.name)
+        fleet = self.provider().describe(self.loaded.config.fleet_name)
         now = time.time()
         old = fleet.older_than(max_age, now)
         ids = [i.id for i in old]

@@ -1,0 +1,161 @@
+"""[environments.NAME]: one kiln.toml, a fleet per environment, the same code in each.
+
+Config merging and its one-line errors, and the code digest: an image minus
+its env layer, equal for staging's and production's images of the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kiln.config import parse_config
+from kiln.errors import ConfigError
+from kiln.image.store import FileEntry, Manifest
+from kilntest import Kiln
+
+BASE = """
+[app]
+name = "shop"
+run = "python3 app.py"
+
+[env]
+GREETING = "hello"
+MODE = "base"
+
+[fleet]
+size = 2
+max_unavailable = 1
+
+[provider.local]
+listen = "127.0.0.1:8080"
+hosts = ["shop.example.com"]
+"""
+
+ENVIRONMENTS = """
+[environments.staging]
+env = { MODE = "staging", EXTRA = "1" }
+fleet = { size = 1, max_surge = 0 }
+provider.local = { listen = "127.0.0.1:8081" }
+secrets = { TOKEN = "env:STAGING_TOKEN" }
+
+[environments.production]
+require = "staging"
+fleet = { size = 3 }
+"""
+
+
+def test_an_environment_overrides_only_the_keys_it_sets() -> None:
+    config = parse_config(BASE + ENVIRONMENTS)
+    staging = config.for_environment("staging")
+    assert staging.environment == "staging" and staging.fleet_name == "shop-staging"
+    assert staging.env == {"GREETING": "hello", "MODE": "staging", "EXTRA": "1"}
+    assert (staging.fleet.size, staging.fleet.max_surge, staging.fleet.max_unavailable) == (1, 0, 1)
+    assert staging.provider.local.listen == "127.0.0.1:8081"
+    assert staging.provider.local.hosts == ["shop.example.com"]  # not overridden: inherited
+    assert staging.secrets == {"TOKEN": "env:STAGING_TOKEN"}
+    production = config.for_environment("production")
+    assert production.fleet_name == "shop-production"
+    assert production.env == config.env and production.fleet.size == 3
+    assert production.provider.local.listen == "127.0.0.1:8080"
+    assert config.environments["production"].require == "staging"
+
+
+def test_without_an_environment_the_file_is_what_it_always_was() -> None:
+    config = parse_config(BASE + ENVIRONMENTS)
+    assert config.for_environment(None) is config
+    assert config.environment is None and config.fleet_name == "shop"
+    assert config.env == {"GREETING": "hello", "MODE": "base"} and config.fleet.size == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "[environments.staging]\nfleet = { sise = 1 }\n",
+            "[environments.staging]: fleet.sise: unknown key (did you mean 'size'?)",
+        ),
+        (
+            "[environments.staging]\nfleet = { max_surge = 0, max_unavailable = 0 }\n",
+            "[environments.staging]: fleet: max_surge and max_unavailable cannot both be 0",
+        ),
+        (
+            "[environments.staging]\nfleet = { size = 0 }\n",
+            "[environments.staging]: [fleet] size: must be at least 1, not 0",
+        ),
+        ("[environments.staging]\nprovider.gcp = { zone = 'x' }\n", "provider.gcp: unknown"),
+        ("[environments.staging.app]\nname = 'other'\n", "[environments.staging] app: unknown key"),
+        ("[environments.Prod]\n", "'Prod' is not an environment name"),
+        ("[environments.production]\nrequire = 'stage'\n", "'stage': no such environment"),
+        ("[environments.staging]\nrequire = 'staging'\n", "staging.require names staging itself"),
+        ("[environments.staging]\nenv = { PORT = '1' }\n", "PORT is set by kiln"),
+    ],
+)
+def test_environment_mistakes_are_one_line_naming_the_environment(extra: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(BASE + extra)
+    assert message in str(caught.value)
+    assert "Traceback" not in str(caught.value)
+
+
+def test_an_unknown_environment_is_refused_naming_the_known_ones(kiln: Kiln) -> None:
+    (kiln.cwd / "kiln.toml").write_text(BASE + ENVIRONMENTS)
+    result = kiln("config", "check", "--env", "prod", ok=False)
+    assert result.exit_code != 0
+    assert "no environment 'prod' in kiln.toml (environments: production, staging)" in (
+        result.stderr
+    )
+    checked = kiln("config", "check", "--env", "staging", "--json")
+    assert json.loads(checked.stdout)["fleet"]["size"] == 1
+    assert "environments: production, staging" in kiln("config", "check").stdout
+
+
+def _manifest(env: dict[str, str], content: str = "a" * 64) -> Manifest:
+    return Manifest(
+        app="shop",
+        run="python3 app.py",
+        env=env,
+        python="python3",
+        files=(FileEntry("app.py", 0o644, 10, content),),
+    )
+
+
+def test_the_code_digest_leaves_out_only_the_env_layer() -> None:
+    staging, production = _manifest({"MODE": "staging"}), _manifest({"MODE": "production"})
+    assert staging.digest != production.digest
+    assert staging.code_digest == production.code_digest
+    assert _manifest({"MODE": "staging"}, "b" * 64).code_digest != staging.code_digest
+    assert staging.code_digest not in (staging.digest, production.digest)
+    # image digests are what they were before code digests existed
+    assert _manifest({}).digest == (
+        "sha256:3c6c4c5cc9da75937c9ec6e8ea5cf4f2ec8e4bb6dad0570005762cb8db46c9b4"
+    )
+
+
+def _bake(kiln: Kiln, *args: str) -> dict[str, str]:
+    data: dict[str, str] = json.loads(kiln("bake", "--json", *args).stdout)
+    return data
+
+
+def test_env_only_difference_is_a_new_image_with_the_same_code(kiln: Kiln) -> None:
+    (kiln.cwd / "kiln.toml").write_text(BASE + ENVIRONMENTS)
+    (kiln.cwd / "app.py").write_text("print('hi')\n")
+    staging, production = _bake(kiln, "--env", "staging"), _bake(kiln, "--env", "production")
+    assert staging["image"] != production["image"]
+    assert staging["code"] == production["code"] and staging["code"].startswith("code-")
+    listed = json.loads(kiln("images", "--json").stdout)
+    codes = {i["image"]: i["code"] for i in listed}
+    assert codes == {staging["image"]: staging["code"], production["image"]: staging["code"]}
+    table = kiln("images").stdout
+    assert "CODE" in table and table.count(staging["code"][:10]) == 2  # narrow: may be cut
+    (kiln.cwd / "app.py").write_text("print('changed')\n")
+    assert _bake(kiln, "--env", "staging")["code"] != staging["code"]
+
+
+def test_a_reused_bake_reports_its_code(kiln: Kiln, tmp_path: Path) -> None:
+    (kiln.cwd / "kiln.toml").write_text(BASE)
+    (kiln.cwd / "app.py").write_text("print('hi')\n")
+    first, again = _bake(kiln), _bake(kiln)
+    assert again["reused"] and again["code"] == first["code"]
