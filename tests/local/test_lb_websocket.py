@@ -11,7 +11,9 @@ deploy does it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import os
 import sys
 import threading
@@ -32,12 +34,17 @@ from kiln.local.provider import LocalProvider
 from kiln.local.proxy import Limits
 from kilntest import Kiln
 
+SERVER_CLOSES: list[tuple[str, int | None]] = []  # (instance, close code it received)
+
 
 def echo(name: str) -> Callable[[ServerConnection], Awaitable[None]]:
     async def handler(ws: ServerConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for message in ws:
                 await ws.send(message if isinstance(message, bytes) else f"{name}:{message}")
+        SERVER_CLOSES.append(
+            (name, ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None)
+        )
 
     return handler
 
@@ -106,9 +113,12 @@ async def drain_scenario() -> None:
         started = time.monotonic()
         await ws_a.send("still here")  # within the grace, a's tunnel still works
         assert (await ws_a.recv()).endswith("still here")
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws_a.recv(), 5)
         assert 0.4 < time.monotonic() - started < 3.0
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001  # Going Away
+        assert ws_a.close_code == 1001  # a clean close handshake, not 1006
+        await wait_async(lambda: ("a", 1001) in SERVER_CLOSES, 5)  # the instance's side too
         assert lb.outstanding("a") == 0
         await ws_b.send("unaffected")  # b's tunnel lives on
         assert (await ws_b.recv()).endswith("unaffected")
@@ -121,6 +131,75 @@ async def drain_scenario() -> None:
 
 def test_tunnels_of_an_instance_out_of_service_close_after_the_grace() -> None:
     asyncio.run(drain_scenario())
+
+
+async def wait_async(check: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.05)
+
+
+def ws_accept(key: bytes) -> bytes:
+    digest = hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    return base64.b64encode(digest)
+
+
+async def split_frame_server(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+) -> None:
+    """A WebSocket server by hand: answers the handshake, then sends a 200-byte text
+    frame in two halves 1.5 s apart, and records what it receives."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + ws_accept(key) + b"\r\n\r\n"
+    )
+    payload = b"x" * 200
+    frame = bytes([0x81, 126]) + len(payload).to_bytes(2, "big") + payload
+    writer.write(frame[:100])
+    await asyncio.sleep(1.5)  # the grace ends while the client is inside this frame
+    writer.write(frame[100:])
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            seen.append(data)
+    writer.close()
+
+
+async def mid_frame_scenario() -> None:
+    seen: list[bytes] = []
+    server = await asyncio.start_server(
+        lambda r, w: split_frame_server(r, w, seen), "127.0.0.1", port := free_port()
+    )
+    lb = Balancer("t", "round-robin", Limits(tunnel_grace=0.3))
+    await lb.start("127.0.0.1", lb_port := free_port())
+    lb.add("a", "127.0.0.1", port)
+    lb.set_routable(["a"])
+    try:
+        async with connect(f"ws://127.0.0.1:{lb_port}/") as ws:
+            await asyncio.sleep(0.2)  # the first half of the frame is on its way
+            lb.set_routable([])
+            assert await asyncio.wait_for(ws.recv(), 10) == "x" * 200  # whole, then the close
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        await wait_async(lambda: b"".join(seen)[:1] == b"\x88", 5)
+        got = b"".join(seen)
+        assert got[1] == 0x82  # masked, two bytes of payload: the code
+        assert bytes(b ^ got[2 + i % 4] for i, b in enumerate(got[6:8])) == b"\x03\xe9"  # 1001
+    finally:
+        await lb.close()
+        server.close()
+
+
+def test_a_close_frame_waits_for_the_end_of_the_frame_under_way() -> None:
+    """Draining in the middle of a frame: the frame is finished, then 1001 follows."""
+    asyncio.run(mid_frame_scenario())
 
 
 WS_APP = """
@@ -196,6 +275,7 @@ class Sockets:
         self.port = port
         self.log: list[tuple[float, int, str]] = []
         self.failures: list[str] = []
+        self.codes: list[int | None] = []  # the close code each closed socket received
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=lambda n=n: asyncio.run(self._client(n)))
@@ -210,8 +290,9 @@ class Sockets:
                         await ws.send("ping")
                         self.log.append((time.monotonic(), n, str(await ws.recv())))
                         await asyncio.sleep(0.05)
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
                 self.log.append((time.monotonic(), n, "closed"))
+                self.codes.append(exc.rcvd.code if exc.rcvd else None)
             except OSError as exc:  # could not connect at all: must never happen
                 self.failures.append(f"client {n}: {exc}")
             await asyncio.sleep(0.05)
@@ -273,4 +354,5 @@ tunnel_grace = "1s"
     assert sockets.failures == []
     closes = [(t, n) for t, n, m in sockets.log if m == "closed"]
     assert {n for _, n in closes} == {0, 1, 2, 3}  # every client lost its old socket once
+    assert sockets.codes == [1001] * len(closes)  # each told "going away", none dropped (1006)
     assert sockets.instances(since=done) <= new  # and came back on a new instance

@@ -55,6 +55,7 @@ from kiln.local.proxy import (
     read_body,
     send_body,
 )
+from kiln.local.wsclose import tunnel_for
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this are read whole before an instance is picked
@@ -487,11 +488,13 @@ class Balancer:
             upstream.writer.close()
             return False
         client.writer.write(switching_head(resp) + from_instance)
-        if kind == UPGRADE and from_client:
+        if kind != UPGRADE:
+            from_client = b""
+        if from_client:
             upstream.writer.write(from_client)
         backend.counters.record(101, time.monotonic() - started)
         self.totals.record(101, time.monotonic() - started)
-        tunnel = Tunnel(client, upstream)
+        tunnel = tunnel_for(resp.upgrade, client, upstream, from_instance, from_client)
         backend.tunnels.add(tunnel)
         backend.outstanding -= 1  # a tunnel now, counted as one: no longer a request
         try:
