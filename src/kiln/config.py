@@ -575,11 +575,10 @@ def _object(description: str) -> Any:
 
 
 class EnvironmentSettings(Section):
-    """One environment (e.g. staging, production): the same code, its own fleet and settings.
+    """One environment (e.g. staging): the same code, its own fleet, settings and [env].
 
-    Every key overrides the same key of the base file for this environment only;
-    tables are merged key by key. ``[app]`` cannot be overridden: the code is the
-    same everywhere, which is what promotion relies on.
+    Every key it sets overrides the base file's for this environment only (tables
+    merged key by key); [app] cannot be overridden: the code is the same everywhere.
     """
 
     require: str | None = Field(

@@ -34,6 +34,8 @@ def render_config_reference() -> str:
                 submodel = _model_of(subfield.annotation)
                 if submodel is not None:
                     parts.append(_section(f"provider.{sub}", submodel, subfield))
+        elif name == "environments" and model is not None:
+            parts.append(_section("environments.NAME", model, field))
         elif model is not None:
             parts.append(_section(name, model, field))
             if model is AppSettings:  # its build list may hold tables too: document them beside it
@@ -44,7 +46,7 @@ def render_config_reference() -> str:
 
 
 def _section(title: str, model: type[BaseModel], field: FieldInfo) -> str:
-    doc = (model.__doc__ or "").strip()
+    doc = " ".join((model.__doc__ or "").split())  # one paragraph, however it is wrapped
     rows = [
         f"\n## [{title}]\n",
         f"\n{doc}\n" if doc else "",
@@ -64,6 +66,10 @@ def _type_name(field: FieldInfo) -> str:
     if "parse_duration" in text:
         return "duration or None" if "Optional" in text else "duration"
     text = text.replace("kiln.config.BuildStep", "table (below)")
+    if text.startswith("dict[str, Annotated[str"):
+        return "table of references ('env:VAR', 'file:/path', 'ssm:/name')"
+    if text == "dict[str, Any]":
+        return "table"
     for simple in ("str", "int", "float", "bool"):
         text = text.replace(f"<class '{simple}'>", simple)
     return text.replace("|", "or").replace("Literal", "one of ")

@@ -19,6 +19,7 @@ The CLI turns a ``KilnError`` into one line (plus an optional hint) and its
     │   ├── LockHeld           another deployment holds the fleet's lock
     │   ├── DeployInterrupted  stopped by Ctrl-C; says how to finish
     │   ├── UnverifiedImage    an AMI no boot test has passed
+    │   ├── PromotionRefused   code never healthy where [environments] require says
     │   └── FleetNotFound
     ├── AwsError               AWS refused or failed (credentials, permissions)
     └── CiError                a CI pipeline cannot be written as asked
@@ -99,6 +100,12 @@ class DeployInterrupted(DeployError):
 
 class UnverifiedImage(DeployError):
     pass
+
+
+class PromotionRefused(DeployError):
+    """Code not (or not now) healthy in the environment a promotion or require names."""
+
+    exit_code = 7
 
 
 class FleetNotFound(DeployError):

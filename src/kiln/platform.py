@@ -52,6 +52,7 @@ class Capability(StrEnum):
     RUN = "run"  # `kiln run`: a one-off command in a fresh directory of an image
     REFRESH = "refresh"  # `kiln refresh`: replace instances running replaced host files
     DESTROY = "destroy"  # `kiln destroy`: stop every instance, forget the fleet, keep history
+    PROMOTE = "promote"  # `kiln promote`: another environment's image, same code, no bake
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,14 @@ class Platform(Protocol):
         ...
 
     def images(self, app: str | None) -> Report: ...
+
+    def code_of(self, image: str) -> str | None:
+        """The code digest of ``image`` (its digest minus the env layer); None if unknown."""
+        ...
+
+    def promote_image(self, image: str) -> str:
+        """This environment's image with the code of ``image``: its own env layer, no bake."""
+        ...
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report: ...
 

@@ -148,6 +148,40 @@ DEPLOYING = {
     ),
 }
 
+# docs/environments.md ---------------------------------------------------------
+
+ENVIRONMENTS_TOML = """
+[environments.staging]
+env = {{ GREETING = "hello from staging" }}
+fleet = {{ size = 1 }}
+provider.local = {{ listen = "127.0.0.1:{staging}" }}
+
+[environments.production]
+require = "staging"
+provider.local = {{ listen = "127.0.0.1:{production}" }}
+"""
+
+
+def two_environments(box: Sandbox) -> None:
+    """The guide's [environments], on free ports."""
+    with (box.cwd / "kiln.toml").open("a") as f:
+        f.write(ENVIRONMENTS_TOML.format(staging=free_port(), production=free_port()))
+
+
+ENVIRONMENTS = {
+    "kiln config check": Step(prepare=two_environments, shows=("production, staging",)),
+    "kiln deploy --env staging": Step(shows=("shop-staging serves img-",)),
+    "kiln images": Step(shows=("CODE", "code-")),
+    "kiln promote staging production": Step(
+        shows=("promoted from staging", "shop-production serves img-")
+    ),
+    "kiln deploy --env production": Step(
+        prepare=new_version, exit=7, shows=("was never healthy in staging",)
+    ),
+    "kiln status --all-envs": Step(shows=("shop-staging", "shop-production", "same code")),
+    "kiln history --env production": Step(shows=("promoted from staging",)),
+}
+
 LOCAL_APP = """
 [app]
 name = "shop"
@@ -169,7 +203,11 @@ listen = "127.0.0.1:{port}"
 stop_timeout = "2s"
 """
 
-LOCAL: dict[str, dict[str, Step]] = {"README.md": README, "docs/deploying.md": DEPLOYING}
+LOCAL: dict[str, dict[str, Step]] = {
+    "README.md": README,
+    "docs/deploying.md": DEPLOYING,
+    "docs/environments.md": ENVIRONMENTS,
+}
 
 
 @pytest.fixture

@@ -68,6 +68,20 @@ class AwsPlatform(PlatformBase):
             empty="no AMIs baked by kiln in this region: run 'kiln bake --provider aws'",
         )
 
+    def code_of(self, image: str) -> str | None:
+        """From the local store, when this machine baked (or pulled) the image."""
+        from kiln.errors import ImageNotFound
+        from kiln.image.store import Store
+
+        try:
+            return Store(self.home).get(image).manifest.code_digest
+        except ImageNotFound:
+            return None
+
+    def promote_image(self, image: str) -> str:
+        self.require(Capability.PROMOTE, "kiln promote")
+        raise AssertionError("unreachable: PROMOTE is not an AWS capability yet")
+
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
         """Deregister old AMIs and delete their snapshots together, never one in use."""
         from kiln.aws.images import prune_amis

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "demo": "kiln.cli.demo",
     "deploy": "kiln.cli.deploy",
     "rollback": "kiln.cli.deploy",
+    "promote": "kiln.cli.deploy",
     "scale": "kiln.cli.deploy",
     "status": "kiln.cli.deploy",
     "history": "kiln.cli.deploy",

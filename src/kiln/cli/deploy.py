@@ -15,15 +15,22 @@ from rich.markup import escape
 from rich.status import Status
 
 from kiln.cli.app import State, cli, environment_option, pass_state, provider_option
-from kiln.cli.fleetviews import indent, print_history, print_result, print_status
+from kiln.cli.fleetviews import (
+    indent,
+    print_environments,
+    print_history,
+    print_result,
+    print_status,
+)
 from kiln.cli.output import console, emit_json, err_console
 from kiln.deploy import Event, Plan, Result, StateDb
 from kiln.deploy.journal import Journal
 from kiln.deploy.lock import unlock as unlock_fleet
 from kiln.durations import parse_duration
-from kiln.errors import DeployError, GateFailed, ImageNotFound
-from kiln.image.store import Store
+from kiln.errors import ConfigError, DeployError, GateFailed, ImageNotFound
+from kiln.image.store import Store, short_code
 from kiln.platform import Capability, Deployer
+from kiln.promotion import check_required, environments_status, healthy_now, with_note
 
 PROVIDER = provider_option("Where the fleet runs.")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -115,6 +122,28 @@ def _resolve_image(state: State, engine: Deployer, ref: str) -> str:
     return record.id
 
 
+def _required(state: State, provider: str, image: str, override: bool) -> str | None:
+    """[environments.X] require: refuse code never healthy there (or note the override)."""
+    config = state.config().config
+    name = config.environment
+    required = config.environments[name].require if name else None
+    if name is None or required is None:
+        if override:
+            raise click.UsageError(
+                "--override-require applies to an environment whose [environments.NAME] "
+                "sets require; this deploy has none"
+            )
+        return None
+    return check_required(
+        state.platform(provider),
+        name,
+        image,
+        state.platform(provider, environment=required),
+        required,
+        override=override,
+    )
+
+
 def _bake(state: State) -> str:
     from kiln.image.bake import bake
 
@@ -156,6 +185,12 @@ def exit_for(result: Result) -> None:
 @click.option("--resume", is_flag=True, help="Only finish an interrupted deployment.")
 @click.option("--reason", help="Why, recorded in the history.")
 @click.option(
+    "--override-require",
+    is_flag=True,
+    help="Deploy code never healthy in the environment [environments.NAME] require names "
+    "(recorded in the history).",
+)
+@click.option(
     "--allow-unverified",
     is_flag=True,
     help="aws: deploy an AMI that has not passed a boot test (no kiln:verified tag).",
@@ -171,6 +206,7 @@ def deploy_command(
     dry_run: bool,
     resume: bool,
     reason: str | None,
+    override_require: bool,
     allow_unverified: bool,
     as_json: bool,
     wait: str | None,
@@ -200,6 +236,7 @@ def deploy_command(
         if strategy == "canary":
             platform.require(Capability.CANARY, "the canary strategy")
         target = _resolve_image(state, engine, image) if image else _bake(state)
+        reason = with_note(reason, _required(state, provider, target, override_require))
         if dry_run:
             plan = engine.plan(target, strategy)
             if as_json:
@@ -248,17 +285,110 @@ def scale_command(state: State, size: int, as_json: bool, wait: str | None, prov
     _finish(result, as_json)
 
 
+@cli.command("promote")
+@click.argument("source", metavar="FROM")
+@click.argument("target", metavar="TO")
+@click.option(
+    "--strategy",
+    type=click.Choice(["rolling", "blue-green", "canary"]),
+    help="Default: TO's [fleet] strategy.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--reason", help="Why, recorded in TO's history (after the promotion note).")
+@JSON
+@WAIT
+@provider_option("Where both environments run.")
+@pass_state
+def promote_command(
+    state: State,
+    source: str,
+    target: str,
+    strategy: str | None,
+    dry_run: bool,
+    reason: str | None,
+    as_json: bool,
+    wait: str | None,
+    provider: str,
+) -> None:
+    """Deploy to TO the code FROM serves healthily now: no bake, only TO's env layer.
+
+    e.g. 'kiln promote staging production'. Refused while FROM is mid-deployment
+    or any of its serving instances fails its checks.
+    """
+    if source == target:
+        raise click.UsageError(f"promote {source} to {source}? name two environments")
+    config = state.config_for(target).config  # both names checked before anything is read
+    origin = state.platform(provider, environment=source)
+    platform = state.platform(provider, environment=target)
+    platform.require(Capability.PROMOTE, "kiln promote")
+    if strategy == "canary":
+        platform.require(Capability.CANARY, "the canary strategy")
+    state.config_for(source)
+    serving = healthy_now(origin, source)
+    image = platform.promote_image(serving.image)
+    required = config.environments[target].require
+    note = f"promoted from {source} ({serving.image}, {short_code(serving.code)})"
+    if required is not None and required != source:
+        forced = check_required(
+            platform,
+            target,
+            image,
+            state.platform(provider, environment=required),
+            required,
+            override=False,
+        )
+        assert forced is None
+    narrator = _Narrator()
+    engine = platform.deployer(narrator)
+    if dry_run:
+        plan = engine.plan(image, strategy)
+        if as_json:
+            emit_json({"promoted": serving.image, "image": image, "plan": plan.to_json()})
+        else:
+            err_console.print(f"{note}: {image}")
+            console.print("\n".join(plan.describe()), markup=False)
+        return
+    err_console.print(f"{note}: deploying {image} to {config.fleet_name}")
+    with _sigterm_as_ctrl_c(), narrator.live(True):
+        result = engine.deploy(
+            image, strategy=strategy, reason=with_note(reason, note), wait=_wait_seconds(wait)
+        )
+    _finish(result, as_json)
+
+
 @cli.command("status")
+@click.option(
+    "--all-envs",
+    is_flag=True,
+    help="One line per environment of kiln.toml: what runs where, which code, how old.",
+)
 @JSON
 @PROVIDER
 @pass_state
-def status_command(state: State, as_json: bool, provider: str) -> None:
+def status_command(state: State, all_envs: bool, as_json: bool, provider: str) -> None:
     """The fleet now: endpoint, size, image, instances, any deployment in progress."""
+    if all_envs:
+        _status_of_environments(state, provider, as_json)
+        return
     data = state.platform(provider).status()
     if as_json:
         emit_json(data)
         return
     print_status(data)
+
+
+def _status_of_environments(state: State, provider: str, as_json: bool) -> None:
+    names = sorted(state.config_for(None).config.environments)
+    if not names:
+        raise ConfigError(
+            "kiln.toml has no [environments]: --all-envs has nothing to show",
+            hint="'kiln status' shows the fleet; see docs/environments.md to add environments",
+        )
+    rows = environments_status({n: state.platform(provider, environment=n) for n in names})
+    if as_json:
+        emit_json(rows)
+        return
+    print_environments(rows)
 
 
 @cli.command("history")

@@ -42,6 +42,29 @@ def print_result(result: Result) -> None:
         err_console.print("  run 'kiln status' to see what runs, then deploy a known-good image")
 
 
+def print_environments(rows: list[dict[str, Any]]) -> None:
+    """``kiln status --all-envs``: what runs where, which code, since when."""
+    table = Table(box=None, header_style="bold")
+    for column in ("ENV", "FLEET", "ENDPOINT", "IMAGE", "CODE", "SERVING", "DEPLOYED"):
+        table.add_column(column)
+    for row in rows:
+        health = "" if row["healthy"] or not row["serving"] else " [red](unhealthy)[/]"
+        age = f"{format_duration(row['age'])} ago" if row["age"] is not None else "-"
+        table.add_row(
+            row["environment"],
+            row["fleet"] or "-",
+            row["endpoint"] or "-",
+            row["image"] or "-",
+            row["code"] or "-",
+            f"{row['serving']}{health}",
+            age,
+        )
+    console.print(table)
+    codes = {row["code"] for row in rows if row["code"]}
+    if len(codes) == 1 and len(rows) > 1 and all(row["code"] for row in rows):
+        console.print(f"every environment runs the same code ({codes.pop()})", style="dim")
+
+
 def print_status(data: dict[str, Any]) -> None:
     size = data.get("desired_size", "-")
     console.print(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kiln.durations import format_duration, format_size, format_time
-from kiln.errors import ConfigError, FleetNotFound
+from kiln.errors import ConfigError, FleetNotFound, ImageNotFound
 from kiln.image.store import Store, short_code
 from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
 
@@ -87,6 +88,20 @@ class LocalPlatform(PlatformBase):
             rows=tuple(rows),
             empty="no images yet: run 'kiln bake' in your app's directory",
         )
+
+    def code_of(self, image: str) -> str | None:
+        try:
+            return Store(self.home).get(image).manifest.code_digest
+        except ImageNotFound:
+            return None
+
+    def promote_image(self, image: str) -> str:
+        """The same files, build output and run line; only [env] is this environment's."""
+        store = Store(self.home)
+        record = store.get(image)
+        manifest = replace(record.manifest, env=dict(self.loaded.config.env))
+        meta = {**record.meta, "created": time.time(), "promoted_from": record.id}
+        return store.add_image(manifest, meta).id
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
         from kiln.image.prune import local_images_in_use, plan_prune, prune
