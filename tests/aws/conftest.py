@@ -6,20 +6,16 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from awskit import REGION, SOURCE_AMI, TargetFactory, write_app
 from awsservers import SshServer, moto_server, reset_moto
 
 from kiln.aws.builder import Builder
 from kiln.aws.session import Aws, connect
 from kiln.aws.ssh import SshTarget
-from kiln.config import AwsSettings, LoadedConfig, load_config
+from kiln.config import AwsSettings, LoadedConfig
 from kiln.home import Home
-
-REGION = "eu-west-1"
-# One of the public AMIs moto ships in every region (describing them all takes a second).
-SOURCE_AMI = "ami-03cf127a"
 
 
 @pytest.fixture(scope="session")
@@ -117,9 +113,6 @@ def scratch_root(tmp_path: Path) -> Path:
     return root
 
 
-TargetFactory = Callable[[Builder], SshTarget]
-
-
 @pytest.fixture
 def loopback_target(ssh_server: SshServer, scratch_root: Path) -> TargetFactory:
     """Point the bake's SSH step at the loopback server, installing into scratch_root."""
@@ -138,37 +131,6 @@ def loopback_target(ssh_server: SshServer, scratch_root: Path) -> TargetFactory:
     return target
 
 
-def write_app(
-    directory: Path, *, extra: str = "", version: str = "1", ssh_timeout: str = "20s"
-) -> LoadedConfig:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "app.py").write_text(f"print('acme v{version}')\n")
-    (directory / "static").mkdir(exist_ok=True)
-    (directory / "static" / "index.html").write_text("<h1>acme</h1>\n")
-    (directory / "kiln.toml").write_text(
-        f"""
-[app]
-name = "acme"
-run = "python3 app.py --port $PORT"
-
-[env]
-GREETING = 'say "hi"'
-
-[secrets]
-DB_PASSWORD = "env:DB_PASSWORD"
-API_TOKEN = "ssm:/shared/api-token"
-
-[provider.aws]
-ssh_cidr = "127.0.0.1/32"
-ssh_timeout = "{ssh_timeout}"
-image_timeout = "20s"
-{extra}
-""",
-        encoding="utf-8",
-    )
-    return load_config(directory / "kiln.toml")
-
-
 @pytest.fixture
 def app_factory(tmp_path: Path, base_ami: str) -> Callable[..., LoadedConfig]:
     def make(extra: str = "", version: str = "1", ssh_timeout: str = "20s") -> LoadedConfig:
@@ -185,56 +147,3 @@ def app_factory(tmp_path: Path, base_ami: str) -> Callable[..., LoadedConfig]:
 @pytest.fixture
 def home() -> Home:
     return Home.resolve(os.environ["KILN_HOME"]).ensure()
-
-
-def leftovers(aws: Aws) -> dict[str, list[Any]]:
-    """Every temporary bake resource still alive: must be empty after any bake."""
-    instances = [
-        i["InstanceId"]
-        for r in aws.ec2.describe_instances(
-            Filters=[
-                {"Name": "tag-key", "Values": ["kiln:build-id"]},
-                {
-                    "Name": "instance-state-name",
-                    "Values": ["pending", "running", "stopping", "stopped"],
-                },
-            ]
-        )["Reservations"]
-        for i in r["Instances"]
-    ]
-    groups = [
-        g["GroupId"]
-        for g in aws.ec2.describe_security_groups(
-            Filters=[{"Name": "tag-key", "Values": ["kiln:build-id"]}]
-        )["SecurityGroups"]
-    ]
-    pairs = [
-        k["KeyName"]
-        for k in aws.ec2.describe_key_pairs(
-            Filters=[{"Name": "tag-key", "Values": ["kiln:build-id"]}]
-        )["KeyPairs"]
-    ]
-    return {
-        k: v for k, v in {"instances": instances, "groups": groups, "key_pairs": pairs}.items() if v
-    }
-
-
-def fail_call(aws: Aws, operation: str, code: str, message: str, *, times: int = 0) -> None:
-    """Make AWS answer ``operation`` with an error, at the client's edge (no request sent).
-
-    ``times`` > 0 fails only that many calls, then lets them through.
-    """
-    failed: list[int] = []
-
-    def answer(**_kwargs: Any) -> tuple[Any, dict[str, Any]] | None:
-        if times and len(failed) >= times:
-            return None
-        failed.append(1)
-        http = type("Http", (), {"status_code": 400, "headers": {}, "text": ""})()
-        parsed = {
-            "Error": {"Code": code, "Message": message},
-            "ResponseMetadata": {"HTTPStatusCode": 400},
-        }
-        return http, parsed
-
-    aws.ec2.meta.events.register(f"before-call.ec2.{operation}", answer)

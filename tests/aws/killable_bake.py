@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import fail_call
+from awskit import fail_call
+
 from kiln.aws.ami import bake_ami, settings_of
 from kiln.aws.builder import Builder
 from kiln.aws.session import connect

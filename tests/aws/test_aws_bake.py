@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from awskit import SOURCE_AMI, TargetFactory, leftovers, write_app
 
-from conftest import SOURCE_AMI, TargetFactory, leftovers, write_app
 from kiln.aws.ami import bake_ami, host_cidr
 from kiln.aws.builder import BuildTags, security_group, ssh_from
 from kiln.aws.images import list_amis

@@ -6,8 +6,8 @@ import time
 
 import asyncssh
 import pytest
+from awskit import SOURCE_AMI
 
-from conftest import SOURCE_AMI
 from kiln.aws.ami import caller_cidr, default_target, resolve_base_image
 from kiln.aws.builder import Builder
 from kiln.aws.session import Aws

@@ -13,8 +13,8 @@ from threading import Thread
 from typing import Any
 
 import pytest
+from awskit import TargetFactory, leftovers
 
-from conftest import TargetFactory, leftovers
 from kiln.aws.ami import bake_ami
 from kiln.aws.boottest import VERIFIED_TAG, BootTestFailed, direct_checker
 from kiln.aws.session import Aws, tag_map

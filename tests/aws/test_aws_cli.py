@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+from awskit import TargetFactory
 
-from conftest import TargetFactory
 from kiln.aws.ami import bake_ami
 from kiln.aws.images import list_amis
 from kiln.aws.policy import DEPLOY_PURPOSES, PARTS, PURPOSES, policy_document

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from awskit import TargetFactory, fail_call, leftovers
 from awsservers import SshServer, free_port
 
-from conftest import TargetFactory, fail_call, leftovers
 from kiln.aws.ami import bake_ami
 from kiln.aws.builder import Builder
 from kiln.aws.images import list_amis

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+from awskit import TargetFactory
 
-from conftest import TargetFactory
 from kiln.aws.ami import bake_ami
 from kiln.aws.images import list_amis, prune_amis
 from kiln.aws.session import Aws

@@ -16,9 +16,9 @@ from typing import Any
 
 import boto3
 import pytest
+from awskit import REGION, SOURCE_AMI, TargetFactory, leftovers, write_app
 from policywalk import lint
 
-from conftest import REGION, SOURCE_AMI, TargetFactory, leftovers, write_app
 from kiln.aws import iam
 from kiln.aws.ami import bake_ami
 from kiln.aws.boottest import BootTestFailed

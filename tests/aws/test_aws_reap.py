@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from awskit import leftovers
 from awsservers import free_port
 
-from conftest import leftovers
 from kiln.aws.reap import reap
 from kiln.aws.session import Aws
 from kiln.config import LoadedConfig

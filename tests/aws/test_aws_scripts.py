@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from awskit import TargetFactory
 
 import kiln.aws
-from conftest import TargetFactory
 from kiln.aws.ami import bake_ami
 from kiln.config import LoadedConfig
 from kiln.home import Home

@@ -19,8 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from awskit import REGION
 
-from conftest import REGION
 from kiln.aws import fetch_secrets
 from kiln.aws.session import Aws
 
