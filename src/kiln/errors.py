@@ -27,6 +27,28 @@ The CLI turns a ``KilnError`` into one line (plus an optional hint) and its
 
 from __future__ import annotations
 
+__all__ = [
+    "AgentError",
+    "AwsError",
+    "BuildError",
+    "CiError",
+    "ConfigError",
+    "CorruptObject",
+    "DeployError",
+    "DeployInterrupted",
+    "FleetNotFound",
+    "GateFailed",
+    "HomeError",
+    "ImageNotFound",
+    "InstanceNotFound",
+    "KilnError",
+    "LockHeld",
+    "ProviderError",
+    "StoreError",
+    "UnsafeImage",
+    "UnverifiedImage",
+]
+
 
 class KilnError(Exception):
     """Base class: a failure the user can understand and act on."""

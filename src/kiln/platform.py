@@ -28,6 +28,21 @@ if TYPE_CHECKING:
     from kiln.home import Home
     from kiln.image.bake import BakeProgress
 
+
+__all__ = [
+    "DRIFT_FOUND",
+    "PLATFORMS",
+    "PLATFORM_NAMES",
+    "Capability",
+    "Deployer",
+    "Narrate",
+    "OnEvent",
+    "Platform",
+    "PlatformBase",
+    "Report",
+    "open_platform",
+]
+
 OnEvent = Callable[["Event"], None]
 Narrate = Callable[[str], None]
 
@@ -158,6 +173,11 @@ class Platform(Protocol):
         """Per instance: requests and errors so far, from the load balancer (may be empty)."""
         ...
 
+    def traffic(self, since: float) -> list[list[float]] | None:
+        """Stored ``[at, seconds, requests, errors]`` buckets of the fleet since ``since``,
+        oldest first; None where nothing is stored (the page then samples ``counters``)."""
+        ...
+
     def destroy(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
     ) -> Report:
@@ -191,6 +211,9 @@ class PlatformBase:
     @property
     def loaded(self) -> LoadedConfig:
         return self._config()
+
+    def traffic(self, since: float) -> list[list[float]] | None:
+        return None
 
     def require(self, capability: Capability, what: str) -> None:
         """The one place an unsupported feature is refused."""

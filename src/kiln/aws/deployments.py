@@ -30,9 +30,9 @@ from kiln.aws.session import Aws, aws_errors
 from kiln.aws.targets import Resolver
 from kiln.config import LoadedConfig
 from kiln.deploy.clock import Clock, SystemClock
-from kiln.deploy.engine import Engine, Event
+from kiln.deploy.engine import Engine, Event, EventKind
 from kiln.deploy.history import Result, who_am_i
-from kiln.deploy.journal import Who
+from kiln.deploy.journal import DeploymentKind, Who
 from kiln.deploy.plan import Plan
 from kiln.deploy.settings import Settings
 from kiln.deploy.state import StateDb
@@ -149,7 +149,7 @@ class AwsDeployments:
             holder=str(self.who),
             ttl=lock_ttl,
             vpc=self._vpc(),
-            warn=lambda m: self.on_event(Event("warning", m)),
+            warn=lambda m: self.on_event(Event(EventKind.WARNING, m)),
         )
 
     # engine operations ------------------------------------------------------------
@@ -247,7 +247,7 @@ class AwsDeployments:
             old = engine.provider.describe(self.fleet).older_than(max_age, self.clock.now())
             return engine.replace_instances(
                 [i.id for i in old],
-                kind="recycle",
+                kind=DeploymentKind.RECYCLE,
                 why=f"older than {format_duration(max_age)}",
                 reason=reason,
             )

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from kiln.cli.app import State, cli, pass_state, provider_option
 from kiln.cli.output import console, emit_json, err_console, note, print_report
 from kiln.durations import format_size, format_time
 from kiln.errors import CorruptObject
-from kiln.image import repair as repairs
 from kiln.image.bake import BakeProgress
 from kiln.image.store import Store
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class _ConsoleProgress(BakeProgress):
@@ -54,6 +49,15 @@ class _ConsoleProgress(BakeProgress):
         if self.quiet or total < 500:
             return
         if self.bar is None:
+            # imported here: a bake with nothing to store never pays for rich.progress
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self.bar = Progress(
                 TextColumn("storing files"),
                 BarColumn(),
@@ -175,6 +179,8 @@ def image_verify(state: State, image: str, repair: bool, source: Path | None) ->
                 f"'kiln image verify {record.id} --repair --source APP_DIR'",
             )
     else:
+        from kiln.image import repair as repairs
+
         done = repairs.repair(store, image, source)
         if done.restored:
             console.print(f"{record.id}: restored {len(done.restored)} file(s) from {source}")

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from kiln.errors import KilnError
 
@@ -39,6 +38,8 @@ def print_report(report: Report, as_json: bool) -> None:
         for line in report.lines:
             console.print(line, markup=False)
         if report.columns and report.rows:
+            from rich.table import Table
+
             table = Table(box=None, header_style="bold")
             for column in report.columns:
                 table.add_column(column)

@@ -15,18 +15,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from kiln.deploy.clock import Clock, SystemClock
 from kiln.deploy.gates import Gates, Trip
 from kiln.deploy.history import Result, who_am_i
-from kiln.deploy.journal import Deployment, Journal, Who
+from kiln.deploy.journal import Deployment, DeploymentKind, Journal, JournalEvent, Outcome, Who
 from kiln.deploy.lock import HEARTBEAT_TTL, DeployLock
 from kiln.deploy.plan import (
     STRATEGIES,
     Knobs,
     Plan,
     Step,
+    StepKind,
     make_plan,
     rollback_plan,
     unreplaced_failures,
@@ -46,11 +48,21 @@ from kiln.errors import (
 from kiln.providers.protocol import FleetState, Provider, Releaser
 
 
+class EventKind(StrEnum):
+    """How the CLI shows an engine event: plain, yellow, a numbered step, a status line, a trip."""
+
+    INFO = "info"
+    WARNING = "warning"
+    STEP = "step"
+    PROGRESS = "progress"
+    TRIP = "trip"
+
+
 @dataclass(frozen=True)
 class Event:
     """Narration for whoever drives the engine (the CLI shows it live)."""
 
-    kind: str  # info | warning | step | progress | trip
+    kind: EventKind
     message: str
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -82,7 +94,7 @@ class Engine:
             host=self.who.host,
             pid=pid,
             ttl=lock_ttl,
-            warn=lambda m: self._emit("warning", m),
+            warn=lambda m: self._emit(EventKind.WARNING, m),
         )
         self._figures: dict[str, Any] = {}
         # failures from before a resume (say, instances an agent killed mid-launch
@@ -98,7 +110,7 @@ class Engine:
         dep = self.journal.unfinished(self.fleet)
         if dep is not None:
             self._emit(
-                "warning",
+                EventKind.WARNING,
                 f"deployment {dep.id} ({dep.from_image} → {dep.to_image}) is unfinished: "
                 "'kiln deploy' finishes it first, so this plan may change",
             )
@@ -125,18 +137,18 @@ class Engine:
         launch = self.provider.launch_print()  # a missing secret stops here: nothing changed
         with self._locked(wait):
             resumed = self._resume_unfinished()
-            if resumed and resumed.to_image == image and resumed.outcome != "succeeded":
+            if resumed and resumed.to_image == image and resumed.outcome is not Outcome.SUCCEEDED:
                 return resumed  # that very deployment just failed: no second attempt here
             self._reap_warm()
             for change in self.provider.apply_settings(self.fleet):
-                self._emit("info", change)
+                self._emit(EventKind.INFO, change)
             plan = self._plan(image, chosen, launch)
             if plan.relaunch:
-                self._emit("info", plan.relaunch_note, {"instances": list(plan.relaunch)})
+                self._emit(EventKind.INFO, plan.relaunch_note, {"instances": list(plan.relaunch)})
             if plan.empty:
                 self._save_unchanged(plan)
-                return Result(self.fleet, "unchanged", to_image=image, resumed=resumed)
-            return replace(self._start(plan, "deploy", reason), resumed=resumed)
+                return Result(self.fleet, Outcome.UNCHANGED, to_image=image, resumed=resumed)
+            return replace(self._start(plan, DeploymentKind.DEPLOY, reason), resumed=resumed)
 
     def resume(self, *, wait: float | None = None) -> Result | None:
         """Finish (or finish rolling back) an interrupted deployment; None if there is none."""
@@ -165,8 +177,10 @@ class Engine:
             plan = rollback_plan(state, target, size, "rollback")
             plan = replace(plan, from_image=rec.current_image)
             if plan.empty:
-                return Result(self.fleet, "unchanged", kind="rollback", to_image=target)
-            return self._start(plan, "rollback", reason)
+                return Result(
+                    self.fleet, Outcome.UNCHANGED, kind=DeploymentKind.ROLLBACK, to_image=target
+                )
+            return self._start(plan, DeploymentKind.ROLLBACK, reason)
 
     def scale(self, size: int, *, wait: float | None = None) -> Result:
         """Change the desired size; new instances come from the current image.
@@ -178,7 +192,7 @@ class Engine:
             raise DeployError("a fleet cannot have fewer than 0 instances", hint="kiln scale 0")
         if size == 0:
             self._emit(
-                "warning",
+                EventKind.WARNING,
                 f"scaling {self.fleet} to 0: every instance stops and nothing serves its "
                 "endpoint; 'kiln scale N' brings it back, 'kiln destroy' removes the fleet",
             )
@@ -194,8 +208,10 @@ class Engine:
             plan = make_plan(state, image, "rolling", size, self._knobs(settle=0), image)
             if plan.empty:
                 self._save(replace(rec, size=size, config_size=self.settings.size))
-                return Result(self.fleet, "unchanged", kind="scale", to_image=image)
-            return self._start(plan, "scale", f"scale to {size}")
+                return Result(
+                    self.fleet, Outcome.UNCHANGED, kind=DeploymentKind.SCALE, to_image=image
+                )
+            return self._start(plan, DeploymentKind.SCALE, f"scale to {size}")
 
     def destroy(self, *, reason: str | None = None, wait: float | None = None) -> Result:
         """Remove the fleet: drain and stop every instance, forget its record, keep history.
@@ -208,14 +224,20 @@ class Engine:
             dep = self.journal.unfinished(self.fleet)
             if dep is not None:
                 why = f"abandoned by kiln destroy ({self.who})"
-                self.journal.finish(dep.id, "failed", why, dict(dep.figures), self.clock.now())
+                self.journal.finish(
+                    dep.id, Outcome.FAILED, why, dict(dep.figures), self.clock.now()
+                )
             rec = self.db.fleet(self.fleet)
             state = self.provider.describe(self.fleet)
             doomed = tuple(i.id for i in state.live() + unreplaced_failures(state))
             current = rec.current_image if rec else majority(state)
-            steps = (Step("terminate", instances=doomed, why="fleet destroyed"),) if doomed else ()
+            steps = (
+                (Step(StepKind.TERMINATE, instances=doomed, why="fleet destroyed"),)
+                if doomed
+                else ()
+            )
             plan = Plan(self.fleet, "rolling", None, current, 0, steps)
-            result = self._start(plan, "destroy", reason or "kiln destroy")
+            result = self._start(plan, DeploymentKind.DESTROY, reason or "kiln destroy")
             if result.ok:
                 self.db.delete_fleet(self.fleet)
             return result
@@ -224,7 +246,7 @@ class Engine:
         self,
         ids: Sequence[str],
         *,
-        kind: str,
+        kind: DeploymentKind,
         why: str,
         reason: str | None = None,
         wait: float | None = None,
@@ -244,7 +266,7 @@ class Engine:
                 state, doomed, rec.desired_size(self.settings.size), self._knobs(), why
             )
             if plan.empty:
-                return Result(self.fleet, "unchanged", kind=kind, to_image=rec.current_image)
+                return Result(self.fleet, Outcome.UNCHANGED, kind=kind, to_image=rec.current_image)
             return self._start(plan, kind, reason)
 
     # lock ----------------------------------------------------------------------
@@ -319,9 +341,9 @@ class Engine:
 
     # running -------------------------------------------------------------------
 
-    def _start(self, plan: Plan, kind: str, reason: str | None) -> Result:
+    def _start(self, plan: Plan, kind: DeploymentKind, reason: str | None) -> Result:
         dep = self.journal.create(plan, kind, self.who, reason, self.clock.now())
-        self._emit("info", f"deployment {dep.id}", {"plan": plan.to_json()})
+        self._emit(EventKind.INFO, f"deployment {dep.id}", {"plan": plan.to_json()})
         self.lock.beat(dep.id)
         return self._drive(dep, self._execute)
 
@@ -331,12 +353,12 @@ class Engine:
             return None
         _ = dep.plan, dep.rollback_plan  # an unknown journal format stops here, unchanged
         self._emit(
-            "warning",
+            EventKind.WARNING,
             f"resuming deployment {dep.id} ({dep.from_image} → {dep.to_image}, "
             f"{'rolling back' if dep.phase == 'rollback' else dep.strategy}) left unfinished",
         )
         self._resumed_at = self.clock.now()
-        self.journal.set_outcome(dep.id, "running", self.clock.now())
+        self.journal.set_outcome(dep.id, Outcome.RUNNING, self.clock.now())
         self.lock.beat(dep.id)
         return self._drive(dep, self._execute)
 
@@ -347,15 +369,15 @@ class Engine:
         instead: undoing an undo would be a loop.
         """
         _ = dep.plan, dep.rollback_plan
-        finishing = dep.kind == "rollback" or dep.phase == "rollback"
-        allowed = dep.to_image if dep.kind == "rollback" else dep.from_image
+        finishing = dep.kind is DeploymentKind.ROLLBACK or dep.phase == "rollback"
+        allowed = dep.to_image if dep.kind is DeploymentKind.ROLLBACK else dep.from_image
         if to is not None and to != allowed:
             raise DeployError(
                 f"deployment {dep.id} ({dep.from_image} → {dep.to_image}) is unfinished; "
                 f"'kiln rollback' can only take the fleet to {allowed} now",
                 hint="run 'kiln rollback' without --to first",
             )
-        self.journal.set_outcome(dep.id, "running", self.clock.now())
+        self.journal.set_outcome(dep.id, Outcome.RUNNING, self.clock.now())
         self.lock.beat(dep.id)
         if finishing:
             return self._drive(dep, self._execute)
@@ -371,10 +393,10 @@ class Engine:
         try:
             return body(dep)
         except KeyboardInterrupt:
-            self.journal.set_outcome(dep.id, "interrupted", self.clock.now())
+            self.journal.set_outcome(dep.id, Outcome.INTERRUPTED, self.clock.now())
             raise DeployInterrupted(self._how_to_finish(dep)) from None
         except KilnError as exc:
-            self.journal.set_outcome(dep.id, "interrupted", self.clock.now())
+            self.journal.set_outcome(dep.id, Outcome.INTERRUPTED, self.clock.now())
             raise DeployError(
                 f"{exc.message}; {self._how_to_finish(dep)}",
                 hint=exc.hint or "fix the cause first",
@@ -384,7 +406,7 @@ class Engine:
         self._figures = dict(dep.figures)
         if dep.phase == "rollback":
             return self._run_rollback(dep)
-        if dep.kind == "deploy" and not self._released(dep):
+        if dep.kind is DeploymentKind.DEPLOY and not self._released(dep):
             failed = self._release(dep)
             if failed is not None:
                 return failed
@@ -420,8 +442,8 @@ class Engine:
         }
         self._figures["release"] = figures
         if done.ok:
-            self.journal.event(dep.id, "forward", "release", self.clock.now(), figures)
-            self._emit("info", f"release ran in {done.seconds:g}s: {done.command}", figures)
+            self.journal.event(dep.id, "forward", JournalEvent.RELEASE, self.clock.now(), figures)
+            self._emit(EventKind.INFO, f"release ran in {done.seconds:g}s: {done.command}", figures)
             return None
         how = f"exited with status {done.exit_code}" if done.exit_code > 0 else "was killed"
         message = (
@@ -429,7 +451,7 @@ class Engine:
             f"the fleet serves {dep.from_image or 'nothing'} as before"
         )
         self._figures.update(gate="release", instance="the release command", log_tail=done.output)
-        self.journal.finish(dep.id, "failed", message, self._figures, self.clock.now())
+        self.journal.finish(dep.id, Outcome.FAILED, message, self._figures, self.clock.now())
         return self._result(self.journal.get(dep.id))
 
     def _gates(self, dep: Deployment, plan: Plan) -> Gates:
@@ -458,16 +480,18 @@ class Engine:
             self.journal.begin(dep.id, phase, k, started, step.to_json())
             label = "rollback " if phase == "rollback" else ""
             self._where = f"{label}step {k + 1} of {total} ({step.describe()})"
-            self._emit("step", f"{label}[{k + 1}/{total}] {step.describe()}", step.to_json())
+            self._emit(
+                EventKind.STEP, f"{label}[{k + 1}/{total}] {step.describe()}", step.to_json()
+            )
             result = runner.apply(step, plan)
             result["seconds"] = round(self.clock.now() - started, 3)
-            if step.kind == "canary":
+            if step.kind is StepKind.CANARY:
                 self._figures["canary"] = dict(result)
             self.journal.done(dep.id, phase, k, self.clock.now(), result)
 
     def _tick(self, state: FleetState) -> None:
         self.lock.beat()
-        self._emit("progress", summary(state), {"instances": len(state.instances)})
+        self._emit(EventKind.PROGRESS, summary(state), {"instances": len(state.instances)})
 
     # endings -------------------------------------------------------------------
 
@@ -484,23 +508,23 @@ class Engine:
             idle = {i.id for i in state.live() if not i.in_service}
             older = [i for i in rec.warm_ids if i in idle and i not in warm]
             if older:
-                self._emit("info", f"discarding the older warm standby of {rec.warm_image}")
+                self._emit(EventKind.INFO, f"discarding the older warm standby of {rec.warm_image}")
                 self.provider.terminate(self.fleet, older)
                 state = self.provider.describe(self.fleet)
         self._save_ending(state, rec, plan.image, dep.from_image, plan.size, warm)
         now = self.clock.now()
         message = f"{self.fleet} serves {plan.image} on {plan.size} instance(s)"
-        if dep.kind == "destroy":
+        if dep.kind is DeploymentKind.DESTROY:
             message = f"{self.fleet} destroyed: its instances stopped, its listener closed"
         elif plan.size == 0:
             message = f"{self.fleet} scaled to 0: nothing serves {self.fleet}"
         if warm:
             message += f"; {dep.from_image} kept warm for {self.settings.keep_warm:g}s"
-        self.journal.finish(dep.id, "succeeded", message, self._figures, now)
+        self.journal.finish(dep.id, Outcome.SUCCEEDED, message, self._figures, now)
         return self._result(self.journal.get(dep.id))
 
     def _begin_rollback(self, dep: Deployment, trip: Trip) -> Result:
-        self._emit("trip", trip.message, {"gate": trip.gate, "log": trip.log})
+        self._emit(EventKind.TRIP, trip.message, {"gate": trip.gate, "log": trip.log})
         state = self.provider.describe(self.fleet)
         target = dep.from_image
         rec = self.db.fleet(self.fleet)
@@ -511,13 +535,15 @@ class Engine:
         self._figures = figures
         if target is not None and not self.provider.image_exists(target):
             message = f"{trip.message}; cannot roll back: image {target} no longer exists"
-            self.journal.finish(dep.id, "failed", message, figures, self.clock.now())
+            self.journal.finish(dep.id, Outcome.FAILED, message, figures, self.clock.now())
             return self._result(self.journal.get(dep.id))
         if rec is not None and target != rec.warm_image:
             state = self._without_standby(state, rec)  # a failed deploy keeps the standby
         plan = rollback_plan(state, target, size, dep.strategy)
         self.journal.start_rollback(dep.id, plan, trip.message, figures, self.clock.now())
-        self._emit("warning", f"rolling back to {target or 'nothing'}", {"plan": plan.to_json()})
+        self._emit(
+            EventKind.WARNING, f"rolling back to {target or 'nothing'}", {"plan": plan.to_json()}
+        )
         return self._run_rollback(self.journal.get(dep.id))
 
     def _run_rollback(self, dep: Deployment) -> Result:
@@ -530,12 +556,14 @@ class Engine:
         except Trip as second:
             message = f"{dep.message}; the rollback to {plan.image} failed too: {second.message}"
             figures = {**self._figures, "rollback_gate": second.gate}
-            self.journal.finish(dep.id, "failed", message, figures, self.clock.now())
+            self.journal.finish(dep.id, Outcome.FAILED, message, figures, self.clock.now())
             return self._result(self.journal.get(dep.id), log=second.log)
         state = self.provider.describe(self.fleet)
         previous = rec.previous_image if rec else None
         self._save_ending(state, rec, plan.image, previous, plan.size, [], keep_previous=True)
-        self.journal.finish(dep.id, "rolled back", dep.message, self._figures, self.clock.now())
+        self.journal.finish(
+            dep.id, Outcome.ROLLED_BACK, dep.message, self._figures, self.clock.now()
+        )
         return self._result(self.journal.get(dep.id))
 
     def _save_ending(
@@ -581,7 +609,8 @@ class Engine:
         doomed = [i for i in rec.warm_ids if i in idle]
         if doomed:
             self._emit(
-                "info", f"discarding the warm standby of {rec.warm_image}: keep_warm is over"
+                EventKind.INFO,
+                f"discarding the warm standby of {rec.warm_image}: keep_warm is over",
             )
             self.provider.terminate(self.fleet, doomed)
         self._save(replace(rec, warm_image=None, warm_ids=(), warm_until=None))
@@ -600,7 +629,7 @@ class Engine:
             f"{running}. Run 'kiln deploy --resume' to finish it, or 'kiln rollback' to {back}"
         )
 
-    def _emit(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+    def _emit(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> None:
         self.on_event(Event(kind, message, data or {}))
 
 

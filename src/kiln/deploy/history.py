@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.deploy.journal import Who
+from kiln.deploy.journal import DeploymentKind, Outcome, Who
 
 # CI systems and the variable that holds the commit being built.
 COMMIT_VARS = (
@@ -38,9 +38,9 @@ class Result:
     """The outcome of one engine operation, for people and for ``--json``."""
 
     fleet: str
-    outcome: str  # succeeded | rolled back | failed | unchanged
+    outcome: Outcome
     deployment: str | None = None
-    kind: str = "deploy"
+    kind: DeploymentKind = DeploymentKind.DEPLOY
     strategy: str | None = None
     from_image: str | None = None
     to_image: str | None = None
@@ -54,8 +54,8 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("succeeded", "unchanged") and (
-            self.resumed is None or self.resumed.outcome != "failed"
+        return self.outcome in (Outcome.SUCCEEDED, Outcome.UNCHANGED) and (
+            self.resumed is None or self.resumed.outcome is not Outcome.FAILED
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -11,13 +11,51 @@ import json
 import secrets
 import sqlite3
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from kiln.deploy.plan import Plan
 from kiln.deploy.state import StateDb, dumps
 
-UNFINISHED = ("running", "interrupted")
-OUTCOMES = ("succeeded", "rolled back", "failed")
+
+class Outcome(StrEnum):
+    """Where a deployment stands; the values are what history and ``--json`` show."""
+
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"  # its process died; the next command resumes it
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled back"
+    FAILED = "failed"
+    UNCHANGED = "unchanged"  # nothing to do: never journaled, only returned
+
+
+class DeploymentKind(StrEnum):
+    """What started a deployment; every kind runs through the same journaled engine."""
+
+    DEPLOY = "deploy"
+    ROLLBACK = "rollback"
+    SCALE = "scale"
+    DESTROY = "destroy"
+    RECYCLE = "recycle"
+    DRIFT = "drift"
+    REFRESH = "refresh"
+
+
+class JournalEvent(StrEnum):
+    """A journal row's event; ``begin``/``done`` bracket each step so a resume re-runs it."""
+
+    PLAN = "plan"
+    BEGIN = "begin"
+    DONE = "done"
+    RELEASE = "release"
+    TRIP = "trip"
+    FINISH = "finish"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+
+
+UNFINISHED = (Outcome.RUNNING, Outcome.INTERRUPTED)
+OUTCOMES = (Outcome.SUCCEEDED, Outcome.ROLLED_BACK, Outcome.FAILED)
 
 
 @dataclass(frozen=True)
@@ -36,14 +74,14 @@ class Who:
 class Deployment:
     id: str
     fleet: str
-    kind: str  # deploy | rollback | scale
+    kind: DeploymentKind
     strategy: str
     from_image: str | None
     to_image: str | None
     size: int
     started: float
     finished: float | None
-    outcome: str  # running | interrupted | succeeded | rolled back | failed
+    outcome: Outcome
     phase: str  # forward | rollback
     who: str
     commit: str | None
@@ -94,7 +132,9 @@ class Journal:
     def __init__(self, db: StateDb) -> None:
         self.db = db
 
-    def create(self, plan: Plan, kind: str, who: Who, reason: str | None, now: float) -> Deployment:
+    def create(
+        self, plan: Plan, kind: DeploymentKind, who: Who, reason: str | None, now: float
+    ) -> Deployment:
         """Record the deployment and its plan; nothing has been touched yet."""
         dep_id = f"dep-{secrets.token_hex(4)}"
         with self.db.transaction() as conn:
@@ -111,7 +151,7 @@ class Journal:
                     plan.image,
                     plan.size,
                     now,
-                    "running",
+                    Outcome.RUNNING,
                     "forward",
                     str(who),
                     who.commit,
@@ -119,20 +159,20 @@ class Journal:
                     dumps(plan.to_json()),
                 ),
             )
-            self._append(conn, dep_id, "forward", None, "plan", now, {})
+            self._append(conn, dep_id, "forward", None, JournalEvent.PLAN, now, {})
         return self.get(dep_id)
 
     def begin(self, dep: str, phase: str, step: int, now: float, data: dict[str, Any]) -> None:
-        self.event(dep, phase, "begin", now, data, step=step)
+        self.event(dep, phase, JournalEvent.BEGIN, now, data, step=step)
 
     def done(self, dep: str, phase: str, step: int, now: float, data: dict[str, Any]) -> None:
-        self.event(dep, phase, "done", now, data, step=step)
+        self.event(dep, phase, JournalEvent.DONE, now, data, step=step)
 
     def event(
         self,
         dep: str,
         phase: str,
-        event: str,
+        event: JournalEvent,
         now: float,
         data: dict[str, Any],
         step: int | None = None,
@@ -146,7 +186,7 @@ class Journal:
         dep: str,
         phase: str,
         step: int | None,
-        event: str,
+        event: JournalEvent,
         now: float,
         data: dict[str, Any],
     ) -> None:
@@ -158,10 +198,11 @@ class Journal:
             (dep, row[0], phase, step, event, now, dumps(data)),
         )
 
-    def set_outcome(self, dep: str, outcome: str, now: float) -> None:
+    def set_outcome(self, dep: str, outcome: Outcome, now: float) -> None:
+        """Mark a deployment running again, or interrupted (only those two are journaled so)."""
         with self.db.transaction() as conn:
             conn.execute("UPDATE deploy_deployments SET outcome=? WHERE id=?", (outcome, dep))
-            self._append(conn, dep, "-", None, outcome, now, {})
+            self._append(conn, dep, "-", None, JournalEvent(outcome.value), now, {})
 
     def start_rollback(
         self, dep: str, plan: Plan, message: str, figures: dict[str, Any], now: float
@@ -173,10 +214,10 @@ class Journal:
                 "figures=? WHERE id=?",
                 (dumps(plan.to_json()), message, dumps(figures), dep),
             )
-            self._append(conn, dep, "rollback", None, "trip", now, {"message": message})
+            self._append(conn, dep, "rollback", None, JournalEvent.TRIP, now, {"message": message})
 
     def finish(
-        self, dep: str, outcome: str, message: str | None, figures: dict[str, Any], now: float
+        self, dep: str, outcome: Outcome, message: str | None, figures: dict[str, Any], now: float
     ) -> None:
         with self.db.transaction() as conn:
             conn.execute(
@@ -184,12 +225,12 @@ class Journal:
                 "WHERE id=?",
                 (outcome, now, message, dumps(figures), dep),
             )
-            self._append(conn, dep, "-", None, "finish", now, {"outcome": outcome})
+            self._append(conn, dep, "-", None, JournalEvent.FINISH, now, {"outcome": str(outcome)})
 
     def done_steps(self, dep: str, phase: str) -> set[int]:
         rows = self.db.conn.execute(
-            "SELECT step FROM deploy_journal WHERE deployment=? AND phase=? AND event='done'",
-            (dep, phase),
+            "SELECT step FROM deploy_journal WHERE deployment=? AND phase=? AND event=?",
+            (dep, phase, JournalEvent.DONE),
         )
         return {r["step"] for r in rows}
 
@@ -234,14 +275,14 @@ def _deployment(row: sqlite3.Row) -> Deployment:
     return Deployment(
         id=row["id"],
         fleet=row["fleet"],
-        kind=row["kind"],
+        kind=DeploymentKind(row["kind"]),
         strategy=row["strategy"],
         from_image=row["from_image"],
         to_image=row["to_image"],
         size=row["size"],
         started=row["started"],
         finished=row["finished"],
-        outcome=row["outcome"],
+        outcome=Outcome(row["outcome"]),
         phase=row["phase"],
         who=row["who"],
         commit=row["commit_sha"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from kiln.errors import DeployError
@@ -18,7 +19,19 @@ from kiln.providers.protocol import FleetState, Instance, InstanceState
 
 PLAN_FORMAT = 1
 STRATEGIES = ("rolling", "blue-green", "canary")
-STEP_KINDS = ("launch", "terminate", "switch", "canary", "retire")
+
+
+class StepKind(StrEnum):
+    """A plan step's action; the step runner dispatches on it (``_launch``, ...)."""
+
+    LAUNCH = "launch"
+    TERMINATE = "terminate"
+    SWITCH = "switch"
+    CANARY = "canary"
+    RETIRE = "retire"
+
+
+STEP_KINDS = tuple(StepKind)
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,7 @@ class Step:
     retire:    keep the drained old fleet warm for ``seconds`` (0: terminate it now)
     """
 
-    kind: str
+    kind: StepKind
     image: str | None = None
     count: int = 0
     expect: int = 0
@@ -44,7 +57,7 @@ class Step:
     why: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"kind": self.kind}
+        data: dict[str, Any] = {"kind": str(self.kind)}
         defaults = Step(kind=self.kind)
         for name in ("image", "count", "expect", "in_service", "instances", "seconds", "why"):
             value = getattr(self, name)
@@ -57,25 +70,26 @@ class Step:
         if data.get("kind") not in STEP_KINDS:
             raise DeployError(f"unknown step kind {data.get('kind')!r} in a journaled plan")
         values = dict(data)
+        values["kind"] = StepKind(values["kind"])
         values["instances"] = tuple(values.get("instances", ()))
         return cls(**values)
 
     def describe(self) -> str:
         ids = ", ".join(self.instances)
-        if self.kind == "launch":
+        if self.kind is StepKind.LAUNCH:
             where = "" if self.in_service else " out of service"
             stable = f", stable for {self.seconds:g}s" if self.seconds else ""
             return f"launch {self.count} x {self.image}{where}, wait until healthy{stable}"
-        if self.kind == "terminate":
+        if self.kind is StepKind.TERMINATE:
             return f"terminate {ids}" + (f" ({self.why})" if self.why else "")
-        if self.kind == "switch":
+        if self.kind is StepKind.SWITCH:
             out = ids or "the old fleet"
             return f"switch the load balancer: {self.image} in, {out} out (one step)"
-        if self.kind == "canary":
+        if self.kind is StepKind.CANARY:
             return (
                 f"canary: judge {self.count} x {self.image} against the fleet for {self.seconds:g}s"
             )
-        if self.kind == "retire":
+        if self.kind is StepKind.RETIRE:
             if self.seconds:
                 return f"keep the old fleet warm for {self.seconds:g}s (instant rollback)"
             return "terminate the drained old fleet"
@@ -242,11 +256,13 @@ def make_plan(
         steps = _canary(view, size, knobs)
     else:
         steps = _rolling(view, size, knobs)
-    gone = {i for s in steps if s.kind == "terminate" for i in s.instances}
+    gone = {i for s in steps if s.kind is StepKind.TERMINATE for i in s.instances}
     stale = [i for i in stale if i.id not in gone]
     steps += _relaunch(image, stale, size, knobs, launch or {})
     if knobs.settle > 0:  # a batch proves itself before what it replaces goes
-        steps = [replace(s, seconds=knobs.settle) if s.kind == "launch" else s for s in steps]
+        steps = [
+            replace(s, seconds=knobs.settle) if s.kind is StepKind.LAUNCH else s for s in steps
+        ]
     changed = _changed(stale, launch or {})
     return Plan(
         state.name, strategy, image, from_image, size, tuple(steps), changed=changed,
@@ -280,8 +296,8 @@ def _relaunch(
     batch = max(1, knobs.max_surge)
     for start in range(0, len(stale), batch):
         chunk = stale[start : start + batch]
-        steps.append(Step("launch", image=image, count=len(chunk), expect=size + len(chunk)))
-        steps.append(Step("terminate", instances=_ids(chunk), why=why))
+        steps.append(Step(StepKind.LAUNCH, image=image, count=len(chunk), expect=size + len(chunk)))
+        steps.append(Step(StepKind.TERMINATE, instances=_ids(chunk), why=why))
     return steps
 
 
@@ -289,7 +305,7 @@ def rollback_plan(state: FleetState, image: str | None, size: int, strategy: str
     """Back to ``image`` as fast as is safe: warm standbys first, then launch all at once."""
     if image is None:
         doomed = _ids(state.live() + unreplaced_failures(state))
-        steps = (Step("terminate", instances=doomed, why="first deployment failed"),)
+        steps = (Step(StepKind.TERMINATE, instances=doomed, why="first deployment failed"),)
         return Plan(state.name, strategy, None, None, size, steps if doomed else ())
     knobs = Knobs(max_surge=size, max_unavailable=0, settle=0)
     plan = make_plan(state, image, "rolling", size, knobs)
@@ -302,7 +318,7 @@ def _rolling(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
     steps += _batches(view.target, len(view.ready), view.old, size, knobs)
     if len(view.ready) > size:
         surplus = view.ready[: len(view.ready) - size]
-        steps.append(Step("terminate", instances=_ids(surplus), why="scaled down"))
+        steps.append(Step(StepKind.TERMINATE, instances=_ids(surplus), why="scaled down"))
     return steps
 
 
@@ -310,7 +326,7 @@ def _discard_idle(view: _Fleet) -> list[Step]:
     if not view.idle:
         return []
     doomed, view.idle = view.idle, []
-    return [Step("terminate", instances=_ids(doomed), why="not serving")]
+    return [Step(StepKind.TERMINATE, instances=_ids(doomed), why="not serving")]
 
 
 def _switch_in_standby(view: _Fleet, size: int) -> list[Step]:
@@ -320,10 +336,10 @@ def _switch_in_standby(view: _Fleet, size: int) -> list[Step]:
     take = view.standby[: max(0, size - len(view.ready))]
     extra = view.standby[len(take) :]
     remove = view.old[: len(take)]
-    steps = [Step("switch", image=view.target, instances=_ids(remove))] if take else []
+    steps = [Step(StepKind.SWITCH, image=view.target, instances=_ids(remove))] if take else []
     doomed = remove + extra
     if doomed:
-        steps.append(Step("terminate", instances=_ids(doomed), why="replaced"))
+        steps.append(Step(StepKind.TERMINATE, instances=_ids(doomed), why="replaced"))
     view.ready += take
     view.old = view.old[len(remove) :]
     view.standby = []
@@ -341,16 +357,16 @@ def _batches(target: str, new: int, old: Sequence[Instance], size: int, knobs: K
         live = new + len(old)
         first = min(len(old), max(0, live - (size - knobs.max_unavailable)))
         if first:
-            steps.append(Step("terminate", instances=_ids(old[:first]), why="replaced"))
+            steps.append(Step(StepKind.TERMINATE, instances=_ids(old[:first]), why="replaced"))
             old, live = old[first:], live - first
         count = min(size - new, size + knobs.max_surge - live)
         if count > 0:
             new += count
-            steps.append(Step("launch", image=target, count=count, expect=new))
+            steps.append(Step(StepKind.LAUNCH, image=target, count=count, expect=new))
             live += count
         after = min(len(old), max(0, live - size))
         if after:
-            steps.append(Step("terminate", instances=_ids(old[:after]), why="replaced"))
+            steps.append(Step(StepKind.TERMINATE, instances=_ids(old[:after]), why="replaced"))
             old = old[after:]
         if not first and count <= 0 and not after:
             break
@@ -362,12 +378,14 @@ def _blue_green(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
     have = len(view.ready) + len(view.standby)
     if have < size:
         steps.append(
-            Step("launch", image=view.target, count=size - have, expect=size, in_service=False)
+            Step(
+                StepKind.LAUNCH, image=view.target, count=size - have, expect=size, in_service=False
+            )
         )
     if view.old or have < size or view.standby:
-        steps.append(Step("switch", image=view.target))
+        steps.append(Step(StepKind.SWITCH, image=view.target))
     if view.old:
-        steps.append(Step("retire", seconds=knobs.keep_warm))
+        steps.append(Step(StepKind.RETIRE, seconds=knobs.keep_warm))
     return steps
 
 
@@ -379,6 +397,8 @@ def _canary(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
     count = max(min(knobs.canary_count, size), len(view.ready))
     if len(view.ready) < count:
         launch = count - len(view.ready)
-        steps.append(Step("launch", image=view.target, count=launch, expect=count))
-    steps.append(Step("canary", image=view.target, count=count, seconds=knobs.canary_seconds))
+        steps.append(Step(StepKind.LAUNCH, image=view.target, count=launch, expect=count))
+    steps.append(
+        Step(StepKind.CANARY, image=view.target, count=count, seconds=knobs.canary_seconds)
+    )
     return steps + _batches(view.target, count, view.old, size, knobs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kiln.deploy.plan import Knobs, Plan, Step
+from kiln.deploy.plan import Knobs, Plan, Step, StepKind
 from kiln.providers.protocol import FleetState, Instance
 
 
@@ -29,14 +29,14 @@ def replacement_plan(
             chunk = mine[start : start + batch]
             steps.append(
                 Step(
-                    "launch",
+                    StepKind.LAUNCH,
                     image=image,
                     count=len(chunk),
                     expect=live + len(chunk),
                     seconds=knobs.settle,
                 )
             )
-            steps.append(Step("terminate", instances=tuple(i.id for i in chunk), why=why))
+            steps.append(Step(StepKind.TERMINATE, instances=tuple(i.id for i in chunk), why=why))
     target = images[0] if len(images) == 1 else _serving_image(state)
     return Plan(state.name, "rolling", target, target, size, tuple(steps))
 

@@ -67,6 +67,7 @@ def make_app(
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/fleets/{fleet}", describe)
     app.router.add_get("/v1/fleets/{fleet}/stats", stats)
+    app.router.add_get("/v1/fleets/{fleet}/series", traffic_series)
     app.router.add_post("/v1/fleets/{fleet}/launch", launch)
     app.router.add_post("/v1/fleets/{fleet}/settings", fleet_settings)
     app.router.add_post("/v1/fleets/{fleet}/in-service", in_service)
@@ -109,6 +110,16 @@ async def describe(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SUPERVISOR].stats(request.match_info["fleet"]))
+
+
+async def traffic_series(request: web.Request) -> web.Response:
+    """``[[at, seconds, requests, errors], ...]`` since ``?since=`` (epoch seconds)."""
+    try:
+        since = float(request.query.get("since", "0"))
+    except ValueError:
+        raise web.HTTPBadRequest(text="since must be a number of seconds") from None
+    buckets = await request.app[SUPERVISOR].db.series(request.match_info["fleet"], since)
+    return web.json_response([b.to_json() for b in buckets])
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

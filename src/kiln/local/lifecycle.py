@@ -31,6 +31,7 @@ from kiln.local.launchprint import launch_print, load_key
 from kiln.local.lblink import BalancerLink
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
+from kiln.local.series import Sampler
 from kiln.local.trees import ImageTrees
 from kiln.providers.protocol import InstanceState
 from kiln.runenv import check_interpreter, instance_env
@@ -114,6 +115,8 @@ class Lifecycle:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.uids = uids.UidPool(home.agent_dir / "last-uid")
         self._launch_key: bytes | None = None
+        self.traffic = Sampler()
+        self._series_pruned = 0.0
 
     @property
     def launch_key(self) -> bytes:

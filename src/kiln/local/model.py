@@ -7,6 +7,7 @@ Secret *values* never appear here: only their references.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -19,6 +20,7 @@ from urllib.parse import quote
 
 from kiln.config import HealthSettings, LoadedConfig
 from kiln.local.proxy import Limits
+from kiln.local.series import Bucket
 from kiln.providers.protocol import InstanceState
 
 LIVE = frozenset({"pending", "materializing", "running", "healthy", "unhealthy", "draining"})
@@ -161,6 +163,9 @@ class AgentDB:
                 fleet TEXT, image TEXT, desired INTEGER, PRIMARY KEY (fleet, image));
             CREATE TABLE IF NOT EXISTS agent_instances (
                 id TEXT PRIMARY KEY, fleet TEXT, data TEXT);
+            CREATE TABLE IF NOT EXISTS agent_series (
+                fleet TEXT, at REAL, seconds REAL, requests INTEGER, errors INTEGER);
+            CREATE INDEX IF NOT EXISTS agent_series_at ON agent_series (fleet, at);
             """
         )
         self._conn = conn
@@ -252,6 +257,27 @@ class AgentDB:
 
     def delete_instance(self, instance_id: str) -> None:
         self._write("DELETE FROM agent_instances WHERE id = ?", (instance_id,))
+
+    def add_bucket(self, fleet: str, bucket: Bucket) -> None:
+        row = (fleet, bucket.at, bucket.seconds, bucket.requests, bucket.errors)
+        self._write("INSERT INTO agent_series VALUES (?, ?, ?, ?, ?)", row)
+
+    def forget_series(self, before: float) -> None:
+        self._write("DELETE FROM agent_series WHERE at < ?", (before,))
+
+    async def series(self, fleet: str, since: float) -> list[Bucket]:
+        """A fleet's traffic buckets since ``since``, oldest first (read on the db thread)."""
+
+        def fetch() -> list[Bucket]:
+            assert self._conn is not None
+            rows = self._conn.execute(
+                "SELECT at, seconds, requests, errors FROM agent_series "
+                "WHERE fleet = ? AND at >= ? ORDER BY at",
+                (fleet, since),
+            )
+            return [Bucket(*row) for row in rows]
+
+        return await asyncio.wrap_future(self._pool.submit(fetch))
 
     # reads (blocking: at start, before the agent serves) ---------------------
 

@@ -177,6 +177,8 @@ class LocalPlatform(PlatformBase):
     def refresh(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
     ) -> Report:
+        from kiln.deploy.journal import DeploymentKind
+
         fleet = self.provider().describe(self.loaded.config.fleet_name)
         stale = {i.id: files for i in fleet.live() if (files := _stale(i))}
         if not stale:
@@ -184,7 +186,11 @@ class LocalPlatform(PlatformBase):
             return Report({"fleet": fleet.name, "stale": {}, "replaced": None}, lines=(line,))
         lines = tuple(f"{i} runs replaced {', '.join(files[:3])}" for i, files in stale.items())
         result = self.engine(on_event).replace_instances(
-            sorted(stale), kind="refresh", why="runs replaced host files", reason=reason, wait=wait
+            sorted(stale),
+            kind=DeploymentKind.REFRESH,
+            why="runs replaced host files",
+            reason=reason,
+            wait=wait,
         )
         return Report(result.to_json(), lines=lines, result=result)
 
@@ -214,7 +220,13 @@ class LocalPlatform(PlatformBase):
         stats = self.provider().stats(self.loaded.config.fleet_name)
         return {i: (s.requests, s.errors) for i, s in stats.items()}
 
+    def traffic(self, since: float) -> list[list[float]] | None:
+        from kiln.local.provider import LocalProvider
+
+        return LocalProvider(self.home, self.loaded).traffic(self.loaded.config.fleet_name, since)
+
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
+        from kiln.deploy.journal import DeploymentKind
         from kiln.image.drift import fleet_drift
 
         loaded = self.loaded
@@ -228,7 +240,7 @@ class LocalPlatform(PlatformBase):
         replaceable = [d.instance for d in drifted if d.instance in serving]
         if replace and replaceable:
             result = self.engine(on_event).replace_instances(
-                replaceable, kind="drift", why="drifted", reason=reason
+                replaceable, kind=DeploymentKind.DRIFT, why="drifted", reason=reason
             )
         warm = [d.instance for d in drifted if d.instance not in serving]
         data = {
@@ -256,6 +268,8 @@ class LocalPlatform(PlatformBase):
         wait: float | None,
         on_event: OnEvent | None,
     ) -> Report:
+        from kiln.deploy.journal import DeploymentKind
+
         fleet = self.provider().describe(self.loaded.config.fleet_name)
         now = time.time()
         old = fleet.older_than(max_age, now)
@@ -278,7 +292,7 @@ class LocalPlatform(PlatformBase):
             )
         result = self.engine(on_event).replace_instances(
             ids,
-            kind="recycle",
+            kind=DeploymentKind.RECYCLE,
             why=f"older than {format_duration(max_age)}",
             reason=reason,
             wait=wait,

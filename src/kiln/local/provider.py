@@ -110,6 +110,11 @@ class LocalProvider:
     def log_tail(self, instance: str, lines: int = 20) -> str:
         return log_tail(instance_log(self.home, instance), lines)
 
+    def traffic(self, fleet: str, since: float) -> list[list[float]]:
+        """What the agent recorded of the fleet's traffic (kiln.local.series)."""
+        rows: list[list[float]] = self.agent.get(self._path(fleet, f"/series?since={since:.3f}"))
+        return rows
+
     def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
         data = self.agent.get(self._path(fleet, "/stats"))
         return {

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import InstanceNotFound, KilnError, ProviderError
-from kiln.local import logtimes, procs, recovery, recycler, uids
+from kiln.local import logtimes, procs, recovery, recycler, series, uids
 from kiln.local.lifecycle import FleetRuntime, Lifecycle
 from kiln.local.model import FleetSettings, InstanceRecord
 from kiln.local.routes import Routes, claim_error, tls_mismatch
@@ -296,6 +296,8 @@ class Supervisor(Lifecycle):
         if ticks % 5 == 0:  # once a second: how far each live log got, capped if too big
             logs = [(Path(r.log), self._log_cap(r)) for r in self.instances.values() if r.live]
             self.background(asyncio.to_thread(_note_logs, logs, self._log_sizes))
+        if ticks % int(series.INTERVAL / TICK) == 0:
+            await self._sample_traffic()
         if ticks % 25 == 0:
             self._housekeeping()
             self._recycle_old()
@@ -376,6 +378,19 @@ class Supervisor(Lifecycle):
             if victim is not None:
                 fleet.recycling = True  # claimed before the task first runs
                 self.background(recycler.recycle(self, fleet, victim))
+
+    async def _sample_traffic(self) -> None:
+        """One traffic bucket per fleet into the database (``kiln ui`` draws them)."""
+        now = time.time()
+        for name in list(self.fleets):
+            bucket = self.traffic.sample(name, now, await self.stats(name))
+            if bucket is not None:
+                self.db.add_bucket(name, bucket)
+        for gone in set(self.traffic.seen) - set(self.fleets):
+            self.traffic.forget(gone)
+        if now - self._series_pruned > 3600:
+            self._series_pruned = now
+            self.db.forget_series(now - series.KEEP)
 
     def _housekeeping(self) -> None:
         """Forget ended instances (and their logs) after their fleet's log_retention."""

@@ -13,6 +13,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+__all__ = [
+    "LIVE_STATES",
+    "CommandResult",
+    "FleetState",
+    "Instance",
+    "InstanceState",
+    "InstanceStats",
+    "Provider",
+    "Releaser",
+    "past_max_age",
+]
+
 
 class InstanceState(StrEnum):
     PENDING = "pending"  # launched, process/VM not up yet

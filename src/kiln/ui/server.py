@@ -9,8 +9,11 @@ web page the user visits (DNS rebinding) can read it.
 Once a second it reads the platform (status, the deployment timeline, the
 load balancer's counters; images every ten seconds) in a thread, so a slow
 agent or AWS never stalls the page, and pushes the result to every open page
-over server-sent events. Request and error rates are sampled by this process
-while it runs: the sparkline covers the time the page has been served.
+over server-sent events. Request and error rates come from the traffic the
+platform stored (the local agent keeps a day of five-second buckets, so the
+sparkline and each deployment's "requests, errors while it ran" cover
+deployments nobody watched); where nothing is stored (AWS), this process
+samples the counters while it runs and covers the time the page has been served.
 """
 
 from __future__ import annotations
@@ -34,16 +37,20 @@ from kiln.errors import KilnError
 from kiln.platform import Platform
 
 COOKIE = "kiln_ui"
-SERIES_SECONDS = 900  # the sparkline's memory: fifteen minutes of one-second samples
+SERIES_SECONDS = 900  # the sparkline's memory when the page samples: fifteen minutes
+STORED_SECONDS = 3600  # the sparkline's window over stored traffic: an hour
 TIMELINE_LIMIT = 30
 IMAGES_EVERY = 10.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sample:
+    """What the fleet served in the ``seconds`` before ``at``."""
+
     at: float
-    rps: float
-    eps: float  # errors (5xx answers, failed upstream attempts) per second
+    seconds: float
+    requests: int
+    errors: int  # 5xx answers and failed upstream attempts
 
 
 @dataclass
@@ -86,13 +93,21 @@ class Collector:
         data["timeline"] = _attempt(lambda: self.platform.timeline(TIMELINE_LIMIT), errors) or []
         counts = _attempt(self.platform.counters, errors) or {}
         self._sample(now, counts)
+        stored = _attempt(lambda: self.platform.traffic(now - STORED_SECONDS), errors)
+        samples = list(self.series) if stored is None else [Sample(*row) for row in stored]
+        for deployment in data["timeline"]:
+            deployment["traffic"] = _traffic_during(deployment, samples, now)
         if now - self._images_at >= IMAGES_EVERY:
             report = _attempt(lambda: self.platform.images(self.app), errors)
             if report is not None:
                 self._images, self._images_at = list(report.data), now
         data["images"] = self._images
         data["counters"] = {i: {"requests": r, "errors": e} for i, (r, e) in counts.items()}
-        data["series"] = [[round(s.at, 1), round(s.rps, 2), round(s.eps, 2)] for s in self.series]
+        data["series"] = [
+            [round(s.at, 1), round(s.requests / s.seconds, 2), round(s.errors / s.seconds, 2)]
+            for s in samples
+            if s.seconds > 0
+        ]
         data["errors"] = errors
         return data
 
@@ -105,8 +120,31 @@ class Collector:
                 before_r, before_e = self._counts.get(instance, (0, 0))
                 requests += max(0, r - before_r)
                 errors += max(0, e - before_e)
-            self.series.append(Sample(now, requests / dt, errors / dt))
+            self.series.append(Sample(now, dt, requests, errors))
         self._counts, self._counted_at = counts, now
+
+
+def _traffic_during(
+    deployment: dict[str, Any], samples: list[Sample], now: float
+) -> dict[str, Any] | None:
+    """Requests and errors served while a deployment ran, or None if no sample covers it.
+
+    A sample counts when its interval overlaps the deployment's; ``covered`` says
+    whether the samples reach back to its start (a page opened mid-deployment, or
+    a deployment older than what is kept, is only partly covered).
+    """
+    started = deployment.get("started")
+    if not isinstance(started, int | float):
+        return None
+    finished = deployment.get("finished") or now
+    inside = [s for s in samples if s.at > started and s.at - s.seconds < finished]
+    if not inside:
+        return None
+    return {
+        "requests": sum(s.requests for s in inside),
+        "errors": sum(s.errors for s in inside),
+        "covered": samples[0].at - samples[0].seconds <= started,
+    }
 
 
 def _attempt(read: Callable[[], Any], errors: list[str]) -> Any:

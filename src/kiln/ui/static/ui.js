@@ -141,6 +141,9 @@ function renderDeployment(d, now) {
     el("span", { class: "muted" }, `${d.strategy || ""} · ${when(d.started)} · ${d.duration ? age(d.duration) : "running"} · ${d.who || ""}`),
     d.reason ? el("p", {}, `why: ${d.reason}`) : null,
     bar,
+    d.traffic ? el("p", { class: d.traffic.errors ? "traffic problem" : "traffic" },
+      `while it ran: ${d.traffic.requests} requests, ${d.traffic.errors} errors` +
+      (d.traffic.covered ? "" : " (partly sampled)")) : null,
     d.message ? el("p", { class: outcome === "succeeded" ? "" : "problem" }, d.message) : null,
     d.gate ? el("p", { class: "gate" }, `gate tripped: ${d.gate}` + (d.instance ? ` (${d.instance})` : "")) : null,
     d.steps.length ? el("details", {}, el("summary", {}, "steps"), steps) : null,
