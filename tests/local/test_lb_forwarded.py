@@ -47,11 +47,7 @@ async def received(
     lb.trusted = networks(trusted)
     lb.add("i", "127.0.0.1", backend_port)
     lb.set_routable(["i"])
-    if ssl_context is None:
-        await lb.start("127.0.0.1", lb_port)
-        front = None
-    else:  # what TLS termination does: the same handler behind a TLS listener
-        front = await asyncio.start_server(lb._client, "127.0.0.1", lb_port, ssl=ssl_context)
+    await lb.start("127.0.0.1", lb_port, ssl_context)  # with a context: TLS termination
     try:
         client_ssl = None
         if ssl_context is not None:
@@ -63,8 +59,6 @@ async def received(
         answer = await asyncio.wait_for(reader.read(), 10)
         writer.close()
     finally:
-        if front is not None:
-            front.close()
         await lb.close()
         backend.close()
     assert answer.startswith(b"HTTP/1.1 200"), answer

@@ -7,6 +7,7 @@ which failures are retried on another instance and which are not, 503.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from localtest import free_port
 
 from kiln.local.health import probe
 from kiln.local.lb import Balancer
-from kiln.local.procs import cap_log, log_tail
+from kiln.local.procs import cap_log, log_tail, loop_factory
 
 CLOSE = b"Host: x\r\nConnection: close\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -113,7 +114,7 @@ async def scenario() -> None:
             )
             for _ in range(4)
         ]  # a POST already sent is never replayed: 502 when a took it
-        assert sum(p.startswith(b"HTTP/1.1 502") for p in posts) == 2
+        assert sum(p.startswith(b"HTTP/1.1 502") for p in posts) == 2, posts
         assert sum(p.endswith(b"b POST") for p in posts) == 2
 
         chunked = await request(lb_port, b"GET /chunked HTTP/1.1\r\n" + close)
@@ -205,3 +206,48 @@ def test_log_cap_keeps_the_newest_lines(tmp_path: Path) -> None:
     with log.open("a") as f:
         f.write("after\n")
     assert log_tail(log, 2) == "line 1999\nafter"
+
+
+async def close_under_load() -> list[dict[str, object]]:
+    """Close a balancer while 20 clients stream 100 kB answers through it."""
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+    body = b"x" * 100_000
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        writer.close()
+
+    async def client(port: int) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            while True:
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(len(body))
+
+    backend_port, port = free_port(), free_port()
+    server = await asyncio.start_server(big, "127.0.0.1", backend_port)
+    lb = Balancer("t")
+    await lb.start("127.0.0.1", port)
+    lb.add("a", "127.0.0.1", backend_port)
+    lb.set_routable(["a"])
+    clients = [asyncio.create_task(client(port)) for _ in range(20)]
+    await asyncio.sleep(1.0)
+    await lb.close()
+    await asyncio.sleep(0.5)  # what was under way meets the closed connections
+    for task in clients:
+        task.cancel()
+    server.close()
+    return errors
+
+
+def test_closing_under_load_raises_nothing() -> None:
+    """It used to log a RuntimeError traceback per busy connection (writes to closed transports)."""
+    runner = asyncio.Runner(loop_factory=loop_factory())
+    with runner:
+        errors = runner.run(close_under_load())
+    assert errors == []

@@ -26,6 +26,10 @@ class Front(Balancer):
         self.sni: Sni | None = None  # when it terminates TLS: the certificate for each name
         self.certs: dict[str, tuple[list[str], CertFiles]] = {}  # fleet -> (hosts, files)
 
+    def _fast(self, head: Request, client: Client) -> bool:
+        target = self.routes.pick(head.host)
+        return target is not None and target._fast(head, client)
+
     async def _serve(self, head: Request, client: Client) -> bool:
         target = self.routes.pick(head.host)
         if target is not None:
@@ -33,9 +37,9 @@ class Front(Balancer):
         self.unrouted += 1
         where = "" if self.listen is None else f" on {self.listen[0]}:{self.listen[1]}"
         body = f"no fleet serves host {host_name(head.host) or '(none)'}{where}\n"
-        client.writer.write(simple_response(404, body, close=True))
+        client.write(simple_response(404, body, close=True))
         if head.has_body:  # unread, it would make the close a reset that loses the 404
-            await linger(client.reader, client.writer)
+            await linger(client, client)
         return False
 
     def listening_fds(self) -> list[int]:

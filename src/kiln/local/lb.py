@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from kiln.errors import ProviderError
@@ -28,40 +29,33 @@ from kiln.local.http1 import (
     IDEMPOTENT,
     BadMessage,
     Request,
-    Response,
     chunk,
     forwarding,
     request_head,
-    response_head,
     simple_response,
     switching_head,
 )
-from kiln.local.messages import HEAD, UPGRADE
+from kiln.local.messages import BODY, END, HEAD
 from kiln.local.metrics import Counters
 from kiln.local.proxy import (
     BUSY,
-    HIGH_WATER,
-    IDLE,
     Client,
     ClientFailed,
     Limits,
     Networks,
     ResponseTimeout,
     Tunnel,
-    Upstream,
-    copy_response,
-    final_response,
-    linger,
     read_body,
+    refusal,
     send_body,
 )
+from kiln.local.upstream import ClientGone, Upstream
 from kiln.local.wsclose import tunnel_for
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this are read whole before an instance is picked
 SWEEP = 0.5  # seconds between two looks at the deadlines
 SUSPECT_SECONDS = 1.0  # avoid an instance that refused a connection for this long
-POOL_SIZE = 128
 _NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, BadMessage)
 
 
@@ -109,7 +103,7 @@ class Backend:
 
     def close_idle(self) -> None:
         for upstream in self.idle:
-            upstream.writer.close()
+            upstream.close()
         self.idle.clear()
 
 
@@ -130,9 +124,9 @@ class Balancer:
         self.unavailable = 0  # 503s: no instance to send to
         self.listen: tuple[str, int] | None = None
         self._server: asyncio.Server | None = None
-        self._clients: set[Client] = set()
+        self.clients: set[Client] = set()
         # upstream connection -> deadline for the response head
-        self._waiting: dict[Upstream, float] = {}
+        self.waiting: dict[Upstream, float] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._rr = 0
 
@@ -212,8 +206,8 @@ class Balancer:
         """Listen on host:port, or on ``sock`` (already listening there: handed over)."""
         where: dict[str, Any] = {"sock": sock} if sock else {"host": host, "port": port}
         try:
-            self._server = await asyncio.start_server(
-                self._client,
+            self._server = await asyncio.get_running_loop().create_server(
+                functools.partial(Client, self),
                 **where,
                 reuse_address=True,
                 backlog=1024,
@@ -242,16 +236,16 @@ class Balancer:
             await asyncio.sleep(SWEEP)
             now = time.monotonic()
             limits = self.limits
-            for client in list(self._clients):
+            for client in list(self.clients):
                 client.overdue(now, limits)
             for backend in self.backends.values():
                 late = now - backend.draining_since > limits.tunnel_grace
                 if backend.tunnels and not backend.routable and late:
                     backend.close_tunnels()
-            for upstream, deadline in list(self._waiting.items()):
+            for upstream, deadline in list(self.waiting.items()):
                 if deadline < now:
-                    del self._waiting[upstream]
-                    upstream.reader.set_exception(ResponseTimeout("no response in time"))
+                    del self.waiting[upstream]
+                    upstream.timed_out()
 
     async def move(self, host: str, port: int) -> None:
         """Listen somewhere else; the old listener closes once the new one is up."""
@@ -266,48 +260,127 @@ class Balancer:
             self._sweeper = None
         if self._server is not None:
             self._server.close()
-            for client in list(self._clients):
-                client.writer.close()
+            for client in list(self.clients):
+                client.close()
+                if client.task is not None:
+                    client.task.cancel()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
         for backend in self.backends.values():
             backend.close_idle()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = Client(reader, writer, self.trusted)
-        self._clients.add(client)
-        transport = writer.transport
+    # requests ---------------------------------------------------------------
+
+    def pump(self, client: Client) -> None:
+        """Answer the requests a client connection has sent, while it is not busy.
+
+        The common request (its body, if any, already read; an idle
+        connection to the instance picked) is sent on here and answered from
+        the instance connection's callbacks: no task, no await. Anything else
+        is served by a task.
+        """
+        messages = client.messages
+        while not client.busy:
+            event = messages.take()
+            if event is None:
+                if client.closed:
+                    return
+                if messages.error is not None:
+                    client.busy = True
+                    client.task = asyncio.get_running_loop().create_task(
+                        refusal(messages.error).refuse(client)
+                    )
+                else:
+                    client.transport.resume_reading()
+                return
+            kind, head = event
+            if kind != HEAD:  # closed between requests, or the tail of an upgrade
+                client.close()
+                return
+            client.busy = True
+            client.phase = BUSY  # not timed: the instance's pace
+            if not self._fast(head, client):
+                client.task = asyncio.get_running_loop().create_task(
+                    self._run(client, self._serve(head, client))
+                )
+
+    async def _run(self, client: Client, serving: Coroutine[Any, Any, bool]) -> None:
+        """Serve one request in a task; then the next, or close."""
+        keep = False
         try:
-            while True:
-                try:
-                    kind, head = client.messages.take() or await client.next()
-                except (BadMessage, TimeoutError) as exc:
-                    status = exc.status if isinstance(exc, BadMessage) else 408
-                    writer.write(simple_response(status, f"{exc}\n", close=True))
-                    await linger(reader, writer)
-                    break
-                if kind != HEAD:  # closed between requests, or the tail of an upgrade
-                    break
-                client.phase = BUSY  # not timed: the instance's pace
-                if not await self._serve(head, client):
-                    break
-                if transport.get_write_buffer_size() > HIGH_WATER:
-                    await writer.drain()
-                client.set(IDLE)
+            keep = await serving
         except _NETWORK_ERRORS:
             pass
-        finally:
-            self._clients.discard(client)
-            writer.close()
+        except asyncio.CancelledError:
+            client.close()
+            raise
+        client.finished(keep)
 
-    # one request ----------------------------------------------------------
+    def _fast(self, head: Request, client: Client) -> bool:
+        """Send a request on at once if nothing about it needs waiting for; False if not."""
+        if head.upgrade is not None or head.expect:
+            return False
+        events = client.messages.events
+        pieces = 0
+        if head.has_body:  # taken only if its end has been read, and it is small
+            size = 0
+            for kind, value in events:
+                if kind == END:
+                    break
+                size += len(value)
+                pieces += 1
+                if kind != BODY or size > REPLAY_LIMIT:
+                    return False
+            else:
+                return False
+        elif not events or events[0][0] != END:
+            return False
+        backend = self._pick(())
+        if backend is None:
+            return False
+        upstream = self._pooled(backend)
+        if upstream is None:
+            self._rr -= 1  # the task picks again, and must pick the same
+            return False
+        started = time.monotonic()
+        body = b"".join([events.popleft()[1] for _ in range(pieces)]) if pieces else b""
+        events.popleft()  # the end
+        if head.chunked:  # read whole: forwarded with its length
+            head.chunked, head.length = False, len(body)
+        if not events and not client.closed:
+            client.transport.resume_reading()
+        request = request_head(head, forwarding(head, client.ip, client.scheme, client.trusted))
+        if body:
+            request += body
+        backend.outstanding += 1
+        upstream.begin(self, client, head, started)
+        upstream.request = request
+        upstream.transport.write(request)
+        upstream.expect_response(started + self.limits.response_timeout)
+        return True
+
+    def fast_end(self, upstream: Upstream, client: Client, error: BaseException | None) -> None:
+        """How an exchange ``_fast`` started ended: the next request, a retry, or the close."""
+        backend = upstream.backend
+        backend.outstanding -= 1
+        if error is None:
+            client.finished(upstream.keep_client)
+            return
+        head = upstream.head
+        assert head is not None
+        replayable = head.method in IDEMPOTENT
+        if self._settle(backend, upstream, error, replayable, True, client) is None:
+            client.finished(False)
+            return
+        retry = self._forward(head, client, upstream.request, b"", upstream.started, backend)
+        client.task = asyncio.get_running_loop().create_task(self._run(client, retry))
 
     async def _serve(self, head: Request, client: Client) -> bool:
         """Answer one request; False when the client connection must close."""
         started = time.monotonic()
         if head.expect and head.has_body:
-            client.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             read, whole = await read_body(client, head, REPLAY_LIMIT)
         except ClientFailed as exc:
@@ -324,16 +397,32 @@ class Balancer:
         upstream_head = request_head(head, forwarded)
         if prefix:
             upstream_head += chunk(prefix) if head.chunked else prefix
+        return await self._forward(head, client, upstream_head, body, started)
+
+    async def _forward(
+        self,
+        head: Request,
+        client: Client,
+        upstream_head: bytes,
+        body: bytes | None,
+        started: float,
+        stale: Backend | None = None,
+    ) -> bool:
+        """Try instances until one answers (or none is left); ``stale`` first, afresh."""
         tried: tuple[str, ...] = ()
         while True:
-            backend = self._pick(tried)
+            fresh = stale is not None
+            backend = stale or self._pick(tried)
+            stale = None
             if backend is None:
                 return self._give_up(head, client, bool(tried), body is not None)
             tried += (backend.id,)
             backend.outstanding += 1
             try:
                 try:
-                    return await self._attempt(backend, head, upstream_head, body, client, started)
+                    return await self._attempt(
+                        backend, head, upstream_head, body, client, started, fresh
+                    )
                 except _Stale:
                     return await self._attempt(
                         backend, head, upstream_head, body, client, started, fresh=True
@@ -349,12 +438,12 @@ class Balancer:
         keep = body_read and not head.close and head.upgrade is None
         if tried:
             message = f"fleet {self.fleet}: every instance tried failed to answer\n"
-            client.writer.write(simple_response(502, message, close=not keep))
+            client.write(simple_response(502, message, close=not keep))
             self.totals.record(502, 0.0)
         else:
             self.unavailable += 1
             message = f"fleet {self.fleet} has no healthy instance in service\n"
-            client.writer.write(simple_response(503, message, close=not keep))
+            client.write(simple_response(503, message, close=not keep))
         return keep
 
     @staticmethod
@@ -364,13 +453,17 @@ class Balancer:
             upstream = idle.pop()
             if upstream.usable():
                 return upstream
-            upstream.writer.close()
+            upstream.close()
         return None
 
     async def _connect(self, backend: Backend) -> Upstream:
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.limits.connect_timeout):
-                return Upstream(*await asyncio.open_connection(backend.host, backend.port))
+                _, upstream = await loop.create_connection(
+                    functools.partial(Upstream, backend), backend.host, backend.port
+                )
+                return upstream
         except (OSError, TimeoutError) as exc:
             backend.down_until = time.monotonic() + SUSPECT_SECONDS
             raise _Retry from exc
@@ -387,114 +480,73 @@ class Balancer:
     ) -> bool:
         pooled = self._pooled(backend) if body is not None and not fresh else None
         upstream = pooled or await self._connect(backend)
-        uwriter, responses = upstream.writer, upstream.messages
         replayable = body is not None and head.method in IDEMPOTENT
-        responses.received = False
-        responses.no_body = head.method == b"HEAD"
+        waiter: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        upstream.begin(self, client, head, started, waiter)
+        error: BaseException | None
         try:
             if body is None:
-                uwriter.write(upstream_head)
-                await send_body(client, uwriter, head.chunked)
+                upstream.hold()
+                upstream.write(upstream_head)
+                await send_body(client, upstream, head.chunked)
             else:
-                uwriter.write(upstream_head + body if body else upstream_head)
-            self._waiting[upstream] = time.monotonic() + self.limits.response_timeout
-            resp, interim = await final_response(responses, head.upgrade is not None)
+                upstream.write(upstream_head + body if body else upstream_head)
+            upstream.expect_response(time.monotonic() + self.limits.response_timeout)
+            error = await waiter
         except ClientFailed as exc:
-            uwriter.close()
+            upstream.abandon()
             await exc.answer(client)
             return False
-        except ResponseTimeout:
-            uwriter.close()
-            backend.counters.failures += 1
-            self.totals.failures += 1
-            client.writer.write(
-                simple_response(504, "instance did not answer in time\n", close=True)
-            )
-            return False
-        except _NETWORK_ERRORS as exc:
-            uwriter.close()
-            if replayable and not responses.received and not isinstance(exc, BadMessage):
-                raise (_Stale if pooled is not None else _Retry) from exc
-            backend.counters.failures += 1
-            self.totals.failures += 1
-            client.writer.write(simple_response(502, "instance failed\n", close=True))
-            return False
-        finally:
-            self._waiting.pop(upstream, None)
-        if interim:
-            client.writer.write(interim)
-        return await self._respond(backend, head, resp, upstream, client, started)
+        except _NETWORK_ERRORS as exc:  # the instance stopped taking the body
+            upstream.abandon()
+            error = exc
+        except BaseException:
+            upstream.abandon()
+            raise
+        if error is None:
+            if upstream.switched:
+                return await self._switch(backend, upstream, client, started)
+            return upstream.keep_client
+        retry = self._settle(backend, upstream, error, replayable, pooled is not None, client)
+        if retry is not None:
+            raise retry from error
+        return False
 
-    async def _respond(
+    def _settle(
         self,
         backend: Backend,
-        head: Request,
-        resp: Response,
         upstream: Upstream,
+        error: BaseException,
+        replayable: bool,
+        pooled: bool,
         client: Client,
-        started: float,
-    ) -> bool:
-        if resp.status == 101:
-            return await self._switch(backend, resp, upstream, client, started)
-        responses = upstream.messages
-        status = resp.status
-        is_head = head.method == b"HEAD"
-        no_body = is_head or status in (204, 304)
-        client10 = head.version == b"1.0"
-        keep_client = not head.close and head.upgrade is None
-        reusable = not resp.close and not is_head  # after a HEAD answer the parser is spent
-        chunked = False
-        if status == 204:
-            framing = b""
-        elif resp.length is not None:
-            framing = b"Content-Length: %d\r\n" % resp.length
-        elif not client10 and (resp.chunked or not no_body):
-            framing = b"Transfer-Encoding: chunked\r\n"
-            chunked = not no_body  # re-framed: the instance's chunk sizes are never forwarded
-        else:  # a body delimited by close, for an HTTP/1.0 client
-            framing = b""
-            keep_client = keep_client and no_body
-        if responses.eof_body:
-            reusable = False
-        try:
-            out = [response_head(resp, framing, keep_client)]
-            if is_head:
-                client.writer.write(out[0])
-            else:  # 204 and 304 too: their (empty) end is taken off the parser
-                await copy_response(responses, client, out, chunked)
-        except _NETWORK_ERRORS:
-            upstream.writer.close()
-            backend.counters.failures += 1
-            self.totals.failures += 1
-            return False
-        elapsed = time.monotonic() - started
-        backend.counters.record(status, elapsed)
-        self.totals.record(status, elapsed)
-        if reusable and backend.routable and len(backend.idle) < POOL_SIZE and upstream.usable():
-            backend.idle.append(upstream)
-        else:
-            upstream.writer.close()
-        return keep_client
+    ) -> type[Exception] | None:
+        """A failed attempt: the retry it allows, or None once the client was answered
+        (or, when its answer had begun, is to be cut off)."""
+        if isinstance(error, ClientGone):
+            return None
+        if not upstream.answered:
+            if isinstance(error, ResponseTimeout):
+                message = (504, "instance did not answer in time\n")
+            elif replayable and not upstream.received and not isinstance(error, BadMessage):
+                return _Stale if pooled else _Retry
+            else:
+                message = (502, "instance failed\n")
+            client.write(simple_response(*message, close=True))
+        backend.counters.failures += 1
+        self.totals.failures += 1
+        return None
 
     async def _switch(
-        self, backend: Backend, resp: Response, upstream: Upstream, client: Client, started: float
+        self, backend: Backend, upstream: Upstream, client: Client, started: float
     ) -> bool:
         """The instance agreed to switch protocols: tunnel bytes until either side ends."""
-        try:
-            await upstream.messages.next()  # the end of the 101
-            _, from_instance = await upstream.messages.next()  # bytes after its head
-            kind, from_client = await client.next()  # bytes after the request's head
-        except _NETWORK_ERRORS:
-            upstream.writer.close()
-            return False
-        client.writer.write(switching_head(resp) + from_instance)
-        if kind != UPGRADE:
-            from_client = b""
-        if from_client:
-            upstream.writer.write(from_client)
+        resp = upstream.resp
+        assert resp is not None
+        client.write(switching_head(resp))  # what either side sent after its head follows
         backend.counters.record(101, time.monotonic() - started)
         self.totals.record(101, time.monotonic() - started)
-        tunnel = tunnel_for(resp.upgrade, client, upstream, from_instance, from_client)
+        tunnel = tunnel_for(resp.upgrade, client, upstream, b"", b"")  # nothing sent on yet
         backend.tunnels.add(tunnel)
         backend.outstanding -= 1  # a tunnel now, counted as one: no longer a request
         try:

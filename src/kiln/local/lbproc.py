@@ -152,7 +152,7 @@ class BalancerHost:
 
     async def _finish(self, front: Front) -> None:
         deadline = time.monotonic() + RETIRE_SECONDS
-        while front._clients and time.monotonic() < deadline:
+        while front.clients and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         await front.close()
 
@@ -339,7 +339,7 @@ class BalancerHost:
 
     async def _retire(self) -> None:
         deadline = time.monotonic() + RETIRE_SECONDS
-        while time.monotonic() < deadline and any(f._clients for f in self.fronts.values()):
+        while time.monotonic() < deadline and any(f.clients for f in self.fronts.values()):
             await asyncio.sleep(0.5)
         self.done.set()
 

@@ -16,19 +16,18 @@ import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 from kiln.local.http1 import (
     CHUNK,
     LAST_CHUNK,
     BadMessage,
     Request,
-    Response,
     chunk,
-    interim_head,
     simple_response,
 )
-from kiln.local.messages import BODY, HEAD, MessageReader, Truncated
+from kiln.local.messages import BODY, MessageReader
+from kiln.local.stream import Stream
 
 HIGH_WATER = 64 * 1024
 LINGER = 1.0  # how long a refused client may go on sending before the connection is reset
@@ -55,45 +54,127 @@ class ResponseTimeout(TimeoutError):
 IDLE, BODY_IN, BUSY, SENDING, TUNNEL = range(5)
 
 
-class Client:
-    """A client connection: its parser, and what it is doing since when."""
+class Client(Stream):
+    """A client connection: its parser, and what it is doing since when.
+
+    Requests are parsed as bytes arrive; ``listener.pump(client)`` answers
+    the ones waiting whenever the connection is not busy with one. A request
+    that needs awaiting (a body to stream, a new instance connection, a
+    retry) is served by a task that pulls events with ``next()``.
+    """
 
     __slots__ = (
+        "_waiter",
         "body_start",
+        "busy",
         "expired",
         "ip",
+        "listener",
         "messages",
         "phase",
-        "reader",
         "scheme",
+        "sending",
         "since",
         "task",
         "trusted",
-        "writer",
     )
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trusted: Networks = ()
-    ) -> None:
-        self.task = asyncio.current_task()
+    def __init__(self, listener: Listener) -> None:
+        super().__init__()
+        self.listener = listener
+        self.task: asyncio.Task[Any] | None = None  # serving the current request, if a task does
         self.expired: str | None = None  # what the client was too slow to send
-        self.reader = reader
-        self.writer = writer
-        self.messages = MessageReader(reader, request=True)
-        peer = writer.get_extra_info("peername")
-        self.ip = str(peer[0]).encode() if peer else b"unknown"
-        self.trusted = bool(peer) and is_in(str(peer[0]), trusted)
-        # the hook for TLS: a listener that terminates it makes every request https
-        self.scheme = b"https" if writer.get_extra_info("sslcontext") is not None else b"http"
+        self.messages = MessageReader()
+        self.ip = b"unknown"
+        self.trusted = False
+        self.scheme = b"http"
+        self.busy = False  # a request is being answered
+        self.sending: Any = None  # an instance connection waiting for this client to read
+        self._waiter: asyncio.Future[None] | None = None
         self.phase = IDLE
         self.since = self.body_start = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]).encode() if peer else b"unknown"
+        self.trusted = bool(peer) and is_in(str(peer[0]), self.listener.trusted)
+        # a listener that terminates TLS makes every request https
+        self.scheme = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
+        self.listener.clients.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._raw is not None:
+            self.raw_received(data)
+            return
+        messages = self.messages
+        rest = messages.feed(data)
+        if rest is not None:  # an upgrade: what follows is another protocol's
+            self.raw(rest)
+        self._wake()
+        if messages.events and rest is None and not self.closed:  # not taken: read no further
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self._raw is not None:
+            self.raw_eof()
+        else:
+            self.messages.feed_eof()
+            self._wake()
+        return self.get_extra_info("sslcontext") is None  # TLS cannot half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.listener.clients.discard(self)
+        messages = self.messages
+        if messages.error is None and not messages.spent:
+            messages.spent = True
+            messages.error = exc or ConnectionResetError("the client went away")
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # a task reading from this client learns it is gone
+        sending, self.sending = self.sending, None
+        if sending is not None:
+            sending.client_gone()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        sending, self.sending = self.sending, None
+        if sending is not None:
+            self.phase = BUSY
+            sending.resume()
+        elif not self.busy and self.phase == SENDING:
+            self.set(IDLE)
+            self.listener.pump(self)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif not self.busy:
+            self.listener.pump(self)
+
+    def finished(self, keep: bool) -> None:
+        """The request is answered: serve the next one, or close (``keep`` false)."""
+        self.busy = False
+        self.task = None
+        if not keep or self.closed:
+            self.close()
+            return
+        if self.write_paused:  # answers pile up unread: wait for the client to read them
+            self.set(SENDING)
+            return
+        self.set(IDLE)
+        self.listener.pump(self)
 
     def set(self, phase: int) -> None:
         self.phase = phase
         self.since = time.monotonic()
 
     def overdue(self, now: float, limits: Limits) -> None:
-        """Act on a missed deadline: the task waiting for the client is told."""
+        """Act on a missed deadline: whoever waits for the client is told."""
         phase = self.phase
         if phase == IDLE:
             start = self.messages.head_start
@@ -101,29 +182,58 @@ class Client:
                 if now - start > limits.header_timeout:
                     self._expire("request head")
             elif now - self.since > limits.client_idle_timeout:
-                self.writer.close()  # idle between requests: closed without a word
+                self.close()  # idle between requests: closed without a word
         elif phase == BODY_IN:
             if now - self.body_start > limits.body_timeout:
                 self._expire("request body")
             elif now - max(self.since, self.messages.last_read) > limits.body_idle_timeout:
                 self._expire("request body (it stalled)")
         elif phase == SENDING and now - self.since > limits.client_idle_timeout:
-            self.writer.transport.abort()  # not reading its response
+            self.abort()  # not reading its response
 
     def _expire(self, what: str) -> None:
-        if self.expired is None and self.task is not None:
-            self.expired = what
+        if self.expired is not None:
+            return
+        self.expired = what
+        if self.task is not None:
             self.task.cancel()  # it waits in a read of this client (the phase says so)
+        elif not self.busy:  # a head that never completed: nobody waits, answer here
+            self.busy = True
+            self.task = asyncio.get_running_loop().create_task(
+                ClientFailed(408, f"{what} not received in time").refuse(self)
+            )
 
     async def next(self) -> tuple[int, Any]:
         """The next event from the client; RequestTimeout when it was too slow."""
+        messages = self.messages
+        events = messages.events
         try:
-            return await self.messages.next()
+            while not events:
+                if messages.error is not None:
+                    raise messages.error
+                if not self.closed:
+                    self.transport.resume_reading()
+                self._waiter = asyncio.get_running_loop().create_future()
+                await self._waiter
         except asyncio.CancelledError:
+            self._waiter = None
             if self.expired is None or self.task is None:
                 raise
             self.task.uncancel()
             raise RequestTimeout(f"{self.expired} not received in time") from None
+        event = events.popleft()
+        if not events and not self.closed:
+            self.transport.resume_reading()
+        return event
+
+
+class Listener(Protocol):
+    """What a client connection needs from the balancer that accepted it."""
+
+    trusted: Networks
+    clients: set[Client]
+
+    def pump(self, client: Client) -> None: ...
 
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -156,33 +266,8 @@ class RequestTimeout(TimeoutError):
     """A client was too slow sending its request (408)."""
 
 
-class Upstream:
-    """A connection to an instance and the parser of the responses arriving on it."""
-
-    __slots__ = ("messages", "reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.messages = MessageReader(reader, request=False)
-
-    def usable(self) -> bool:
-        """Open, between responses, and nothing arrived that was not asked for.
-
-        Bytes an instance sent while the connection sat idle would otherwise
-        be taken as the answer to the next client's request.
-        """
-        buffered = getattr(self.reader, "_buffer", None)  # StreamReader has no public peek
-        return (
-            self.messages.reusable
-            and not buffered
-            and not self.reader.at_eof()
-            and not self.writer.is_closing()
-        )
-
-
 class ClientFailed(Exception):
-    """The client's body broke off, was malformed or too slow: answer if there is an
+    """The client's request broke off, was malformed or too slow: answer if there is an
     answer, and close."""
 
     def __init__(self, status: int | None, reason: str) -> None:
@@ -191,8 +276,24 @@ class ClientFailed(Exception):
 
     async def answer(self, client: Client) -> None:
         if self.status is not None:
-            client.writer.write(simple_response(self.status, f"{self}\n", close=True))
-            await linger(client.reader, client.writer)
+            client.write(simple_response(self.status, f"{self}\n", close=True))
+            await linger(client, client)
+
+    async def refuse(self, client: Client) -> None:
+        """Answer, then close: the connection serves nothing more."""
+        try:
+            await self.answer(client)
+        finally:
+            client.close()
+
+
+def refusal(exc: BaseException) -> ClientFailed:
+    """What the client gets for a request that could not be read."""
+    if isinstance(exc, BadMessage):
+        return ClientFailed(exc.status, str(exc))
+    if isinstance(exc, RequestTimeout):
+        return ClientFailed(408, str(exc))
+    return ClientFailed(None, str(exc))  # the client went away: nobody to answer
 
 
 async def client_event(client: Client) -> tuple[int, Any]:
@@ -201,12 +302,8 @@ async def client_event(client: Client) -> tuple[int, Any]:
         return event
     try:
         return await client.next()
-    except BadMessage as exc:
-        raise ClientFailed(exc.status, str(exc)) from exc
-    except RequestTimeout as exc:
-        raise ClientFailed(408, str(exc)) from exc
-    except OSError as exc:  # Truncated included: the client went away
-        raise ClientFailed(None, str(exc)) from exc
+    except (BadMessage, RequestTimeout, OSError) as exc:  # Truncated included
+        raise refusal(exc) from exc
 
 
 async def read_body(client: Client, head: Request, limit: int) -> tuple[bytes, bool]:
@@ -231,69 +328,30 @@ async def read_body(client: Client, head: Request, limit: int) -> tuple[bytes, b
     return b"".join(parts), False
 
 
-async def send_body(client: Client, uwriter: asyncio.StreamWriter, chunked: bool) -> None:
+async def send_body(client: Client, upstream: Stream, chunked: bool) -> None:
     """Stream the rest of a request body upstream, chunk framing written afresh."""
     client.set(BODY_IN)
     while True:
         kind, value = await client_event(client)
         if kind != BODY:
             if chunked:
-                uwriter.write(LAST_CHUNK)
+                upstream.write(LAST_CHUNK)
             break
-        uwriter.write(chunk(value) if chunked else value)
-        if uwriter.transport.get_write_buffer_size() > HIGH_WATER:
+        upstream.write(chunk(value) if chunked else value)
+        if upstream.write_paused:
             client.phase = BUSY  # the instance's pace, not the client's
-            await uwriter.drain()
+            await upstream.drain()
             client.set(BODY_IN)
     client.set(BUSY)
-    await uwriter.drain()
+    await upstream.drain()
 
 
-async def final_response(responses: MessageReader, switching: bool) -> tuple[Response, bytes]:
-    """The final response head (or a 101 when ``switching`` was asked for); interim
-    (1xx) heads before it, regenerated."""
-    interim = b""
-    while True:
-        kind, resp = responses.take() or await responses.next()
-        if kind != HEAD:
-            raise Truncated("the instance closed the connection without answering")
-        if resp.status == 101 and not switching:
-            raise BadMessage("instance switched protocols unasked", 502)
-        if resp.status >= 200 or resp.status == 101:
-            return resp, interim
-        interim += interim_head(resp)
-        responses.take() or await responses.next()  # the end of the interim message
-
-
-async def copy_response(
-    responses: MessageReader, client: Client, out: list[bytes], chunked: bool
-) -> None:
-    """Stream the body: whatever has arrived goes out at once, the head with the first bytes."""
-    cwriter = client.writer
-    transport = cwriter.transport
-    while True:
-        if out and not responses.ready():
-            cwriter.write(b"".join(out))
-            out.clear()
-            if transport.get_write_buffer_size() > HIGH_WATER:
-                client.set(SENDING)
-                await cwriter.drain()
-                client.phase = BUSY
-        kind, value = responses.take() or await responses.next()
-        if kind != BODY:
-            if chunked:
-                out.append(LAST_CHUNK)
-            cwriter.write(b"".join(out))
-            return
-        out.append(chunk(value) if chunked else value)
-
-
-async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def linger(reader: Stream, writer: Stream) -> None:
     """Half-close, and read what the client still sends, briefly: closing with
     unread bytes makes the kernel reset the connection, and the client may
     never see the error it was just sent."""
     with contextlib.suppress(OSError, TimeoutError):
-        if writer.can_write_eof():  # a TLS connection cannot half-close: just read on
+        if writer.can_write_eof() and not writer.is_closing():  # TLS cannot half-close
             writer.write_eof()
         async with asyncio.timeout(LINGER):
             while await reader.read(CHUNK):
@@ -305,7 +363,7 @@ class Tunnel:
 
     __slots__ = ("client", "upstream")
 
-    def __init__(self, client: Client, upstream: Upstream) -> None:
+    def __init__(self, client: Client, upstream: Stream) -> None:
         self.client = client
         self.upstream = upstream
 
@@ -323,7 +381,7 @@ class Tunnel:
         self.client.writer.close()
 
 
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+async def _pipe(src: Stream, dst: Stream) -> None:
     """One direction of a tunnel; the other side is told of the end with a half-close,
     or closed when this side broke (so the other direction ends too)."""
     try:

@@ -21,7 +21,9 @@ import contextlib
 import os
 
 from kiln.local.http1 import CHUNK
-from kiln.local.proxy import TUNNEL, Client, Tunnel, Upstream
+from kiln.local.proxy import TUNNEL, Client, Tunnel
+from kiln.local.stream import Stream
+from kiln.local.upstream import Upstream
 
 GOING_AWAY = 1001
 CLOSE_TIMEOUT = 2.0  # for each side's answering close frame; then the connections are dropped
@@ -98,7 +100,7 @@ class _Direction:
 
     __slots__ = ("dst", "frames", "masked", "pending", "sent", "src")
 
-    def __init__(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, masked: bool) -> None:
+    def __init__(self, src: Stream, dst: Stream, masked: bool) -> None:
         self.src = src
         self.dst = dst
         self.masked = masked

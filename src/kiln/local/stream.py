@@ -1,0 +1,149 @@
+"""A connection as an ``asyncio.Protocol``, with just enough of a stream API for the rare paths.
+
+The balancer's hot path lives in protocol callbacks: bytes are parsed as
+they arrive and answers are written from the same callback, with no
+``StreamReader`` buffer, no ``StreamWriter`` wrapper and no task switch in
+between. Tunnels (WebSocket) and the short read after a refusal still want
+``await read()`` and ``await drain()``: ``Stream`` gives them those, on the
+same object, once the connection is switched to raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+RAW_LIMIT = 256 * 1024  # raw bytes held for a reader before the socket is paused
+
+
+class Stream(asyncio.Protocol):
+    """Writing with flow control, and raw reading once ``raw()`` was called."""
+
+    __slots__ = (
+        "_drained",
+        "_raw",
+        "_raw_eof",
+        "_raw_waiter",
+        "closed",
+        "lost",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
+        self.closed = False  # connection_lost was called
+        self.lost: BaseException | None = None
+        self.write_paused = False  # the kernel and the transport hold more than their high water
+        self._drained: asyncio.Future[None] | None = None
+        self._raw: bytearray | None = None  # raw mode: bytes not yet read
+        self._raw_eof = False
+        self._raw_waiter: asyncio.Future[None] | None = None
+
+    # the StreamReader/StreamWriter names the tunnel and linger code use
+    @property
+    def reader(self) -> Stream:
+        return self
+
+    @property
+    def writer(self) -> Stream:
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.lost = exc
+        self._raw_eof = True
+        self._wake_reader()
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_exception(ConnectionResetError("connection lost"))
+
+    # writing --------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Write unless the connection is closing (then the bytes have nowhere to go)."""
+        transport = self.transport
+        if not transport.is_closing():
+            transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ConnectionResetError("connection lost")
+        if not self.write_paused:
+            return
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drained)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def can_write_eof(self) -> bool:
+        return self.transport.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.transport.write_eof()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+    # raw reading ------------------------------------------------------------
+
+    def raw(self, first: bytes = b"") -> None:
+        """From now on bytes are kept for ``read()``, not parsed."""
+        if self._raw is None:
+            self._raw = bytearray(first)
+            if not self.closed:
+                self.transport.resume_reading()
+
+    def raw_received(self, data: bytes) -> None:
+        raw = self._raw
+        assert raw is not None
+        raw += data
+        if len(raw) > RAW_LIMIT:
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def raw_eof(self) -> None:
+        self._raw_eof = True
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        waiter, self._raw_waiter = self._raw_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` raw bytes; b"" at the end (the connection switches to raw mode)."""
+        self.raw()
+        raw = self._raw
+        assert raw is not None
+        while not raw and not self._raw_eof:
+            self.transport.resume_reading()
+            self._raw_waiter = asyncio.get_running_loop().create_future()
+            await self._raw_waiter
+        if not raw and self.lost is not None:  # reset, not ended: the other side is told so
+            raise self.lost
+        data = bytes(raw[:n])
+        del raw[:n]
+        if not self.closed and len(raw) <= RAW_LIMIT:
+            self.transport.resume_reading()
+        return data
