@@ -48,6 +48,8 @@ _SCHEMES = (b"http", b"https")
 # Connection may name hop-by-hop headers to drop, but never these: dropping
 # Host or the framing would change what the next hop thinks the message is.
 _NEVER_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_COMMON_CONNECTION = frozenset({b"close", b"keep-alive"})
+_VERSIONS = {"1.0": b"1.0", "1.1": b"1.1"}
 
 # Second locks behind llhttp's own checks (RFC 9110 5.1, 5.5, 5.6.2).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -58,6 +60,7 @@ _REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _ORIGIN = re.compile(rb"/[\x21-\x7e]*")  # origin-form: path and query, visible ASCII only
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@\s]+)([/?][\x21-\x7e]*)?")
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
+_REASON_OK = frozenset({b"OK", b"Not Found", b"No Content", b"Found", b"Not Modified", b""})
 _REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
@@ -118,20 +121,92 @@ class Response:
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
-@dataclass(slots=True)
 class _Fields:
-    """What one pass over a head's fields found."""
+    """What one pass over a head's fields found (a plain class: built on every message)."""
 
-    keep: list[tuple[bytes, bytes]]
-    hosts: list[bytes]
-    chunked: bool
-    length: int | None
-    connection: set[bytes]
-    upgrade: bytes | None
-    expect: bytes | None
-    forwarded_for: bytes | None
-    forwarded_proto: bytes | None
-    claims: list[tuple[bytes, bytes]]
+    __slots__ = (
+        "chunked",
+        "claims",
+        "connection",
+        "expect",
+        "forwarded_for",
+        "forwarded_proto",
+        "hosts",
+        "keep",
+        "length",
+        "upgrade",
+    )
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        keep: list[tuple[bytes, bytes]] = []
+        hosts: list[bytes] = []
+        connection: set[bytes] = set()
+        length: int | None = None
+        te: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.expect: bytes | None = None
+        self.forwarded_for: bytes | None = None
+        self.forwarded_proto: bytes | None = None
+        self.claims: list[tuple[bytes, bytes]] = []
+        # llhttp has checked every name is a token and every value free of control
+        # characters (tests/local/test_smuggling.py holds it to that); only the
+        # trailing whitespace it leaves on a value is ours to drop.
+        for name, raw_value in raw:
+            value = raw_value.rstrip(b" \t")
+            lname = name.lower()
+            if lname not in _HOP:
+                keep.append((name, value))
+            elif lname == b"host":
+                hosts.append(value)
+            elif lname == b"content-length":
+                if not value.isdigit() or length is not None:
+                    raise BadMessage("bad or repeated Content-Length")
+                length = int(value)
+            elif lname == b"transfer-encoding":
+                if te is not None:
+                    raise BadMessage("repeated Transfer-Encoding")
+                te = value.lower()
+            elif lname == b"connection":
+                value = value.lower()
+                if value in _COMMON_CONNECTION:
+                    connection.add(value)
+                    continue
+                for token in value.split(b","):
+                    token = token.strip(b" \t")
+                    if token and not _TOKEN.fullmatch(token):
+                        raise BadMessage("bad Connection")
+                    connection.add(token)
+            else:
+                self._other(name, lname, value)
+        if te is not None:
+            if te != b"chunked":  # gzip, identity, xchunked, "chunked, x": nobody agrees on these
+                raise BadMessage("only Transfer-Encoding: chunked is supported", 501)
+            if length is not None:  # RFC 9112 6.3: a smuggling attempt until proven otherwise
+                raise BadMessage("Transfer-Encoding together with Content-Length")
+        if connection and not connection <= _COMMON_CONNECTION:
+            named = connection - _NEVER_DROPPED - _COMMON_CONNECTION - {b""}
+            if named:  # headers the sender declared hop-by-hop
+                keep = [(n, v) for n, v in keep if n.lower() not in named]
+        self.keep = keep
+        self.hosts = hosts
+        self.chunked = te is not None
+        self.length = length
+        self.connection = connection
+
+    def _other(self, name: bytes, lname: bytes, value: bytes) -> None:
+        """The rarer hop-by-hop fields."""
+        if lname == b"upgrade":
+            self.upgrade = value
+        elif lname == b"expect":
+            self.expect = value.lower()
+        elif lname == b"x-forwarded-for":
+            had = self.forwarded_for
+            self.forwarded_for = value if had is None else had + b", " + value
+        elif lname == b"x-forwarded-proto":
+            if self.forwarded_proto is None:
+                self.forwarded_proto = value
+        elif lname in _CLAIMS:
+            self.claims.append((name, value))
 
 
 def check_field(name: bytes, value: bytes) -> bytes:
@@ -142,70 +217,6 @@ def check_field(name: bytes, value: bytes) -> bytes:
     return value
 
 
-def _fields(raw: list[tuple[bytes, bytes]]) -> _Fields:
-    keep: list[tuple[bytes, bytes]] = []
-    claims: list[tuple[bytes, bytes]] = []
-    hosts: list[bytes] = []
-    connection: set[bytes] = set()
-    length: int | None = None
-    te: bytes | None = None
-    upgrade = expect = forwarded_for = forwarded_proto = None
-    # llhttp has checked every name is a token and every value free of control
-    # characters (tests/local/test_smuggling.py holds it to that); only the
-    # trailing whitespace it leaves on a value is ours to drop.
-    for name, raw_value in raw:
-        value = raw_value.rstrip(b" \t")
-        lname = name.lower()
-        if lname not in _HOP:
-            keep.append((name, value))
-        elif lname == b"host":
-            hosts.append(value)
-        elif lname == b"content-length":
-            if not value.isdigit() or length is not None:
-                raise BadMessage("bad or repeated Content-Length")
-            length = int(value)
-        elif lname == b"transfer-encoding":
-            if te is not None:
-                raise BadMessage("repeated Transfer-Encoding")
-            te = value.lower()
-        elif lname == b"connection":
-            for token in value.lower().split(b","):
-                token = token.strip(b" \t")
-                if token and not _TOKEN.fullmatch(token):
-                    raise BadMessage("bad Connection")
-                connection.add(token)
-        elif lname == b"upgrade":
-            upgrade = value
-        elif lname == b"expect":
-            expect = value.lower()
-        elif lname == b"x-forwarded-for":
-            forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-        elif lname == b"x-forwarded-proto":
-            forwarded_proto = value if forwarded_proto is None else forwarded_proto
-        elif lname in _CLAIMS:
-            claims.append((name, value))
-    if te is not None:
-        if te != b"chunked":  # gzip, identity, xchunked, "chunked, x": nobody agrees on these
-            raise BadMessage("only Transfer-Encoding: chunked is supported", 501)
-        if length is not None:  # RFC 9112 6.3: a smuggling attempt until proven otherwise
-            raise BadMessage("Transfer-Encoding together with Content-Length")
-    named = connection - _NEVER_DROPPED - {b"close", b"keep-alive", b""}
-    if named:  # headers the sender declared hop-by-hop
-        keep = [(n, v) for n, v in keep if n.lower() not in named]
-    return _Fields(
-        keep,
-        hosts,
-        te is not None,
-        length,
-        connection,
-        upgrade,
-        expect,
-        forwarded_for,
-        forwarded_proto,
-        claims,
-    )
-
-
 def make_request(
     method: bytes, target: bytes, version: str, raw: list[tuple[bytes, bytes]]
 ) -> Request:
@@ -214,8 +225,8 @@ def make_request(
         raise BadMessage(f"unsupported HTTP version {version!r}", 505)
     if method == b"CONNECT":
         raise BadMessage("CONNECT is not supported", 501)
-    f = _fields(raw)
-    ver = version.encode()
+    f = _Fields(raw)
+    ver = _VERSIONS[version]
     if f.chunked and ver == b"1.0":  # RFC 9112 6.1: framing is faulty
         raise BadMessage("Transfer-Encoding in an HTTP/1.0 request")
     if len(f.hosts) > 1:
@@ -274,13 +285,13 @@ def make_response(
     """Validate a response head from an instance; BadMessage (a 502) says why not."""
     if version not in ("1.0", "1.1"):
         raise BadMessage(f"instance answered HTTP version {version!r}", 502)
-    if not 100 <= status <= 599 or not _REASON.fullmatch(reason):
+    if not 100 <= status <= 599 or (reason not in _REASON_OK and not _REASON.fullmatch(reason)):
         raise BadMessage(f"instance answered a bad status line ({status})", 502)
     try:
-        f = _fields(raw)
+        f = _Fields(raw)
     except BadMessage as exc:
         raise BadMessage(f"instance answered: {exc}", 502) from exc
-    ver = version.encode()
+    ver = _VERSIONS[version]
     upgrade = f.upgrade if status == 101 else None
     if status == 101 and (upgrade is None or not _UPGRADE.fullmatch(upgrade)):
         raise BadMessage("instance switched protocols without a valid Upgrade", 502)
