@@ -46,9 +46,7 @@ class MessageReader:
     __slots__ = (
         "_fields",
         "_head_bytes",
-        "_in_trailers",
         "_parser",
-        "_trailers",
         "_url",
         "body",
         "error",
@@ -64,8 +62,7 @@ class MessageReader:
         self._parser: Any = httptools.HttpRequestParser(self)
         self._url = b""
         self._fields: list[tuple[bytes, bytes]] = []
-        self._trailers: list[tuple[bytes, bytes]] = []
-        self._in_trailers = self.body = False
+        self.body = False
         self._head_bytes = 0
         self.error: BaseException | None = None
         self.mid = False  # inside a message
@@ -80,26 +77,25 @@ class MessageReader:
         self.head_start = self.last_read
         self._url = b""
         self._fields = []
-        self._trailers = []
-        self._in_trailers = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        target = self._trailers if self._in_trailers else self._fields
-        target.append((name, value))
-        if len(target) > MAX_FIELDS:
+        fields = self._fields  # the head's, then (after it) the trailers'
+        fields.append((name, value))
+        if len(fields) > MAX_FIELDS:
             raise BadMessage("too many header fields", 431)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        self._in_trailers = self.body = True
+        self.body = True
         self._head_bytes = 0
         self.head_start = 0.0
         request = make_request(
             parser.get_method(), self._url, parser.get_http_version(), self._fields
         )
+        self._fields = []  # trailers, if any
         self.events.append((HEAD, request))
 
     def on_body(self, body: bytes) -> None:
@@ -107,8 +103,8 @@ class MessageReader:
 
     def on_message_complete(self) -> None:
         self.mid = self.body = False
-        if self._trailers:
-            check_trailers(self._trailers)
+        if self._fields:
+            check_trailers(self._fields)
         self.events.append((END, None))
 
     # feeding --------------------------------------------------------------

@@ -111,7 +111,10 @@ class Client(Stream):
         rest = messages.feed(data)
         if rest is not None:  # an upgrade: what follows is another protocol's
             self.raw(rest)
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
+        elif not self.busy:
+            self.listener.pump(self)
         if messages.events and rest is None and not self.closed:  # not taken: read no further
             self.transport.pause_reading()
 

@@ -61,9 +61,8 @@ class Upstream(Stream):
         "_head_bytes",
         "_heads",
         "_in_trailers",
+        "_last",
         "_reason",
-        "_tail",
-        "_trailers",
         "answered",
         "backend",
         "balancer",
@@ -94,11 +93,10 @@ class Upstream(Stream):
         self.parser: Any = httptools.HttpResponseParser(self)
         self._reason = b""
         self._fields: list[tuple[bytes, bytes]] = []
-        self._trailers: list[tuple[bytes, bytes]] = []
         self._in_trailers = False
         self._head_bytes = 0
         self._heads = 0  # heads completed by the current read
-        self._tail = b""  # the last bytes of the previous read: a head's end may straddle
+        self._last = b""  # the previous read: a head's end may straddle two
         self.mid = False  # inside a response
         self.spent = False  # the parser cannot go on (after a HEAD answer, a switch, an error)
         self.stray = False  # bytes came that nobody asked for
@@ -240,7 +238,7 @@ class Upstream(Stream):
         except httptools.HttpParserError as exc:
             self.spent = True
             error = BadMessage(f"malformed: {exc}", 502)
-        self._tail = data[-3:]
+        self._last = data
         if not self._in_trailers and self._head_bytes > MAX_HEAD and error is None:
             error = BadMessage("instance answered a head too large", 502)
         out = self.out
@@ -296,16 +294,14 @@ class Upstream(Stream):
         self.eof_body = False
         self._reason = b""
         self._fields = []
-        self._trailers = []
-        self._in_trailers = False
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        target = self._trailers if self._in_trailers else self._fields
-        target.append((name, value))
-        if len(target) > MAX_FIELDS:
+        fields = self._fields  # the head's, then (after it) the trailers'
+        fields.append((name, value))
+        if len(fields) > MAX_FIELDS:
             raise BadMessage("instance answered too many header fields", 502)
 
     def on_headers_complete(self) -> None:
@@ -316,6 +312,7 @@ class Upstream(Stream):
         resp = make_response(
             parser.get_status_code(), self._reason, parser.get_http_version(), self._fields
         )
+        self._fields = []  # trailers, if any
         status = resp.status
         head = self.head
         assert head is not None
@@ -368,8 +365,8 @@ class Upstream(Stream):
         self._in_trailers = False
         if not self.final:  # the end of an interim (1xx) response
             return
-        if self._trailers:
-            check_trailers(self._trailers)
+        if self._fields:
+            check_trailers(self._fields)
         if self.chunked:
             self.out.append(LAST_CHUNK)
         self.complete = True
@@ -381,7 +378,7 @@ class Upstream(Stream):
         accepted these heads only if each ended in exactly CRLF CRLF, and
         1xx responses have no body: the n-th CRLF CRLF ends the n-th head.
         """
-        joined = self._tail + data
+        joined = self._last[-3:] + data
         end = 0
         for _ in range(self._heads):
             end = joined.index(b"\r\n\r\n", end) + 4
