@@ -26,11 +26,10 @@ from pydantic import (
     model_validator,
 )
 
+from kiln.configfile import CONFIG_NAME, find_config
 from kiln.durations import parse_duration
 from kiln.errors import ConfigError
 from kiln.local.routes import valid_host
-
-CONFIG_NAME = "kiln.toml"
 
 Duration = Annotated[
     float,
@@ -768,22 +767,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def find_config(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
-    """The config to use: ``-c PATH`` or ``kiln.toml`` in the current directory."""
-    if explicit is not None:
-        path = Path(explicit)
-        if path.is_dir():
-            path = path / CONFIG_NAME
-    else:
-        path = (cwd or Path.cwd()) / CONFIG_NAME
-    if not path.is_file():
-        raise ConfigError(
-            f"no {CONFIG_NAME} at {path}",
-            hint="run 'kiln init' in your app's directory, or pass -c PATH",
-        )
-    return path.absolute()
 
 
 def load_config(

@@ -16,6 +16,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln.errors import ConfigError, ProviderError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from kiln.deploy.history import Result
     from kiln.deploy.plan import Plan
     from kiln.home import Home
-    from kiln.image.bake import BakeProgress
+    from kiln.image.result import BakeProgress
 
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 OnEvent = Callable[["Event"], None]
+Source = Callable[[], tuple[Path, str | None]]  # kiln.toml's path and the --env it is read for
 Narrate = Callable[[str], None]
 
 # name -> (module, class); each class is constructed as Class(home, config loader)
@@ -202,11 +204,17 @@ class PlatformBase:
     capabilities: frozenset[Capability] = frozenset()
 
     def __init__(
-        self, home: Home, config: Callable[[], LoadedConfig], *, has_config: bool = True
+        self,
+        home: Home,
+        config: Callable[[], LoadedConfig],
+        *,
+        has_config: bool = True,
+        source: Source | None = None,
     ) -> None:
         self.home = home
         self._config = config
         self.has_config = has_config  # False: no kiln.toml here; image commands use defaults
+        self.source = source  # which kiln.toml and --env, known without validating it
 
     @property
     def loaded(self) -> LoadedConfig:
@@ -226,7 +234,12 @@ class PlatformBase:
 
 
 def open_platform(
-    name: str, home: Home, config: Callable[[], LoadedConfig], *, has_config: bool = True
+    name: str,
+    home: Home,
+    config: Callable[[], LoadedConfig],
+    *,
+    has_config: bool = True,
+    source: Source | None = None,
 ) -> Platform:
     """The platform called ``name``; its module (and boto3 or aiohttp) loads only now."""
     try:
@@ -236,5 +249,7 @@ def open_platform(
             f"unknown provider {name!r}", hint=f"use one of: {', '.join(PLATFORMS)}"
         ) from None
     module = importlib.import_module(module_name)
-    platform: Platform = getattr(module, class_name)(home, config, has_config=has_config)
+    platform: Platform = getattr(module, class_name)(
+        home, config, has_config=has_config, source=source
+    )
     return platform

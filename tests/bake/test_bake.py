@@ -15,7 +15,8 @@ from bake.apps import corrupt, write_app
 from kiln.config import load_config
 from kiln.errors import BuildError, CorruptObject, ImageNotFound
 from kiln.home import Home
-from kiln.image.bake import BakeProgress, bake
+from kiln.image.bake import bake
+from kiln.image.result import BakeProgress
 from kiln.image.store import Store
 from kiln.runenv import SYSTEM_PATH, python_on
 from kilntest import Kiln

@@ -11,7 +11,8 @@ from bake.apps import write_app
 from kiln.config import load_config, parse_config
 from kiln.errors import BuildError, ConfigError
 from kiln.home import Home
-from kiln.image.bake import BakeProgress, bake
+from kiln.image.bake import bake
+from kiln.image.result import BakeProgress
 from kiln.image.store import Store
 
 

@@ -44,7 +44,8 @@ from kiln.aws.ssh import SshTarget, Upload, provision
 from kiln.config import AwsSettings, Config, LoadedConfig
 from kiln.errors import AwsError
 from kiln.home import Home
-from kiln.image.bake import BakeProgress, bake
+from kiln.image.bake import bake
+from kiln.image.result import BakeProgress
 from kiln.image.store import ImageRecord, Store
 
 Progress = Callable[[str], None]

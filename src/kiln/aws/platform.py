@@ -11,7 +11,7 @@ from typing import Any
 from kiln.aws.deployments import AwsDeployments, open_deployments
 from kiln.aws.session import connect
 from kiln.config import AwsSettings
-from kiln.image.bake import BakeProgress
+from kiln.image.result import BakeProgress
 from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
 
 

@@ -41,7 +41,7 @@ class State:
 
     def has_config(self) -> bool:
         """Whether a kiln.toml was named or is here (image commands work without one)."""
-        from kiln.config import CONFIG_NAME
+        from kiln.configfile import CONFIG_NAME
 
         return self.config_path is not None or (Path.cwd() / CONFIG_NAME).is_file()
 
@@ -51,10 +51,18 @@ class State:
         ``environment`` opens another environment's platform than ``--env``'s
         (``kiln promote`` reads one and deploys to the other).
         """
+        from kiln.configfile import find_config
         from kiln.platform import open_platform
 
         config = self.config if environment is None else lambda: self.config_for(environment)
-        return open_platform(name, self.home(), config, has_config=self.has_config())
+        chosen = self.environment if environment is None else environment
+        return open_platform(
+            name,
+            self.home(),
+            config,
+            has_config=self.has_config(),
+            source=lambda: (find_config(self.config_path), chosen),
+        )
 
     def config(self) -> LoadedConfig:
         """kiln.toml as ``--env`` selects it (no --env: the file as it is)."""

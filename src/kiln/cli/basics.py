@@ -8,7 +8,8 @@ import click
 
 from kiln.cli.app import State, cli, environment_option, pass_state
 from kiln.cli.output import console, emit_json
-from kiln.config import CONFIG_NAME, json_schema
+from kiln.config import json_schema
+from kiln.configfile import CONFIG_NAME
 from kiln.detect import detect
 from kiln.errors import ConfigError
 from kiln.scaffold import render_config

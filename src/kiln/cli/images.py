@@ -13,7 +13,7 @@ from kiln.cli.app import State, cli, pass_state, provider_option
 from kiln.cli.output import console, emit_json, err_console, note, print_report
 from kiln.durations import format_size, format_time
 from kiln.errors import CorruptObject
-from kiln.image.bake import BakeProgress
+from kiln.image.result import BakeProgress
 from kiln.image.store import Store
 
 if TYPE_CHECKING:

@@ -16,15 +16,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kiln.config import LoadedConfig
 from kiln.errors import BuildError
 from kiln.home import Home
-from kiln.image import stepcache
+from kiln.image import quick, stepcache
 from kiln.image.ignore import SourceEntry, build_spec, load_spec, walk
+from kiln.image.result import BakeProgress, BakeResult
 from kiln.image.store import (
     FileEntry,
     LinkEntry,
@@ -40,36 +40,6 @@ from kiln.runenv import build_env, instance_env, python_on
 
 WORKERS = min(8, (os.cpu_count() or 2) * 2)
 RACY_NS = 100_000_000  # files touched this recently are re-hashed next time
-
-
-@dataclass(frozen=True)
-class BakeResult:
-    image: str
-    digest: str
-    app: str
-    files: int
-    bytes: int
-    reused: bool
-    seconds: float
-    commit: str | None = None
-    dirty: bool | None = None
-    code: str | None = None  # short code digest: the image minus its env layer
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class BakeProgress:
-    """Hooks the CLI overrides to show progress; the library stays silent."""
-
-    def step(self, index: int, total: int, command: str) -> None: ...
-
-    def cached(self, index: int, total: int, command: str) -> None:
-        """A step whose inputs are unchanged: its outputs were restored, it did not run."""
-
-    def output(self, line: str) -> None: ...
-
-    def files(self, done: int, total: int) -> None: ...
 
 
 def bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None = None) -> BakeResult:
@@ -117,7 +87,9 @@ def _bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None) -> Ba
             seconds = round(time.monotonic() - started, 3)
             if cached.get("code") is None:  # cached before code digests existed
                 cached["code"] = short_code(store.get(cached["digest"]).manifest.code_digest)
-            return BakeResult(**{**cached, "reused": True, "seconds": seconds})
+            reused = BakeResult(**{**cached, "reused": True, "seconds": seconds})
+            _remember(loaded, home, entries, reused)
+            return reused
         commit, dirty = git_state(root)
         meta = {
             "created": time.time(),
@@ -129,7 +101,28 @@ def _bake(loaded: LoadedConfig, home: Home, progress: BakeProgress | None) -> Ba
         record = store.add_image(manifest, meta)
         result = _result(record.digest, manifest, False, started, record.meta)
         _cache_put(home, key, result)
+    _remember(loaded, home, entries, result)
     return result
+
+
+def _remember(
+    loaded: LoadedConfig, home: Home, entries: list[SourceEntry], result: BakeResult
+) -> None:
+    """Let the next ``kiln bake`` recognise this app unchanged without reading its config."""
+    how = {
+        "wanted": loaded.config.app.python,
+        "path": instance_env(loaded.config.env)["PATH"],
+        "python": interpreter(loaded),
+    }
+    quick.record(
+        home,
+        loaded.path,
+        loaded.config.environment,
+        list(loaded.config.app.exclude),
+        how,
+        entries,
+        result.as_dict(),
+    )
 
 
 def _result(

@@ -14,8 +14,8 @@ from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBas
 
 if TYPE_CHECKING:
     from kiln.deploy import Engine
-    from kiln.image.bake import BakeProgress
     from kiln.image.drift import InstanceDrift
+    from kiln.image.result import BakeProgress, BakeResult
     from kiln.providers.protocol import Instance, Provider
 
 
@@ -50,21 +50,37 @@ class LocalPlatform(PlatformBase):
     def bake(
         self, progress: BakeProgress, narrate: Narrate, *, boot_test: bool | None = None
     ) -> Report:
-        from kiln.image.bake import bake
-
         if boot_test:
             raise ConfigError(
                 "--boot-test boots an AMI from the image: it needs --provider aws",
                 hint="a local deploy starts the image and health-checks it anyway",
             )
+        result = self._unchanged()
+        if result is None:
+            from kiln.image.bake import bake
 
-        result = bake(self.loaded, self.home, progress)
+            result = bake(self.loaded, self.home, progress)
         how = "reused, nothing changed" if result.reused else f"{result.seconds:.2f}s"
         headline = (
             f"{result.image}  {result.code}  {result.app}  {result.files} files, "
             f"{format_size(result.bytes)}  ({how})"
         )
         return Report(result.as_dict(), lines=(headline,))
+
+    def _unchanged(self) -> BakeResult | None:
+        """The last bake's image when nothing it was made from changed (kiln.image.quick)."""
+        if self.source is None:
+            return None
+        from kiln.image import quick
+        from kiln.image.result import BakeResult
+
+        started = time.monotonic()
+        found = quick.lookup(self.home, *self.source())
+        if found is None:
+            return None
+        return BakeResult(
+            **{**found, "reused": True, "seconds": round(time.monotonic() - started, 3)}
+        )
 
     def images(self, app: str | None) -> Report:
         records = Store(self.home).list_images(app)

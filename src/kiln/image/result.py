@@ -1,0 +1,39 @@
+"""What a bake answers and the hooks it reports progress through.
+
+Its own small module, so the CLI and the no-change fast path (kiln.image.quick)
+use them without importing the bake and its config models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    image: str
+    digest: str
+    app: str
+    files: int
+    bytes: int
+    reused: bool
+    seconds: float
+    commit: str | None = None
+    dirty: bool | None = None
+    code: str | None = None  # short code digest: the image minus its env layer
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class BakeProgress:
+    """Hooks the CLI overrides to show progress; the library stays silent."""
+
+    def step(self, index: int, total: int, command: str) -> None: ...
+
+    def cached(self, index: int, total: int, command: str) -> None:
+        """A step whose inputs are unchanged: its outputs were restored, it did not run."""
+
+    def output(self, line: str) -> None: ...
+
+    def files(self, done: int, total: int) -> None: ...
