@@ -42,6 +42,38 @@ COMMANDS: dict[str, str] = {
 }
 cli.lazy_commands = COMMANDS
 
+# top-level command -> the first paragraph of its help: `kiln --help` lists every
+# command without importing one (a test checks each against the command's own help)
+SUMMARIES: dict[str, str] = {
+    "agent": "The local agent: runs instances, balances load, checks health.",
+    "aws": "AWS provider: deploy user and policy, leftovers of killed bakes.",
+    "bake": "Bake the app into an immutable, content-addressed image.",
+    "ci": "CI/CD pipelines: bake and deploy on every push to the default branch.",
+    "config": "Inspect and validate kiln.toml.",
+    "demo": "The whole story on this machine: bake, deploy, roll, roll back, drift.",
+    "deploy": "Move the fleet to a new image: plan, launch, prove healthy, shift, discard.",
+    "destroy": (
+        "Remove the fleet: drain and stop every instance, free its listener, keep its history."
+    ),
+    "drift": "Compare running instances with their images; exit 6 when anything drifted.",
+    "history": "Deployments, newest first: from → to, strategy, outcome, duration, who, why.",
+    "image": "Inspect one image.",
+    "images": "List baked images, newest first.",
+    "init": "Write a commented kiln.toml for the app in this directory.",
+    "logs": "Show logs (stdout and stderr): one instance's, or every instance of the fleet.",
+    "promote": "Deploy to TO the code FROM serves healthily now: no bake, only TO's env layer.",
+    "prune": "Remove old images, never one in use, and free their storage.",
+    "recycle": "Replace instances older than a maximum age with fresh ones from the same image.",
+    "refresh": "Replace instances still running host files replaced since they started.",
+    "rollback": "Back to the previous good image; from a warm standby in about one health check.",
+    "run": "Run COMMAND once, like an instance would, attached to this terminal.",
+    "scale": "Change the fleet's desired size; new instances come from the current image.",
+    "status": "The fleet now: endpoint, size, image, instances, any deployment in progress.",
+    "ui": "Serve a read-only page of the fleet, its images and deployments, live, until Ctrl-C.",
+    "unlock": "Remove a deployment lock left behind by a process that is gone.",
+}
+cli.summaries = SUMMARIES
+
 
 def load_all_commands() -> None:
     """Register every command now (docs generation, tests walking the tree)."""
@@ -53,4 +85,4 @@ def main() -> None:
     cli(prog_name="kiln")
 
 
-__all__ = ["COMMANDS", "cli", "load_all_commands", "main"]
+__all__ = ["COMMANDS", "SUMMARIES", "cli", "load_all_commands", "main"]

@@ -122,9 +122,33 @@ class KilnGroup(click.Group):
     """
 
     lazy_commands: dict[str, str] = {}
+    summaries: dict[str, str] = {}  # command -> its help's first paragraph, for `kiln --help`
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(self.lazy_commands))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from ``summaries``: `kiln --help` imports no command module."""
+        names = self.list_commands(ctx)
+        if not names or any(n not in self.commands and n not in self.summaries for n in names):
+            super().format_commands(ctx, formatter)
+            return
+        from click.utils import make_default_short_help
+
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            command = self.commands.get(name)
+            if command is not None and command.hidden:
+                continue
+            text = (
+                command.get_short_help_str(limit)
+                if command is not None
+                else make_default_short_help(self.summaries[name], limit)
+            )
+            rows.append((name, text))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in self.lazy_commands:
