@@ -133,19 +133,15 @@ class KilnGroup(click.Group):
         if not names or any(n not in self.commands and n not in self.summaries for n in names):
             super().format_commands(ctx, formatter)
             return
-        from click.utils import make_default_short_help
-
         limit = formatter.width - 6 - max(len(n) for n in names)
         rows = []
         for name in names:
             command = self.commands.get(name)
             if command is not None and command.hidden:
                 continue
-            text = (
-                command.get_short_help_str(limit)
-                if command is not None
-                else make_default_short_help(self.summaries[name], limit)
-            )
+            # a stand-in command shortens the summary exactly as the real one would
+            shown = command or click.Command(name, help=self.summaries[name])
+            text = shown.get_short_help_str(limit)
             rows.append((name, text))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
