@@ -159,3 +159,16 @@ def test_a_reused_bake_reports_its_code(kiln: Kiln, tmp_path: Path) -> None:
     (kiln.cwd / "app.py").write_text("print('hi')\n")
     first, again = _bake(kiln), _bake(kiln)
     assert again["reused"] and again["code"] == first["code"]
+
+
+def test_amis_are_tagged_with_their_code_and_env_layer() -> None:
+    from kiln.aws.ami import ami_tags, env_digest
+    from kiln.image.store import ImageRecord
+
+    staging, production = _manifest({"MODE": "staging"}), _manifest({"MODE": "production"})
+    tags = [
+        ami_tags(ImageRecord(digest=m.digest, manifest=m), "ami-base", "recipe")
+        for m in (staging, production)
+    ]
+    assert tags[0]["kiln:code"] == tags[1]["kiln:code"] == staging.code_digest
+    assert tags[0]["kiln:env"] == env_digest({"MODE": "staging"}) != tags[1]["kiln:env"]

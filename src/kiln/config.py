@@ -463,7 +463,17 @@ class LocalSettings(Section):
 class AwsSettings(Section):
     """The AWS provider: AMIs, Auto Scaling groups, an ALB target group."""
 
-    region: str | None = Field(default=None, description="AWS region. Default: $AWS_REGION.")
+    region: str | None = Field(
+        default=None, description="AWS region. Default: $AWS_REGION, else the profile's region."
+    )
+    profile: str | None = Field(
+        default=None,
+        description=(
+            "Named profile (~/.aws/config) whose credentials kiln uses, e.g. one per "
+            "environment's account; a profile with role_arn assumes that role. A name, not a "
+            "secret. Default: the standard chain ($AWS_PROFILE, $AWS_ACCESS_KEY_ID, ...)."
+        ),
+    )
     endpoint_url: str | None = Field(
         default=None,
         description="Endpoint override (moto, LocalStack). Default: $AWS_ENDPOINT_URL.",

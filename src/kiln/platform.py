@@ -139,8 +139,8 @@ class Platform(Protocol):
         """The code digest of ``image`` (its digest minus the env layer); None if unknown."""
         ...
 
-    def promote_image(self, image: str) -> str:
-        """This environment's image with the code of ``image``: its own env layer, no bake."""
+    def promote_image(self, image: str, source: Platform, narrate: Narrate) -> str:
+        """This environment's image with the code ``source`` serves as ``image``; no bake."""
         ...
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report: ...

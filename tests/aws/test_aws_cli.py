@@ -41,8 +41,9 @@ def test_policy_without_any_aws_setup_still_prints(kiln: Kiln) -> None:
     result = kiln("aws", "policy", "--json")
     documents = json.loads(result.stdout)
     assert documents["deploy"] == policy_document(
-        region=None, account=None, purposes=DEPLOY_PURPOSES
+        region=None, account=None, purposes=PARTS["deploy"]
     )
+    assert set(PARTS["deploy"]) == {*DEPLOY_PURPOSES, "promote"}
 
 
 def test_create_deploy_user_prints_keys_once(aws: Aws, kiln: Kiln) -> None:

@@ -11,7 +11,9 @@ security group are gone when this returns or raises.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
+import json
 import posixpath
 import secrets
 import shutil
@@ -28,8 +30,10 @@ from kiln.aws import builder as b
 from kiln.aws.boottest import Checker, boot_test, is_verified
 from kiln.aws.images import (
     BASE_TAG,
+    CODE_TAG,
     COMMIT_TAG,
     DIGEST_TAG,
+    ENV_TAG,
     IMAGE_TAG,
     RECIPE_TAG,
     Ami,
@@ -285,11 +289,19 @@ def ami_tags(record: ImageRecord, base: str, shape: str) -> dict[str, str]:
         "Name": f"kiln-{record.app}-{record.id}",
         APP_TAG: record.app,
         DIGEST_TAG: record.digest,
+        CODE_TAG: record.manifest.code_digest,
+        ENV_TAG: env_digest(record.manifest.env),
         IMAGE_TAG: record.id,
         COMMIT_TAG: str(record.meta.get("commit") or "unknown"),
         BASE_TAG: base,
         RECIPE_TAG: shape,
     }
+
+
+def env_digest(env: dict[str, str]) -> str:
+    """The env layer's identity, tagged on an AMI: a promotion compares it without the store."""
+    canonical = json.dumps(dict(sorted(env.items())), separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
 def _finish(aws: Aws, ami_id: str, settings: AwsSettings, note: Progress) -> Ami:

@@ -12,6 +12,8 @@ from kiln.aws.session import Aws, aws_errors, eventually, tag_map
 from kiln.errors import AwsError
 
 DIGEST_TAG = "kiln:digest"
+CODE_TAG = "kiln:code"  # the image's code digest: its digest minus the env layer
+ENV_TAG = "kiln:env"  # sha256 of the image's [env]: with the code, the whole image
 RECIPE_TAG = "kiln:recipe"
 IMAGE_TAG = "kiln:image"
 COMMIT_TAG = "kiln:commit"
@@ -51,6 +53,7 @@ class Ami:
             "state": self.state,
             "created": self.created,
             "commit": self.tags.get(COMMIT_TAG),
+            "code_digest": self.tags.get(CODE_TAG),
             "base_ami": self.tags.get(BASE_TAG),
             "snapshots": list(self.snapshots),
         }

@@ -11,14 +11,23 @@ from typing import Any
 from kiln.aws.deployments import AwsDeployments, open_deployments
 from kiln.aws.session import connect
 from kiln.config import AwsSettings
+from kiln.errors import ConfigError
 from kiln.image.result import BakeProgress
-from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
+from kiln.platform import (
+    DRIFT_FOUND,
+    Capability,
+    Narrate,
+    OnEvent,
+    Platform,
+    PlatformBase,
+    Report,
+)
 
 
 class AwsPlatform(PlatformBase):
     name = "aws"
     # canary needs per-instance request counts (CloudWatch); drift is replaced by recycling
-    capabilities = frozenset()
+    capabilities = frozenset({Capability.PROMOTE})
 
     def settings(self) -> AwsSettings:
         """[provider.aws] from kiln.toml if there is one; else defaults and the environment."""
@@ -69,18 +78,41 @@ class AwsPlatform(PlatformBase):
         )
 
     def code_of(self, image: str) -> str | None:
-        """From the local store, when this machine baked (or pulled) the image."""
+        """From the local store when this machine baked the image, else its AMI's tags."""
+        from kiln.aws.images import CODE_TAG
+        from kiln.aws.promote import newest_ami
         from kiln.errors import ImageNotFound
         from kiln.image.store import Store
 
         try:
             return Store(self.home).get(image).manifest.code_digest
         except ImageNotFound:
-            return None
+            pass
+        ami = newest_ami(connect(self.settings()), image)
+        return ami.tags.get(CODE_TAG) if ami is not None else None
 
-    def promote_image(self, image: str) -> str:
-        self.require(Capability.PROMOTE, "kiln promote")
-        raise AssertionError("unreachable: PROMOTE is not an AWS capability yet")
+    def promote_image(self, image: str, source: Platform, narrate: Narrate) -> str:
+        """The same AMI: reused in this account and region, or copied into this region."""
+        from kiln.aws.install import recipe
+        from kiln.aws.promote import promote_ami
+
+        if not isinstance(source, AwsPlatform):
+            raise ConfigError(
+                f"promotion from --provider {source.name} to aws: both must be aws",
+                hint="promote between two environments of one provider",
+            )
+        settings = self.settings()
+        config = self.loaded.config
+        promote_ami(
+            connect(source.settings()),
+            connect(settings),
+            image,
+            env=dict(config.env),
+            recipe=recipe(config, settings),
+            timeout=settings.image_timeout,
+            note=narrate,
+        )
+        return image
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
         """Deregister old AMIs and delete their snapshots together, never one in use."""

@@ -1,7 +1,7 @@
 """The least-privilege IAM policy for exactly the calls kiln's AWS provider makes.
 
 Statements are grouped by purpose (``bake``, ``images``, ``reap``; part 2 adds
-``deploy``) and each has a Sid saying why it exists. Reads cannot be scoped
+``deploy`` and ``promote``) and each has a Sid saying why it exists. Reads cannot be scoped
 below the region; everything that changes or deletes is scoped to resources
 kiln tagged, so a leaked deploy key cannot touch the rest of the account.
 
@@ -191,9 +191,9 @@ _ELB = "arn:{partition}:elasticloadbalancing:{region}:{account}:"
 _FLEET_OWNED = {"StringLike": {f"ec2:ResourceTag/{FLEET_TAG}": "*"}}
 
 DEPLOY_RULES: tuple[Rule, ...] = (
-    Rule(
+    Rule(  # promote: DescribeImages finds the source AMI and an earlier copy
         sid="KilnDeployDescribe",
-        purposes=_p("deploy"),
+        purposes=_p("deploy", "promote"),
         actions=(
             "autoscaling:DescribeAutoScalingGroups",
             "autoscaling:DescribeScalingActivities",  # why a launch failed
@@ -271,17 +271,20 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         actions=("ec2:CreateSecurityGroup",),
         resources=(_OWN + "security-group/*", _OWN + "vpc/*"),
     ),
-    Rule(
+    Rule(  # promote: a copied AMI gets the source's kiln tags as it is created
         sid="KilnDeployTagOnCreate",
-        purposes=_p("deploy"),
+        purposes=_p("deploy", "promote"),
         actions=("ec2:CreateTags",),
         resources=(
             _OWN + "security-group/*",
             _OWN + "launch-template/*",
             _OWN + "instance/*",
             _OWN + "volume/*",
+            _ANY_OWNER + "image/*",
         ),
-        condition=_on_create("CreateSecurityGroup", "CreateLaunchTemplate", "RunInstances"),
+        condition=_on_create(
+            "CreateSecurityGroup", "CreateLaunchTemplate", "RunInstances", "CopyImage"
+        ),
     ),
     Rule(
         sid="KilnDeployLockHeartbeatAndRelease",
@@ -310,6 +313,22 @@ DEPLOY_RULES: tuple[Rule, ...] = (
 )
 RULES = RULES + DEPLOY_RULES
 
+# -- promotion between environments (kiln.aws.promote): an AMI copied to another region ---
+# (its tags ride on CopyImage: KilnDeployTagOnCreate; its lookups: KilnDeployDescribe)
+
+PROMOTE_RULES: tuple[Rule, ...] = (
+    Rule(  # the copy lands in this region; the source may be in any region of the account
+        sid="KilnPromoteCopyImage",
+        purposes=_p("promote"),
+        actions=("ec2:CopyImage",),
+        resources=(
+            _ANY_OWNER.replace("{region}", "*") + "image/*",
+            _ANY_OWNER.replace("{region}", "*") + "snapshot/*",
+        ),
+    ),
+)
+RULES = RULES + PROMOTE_RULES
+
 # Checked by AWS on the caller when Auto Scaling launches from a launch template,
 # never called by kiln itself: the completeness test expects it unrecorded.
 # (ec2:CreateTags is checked that way too, for the new instances' tags, and kiln
@@ -324,13 +343,17 @@ IMPLICIT_BAKE_ACTIONS: frozenset[str] = frozenset()
 
 PURPOSES = ("bake", "images", "reap")
 DEPLOY_PURPOSES = ("deploy",)
-ALL_PURPOSES = (*PURPOSES, *DEPLOY_PURPOSES)  # the default rendering: everything kiln does
+PROMOTE_PURPOSES = ("promote",)
+ALL_PURPOSES = (*PURPOSES, *DEPLOY_PURPOSES, *PROMOTE_PURPOSES)  # everything kiln does
 
 # The managed policies a deploy user gets: one per part, so a CI user that only
 # bakes can hold "bake" alone. IAM counts a managed policy's size without
 # whitespace and allows 6,144 characters each (inline policies: 2,048 for all of
 # a user's together, which kiln's policy never fits).
-PARTS: dict[str, tuple[str, ...]] = {"bake": PURPOSES, "deploy": DEPLOY_PURPOSES}
+PARTS: dict[str, tuple[str, ...]] = {
+    "bake": PURPOSES,
+    "deploy": (*DEPLOY_PURPOSES, *PROMOTE_PURPOSES),
+}
 MANAGED_POLICY_MAX = 6144
 
 

@@ -1,7 +1,8 @@
 """One place that turns settings and the environment into AWS clients.
 
 Credentials come from boto3's standard chain (``AWS_ACCESS_KEY_ID`` /
-``AWS_SECRET_ACCESS_KEY``, profiles, instance roles), never from kiln.toml,
+``AWS_SECRET_ACCESS_KEY``, profiles, instance roles), or from the named profile
+``[provider.aws] profile`` (an environment's account), never from kiln.toml,
 and never appear in kiln's output, errors or state. The region comes from
 ``[provider.aws] region`` or ``AWS_REGION``; an endpoint override
 (``[provider.aws] endpoint_url`` or ``AWS_ENDPOINT_URL``) points kiln at moto
@@ -89,12 +90,22 @@ def connect(
 ) -> Aws:
     """Resolve region and endpoint; explicit keys are for tests and admin tools only."""
     settings = settings or AwsSettings()
-    session = boto3.Session(
-        aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
-    )
-    region = (
-        settings.region
-        or os.environ.get("AWS_REGION")
+    profile = None if access_key_id else settings.profile
+    try:
+        session = boto3.Session(
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            profile_name=profile,
+        )
+    except botocore.exceptions.ProfileNotFound:
+        raise AwsError(
+            f"no AWS profile {profile!r} ([provider.aws] profile)",
+            hint="add it to ~/.aws/config (or $AWS_CONFIG_FILE), or fix the name",
+        ) from None
+    region = settings.region or (
+        session.region_name  # a named profile's own region comes before the environment's
+        if profile
+        else os.environ.get("AWS_REGION")
         or os.environ.get("AWS_DEFAULT_REGION")
         or session.region_name
     )

@@ -325,7 +325,7 @@ def promote_command(
         platform.require(Capability.CANARY, "the canary strategy")
     state.config_for(source)
     serving = healthy_now(origin, source)
-    image = platform.promote_image(serving.image)
+    image = platform.promote_image(serving.image, origin, lambda line: err_console.print(line))
     required = config.environments[target].require
     note = f"promoted from {source} ({serving.image}, {short_code(serving.code)})"
     if required is not None and required != source:

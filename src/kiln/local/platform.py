@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 from kiln.durations import format_duration, format_size, format_time
 from kiln.errors import ConfigError, FleetNotFound, ImageNotFound
 from kiln.image.store import Store, short_code
-from kiln.platform import DRIFT_FOUND, Capability, Narrate, OnEvent, PlatformBase, Report
+from kiln.platform import (
+    DRIFT_FOUND,
+    Capability,
+    Narrate,
+    OnEvent,
+    Platform,
+    PlatformBase,
+    Report,
+)
 
 if TYPE_CHECKING:
     from kiln.deploy import Engine
@@ -111,7 +119,7 @@ class LocalPlatform(PlatformBase):
         except ImageNotFound:
             return None
 
-    def promote_image(self, image: str) -> str:
+    def promote_image(self, image: str, source: Platform, narrate: Narrate) -> str:
         """The same files, build output and run line; only [env] is this environment's."""
         store = Store(self.home)
         record = store.get(image)
