@@ -91,7 +91,7 @@ class Request:
     target: bytes  # origin-form (or ``*`` for OPTIONS)
     version: bytes  # b"1.0" or b"1.1"
     host: bytes | None
-    fields: list[tuple[bytes, bytes]]  # end-to-end fields, validated
+    fields: bytes  # end-to-end fields, validated, as the lines to forward
     chunked: bool = False
     length: int | None = None  # Content-Length; None when absent or chunked
     close: bool = False  # the client wants the connection closed after this exchange
@@ -113,12 +113,11 @@ class Response:
     status: int
     reason: bytes
     version: bytes
-    fields: list[tuple[bytes, bytes]]
+    fields: bytes  # end-to-end fields, validated, as the lines to forward
     chunked: bool = False
     length: int | None = None
     close: bool = False
     upgrade: bytes | None = None
-    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 class _Fields:
@@ -138,7 +137,7 @@ class _Fields:
     )
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        keep: list[tuple[bytes, bytes]] = []
+        keep: list[bytes] = []  # the lines of the fields passed on: name, ": ", value, CRLF
         hosts: list[bytes] = []
         connection: set[bytes] = set()
         length: int | None = None
@@ -155,7 +154,7 @@ class _Fields:
             value = raw_value.rstrip(b" \t")
             lname = name.lower()
             if lname not in _HOP:
-                keep.append((name, value))
+                keep += (name, b": ", value, b"\r\n")
             elif lname == b"host":
                 hosts.append(value)
             elif lname == b"content-length":
@@ -186,8 +185,13 @@ class _Fields:
         if connection and not connection <= _COMMON_CONNECTION:
             named = connection - _NEVER_DROPPED - _COMMON_CONNECTION - {b""}
             if named:  # headers the sender declared hop-by-hop
-                keep = [(n, v) for n, v in keep if n.lower() not in named]
-        self.keep = keep
+                keep = [
+                    part
+                    for n in range(0, len(keep), 4)
+                    if keep[n].lower() not in named
+                    for part in keep[n : n + 4]
+                ]
+        self.keep = b"".join(keep)
         self.hosts = hosts
         self.chunked = te is not None
         self.length = length
@@ -303,7 +307,7 @@ def make_response(
 
 
 def _field_lines(fields: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join([name + b": " + value + b"\r\n" for name, value in fields])
+    return b"".join([name + b": " + value + b"\r\n" for name, value in fields])  # claims
 
 
 def forwarding(req: Request, client_ip: bytes, scheme: bytes, trusted: bool) -> bytes:
@@ -327,7 +331,7 @@ def request_head(req: Request, forwarded: bytes) -> bytes:
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     if req.host is not None:
         parts += [b"Host: ", req.host, b"\r\n"]
-    parts.append(_field_lines(req.fields))
+    parts.append(req.fields)
     if req.upgrade is not None:
         parts += [b"Connection: Upgrade\r\nUpgrade: ", req.upgrade, b"\r\n"]
     if req.chunked:
@@ -345,7 +349,7 @@ def response_head(resp: Response, framing: bytes, keep_alive: bool) -> bytes:
             b"HTTP/1.1 %d " % resp.status,
             resp.reason,
             b"\r\n",
-            _field_lines(resp.fields),
+            resp.fields,
             framing,
             b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n",
         ]
@@ -354,7 +358,7 @@ def response_head(resp: Response, framing: bytes, keep_alive: bool) -> bytes:
 
 def switching_head(resp: Response) -> bytes:
     """A 101 answer, sent on once the client asked to switch to what the instance chose."""
-    fields = _field_lines(resp.fields)
+    fields = resp.fields
     upgrade = resp.upgrade or b""
     return b"HTTP/1.1 101 %s\r\n%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (
         resp.reason or b"Switching Protocols",
@@ -364,7 +368,7 @@ def switching_head(resp: Response) -> bytes:
 
 
 def interim_head(resp: Response) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (resp.status, resp.reason, _field_lines(resp.fields))
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (resp.status, resp.reason, resp.fields)
 
 
 def chunk(data: bytes) -> bytes:

@@ -292,7 +292,7 @@ class Balancer:
                         refusal(messages.error).refuse(client)
                     )
                 else:
-                    client.transport.resume_reading()
+                    client.resume()
                 return
             kind, head = event
             if kind != HEAD:  # closed between requests, or the tail of an upgrade
@@ -348,8 +348,8 @@ class Balancer:
         events.popleft()  # the end
         if head.chunked:  # read whole: forwarded with its length
             head.chunked, head.length = False, len(body)
-        if not events and not client.closed:
-            client.transport.resume_reading()
+        if not events:
+            client.resume()
         request = request_head(head, forwarding(head, client.ip, client.scheme, client.trusted))
         if body:
             request += body

@@ -115,8 +115,8 @@ class Client(Stream):
             self._wake()
         elif not self.busy:
             self.listener.pump(self)
-        if messages.events and rest is None and not self.closed:  # not taken: read no further
-            self.transport.pause_reading()
+        if messages.events and rest is None:  # not taken yet: read no further ahead
+            self.pause()
 
     def eof_received(self) -> bool:
         if self._raw is not None:
@@ -214,8 +214,7 @@ class Client(Stream):
             while not events:
                 if messages.error is not None:
                     raise messages.error
-                if not self.closed:
-                    self.transport.resume_reading()
+                self.resume()
                 self._waiter = asyncio.get_running_loop().create_future()
                 await self._waiter
         except asyncio.CancelledError:
@@ -225,8 +224,8 @@ class Client(Stream):
             self.task.uncancel()
             raise RequestTimeout(f"{self.expired} not received in time") from None
         event = events.popleft()
-        if not events and not self.closed:
-            self.transport.resume_reading()
+        if not events:
+            self.resume()
         return event
 
 

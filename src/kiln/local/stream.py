@@ -26,6 +26,7 @@ class Stream(asyncio.Protocol):
         "_raw_waiter",
         "closed",
         "lost",
+        "read_paused",
         "transport",
         "write_paused",
     )
@@ -35,6 +36,7 @@ class Stream(asyncio.Protocol):
         self.closed = False  # connection_lost was called
         self.lost: BaseException | None = None
         self.write_paused = False  # the kernel and the transport hold more than their high water
+        self.read_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._raw: bytearray | None = None  # raw mode: bytes not yet read
         self._raw_eof = False
@@ -60,6 +62,18 @@ class Stream(asyncio.Protocol):
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_exception(ConnectionResetError("connection lost"))
+
+    # reading: what the transport is told only when it changes ------------
+
+    def pause(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     # writing --------------------------------------------------------------
 
@@ -111,15 +125,14 @@ class Stream(asyncio.Protocol):
         """From now on bytes are kept for ``read()``, not parsed."""
         if self._raw is None:
             self._raw = bytearray(first)
-            if not self.closed:
-                self.transport.resume_reading()
+            self.resume()
 
     def raw_received(self, data: bytes) -> None:
         raw = self._raw
         assert raw is not None
         raw += data
         if len(raw) > RAW_LIMIT:
-            self.transport.pause_reading()
+            self.pause()
         self._wake_reader()
 
     def raw_eof(self) -> None:
@@ -137,13 +150,13 @@ class Stream(asyncio.Protocol):
         raw = self._raw
         assert raw is not None
         while not raw and not self._raw_eof:
-            self.transport.resume_reading()
+            self.resume()
             self._raw_waiter = asyncio.get_running_loop().create_future()
             await self._raw_waiter
         if not raw and self.lost is not None:  # reset, not ended: the other side is told so
             raise self.lost
         data = bytes(raw[:n])
         del raw[:n]
-        if not self.closed and len(raw) <= RAW_LIMIT:
-            self.transport.resume_reading()
+        if len(raw) <= RAW_LIMIT:
+            self.resume()
         return data

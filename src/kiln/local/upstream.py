@@ -134,12 +134,11 @@ class Upstream(Stream):
         """The request is sent: the response head is due by ``deadline``."""
         assert self.balancer is not None
         self.balancer.waiting[self] = deadline
-        if not self.closed:
-            self.transport.resume_reading()
+        self.resume()
 
     def hold(self) -> None:
         """Read nothing until the request is sent (its body streams first)."""
-        self.transport.pause_reading()
+        self.pause()
 
     def usable(self) -> bool:
         """Open, between responses, and nothing arrived that was not asked for.
@@ -167,11 +166,6 @@ class Upstream(Stream):
     def client_gone(self) -> None:
         if self.client is not None and self._raw is None:
             self._end(ClientGone("the client went away"))
-
-    def resume(self) -> None:
-        """The client read what it was sent: go on reading from the instance."""
-        if not self.closed:
-            self.transport.resume_reading()
 
     def _end(self, error: BaseException | None) -> None:
         balancer = self.balancer
@@ -254,7 +248,7 @@ class Upstream(Stream):
         elif error is not None:
             self._end(error)
         elif client.write_paused:  # the client is slower than the instance: wait for it
-            self.transport.pause_reading()
+            self.pause()
             client.sending = self
             client.set(SENDING)
 
