@@ -13,6 +13,9 @@ command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 # openssl makes the certificates and curl checks them (tests/local/test_tls.py).
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# pebble (Let's Encrypt's ACME test server, with pebble-challtestsrv as its DNS) issues
+# certificates offline for tests/local/test_acme.py.
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
 # PostgreSQL server for the example app's DATABASE_URL=postgresql:// test.
 command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
     need+=(postgresql)

@@ -188,3 +188,41 @@ def test_the_largest_accepted_values_still_load() -> None:
         f"log_max_bytes = {1 << 40}\n"
     )
     assert config.fleet.size == 1000 and config.fleet.max_age == 366 * 86400
+
+
+ACME = 'acme = { directory = "https://ca.example/dir", email = "ops@example.com" }\n'
+
+
+@pytest.mark.parametrize(
+    ("local", "expected"),
+    [
+        ("", "acme needs hosts: the names to get a certificate for"),
+        ('hosts = ["*.example.com"]\n', "acme cannot get a wildcard certificate"),
+        ('hosts = ["a.example.com"]\ntls_cert = "c.pem"\ntls_key = "k.pem"\n',
+         "acme gets the certificate itself: drop tls_cert and tls_key"),
+        ('hosts = ["a.example.com"]\nlisten = "0.0.0.0:80"\n',
+         "acme.http must differ from listen, which speaks TLS"),
+    ],
+)  # fmt: skip
+def test_acme_needs_names_and_no_certificate_files(local: str, expected: str) -> None:
+    assert expected in _error(MINIMAL + "[provider.local]\n" + local + ACME)
+
+
+@pytest.mark.parametrize(
+    ("acme", "expected"),
+    [
+        ('{ directory = "http://ca.example/dir" }', "is not an https:// URL of an ACME directory"),
+        ('{ directory = "https://ca.example/d", email = "ops" }', "'ops' is not an email address"),
+        ('{ directory = "https://ca.example/d", http = "80" }', "'80' is not HOST:PORT"),
+        ('{ directory = "https://ca.example/d", agree = true }', "agree: unknown key"),
+    ],
+)
+def test_acme_settings_are_checked(acme: str, expected: str) -> None:
+    text = MINIMAL + f'[provider.local]\nhosts = ["a.example.com"]\nacme = {acme}\n'
+    assert expected in _error(text)
+
+
+def test_acme_settings() -> None:
+    local = parse_config(MINIMAL + '[provider.local]\nhosts = ["a.example.com"]\n' + ACME)
+    local = local.provider.local
+    assert local.acme is not None and local.acme.http_address == ("0.0.0.0", 80)

@@ -308,6 +308,63 @@ class CanarySettings(Section):
 _LISTEN = re.compile(r"^(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
 
+class AcmeSettings(Section):
+    """Automatic certificates from an ACME CA (Let's Encrypt) for the fleet's hosts."""
+
+    directory: str = Field(
+        description=(
+            "The CA's ACME directory URL, e.g. "
+            "'https://acme-v02.api.letsencrypt.org/directory'. Setting it agrees to the "
+            "CA's terms of service."
+        ),
+    )
+    email: str | None = Field(
+        default=None, description="Contact address for the ACME account (expiry notices)."
+    )
+    http: str = Field(
+        default="0.0.0.0:80",
+        description=(
+            "Plain-HTTP address where the load balancer answers the CA's HTTP-01 challenges "
+            "(/.well-known/acme-challenge/) for the fleet's hosts; every other request "
+            "there is redirected to https. The CA connects to port 80 of each host name."
+        ),
+    )
+    ca_bundle: str | None = Field(
+        default=None,
+        description=(
+            "PEM file of the CAs that sign the directory's own HTTPS certificate, when it is "
+            "not publicly trusted (a private CA, a test server). Relative to kiln.toml."
+        ),
+    )
+
+    @field_validator("directory")
+    @classmethod
+    def _directory_is_https(cls, value: str) -> str:
+        if not re.match(r"^https://[^/\s]+(/\S*)?$", value):
+            raise ValueError(f"{value!r} is not an https:// URL of an ACME directory")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email_is_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[^@\s:]+@[^@\s:]+$", value):
+            raise ValueError(f"{value!r} is not an email address")
+        return value
+
+    @field_validator("http")
+    @classmethod
+    def _http_is_host_port(cls, value: str) -> str:
+        match = _LISTEN.match(value)
+        if not match or not 0 < int(match.group("port")) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT, e.g. '0.0.0.0:80'")
+        return value
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        host, port = self.http.rsplit(":", 1)
+        return host.strip("[]"), int(port)
+
+
 class LocalSettings(Section):
     """The local provider: this host, the agent's load balancer and processes."""
 
@@ -339,6 +396,16 @@ class LocalSettings(Section):
     tls_key: str | None = Field(
         default=None,
         description="The PEM file with tls_cert's private key (not encrypted).",
+    )
+    acme: AcmeSettings | None = Field(
+        default=None,
+        description=(
+            "Get and renew the TLS certificate for the fleet's hosts automatically from an "
+            "ACME CA (HTTP-01 challenge), instead of tls_cert and tls_key, e.g. "
+            "{ directory = 'https://acme-v02.api.letsencrypt.org/directory', email = "
+            "'ops@example.com' }. Needs hosts (names, no wildcards) and the CA able to reach "
+            "port 80 of each."
+        ),
     )
     log_max_bytes: int = Field(
         default=10 * 1024 * 1024,
@@ -427,6 +494,18 @@ class LocalSettings(Section):
     def _tls_cert_and_key(self) -> LocalSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both, or neither")
+        if self.acme is not None:
+            if self.tls_cert is not None:
+                raise ValueError("acme gets the certificate itself: drop tls_cert and tls_key")
+            if not self.hosts:
+                raise ValueError("acme needs hosts: the names to get a certificate for")
+            if any(h.startswith("*.") for h in self.hosts):
+                raise ValueError(
+                    "acme cannot get a wildcard certificate (HTTP-01 validates one name at a "
+                    "time): list each name in hosts, or use tls_cert and tls_key"
+                )
+            if self.acme.http_address == (self.host, self.port):
+                raise ValueError("acme.http must differ from listen, which speaks TLS")
         return self
 
     @field_validator("hosts")

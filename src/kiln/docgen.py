@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from kiln.config import AppSettings, BuildStep, Config, _model_of
+from kiln.config import AcmeSettings, AppSettings, BuildStep, Config, LocalSettings, _model_of
 from kiln.durations import format_duration
 
 _HEADER = """\
@@ -34,6 +34,8 @@ def render_config_reference() -> str:
                 submodel = _model_of(subfield.annotation)
                 if submodel is not None:
                     parts.append(_section(f"provider.{sub}", submodel, subfield))
+                    if submodel is LocalSettings:  # its acme table, documented beside it
+                        parts.append(_section("provider.local.acme", AcmeSettings, subfield))
         elif name == "environments" and model is not None:
             parts.append(_section("environments.NAME", model, field))
         elif model is not None:
@@ -70,6 +72,7 @@ def _type_name(field: FieldInfo) -> str:
         return "table of references ('env:VAR', 'file:/path', 'ssm:/name')"
     if text == "dict[str, Any]":
         return "table"
+    text = text.replace("kiln.config.AcmeSettings", "table (below)")
     for simple in ("str", "int", "float", "bool"):
         text = text.replace(f"<class '{simple}'>", simple)
     return text.replace("|", "or").replace("Literal", "one of ")

@@ -13,7 +13,8 @@ The CLI turns a ``KilnError`` into one line (plus an optional hint) and its
     ├── BuildError             a bake step failed
     ├── AgentError             the local agent cannot be reached or refused
     ├── ProviderError          a provider could not do what was asked
-    │   └── InstanceNotFound
+    │   ├── InstanceNotFound
+    │   └── CertificateError   an ACME CA did not issue a certificate (unreachable, refused)
     ├── DeployError            a deployment could not proceed
     │   ├── GateFailed         a health/progress/canary gate tripped
     │   ├── LockHeld           another deployment holds the fleet's lock
@@ -101,6 +102,10 @@ class ProviderError(KilnError):
 
 
 class InstanceNotFound(ProviderError):
+    pass
+
+
+class CertificateError(ProviderError):
     pass
 
 

@@ -65,6 +65,23 @@ def print_environments(rows: list[dict[str, Any]]) -> None:
         console.print(f"every environment runs the same code ({codes.pop()})", style="dim")
 
 
+def _print_certificate(data: dict[str, Any]) -> None:
+    """An ACME certificate: what it covers, until when, and a renewal that failed."""
+    if "certificate" not in data:
+        return
+    cert = data["certificate"]
+    if cert is None:
+        console.print("certificate: not issued yet")
+        return
+    if "names" in cert:
+        console.print(
+            f"certificate {', '.join(cert['names'])}  valid until {_clock(cert['not_after'])}"
+            f"  renewed from {_clock(cert['renew_at'])}"
+        )
+    if cert.get("error"):
+        console.print(f"[yellow]certificate: {escape(cert['error'])}[/]")
+
+
 def print_status(data: dict[str, Any]) -> None:
     size = data.get("desired_size", "-")
     console.print(
@@ -85,6 +102,7 @@ def print_status(data: dict[str, Any]) -> None:
     if warm:
         until = _clock(warm["until"]) if warm["until"] else "?"
         console.print(f"warm standby {warm['image']} x{len(warm['instances'])} until {until}")
+    _print_certificate(data)
     _print_instances(data["instances"])
     for i in data["instances"]:
         if i.get("stale"):

@@ -9,9 +9,10 @@ requests for several hosts on one kept-alive connection.
 
 from __future__ import annotations
 
+from kiln.local.challenges import Challenges
 from kiln.local.http1 import Request, simple_response
 from kiln.local.lb import Balancer
-from kiln.local.proxy import Client, linger
+from kiln.local.proxy import Client, ClientFailed, linger, read_body
 from kiln.local.routes import Routes, host_name
 from kiln.local.tls import CertFiles, Sni
 
@@ -25,12 +26,28 @@ class Front(Balancer):
         self.unrouted = 0  # requests for a Host no fleet here claims: 404
         self.sni: Sni | None = None  # when it terminates TLS: the certificate for each name
         self.certs: dict[str, tuple[list[str], CertFiles]] = {}  # fleet -> (hosts, files)
+        self.acme: Challenges | None = None  # a plain listener where a CA checks ACME tokens
 
     def _fast(self, head: Request, client: Client) -> bool:
+        if self.acme is not None and self.acme.claims(head):
+            return False  # answered in _serve
         target = self.routes.pick(head.host)
         return target is not None and target._fast(head, client)
 
     async def _serve(self, head: Request, client: Client) -> bool:
+        if self.acme is not None:
+            answer = self.acme.answer(head)
+            if answer is not None:
+                client.write(answer)
+                if head.has_body or head.close or head.upgrade is not None:
+                    if head.has_body:  # never read here
+                        await linger(client, client)
+                    return False
+                try:
+                    await read_body(client, head, 0)  # the end of the request
+                except ClientFailed:
+                    return False
+                return True
         target = self.routes.pick(head.host)
         if target is not None:
             return await target._serve(head, client)

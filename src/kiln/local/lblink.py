@@ -42,6 +42,8 @@ class BalancerLink:
     def __init__(self, home: Home, desired: Callable[[], Config]) -> None:
         self.home = home
         self.desired = desired  # the full configuration, computed at each push
+        # the plain listeners answering ACME challenges (kiln.local.certs), likewise
+        self.challenges: Callable[[], list[dict[str, Any]]] = list
         self.info: dict[str, Any] | None = None  # the balancer's hello
         self.last: dict[str, Any] = {"listening": {}, "errors": {}}
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -177,7 +179,8 @@ class BalancerLink:
         async with self._push_lock:
             self._changed.clear()
             config = self.desired()
-            if not config:
+            acme = self.challenges()
+            if not config and not acme:
                 if self.info is not None or lbproc.socket_path(self.home).exists():
                     await self.stop()
                 self.last = {"listening": {}, "errors": {}}
@@ -185,10 +188,10 @@ class BalancerLink:
             try:
                 if self.info is None or self._conn is None:
                     await self.ensure()  # who serves there now: adopt it, or start one
-                result = await self.call("configure", fleets=config)
+                result = await self.call("configure", fleets=config, acme=acme)
             except BalancerDown:
                 await self.ensure()
-                result = await self.call("configure", fleets=config)
+                result = await self.call("configure", fleets=config, acme=acme)
             self.last = result
             return result
 

@@ -34,6 +34,7 @@ from typing import Any
 from kiln import __version__
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.local.challenges import Challenges
 from kiln.local.front import Front
 from kiln.local.handover import CODE, inherited, send_listeners
 from kiln.local.lb import Balancer
@@ -97,7 +98,7 @@ class BalancerHost:
             return {"pid": os.getpid(), "version": __version__, "protocol": PROTOCOL,
                     "code": CODE, "started": self.started}  # fmt: skip
         if op == "configure":
-            return await self.configure(msg["fleets"])
+            return await self.configure(msg["fleets"], msg.get("acme", []))
         if op == "outstanding":
             balancer = self.fleets.get(str(msg["fleet"]))
             return {"outstanding": balancer.outstanding(str(msg["id"])) if balancer else 0}
@@ -111,12 +112,15 @@ class BalancerHost:
             return {}
         raise ValueError(f"unknown op {op!r}")
 
-    async def configure(self, fleets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    async def configure(
+        self, fleets: dict[str, dict[str, Any]], acme: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         """Make the listeners, routes and backends exactly these; report what could not serve.
 
         Fleets that share a listen address share one listener, routed by Host.
         New listeners open before unwanted ones close, so a fleet that moves
-        is never without one.
+        is never without one. ``acme``: the plain listeners where ACME
+        challenges are answered (``kiln.local.challenges``).
         """
         for name in set(self.fleets) - set(fleets):
             await self.fleets.pop(name).close()
@@ -129,7 +133,9 @@ class BalancerHost:
         errors: dict[str, Said] = {}
         for address, names in wanted.items():
             errors |= await self._front(address, names, fleets)
-        for address in set(self.fronts) - set(wanted):
+        challenges = await self._challenges(acme or [])
+        keep = set(wanted) | {a for a, f in self.fronts.items() if f.acme is not None}
+        for address in set(self.fronts) - keep:
             self._wind_down(self.fronts.pop(address))
             log.info("stopped listening on %s:%s", *address)
         for sock in self.inherited.values():  # handed over, but no fleet listens there now
@@ -140,7 +146,38 @@ class BalancerHost:
             for address, names in wanted.items()
             for name in names
         }
-        return {"listening": listening, "errors": errors}
+        return {"listening": listening, "errors": errors, "acme": challenges}
+
+    async def _challenges(self, specs: list[dict[str, Any]]) -> dict[str, Any]:
+        """The plain listeners answering ACME challenges (opened when no fleet listens
+        there); what listens, and errors, by "host:port"."""
+        listening: set[Address] = set()
+        errors: dict[str, Said] = {}
+        for spec in specs:
+            address = (str(spec["listen"][0]), int(spec["listen"][1]))
+            where = f"{address[0]}:{address[1]}"
+            front = self.fronts.get(address)
+            if front is None:
+                front = Front("acme")
+                try:
+                    await front.start(*address, None, self.inherited.pop(address, None))
+                except KilnError as exc:
+                    errors[where] = {"message": exc.message, "hint": exc.hint}
+                    continue
+                self.fronts[address] = front
+                log.info("answering ACME challenges on %s", where)
+            if front.sni is not None:
+                errors[where] = {
+                    "message": f"acme.http {where} is a TLS listener (fleet {front.fleet})",
+                    "hint": "set [provider.local] acme.http to a plain-HTTP address",
+                }
+                continue
+            front.acme = Challenges.from_spec(spec)
+            listening.add(address)
+        for address, front in self.fronts.items():
+            if address not in listening:
+                front.acme = None
+        return {"listening": [f"{h}:{p}" for h, p in listening], "errors": errors}
 
     def _wind_down(self, front: Front) -> None:
         """A listener no fleet wants any more (it moved): refuse new connections at once,

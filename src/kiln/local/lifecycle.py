@@ -26,6 +26,7 @@ from kiln.home import Home
 from kiln.image.drift import baseline_path, record_baseline
 from kiln.image.store import Store
 from kiln.local import procs, uids
+from kiln.local.certs import Certifier, tls_files
 from kiln.local.health import Tracker, probe
 from kiln.local.launchprint import launch_print, load_key
 from kiln.local.lblink import BalancerLink
@@ -112,6 +113,9 @@ class Lifecycle:
         self.booting: set[str] = set()  # ids recorded by this agent, not yet spawned
         self._listening = asyncio.Lock()
         self.lb = BalancerLink(home, self.lb_config)
+        self.certs = Certifier(
+            home, self.lb, lambda: {n: f.settings for n, f in self.fleets.items() if not f.idle}
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.uids = uids.UidPool(home.agent_dir / "last-uid")
         self._launch_key: bytes | None = None
@@ -179,9 +183,7 @@ class Lifecycle:
                 "limits": fleet.settings.limits,  # [provider.local] *_timeout
                 "trusted_proxies": list(fleet.settings.trusted_proxies),
                 "hosts": list(fleet.settings.hosts),
-                "tls": {"cert": fleet.settings.tls_cert, "key": fleet.settings.tls_key}
-                if fleet.settings.tls_cert
-                else None,
+                "tls": tls_files(self.home, name, fleet.settings),
                 "backends": {i: [INSTANCE_HOST, port] for i, port in fleet.backends.items()},
                 "routable": sorted(fleet.routable),
                 "known": known.get(name, []),  # their counters are kept for `stats`

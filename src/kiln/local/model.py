@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kiln.config import HealthSettings, LoadedConfig
+from kiln.config import AcmeSettings, HealthSettings, LoadedConfig
 from kiln.local.proxy import Limits
 from kiln.local.series import Bucket
 from kiln.providers.protocol import InstanceState
@@ -49,6 +49,8 @@ class FleetSettings:
     hosts: tuple[str, ...] = ()  # [provider.local] hosts: its Host names on a shared listener
     tls_cert: str | None = None  # [provider.local] tls_cert, made absolute
     tls_key: str | None = None
+    # [provider.local] acme: directory, email, http [host, port], ca_bundle (absolute)
+    acme: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> FleetSettings:
@@ -71,6 +73,7 @@ class FleetSettings:
             hosts=tuple(local.hosts),
             tls_cert=str((loaded.root / local.tls_cert).absolute()) if local.tls_cert else None,
             tls_key=str((loaded.root / local.tls_key).absolute()) if local.tls_key else None,
+            acme=_acme(loaded.root, local.acme) if local.acme else None,
         )
 
     @classmethod
@@ -87,10 +90,26 @@ class FleetSettings:
         return self.listen_host, self.listen_port
 
     @property
+    def secure(self) -> bool:
+        """Its listener terminates TLS, with certificate files or from ACME."""
+        return bool(self.tls_cert or self.acme)
+
+    @property
     def endpoint(self) -> str:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        scheme = "https" if self.tls_cert else "http"
+        scheme = "https" if self.secure else "http"
         return f"{scheme}://{host}:{self.listen_port}"
+
+
+def _acme(root: Path, acme: AcmeSettings) -> dict[str, Any]:
+    """[provider.local] acme as the agent gets it: paths made absolute."""
+    bundle = str((root / acme.ca_bundle).absolute()) if acme.ca_bundle else None
+    return {
+        "directory": acme.directory,
+        "email": acme.email,
+        "http": list(acme.http_address),
+        "ca_bundle": bundle,
+    }
 
 
 @dataclass

@@ -183,7 +183,7 @@ class LocalPlatform(PlatformBase):
         from kiln.deploy.status import fleet_status
 
         engine = self.engine()
-        return fleet_status(
+        data = fleet_status(
             engine.provider,
             engine.db,
             engine.fleet,
@@ -191,6 +191,11 @@ class LocalPlatform(PlatformBase):
             time.time(),
             annotate=lambda i: {"stale": _stale(i)},
         )
+        if self.loaded.config.provider.local.acme is not None:
+            from kiln.local.acme import CertDir
+
+            data["certificate"] = CertDir(self.home, engine.fleet).status()
+        return data
 
     def destroy(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None

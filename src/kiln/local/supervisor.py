@@ -41,6 +41,7 @@ class Supervisor(Lifecycle):
         self, name: str, settings: FleetSettings, secrets: Mapping[str, str]
     ) -> FleetRuntime:
         """The fleet, created and listening; follows changed settings."""
+        await self.certs.ensure(name, settings)  # an ACME certificate, before it listens
         async with self._listening:  # two first launches must not both bind
             return (await self._ensure_fleet(name, settings, secrets))[0]
 
@@ -49,6 +50,9 @@ class Supervisor(Lifecycle):
     ) -> list[str]:
         """Follow changed settings of a fleet that exists; what changed, in words."""
         secrets = pick(settings.secrets, secrets)
+        if name not in self.fleets:
+            return []
+        await self.certs.ensure(name, settings)
         async with self._listening:
             if name not in self.fleets:
                 return []
@@ -131,10 +135,9 @@ class Supervisor(Lifecycle):
         for other in self.fleets.values():
             if other.name != name and other.settings.address == address:
                 routes.claim(other.name, other.settings.hosts, other.name)
-                if bool(other.settings.tls_cert) != bool(settings.tls_cert):
-                    raise claim_error(
-                        name, address, tls_mismatch(other.name, other.settings.tls_cert)
-                    )
+                if other.settings.secure != settings.secure:
+                    mismatch = tls_mismatch(other.name, other.settings.secure)
+                    raise claim_error(name, address, mismatch)
         problem = routes.claim(name, settings.hosts, name)
         if problem is not None:
             raise claim_error(name, address, problem)
@@ -298,6 +301,9 @@ class Supervisor(Lifecycle):
             self.background(asyncio.to_thread(_note_logs, logs, self._log_sizes))
         if ticks % int(series.INTERVAL / TICK) == 0:
             await self._sample_traffic()
+        if ticks % 5 == 0:
+            for name, settings in await self.certs.due(time.time()):
+                self.background(self.certs.renew(name, settings))
         if ticks % 25 == 0:
             self._housekeeping()
             self._recycle_old()
