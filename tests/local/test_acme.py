@@ -179,6 +179,7 @@ def test_a_certificate_from_pebble_served_renewed_and_kept_when_the_ca_goes(
     assert _plain(pebble.http_port, "/.well-known/acme-challenge/nope", "shop.test")[0] == 404
     assert _plain(pebble.http_port, "/.well-known/acme-challenge/nope", "evil.test")[0] == 404
 
+    assert "certificate shop.test  valid until" in Kiln(app)("status").stdout
     status = json.loads(Kiln(app)("status", "--json").stdout)["certificate"]
     assert status["names"] == ["shop.test"] and status["error"] is None
     assert status["renew_at"] == pytest.approx(
@@ -202,6 +203,8 @@ def test_a_certificate_from_pebble_served_renewed_and_kept_when_the_ca_goes(
     now = json.loads(Kiln(app)("status", "--json").stdout)["certificate"]
     assert "the CA is unreachable" in now["error"] and now["not_after"] == renewed["not_after"]
     assert _request(_tls(port, pebble.root)) == 200
+    shown = " ".join(Kiln(app)("status").stdout.split())
+    assert "certificate: cannot get a certificate for shop.test" in shown
     print(f"first certificate in {issued:.1f}s (launch included)")
 
 

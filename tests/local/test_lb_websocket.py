@@ -32,6 +32,7 @@ from kiln.home import Home
 from kiln.local.lb import Balancer
 from kiln.local.provider import LocalProvider
 from kiln.local.proxy import Limits
+from kiln.local.wsclose import Frames
 from kilntest import Kiln
 
 SERVER_CLOSES: list[tuple[str, int | None]] = []  # (instance, close code it received)
@@ -356,3 +357,31 @@ tunnel_grace = "1s"
     assert {n for _, n in closes} == {0, 1, 2, 3}  # every client lost its old socket once
     assert sockets.codes == [1001] * len(closes)  # each told "going away", none dropped (1006)
     assert sockets.instances(since=done) <= new  # and came back on a new instance
+
+
+def test_frame_boundaries_are_followed_however_the_stream_is_cut() -> None:
+    """The tracker the 1001 relies on: 7-, 16- and 64-bit lengths, masked or not,
+    headers and payloads cut anywhere; ``stop`` takes exactly the rest of a frame."""
+    frames = [
+        bytes([0x81, 5]) + b"hello",
+        bytes([0x02, 126]) + (300).to_bytes(2, "big") + b"x" * 300,  # a first fragment
+        bytes([0x89, 0]),  # a ping between fragments
+        bytes([0x80, 127]) + (70_000).to_bytes(8, "big") + b"y" * 70_000,
+        bytes([0x81, 0x85]) + b"abcd" + b"12345",  # masked, as a client sends
+        bytes([0x88, 2]) + b"\x03\xe8",  # close
+    ]
+    stream = b"".join(frames)
+    ends = {sum(map(len, frames[: i + 1])) for i in range(len(frames))}
+    for size in (1, 2, 3, 7, 100, 65536, len(stream)):
+        frames_seen = Frames()
+        for start in range(0, len(stream), size):
+            assert frames_seen.feed(stream[start : start + size]) == len(stream[start:][:size])
+            end = min(start + size, len(stream))
+            assert frames_seen.at_boundary() == (end in ends), (size, end)
+        assert frames_seen.closed
+    inside = Frames()
+    inside.feed(stream[:10])  # in the middle of the 300-byte fragment's header
+    assert not inside.at_boundary()
+    first_end = len(frames[0]) + len(frames[1])
+    assert inside.feed(stream[10:], stop=True) == first_end - 10
+    assert inside.at_boundary() and inside.feed(stream[first_end:], stop=True) == 0

@@ -62,6 +62,7 @@ class Certifier:
         self.busy: set[str] = set()  # fleets with an order under way
         self.retry_at: dict[str, float] = {}  # fleet -> next attempt after a failure
         self.infos: dict[str, CertInfo | None] = {}  # fleet -> its certificate, as last read
+        self.locks: dict[str, asyncio.Lock] = {}
         lb.challenges = self.listeners
 
     def listeners(self) -> list[dict[str, Any]]:
@@ -83,16 +84,21 @@ class Certifier:
         """Before a fleet listens: a certificate for its hosts, got now if there is none."""
         if not settings.acme:
             return
-        info = await asyncio.to_thread(CertDir(self.home, name).info)
-        self.infos[name] = info
-        if info is not None and info.covers(settings.hosts) and time.time() < info.not_after:
-            return  # possibly due for renewal: that happens in the background
-        self.pending[name] = settings
-        try:
-            await self.obtain(name, settings)
-        finally:
-            del self.pending[name]
-            self.lb.changed()
+        async with self._lock(name):  # after a renewal under way, if any
+            info = await asyncio.to_thread(CertDir(self.home, name).info)
+            self.infos[name] = info
+            if info is not None and info.covers(settings.hosts) and time.time() < info.not_after:
+                return  # possibly due for renewal: that happens in the background
+            self.pending[name] = settings
+            try:
+                await self.obtain(name, settings)
+            finally:
+                del self.pending[name]
+                self.lb.changed()
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        """One order per fleet at a time."""
+        return self.locks.setdefault(name, asyncio.Lock())
 
     async def due(self, now: float) -> list[tuple[str, FleetSettings]]:
         """Fleets whose certificate should be renewed (or got) now; marked busy."""
@@ -111,9 +117,15 @@ class Certifier:
     async def renew(self, name: str, settings: FleetSettings) -> None:
         """Renew in the background; a failure is logged, shown in status and retried."""
         try:
-            await self.obtain(name, settings)
+            async with self._lock(name):
+                info = self.infos.get(name)
+                if info and info.covers(settings.hosts) and time.time() < info.renew_at:
+                    return  # got meanwhile (a launch that could not wait for us)
+                await self.obtain(name, settings)
         except KilnError as exc:
             log.error("certificate renewal for fleet %s failed: %s", name, exc.message)
+        finally:
+            self.busy.discard(name)
 
     async def obtain(self, name: str, settings: FleetSettings) -> None:
         """One order: challenges published, validated, the certificate stored."""

@@ -41,6 +41,7 @@ class Supervisor(Lifecycle):
         self, name: str, settings: FleetSettings, secrets: Mapping[str, str]
     ) -> FleetRuntime:
         """The fleet, created and listening; follows changed settings."""
+        self._check_claims(name, settings)  # refused before a certificate is ordered
         await self.certs.ensure(name, settings)  # an ACME certificate, before it listens
         async with self._listening:  # two first launches must not both bind
             return (await self._ensure_fleet(name, settings, secrets))[0]
