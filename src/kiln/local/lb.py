@@ -323,7 +323,7 @@ class Balancer:
             return False
         events = client.messages.events
         pieces = 0
-        if head.has_body:  # taken only if its end has been read, and it is small
+        if head.chunked or head.length:  # taken only if its end has been read, and it is small
             size = 0
             for kind, value in events:
                 if kind == END:

@@ -170,7 +170,11 @@ class Client(Stream):
             self.set(SENDING)
             return
         self.set(IDLE)
-        self.listener.pump(self)
+        messages = self.messages
+        if messages.events or messages.error is not None:
+            self.listener.pump(self)  # the next request is here already
+        else:
+            self.resume()
 
     def set(self, phase: int) -> None:
         self.phase = phase

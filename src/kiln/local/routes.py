@@ -68,6 +68,8 @@ class Routes(Generic[T]):
         return None
 
     def pick(self, host: bytes | str | None) -> T | None:
+        if not self.owners or (self.default is not None and len(self.owners) == 1):
+            return self.default  # one fleet for every Host: nothing to parse
         name = host_name(host)
         if name is None:
             return self.default

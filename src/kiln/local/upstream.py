@@ -196,8 +196,9 @@ class Upstream(Stream):
         elapsed = time.monotonic() - self.started
         backend.counters.record(resp.status, elapsed)
         balancer.totals.record(resp.status, elapsed)
-        if self.reusable and backend.routable and len(backend.idle) < POOL_SIZE and self.usable():
-            backend.idle.append(self)
+        idle = backend.idle
+        if self.reusable and backend.routable and len(idle) < POOL_SIZE and self.usable():
+            idle.append(self)
         else:
             self.spent = True
             self.close()
