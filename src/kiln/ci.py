@@ -51,6 +51,13 @@ class PipelineSpec:
     has_requirements: bool
     region: str | None
     bake_script: str | None = None  # the app's own scripts/build-ami.sh (AWS), if it has one
+    staging: str | None = None  # --promote FROM:TO: every push deploys here...
+    production: str | None = None  # ...and a tag or an approval promotes it here
+
+    @property
+    def env_flag(self) -> str:
+        """`` --env staging`` on the bake and deploy commands, when environments are used."""
+        return f" --env {self.staging}" if self.staging else ""
 
 
 def next_step(spec: PipelineSpec) -> str:
@@ -149,9 +156,15 @@ def plan_pipeline(
     root: Path,
     install: str | None = None,
     test_command: str | None = None,
+    promote: str | None = None,
 ) -> PipelineSpec:
-    """Decide what the pipeline does for this app; explain anything that cannot work."""
-    config = loaded.config
+    """Decide what the pipeline does for this app; explain anything that cannot work.
+
+    ``promote`` ('staging:production'): pushes deploy to the first environment,
+    a tag or an approval promotes what it serves to the second.
+    """
+    staging, production = _promotion(loaded, promote)
+    config = loaded.config.for_environment(production)
     if provider == "aws" and config.provider.aws is None:
         raise CiError(
             "kiln.toml has no [provider.aws] section, so the pipeline cannot deploy to AWS",
@@ -184,7 +197,29 @@ def plan_pipeline(
         bake_script=BAKE_SCRIPT
         if provider == "aws" and (app_dir / BAKE_SCRIPT).is_file()
         else None,
+        staging=staging,
+        production=production,
     )
+
+
+def _promotion(loaded: LoadedConfig, promote: str | None) -> tuple[str | None, str | None]:
+    """'staging:production' -> both names, each an environment of kiln.toml."""
+    if promote is None:
+        return None, None
+    staging, _, production = promote.partition(":")
+    known = loaded.config.environments
+    if not staging or not production or staging == production:
+        raise CiError(
+            f"--promote {promote!r} is not FROM:TO", hint="e.g. --promote staging:production"
+        )
+    missing = [name for name in (staging, production) if name not in known]
+    if missing:
+        raise CiError(
+            f"--promote names {', '.join(missing)}, not in kiln.toml's [environments] "
+            f"({', '.join(sorted(known)) or 'none'})",
+            hint="add [environments.NAME] tables (see docs/environments.md)",
+        )
+    return staging, production
 
 
 def _python_version(wanted: str | None) -> str:
@@ -212,6 +247,8 @@ def render_pipeline(spec: PipelineSpec) -> str:
         "workdir": spec.workdir,
         "setup_note": _setup_note(spec),
         "bake_command": _bake_command(spec),
+        "env_flag": spec.env_flag,
+        "group_suffix": f"-{spec.staging}" if spec.staging else "",
     }
     return _fill(template.read_text(encoding="utf-8"), values)
 
@@ -221,7 +258,7 @@ def _bake_command(spec: PipelineSpec) -> str:
 
     On AWS an AMI must boot and pass its health check before the deploy step takes it.
     """
-    flags = " --boot-test" if spec.provider == "aws" else ""
+    flags = (" --boot-test" if spec.provider == "aws" else "") + spec.env_flag
     if spec.bake_script:
         return f"{spec.bake_script}{flags}"
     return f"kiln bake --provider {spec.provider}{flags} --json"
@@ -277,7 +314,48 @@ def _github_values(spec: PipelineSpec) -> dict[str, str]:
         "credential_check": "\n".join(check) if aws else "",
         "schedule": "\n".join(_GITHUB_SCHEDULE) if aws else "",
         "reap_job": "\n".join(_github_reap(spec, env)) if aws else "",
+        # with tags listed, a push to a branch triggers only if branches are listed too
+        "tags_trigger": "  branches: ['**']\n  tags: ['v*']" if spec.production else "",
+        "deploy_environment": f"environment: {spec.staging}" if spec.staging else "",
+        "promote_job": "\n".join(_github_promote(spec, env, check)) if spec.production else "",
     }
+
+
+def _github_promote(spec: PipelineSpec, env: list[str], check: list[str]) -> list[str]:
+    """After staging's deploy (or on a v* tag), behind the production GitHub environment."""
+    aws = spec.provider == "aws"
+    result = '"$RUNNER_TEMP/promote.json"'
+    return [
+        "",
+        "promote:",
+        f"  # Promotes the code {spec.staging} serves now to {spec.production}, without baking.",
+        f"  # Require an approval: Settings > Environments > {spec.production} > Required",
+        "  # reviewers; then this job waits for one before it runs.",
+        "  needs: [test, deploy]",
+        "  if: >-",
+        "    !cancelled() && needs.test.result == 'success' &&",
+        "    (needs.deploy.result == 'success' || startsWith(github.ref, 'refs/tags/v'))",
+        f"  environment: {spec.production}",
+        f"  runs-on: {'ubuntu-latest' if aws else '[self-hosted, linux]'}",
+        "  concurrency:",
+        f"    group: kiln-deploy-{spec.app}-{spec.production}",
+        "    cancel-in-progress: false",
+        *[f"  {line}" for line in (env if aws else [])],
+        "  steps:",
+        "    - uses: actions/checkout@v4",
+        "    - uses: actions/setup-python@v5",
+        "      with:",
+        f'        python-version: "{spec.python}"',
+        "    - name: Install kiln",
+        f"      run: {_scalar(_install_command(spec))}",
+        *[f"    {line}" for line in (check if aws else [])],
+        f"    - name: Promote {spec.staging} to {spec.production}",
+        f"      run: kiln promote {spec.staging} {spec.production} --provider {spec.provider}"
+        f" --json > {result}",
+        "    - name: Summary",
+        "      if: always()",
+        f'      run: kiln ci summary {result} >> "$GITHUB_STEP_SUMMARY"',
+    ]
 
 
 # A cancelled bake has ~10 s to clean up; a builder takes 30-90 s to terminate,
@@ -336,16 +414,7 @@ def _gitlab_values(spec: PipelineSpec) -> dict[str, str]:
     ]
     env = ["variables:", f"  AWS_REGION: {_scalar(spec.region)}"] if aws and spec.region else []
     prefix = "" if spec.workdir == "." else f"{spec.workdir}/"
-    cd_workdir = "" if spec.workdir == "." else f'- cd "{spec.workdir}"'
-    # A shell runner's system Python is the distribution's (PEP 668): use a venv.
-    activate = '. "$CI_PROJECT_DIR/.kiln/venv/bin/activate"'
-    local_before = [
-        "before_script:",
-        '  - python3 -m venv "$CI_PROJECT_DIR/.kiln/venv"',
-        f"  - {activate}",
-        f"  - {_scalar(_install_command(spec))}",
-        *([f"  {cd_workdir}"] if cd_workdir else []),
-    ]
+    cd_workdir = _cd_workdir(spec)
     return {
         "cache_paths": "\n".join(f"- {name}" for name in _cache_files(spec)),
         "test_steps": "\n".join(steps),
@@ -353,11 +422,75 @@ def _gitlab_values(spec: PipelineSpec) -> dict[str, str]:
         "deploy_env": "\n".join(env),
         "credential_check": "\n".join(check) if aws else "",
         "cd_workdir": cd_workdir,
-        "deploy_before": "" if aws else "\n".join(local_before),
-        "after_setup": "\n".join(([] if aws else [f"- {activate}"]) + [cd_workdir]),
+        "deploy_before": "" if aws else "\n".join(_gitlab_local_before(spec)),
+        "after_setup": "\n".join(_gitlab_after_setup(spec)),
         "workdir_prefix": prefix,
         "reap_job": "\n".join(_gitlab_reap(env)) if aws else "",
+        "deploy_environment": f"environment: {spec.staging}" if spec.staging else "",
+        "promote_stage": "  - promote" if spec.production else "",
+        "promote_job": "\n".join(_gitlab_promote(spec, env, check, prefix))
+        if spec.production
+        else "",
     }
+
+
+# A shell runner's system Python is the distribution's (PEP 668): use a venv.
+_ACTIVATE = '. "$CI_PROJECT_DIR/.kiln/venv/bin/activate"'
+
+
+def _cd_workdir(spec: PipelineSpec) -> str:
+    return "" if spec.workdir == "." else f'- cd "{spec.workdir}"'
+
+
+def _gitlab_local_before(spec: PipelineSpec) -> list[str]:
+    """A shell runner on the fleet's host: kiln in a venv of its own."""
+    cd_workdir = _cd_workdir(spec)
+    return [
+        "before_script:",
+        '  - python3 -m venv "$CI_PROJECT_DIR/.kiln/venv"',
+        f"  - {_ACTIVATE}",
+        f"  - {_scalar(_install_command(spec))}",
+        *([f"  {cd_workdir}"] if cd_workdir else []),
+    ]
+
+
+def _gitlab_after_setup(spec: PipelineSpec) -> list[str]:
+    return ([] if spec.provider == "aws" else [f"- {_ACTIVATE}"]) + [_cd_workdir(spec)]
+
+
+def _gitlab_promote(spec: PipelineSpec, env: list[str], check: list[str], prefix: str) -> list[str]:
+    """A manual job after staging's deploy on the default branch; automatic on a v* tag."""
+    aws = spec.provider == "aws"
+    return [
+        "",
+        f"# Promotes the code {spec.staging} serves now to {spec.production}, without baking:",
+        "# started by hand (the play button) after a default-branch pipeline, or by a v* tag.",
+        "promote:",
+        "  extends: .kiln",
+        "  stage: promote",
+        "  rules:",
+        "    - if: $CI_COMMIT_TAG =~ /^v/",
+        '    - if: $CI_PIPELINE_SOURCE == "push" && $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH',
+        "      when: manual",
+        f"  environment: {spec.production}",
+        f"  resource_group: kiln-deploy-{spec.app}-{spec.production}",
+        *([] if aws else ["  tags: [kiln]"]),
+        *[f"  {line}" for line in env],
+        *[f"  {line}" for line in (_gitlab_local_before(spec) if not aws else [])],
+        "  script:",
+        *[f"    {line}" for line in check],
+        "    - mkdir -p .kiln",
+        f"    - kiln promote {spec.staging} {spec.production} --provider {spec.provider}"
+        " --json > .kiln/promote.json",
+        "  after_script:",
+        *[f"    {line}" for line in _gitlab_after_setup(spec) if line],
+        "    - kiln ci summary .kiln/promote.json | tee .kiln/kiln-summary.md",
+        "  artifacts:",
+        "    when: always",
+        "    paths:",
+        f"      - {prefix}.kiln/promote.json",
+        f"      - {prefix}.kiln/kiln-summary.md",
+    ]
 
 
 def _gitlab_reap(env: list[str]) -> list[str]:

@@ -46,6 +46,9 @@ ALLOWED: dict[tuple[str, str], str] = {
         "docs/ci.md",
         'git add .github/workflows/deploy.yml && git commit -m "Deploy with kiln" && git push',
     ): "pushes to the reader's remote; `kiln ci init github` before it is run",
+    ("docs/environments.md", "kiln ci init github --promote staging:production --provider local"): (
+        "tests/ci/test_ci_promote.py runs it for both providers, with actionlint and the schemas"
+    ),
     ("docs/ci.md", "kiln ci init github|gitlab [--provider aws|local] [--force]"): (
         "a synopsis, not a command; each form is run by tests/ci/test_ci_init.py"
     ),
@@ -180,6 +183,7 @@ ENVIRONMENTS = {
     ),
     "kiln status --all-envs": Step(shows=("shop-staging", "shop-production", "same code")),
     "kiln history --env production": Step(shows=("promoted from staging",)),
+    "kiln ci init github --promote staging:production --provider local": Step(shows=("wrote",)),
 }
 
 LOCAL_APP = """

@@ -52,6 +52,12 @@ def ci() -> None:
 )
 @click.option("--test-command", metavar="CMD", help="Test command (default: pytest if tests/).")
 @click.option("--install", metavar="SPEC", help="pip spec that installs kiln on the runner.")
+@click.option(
+    "--promote",
+    metavar="FROM:TO",
+    help="Environments: every push deploys to FROM; a v* tag or an approval (GitHub "
+    "environment reviewers, GitLab manual job) promotes it to TO, e.g. staging:production.",
+)
 @pass_state
 def ci_init(
     state: State,
@@ -62,6 +68,7 @@ def ci_init(
     output: Path | None,
     test_command: str | None,
     install: str | None,
+    promote: str | None,
 ) -> None:
     """Write a GitHub Actions workflow or .gitlab-ci.yml for this app.
 
@@ -72,7 +79,13 @@ def ci_init(
     loaded = state.config()
     repo = (root or find_repo_root(loaded.root)).absolute()
     spec = plan_pipeline(
-        loaded, system, provider, root=repo, install=install, test_command=test_command
+        loaded,
+        system,
+        provider,
+        root=repo,
+        install=install,
+        test_command=test_command,
+        promote=promote,
     )
     text = render_pipeline(spec)
     if output is not None and str(output) == "-":
