@@ -172,3 +172,72 @@ def test_amis_are_tagged_with_their_code_and_env_layer() -> None:
     ]
     assert tags[0]["kiln:code"] == tags[1]["kiln:code"] == staging.code_digest
     assert tags[0]["kiln:env"] == env_digest({"MODE": "staging"}) != tags[1]["kiln:env"]
+
+
+def _instance(image: str, healthy: bool = True, in_service: bool = True) -> dict[str, object]:
+    return {"image": image, "healthy": healthy, "in_service": in_service}
+
+
+@pytest.mark.parametrize(
+    ("status", "serving"),
+    [
+        ({"instances": [_instance("img-a"), _instance("img-a")]}, "img-a"),
+        ({"instances": [_instance("img-a"), _instance("img-b", in_service=False)]}, "img-a"),
+        ({"instances": [_instance("img-a"), _instance("img-b")]}, None),  # mid-rollout
+        ({"instances": [_instance("img-a"), _instance("img-a", healthy=False)]}, None),
+        ({"instances": [_instance("img-a", in_service=False)]}, None),  # nothing serves
+        ({"instances": [_instance("img-a")], "lock": {"holder": "ci@runner"}}, None),
+        ({"instances": [_instance("img-a")], "deployment_in_progress": {"id": "d"}}, None),
+    ],
+)
+def test_only_one_image_served_healthily_and_at_rest_can_be_promoted(
+    status: dict[str, object], serving: str | None
+) -> None:
+    from kiln.promotion import serving_image
+
+    assert serving_image(status) == serving
+
+
+class _Environment:
+    """A platform as promotion sees it: what it serves, its history, its images' code."""
+
+    def __init__(self, serves: str | None, history: list[dict[str, str]]) -> None:
+        self.serves, self.entries = serves, history
+        self.codes = {"img-a": "sha256:" + "a" * 64, "img-b": "sha256:" + "b" * 64}
+
+    def status(self) -> dict[str, object]:
+        return {
+            "fleet": "shop-staging",
+            "instances": [_instance(self.serves)] if self.serves else [],
+        }
+
+    def history(self, limit: int, *, all_fleets: bool) -> list[dict[str, str]]:
+        return self.entries
+
+    def code_of(self, image: str) -> str | None:
+        return self.codes.get(image)
+
+
+def test_require_accepts_code_that_succeeded_there_and_refuses_the_rest() -> None:
+    from typing import cast
+
+    from kiln.errors import PromotionRefused
+    from kiln.platform import Platform
+    from kiln.promotion import check_required
+
+    staging = cast(Platform, _Environment(None, [{"to": "img-a", "outcome": "succeeded"}]))
+    production = cast(Platform, _Environment(None, []))
+    assert (
+        check_required(production, "production", "img-a", staging, "staging", override=False)
+        is None
+    )
+    failed = cast(Platform, _Environment(None, [{"to": "img-b", "outcome": "rolled back"}]))
+    with pytest.raises(PromotionRefused, match="img-b \\(code-bbbbbbbbbbbb\\) was never healthy"):
+        check_required(production, "production", "img-b", failed, "staging", override=False)
+    note = check_required(production, "production", "img-b", failed, "staging", override=True)
+    assert note == "override-require: img-b (code-bbbbbbbbbbbb) never healthy in staging"
+    serving_now = cast(Platform, _Environment("img-b", []))  # healthy now, no history yet
+    assert (
+        check_required(production, "production", "img-b", serving_now, "staging", override=False)
+        is None
+    )
