@@ -143,5 +143,8 @@ def test_promotion_needs_a_healthy_source(site: tuple[Kiln, int, int]) -> None:
     refused = kiln("promote", "staging", "production", ok=False)
     assert refused.exit_code == 7
     assert "staging (web-staging) serves no single healthy image now" in refused.stderr
+    assert "kiln.toml has production, staging: see 'kiln status --all-envs'" in kiln(
+        "status"
+    ).stdout.replace("\n", " ")
     unknown = kiln("promote", "staging", "prod", ok=False)
     assert "no environment 'prod' in kiln.toml" in unknown.stderr

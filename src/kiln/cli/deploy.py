@@ -375,6 +375,14 @@ def status_command(state: State, all_envs: bool, as_json: bool, provider: str) -
         emit_json(data)
         return
     print_status(data)
+    config = state.config().config
+    if config.environment is None and config.environments:
+        names = ", ".join(sorted(config.environments))
+        console.print(
+            f"this is the fleet without an environment; kiln.toml has {names}: "
+            "see 'kiln status --all-envs' or --env NAME",
+            style="dim",
+        )
 
 
 def _status_of_environments(state: State, provider: str, as_json: bool) -> None:
