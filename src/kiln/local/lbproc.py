@@ -135,6 +135,8 @@ class BalancerHost:
             errors |= await self._front(address, names, fleets)
         challenges = await self._challenges(acme or [])
         keep = set(wanted) | {a for a, f in self.fronts.items() if f.acme is not None}
+        for address in keep - set(wanted):  # challenges only: no fleet routed here now
+            self.fronts[address].routes = Routes()
         for address in set(self.fronts) - keep:
             self._wind_down(self.fronts.pop(address))
             log.info("stopped listening on %s:%s", *address)
