@@ -63,35 +63,55 @@ class Frames:
 
     def feed(self, data: bytes, stop: bool = False) -> int:
         """Follow ``data``; how much of it was taken: all of it, or with ``stop`` only up to
-        the first frame boundary in it (0 when already at one)."""
+        the first frame boundary in it (0 when already at one).
+
+        A header that arrived whole is read in place (the common case: no copy);
+        one cut by a read is gathered in ``head`` first.
+        """
         pos, end = 0, len(data)
+        left = self.left
         while pos < end:
-            if self.left:
-                step = min(self.left, end - pos)
-                self.left -= step
+            if left:
+                step = left if left < end - pos else end - pos
+                left -= step
                 pos += step
-                if stop and not self.left:
-                    return pos
+                if stop and not left:
+                    break
                 continue
             if stop and not self.head:
-                return pos
+                break
+            if not self.head and end - pos >= 2:
+                b1 = data[pos + 1]
+                n = b1 & 0x7F
+                size = (2 if n < 126 else 4 if n == 126 else 10) + (4 if b1 & 0x80 else 0)
+                if end - pos >= size:
+                    if n >= 126:
+                        n = int.from_bytes(data[pos + 2 : pos + (4 if n == 126 else 10)], "big")
+                    if data[pos] & 0x0F == _CLOSE:
+                        self.closed = True
+                    pos += size
+                    left = n
+                    if stop and not n:
+                        break
+                    continue
             more = data[pos : pos + 14 - len(self.head)]
             head = self.head + more
-            size = _header_size(head)
-            if size is None or len(head) < size:
+            header = _header_size(head)
+            if header is None or len(head) < header:
                 self.head = head
                 pos += len(more)
                 continue
-            pos += size - len(self.head)
+            pos += header - len(self.head)
             self.head = b""
             n = head[1] & 0x7F
             if n >= 126:
                 n = int.from_bytes(head[2 : 4 if n == 126 else 10], "big")
-            self.left = n
+            left = n
             if head[0] & 0x0F == _CLOSE:
                 self.closed = True
             if stop and not n:
-                return pos
+                break
+        self.left = left
         return pos
 
 
