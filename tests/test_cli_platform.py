@@ -10,7 +10,6 @@ import pytest
 from kiln.errors import ConfigError
 from kiln.home import Home
 from kiln.platform import PLATFORM_NAMES, Capability, open_platform
-from kilntest import Kiln
 
 CLI = Path(__file__).resolve().parents[1] / "src" / "kiln" / "cli"
 
@@ -53,13 +52,13 @@ def test_an_unsupported_feature_is_refused_in_one_place(home: Home) -> None:
         local.require(capability, "anything")
 
 
-def test_aws_refuses_a_release_command_rather_than_skipping_it(home: Home, kiln: Kiln) -> None:
-    (kiln.cwd / "kiln.toml").write_text(
-        '[app]\nname = "shop"\nrun = "python3 app.py"\nrelease = "python3 migrate.py"\n'
-        "[provider.aws]\n"
-    )
-    (kiln.cwd / "app.py").write_text("print('hi')\n")
-    result = kiln("deploy", "--provider", "aws", "--image", "img-000000000000", ok=False)
-    assert "[app] release" in result.stderr and "not available with --provider aws" in (
-        result.stderr
-    )
+def test_aws_runs_release_commands_and_refuses_kiln_run_in_one_place(home: Home) -> None:
+    """A release runs on a runner instance (tests/aws_deploy/test_aws_release.py)."""
+
+    def no_config() -> None:
+        raise AssertionError("not read")
+
+    aws = open_platform("aws", home, no_config, has_config=False)  # type: ignore[arg-type]
+    aws.require(Capability.RELEASE, "[app] release")
+    with pytest.raises(ConfigError, match="kiln run is not available with --provider aws"):
+        aws.run(None, ["true"])

@@ -27,6 +27,7 @@ from kiln.aws.images import list_amis, prune_amis
 from kiln.aws.policy import (
     IMPLICIT_BAKE_ACTIONS,
     MANAGED_POLICY_MAX,
+    ONEOFF_RESULTS,
     PARTS,
     PURPOSES,
     actions,
@@ -76,9 +77,14 @@ def test_policy_is_scoped_by_purpose_and_tags() -> None:
     sids = [s["Sid"] for s in document["Statement"]]
     assert len(sids) == len(set(sids))
     by_sid = {s["Sid"]: s for s in document["Statement"]}
-    # everything that deletes or terminates is limited to what kiln tagged
+    # everything that deletes or terminates is limited to what kiln tagged, or (the
+    # release runners' results) to SSM parameters under kiln's own path
     for statement in document["Statement"]:
         destructive = [a for a in statement["Action"] if ":Delete" in a or ":Terminate" in a]
+        results = f"arn:aws:ssm:eu-west-1:123456789012:parameter{ONEOFF_RESULTS}*"
+        if statement["Resource"] == results:
+            assert statement["Action"] == ["ssm:DeleteParameter", "ssm:GetParameter"]
+            continue
         if destructive or "ec2:DeregisterImage" in statement["Action"]:
             tag_keys = json.dumps(statement["Condition"])
             assert "ResourceTag/kiln:" in tag_keys, statement["Sid"]

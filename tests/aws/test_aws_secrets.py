@@ -186,19 +186,20 @@ def test_metadata_not_up_yet_is_retried_with_backoff(
     assert gone.returncode != 0 and gone.stderr.count("retrying in") == 2
 
 
-def test_runs_on_the_python_of_every_mainstream_base_image() -> None:
+@pytest.mark.parametrize("script", [SCRIPT, SCRIPT.with_name("oneoff_runtime.py")])
+def test_runs_on_the_python_of_every_mainstream_base_image(script: Path) -> None:
     """Python 3.8+ (AL2023 3.9, Ubuntu 22.04 3.10): no 3.9+ syntax, module or member.
 
     vermin knows which Python added each stdlib member (datetime.UTC is 3.11);
     annotations are never evaluated (``from __future__ import annotations``), so
     builtin generics there are fine, which is why vermin is not told to judge them.
     """
-    source = SCRIPT.read_text(encoding="utf-8")
+    source = script.read_text(encoding="utf-8")
     assert "from __future__ import annotations" in source
     ast.parse(source, feature_version=(3, 8))
     vermin = Path(sys.executable).with_name("vermin")
     checked = subprocess.run(
-        [str(vermin), "--no-tips", "--target=3.8-", "--violations", str(SCRIPT)],
+        [str(vermin), "--no-tips", "--target=3.8-", "--violations", str(script)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -59,7 +59,7 @@ class World:
     def resolve(self, target: Target) -> str | None:
         return self.addresses.get(target.image)
 
-    def ami(self, image: str, *, verified: bool = True) -> str:
+    def ami(self, image: str, *, verified: bool = True, release: str | None = None) -> str:
         """Bake stand-in: an AMI tagged as kiln's bake tags it (after a passed boot test)."""
         reservation = self.admin.ec2.run_instances(ImageId=self.base_ami, MinCount=1, MaxCount=1)
         source = reservation["Instances"][0]["InstanceId"]
@@ -71,7 +71,9 @@ class World:
                 {"Key": "kiln:app", "Value": self.app},
                 {"Key": "kiln:image", "Value": image},
                 {"Key": "kiln:digest", "Value": image * 2},
+                {"Key": "kiln:runtime", "Value": "4"},
                 *([{"Key": "kiln:verified", "Value": "stand-in"}] if verified else []),
+                *([{"Key": "kiln:release", "Value": release}] if release else []),
             ],
         )
         return str(ami)

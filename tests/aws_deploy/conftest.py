@@ -11,6 +11,7 @@ import pytest
 
 from aws.awsservers import moto_server
 from aws_deploy.awsworld import World, app_process, build_world
+from aws_deploy.runners import Runners
 from kiln.aws.iam import create_deploy_user
 from kiln.aws.policy import enforceable_documents
 from kiln.aws.session import Aws, connect
@@ -81,6 +82,18 @@ def world(deploy_moto: str, admin: Aws, deploy_keys: tuple[str, str], base_ami: 
     """A fresh app, ALB and target group; kiln talks with the deploy user's keys."""
     deploy = _connect(deploy_moto, *deploy_keys)
     return build_world(admin, deploy, base_ami)
+
+
+@pytest.fixture
+def runners(world: World, deploy_moto: str) -> Iterator[Runners]:
+    creds = world.admin.session.get_credentials()
+    assert creds is not None
+    world.admin.client("ssm").put_parameter(
+        Name=f"/{world.app}/DB_PASSWORD", Value="s3cret", Type="SecureString"
+    )
+    keys = (creds.access_key, creds.secret_key)
+    with Runners(world.admin, world.app, deploy_moto, keys) as playing:
+        yield playing
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
 """The deploy statements are complete and minimal, proven on an IAM-enforced moto server.
 
 Every AWS call kiln makes while deploying (rolling, blue-green, a failed
-release, warm rollback, recycle, status, history, drift, logs, a lock
-takeover) is recorded from botocore's own events on the deploy user's
+release, a release command on its runner, warm rollback, recycle, status,
+history, drift, logs, a lock takeover) is recorded from botocore's own events on the deploy user's
 session. The deploy user holds only ``enforceable_document(DEPLOY_PURPOSES)``,
 so every recorded call was allowed; the recorded set must equal the deploy
-actions, minus the ones AWS checks on the caller's behalf when Auto Scaling
-launches from a launch template.
+actions, minus any AWS only checks on the caller's behalf (none since release
+runners made ``ec2:RunInstances`` a call of kiln's own).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 from aws.policywalk import lint
 from aws_deploy.awsworld import World
+from aws_deploy.runners import Runners, released_ami
 from kiln.aws import groups
 from kiln.aws.awsstate import AwsLock
 from kiln.aws.deployments import AwsDeployments
@@ -28,6 +29,7 @@ from kiln.aws.policy import (
     ALL_PURPOSES,
     DEPLOY_PURPOSES,
     IMPLICIT_DEPLOY_ACTIONS,
+    ONEOFF_RESULTS,
     actions,
     policy_document,
 )
@@ -57,20 +59,26 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
     good_app: str,
     bad_app: str,
     monkeypatch: pytest.MonkeyPatch,
+    runners: Runners,
 ) -> None:
     monkeypatch.setattr(groups, "KEEP_TEMPLATE_VERSIONS", 4)  # old versions get deleted
     calls = record(world.deploy)  # before the first client exists: every call is seen
     images = ["img-p00000000001", "img-p00000000002", "img-p00000000003", "img-pbad00000001"]
     for image in images:
-        world.ami(image)
+        if image == images[1]:  # with a release: its runner is launched, read, terminated
+            released_ami(world, runners, tmp_path, image, "print('migrated')\n")
+        else:
+            world.ami(image)
         world.addresses[image] = bad_app if "bad" in image else good_app
     loaded = world.config(tmp_path / "app")
     provider = world.provider(home, loaded)
+    provider.release_poll = 0.2
     settings = Settings.from_config(loaded.config)
     fleet = AwsDeployments(provider, settings, world.app, lock_ttl=30)
 
     assert fleet.deploy(images[0]).ok  # first release: template and group created
-    assert fleet.deploy(images[1]).ok  # rolling: drain, terminate in group
+    assert fleet.deploy(images[1]).ok  # its release command; rolling: drain, terminate
+    assert [r["returncode"] for r in runners.ran] == [0]
     assert fleet.deploy(images[3]).outcome == "rolled back"  # failed release deleted
     fleet.settings = Settings(**{**settings.to_json(), "keep_warm": 600.0})
     assert fleet.deploy(images[2], strategy="blue-green").ok  # attach/detach, warm tag
@@ -124,5 +132,7 @@ def test_full_policy_lints_clean_and_scopes_every_destructive_deploy_call() -> N
             for a in statement["Action"]
             if any(w in a for w in (":Delete", ":Terminate", ":Detach", ":Deregister", ":Update"))
         ]
-        if risky and not statement["Sid"].endswith("Targets"):
+        resources = statement["Resource"]
+        kilns_own = isinstance(resources, str) and ONEOFF_RESULTS in resources  # runners' results
+        if risky and not statement["Sid"].endswith("Targets") and not kilns_own:
             assert "ResourceTag/kiln:" in json.dumps(statement["Condition"]), statement["Sid"]

@@ -36,12 +36,15 @@ from kiln.aws.images import (
     ENV_TAG,
     IMAGE_TAG,
     RECIPE_TAG,
+    RELEASE_TAG,
+    RUNTIME_TAG,
     Ami,
     delete_ami,
     find_ami,
+    release_tag,
     wait_available,
 )
-from kiln.aws.install import recipe, render_bundle
+from kiln.aws.install import INSTALLER_VERSION, recipe, render_bundle
 from kiln.aws.policy import APP_TAG
 from kiln.aws.session import Aws, aws_errors, connect, tags
 from kiln.aws.ssh import SshTarget, Upload, provision
@@ -285,7 +288,7 @@ def _same_name(aws: Aws, name: str) -> str:
 
 
 def ami_tags(record: ImageRecord, base: str, shape: str) -> dict[str, str]:
-    return {
+    found = {
         "Name": f"kiln-{record.app}-{record.id}",
         APP_TAG: record.app,
         DIGEST_TAG: record.digest,
@@ -295,7 +298,11 @@ def ami_tags(record: ImageRecord, base: str, shape: str) -> dict[str, str]:
         COMMIT_TAG: str(record.meta.get("commit") or "unknown"),
         BASE_TAG: base,
         RECIPE_TAG: shape,
+        RUNTIME_TAG: INSTALLER_VERSION,
     }
+    if record.manifest.release:  # a deployer that never saw the image knows it has one
+        found[RELEASE_TAG] = release_tag(record.manifest.release)
+    return found
 
 
 def env_digest(env: dict[str, str]) -> str:

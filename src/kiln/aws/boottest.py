@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.aws import builder as b
-from kiln.aws import groups as g
 from kiln.aws import targets as t
 from kiln.aws.policy import VERIFIED_TAG
 from kiln.aws.session import Aws, aws_errors
@@ -167,29 +166,9 @@ def boot_test(
 def _test_instance(
     aws: Aws, ami: str, settings: AwsSettings, build: b.BuildTags, note: Note
 ) -> Iterator[str]:
-    data = g.launch_data(
-        ami=ami,
-        instance_type=settings.instance_type,
-        tags={**build.base(), "Name": f"kiln-boot-test-{build.app}-{build.build_id}"},
-        security_groups=settings.security_group_ids,
-        instance_profile=settings.instance_profile,
-    )
-    subnets = settings.subnet_ids or ([settings.subnet_id] if settings.subnet_id else [])
-    args: dict[str, Any] = {
-        **data,
-        "MinCount": 1,
-        "MaxCount": 1,
-        "InstanceInitiatedShutdownBehavior": "terminate",
-    }
-    if subnets:
-        args["SubnetId"] = subnets[0]
-    with aws_errors(f"launching a test instance from {ami}"):
-        instance_id = str(aws.ec2.run_instances(**args)["Instances"][0]["InstanceId"])
-    note(f"boot test: {instance_id} launched from {ami}")
-    try:
+    name = f"kiln-boot-test-{build.app}-{build.build_id}"
+    with b.fleet_like_instance(aws, ami, settings, build, name=name, note=note) as instance_id:
         yield instance_id
-    finally:
-        b.cleanup(f"test instance {instance_id}", note, lambda: b.terminate(aws, instance_id, note))
 
 
 def _describe(aws: Aws, instance_id: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -30,8 +30,10 @@ from typing import Any
 
 import asyncssh
 
+from kiln.aws.groups import launch_data
 from kiln.aws.policy import APP_TAG, BUILD_TAG
 from kiln.aws.session import Aws, aws_errors, eventually, tags
+from kiln.config import AwsSettings
 from kiln.errors import AwsError
 
 EXPIRES_TAG = "kiln:expires"
@@ -151,7 +153,7 @@ def remove_key_pair(aws: Aws, build: BuildTags, name: str, note: Note) -> None:
         _cleanup(f"key pair {name}", note, lambda: aws.ec2.delete_key_pair(KeyName=name))
 
 
-def _interrupted() -> bool:
+def interrupted() -> bool:
     """True inside a ``finally`` that a Ctrl-C or a cancelled job (SIGTERM) unwinds."""
     return isinstance(sys.exc_info()[1], KeyboardInterrupt)
 
@@ -182,7 +184,7 @@ def security_group(
         yield group_id
     finally:
         what = f"security group {group_id}"
-        if _interrupted():  # its builder may still be shutting down: one try, then reap
+        if interrupted():  # its builder may still be shutting down: one try, then reap
             what += f" (expires {build.base()[EXPIRES_TAG]}, then 'kiln aws reap' removes it)"
         _cleanup(what, note, lambda: aws.ec2.delete_security_group(GroupId=group_id))
 
@@ -254,10 +256,62 @@ def builder_instance(
             key=key,
         )
     finally:
-        hurry = _interrupted()
+        hurry = interrupted()
         remove_key_pair(aws, build, key_name, note)  # first: one call, nothing waits on it
         _cleanup(
             f"builder {instance_id}",
+            note,
+            lambda: terminate(aws, instance_id, note, wait=not hurry),
+        )
+
+
+@contextmanager
+def fleet_like_instance(
+    aws: Aws,
+    ami: str,
+    settings: AwsSettings,
+    build: BuildTags,
+    *,
+    name: str,
+    note: Note,
+    user_data: str | None = None,
+    key_name: str | None = None,
+    extra_groups: Sequence[str] = (),
+    extra_tags: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """One instance of ``ami`` launched as the fleet launches, terminated on the way out.
+
+    Set to terminate when it shuts itself down; tagged for ``kiln aws reap``.
+    """
+    data = launch_data(
+        ami=ami,
+        instance_type=settings.instance_type,
+        tags={**build.base(), **(extra_tags or {}), "Name": name},
+        security_groups=[*settings.security_group_ids, *extra_groups],
+        instance_profile=settings.instance_profile,
+    )
+    subnets = settings.subnet_ids or ([settings.subnet_id] if settings.subnet_id else [])
+    args: dict[str, Any] = {
+        **data,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "InstanceInitiatedShutdownBehavior": "terminate",
+    }
+    if subnets:
+        args["SubnetId"] = subnets[0]
+    if user_data:
+        args["UserData"] = user_data
+    if key_name:
+        args["KeyName"] = key_name
+    with aws_errors(f"launching an instance from {ami}"):
+        instance_id = str(aws.ec2.run_instances(**args)["Instances"][0]["InstanceId"])
+    note(f"{name}: {instance_id} launched from {ami}")
+    try:
+        yield instance_id
+    finally:
+        hurry = interrupted()
+        _cleanup(
+            f"instance {instance_id}",
             note,
             lambda: terminate(aws, instance_id, note, wait=not hurry),
         )

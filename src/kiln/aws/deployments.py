@@ -39,7 +39,7 @@ from kiln.deploy.state import StateDb
 from kiln.durations import format_duration
 from kiln.errors import DeployError
 from kiln.home import Home
-from kiln.providers.protocol import FleetState, InstanceStats
+from kiln.providers.protocol import CommandResult, FleetState, InstanceStats
 
 LOCK_TTL = 120.0
 
@@ -76,6 +76,10 @@ class _Heartbeat:
 
     def log_tail(self, instance: str, lines: int = 20) -> str:
         return self.inner.log_tail(instance, lines)
+
+    def release(self, fleet: str, image: str) -> CommandResult | None:
+        self.lock.beat()
+        return self.inner.release(fleet, image)
 
     def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
         return self.inner.stats(fleet)

@@ -153,30 +153,36 @@ def signed_request(url: str, target: str, body: bytes, where: str) -> urllib.req
     return urllib.request.Request(url, data=body, method="POST", headers=headers)
 
 
-def ssm_parameters(names: list[str]) -> dict[str, str]:
-    """GetParameters (10 names a call), decrypted; a missing one is an error."""
+def ssm_call(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """One SSM JSON call (``GetParameters``, ``PutParameter``), signed anew for every try.
+
+    A refusal or an unreachable endpoint exits with one line naming the call.
+    """
     where = region()
     url = os.environ.get("KILN_SSM_ENDPOINT") or f"https://ssm.{where}.amazonaws.com/"
+    body = json.dumps(payload).encode()
+
+    def call() -> dict[str, Any]:  # signed anew: the date is in it
+        req = signed_request(url, f"AmazonSSM.{action}", body, where)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer: dict[str, Any] = json.loads(resp.read() or b"{}")
+            return answer
+
+    try:
+        return retried(f"SSM {action}", call)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300] if exc.fp else ""
+        raise SystemExit(f"fetch-secrets: SSM refused {action} ({exc.code}): {detail}") from None
+    except OSError as exc:
+        raise SystemExit(f"fetch-secrets: cannot reach SSM at {url}: {exc}") from None
+
+
+def ssm_parameters(names: list[str]) -> dict[str, str]:
+    """GetParameters (10 names a call), decrypted; a missing one is an error."""
     found: dict[str, str] = {}
     for start in range(0, len(names), 10):
         batch = names[start : start + 10]
-        body = json.dumps({"Names": batch, "WithDecryption": True}).encode()
-
-        def call(body: bytes = body) -> dict[str, Any]:  # signed anew: the date is in it
-            req = signed_request(url, "AmazonSSM.GetParameters", body, where)
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())
-                return answer
-
-        try:
-            doc = retried("SSM GetParameters", call)
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300] if exc.fp else ""
-            raise SystemExit(
-                f"fetch-secrets: SSM refused GetParameters ({exc.code}): {detail}"
-            ) from None
-        except OSError as exc:
-            raise SystemExit(f"fetch-secrets: cannot reach SSM at {url}: {exc}") from None
+        doc = ssm_call("GetParameters", {"Names": batch, "WithDecryption": True})
         for param in doc.get("Parameters", []):
             found[param["Name"]] = param["Value"]
         missing = doc.get("InvalidParameters") or []

@@ -18,7 +18,14 @@ RECIPE_TAG = "kiln:recipe"
 IMAGE_TAG = "kiln:image"
 COMMIT_TAG = "kiln:commit"
 BASE_TAG = "kiln:base-ami"
+RELEASE_TAG = "kiln:release"  # the image's [app] release command (cut to 256 characters)
+RUNTIME_TAG = "kiln:runtime"  # the installer version: 4 and later run releases and one-offs
 AMI_TAG = "kiln:ami"  # on server groups (kiln.aws.groups): the AMI a group launches
+
+
+def release_tag(command: str) -> str:
+    """An EC2 tag value holds 256 characters: a longer command is cut, and says so."""
+    return command if len(command) <= 256 else command[:255] + "…"
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,10 @@ from kiln.config import AwsSettings, Config
 from kiln.image.store import ImageRecord, Store, file_sha256
 from kiln.runline import exec_form
 
-INSTALLER_VERSION = "3"  # 2: run line exec'd (kiln.runline); 3: no start limit, 3.8 fetch
-FILES = ("install.sh", "fetch-secrets", "env", "run", "secrets.json")
+# 2: run line exec'd (kiln.runline); 3: no start limit, 3.8 fetch; 4: oneoff, release
+INSTALLER_VERSION = "4"
+FILES = ("install.sh", "fetch-secrets", "oneoff", "env", "run", "release", "secrets.json")
+ONEOFF_MARK = "/run/kiln/oneoff"  # while it exists the app's unit does not start (one-offs)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ def unit_file(record: ImageRecord, digest_hex: str) -> str:
     app = record.app
     return f"""[Unit]
 Description=kiln app {app} ({record.id})
+# An instance launched for a one-off job (a release, 'kiln run') creates this
+# early in boot (cloud-init bootcmd): the app itself does not start there.
+ConditionPathExists=!{ONEOFF_MARK}
 Wants=network-online.target
 After=network-online.target
 # Restart=always forever: systemd's default start limit (5 starts in 10 s) would
@@ -134,6 +139,9 @@ def render_bundle(
     package = resources.files("kiln.aws")
     (directory / "install.sh").write_bytes(package.joinpath("install.sh").read_bytes())
     (directory / "fetch-secrets").write_bytes(package.joinpath("fetch_secrets.py").read_bytes())
+    (directory / "oneoff").write_bytes(package.joinpath("oneoff_runtime.py").read_bytes())
+    release = record.manifest.release
+    (directory / "release").write_text(release + "\n" if release else "", encoding="utf-8")
     (directory / "env").write_text(env_file(record, settings), encoding="utf-8")
     (directory / "run").write_text(run_script(record, digest_hex), encoding="utf-8")
     spec = json.dumps(secret_spec(config, settings), indent=2, sort_keys=True) + "\n"

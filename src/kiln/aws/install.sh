@@ -5,7 +5,8 @@
 #
 # ROOT is the filesystem to install into: "/" on a real builder, a scratch
 # directory in tests. STAGING holds what kiln uploaded: image.tar (checked
-# against SHA256), the unit, env, run and secrets.json files and fetch-secrets.
+# against SHA256), the unit, env, run, release and secrets.json files,
+# fetch-secrets and oneoff.
 # Ends by clearing first-boot state so every instance cloned from the AMI
 # boots as a fresh machine.
 set -eu
@@ -48,6 +49,8 @@ install -m 0644 "$staging/env" "$conf/env"
 install -m 0755 "$staging/run" "$conf/run"
 install -m 0644 "$staging/secrets.json" "$conf/secrets.json"
 install -m 0755 "$staging/fetch-secrets" "$root/usr/local/lib/kiln/fetch-secrets"
+install -m 0755 "$staging/oneoff" "$root/usr/local/lib/kiln/oneoff"
+install -m 0644 "$staging/release" "$conf/release"
 unit="kiln-$app.service"
 install -m 0644 "$staging/$unit" "$root/etc/systemd/system/$unit"
 ln -sfn "/etc/systemd/system/$unit" "$root/etc/systemd/system/multi-user.target.wants/$unit"

@@ -27,7 +27,7 @@ from kiln.platform import (
 class AwsPlatform(PlatformBase):
     name = "aws"
     # canary needs per-instance request counts (CloudWatch); drift is replaced by recycling
-    capabilities = frozenset({Capability.PROMOTE})
+    capabilities = frozenset({Capability.PROMOTE, Capability.RELEASE})
 
     def settings(self) -> AwsSettings:
         """[provider.aws] from kiln.toml if there is one; else defaults and the environment."""
@@ -38,8 +38,6 @@ class AwsPlatform(PlatformBase):
     def deployer(
         self, on_event: OnEvent | None = None, *, allow_unverified: bool = False
     ) -> AwsDeployments:
-        if self.loaded.config.app.release:
-            self.require(Capability.RELEASE, "[app] release (see docs/deploying.md, Release)")
         return open_deployments(
             self.home, self.loaded, on_event=on_event, allow_unverified=allow_unverified
         )

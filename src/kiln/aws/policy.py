@@ -188,6 +188,8 @@ RULES: tuple[Rule, ...] = (
 
 _ASG = "arn:{partition}:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/"
 _ELB = "arn:{partition}:elasticloadbalancing:{region}:{account}:"
+_SSM = "arn:{partition}:ssm:{region}:{account}:"
+ONEOFF_RESULTS = "/kiln/oneoff/"  # SSM parameters: /kiln/oneoff/<app>/<runner's build id>
 _FLEET_OWNED = {"StringLike": {f"ec2:ResourceTag/{FLEET_TAG}": "*"}}
 
 DEPLOY_RULES: tuple[Rule, ...] = (
@@ -209,10 +211,10 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         resources=("*",),
         condition={"StringEquals": {"aws:RequestedRegion": "{region}"}},
     ),
-    Rule(
-        sid="KilnDeployReadOwnConsoles",
+    Rule(  # consoles: why an instance failed; a release runner (kiln.aws.oneoff) always ends
+        sid="KilnDeployOwnInstances",
         purposes=_p("deploy"),
-        actions=("ec2:GetConsoleOutput",),
+        actions=("ec2:GetConsoleOutput", "ec2:TerminateInstances"),
         resources=(_OWN + "instance/*",),
         condition=_FLEET_OWNED,
     ),
@@ -310,6 +312,12 @@ DEPLOY_RULES: tuple[Rule, ...] = (
             _OWN + "network-interface/*",
         ),
     ),
+    Rule(  # what the release runner reported (its instance role writes it)
+        sid="KilnDeployReleaseResult",
+        purposes=_p("deploy"),
+        actions=("ssm:DeleteParameter", "ssm:GetParameter"),
+        resources=(_SSM + "parameter" + ONEOFF_RESULTS + "*",),
+    ),
 )
 RULES = RULES + DEPLOY_RULES
 
@@ -329,13 +337,13 @@ PROMOTE_RULES: tuple[Rule, ...] = (
 )
 RULES = RULES + PROMOTE_RULES
 
-# Checked by AWS on the caller when Auto Scaling launches from a launch template,
-# never called by kiln itself: the completeness test expects it unrecorded.
-# (ec2:CreateTags is checked that way too, for the new instances' tags, and kiln
-# also calls it: the lock's heartbeat.) With [provider.aws] instance_profile set,
-# AWS also checks iam:PassRole on that one role: grant it for that role's ARN
-# only (a wildcard PassRole next to RunInstances is a privilege escalation).
-IMPLICIT_DEPLOY_ACTIONS = frozenset({"ec2:RunInstances"})
+# AWS checks ec2:RunInstances on the caller when Auto Scaling launches from a
+# launch template; kiln also calls it itself, for a release runner. (ec2:CreateTags
+# is checked that way too, for the new instances' tags, and kiln also calls it:
+# the lock's heartbeat.) With [provider.aws] instance_profile set, AWS also checks
+# iam:PassRole on that one role: grant it for that role's ARN only (a wildcard
+# PassRole next to RunInstances is a privilege escalation).
+IMPLICIT_DEPLOY_ACTIONS: frozenset[str] = frozenset()
 # A bake's tags ride on the calls that create the resources (TagSpecifications),
 # and AWS checks CreateTags (with ec2:CreateAction) for them on the caller; the
 # one CreateTags call kiln makes itself is a passed boot test's kiln:verified.
@@ -433,6 +441,44 @@ def instance_role(settings: Any) -> str | None:
     """The role a deploy passes to instances: [provider.aws] instance_role or the profile."""
     role: str | None = settings.instance_role or settings.instance_profile
     return role
+
+
+def instance_policy_document(
+    *,
+    app: str,
+    parameters: Iterable[str],
+    region: str | None,
+    account: str | None,
+    partition: str = "aws",
+) -> dict[str, Any]:
+    """What the fleet's instance role needs: read its secrets, report a release.
+
+    ``parameters``: the SSM names its ``[secrets]`` resolve to
+    (:func:`kiln.aws.install.secret_spec`). SecureStrings under a customer
+    managed KMS key also need ``kms:Decrypt`` on that key, which kiln cannot know.
+    """
+    values = {"partition": partition, "region": region or "*", "account": account or "*"}
+    arn = (_SSM + "parameter").format(**values)
+    statements: list[dict[str, Any]] = []
+    names = sorted(set(parameters))
+    if names:
+        statements.append(
+            {
+                "Sid": "KilnInstanceSecrets",
+                "Effect": "Allow",
+                "Action": "ssm:GetParameters",
+                "Resource": [arn + name for name in names],
+            }
+        )
+    statements.append(
+        {
+            "Sid": "KilnInstanceReleaseResult",
+            "Effect": "Allow",
+            "Action": "ssm:PutParameter",
+            "Resource": f"{arn}{ONEOFF_RESULTS}{app}/*",
+        }
+    )
+    return {"Version": VERSION, "Statement": statements}
 
 
 def enforceable_document(purposes: Iterable[str] = ALL_PURPOSES) -> dict[str, Any]:

@@ -25,13 +25,15 @@ from kiln.aws import groups as g
 from kiln.aws import targets as t
 from kiln.aws.boottest import is_verified
 from kiln.aws.health import GONE, Probe, Prober
+from kiln.aws.images import RELEASE_TAG, RUNTIME_TAG
+from kiln.aws.oneoff import run_release
 from kiln.aws.session import Aws, aws_errors, connect, tag_map
 from kiln.config import LoadedConfig
 from kiln.deploy.clock import Clock, SystemClock
 from kiln.deploy.gates import Trip
 from kiln.errors import ImageNotFound, InstanceNotFound, ProviderError, UnverifiedImage
 from kiln.home import Home
-from kiln.providers.protocol import FleetState, Instance, InstanceStats
+from kiln.providers.protocol import CommandResult, FleetState, Instance, InstanceStats
 
 LAUNCH_WAIT = 120.0  # longest wait for Auto Scaling to show instances it was asked for
 ACTIVITY_EVERY = 5.0  # how often a launch wait reads the group's scaling activities
@@ -70,6 +72,7 @@ class AwsProvider:
         self._endpoint: tuple[str | None] | None = None
         self.on_wait: Callable[[], None] = lambda: None  # called while waiting (lock heartbeat)
         self.attach_wait = ATTACH_WAIT
+        self.release_poll = 3.0  # how often the release runner's result is looked for
 
     # Provider: observe ----------------------------------------------------------
 
@@ -436,6 +439,38 @@ class AwsProvider:
             )
         images: list[dict[str, Any]] = [dict(a) for a in found]
         return max(images, key=lambda a: str(a.get("CreationDate", "")))
+
+    # Releaser ---------------------------------------------------------------------
+
+    def release(self, fleet: str, image: str) -> CommandResult | None:
+        """The image's release command, once, on a runner launched from its AMI.
+
+        Which command is the AMI's ``kiln:release`` tag (the image's own, as
+        locally); the runner reports the full command, its status and output.
+        """
+        ami = self._newest_ami(image)
+        tags = tag_map(ami.get("Tags"))
+        command = tags.get(RELEASE_TAG)
+        if not command:
+            if self.loaded.config.app.release and int(tags.get(RUNTIME_TAG, "0") or 0) < 4:
+                raise ProviderError(
+                    f"{ami['ImageId']} (image {image}) was baked by an older kiln that "
+                    "cannot run [app] release",
+                    hint="bake it again with this kiln ('kiln bake --provider aws')",
+                )
+            return None
+        return run_release(
+            self.aws,
+            self.settings,
+            self.app,
+            fleet,
+            str(ami["ImageId"]),
+            command,
+            timeout=self.loaded.config.fleet.progress_deadline,
+            note=lambda _msg: None,
+            on_wait=self.on_wait,
+            poll=self.release_poll,
+        )
 
     def require_verified(self, image: str) -> None:
         """Refuse an AMI that no boot test has passed (no ``kiln:verified`` tag)."""
