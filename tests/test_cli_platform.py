@@ -52,13 +52,12 @@ def test_an_unsupported_feature_is_refused_in_one_place(home: Home) -> None:
         local.require(capability, "anything")
 
 
-def test_aws_runs_release_commands_and_refuses_kiln_run_in_one_place(home: Home) -> None:
-    """A release runs on a runner instance (tests/aws_deploy/test_aws_release.py)."""
+def test_aws_runs_release_commands_and_one_off_commands(home: Home) -> None:
+    """On runner instances: tests/aws_deploy/test_aws_release.py, tests/aws/test_aws_oneoff.py."""
 
     def no_config() -> None:
         raise AssertionError("not read")
 
     aws = open_platform("aws", home, no_config, has_config=False)  # type: ignore[arg-type]
     aws.require(Capability.RELEASE, "[app] release")
-    with pytest.raises(ConfigError, match="kiln run is not available with --provider aws"):
-        aws.run(None, ["true"])
+    aws.require(Capability.RUN, "kiln run")

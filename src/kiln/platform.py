@@ -151,8 +151,10 @@ class Platform(Protocol):
         """``allow_unverified``: deploy images no boot test has passed (AMIs only)."""
         ...
 
-    def run(self, image: str | None, argv: list[str]) -> int:
-        """``argv`` once in a fresh directory of ``image`` (default: the current one)."""
+    def run(self, image: str | None, argv: list[str], *, narrate: Narrate | None = None) -> int:
+        """``argv`` once in a fresh directory of ``image`` (default: the current one).
+
+        ``narrate`` hears about a slow start (an instance launched for it)."""
         ...
 
     def status(self) -> dict[str, Any]: ...

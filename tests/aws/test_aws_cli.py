@@ -102,3 +102,18 @@ def test_images_and_prune_for_aws_through_the_cli(
     done = kiln("prune", "--provider", "aws", "--keep", "1")
     assert f"deleted {first.ami}" in done.stdout
     assert [a.id for a in list_amis(aws, "acme")] == [second.ami]
+
+
+def test_kiln_run_on_aws_says_what_is_missing_in_one_line(aws: Aws, kiln: Kiln) -> None:
+    (kiln.cwd / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\n[provider.aws]\nssh_cidr = "127.0.0.1/32"\n'
+    )
+    (kiln.cwd / "app.py").write_text("print('hi')\n")
+    never = kiln("run", "--provider", "aws", "--", "true", ok=False)
+    assert never.exit_code != 0 and not isinstance(never.exception, AssertionError)
+    assert "Traceback" not in never.stderr
+    assert "fleet shop has not been deployed on AWS yet" in never.stderr
+    assert "kiln run --image ID" in never.stderr
+    unknown = kiln("run", "--provider", "aws", "--image", "img-000000000000", "--", "true",
+                   ok=False)  # fmt: skip
+    assert "image img-000000000000 has no AMI in eu-west-1" in unknown.stderr

@@ -10,8 +10,10 @@ only shown by a real boot (docs/aws.md).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -20,12 +22,14 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REGION, TargetFactory
+from conftest import REGION, TargetFactory, leftovers
 from kiln.aws.ami import bake_ami
+from kiln.aws.builder import Builder
 from kiln.aws.install import ONEOFF_MARK
-from kiln.aws.oneoff import release_user_data, result_parameter
-from kiln.aws.policy import instance_policy_document
+from kiln.aws.oneoff import release_user_data, result_parameter, run_oneoff
+from kiln.aws.policy import ALL_PURPOSES, actions, instance_policy_document
 from kiln.aws.session import Aws, aws_errors, connect, tag_map
+from kiln.aws.ssh import SshTarget
 from kiln.config import AwsSettings, LoadedConfig, load_config
 from kiln.errors import AwsError
 from kiln.home import Home
@@ -203,3 +207,86 @@ def test_the_instance_policy_is_enough_and_no_more(
     )
     with pytest.raises(AwsError, match="AccessDenied"), aws_errors("deleting a result"):
         role.client("ssm").delete_parameter(Name=parameter)  # that is the deployer's
+
+
+def test_kiln_run_on_a_fresh_instance_sees_secrets_and_returns_the_status(
+    aws: Aws,
+    aws_env: str,
+    installed: dict[str, Any],
+    loopback_target: TargetFactory,
+    ssh_server: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the bake's own machinery: key pair, SSH-only group, SSH to the instance.
+
+    The loopback SSH server plays the instance: the command kiln sends runs
+    here, through the installed ``oneoff exec``, secrets from moto's SSM.
+    """
+    ssm = aws.client("ssm")
+    ssm.put_parameter(Name="/acme/DB_PASSWORD", Value="s3cret", Type="SecureString")
+    ssm.put_parameter(Name="/shared/api-token", Value="tok", Type="String")
+    monkeypatch.setenv("KILN_SSM_ENDPOINT", aws_env + "/")  # the "instance" reads it
+    kiln = connect(AwsSettings())  # a fresh session: every call it makes is seen
+    calls = _record(kiln)
+    (tmp_path / "in").write_bytes(b"typed\n")
+    settings = AwsSettings(ssh_cidr="127.0.0.1/32", ssh_timeout=20, instance_type="t3.micro")
+    notes: list[str] = []
+    shell = 'echo "$DB_PASSWORD $GREETING"; read x; echo "got $x"; echo oops >&2; exit 7'
+    with (
+        (tmp_path / "in").open("rb") as stdin,
+        (tmp_path / "out").open("wb") as stdout,
+        (tmp_path / "err").open("wb") as stderr,
+    ):
+        code = run_oneoff(
+            kiln, settings, "acme", "acme", installed["ami"], ["sh", "-c", shell],
+            note=notes.append, ssh_target=loopback_target, streams=(stdin, stdout, stderr),
+        )  # fmt: skip
+
+    assert code == 7
+    assert (tmp_path / "out").read_bytes() == b's3cret say "hi"\ngot typed\n'
+    assert (tmp_path / "err").read_bytes() == b"oops\n"
+    (command,) = [c for c in ssh_server.commands if " exec acme -- " in c]
+    assert command.startswith("/usr/bin/python3 ") and "lib/kiln/oneoff --root" in command
+    # the instance: the AMI, the fleet's launch data plus the temporary SSH group and
+    # key, the app's unit held back; then everything temporary is gone
+    found = aws.ec2.describe_instances(
+        Filters=[{"Name": "tag:Name", "Values": ["kiln-run-acme-*"]}]
+    )["Reservations"]
+    (instance,) = [i for r in found for i in r["Instances"]]
+    assert instance["ImageId"] == installed["ami"] and instance["State"]["Name"] == "terminated"
+    assert instance["KeyName"].startswith("kiln-kx-")
+    raw = aws.ec2.describe_instance_attribute(
+        InstanceId=instance["InstanceId"], Attribute="userData"
+    )["UserData"]["Value"]
+    assert ONEOFF_MARK in yaml.safe_load(base64.b64decode(raw))["bootcmd"][0][-1]
+    assert leftovers(aws) == {}
+    assert calls <= actions(ALL_PURPOSES), sorted(calls - actions(ALL_PURPOSES))
+
+
+def test_kiln_run_cleans_up_when_ssh_never_answers(
+    aws: Aws, installed: dict[str, Any], tmp_path: Path
+) -> None:
+    def nobody_home(instance: Builder) -> SshTarget:
+        with socket.socket() as closed:  # a port nothing listens on
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+        return SshTarget(host="127.0.0.1", port=port, username="admin", key=instance.key)
+
+    settings = AwsSettings(ssh_cidr="127.0.0.1/32", ssh_timeout=1)
+    with pytest.raises(AwsError, match="did not accept SSH"):
+        run_oneoff(
+            aws, settings, "acme", "acme", installed["ami"], ["true"],
+            note=lambda _m: None, ssh_target=nobody_home,
+        )  # fmt: skip
+    assert leftovers(aws) == {}  # instance terminated, group and key pair deleted
+
+
+def _record(aws: Aws) -> set[str]:
+    calls: set[str] = set()
+
+    def seen(model: Any, **_kwargs: Any) -> None:
+        calls.add(f"{model.service_model.signing_name}:{model.name}")
+
+    aws.session.events.register("before-call", seen)
+    return calls

@@ -73,6 +73,7 @@ def test_release_runs_on_the_new_ami_before_its_group_exists_then_rolls_out(
     left = world.admin.client("ssm").get_parameters_by_path(Path="/kiln/oneoff/", Recursive=True)
     assert left["Parameters"] == []  # the result was read and deleted
     assert set(world.groups()) >= {f"kiln-{world.app}-v002"}
+    assert fleet.current_image() == "img-rel000000002"  # what 'kiln run' runs by default
 
 
 def test_failed_release_changes_nothing_shows_its_output_and_is_in_history(

@@ -35,7 +35,7 @@ from kiln.deploy.history import Result, who_am_i
 from kiln.deploy.journal import DeploymentKind, Who
 from kiln.deploy.plan import Plan
 from kiln.deploy.settings import Settings
-from kiln.deploy.state import StateDb
+from kiln.deploy.state import FleetRecord, StateDb
 from kiln.durations import format_duration
 from kiln.errors import DeployError
 from kiln.home import Home
@@ -219,12 +219,20 @@ class AwsDeployments:
         )  # fmt: skip
 
     def _seed(self, db: StateDb) -> None:
+        record = self._record()
+        if record is not None:
+            db.save_fleet(record, self.clock.now())
+
+    def _record(self) -> FleetRecord | None:
         groups = g.list_groups(self.aws, self.fleet, self.provider.settings.target_group_arn)
         serving = set(self.provider.target_health())
         history = st.read_history(self.aws, self.fleet, limit=20)
-        record = st.fleet_record(self.fleet, groups, serving, history, self.settings.size)
-        if record is not None:
-            db.save_fleet(record, self.clock.now())
+        return st.fleet_record(self.fleet, groups, serving, history, self.settings.size)
+
+    def current_image(self) -> str | None:
+        """The image the fleet serves, as a deployment would see it (``kiln run``)."""
+        record = self._record()
+        return record.current_image if record else None
 
     def _persist(self, db: StateDb, result: Result) -> None:
         record = db.fleet(self.fleet)

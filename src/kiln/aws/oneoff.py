@@ -10,9 +10,11 @@ says what to run; the installed ``oneoff`` script
 (:mod:`kiln.aws.oneoff_runtime`) does it.
 
 The release runner reports through an SSM parameter under
-:data:`kiln.aws.policy.ONEOFF_RESULTS` (the instance role may write it, the deploy role read
-and delete it): exit status, duration and the command's last lines. The
-deployer polls for it, and the runner is terminated in every case.
+:data:`kiln.aws.policy.ONEOFF_RESULTS` (the instance role may write it, the
+deploy role read and delete it): exit status, duration and the command's
+last lines. The deployer polls for it, and the runner is terminated in every
+case. ``kiln run`` adds the bake's temporary key pair and SSH-only security
+group and runs the command over SSH (:func:`kiln.aws.ssh.attach`).
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import posixpath
 import secrets
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 
 from kiln.aws import builder as b
 from kiln.aws.boottest import console_output
 from kiln.aws.install import ONEOFF_MARK
 from kiln.aws.policy import FLEET_TAG, ONEOFF_RESULTS
 from kiln.aws.session import Aws, aws_errors
+from kiln.aws.ssh import SshTarget, Streams, attach
 from kiln.config import AwsSettings
 from kiln.errors import AwsError
 from kiln.providers.protocol import CommandResult
@@ -216,3 +221,69 @@ def _no_result(aws: Aws, instance_id: str, command: str, why: str, started: floa
         output=f"kiln: {why}; its console output:\n{console}",
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+RUN_TTL = 12 * 3600.0  # a 'kiln run' instance left by a killed kiln is reaped after this
+
+
+def oneoff_command(app: str, argv: Sequence[str], target: SshTarget) -> str:
+    """The SSH command that runs ``argv`` through the installed runtime (as root, then kiln)."""
+    prefix = "sudo -n " if target.sudo else ""
+    script = posixpath.join(target.root, RUNTIME.lstrip("/"))
+    words = ["/usr/bin/python3", script, "--root", target.root, "exec", app, "--", *argv]
+    return prefix + " ".join(shlex.quote(w) for w in words)
+
+
+def run_oneoff(
+    aws: Aws,
+    settings: AwsSettings,
+    app: str,
+    fleet: str,
+    ami: str,
+    argv: Sequence[str],
+    *,
+    note: Note,
+    ssh_target: Callable[[b.Builder], SshTarget] | None = None,
+    streams: Streams | None = None,
+) -> int:
+    """``argv`` once on a fresh instance of ``ami``, attached to this terminal; its status.
+
+    The bake's temporary key pair and SSH-only security group (open to this
+    machine's address) are added to the fleet's launch data; the instance,
+    group and key are gone afterwards, whatever happens.
+    """
+    from kiln.aws.ami import caller_cidr, default_target, require_default_vpc, subnet_vpc
+
+    build = new_build(app, RUN_TTL, "kx")
+    cidr = settings.ssh_cidr or caller_cidr(aws)
+    subnets = settings.subnet_ids or ([settings.subnet_id] if settings.subnet_id else [])
+    vpc_id = subnet_vpc(aws, subnets[0]) if subnets else None
+    if vpc_id is None:
+        require_default_vpc(aws)
+    with b.terminate_as_interrupt(), ExitStack() as stack:
+        key_name, key = stack.enter_context(b.key_pair(aws, build, note))
+        group_id = stack.enter_context(b.security_group(aws, build, cidr, vpc_id, note))
+        instance_id = stack.enter_context(
+            b.fleet_like_instance(
+                aws,
+                ami,
+                settings,
+                build,
+                name=f"kiln-run-{app}-{build.build_id}",
+                note=note,
+                user_data=user_data(app),
+                key_name=key_name,
+                extra_groups=[group_id],
+                extra_tags={FLEET_TAG: fleet},
+            )
+        )
+        described = b.wait_instance(aws, instance_id, "running", timeout=600, note=note)
+        instance = b.Builder(
+            instance_id=instance_id,
+            public_ip=described.get("PublicIpAddress"),
+            private_ip=described.get("PrivateIpAddress"),
+            key=key,
+        )
+        target = (ssh_target or default_target(settings))(instance)
+        command = oneoff_command(app, argv, target)
+        return attach(target, command, timeout=settings.ssh_timeout, note=note, streams=streams)

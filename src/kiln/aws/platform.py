@@ -11,7 +11,7 @@ from typing import Any
 from kiln.aws.deployments import AwsDeployments, open_deployments
 from kiln.aws.session import connect
 from kiln.config import AwsSettings
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, FleetNotFound
 from kiln.image.result import BakeProgress
 from kiln.platform import (
     DRIFT_FOUND,
@@ -27,7 +27,7 @@ from kiln.platform import (
 class AwsPlatform(PlatformBase):
     name = "aws"
     # canary needs per-instance request counts (CloudWatch); drift is replaced by recycling
-    capabilities = frozenset({Capability.PROMOTE, Capability.RELEASE})
+    capabilities = frozenset({Capability.PROMOTE, Capability.RELEASE, Capability.RUN})
 
     def settings(self) -> AwsSettings:
         """[provider.aws] from kiln.toml if there is one; else defaults and the environment."""
@@ -132,9 +132,25 @@ class AwsPlatform(PlatformBase):
     def history(self, limit: int, *, all_fleets: bool) -> list[dict[str, Any]]:
         return self.deployer().history(limit)
 
-    def run(self, image: str | None, argv: list[str]) -> int:
-        self.require(Capability.RUN, "kiln run")
-        raise AssertionError("unreachable: RUN is not an AWS capability")
+    def run(self, image: str | None, argv: list[str], *, narrate: Narrate | None = None) -> int:
+        """On a fresh instance of the image's AMI, over SSH, attached to this terminal."""
+        from kiln.aws.oneoff import run_oneoff
+
+        deployments = self.deployer()
+        app = self.loaded.config.app.name
+        if image is None:
+            image = deployments.current_image()
+            if image is None:
+                raise FleetNotFound(
+                    f"fleet {app} has not been deployed on AWS yet: no current image",
+                    hint="deploy it first, or name an image: kiln run --image ID -- CMD",
+                )
+        provider = deployments.provider
+        ami = provider.ami_of(image)
+        return run_oneoff(
+            provider.aws, provider.settings, app, deployments.fleet, ami, argv,
+            note=narrate or (lambda _msg: None),
+        )  # fmt: skip
 
     def refresh(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None

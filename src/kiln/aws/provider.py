@@ -420,6 +420,10 @@ class AwsProvider:
             self._endpoint = (t.endpoint(self.aws, tg) if tg else None,)
         return self._endpoint[0]
 
+    def ami_of(self, image: str) -> str:
+        """The newest available AMI of ``image``; ImageNotFound when it has none here."""
+        return self._ami(image)
+
     def _ami(self, image: str) -> str:
         if image not in self._amis:
             self._amis[image] = str(self._newest_ami(image)["ImageId"])

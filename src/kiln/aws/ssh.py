@@ -1,4 +1,4 @@
-"""SSH to a builder: wait until it answers, upload files, run the installer.
+"""SSH to a builder (upload, install) or a one-off instance (a command on this terminal).
 
 The target is a plain value, so tests point the very same code at an SSH
 server on 127.0.0.1 while the "builder" EC2 instance lives in moto.
@@ -11,18 +11,27 @@ group we created, and destroyed right after (what Packer does as well).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import posixpath
 import shlex
+import shutil
+import signal
+import sys
+import termios
 import time
-from collections.abc import Callable
+import tty
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import asyncssh
 
 from kiln.errors import AwsError
 
 CHUNK = 256 * 1024
+Streams = tuple[BinaryIO, BinaryIO, BinaryIO]  # stdin, stdout, stderr
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ async def _wait(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AwsError(
-                f"the builder did not accept SSH at {target.where} within {timeout:g}s "
+                f"the instance did not accept SSH at {target.where} within {timeout:g}s "
                 f"(last error: {last})",
                 hint="check [provider.aws] ssh_cidr, the subnet's public addressing "
                 "and ssh_user; raise ssh_timeout for slow base images",
@@ -145,6 +154,75 @@ def provision(
         raise AwsError(
             f"SSH to the builder at {target.where} broke: {exc or type(exc).__name__}",
             hint="the bake was cleaned up; run it again",
+        ) from None
+
+
+async def _attach(
+    target: SshTarget,
+    command: str,
+    streams: Streams,
+    timeout: float,
+    note: Callable[[str], None],
+) -> int:
+    conn = await _wait(target, timeout, note)
+    async with conn:
+        note(f"SSH up at {target.where}")
+        stdin, stdout, stderr = streams
+        tty = stdin.isatty() and stdout.isatty()
+        size = shutil.get_terminal_size()
+        with _raw(stdin) if tty else contextlib.nullcontext():
+            result = await conn.run(
+                command,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                term_type=os.environ.get("TERM", "xterm") if tty else None,
+                term_size=(size.columns, size.lines) if tty else None,
+                encoding=None,
+                check=False,
+            )
+    if result.exit_status is not None and result.exit_status >= 0:
+        return int(result.exit_status)
+    if result.exit_signal:  # killed remotely: a shell's 128 + signal number
+        number = getattr(signal, f"SIG{result.exit_signal[0]}", None)
+        return 128 + int(number) if number is not None else 255
+    raise AwsError(
+        f"the SSH session at {target.where} ended without an exit status",
+        hint="the instance was terminated; run the command again",
+    )
+
+
+@contextlib.contextmanager
+def _raw(stream: BinaryIO) -> Iterator[None]:
+    """The local terminal in raw mode: keys (Ctrl-C too) go to the remote one."""
+    fd = stream.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def attach(
+    target: SshTarget,
+    command: str,
+    *,
+    timeout: float,
+    note: Callable[[str], None],
+    streams: Streams | None = None,
+) -> int:
+    """Wait for SSH, run ``command`` attached to ``streams`` (this terminal); its status.
+
+    With a terminal on both ends the remote command gets a PTY of this size.
+    """
+    chosen = streams or (sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer)
+    try:
+        return asyncio.run(_attach(target, command, chosen, timeout, note))
+    except (OSError, asyncssh.Error) as exc:
+        raise AwsError(
+            f"SSH to the instance at {target.where} broke: {exc or type(exc).__name__}",
+            hint="the instance was terminated; run the command again",
         ) from None
 
 

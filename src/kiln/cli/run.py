@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kiln.cli.app import State, cli, pass_state, provider_option
+from kiln.cli.output import note
 
 
 @cli.command(
@@ -20,7 +21,9 @@ def run_command(state: State, image: str | None, provider: str, command: tuple[s
 
     It runs in a fresh directory of the image with the image's [env] and the
     app's [secrets], then the directory is deleted; nothing joins the fleet.
-    kiln exits with the command's status. Put '--' before the command:
+    kiln exits with the command's status. With --provider aws it runs on a
+    fresh instance of the image's AMI, reached over SSH and terminated
+    afterwards. Put '--' before the command:
     kiln run -- python3 manage.py createsuperuser
     """
     argv = list(command)
@@ -28,5 +31,5 @@ def run_command(state: State, image: str | None, provider: str, command: tuple[s
         argv = argv[1:]
     if not argv:
         raise click.UsageError("say what to run: kiln run -- COMMAND [ARGS]...")
-    code = state.platform(provider).run(image, argv)
+    code = state.platform(provider).run(image, argv, narrate=note)
     raise click.exceptions.Exit(code)

@@ -154,7 +154,7 @@ class LocalPlatform(PlatformBase):
             footer=(footer,),
         )
 
-    def run(self, image: str | None, argv: list[str]) -> int:
+    def run(self, image: str | None, argv: list[str], *, narrate: Narrate | None = None) -> int:
         """On this terminal, as this user, with the image's env and the app's secrets."""
         from kiln.deploy import StateDb
         from kiln.local.oneoff import run_attached, scratch_instance
