@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+from awskit import REGION, TargetFactory, leftovers
 
-from conftest import REGION, TargetFactory, leftovers
 from kiln.aws.ami import bake_ami
 from kiln.aws.builder import Builder
 from kiln.aws.install import ONEOFF_MARK

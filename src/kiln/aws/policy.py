@@ -218,11 +218,11 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         resources=(_OWN + "instance/*",),
         condition=_FLEET_OWNED,
     ),
-    Rule(
-        sid="KilnDeployCreateTaggedLaunchTemplate",
+    Rule(  # the fleet's template and its server groups (named kiln-*), tagged as created
+        sid="KilnDeployCreateTagged",
         purposes=_p("deploy"),
-        actions=("ec2:CreateLaunchTemplate",),
-        resources=(_OWN + "launch-template/*",),
+        actions=("autoscaling:CreateAutoScalingGroup", "ec2:CreateLaunchTemplate"),
+        resources=(_OWN + "launch-template/*", _ASG + "kiln-*"),
         condition={"StringLike": {f"aws:RequestTag/{FLEET_TAG}": "*"}},
     ),
     Rule(
@@ -235,13 +235,6 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         ),
         resources=(_OWN + "launch-template/*",),
         condition=_FLEET_OWNED,
-    ),
-    Rule(
-        sid="KilnDeployCreateServerGroup",
-        purposes=_p("deploy"),
-        actions=("autoscaling:CreateAutoScalingGroup",),
-        resources=(_ASG + "kiln-*",),
-        condition={"StringLike": {f"aws:RequestTag/{FLEET_TAG}": "*"}},
     ),
     Rule(
         sid="KilnDeployManageOwnServerGroups",
