@@ -178,8 +178,10 @@ class Upstream(Stream):
         if error is not None:
             self.spent = True
             self.close()
-        elif not self.switched:
-            self._answered(balancer)
+        else:
+            self.request = b""  # kept for a retry only: a pooled connection holds no body
+            if not self.switched:
+                self._answered(balancer)
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
