@@ -182,6 +182,9 @@ def test_a_certificate_from_pebble_served_renewed_and_kept_when_the_ca_goes(
     assert "certificate shop.test  valid until" in Kiln(app)("status").stdout
     status = json.loads(Kiln(app)("status", "--json").stdout)["certificate"]
     assert status["names"] == ["shop.test"] and status["error"] is None
+    assert status["not_before"] <= time.time() < status["renew_at"]  # not due at once
+    print(f"issued {time.time() - status['not_before']:.1f}s ago; lifetime "
+          f"{status['not_after'] - status['not_before']:.0f}s")  # fmt: skip
     assert status["renew_at"] == pytest.approx(
         status["not_before"] + (status["not_after"] - status["not_before"]) * 2 / 3
     )
@@ -205,6 +208,12 @@ def test_a_certificate_from_pebble_served_renewed_and_kept_when_the_ca_goes(
     assert _request(_tls(port, pebble.root)) == 200
     shown = " ".join(Kiln(app)("status").stdout.split())
     assert "certificate: cannot get a certificate for shop.test" in shown
+    issues = (
+        (local_home.agent_dir / "agent.log")
+        .read_text()
+        .count("certificate for shop.test (fleet web) from")
+    )
+    assert issues == 2  # the first and one renewal: never a renewal loop
     print(f"first certificate in {issued:.1f}s (launch included)")
 
 
