@@ -11,7 +11,13 @@ from awskit import TargetFactory
 
 from kiln.aws.ami import bake_ami
 from kiln.aws.images import list_amis
-from kiln.aws.policy import DEPLOY_PURPOSES, PARTS, PURPOSES, policy_document
+from kiln.aws.policy import (
+    DEPLOY_PURPOSES,
+    PARTS,
+    PURPOSES,
+    instance_policy_document,
+    policy_document,
+)
 from kiln.aws.session import Aws
 from kiln.config import LoadedConfig
 from kiln.home import Home
@@ -117,3 +123,22 @@ def test_kiln_run_on_aws_says_what_is_missing_in_one_line(aws: Aws, kiln: Kiln) 
     unknown = kiln("run", "--provider", "aws", "--image", "img-000000000000", "--", "true",
                    ok=False)  # fmt: skip
     assert "image img-000000000000 has no AMI in eu-west-1" in unknown.stderr
+
+
+def test_instance_role_policy_names_the_apps_secrets_and_release_results(
+    aws: Aws, kiln: Kiln
+) -> None:
+    (kiln.cwd / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\n'
+        '[secrets]\nDB = "env:DB_PASSWORD"\nTOKEN = "ssm:/shared/token"\nCERT = "file:/etc/c"\n'
+        '[provider.aws]\nssm_prefix = "/prod/shop/"\n'
+    )
+    document = json.loads(kiln("aws", "policy", "--instance-role", "--json").stdout)
+    assert document == instance_policy_document(
+        app="shop",
+        parameters=["/prod/shop/DB_PASSWORD", "/shared/token"],
+        region="eu-west-1",
+        account="123456789012",
+    )
+    table = kiln("aws", "policy", "--instance-role").stdout
+    assert "KilnInstanceSecrets" in table and "KilnInstanceReleaseResult" in table

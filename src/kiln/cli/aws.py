@@ -6,6 +6,8 @@ call :mod:`kiln.aws.ami` and :mod:`kiln.aws.images`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.table import Table
 
@@ -41,6 +43,11 @@ def aws_group() -> None:
 @click.option("--account", metavar="ID", help="Account id for resource ARNs (default: ask STS).")
 @click.option("--region", metavar="NAME", help="Region the policy is scoped to.")
 @click.option("--partition", default="aws", show_default=True, help="aws, aws-cn, aws-us-gov.")
+@click.option(
+    "--instance-role",
+    is_flag=True,
+    help="The fleet's instance role instead: its secrets, its release results (needs kiln.toml).",
+)
 @pass_state
 def policy_command(
     state: State,
@@ -49,17 +56,23 @@ def policy_command(
     account: str | None,
     region: str | None,
     partition: str,
+    instance_role: bool,
 ) -> None:
     """Print the least-privilege IAM policies for exactly the calls kiln makes.
 
     --json --part NAME prints one document, ready for `aws iam create-policy`;
-    --json alone prints {"bake": ..., "deploy": ...}.
+    --json alone prints {"bake": ..., "deploy": ...}. --instance-role prints
+    what the fleet's instances need instead (read their secrets, report a release).
     """
     settings = aws_settings(state)
     aws = _maybe_connect(settings)
     region = region or (aws.region if aws else settings.region)
     if account is None and aws is not None:
         account = _account(aws)
+    if instance_role:
+        document = _instance_policy(state, settings, region, account, partition)
+        _print_policies({"instance role": document}, region, as_json=as_json, single=True)
+        return
     documents = {
         name: iam_policy.policy_document(
             region=region,
@@ -73,8 +86,31 @@ def policy_command(
         for name, purposes in iam_policy.PARTS.items()
         if part in (None, name)
     }
+    _print_policies(documents, region, as_json=as_json, single=part is not None)
+
+
+def _instance_policy(
+    state: State, settings: AwsSettings, region: str | None, account: str | None, partition: str
+) -> dict[str, Any]:
+    """What the instances need: their [secrets]' SSM parameters, their release results."""
+    from kiln.aws.install import secret_spec
+
+    config = state.config().config
+    spec = secret_spec(config, settings)
+    return iam_policy.instance_policy_document(
+        app=config.app.name,
+        parameters=[ref.removeprefix("ssm:") for ref in spec.values() if ref.startswith("ssm:")],
+        region=region,
+        account=account,
+        partition=partition,
+    )
+
+
+def _print_policies(
+    documents: dict[str, dict[str, Any]], region: str | None, *, as_json: bool, single: bool
+) -> None:
     if as_json:
-        emit_json(documents[part] if part else documents)
+        emit_json(next(iter(documents.values())) if single else documents)
         return
     for name, document in documents.items():
         size = iam_policy.size(document)
@@ -93,7 +129,10 @@ def policy_command(
                 scope,
             )
         console.print(table)
-    console.print("the documents: 'kiln aws policy --json [--part bake|deploy]'", markup=False)
+    console.print(
+        "the documents: 'kiln aws policy --json [--part bake|deploy | --instance-role]'",
+        markup=False,
+    )
 
 
 def _maybe_connect(settings: AwsSettings) -> Aws | None:
