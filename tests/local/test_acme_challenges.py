@@ -81,3 +81,22 @@ async def scenario() -> None:
 
 def test_tokens_and_redirects_for_acme_hosts_beside_a_plain_fleet() -> None:
     asyncio.run(scenario())
+
+
+async def taken_scenario() -> None:
+    squatter = await asyncio.start_server(_backend, "127.0.0.1", port := free_port())
+    spec = {"listen": ["127.0.0.1", port], "tokens": {}, "redirects": {"shop.test": "https://x"}}
+    host = BalancerHost()
+    try:
+        result = await host.configure({}, [spec])
+        error = result["acme"]["errors"][f"127.0.0.1:{port}"]
+        assert f"127.0.0.1:{port} is already in use" in error["message"]
+        assert result["acme"]["listening"] == []
+    finally:
+        await host.close()
+        squatter.close()
+
+
+def test_a_challenge_address_in_use_is_reported() -> None:
+    """The agent turns this into 'cannot answer ACME challenges on ...' before ordering."""
+    asyncio.run(taken_scenario())
