@@ -242,3 +242,81 @@ def exchange(
                 with contextlib.suppress(OSError):
                     sock.sendall(then)
     return responses.done
+
+
+class BalancerProcess:
+    """The real balancer process (``python -m kiln.local.lbproc``, on uvloop when
+    installed), serving one fleet per listen port, configured over its control
+    socket as the agent does."""
+
+    def __init__(self, home: Path) -> None:
+        from kiln.home import Home
+        from kiln.local import lbproc
+
+        self.home = Home(home)
+        self.log = lbproc.log_path(self.home)
+        self.home.agent_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "kiln.local.lbproc", "--home", str(home)]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        self.socket = lbproc.socket_path(self.home)
+        deadline = time.monotonic() + 30.0
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"the balancer did not start: {self.log.read_text()}")
+            time.sleep(0.05)
+        self.fleets: dict[str, dict[str, Any]] = {}
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """One control request, answered."""
+        import json
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30.0)
+            sock.connect(str(self.socket))
+            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        reply: dict[str, Any] = json.loads(answer)
+        assert reply.pop("ok"), reply
+        return reply
+
+    def serve(self, *ports: int, limits: dict[str, float] | None = None) -> int:
+        """A fleet of the instances on ``ports`` on a port of its own; that port."""
+        name = f"f{len(self.fleets)}"
+        port = free_port()
+        ids = [f"{name}i{n}" for n in range(len(ports))]
+        self.fleets[name] = {
+            "listen": ["127.0.0.1", port],
+            "policy": "round-robin",
+            "known": ids,
+            "backends": {i: ["127.0.0.1", p] for i, p in zip(ids, ports, strict=True)},
+            "routable": ids,
+            "limits": limits or {},
+        }
+        answer = self.call("configure", fleets=self.fleets)
+        assert answer["listening"][name], answer
+        wait_port(port)
+        return port
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def balancer_process(home: Path) -> Iterator[BalancerProcess]:
+    process = BalancerProcess(home)
+    try:
+        yield process
+    finally:
+        process.stop()
