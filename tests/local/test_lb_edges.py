@@ -10,6 +10,7 @@ over the limit; and that what reaches an instance is written afresh.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
@@ -371,3 +372,37 @@ def test_what_reaches_the_instance_is_written_afresh(scripted: int) -> None:
         b"X-Forwarded-For: 127.0.0.1",
         b"X-Forwarded-Proto: http",
     ]
+
+
+def test_a_head_that_starts_in_the_read_ending_a_body_is_still_limited(scripted: int) -> None:
+    """The head-size count began at a read that started inside a head: a head that
+    began in the same read as the previous body's end went uncounted for that read,
+    and a 100 KB head reached the instance."""
+    for size in (70_000, 100_000):
+        raw = talk(
+            scripted,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+            b"hello" + b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * size + b"\r\n\r\n",
+            pause=0.3,
+        )
+        assert statuses(raw) == [200, 431], (size, raw[-300:])
+
+
+def test_trailers_are_limited_like_a_head(scripted: int) -> None:
+    """Trailer fields were counted (100) but not measured: one endless trailer was
+    buffered until the body deadline (200 MB in 60 s)."""
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", scripted), timeout=20) as sock:
+        sock.sendall(head + b"0\r\nX-Endless: ")
+        with contextlib.suppress(OSError):  # refused half-way: the rest is reset
+            for _ in range(64):
+                sock.sendall(b"a" * 16384)
+                time.sleep(0.005)
+            sock.sendall(b"\r\n\r\n")
+        raw = read_all(sock)
+    assert statuses(raw) == [431], raw[:300]
+    assert time.monotonic() - started < 15.0  # not the body deadline
+    many = b"".join(b"X-T%d: %s\r\n" % (n, b"t" * 2000) for n in range(40))  # 80 KB
+    raw = talk(scripted, head + b"0\r\n" + many + b"\r\n")
+    assert statuses(raw) == [431], raw[:300]

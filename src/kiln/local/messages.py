@@ -44,9 +44,14 @@ class MessageReader:
     """
 
     __slots__ = (
+        "_chunk_at",
         "_fields",
         "_head_bytes",
+        "_in_chunk",
         "_parser",
+        "_size",
+        "_trailer_bytes",
+        "_trailing",
         "_url",
         "body",
         "error",
@@ -64,6 +69,11 @@ class MessageReader:
         self._fields: list[tuple[bytes, bytes]] = []
         self.body = False
         self._head_bytes = 0
+        self._size = 0  # bytes of the fields parsed so far (the head's, then the trailers')
+        self._in_chunk = False  # between a chunk's size line and its end (last chunk: trailers)
+        self._chunk_at = 0  # how many events there were at the size line
+        self._trailing = False  # the last feed ended inside the last chunk's trailers
+        self._trailer_bytes = 0
         self.error: BaseException | None = None
         self.mid = False  # inside a message
         self.spent = False  # the parser cannot go on (after an upgrade, an error, the end)
@@ -77,6 +87,7 @@ class MessageReader:
         self.head_start = self.last_read
         self._url = b""
         self._fields = []
+        self._size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -86,12 +97,20 @@ class MessageReader:
         fields.append((name, value))
         if len(fields) > MAX_FIELDS:
             raise BadMessage("too many header fields", 431)
+        # each read is measured too, but a head that begins in the read that ends the
+        # previous body is not for that read: its fields are
+        self._size += len(name) + len(value)
+        if self._size > MAX_HEAD:
+            raise BadMessage("head too large", 431)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         self.body = True
         self._head_bytes = 0
         self.head_start = 0.0
+        if len(self._url) + self._size > MAX_HEAD:
+            raise BadMessage("head too large", 431)
+        self._size = 0  # trailers, if any, have a head's allowance
         request = make_request(
             parser.get_method(), self._url, parser.get_http_version(), self._fields
         )
@@ -100,6 +119,14 @@ class MessageReader:
 
     def on_body(self, body: bytes) -> None:
         self.events.append((BODY, body))
+
+    def on_chunk_header(self) -> None:
+        self._in_chunk = True
+        self._chunk_at = len(self.events)
+        self._trailer_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._in_chunk = False
 
     def on_message_complete(self) -> None:
         self.mid = self.body = False
@@ -116,6 +143,9 @@ class MessageReader:
             return None
         if not self.body:
             self._head_bytes += len(data)
+        trailing = self._trailing
+        if trailing:  # the events before this read may have been taken since
+            self._chunk_at = len(self.events)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -132,6 +162,15 @@ class MessageReader:
         if not self.body and self._head_bytes > MAX_HEAD and self.error is None:
             self.spent = True
             self.error = BadMessage("head too large", 431)
+        # A chunk that brought no data since its size line is the last one: what
+        # follows is trailers, which httptools holds until each field ends. A read
+        # that begins and ends in them is all trailer.
+        self._trailing = self._in_chunk and len(self.events) == self._chunk_at
+        if trailing and self._trailing and self.error is None:
+            self._trailer_bytes += len(data)
+            if self._trailer_bytes > MAX_HEAD:
+                self.spent = True
+                self.error = BadMessage("trailers too large", 431)
         return None
 
     def feed_eof(self) -> None:
