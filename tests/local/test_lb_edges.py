@@ -406,3 +406,24 @@ def test_trailers_are_limited_like_a_head(scripted: int) -> None:
     many = b"".join(b"X-T%d: %s\r\n" % (n, b"t" * 2000) for n in range(40))  # 80 KB
     raw = talk(scripted, head + b"0\r\n" + many + b"\r\n")
     assert statuses(raw) == [431], raw[:300]
+
+
+def test_underscore_spellings_of_the_balancers_fields_are_dropped(scripted: int) -> None:
+    """CGI-style servers (wsgiref, Django's META) read X_Forwarded_Proto as
+    X-Forwarded-Proto: kept, it let an untrusted client claim https (Django takes the
+    first of "https,http") or any address."""
+    raw = talk(
+        scripted,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nX_Forwarded_Proto: https\r\n"
+        b"X_Forwarded_For: 6.6.6.6\r\nx_real_ip: 6.6.6.6\r\nX_Forwarded_Host: evil\r\n"
+        b"Content_Length: 9\r\nTransfer_Encoding: chunked\r\nX_App: kept\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert statuses(raw) == [200]
+    head, _ = echoed(raw)
+    assert head.split(b"\r\n")[2:] == [
+        b"X_App: kept",
+        b"X-Forwarded-For: 127.0.0.1",
+        b"X-Forwarded-Proto: http",
+    ]
+

@@ -154,6 +154,8 @@ class _Fields:
             value = raw_value.rstrip(b" \t")
             lname = name.lower()
             if lname not in _HOP:
+                if b"_" in lname and lname.replace(b"_", b"-") in _HOP:
+                    continue  # CGI-style servers (wsgiref, Django) read it as ours
                 keep += (name, b": ", value, b"\r\n")
             elif lname == b"host":
                 hosts.append(value)
