@@ -74,6 +74,13 @@ def serve(conn):
             if path == b"/eof":
                 conn.sendall(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
                 break
+            if path == b"/trailers":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"5\r\nhello\r\n0\r\nX-Endless: ")
+                for _ in range(64):
+                    conn.sendall(b"a" * 16384)
+                conn.sendall(b"\r\n\r\n")
+                continue
             if path == b"/cut":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
                 break
@@ -427,3 +434,12 @@ def test_underscore_spellings_of_the_balancers_fields_are_dropped(scripted: int)
         b"X-Forwarded-Proto: http",
     ]
 
+
+def test_an_instances_endless_trailers_are_cut_off(scripted: int) -> None:
+    """The response side held an instance's trailers whole too (a response body has
+    no deadline): past 64 KiB the client's answer is cut off instead."""
+    started = time.monotonic()
+    raw = talk(scripted, b"GET /trailers HTTP/1.1\r\n" + CLOSE)
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n")
+    assert raw.endswith(b"\r\n\r\n5\r\nhello\r\n"), raw[-100:]  # no last chunk: cut off
+    assert time.monotonic() - started < 15.0

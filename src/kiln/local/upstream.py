@@ -57,12 +57,16 @@ class Upstream(Stream):
     """One connection to an instance, and the exchange it is carrying, if any."""
 
     __slots__ = (
+        "_chunk_at",
         "_fields",
         "_head_bytes",
         "_heads",
+        "_in_chunk",
         "_in_trailers",
         "_last",
         "_reason",
+        "_trailer_bytes",
+        "_trailing",
         "answered",
         "backend",
         "balancer",
@@ -95,6 +99,10 @@ class Upstream(Stream):
         self._fields: list[tuple[bytes, bytes]] = []
         self._in_trailers = False
         self._head_bytes = 0
+        self._in_chunk = False  # between a chunk's size line and its end (last chunk: trailers)
+        self._chunk_at = 0  # how much was queued for the client at the size line
+        self._trailing = False  # the last read ended inside the last chunk's trailers
+        self._trailer_bytes = 0
         self._heads = 0  # heads completed by the current read
         self._last = b""  # the previous read: a head's end may straddle two
         self.mid = False  # inside a response
@@ -221,6 +229,8 @@ class Upstream(Stream):
             self._head_bytes += len(data)
         self._heads = 0
         error: BaseException | None = None
+        trailing = self._trailing
+        self._chunk_at = 0 if trailing else self._chunk_at  # ``out`` is empty between reads
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -238,6 +248,13 @@ class Upstream(Stream):
         self._last = data
         if not self._in_trailers and self._head_bytes > MAX_HEAD and error is None:
             error = BadMessage("instance answered a head too large", 502)
+        # trailers are held by httptools until each field ends: measured like a head
+        self._trailing = self._in_chunk and len(self.out) == self._chunk_at
+        if trailing and self._trailing and error is None:
+            self._trailer_bytes += len(data)
+            if self._trailer_bytes > MAX_HEAD:
+                self.spent = True
+                error = BadMessage("instance answered trailers too large", 502)
         out = self.out
         if out:
             if client.closed or client.transport.is_closing():
@@ -356,6 +373,14 @@ class Upstream(Stream):
 
     def on_body(self, body: bytes) -> None:
         self.out.append(chunk(body) if self.chunked else body)
+
+    def on_chunk_header(self) -> None:
+        self._in_chunk = True
+        self._chunk_at = len(self.out)
+        self._trailer_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._in_chunk = False
 
     def on_message_complete(self) -> None:
         self.mid = False
