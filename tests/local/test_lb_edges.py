@@ -84,7 +84,9 @@ def serve(conn):
             if path == b"/cut":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
                 break
-            if path in CANNED:
+            if path == b"/interim":
+                conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+            elif path in CANNED:
                 conn.sendall(CANNED[path])
                 continue
             answer = head + b"---\r\n" + body
@@ -443,3 +445,19 @@ def test_an_instances_endless_trailers_are_cut_off(scripted: int) -> None:
     assert raw.startswith(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n")
     assert raw.endswith(b"\r\n\r\n5\r\nhello\r\n"), raw[-100:]  # no last chunk: cut off
     assert time.monotonic() - started < 15.0
+
+
+def test_an_http_10_client_gets_no_interim_response(scripted: int) -> None:
+    """RFC 9110 15.2 and 10.1.1: no 1xx to an HTTP/1.0 client, whose parser takes the
+    first status line it reads for the answer (and 100-continue is ignored)."""
+    new = talk(scripted, b"GET /interim HTTP/1.1\r\n" + CLOSE)
+    assert statuses(new) == [103, 200]
+    old = talk(scripted, b"GET /interim HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert statuses(old) == [200], old[:200]
+    old = talk(
+        scripted,
+        b"POST /echo HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        b"hello",
+        pause=0.5,
+    )
+    assert statuses(old) == [200] and echoed(old)[1] == b"hello", old[:200]

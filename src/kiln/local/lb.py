@@ -379,7 +379,7 @@ class Balancer:
     async def _serve(self, head: Request, client: Client) -> bool:
         """Answer one request; False when the client connection must close."""
         started = time.monotonic()
-        if head.expect and head.has_body:
+        if head.expect and head.has_body and head.version != b"1.0":  # RFC 9110 10.1.1
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             read, whole = await read_body(client, head, REPLAY_LIMIT)

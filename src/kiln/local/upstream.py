@@ -337,7 +337,8 @@ class Upstream(Stream):
             self.switched = True
             raise _Switch
         if status < 200:
-            self.out.append(interim_head(resp))
+            if head.version != b"1.0":  # RFC 9110 15.2: it would take it for the answer
+                self.out.append(interim_head(resp))
             return
         self.resp = resp
         self.final = True
