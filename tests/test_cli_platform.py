@@ -45,7 +45,7 @@ def test_an_unsupported_feature_is_refused_in_one_place(home: Home) -> None:
 
     aws = open_platform("aws", home, no_config, has_config=False)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="not available with --provider aws") as caught:
-        aws.require(Capability.CANARY, "the canary strategy")
+        aws.require(Capability.DRIFT_REPLACE, "kiln drift --replace")
     assert caught.value.hint == "it works with --provider local"
     local = open_platform("local", home, no_config, has_config=False)  # type: ignore[arg-type]
     for capability in Capability:

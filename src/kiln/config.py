@@ -620,6 +620,39 @@ class AwsSettings(Section):
     target_group_arn: str | None = Field(
         default=None, description="ALB target group the fleet serves behind."
     )
+    canary_target_group_arn: str | None = Field(
+        default=None,
+        description=(
+            "Second target group (same VPC, port and health check as target_group_arn, no "
+            "members) the canary strategy's new instances serve from while the listener "
+            "weights traffic between the two."
+        ),
+    )
+    listener_arn: str | None = Field(
+        default=None,
+        description=(
+            "ALB listener whose default action forwards to target_group_arn; the canary "
+            "strategy weights it (and the deploy policy may modify only this listener)."
+        ),
+    )
+    canary_traffic: list[Annotated[int, Field(ge=1, le=99)]] = Field(
+        default_factory=lambda: [10, 50],
+        min_length=1,
+        max_length=10,
+        description=(
+            "Canary: the share of requests (percent) the canaries get at each step, each "
+            "held for [canary] duration and judged against the fleet's."
+        ),
+    )
+    metrics_lag: Duration = Field(
+        default=120.0,
+        ge=0,
+        le=900,
+        description=(
+            "Canary: how long after each step kiln waits for CloudWatch to publish the ALB's "
+            "counts (they arrive per minute, a minute or two late) before judging it."
+        ),
+    )
     instance_profile: str | None = Field(
         default=None, description="Instance profile (role) fleet instances run with."
     )
@@ -638,6 +671,14 @@ class AwsSettings(Section):
         default=None,
         description="SSM Parameter Store prefix secrets are read from at boot (/<app>/ default).",
     )
+
+    @model_validator(mode="after")
+    def _two_target_groups(self) -> AwsSettings:
+        if self.canary_target_group_arn and self.canary_target_group_arn == self.target_group_arn:
+            raise ValueError(
+                "canary_target_group_arn must be a second target group, not target_group_arn"
+            )
+        return self
 
 
 class ProviderSettings(Section):

@@ -6,6 +6,9 @@
   cannot delete.
 - ``DeleteLaunchTemplateVersions`` (moto has no such action): the versions
   are gone from every later describe; numbering and the default are kept.
+- Percentile statistics (``p99``) in ``GetMetricData``: moto returns none; here
+  the nearest-rank percentile of the raw values put in the period (AWS
+  estimates percentiles; with raw values put one by one the two agree).
 
 Nothing else changes.
 
@@ -14,9 +17,11 @@ Nothing else changes.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
+from moto.cloudwatch.models import Statistics
 from moto.core.responses import ActionResult
 from moto.ec2.models.amis import AmiBackend
 from moto.ec2.models.launch_templates import LaunchTemplateBackend
@@ -74,6 +79,21 @@ def delete_launch_template_versions(self: Any) -> Any:
 
 LaunchTemplateBackend.describe_launch_template_versions = describe_launch_template_versions  # type: ignore[method-assign]
 LaunchTemplates.delete_launch_template_versions = delete_launch_template_versions  # type: ignore[attr-defined]
+
+_statistic = Statistics.get_statistics_for_type
+
+
+def get_statistics_for_type(self: Any, stat: str) -> Any:
+    if not (stat.startswith("p") and stat[1:].replace(".", "", 1).isdigit()):
+        return _statistic(self, stat)
+    values = sorted(self.metric_single_values_list)
+    if not values:
+        return None
+    rank = math.ceil(float(stat[1:]) / 100 * len(values))
+    return values[max(0, rank - 1)]
+
+
+Statistics.get_statistics_for_type = get_statistics_for_type  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main(sys.argv[1:])

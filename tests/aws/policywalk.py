@@ -147,6 +147,9 @@ def reachable_destruction(document: dict[str, Any]) -> list[Finding]:
 # parliament wants every resource type of an action in each statement that names
 # it, so it reports each half; the pair together covers all three (asserted).
 SPLIT_ACTIONS = {"ec2:CreateImage"}
+# ModifyListener acts on ALB and NLB listeners; parliament wants both types in a
+# statement naming it, and kiln's names one ALB listener (listener_arn) only.
+ALB_ONLY_ACTIONS = {"elasticloadbalancing:ModifyListener"}
 
 
 def lint(document: dict[str, Any], *, community: bool) -> list[tuple[str, Any, Any]]:
@@ -159,7 +162,17 @@ def lint(document: dict[str, Any], *, community: bool) -> list[tuple[str, Any, A
         split = finding.issue == "RESOURCE_MISMATCH" and all(
             d["action"] in SPLIT_ACTIONS for d in finding.detail
         )
-        if not split:
+        alb_only = finding.issue == "RESOURCE_MISMATCH" and all(
+            d["action"] in ALB_ONLY_ACTIONS for d in finding.detail
+        )
+        if alb_only:  # accepted only for a statement naming ALB listeners exactly
+            for statement in document["Statement"]:
+                if "elasticloadbalancing:ModifyListener" in statement["Action"]:
+                    arns = statement["Resource"]
+                    for arn in [arns] if isinstance(arns, str) else arns:
+                        if ":listener/" in arn:
+                            assert ":listener/app/" in arn and "*" not in arn, arn
+        if not (split or alb_only):
             kept.append((finding.issue, finding.detail, finding.location))
     for action in SPLIT_ACTIONS:
         kinds = {

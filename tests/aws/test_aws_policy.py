@@ -352,9 +352,16 @@ def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() ->
     """IAM's 6,144-character limit (whitespace not counted): moto does not enforce it."""
     role = "r" * 64  # the longest role name IAM allows, for iam:PassRole
     largest: dict[str, int] = {}
+    canaried: dict[str, int] = {}
+    # the canary's listener (listener_arn): an ALB name of 32 characters, the longest
+    listener = (
+        "arn:{}:elasticloadbalancing:{}:123456789012:listener/app/"
+        + "n" * 32
+        + ("/0123456789abcdef/0123456789abcdef")
+    )
     for partition, region in [*_every_region(), ("aws", None)]:
         for account in ("123456789012", None):
-            for pass_role in (None, role):
+            for pass_role, canary in ((None, False), (role, False), (role, True)):
                 for part, purposes in PARTS.items():
                     document = policy_document(
                         region=region,
@@ -362,12 +369,18 @@ def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() ->
                         partition=partition,
                         purposes=purposes,
                         pass_role=pass_role,
+                        listener=listener.format(partition, region) if canary else None,
                     )
                     chars = size(document)
                     assert chars <= MANAGED_POLICY_MAX, (partition, region, part, chars)
-                    largest[part] = max(largest.get(part, 0), chars)
+                    which = canaried if canary else largest
+                    which[part] = max(which.get(part, 0), chars)
     # headroom for the next kiln version's statements: at most 75% of the limit each
     assert all(chars < MANAGED_POLICY_MAX * 0.75 for chars in largest.values()), largest
+    # a canary's listener_arn (up to 186 characters of ARN) is the one option allowed past
+    # 75%: the deploy policy with it and a PassRole is at 78.6% in aws-iso-f. The next
+    # deploy statements need the deploy policy split in two (see docs/aws.md, Limits).
+    assert all(chars < MANAGED_POLICY_MAX * 0.8 for chars in canaried.values()), canaried
 
 
 def test_missing_credentials_and_region_say_what_to_do(

@@ -17,9 +17,18 @@ from policywalk import Statement, lint, obtainable_tags, reachable_destruction
 from kiln.aws.policy import PARTS, policy_document
 
 TG = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/shop/0123456789abcdef"
+LISTENER = (
+    "arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/shop/0123456789abcdef/"
+    "fedcba9876543210"
+)
 
 
-def merged(partition: str = "aws", target_group: str | None = TG, **kw: Any) -> dict[str, Any]:
+def merged(
+    partition: str = "aws",
+    target_group: str | None = TG,
+    listener: str | None = LISTENER,
+    **kw: Any,
+) -> dict[str, Any]:
     """Both managed policies' statements: what a deploy user holds."""
     statements = []
     for purposes in PARTS.values():
@@ -29,6 +38,7 @@ def merged(partition: str = "aws", target_group: str | None = TG, **kw: Any) -> 
             partition=partition,
             purposes=purposes,
             target_group=target_group,
+            listener=listener,
             **kw,
         )
         statements += document["Statement"]
@@ -77,7 +87,7 @@ def test_without_a_target_group_only_target_membership_is_unpinned() -> None:
     """kiln.toml names the target group; rendered without one, membership of any
     target group in the region may change (no delete, terminate or deregister of
     a resource), and that is the one thing the walk reports."""
-    findings = reachable_destruction(merged(target_group=None))
+    findings = reachable_destruction(merged(target_group=None, listener=None))
     assert {(f.sid, f.action) for f in findings} == {
         ("KilnDeployTargets", "elasticloadbalancing:DeregisterTargets")
     }

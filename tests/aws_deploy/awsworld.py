@@ -55,6 +55,9 @@ class World:
     dns: str
     addresses: dict[str, str] = field(default_factory=dict)  # image -> app process
     base_ami: str = ""
+    balancer: str = ""
+    listener: str = ""  # port 80, forwarding to target_group
+    canary_group: str = ""  # a second target group, empty, for canary deployments
 
     def resolve(self, target: Target) -> str | None:
         return self.addresses.get(target.image)
@@ -135,9 +138,24 @@ instance_type = "t3.micro"
             if g["AutoScalingGroupName"].startswith(f"kiln-{self.app}-v")
         }
 
-    def targets(self) -> set[str]:
-        found = self.admin.client("elbv2").describe_target_health(TargetGroupArn=self.target_group)
+    def targets(self, group: str | None = None) -> set[str]:
+        found = self.admin.client("elbv2").describe_target_health(
+            TargetGroupArn=group or self.target_group
+        )
         return {d["Target"]["Id"] for d in found["TargetHealthDescriptions"]}
+
+    def canary_settings(self, traffic: str = "[10, 50]") -> str:
+        """[provider.aws] lines for canary deployments (CloudWatch read at once: moto)."""
+        return (
+            f'canary_target_group_arn = "{self.canary_group}"\n'
+            f'listener_arn = "{self.listener}"\n'
+            f"canary_traffic = {traffic}\n"
+            'metrics_lag = "0s"\n'
+        )
+
+    def default_actions(self) -> list[Any]:
+        found = self.admin.client("elbv2").describe_listeners(ListenerArns=[self.listener])
+        return list(found["Listeners"][0]["DefaultActions"])
 
     def live_members(self, group: str) -> set[str]:
         g = self.groups().get(group)
@@ -163,16 +181,25 @@ def build_world(admin: Aws, deploy: Aws, base_ami: str, *, delay: int = 1) -> Wo
         TargetType="instance",
         HealthCheckPath="/health",
     )["TargetGroups"][0]["TargetGroupArn"]
-    elb.create_listener(
+    canary = elb.create_target_group(
+        Name=f"{app}-canary",
+        Protocol="HTTP",
+        Port=3000,
+        VpcId=vpc["VpcId"],
+        TargetType="instance",
+        HealthCheckPath="/health",
+    )["TargetGroups"][0]["TargetGroupArn"]
+    listener = elb.create_listener(
         LoadBalancerArn=balancer["LoadBalancerArn"],
         Protocol="HTTP",
         Port=80,
         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}],
-    )
-    elb.modify_target_group_attributes(
-        TargetGroupArn=tg,
-        Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": str(delay)}],
-    )
+    )["Listeners"][0]["ListenerArn"]
+    for group in (tg, canary):
+        elb.modify_target_group_attributes(
+            TargetGroupArn=group,
+            Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": str(delay)}],
+        )
     return World(
         admin=admin,
         deploy=deploy,
@@ -182,4 +209,7 @@ def build_world(admin: Aws, deploy: Aws, base_ami: str, *, delay: int = 1) -> Wo
         target_group=tg,
         dns=balancer["DNSName"],
         base_ami=base_ami,
+        balancer=balancer["LoadBalancerArn"],
+        listener=listener,
+        canary_group=canary,
     )

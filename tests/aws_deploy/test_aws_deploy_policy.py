@@ -1,7 +1,7 @@
 """The deploy statements are complete and minimal, proven on an IAM-enforced moto server.
 
 Every AWS call kiln makes while deploying (rolling, blue-green, a failed
-release, a release command on its runner, warm rollback, recycle, status,
+release, a release command on its runner, warm rollback, recycle, a canary, status,
 history, drift, logs, a lock takeover) is recorded from botocore's own events on the deploy user's
 session. The deploy user holds only ``enforceable_document(DEPLOY_PURPOSES)``,
 so every recorded call was allowed; the recorded set must equal the deploy
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from aws.policywalk import lint
+from aws_deploy.albtraffic import AlbTraffic
 from aws_deploy.awsworld import World
 from aws_deploy.runners import Runners, released_ami
 from kiln.aws import groups
@@ -46,7 +47,9 @@ def record(aws: Aws) -> set[str]:
     calls: set[str] = set()
 
     def seen(model: Any, **_kwargs: Any) -> None:
-        calls.add(f"{model.service_model.signing_name}:{model.name}")
+        service = model.service_model.signing_name
+        service = {"monitoring": "cloudwatch"}.get(service, service)  # IAM's name for it
+        calls.add(f"{service}:{model.name}")
 
     aws.session.events.register("before-call", seen)
     return calls
@@ -70,7 +73,7 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
         else:
             world.ami(image)
         world.addresses[image] = bad_app if "bad" in image else good_app
-    loaded = world.config(tmp_path / "app")
+    loaded = world.config(tmp_path / "app", extra_aws=world.canary_settings("[20]"))
     provider = world.provider(home, loaded)
     provider.release_poll = 0.2
     settings = Settings.from_config(loaded.config)
@@ -87,6 +90,11 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
     provider.set_in_service(world.app, [], [one])  # single targets out and back in
     provider.set_in_service(world.app, [one], [])
     assert fleet.recycle(max_age=0).ok
+    fleet.settings = Settings(
+        **{**settings.to_json(), "canary_duration": 1.0, "min_requests": 5, "keep_warm": 0.0}
+    )
+    with AlbTraffic(world):  # the listener weighted, CloudWatch read, all traffic back
+        assert fleet.deploy(images[0], strategy="canary").ok
     assert fleet.status()["instances"] and fleet.history() and fleet.drift().clean
     assert isinstance(provider.log_tail(one), str)
     # read by a launch wait only when Auto Scaling is slow (moto never is): made here

@@ -16,7 +16,7 @@ import pytest
 from aws_deploy.awsworld import World
 from kiln.aws.deployments import AwsDeployments
 from kiln.deploy.settings import Settings
-from kiln.errors import DeployError
+from kiln.errors import ConfigError
 from kiln.home import Home
 
 pytestmark = pytest.mark.aws
@@ -76,9 +76,9 @@ def test_rolling_releases_get_their_own_groups_and_old_ones_are_kept_then_delete
 
     again = fleet.deploy("img-aaaaaaaaaaa3")
     assert again.outcome == "unchanged" and len(fleet.history()) == 3
-    with pytest.raises(DeployError, match="canary") as canary:
+    with pytest.raises(ConfigError, match="canary") as canary:  # no second target group
         fleet.deploy("img-aaaaaaaaaaa2", strategy="canary")
-    assert canary.value.hint and "rolling or blue-green" in canary.value.hint
+    assert canary.value.hint and "canary_target_group_arn" in canary.value.hint
 
 
 def test_failing_release_is_rolled_back_and_its_group_deleted(

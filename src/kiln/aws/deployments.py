@@ -37,11 +37,14 @@ from kiln.deploy.plan import Plan
 from kiln.deploy.settings import Settings
 from kiln.deploy.state import FleetRecord, StateDb
 from kiln.durations import format_duration
-from kiln.errors import DeployError
 from kiln.home import Home
 from kiln.providers.protocol import CommandResult, FleetState, InstanceStats
 
 LOCK_TTL = 120.0
+LEFTOVER_SPLIT = (
+    "a canary split left by an interrupted deployment was ended: every request goes to "
+    "the fleet's target group"
+)
 
 
 class _Heartbeat:
@@ -83,6 +86,18 @@ class _Heartbeat:
 
     def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
         return self.inner.stats(fleet)
+
+    def traffic_steps(self) -> tuple[int, ...]:
+        return self.inner.traffic_steps()
+
+    def metrics_lag(self) -> float:
+        return self.inner.metrics_lag()
+
+    def split(self, fleet: str, image: str, percent: int) -> None:
+        self.inner.split(fleet, image, percent)
+
+    def split_stats(self, fleet: str, since: float) -> tuple[InstanceStats, InstanceStats]:
+        return self.inner.split_stats(fleet, since)
 
 
 @dataclass(frozen=True)
@@ -160,7 +175,7 @@ class AwsDeployments:
 
     def plan(self, image: str, strategy: str | None = None) -> Plan:
         """What deploy would do now (``--dry-run``): no lock taken, nothing written."""
-        self._refuse_canary(strategy)
+        self._check_canary(strategy)
         with tempfile.TemporaryDirectory(prefix="kiln-aws-") as scratch:
             db = StateDb(Path(scratch) / "state.db")
             try:
@@ -173,18 +188,15 @@ class AwsDeployments:
         self, image: str, *, strategy: str | None = None, reason: str | None = None,
         wait: float | None = None,
     ) -> Result:  # fmt: skip
-        self._refuse_canary(strategy)
+        self._check_canary(strategy)
         if not self.allow_unverified:
             self.provider.require_verified(image)
         return self._run(lambda e: e.deploy(image, strategy=strategy, reason=reason), wait)
 
-    def _refuse_canary(self, strategy: str | None) -> None:
+    def _check_canary(self, strategy: str | None) -> None:
+        """A canary needs a second target group and a listener: say so before the lock."""
         if (strategy or self.settings.strategy) == "canary":
-            raise DeployError(
-                "the canary strategy judges canaries by their request and error counts, which "
-                "the AWS provider does not read (they are in CloudWatch)",
-                hint="deploy with --strategy rolling or blue-green on AWS",
-            )
+            self.provider.check_canary()
 
     def rollback(
         self, to: str | None = None, *, reason: str | None = None, wait: float | None = None
@@ -205,6 +217,8 @@ class AwsDeployments:
         ):
             db = StateDb(Path(scratch) / "state.db")
             try:
+                if self.provider.end_leftover_split(self.fleet):
+                    self.on_event(Event(EventKind.WARNING, LEFTOVER_SPLIT))
                 self._seed(db)
                 result = op(self._engine(db, _Heartbeat(self.provider, self.lock)))
                 self._persist(db, result)

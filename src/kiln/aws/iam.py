@@ -95,6 +95,7 @@ def create_deploy_user(
     pass_role: str | None = None,
     target_group: str | None = None,
     boot_test_target_group: str | None = None,
+    listener: str | None = None,
 ) -> DeployUser:
     """Converge the deploy user; ``documents`` overrides a part's policy (tests).
 
@@ -119,6 +120,7 @@ def create_deploy_user(
                     pass_role=pass_role,
                     target_group=target_group,
                     boot_test_target_group=boot_test_target_group,
+                    listener=listener,
                 )
             )
             for part in parts

@@ -26,8 +26,10 @@ from kiln.platform import (
 
 class AwsPlatform(PlatformBase):
     name = "aws"
-    # canary needs per-instance request counts (CloudWatch); drift is replaced by recycling
-    capabilities = frozenset({Capability.PROMOTE, Capability.RELEASE, Capability.RUN})
+    # canary: weighted listener + CloudWatch per target group; drift is replaced by recycling
+    capabilities = frozenset(
+        {Capability.CANARY, Capability.PROMOTE, Capability.RELEASE, Capability.RUN}
+    )
 
     def settings(self) -> AwsSettings:
         """[provider.aws] from kiln.toml if there is one; else defaults and the environment."""

@@ -260,6 +260,24 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         actions=("elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets"),
         resources=("{target_group}",),
     ),
+    Rule(  # the canary's reads: the listener's action, ALB counts per target group (both
+        # without resource-level permissions); rendered into the statement above (same Sid),
+        # and only with a listener_arn: without one there is no canary on AWS
+        sid="KilnDeployDescribe",
+        purposes=_p("deploy"),
+        actions=("cloudwatch:GetMetricData", "elasticloadbalancing:DescribeListeners"),
+        resources=("*",),
+        condition={"StringEquals": {"aws:RequestedRegion": "{region}"}},
+        only_with="listener",
+    ),
+    Rule(  # the canary's weights, on the one listener kiln.toml names (listener_arn), if any;
+        # rendered into the statement above (same Sid): the deploy policy keeps its headroom
+        sid="KilnDeployTargets",
+        purposes=_p("deploy"),
+        actions=("elasticloadbalancing:ModifyListener",),
+        resources=("{listener}",),
+        only_with="listener",
+    ),
     Rule(
         sid="KilnDeployLockCreate",
         purposes=_p("deploy"),
@@ -382,6 +400,7 @@ def policy_document(
     pass_role: str | None = None,
     target_group: str | None = None,
     boot_test_target_group: str | None = None,
+    listener: str | None = None,
 ) -> dict[str, Any]:
     """The scoped policy: region, account and kiln's own tags narrow every write.
 
@@ -392,11 +411,14 @@ def policy_document(
     whose members the deploy statements may change; without it, any in the region.
     ``boot_test_target_group`` (``boot_test_target_group_arn``) is the one target group
     the boot test may register in; without it, the bake may register in none.
+    ``listener`` (``listener_arn``) is the only listener a canary may weight;
+    without it, none (no canary on AWS without a listener_arn anyway).
     """
     values = {"partition": partition, "region": region or "*", "account": account or "*"}
     values["target_group"] = target_group or (_ELB + "targetgroup/*/*").format(**values)
     values["boot_test_target_group"] = boot_test_target_group or ""
-    statements = []
+    values["listener"] = listener or ""
+    statements: list[dict[str, Any]] = []
     for rule in rules_for(purposes):
         if rule.only_with and not values[rule.only_with]:
             continue
@@ -414,10 +436,22 @@ def policy_document(
             condition = {k: v for k, v in condition.items() if v}
         if condition:
             statement["Condition"] = condition
-        statements.append(statement)
+        same = next((s for s in statements if s["Sid"] == rule.sid), None)
+        if same is not None:  # a second rule of one statement: its actions and resources join
+            assert same.get("Condition") == statement.get("Condition"), rule.sid
+            same["Action"] = sorted({*same["Action"], *statement["Action"]})
+            joined = [*_listed(same["Resource"]), *_listed(statement["Resource"])]
+            joined = list(dict.fromkeys(joined))
+            same["Resource"] = joined[0] if len(joined) == 1 else joined
+        else:
+            statements.append(statement)
     if pass_role and {"deploy", "bake"} & set(purposes):  # fleet and boot-test launches
         statements.append(_pass_role(pass_role, values))
     return {"Version": VERSION, "Statement": statements}
+
+
+def _listed(resource: str | list[str]) -> list[str]:
+    return [resource] if isinstance(resource, str) else resource
 
 
 def _pass_role(role: str, values: dict[str, str]) -> dict[str, Any]:
@@ -474,11 +508,18 @@ def instance_policy_document(
     return {"Version": VERSION, "Statement": statements}
 
 
+# moto's IAM names CloudWatch's actions after its endpoint, AWS's IAM after the service
+MOTO_PREFIXES = {"cloudwatch:": "monitoring:"}
+
+
 def enforceable_document(purposes: Iterable[str] = ALL_PURPOSES) -> dict[str, Any]:
     """The same actions per Sid, unscoped: the rendering moto's IAM can evaluate."""
     merged: dict[str, set[str]] = {}
     for rule in rules_for(purposes):
-        merged.setdefault(rule.sid, set()).update(rule.actions)
+        for action in rule.actions:
+            prefix = next((p for p in MOTO_PREFIXES if action.startswith(p)), None)
+            moto = MOTO_PREFIXES[prefix] + action[len(prefix) :] if prefix else action
+            merged.setdefault(rule.sid, set()).add(moto)
     return {
         "Version": VERSION,
         "Statement": [

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from kiln.aws import canary
 from kiln.aws import groups as g
 from kiln.aws import targets as t
 from kiln.aws.boottest import is_verified
@@ -31,7 +32,13 @@ from kiln.aws.session import Aws, aws_errors, connect, tag_map
 from kiln.config import LoadedConfig
 from kiln.deploy.clock import Clock, SystemClock
 from kiln.deploy.gates import Trip
-from kiln.errors import ImageNotFound, InstanceNotFound, ProviderError, UnverifiedImage
+from kiln.errors import (
+    ConfigError,
+    ImageNotFound,
+    InstanceNotFound,
+    ProviderError,
+    UnverifiedImage,
+)
 from kiln.home import Home
 from kiln.providers.protocol import CommandResult, FleetState, Instance, InstanceStats
 
@@ -126,12 +133,95 @@ class AwsProvider:
         return "\n".join(text.splitlines()[-lines:])
 
     def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
-        """Empty: ALB per-target request counts live in CloudWatch, which kiln does not read.
+        """Empty: CloudWatch counts an ALB's requests per target group, not per instance.
 
-        The canary gate therefore cannot judge AWS canaries by traffic; use the
-        rolling or blue-green strategy there.
+        The canary gate judges AWS canaries by target group instead: see
+        :meth:`split` and :meth:`split_stats` (a :class:`TrafficSplitter`).
         """
         return {}
+
+    # Provider: canary by weight (TrafficSplitter) -------------------------------
+
+    def traffic_steps(self) -> tuple[int, ...]:
+        return tuple(self.settings.canary_traffic)
+
+    def metrics_lag(self) -> float:
+        return float(self.settings.metrics_lag)
+
+    def check_canary(self) -> None:
+        """Refuse a canary deployment that has nowhere to split, before anything changes."""
+        self._target_group()
+        self._listener()
+
+    def split(self, fleet: str, image: str, percent: int) -> None:
+        """``percent`` of the listener's requests to ``image``'s group, behind its own target
+        group (attached first, and healthy there per ELB, before any request goes to it).
+
+        0 sends every request to the fleet's target group and detaches the
+        fleet's groups from the canaries' one.
+        """
+        canary_tg = self._canary_target_group()
+        if percent <= 0:
+            self._end_split(fleet, canary_tg)
+            return
+        groups = g.list_groups(self.aws, fleet, canary_tg)
+        group = next((grp for grp in groups if grp.image == image), None)
+        live = {m.id for m in group.members if m.lifecycle not in GONE} if group else set()
+        if group is None or not live:
+            raise InstanceNotFound(f"no canary instances of {image} in fleet {fleet}")
+        if not group.attached:
+            g.set_attached(self.aws, group.name, canary_tg, True)
+        self._await_canaries(group.name, canary_tg, live)
+        listener = self._listener()
+        weights = canary.weights_for(self._target_group(), canary_tg, percent)
+        canary.set_split(self.aws, listener, weights)
+
+    def split_stats(self, fleet: str, since: float) -> tuple[InstanceStats, InstanceStats]:
+        """(canaries, fleet) from CloudWatch, per target group, from ``since`` to now."""
+        listener = self._listener()
+        sides = {"canary": self._canary_target_group(), "fleet": self._target_group()}
+        found = canary.read_sides(self.aws, listener.balancer, sides, since, self.clock.now())
+        return found["canary"], found["fleet"]
+
+    def end_leftover_split(self, fleet: str) -> bool:
+        """A split an interrupted deployment left: every request back to the fleet.
+
+        True when there was one. Nothing to do (no call made) without a canary setup.
+        """
+        s = self.settings
+        if not (s.canary_target_group_arn and s.listener_arn and s.target_group_arn):
+            return False
+        return self._end_split(fleet, s.canary_target_group_arn)
+
+    def _end_split(self, fleet: str, canary_tg: str) -> bool:
+        listener = self._listener()
+        changed = canary.set_split(
+            self.aws, listener, canary.weights_for(self._target_group(), canary_tg, 0)
+        )
+        for grp in g.list_groups(self.aws, fleet, canary_tg):
+            if grp.attached:
+                g.set_attached(self.aws, grp.name, canary_tg, False)
+                changed = True
+        return changed
+
+    def _await_canaries(self, group: str, canary_tg: str, ids: set[str]) -> None:
+        """Until ELB calls every canary healthy in their target group; else detach and trip."""
+        deadline = self.clock.now() + self.attach_wait
+        while True:
+            states = t.target_health(self.aws, canary_tg)
+            if all(states.get(i) == "healthy" for i in ids):
+                return
+            if self.clock.now() > deadline:
+                break
+            self.on_wait()
+            self.clock.sleep(1.0)
+        g.set_attached(self.aws, group, canary_tg, False)
+        seen = ", ".join(f"{i} {states.get(i, 'not registered')}" for i in sorted(ids))
+        raise Trip(
+            "target-health",
+            f"the canaries were not all healthy in the canary target group after "
+            f"{self.attach_wait:g}s ({seen}); no request was sent to them",
+        )
 
     # Provider: change -----------------------------------------------------------
 
@@ -404,6 +494,27 @@ class AwsProvider:
             self.clock.sleep(min(1.0, max(0.0, deadline - self.clock.now())))
 
     # lookups ----------------------------------------------------------------------
+
+    def _canary_target_group(self) -> str:
+        tg = self.settings.canary_target_group_arn
+        if not tg:
+            raise ConfigError(
+                "the canary strategy on AWS needs a second target group for the canaries",
+                hint="set [provider.aws] canary_target_group_arn and listener_arn in kiln.toml "
+                "(see docs/aws.md, Canary on AWS)",
+            )
+        return tg
+
+    def _listener(self) -> canary.Listener:
+        canary_tg = self._canary_target_group()
+        arn = self.settings.listener_arn
+        if not arn:
+            raise ConfigError(
+                "the canary strategy on AWS needs the listener to weight",
+                hint="set [provider.aws] listener_arn (the listener forwarding to "
+                "target_group_arn) in kiln.toml",
+            )
+        return canary.read_listener(self.aws, arn, self._target_group(), canary_tg)
 
     def _target_group(self) -> str:
         tg = self.settings.target_group_arn

@@ -82,6 +82,7 @@ def policy_command(
             pass_role=iam_policy.instance_role(settings),
             target_group=settings.target_group_arn,
             boot_test_target_group=settings.boot_test_target_group_arn,
+            listener=settings.listener_arn,
         )
         for name, purposes in iam_policy.PARTS.items()
         if part in (None, name)
@@ -182,6 +183,7 @@ def create_deploy_user_command(
         pass_role=iam_policy.instance_role(settings),
         target_group=settings.target_group_arn,
         boot_test_target_group=settings.boot_test_target_group_arn,
+        listener=settings.listener_arn,
     )
     if as_json:
         emit_json(user.summary())

@@ -45,7 +45,7 @@ from kiln.errors import (
     ImageNotFound,
     KilnError,
 )
-from kiln.providers.protocol import FleetState, Provider, Releaser
+from kiln.providers.protocol import FleetState, Provider, Releaser, TrafficSplitter
 
 
 class EventKind(StrEnum):
@@ -298,7 +298,10 @@ class Engine:
             )
 
     def _knobs(self, settle: float | None = None) -> Knobs:
-        return self.settings.knobs(self._desired_size(), settle)
+        knobs = self.settings.knobs(self._desired_size(), settle)
+        if isinstance(self.provider, TrafficSplitter):  # canaries get shares by weight
+            knobs = replace(knobs, canary_traffic=self.provider.traffic_steps())
+        return knobs
 
     def _desired_size(self) -> int:
         rec = self.db.fleet(self.fleet)

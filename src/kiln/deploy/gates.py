@@ -3,19 +3,28 @@
 boot       a new instance is healthy within grace + threshold x interval + slack
 stability  new instances stay healthy (they must not exit or turn unhealthy)
 progress   the whole deployment finishes within ``[fleet] progress_deadline``
-canary     the canaries' 5xx rate and p99 stay close to the old fleet's
+canary     the canaries' 5xx rate and p99 stay close to the old fleet's (with a
+           provider that splits traffic by weight: at each share of requests)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.deploy.clock import Clock
 from kiln.deploy.settings import Settings
 from kiln.errors import KilnError
-from kiln.providers.protocol import FleetState, Instance, InstanceState, InstanceStats, Provider
+from kiln.providers.protocol import (
+    FleetState,
+    Instance,
+    InstanceState,
+    InstanceStats,
+    Provider,
+    TrafficSplitter,
+)
 
 LOG_LINES = 20
 NOT_STARTED = (InstanceState.PENDING, InstanceState.MATERIALIZING)
@@ -188,6 +197,48 @@ class Gates:
             raise Trip("canary", f"canary gate: {verdict}", figures=figures)
         return figures
 
+    def split_canary(self, image: str, seconds: float, traffic: Sequence[int]) -> dict[str, Any]:
+        """Give the canaries each share of requests in turn, hold, judge; then serve.
+
+        Each share is judged like the local canary (5xx rate and p99 against the
+        fleet's, ``min_requests``) over its own window. Whatever stops the canary
+        (a trip, an error, Ctrl-C) first sends every request back to the fleet,
+        so the rollback starts from a load balancer serving only the old image.
+        """
+        splitter = self.provider
+        if not isinstance(splitter, TrafficSplitter):
+            raise Trip("canary", f"canary gate: {self.provider.name} cannot split traffic")
+        self.image = image
+        judged: list[dict[str, Any]] = []
+        try:
+            for percent in traffic:
+                splitter.split(self.fleet, image, percent)
+                since = self.clock.now()
+                self.hold(image, seconds + splitter.metrics_lag())
+                canaries, fleet = splitter.split_stats(self.fleet, since)
+                figures = {"traffic_percent": percent, **_figures(canaries, fleet)}
+                judged.append(figures)
+                verdict = judge_canary(figures, self.settings)
+                if verdict:
+                    raise Trip(
+                        "canary",
+                        f"canary gate at {percent}% of requests: {verdict}",
+                        figures={**figures, "steps": judged},
+                    )
+            splitter.split(self.fleet, image, 0)
+        except BaseException:
+            self._end_split(splitter, image)
+            raise
+        state = self.observe()
+        canaries_ids = [i.id for i in state.live(image) if not i.in_service and i.healthy]
+        self.provider.set_in_service(self.fleet, canaries_ids, [])
+        return {**judged[-1], "steps": judged} if judged else {}
+
+    def _end_split(self, splitter: TrafficSplitter, image: str) -> None:
+        """Best effort: a provider that cannot be reached now ends the split next time."""
+        with contextlib.suppress(KilnError):
+            splitter.split(self.fleet, image, 0)
+
 
 def _delta(
     before: Mapping[str, InstanceStats], after: Mapping[str, InstanceStats], ids: set[str]
@@ -214,6 +265,13 @@ def canary_figures(
 ) -> dict[str, Any]:
     c_req, c_err, c_p99 = _delta(before, after, canaries)
     o_req, o_err, o_p99 = _delta(before, after, old)
+    return _figures(InstanceStats(c_req, c_err, c_p99), InstanceStats(o_req, o_err, o_p99))
+
+
+def _figures(canaries: InstanceStats, fleet: InstanceStats) -> dict[str, Any]:
+    """The gate's figures from each side's counters over one window."""
+    c_req, c_err, c_p99 = canaries.requests, canaries.errors, canaries.p99_seconds
+    o_req, o_err, o_p99 = fleet.requests, fleet.errors, fleet.p99_seconds
     return {
         "canary_requests": c_req,
         "canary_errors": c_err,

@@ -43,7 +43,9 @@ class Step:
     terminate: drain and stop ``instances``
     switch:    put every healthy out-of-service ``image`` instance in service and take
                ``instances`` (or, if empty, every other serving instance) out, in one call
-    canary:    judge the new instances against the old fleet for ``seconds``
+    canary:    judge the new instances against the old fleet for ``seconds``; with
+               ``traffic`` (a provider that splits by weight), at each share of
+               requests in turn, ``seconds`` each, then put them in service
     retire:    keep the drained old fleet warm for ``seconds`` (0: terminate it now)
     """
 
@@ -55,11 +57,13 @@ class Step:
     instances: tuple[str, ...] = ()
     seconds: float = 0.0
     why: str = ""
+    traffic: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": str(self.kind)}
         defaults = Step(kind=self.kind)
-        for name in ("image", "count", "expect", "in_service", "instances", "seconds", "why"):
+        names = ("image", "count", "expect", "in_service", "instances", "seconds", "why", "traffic")
+        for name in names:
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 data[name] = list(value) if isinstance(value, tuple) else value
@@ -72,6 +76,7 @@ class Step:
         values = dict(data)
         values["kind"] = StepKind(values["kind"])
         values["instances"] = tuple(values.get("instances", ()))
+        values["traffic"] = tuple(values.get("traffic", ()))
         return cls(**values)
 
     def describe(self) -> str:
@@ -85,6 +90,12 @@ class Step:
         if self.kind is StepKind.SWITCH:
             out = ids or "the old fleet"
             return f"switch the load balancer: {self.image} in, {out} out (one step)"
+        if self.kind is StepKind.CANARY and self.traffic:
+            shares = ", ".join(f"{p}%" for p in self.traffic)
+            return (
+                f"canary: judge {self.count} x {self.image} against the fleet at {shares} "
+                f"of requests, {self.seconds:g}s each, then put them in service"
+            )
         if self.kind is StepKind.CANARY:
             return (
                 f"canary: judge {self.count} x {self.image} against the fleet for {self.seconds:g}s"
@@ -175,6 +186,7 @@ class Knobs:
     settle: float = 5.0
     canary_count: int = 1
     canary_seconds: float = 30.0
+    canary_traffic: tuple[int, ...] = ()  # shares of requests, when the provider splits
 
 
 @dataclass
@@ -393,6 +405,8 @@ def _canary(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
     steps = _discard_idle(view)
     if not view.old:  # nothing to compare against: a plain rollout
         return steps + _rolling(view, size, knobs)
+    if knobs.canary_traffic:
+        return steps + _split_canary(view, size, knobs)
     steps += _switch_in_standby(view, size)
     count = max(min(knobs.canary_count, size), len(view.ready))
     if len(view.ready) < count:
@@ -401,4 +415,27 @@ def _canary(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
     steps.append(
         Step(StepKind.CANARY, image=view.target, count=count, seconds=knobs.canary_seconds)
     )
+    return steps + _batches(view.target, count, view.old, size, knobs)
+
+
+def _split_canary(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
+    """Canaries out of the fleet's rotation, given shares of requests by weight.
+
+    A standby of the target image is a canary not yet judged (a split killed
+    half-way leaves one): it is judged with the others, never switched in as is.
+    """
+    count = max(min(knobs.canary_count, size), len(view.ready) + len(view.standby))
+    have = len(view.ready) + len(view.standby)
+    steps = []
+    if have < count:
+        launch = Step(
+            StepKind.LAUNCH, image=view.target, count=count - have, expect=count, in_service=False
+        )
+        steps.append(launch)
+    steps.append(
+        Step(
+            StepKind.CANARY, image=view.target, count=count, seconds=knobs.canary_seconds,
+            traffic=tuple(knobs.canary_traffic),
+        )
+    )  # fmt: skip
     return steps + _batches(view.target, count, view.old, size, knobs)

@@ -80,6 +80,8 @@ class StepRunner:
 
     def _canary(self, step: Step, plan: Plan) -> dict[str, Any]:
         assert step.image is not None
+        if step.traffic:
+            return self.gates.split_canary(step.image, step.seconds, step.traffic)
         return self.gates.canary(step.image, step.seconds)
 
     def _retire(self, step: Step, plan: Plan) -> dict[str, Any]:

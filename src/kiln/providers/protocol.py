@@ -22,6 +22,7 @@ __all__ = [
     "InstanceStats",
     "Provider",
     "Releaser",
+    "TrafficSplitter",
     "past_max_age",
 ]
 
@@ -112,7 +113,8 @@ def past_max_age(instances: Iterable[_A], max_age: float, now: float) -> list[_A
 
 @dataclass(frozen=True)
 class InstanceStats:
-    """Load-balancer counters for one instance, read by the canary gate."""
+    """Load-balancer counters for one instance (or one side of a split), read by the
+    canary gate."""
 
     requests: int = 0
     errors: int = 0  # 5xx answers and failed upstream attempts
@@ -187,4 +189,32 @@ class Releaser(Protocol):
 
     def release(self, fleet: str, image: str) -> CommandResult | None:
         """Run the image's ``[app] release`` once; None when the image has none."""
+        ...
+
+
+@runtime_checkable
+class TrafficSplitter(Protocol):
+    """A provider whose load balancer gives canaries a chosen share of requests by weight.
+
+    Its canaries launch out of the fleet's rotation, behind a target of their
+    own (an ALB target group); the canary step then sends them each share of
+    ``traffic_steps`` in turn, holds, and judges both sides' counters over that
+    window. ``split(fleet, image, 0)`` sends every request to the fleet again.
+    Providers without one give canaries their share by instance count.
+    """
+
+    def traffic_steps(self) -> tuple[int, ...]:
+        """The canaries' share of requests at each step, in percent."""
+        ...
+
+    def metrics_lag(self) -> float:
+        """How long after a window its counters can be read (CloudWatch: a minute or two)."""
+        ...
+
+    def split(self, fleet: str, image: str, percent: int) -> None:
+        """Send ``percent`` of requests to ``image``'s canaries, the rest to the fleet."""
+        ...
+
+    def split_stats(self, fleet: str, since: float) -> tuple[InstanceStats, InstanceStats]:
+        """(canaries, fleet): each side's requests, 5xx and p99 since ``since``."""
         ...
