@@ -461,3 +461,16 @@ def test_an_http_10_client_gets_no_interim_response(scripted: int) -> None:
         pause=0.5,
     )
     assert statuses(old) == [200] and echoed(old)[1] == b"hello", old[:200]
+
+
+def test_one_long_chunk_read_in_many_pieces_is_not_taken_for_trailers(scripted: int) -> None:
+    """Only reads inside the last chunk count against the trailers' 64 KiB."""
+    data = b"d" * 300_000
+    body = b"%x\r\n%s\r\n0\r\nX-T: 1\r\n\r\n" % (len(data), data)
+    head = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    pieces = [head + body[:10], *[body[i : i + 50_000] for i in range(10, len(body), 50_000)]]
+    raw = talk(scripted, *pieces, pause=0.1)
+    assert statuses(raw) == [200]
+    assert echoed(raw)[1] == data

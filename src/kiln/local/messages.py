@@ -71,7 +71,7 @@ class MessageReader:
         self._head_bytes = 0
         self._size = 0  # bytes of the fields parsed so far (the head's, then the trailers')
         self._in_chunk = False  # between a chunk's size line and its end (last chunk: trailers)
-        self._chunk_at = 0  # how many events there were at the size line
+        self._chunk_at = 0  # how many events there were at this read's start or its size line
         self._trailing = False  # the last feed ended inside the last chunk's trailers
         self._trailer_bytes = 0
         self.error: BaseException | None = None
@@ -144,8 +144,7 @@ class MessageReader:
         if not self.body:
             self._head_bytes += len(data)
         trailing = self._trailing
-        if trailing:  # the events before this read may have been taken since
-            self._chunk_at = len(self.events)
+        self._chunk_at = len(self.events)  # "no event since": since this read or a size line
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:

@@ -100,7 +100,7 @@ class Upstream(Stream):
         self._in_trailers = False
         self._head_bytes = 0
         self._in_chunk = False  # between a chunk's size line and its end (last chunk: trailers)
-        self._chunk_at = 0  # how much was queued for the client at the size line
+        self._chunk_at = 0  # how much was queued for the client at this read's start or size line
         self._trailing = False  # the last read ended inside the last chunk's trailers
         self._trailer_bytes = 0
         self._heads = 0  # heads completed by the current read
@@ -230,7 +230,7 @@ class Upstream(Stream):
         self._heads = 0
         error: BaseException | None = None
         trailing = self._trailing
-        self._chunk_at = 0 if trailing else self._chunk_at  # ``out`` is empty between reads
+        self._chunk_at = 0  # "nothing queued since" this read (``out`` is empty) or a size line
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
