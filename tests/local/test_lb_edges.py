@@ -474,3 +474,21 @@ def test_one_long_chunk_read_in_many_pieces_is_not_taken_for_trailers(scripted: 
     raw = talk(scripted, *pieces, pause=0.1)
     assert statuses(raw) == [200]
     assert echoed(raw)[1] == data
+
+
+def test_after_a_broken_response_the_next_requests_get_their_own_answers(scripted: int) -> None:
+    """A response the balancer refuses (CR in a value) is a 502 that closes the client's
+    connection; the instance's connection is not pooled, so nothing of it reaches the
+    next clients, kept-alive or new."""
+    for n in range(3):
+        raw = talk(scripted, b"GET /bad HTTP/1.1\r\nHost: x\r\n\r\nGET /echo HTTP/1.1\r\n" + CLOSE)
+        assert statuses(raw) == [502], raw[:200]
+        raw = talk(
+            scripted,
+            b"GET /echo?a=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n,
+            b"GET /echo?b=%d HTTP/1.1\r\n" % n + CLOSE,
+            pause=0.2,
+        )
+        assert statuses(raw) == [200, 200]
+        first, second = raw.split(b"HTTP/1.1 200 OK")[1:]
+        assert b"GET /echo?a=%d " % n in first and b"GET /echo?b=%d " % n in second
