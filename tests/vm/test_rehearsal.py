@@ -7,8 +7,9 @@ AMI-shaped base disk, given the user data and key kiln passed to
 RunInstances. StopInstances presses the VM's ACPI power button, as EC2 does,
 and the bake waits for it to power off. Then two "instances" boot from the
 builder's disk (the AMI), each with its own overlay and NoCloud seed, the
-way an Auto Scaling group launches them, and the test checks what only a
-booted machine can show.
+way an Auto Scaling group launches them, and a third as a release runner
+(kiln's user data for one), and the test checks what only a booted machine
+can show.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from typing import Any
 
 import asyncssh
 import pytest
+import yaml
 from vmlab import GUEST_HOST, Seed, Vm, wait_for
 
 from kiln.aws.ami import build_ami
 from kiln.aws.builder import Builder
+from kiln.aws.oneoff import release_user_data, result_parameter
 from kiln.aws.session import Aws, connect
 from kiln.aws.ssh import SshTarget
 from kiln.config import AwsSettings, load_config
@@ -44,6 +47,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.aws, pytest.mark.tim
 REGION = "us-east-1"
 SOURCE_AMI = "ami-03cf127a"
 PORT = 8080
+# what the release runner shows: the app's unit held back, its user, a secret
+RELEASE = (
+    "echo unit $(systemctl is-active kiln-acme); echo user $(id -un); echo secret $DB_PASSWORD"
+)
 BOOT_TIMEOUT = 900  # TCG on a shared 2-core machine: minutes per boot
 
 APP = """\
@@ -88,6 +95,17 @@ def _lab_user_data(app: str) -> str:
     )
     script = f"mkdir -p {dropin} && printf '{conf}' > {dropin}/lab.conf && systemctl daemon-reload"
     return "#cloud-config\nbootcmd:\n  - " + json.dumps(["sh", "-c", script]) + "\n"
+
+
+def _lab_runner_user_data(app: str, parameter: str) -> str:
+    """The release runner's own user data, its command pointed at the lab's IMDS and SSM."""
+    doc = yaml.safe_load(release_user_data(app, parameter, 300))
+    endpoints = [
+        f"KILN_IMDS_ENDPOINT=http://{GUEST_HOST}",
+        f"KILN_SSM_ENDPOINT=http://{GUEST_HOST}/",
+    ]
+    doc["runcmd"] = [["env", *endpoints, *argv] for argv in doc["runcmd"]]
+    return "#cloud-config\n" + yaml.safe_dump(doc)
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -187,6 +205,7 @@ def test_baked_ami_boots_as_a_fleet(
 [app]
 name = "acme"
 run = "python3 app.py"
+release = "{RELEASE}"
 
 [env]
 GREETING = 'say "hi"'
@@ -286,8 +305,19 @@ port = {PORT}
         )
         for name in ("clone-a", "clone-b")
     ]
+    # And a release runner from the AMI, with the user data kiln gives one.
+    parameter = result_parameter("acme", "kr-rehearsal01")
+    runner = Vm(
+        "runner",
+        vm_base,
+        builder_vm.disk,
+        work,
+        Seed(instance_id="i-runner", user_data=_lab_runner_user_data("acme", parameter)),
+        guestfwd={80: moto_port},
+    )
     try:
-        for vm in clones:
+        marks["clones started"] = time.monotonic()
+        for vm in [*clones, runner]:
             vm.start()
 
         # The app answers its health check on the configured port before anyone logs in.
@@ -302,6 +332,18 @@ port = {PORT}
         with ThreadPoolExecutor(2) as pool:
             boots = list(pool.map(healthy, clones))
         timings["clones boot to healthy"] = max(boots)
+
+        # The runner ran the release once, as the unit's user with its secrets, the app's
+        # own unit held back, reported to SSM and powered itself off (EC2: terminated).
+        runner.wait_exit(BOOT_TIMEOUT)
+        timings["release runner boot to power-off"] = time.monotonic() - marks["clones started"]
+        report = json.loads(ssm.get_parameter(Name=parameter)["Parameter"]["Value"])
+        assert report["exit_code"] == 0, report
+        assert report["output"].splitlines() == [
+            "unit inactive",
+            "user kiln",
+            "secret s3cr3t 'pw'",
+        ], report
 
         for vm in clones:
             status, body = _get(vm.ports[PORT], "/env")
@@ -355,7 +397,7 @@ port = {PORT}
         new_boot = ssh(vm, lab_key, "cat /proc/sys/kernel/random/boot_id").strip()
         assert new_boot != old_boot
     finally:
-        for vm in clones:
+        for vm in [*clones, runner]:
             vm.kill()
     timings["total"] = time.monotonic() - started
     print("rehearsal seconds:", {k: round(v, 1) for k, v in timings.items()})
