@@ -184,3 +184,48 @@ def test_cloudwatch_reads_sum_each_target_group_in_its_window(world: World) -> N
     assert sides["fleet"].p99_seconds == 0.01
     assert (sides["canary"].requests, sides["canary"].errors) == (50, 4)
     assert sides["canary"].p99_seconds == 0.4
+
+
+def test_kiln_ui_reads_the_fleets_traffic_per_minute_from_cloudwatch(
+    world: World, home: Home, tmp_path: Path
+) -> None:
+    """AwsPlatform.traffic: both target groups summed per minute, as the deploy user."""
+    cloudwatch = world.admin.client("cloudwatch")
+    lb = canary.dimension(world.balancer, "loadbalancer")
+    minute = datetime.datetime.now(datetime.UTC).replace(second=0, microsecond=0)
+
+    def put(group: str, at: datetime.datetime, requests: int, errors: int) -> None:
+        dims = [
+            {"Name": "TargetGroup", "Value": canary.dimension(group, "targetgroup")},
+            {"Name": "LoadBalancer", "Value": lb},
+        ]
+        cloudwatch.put_metric_data(
+            Namespace="AWS/ApplicationELB",
+            MetricData=[
+                {
+                    "MetricName": "RequestCount",
+                    "Value": requests,
+                    "Dimensions": dims,
+                    "Timestamp": at,
+                },
+                {
+                    "MetricName": "HTTPCode_Target_5XX_Count",
+                    "Value": errors,
+                    "Dimensions": dims,
+                    "Timestamp": at,
+                },
+            ],
+        )
+
+    earlier = minute - datetime.timedelta(minutes=3)
+    put(world.target_group, earlier, 120, 0)
+    put(world.target_group, minute, 80, 2)
+    put(world.canary_group, minute, 20, 1)
+    fleet = open_fleet(world, home, tmp_path, extra_aws=world.canary_settings())
+    rows = fleet.provider.traffic(since=earlier.timestamp() - 60)
+    assert rows == [
+        [earlier.timestamp() + 60, 60.0, 120, 0],
+        [minute.timestamp() + 60, 60.0, 100, 3],
+    ]
+    plain_fleet = open_fleet(world, home, tmp_path / "plain")
+    assert plain_fleet.provider.traffic(since=earlier.timestamp()) is None  # no listener_arn

@@ -179,3 +179,52 @@ def read_sides(
         )
         for side in groups
     }
+
+
+def listener_balancer(aws: Aws, arn: str) -> str:
+    """The ARN of the load balancer a listener belongs to."""
+    with aws_errors("reading the listener"):
+        found = aws.client("elbv2").describe_listeners(ListenerArns=[arn])["Listeners"]
+    if not found:
+        raise ConfigError(
+            f"listener {arn} does not exist", hint="check [provider.aws] listener_arn"
+        )
+    return str(found[0]["LoadBalancerArn"])
+
+
+def read_traffic(
+    aws: Aws, balancer: str, groups: list[str], since: float, until: float
+) -> list[list[float]]:
+    """Per minute, oldest first: ``[end, 60, requests, target 5xx]`` summed over ``groups``.
+
+    What ``kiln ui`` draws on AWS; a minute with no datapoint is left out, as CloudWatch
+    leaves it out.
+    """
+    start = datetime.datetime.fromtimestamp(math.floor(since / PERIOD) * PERIOD, datetime.UTC)
+    end = datetime.datetime.fromtimestamp(max(until, since + 1), datetime.UTC)
+    lb = dimension(balancer, "loadbalancer")
+    queries = []
+    for n, tg in enumerate(groups):
+        dims = [
+            {"Name": "TargetGroup", "Value": dimension(tg, "targetgroup")},
+            {"Name": "LoadBalancer", "Value": lb},
+        ]
+        for metric, tag in (("RequestCount", "req"), ("HTTPCode_Target_5XX_Count", "err")):
+            found = {"Namespace": NAMESPACE, "MetricName": metric, "Dimensions": dims}
+            queries.append(
+                {
+                    "Id": f"{tag}_{n}",
+                    "MetricStat": {"Metric": found, "Period": PERIOD, "Stat": "Sum"},
+                }
+            )
+    minutes: dict[float, list[float]] = {}
+    with aws_errors("reading the load balancer's metrics from CloudWatch"):
+        paginator = aws.client("cloudwatch").get_paginator("get_metric_data")
+        for page in paginator.paginate(MetricDataQueries=queries, StartTime=start, EndTime=end):
+            for result in page["MetricDataResults"]:
+                column = 0 if str(result["Id"]).startswith("req_") else 1
+                pairs = zip(result.get("Timestamps", []), result.get("Values", []), strict=True)
+                for at, value in pairs:
+                    row = minutes.setdefault(at.timestamp() + PERIOD, [0.0, 0.0])
+                    row[column] += float(value)
+    return [[at, float(PERIOD), round(r), round(e)] for at, (r, e) in sorted(minutes.items())]

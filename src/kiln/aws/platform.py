@@ -171,7 +171,10 @@ class AwsPlatform(PlatformBase):
         return [{**entry, "steps": []} for entry in self.history(limit, all_fleets=False)]
 
     def counters(self) -> dict[str, tuple[int, int]]:
-        return {}  # ALB counts live in CloudWatch, which kiln does not read
+        return {}  # ALB counts are per target group, in CloudWatch: see traffic()
+
+    def traffic(self, since: float) -> list[list[float]] | None:
+        return self.deployer().provider.traffic(since)
 
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
         if replace:

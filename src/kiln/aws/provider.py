@@ -176,6 +176,21 @@ class AwsProvider:
         weights = canary.weights_for(self._target_group(), canary_tg, percent)
         canary.set_split(self.aws, listener, weights)
 
+    def traffic(self, since: float) -> list[list[float]] | None:
+        """The fleet's per-minute requests and 5xx from CloudWatch (``kiln ui``).
+
+        None without a listener_arn: the deploy policy grants the metric read only with
+        one (it is the canary's), and without it kiln does not know the balancer.
+        """
+        s = self.settings
+        if not (s.listener_arn and s.target_group_arn):
+            return None
+        groups = [s.target_group_arn]
+        if s.canary_target_group_arn:
+            groups.append(s.canary_target_group_arn)
+        balancer = canary.listener_balancer(self.aws, s.listener_arn)
+        return canary.read_traffic(self.aws, balancer, groups, since, self.clock.now())
+
     def split_stats(self, fleet: str, since: float) -> tuple[InstanceStats, InstanceStats]:
         """(canaries, fleet) from CloudWatch, per target group, from ``since`` to now."""
         listener = self._listener()
