@@ -49,11 +49,15 @@ def test_fleet_logs_interleave_follow_filter_and_expire(
         out: list[str] = []
         reader = threading.Thread(target=lambda: out.extend(follower.stdout or []))
         reader.start()
-        time.sleep(2.0)
-        (third,) = provider.launch("web", image, 1)  # a new instance joins the stream
-        wait_for(lambda: any(third in line for line in out), 20, "the new instance's lines")
-        provider.terminate("web", [*ids, third])
-        follower.wait(30)  # ends by itself once nothing is live
+        try:
+            time.sleep(2.0)
+            (third,) = provider.launch("web", image, 1)  # a new instance joins the stream
+            wait_for(lambda: any(third in line for line in out), 20, "the new instance's lines")
+            provider.terminate("web", [*ids, third])
+            follower.wait(30)  # ends by itself once nothing is live
+        finally:  # a failure above must not leave Popen's exit waiting on a live follower
+            if follower.poll() is None:
+                follower.kill()
         reader.join(10)
     assert follower.returncode == 0
     assert any(LINE.match(line.rstrip("\n")) for line in out if third in line), out
