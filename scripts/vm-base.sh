@@ -41,6 +41,17 @@ ntp:
 apt_preserve_sources_list: true
 # the hostname resolves without DNS (the lab has none; neither does sudo need it)
 manage_etc_hosts: true
+# Under TCG every module costs seconds of Python and every host key type a
+# key generation on each first boot (RSA: about a minute on a loaded machine).
+# The lab keeps the modules a launch uses (users, keys, hostname, bootcmd,
+# runcmd, user scripts, the host keys on the console) and leaves out those
+# with nothing to do here: GRUB (the kernel boots directly), locale, keyboard,
+# apt (no sources), NTP, snap, config managers. Host keys: ed25519 and ecdsa.
+ssh_genkeytypes: [ed25519, ecdsa]
+cloud_config_modules: [set-passwords, runcmd]
+cloud_final_modules: [write-files-deferred, scripts-vendor, scripts-per-once, scripts-per-boot,
+  scripts-per-instance, scripts-user, ssh-authkey-fingerprints, keys-to-console,
+  final-message, power-state-change]
 EOF
     # No package or time sources pointing outside the lab.
     : >"$root/etc/apt/sources.list"

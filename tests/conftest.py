@@ -11,6 +11,9 @@ import pytest
 from kiln.home import Home
 from kilntest import Kiln
 
+# Longest test files first on xdist workers (make test); see tests/suiteorder.py.
+pytest_plugins = ["suiteorder"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(

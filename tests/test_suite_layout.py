@@ -9,9 +9,12 @@ failed to import. Helpers live in named kit modules (``awskit``, ``kilntest``).
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 TESTS = Path(__file__).resolve().parent
 
@@ -47,3 +50,53 @@ def test_aws_tests_collect_after_another_directorys_conftest() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _run_sandbox(root: Path, *args: str) -> list[str]:
+    (root / "order.txt").unlink(missing_ok=True)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-n", "1", "--dist", "worksteal"),
+            *("-o", f"cache_dir={root / 'cache'}", *args),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return (root / "order.txt").read_text().split()
+
+
+@pytest.mark.slow
+def test_parallel_runs_put_the_longest_files_first(tmp_path: Path) -> None:
+    """make test's order (tests/suiteorder.py): by the marks, then by what each file cost."""
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nmarkers =\n    vm: boots\n    slow: processes\n    aws: moto\n"
+    )
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["suiteorder"]\n')
+    body = (
+        "import time\nfrom pathlib import Path\n"
+        "import pytest\n\n{mark}def test_{name}():\n"
+        "    time.sleep({sleep})\n"
+        "    with (Path(__file__).parent / 'order.txt').open('a') as f:\n"
+        "        f.write('{name}\\n')\n"
+    )
+    files = {
+        "a": ("", 0),
+        "b": ("", 1.5),
+        "c": ("@pytest.mark.slow\n", 0),
+        "d": ("", 0),
+        "f": ("@pytest.mark.aws\n", 0),
+    }
+    for name, (mark, sleep) in files.items():
+        (tmp_path / f"test_{name}.py").write_text(body.format(name=name, mark=mark, sleep=sleep))
+    # Nothing recorded yet: by the marks (slow, then aws, then the rest as collected),
+    # except that the cheapest test waits behind the longest one.
+    assert _run_sandbox(tmp_path) == ["c", "a", "f", "b", "d"]
+    # Then by the seconds each file took on the last run.
+    assert _run_sandbox(tmp_path)[0] == "b"
+    # A new file, marked vm, has no record and goes first.
+    (tmp_path / "test_e.py").write_text(body.format(name="e", mark="@pytest.mark.vm\n", sleep=0))
+    assert _run_sandbox(tmp_path)[0] == "e"

@@ -1,9 +1,10 @@
 """The VM lab's fixtures: the cached base disk, and a moto server the guests reach.
 
-The lab runs only when ``KILN_VM=1`` asks for it (``make test-vm`` sets it and
-builds the base disk once per machine): under TCG the rehearsal alone takes
-about 15 minutes on a quiet 2-core machine, which ``make test`` cannot afford
-within its 20, so there its tests skip with the reason.
+The lab runs when ``KILN_VM=1`` asks for it: ``make test`` sets it (its
+rehearsal runs on one xdist worker while the others run the rest of the suite)
+and so does ``make test-vm``; a plain ``pytest`` skips it with the reason. The
+base disk is built here on first use, so on a fresh machine its build (minutes,
+from the Debian mirror) also overlaps the rest of the suite.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ CACHE = Path(
 )
 GUEST_HOST = "10.0.2.100"  # where a guest finds the host service given to guestfwd
 MEMORY_MB = 768
+# Two vCPUs: QEMU runs each on its own host thread (multi-threaded TCG), so a
+# lone builder boots on both cores; two clones booting together share them.
+CPUS = int(os.environ.get("KILN_VM_CPUS") or 2)
 
 
 def base_dir() -> Path:
@@ -208,7 +211,7 @@ class Vm:
             "-m",
             str(MEMORY_MB),
             "-smp",
-            "1",
+            str(CPUS),
             "-nodefaults",
             "-no-user-config",
             "-display",
@@ -218,7 +221,7 @@ class Vm:
             "-initrd",
             str(self.base / "initrd.img"),
             "-append",
-            "root=/dev/vda rw console=ttyS0 net.ifnames=0",
+            "root=/dev/vda rw console=ttyS0 net.ifnames=0 tsc=reliable",
             "-drive",
             f"file={self.disk},if=virtio,format=qcow2",
             "-drive",
