@@ -568,6 +568,28 @@ class AwsSettings(Section):
     builder_instance_type: str = Field(
         default="t3.small", description="Instance type of the temporary AMI builder."
     )
+    bake_via: Literal["ssh", "ssm"] = Field(
+        default="ssh",
+        description=(
+            "How a bake reaches its builder: 'ssh' (a temporary key and a security group "
+            "admitting ssh_cidr) or 'ssm' (Systems Manager Run Command: no key, no inbound "
+            "rule; needs builder_instance_profile and a route to SSM from the subnet)."
+        ),
+    )
+    builder_instance_profile: str | None = Field(
+        default=None,
+        description=(
+            "Instance profile of the builder when bake_via = 'ssm': a role with the SSM "
+            "agent's permissions ('kiln aws policy --builder' prints them)."
+        ),
+    )
+    builder_role: str | None = Field(
+        default=None,
+        description=(
+            "IAM role inside builder_instance_profile; the bake policy may pass only this "
+            "role (iam:PassRole). Default: the profile's name."
+        ),
+    )
     ssh_user: str = Field(default="admin", description="SSH user of the base image.")
     ssh_cidr: str | None = Field(
         default=None,
@@ -578,7 +600,12 @@ class AwsSettings(Section):
         description="SSH to the builder's private address (CI runners inside the VPC).",
     )
     ssh_timeout: Duration = Field(
-        default=300.0, gt=0, description="Longest wait for the builder to accept SSH."
+        default=300.0,
+        gt=0,
+        description=(
+            "Longest wait for the builder to accept SSH (bake_via = 'ssm': to answer a "
+            "Run Command)."
+        ),
     )
     image_timeout: Duration = Field(
         default=1800.0, gt=0, description="Longest wait for a new AMI to become available."
@@ -671,6 +698,15 @@ class AwsSettings(Section):
         default=None,
         description="SSM Parameter Store prefix secrets are read from at boot (/<app>/ default).",
     )
+
+    @model_validator(mode="after")
+    def _ssm_needs_a_profile(self) -> AwsSettings:
+        if self.bake_via == "ssm" and not self.builder_instance_profile:
+            raise ValueError(
+                "bake_via = 'ssm' needs builder_instance_profile: the builder's SSM agent "
+                "registers with the permissions of that profile's role"
+            )
+        return self
 
     @model_validator(mode="after")
     def _two_target_groups(self) -> AwsSettings:

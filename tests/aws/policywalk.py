@@ -31,9 +31,12 @@ import parliament
 
 TAG_WRITERS = {"ec2:CreateTags", "autoscaling:CreateOrUpdateTags"}
 DESTRUCTIVE = re.compile(
-    r":(Delete|Terminate|Deregister|Stop|Detach|Update|Modify|CreateLaunchTemplateVersion)"
+    r":(Delete|Terminate|Deregister|Stop|Detach|Update|Modify|CreateLaunchTemplateVersion"
+    r"|SendCommand)"
 )
-_RESOURCE_TAG = re.compile(r"^(?:ec2|autoscaling|aws|elasticloadbalancing):ResourceTag/(.+)$")
+_RESOURCE_TAG = re.compile(
+    r"^(?:ec2|autoscaling|aws|elasticloadbalancing|ssm):[Rr]esourceTag/(.+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,11 @@ def reachable_destruction(document: dict[str, Any]) -> list[Finding]:
 # (ResourceTag), while the new image and snapshot have no tags to check yet.
 # parliament wants every resource type of an action in each statement that names
 # it, so it reports each half; the pair together covers all three (asserted).
-SPLIT_ACTIONS = {"ec2:CreateImage"}
+# SendCommand too: the AWS-owned document, untagged, and kiln's tagged builder.
+SPLIT_ACTIONS = {
+    "ec2:CreateImage": {"ec2:instance", "ec2:image", "ec2:snapshot"},
+    "ssm:SendCommand": {"ssm:document", "ec2:instance"},
+}
 # ModifyListener acts on ALB and NLB listeners; parliament wants both types in a
 # statement naming it, and kiln's names one ALB listener (listener_arn) only.
 ALB_ONLY_ACTIONS = {"elasticloadbalancing:ModifyListener"}
@@ -174,7 +181,7 @@ def lint(document: dict[str, Any], *, community: bool) -> list[tuple[str, Any, A
                             assert ":listener/app/" in arn and "*" not in arn, arn
         if not (split or alb_only):
             kept.append((finding.issue, finding.detail, finding.location))
-    for action in SPLIT_ACTIONS:
+    for action, expected in SPLIT_ACTIONS.items():
         kinds = {
             _type(arn)
             for s in document["Statement"]
@@ -182,5 +189,5 @@ def lint(document: dict[str, Any], *, community: bool) -> list[tuple[str, Any, A
             for arn in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])
         }
         if kinds:
-            assert kinds == {"ec2:instance", "ec2:image", "ec2:snapshot"}, (action, kinds)
+            assert kinds == expected, (action, kinds)
     return kept

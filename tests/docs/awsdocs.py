@@ -290,6 +290,7 @@ AWS: dict[str, dict[str, Step]] = {
     "docs/aws.md": {
         "kiln aws create-deploy-user --team web": CREATE_USER,
         "kiln aws policy": Step(shows=("KilnBakeCreateImage",)),
+        "kiln aws policy --builder --json": Step(shows=("ssmmessages:CreateControlChannel",)),
         "kiln bake --provider aws": Step(prepare=baked, shows=("ami-",)),
         "kiln images --provider aws": Step(shows=("ami-",)),
         "kiln prune --provider aws --keep 5": Step(),

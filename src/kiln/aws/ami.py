@@ -47,7 +47,9 @@ from kiln.aws.images import (
 from kiln.aws.install import INSTALLER_VERSION, recipe, render_bundle
 from kiln.aws.policy import APP_TAG
 from kiln.aws.session import Aws, aws_errors, connect, tags
-from kiln.aws.ssh import SshTarget, Upload, provision
+from kiln.aws.ssh import SshTarget, SshTransport
+from kiln.aws.ssm import SsmTransport
+from kiln.aws.transport import Transport, Upload, provision
 from kiln.config import AwsSettings, Config, LoadedConfig
 from kiln.errors import AwsError
 from kiln.home import Home
@@ -57,6 +59,7 @@ from kiln.image.store import ImageRecord, Store
 
 Progress = Callable[[str], None]
 TargetFactory = Callable[[b.Builder], SshTarget]
+TransportFactory = Callable[[b.Builder], Transport]
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,14 @@ def bake_ami(
     bake_progress: BakeProgress | None = None,
     boot_test: bool | None = None,
     checker: Checker | None = None,
+    transport: TransportFactory | None = None,
 ) -> AmiResult:
     """Bake the app locally, then make (or reuse) its AMI.
 
     ``progress`` narrates the AWS steps; ``bake_progress`` is handed to the
     local bake. ``boot_test`` overrides ``[provider.aws] boot_test``.
-    ``aws``, ``ssh_target`` and ``checker`` are for tests and embedding.
+    ``aws``, ``ssh_target`` (SSH), ``transport`` (any way to the builder) and
+    ``checker`` are for tests and embedding.
     """
     note = progress or (lambda _msg: None)
     local = bake(loaded, home, bake_progress)
@@ -132,6 +137,7 @@ def bake_ami(
         ssh_target=ssh_target,
         boot_test=boot_test,
         checker=checker,
+        transport=transport,
     )
 
 
@@ -145,6 +151,7 @@ def build_ami(
     ssh_target: TargetFactory | None = None,
     boot_test: bool | None = None,
     checker: Checker | None = None,
+    transport: TransportFactory | None = None,
 ) -> AmiResult:
     """The AMI for an image already in the store."""
     note = progress or (lambda _msg: None)
@@ -170,7 +177,8 @@ def build_ami(
     bundle_dir = store.home.tmp / f"ami-{build_id}"
     try:
         with b.terminate_as_interrupt():
-            ami_id = _build(store, record, config, settings, aws, build_id, base, note, ssh_target)
+            reach = transport or _reach(settings, aws, ssh_target)
+            ami_id = _build(store, record, config, settings, aws, build_id, base, note, reach)
     finally:
         shutil.rmtree(bundle_dir, ignore_errors=True)
     ami = _finish(aws, ami_id, settings, note)
@@ -204,17 +212,18 @@ def _build(
     build_id: str,
     base: str,
     note: Progress,
-    ssh_target: TargetFactory | None,
+    reach: TransportFactory,
 ) -> str:
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=settings.build_ttl)
     build = b.BuildTags(build_id=build_id, app=record.app, expires=expires.replace(microsecond=0))
     bundle = render_bundle(store, record, config, settings, store.home.tmp / f"ami-{build_id}")
-    cidr = settings.ssh_cidr or caller_cidr(aws)
+    ssh = settings.bake_via == "ssh"
+    cidr = (settings.ssh_cidr or caller_cidr(aws)) if ssh else None  # SSM: no inbound rule
     vpc_id = subnet_vpc(aws, settings.subnet_id) if settings.subnet_id else None
     if vpc_id is None:
         require_default_vpc(aws)
     with ExitStack() as stack:
-        key_name, key = stack.enter_context(b.key_pair(aws, build, note))
+        key_name, key = stack.enter_context(b.key_pair(aws, build, note)) if ssh else (None, None)
         group_id = stack.enter_context(b.security_group(aws, build, cidr, vpc_id, note))
         builder = stack.enter_context(
             b.builder_instance(
@@ -228,9 +237,10 @@ def _build(
                 subnet_id=settings.subnet_id,
                 ttl=settings.build_ttl,
                 note=note,
+                instance_profile=None if ssh else settings.builder_instance_profile,
             )
         )
-        target = (ssh_target or default_target(settings))(builder)
+        target = reach(builder)
         staging = posixpath.join(target.root, "tmp", f"kiln-{build_id}")
         uploads = [Upload(path, posixpath.join(staging, path.name)) for path in bundle.files()]
         provision(
@@ -430,6 +440,14 @@ def caller_cidr(aws: Aws) -> str:
         ) from None
 
 
+def _reach(settings: AwsSettings, aws: Aws, ssh_target: TargetFactory | None) -> TransportFactory:
+    """The way to the builder [provider.aws] bake_via chose (``ssh_target``: tests' SSH)."""
+    if settings.bake_via == "ssm":
+        return lambda builder: SsmTransport(aws.client("ssm"), builder.instance_id)
+    target = ssh_target or default_target(settings)
+    return lambda builder: SshTransport(target(builder))
+
+
 def default_target(settings: AwsSettings) -> TargetFactory:
     """SSH to the builder's public address (or private, with ssh_private_ip) on port 22."""
 
@@ -442,6 +460,7 @@ def default_target(settings: AwsSettings) -> TargetFactory:
                 hint="use a subnet that assigns public addresses, or set ssh_private_ip = true "
                 "when kiln runs inside the VPC",
             )
+        assert builder.key is not None, "an SSH bake imports a key pair"
         return SshTarget(host=host, port=22, username=settings.ssh_user, key=builder.key)
 
     return target

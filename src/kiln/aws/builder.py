@@ -66,7 +66,7 @@ class Builder:
     instance_id: str
     public_ip: str | None
     private_ip: str | None
-    key: asyncssh.SSHKey = field(repr=False)
+    key: asyncssh.SSHKey | None = field(repr=False)  # None: reached through Systems Manager
 
 
 def parse_expiry(value: str | None) -> datetime.datetime | None:
@@ -80,7 +80,8 @@ def parse_expiry(value: str | None) -> datetime.datetime | None:
 
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold SIGINT during cleanup; re-raise it once everything is removed."""
+    """Hold SIGINT (and a cancel's SIGTERM, see terminate_as_interrupt) during cleanup;
+    re-raise it as KeyboardInterrupt once everything is removed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -89,11 +90,15 @@ def interrupts_deferred() -> Iterator[None]:
     def hold(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
 
-    previous = signal.signal(signal.SIGINT, hold)
+    held = [signal.SIGINT]
+    if callable(signal.getsignal(signal.SIGTERM)):  # SIGTERM raises KeyboardInterrupt now
+        held.append(signal.SIGTERM)
+    previous = {signum: signal.signal(signum, hold) for signum in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if received:
         raise KeyboardInterrupt
 
@@ -160,12 +165,14 @@ def interrupted() -> bool:
 
 @contextmanager
 def security_group(
-    aws: Aws, build: BuildTags, cidr: str, vpc_id: str | None, note: Note
+    aws: Aws, build: BuildTags, cidr: str | None, vpc_id: str | None, note: Note
 ) -> Iterator[str]:
+    """The builder's own group: SSH from ``cidr``, or (None) no inbound rule at all."""
     name = f"kiln-{build.build_id}"
+    inbound = f"SSH from {cidr}" if cidr else "no inbound rules"
     args: dict[str, Any] = {
         "GroupName": name,
-        "Description": f"kiln AMI builder {build.build_id}: SSH from {cidr}",
+        "Description": f"kiln AMI builder {build.build_id}: {inbound}",
         "TagSpecifications": build.spec("security-group", name=name),
     }
     if vpc_id:
@@ -173,14 +180,15 @@ def security_group(
     with aws_errors("creating the builder's security group"):
         group_id = aws.ec2.create_security_group(**args)["GroupId"]
     try:
-        with aws_errors("opening SSH on the builder's security group"):
-            eventually(
-                lambda: aws.ec2.authorize_security_group_ingress(
-                    GroupId=group_id,
-                    IpPermissions=[ssh_from(cidr)],
+        if cidr:
+            with aws_errors("opening SSH on the builder's security group"):
+                eventually(
+                    lambda: aws.ec2.authorize_security_group_ingress(
+                        GroupId=group_id,
+                        IpPermissions=[ssh_from(cidr)],
+                    )
                 )
-            )
-        note(f"security group {group_id}: SSH from {cidr}")
+        note(f"security group {group_id}: {inbound}")
         yield group_id
     finally:
         what = f"security group {group_id}"
@@ -221,19 +229,21 @@ def builder_instance(
     *,
     base_ami: str,
     instance_type: str,
-    key_name: str,
-    key: asyncssh.SSHKey,
+    key_name: str | None,
+    key: asyncssh.SSHKey | None,
     group_id: str,
     subnet_id: str | None,
     ttl: float,
     note: Note,
+    instance_profile: str | None = None,
 ) -> Iterator[Builder]:
+    """The builder; without a key pair it is reached through Systems Manager, which
+    needs ``instance_profile`` (a role with the agent's permissions)."""
     args: dict[str, Any] = {
         "ImageId": base_ami,
         "InstanceType": instance_type,
         "MinCount": 1,
         "MaxCount": 1,
-        "KeyName": key_name,
         "SecurityGroupIds": [group_id],
         "InstanceInitiatedShutdownBehavior": "terminate",
         "UserData": _user_data(ttl),
@@ -244,10 +254,17 @@ def builder_instance(
     }
     if subnet_id:
         args["SubnetId"] = subnet_id
-    with aws_errors("launching the builder instance"):
-        instance_id = aws.ec2.run_instances(**args)["Instances"][0]["InstanceId"]
-    note(f"builder {instance_id} launched from {base_ami}")
+    if key_name:
+        args["KeyName"] = key_name
+    if instance_profile:
+        args["IamInstanceProfile"] = {"Name": instance_profile}
+    instance_id = ""
     try:
+        # a Ctrl-C or cancel while RunInstances answers would leave an instance nobody
+        # knows: held until its id is known, then raised where the cleanup below sees it
+        with interrupts_deferred(), aws_errors("launching the builder instance"):
+            instance_id = aws.ec2.run_instances(**args)["Instances"][0]["InstanceId"]
+            note(f"builder {instance_id} launched from {base_ami}")
         described = wait_instance(aws, instance_id, "running", timeout=600, note=note)
         yield Builder(
             instance_id=instance_id,
@@ -257,12 +274,14 @@ def builder_instance(
         )
     finally:
         hurry = interrupted()
-        remove_key_pair(aws, build, key_name, note)  # first: one call, nothing waits on it
-        _cleanup(
-            f"builder {instance_id}",
-            note,
-            lambda: terminate(aws, instance_id, note, wait=not hurry),
-        )
+        if key_name:
+            remove_key_pair(aws, build, key_name, note)  # first: one call, nothing waits on it
+        if instance_id:
+            _cleanup(
+                f"builder {instance_id}",
+                note,
+                lambda: terminate(aws, instance_id, note, wait=not hurry),
+            )
 
 
 @contextmanager

@@ -96,6 +96,8 @@ def create_deploy_user(
     target_group: str | None = None,
     boot_test_target_group: str | None = None,
     listener: str | None = None,
+    ssm: bool = False,
+    builder_role: str | None = None,
 ) -> DeployUser:
     """Converge the deploy user; ``documents`` overrides a part's policy (tests).
 
@@ -121,6 +123,8 @@ def create_deploy_user(
                     target_group=target_group,
                     boot_test_target_group=boot_test_target_group,
                     listener=listener,
+                    ssm=ssm,
+                    builder_role=builder_role,
                 )
             )
             for part in parts

@@ -37,6 +37,7 @@ class Rule:
     resources: tuple[str, ...]  # templates: {partition} {region} {account}
     condition: dict[str, dict[str, Any]] = field(default_factory=dict)
     only_with: str = ""  # a policy_document argument without which the statement is left out
+    unless: str = ""  # one with which it is left out (an SSM bake imports no key pair)
 
 
 def _p(*names: str) -> frozenset[str]:
@@ -95,6 +96,7 @@ RULES: tuple[Rule, ...] = (
         actions=("ec2:ImportKeyPair",),
         resources=(_OWN + "key-pair/*",),
         condition=_TAGGED_AT_CREATE,
+        unless="ssm",
     ),
     Rule(
         sid="KilnBakeCreateSecurityGroup",
@@ -172,6 +174,31 @@ RULES: tuple[Rule, ...] = (
         purposes=_p("bake"),
         actions=("ec2:CreateImage",),
         resources=(_ANY_OWNER + "image/*", _ANY_OWNER + "snapshot/*"),
+    ),
+    # bake_via = "ssm": the builder is reached through Run Command, not SSH
+    Rule(  # the one AWS-owned document kiln runs: a shell script
+        sid="KilnBakeRunShellScript",
+        purposes=_p("ssm"),
+        actions=("ssm:SendCommand",),
+        resources=("arn:{partition}:ssm:{region}::document/AWS-RunShellScript",),
+        only_with="ssm",
+    ),
+    Rule(  # ...on kiln's own builders only (tagged kiln:build-id at launch)
+        sid="KilnBakeRunCommandOnOwnBuilder",
+        purposes=_p("ssm"),
+        actions=("ssm:SendCommand",),
+        resources=(_OWN + "instance/*",),
+        condition={"StringLike": {f"ssm:resourceTag/{BUILD_TAG}": "*"}},
+        only_with="ssm",
+    ),
+    Rule(  # a command's result (no resource-level permissions exist for it): a read,
+        # rendered into KilnDescribe (same Sid) to keep the bake policy's headroom
+        sid="KilnDescribe",
+        purposes=_p("ssm"),
+        actions=("ssm:GetCommandInvocation",),
+        resources=("*",),
+        condition={"StringEquals": {"aws:RequestedRegion": "{region}"}},
+        only_with="ssm",
     ),
     Rule(
         sid="KilnPruneOwnImages",
@@ -361,16 +388,22 @@ IMPLICIT_DEPLOY_ACTIONS: frozenset[str] = frozenset()
 IMPLICIT_BAKE_ACTIONS: frozenset[str] = frozenset()
 
 PURPOSES = ("bake", "images", "reap")
+SSM_PURPOSES = ("ssm",)  # a bake through Systems Manager (rendered with ssm=True only)
 DEPLOY_PURPOSES = ("deploy",)
 PROMOTE_PURPOSES = ("promote",)
-ALL_PURPOSES = (*PURPOSES, *DEPLOY_PURPOSES, *PROMOTE_PURPOSES)  # everything kiln does
+# the default rendering: everything kiln does
+ALL_PURPOSES = (*PURPOSES, *SSM_PURPOSES, *DEPLOY_PURPOSES, *PROMOTE_PURPOSES)
+# what an SSM bake never calls: the SSH path's key pair and ingress rule
+SSH_ONLY_ACTIONS = frozenset(
+    {"ec2:ImportKeyPair", "ec2:DeleteKeyPair", "ec2:AuthorizeSecurityGroupIngress"}
+)
 
 # The managed policies a deploy user gets: one per part, so a CI user that only
 # bakes can hold "bake" alone. IAM counts a managed policy's size without
 # whitespace and allows 6,144 characters each (inline policies: 2,048 for all of
 # a user's together, which kiln's policy never fits).
 PARTS: dict[str, tuple[str, ...]] = {
-    "bake": PURPOSES,
+    "bake": (*PURPOSES, *SSM_PURPOSES),
     "deploy": (*DEPLOY_PURPOSES, *PROMOTE_PURPOSES),
 }
 MANAGED_POLICY_MAX = 6144
@@ -401,6 +434,8 @@ def policy_document(
     target_group: str | None = None,
     boot_test_target_group: str | None = None,
     listener: str | None = None,
+    ssm: bool = False,
+    builder_role: str | None = None,
 ) -> dict[str, Any]:
     """The scoped policy: region, account and kiln's own tags narrow every write.
 
@@ -413,14 +448,18 @@ def policy_document(
     the boot test may register in; without it, the bake may register in none.
     ``listener`` (``listener_arn``) is the only listener a canary may weight;
     without it, none (no canary on AWS without a listener_arn anyway).
+    ``ssm`` (``bake_via = "ssm"``) adds Run Command on kiln's own builders, and
+    ``builder_role`` (the role of ``builder_instance_profile``) ``iam:PassRole``
+    for that one role, so the bake may launch its builder with it.
     """
     values = {"partition": partition, "region": region or "*", "account": account or "*"}
     values["target_group"] = target_group or (_ELB + "targetgroup/*/*").format(**values)
     values["boot_test_target_group"] = boot_test_target_group or ""
     values["listener"] = listener or ""
+    values["ssm"] = "yes" if ssm else ""
     statements: list[dict[str, Any]] = []
     for rule in rules_for(purposes):
-        if rule.only_with and not values[rule.only_with]:
+        if (rule.only_with and not values[rule.only_with]) or (rule.unless and values[rule.unless]):
             continue
         statement: dict[str, Any] = {
             "Sid": rule.sid,
@@ -447,6 +486,8 @@ def policy_document(
             statements.append(statement)
     if pass_role and {"deploy", "bake"} & set(purposes):  # fleet and boot-test launches
         statements.append(_pass_role(pass_role, values))
+    if builder_role and "ssm" in purposes:
+        statements.append(_pass_role(builder_role, values, sid="KilnBakePassBuilderRole"))
     return {"Version": VERSION, "Statement": statements}
 
 
@@ -454,14 +495,67 @@ def _listed(resource: str | list[str]) -> list[str]:
     return [resource] if isinstance(resource, str) else resource
 
 
-def _pass_role(role: str, values: dict[str, str]) -> dict[str, Any]:
+def _pass_role(
+    role: str, values: dict[str, str], sid: str = "KilnDeployPassInstanceRole"
+) -> dict[str, Any]:
     return {
-        "Sid": "KilnDeployPassInstanceRole",
+        "Sid": sid,
         "Effect": "Allow",
         "Action": "iam:PassRole",
         "Resource": "arn:{partition}:iam::{account}:role/".format(**values) + role,
         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
     }
+
+
+# What the SSM agent on an SSM bake's builder calls to take and answer Run Command
+# (AWS's AmazonSSMManagedInstanceCore grants these and more: State Manager, Parameter Store).
+BUILDER_AGENT_ACTIONS = (
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+)
+
+
+def builder_role_documents() -> dict[str, dict[str, Any]]:
+    """The role of ``builder_instance_profile``: EC2 may assume it; its agent's calls."""
+    trust = {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    permissions = {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "KilnBuilderSsmAgent",
+                "Effect": "Allow",
+                "Action": list(BUILDER_AGENT_ACTIONS),
+                "Resource": "*",  # none of these has resource-level permissions
+            }
+        ],
+    }
+    return {"trust": trust, "permissions": permissions}
+
+
+def builder_role(settings: Any) -> str | None:
+    """The role an SSM bake passes to its builder: builder_role or the profile's name."""
+    if settings.bake_via != "ssm":
+        return None
+    role: str | None = settings.builder_role or settings.builder_instance_profile
+    return role
 
 
 def instance_role(settings: Any) -> str | None:

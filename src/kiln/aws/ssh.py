@@ -1,4 +1,4 @@
-"""SSH to a builder (upload, install) or a one-off instance (a command on this terminal).
+"""SSH to a builder (a bake's Transport) or a one-off instance (a command on this terminal).
 
 The target is a plain value, so tests point the very same code at an SSH
 server on 127.0.0.1 while the "builder" EC2 instance lives in moto.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import posixpath
 import shlex
 import shutil
 import signal
@@ -21,17 +20,18 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import asyncssh
 
+from kiln.aws.transport import Note, Ran, Upload, parent
 from kiln.errors import AwsError
 
 CHUNK = 256 * 1024
 Streams = tuple[BinaryIO, BinaryIO, BinaryIO]  # stdin, stdout, stderr
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,6 @@ class SshTarget:
     @property
     def where(self) -> str:
         return f"{self.username}@{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Upload:
-    """A local file and where it goes on the builder."""
-
-    source: Path
-    dest: str
 
 
 async def _connect(target: SshTarget, timeout: float) -> asyncssh.SSHClientConnection:
@@ -97,64 +89,71 @@ async def _wait(
         delay = min(delay * 2, 5.0)
 
 
-async def _upload(conn: asyncssh.SSHClientConnection, item: Upload) -> None:
-    parent = shlex.quote(posixpath.dirname(item.dest))
-    command = f"umask 077 && mkdir -p {parent} && cat > {shlex.quote(item.dest)}"
-    async with conn.create_process(command, encoding=None) as proc:
-        with item.source.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                proc.stdin.write(chunk)
-                await proc.stdin.drain()
-        proc.stdin.write_eof()
-        result = await proc.wait()
-    if result.exit_status is None:
-        raise AwsError(
-            f"upload of {item.source.name} broke: the builder closed the session",
-            hint="the bake was cleaned up; run it again",
-        )
-    if result.exit_status != 0:
-        raise AwsError(f"upload of {item.source.name} failed: {_stderr(result)}")
+class SshTransport:
+    """:class:`~kiln.aws.transport.Transport` over one SSH connection (asyncssh, its own loop)."""
 
+    name = "SSH"
 
-async def _provision(
-    target: SshTarget,
-    uploads: list[Upload],
-    command: str,
-    timeout: float,
-    note: Callable[[str], None],
-) -> str:
-    conn = await _wait(target, timeout, note)
-    async with conn:
-        note(f"SSH up at {target.where}")
-        for item in uploads:
-            note(f"uploading {item.source.name} ({item.source.stat().st_size} bytes)")
-            await _upload(conn, item)
-        note("installing")
-        result = await conn.run(command, check=False)
-    if result.exit_status != 0:
-        raise AwsError(
-            f"installing the image on the builder failed (exit {result.exit_status}): "
-            f"{_stderr(result)}"
-        )
-    return str(result.stdout or "")
+    def __init__(self, target: SshTarget) -> None:
+        self.target = target
+        self.where, self.root, self.sudo = target.where, target.root, target.sudo
+        # asyncio.Runner, as asyncio.run: Ctrl-C cancels the running step and then raises,
+        # and close() cancels what is left and joins the loop's executor threads
+        self._runner = asyncio.Runner()
+        self._conn: asyncssh.SSHClientConnection | None = None
 
+    def open(self, timeout: float, note: Note) -> None:
+        self._conn = self._do(_wait(self.target, timeout, note))
 
-def provision(
-    target: SshTarget,
-    uploads: list[Upload],
-    command: str,
-    *,
-    timeout: float,
-    note: Callable[[str], None],
-) -> str:
-    """Wait for SSH, upload the files, run ``command``; its stdout on success."""
-    try:
-        return asyncio.run(_provision(target, uploads, command, timeout, note))
-    except (OSError, asyncssh.Error) as exc:
-        raise AwsError(
-            f"SSH to the builder at {target.where} broke: {exc or type(exc).__name__}",
-            hint="the bake was cleaned up; run it again",
-        ) from None
+    def put(self, item: Upload) -> None:
+        self._do(self._put(item))
+
+    def run(self, command: str) -> Ran:
+        result = self._do(self._connection().run(command, check=False))
+        if result.exit_status is None:
+            raise AwsError(
+                f"SSH to the builder at {self.where} broke: the session ended mid-command",
+                hint="the bake was cleaned up; run it again",
+            )
+        return Ran(result.exit_status, _text(result.stdout), _text(result.stderr))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            with contextlib.suppress(Exception):
+                self._runner.run(self._conn.wait_closed())
+        self._runner.close()
+
+    def _connection(self) -> asyncssh.SSHClientConnection:
+        assert self._conn is not None, "open() first"
+        return self._conn
+
+    def _do(self, work: Coroutine[Any, Any, T]) -> T:
+        try:
+            return self._runner.run(work)
+        except (OSError, asyncssh.Error) as exc:
+            raise AwsError(
+                f"SSH to the builder at {self.where} broke: {exc or type(exc).__name__}",
+                hint="the bake was cleaned up; run it again",
+            ) from None
+
+    async def _put(self, item: Upload) -> None:
+        command = f"umask 077 && mkdir -p {parent(item.dest)} && cat > {shlex.quote(item.dest)}"
+        async with self._connection().create_process(command, encoding=None) as proc:
+            with item.source.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    proc.stdin.write(chunk)
+                    await proc.stdin.drain()
+            proc.stdin.write_eof()
+            result = await proc.wait()
+        if result.exit_status is None:
+            raise AwsError(
+                f"upload of {item.source.name} broke: the builder closed the session",
+                hint="the bake was cleaned up; run it again",
+            )
+        if result.exit_status != 0:
+            stderr = Ran(result.exit_status, "", _text(result.stderr)).last_error
+            raise AwsError(f"upload of {item.source.name} failed: {stderr}")
 
 
 async def _attach(
@@ -226,7 +225,7 @@ def attach(
         ) from None
 
 
-def _stderr(result: asyncssh.SSHCompletedProcess) -> str:
-    text = result.stderr if isinstance(result.stderr, str) else (result.stderr or b"").decode()
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no error output"
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")

@@ -48,6 +48,12 @@ def aws_group() -> None:
     is_flag=True,
     help="The fleet's instance role instead: its secrets, its release results (needs kiln.toml).",
 )
+@click.option(
+    "--builder",
+    is_flag=True,
+    help="Instead: the role of builder_instance_profile (bake_via = 'ssm'), its trust "
+    "and permissions documents.",
+)
 @pass_state
 def policy_command(
     state: State,
@@ -57,13 +63,18 @@ def policy_command(
     region: str | None,
     partition: str,
     instance_role: bool,
+    builder: bool,
 ) -> None:
     """Print the least-privilege IAM policies for exactly the calls kiln makes.
 
     --json --part NAME prints one document, ready for `aws iam create-policy`;
     --json alone prints {"bake": ..., "deploy": ...}. --instance-role prints
     what the fleet's instances need instead (read their secrets, report a release).
+    --builder prints the SSM builder's role instead: {"trust": ..., "permissions": ...}.
     """
+    if builder:
+        _print_builder_role(as_json)
+        return
     settings = aws_settings(state)
     aws = _maybe_connect(settings)
     region = region or (aws.region if aws else settings.region)
@@ -83,6 +94,8 @@ def policy_command(
             target_group=settings.target_group_arn,
             boot_test_target_group=settings.boot_test_target_group_arn,
             listener=settings.listener_arn,
+            ssm=settings.bake_via == "ssm",
+            builder_role=iam_policy.builder_role(settings),
         )
         for name, purposes in iam_policy.PARTS.items()
         if part in (None, name)
@@ -136,6 +149,20 @@ def _print_policies(
     )
 
 
+def _print_builder_role(as_json: bool) -> None:
+    documents = iam_policy.builder_role_documents()
+    if as_json:
+        emit_json(documents)
+        return
+    table = Table(title="the SSM builder's role (builder_instance_profile)")
+    for column in ("document", "grants"):
+        table.add_column(column, overflow="fold")
+    table.add_row("trust", "ec2.amazonaws.com may assume it")
+    table.add_row("permissions", "\n".join(iam_policy.BUILDER_AGENT_ACTIONS))
+    console.print(table)
+    console.print("the documents: 'kiln aws policy --builder --json'", markup=False)
+
+
 def _maybe_connect(settings: AwsSettings) -> Aws | None:
     try:
         return connect(settings)
@@ -184,6 +211,8 @@ def create_deploy_user_command(
         target_group=settings.target_group_arn,
         boot_test_target_group=settings.boot_test_target_group_arn,
         listener=settings.listener_arn,
+        ssm=settings.bake_via == "ssm",
+        builder_role=iam_policy.builder_role(settings),
     )
     if as_json:
         emit_json(user.summary())
