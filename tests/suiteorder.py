@@ -76,7 +76,10 @@ class _Recorder:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.seconds[report.nodeid] += report.duration
-        self.figures += [(report.nodeid, v) for k, v in report.user_properties if k == "figures"]
+        if report.when == "teardown":  # every phase's report carries the item's properties
+            self.figures += [
+                (report.nodeid, v) for k, v in report.user_properties if k == "figures"
+            ]
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         for nodeid, figures in self.figures:

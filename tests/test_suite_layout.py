@@ -66,6 +66,8 @@ def _run_sandbox(root: Path, *args: str) -> list[str]:
         env={**os.environ, "PYTHONPATH": str(TESTS)},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # A test's recorded figures are printed once at the end (the VM rehearsal's timings).
+    assert done.stdout.count("figures: test_b.py::test_b: 1.5 s") == 1, done.stdout
     return (root / "order.txt").read_text().split()
 
 
@@ -78,8 +80,10 @@ def test_parallel_runs_put_the_longest_files_first(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["suiteorder"]\n')
     body = (
         "import time\nfrom pathlib import Path\n"
-        "import pytest\n\n{mark}def test_{name}():\n"
+        "import pytest\n\n{mark}def test_{name}(record_property):\n"
         "    time.sleep({sleep})\n"
+        "    if {sleep}:\n"
+        "        record_property('figures', '{sleep} s')\n"
         "    with (Path(__file__).parent / 'order.txt').open('a') as f:\n"
         "        f.write('{name}\\n')\n"
     )
