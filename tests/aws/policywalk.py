@@ -13,7 +13,9 @@ the document itself. The model:
 - repeat until nothing new is reachable (a sequence of calls);
 - every destructive statement (delete, terminate, deregister, stop, detach,
   update, modify) must then still need a tag no sequence can put on a foreign
-  resource, or name its resources exactly (no wildcard).
+  resource, or name its resources exactly (no wildcard), or lie wholly under a
+  path kiln reserves for what it writes itself (``RESERVED``: the release runners'
+  results under the SSM path ``/kiln/oneoff/``, which docs/aws.md reserves).
 
 It is deliberately pessimistic: a tag key pattern counts as obtained for every
 value, and a statement whose ARNs match a type counts for all of that type.
@@ -39,12 +41,18 @@ _RESOURCE_TAG = re.compile(
 )
 
 
+# SSM parameters under /kiln/oneoff/ are kiln's by contract: the release runner (its
+# instance role) writes its result there and the deployer reads and deletes it
+RESERVED = re.compile(r"^arn:[^:]+:ssm:[^:]*:[^:]*:parameter/kiln/oneoff/")
+
+
 @dataclass(frozen=True)
 class Statement:
     sid: str
     actions: tuple[str, ...]
     types: tuple[str, ...]  # "ec2:instance", "autoscaling:autoScalingGroup", "*"
     exact: bool  # every resource ARN names one resource (no wildcard in its id)
+    reserved: bool  # every resource ARN lies under a path kiln reserves (RESERVED)
     needs_tags: frozenset[str]  # ResourceTag keys the resource must already carry
     on_create_only: bool  # ec2:CreateAction present: tags only what the call creates
     tag_keys: tuple[str, ...]  # aws:TagKeys patterns allowed; ("*",) when unguarded
@@ -73,6 +81,7 @@ class Statement:
             actions=tuple(actions),
             types=tuple(_type(arn) for arn in resources),
             exact=all(arn != "*" and "*" not in arn.rpartition("/")[2] for arn in resources),
+            reserved=all(RESERVED.match(arn) for arn in resources),
             needs_tags=frozenset(needs),
             on_create_only=on_create,
             tag_keys=tuple(keys) or ("*",),
@@ -135,7 +144,7 @@ def reachable_destruction(document: dict[str, Any]) -> list[Finding]:
             if not DESTRUCTIVE.search(action):
                 continue
             for kind in s.types:
-                if s.exact:
+                if s.exact or s.reserved:
                     continue  # names one resource (e.g. the configured target group)
                 if not s.needs_tags:
                     findings.append(Finding(s.sid, action, kind, "no tag required"))
