@@ -240,6 +240,14 @@ class FleetSettings(Section):
         gt=0,
         description="Instances older than this are recycled (replaced from the same image).",
     )
+    max_image_age: Duration | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Images (AMIs) older than this are due for 'kiln refresh': 'kiln status' warns, and "
+            "on AWS with security_upgrades a refresh bakes a fresh AMI even on an unchanged base."
+        ),
+    )
     keep_images: int = Field(
         default=5,
         ge=1,
@@ -616,6 +624,14 @@ class AwsSettings(Section):
         description=(
             "Expiry tagged on a bake's temporary resources; 'kiln aws reap' removes "
             "them after it, and the builder powers itself off then."
+        ),
+    )
+    security_upgrades: bool = Field(
+        default=False,
+        description=(
+            "On the builder, before installing: the distribution's non-interactive upgrade "
+            "(apt-get upgrade, or dnf/yum upgrade --security), so an AMI carries the fixes "
+            "published since its base image. Part of the AMI's identity."
         ),
     )
     boot_test: bool = Field(

@@ -67,7 +67,7 @@ class Capability(StrEnum):
     RESUME = "resume"  # `kiln deploy --resume` from a journal
     RELEASE = "release"  # [app] release: a command run once per deployment, before it acts
     RUN = "run"  # `kiln run`: a one-off command in a fresh directory of an image
-    REFRESH = "refresh"  # `kiln refresh`: replace instances running replaced host files
+    REFRESH = "refresh"  # `kiln refresh`: replace what runs outdated host files or base image
     DESTROY = "destroy"  # `kiln destroy`: stop every instance, forget the fleet, keep history
     PROMOTE = "promote"  # `kiln promote`: another environment's image, same code, no bake
 
@@ -166,7 +166,8 @@ class Platform(Protocol):
     def refresh(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
     ) -> Report:
-        """Replace the instances that run host files replaced since they started."""
+        """Bring the fleet onto patched system files: locally, replace the instances that run
+        host files replaced since they started; on AWS, re-bake on the newest base and deploy."""
         ...
 
     def timeline(self, limit: int) -> list[dict[str, Any]]:

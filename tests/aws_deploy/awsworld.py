@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.aws.groups import split_release
 from kiln.aws.provider import AwsProvider
 from kiln.aws.session import Aws
 from kiln.aws.targets import Target
@@ -25,6 +26,11 @@ from kiln.home import Home
 
 HERE = Path(__file__).parent
 _names = itertools.count(1)
+
+
+def image_of(release: str | None) -> str | None:
+    """The image of an AWS release (``img-…@ami-…``)."""
+    return split_release(release)[0] if release else None
 
 
 @contextmanager

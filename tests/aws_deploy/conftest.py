@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aws.awsservers import moto_server
+from aws.awsservers import SshServer, moto_server
 from aws_deploy.awsworld import World, app_process, build_world
 from aws_deploy.runners import Runners
 from kiln.aws.iam import create_deploy_user
@@ -99,3 +99,14 @@ def runners(world: World, deploy_moto: str) -> Iterator[Runners]:
 @pytest.fixture
 def home() -> Home:
     return Home.resolve(os.environ["KILN_HOME"]).ensure()
+
+
+@pytest.fixture
+def ssh_server() -> Iterator[SshServer]:
+    """A loopback SSH server standing in for AMI builders."""
+    server = SshServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aws_deploy.awsworld import World
+from aws_deploy.awsworld import World, image_of
 from kiln.aws.deployments import open_deployments
 from kiln.aws.provider import AwsProvider
 from kiln.home import Home
@@ -40,7 +40,7 @@ def test_history_and_drift_from_the_command_line(
     kiln = Kiln(loaded.root)
 
     history = json.loads(kiln("aws", "history", "--json").stdout)
-    assert [(h["to"], h["outcome"], h["kind"]) for h in history] == [
+    assert [(image_of(h["to"]), h["outcome"], h["kind"]) for h in history] == [
         ("img-cli000000001", "succeeded", "deploy")
     ]
     table = kiln("aws", "history").stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aws_deploy.awsworld import World
+from aws_deploy.awsworld import World, image_of
 from aws_deploy.runners import Runners, released_ami
 from kiln.aws.deployments import AwsDeployments
 from kiln.deploy.engine import Event
@@ -73,7 +73,7 @@ def test_release_runs_on_the_new_ami_before_its_group_exists_then_rolls_out(
     left = world.admin.client("ssm").get_parameters_by_path(Path="/kiln/oneoff/", Recursive=True)
     assert left["Parameters"] == []  # the result was read and deleted
     assert set(world.groups()) >= {f"kiln-{world.app}-v002"}
-    assert fleet.current_image() == "img-rel000000002"  # what 'kiln run' runs by default
+    assert fleet.current_image() == f"img-rel000000002@{ami}"  # what 'kiln run' runs by default
 
 
 def test_failed_release_changes_nothing_shows_its_output_and_is_in_history(
@@ -92,12 +92,13 @@ def test_failed_release_changes_nothing_shows_its_output_and_is_in_history(
 
     assert result.outcome == "failed" and result.gate == "release"
     assert result.message and "release command exited with status 3" in result.message
-    assert "the fleet serves img-rel00000000a as before" in result.message
+    assert "the fleet serves img-rel00000000a@ami-" in result.message  # a release
+    assert result.message.endswith(" as before")
     assert result.log and "no such table: shop_order" in result.log  # what the CLI prints
     assert set(world.groups()) == groups_before and world.targets() == targets_before
     assert _runner_states(world) == ["terminated"]
     (entry, *_older) = fleet.history()
-    assert (entry["to"], entry["outcome"]) == ("img-rel00000000b", "failed")
+    assert (image_of(entry["to"]), entry["outcome"]) == ("img-rel00000000b", "failed")
     assert entry["gate"] == "release" and "status 3" in entry["message"]
     assert fleet.status()["lock"] is None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from aws_deploy.awsworld import World
+from aws_deploy.awsworld import World, image_of
 from kiln.aws.deployments import AwsDeployments
 from kiln.deploy.settings import Settings
 from kiln.errors import ConfigError
@@ -42,7 +42,7 @@ def test_rolling_releases_get_their_own_groups_and_old_ones_are_kept_then_delete
     assert world.targets() == world.live_members(v1) and len(world.targets()) == 2
 
     second = fleet.deploy("img-aaaaaaaaaaa2")
-    assert second.ok and second.from_image == "img-aaaaaaaaaaa1", second.message
+    assert second.ok and image_of(second.from_image) == "img-aaaaaaaaaaa1", second.message
     groups = world.groups()
     assert groups[v2]["DesiredCapacity"] == 2 and world.targets() == world.live_members(v2)
     assert groups[v1]["DesiredCapacity"] == 0  # scaled down, kept for rollback
@@ -66,7 +66,7 @@ def test_rolling_releases_get_their_own_groups_and_old_ones_are_kept_then_delete
     assert status["lock"] is None
 
     history = fleet.history()
-    assert [(h["from"], h["to"], h["outcome"]) for h in history] == [
+    assert [(image_of(h["from"]), image_of(h["to"]), h["outcome"]) for h in history] == [
         ("img-aaaaaaaaaaa2", "img-aaaaaaaaaaa3", "succeeded"),
         ("img-aaaaaaaaaaa1", "img-aaaaaaaaaaa2", "succeeded"),
         (None, "img-aaaaaaaaaaa1", "succeeded"),
@@ -97,7 +97,7 @@ def test_failing_release_is_rolled_back_and_its_group_deleted(
     assert set(world.groups()) == {f"kiln-{world.app}-v001"}  # the failed release is gone
     assert world.targets() == serving  # the old group was never touched
     entry = fleet.history()[0]
-    assert (entry["to"], entry["outcome"], entry["gate"]) == (
+    assert (image_of(entry["to"]), entry["outcome"], entry["gate"]) == (
         "img-bad000000001",
         "rolled back",
         "boot",
@@ -129,7 +129,7 @@ def test_blue_green_keeps_the_old_group_warm_and_rollback_reattaches_it(
     started = time.monotonic()
     back = fleet.rollback()
     took = time.monotonic() - started
-    assert back.ok and back.to_image == "img-blue00000001", back.message
+    assert back.ok and image_of(back.to_image) == "img-blue00000001", back.message
     assert world.targets() == blue  # the same instances: nothing was launched
     assert took < 20, took
     assert fleet.history()[0]["kind"] == "rollback"

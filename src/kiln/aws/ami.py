@@ -29,12 +29,14 @@ import botocore.exceptions
 from kiln.aws import builder as b
 from kiln.aws.boottest import Checker, boot_test, is_verified
 from kiln.aws.images import (
+    BASE_CREATED_TAG,
     BASE_TAG,
     CODE_TAG,
     COMMIT_TAG,
     DIGEST_TAG,
     ENV_TAG,
     IMAGE_TAG,
+    PACKAGES_TAG,
     RECIPE_TAG,
     RELEASE_TAG,
     RUNTIME_TAG,
@@ -44,7 +46,13 @@ from kiln.aws.images import (
     release_tag,
     wait_available,
 )
-from kiln.aws.install import INSTALLER_VERSION, recipe, render_bundle
+from kiln.aws.install import (
+    INSTALLER_VERSION,
+    PACKAGES_BEGIN,
+    PACKAGES_END,
+    recipe,
+    render_bundle,
+)
 from kiln.aws.policy import APP_TAG
 from kiln.aws.session import Aws, aws_errors, connect, tags
 from kiln.aws.ssh import SshTarget, SshTransport
@@ -152,16 +160,18 @@ def build_ami(
     boot_test: bool | None = None,
     checker: Checker | None = None,
     transport: TransportFactory | None = None,
+    fresh: bool = False,
 ) -> AmiResult:
-    """The AMI for an image already in the store."""
+    """The AMI for an image already in the store; ``fresh``: a new one even if one exists
+    (a refresh that is due, to pick up the distribution's upgrades on the same base)."""
     note = progress or (lambda _msg: None)
     settings = settings_of(config)
     testing = settings.boot_test if boot_test is None else boot_test
     started = time.monotonic()
     shape = recipe(config, settings)
-    base = resolve_base_image(aws, settings)
-    existing = find_ami(aws, record.digest, shape, base)
-    if existing is None:
+    base, base_created = resolve_base(aws, settings)
+    existing = None if fresh else find_ami(aws, record.digest, shape, base)
+    if existing is None and not fresh:
         _say_if_base_changed(aws, find_ami(aws, record.digest, shape), base, note)
     if existing is not None and existing.state in {"available", "pending"}:
         resumed = existing.state == "pending"
@@ -178,7 +188,10 @@ def build_ami(
     try:
         with b.terminate_as_interrupt():
             reach = transport or _reach(settings, aws, ssh_target)
-            ami_id = _build(store, record, config, settings, aws, build_id, base, note, reach)
+            ami_id = _build(
+                store, record, config, settings, aws, build_id, (base, base_created), note,
+                reach, unique=fresh,
+            )  # fmt: skip
     finally:
         shutil.rmtree(bundle_dir, ignore_errors=True)
     ami = _finish(aws, ami_id, settings, note)
@@ -210,10 +223,13 @@ def _build(
     settings: AwsSettings,
     aws: Aws,
     build_id: str,
-    base: str,
+    base_of: tuple[str, str],
     note: Progress,
     reach: TransportFactory,
+    *,
+    unique: bool = False,
 ) -> str:
+    base = base_of[0]
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=settings.build_ttl)
     build = b.BuildTags(build_id=build_id, app=record.app, expires=expires.replace(microsecond=0))
     bundle = render_bundle(store, record, config, settings, store.home.tmp / f"ami-{build_id}")
@@ -243,33 +259,50 @@ def _build(
         target = reach(builder)
         staging = posixpath.join(target.root, "tmp", f"kiln-{build_id}")
         uploads = [Upload(path, posixpath.join(staging, path.name)) for path in bundle.files()]
-        provision(
+        output = provision(
             target,
             uploads,
             bundle.command(staging, target.root, target.sudo),
             timeout=settings.ssh_timeout,
             note=note,
         )
+        packages = parse_packages(output)
+        note(f"{len(packages)} packages installed on the builder")
         note(f"stopping {builder.instance_id}")
         with aws_errors("stopping the builder"):
             aws.ec2.stop_instances(InstanceIds=[builder.instance_id])
         b.wait_instance(aws, builder.instance_id, "stopped", timeout=600, note=note)
-        ami_id = _create_image(aws, record, builder.instance_id, base, settings, config)
+        made = Made(base, base_of[1], len(packages), build_id if unique else None)
+        ami_id = _create_image(aws, record, builder.instance_id, made, settings, config)
         note(f"creating {ami_id}")
         wait_available(aws, ami_id, timeout=settings.image_timeout, note=note)
         return ami_id
+
+
+@dataclass(frozen=True)
+class Made:
+    """What an AMI is built from, beyond the image: recorded in its tags."""
+
+    base: str
+    base_created: str  # the base AMI's CreationDate
+    packages: int  # how many packages the builder had
+    build_id: str | None = None  # set: a fresh AMI beside an existing one, named apart
 
 
 def _create_image(
     aws: Aws,
     record: ImageRecord,
     instance_id: str,
-    base: str,
+    made: Made,
     settings: AwsSettings,
     config: Config,
 ) -> str:
     name = f"kiln-{record.app}-{record.id}-{recipe(config, settings)[:8]}"
-    image_tags = ami_tags(record, base, recipe(config, settings))
+    if made.build_id:
+        name += f"-{made.build_id}"
+    image_tags = ami_tags(record, made.base, recipe(config, settings))
+    image_tags[BASE_CREATED_TAG] = made.base_created
+    image_tags[PACKAGES_TAG] = str(made.packages)
     # Snapshots are tagged by the same call: a bake killed during the long wait
     # for "available" leaves snapshots prune may delete (DeleteSnapshot needs kiln:app).
     spec: list[Any] = [
@@ -372,6 +405,11 @@ def _say_if_base_changed(aws: Aws, previous: Ami | None, base: str, note: Progre
 
 def resolve_base_image(aws: Aws, settings: AwsSettings) -> str:
     """Pin the base image to an id: a given 'ami-' id, or the newest name match."""
+    return resolve_base(aws, settings)[0]
+
+
+def resolve_base(aws: Aws, settings: AwsSettings) -> tuple[str, str]:
+    """The base image's id and creation date (ISO 8601, as EC2 reports it)."""
     wanted = settings.base_image
     with aws_errors("resolving the base image"):
         if wanted.startswith("ami-"):
@@ -390,7 +428,18 @@ def resolve_base_image(aws: Aws, settings: AwsSettings) -> str:
             hint="set [provider.aws] base_image to an AMI id or name pattern available there",
         )
     newest = max(found, key=lambda image: image.get("CreationDate", ""))
-    return newest["ImageId"]
+    return str(newest["ImageId"]), str(newest.get("CreationDate", ""))
+
+
+def parse_packages(output: str) -> list[tuple[str, str]]:
+    """(name, version) pairs install.sh printed between its package markers, sorted."""
+    lines = output.splitlines()
+    try:
+        start, end = lines.index(PACKAGES_BEGIN), lines.index(PACKAGES_END)
+    except ValueError:
+        return []
+    pairs = (line.split("\t", 1) for line in lines[start + 1 : end])
+    return sorted((p[0], p[1]) for p in pairs if len(p) == 2 and p[0])
 
 
 def subnet_vpc(aws: Aws, subnet_id: str) -> str:

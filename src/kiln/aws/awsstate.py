@@ -200,8 +200,8 @@ def history_record(result: Result, who: str, commit: str | None, now: float) -> 
         "k": result.kind,
         "o": result.outcome,
         "s": result.strategy,
-        "f": result.from_image,
-        "t": result.to_image,
+        "f": _compact(result.from_image),
+        "t": _compact(result.to_image),
         "at": round(now - (result.duration or 0.0)),
         "d": round(result.duration or 0.0, 1),
         "by": who[:48],
@@ -218,6 +218,23 @@ def history_record(result: Result, who: str, commit: str | None, now: float) -> 
     return text[:DESCRIPTION_MAX]
 
 
+def _compact(release: str | None) -> str | None:
+    """``img-X@ami-Y`` as ``X@Y``: the record has 255 characters, the message needs them."""
+    if release is None or g.split_release(release)[1] is None:
+        return release
+    image, ami = g.split_release(release)
+    return f"{image.removeprefix('img-')}{g.RELEASE_SEP}{(ami or '').removeprefix('ami-')}"
+
+
+def _expand(recorded: Any) -> str | None:
+    if not isinstance(recorded, str):
+        return None
+    image, sep, ami = recorded.partition(g.RELEASE_SEP)
+    if not sep or image.startswith("img-"):
+        return recorded  # a bare image (records before releases), or written in full
+    return g.release_id(f"img-{image}", f"ami-{ami}")
+
+
 def parse_record(version: Any) -> dict[str, Any] | None:
     """A history entry from a template version, or None for a release's own version."""
     try:
@@ -231,8 +248,8 @@ def parse_record(version: Any) -> dict[str, Any] | None:
     return {
         "id": raw.get("id"),
         "kind": raw.get("k"),
-        "from": raw.get("f"),
-        "to": raw.get("t"),
+        "from": _expand(raw.get("f")),
+        "to": _expand(raw.get("t")),
         "strategy": raw.get("s"),
         "started": started,
         "finished": started + duration,
@@ -263,10 +280,12 @@ def write_history(aws: Aws, fleet: str, description: str, image: str | None) -> 
 
 
 def _image_of(version: Any) -> str | None:
-    for spec in version.get("LaunchTemplateData", {}).get("TagSpecifications", []):
+    """The release a template version launches: its image tag on its AMI."""
+    data = version.get("LaunchTemplateData", {})
+    for spec in data.get("TagSpecifications", []):
         found = tag_map(spec.get("Tags")).get(g.IMAGE_TAG)
         if found:
-            return found
+            return g.release_id(found, data.get("ImageId"))
     return None
 
 
@@ -289,27 +308,31 @@ def fleet_record(
     if len(in_service) > 1 and settled:
         # an operation stopped half-way: the fleet is still the last one that finished
         current_group = settled[0]
-        current = current_group.image
+        current = current_group.release
         size = int(current_group.tags[g.SIZE_TAG])
     else:
         current_group = (in_service or live)[0]
-        current = current_group.image
+        current = current_group.release
         # one serving group: its desired count, whatever autoscaling made of it
-        size = sum(grp.desired for grp in live if grp.image == current) or configured
+        size = sum(grp.desired for grp in live if grp.release == current) or configured
     previous = next(
-        (e["from"] for e in history if e["to"] == current and e["from"] and e["from"] != current),
+        (
+            _as_release(e["from"], groups)
+            for e in history
+            if _same_release(e["to"], current) and e["from"] and e["from"] != e["to"]
+        ),
         None,
     )
-    if previous is None:
-        previous = next((grp.image for grp in groups if grp.image != current), None)
+    if previous is None or previous == current:
+        previous = next((grp.release for grp in groups if grp.release != current), None)
     warm_image: str | None = None
     warm_ids: tuple[str, ...] = ()
     warm_until: float | None = None
     for grp in live:
         until = grp.tags.get(g.WARM_UNTIL_TAG)
         idle = tuple(m.id for m in grp.members if m.id not in serving)
-        if grp.image != current and until and idle:
-            warm_image, warm_ids, warm_until = grp.image, idle, float(until)
+        if grp.release != current and until and idle:
+            warm_image, warm_ids, warm_until = grp.release, idle, float(until)
             break
     return FleetRecord(
         fleet=fleet,
@@ -325,7 +348,7 @@ def fleet_record(
 
 def save_record(aws: Aws, groups: list[g.ServerGroup], record: FleetRecord) -> None:
     """Tag the groups with what the fleet record needs beyond their own shape."""
-    current = next((grp for grp in groups if grp.image == record.current_image), None)
+    current = next((grp for grp in groups if grp.release == record.current_image), None)
     if current is not None:
         sizes = {g.CONFIG_SIZE_TAG: str(record.config_size), g.SIZE_TAG: str(record.size)}
         g.tag_group(aws, current.name, sizes)
@@ -347,3 +370,17 @@ def save_record(aws: Aws, groups: list[g.ServerGroup], record: FleetRecord) -> N
                         }
                     ]
                 )
+
+
+def _same_release(recorded: str | None, release: str) -> bool:
+    """A history entry names this release (entries before releases name the bare image)."""
+    if recorded is None:
+        return False
+    return recorded == release or g.split_release(recorded) == (g.split_release(release)[0], None)
+
+
+def _as_release(recorded: str, groups: list[g.ServerGroup]) -> str:
+    """A bare image from an older history entry, as the newest group of it runs it."""
+    if g.split_release(recorded)[1] is not None:
+        return recorded
+    return next((grp.release for grp in groups if grp.image == recorded), recorded)

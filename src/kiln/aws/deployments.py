@@ -37,6 +37,7 @@ from kiln.deploy.plan import Plan
 from kiln.deploy.settings import Settings
 from kiln.deploy.state import FleetRecord, StateDb
 from kiln.durations import format_duration
+from kiln.errors import DeployError
 from kiln.home import Home
 from kiln.providers.protocol import CommandResult, FleetState, InstanceStats
 
@@ -176,6 +177,7 @@ class AwsDeployments:
     def plan(self, image: str, strategy: str | None = None) -> Plan:
         """What deploy would do now (``--dry-run``): no lock taken, nothing written."""
         self._check_canary(strategy)
+        image = self.provider.release_of(image)
         with tempfile.TemporaryDirectory(prefix="kiln-aws-") as scratch:
             db = StateDb(Path(scratch) / "state.db")
             try:
@@ -186,12 +188,27 @@ class AwsDeployments:
 
     def deploy(
         self, image: str, *, strategy: str | None = None, reason: str | None = None,
-        wait: float | None = None,
+        wait: float | None = None, only_from: str | None = None,
     ) -> Result:  # fmt: skip
+        """``only_from``: deploy only if the fleet still serves that release once locked
+        (a refresh must not undo a deployment that landed while it baked)."""
         self._check_canary(strategy)
+        release = self.provider.release_of(image)  # a bare image: on its newest AMI
         if not self.allow_unverified:
-            self.provider.require_verified(image)
-        return self._run(lambda e: e.deploy(image, strategy=strategy, reason=reason), wait)
+            self.provider.require_verified(release)
+
+        def deploy(engine: Engine) -> Result:
+            record = engine.db.fleet(self.fleet)
+            now = record.current_image if record else None
+            if only_from is not None and now != only_from:
+                raise DeployError(
+                    f"fleet {self.fleet} moved from {only_from} to {now} meanwhile: "
+                    "nothing deployed",
+                    hint="run it again: it re-bakes what runs now",
+                )
+            return engine.deploy(release, strategy=strategy, reason=reason)
+
+        return self._run(deploy, wait)
 
     def _check_canary(self, strategy: str | None) -> None:
         """A canary needs a second target group and a listener: say so before the lock."""
@@ -201,6 +218,12 @@ class AwsDeployments:
     def rollback(
         self, to: str | None = None, *, reason: str | None = None, wait: float | None = None
     ) -> Result:
+        """Back to the previous release, or ``to``: a bare image means the newest group of it
+        (a rollback goes to what ran before), else its newest AMI."""
+        if to is not None and g.split_release(to)[1] is None:
+            groups = g.list_groups(self.aws, self.fleet, self.provider.settings.target_group_arn)
+            kept = next((grp.release for grp in groups if grp.image == to), None)
+            to = kept or self.provider.release_of(to)
         return self._run(lambda e: e.rollback(to, reason=reason), wait)
 
     def scale(self, size: int, *, wait: float | None = None) -> Result:
@@ -244,7 +267,7 @@ class AwsDeployments:
         return st.fleet_record(self.fleet, groups, serving, history, self.settings.size)
 
     def current_image(self) -> str | None:
-        """The image the fleet serves, as a deployment would see it (``kiln run``)."""
+        """The release the fleet serves (``img-…@ami-…``), as a deployment would see it."""
         record = self._record()
         return record.current_image if record else None
 
@@ -294,6 +317,8 @@ class AwsDeployments:
                 {
                     "name": grp.name,
                     "image": grp.image,
+                    "ami": grp.tags.get(g.AMI_TAG),
+                    "release": grp.release,
                     "desired": grp.desired,
                     "min": grp.min_size,
                     "max": grp.max_size,
@@ -305,7 +330,8 @@ class AwsDeployments:
             "instances": [
                 {
                     "id": i.id,
-                    "image": i.image,
+                    "image": g.split_release(i.image)[0],
+                    "release": i.image,
                     "state": i.state.value,
                     "healthy": i.healthy,
                     "in_service": i.in_service,
@@ -332,7 +358,7 @@ class AwsDeployments:
         raw = g.describe_instances(self.aws, list(members)) if members else {}
         registered = set(t.target_health(self.aws, tg)) if tg else set()
         serving = [grp for grp in groups if any(m.id in registered for m in grp.members)]
-        current = (serving or groups)[0].image if groups else None
+        current = (serving or groups)[0].release if groups else None
         wrong: list[dict[str, Any]] = []
         for iid, (grp, member) in sorted(members.items()):
             reasons = _drift_reasons(grp, member, raw.get(iid, {}), current)
@@ -371,13 +397,13 @@ def _drift_reasons(
 ) -> list[str]:
     tags = {str(x["Key"]): str(x["Value"]) for x in inst.get("Tags", [])}
     reasons = []
-    if grp.image != current:
-        reasons.append(f"runs {grp.image}, the fleet's current image is {current}")
+    if grp.release != current:
+        reasons.append(f"runs {grp.release}, the fleet's current release is {current}")
     if inst and inst.get("ImageId") != grp.tags.get(g.AMI_TAG):
         reasons.append(f"AMI {inst.get('ImageId')} is not {grp.tags.get(g.AMI_TAG)}")
     if tags.get(g.IMAGE_TAG, grp.image) != grp.image:
         reasons.append(f"tagged {tags.get(g.IMAGE_TAG)}, its group runs {grp.image}")
     version = member.template_version
-    if grp.image == current and version and version != grp.template_version:
+    if grp.release == current and version and version != grp.template_version:
         reasons.append(f"template version {version}, its group uses {grp.template_version}")
     return reasons

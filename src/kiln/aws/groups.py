@@ -24,6 +24,23 @@ CONFIG_SIZE_TAG = "kiln:config-size"
 SIZE_TAG = "kiln:size"  # the fleet's size when the last operation finished
 WARM_UNTIL_TAG = "kiln:warm-until"
 _NAME = re.compile(r"^kiln-(?P<fleet>.+)-v(?P<n>\d{3,})$")
+RELEASE_SEP = "@"
+
+
+def release_id(image: str, ami: str | None) -> str:
+    """What the engine deploys on AWS: an image on one AMI, ``img-…@ami-…``.
+
+    The same image re-baked on a patched base is a new AMI of the same digest;
+    keyed by the image alone it could never roll out (the fleet "already
+    serves" it). Locally an image is a release by itself.
+    """
+    return f"{image}{RELEASE_SEP}{ami}" if ami else image
+
+
+def split_release(release: str) -> tuple[str, str | None]:
+    """``img-…@ami-…`` → (image, AMI); a bare image → (image, None)."""
+    image, sep, ami = release.partition(RELEASE_SEP)
+    return image, (ami if sep and ami else None)
 
 
 def template_name(fleet: str) -> str:
@@ -64,6 +81,10 @@ class ServerGroup:
     @property
     def number(self) -> int:
         return group_number(self.name)
+
+    @property
+    def release(self) -> str:
+        return release_id(self.image, self.tags.get(AMI_TAG))
 
     @classmethod
     def from_aws(cls, raw: Any, target_group: str | None) -> ServerGroup:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ COMMIT_TAG = "kiln:commit"
 BASE_TAG = "kiln:base-ami"
 RELEASE_TAG = "kiln:release"  # the image's [app] release command (cut to 256 characters)
 RUNTIME_TAG = "kiln:runtime"  # the installer version: 4 and later run releases and one-offs
+BASE_CREATED_TAG = "kiln:base-created"  # the base AMI's creation date
+PACKAGES_TAG = "kiln:packages"  # how many packages the builder had
 AMI_TAG = "kiln:ami"  # on server groups (kiln.aws.groups): the AMI a group launches
 
 
@@ -62,6 +65,8 @@ class Ami:
             "commit": self.tags.get(COMMIT_TAG),
             "code_digest": self.tags.get(CODE_TAG),
             "base_ami": self.tags.get(BASE_TAG),
+            "base_created": self.tags.get(BASE_CREATED_TAG),
+            "packages": int(self.tags[PACKAGES_TAG]) if PACKAGES_TAG in self.tags else None,
             "snapshots": list(self.snapshots),
         }
 
@@ -94,6 +99,27 @@ def list_amis(aws: Aws, app: str | None = None) -> list[Ami]:
     if app:
         filters.append({"Name": f"tag:{APP_TAG}", "Values": [app]})
     return _describe(aws, filters)
+
+
+def describe_ami(aws: Aws, ami_id: str) -> Ami | None:
+    """One AMI by id (any owner: a base image too), or None if it is gone."""
+    with aws_errors(f"describing {ami_id}"):
+        found = aws.ec2.describe_images(Filters=[{"Name": "image-id", "Values": [ami_id]}])
+    raw = found["Images"]
+    return Ami.from_aws(raw[0]) if raw else None
+
+
+def age_of(created: str | None, now: float) -> float | None:
+    """Seconds since an EC2 CreationDate (ISO 8601), or None when unknown."""
+    if not created:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, now - when.timestamp())
 
 
 def find_ami(aws: Aws, digest: str, recipe: str, base: str | None = None) -> Ami | None:

@@ -23,6 +23,8 @@ from kiln.runline import exec_form
 INSTALLER_VERSION = "4"
 FILES = ("install.sh", "fetch-secrets", "oneoff", "env", "run", "release", "secrets.json")
 ONEOFF_MARK = "/run/kiln/oneoff"  # while it exists the app's unit does not start (one-offs)
+PACKAGES_BEGIN = "kiln-packages-begin"  # install.sh prints the package list between these
+PACKAGES_END = "kiln-packages-end"
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,12 @@ class Bundle:
     def files(self) -> list[Path]:
         return [self.directory / name for name in (*FILES, self.unit_name, "image.tar")]
 
+    upgrade: bool = False  # run the distribution's security upgrade first
+
     def command(self, remote_staging: str, root: str, sudo: bool) -> str:
         args = [root, self.app, self.digest_hex, remote_staging, self.tar_sha256]
+        if self.upgrade:
+            args.append("upgrade")
         script = f"{remote_staging}/install.sh"
         prefix = "sudo -n " if sudo else ""
         return f"{prefix}/bin/sh {shlex.quote(script)} " + " ".join(shlex.quote(a) for a in args)
@@ -62,11 +68,13 @@ def secret_spec(config: Config, settings: AwsSettings) -> dict[str, str]:
 
 def recipe(config: Config, settings: AwsSettings) -> str:
     """Hash of everything besides the image that shapes an AMI (port, secrets, installer)."""
-    doc = {
+    doc: dict[str, object] = {
         "installer": INSTALLER_VERSION,
         "port": settings.port,
         "secrets": secret_spec(config, settings),
     }
+    if settings.security_upgrades:  # only when on: AMIs baked before keep their recipe
+        doc["upgrade"] = True
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -153,5 +161,9 @@ def render_bundle(
     with tar.open("wb") as f:
         store.export_tar(record.digest, f)
     return Bundle(
-        directory=directory, app=record.app, digest_hex=digest_hex, tar_sha256=file_sha256(tar)
+        directory=directory,
+        app=record.app,
+        digest_hex=digest_hex,
+        tar_sha256=file_sha256(tar),
+        upgrade=settings.security_upgrades,
     )

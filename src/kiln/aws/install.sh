@@ -1,7 +1,11 @@
 #!/bin/sh
 # kiln: install one baked image on an AMI builder.
 #
-#   install.sh ROOT APP DIGEST STAGING SHA256
+#   install.sh ROOT APP DIGEST STAGING SHA256 [upgrade]
+#
+# With "upgrade", the distribution's non-interactive security upgrade runs
+# first. The builder's package list is printed last, between
+# kiln-packages-begin and kiln-packages-end, for the AMI's record.
 #
 # ROOT is the filesystem to install into: "/" on a real builder, a scratch
 # directory in tests. STAGING holds what kiln uploaded: image.tar (checked
@@ -25,11 +29,29 @@ app=${2:?app}
 digest=${3:?digest}
 staging=${4:?staging}
 sha=${5:?sha256}
+upgrade=${6:-}
 
 say() { printf 'kiln-install: %s\n' "$*"; }
 fail() { printf 'kiln-install: %s\n' "$*" >&2; exit 1; }
 
 root=${root%/}
+if [ "$upgrade" = upgrade ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        say "security upgrade: apt-get upgrade"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -q update || fail "apt-get update failed"
+        apt-get -q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+            upgrade || fail "apt-get upgrade failed"
+    elif command -v dnf >/dev/null 2>&1; then
+        say "security upgrade: dnf upgrade --security"
+        dnf -y upgrade --security || fail "dnf upgrade failed"
+    elif command -v yum >/dev/null 2>&1; then
+        say "security upgrade: yum update --security"
+        yum -y update --security || fail "yum update failed"
+    else
+        fail "security_upgrades is on, but the builder has no apt-get, dnf or yum"
+    fi
+fi
 actual=$(sha256sum "$staging/image.tar" | cut -d' ' -f1)
 [ "$actual" = "$sha" ] || fail "image.tar is damaged: sha256 $actual, expected $sha"
 
@@ -70,3 +92,12 @@ for keys in "$root"/root/.ssh/authorized_keys "$root"/home/*/.ssh/authorized_key
 done
 rm -rf "$staging"
 say "first-boot state cleared"
+
+# What the AMI was built from: its package list (name, tab, version).
+echo kiln-packages-begin
+if command -v dpkg-query >/dev/null 2>&1; then
+    dpkg-query -W -f '${Package}\t${Version}\n' 2>/dev/null || true
+elif command -v rpm >/dev/null 2>&1; then
+    rpm -qa --qf '%{NAME}\t%{VERSION}-%{RELEASE}.%{ARCH}\n' 2>/dev/null || true
+fi
+echo kiln-packages-end

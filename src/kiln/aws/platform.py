@@ -28,7 +28,13 @@ class AwsPlatform(PlatformBase):
     name = "aws"
     # canary: weighted listener + CloudWatch per target group; drift is replaced by recycling
     capabilities = frozenset(
-        {Capability.CANARY, Capability.PROMOTE, Capability.RELEASE, Capability.RUN}
+        {
+            Capability.CANARY,
+            Capability.PROMOTE,
+            Capability.REFRESH,
+            Capability.RELEASE,
+            Capability.RUN,
+        }
     )
 
     def settings(self) -> AwsSettings:
@@ -157,8 +163,10 @@ class AwsPlatform(PlatformBase):
     def refresh(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
     ) -> Report:
-        self.require(Capability.REFRESH, "kiln refresh")
-        raise AssertionError("unreachable: REFRESH is not an AWS capability")
+        """Re-bake the running image on the newest base; deploy it if the AMI is new."""
+        from kiln.aws.refresh import refresh_fleet
+
+        return refresh_fleet(self.loaded, self.home, reason=reason, wait=wait, on_event=on_event)
 
     def destroy(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None

@@ -96,7 +96,7 @@ class AwsProvider:
         sizes: dict[str, int] = {}
         for grp in groups:
             if grp.desired > 0:
-                sizes[grp.image] = sizes.get(grp.image, 0) + grp.desired
+                sizes[grp.release] = sizes.get(grp.release, 0) + grp.desired
         return FleetState(
             name=fleet,
             endpoint=self._fleet_endpoint() if sizes else None,
@@ -165,7 +165,7 @@ class AwsProvider:
             self._end_split(fleet, canary_tg)
             return
         groups = g.list_groups(self.aws, fleet, canary_tg)
-        group = next((grp for grp in groups if grp.image == image), None)
+        group = next((grp for grp in groups if grp.release == image), None)  # a release
         live = {m.id for m in group.members if m.lifecycle not in GONE} if group else set()
         if group is None or not live:
             raise InstanceNotFound(f"no canary instances of {image} in fleet {fleet}")
@@ -241,14 +241,17 @@ class AwsProvider:
     # Provider: change -----------------------------------------------------------
 
     def launch(self, fleet: str, image: str, count: int, *, in_service: bool = True) -> list[str]:
+        """``image`` is a release (``img-…@ami-…``): each release has its own group."""
         ami = self._ami(image)
         if count < 1:
             return []
         tg = self._target_group()
         groups = g.list_groups(self.aws, fleet, tg)
-        group = next((grp for grp in groups if grp.image == image), None)
+        release = g.release_id(g.split_release(image)[0], ami)
+        group = next((grp for grp in groups if grp.release == release), None)
         if group is None:
-            name = self._create_group(fleet, image, ami, count, groups, in_service)
+            plain = g.split_release(image)[0]
+            name = self._create_group(fleet, plain, ami, count, groups, in_service)
             before: set[str] = set()
         else:
             name, before = group.name, {m.id for m in group.members}
@@ -466,7 +469,7 @@ class AwsProvider:
         return Instance(
             id=member.id,
             fleet=fleet,
-            image=grp.image,
+            image=grp.release,
             state=self.prober.state(member, raw, target, probe, launched),
             launched_at=launched,
             address=f"{ip}:{self.settings.port}" if ip else None,
@@ -547,25 +550,35 @@ class AwsProvider:
         return self._endpoint[0]
 
     def ami_of(self, image: str) -> str:
-        """The newest available AMI of ``image``; ImageNotFound when it has none here."""
+        """The AMI of a release, or an image's newest available one; ImageNotFound if none."""
         return self._ami(image)
 
-    def _ami(self, image: str) -> str:
-        if image not in self._amis:
-            self._amis[image] = str(self._newest_ami(image)["ImageId"])
-        return self._amis[image]
+    def release_of(self, ref: str) -> str:
+        """The release ``ref`` names: a bare image on its newest AMI, or a release as given."""
+        return g.release_id(g.split_release(ref)[0], self._ami(ref))
 
-    def _newest_ami(self, image: str) -> dict[str, Any]:
+    def _ami(self, ref: str) -> str:
+        if ref not in self._amis:
+            self._amis[ref] = str(self._ami_of(ref)["ImageId"])
+        return self._amis[ref]
+
+    def _ami_of(self, ref: str) -> dict[str, Any]:
+        """The AMI of a release, or an image's newest available AMI."""
+        image, ami = g.split_release(ref)
         filters: list[Any] = [
             {"Name": "tag:kiln:image", "Values": [image]},
             {"Name": "state", "Values": ["available"]},
         ]
-        with aws_errors(f"looking up the AMI of {image}"):
+        if ami is not None:
+            filters.append({"Name": "image-id", "Values": [ami]})
+        with aws_errors(f"looking up the AMI of {ref}"):
             found = self.aws.ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
         if not found:
+            what = f"{ami} is not an AMI of {image}" if ami else f"image {image} has no AMI"
             raise ImageNotFound(
-                f"image {image} has no AMI in {self.aws.region}",
-                hint="bake it with 'kiln bake --provider aws'",
+                f"{what} in {self.aws.region}",
+                hint="'kiln images --provider aws' lists them; 'kiln bake --provider aws' "
+                "makes one",
             )
         images: list[dict[str, Any]] = [dict(a) for a in found]
         return max(images, key=lambda a: str(a.get("CreationDate", "")))
@@ -578,7 +591,7 @@ class AwsProvider:
         Which command is the AMI's ``kiln:release`` tag (the image's own, as
         locally); the runner reports the full command, its status and output.
         """
-        ami = self._newest_ami(image)
+        ami = self._ami_of(image)
         tags = tag_map(ami.get("Tags"))
         command = tags.get(RELEASE_TAG)
         if not command:
@@ -604,10 +617,10 @@ class AwsProvider:
 
     def require_verified(self, image: str) -> None:
         """Refuse an AMI that no boot test has passed (no ``kiln:verified`` tag)."""
-        ami = self._newest_ami(image)
+        ami = self._ami_of(image)
         if not is_verified(tag_map(ami.get("Tags"))):
             raise UnverifiedImage(
-                f"{ami['ImageId']} (image {image}) has not passed a boot test",
+                f"{ami['ImageId']} (image {g.split_release(image)[0]}) has not passed a boot test",
                 hint="bake with 'kiln bake --provider aws --boot-test' (or [provider.aws] "
                 "boot_test = true), or deploy anyway with --allow-unverified",
             )

@@ -139,12 +139,13 @@ def _max_age(state: State, given: str | None) -> float:
 def refresh_command(
     state: State, reason: str | None, as_json: bool, wait: str | None, provider: str
 ) -> None:
-    """Replace instances still running host files replaced since they started.
+    """Bring the fleet onto patched system files, through the deploy engine.
 
-    A security update of python3 or a shared library changes files under /usr
-    but not the image, so no deploy replaces the instances that still run the
-    old copies; `kiln status` names them, this replaces them from the same
-    image through the rolling engine.
+    Local: a security update of python3 or a shared library changes files
+    under /usr but not the image, so no deploy replaces the instances that
+    still run the old copies; `kiln status` names them, this replaces them
+    from the same image. AWS: re-bake the running image on the newest base
+    image and deploy the new AMI; nothing to do when the base is unchanged.
     """
     timeout = parse_duration(wait) if wait else None
     narrator = _Narrator()
