@@ -248,7 +248,7 @@ def render_pipeline(spec: PipelineSpec) -> str:
         "setup_note": _setup_note(spec),
         "bake_command": _bake_command(spec),
         "env_flag": spec.env_flag,
-        "group_suffix": f"-{spec.staging}" if spec.staging else "",
+        "group_suffix": _group_suffix(spec),
     }
     return _fill(template.read_text(encoding="utf-8"), values)
 
@@ -313,7 +313,9 @@ def _github_values(spec: PipelineSpec) -> dict[str, str]:
         "deploy_env": "\n".join(env) if aws else "",
         "credential_check": "\n".join(check) if aws else "",
         "schedule": "\n".join(_GITHUB_SCHEDULE) if aws else "",
-        "reap_job": "\n".join(_github_reap(spec, env)) if aws else "",
+        "reap_job": "\n".join(_github_reap(spec, env) + _github_refresh(spec, env, check))
+        if aws
+        else "",
         # with tags listed, a push to a branch triggers only if branches are listed too
         "tags_trigger": "  branches: ['**']\n  tags: ['v*']" if spec.production else "",
         "deploy_environment": f"environment: {spec.staging}" if spec.staging else "",
@@ -361,10 +363,44 @@ def _github_promote(spec: PipelineSpec, env: list[str], check: list[str]) -> lis
 # A cancelled bake has ~10 s to clean up; a builder takes 30-90 s to terminate,
 # so its security group is left to expire and be removed by this hourly job.
 REAP_CRON = "23 * * * *"
+# Daily: a patched base image reaches the fleet within a day (kiln refresh).
+REFRESH_CRON = "41 5 * * *"
 _GITHUB_SCHEDULE = [
     "schedule:",
     f'  - cron: "{REAP_CRON}"  # kiln aws reap: leftovers of cancelled bakes',
+    f'  - cron: "{REFRESH_CRON}"  # kiln refresh: the running image on the newest base',
 ]
+
+
+def _group_suffix(spec: PipelineSpec) -> str:
+    """The deploy job's concurrency group is per environment when it deploys to one."""
+    return f"-{spec.staging}" if spec.staging else ""
+
+
+def _github_refresh(spec: PipelineSpec, env: list[str], check: list[str]) -> list[str]:
+    """The daily refresh, in the deploy job's concurrency group: it never races a deploy."""
+    return [
+        "",
+        "refresh:",
+        "  # Daily, on the default branch (where schedules run): re-bake the running",
+        "  # image on the newest base image and deploy it when that makes a new AMI.",
+        f"  if: github.event_name == 'schedule' && github.event.schedule == '{REFRESH_CRON}'",
+        "  runs-on: ubuntu-latest",
+        "  concurrency:",
+        f"    group: kiln-deploy-{spec.app}{_group_suffix(spec)}",
+        "    cancel-in-progress: false",
+        *[f"  {line}" for line in env],
+        "  steps:",
+        "    - uses: actions/checkout@v4",
+        "    - uses: actions/setup-python@v5",
+        "      with:",
+        f'        python-version: "{spec.python}"',
+        "    - name: Install kiln",
+        f"      run: {_scalar(_install_command(spec))}",
+        *[f"    {line}" for line in check],
+        "    - name: Re-bake on the newest base image, deploy if it changed",
+        f"      run: kiln refresh --provider aws{spec.env_flag}",
+    ]
 
 
 def _github_reap(spec: PipelineSpec, env: list[str]) -> list[str]:
@@ -425,7 +461,7 @@ def _gitlab_values(spec: PipelineSpec) -> dict[str, str]:
         "deploy_before": "" if aws else "\n".join(_gitlab_local_before(spec)),
         "after_setup": "\n".join(_gitlab_after_setup(spec)),
         "workdir_prefix": prefix,
-        "reap_job": "\n".join(_gitlab_reap(env)) if aws else "",
+        "reap_job": "\n".join(_gitlab_reap(env) + _gitlab_refresh(spec, env, check)) if aws else "",
         "deploy_environment": f"environment: {spec.staging}" if spec.staging else "",
         "promote_stage": "  - promote" if spec.production else "",
         "promote_job": "\n".join(_gitlab_promote(spec, env, check, prefix))
@@ -509,6 +545,26 @@ def _gitlab_reap(env: list[str]) -> list[str]:
     ]
 
 
+def _gitlab_refresh(spec: PipelineSpec, env: list[str], check: list[str]) -> list[str]:
+    return [
+        "",
+        "# Run by a daily pipeline schedule whose variable KILN_SCHEDULE is 'refresh'",
+        "# (schedules run on the default branch): re-bake the running image on the newest",
+        "# base image and deploy it when that makes a new AMI. It shares the deploy job's",
+        "# resource_group, so it never races a deployment.",
+        "refresh:",
+        "  extends: .kiln",
+        "  stage: deploy",
+        "  rules:",
+        '    - if: $CI_PIPELINE_SOURCE == "schedule" && $KILN_SCHEDULE == "refresh"',
+        f"  resource_group: kiln-deploy-{spec.app}{_group_suffix(spec)}",
+        *[f"  {line}" for line in env],
+        "  script:",
+        *[f"    {line}" for line in check],
+        f"    - kiln refresh --provider aws{spec.env_flag}",
+    ]
+
+
 def _setup_note(spec: PipelineSpec) -> str:
     if spec.provider == "local":
         if spec.system == "github":
@@ -534,9 +590,10 @@ def _setup_note(spec: PipelineSpec) -> str:
         else "# Store the region as AWS_REGION too."
     )
     schedule = (
-        "# The reap job runs on the hourly schedule below."
+        "# The reap job runs on the hourly schedule below, the refresh job daily."
         if spec.system == "github"
-        else "# Add an hourly pipeline schedule (Build > Pipeline schedules) for the reap job."
+        else "# Add an hourly pipeline schedule (Build > Pipeline schedules) for the reap job,\n"
+        "# and a daily one with the variable KILN_SCHEDULE = refresh for the refresh job."
     )
     return (
         "#\n# Before the first push, create the deploy user (kiln aws create-deploy-user\n"

@@ -315,7 +315,7 @@ def test_aws_pipelines_reap_leftovers_of_cancelled_bakes_on_a_schedule(kiln: Kil
     repo = app_in_repo(kiln)
     kiln("ci", "init", "github")
     workflow = load(repo / ".github/workflows/deploy.yml")
-    assert workflow["on"]["schedule"] == [{"cron": "23 * * * *"}]
+    assert workflow["on"]["schedule"] == [{"cron": "23 * * * *"}, {"cron": "41 5 * * *"}]
     reap = workflow["jobs"]["reap"]
     assert reap["if"] == "github.event_name == 'schedule'"
     assert workflow["jobs"]["test"]["if"] == "github.event_name != 'schedule'"
@@ -330,3 +330,35 @@ def test_aws_pipelines_reap_leftovers_of_cancelled_bakes_on_a_schedule(kiln: Kil
     kiln("ci", "init", "github", "--provider", "local", "--force")
     assert "schedule" not in load(repo / ".github/workflows/deploy.yml")["on"]
     assert "reap" not in load(repo / ".github/workflows/deploy.yml")["jobs"]
+
+
+def test_aws_pipelines_refresh_daily_in_the_deploy_concurrency_group(kiln: Kiln) -> None:
+    """kiln refresh runs on its own daily schedule (the default branch) and queues
+    behind a running deployment, never beside it: the deploy job's group."""
+    repo = app_in_repo(kiln)
+    kiln("ci", "init", "github")
+    workflow = load(repo / ".github/workflows/deploy.yml")
+    jobs = workflow["jobs"]
+    refresh = jobs["refresh"]
+    assert {"cron": "41 5 * * *"} in workflow["on"]["schedule"]
+    assert refresh["if"] == (
+        "github.event_name == 'schedule' && github.event.schedule == '41 5 * * *'"
+    )
+    assert refresh["concurrency"] == jobs["deploy"]["concurrency"]
+    assert refresh["concurrency"]["cancel-in-progress"] is False
+    assert refresh["env"] == jobs["deploy"]["env"]
+    assert [s.get("run") for s in refresh["steps"]][-1] == "kiln refresh --provider aws"
+    assert "Check AWS credentials" in [s.get("name") for s in refresh["steps"]]
+
+    kiln("ci", "init", "gitlab")
+    pipeline = load(repo / ".gitlab-ci.yml")
+    job = pipeline["refresh"]
+    assert job["rules"] == [
+        {"if": '$CI_PIPELINE_SOURCE == "schedule" && $KILN_SCHEDULE == "refresh"'}
+    ]
+    assert job["resource_group"] == pipeline["deploy"]["resource_group"]
+    assert job["script"][-1] == "kiln refresh --provider aws"
+    assert "KILN_SCHEDULE = refresh" in (repo / ".gitlab-ci.yml").read_text()
+
+    kiln("ci", "init", "github", "--provider", "local", "--force")
+    assert "refresh" not in load(repo / ".github/workflows/deploy.yml")["jobs"]

@@ -40,6 +40,10 @@ def test_github_deploys_staging_and_promotes_behind_the_production_environment(
     promote_runs = [step.get("run", "") for step in promote["steps"]]
     assert f"kiln promote staging production --provider {provider} --json" in " ".join(promote_runs)
     assert not any("kiln bake" in r for r in promote_runs), "promotion never bakes"
+    if provider == "aws":  # the daily refresh: staging's, in staging's group
+        refresh = flow["jobs"]["refresh"]
+        assert refresh["concurrency"] == deploy["concurrency"]
+        assert refresh["steps"][-1]["run"] == "kiln refresh --provider aws --env staging"
 
 
 @pytest.mark.parametrize("provider", ["aws", "local"])
@@ -66,6 +70,9 @@ def test_gitlab_promotes_by_hand_or_on_a_tag(
         for line in promote["script"]
     )
     assert ("tags" in promote) == (provider == "local")
+    if provider == "aws":
+        assert pipeline["refresh"]["resource_group"] == pipeline["deploy"]["resource_group"]
+        assert pipeline["refresh"]["script"][-1] == "kiln refresh --provider aws --env staging"
 
 
 def test_promote_names_environments_kiln_toml_has(kiln: Kiln) -> None:
