@@ -61,3 +61,18 @@ def test_aws_runs_release_commands_and_one_off_commands(home: Home) -> None:
     aws = open_platform("aws", home, no_config, has_config=False)  # type: ignore[arg-type]
     aws.require(Capability.RELEASE, "[app] release")
     aws.require(Capability.RUN, "kiln run")
+
+
+def test_image_ages_warn_once_over_max_image_age() -> None:
+    """What every platform's status adds: ages, and 'kiln refresh' due past the maximum."""
+    from kiln.platform import image_ages
+
+    fresh = image_ages(3600.0, 86400.0 * 40, 86400.0 * 30)
+    assert (fresh["image_age"], fresh["base_age"], fresh["image_due"]) == (3600.0, 3456000.0, False)
+    assert "warnings" not in fresh
+    old = image_ages(86400.0 * 31, None, 86400.0 * 30)
+    assert old["image_due"] and old["warnings"] == [
+        "the image is 31d old, over [fleet] max_image_age (30d): 'kiln refresh' is due"
+    ]
+    assert not image_ages(None, None, 60.0)["image_due"]
+    assert not image_ages(86400.0 * 365, None, None)["image_due"]

@@ -236,6 +236,26 @@ class PlatformBase:
             )
 
 
+def image_ages(
+    image_age: float | None, base_age: float | None, max_image_age: float | None
+) -> dict[str, Any]:
+    """What ``kiln status`` shows of its image's age on every platform, and its warning."""
+    from kiln.durations import format_duration
+
+    data: dict[str, Any] = {
+        "image_age": None if image_age is None else round(image_age, 1),
+        "base_age": None if base_age is None else round(base_age, 1),
+        "max_image_age": max_image_age,
+        "image_due": bool(max_image_age and image_age is not None and image_age > max_image_age),
+    }
+    if data["image_due"] and image_age is not None and max_image_age is not None:
+        data["warnings"] = [
+            f"the image is {format_duration(image_age)} old, over [fleet] max_image_age "
+            f"({format_duration(max_image_age)}): 'kiln refresh' is due"
+        ]
+    return data
+
+
 def open_platform(
     name: str,
     home: Home,

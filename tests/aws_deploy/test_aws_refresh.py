@@ -128,6 +128,14 @@ def test_a_newer_base_is_baked_and_rolled_out_an_unchanged_one_is_not(
     latest = fleet.history()[0]
     assert (latest["kind"], latest["from"], latest["to"]) == ("deploy", running, patched.data["to"])
 
+    # ages: the serving AMI's and its base's, and the warning once over max_image_age
+    status = fleet.status()
+    assert status["ami"] == ami and status["image_age"] >= 0 and status["base_age"] >= 0
+    assert not status["image_due"] and "warnings" not in status
+    fleet.max_image_age = 0.001
+    assert fleet.status()["image_due"]
+    assert "'kiln refresh' is due" in fleet.status()["warnings"][0]
+
     # the command line: nothing changed since, so no builder and no deployment
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", user.access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", user.secret_access_key)
@@ -137,6 +145,12 @@ def test_a_newer_base_is_baked_and_rolled_out_an_unchanged_one_is_not(
     quiet = json.loads(kiln("refresh", "--provider", "aws", "--json").stdout)
     assert quiet["deployment"] is None and quiet["to"] == patched.data["to"]
     assert len(fleet.history()) == 2
+    shown = kiln("status", "--provider", "aws").stdout
+    assert "image age" in shown and "its base image" in shown
+    listed = json.loads(kiln("images", "--provider", "aws", "--json").stdout)
+    newest = next(a for a in listed if a["ami"] == ami)
+    assert newest["base_ami"] == new_base and newest["age"] >= 0 and newest["base_age"] >= 0
+    assert newest["packages"] > 20
 
     # it never ships new code: a checkout that bakes another image is refused
     (app / "app.py").write_text("print('v2')\n")

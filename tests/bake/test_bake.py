@@ -297,6 +297,8 @@ def test_bake_json_cli(kiln, tmp_path: Path) -> None:  # type: ignore[no-untyped
     assert json.loads(kiln("bake", "--json").stdout)["reused"] is True
     listed = json.loads(kiln("images", "--json").stdout)
     assert [i["image"] for i in listed] == [first["image"]]
+    assert 0 <= listed[0]["age"] < 600  # seconds since it was baked
+    assert "AGE" in kiln("images").stdout
     shown = json.loads(kiln("image", "show", first["image"], "--json").stdout)
     assert shown["run"] == "python3 app.py" and len(shown["manifest"]) == first["files"]
     assert "ok, 4 files verified" in kiln("image", "verify", first["image"]).stdout

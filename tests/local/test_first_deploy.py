@@ -88,6 +88,7 @@ def works(kiln: Kiln, home: Home, port: int) -> None:
     live = [i for i in status["instances"] if i["state"] not in ("failed", "terminated")]
     assert [i["image"] for i in live] == [good, good], status["instances"]
     assert status["serving"] == 2
+    assert 0 <= status["image_age"] < 600 and not status["image_due"]  # baked just now
     assert http_get(port)[1]["image"] == good
     text = log_path(home).read_text()
     assert "no instances on this host" not in text and "no fleet web" not in text

@@ -132,13 +132,15 @@ def open_deployments(
     """The AWS fleet of this app, its state in AWS: what ``--provider aws`` commands drive."""
     provider = AwsProvider(home, loaded, aws=aws, resolve=resolve)
     settings = Settings.from_config(loaded.config)
-    return AwsDeployments(
+    deployments = AwsDeployments(
         provider,
         settings,
         loaded.config.fleet_name,
         on_event=on_event,
         allow_unverified=allow_unverified,
     )
+    deployments.max_image_age = loaded.config.fleet.max_image_age
+    return deployments
 
 
 class AwsDeployments:
@@ -158,6 +160,7 @@ class AwsDeployments:
     ) -> None:
         self.provider, self.settings, self.fleet = provider, settings, fleet
         self.allow_unverified = allow_unverified  # deploy an AMI without a passed boot test
+        self.max_image_age: float | None = None  # [fleet] max_image_age, for status
         self.aws = provider.aws
         self.who = who or who_am_i()
         self.clock = clock or SystemClock()
@@ -342,7 +345,20 @@ class AwsDeployments:
                 for i in state.instances
             ],
             "lock": self._lock_holder(),
+            **self._ages(groups, now),
         }
+
+    def _ages(self, groups: list[g.ServerGroup], now: float) -> dict[str, Any]:
+        """The serving AMI's age and its base's (``kiln:base-created``), and the warning."""
+        from kiln.aws.images import BASE_CREATED_TAG, age_of, describe_ami
+        from kiln.platform import image_ages
+
+        current = self.current_image() if groups else None
+        ami_id = g.split_release(current)[1] if current else None
+        ami = describe_ami(self.aws, ami_id) if ami_id else None
+        image_age = age_of(ami.created, now) if ami else None
+        base_age = age_of(ami.tags.get(BASE_CREATED_TAG), now) if ami else None
+        return {"ami": ami_id, **image_ages(image_age, base_age, self.max_image_age)}
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         return st.read_history(self.aws, self.fleet, limit)

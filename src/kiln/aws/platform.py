@@ -6,6 +6,7 @@ so any CI runner sees the same; see :mod:`kiln.aws.deployments`.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kiln.aws.deployments import AwsDeployments, open_deployments
@@ -70,14 +71,32 @@ class AwsPlatform(PlatformBase):
         return Report(result.summary(), lines=(headline,))
 
     def images(self, app: str | None) -> Report:
-        from kiln.aws.images import list_amis
+        from kiln.aws.images import BASE_CREATED_TAG, Ami, age_of, list_amis
+        from kiln.durations import format_duration
 
         amis = list_amis(connect(self.settings()), app)
+        now = time.time()
+
+        def ages(a: Ami) -> tuple[float | None, float | None]:
+            return age_of(a.created, now), age_of(a.tags.get(BASE_CREATED_TAG), now)
+
+        def shown(age: float | None) -> str:
+            return "-" if age is None else format_duration(age)
+
         return Report(
-            [a.summary() for a in amis],
-            columns=("AMI", "IMAGE", "APP", "STATE", "CREATED", "COMMIT"),
+            [{**a.summary(), "age": ages(a)[0], "base_age": ages(a)[1]} for a in amis],
+            columns=("AMI", "IMAGE", "APP", "STATE", "CREATED", "AGE", "BASE AGE", "COMMIT"),
             rows=tuple(
-                (a.id, a.image, a.app, a.state, a.created, (a.summary().get("commit") or "-")[:10])
+                (
+                    a.id,
+                    a.image,
+                    a.app,
+                    a.state,
+                    a.created,
+                    shown(ages(a)[0]),
+                    shown(ages(a)[1]),
+                    (a.summary().get("commit") or "-")[:10],
+                )
                 for a in amis
             ),
             empty="no AMIs baked by kiln in this region: run 'kiln bake --provider aws'",

@@ -92,6 +92,12 @@ def print_status(data: dict[str, Any]) -> None:
         console.print(
             f"image {data['current_image'] or '-'}  previous {data['previous_image'] or '-'}"
         )
+    if data.get("image_age") is not None:
+        base = data.get("base_age")
+        based = f", its base image {format_duration(base)} old" if base is not None else ""
+        console.print(f"image age {format_duration(data['image_age'])}{based}")
+    for warning in data.get("warnings", []):
+        console.print(f"[yellow]{escape(warning)}[/]")
     for group in data.get("groups", []):
         attached = "attached" if group.get("attached") else "detached"
         version = f", template v{group['template_version']}" if "template_version" in group else ""

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kiln.durations import format_duration, format_size, format_time
-from kiln.errors import ConfigError, FleetNotFound, ImageNotFound
+from kiln.errors import ConfigError, FleetNotFound, ImageNotFound, KilnError
 from kiln.image.store import Store, short_code
 from kiln.platform import (
     DRIFT_FOUND,
@@ -18,6 +18,7 @@ from kiln.platform import (
     Platform,
     PlatformBase,
     Report,
+    image_ages,
 )
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class LocalPlatform(PlatformBase):
 
     def images(self, app: str | None) -> Report:
         records = Store(self.home).list_images(app)
+        now = time.time()
         rows = []
         for r in records:
             commit = (r.meta.get("commit") or "-")[:10] + ("+dirty" if r.meta.get("dirty") else "")
@@ -101,14 +103,15 @@ class LocalPlatform(PlatformBase):
                     short_code(r.manifest.code_digest),
                     r.app,
                     format_time(r.created),
+                    format_duration(max(0.0, now - r.created)),
                     format_size(r.manifest.size),
                     str(len(r.manifest.files)),
                     commit,
                 )
             )
         return Report(
-            [r.summary() for r in records],
-            columns=("IMAGE", "CODE", "APP", "CREATED", "SIZE", "FILES", "COMMIT"),
+            [{**r.summary(), "age": round(max(0.0, now - r.created), 1)} for r in records],
+            columns=("IMAGE", "CODE", "APP", "CREATED", "AGE", "SIZE", "FILES", "COMMIT"),
             rows=tuple(rows),
             empty="no images yet: run 'kiln bake' in your app's directory",
         )
@@ -183,19 +186,26 @@ class LocalPlatform(PlatformBase):
         from kiln.deploy.status import fleet_status
 
         engine = self.engine()
+        now = time.time()
         data = fleet_status(
             engine.provider,
             engine.db,
             engine.fleet,
             engine.settings.size,
-            time.time(),
+            now,
             annotate=lambda i: {"stale": _stale(i)},
         )
         if self.loaded.config.provider.local.acme is not None:
             from kiln.local.acme import CertDir
 
             data["certificate"] = CertDir(self.home, engine.fleet).status()
-        return data
+        age = None
+        if data.get("current_image"):
+            try:
+                age = max(0.0, now - Store(self.home).get(data["current_image"]).created)
+            except KilnError:
+                age = None  # pruned or unreadable: no age to show
+        return {**data, **image_ages(age, None, self.loaded.config.fleet.max_image_age)}
 
     def destroy(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
