@@ -547,6 +547,38 @@ class LocalSettings(Section):
         return int(self.listen.rsplit(":", 1)[1])
 
 
+_REGION = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"
+_ORG_ARN = r"^arn:aws[a-z-]*:organizations::\d{12}:organization/o-[a-z0-9]{10,32}$"
+_OU_ARN = (
+    r"^arn:aws[a-z-]*:organizations::\d{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$"
+)
+_KEY_NAME = r"(alias/[A-Za-z0-9/_-]{1,250}|(key/)?(mrk-)?[0-9a-f-]{32,36})"
+_KMS_KEY = rf"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{{12}}:)?{_KEY_NAME}$"
+
+
+def portable_key(key: str) -> bool:
+    """A key name that means a key in every region: an alias, or a multi-Region key."""
+    resource = key.split(":")[-1]
+    return resource.startswith(("alias/", "mrk-", "key/mrk-"))
+
+
+class WarmPoolSettings(Section):
+    """An Auto Scaling warm pool: pre-initialised instances a scale-out takes first."""
+
+    min_size: int = Field(default=0, ge=0, le=1000, description="Instances kept warm at least.")
+    max_prepared_capacity: int | None = Field(
+        default=None,
+        ge=-1,
+        description="Group size plus warm instances at most. Default: the group's max size.",
+    )
+    state: Literal["Stopped", "Running", "Hibernated"] = Field(
+        default="Stopped", description="What a warm instance is while it waits."
+    )
+    reuse_on_scale_in: bool = Field(
+        default=False, description="Scale-in returns instances to the pool instead of ending them."
+    )
+
+
 class AwsSettings(Section):
     """The AWS provider: AMIs, Auto Scaling groups, an ALB target group."""
 
@@ -714,6 +746,107 @@ class AwsSettings(Section):
         default=None,
         description="SSM Parameter Store prefix secrets are read from at boot (/<app>/ default).",
     )
+    copy_to_regions: list[Annotated[str, Field(pattern=_REGION)]] = Field(
+        default_factory=list,
+        description=(
+            "Regions each new AMI is copied to (same kiln tags, shared and deprecated the same "
+            "way). The bake starts the copies and does not wait for them; the next bake, "
+            "'kiln images --provider aws' and deploys there see them once available."
+        ),
+    )
+    share_with_accounts: list[Annotated[str, Field(pattern=r"^\d{12}$")]] = Field(
+        default_factory=list, description="AWS account ids given launch permission on each AMI."
+    )
+    share_with_organizations: list[Annotated[str, Field(pattern=_ORG_ARN)]] = Field(
+        default_factory=list,
+        description="AWS Organizations ARNs (arn:aws:organizations::ID:organization/o-...) "
+        "given launch permission on each AMI.",
+    )
+    share_with_ous: list[Annotated[str, Field(pattern=_OU_ARN)]] = Field(
+        default_factory=list,
+        description="Organizational unit ARNs (...:ou/o-.../ou-...) given launch permission.",
+    )
+    share_snapshots: bool = Field(
+        default=False,
+        description=(
+            "Also give share_with_accounts createVolumePermission on the AMI's snapshots, "
+            "so they can copy it (launching needs only the launch permission)."
+        ),
+    )
+    encrypted: bool = Field(
+        default=False,
+        description="Encrypt the AMI's root volume (with kms_key_id, else the account's "
+        "default EBS key). Implied by kms_key_id.",
+    )
+    kms_key_id: str | None = Field(
+        default=None,
+        pattern=_KMS_KEY,
+        description=(
+            "KMS key the AMI is encrypted with: key id, key ARN, or 'alias/NAME'. Copies "
+            "use the same alias, the same multi-Region key, or copy_kms_key_ids."
+        ),
+    )
+    copy_kms_key_ids: dict[str, Annotated[str, Field(pattern=_KMS_KEY)]] = Field(
+        default_factory=dict,
+        description="KMS key per copy region (KMS keys are regional): { us-east-1 = '...' }.",
+    )
+    root_volume_size: int | None = Field(
+        default=None, ge=1, le=16384, description="Root volume size of the AMI, in GiB."
+    )
+    root_volume_type: Literal["gp3", "gp2", "standard"] | None = Field(
+        default=None, description="Root volume type of the AMI. Default: the base image's."
+    )
+    delete_on_termination: bool = Field(
+        default=True,
+        description="Delete an instance's root volume when it terminates (the AMI's mapping).",
+    )
+    deprecate_after: Duration | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Mark each AMI deprecated this long after it was created (EC2 image deprecation; "
+            "it still launches, but is hidden from default listings). Unset: never."
+        ),
+    )
+    warm_pool: WarmPoolSettings | None = Field(
+        default=None,
+        description="A warm pool for each new server group. Unset: the current group's "
+        "warm pool, if it has one, is carried to the next.",
+    )
+
+    @model_validator(mode="after")
+    def _regions_and_keys(self) -> AwsSettings:
+        if len(set(self.copy_to_regions)) != len(self.copy_to_regions):
+            raise ValueError("copy_to_regions lists a region twice")
+        if self.region and self.region in self.copy_to_regions:
+            raise ValueError(f"copy_to_regions includes the AMI's own region {self.region}")
+        stray = sorted(set(self.copy_kms_key_ids) - set(self.copy_to_regions))
+        if stray:
+            raise ValueError(f"copy_kms_key_ids names {', '.join(stray)}, not in copy_to_regions")
+        if self.kms_key_id and not portable_key(self.kms_key_id):
+            missing = [r for r in self.copy_to_regions if r not in self.copy_kms_key_ids]
+            if missing:
+                raise ValueError(
+                    f"kms_key_id {self.kms_key_id} is a key of one region: set "
+                    f"copy_kms_key_ids for {', '.join(missing)} (or use an alias or a "
+                    "multi-Region key, mrk-...)"
+                )
+        if self.encrypted and self.kms_key_id is None and self.shares:
+            raise ValueError(
+                "an AMI encrypted with the default EBS key (aws/ebs) cannot be shared: set "
+                "kms_key_id to a customer managed key the accounts may use"
+            )
+        return self
+
+    @property
+    def encrypts(self) -> bool:
+        return self.encrypted or self.kms_key_id is not None
+
+    @property
+    def shares(self) -> bool:
+        return bool(
+            self.share_with_accounts or self.share_with_organizations or self.share_with_ous
+        )
 
     @model_validator(mode="after")
     def _ssm_needs_a_profile(self) -> AwsSettings:

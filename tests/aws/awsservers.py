@@ -25,6 +25,8 @@ from typing import Any
 import asyncssh
 import requests
 
+COPY_SECONDS = 2.0  # how long an AMI copy stays pending on the test servers (AWS: minutes)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -39,6 +41,7 @@ def moto_server(log: Path, *, free_requests: int | None = None) -> Iterator[str]
     env = dict(os.environ)
     if free_requests is not None:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(free_requests)
+    env.setdefault("KILN_MOTO_COPY_SECONDS", str(COPY_SECONDS))
     # moto plus snapshot tags at CreateImage, which AWS applies and moto 5.2 lacks
     server = [sys.executable, str(Path(__file__).with_name("motopatched.py"))]
     with log.open("wb") as out:

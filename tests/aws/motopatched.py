@@ -10,6 +10,17 @@
   the nearest-rank percentile of the raw values put in the period (AWS
   estimates percentiles; with raw values put one by one the two agree).
 
+- ``CreateImage`` makes the AMI's snapshot from the instance's root volume,
+  so the AMI's mapping shows that volume's size, type, encryption and KMS key
+  (moto makes a fresh unencrypted 15 GiB one), and takes the request's
+  ``BlockDeviceMappings`` ``DeleteOnTermination``.
+- ``CopyImage`` takes ``TagSpecifications`` (image and snapshot),
+  ``Encrypted``/``KmsKeyId`` (the copy's snapshot is encrypted with that key,
+  or the region's default EBS key) and ``ClientToken`` (a repeated request
+  returns the first copy); a copy stays ``pending`` for
+  ``KILN_MOTO_COPY_SECONDS`` (default 0) as AWS's take minutes.
+- ``EnableImageDeprecation``: the AMI's ``DeprecationTime``.
+
 Nothing else changes.
 
     python motopatched.py -H 127.0.0.1 -p PORT
@@ -18,13 +29,16 @@ Nothing else changes.
 from __future__ import annotations
 
 import math
+import os
 import sys
+import time
 from typing import Any
 
 from moto.cloudwatch.models import Statistics
 from moto.core.responses import ActionResult
-from moto.ec2.models.amis import AmiBackend
+from moto.ec2.models.amis import Ami, AmiBackend
 from moto.ec2.models.launch_templates import LaunchTemplateBackend
+from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.server import main
 
@@ -32,7 +46,12 @@ _create_image = AmiBackend.create_image
 
 
 def create_image(
-    self: Any, instance_id: str, name: str, description: str, tag_specifications: list[Any]
+    self: Any,
+    instance_id: str,
+    name: str,
+    description: str,
+    tag_specifications: list[Any],
+    block_device_mappings: list[Any] | None = None,
 ) -> Any:
     snapshot_tags = [
         tag
@@ -42,12 +61,128 @@ def create_image(
     ]
     others = [spec for spec in tag_specifications if spec["ResourceType"] != "snapshot"]
     ami = _create_image(self, instance_id, name, description, others)
+    _snapshot_root_volume(self, ami, self.get_instance(instance_id), block_device_mappings or [])
     for tag in snapshot_tags:  # moto gives an image one snapshot
         ami.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
     return ami
 
 
+def _snapshot_root_volume(backend: Any, ami: Any, instance: Any, requested: list[Any]) -> None:
+    """The AMI's snapshot is of the instance's root volume, as on AWS."""
+    devices = dict(instance.get_block_device_mapping)
+    device = ami.root_device_name if ami.root_device_name in devices else next(iter(devices), None)
+    if device is None:
+        return
+    volume = backend.get_volume(devices[device].volume_id)
+    old = ami.ebs_snapshot
+    snapshot = backend.create_snapshot(volume.id, old.description, ami.owner_id, from_ami=ami.id)
+    snapshot.encrypted = bool(volume.encrypted)
+    snapshot.kms_key_id = volume.kms_key_id
+    backend.snapshots.pop(old.id, None)
+    ami.ebs_snapshot = snapshot
+    delete = bool(devices[device].delete_on_termination)
+    for mapping in requested:
+        if mapping.get("DeviceName") == device and "DeleteOnTermination" in mapping.get("Ebs", {}):
+            delete = str(mapping["Ebs"]["DeleteOnTermination"]).lower() == "true"
+    ami.kiln_disk = {
+        "size": int(volume.size),
+        "type": volume.volume_type or "standard",
+        "encrypted": bool(volume.encrypted),
+        "kms": volume.kms_key_id,
+        "delete": delete,
+    }
+
+
+def create_image_response(self: Any) -> ActionResult:
+    image = self.ec2_backend.create_image(
+        self._get_param("InstanceId"),
+        self._get_param("Name"),
+        self._get_param("Description", ""),
+        tag_specifications=self._get_param("TagSpecifications", []),
+        block_device_mappings=self._get_param("BlockDeviceMappings", []),
+    )
+    return ActionResult({"ImageId": image.id})
+
+
+_mappings = Ami.block_device_mappings
+
+
+def block_device_mappings(self: Any) -> list[dict[str, Any]]:
+    disk = getattr(self, "kiln_disk", None)
+    if disk is None:
+        return _mappings.fget(self)  # type: ignore[attr-defined,no-any-return]
+    ebs: dict[str, Any] = {
+        "SnapshotId": self.ebs_snapshot.id,
+        "VolumeSize": disk["size"],
+        "DeleteOnTermination": disk["delete"],
+        "VolumeType": disk["type"],
+        "Encrypted": disk["encrypted"],
+    }
+    if disk["kms"]:
+        ebs["KmsKeyId"] = disk["kms"]
+    return [{"DeviceName": self.root_device_name, "Ebs": ebs}]
+
+
+def _state(self: Any) -> str:
+    ready = self.__dict__.get("kiln_ready_at")
+    state = str(self.__dict__.get("kiln_state", "available"))
+    if state == "pending" and ready is not None and time.time() >= ready:
+        return "available"
+    return state
+
+
+def _set_state(self: Any, value: str) -> None:
+    self.__dict__["kiln_state"] = value
+
+
+def copy_image_response(self: Any) -> ActionResult:
+    backend = self.ec2_backend
+    tokens = backend.__dict__.setdefault("kiln_copy_tokens", {})
+    token = self._get_param("ClientToken")
+    if token and token in tokens:
+        return ActionResult({"ImageId": tokens[token]})
+    source_id, source_region = self._get_param("SourceImageId"), self._get_param("SourceRegion")
+    ami = backend.copy_image(
+        source_id, source_region, self._get_param("Name"), self._get_param("Description")
+    )
+    from moto.ec2.models import ec2_backends
+
+    source = ec2_backends[backend.account_id][source_region].describe_images(ami_ids=[source_id])[0]
+    disk = dict(getattr(source, "kiln_disk", None) or {
+        "size": 15, "type": "standard", "encrypted": False, "kms": None, "delete": True
+    })  # fmt: skip
+    if str(self._get_param("Encrypted", "false")).lower() == "true" or disk["encrypted"]:
+        disk["encrypted"] = True
+        disk["kms"] = self._get_param("KmsKeyId") or f"alias/aws/ebs ({backend.region_name})"
+    ami.kiln_disk = disk
+    ami.ebs_snapshot.encrypted = disk["encrypted"]
+    ami.ebs_snapshot.kms_key_id = disk["kms"]
+    for spec in self._get_param("TagSpecifications", []):
+        target = ami if spec["ResourceType"] == "image" else ami.ebs_snapshot
+        for tag in spec.get("Tags", []):
+            target.add_tag(tag["Key"], tag["Value"])
+    seconds = float(os.environ.get("KILN_MOTO_COPY_SECONDS", "0"))
+    if seconds > 0:
+        ami.state = "pending"
+        ami.kiln_ready_at = time.time() + seconds
+    if token:
+        tokens[token] = ami.id
+    return ActionResult({"ImageId": ami.id})
+
+
+def enable_image_deprecation(self: Any) -> ActionResult:
+    ami = self.ec2_backend.describe_images(ami_ids=[self._get_param("ImageId")])[0]
+    ami.deprecation_time = str(self._get_param("DeprecateAt"))
+    return ActionResult({"Return": True})
+
+
 AmiBackend.create_image = create_image  # type: ignore[method-assign]
+AmisResponse.create_image = create_image_response  # type: ignore[method-assign]
+AmisResponse.copy_image = copy_image_response  # type: ignore[method-assign]
+AmisResponse.enable_image_deprecation = enable_image_deprecation  # type: ignore[attr-defined]
+Ami.block_device_mappings = property(block_device_mappings)  # type: ignore[assignment,method-assign]
+Ami.state = property(_state, _set_state)  # type: ignore[assignment,method-assign]
+
 
 _describe_versions = LaunchTemplateBackend.describe_launch_template_versions
 

@@ -45,13 +45,35 @@ from kiln.home import Home
 pytestmark = pytest.mark.aws
 
 
+# every publish statement: copies to two regions, sharing, deprecation, a KMS key
+PUBLISH_ALL: dict[str, Any] = {
+    "copy_regions": ("us-east-1", "ap-southeast-2"),
+    "share": True,
+    "deprecate": True,
+    "kms": True,
+}
+
+
 @pytest.mark.parametrize(
     ("region", "account"), [("eu-west-1", "123456789012"), ("us-east-1", None), (None, None)]
 )
-def test_parliament_finds_nothing(region: str | None, account: str | None) -> None:
-    document = policy_document(region=region, account=account)
-    for community in (False, True):
-        assert lint(document, community=community) == []
+@pytest.mark.parametrize("publish", [{}, PUBLISH_ALL])
+def test_parliament_finds_nothing(
+    region: str | None, account: str | None, publish: dict[str, Any]
+) -> None:
+    copies = tuple(r for r in publish.get("copy_regions", ()) if r != region)
+    rendered = {**publish, "copy_regions": copies}
+    document = policy_document(region=region, account=account, **rendered)
+    assert lint(document, community=False) == []
+    # Sharing an AMI's snapshots and EBS's grant on the KMS key are permissions
+    # management by nature; both exist only when kiln.toml asks to share or encrypt,
+    # and are scoped (kiln's own snapshots; grants for AWS resources via EC2 only).
+    community = lint(document, community=True)
+    managing = {"kms:creategrant", "ec2:modifysnapshotattribute"} if publish else set()
+    assert {issue for issue, _detail, _where in community} == (
+        {"PERMISSIONS_MANAGEMENT_ACTIONS"} if publish else set()
+    )
+    assert {a for _i, _d, where in community for a in where["actions"]} == managing
 
 
 def test_pass_role_only_for_the_configured_instance_role() -> None:
@@ -243,8 +265,8 @@ def test_create_deploy_user_converges_and_rotates(aws: Aws) -> None:
     attached = aws.iam.list_attached_user_policies(UserName="deploy-user-web")["AttachedPolicies"]
     assert sorted(p["PolicyName"] for p in attached) == ["kiln-web-bake", "kiln-web-deploy"]
     assert aws.iam.list_user_policies(UserName="deploy-user-web")["PolicyNames"] == []
-    for part, purposes in PARTS.items():
-        expected = policy_document(region=aws.region, account="123456789012", purposes=purposes)
+    for part in ("bake", "deploy"):  # publish: nothing asked for, so not attached
+        expected = policy_document(region=aws.region, account="123456789012", purposes=PARTS[part])
         assert _stored(aws, f"kiln-web-{part}") == expected
 
     again = create_deploy_user(aws, "web")
@@ -348,6 +370,14 @@ def _every_region() -> list[tuple[str, str]]:
     return found
 
 
+def _longest_publish(partition: str, region: str | None) -> dict[str, Any]:
+    """Every publish statement, copying to the five longest-named regions of the partition."""
+    names = sorted(
+        (r for p, r in _every_region() if p == partition and r != region), key=len, reverse=True
+    )
+    return {**PUBLISH_ALL, "copy_regions": tuple(names[:5])}
+
+
 def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() -> None:
     """IAM's 6,144-character limit (whitespace not counted): moto does not enforce it."""
     role = "r" * 64  # the longest role name IAM allows, for iam:PassRole
@@ -378,6 +408,7 @@ def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() ->
                         listener=listener.format(partition, region) if canary else None,
                         ssm=ssm,
                         builder_role=role if ssm else None,
+                        **(_longest_publish(partition, region) if part == "publish" else {}),
                     )
                     chars = size(document)
                     assert chars <= MANAGED_POLICY_MAX, (partition, region, part, chars)

@@ -14,8 +14,15 @@ from typing import Any
 import pytest
 from policywalk import Statement, lint, obtainable_tags, reachable_destruction
 
-from kiln.aws.policy import PARTS, policy_document
+from kiln.aws.policy import PARTS, PUBLISH_RULES, policy_document
 
+# every publish statement (copies, sharing, deprecation, a KMS key) is in the walk
+PUBLISH_ALL: dict[str, Any] = {
+    "copy_regions": ("us-east-1",),
+    "share": True,
+    "deprecate": True,
+    "kms": True,
+}
 TG = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/shop/0123456789abcdef"
 LISTENER = (
     "arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/shop/0123456789abcdef/"
@@ -39,7 +46,7 @@ def merged(
             purposes=purposes,
             target_group=target_group,
             listener=listener,
-            **kw,
+            **{**PUBLISH_ALL, **kw},
         )
         statements += document["Statement"]
     return {"Version": "2012-10-17", "Statement": statements}
@@ -60,7 +67,13 @@ def test_no_foreign_resource_can_be_tagged_into_reach(partition: str) -> None:
 
 
 def _part(sid: str) -> str:
+    if sid in PUBLISH_SIDS:
+        return "publish"
     return "deploy" if sid.startswith("KilnDeploy") else "bake"
+
+
+PUBLISH_SIDS = {rule.sid for rule in PUBLISH_RULES}
+MARKS = {"KilnBootTestMarkVerified": "kiln:verified", "KilnMarkPublished": "kiln:published"}
 
 
 def test_every_tag_write_is_on_create_or_of_the_lock_keys_on_the_lock() -> None:
@@ -74,8 +87,8 @@ def test_every_tag_write_is_on_create_or_of_the_lock_keys_on_the_lock() -> None:
         assert keys, raw["Sid"]  # aws:TagKeys guards every tag write
         if "ec2:CreateAction" in condition.get("StringEquals", {}):
             assert set(keys) == {"kiln:*", "Name"}
-        elif raw["Sid"] == "KilnBootTestMarkVerified":  # one key, on AMIs kiln created
-            assert keys == ["kiln:verified"]
+        elif raw["Sid"] in MARKS:  # one key, on AMIs kiln created
+            assert keys == [MARKS[raw["Sid"]]]
             assert condition["StringLike"] == {"ec2:ResourceTag/kiln:app": "*"}
         else:
             assert raw["Sid"] == "KilnDeployLockHeartbeatAndRelease"

@@ -28,8 +28,10 @@ import botocore.exceptions
 
 from kiln.aws import builder as b
 from kiln.aws.boottest import Checker, boot_test, is_verified
+from kiln.aws.disks import builder_mappings, check_key, image_mappings, key_for
 from kiln.aws.images import (
     BASE_CREATED_TAG,
+    BASE_NAME_TAG,
     BASE_TAG,
     CODE_TAG,
     COMMIT_TAG,
@@ -43,6 +45,7 @@ from kiln.aws.images import (
     Ami,
     delete_ami,
     find_ami,
+    find_copy,
     release_tag,
     wait_available,
 )
@@ -53,7 +56,9 @@ from kiln.aws.install import (
     recipe,
     render_bundle,
 )
-from kiln.aws.policy import APP_TAG
+from kiln.aws.policy import APP_TAG, VERIFIED_TAG
+from kiln.aws.publish import publish
+from kiln.aws.regions import Copy, sync_copies
 from kiln.aws.session import Aws, aws_errors, connect, tags
 from kiln.aws.ssh import SshTarget, SshTransport
 from kiln.aws.ssm import SsmTransport
@@ -85,6 +90,11 @@ class AmiResult:
     seconds: float
     verified: bool = False  # tagged kiln:verified: a boot test passed (now or before)
     boot_test_seconds: float | None = None  # this bake's boot test, launch to healthy
+    encrypted: bool = False
+    copies: tuple[Copy, ...] = ()  # copy_to_regions: started, pending or available
+
+    def with_copies(self, copies: list[Copy]) -> AmiResult:
+        return replace(self, copies=tuple(copies))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -104,6 +114,8 @@ class AmiResult:
             "boot_test_seconds": (
                 None if self.boot_test_seconds is None else round(self.boot_test_seconds, 3)
             ),
+            "encrypted": self.encrypted,
+            "copies": [c.summary() for c in self.copies],
         }
 
 
@@ -169,8 +181,11 @@ def build_ami(
     testing = settings.boot_test if boot_test is None else boot_test
     started = time.monotonic()
     shape = recipe(config, settings)
-    base, base_created = resolve_base(aws, settings)
+    found_base = resolve_base(aws, settings)
+    base = found_base.id
     existing = None if fresh else find_ami(aws, record.digest, shape, base)
+    if existing is None and not fresh:
+        existing = find_copy(aws, record.digest, shape, found_base.name)
     if existing is None and not fresh:
         _say_if_base_changed(aws, find_ami(aws, record.digest, shape), base, note)
     if existing is not None and existing.state in {"available", "pending"}:
@@ -178,7 +193,9 @@ def build_ami(
         note(f"{'resuming the wait for' if resumed else 'reusing'} {existing.id}")
         ami = _finish(aws, existing.id, settings, note)
         result = _result(ami, record, aws, None, True, resumed, started)
-        return _verify(aws, result, ami, config, note, checker) if testing else result
+        if testing:
+            result, ami = _verify(aws, result, ami, config, note, checker)
+        return _published(aws, result, ami, settings, note)
     if existing is not None:
         note(f"deregistering {existing.id} (state {existing.state}) before baking again")
         delete_ami(aws, existing)
@@ -189,23 +206,39 @@ def build_ami(
         with b.terminate_as_interrupt():
             reach = transport or _reach(settings, aws, ssh_target)
             ami_id = _build(
-                store, record, config, settings, aws, build_id, (base, base_created), note,
+                store, record, config, settings, aws, build_id, found_base, note,
                 reach, unique=fresh,
             )  # fmt: skip
     finally:
         shutil.rmtree(bundle_dir, ignore_errors=True)
     ami = _finish(aws, ami_id, settings, note)
     result = _result(ami, record, aws, build_id, False, False, started, base)
-    return _verify(aws, result, ami, config, note, checker) if testing else result
+    if testing:
+        result, ami = _verify(aws, result, ami, config, note, checker)
+    return _published(aws, result, ami, settings, note)
+
+
+def _published(
+    aws: Aws, result: AmiResult, ami: Ami, settings: AwsSettings, note: Progress
+) -> AmiResult:
+    """Share and deprecate the AMI, then start (or finish) its copies; never wait for them.
+
+    After the boot test: an AMI that failed it is neither shared nor copied,
+    and its copies carry the ``kiln:verified`` tag deploys there require.
+    """
+    publish(aws, ami, settings, note)
+    if not settings.copy_to_regions:
+        return result
+    return result.with_copies(sync_copies(aws, ami, settings, note))
 
 
 def _verify(
     aws: Aws, result: AmiResult, ami: Ami, config: Config, note: Progress, checker: Checker | None
-) -> AmiResult:
+) -> tuple[AmiResult, Ami]:
     """The boot test, unless the AMI passed one already; the result says it is verified."""
     if is_verified(ami.tags):
         note(f"{ami.id} passed its boot test before")
-        return replace(result, verified=True)
+        return replace(result, verified=True), ami
     settings = settings_of(config)
     build_id = result.build_id or "kb-" + secrets.token_hex(6)
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=settings.build_ttl)
@@ -213,7 +246,9 @@ def _verify(
     with b.terminate_as_interrupt():
         tested = boot_test(aws, ami.id, settings, config.health, build, note=note, checker=checker)
     seconds = result.seconds + tested.seconds
-    return replace(result, verified=True, boot_test_seconds=tested.seconds, seconds=seconds)
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tagged = replace(ami, tags={**ami.tags, VERIFIED_TAG: when})  # copies carry it
+    return replace(result, verified=True, boot_test_seconds=tested.seconds, seconds=seconds), tagged
 
 
 def _build(
@@ -223,13 +258,14 @@ def _build(
     settings: AwsSettings,
     aws: Aws,
     build_id: str,
-    base_of: tuple[str, str],
+    found_base: BaseImage,
     note: Progress,
     reach: TransportFactory,
     *,
     unique: bool = False,
 ) -> str:
-    base = base_of[0]
+    base = found_base.id
+    kms_key = check_key(aws, key_for(settings, aws.region, aws.region), shared=settings.shares)
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=settings.build_ttl)
     build = b.BuildTags(build_id=build_id, app=record.app, expires=expires.replace(microsecond=0))
     bundle = render_bundle(store, record, config, settings, store.home.tmp / f"ami-{build_id}")
@@ -254,6 +290,9 @@ def _build(
                 ttl=settings.build_ttl,
                 note=note,
                 instance_profile=None if ssh else settings.builder_instance_profile,
+                block_devices=builder_mappings(
+                    settings, found_base.root_device, kms_key, found_base.root_size
+                ),
             )
         )
         target = reach(builder)
@@ -272,8 +311,10 @@ def _build(
         with aws_errors("stopping the builder"):
             aws.ec2.stop_instances(InstanceIds=[builder.instance_id])
         b.wait_instance(aws, builder.instance_id, "stopped", timeout=600, note=note)
-        made = Made(base, base_of[1], len(packages), build_id if unique else None)
-        ami_id = _create_image(aws, record, builder.instance_id, made, settings, config)
+        made = Made(base, found_base.created, len(packages), build_id if unique else None)
+        ami_id = _create_image(
+            aws, record, builder.instance_id, made, settings, config, base=found_base
+        )
         note(f"creating {ami_id}")
         wait_available(aws, ami_id, timeout=settings.image_timeout, note=note)
         return ami_id
@@ -296,6 +337,8 @@ def _create_image(
     made: Made,
     settings: AwsSettings,
     config: Config,
+    *,
+    base: BaseImage,
 ) -> str:
     name = f"kiln-{record.app}-{record.id}-{recipe(config, settings)[:8]}"
     if made.build_id:
@@ -303,11 +346,17 @@ def _create_image(
     image_tags = ami_tags(record, made.base, recipe(config, settings))
     image_tags[BASE_CREATED_TAG] = made.base_created
     image_tags[PACKAGES_TAG] = str(made.packages)
+    if base.name:
+        image_tags[BASE_NAME_TAG] = base.name[:256]
     # Snapshots are tagged by the same call: a bake killed during the long wait
     # for "available" leaves snapshots prune may delete (DeleteSnapshot needs kiln:app).
     spec: list[Any] = [
         {"ResourceType": kind, "Tags": tags(image_tags)} for kind in ("image", "snapshot")
     ]
+    args: dict[str, Any] = {}
+    mappings = image_mappings(settings, base.root_device)
+    if mappings:
+        args["BlockDeviceMappings"] = mappings
     with aws_errors("creating the AMI"):
         try:
             response = aws.ec2.create_image(
@@ -315,6 +364,7 @@ def _create_image(
                 Name=name,
                 Description=f"kiln image {record.id} of {record.app}",
                 TagSpecifications=spec,
+                **args,
             )
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "InvalidAMIName.Duplicate":
@@ -384,6 +434,7 @@ def _result(
         snapshots=ami.snapshots,
         seconds=time.monotonic() - started,
         verified=is_verified(ami.tags),
+        encrypted=ami.encrypted,
     )
 
 
@@ -403,13 +454,22 @@ def _say_if_base_changed(aws: Aws, previous: Ami | None, base: str, note: Progre
     )
 
 
+@dataclass(frozen=True)
+class BaseImage:
+    id: str
+    name: str  # the same base in another region has another id, the same name
+    root_device: str  # where the builder's root volume mapping goes
+    root_size: int | None = None  # GiB of its root snapshot
+    created: str = ""  # ISO 8601, as EC2 reports it
+
+
 def resolve_base_image(aws: Aws, settings: AwsSettings) -> str:
     """Pin the base image to an id: a given 'ami-' id, or the newest name match."""
-    return resolve_base(aws, settings)[0]
+    return resolve_base(aws, settings).id
 
 
-def resolve_base(aws: Aws, settings: AwsSettings) -> tuple[str, str]:
-    """The base image's id and creation date (ISO 8601, as EC2 reports it)."""
+def resolve_base(aws: Aws, settings: AwsSettings) -> BaseImage:
+    """The base image pinned by id, with its name and root device."""
     wanted = settings.base_image
     with aws_errors("resolving the base image"):
         if wanted.startswith("ami-"):
@@ -428,7 +488,21 @@ def resolve_base(aws: Aws, settings: AwsSettings) -> tuple[str, str]:
             hint="set [provider.aws] base_image to an AMI id or name pattern available there",
         )
     newest = max(found, key=lambda image: image.get("CreationDate", ""))
-    return str(newest["ImageId"]), str(newest.get("CreationDate", ""))
+    return BaseImage(
+        id=newest["ImageId"],
+        name=str(newest.get("Name", "")),
+        root_device=str(newest.get("RootDeviceName") or "/dev/xvda"),
+        root_size=_root_size(newest),
+        created=str(newest.get("CreationDate", "")),
+    )
+
+
+def _root_size(image: Any) -> int | None:
+    root = image.get("RootDeviceName")
+    for mapping in image.get("BlockDeviceMappings", []):
+        if mapping.get("DeviceName") == root and mapping.get("Ebs", {}).get("VolumeSize"):
+            return int(mapping["Ebs"]["VolumeSize"])
+    return None
 
 
 def parse_packages(output: str) -> list[tuple[str, str]]:

@@ -236,6 +236,7 @@ def builder_instance(
     ttl: float,
     note: Note,
     instance_profile: str | None = None,
+    block_devices: list[Any] | None = None,
 ) -> Iterator[Builder]:
     """The builder; without a key pair it is reached through Systems Manager, which
     needs ``instance_profile`` (a role with the agent's permissions)."""
@@ -258,6 +259,8 @@ def builder_instance(
         args["KeyName"] = key_name
     if instance_profile:
         args["IamInstanceProfile"] = {"Name": instance_profile}
+    if block_devices:  # root volume encrypted, sized, typed (kiln.aws.disks)
+        args["BlockDeviceMappings"] = block_devices
     instance_id = ""
     try:
         # a Ctrl-C or cancel while RunInstances answers would leave an instance nobody

@@ -98,11 +98,14 @@ def create_deploy_user(
     listener: str | None = None,
     ssm: bool = False,
     builder_role: str | None = None,
+    publish: Mapping[str, Any] | None = None,
 ) -> DeployUser:
     """Converge the deploy user; ``documents`` overrides a part's policy (tests).
 
     ``parts`` picks the policies: ``("bake",)`` makes a user that can bake,
-    list, prune and reap AMIs but not deploy.
+    list, prune and reap AMIs but not deploy. ``publish`` holds
+    policy_document's ``copy_regions``/``share``/``deprecate``/``kms``: the
+    publish policy is attached only when they ask for something.
     """
     name = user_name(team)
     unknown = sorted(set(parts) - set(PARTS))
@@ -125,10 +128,12 @@ def create_deploy_user(
                     listener=listener,
                     ssm=ssm,
                     builder_role=builder_role,
+                    **(publish or {}),
                 )
             )
             for part in parts
         }
+        wanted = {part: doc for part, doc in wanted.items() if doc["Statement"]}
         arn, created = _ensure_user(aws, name, team)
         console_removed = _remove_console_access(aws, name)
         changed = _ensure_policies(aws, name, team, partition, account, wanted)

@@ -23,6 +23,7 @@ RELEASE_TAG = "kiln:release"  # the image's [app] release command (cut to 256 ch
 RUNTIME_TAG = "kiln:runtime"  # the installer version: 4 and later run releases and one-offs
 BASE_CREATED_TAG = "kiln:base-created"  # the base AMI's creation date
 PACKAGES_TAG = "kiln:packages"  # how many packages the builder had
+BASE_NAME_TAG = "kiln:base-name"  # the base's name: the same base in another region
 AMI_TAG = "kiln:ami"  # on server groups (kiln.aws.groups): the AMI a group launches
 
 
@@ -41,6 +42,8 @@ class Ami:
     created: str  # ISO 8601, as EC2 reports it
     tags: dict[str, str]
     snapshots: tuple[str, ...]
+    encrypted: bool = False  # its root snapshot is
+    deprecation_time: str | None = None
 
     @property
     def app(self) -> str:
@@ -68,6 +71,8 @@ class Ami:
             "base_created": self.tags.get(BASE_CREATED_TAG),
             "packages": int(self.tags[PACKAGES_TAG]) if PACKAGES_TAG in self.tags else None,
             "snapshots": list(self.snapshots),
+            "encrypted": self.encrypted,
+            "deprecation_time": self.deprecation_time,
         }
 
     @classmethod
@@ -84,6 +89,10 @@ class Ami:
             created=raw.get("CreationDate", ""),
             tags=tag_map(raw.get("Tags")),
             snapshots=snapshots,
+            encrypted=any(
+                bool(m.get("Ebs", {}).get("Encrypted")) for m in raw.get("BlockDeviceMappings", [])
+            ),
+            deprecation_time=raw.get("DeprecationTime"),
         )
 
 
@@ -138,6 +147,23 @@ def find_ami(aws: Aws, digest: str, recipe: str, base: str | None = None) -> Ami
     usable = [a for a in found if a.state in {"available", "pending"}]
     candidates = usable or found
     return candidates[0] if candidates else None
+
+
+def find_copy(aws: Aws, digest: str, recipe: str, base_name: str) -> Ami | None:
+    """A copy of this image from another region, made from a base of the same name.
+
+    A base image has another id in each region (Debian publishes one per
+    region under one name), so a copy matches on the base's name: that is how
+    reuse by digest works in every copy region.
+    """
+    filters: list[Any] = [
+        {"Name": f"tag:{DIGEST_TAG}", "Values": [digest]},
+        {"Name": f"tag:{RECIPE_TAG}", "Values": [recipe]},
+        {"Name": f"tag:{BASE_NAME_TAG}", "Values": [base_name]},
+        {"Name": "tag-key", "Values": ["kiln:source-ami"]},
+    ]
+    usable = [a for a in _describe(aws, filters) if a.state in {"available", "pending"}]
+    return usable[0] if usable else None
 
 
 def wait_available(aws: Aws, ami_id: str, *, timeout: float, note: Callable[[str], None]) -> Ami:

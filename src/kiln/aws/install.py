@@ -14,6 +14,7 @@ import shlex
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from kiln.config import AwsSettings, Config
 from kiln.image.store import ImageRecord, Store, file_sha256
@@ -75,7 +76,25 @@ def recipe(config: Config, settings: AwsSettings) -> str:
     }
     if settings.security_upgrades:  # only when on: AMIs baked before keep their recipe
         doc["upgrade"] = True
+    disk = disk_spec(settings)
+    if disk:  # only when set: an AMI baked before these settings existed is still reused
+        doc["disk"] = disk
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def disk_spec(settings: AwsSettings) -> dict[str, Any]:
+    """What the AMI's root volume is: encryption, key, size, type, deletion."""
+    spec: dict[str, Any] = {}
+    if settings.encrypts:
+        spec["encrypted"] = True
+        spec["kms_key_id"] = settings.kms_key_id
+    if settings.root_volume_size is not None:
+        spec["size"] = settings.root_volume_size
+    if settings.root_volume_type is not None:
+        spec["type"] = settings.root_volume_type
+    if not settings.delete_on_termination:
+        spec["delete_on_termination"] = False
+    return spec
 
 
 def env_file(record: ImageRecord, settings: AwsSettings) -> str:

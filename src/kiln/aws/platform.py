@@ -71,10 +71,15 @@ class AwsPlatform(PlatformBase):
         return Report(result.summary(), lines=(headline,))
 
     def images(self, app: str | None) -> Report:
+        """kiln's AMIs in the region, with their age and where their copies are."""
         from kiln.aws.images import BASE_CREATED_TAG, Ami, age_of, list_amis
+        from kiln.aws.regions import where
         from kiln.durations import format_duration
 
-        amis = list_amis(connect(self.settings()), app)
+        settings = self.settings()
+        aws = connect(settings)
+        amis = list_amis(aws, app)
+        copies = where(aws, amis, settings, app) if settings.copy_to_regions else {}
         now = time.time()
 
         def ages(a: Ami) -> tuple[float | None, float | None]:
@@ -84,8 +89,27 @@ class AwsPlatform(PlatformBase):
             return "-" if age is None else format_duration(age)
 
         return Report(
-            [{**a.summary(), "age": ages(a)[0], "base_age": ages(a)[1]} for a in amis],
-            columns=("AMI", "IMAGE", "APP", "STATE", "CREATED", "AGE", "BASE AGE", "COMMIT"),
+            [
+                {
+                    **a.summary(),
+                    "age": ages(a)[0],
+                    "base_age": ages(a)[1],
+                    "region": aws.region,
+                    "copies": [c.summary() for c in copies.get(a.id, [])],
+                }
+                for a in amis
+            ],
+            columns=(
+                "AMI",
+                "IMAGE",
+                "APP",
+                "STATE",
+                "CREATED",
+                "AGE",
+                "BASE AGE",
+                "COMMIT",
+                "REGIONS",
+            ),
             rows=tuple(
                 (
                     a.id,
@@ -96,6 +120,7 @@ class AwsPlatform(PlatformBase):
                     shown(ages(a)[0]),
                     shown(ages(a)[1]),
                     (a.summary().get("commit") or "-")[:10],
+                    _regions(aws.region, copies.get(a.id, [])),
                 )
                 for a in amis
             ),
@@ -140,18 +165,32 @@ class AwsPlatform(PlatformBase):
         return image
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
-        """Deregister old AMIs and delete their snapshots together, never one in use."""
-        from kiln.aws.images import prune_amis
+        """Deregister old AMIs and delete their snapshots together, never one in use.
+
+        Copies in ``copy_to_regions`` go with their source, unless used there.
+        """
+        from kiln.aws.images import list_amis, prune_amis
+        from kiln.aws.regions import prune_copies
 
         name = app or self.loaded.config.app.name
-        result = prune_amis(connect(self.settings()), name, keep, dry_run=dry_run)
+        settings = self.settings()
+        aws = connect(settings)
+        result = prune_amis(aws, name, keep, dry_run=dry_run)
         verb = "would delete" if dry_run else "deleted"
         lines = [
             f"{verb} {a.id} ({a.image}) and {len(a.snapshots)} snapshot(s)" for a in result.deleted
         ]
         lines += [f"kept {a.id} ({a.image}): in use" for a in result.in_use]
+        copies: list[Any] = []
+        if settings.copy_to_regions:
+            doomed = {a.id for a in result.deleted}
+            kept = {a.id for a in list_amis(aws, name)} - doomed
+            found = prune_copies(aws, name, kept, settings.copy_to_regions, dry_run=dry_run)
+            copies = [{"region": r, **c.summary()} for r, c in found]
+            lines += [f"{verb} copy {c.id} ({c.image}) in {r}" for r, c in found]
         lines.append(f"{len(result.deleted)} AMI(s) {verb}, {len(result.kept)} newest kept")
-        return Report({**result.summary(), "dry_run": dry_run}, lines=tuple(lines))
+        summary = {**result.summary(), "copies_deleted": copies, "dry_run": dry_run}
+        return Report(summary, lines=tuple(lines))
 
     def status(self) -> dict[str, Any]:
         return self.deployer().status()
@@ -231,3 +270,11 @@ class AwsPlatform(PlatformBase):
             self.require(Capability.RECYCLE_DRY_RUN, "kiln recycle --dry-run")
         result = self.deployer(on_event).recycle(max_age, reason=reason, wait=wait)
         return Report(result.to_json(), result=result)
+
+
+def _regions(home: str, copies: list[Any]) -> str:
+    """'eu-west-1 us-east-1 us-west-2(pending)': where an AMI can be launched."""
+    out = [home]
+    for copy in copies:
+        out.append(copy.region if copy.state == "available" else f"{copy.region}({copy.state})")
+    return " ".join(out)

@@ -16,7 +16,7 @@ Two renderings of one action set:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -375,6 +375,137 @@ PROMOTE_RULES: tuple[Rule, ...] = (
 )
 RULES = RULES + PROMOTE_RULES
 
+# -- AMIs for organisations (kiln.aws.regions, publish, disks) ------------------------
+# A third managed policy, attached beside the bake one: copies to other regions,
+# sharing, deprecation, KMS keys. Each statement is rendered only when kiln.toml
+# asks for what it allows (policy_document(copy_regions=, share=, deprecate=, kms=)):
+# sharing in particular is never granted unasked, since a key that may share an
+# AMI may share it with anyone.
+
+_ANY_REGION = "arn:{partition}:ec2:*::"
+_IN_COPY_REGIONS = {"StringEquals": {"aws:RequestedRegion": "{copy_regions}"}}
+_IN_AMI_REGIONS = {"StringEquals": {"aws:RequestedRegion": "{ami_regions}"}}
+_OWN_AMI = {f"ec2:ResourceTag/{APP_TAG}": "*"}
+PUBLISHED_TAG = "kiln:published"  # kiln.aws.publish: what was applied to the AMI
+
+PUBLISH_RULES: tuple[Rule, ...] = (
+    Rule(
+        sid="KilnCopiesDescribe",  # copies, and what uses them before prune removes one
+        purposes=_p("publish"),
+        actions=(
+            "autoscaling:DescribeAutoScalingGroups",
+            "ec2:DescribeImages",
+            "ec2:DescribeInstances",
+        ),
+        resources=("*",),
+        condition=_IN_COPY_REGIONS,
+        only_with="copy_regions",
+    ),
+    Rule(
+        sid="KilnCopiesCopyImage",
+        purposes=_p("publish"),
+        actions=("ec2:CopyImage",),
+        resources=(_ANY_REGION + "image/*", _ANY_REGION + "snapshot/*"),
+        condition=_IN_COPY_REGIONS,
+        only_with="copy_regions",
+    ),
+    Rule(
+        sid="KilnCopiesTagOnCreate",
+        purposes=_p("publish"),
+        actions=("ec2:CreateTags",),
+        resources=(_ANY_REGION + "image/*", _ANY_REGION + "snapshot/*"),
+        condition={
+            "StringEquals": {
+                "ec2:CreateAction": ["CopyImage"],
+                "aws:RequestedRegion": "{copy_regions}",
+            },
+            **_KILN_KEYS_ONLY,
+        },
+        only_with="copy_regions",
+    ),
+    Rule(
+        sid="KilnCopiesPrune",  # with their source, and a failed copy before copying again
+        purposes=_p("publish"),
+        actions=("ec2:DeleteSnapshot", "ec2:DeregisterImage"),
+        resources=(_ANY_REGION + "image/*", _ANY_REGION + "snapshot/*"),
+        condition={"StringLike": _OWN_AMI, **_IN_COPY_REGIONS},
+        only_with="copy_regions",
+    ),
+    Rule(
+        sid="KilnShareOwnImages",
+        purposes=_p("publish"),
+        actions=("ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute"),
+        resources=(_ANY_REGION + "image/*", _ANY_REGION + "snapshot/*"),
+        condition={"StringLike": _OWN_AMI, **_IN_AMI_REGIONS},
+        only_with="share",
+    ),
+    Rule(
+        sid="KilnDeprecateOwnImages",
+        purposes=_p("publish"),
+        actions=("ec2:EnableImageDeprecation",),
+        resources=(_ANY_REGION + "image/*",),
+        condition={"StringLike": _OWN_AMI, **_IN_AMI_REGIONS},
+        only_with="deprecate",
+    ),
+    Rule(  # only this key, only on AMIs kiln tagged at creation
+        sid="KilnMarkPublished",
+        purposes=_p("publish"),
+        actions=("ec2:CreateTags",),
+        resources=(_ANY_REGION + "image/*",),
+        condition={
+            "StringLike": _OWN_AMI,
+            "ForAllValues:StringEquals": {"aws:TagKeys": [PUBLISHED_TAG]},
+            **_IN_AMI_REGIONS,
+        },
+        only_with="publishes",
+    ),
+    Rule(  # kiln checks the key itself; EC2 uses it on the caller's behalf
+        sid="KilnEncryptWithKey",
+        purposes=_p("publish"),
+        actions=(
+            "kms:Decrypt",
+            "kms:DescribeKey",
+            "kms:GenerateDataKeyWithoutPlaintext",
+            "kms:ReEncryptFrom",
+            "kms:ReEncryptTo",
+        ),
+        resources=("arn:{partition}:kms:*:{account}:key/*",),
+        condition={"StringEquals": {"kms:ViaService": "{ec2_services}"}},
+        only_with="kms",
+    ),
+    Rule(  # the grant EBS keeps on the key for the volume's life; only for AWS resources
+        sid="KilnEncryptGrant",
+        purposes=_p("publish"),
+        actions=("kms:CreateGrant",),
+        resources=("arn:{partition}:kms:*:{account}:key/*",),
+        condition={
+            "StringEquals": {"kms:ViaService": "{ec2_services}"},
+            "Bool": {"kms:GrantIsForAWSResource": "true"},
+        },
+        only_with="kms",
+    ),
+    Rule(
+        sid="KilnCheckKey",  # exists, enabled, symmetric, shareable: before any launch
+        purposes=_p("publish"),
+        actions=("kms:DescribeKey",),
+        resources=("arn:{partition}:kms:*:{account}:key/*",),
+        condition=_IN_AMI_REGIONS,
+        only_with="kms",
+    ),
+)
+RULES = RULES + PUBLISH_RULES
+# Used by EC2 on the caller's behalf when it encrypts volumes and snapshots with a
+# customer managed key (RunInstances, CreateImage, CopyImage); kiln never calls them.
+IMPLICIT_PUBLISH_ACTIONS = frozenset(
+    {
+        "kms:CreateGrant",
+        "kms:Decrypt",
+        "kms:GenerateDataKeyWithoutPlaintext",
+        "kms:ReEncryptFrom",
+        "kms:ReEncryptTo",
+    }
+)
+
 # AWS checks ec2:RunInstances on the caller when Auto Scaling launches from a
 # launch template; kiln also calls it itself, for a release runner. (ec2:CreateTags
 # is checked that way too, for the new instances' tags, and kiln also calls it:
@@ -391,8 +522,9 @@ PURPOSES = ("bake", "images", "reap")
 SSM_PURPOSES = ("ssm",)  # a bake through Systems Manager (rendered with ssm=True only)
 DEPLOY_PURPOSES = ("deploy",)
 PROMOTE_PURPOSES = ("promote",)
+PUBLISH_PURPOSES = ("publish",)
 # the default rendering: everything kiln does
-ALL_PURPOSES = (*PURPOSES, *SSM_PURPOSES, *DEPLOY_PURPOSES, *PROMOTE_PURPOSES)
+ALL_PURPOSES = (*PURPOSES, *SSM_PURPOSES, *DEPLOY_PURPOSES, *PROMOTE_PURPOSES, *PUBLISH_PURPOSES)
 # what an SSM bake never calls: the SSH path's key pair and ingress rule
 SSH_ONLY_ACTIONS = frozenset(
     {"ec2:ImportKeyPair", "ec2:DeleteKeyPair", "ec2:AuthorizeSecurityGroupIngress"}
@@ -405,6 +537,7 @@ SSH_ONLY_ACTIONS = frozenset(
 PARTS: dict[str, tuple[str, ...]] = {
     "bake": (*PURPOSES, *SSM_PURPOSES),
     "deploy": (*DEPLOY_PURPOSES, *PROMOTE_PURPOSES),
+    "publish": PUBLISH_PURPOSES,  # empty, and not attached, unless kiln.toml asks for it
 }
 MANAGED_POLICY_MAX = 6144
 
@@ -436,6 +569,10 @@ def policy_document(
     listener: str | None = None,
     ssm: bool = False,
     builder_role: str | None = None,
+    copy_regions: Sequence[str] = (),
+    share: bool = False,
+    deprecate: bool = False,
+    kms: bool = False,
 ) -> dict[str, Any]:
     """The scoped policy: region, account and kiln's own tags narrow every write.
 
@@ -451,12 +588,28 @@ def policy_document(
     ``ssm`` (``bake_via = "ssm"``) adds Run Command on kiln's own builders, and
     ``builder_role`` (the role of ``builder_instance_profile``) ``iam:PassRole``
     for that one role, so the bake may launch its builder with it.
+    ``copy_regions``, ``share``, ``deprecate`` and ``kms`` (see :func:`options`)
+    render the publish statements kiln.toml needs; without them, none.
     """
-    values = {"partition": partition, "region": region or "*", "account": account or "*"}
+    values: dict[str, Any] = {
+        "partition": partition,
+        "region": region or "*",
+        "account": account or "*",
+    }
     values["target_group"] = target_group or (_ELB + "targetgroup/*/*").format(**values)
     values["boot_test_target_group"] = boot_test_target_group or ""
     values["listener"] = listener or ""
     values["ssm"] = "yes" if ssm else ""
+    ami_regions = [region or "*", *copy_regions]
+    values |= {
+        "copy_regions": list(copy_regions),
+        "ami_regions": ami_regions,
+        "ec2_services": [f"ec2.{r}.amazonaws.com" for r in ami_regions],
+        "share": share,
+        "deprecate": deprecate,
+        "publishes": share or deprecate,
+        "kms": kms,
+    }
     statements: list[dict[str, Any]] = []
     for rule in rules_for(purposes):
         if (rule.only_with and not values[rule.only_with]) or (rule.unless and values[rule.unless]):
@@ -472,6 +625,12 @@ def policy_document(
         condition = _render(rule.condition, values)
         if region is None:
             condition.get("StringEquals", {}).pop("aws:RequestedRegion", None)
+            if rule.condition.get("StringEquals", {}).get("kms:ViaService"):
+                condition["StringLike"] = {
+                    **condition.get("StringLike", {}),
+                    "kms:ViaService": "ec2.*.amazonaws.com",
+                }
+                condition["StringEquals"].pop("kms:ViaService")
             condition = {k: v for k, v in condition.items() if v}
         if condition:
             statement["Condition"] = condition
@@ -496,7 +655,7 @@ def _listed(resource: str | list[str]) -> list[str]:
 
 
 def _pass_role(
-    role: str, values: dict[str, str], sid: str = "KilnDeployPassInstanceRole"
+    role: str, values: dict[str, Any], sid: str = "KilnDeployPassInstanceRole"
 ) -> dict[str, Any]:
     return {
         "Sid": sid,
@@ -628,8 +787,28 @@ def enforceable_documents(parts: Iterable[str] = tuple(PARTS)) -> dict[str, dict
     return {part: enforceable_document(PARTS[part]) for part in parts}
 
 
-def _render(value: Any, values: dict[str, str]) -> Any:
+def options(settings: Any) -> dict[str, Any]:
+    """policy_document's arguments for ``[provider.aws]`` (an AwsSettings)."""
+    return {
+        "pass_role": instance_role(settings),
+        "target_group": settings.target_group_arn,
+        "boot_test_target_group": settings.boot_test_target_group_arn,
+        "listener": settings.listener_arn,
+        "ssm": settings.bake_via == "ssm",
+        "builder_role": builder_role(settings),
+        "copy_regions": tuple(settings.copy_to_regions),
+        "share": settings.shares,
+        "deprecate": settings.deprecate_after is not None,
+        "kms": settings.kms_key_id is not None,
+    }
+
+
+def _render(value: Any, values: dict[str, Any]) -> Any:
     if isinstance(value, str):
+        name = value[1:-1] if value.startswith("{") and value.endswith("}") else ""
+        if isinstance(values.get(name), list):  # a list of regions: the whole value
+            found: list[str] = values[name]
+            return found[0] if len(found) == 1 else found
         return value.format(**values) if "{" in value and "}" in value else value
     if isinstance(value, list):
         return [_render(v, values) for v in value]

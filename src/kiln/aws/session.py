@@ -75,6 +75,10 @@ class Aws:
     def sts(self) -> STSClient:
         return self.client("sts")  # type: ignore[no-any-return]
 
+    def in_region(self, region: str) -> Aws:
+        """The same credentials and endpoint in another region (copies of an AMI)."""
+        return Aws(session=self.session, region=region, endpoint_url=self.endpoint_url)
+
     @property
     def is_local(self) -> bool:
         """True against an endpoint on this machine (moto, LocalStack)."""

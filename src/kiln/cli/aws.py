@@ -90,16 +90,13 @@ def policy_command(
             account=account,
             partition=partition,
             purposes=purposes,
-            pass_role=iam_policy.instance_role(settings),
-            target_group=settings.target_group_arn,
-            boot_test_target_group=settings.boot_test_target_group_arn,
-            listener=settings.listener_arn,
-            ssm=settings.bake_via == "ssm",
-            builder_role=iam_policy.builder_role(settings),
+            **iam_policy.options(settings),
         )
         for name, purposes in iam_policy.PARTS.items()
         if part in (None, name)
     }
+    if part is None:  # the publish policy only when kiln.toml asks for what it grants
+        documents = {name: doc for name, doc in documents.items() if doc["Statement"]}
     _print_policies(documents, region, as_json=as_json, single=part is not None)
 
 
@@ -189,7 +186,9 @@ def _condition_keys(condition: dict[str, dict[str, object]]) -> list[str]:
 @click.option("--team", required=True, help="Team name: the user is deploy-user-TEAM.")
 @click.option("--rotate-key", is_flag=True, help="Replace the access key with a new one.")
 @click.option(
-    "--bake-only", is_flag=True, help="Attach only the bake policy: this user cannot deploy."
+    "--bake-only",
+    is_flag=True,
+    help="Attach only the bake (and publish) policy: this user cannot deploy.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_state
@@ -202,17 +201,19 @@ def create_deploy_user_command(
     """
     settings = aws_settings(state)
     aws = connect(settings)
+    options = iam_policy.options(settings)
     user = create_deploy_user(
         aws,
         team,
         rotate_key=rotate_key,
-        parts=("bake",) if bake_only else tuple(iam_policy.PARTS),
-        pass_role=iam_policy.instance_role(settings),
-        target_group=settings.target_group_arn,
-        boot_test_target_group=settings.boot_test_target_group_arn,
-        listener=settings.listener_arn,
-        ssm=settings.bake_via == "ssm",
-        builder_role=iam_policy.builder_role(settings),
+        parts=("bake", "publish") if bake_only else tuple(iam_policy.PARTS),
+        pass_role=options.pop("pass_role"),
+        target_group=options.pop("target_group"),
+        boot_test_target_group=options.pop("boot_test_target_group"),
+        listener=options.pop("listener"),
+        ssm=options.pop("ssm"),
+        builder_role=options.pop("builder_role"),
+        publish=options,
     )
     if as_json:
         emit_json(user.summary())
