@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from awskit import REGION, SOURCE_AMI, TargetFactory, leftovers, write_app
 from awsservers import COPY_SECONDS
 
-from conftest import REGION, SOURCE_AMI, TargetFactory, leftovers, write_app
 from kiln.aws.ami import bake_ami
 from kiln.aws.images import list_amis
 from kiln.aws.publish import PUBLISHED_TAG
