@@ -9,6 +9,7 @@ linter checks. Both come from one list of rules.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -370,12 +371,18 @@ def _every_region() -> list[tuple[str, str]]:
     return found
 
 
+@functools.cache
 def _longest_publish(partition: str, region: str | None) -> dict[str, Any]:
     """Every publish statement, copying to the five longest-named regions of the partition."""
     names = sorted(
-        (r for p, r in _every_region() if p == partition and r != region), key=len, reverse=True
+        (r for p, r in _regions() if p == partition and r != region), key=len, reverse=True
     )
     return {**PUBLISH_ALL, "copy_regions": tuple(names[:5])}
+
+
+@functools.cache
+def _regions() -> tuple[tuple[str, str], ...]:
+    return tuple(_every_region())
 
 
 def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() -> None:
