@@ -143,3 +143,41 @@ def test_instance_role_policy_names_the_apps_secrets_and_release_results(
     )
     table = kiln("aws", "policy", "--instance-role").stdout
     assert "KilnInstanceSecrets" in table and "KilnInstanceReleaseResult" in table
+
+
+def test_images_show_where_each_ami_was_copied_and_prune_takes_copies(
+    aws: Aws,
+    home: Home,
+    app_factory: Callable[..., LoadedConfig],
+    loopback_target: TargetFactory,
+) -> None:
+    from awsservers import COPY_SECONDS
+
+    regions = 'copy_to_regions = ["us-east-1", "us-west-2"]\n'
+    first = bake_ami(app_factory(extra=regions), home, aws=aws, ssh_target=loopback_target)
+    time.sleep(1.1)  # AMI creation dates have one-second resolution
+    loaded = app_factory(extra=regions, version="2")
+    second = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target)
+    kiln = Kiln(loaded.root)
+
+    listed = json.loads(kiln("images", "--provider", "aws", "--json").stdout)
+    assert [row["ami"] for row in listed] == [second.ami, first.ami]
+    assert listed[0]["region"] == "eu-west-1"
+    # pending for 2 s on the test server: a slow machine may list them available already
+    assert [(c["region"], c["ami"]) for c in listed[0]["copies"]] == [
+        (c.region, c.ami) for c in second.copies
+    ]
+    assert {c["state"] for c in listed[0]["copies"]} <= {"pending", "available"}
+
+    time.sleep(COPY_SECONDS + 0.2)
+    table = kiln("images", "--provider", "aws").stdout  # REGIONS wraps in a narrow table
+    assert "REGIONS" in table and "(pending)" not in table
+    assert all(region in table for region in ("eu-west-1", "us-east-1", "us-west-2"))
+    done = json.loads(kiln("prune", "--provider", "aws", "--keep", "1", "--json").stdout)
+    assert [a["ami"] for a in done["deleted"]] == [first.ami]
+    assert {(c["region"], c["ami"]) for c in done["copies_deleted"]} == {
+        (c.region, c.ami) for c in first.copies
+    }
+    for copy in second.copies:  # the kept AMI keeps its copies
+        there = aws.in_region(copy.region)
+        assert [a.id for a in list_amis(there, "acme")] == [copy.ami]

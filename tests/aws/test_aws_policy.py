@@ -262,11 +262,12 @@ def _stored(aws: Aws, name: str) -> Any:
 def test_create_deploy_user_converges_and_rotates(aws: Aws) -> None:
     first = create_deploy_user(aws, "web")
     assert first.created and first.secret_access_key and first.user == "deploy-user-web"
-    assert first.policies == ("kiln-web-bake", "kiln-web-deploy")
+    names = ["kiln-web-bake", "kiln-web-deploy", "kiln-web-scaling"]
+    assert list(first.policies) == names
     attached = aws.iam.list_attached_user_policies(UserName="deploy-user-web")["AttachedPolicies"]
-    assert sorted(p["PolicyName"] for p in attached) == ["kiln-web-bake", "kiln-web-deploy"]
+    assert sorted(p["PolicyName"] for p in attached) == names
     assert aws.iam.list_user_policies(UserName="deploy-user-web")["PolicyNames"] == []
-    for part in ("bake", "deploy"):  # publish: nothing asked for, so not attached
+    for part in ("bake", "deploy", "scaling"):  # publish: nothing asked for, not attached
         expected = policy_document(region=aws.region, account="123456789012", purposes=PARTS[part])
         assert _stored(aws, f"kiln-web-{part}") == expected
 
@@ -355,7 +356,7 @@ def test_bake_only_user_and_the_old_inline_policy_is_removed(aws: Aws) -> None:
     assert aws.iam.list_user_policies(UserName="deploy-user-ci")["PolicyNames"] == []
     bake_only = create_deploy_user(aws, "ci", parts=["bake"])
     assert bake_only.policies == ("kiln-ci-bake",)
-    assert bake_only.policies_changed == ("kiln-ci-deploy",)  # detached
+    assert bake_only.policies_changed == ("kiln-ci-deploy", "kiln-ci-scaling")  # detached
     attached = aws.iam.list_attached_user_policies(UserName="deploy-user-ci")["AttachedPolicies"]
     assert [p["PolicyName"] for p in attached] == ["kiln-ci-bake"]
 

@@ -69,7 +69,9 @@ def test_no_foreign_resource_can_be_tagged_into_reach(partition: str) -> None:
 def _part(sid: str) -> str:
     if sid in PUBLISH_SIDS:
         return "publish"
-    return "deploy" if sid.startswith("KilnDeploy") else "bake"
+    if sid.startswith("KilnScaling"):
+        return "scaling"
+    return "deploy" if sid.startswith(("KilnDeploy", "KilnPromote")) else "bake"
 
 
 PUBLISH_SIDS = {rule.sid for rule in PUBLISH_RULES}

@@ -410,3 +410,29 @@ copy_to_regions = ["us-east-1"]
     assert publish <= calls, f"unused in the publish policy: {sorted(publish - calls)}"
     allowed = actions((*PURPOSES, *PUBLISH_PURPOSES)) - IMPLICIT_BAKE_ACTIONS
     assert calls <= allowed, f"outside the policies: {sorted(calls - allowed)}"
+
+
+def test_a_failed_copy_is_deregistered_and_copied_again(
+    aws: Aws, home: Home, tmp_path: Path, loopback_target: TargetFactory
+) -> None:
+    """AWS marks a copy ``failed`` now and then; moto never does, so the answer is edited."""
+    _base_everywhere(aws, (REGION, "us-east-1"))
+    extra = 'base_image = "debian-12-amd64-*"\nbase_image_owner = "self"\n'
+    loaded = write_app(tmp_path / "app", extra=extra + 'copy_to_regions = ["us-east-1"]\n')
+    first = bake_ami(loaded, home, aws=aws, ssh_target=loopback_target)
+    broken = first.copies[0].ami
+
+    def fail_it(parsed: Any, model: Any, **_kwargs: Any) -> None:
+        for image in parsed.get("Images", []):
+            if image["ImageId"] == broken:
+                image["State"] = "failed"
+
+    # on the session: the bake's clients for us-east-1 are created after this
+    aws.session.events.register("after-call.ec2.DescribeImages", fail_it)
+    notes: list[str] = []
+    again = bake_ami(loaded, home, aws=aws, progress=notes.append)
+    (copy,) = again.copies
+    assert copy.state == "started" and copy.ami != broken
+    assert any(f"deregistering copy {broken} in us-east-1 (state failed)" in n for n in notes)
+    gone = connect(AwsSettings(region="us-east-1")).ec2.describe_images(Owners=["self"])
+    assert broken not in {i["ImageId"] for i in gone["Images"]}

@@ -163,6 +163,40 @@ instance_type = "t3.micro"
         found = self.admin.client("elbv2").describe_listeners(ListenerArns=[self.listener])
         return list(found["Listeners"][0]["DefaultActions"])
 
+    def decorate(self, group: str) -> None:
+        """What a team sets up on its serving group by hand (or Terraform): kiln never made it.
+
+        A target-tracking and a step policy, a terminating lifecycle hook, a warm pool.
+        """
+        scaling = self.admin.client("autoscaling")
+        scaling.put_scaling_policy(
+            AutoScalingGroupName=group,
+            PolicyName="cpu55",
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingConfiguration={
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "ASGAverageCPUUtilization"
+                },
+                "TargetValue": 55.0,
+            },
+            EstimatedInstanceWarmup=90,
+        )
+        scaling.put_scaling_policy(
+            AutoScalingGroupName=group,
+            PolicyName="step-out",
+            PolicyType="StepScaling",
+            AdjustmentType="ChangeInCapacity",
+            StepAdjustments=[{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 2}],
+        )
+        scaling.put_lifecycle_hook(
+            AutoScalingGroupName=group,
+            LifecycleHookName="drain-sessions",
+            LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
+            HeartbeatTimeout=120,
+            DefaultResult="CONTINUE",
+        )
+        scaling.put_warm_pool(AutoScalingGroupName=group, MinSize=1, PoolState="Stopped")
+
     def live_members(self, group: str) -> set[str]:
         g = self.groups().get(group)
         return {m["InstanceId"] for m in g["Instances"]} if g else set()

@@ -52,9 +52,12 @@ def admin(deploy_moto: str) -> Aws:
 
 @pytest.fixture(scope="session")
 def deploy_keys(admin: Aws) -> tuple[str, str]:
-    """The deploy user holds only the deploy statements (moto's rendering of them)."""
+    """The deploy user holds only the deploy and scaling statements (moto's rendering)."""
     user = create_deploy_user(
-        admin, "deploys", parts=["deploy"], documents=enforceable_documents(["deploy"])
+        admin,
+        "deploys",
+        parts=["deploy", "scaling"],
+        documents=enforceable_documents(["deploy", "scaling"]),
     )
     assert user.access_key_id and user.secret_access_key
     return user.access_key_id, user.secret_access_key

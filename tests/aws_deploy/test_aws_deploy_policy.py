@@ -3,7 +3,7 @@
 Every AWS call kiln makes while deploying (rolling, blue-green, a failed
 release, a release command on its runner, warm rollback, recycle, a canary, status,
 history, drift, logs, a lock takeover) is recorded from botocore's own events on the deploy user's
-session. The deploy user holds only ``enforceable_document(DEPLOY_PURPOSES)``,
+session. The deploy user holds only the deploy and scaling statements (enforceable),
 so every recorded call was allowed; the recorded set must equal the deploy
 actions, minus any AWS only checks on the caller's behalf (none since release
 runners made ``ec2:RunInstances`` a call of kiln's own).
@@ -31,6 +31,7 @@ from kiln.aws.policy import (
     DEPLOY_PURPOSES,
     IMPLICIT_DEPLOY_ACTIONS,
     ONEOFF_RESULTS,
+    SCALING_PURPOSES,
     actions,
     policy_document,
 )
@@ -80,6 +81,7 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
     fleet = AwsDeployments(provider, settings, world.app, lock_ttl=30)
 
     assert fleet.deploy(images[0]).ok  # first release: template and group created
+    world.decorate(f"kiln-{world.app}-v001")  # carried to every later group
     assert fleet.deploy(images[1]).ok  # its release command; rolling: drain, terminate
     assert [r["returncode"] for r in runners.ran] == [0]
     assert fleet.deploy(images[3]).outcome == "rolled back"  # failed release deleted
@@ -111,7 +113,7 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
     taken.beat("dep-heartbeat")
     taken.release()
 
-    expected = actions(DEPLOY_PURPOSES) - IMPLICIT_DEPLOY_ACTIONS
+    expected = actions((*DEPLOY_PURPOSES, *SCALING_PURPOSES)) - IMPLICIT_DEPLOY_ACTIONS
     assert sorted(calls - expected) == [], "called but not in the policy"
     assert sorted(expected - calls) == [], "in the policy but never called"
 

@@ -77,6 +77,7 @@ class ServerGroup:
     template_version: str
     members: tuple[Member, ...]
     tags: dict[str, str] = field(default_factory=dict)
+    warm_pool: dict[str, Any] | None = field(default=None, compare=False)  # as described
 
     @property
     def number(self) -> int:
@@ -108,6 +109,7 @@ class ServerGroup:
                 for m in raw.get("Instances", [])
             ),
             tags=tags,
+            warm_pool=raw.get("WarmPoolConfiguration") or None,
         )
 
 
@@ -266,6 +268,14 @@ def resize(aws: Aws, group: ServerGroup, desired: int) -> None:
             DesiredCapacity=desired,
             MinSize=min(group.min_size, desired),
             MaxSize=max(group.max_size, desired),
+        )
+
+
+def set_size(aws: Aws, name: str, *, desired: int, min_size: int) -> None:
+    """Desired and minimum count of a group created empty (max set at creation)."""
+    with aws_errors(f"resizing server group {name}"):
+        aws.client("autoscaling").update_auto_scaling_group(
+            AutoScalingGroupName=name, DesiredCapacity=desired, MinSize=min_size
         )
 
 

@@ -203,7 +203,7 @@ def _ensure_policies(
             aws.iam.attach_user_policy(UserName=user, PolicyArn=arn)
             if name not in changed:
                 changed.append(name)
-    for part in set(PARTS) - set(wanted):
+    for part in (p for p in PARTS if p not in wanted):
         name = policy_name(team, part)
         if name in attached:  # e.g. re-run with --bake-only
             aws.iam.detach_user_policy(UserName=user, PolicyArn=attached[name])

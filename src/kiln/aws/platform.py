@@ -68,7 +68,11 @@ class AwsPlatform(PlatformBase):
         how = "reused, no builder launched" if result.reused else f"{result.seconds:.0f}s"
         verified = "  verified" if result.verified else ""
         headline = f"{result.ami}  {result.image}  {result.app}  {result.region}  ({how}){verified}"
-        return Report(result.summary(), lines=(headline,))
+        lines = [headline]
+        if result.copies:  # started or pending ones are finished by a later bake
+            copies = ", ".join(f"{c.region} {c.ami or '-'} {c.state}" for c in result.copies)
+            lines.append(f"copies: {copies}")
+        return Report(result.summary(), lines=tuple(lines))
 
     def images(self, app: str | None) -> Report:
         """kiln's AMIs in the region, with their age and where their copies are."""

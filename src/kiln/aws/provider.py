@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from kiln.aws import canary
+from kiln.aws import canary, carry
 from kiln.aws import groups as g
 from kiln.aws import targets as t
 from kiln.aws.boottest import is_verified
@@ -385,20 +385,34 @@ class AwsProvider:
             instance_profile=s.instance_profile,
         )
         version = g.add_template_version(self.aws, fleet, data, f"{name} {image} {ami}", tags)
+        inherited = self._carried(current)
+        hooked = bool(inherited.hooks)  # created empty, so its first instances meet the hooks
         g.create_group(
             self.aws,
             fleet,
             name,
             version,
-            desired=count,
-            min_size=min(low, count),
+            desired=0 if hooked else count,
+            min_size=0 if hooked else min(low, count),
             max_size=high,
             subnets=subnets,
             target_group=self._target_group() if in_service else None,
             grace=int(self.health.grace) + 30,
             tags={**tags, g.AMI_TAG: ami, "kiln:min": str(low), "kiln:max": str(high)},
         )
+        carry.put_hooks(self.aws, name, inherited)
+        carry.put_policies_and_pool(self.aws, name, inherited)
+        if hooked:
+            g.set_size(self.aws, name, desired=count, min_size=min(low, count))
         return name
+
+    def _carried(self, current: g.ServerGroup | None) -> carry.Carried:
+        """The serving group's policies, hooks and warm pool; kiln.toml's warm_pool wins."""
+        found = carry.read(self.aws, current.name, current.warm_pool) if current else None
+        inherited = found or carry.Carried()
+        if self.settings.warm_pool is not None:
+            inherited = replace(inherited, warm_pool=carry.configured(self.settings.warm_pool))
+        return inherited
 
     def _await_members(self, name: str, before: set[str], count: int) -> list[str]:
         """Auto Scaling launches asynchronously: wait until the new instances are listed.

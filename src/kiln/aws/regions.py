@@ -82,13 +82,17 @@ def sync_copies(
         for failed in found:  # failed, invalid, error: gone before copying again
             note(f"deregistering copy {failed.id} in {region} (state {failed.state})")
             delete_ami(there, failed)
-        copied = start_copy(there, aws.region, source, settings)
+        # a new token per attempt (a token names its first copy, failed or not); runners
+        # racing see the same failures, so they still make one copy
+        copied = start_copy(there, aws.region, source, settings, attempt=len(found))
         note(f"copying {source.id} to {region} as {copied} (not waited for)")
         result.append(Copy(region, copied, "started"))
     return result
 
 
-def start_copy(there: Aws, home: str, source: Ami, settings: AwsSettings) -> str:
+def start_copy(
+    there: Aws, home: str, source: Ami, settings: AwsSettings, *, attempt: int = 0
+) -> str:
     """CopyImage into ``there``'s region, tagged as the source, encrypted with its key."""
     copy_tags = {k: v for k, v in source.tags.items() if k.startswith("kiln:")}
     copy_tags = {k: v for k, v in copy_tags.items() if k not in _NOT_COPIED}
@@ -103,7 +107,7 @@ def start_copy(there: Aws, home: str, source: Ami, settings: AwsSettings) -> str
         "Name": source.name,
         "Description": f"kiln copy of {source.id} from {home}",
         "TagSpecifications": spec,
-        "ClientToken": f"kiln-{source.id}-{there.region}",  # one copy, however many runners
+        "ClientToken": f"kiln-{source.id}-{there.region}-{attempt}",  # one copy per attempt
     }
     if settings.encrypts:
         args["Encrypted"] = True
