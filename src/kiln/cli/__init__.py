@@ -64,7 +64,7 @@ SUMMARIES: dict[str, str] = {
     "promote": "Deploy to TO the code FROM serves healthily now: no bake, only TO's env layer.",
     "prune": "Remove old images, never one in use, and free their storage.",
     "recycle": "Replace instances older than a maximum age with fresh ones from the same image.",
-    "refresh": "Replace instances still running host files replaced since they started.",
+    "refresh": "Bring the fleet onto patched system files, through the deploy engine.",
     "rollback": "Back to the previous good image; from a warm standby in about one health check.",
     "run": "Run COMMAND once, like an instance would, attached to this terminal.",
     "scale": "Change the fleet's desired size; new instances come from the current image.",
