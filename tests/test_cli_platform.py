@@ -49,7 +49,11 @@ def test_an_unsupported_feature_is_refused_in_one_place(home: Home) -> None:
     assert caught.value.hint == "it works with --provider local"
     local = open_platform("local", home, no_config, has_config=False)  # type: ignore[arg-type]
     for capability in Capability:
-        local.require(capability, "anything")
+        if capability is not Capability.PACKAGES:  # an image here holds no OS packages
+            local.require(capability, "anything")
+    with pytest.raises(ConfigError, match="not available with --provider local") as refused:
+        local.require(Capability.PACKAGES, "kiln image packages")
+    assert refused.value.hint == "it works with --provider aws"
 
 
 def test_aws_runs_release_commands_and_one_off_commands(home: Home) -> None:

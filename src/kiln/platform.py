@@ -69,6 +69,7 @@ class Capability(StrEnum):
     RUN = "run"  # `kiln run`: a one-off command in a fresh directory of an image
     REFRESH = "refresh"  # `kiln refresh`: replace what runs outdated host files or base image
     DESTROY = "destroy"  # `kiln destroy`: stop every instance, forget the fleet, keep history
+    PACKAGES = "packages"  # `kiln image packages`: the OS packages a machine image holds
     PROMOTE = "promote"  # `kiln promote`: another environment's image, same code, no bake
 
 
@@ -168,6 +169,11 @@ class Platform(Protocol):
     ) -> Report:
         """Bring the fleet onto patched system files: locally, replace the instances that run
         host files replaced since they started; on AWS, re-bake on the newest base and deploy."""
+        ...
+
+    def packages(self, ref: str, match: str | None) -> Report:
+        """The OS packages the machine image of ``ref`` was built with (names containing
+        ``match``)."""
         ...
 
     def timeline(self, limit: int) -> list[dict[str, Any]]:

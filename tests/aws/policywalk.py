@@ -43,7 +43,9 @@ _RESOURCE_TAG = re.compile(
 
 # SSM parameters under /kiln/oneoff/ are kiln's by contract: the release runner (its
 # instance role) writes its result there and the deployer reads and deletes it
-RESERVED = re.compile(r"^arn:[^:]+:ssm:[^:]*:[^:]*:parameter/kiln/oneoff/")
+RESERVED = re.compile(
+    r"^arn:[^:]+:ssm:[^:]*:[^:]*:parameter/kiln/(oneoff/|\*/packages)"
+)  # release results; AMIs' package lists (kiln.aws.packages)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from kiln.aws.ami import bake_ami
 from kiln.aws.boottest import BootTestFailed
 from kiln.aws.iam import create_deploy_user
 from kiln.aws.images import list_amis, prune_amis
+from kiln.aws.packages import read_packages
 from kiln.aws.policy import (
     IMPLICIT_BAKE_ACTIONS,
     MANAGED_POLICY_MAX,
@@ -107,6 +108,10 @@ def test_policy_is_scoped_by_purpose_and_tags() -> None:
         results = f"arn:aws:ssm:eu-west-1:123456789012:parameter{ONEOFF_RESULTS}*"
         if statement["Resource"] == results:
             assert statement["Action"] == ["ssm:DeleteParameter", "ssm:GetParameter"]
+            continue
+        if statement["Sid"] == "KilnPackages":  # SSM parameters under kiln's own path
+            lists = "arn:aws:ssm:eu-west-1:123456789012:parameter/kiln/*/packages"
+            assert statement["Resource"] == lists + "*"
             continue
         if destructive or "ec2:DeregisterImage" in statement["Action"]:
             tag_keys = json.dumps(statement["Condition"])
@@ -201,8 +206,10 @@ def test_deploy_user_bakes_lists_prunes_and_reaps_with_exactly_the_policy(
             checker=lambda _instance: False,
         )  # fmt: skip
     assert [a.id for a in list_amis(deploy, "acme")] == [second.ami, first.ami]
+    assert read_packages(deploy, "acme", first.ami)  # the bake kept its package list
     pruned = prune_amis(deploy, "acme", keep=1)
     assert [a.id for a in pruned.deleted] == [first.ami]
+    assert read_packages(deploy, "acme", first.ami) is None  # gone with its AMI
     assert reap(deploy).removed == ()
     assert leftovers(enforced) == {}
 

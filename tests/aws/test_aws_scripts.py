@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,8 @@ import pytest
 from awskit import TargetFactory
 
 import kiln.aws
-from kiln.aws.ami import bake_ami
+from kiln.aws.ami import bake_ami, parse_packages
+from kiln.aws.install import FILES
 from kiln.config import LoadedConfig
 from kiln.home import Home
 
@@ -123,3 +125,54 @@ def test_build_ami_end_to_end_reuses_the_ami_of_an_unchanged_app(
     result = json.loads(done.stdout)
     assert first.ami in json.dumps(result)
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr
+
+
+def _staging(tmp_path: Path) -> tuple[Path, str]:
+    """What kiln uploads to a builder, minimal: an image.tar and the files beside it."""
+    staging = tmp_path / "staging"
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree/app.py").write_text("print('hi')\n")
+    staging.mkdir()
+    subprocess.run(["tar", "-cf", str(staging / "image.tar"), "-C", str(tmp_path / "tree"), "."],
+                   check=True)  # fmt: skip
+    for name in (*FILES, "kiln-acme.service"):  # their content is not what is tested
+        (staging / name).write_text("#\n")
+    sha = hashlib.sha256((staging / "image.tar").read_bytes()).hexdigest()
+    return staging, sha
+
+
+@pytest.mark.parametrize("upgrade", [True, False])
+def test_install_runs_the_security_upgrade_only_when_asked(tmp_path: Path, upgrade: bool) -> None:
+    """security_upgrades: apt-get update, then a non-interactive upgrade keeping config
+    files, before anything is installed (a recording stand-in for apt-get); the package
+    list comes last, from this host's real dpkg-query."""
+    staging, sha = _staging(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "apt-calls"
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$DEBIAN_FRONTEND $*" >> {calls}\n')
+    (bin_dir / "apt-get").chmod(0o755)
+    root = tmp_path / "root"
+    root.mkdir()
+    args = [str(root), "acme", "ab" * 32, str(staging), sha] + (["upgrade"] if upgrade else [])
+    done = subprocess.run(
+        ["/bin/sh", str(INSTALL), *args],
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": os.environ["HOME"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    if upgrade:
+        assert calls.read_text().splitlines() == [
+            "noninteractive -q update",
+            "noninteractive -q -y -o Dpkg::Options::=--force-confdef "
+            "-o Dpkg::Options::=--force-confold upgrade",
+        ]
+        assert "security upgrade: apt-get upgrade" in done.stdout
+    else:
+        assert not calls.exists()
+    assert (root / "opt/kiln/acme" / ("ab" * 32) / "app.py").exists()
+    packages = parse_packages(done.stdout)
+    assert ("dpkg", subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "dpkg"],
+            capture_output=True, text=True).stdout) in packages  # fmt: skip

@@ -10,6 +10,7 @@ IAM-enforcing moto server.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -151,6 +152,18 @@ def test_a_newer_base_is_baked_and_rolled_out_an_unchanged_one_is_not(
     newest = next(a for a in listed if a["ami"] == ami)
     assert newest["base_ami"] == new_base and newest["age"] >= 0 and newest["base_age"] >= 0
     assert newest["packages"] > 20
+    # the package list itself, kept in SSM by the bake: this host's dpkg, as dpkg-query says
+    aws_json = ("--json", "--provider", "aws")
+    found = json.loads(kiln("image", "packages", ami, "--grep", "dpkg", *aws_json).stdout)
+    versions = {p["name"]: p["version"] for p in found["packages"]}
+    here = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "dpkg"], capture_output=True, text=True
+    )
+    assert versions["dpkg"] == here.stdout and found["total"] == newest["packages"]
+    by_release = json.loads(kiln("image", "packages", patched.data["to"], *aws_json).stdout)
+    assert by_release["ami"] == ami and by_release["total"] == found["total"]
+    local = kiln("image", "packages", ami, ok=False)
+    assert "kiln image packages is not available with --provider local" in local.stderr
 
     # it never ships new code: a checkout that bakes another image is refused
     (app / "app.py").write_text("print('v2')\n")

@@ -56,6 +56,7 @@ from kiln.aws.install import (
     recipe,
     render_bundle,
 )
+from kiln.aws.packages import store_packages
 from kiln.aws.policy import APP_TAG, VERIFIED_TAG
 from kiln.aws.publish import publish
 from kiln.aws.regions import Copy, sync_copies
@@ -315,6 +316,9 @@ def _build(
         ami_id = _create_image(
             aws, record, builder.instance_id, made, settings, config, base=found_base
         )
+        if packages:
+            parts = store_packages(aws, record.app, ami_id, packages)
+            note(f"package list of {ami_id} kept in SSM ({parts} parameter(s))")
         note(f"creating {ami_id}")
         wait_available(aws, ami_id, timeout=settings.image_timeout, note=note)
         return ami_id

@@ -226,11 +226,16 @@ def in_server_groups(aws: Aws) -> set[str]:
 
 
 def delete_ami(aws: Aws, ami: Ami) -> None:
-    """Deregister, then delete its snapshots: together, never one without the other."""
+    """Deregister, then delete its snapshots and package list: together, never one without
+    the others."""
+    from kiln.aws.packages import delete_packages
+
     with aws_errors(f"deleting {ami.id}"):
         aws.ec2.deregister_image(ImageId=ami.id)
         for snapshot in ami.snapshots:
             aws.ec2.delete_snapshot(SnapshotId=snapshot)
+    if ami.app:
+        delete_packages(aws, ami.app, ami.id)
 
 
 @dataclass(frozen=True)

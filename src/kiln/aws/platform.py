@@ -31,6 +31,7 @@ class AwsPlatform(PlatformBase):
     capabilities = frozenset(
         {
             Capability.CANARY,
+            Capability.PACKAGES,
             Capability.PROMOTE,
             Capability.REFRESH,
             Capability.RELEASE,
@@ -229,6 +230,49 @@ class AwsPlatform(PlatformBase):
         from kiln.aws.refresh import refresh_fleet
 
         return refresh_fleet(self.loaded, self.home, reason=reason, wait=wait, on_event=on_event)
+
+    def packages(self, ref: str, match: str | None) -> Report:
+        """From SSM, where the bake kept them; ``ref``: an AMI id, image id or release."""
+        from kiln.aws.groups import split_release
+        from kiln.aws.images import BASE_TAG, describe_ami
+        from kiln.aws.packages import read_packages
+        from kiln.aws.promote import newest_ami
+        from kiln.errors import ImageNotFound
+
+        aws = connect(self.settings())
+        image, ami_id = split_release(ref)
+        if image.startswith("ami-"):
+            ami_id = image
+        ami = describe_ami(aws, ami_id) if ami_id else newest_ami(aws, image)
+        if ami is None or not ami.app:
+            raise ImageNotFound(
+                f"no AMI baked by kiln is {ref} in {aws.region}",
+                hint="'kiln images --provider aws' lists them",
+            )
+        found = read_packages(aws, ami.app, ami.id)
+        if found is None:
+            raise ImageNotFound(
+                f"{ami.id} has no recorded package list (baked before kiln kept them)",
+                hint="a new bake records one: kiln refresh --provider aws",
+            )
+        shown = [(n, v) for n, v in found if match is None or match in n]
+        base = ami.tags.get(BASE_TAG)
+        return Report(
+            {
+                "ami": ami.id,
+                "image": ami.image,
+                "base_ami": base,
+                "total": len(found),
+                "packages": [{"name": n, "version": v} for n, v in shown],
+            },
+            columns=("PACKAGE", "VERSION"),
+            rows=tuple(shown),
+            footer=(
+                f"{len(shown)} of {len(found)} packages of {ami.id} "
+                f"(image {ami.image}, base {base or '?'})",
+            ),
+            empty=f"no package of {ami.id} has {match!r} in its name",
+        )
 
     def destroy(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None

@@ -45,6 +45,8 @@ def _p(*names: str) -> frozenset[str]:
 
 
 _OWN = "arn:{partition}:ec2:{region}:{account}:"
+# where kiln.aws.packages keeps AMIs' package lists: /kiln/<app>/amis/<ami-id>/packages
+_PACKAGE_LISTS = "arn:{partition}:ssm:{region}:{account}:parameter/kiln/*/packages"
 _ANY_OWNER = "arn:{partition}:ec2:{region}::"
 _TAGGED_AT_CREATE = {"StringLike": {f"aws:RequestTag/{BUILD_TAG}": "*"}}
 _BUILT_BY_KILN = {"StringLike": {f"ec2:ResourceTag/{BUILD_TAG}": "*"}}
@@ -199,6 +201,12 @@ RULES: tuple[Rule, ...] = (
         resources=("*",),
         condition={"StringEquals": {"aws:RequestedRegion": "{region}"}},
         only_with="ssm",
+    ),
+    Rule(  # an AMI's package list beside it (kiln.aws.packages): only those parameters
+        sid="KilnPackages",
+        purposes=_p("bake", "images", "reap"),
+        actions=("ssm:DeleteParameters", "ssm:GetParametersByPath", "ssm:PutParameter"),
+        resources=(_PACKAGE_LISTS + "*",),  # the path and its parts
     ),
     Rule(
         sid="KilnPruneOwnImages",

@@ -120,6 +120,19 @@ def image_group() -> None:
     """Inspect one image."""
 
 
+@image_group.command("packages")
+@click.argument("image")
+@click.option("--grep", "match", metavar="TEXT", help="Only packages whose name contains TEXT.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@provider_option("aws: the AMI's list, kept in SSM when it was baked.")
+@pass_state
+def image_packages(
+    state: State, image: str, match: str | None, as_json: bool, provider: str
+) -> None:
+    """The OS packages an AMI was built with (an AMI id, image id or img-…@ami-…)."""
+    print_report(state.platform(provider).packages(image, match), as_json)
+
+
 @image_group.command("show")
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, with the file list.")

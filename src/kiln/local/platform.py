@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 class LocalPlatform(PlatformBase):
     name = "local"
-    capabilities = frozenset(Capability)
+    # an image here holds only the app's files: the host's packages are the host's
+    capabilities = frozenset(Capability) - {Capability.PACKAGES}
 
     def provider(self) -> Provider:
         """The agent's client (aiohttp), from the provider registry, loaded only now."""
@@ -206,6 +207,10 @@ class LocalPlatform(PlatformBase):
             except KilnError:
                 age = None  # pruned or unreadable: no age to show
         return {**data, **image_ages(age, None, self.loaded.config.fleet.max_image_age)}
+
+    def packages(self, ref: str, match: str | None) -> Report:
+        self.require(Capability.PACKAGES, "kiln image packages")
+        raise AssertionError("unreachable: PACKAGES is not a local capability")
 
     def destroy(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
