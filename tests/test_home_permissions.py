@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,21 @@ def test_a_home_kiln_cannot_make_private_is_refused(tmp_path: Path) -> None:
     assert result.returncode == HomeError.exit_code, result.stderr
     assert f"KILN_HOME {home} is open to other users (mode 777)" in result.stderr
     assert "chmod -R go-rwx" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_entry_that_vanishes_while_the_home_is_checked_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite removes its -wal file when another process closes the database: `kiln status`
+    listing the home at that moment crashed with FileNotFoundError (seen in the full suite)."""
+    home = Home(tmp_path / "kiln").ensure()
+    ghost = home.root / "state.db-wal"  # listed, then gone before its lstat
+    real = Path.iterdir
+
+    def listing(self: Path) -> Iterator[Path]:
+        yield from real(self)
+        if self == home.root:
+            yield ghost
+
+    monkeypatch.setattr(Path, "iterdir", listing)
+    assert home.ensure() is home

@@ -75,7 +75,10 @@ class Home:
         directories) reads nothing and is kept.
         """
         for path in (self.root, *self.root.iterdir()):
-            mode = path.lstat().st_mode
+            try:
+                mode = path.lstat().st_mode
+            except FileNotFoundError:
+                continue  # gone since listed: e.g. SQLite's -wal file as another process closes
             if stat.S_ISLNK(mode):
                 continue
             loose = mode & (0o066 if stat.S_ISDIR(mode) else 0o077)

@@ -50,9 +50,9 @@ def test_fleet_logs_interleave_follow_filter_and_expire(
         reader = threading.Thread(target=lambda: out.extend(follower.stdout or []))
         reader.start()
         try:
-            time.sleep(2.0)
+            time.sleep(5.0)  # -n 0: the follower must be reading before the new instance starts
             (third,) = provider.launch("web", image, 1)  # a new instance joins the stream
-            wait_for(lambda: any(third in line for line in out), 20, "the new instance's lines")
+            wait_for(lambda: any(third in line for line in out), 90, "the new instance's lines")
             provider.terminate("web", [*ids, third])
             follower.wait(30)  # ends by itself once nothing is live
         finally:  # a failure above must not leave Popen's exit waiting on a live follower

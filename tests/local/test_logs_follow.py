@@ -19,7 +19,7 @@ CHATTY = APP.replace(
 )
 
 
-def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float = 10.0) -> str:
+def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float = 60.0) -> str:
     assert proc.stdout is not None
     seen = ""
     selector = selectors.DefaultSelector()
