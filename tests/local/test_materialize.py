@@ -40,7 +40,7 @@ def test_grace_counts_from_process_start_and_status_shows_materializing(
     text = config.read_text().replace('grace = "3s"', f'grace = "{GRACE:g}s"')
     config.write_text(text.replace("unhealthy_threshold = 2", "unhealthy_threshold = 3"))
     provider = LocalProvider(local_home, load_config(config))
-    files = many_files(4000, size=4096, app=SLOW_START) | {"data.bin": "x" * (40 << 20)}
+    files = many_files(4000, size=4096, app=SLOW_START) | {"data.bin": "x" * (120 << 20)}
     image = make_image(local_home, files=files, packed=True)
     seen: set[str] = set()
     launched: list[str] = []
