@@ -241,7 +241,10 @@ def test_the_ssm_rendering_scopes_run_command_to_kiln_builders() -> None:
         ssm=True,
         builder_role="kiln-builder",
     )
-    assert "ssm:" not in json.dumps(plain)  # an SSH bake's policy is unchanged
+    # an SSH bake's policy gains no Run Command (its only SSM use is the AMIs' package
+    # lists, KilnPackages: parameters, not commands)
+    plain_actions = {a for st in plain["Statement"] for a in _actions(st)}
+    assert not {a for a in plain_actions if a.startswith("ssm:") and "Parameter" not in a}
     by_sid = {s["Sid"]: s for s in document["Statement"]}
     on_builders = by_sid["KilnBakeRunCommandOnOwnBuilder"]
     assert on_builders["Condition"] == {"StringLike": {"ssm:resourceTag/kiln:build-id": "*"}}
@@ -260,3 +263,8 @@ def test_the_ssm_rendering_scopes_run_command_to_kiln_builders() -> None:
     for community in (False, True):
         assert lint(unpassed, community=community) == []
     assert reachable_destruction(document) == []
+
+
+def _actions(statement: dict) -> list[str]:  # type: ignore[type-arg]
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
