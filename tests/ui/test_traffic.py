@@ -9,9 +9,6 @@ deployment's traffic from the page's own JSON.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from e2ekit import Load, app_image, free_port, kill_everything, write_app_config
+from uikit import served_ui
 
 from kiln.home import Home
 from kiln.local.series import Sampler
@@ -76,19 +74,7 @@ def test_a_deployment_nobody_watched_shows_its_traffic_when_the_page_opens(
     time.sleep(6)  # the last bucket with load in it is written
 
     opened = time.time()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kiln.cli", "ui"],
-        cwd=kiln.cwd,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert "http://127.0.0.1:" in first, first + proc.stdout.read(2000)
-        url = first.split(" at ", 1)[1].strip()
+    with served_ui(kiln.cwd) as url:
         base, token = url.split("/?token=")
         state: dict = {}
         deadline = time.monotonic() + 60
@@ -99,9 +85,6 @@ def test_a_deployment_nobody_watched_shows_its_traffic_when_the_page_opens(
             if state.get("timeline"):
                 break
             time.sleep(1)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
     deploys = [d for d in state["timeline"] if d["to"] and d["outcome"] == "succeeded"]
     latest = deploys[0]  # newest first: the one that ran under load

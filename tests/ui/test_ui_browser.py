@@ -5,9 +5,6 @@ Screenshots land in build/ui-artifacts/ (kept by CI as artifacts, ignored by git
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -16,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from e2ekit import Load, app_image, free_port, kill_everything, write_app_config
+from uikit import served_ui
 from webdriver import Browser, available
 
 from kiln.home import Home
@@ -42,22 +40,8 @@ def fleet(home: Home, tmp_path: Path) -> Iterator[tuple[Kiln, int]]:
 def ui(fleet: tuple[Kiln, int]) -> Iterator[str]:
     """`kiln ui` as a user starts it: a real process; yields the address it printed."""
     kiln, _ = fleet
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kiln.cli", "ui"],
-        cwd=kiln.cwd,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert "http://127.0.0.1:" in first, first + proc.stdout.read(2000)
-        yield first.split(" at ", 1)[1].strip()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with served_ui(kiln.cwd) as url:
+        yield url
 
 
 def _get(url: str, host: str | None = None) -> tuple[int, str]:
