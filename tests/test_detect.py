@@ -128,7 +128,10 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
     [
         (
             {
-                "package.json": {"scripts": {"start": "node server.js"}},
+                "package.json": {
+                    "scripts": {"start": "node server.js"},
+                    "dependencies": {"express": "^4"},
+                },
                 "server.js": "",
                 "package-lock.json": {},
             },
@@ -136,13 +139,32 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
             "node server.js",
         ),
         (
-            {"package.json": {"main": "index.js"}, "index.js": ""},
+            {"package.json": {"main": "index.js", "dependencies": {"ws": "^8"}}, "index.js": ""},
             [("npm install --no-audit --no-fund --omit=dev", "node_modules")],
+            "node index.js",
+        ),
+        (  # npm makes no node_modules/ without dependencies: nothing to install
+            {
+                "package.json": {"main": "index.js", "devDependencies": {"jest": "^29"}},
+                "index.js": "",
+            },
+            [],
             "node index.js",
         ),
         (
             {
-                "package.json": {"scripts": {"start": "next start", "build": "next build"}},
+                "package.json": {"scripts": {"start": "node dist/s.js", "build": "tsc"}},
+                "package-lock.json": {},
+            },
+            ["npm run build"],
+            "npm start",
+        ),
+        (
+            {
+                "package.json": {
+                    "scripts": {"start": "next start", "build": "next build"},
+                    "dependencies": {"next": "^14"},
+                },
                 "package-lock.json": {},
             },
             [("npm ci", "node_modules"), "npm run build", "npm prune --omit=dev"],

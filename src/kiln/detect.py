@@ -231,16 +231,27 @@ def _node(root: Path) -> Detected | None:
         (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
     )
     inputs = ["package.json", lock] if lock else ["package.json"]
-    if lock:
+    scripts = package.get("scripts") if isinstance(package.get("scripts"), dict) else {}
+    building = bool(scripts) and "build" in scripts
+    # npm makes no node_modules/ for a package without dependencies, so a step
+    # promising one would fail every bake of a plain `node:http` app.
+    installing = _declares(package, ("dependencies", "optionalDependencies")) or (
+        building and _declares(package, ("devDependencies",))
+    )
+    if not installing:
+        install = ""
+        why.append("no dependencies in package.json: nothing to install")
+    elif lock:
         install = "npm ci"
         why.append(f"{lock}: 'npm ci' installs exactly the locked versions")
     else:
         install = "npm install --no-audit --no-fund"
         why.append("no package-lock.json: 'npm install' (commit a lockfile for repeatable builds)")
-    why.append(
-        f"node_modules/ is made by the build and reused while {' and '.join(inputs)} are unchanged"
-    )
-    scripts = package.get("scripts") if isinstance(package.get("scripts"), dict) else {}
+    if installing:
+        why.append(
+            f"node_modules/ is made by the build and reused while {' and '.join(inputs)} "
+            "are unchanged"
+        )
     start = str(scripts.get("start", "")) if scripts else ""
     main = package.get("main") if isinstance(package.get("main"), str) else None
     direct = re.fullmatch(r"node\s+([\w./-]+)", start.strip())
@@ -260,7 +271,9 @@ def _node(root: Path) -> Detected | None:
         run = f"node {file}"
         why.append(f"no start script: {file} is the entry point")
     build: list[str | BuildStep]
-    if scripts and "build" in scripts:
+    if not installing:
+        build = ["npm run build"] if building else []
+    elif building:
         build = [BuildStep(run=install, inputs=inputs, outputs=["node_modules"])]
         build += ["npm run build", "npm prune --omit=dev"]
         why.append("scripts.build: run at bake time (with dev dependencies, pruned after)")
@@ -276,6 +289,11 @@ def _node(root: Path) -> Detected | None:
         grace="20s",
         notes=["the app must listen on process.env.PORT (and process.env.HOST if it binds one)"],
     )
+
+
+def _declares(package: dict[str, object], keys: tuple[str, ...]) -> bool:
+    """Whether package.json lists any package under one of ``keys``."""
+    return any(isinstance(package.get(k), dict) and bool(package.get(k)) for k in keys)
 
 
 # static ------------------------------------------------------------------------
