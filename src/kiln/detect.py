@@ -231,8 +231,9 @@ def _node(root: Path) -> Detected | None:
         (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
     )
     inputs = ["package.json", lock] if lock else ["package.json"]
-    scripts = package.get("scripts") if isinstance(package.get("scripts"), dict) else {}
-    building = bool(scripts) and "build" in scripts
+    raw_scripts = package.get("scripts")
+    scripts: dict[str, object] = raw_scripts if isinstance(raw_scripts, dict) else {}
+    building = "build" in scripts
     # npm makes no node_modules/ for a package without dependencies, so a step
     # promising one would fail every bake of a plain `node:http` app.
     installing = _declares(package, ("dependencies", "optionalDependencies")) or (
