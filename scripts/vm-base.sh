@@ -128,5 +128,12 @@ mkfs.ext4 -q -L root -d "$work/root" "$work/disk.raw" 3G
 qemu-img convert -O qcow2 "$work/disk.raw" "$out.partial/disk.qcow2"
 rm -rf "$out"
 mv "$out.partial" "$out"
+# An older recipe's disk and tree (~1 GB together) are never used again:
+# without this every change to the recipe would leave one behind.
+for stale in "$cache"/rootfs-* "$cache"/????????????????; do
+    [[ -d $stale && $stale != "$tree" && $stale != "$out" ]] || continue
+    echo "vm-base: removing the stale ${stale##*/}" >&2
+    rm -rf "$stale"
+done
 echo "vm-base: disk ready after $((SECONDS - started))s" >&2
 echo "$out"
