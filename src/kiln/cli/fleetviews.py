@@ -133,10 +133,18 @@ def print_status(data: dict[str, Any]) -> None:
         console.print(f"[yellow]locked by {escape(str(lock.get('holder')))}{ago}[/]")
 
 
+# Ended instances stay listed (their logs are kept for log_retention), but a
+# crash-looping release would otherwise bury the live ones under dozens of rows.
+SHOWN_ENDED = 3
+
+
 def _print_instances(instances: list[dict[str, Any]]) -> None:
     if not instances:
         console.print("no instances")
         return
+    ended = [i for i in instances if i["state"] in ("failed", "terminated")]
+    hidden = ended[:-SHOWN_ENDED] if len(ended) > SHOWN_ENDED else []
+    instances = [i for i in instances if i not in hidden]
     table = Table(box=None, header_style="bold")
     # ids are what users copy into `kiln logs`: never cut them short. STATE says
     # whether it is healthy; IN LB whether the load balancer sends it traffic.
@@ -153,6 +161,11 @@ def _print_instances(instances: list[dict[str, Any]]) -> None:
             i["address"] or "-",
         )
     console.print(table)
+    if hidden:
+        console.print(
+            f"{len(hidden)} older failed instance(s) not shown, kept for their logs: "
+            "'kiln status --json' lists them, 'kiln logs ID' says why each ended"
+        )
 
 
 def print_history(entries: list[dict[str, Any]]) -> None:

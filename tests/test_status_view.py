@@ -1,0 +1,39 @@
+"""`kiln status` stays readable when a release crash-loops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kiln.cli import fleetviews
+
+
+def _instance(n: int, state: str) -> dict[str, Any]:
+    return {
+        "id": f"i-{n:012x}",
+        "image": "img-000000000001",
+        "state": state,
+        "in_service": state == "healthy",
+        "age": float(100 - n),
+        "address": f"127.0.0.1:{40000 + n}",
+    }
+
+
+def test_older_failed_instances_are_summarised_not_listed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    failed = [_instance(n, "failed") for n in range(1, 12)]  # launch order: oldest first
+    live = [_instance(50, "healthy"), _instance(51, "healthy")]
+    fleetviews._print_instances(failed + live)
+    out = capsys.readouterr().out
+    assert all(i["id"] in out for i in live)
+    assert all(i["id"] in out for i in failed[-fleetviews.SHOWN_ENDED :])  # the newest ones
+    assert not any(i["id"] in out for i in failed[: -fleetviews.SHOWN_ENDED])
+    assert "8 older failed instance(s) not shown" in out and "kiln status --json" in out
+
+
+def test_a_few_failed_instances_are_all_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    fleetviews._print_instances([_instance(1, "failed"), _instance(2, "healthy")])
+    out = capsys.readouterr().out
+    assert "i-000000000001" in out and "not shown" not in out
