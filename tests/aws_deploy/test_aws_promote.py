@@ -23,7 +23,7 @@ from kiln.aws.platform import AwsPlatform
 from kiln.aws.policy import PROMOTE_PURPOSES, actions
 from kiln.aws.session import Aws, connect
 from kiln.config import LoadedConfig, load_config
-from kiln.errors import PromotionRefused
+from kiln.errors import AwsError, PromotionRefused
 from kiln.home import Home
 from kilntest import Kiln
 
@@ -243,3 +243,55 @@ def test_a_missing_profile_is_one_line(tmp_path: Path, monkeypatch: pytest.Monke
     result = Kiln(tmp_path / "app")("images", "--provider", "aws", ok=False)
     assert "no AWS profile 'nope' ([provider.aws] profile)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_copy_that_comes_out_untagged_is_one_line_not_a_late_create_tags(
+    world: World,
+    home: Home,
+    tmp_path: Path,
+    deploy_moto: str,
+    deploy_keys: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An endpoint that ignores CopyImage's tags: kiln stops, and never tags afterwards.
+
+    Tagging an existing AMI would need ``ec2:CreateTags`` without
+    ``ec2:CreateAction``, which the deploy policy does not grant: on AWS that
+    fallback would have been denied after the copy was made.
+    """
+    _profiles(
+        tmp_path,
+        monkeypatch,
+        {
+            "kiln-staging": ("eu-west-1", *deploy_keys),
+            "kiln-production": ("eu-central-1", *deploy_keys),  # no copy there yet
+        },
+    )
+    loaded = _config(world, tmp_path / "app", deploy_moto)
+    _staging_ami(world, loaded)
+    calls: list[str] = []
+
+    def untagging(settings: Any = None, **kwargs: Any) -> Aws:
+        aws = connect(settings, **kwargs)
+
+        def drop_tags(params: dict[str, Any], **_kw: Any) -> None:
+            params.pop("TagSpecifications", None)
+
+        def seen(model: Any, **_kw: Any) -> None:
+            calls.append(f"{model.service_model.signing_name}:{model.name}")
+
+        aws.session.events.register("before-parameter-build.ec2.CopyImage", drop_tags)
+        aws.session.events.register("before-call", seen)
+        return aws
+
+    monkeypatch.setattr(aws_platform, "connect", untagging)
+    staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
+    with pytest.raises(AwsError, match="came out of CopyImage without kiln's tags") as raised:
+        production.promote_image(IMAGE, staging, lambda _line: None)
+    assert "ec2:CopyImage" in calls and "ec2:CreateTags" not in calls
+    (copy,) = [
+        i["ImageId"]
+        for i in connect(production.settings()).ec2.describe_images(Owners=["self"])["Images"]
+        if "copied from" in i.get("Description", "")
+    ]
+    assert f"deregister {copy} in eu-central-1" in (raised.value.hint or "")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from kiln.aws.ami import env_digest
 from kiln.aws.images import ENV_TAG, IMAGE_TAG, RECIPE_TAG, Ami, _describe, wait_available
 from kiln.aws.session import Aws, aws_errors, tags
-from kiln.errors import ImageNotFound, PromotionRefused
+from kiln.errors import AwsError, ImageNotFound, PromotionRefused
 
 Note = Callable[[str], None]
 
@@ -86,10 +86,15 @@ def promote_ami(
             TagSpecifications=[{"ResourceType": "image", "Tags": carried}],  # type: ignore[misc,list-item]
         )["ImageId"]
     ami = wait_available(target, copy, timeout=timeout, note=say)
-    if IMAGE_TAG not in ami.tags:  # an endpoint that ignores TagSpecifications here (moto)
-        with aws_errors(f"tagging {copy}"):
-            target.ec2.create_tags(Resources=[copy], Tags=carried)  # type: ignore[arg-type]
-        ami = wait_available(target, copy, timeout=timeout, note=say)
+    if IMAGE_TAG not in ami.tags:
+        # Tagging it afterwards would need ec2:CreateTags on an existing AMI, which the
+        # deploy policy never grants (tags are written only by the call that creates).
+        raise AwsError(
+            f"{copy} in {target.region} came out of CopyImage without kiln's tags: the "
+            "endpoint ignored TagSpecifications, so kiln cannot find or prune it",
+            hint=f"deregister {copy} in {target.region}; promote against an endpoint "
+            "that tags copies as they are made (AWS does)",
+        )
     return ami, True
 
 
