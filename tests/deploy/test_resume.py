@@ -139,3 +139,30 @@ def test_a_state_file_of_another_schema_is_refused(tmp_path: Path) -> None:
         StateDb(path)
     assert path.read_bytes() == before
     assert not (tmp_path / "state.db-wal").exists()
+
+
+def test_a_resumed_deployment_does_not_pin_the_size_kiln_toml_had_then(tmp_path: Path) -> None:
+    """Killed while deploying 3, [fleet] size edited to 2, resumed: the next deploy plans 2.
+
+    Before, finishing the old plan stamped today's [fleet] size next to the
+    plan's size, which reads as a `kiln scale 3` and pinned 3 for good.
+    """
+    world = World(StateDb(tmp_path / "state.db"))
+    assert world.engine(size=2).deploy(OLD).ok
+    world.provider.kill_at(1, after=True)
+    with pytest.raises(SimulatedKill):
+        world.engine(pid=dead_pid(), size=3).deploy(NEW)
+    resumed = world.engine(size=2).resume()
+    assert resumed is not None and resumed.ok
+    assert world.engine(size=2).plan(NEW).size == 2
+    world.db.close()
+
+
+def test_kiln_scale_still_holds_across_deployments_until_kiln_toml_changes(
+    deployed: World,
+) -> None:
+    w = deployed
+    assert w.engine().scale(4).ok
+    assert w.engine().deploy(NEW).ok
+    assert w.engine().plan(OLD).size == 4  # the scale holds while [fleet] size is unchanged
+    assert w.engine(size=3).plan(OLD).size == 3  # an edit of [fleet] size wins

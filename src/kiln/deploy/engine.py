@@ -514,7 +514,8 @@ class Engine:
                 self._emit(EventKind.INFO, f"discarding the older warm standby of {rec.warm_image}")
                 self.provider.terminate(self.fleet, older)
                 state = self.provider.describe(self.fleet)
-        self._save_ending(state, rec, plan.image, dep.from_image, plan.size, warm)
+        scaled = dep.kind is DeploymentKind.SCALE
+        self._save_ending(state, rec, plan.image, dep.from_image, plan.size, warm, scaled=scaled)
         now = self.clock.now()
         message = f"{self.fleet} serves {plan.image} on {plan.size} instance(s)"
         if dep.kind is DeploymentKind.DESTROY:
@@ -578,7 +579,18 @@ class Engine:
         size: int,
         warm: list[str],
         keep_previous: bool = False,
+        *,
+        scaled: bool = False,
     ) -> None:
+        if scaled:
+            config_size = self.settings.size  # `kiln scale` holds until [fleet] size changes
+        elif rec is not None and size == rec.size and rec.size != rec.config_size:
+            config_size = rec.config_size  # an earlier `kiln scale` still holds
+        else:
+            # The size followed kiln.toml when the plan was made. A resumed plan
+            # may predate an edit of [fleet] size: stamping today's size on it
+            # would read as a `kiln scale` and pin the old size for good.
+            config_size = size
         record = next_record(
             state,
             rec,
@@ -586,7 +598,7 @@ class Engine:
             current=current,
             from_image=from_image,
             size=size,
-            config_size=self.settings.size,
+            config_size=config_size,
             warm=warm,
             warm_until=self.clock.now() + self.settings.keep_warm,
             keep_previous=keep_previous,
