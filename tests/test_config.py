@@ -101,6 +101,19 @@ def test_rolling_must_be_able_to_progress() -> None:
     assert "cannot both be 0" in _error(MINIMAL + "[fleet]\nmax_surge = 0\n")
 
 
+def test_sticky_sessions_by_cookie_with_an_optional_duration() -> None:
+    assert parse_config(MINIMAL).fleet.sticky == "off"
+    fleet = parse_config(MINIMAL + '[fleet]\nsticky = "cookie"\nsticky_duration = "2h"\n').fleet
+    assert (fleet.sticky, fleet.sticky_duration) == ("cookie", 7200)
+    assert "sticky_duration needs sticky = 'cookie'" in _error(
+        MINIMAL + '[fleet]\nsticky_duration = "1h"\n'
+    )
+    assert "sticky" in _error(MINIMAL + '[fleet]\nsticky = "ip"\n')
+    assert "at most 604800" in _error(
+        MINIMAL + '[fleet]\nsticky = "cookie"\nsticky_duration = "8d"\n'
+    )
+
+
 def test_bad_listen_address() -> None:
     assert "is not HOST:PORT" in _error(MINIMAL + '[provider.local]\nlisten = "8080"\n')
 

@@ -207,3 +207,59 @@ def test_a_start_script_naming_a_file_runs_node_directly(tmp_path: Path) -> None
     _write(tmp_path, {"package.json": json.dumps({"scripts": {"start": "node ./bin/www"}})})
     _write(tmp_path, {"bin/www": "#!/usr/bin/env node\n"})
     assert _config(tmp_path).app.run == "node ./bin/www"
+
+
+@pytest.mark.parametrize(
+    ("files", "why"),
+    [
+        (
+            {
+                "package.json": json.dumps(
+                    {"main": "index.js", "dependencies": {"express": "4", "socket.io": "4"}}
+                ),
+                "index.js": "",
+            },
+            "socket.io in package.json",
+        ),
+        (
+            {"package.json": json.dumps({"dependencies": {"sockjs": "0.3"}}), "server.js": ""},
+            "sockjs in package.json",
+        ),
+        (
+            {
+                "app.py": "from flask import Flask\napp = Flask(__name__)\n",
+                "requirements.txt": "Flask-SocketIO==5.3\ngunicorn\n",
+            },
+            "flask-socketio in requirements.txt",
+        ),
+        (
+            {"main.py": "x = 1\n", "requirements.txt": "python_socketio>=5\n"},
+            "python-socketio in requirements.txt",
+        ),
+    ],
+)
+def test_session_servers_get_sticky_sessions_and_say_why(
+    tmp_path: Path, files: dict[str, str], why: str
+) -> None:
+    found = detect(_write(tmp_path, files))
+    assert found.sticky is not None and found.sticky.startswith(why)
+    assert found.sticky in found.why  # printed by kiln init with the other reasons
+    config = _config(tmp_path)
+    assert config.fleet.sticky == "cookie"
+
+
+def test_apps_without_a_session_server_are_not_sticky(tmp_path: Path) -> None:
+    package = {"main": "index.js", "dependencies": {"socket.io-client": "4"}}
+    _write(tmp_path, {"package.json": json.dumps(package), "index.js": ""})
+    assert detect(tmp_path).sticky is None  # a client of one is not a server
+    text = render_config(tmp_path, name="app")
+    assert '# sticky = "cookie"' in text and parse_config(text).fleet.sticky == "off"
+
+
+def test_an_express_health_route_is_found_in_the_apps_own_sources(tmp_path: Path) -> None:
+    package = {"scripts": {"start": "node src/server.mjs"}}
+    _write(tmp_path, {"package.json": json.dumps(package), "src/server.mjs": "app.listen()\n"})
+    _write(tmp_path, {"node_modules/lib/index.js": "router.get('/health', f)\n"})
+    assert _config(tmp_path).health.path is None  # a package's route is not the app's
+    _write(tmp_path, {"src/routes.ts": "app.get('/healthz', (req, res) => res.send('ok'))\n"})
+    assert _config(tmp_path).health.path == "/healthz"

@@ -271,9 +271,30 @@ class FleetSettings(Section):
             "crash soon after passing their checks; 0 trusts the first passing checks."
         ),
     )
+    sticky: Literal["off", "cookie"] = Field(
+        default="off",
+        description=(
+            "Session affinity: 'cookie' keeps each client on the instance that answered it "
+            "first, by a cookie the load balancer sets, while that instance is in service "
+            "(then it moves to another). Needed by apps keeping sessions in the process: "
+            "Socket.IO, engine.io and SockJS long-polling, in-memory sessions. On AWS: the "
+            "target groups' lb_cookie stickiness."
+        ),
+    )
+    sticky_duration: Duration | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 86400,
+        description=(
+            "How long the sticky cookie lasts (1s to 7d). Unset: locally, until the browser "
+            "closes; on AWS, one day (the ALB's default)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _can_progress(self) -> FleetSettings:
+        if self.sticky_duration is not None and self.sticky == "off":
+            raise ValueError("sticky_duration needs sticky = 'cookie'")
         if self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError(
                 "max_surge and max_unavailable cannot both be 0: a rolling deployment "

@@ -10,6 +10,7 @@ Detection reads files only; it never imports or runs the app.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,16 @@ from kiln.config import BuildStep
 
 PY_EXCLUDE = ["__pycache__/", "*.pyc", ".venv/", "venv/", "/deps/", ".env", "*.sqlite3"]
 NODE_EXCLUDE = ["node_modules/", ".env", "npm-debug.log*"]
+_NODE_SOURCES = (".js", ".mjs", ".cjs", ".ts")
 PIP = "python3 -m pip install -q --target deps"
 GUNICORN = "python3 -m gunicorn --bind $HOST:$PORT --workers 2 --access-logfile -"
 UVICORN = "python3 -m uvicorn --host $HOST --port $PORT"
 _SOURCE_LIMIT = 256 * 1024  # bigger files are not read for detection
+_NOT_SOURCE = frozenset({"node_modules", "deps", "venv", ".venv", ".git", "__pycache__"})
+# Servers whose clients must come back to the instance that opened their session
+# (long-polling transports, in-process session state): [fleet] sticky = "cookie".
+_STICKY_NPM = ("socket.io", "engine.io", "sockjs", "@nestjs/platform-socket.io")
+_STICKY_PYPI = ("python-socketio", "flask-socketio", "python-engineio")
 
 
 @dataclass
@@ -38,6 +45,7 @@ class Detected:
     grace: str = "30s"
     release: str | None = None
     notes: list[str] = field(default_factory=list)
+    sticky: str | None = None  # why each client must stay on one instance, if it must
 
 
 def detect(root: Path) -> Detected:
@@ -45,8 +53,41 @@ def detect(root: Path) -> Detected:
     for detector in (_django, _python_framework, _node, _static):
         found = detector(root)
         if found is not None:
-            return found
-    return _fallback(root)
+            break
+    else:
+        found = _fallback(root)
+    found.sticky = _sticky(root)
+    if found.sticky:
+        found.why.append(found.sticky)
+    return found
+
+
+def _sticky(root: Path) -> str | None:
+    """Why the app needs session affinity: a session server among its dependencies."""
+    listed = set(_requirements(root))
+    python = [name for name in _STICKY_PYPI if name in listed]
+    npm = [name for name in _STICKY_NPM if name in _npm_dependencies(root)]
+    if not python and not npm:
+        return None
+    where = (
+        f"{', '.join(npm)} in package.json" if npm else f"{', '.join(python)} in requirements.txt"
+    )
+    return (
+        f"{where}: each client's polling requests must reach the instance holding its "
+        'session, so the load balancer keeps it there (sticky = "cookie")'
+    )
+
+
+def _npm_dependencies(root: Path) -> dict[str, object]:
+    manifest = root / "package.json"
+    if not manifest.is_file():
+        return {}
+    try:
+        package = json.loads(_read(manifest))
+    except ValueError:
+        return {}
+    deps = package.get("dependencies") if isinstance(package, dict) else None
+    return deps if isinstance(deps, dict) else {}
 
 
 # Python ------------------------------------------------------------------------
@@ -199,18 +240,28 @@ def _python_framework(root: Path) -> Detected | None:
     return None
 
 
-def _route(root: Path, paths: tuple[str, ...]) -> str | None:
-    """A health route the source defines ('/health' in a route decorator or urls.py)."""
-    for py in sorted(root.rglob("*.py"))[:200]:
-        if any(part in ("deps", "venv", ".venv", "node_modules") for part in py.parts):
-            continue
-        text = _read(py)
+def _route(root: Path, paths: tuple[str, ...], suffixes: tuple[str, ...] = (".py",)) -> str | None:
+    """A health route the source defines: '/health' in a route decorator, urls.py or
+    an express ``app.get('/health', ...)``; installed packages are not the app's."""
+    for source in _sources(root, suffixes):
+        text = _read(source)
         for path in paths:
             if re.search(rf"""["']{re.escape(path)}/?["']""", text) or (
                 re.search(rf"""path\(\s*["']{re.escape(path[1:])}/?["']""", text)
             ):
                 return path
     return None
+
+
+def _sources(root: Path, suffixes: tuple[str, ...], limit: int = 200) -> list[Path]:
+    """The app's own source files, never descending into installed packages."""
+    found: list[Path] = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _NOT_SOURCE)
+        found += [Path(directory, f) for f in sorted(files) if f.endswith(suffixes)]
+        if len(found) >= limit:
+            break
+    return sorted(found)[:limit]
 
 
 # Node --------------------------------------------------------------------------
@@ -287,6 +338,7 @@ def _node(root: Path) -> Detected | None:
         build=build,
         exclude=list(NODE_EXCLUDE),
         env={"NODE_ENV": "production"},
+        health_path=_route(root, ("/health", "/healthz", "/ping"), _NODE_SOURCES),
         grace="20s",
         notes=["the app must listen on process.env.PORT (and process.env.HOST if it binds one)"],
     )

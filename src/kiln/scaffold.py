@@ -53,6 +53,7 @@ max_unavailable = 0        # ...never below the desired healthy capacity
 drain = "10s"              # in-flight requests get this long to finish
 # max_age = "7d"           # recycle instances older than this
 keep_images = 5
+{sticky}
 
 [provider.local]
 listen = "127.0.0.1:8080"  # the fleet's load balancer
@@ -79,6 +80,10 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         + (f"release = {_toml(found.release)}\n" if found.release else '# release = "..."\n')
     )
     notes = "".join(f"\n# note: {note}" for note in found.notes)
+    if found.sticky:
+        sticky = '# each client stays on one instance (its session lives there)\nsticky = "cookie"'
+    else:
+        sticky = '# sticky = "cookie"       # for in-process sessions (Socket.IO, SockJS)'
     env = "".join(f"{key} = {_toml(value)}\n" for key, value in found.env.items())
     return _TEMPLATE.format(
         kind=found.kind,
@@ -91,6 +96,7 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         env=env or '# LOG_LEVEL = "info"\n',
         health=health,
         grace=found.grace,
+        sticky=sticky,
     )
 
 

@@ -110,4 +110,33 @@ def pip_tools(*packages: str) -> Path:
     return target
 
 
-__all__ = ["CACHE", "LoadLoop", "deploy", "first_try", "get", "pip_tools", "review", "sys"]
+def npm_tools(*packages: str) -> Path:
+    """npm packages installed once into the shared cache, for clients run at test time
+    (node finds them with NODE_PATH set to the returned node_modules)."""
+    target = CACHE / "node-tools" / "-".join(p.replace("/", "_") for p in packages)
+    marker = target / ".done"
+    if not marker.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "package.json").write_text('{"private": true}\n')
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--silent", *packages],
+            cwd=target,
+            check=True,
+            timeout=600,
+            env={**os.environ, "npm_config_cache": str(CACHE / "npm")},
+        )
+        marker.touch()
+    return target / "node_modules"
+
+
+__all__ = [
+    "CACHE",
+    "LoadLoop",
+    "deploy",
+    "first_try",
+    "get",
+    "npm_tools",
+    "pip_tools",
+    "review",
+    "sys",
+]

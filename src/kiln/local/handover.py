@@ -24,6 +24,7 @@ from kiln.errors import ProviderError
 
 _MODULES = (
     "kiln.errors",
+    "kiln.local.affinity",
     "kiln.local.front",
     "kiln.local.handover",
     "kiln.local.http1",

@@ -100,6 +100,7 @@ class Request:
     forwarded_for: bytes | None = None
     forwarded_proto: bytes | None = None
     claims: list[tuple[bytes, bytes]] = field(default_factory=list)  # Forwarded, X-Real-IP…
+    affinity: str | None = None  # sticky fleets: the instance its cookie names ("" none)
 
     @property
     def has_body(self) -> bool:

@@ -22,7 +22,7 @@ import socket
 import ssl
 import time
 from collections.abc import Coroutine, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.errors import ProviderError
 from kiln.local.http1 import (
@@ -51,6 +51,9 @@ from kiln.local.proxy import (
 )
 from kiln.local.upstream import ClientGone, Upstream
 from kiln.local.wsclose import tunnel_for
+
+if TYPE_CHECKING:
+    from kiln.local.affinity import Affinity
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this are read whole before an instance is picked
@@ -129,6 +132,7 @@ class Balancer:
         self.waiting: dict[Upstream, float] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._rr = 0
+        self.sticky: Affinity | None = None  # [fleet] sticky (kiln.local.affinity)
 
     # membership -----------------------------------------------------------
 
@@ -319,6 +323,9 @@ class Balancer:
 
     def _fast(self, head: Request, client: Client) -> bool:
         """Send a request on at once if nothing about it needs waiting for; False if not."""
+        sticky = self.sticky
+        if sticky is not None:
+            sticky.arrive(head)
         if head.upgrade is not None or head.expect:
             return False
         events = client.messages.events
@@ -336,7 +343,7 @@ class Balancer:
                 return False
         elif not events or events[0][0] != END:
             return False
-        backend = self._pick(())
+        backend = self._pick(()) if sticky is None else sticky.pick(self, head, ())
         if backend is None:
             return False
         upstream = self._pooled(backend)
@@ -379,6 +386,8 @@ class Balancer:
     async def _serve(self, head: Request, client: Client) -> bool:
         """Answer one request; False when the client connection must close."""
         started = time.monotonic()
+        if self.sticky is not None:
+            self.sticky.arrive(head)
         if head.expect and head.has_body and head.version != b"1.0":  # RFC 9110 10.1.1
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
@@ -412,7 +421,10 @@ class Balancer:
         tried: tuple[str, ...] = ()
         while True:
             fresh = stale is not None
-            backend = stale or self._pick(tried)
+            sticky = self.sticky
+            backend = stale or (
+                self._pick(tried) if sticky is None else sticky.pick(self, head, tried)
+            )
             stale = None
             if backend is None:
                 return self._give_up(head, client, bool(tried), body is not None)

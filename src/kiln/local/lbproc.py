@@ -34,6 +34,7 @@ from typing import Any
 from kiln import __version__
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.local import affinity
 from kiln.local.challenges import Challenges
 from kiln.local.front import Front
 from kiln.local.handover import CODE, inherited, send_listeners
@@ -91,6 +92,7 @@ class BalancerHost:
         self.counters: dict[str, dict[str, Counters]] = {}  # fleet -> instance -> counters
         self.started = time.time()
         self.done = asyncio.Event()
+        self.affinity_key = os.urandom(affinity.KEY_BYTES)  # serve() loads the home's
 
     async def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
         op = msg.get("op")
@@ -214,6 +216,7 @@ class BalancerHost:
         for instance_id, (host, port) in backends.items():
             balancer.add(instance_id, host, port, counters.setdefault(instance_id, Counters()))
         balancer.set_routable(str(i) for i in spec["routable"])
+        affinity.configure(balancer, spec.get("sticky"), self.affinity_key)
 
     async def _front(
         self, address: Address, names: list[str], fleets: dict[str, dict[str, Any]]
@@ -408,6 +411,7 @@ def serve(home: Home, inherit: dict[Address, socket.socket] | None = None) -> in
 async def _serve(home: Home, host: BalancerHost, lock_fd: int) -> None:
     raise_fd_limit()
     host.lock_fd = lock_fd
+    host.affinity_key = affinity.load_key(home.agent_dir / "affinity.key")
     path = socket_path(home)
     old_umask = os.umask(0o177)  # born private: no window where others connect
     try:

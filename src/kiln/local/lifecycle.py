@@ -182,6 +182,7 @@ class Lifecycle:
                 "policy": fleet.settings.balance,
                 "limits": fleet.settings.limits,  # [provider.local] *_timeout
                 "trusted_proxies": list(fleet.settings.trusted_proxies),
+                "sticky": fleet.settings.sticky,  # [fleet] sticky (kiln.local.affinity)
                 "hosts": list(fleet.settings.hosts),
                 "tls": tls_files(self.home, name, fleet.settings),
                 "backends": {i: [INSTANCE_HOST, port] for i, port in fleet.backends.items()},

@@ -51,6 +51,8 @@ class FleetSettings:
     tls_key: str | None = None
     # [provider.local] acme: directory, email, http [host, port], ca_bundle (absolute)
     acme: dict[str, Any] | None = None
+    # [fleet] sticky = "cookie": {"max_age": seconds or None}; None when off
+    sticky: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> FleetSettings:
@@ -74,6 +76,7 @@ class FleetSettings:
             tls_cert=str((loaded.root / local.tls_cert).absolute()) if local.tls_cert else None,
             tls_key=str((loaded.root / local.tls_key).absolute()) if local.tls_key else None,
             acme=_acme(loaded.root, local.acme) if local.acme else None,
+            sticky=_sticky(cfg.fleet.sticky, cfg.fleet.sticky_duration),
         )
 
     @classmethod
@@ -99,6 +102,13 @@ class FleetSettings:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         scheme = "https" if self.secure else "http"
         return f"{scheme}://{host}:{self.listen_port}"
+
+
+def _sticky(mode: str, duration: float | None) -> dict[str, Any] | None:
+    """[fleet] sticky as the balancer gets it (kiln.local.affinity)."""
+    if mode == "off":
+        return None
+    return {"max_age": None if duration is None else round(duration)}
 
 
 def _acme(root: Path, acme: AcmeSettings) -> dict[str, Any]:

@@ -120,6 +120,9 @@ class Supervisor(Lifecycle):
             )
         if old.balance != settings.balance:
             changes.append(f"fleet {fleet.name} balances by {settings.balance} (was {old.balance})")
+        if old.sticky != settings.sticky:
+            now = "sticky by cookie" if settings.sticky else "not sticky"
+            changes.append(f"fleet {fleet.name} is {now} from now on")
         if old.health != settings.health:
             changes.append(
                 "[health] changed: instances launched from now on use the new checks; "

@@ -330,6 +330,9 @@ class Upstream(Stream):
         status = resp.status
         head = self.head
         assert head is not None
+        sticky = self.balancer.sticky if self.balancer is not None else None
+        if sticky is not None and (status >= 200 or status == 101):
+            resp.fields += sticky.set_cookie(self)
         if status == 101:
             if head.upgrade is None:
                 raise BadMessage("instance switched protocols unasked", 502)
