@@ -778,6 +778,14 @@ class AwsSettings(Section):
     share_with_accounts: list[Annotated[str, Field(pattern=r"^\d{12}$")]] = Field(
         default_factory=list, description="AWS account ids given launch permission on each AMI."
     )
+    promote_to_accounts: list[Annotated[str, Field(pattern=r"^\d{12}$")]] = Field(
+        default_factory=list,
+        description=(
+            "AWS account ids 'kiln promote' may copy this environment's AMIs into: the "
+            "promoted AMI (only it) gets launch permission and snapshot createVolumePermission "
+            "for the target's account, which then copies it (see docs/environments.md)."
+        ),
+    )
     share_with_organizations: list[Annotated[str, Field(pattern=_ORG_ARN)]] = Field(
         default_factory=list,
         description="AWS Organizations ARNs (arn:aws:organizations::ID:organization/o-...) "

@@ -19,7 +19,13 @@
   or the region's default EBS key) and ``ClientToken`` (a repeated request
   returns the first copy); a copy stays ``pending`` for
   ``KILN_MOTO_COPY_SECONDS`` (default 0) as AWS's take minutes.
+- ``CopyImage`` of another account's AMI (moto looks in the caller's account
+  only): allowed, as on AWS, when the AMI's launch permission names the
+  caller's account and its snapshot gives it createVolumePermission.
 - ``EnableImageDeprecation``: the AMI's ``DeprecationTime``.
+- Organizations' ``CreateAccount``: the new account's
+  OrganizationAccountAccessRole holds AdministratorAccess (moto creates it
+  with no permission), so its management account can reach into it.
 
 Nothing else changes.
 
@@ -28,6 +34,7 @@ Nothing else changes.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -36,10 +43,13 @@ from typing import Any
 
 from moto.cloudwatch.models import Statistics
 from moto.core.responses import ActionResult
+from moto.ec2.exceptions import AuthFailureRestricted, InvalidAMIIdError
 from moto.ec2.models.amis import Ami, AmiBackend
 from moto.ec2.models.launch_templates import LaunchTemplateBackend
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.launch_templates import LaunchTemplates
+from moto.ec2.utils import random_ami_id
+from moto.organizations.models import FakeAccount
 from moto.server import main
 
 _create_image = AmiBackend.create_image
@@ -142,12 +152,16 @@ def copy_image_response(self: Any) -> ActionResult:
     if token and token in tokens:
         return ActionResult({"ImageId": tokens[token]})
     source_id, source_region = self._get_param("SourceImageId"), self._get_param("SourceRegion")
-    ami = backend.copy_image(
-        source_id, source_region, self._get_param("Name"), self._get_param("Description")
+    source = _copy_source(backend.account_id, source_id, source_region)
+    ami = Ami(
+        backend,
+        random_ami_id(),
+        instance=None,
+        source_ami=source,
+        name=self._get_param("Name"),
+        description=self._get_param("Description"),
     )
-    from moto.ec2.models import ec2_backends
-
-    source = ec2_backends[backend.account_id][source_region].describe_images(ami_ids=[source_id])[0]
+    backend.amis[ami.id] = ami
     disk = dict(getattr(source, "kiln_disk", None) or {
         "size": 15, "type": "standard", "encrypted": False, "kms": None, "delete": True
     })  # fmt: skip
@@ -168,6 +182,28 @@ def copy_image_response(self: Any) -> ActionResult:
     if token:
         tokens[token] = ami.id
     return ActionResult({"ImageId": ami.id})
+
+
+def _copy_source(account: str, image_id: str, region: str) -> Any:
+    """The AMI CopyImage reads: the caller's own, or another account's shared with it.
+
+    As on AWS, another account's AMI can be copied only with launch permission
+    for the caller's account and createVolumePermission on its snapshot.
+    """
+    from moto.ec2.models import ec2_backends
+
+    for owner in [account, *(a for a in list(ec2_backends) if a != account)]:
+        found = ec2_backends[owner][region].amis.get(image_id)
+        if found is None:
+            continue
+        if owner == account:
+            return found
+        if {"UserId": account} not in found.launch_permissions and not found.is_public:
+            raise InvalidAMIIdError(image_id)
+        if account not in found.ebs_snapshot.create_volume_permission_userids:
+            raise AuthFailureRestricted()
+        return found
+    raise InvalidAMIIdError(image_id)
 
 
 def enable_image_deprecation(self: Any) -> ActionResult:
@@ -229,6 +265,26 @@ def get_statistics_for_type(self: Any, stat: str) -> Any:
 
 
 Statistics.get_statistics_for_type = get_statistics_for_type  # type: ignore[method-assign]
+
+_new_account = FakeAccount.__init__
+
+
+def new_account(self: Any, *args: Any, **kwargs: Any) -> None:
+    """A member account's OrganizationAccountAccessRole may do everything, as on AWS."""
+    _new_account(self, *args, **kwargs)
+    from moto.iam.models import iam_backends
+
+    everything = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+        }
+    )
+    role = kwargs.get("RoleName", "OrganizationAccountAccessRole")
+    iam_backends[self.id]["global"].put_role_policy(role, "AdministratorAccess", everything)
+
+
+FakeAccount.__init__ = new_account  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main(sys.argv[1:])

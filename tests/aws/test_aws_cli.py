@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from awskit import TargetFactory
@@ -181,3 +182,24 @@ def test_images_show_where_each_ami_was_copied_and_prune_takes_copies(
     for copy in second.copies:  # the kept AMI keeps its copies
         there = aws.in_region(copy.region)
         assert [a.id for a in list_amis(there, "acme")] == [copy.ami]
+
+
+def test_policy_of_an_environment_that_promotes_into_another_account(tmp_path: Path) -> None:
+    """--env: staging's promote_to_accounts renders sharing (and the key-policy read)."""
+    (tmp_path / "kiln.toml").write_text(
+        "[app]\nname = 'shop'\nrun = 'python3 app.py'\n"
+        "[provider.aws]\nkms_key_id = 'alias/shop'\n"
+        "[environments.staging]\nprovider.aws = { promote_to_accounts = ['222222222222'] }\n"
+        "[environments.production]\n"
+    )
+    kiln = Kiln(tmp_path)
+    where = ("--region", "eu-west-1", "--account", "111111111111", "--part", "publish", "--json")
+
+    def actions(*env: str) -> set[str]:
+        document = json.loads(kiln("aws", "policy", *where, *env).stdout)
+        return {a for s in document["Statement"] for a in s["Action"]}
+
+    staging = actions("--env", "staging")
+    assert {"ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute"} <= staging
+    assert "kms:GetKeyPolicy" in staging
+    assert not {"ec2:ModifyImageAttribute", "kms:GetKeyPolicy"} & actions("--env", "production")

@@ -53,6 +53,7 @@ PUBLISH_ALL: dict[str, Any] = {
     "share": True,
     "deprecate": True,
     "kms": True,
+    "promote_kms": True,
 }
 
 

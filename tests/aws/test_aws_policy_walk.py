@@ -22,6 +22,7 @@ PUBLISH_ALL: dict[str, Any] = {
     "share": True,
     "deprecate": True,
     "kms": True,
+    "promote_kms": True,
 }
 TG = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/shop/0123456789abcdef"
 LISTENER = (

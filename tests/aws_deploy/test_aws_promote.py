@@ -9,20 +9,32 @@ the promotion makes is recorded and must be in the policy's promote statements.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
-from aws_deploy.awsworld import World
+from aws_deploy.awsworld import World, build_world
 from kiln.aws import platform as aws_platform
 from kiln.aws.ami import env_digest
-from kiln.aws.images import CODE_TAG, ENV_TAG, RECIPE_TAG
+from kiln.aws.deployments import open_deployments
+from kiln.aws.iam import create_deploy_user
+from kiln.aws.images import CODE_TAG, ENV_TAG, RECIPE_TAG, Ami
 from kiln.aws.install import recipe
 from kiln.aws.platform import AwsPlatform
-from kiln.aws.policy import PROMOTE_PURPOSES, actions
+from kiln.aws.policy import (
+    PARTS,
+    PROMOTE_PURPOSES,
+    actions,
+    enforceable_documents,
+    options,
+    policy_document,
+)
+from kiln.aws.promote import check_shareable
 from kiln.aws.session import Aws, connect
-from kiln.config import LoadedConfig, load_config
+from kiln.config import AwsSettings, LoadedConfig, load_config
 from kiln.errors import AwsError, PromotionRefused
 from kiln.home import Home
 from kilntest import Kiln
@@ -295,3 +307,245 @@ def test_a_copy_that_comes_out_untagged_is_one_line_not_a_late_create_tags(
         if "copied from" in i.get("Description", "")
     ]
     assert f"deregister {copy} in eu-central-1" in (raised.value.hint or "")
+
+
+# -- another account: staging in account A, production in account B ----------------
+
+
+@dataclass
+class Accounts:
+    """Staging's world in the default account A, production's in a member account B."""
+
+    staging: World
+    production: World
+    staging_keys: tuple[str, str]  # A's deploy user: deploy, scaling and publish policies
+    production_keys: tuple[str, str]  # B's deploy user: deploy and scaling
+    b: str  # B's account id
+
+
+def _member_account(admin: Aws) -> Aws:
+    """A new account of A's organisation, reached as AWS does: its access role, assumed."""
+    orgs = admin.client("organizations")
+    try:
+        orgs.describe_organization()
+    except orgs.exceptions.AWSOrganizationsNotInUseException:
+        orgs.create_organization(FeatureSet="ALL")
+    status = orgs.create_account(Email="production@example.com", AccountName="production")
+    account = status["CreateAccountStatus"]["AccountId"]
+    role = f"arn:aws:iam::{account}:role/OrganizationAccountAccessRole"
+    creds = admin.sts.assume_role(RoleArn=role, RoleSessionName="kiln-test")["Credentials"]
+    session = boto3.Session(
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+    return Aws(session=session, region=admin.region, endpoint_url=admin.endpoint_url)
+
+
+def _user(admin: Aws, team: str, parts: list[str]) -> tuple[str, str]:
+    user = create_deploy_user(admin, team, parts=parts, documents=enforceable_documents(parts))
+    assert user.access_key_id and user.secret_access_key
+    return user.access_key_id, user.secret_access_key
+
+
+@pytest.fixture
+def accounts(world: World, deploy_moto: str) -> Accounts:
+    admin_b = _member_account(world.admin)
+    b = str(admin_b.sts.get_caller_identity()["Account"])
+    assert b != world.admin.sts.get_caller_identity()["Account"]
+    staging_keys = _user(world.admin, f"{world.app}-staging", ["deploy", "scaling", "publish"])
+    production_keys = _user(admin_b, "production", ["deploy", "scaling"])
+    deploy_b = connect(
+        AwsSettings(region=admin_b.region, endpoint_url=deploy_moto),
+        access_key_id=production_keys[0],
+        secret_access_key=production_keys[1],
+    )
+    base = str(admin_b.ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"])
+    production = build_world(admin_b, deploy_b, base)
+    return Accounts(world, production, staging_keys, production_keys, b)
+
+
+def _two_accounts(
+    accounts: Accounts,
+    root: Path,
+    endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    promote_to: str,
+) -> LoadedConfig:
+    """Production's world is the base file; staging's account, target group and subnets."""
+    _profiles(
+        tmp_path,
+        monkeypatch,
+        {
+            "kiln-staging": ("eu-west-1", *accounts.staging_keys),
+            "kiln-production": ("eu-west-1", *accounts.production_keys),
+        },
+    )
+    a = accounts.staging
+    accounts.production.config(root, extra_aws=f'endpoint_url = "{endpoint}"')
+    subnets = ", ".join(f"'{s}'" for s in a.subnets[:2])
+    with (root / "kiln.toml").open("a") as f:
+        f.write(
+            "\n[environments.staging]\nprovider.aws = { profile = 'kiln-staging', "
+            f"target_group_arn = '{a.target_group}', subnet_ids = [{subnets}]{promote_to} }}\n"
+            "\n[environments.production]\nrequire = 'staging'\n"
+            "provider.aws = { profile = 'kiln-production' }\n"
+        )
+    return load_config(root / "kiln.toml")
+
+
+def _scoped_actions(loaded: LoadedConfig, environment: str, parts: list[str]) -> set[str]:
+    """The actions of the policies 'kiln aws policy --env ENV' renders for these parts."""
+    settings = loaded.config.for_environment(environment).provider.aws
+    assert settings is not None
+    found: set[str] = set()
+    for part in parts:
+        document = policy_document(
+            region="eu-west-1", account=None, purposes=PARTS[part], **options(settings)
+        )
+        found |= {a for s in document["Statement"] for a in s["Action"]}
+    return found
+
+
+def test_another_account_shares_then_copies_and_deploys_the_copy(
+    accounts: Accounts,
+    home: Home,
+    tmp_path: Path,
+    deploy_moto: str,
+    good_app: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b = accounts.b
+    loaded = _two_accounts(
+        accounts, tmp_path / "app", deploy_moto, tmp_path, monkeypatch,
+        promote_to=f", promote_to_accounts = ['{b}']",
+    )  # fmt: skip
+    origin = _staging_ami(accounts.staging, loaded)
+    calls = _record(monkeypatch)
+    staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
+    said: list[str] = []
+
+    assert production.promote_image(IMAGE, staging, said.append) == IMAGE
+    assert f"{origin} and its 1 snapshot(s) shared with account {b}" in said
+    # A granted B launch permission and createVolumePermission, with A's keys
+    admin_a = accounts.staging.admin
+    launch = admin_a.ec2.describe_image_attribute(ImageId=origin, Attribute="launchPermission")
+    assert launch["LaunchPermissions"] == [{"UserId": b}]
+    (snapshot,) = [
+        m["Ebs"]["SnapshotId"]
+        for m in admin_a.ec2.describe_images(ImageIds=[origin])["Images"][0]["BlockDeviceMappings"]
+    ]
+    volumes = admin_a.ec2.describe_snapshot_attribute(
+        SnapshotId=snapshot, Attribute="createVolumePermission"
+    )
+    assert volumes["CreateVolumePermissions"] == [{"UserId": b}]
+    # B owns a copy, tagged with the same digests, made with B's keys
+    deploy_b = accounts.production.deploy
+    (copy,) = deploy_b.ec2.describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:kiln:image", "Values": [IMAGE]}]
+    )["Images"]
+    assert copy["OwnerId"] == b and copy["ImageId"] != origin
+    copied = {t["Key"]: t["Value"] for t in copy["Tags"]}
+    assert copied[CODE_TAG] == CODE and copied["kiln:digest"] == IMAGE * 2
+    a_key, b_key = accounts.staging_keys[0], accounts.production_keys[0]
+    assert {key for _c, _r, key in calls} == {a_key, b_key}
+    by_a = {call for call, _r, key in calls if key == a_key}
+    by_b = {call for call, _r, key in calls if key == b_key}
+    assert {"ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute"} <= by_a
+    assert "ec2:CopyImage" in by_b and "ec2:CopyImage" not in by_a
+    # every call was allowed by its account's enforced policies, and is in the scoped ones
+    free = {"sts:GetCallerIdentity"}
+    assert by_a - free <= _scoped_actions(loaded, "staging", ["deploy", "publish"])
+    assert by_b - free <= _scoped_actions(loaded, "production", ["deploy"])
+
+    # production deploys its own copy, in B
+    accounts.production.addresses[IMAGE] = good_app
+    production_config = LoadedConfig(
+        config=loaded.config.for_environment("production"), path=loaded.path
+    )
+    fleet = open_deployments(
+        home, production_config, aws=deploy_b, resolve=accounts.production.resolve
+    )
+    result = fleet.deploy(IMAGE)
+    assert result.ok, result.message
+    serving = accounts.production.admin.ec2.describe_instances(
+        InstanceIds=sorted(accounts.production.targets())
+    )["Reservations"]
+    assert {i["ImageId"] for r in serving for i in r["Instances"]} == {copy["ImageId"]}
+
+    # a second promotion finds B's copy by its tags: nothing shared or copied again
+    calls.clear()
+    assert production.promote_image(IMAGE, staging, said.append) == IMAGE
+    assert not {c for c, _r, _k in calls} & {"ec2:CopyImage", "ec2:ModifyImageAttribute"}
+
+    # A's retention deletes its AMI: production's copy is B's, and stays
+    admin_a.ec2.deregister_image(ImageId=origin)
+    left = deploy_b.ec2.describe_images(ImageIds=[copy["ImageId"]])["Images"]
+    assert [i["State"] for i in left] == ["available"]
+
+
+def test_another_account_not_listed_is_refused_before_anything_is_shared(
+    accounts: Accounts,
+    home: Home,
+    tmp_path: Path,
+    deploy_moto: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loaded = _two_accounts(
+        accounts, tmp_path / "app", deploy_moto, tmp_path, monkeypatch, promote_to=""
+    )
+    origin = _staging_ami(accounts.staging, loaded)
+    staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
+    with pytest.raises(PromotionRefused, match="promote_to_accounts does not list") as refused:
+        production.promote_image(IMAGE, staging, lambda _line: None)
+    assert refused.value.hint and f'promote_to_accounts = ["{accounts.b}"]' in refused.value.hint
+    launch = accounts.staging.admin.ec2.describe_image_attribute(
+        ImageId=origin, Attribute="launchPermission"
+    )
+    assert launch["LaunchPermissions"] == []
+
+
+def test_an_encrypted_ami_goes_to_another_account_only_under_a_key_it_may_use(
+    accounts: Accounts, deploy_moto: str
+) -> None:
+    """Checked with A's keys before anything is shared: KMS key policies, as AWS keeps them."""
+    b, a = accounts.b, str(accounts.staging.admin.sts.get_caller_identity()["Account"])
+    kms = accounts.staging.admin.client("kms")
+
+    def key(*principals: str) -> str:
+        statements = [{"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{a}:root"},
+                       "Action": "kms:*", "Resource": "*"}]  # fmt: skip
+        if principals:
+            statements.append(
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": list(principals)},
+                    "Action": ["kms:Decrypt", "kms:DescribeKey", "kms:ReEncrypt*",
+                               "kms:CreateGrant"],
+                    "Resource": "*",
+                }
+            )  # fmt: skip
+        policy = json.dumps({"Version": "2012-10-17", "Statement": statements})
+        return str(kms.create_key(Policy=policy)["KeyMetadata"]["Arn"])
+
+    source = connect(
+        AwsSettings(region="eu-west-1", endpoint_url=deploy_moto),
+        access_key_id=accounts.staging_keys[0],
+        secret_access_key=accounts.staging_keys[1],
+    )
+
+    def ami(kms_key: str | None) -> Ami:
+        return Ami("ami-0123456789abcdef0", "n", "available", "", {}, ("snap-1",), True,
+                   kms_key_id=kms_key)  # fmt: skip
+
+    check_shareable(source, ami(key(f"arn:aws:iam::{b}:root")), b)
+    check_shareable(source, ami(key(b)), b)
+    with pytest.raises(PromotionRefused, match="default EBS key, an AWS managed key"):
+        check_shareable(source, ami(None), b)
+    with pytest.raises(PromotionRefused, match=f"does not let account {b} use it") as refused:
+        check_shareable(source, ami(key()), b)
+    assert "kms:CreateGrant, kms:Decrypt, kms:DescribeKey missing" in str(refused.value)
+    with pytest.raises(PromotionRefused, match="does not let account"):
+        check_shareable(source, ami(key("arn:aws:iam::999999999999:root")), b)

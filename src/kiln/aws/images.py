@@ -44,6 +44,7 @@ class Ami:
     snapshots: tuple[str, ...]
     encrypted: bool = False  # its root snapshot is
     deprecation_time: str | None = None
+    kms_key_id: str | None = None  # the key its root snapshot is encrypted with, if AWS says
 
     @property
     def app(self) -> str:
@@ -93,6 +94,14 @@ class Ami:
                 bool(m.get("Ebs", {}).get("Encrypted")) for m in raw.get("BlockDeviceMappings", [])
             ),
             deprecation_time=raw.get("DeprecationTime"),
+            kms_key_id=next(
+                (
+                    str(m["Ebs"]["KmsKeyId"])
+                    for m in raw.get("BlockDeviceMappings", [])
+                    if m.get("Ebs", {}).get("KmsKeyId")
+                ),
+                None,
+            ),
         )
 
 

@@ -166,6 +166,8 @@ class AwsPlatform(PlatformBase):
             recipe=recipe(config, settings),
             timeout=settings.image_timeout,
             note=narrate,
+            promote_to=source.settings().promote_to_accounts,
+            encrypt=(settings.encrypted, settings.kms_key_id),
         )
         return image
 

@@ -526,6 +526,14 @@ PUBLISH_RULES: tuple[Rule, ...] = (
         condition=_IN_AMI_REGIONS,
         only_with="kms",
     ),
+    Rule(  # kiln promote into another account: may that account use the AMI's key?
+        sid="KilnCheckKey",
+        purposes=_p("publish"),
+        actions=("kms:GetKeyPolicy",),
+        resources=("arn:{partition}:kms:*:{account}:key/*",),
+        condition=_IN_AMI_REGIONS,
+        only_with="promote_kms",
+    ),
 )
 RULES = RULES + PUBLISH_RULES
 # Used by EC2 on the caller's behalf when it encrypts volumes and snapshots with a
@@ -616,6 +624,7 @@ def policy_document(
     share: bool = False,
     deprecate: bool = False,
     kms: bool = False,
+    promote_kms: bool = False,
 ) -> dict[str, Any]:
     """The scoped policy: region, account and kiln's own tags narrow every write.
 
@@ -633,6 +642,8 @@ def policy_document(
     for that one role, so the bake may launch its builder with it.
     ``copy_regions``, ``share``, ``deprecate`` and ``kms`` (see :func:`options`)
     render the publish statements kiln.toml needs; without them, none.
+    ``promote_kms`` (``promote_to_accounts`` with ``kms``) lets kiln promote read
+    the key policy, to check the target account may use the key.
     """
     values: dict[str, Any] = {
         "partition": partition,
@@ -652,6 +663,7 @@ def policy_document(
         "deprecate": deprecate,
         "publishes": share or deprecate,
         "kms": kms,
+        "promote_kms": promote_kms and kms,
     }
     statements: list[dict[str, Any]] = []
     for rule in rules_for(purposes):
@@ -840,9 +852,11 @@ def options(settings: Any) -> dict[str, Any]:
         "ssm": settings.bake_via == "ssm",
         "builder_role": builder_role(settings),
         "copy_regions": tuple(settings.copy_to_regions),
-        "share": settings.shares,
+        # kiln promote shares the one AMI it promotes with promote_to_accounts
+        "share": settings.shares or bool(settings.promote_to_accounts),
         "deprecate": settings.deprecate_after is not None,
         "kms": settings.kms_key_id is not None,
+        "promote_kms": bool(settings.promote_to_accounts),
     }
 
 

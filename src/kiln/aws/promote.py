@@ -5,14 +5,18 @@ secrets come from), so the next environment can run it only if its own [env]
 and recipe are the same: then the AMI is reused where it is (same account and
 region) or copied into the target region (``CopyImage``, tags carried over).
 Environment-specific values belong in SSM then: the same parameter names in
-each account, different values. Copying between
-accounts is refused: it needs the source account to share the AMI and its
-snapshots first, which kiln does not do yet.
+each account, different values. Into another account, the source account's
+keys first share that one AMI (launch permission, snapshot
+createVolumePermission) with the target account, which then copies it with its
+own keys: production owns its copy, so staging's retention cannot delete it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from kiln.aws.ami import env_digest
 from kiln.aws.images import ENV_TAG, IMAGE_TAG, RECIPE_TAG, Ami, _describe, wait_available
@@ -43,8 +47,15 @@ def promote_ami(
     recipe: str,
     timeout: float,
     note: Note | None = None,
+    promote_to: Sequence[str] = (),
+    encrypt: tuple[bool, str | None] = (False, None),
 ) -> tuple[Ami, bool]:
-    """The AMI of ``image`` where ``target`` deploys, and whether it was copied there."""
+    """The AMI of ``image`` where ``target`` deploys, and whether it was copied there.
+
+    ``promote_to``: the source environment's ``promote_to_accounts``, the only
+    accounts its AMIs may be shared with. ``encrypt``: the target's
+    (``encrypted``, ``kms_key_id``), which its copy is encrypted with.
+    """
     say = note or (lambda _msg: None)
     origin = newest_ami(source, image)
     if origin is None:
@@ -69,12 +80,9 @@ def promote_ami(
     if here is not None:
         say(f"reusing {here.id} in {target.region}")
         return here, False
-    if _account(source) != _account(target):
-        raise PromotionRefused(
-            f"the target environment is another AWS account than {origin.id}'s: copying "
-            "AMIs between accounts is not supported yet",
-            hint="promote within one account (regions may differ), or bake in the target account",
-        )
+    owner, account = _account(source), _account(target)
+    if owner != account:
+        grant(source, origin, account, allowed=promote_to, note=say)
     say(f"copying {origin.id} from {source.region} to {target.region}")
     carried = tags({k: v for k, v in origin.tags.items() if k.startswith("kiln:") or k == "Name"})
     with aws_errors(f"copying {origin.id} to {target.region}"):
@@ -84,6 +92,7 @@ def promote_ami(
             Name=origin.name,
             Description=f"kiln image {image}, copied from {origin.id} in {source.region}",
             TagSpecifications=[{"ResourceType": "image", "Tags": carried}],  # type: ignore[misc,list-item]
+            **_encryption(origin, encrypt),
         )["ImageId"]
     ami = wait_available(target, copy, timeout=timeout, note=say)
     if IMAGE_TAG not in ami.tags:
@@ -96,6 +105,110 @@ def promote_ami(
             "that tags copies as they are made (AWS does)",
         )
     return ami, True
+
+
+def grant(source: Aws, origin: Ami, account: str, *, allowed: Sequence[str], note: Note) -> None:
+    """With the source account's keys: let ``account`` launch and copy this one AMI.
+
+    Launch permission on the AMI, createVolumePermission on its snapshots (what
+    CopyImage reads). Only for an account the source environment lists in
+    ``promote_to_accounts``: a key that may share may share with anyone, so
+    kiln itself keeps to the list. Granting twice is harmless (AWS keeps one).
+    """
+    if account not in allowed:
+        raise PromotionRefused(
+            f"the target environment is AWS account {account}, which the source "
+            "environment's promote_to_accounts does not list",
+            hint=f'add promote_to_accounts = ["{account}"] to the source environment\'s '
+            "[provider.aws] (and re-create its deploy user's policies: 'kiln aws policy')",
+        )
+    check_shareable(source, origin, account)
+    with aws_errors(f"sharing {origin.id} with account {account}"):
+        source.ec2.modify_image_attribute(
+            ImageId=origin.id, LaunchPermission={"Add": [{"UserId": account}]}
+        )
+        for snapshot in origin.snapshots:
+            source.ec2.modify_snapshot_attribute(
+                SnapshotId=snapshot,
+                Attribute="createVolumePermission",
+                OperationType="add",
+                UserIds=[account],
+            )
+    note(f"{origin.id} and its {len(origin.snapshots)} snapshot(s) shared with account {account}")
+
+
+def check_shareable(source: Aws, origin: Ami, account: str) -> None:
+    """An encrypted AMI reaches another account only under a key that account may use.
+
+    AWS managed keys (the default EBS key) cannot be shared at all; a customer
+    managed key's policy must let the account decrypt and create grants (EC2
+    does both for it when it copies). Checked with the source account's keys.
+    """
+    if not origin.encrypted:
+        return
+    key = origin.kms_key_id
+    hint = (
+        f"bake the source with [provider.aws] kms_key_id = a customer managed key whose "
+        f"key policy allows arn:aws:iam::{account}:root kms:Decrypt, kms:DescribeKey, "
+        "kms:CreateGrant and kms:ReEncrypt* (docs/environments.md#another-account)"
+    )
+    if key is None:
+        raise PromotionRefused(
+            f"{origin.id} is encrypted with the default EBS key, an AWS managed key, "
+            f"which cannot be shared with account {account}",
+            hint=hint,
+        )
+    kms = source.client("kms")
+    with aws_errors(f"checking KMS key {key}"):
+        meta = kms.describe_key(KeyId=key)["KeyMetadata"]
+        policy = json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"])
+    if meta.get("KeyManager") == "AWS":
+        raise PromotionRefused(
+            f"{origin.id} is encrypted with {key}, an AWS managed key, which cannot be "
+            f"shared with account {account}",
+            hint=hint,
+        )
+    missing = sorted(KEY_ACTIONS - key_actions_for(policy, account))
+    if missing:
+        raise PromotionRefused(
+            f"the key policy of {key} ({origin.id}'s key) does not let account {account} "
+            f"use it: {', '.join(missing)} missing",
+            hint=hint,
+        )
+
+
+# What EC2 does with the source's key on the target account's behalf when it copies
+KEY_ACTIONS = frozenset({"kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey"})
+
+
+def key_actions_for(policy: dict[str, Any], account: str) -> set[str]:
+    """The KMS actions a key policy's Allow statements give ``account`` (ignoring conditions)."""
+    given: set[str] = set()
+    for statement in _listed(policy.get("Statement")):
+        if statement.get("Effect") != "Allow" or not _names(statement.get("Principal"), account):
+            continue
+        for action in _listed(statement.get("Action")):
+            given |= {a for a in KEY_ACTIONS if fnmatch.fnmatchcase(a, str(action))}
+    return given
+
+
+def _names(principal: Any, account: str) -> bool:
+    if principal == "*":
+        return True
+    found = principal.get("AWS", []) if isinstance(principal, dict) else []
+    return any(p in {"*", account, f"arn:aws:iam::{account}:root"} for p in _listed(found))
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _encryption(origin: Ami, encrypt: tuple[bool, str | None]) -> dict[str, Any]:
+    """CopyImage's encryption: the target's key when it sets one (else EC2's default)."""
+    encrypted, key = encrypt
+    if not (encrypted or key or origin.encrypted):
+        return {}
+    return {"Encrypted": True, **({"KmsKeyId": key} if key else {})}
 
 
 def _account(aws: Aws) -> str:

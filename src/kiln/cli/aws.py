@@ -15,7 +15,7 @@ from kiln.aws import policy as iam_policy
 from kiln.aws.iam import DeployUser, create_deploy_user
 from kiln.aws.reap import reap
 from kiln.aws.session import Aws, aws_errors, connect
-from kiln.cli.app import State, cli, pass_state
+from kiln.cli.app import State, cli, environment_option, pass_state
 from kiln.cli.output import console, emit_json, note
 from kiln.config import AwsSettings
 from kiln.errors import AwsError
@@ -54,6 +54,7 @@ def aws_group() -> None:
     help="Instead: the role of builder_instance_profile (bake_via = 'ssm'), its trust "
     "and permissions documents.",
 )
+@environment_option
 @pass_state
 def policy_command(
     state: State,
@@ -191,6 +192,7 @@ def _condition_keys(condition: dict[str, dict[str, object]]) -> list[str]:
     help="Attach only the bake (and publish) policy: this user cannot deploy.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@environment_option
 @pass_state
 def create_deploy_user_command(
     state: State, team: str, rotate_key: bool, bake_only: bool, as_json: bool
