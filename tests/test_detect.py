@@ -159,15 +159,16 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
             ["npm run build"],
             "npm start",
         ),
-        (
+        (  # [env] NODE_ENV=production reaches the build: npm would skip typescript
             {
                 "package.json": {
-                    "scripts": {"start": "next start", "build": "next build"},
-                    "dependencies": {"next": "^14"},
+                    "scripts": {"start": "node dist/s.js", "build": "tsc"},
+                    "dependencies": {"express": "^4"},
+                    "devDependencies": {"typescript": "^5"},
                 },
                 "package-lock.json": {},
             },
-            [("npm ci", "node_modules"), "npm run build", "npm prune --omit=dev"],
+            [("npm ci --include=dev", "node_modules"), "npm run build", "npm prune --omit=dev"],
             "npm start",
         ),
     ],

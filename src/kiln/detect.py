@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,17 +47,25 @@ class Detected:
     release: str | None = None
     notes: list[str] = field(default_factory=list)
     sticky: str | None = None  # why each client must stay on one instance, if it must
+    warnings: list[str] = field(default_factory=list)  # what will not work as the app stands
 
 
 def detect(root: Path) -> Detected:
     """The first detector that recognises the app; a commented fallback otherwise."""
-    for detector in (_django, _python_framework, _node, _static):
-        found = detector(root)
-        if found is not None:
-            break
-    else:
-        found = _fallback(root)
-    found.sticky = _sticky(root)
+    # the stack modules build on this one's helpers, so they are imported here
+    from kiln.detect_node import detect_node_script, detect_node_stack, fastify_note
+    from kiln.detect_python import detect_python_stack
+    from kiln.fixedport import fixed_port_warnings
+
+    detectors: list[Callable[[Path], Detected | None]] = [_django, detect_python_stack]
+    detectors += [_python_framework, detect_node_stack, _node, detect_node_script, _static]
+    found = next((f for f in (d(root) for d in detectors) if f), None)
+    found = found or _fallback(root)
+    if found.kind == "Node":
+        note = fastify_note(root)
+        found.notes += [note] if note else []
+    found.warnings += fixed_port_warnings(root, found.run)
+    found.sticky = found.sticky or _sticky(root)
     if found.sticky:
         found.why.append(found.sticky)
     return found
@@ -267,7 +276,8 @@ def _sources(root: Path, suffixes: tuple[str, ...], limit: int = 200) -> list[Pa
 # Node --------------------------------------------------------------------------
 
 
-def _node(root: Path) -> Detected | None:
+def package_json(root: Path) -> dict[str, object] | None:
+    """package.json as a dict ({} when unreadable), None without one."""
     manifest = root / "package.json"
     if not manifest.is_file():
         return None
@@ -275,16 +285,21 @@ def _node(root: Path) -> Detected | None:
         package = json.loads(_read(manifest))
     except ValueError:
         package = {}
-    if not isinstance(package, dict):
-        package = {}
-    why = ["package.json: a Node app"]
+    return package if isinstance(package, dict) else {}
+
+
+def scripts_of(package: dict[str, object]) -> dict[str, object]:
+    raw_scripts = package.get("scripts")
+    return raw_scripts if isinstance(raw_scripts, dict) else {}
+
+
+def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[str | BuildStep]:
+    """Install (cached by package.json and the lockfile), build, prune: the bake's steps."""
     lock = next(
         (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
     )
     inputs = ["package.json", lock] if lock else ["package.json"]
-    raw_scripts = package.get("scripts")
-    scripts: dict[str, object] = raw_scripts if isinstance(raw_scripts, dict) else {}
-    building = "build" in scripts
+    building = "build" in scripts_of(package)
     # npm makes no node_modules/ for a package without dependencies, so a step
     # promising one would fail every bake of a plain `node:http` app.
     installing = _declares(package, ("dependencies", "optionalDependencies")) or (
@@ -304,8 +319,26 @@ def _node(root: Path) -> Detected | None:
             f"node_modules/ is made by the build and reused while {' and '.join(inputs)} "
             "are unchanged"
         )
+    if not installing:
+        return ["npm run build"] if building else []
+    if building:
+        why.append("scripts.build: run at bake time (with dev dependencies, pruned after)")
+        # --include=dev: [env] NODE_ENV=production reaches the build, and npm would
+        # leave out the devDependencies (tsc, vite, nest) the build runs
+        step = BuildStep(run=f"{install} --include=dev", inputs=inputs, outputs=["node_modules"])
+        return [step, "npm run build", "npm prune --omit=dev"]
+    return [BuildStep(run=f"{install} --omit=dev", inputs=inputs, outputs=["node_modules"])]
+
+
+def _node(root: Path) -> Detected | None:
+    package = package_json(root)
+    if package is None:
+        return None
+    why = ["package.json: a Node app"]
+    build = node_build(root, package, why)
+    scripts = scripts_of(package)
     start = str(scripts.get("start", "")) if scripts else ""
-    main = package.get("main") if isinstance(package.get("main"), str) else None
+    main = str(package["main"]) if isinstance(package.get("main"), str) else None
     direct = re.fullmatch(r"node\s+([\w./-]+)", start.strip())
     if direct and (root / direct.group(1)).is_file():
         run = f"node {direct.group(1)}"
@@ -322,15 +355,6 @@ def _node(root: Path) -> Detected | None:
             return None
         run = f"node {file}"
         why.append(f"no start script: {file} is the entry point")
-    build: list[str | BuildStep]
-    if not installing:
-        build = ["npm run build"] if building else []
-    elif building:
-        build = [BuildStep(run=install, inputs=inputs, outputs=["node_modules"])]
-        build += ["npm run build", "npm prune --omit=dev"]
-        why.append("scripts.build: run at bake time (with dev dependencies, pruned after)")
-    else:
-        build = [BuildStep(run=f"{install} --omit=dev", inputs=inputs, outputs=["node_modules"])]
     return Detected(
         kind="Node",
         run=run,

@@ -79,7 +79,8 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         "# Run once per deployment in the new image, before any new instance takes traffic.\n"
         + (f"release = {_toml(found.release)}\n" if found.release else '# release = "..."\n')
     )
-    notes = "".join(f"\n# note: {note}" for note in found.notes)
+    notes = "".join(f"\n# warning: {warning}" for warning in found.warnings)
+    notes += "".join(f"\n# note: {note}" for note in found.notes)
     if found.sticky:
         sticky = '# each client stays on one instance (its session lives there)\nsticky = "cookie"'
     else:

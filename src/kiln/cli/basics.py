@@ -28,6 +28,8 @@ def init(force: bool, name: str | None) -> None:
     console.print(f"detected: {found.kind}", markup=False)
     for reason in found.why:
         console.print(f"  - {reason}", markup=False)
+    for warning in found.warnings:
+        console.print(f"  warning: {warning}", markup=False, style="yellow")
     for note in found.notes:
         console.print(f"  note: {note}", markup=False)
     target.write_text(text, encoding="utf-8")

@@ -1,0 +1,192 @@
+"""Node web stacks whose start script is not a production server on $HOST:$PORT.
+
+Next.js and Nuxt build at bake time and run their production server; NestJS
+runs its compiled dist/main.js; a Vite, Create React App, Vue CLI, Astro,
+Parcel or Gatsby site is built at bake time and its output served as static
+files (their `start` scripts are development servers). Fastify apps keep the
+generic Node run line with a note on the host Fastify binds by default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from kiln.detect import NODE_EXCLUDE, Detected, _read, node_build, package_json, scripts_of
+
+NODE_ENV = {"NODE_ENV": "production"}
+# A site generator and where its build writes the site.
+_STATIC_BUILDS = (
+    ("vite", "Vite", "dist"),
+    ("react-scripts", "Create React App", "build"),
+    ("@vue/cli-service", "Vue CLI", "dist"),
+    ("astro", "Astro", "dist"),
+    ("parcel", "Parcel", "dist"),
+    ("gatsby", "Gatsby", "public"),
+)
+# Any of these among the dependencies: the app has a server of its own.
+_SERVERS = (
+    "express",
+    "fastify",
+    "koa",
+    "@hapi/hapi",
+    "next",
+    "nuxt",
+    "@nestjs/core",
+    "@remix-run/serve",
+    "@sveltejs/adapter-node",
+    "@astrojs/node",
+    "hono",
+    "socket.io",
+)
+
+
+def detect_node_stack(root: Path) -> Detected | None:
+    """A Node stack kiln runs differently from `npm start`, or None."""
+    package = package_json(root)
+    if package is None:
+        return None
+    deps = _dependencies(package)
+    for name, stack in (("next", _next), ("nuxt", _nuxt), ("@nestjs/core", _nest)):
+        if name in deps:
+            return stack(root, package)
+    if not any(server in deps for server in _SERVERS):
+        for tool, kind, out in _STATIC_BUILDS:
+            if tool in deps and "build" in scripts_of(package):
+                return _static_build(root, package, tool, kind, out)
+    return None
+
+
+def detect_node_script(root: Path) -> Detected | None:
+    """A lone server script and no package.json (nodejs.org's hello world)."""
+    if (root / "package.json").is_file():
+        return None
+    for name in ("server.js", "app.js", "index.js", "server.mjs", "app.mjs", "index.mjs"):
+        if (root / name).is_file() and re.search(r"\.listen\(", _read(root / name)):
+            return Detected(
+                kind="Node script",
+                run=f"node {name}",
+                why=[f"{name} calls .listen( and there is no package.json: run with node"],
+                exclude=list(NODE_EXCLUDE),
+                env=dict(NODE_ENV),
+                grace="20s",
+            )
+    return None
+
+
+def fastify_note(root: Path) -> str | None:
+    """Fastify binds localhost unless told: say how to listen on $HOST:$PORT."""
+    package = package_json(root)
+    if package is None or "fastify" not in _dependencies(package):
+        return None
+    start = str(scripts_of(package).get("start", ""))
+    if re.search(r"\bfastify\s+start\b", start):
+        return (
+            "fastify-cli reads $PORT; give it the host too: 'fastify start -a $HOST …' "
+            "(or FASTIFY_ADDRESS)"
+        )
+    return (
+        "Fastify listens on localhost and port 3000 unless told: "
+        "fastify.listen({ port: Number(process.env.PORT), host: process.env.HOST })"
+    )
+
+
+def _dependencies(package: dict[str, object]) -> set[str]:
+    names: set[str] = set()
+    for key in ("dependencies", "devDependencies"):
+        listed = package.get(key)
+        if isinstance(listed, dict):
+            names.update(str(n) for n in listed)
+    return names
+
+
+def _node_stack(
+    kind: str, run: str, why: list[str], root: Path, package: dict[str, object]
+) -> Detected:
+    build = node_build(root, package, why)
+    notes = [] if "build" in scripts_of(package) else [f"add the {kind} build as scripts.build"]
+    return Detected(
+        kind=kind,
+        run=run,
+        why=why,
+        build=build,
+        exclude=list(NODE_EXCLUDE),
+        env=dict(NODE_ENV),
+        grace="30s",
+        notes=notes,
+    )
+
+
+def _next(root: Path, package: dict[str, object]) -> Detected:
+    why = ["package.json depends on next: a Next.js app"]
+    why.append("'next start' serves the build on $HOST:$PORT (-H, -p), run without npm")
+    found = _node_stack(
+        "Next.js", "node_modules/.bin/next start -H $HOST -p $PORT", why, root, package
+    )
+    found.health_path = _next_health(root)
+    if found.health_path:
+        why.append(f"health: the API route {found.health_path}")
+    return found
+
+
+def _next_health(root: Path) -> str | None:
+    """An API route named health/healthz/ping in pages/api or app/api."""
+    for base in ("", "src/"):
+        for name in ("health", "healthz", "ping"):
+            for ext in ("js", "ts", "mjs"):
+                if (root / f"{base}pages/api/{name}.{ext}").is_file() or (
+                    root / f"{base}app/api/{name}/route.{ext}"
+                ).is_file():
+                    return f"/api/{name}"
+    return None
+
+
+def _nuxt(root: Path, package: dict[str, object]) -> Detected:
+    why = ["package.json depends on nuxt: a Nuxt app"]
+    why.append("its build is .output/server/index.mjs, which listens on $HOST:$PORT itself")
+    return _node_stack("Nuxt", "node .output/server/index.mjs", why, root, package)
+
+
+def _nest(root: Path, package: dict[str, object]) -> Detected:
+    why = ["package.json depends on @nestjs/core: a NestJS app"]
+    why.append("'nest build' compiles it to dist/main.js, run with node (as start:prod does)")
+    found = _node_stack("NestJS", "node dist/main.js", why, root, package)
+    found.notes.append("src/main.ts must call app.listen(process.env.PORT, process.env.HOST)")
+    return found
+
+
+def _static_build(
+    root: Path, package: dict[str, object], tool: str, kind: str, out: str
+) -> Detected:
+    configured = _out_dir(root)
+    if configured:
+        out = configured
+    why = [f"package.json uses {tool} and no server: a {kind} site, built at bake time"]
+    why.append(f"{out}/ (the build's output) is served by python3 -m http.server")
+    start = str(scripts_of(package).get("start", ""))
+    if start:
+        why.append(f"scripts.start ('{start}') is a development server: not used")
+    build = node_build(root, package, why)
+    return Detected(
+        kind=f"{kind} static site",
+        run=f"python3 -m http.server --bind $HOST --directory {out} $PORT",
+        why=why,
+        build=build,
+        exclude=list(NODE_EXCLUDE),
+        env=dict(NODE_ENV),
+        health_path="/",
+        grace="10s",
+        notes=[
+            "http.server has no single-page-app fallback: a deep link to a client-side "
+            "route answers 404 (serve the build with a server that has one if you need it)"
+        ],
+    )
+
+
+def _out_dir(root: Path) -> str | None:
+    """build.outDir from a Vite config, when it sets a plain relative one."""
+    for name in ("vite.config.js", "vite.config.ts", "vite.config.mjs", "vite.config.mts"):
+        match = re.search(r"""outDir\s*:\s*['"]\.?/?([\w.-]+)/?['"]""", _read(root / name))
+        if match:
+            return match.group(1)
+    return None

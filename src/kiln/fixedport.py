@@ -1,0 +1,99 @@
+"""An entry file that visibly listens on a fixed port, found before the first deploy.
+
+kiln gives every instance its own $PORT (and $HOST). An app that calls
+``app.listen(3000)`` fails its health checks, and a second instance dies with
+EADDRINUSE; `kiln init` says so up front, naming the line to change. Only the
+file the run line executes is read: under gunicorn or uvicorn an
+``app.run(port=5000)`` in ``__main__`` never runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+from kiln.detect import _read
+
+_JS_ENV = re.compile(r"""process\.env(?:\.PORT\b|\[\s*['"]PORT['"]\s*\])|\benv\.PORT\b""")
+_JS_FIXED = (
+    re.compile(r"\.listen\(\s*(\d{2,5})\b"),
+    re.compile(r"\.listen\(\s*\{[^}]*?\bport\s*:\s*(\d{2,5})\b", re.DOTALL),
+    re.compile(r"^\s*(?:const|let|var)\s+port\s*=\s*(\d{2,5})\s*;?\s*$", re.MULTILINE | re.I),
+)
+_PY_ENV = re.compile(r"""(?:environ|getenv)[^\n]*['"]PORT['"]""")
+_PY_FIXED = (
+    re.compile(r"\.run(?:_app)?\([^)]*?\bport\s*=\s*(\d{2,5})\b", re.DOTALL),
+    re.compile(r"""Server\(\s*\(\s*['"][^'"]*['"]\s*,\s*(\d{2,5})\s*\)"""),
+    re.compile(r"^PORT\s*=\s*(\d{2,5})\s*$", re.MULTILINE),
+)
+
+
+def fixed_port_warnings(root: Path, run: str) -> list[str]:
+    """One warning per file the run line starts that hard-codes its listen port."""
+    warnings = []
+    for path in _entry_files(root, run):
+        text = _read(path)
+        js = path.suffix != ".py"  # node's entry may have no suffix (bin/www)
+        found = _fixed(text, js)
+        if found is None:
+            continue
+        port, line = found
+        if js:
+            use = "process.env.PORT (and process.env.HOST)"
+        else:
+            use = "int(os.environ['PORT']) (and os.environ['HOST'])"
+        warnings.append(
+            f"{path.relative_to(root)} listens on port {port} ('{line}'): every instance "
+            f"gets its own $PORT, so it must listen on {use}"
+        )
+    return warnings
+
+
+def _fixed(text: str, js: bool) -> tuple[str, str] | None:
+    """(port, the line that fixes it), unless the file reads PORT from the environment."""
+    if (_JS_ENV if js else _PY_ENV).search(text):
+        return None
+    if js and ".listen(" not in text:
+        return None
+    for pattern in _JS_FIXED if js else _PY_FIXED:
+        match = pattern.search(text)
+        if match:
+            start = text.rfind("\n", 0, match.start(1)) + 1
+            end = text.find("\n", match.start(1))
+            line = text[start : end if end >= 0 else len(text)].strip()
+            return match.group(1), line[:80]
+    return None
+
+
+def _entry_files(root: Path, run: str) -> list[Path]:
+    """The file `node X`, `python3 X` (or an npm start script running one) executes."""
+    words = _words(run)
+    if words[:2] == ["npm", "start"]:
+        words = _words(_start_script(root))
+    files = []
+    for i, word in enumerate(words[:-1]):
+        if word in ("node", "python3", "python", "nodemon", "ts-node", "tsx"):
+            target = words[i + 1]
+            if not target.startswith("-"):
+                files.append(target)
+    if "dist/main.js" in files and (root / "src/main.ts").is_file():
+        files.append("src/main.ts")  # NestJS: the listen line is in the source
+    paths = [root / f for f in files]
+    return [p for p in paths if p.is_file() and p.resolve().is_relative_to(root.resolve())]
+
+
+def _words(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError:
+        return line.split()
+
+
+def _start_script(root: Path) -> str:
+    try:
+        package = json.loads(_read(root / "package.json"))
+        return str(package["scripts"]["start"])
+    except (ValueError, KeyError, TypeError):
+        return ""

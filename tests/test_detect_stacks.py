@@ -1,0 +1,324 @@
+"""kiln init knows the Python and Node web stacks teams deploy, and fixed listen ports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kiln.config import BuildStep, parse_config
+from kiln.detect import detect
+from kiln.scaffold import render_config
+from kilntest import Kiln
+
+
+def _write(root: Path, files: dict[str, object]) -> Path:
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        text = content if isinstance(content, str) else json.dumps(content)
+        (root / name).write_text(text)
+    return root
+
+
+def _steps(build: list[str | BuildStep]) -> list[object]:
+    return [s if isinstance(s, str) else s.run for s in build]
+
+
+STREAMLIT_RUN = (
+    "python3 -m streamlit run app.py --server.address $HOST --server.port $PORT "
+    "--server.headless true --global.developmentMode false --server.fileWatcherType none "
+    "--browser.gatherUsageStats false"
+)
+GUNICORN = "python3 -m gunicorn --bind $HOST:$PORT --workers 2 --access-logfile -"
+UVICORN = "python3 -m uvicorn --host $HOST --port $PORT"
+
+
+@pytest.mark.parametrize(
+    ("files", "kind", "run", "health", "installs"),
+    [
+        (
+            {"app.py": "import streamlit as st\nst.title('hi')\n", "requirements.txt": "streamlit"},
+            "Streamlit",
+            STREAMLIT_RUN,
+            "/_stcore/health",
+            "-r requirements.txt",
+        ),
+        (
+            {"main.py": "import gradio as gr\ndemo = gr.Interface(fn=f)\ndemo.launch()\n"},
+            "Gradio",
+            "GRADIO_SERVER_NAME=$HOST GRADIO_SERVER_PORT=$PORT python3 main.py",
+            "/",
+            "gradio",
+        ),
+        (
+            {"app.py": "from dash import Dash\napp = Dash(__name__)\nserver = app.server\n"},
+            "Dash",
+            f"{GUNICORN} app:server",
+            None,
+            "dash gunicorn",
+        ),
+        (
+            {"board.py": "import dash\napp = dash.Dash(__name__)\n"},
+            "Dash",
+            f"{UVICORN} --interface wsgi board:app.server",
+            None,
+            "dash uvicorn",
+        ),
+        (
+            {"server.py": "from sanic import Sanic\napp = Sanic('shop')\n"},
+            "Sanic",
+            "python3 -m sanic server:app --host $HOST --port $PORT --no-motd",
+            None,
+            "sanic",
+        ),
+        (
+            {
+                "app.py": "from aiohttp import web\napp = web.Application()\n"
+                "app.router.add_get('/health', h)\nweb.run_app(app)\n"
+            },
+            "aiohttp",
+            f"{GUNICORN} --worker-class aiohttp.GunicornWebWorker app:app",
+            "/health",
+            "aiohttp gunicorn",
+        ),
+        (
+            {
+                "srv.py": "from aiohttp import web\n\nasync def make_app():\n"
+                "    application = web.Application()\n    return application\n\n"
+                "web.run_app(make_app())\n"
+            },
+            "aiohttp",
+            f"{GUNICORN} --worker-class aiohttp.GunicornWebWorker srv:make_app",
+            None,
+            "aiohttp gunicorn",
+        ),
+        (
+            {"app.py": "from quart import Quart\napp = Quart(__name__)\n"},
+            "Quart",
+            f"{UVICORN} app:app",
+            None,
+            "quart uvicorn",
+        ),
+        (
+            {"main.py": "from litestar import Litestar\napp = Litestar(route_handlers=[])\n"},
+            "Litestar",
+            f"{UVICORN} main:app",
+            None,
+            "litestar uvicorn",
+        ),
+        (
+            {"api.py": "import falcon\napp = falcon.App()\n"},
+            "Falcon",
+            f"{GUNICORN} api:app",
+            None,
+            "falcon gunicorn",
+        ),
+        (
+            {"web.py": "from bottle import Bottle\napp = Bottle()\n"},
+            "Bottle",
+            f"{GUNICORN} web:app",
+            None,
+            "bottle gunicorn",
+        ),
+    ],
+)
+def test_python_stacks(
+    tmp_path: Path,
+    files: dict[str, object],
+    kind: str,
+    run: str,
+    health: str | None,
+    installs: str,
+) -> None:
+    found = detect(_write(tmp_path, files))
+    config = parse_config(render_config(tmp_path, name="app"))
+    assert (found.kind, config.app.run, config.health.path) == (kind, run, health)
+    assert _steps(config.app.build)[0].endswith(installs)
+    assert config.env["PYTHONPATH"] == "deps"
+    assert config.fleet.sticky == ("cookie" if kind in ("Streamlit", "Gradio") else "off")
+
+
+def test_gradio_launch_with_a_fixed_port_is_a_warning(tmp_path: Path) -> None:
+    _write(tmp_path, {"app.py": "import gradio as gr\ngr.Interface(f).launch(server_port=7860)\n"})
+    (warning,) = detect(tmp_path).warnings
+    assert "server_port= to launch()" in warning
+
+
+def test_sanic_health_endpoint_when_the_app_turns_it_on(tmp_path: Path) -> None:
+    app = "from sanic import Sanic\napp = Sanic('a')\napp.config.HEALTH = True\n"
+    _write(tmp_path, {"app.py": app})
+    assert detect(tmp_path).health_path == "/__health__"
+
+
+@pytest.mark.parametrize(
+    ("package", "extra", "kind", "run", "health"),
+    [
+        (
+            {
+                "scripts": {"dev": "next dev", "build": "next build", "start": "next start"},
+                "dependencies": {"next": "^15", "react": "^19"},
+            },
+            {"app/api/health/route.ts": "export function GET() {}"},
+            "Next.js",
+            "node_modules/.bin/next start -H $HOST -p $PORT",
+            "/api/health",
+        ),
+        (
+            {
+                "scripts": {"build": "nuxt build", "dev": "nuxt dev"},
+                "dependencies": {"nuxt": "^3"},
+            },
+            {},
+            "Nuxt",
+            "node .output/server/index.mjs",
+            None,
+        ),
+        (
+            {
+                "scripts": {"build": "nest build", "start:prod": "node dist/main"},
+                "dependencies": {"@nestjs/core": "^10"},
+                "devDependencies": {"@nestjs/cli": "^10"},
+            },
+            {"src/main.ts": "await app.listen(process.env.PORT ?? 3000);\n"},
+            "NestJS",
+            "node dist/main.js",
+            None,
+        ),
+        (
+            {
+                "scripts": {"dev": "vite", "build": "vite build", "preview": "vite preview"},
+                "dependencies": {"react": "^18"},
+                "devDependencies": {"vite": "^5"},
+            },
+            {"index.html": "<div id=root>"},
+            "Vite static site",
+            "python3 -m http.server --bind $HOST --directory dist $PORT",
+            "/",
+        ),
+        (
+            {
+                "scripts": {"start": "react-scripts start", "build": "react-scripts build"},
+                "dependencies": {"react-scripts": "5.0.1"},
+            },
+            {"public/index.html": "<div id=root>"},
+            "Create React App static site",
+            "python3 -m http.server --bind $HOST --directory build $PORT",
+            "/",
+        ),
+        (
+            {
+                "scripts": {"build": "vite build"},
+                "devDependencies": {"vite": "^5"},
+            },
+            {"vite.config.js": "export default { build: { outDir: 'site' } }"},
+            "Vite static site",
+            "python3 -m http.server --bind $HOST --directory site $PORT",
+            "/",
+        ),
+    ],
+)
+def test_node_stacks_build_at_bake_time_and_run_their_production_server(
+    tmp_path: Path,
+    package: dict[str, object],
+    extra: dict[str, object],
+    kind: str,
+    run: str,
+    health: str | None,
+) -> None:
+    _write(tmp_path, {"package.json": package, "package-lock.json": {}, **extra})
+    found = detect(tmp_path)
+    config = parse_config(render_config(tmp_path, name="app"))
+    assert (found.kind, config.app.run, config.health.path) == (kind, run, health)
+    assert _steps(config.app.build) == [
+        "npm ci --include=dev",
+        "npm run build",
+        "npm prune --omit=dev",
+    ]
+    assert config.env["NODE_ENV"] == "production"
+    assert not found.warnings
+
+
+def test_a_vite_app_with_an_express_server_is_not_a_static_site(tmp_path: Path) -> None:
+    package = {
+        "scripts": {"build": "vite build", "start": "node server.js"},
+        "dependencies": {"express": "^4"},
+        "devDependencies": {"vite": "^5"},
+    }
+    _write(tmp_path, {"package.json": package, "server.js": "app.listen(process.env.PORT)"})
+    found = detect(tmp_path)
+    assert (found.kind, found.run) == ("Node", "node server.js")
+
+
+@pytest.mark.parametrize(
+    ("files", "run", "port", "line"),
+    [
+        (  # the nodejs.org hello world
+            {
+                "index.js": "const http = require('node:http');\nconst port = 3000;\n"
+                "server.listen(port, hostname, () => {});\n"
+            },
+            "node index.js",
+            "3000",
+            "const port = 3000;",
+        ),
+        (  # express, through npm start
+            {
+                "package.json": {"scripts": {"start": "nodemon app.js"}},
+                "app.js": "const app = express();\napp.listen(3000, () => console.log('up'))\n",
+            },
+            "npm start",
+            "3000",
+            "app.listen(3000, () => console.log('up'))",
+        ),
+        (
+            {"index.js": "fastify.listen({ port: 8000 }, (err) => {})\n"},
+            "node index.js",
+            "8000",
+            "fastify.listen({ port: 8000 }, (err) => {})",
+        ),
+        (
+            {
+                "app.py": "import os\nfrom http.server import HTTPServer\n"
+                "HTTPServer(('', 8000), Handler).serve_forever()\n"
+            },
+            "python3 app.py",
+            "8000",
+            "HTTPServer(('', 8000), Handler).serve_forever()",
+        ),
+    ],
+)
+def test_init_warns_when_the_entry_file_hard_codes_its_port(
+    kiln: Kiln, files: dict[str, object], run: str, port: str, line: str
+) -> None:
+    _write(kiln.cwd, files)
+    found = detect(kiln.cwd)
+    assert found.run == run
+    (warning,) = found.warnings
+    assert f"listens on port {port} ('{line}')" in warning and "$PORT" in warning
+    out = kiln("init").stdout
+    assert f"warning: {warning.split(':')[0]}" in out
+    assert f"# warning: {warning}" in (kiln.cwd / "kiln.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "const port = process.env.PORT || 3000;\napp.listen(port);\n",
+        "app.listen(Number(process.env['PORT']), process.env.HOST);\n",
+        "const { PORT = 3000 } = process.env;\napp.listen(PORT);\n",
+    ],
+)
+def test_no_warning_when_the_port_comes_from_the_environment(tmp_path: Path, source: str) -> None:
+    _write(tmp_path, {"index.js": source, "package.json": {"main": "index.js"}})
+    assert detect(tmp_path).warnings == []
+
+
+def test_a_fastify_app_gets_a_note_on_the_host_it_binds(tmp_path: Path) -> None:
+    package = {"main": "server.js", "dependencies": {"fastify": "^5"}}
+    _write(
+        tmp_path,
+        {"package.json": package, "server.js": "fastify.listen({port: +process.env.PORT})"},
+    )
+    found = detect(tmp_path)
+    assert found.kind == "Node" and any("Fastify listens on localhost" in n for n in found.notes)
