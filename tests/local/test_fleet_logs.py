@@ -15,11 +15,22 @@ from localtest import APP, make_image, serving, wait_for, write_config
 
 from kiln.config import load_config
 from kiln.home import Home
+from kiln.local.logtimes import times_path
 from kiln.local.provider import LocalProvider
 from kilntest import Kiln
 
 pytestmark = pytest.mark.slow
 LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (i-[0-9a-f]{12})  (.*)$")
+
+
+def _noted(home: Home, instance: str) -> bool:
+    """The agent has noted when the instance's log reached its present size."""
+    log = home.agent_dir / "logs" / f"{instance}.log"
+    try:
+        notes = times_path(log).read_text().split()
+        return bool(notes) and int(notes[-2]) >= log.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def test_fleet_logs_interleave_follow_filter_and_expire(
@@ -31,7 +42,8 @@ def test_fleet_logs_interleave_follow_filter_and_expire(
     image = make_image(local_home, files={"app.py": APP})
     ids = provider.launch("web", image, 2)
     serving(provider, 2)
-    time.sleep(1.5)  # the agent notes each log's growth once a second
+    # the agent notes each log's growth once a second: wait for the notes, then age them
+    wait_for(lambda: all(_noted(local_home, i) for i in ids), 60, "the logs' time notes")
 
     shown = [LINE.match(line) for line in kiln("logs").stdout.splitlines()]
     assert all(shown), shown
@@ -42,7 +54,7 @@ def test_fleet_logs_interleave_follow_filter_and_expire(
     assert len(kiln("logs", "--since", "1m").stdout.splitlines()) == 2
 
     env = {**os.environ, "KILN_HOME": str(local_home.root)}
-    command = [sys.executable, "-m", "kiln.cli", "logs", "-f", "-n", "0"]
+    command = [sys.executable, "-m", "kiln.cli", "logs", "-f", "-n", "1"]
     with subprocess.Popen(
         command, cwd=config.parent, env=env, stdout=subprocess.PIPE, text=True
     ) as follower:
@@ -50,7 +62,9 @@ def test_fleet_logs_interleave_follow_filter_and_expire(
         reader = threading.Thread(target=lambda: out.extend(follower.stdout or []))
         reader.start()
         try:
-            time.sleep(5.0)  # -n 0: the follower must be reading before the new instance starts
+            # the follower is following once its first line is out (a sleep was too short
+            # for a CLI starting on a busy machine): the new instance starts after that
+            wait_for(lambda: out, 90, "the follower's first line")
             (third,) = provider.launch("web", image, 1)  # a new instance joins the stream
             wait_for(lambda: any(third in line for line in out), 90, "the new instance's lines")
             provider.terminate("web", [*ids, third])

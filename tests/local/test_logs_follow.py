@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import selectors
+import queue
 import subprocess
 import sys
+import threading
 import time
 
 from localtest import APP, http_get, make_image, serving
@@ -15,28 +17,35 @@ from kiln.local.provider import LocalProvider
 
 CHATTY = APP.replace(
     "def log_message(self, *args):\n        pass",
-    "def log_message(self, fmt, *args):\n        print('served', self.path, flush=True)",
+    "def log_message(self, fmt, *args):\n"
+    "        if self.path != '/health':\n"
+    "            print('served', self.path, flush=True)",
 )
 
 
-def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float = 60.0) -> str:
-    assert proc.stdout is not None
+def _reader(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """Lines of the follower's output as they come (a thread: no select on a buffered pipe)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True
+    ).start()
+    return lines
+
+
+def _read_until(lines: queue.Queue[str], needle: str, timeout: float = 60.0) -> str:
     seen = ""
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
-    while needle not in seen and time.monotonic() < deadline:
-        if selector.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen += line
+    while needle not in seen and (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(queue.Empty):
+            seen += lines.get(timeout=left)
     return seen
 
 
 def test_logs_follow_prints_new_lines(
     provider: LocalProvider, local_home: Home, lb_port: int
 ) -> None:
+    """The request is sent as soon as the first lines are shown: a line written
+    before the follower watches is printed too (test_logs_follow_start.py)."""
     image = make_image(local_home, files={"app.py": CHATTY})
     provider.launch("web", image, 1)
     (instance,) = serving(provider, 1)
@@ -48,9 +57,10 @@ def test_logs_follow_prints_new_lines(
         env=env,
     )
     try:
-        assert "listening on" in _read_until(proc, "listening on")
-        http_get(lb_port, "/followed-request")
-        assert "served /followed-request" in _read_until(proc, "served /followed-request")
+        lines = _reader(proc)
+        assert "listening on" in _read_until(lines, "listening on")
+        assert http_get(lb_port, "/followed-request", timeout=30)[0] == 200
+        assert "served /followed-request" in _read_until(lines, "served /followed-request")
     finally:
         proc.kill()
         proc.wait()

@@ -19,7 +19,7 @@ from kiln.home import Home
 from kiln.local.agent import log_path, read_pid, serve
 from kiln.local.client import AgentClient, agent_status, start_agent, stop_agent
 from kiln.local.logtimes import timed_lines
-from kiln.local.procs import log_tail
+from kiln.local.procs import log_end, log_tail
 from kiln.local.provider import instance_log
 
 
@@ -127,28 +127,30 @@ def logs(state: State, instance: str | None, follow: bool, lines: int, since: st
     home = state.home()
     if instance is not None:
         path = instance_log(home, instance)
+        end = log_end(path)  # before reading: what is written meanwhile is followed
         if cutoff is None:
-            text = log_tail(path, lines)
+            text = log_tail(path, lines, end)
         else:
-            recent = [line for at, line in timed_lines(path) if at >= cutoff]
+            recent = [line for at, line in timed_lines(path, end) if at >= cutoff]
             text = "\n".join(recent[-lines:] if lines else [])
         if text:
             click.echo(text)
         if follow:
-            _follow(path, lambda: _still_running(state, instance))
+            _follow(path, end, lambda: _still_running(state, instance))
         return
     fleet = state.config().config.fleet_name
     known = _fleet_logs(home, fleet)
+    ends = {iid: log_end(path) for iid, (path, _live) in known.items()}
     merged = sorted(
         (at, iid, line)
         for iid, (path, _live) in known.items()
-        for at, line in timed_lines(path)
+        for at, line in timed_lines(path, ends[iid])
         if cutoff is None or at >= cutoff
     )
     for at, iid, line in merged[-lines:] if lines else []:
         click.echo(f"{_clock(at)} {iid}  {line}")
     if follow:
-        _follow_fleet(home, fleet, known)
+        _follow_fleet(home, fleet, known, ends)
 
 
 def _clock(at: float) -> str:
@@ -168,12 +170,14 @@ def _fleet_logs(home: Home, fleet: str) -> dict[str, tuple[Path, bool]]:
     }
 
 
-def _follow_fleet(home: Home, fleet: str, known: dict[str, tuple[Path, bool]]) -> None:
-    """Print each instance's new lines as they come, prefixed; new instances join in.
+def _follow_fleet(
+    home: Home, fleet: str, known: dict[str, tuple[Path, bool]], offsets: dict[str, int]
+) -> None:
+    """Print each instance's new lines past ``offsets`` as they come, prefixed; new
+    instances join in.
 
     Ends once the fleet has no live instance left and everything is printed.
     """
-    offsets = {iid: _size(path) for iid, (path, _live) in known.items()}
     partial: dict[str, bytes] = {}
     polls = 0
     while True:
@@ -220,9 +224,9 @@ def _still_running(state: State, instance: str) -> bool:
     return str(info.get("state")) not in ("failed", "terminated")
 
 
-def _follow(path: Path, running: Callable[[], bool]) -> None:
-    """Print what gets appended, surviving the size cap's truncation, until the instance ends."""
-    offset = path.stat().st_size
+def _follow(path: Path, offset: int, running: Callable[[], bool]) -> None:
+    """Print what gets appended past ``offset``, surviving the size cap's truncation,
+    until the instance ends."""
     polls = 0
     while True:
         try:

@@ -61,12 +61,13 @@ def _notes(log: Path) -> list[tuple[int, float]]:
     return out
 
 
-def timed_lines(log: Path) -> list[Line]:
-    """Every line of a log (its capped older half first), each with when it was written."""
+def timed_lines(log: Path, end: int | None = None) -> list[Line]:
+    """Every line of a log (its capped older half first) up to byte ``end`` of it,
+    each with when it was written."""
     out: list[Line] = []
-    for part in (log.with_name(log.name + ".1"), log):
+    for part, upto in ((log.with_name(log.name + ".1"), None), (log, end)):
         try:
-            data = part.read_bytes()
+            data = part.read_bytes()[:upto]
             fallback = part.stat().st_mtime
         except OSError:
             continue

@@ -161,14 +161,36 @@ def cap_log(path: Path, max_bytes: int) -> None:
     os.truncate(path, 0)
 
 
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last ``lines`` lines of a log (and of its rotated half if needed)."""
+def log_tail(path: Path, lines: int = 20, end: int | None = None) -> str:
+    """The last ``lines`` lines of a log (and of its rotated half if needed), up to byte ``end``."""
     chunks = []
-    for candidate in (path.with_name(path.name + ".1"), path):
+    for candidate, upto in ((path.with_name(path.name + ".1"), None), (path, end)):
         with contextlib.suppress(OSError):
-            chunks.append(candidate.read_bytes()[-256 * 1024 :])
+            chunks.append(candidate.read_bytes()[:upto][-256 * 1024 :])
     text = b"".join(chunks).decode("utf-8", "replace")
     return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+
+
+def log_end(path: Path) -> int:
+    """Where a follower of the log starts: just past its last complete line (0 if none).
+
+    Taken *before* the first lines are shown, and used as their end: a line
+    written in between is then printed once by the follower, not lost (taking
+    the size after showing them skipped it), and a line half written when
+    this is taken is left whole to the follower.
+    """
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = max(0, size - 64 * 1024)
+            f.seek(start)
+            data = f.read(size - start)
+    except OSError:
+        return 0
+    cut = data.rfind(b"\n")
+    if cut < 0:
+        return size if start else 0  # a 64 KiB line is shown in pieces
+    return start + cut + 1
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

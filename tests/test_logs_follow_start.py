@@ -1,0 +1,73 @@
+"""`kiln logs -f` misses no line written between showing the last lines and following.
+
+It took the log's size to follow from only after printing the first lines, so
+a line written in between was never printed: on a busy machine the test that
+sends a request as soon as the first lines appear lost the request's line
+(tests/local/test_logs_follow.py). Here the in-between write is made certain
+by appending while the first lines are being read; no agent runs, so the
+follower prints what there is and ends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.cli import agent as agent_cli
+from kiln.home import Home
+from kilntest import Kiln
+
+INSTANCE = "i-0123456789ab"
+
+
+def _log(home: Home, text: str) -> Path:
+    logs = home.agent_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"{INSTANCE}.log"
+    path.write_text(text)
+    return path
+
+
+def _appending_after(real: Any, path: Path, line: str) -> Any:
+    def read_then_append(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        with path.open("a") as f:
+            f.write(line)
+        return result
+
+    return read_then_append
+
+
+def test_a_line_written_while_the_tail_is_shown_is_followed(
+    home: Home, kiln: Kiln, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _log(home, "listening on\n")
+    monkeypatch.setattr(
+        agent_cli, "log_tail", _appending_after(agent_cli.log_tail, path, "served /late\n")
+    )
+    out = kiln("logs", INSTANCE, "-f").stdout
+    assert out.splitlines() == ["listening on", "served /late"]
+
+
+def test_a_line_half_written_when_shown_is_followed_whole(
+    home: Home, kiln: Kiln, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _log(home, "listening on\nserved /ha")
+    monkeypatch.setattr(agent_cli, "log_tail", _appending_after(agent_cli.log_tail, path, "lf\n"))
+    out = kiln("logs", INSTANCE, "-f").stdout
+    assert out.splitlines() == ["listening on", "served /half"]
+
+
+def test_fleet_follow_prints_a_line_written_while_the_first_lines_are_shown(
+    home: Home, kiln: Kiln, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (kiln.cwd / "kiln.toml").write_text('[app]\nname = "web"\nrun = "python3 app.py"\n')
+    path = _log(home, "listening on\n")
+    monkeypatch.setattr(agent_cli, "_fleet_logs", lambda _home, _fleet: {INSTANCE: (path, False)})
+    monkeypatch.setattr(
+        agent_cli, "timed_lines", _appending_after(agent_cli.timed_lines, path, "served /late\n")
+    )
+    lines = [line.split("  ", 1)[1] for line in kiln("logs", "-f").stdout.splitlines()]
+    assert lines == ["listening on", "served /late"]
