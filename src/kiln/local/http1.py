@@ -16,7 +16,7 @@ a message nobody forwards verbatim.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 CHUNK = 64 * 1024
 MAX_HEAD = 64 * 1024  # bytes of one head; more is 431
@@ -49,6 +49,7 @@ _SCHEMES = (b"http", b"https")
 # Host or the framing would change what the next hop thinks the message is.
 _NEVER_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
 _COMMON_CONNECTION = frozenset({b"close", b"keep-alive"})
+_COMMON_CONNECTIONS = {token: frozenset({token}) for token in _COMMON_CONNECTION}
 _VERSIONS = {"1.0": b"1.0", "1.1": b"1.1"}
 
 # Second locks behind llhttp's own checks (RFC 9110 5.1, 5.5, 5.6.2).
@@ -99,7 +100,7 @@ class Request:
     expect: bool = False  # Expect: 100-continue
     forwarded_for: bytes | None = None
     forwarded_proto: bytes | None = None
-    claims: list[tuple[bytes, bytes]] = field(default_factory=list)  # Forwarded, X-Real-IP…
+    claims: tuple[tuple[bytes, bytes], ...] = ()  # Forwarded, X-Real-IP…
     affinity: str | None = None  # sticky fleets: the instance its cookie names ("" none)
 
     @property
@@ -121,70 +122,186 @@ class Response:
     upgrade: bytes | None = None
 
 
-class _Fields:
-    """What one pass over a head's fields found (a plain class: built on every message)."""
+# What a field name is to the proxy, by its spelling as received: a field is
+# classified once per spelling, not once per message (names are few and repeat).
+KEEP, HOST, LENGTH, CODING, CONNECTION, UPGRADE, EXPECT, XFF, XFP, CLAIM, IMPOSTOR = range(11)
+_HOP_KIND = {
+    b"host": HOST,
+    b"content-length": LENGTH,
+    b"transfer-encoding": CODING,
+    b"connection": CONNECTION,
+    b"upgrade": UPGRADE,
+    b"expect": EXPECT,
+    b"x-forwarded-for": XFF,
+    b"x-forwarded-proto": XFP,
+    **dict.fromkeys(_CLAIMS, CLAIM),
+}
+_KINDS: dict[bytes, int] = {}
+_KINDS_MAX = 4096  # spellings remembered; longer names and later ones are classified each time
+
+
+def _kind(name: bytes) -> int:
+    lname = name.lower()
+    if lname in _HOP:
+        kind = _HOP_KIND.get(lname, IMPOSTOR)  # keep-alive, te, trailer…: dropped
+    elif b"_" in lname and lname.replace(b"_", b"-") in _HOP:
+        kind = IMPOSTOR  # CGI-style servers (wsgiref, Django) read it as ours
+    else:
+        kind = KEEP
+    if len(name) <= 64 and len(_KINDS) < _KINDS_MAX:
+        _KINDS[name] = kind
+    return kind
+
+
+class Fields:
+    """One head's fields, classified as llhttp hands them over (its ``on_header``).
+
+    llhttp has checked every name is a token and every value free of control
+    characters (tests/local/test_smuggling.py holds it to that); only the
+    trailing whitespace it leaves on a value is ours to drop. Classifying
+    each field as it comes, rather than in a second pass over a list, is what
+    keeps the per-request cost of a regenerated head low. One per parser,
+    ``reset`` at each message; after the head, fields are trailers.
+    """
 
     __slots__ = (
-        "chunked",
+        "after_head",
         "claims",
+        "coding",
         "connection",
+        "count",
         "expect",
         "forwarded_for",
         "forwarded_proto",
+        "host",
         "hosts",
         "keep",
         "length",
+        "rare",
+        "size",
+        "status",
+        "trailers",
         "upgrade",
     )
 
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        keep: list[bytes] = []  # the lines of the fields passed on: name, ": ", value, CRLF
-        hosts: list[bytes] = []
-        connection: set[bytes] = set()
-        length: int | None = None
-        te: bytes | None = None
-        self.upgrade: bytes | None = None
-        self.expect: bytes | None = None
-        self.forwarded_for: bytes | None = None
-        self.forwarded_proto: bytes | None = None
-        self.claims: list[tuple[bytes, bytes]] = []
-        # llhttp has checked every name is a token and every value free of control
-        # characters (tests/local/test_smuggling.py holds it to that); only the
-        # trailing whitespace it leaves on a value is ours to drop.
-        for name, raw_value in raw:
-            value = raw_value.rstrip(b" \t")
-            lname = name.lower()
-            if lname not in _HOP:
-                if b"_" in lname and lname.replace(b"_", b"-") in _HOP:
-                    continue  # CGI-style servers (wsgiref, Django) read it as ours
-                keep += (name, b": ", value, b"\r\n")
-            elif lname == b"host":
-                hosts.append(value)
-            elif lname == b"content-length":
-                if not value.isdigit() or length is not None:
-                    raise BadMessage("bad or repeated Content-Length")
-                length = int(value)
-            elif lname == b"transfer-encoding":
-                if te is not None:
-                    raise BadMessage("repeated Transfer-Encoding")
-                te = value.lower()
-            elif lname == b"connection":
-                value = value.lower()
-                if value in _COMMON_CONNECTION:
-                    connection.add(value)
-                    continue
-                for token in value.split(b","):
-                    token = token.strip(b" \t")
-                    if token and not _TOKEN.fullmatch(token):
-                        raise BadMessage("bad Connection")
-                    connection.add(token)
+    def __init__(self, status: int) -> None:
+        self.status = status  # what a head too large is answered: 431, or 502 for an instance's
+        self.rare = True
+        self.reset()
+
+    def reset(self) -> None:
+        self.keep: list[bytes] = []  # the lines of the fields passed on: name, ": ", value, CRLF
+        self.host: bytes | None = None  # the first Host
+        self.hosts = 0  # how many there were
+        self.count = self.size = 0
+        self.length: int | None = None
+        self.connection: frozenset[bytes] | set[bytes] | None = None
+        self.after_head = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        if self.rare:  # only a head that had the rarer fields has them to forget
+            self.rare = False
+            self.coding: bytes | None = None
+            self.upgrade: bytes | None = None
+            self.expect: bytes | None = None
+            self.forwarded_for: bytes | None = None
+            self.forwarded_proto: bytes | None = None
+            self.claims: list[tuple[bytes, bytes]] = []
+
+    def add(self, name: bytes, value: bytes) -> None:
+        """One field (llhttp's ``on_header`` callback)."""
+        self.count += 1
+        self.size += len(name) + len(value)
+        if self.count > MAX_FIELDS or self.size > MAX_HEAD:
+            self._too_large()
+        if self.after_head:
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers.append((name, value))
+            return
+        kind = _KINDS.get(name)
+        if kind is None:
+            kind = _kind(name)
+        if kind == KEEP:
+            self.keep += (name, b": ", value.rstrip(b" \t"), b"\r\n")
+        elif kind == HOST:
+            self.hosts += 1
+            if self.host is None:
+                self.host = value.rstrip(b" \t")
+        elif kind == LENGTH:
+            value = value.rstrip(b" \t")
+            if not value.isdigit() or self.length is not None:
+                raise self._bad("bad or repeated Content-Length")
+            self.length = int(value)
+        elif kind == CONNECTION:
+            value = value.rstrip(b" \t").lower()
+            common = _COMMON_CONNECTIONS.get(value)
+            if common is not None and self.connection is None:
+                self.connection = common  # what nearly every message says
             else:
-                self._other(name, lname, value)
-        if te is not None:
-            if te != b"chunked":  # gzip, identity, xchunked, "chunked, x": nobody agrees on these
-                raise BadMessage("only Transfer-Encoding: chunked is supported", 501)
-            if length is not None:  # RFC 9112 6.3: a smuggling attempt until proven otherwise
-                raise BadMessage("Transfer-Encoding together with Content-Length")
+                self._connection(value)
+        elif kind != IMPOSTOR:
+            self.rare = True
+            self._hop(kind, name, value.rstrip(b" \t"))
+
+    def _too_large(self) -> None:
+        many = self.count > MAX_FIELDS
+        if self.status == 502:
+            what = "too many header fields" if many else "a head too large"
+            raise BadMessage(f"instance answered {what}", 502)
+        raise BadMessage("too many header fields" if many else "head too large", 431)
+
+    def _bad(self, reason: str, status: int = 400) -> BadMessage:
+        if self.status == 502:
+            return BadMessage(f"instance answered: {reason}", 502)
+        return BadMessage(reason, status)
+
+    def _connection(self, value: bytes) -> None:
+        """A Connection field beyond a single ``close`` or ``keep-alive``."""
+        connection = set(self.connection or ())
+        for token in value.split(b","):
+            token = token.strip(b" \t")
+            if token and not _TOKEN.fullmatch(token):
+                raise self._bad("bad Connection")
+            connection.add(token)
+        self.connection = connection
+        self.rare = True
+
+    def _hop(self, kind: int, name: bytes, value: bytes) -> None:
+        """The rarer hop-by-hop fields."""
+        if kind == CODING:
+            if self.coding is not None:
+                raise self._bad("repeated Transfer-Encoding")
+            self.coding = value.lower()
+        elif kind == UPGRADE:
+            self.upgrade = value
+        elif kind == EXPECT:
+            self.expect = value.lower()
+        elif kind == XFF:
+            had = self.forwarded_for
+            self.forwarded_for = value if had is None else had + b", " + value
+        elif kind == XFP:
+            if self.forwarded_proto is None:
+                self.forwarded_proto = value
+        elif kind == CLAIM:
+            self.claims.append((name, value))
+
+    def end_head(self) -> bytes:
+        """The head is complete: check its framing; the field lines to forward.
+
+        What follows (the fields of a chunked body's trailers) is held for
+        ``end_trailers``.
+        """
+        self.after_head = True
+        self.count = self.size = 0  # trailers have a head's allowance
+        if not self.rare:
+            return b"".join(self.keep)
+        if self.coding is not None:
+            if self.coding != b"chunked":  # gzip, identity, xchunked, "chunked, x": nobody agrees
+                raise self._bad("only Transfer-Encoding: chunked is supported", 501)
+            if self.length is not None:  # RFC 9112 6.3: a smuggling attempt until proven otherwise
+                raise self._bad("Transfer-Encoding together with Content-Length")
+        keep = self.keep
+        connection = self.connection
         if connection and not connection <= _COMMON_CONNECTION:
             named = connection - _NEVER_DROPPED - _COMMON_CONNECTION - {b""}
             if named:  # headers the sender declared hop-by-hop
@@ -194,26 +311,14 @@ class _Fields:
                     if keep[n].lower() not in named
                     for part in keep[n : n + 4]
                 ]
-        self.keep = b"".join(keep)
-        self.hosts = hosts
-        self.chunked = te is not None
-        self.length = length
-        self.connection = connection
+        return b"".join(keep)
 
-    def _other(self, name: bytes, lname: bytes, value: bytes) -> None:
-        """The rarer hop-by-hop fields."""
-        if lname == b"upgrade":
-            self.upgrade = value
-        elif lname == b"expect":
-            self.expect = value.lower()
-        elif lname == b"x-forwarded-for":
-            had = self.forwarded_for
-            self.forwarded_for = value if had is None else had + b", " + value
-        elif lname == b"x-forwarded-proto":
-            if self.forwarded_proto is None:
-                self.forwarded_proto = value
-        elif lname in _CLAIMS:
-            self.claims.append((name, value))
+    def end_trailers(self) -> None:
+        """Trailer fields are validated, then dropped: RFC 9110 6.5.1 lets a proxy discard
+        them, and many servers choke on them (werkzeug answers 500). Called at the end
+        of a message that had any (``trailers`` is not None)."""
+        for name, value in self.trailers or ():
+            check_field(name, value)
 
 
 def check_field(name: bytes, value: bytes) -> bytes:
@@ -224,32 +329,35 @@ def check_field(name: bytes, value: bytes) -> bytes:
     return value
 
 
-def make_request(
-    method: bytes, target: bytes, version: str, raw: list[tuple[bytes, bytes]]
-) -> Request:
-    """Validate a request head llhttp parsed; BadMessage says why not."""
-    if version not in ("1.0", "1.1"):
+def make_request(method: bytes, target: bytes, version: str, f: Fields) -> Request:
+    """Validate a request head llhttp parsed (its fields in ``f``); BadMessage says why not."""
+    ver = _VERSIONS.get(version)
+    if ver is None:
         raise BadMessage(f"unsupported HTTP version {version!r}", 505)
     if method == b"CONNECT":
         raise BadMessage("CONNECT is not supported", 501)
-    f = _Fields(raw)
-    ver = _VERSIONS[version]
-    if f.chunked and ver == b"1.0":  # RFC 9112 6.1: framing is faulty
-        raise BadMessage("Transfer-Encoding in an HTTP/1.0 request")
-    if len(f.hosts) > 1:
-        raise BadMessage("more than one Host")
-    host = f.hosts[0] if f.hosts else None
-    if host is None and ver == b"1.1":
-        raise BadMessage("HTTP/1.1 request without Host")
-    if host is not None and not _HOST.fullmatch(host):
-        raise BadMessage("bad Host")
+    keep = f.end_head()
+    host = f.host
+    if f.hosts != 1:
+        if f.hosts:
+            raise BadMessage("more than one Host")
+        if ver == b"1.1":
+            raise BadMessage("HTTP/1.1 request without Host")
+    elif host is not None and host not in _GOOD_HOSTS:
+        _check_host(host)
     if not _ORIGIN.fullmatch(target):
         target, host = _normalise_target(method, target, host)
+    if not f.rare:  # no field beyond the common ones: no coding, Connection or Upgrade
+        return Request(method, target, ver, host, keep, False, f.length, _closes(ver, f.connection))
+    chunked = f.coding is not None
+    if chunked and ver == b"1.0":  # RFC 9112 6.1: framing is faulty
+        raise BadMessage("Transfer-Encoding in an HTTP/1.0 request")
     if f.expect is not None and f.expect != b"100-continue":
         raise BadMessage("unsupported Expect", 417)
-    upgrade = f.upgrade if b"upgrade" in f.connection else None
+    connection = f.connection or _NO_TOKENS
+    upgrade = f.upgrade if b"upgrade" in connection else None
     if upgrade is not None:
-        if f.chunked or f.length:
+        if chunked or f.length:
             raise BadMessage("a body on an Upgrade request")
         if not _UPGRADE.fullmatch(upgrade):
             raise BadMessage("bad Upgrade")
@@ -258,16 +366,36 @@ def make_request(
         target,
         ver,
         host,
-        f.keep,
-        f.chunked,
+        keep,
+        chunked,
         f.length,
-        b"close" in f.connection or (ver == b"1.0" and b"keep-alive" not in f.connection),
+        _closes(ver, connection),
         upgrade,
         f.expect is not None,
         f.forwarded_for,
         f.forwarded_proto,
-        f.claims,
+        tuple(f.claims),
     )
+
+
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+def _closes(version: bytes, connection: frozenset[bytes] | set[bytes] | None) -> bool:
+    """Whether the connection ends after this message (RFC 9112 9.3)."""
+    if connection is None:
+        return version == b"1.0"
+    return b"close" in connection or (version == b"1.0" and b"keep-alive" not in connection)
+
+
+_GOOD_HOSTS: set[bytes] = set()  # Host values seen valid (few, and repeated on every request)
+
+
+def _check_host(host: bytes) -> None:
+    if not _HOST.fullmatch(host):
+        raise BadMessage("bad Host")
+    if len(host) <= 255 and len(_GOOD_HOSTS) < _KINDS_MAX:
+        _GOOD_HOSTS.add(host)
 
 
 def _normalise_target(method: bytes, target: bytes, host: bytes | None) -> tuple[bytes, bytes]:
@@ -286,41 +414,40 @@ def _normalise_target(method: bytes, target: bytes, host: bytes | None) -> tuple
     return path, authority
 
 
-def make_response(
-    status: int, reason: bytes, version: str, raw: list[tuple[bytes, bytes]]
-) -> Response:
-    """Validate a response head from an instance; BadMessage (a 502) says why not."""
-    if version not in ("1.0", "1.1"):
+def make_response(status: int, reason: bytes, version: str, f: Fields) -> Response:
+    """Validate a response head from an instance (its fields in ``f``); BadMessage (a 502)
+    says why not."""
+    ver = _VERSIONS.get(version)
+    if ver is None:
         raise BadMessage(f"instance answered HTTP version {version!r}", 502)
     if not 100 <= status <= 599 or (reason not in _REASON_OK and not _REASON.fullmatch(reason)):
         raise BadMessage(f"instance answered a bad status line ({status})", 502)
-    try:
-        f = _Fields(raw)
-    except BadMessage as exc:
-        raise BadMessage(f"instance answered: {exc}", 502) from exc
-    ver = _VERSIONS[version]
+    keep = f.end_head()
+    if not f.rare:
+        return Response(status, reason, ver, keep, False, f.length, _closes(ver, f.connection))
     upgrade = f.upgrade if status == 101 else None
     if status == 101 and (upgrade is None or not _UPGRADE.fullmatch(upgrade)):
         raise BadMessage("instance switched protocols without a valid Upgrade", 502)
-    close = b"close" in f.connection or (ver == b"1.0" and b"keep-alive" not in f.connection)
-    return Response(status, reason, ver, f.keep, f.chunked, f.length, close, upgrade)
+    connection = f.connection or _NO_TOKENS
+    close = _closes(ver, connection)
+    return Response(status, reason, ver, keep, f.coding is not None, f.length, close, upgrade)
 
 
 # writing ------------------------------------------------------------------
 
 
-def _field_lines(fields: list[tuple[bytes, bytes]]) -> bytes:
+def _field_lines(fields: tuple[tuple[bytes, bytes], ...]) -> bytes:
     return b"".join([name + b": " + value + b"\r\n" for name, value in fields])  # claims
 
 
-def forwarding(req: Request, client_ip: bytes, scheme: bytes, trusted: bool) -> bytes:
+def forwarding(req: Request | None, client_ip: bytes, scheme: bytes, trusted: bool) -> bytes:
     """X-Forwarded-For/-Proto lines for the next hop.
 
     A trusted proxy's claims are kept and extended with its own address;
     anyone else's are replaced by what the connection shows (its address,
     and https only when this listener terminated TLS).
     """
-    if not trusted:
+    if not trusted or req is None:
         return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (client_ip, scheme)
     chain = client_ip if req.forwarded_for is None else req.forwarded_for + b", " + client_ip
     claimed = (req.forwarded_proto or b"").split(b",")[0].strip(b" \t").lower()
@@ -377,13 +504,6 @@ def interim_head(resp: Response) -> bytes:
 def chunk(data: bytes) -> bytes:
     """One chunk, framed afresh: sizes and extensions as received are never forwarded."""
     return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def check_trailers(raw: list[tuple[bytes, bytes]]) -> None:
-    """Trailer fields are validated, then dropped: RFC 9110 6.5.1 lets a proxy discard
-    them, and many servers choke on them (werkzeug answers 500)."""
-    for name, value in raw:
-        check_field(name, value)
 
 
 LAST_CHUNK = b"0\r\n\r\n"

@@ -30,7 +30,6 @@ from kiln.local.http1 import (
     BadMessage,
     Request,
     chunk,
-    forwarding,
     request_head,
     simple_response,
     switching_head,
@@ -175,23 +174,21 @@ class Balancer:
         n = len(routable)
         if not n:
             return None
-        self._rr += 1
-        start = self._rr % n
+        self._rr = start = self._rr + 1
+        round_robin = self.policy == "round-robin"
         best: Backend | None = None
         best_load = 0
         suspect: Backend | None = None
-        now = 0.0
-        for k in range(n):
-            backend = routable[(start + k) % n]
-            if backend.id in tried:
+        for k in range(start, start + n):
+            backend = routable[k % n]
+            if tried and backend.id in tried:
                 continue
             if backend.down_until:
-                now = now or time.monotonic()
-                if backend.down_until > now:
+                if backend.down_until > time.monotonic():
                     suspect = suspect or backend
                     continue
                 backend.down_until = 0.0
-            if self.policy == "round-robin":
+            if round_robin:
                 return backend
             load = backend.outstanding + len(backend.tunnels)
             if best is None or load < best_load:
@@ -351,15 +348,16 @@ class Balancer:
             self._rr -= 1  # the task picks again, and must pick the same
             return False
         started = time.monotonic()
-        body = b"".join([events.popleft()[1] for _ in range(pieces)]) if pieces else b""
+        if pieces:
+            body = b"".join([events.popleft()[1] for _ in range(pieces)])
+            if head.chunked:  # read whole: forwarded with its length
+                head.chunked, head.length = False, len(body)
+            request = request_head(head, client.forwarding(head)) + body
+        else:
+            request = request_head(head, client.forwarding(head))
         events.popleft()  # the end
-        if head.chunked:  # read whole: forwarded with its length
-            head.chunked, head.length = False, len(body)
         if not events:
             client.resume()
-        request = request_head(head, forwarding(head, client.ip, client.scheme, client.trusted))
-        if body:
-            request += body
         backend.outstanding += 1
         upstream.begin(self, client, head, started)
         upstream.request = request
@@ -402,7 +400,7 @@ class Balancer:
             body, prefix = None, read  # the rest streams from the client: sent only once
         elif head.chunked:  # read whole: forwarded with its length
             head.chunked, head.length = False, len(read)
-        forwarded = forwarding(head, client.ip, client.scheme, client.trusted)
+        forwarded = client.forwarding(head)
         upstream_head = request_head(head, forwarded)
         if prefix:
             upstream_head += chunk(prefix) if head.chunked else prefix

@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from types import SimpleNamespace
 from typing import Any
 
 import httptools
 
-from kiln.local.http1 import (
-    MAX_FIELDS,
-    MAX_HEAD,
-    BadMessage,
-    check_trailers,
-    make_request,
-)
+from kiln.local.http1 import MAX_HEAD, BadMessage, Fields, make_request
 
 HEAD, BODY, END, UPGRADE, EOF = range(5)
 Event = tuple[int, Any]
@@ -31,6 +26,25 @@ Event = tuple[int, Any]
 
 class Truncated(ConnectionError):
     """The peer closed the connection in the middle of a message."""
+
+
+_CALLBACKS = (
+    "on_message_begin",
+    "on_url",
+    "on_status",
+    "on_headers_complete",
+    "on_body",
+    "on_chunk_header",
+    "on_chunk_complete",
+    "on_message_complete",
+)
+
+
+def callbacks(owner: object, fields: Fields) -> SimpleNamespace:
+    """What an httptools parser calls: ``owner``'s methods, and ``fields.add`` for each
+    header field (straight, not through a method of ``owner`` that would pass it on)."""
+    found = {name: getattr(owner, name) for name in _CALLBACKS if hasattr(owner, name)}
+    return SimpleNamespace(**found, on_header=fields.add)
 
 
 class MessageReader:
@@ -49,7 +63,6 @@ class MessageReader:
         "_head_bytes",
         "_in_chunk",
         "_parser",
-        "_size",
         "_trailer_bytes",
         "_trailing",
         "_url",
@@ -64,12 +77,11 @@ class MessageReader:
 
     def __init__(self) -> None:
         self.events: deque[Event] = deque()
-        self._parser: Any = httptools.HttpRequestParser(self)
+        self._fields = Fields(431)  # the head's, then (after it) the trailers'
+        self._parser: Any = httptools.HttpRequestParser(callbacks(self, self._fields))
         self._url = b""
-        self._fields: list[tuple[bytes, bytes]] = []
         self.body = False
         self._head_bytes = 0
-        self._size = 0  # bytes of the fields parsed so far (the head's, then the trailers')
         self._in_chunk = False  # between a chunk's size line and its end (last chunk: trailers)
         self._chunk_at = 0  # how many events there were at this read's start or its size line
         self._trailing = False  # the last feed ended inside the last chunk's trailers
@@ -86,35 +98,25 @@ class MessageReader:
         self.mid = True
         self.head_start = self.last_read
         self._url = b""
-        self._fields = []
-        self._size = 0
+        self._fields.reset()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        fields = self._fields  # the head's, then (after it) the trailers'
-        fields.append((name, value))
-        if len(fields) > MAX_FIELDS:
-            raise BadMessage("too many header fields", 431)
-        # each read is measured too, but a head that begins in the read that ends the
-        # previous body is not for that read: its fields are
-        self._size += len(name) + len(value)
-        if self._size > MAX_HEAD:
-            raise BadMessage("head too large", 431)
+    # each header field goes to ``Fields.add``: it counts them and their bytes, since
+    # each read is measured too, but a head that begins in the read that ends the
+    # previous body is not for that read: its fields are
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         self.body = True
         self._head_bytes = 0
         self.head_start = 0.0
-        if len(self._url) + self._size > MAX_HEAD:
+        if len(self._url) + self._fields.size > MAX_HEAD:
             raise BadMessage("head too large", 431)
-        self._size = 0  # trailers, if any, have a head's allowance
         request = make_request(
             parser.get_method(), self._url, parser.get_http_version(), self._fields
         )
-        self._fields = []  # trailers, if any
         self.events.append((HEAD, request))
 
     def on_body(self, body: bytes) -> None:
@@ -130,8 +132,8 @@ class MessageReader:
 
     def on_message_complete(self) -> None:
         self.mid = self.body = False
-        if self._fields:
-            check_trailers(self._fields)
+        if self._fields.trailers is not None:
+            self._fields.end_trailers()
         self.events.append((END, None))
 
     # feeding --------------------------------------------------------------

@@ -77,6 +77,21 @@ class Counters:
         latency.counts[bisect_left(BUCKETS, seconds)] += 1
         latency.sum += seconds
 
+    def record_with(self, fleet: Counters, status: int, seconds: float) -> None:
+        """``record`` here and in ``fleet``'s totals, in one call (once per request)."""
+        bucket = bisect_left(BUCKETS, seconds)
+        self.requests += 1
+        fleet.requests += 1
+        if status >= 500:
+            self.errors += 1
+            fleet.errors += 1
+        latency = self.latency
+        latency.counts[bucket] += 1
+        latency.sum += seconds
+        latency = fleet.latency
+        latency.counts[bucket] += 1
+        latency.sum += seconds
+
     def as_dict(self) -> dict[str, float | int | None]:
         return {
             "requests": self.requests,

@@ -24,6 +24,7 @@ from kiln.local.http1 import (
     BadMessage,
     Request,
     chunk,
+    forwarding,
     simple_response,
 )
 from kiln.local.messages import BODY, MessageReader
@@ -68,6 +69,7 @@ class Client(Stream):
         "body_start",
         "busy",
         "expired",
+        "forwarded",
         "ip",
         "listener",
         "messages",
@@ -88,6 +90,7 @@ class Client(Stream):
         self.ip = b"unknown"
         self.trusted = False
         self.scheme = b"http"
+        self.forwarded = b""  # the X-Forwarded lines of every request, unless ``trusted``
         self.busy = False  # a request is being answered
         self.sending: Any = None  # an instance connection waiting for this client to read
         self._waiter: asyncio.Future[None] | None = None
@@ -101,6 +104,7 @@ class Client(Stream):
         self.trusted = bool(peer) and is_in(str(peer[0]), self.listener.trusted)
         # a listener that terminates TLS makes every request https
         self.scheme = b"https" if transport.get_extra_info("sslcontext") is not None else b"http"
+        self.forwarded = forwarding(None, self.ip, self.scheme, False)
         self.listener.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -149,6 +153,13 @@ class Client(Stream):
         elif not self.busy and self.phase == SENDING:
             self.set(IDLE)
             self.listener.pump(self)
+
+    def forwarding(self, head: Request) -> bytes:
+        """The X-Forwarded lines for ``head``: the same for every request unless a trusted
+        proxy makes claims (``kiln.local.http1.forwarding``)."""
+        if self.trusted:
+            return forwarding(head, self.ip, self.scheme, True)
+        return self.forwarded
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -19,18 +19,17 @@ import httptools
 
 from kiln.local.http1 import (
     LAST_CHUNK,
-    MAX_FIELDS,
     MAX_HEAD,
     BadMessage,
+    Fields,
     Request,
     Response,
-    check_trailers,
     chunk,
     interim_head,
     make_response,
     response_head,
 )
-from kiln.local.messages import Truncated
+from kiln.local.messages import Truncated, callbacks
 from kiln.local.proxy import SENDING, Client, ResponseTimeout
 from kiln.local.stream import Stream
 
@@ -94,9 +93,9 @@ class Upstream(Stream):
     def __init__(self, backend: Backend) -> None:
         super().__init__()
         self.backend = backend
-        self.parser: Any = httptools.HttpResponseParser(self)
+        self._fields = Fields(502)  # the head's, then (after it) the trailers'
+        self.parser: Any = httptools.HttpResponseParser(callbacks(self, self._fields))
         self._reason = b""
-        self._fields: list[tuple[bytes, bytes]] = []
         self._in_trailers = False
         self._head_bytes = 0
         self._in_chunk = False  # between a chunk's size line and its end (last chunk: trailers)
@@ -203,9 +202,7 @@ class Upstream(Stream):
         resp = self.resp
         assert resp is not None
         backend = self.backend
-        elapsed = time.monotonic() - self.started
-        backend.counters.record(resp.status, elapsed)
-        balancer.totals.record(resp.status, elapsed)
+        backend.counters.record_with(balancer.totals, resp.status, time.monotonic() - self.started)
         idle = backend.idle
         if self.reusable and backend.routable and len(idle) < POOL_SIZE and self.usable():
             idle.append(self)
@@ -307,16 +304,12 @@ class Upstream(Stream):
         self.mid = True
         self.eof_body = False
         self._reason = b""
-        self._fields = []
+        self._fields.reset()
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        fields = self._fields  # the head's, then (after it) the trailers'
-        fields.append((name, value))
-        if len(fields) > MAX_FIELDS:
-            raise BadMessage("instance answered too many header fields", 502)
+    # each header field goes to ``Fields.add``
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -326,30 +319,32 @@ class Upstream(Stream):
         resp = make_response(
             parser.get_status_code(), self._reason, parser.get_http_version(), self._fields
         )
-        self._fields = []  # trailers, if any
         status = resp.status
         head = self.head
         assert head is not None
-        sticky = self.balancer.sticky if self.balancer is not None else None
+        balancer = self.balancer
+        assert balancer is not None
+        sticky = balancer.sticky
         if sticky is not None and (status >= 200 or status == 101):
             resp.fields += sticky.set_cookie(self)
-        if status == 101:
-            if head.upgrade is None:
-                raise BadMessage("instance switched protocols unasked", 502)
-            self.resp = resp
-            self.switched = True
-            raise _Switch
         if status < 200:
-            if head.version != b"1.0":  # RFC 9110 15.2: it would take it for the answer
-                self.out.append(interim_head(resp))
+            self._interim(resp, head)
             return
         self.resp = resp
         self.final = True
-        assert self.balancer is not None
-        self.balancer.waiting.pop(self, None)  # the deadline was for the head
+        balancer.waiting.pop(self, None)  # the deadline was for the head
+        keep = not head.close and head.upgrade is None
+        length = resp.length
+        if length is not None and status != 204 and status != 304 and head.method != b"HEAD":
+            # the usual answer: a body of a known length
+            self.keep_client = keep
+            self.reusable = not resp.close
+            self.chunked = self.eof_body = False
+            self.answered = True
+            self.out.append(response_head(resp, b"Content-Length: %d\r\n" % length, keep))
+            return
         is_head = head.method == b"HEAD"
         no_body = is_head or status in (204, 304)
-        keep = not head.close and head.upgrade is None
         reusable = not resp.close and not is_head  # after a HEAD answer the parser is spent
         chunked = False
         if status == 204:
@@ -375,6 +370,17 @@ class Upstream(Stream):
         if is_head:
             raise _HeadOnly
 
+    def _interim(self, resp: Response, head: Request) -> None:
+        """A 1xx head: passed on, or (a 101 the client asked for) the switch to a tunnel."""
+        if resp.status == 101:
+            if head.upgrade is None:
+                raise BadMessage("instance switched protocols unasked", 502)
+            self.resp = resp
+            self.switched = True
+            raise _Switch
+        if head.version != b"1.0":  # RFC 9110 15.2: it would take it for the answer
+            self.out.append(interim_head(resp))
+
     def on_body(self, body: bytes) -> None:
         self.out.append(chunk(body) if self.chunked else body)
 
@@ -391,8 +397,8 @@ class Upstream(Stream):
         self._in_trailers = False
         if not self.final:  # the end of an interim (1xx) response
             return
-        if self._fields:
-            check_trailers(self._fields)
+        if self._fields.trailers is not None:
+            self._fields.end_trailers()
         if self.chunked:
             self.out.append(LAST_CHUNK)
         self.complete = True
