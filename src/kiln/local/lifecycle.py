@@ -30,6 +30,7 @@ from kiln.local.certs import Certifier, tls_files
 from kiln.local.health import Tracker, probe
 from kiln.local.launchprint import launch_print, load_key
 from kiln.local.lblink import BalancerLink
+from kiln.local.listening import log_end, port_in_use, wrong_port
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
 from kiln.local.series import Sampler
@@ -346,8 +347,10 @@ class Lifecycle:
                 if self.exit_status(rec)[0]:
                     self.check_processes()  # it died: say so, rather than "unhealthy"
                     return
+                # an app that ignores $PORT: say where it listens instead
+                elsewhere = await asyncio.to_thread(wrong_port, rec.pid or 0, rec.port or 0)
                 rec.set_state(InstanceState.UNHEALTHY)
-                rec.reason = f"unhealthy: {t.last_error}"
+                rec.reason = elsewhere or f"unhealthy: {t.last_error}"
                 self.save(rec)
                 log.warning("instance %s is %s; replacing it", rec.id, rec.reason)
                 self.background(self.retire(fleet, rec, InstanceState.FAILED, drain=False))
@@ -385,6 +388,9 @@ class Lifecycle:
                 procs.signal_group(rec.pid, signal.SIGKILL)  # what it left behind goes with it
                 rec.exit_status = status
                 rec.reason = describe_exit(status)
+                if status and rec.port:  # 8 KiB of a local log, once per death
+                    taken = port_in_use(log_end(Path(rec.log)), rec.port)
+                    rec.reason += f": {taken}" if taken else ""
                 log.warning("instance %s %s", rec.id, rec.reason)
                 self.finish(self.fleets.get(rec.fleet), rec, InstanceState.FAILED)
 

@@ -1,0 +1,109 @@
+"""Why an instance is not reachable on its $PORT: it listens elsewhere, or its port was taken.
+
+An app that ignores $PORT (``app.listen(3000)``) fails its health checks with
+'connection refused', and a second instance of it dies with EADDRINUSE. The
+log tail shows either, but not why; these say it in one line. The ports an
+instance listens on are read from /proc: its session's socket inodes (an
+instance is its own session) matched against the listening sockets of its
+network namespace. Linux only: elsewhere, or without the right to read
+another user's /proc entries, nothing is said.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+HINT = "the app must listen on $PORT (and $HOST), not on a port of its own"
+_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
+_IN_USE = (
+    re.compile(r"EADDRINUSE\b.*?:(\d{1,5})\s*$", re.MULTILINE),  # node
+    re.compile(r"bind on address \('[^']*', (\d{1,5})\)"),  # uvicorn
+    re.compile(r"Connection in use: \('[^']*', (\d{1,5})\)"),  # gunicorn
+    re.compile(r"Port (\d{1,5}) is in use"),  # werkzeug
+    re.compile(r"EADDRINUSE|[Aa]ddress already in use"),  # anything else: no port known
+)
+
+
+def wrong_port(leader: int, port: int) -> str | None:
+    """'listens on :3000, not on $PORT=…' when the instance listens only elsewhere."""
+    ports = listening_ports(leader) if leader > 0 else set()
+    if not ports or port in ports:
+        return None
+    shown = ", ".join(f":{p}" for p in sorted(ports))
+    return f"listens on {shown}, not on $PORT={port}: {HINT}"
+
+
+def port_in_use(log_tail: str, port: int) -> str | None:
+    """What an instance's log says about an address already in use, if it does."""
+    for pattern in _IN_USE:
+        match = pattern.search(log_tail)
+        if match is None:
+            continue
+        taken = int(match.group(1)) if match.groups() else None
+        if taken == port:
+            return f"its $PORT={port} was taken by another process before it listened"
+        what = f"port {taken}" if taken is not None else "the address it listens on"
+        return f"{what} was already in use (EADDRINUSE), and its $PORT is {port}: {HINT}"
+    return None
+
+
+def log_end(path: Path, size: int = 8192) -> str:
+    """The last ``size`` bytes of a log: enough for a startup error, cheap to read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def listening_ports(leader: int) -> set[int]:
+    """TCP ports the processes of ``leader``'s session listen on; empty if unknown."""
+    inodes: set[str] = set()
+    for pid in _session(leader):
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = str(fd.readlink())
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    if not inodes:
+        return set()
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{leader}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == _LISTEN and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _session(leader: int) -> list[int]:
+    """The pids in the session ``leader`` leads (the instance's process tree)."""
+    pids = []
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if len(fields) > 3 and fields[3] == str(leader):  # state ppid pgrp session
+            pids.append(int(entry.name))
+    return pids
