@@ -19,6 +19,7 @@ from aiohttp import web
 
 from kiln import __version__
 from kiln.errors import ImageNotFound, InstanceNotFound, KilnError
+from kiln.local.codeid import kiln_code
 from kiln.local.model import FleetSettings
 from kiln.local.supervisor import Supervisor
 from kiln.local.watchdog import LoopWatchdog
@@ -96,6 +97,7 @@ async def status(request: web.Request) -> web.Response:
         {
             "pid": os.getpid(),
             "version": __version__,
+            "code": kiln_code(),
             "started": request.app[STARTED],
             "uptime_seconds": round(time.time() - request.app[STARTED], 3),
             "fleets": fleets,

@@ -17,6 +17,7 @@ from kiln import errors
 from kiln.errors import AgentError, KilnError
 from kiln.home import Home
 from kiln.local.agent import check_socket_owner, log_path, read_pid
+from kiln.local.codeid import kiln_code
 from kiln.local.procs import log_tail, start_time
 
 START_TIMEOUT = 30.0
@@ -121,10 +122,20 @@ def agent_status(home: Home) -> dict[str, Any] | None:
 
 
 def start_agent(home: Home) -> tuple[dict[str, Any], bool]:
-    """(status, started): idempotent; a running agent is left alone."""
+    """(status, started): idempotent; a running agent of this kiln's code is left alone.
+
+    An agent running other code (started before an upgrade) is restarted: it
+    would refuse, or misread, what this kiln sends it. Its instances and the
+    balancer keep serving and are re-adopted, as after `kiln agent stop`.
+    """
     status = agent_status(home)
     if status is not None:
-        return status, False
+        if status.get("code") == kiln_code():
+            return status, False
+        stop_agent(home)
+        status = agent_status(home)  # a service manager may have started the new one
+        if status is not None and status.get("code") == kiln_code():
+            return status, True
     check_socket_owner(home.agent_socket)
     home.ensure()
     cmd = [sys.executable, "-m", "kiln.local.agent", "--home", str(home.root), "--daemon"]

@@ -1,0 +1,31 @@
+"""Which kiln code a process runs: an upgrade (pip, git pull) changes it.
+
+The agent reports the identity it started with; a command whose own differs
+restarts it, since an agent from before an upgrade would be handed settings
+it does not know. Stat data (path, size, mtime) of the package's modules is
+enough to notice a change and costs about a millisecond; hashing the bytes
+would cost ten times that on every command.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+
+@functools.cache
+def kiln_code() -> str:
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for directory, subdirs, names in os.walk(root):  # Path.walk is 3.12+
+        subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
+        for name in sorted(names):
+            if name.endswith(".py"):
+                path = Path(directory, name)
+                st = path.stat()
+                digest.update(
+                    f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+                )
+    return digest.hexdigest()[:16]
