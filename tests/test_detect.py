@@ -254,7 +254,7 @@ def test_apps_without_a_session_server_are_not_sticky(tmp_path: Path) -> None:
     _write(tmp_path, {"package.json": json.dumps(package), "index.js": ""})
     assert detect(tmp_path).sticky is None  # a client of one is not a server
     text = render_config(tmp_path, name="app")
-    assert '# sticky = "cookie"' in text and parse_config(text).fleet.sticky == "off"
+    assert '# sticky = "cookie"' in text and parse_config(text).fleet.sticky is None
 
 
 def test_an_express_health_route_is_found_in_the_apps_own_sources(tmp_path: Path) -> None:

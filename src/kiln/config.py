@@ -271,14 +271,15 @@ class FleetSettings(Section):
             "crash soon after passing their checks; 0 trusts the first passing checks."
         ),
     )
-    sticky: Literal["off", "cookie"] = Field(
-        default="off",
+    sticky: Literal["off", "cookie"] | None = Field(
+        default=None,
         description=(
             "Session affinity: 'cookie' keeps each client on the instance that answered it "
             "first, by a cookie the load balancer sets, while that instance is in service "
             "(then it moves to another). Needed by apps keeping sessions in the process: "
-            "Socket.IO, engine.io and SockJS long-polling, in-memory sessions. On AWS: the "
-            "target groups' lb_cookie stickiness."
+            "Socket.IO, engine.io and SockJS long-polling, in-memory sessions. On AWS "
+            "kiln sets the target groups' lb_cookie stickiness to match ('off' turns it "
+            "off); unset, it is off locally and left as it is on AWS."
         ),
     )
     sticky_duration: Duration | None = Field(
@@ -293,7 +294,7 @@ class FleetSettings(Section):
 
     @model_validator(mode="after")
     def _can_progress(self) -> FleetSettings:
-        if self.sticky_duration is not None and self.sticky == "off":
+        if self.sticky_duration is not None and self.sticky != "cookie":
             raise ValueError("sticky_duration needs sticky = 'cookie'")
         if self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError(

@@ -127,6 +127,25 @@ def test_kiln_run_on_aws_says_what_is_missing_in_one_line(aws: Aws, kiln: Kiln) 
     assert "image img-000000000000 has no AMI in eu-west-1" in unknown.stderr
 
 
+def test_a_sticky_fleet_gets_stickiness_on_its_target_groups_in_the_scaling_policy(
+    aws: Aws, kiln: Kiln
+) -> None:
+    tg = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"
+    (kiln.cwd / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\n[fleet]\nsticky = "off"\n'
+        f'[provider.aws]\ntarget_group_arn = "{tg}"\n'
+    )
+    documents = json.loads(kiln("aws", "policy", "--json").stdout)
+    (statement,) = [s for s in documents["scaling"]["Statement"] if s["Sid"] == "KilnStickiness"]
+    assert statement["Resource"] == tg  # "off" too: kiln turns the ALB's stickiness off
+    user = json.loads(kiln("aws", "create-deploy-user", "--team", "web", "--json").stdout)
+    assert user["created"]
+    attached = aws.iam.get_policy_version(
+        PolicyArn="arn:aws:iam::123456789012:policy/kiln/kiln-web-scaling", VersionId="v1"
+    )["PolicyVersion"]["Document"]
+    assert "KilnStickiness" in json.dumps(attached)
+
+
 def test_instance_role_policy_names_the_apps_secrets_and_release_results(
     aws: Aws, kiln: Kiln
 ) -> None:

@@ -97,6 +97,29 @@ def test_pass_role_only_for_the_configured_instance_role() -> None:
     assert all("iam:passrole" in where["actions"] for _issue, _detail, where in community)
 
 
+def test_stickiness_only_when_kiln_toml_sets_sticky_and_only_on_its_target_groups() -> None:
+    tg = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"
+    cg = tg.replace("/web/", "/web-canary/")
+    plain = policy_document(region="eu-west-1", account="123456789012", target_group=tg)
+    assert "ModifyTargetGroupAttributes" not in json.dumps(plain)
+    document = policy_document(
+        region="eu-west-1",
+        account="123456789012",
+        purposes=PARTS["scaling"],  # not the deploy policy: that one keeps its headroom
+        target_group=tg,
+        canary_target_group=cg,
+        sticky=True,
+    )
+    (statement,) = [s for s in document["Statement"] if s["Sid"] == "KilnStickiness"]
+    assert statement["Action"] == ["elasticloadbalancing:ModifyTargetGroupAttributes"]
+    assert statement["Resource"] == [tg, cg]
+    assert lint(document, community=True) == []
+    deploy = policy_document(
+        region="eu-west-1", account="123456789012", purposes=PARTS["deploy"], sticky=True
+    )
+    assert "ModifyTargetGroupAttributes" not in json.dumps(deploy)
+
+
 def test_policy_is_scoped_by_purpose_and_tags() -> None:
     document = policy_document(region="eu-west-1", account="123456789012")
     sids = [s["Sid"] for s in document["Statement"]]
@@ -405,6 +428,9 @@ def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() ->
         + "n" * 32
         + ("/0123456789abcdef/0123456789abcdef")
     )
+    group = (  # a target group's ARN: a name of 32 characters, the longest
+        "arn:{}:elasticloadbalancing:{}:123456789012:targetgroup/" + "t" * 32 + "/0123456789abcdef"
+    )
     for partition, region in [*_every_region(), ("aws", None)]:
         for account in ("123456789012", None):
             for pass_role, canary, ssm in (
@@ -424,6 +450,8 @@ def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() ->
                         listener=listener.format(partition, region) if canary else None,
                         ssm=ssm,
                         builder_role=role if ssm else None,
+                        sticky=True,  # [fleet] sticky: its two target groups, the longest
+                        canary_target_group=group.format(partition, region),
                         **(_longest_publish(partition, region) if part == "publish" else {}),
                     )
                     chars = size(document)

@@ -48,6 +48,7 @@ class AlbTraffic:
     per_tick: int = 100
     tick: float = 0.2
     shapes: list[dict[str, int]] = field(default_factory=list)
+    actions: list[Any] = field(default_factory=list)  # the listener's action at each shape
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -64,9 +65,11 @@ class AlbTraffic:
         def run() -> None:
             while not self._stop.is_set():
                 found = elb.describe_listeners(ListenerArns=[self.world.listener])
-                shape = weights(found["Listeners"][0]["DefaultActions"])
+                actions = found["Listeners"][0]["DefaultActions"]
+                shape = weights(actions)
                 if not self.shapes or self.shapes[-1] != shape:
                     self.shapes.append(shape)
+                    self.actions.append(actions)
                 self._serve(cloudwatch, shape)
                 self._stop.wait(self.tick)
 

@@ -74,7 +74,9 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
         else:
             world.ami(image)
         world.addresses[image] = bad_app if "bad" in image else good_app
-    loaded = world.config(tmp_path / "app", extra_aws=world.canary_settings("[20]"))
+    loaded = world.config(  # sticky: the target groups' stickiness is set once
+        tmp_path / "app", extra_fleet='sticky = "cookie"', extra_aws=world.canary_settings("[20]")
+    )
     provider = world.provider(home, loaded)
     provider.release_poll = 0.2
     settings = Settings.from_config(loaded.config)

@@ -106,9 +106,18 @@ def weights_for(fleet_group: str, canary_group: str, percent: int) -> dict[str, 
     return {fleet_group: 100 - percent, canary_group: percent}
 
 
-def set_split(aws: Aws, listener: Listener, weights: dict[str, int]) -> bool:
-    """Rewrite the listener's default action to ``weights``; False when it had them."""
-    wanted = Forward(weights, listener.forward.stickiness)
+def set_split(
+    aws: Aws,
+    listener: Listener,
+    weights: dict[str, int],
+    stickiness: dict[str, Any] | None = None,
+) -> bool:
+    """Rewrite the listener's default action to ``weights``; False when it had them.
+
+    ``stickiness`` (kiln.aws.sticky) replaces the group-level stickiness the
+    listener had; without it, that is kept as it was.
+    """
+    wanted = Forward(weights, stickiness or listener.forward.stickiness)
     if _normal(wanted.weights) == _normal(listener.forward.weights):
         return False
     with aws_errors("weighting the listener between the fleet and the canaries"):

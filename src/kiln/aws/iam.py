@@ -98,6 +98,8 @@ def create_deploy_user(
     listener: str | None = None,
     ssm: bool = False,
     builder_role: str | None = None,
+    sticky: bool = False,
+    canary_target_group: str | None = None,
     publish: Mapping[str, Any] | None = None,
 ) -> DeployUser:
     """Converge the deploy user; ``documents`` overrides a part's policy (tests).
@@ -128,6 +130,8 @@ def create_deploy_user(
                     listener=listener,
                     ssm=ssm,
                     builder_role=builder_role,
+                    sticky=sticky,
+                    canary_target_group=canary_target_group,
                     **(publish or {}),
                 )
             )

@@ -390,6 +390,14 @@ SCALING_RULES: tuple[Rule, ...] = (
         resources=(_ASG + "kiln-*",),
         condition={"StringLike": {f"autoscaling:ResourceTag/{FLEET_TAG}": "*"}},
     ),
+    Rule(  # [fleet] sticky set (kiln.aws.sticky): the stickiness attributes of kiln.toml's
+        # target groups, the canary's too; here, not in the deploy policy, for its headroom
+        sid="KilnStickiness",
+        purposes=_p("scaling"),
+        actions=("elasticloadbalancing:ModifyTargetGroupAttributes",),
+        resources=("{target_group}", "{canary_target_group}"),
+        only_with="sticky",
+    ),
 )
 RULES = RULES + SCALING_RULES
 
@@ -620,6 +628,8 @@ def policy_document(
     listener: str | None = None,
     ssm: bool = False,
     builder_role: str | None = None,
+    sticky: bool = False,
+    canary_target_group: str | None = None,
     copy_regions: Sequence[str] = (),
     share: bool = False,
     deprecate: bool = False,
@@ -640,6 +650,9 @@ def policy_document(
     ``ssm`` (``bake_via = "ssm"``) adds Run Command on kiln's own builders, and
     ``builder_role`` (the role of ``builder_instance_profile``) ``iam:PassRole``
     for that one role, so the bake may launch its builder with it.
+    ``sticky`` (``[fleet] sticky`` set, either way) lets kiln set the stickiness
+    attributes of ``target_group`` and ``canary_target_group``
+    (``canary_target_group_arn``; without it, of any target group like ``target_group``).
     ``copy_regions``, ``share``, ``deprecate`` and ``kms`` (see :func:`options`)
     render the publish statements kiln.toml needs; without them, none.
     ``promote_kms`` (``promote_to_accounts`` with ``kms``) lets kiln promote read
@@ -653,6 +666,8 @@ def policy_document(
     values["target_group"] = target_group or (_ELB + "targetgroup/*/*").format(**values)
     values["boot_test_target_group"] = boot_test_target_group or ""
     values["listener"] = listener or ""
+    values["sticky"] = "yes" if sticky else ""
+    values["canary_target_group"] = canary_target_group or values["target_group"]
     values["ssm"] = "yes" if ssm else ""
     ami_regions = [region or "*", *copy_regions]
     values |= {
@@ -673,7 +688,7 @@ def policy_document(
             "Sid": rule.sid,
             "Effect": "Allow",
             "Action": sorted(rule.actions),
-            "Resource": [r.format(**values) for r in rule.resources],
+            "Resource": list(dict.fromkeys(r.format(**values) for r in rule.resources)),
         }
         if len(statement["Resource"]) == 1:
             statement["Resource"] = statement["Resource"][0]
@@ -842,9 +857,12 @@ def enforceable_documents(parts: Iterable[str] = tuple(PARTS)) -> dict[str, dict
     return {part: enforceable_document(PARTS[part]) for part in parts}
 
 
-def options(settings: Any) -> dict[str, Any]:
-    """policy_document's arguments for ``[provider.aws]`` (an AwsSettings)."""
+def options(settings: Any, sticky: str | None = None) -> dict[str, Any]:
+    """policy_document's arguments for ``[provider.aws]`` (an AwsSettings) and
+    ``[fleet] sticky``."""
     return {
+        "sticky": sticky is not None,
+        "canary_target_group": settings.canary_target_group_arn,
         "pass_role": instance_role(settings),
         "target_group": settings.target_group_arn,
         "boot_test_target_group": settings.boot_test_target_group_arn,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from kiln.aws import canary, carry
+from kiln.aws import canary, carry, sticky
 from kiln.aws import groups as g
 from kiln.aws import targets as t
 from kiln.aws.boottest import is_verified
@@ -116,8 +116,19 @@ class AwsProvider:
         return {}
 
     def apply_settings(self, fleet: str) -> list[str]:
-        """Nothing fleet-wide to apply here: the load balancer is the user's own."""
-        return []
+        """[fleet] sticky on kiln.toml's target groups (kiln.aws.sticky); the load balancer
+        itself is the user's own."""
+        config = self.loaded.config.fleet
+        wanted = sticky.attributes(config.sticky, config.sticky_duration)
+        s = self.settings
+        if wanted is None or not s.target_group_arn:
+            return []
+        changes = []
+        for tg in (s.target_group_arn, s.canary_target_group_arn):
+            if tg and sticky.ensure(self.aws, tg, wanted):
+                name = tg.rsplit(":", 1)[-1]
+                changes.append(f"{name} is {sticky.describe(wanted)} from now on")
+        return changes
 
     def log_tail(self, instance: str, lines: int = 20) -> str:
         """The instance's console output (boot log and the service's journal on the console)."""
@@ -174,7 +185,9 @@ class AwsProvider:
         self._await_canaries(group.name, canary_tg, live)
         listener = self._listener()
         weights = canary.weights_for(self._target_group(), canary_tg, percent)
-        canary.set_split(self.aws, listener, weights)
+        config = self.loaded.config.fleet
+        pinned = sticky.group_stickiness(config.sticky, config.sticky_duration)
+        canary.set_split(self.aws, listener, weights, pinned)
 
     def traffic(self, since: float) -> list[list[float]] | None:
         """The fleet's per-minute requests and 5xx from CloudWatch (``kiln ui``).

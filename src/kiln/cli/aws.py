@@ -28,6 +28,11 @@ def aws_settings(state: State) -> AwsSettings:
     return AwsPlatform(state.home(), state.config, has_config=state.has_config()).settings()
 
 
+def _sticky(state: State) -> str | None:
+    """[fleet] sticky, when kiln.toml sets it: the deploy policy may then set stickiness."""
+    return state.config().config.fleet.sticky if state.has_config() else None
+
+
 @cli.group("aws")
 def aws_group() -> None:
     """AWS provider: deploy user and policy, leftovers of killed bakes."""
@@ -91,7 +96,7 @@ def policy_command(
             account=account,
             partition=partition,
             purposes=purposes,
-            **iam_policy.options(settings),
+            **iam_policy.options(settings, _sticky(state)),
         )
         for name, purposes in iam_policy.PARTS.items()
         if part in (None, name)
@@ -203,7 +208,7 @@ def create_deploy_user_command(
     """
     settings = aws_settings(state)
     aws = connect(settings)
-    options = iam_policy.options(settings)
+    options = iam_policy.options(settings, _sticky(state))
     user = create_deploy_user(
         aws,
         team,
@@ -215,6 +220,8 @@ def create_deploy_user_command(
         listener=options.pop("listener"),
         ssm=options.pop("ssm"),
         builder_role=options.pop("builder_role"),
+        sticky=options.pop("sticky"),
+        canary_target_group=options.pop("canary_target_group"),
         publish=options,
     )
     if as_json:

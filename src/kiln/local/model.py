@@ -104,9 +104,9 @@ class FleetSettings:
         return f"{scheme}://{host}:{self.listen_port}"
 
 
-def _sticky(mode: str, duration: float | None) -> dict[str, Any] | None:
+def _sticky(mode: str | None, duration: float | None) -> dict[str, Any] | None:
     """[fleet] sticky as the balancer gets it (kiln.local.affinity)."""
-    if mode == "off":
+    if mode != "cookie":
         return None
     return {"max_age": None if duration is None else round(duration)}
 
