@@ -29,7 +29,7 @@ def aws_settings(state: State) -> AwsSettings:
 
 
 def _sticky(state: State) -> str | None:
-    """[fleet] sticky, when kiln.toml sets it: the deploy policy may then set stickiness."""
+    """[fleet] sticky, when kiln.toml sets it: the scaling policy may then set stickiness."""
     return state.config().config.fleet.sticky if state.has_config() else None
 
 
