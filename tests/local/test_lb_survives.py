@@ -10,6 +10,8 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -19,6 +21,7 @@ from kiln.home import Home
 from kiln.loadgen import LoadLoop
 from kiln.local.agent import read_pid
 from kiln.local.client import AgentClient, agent_status, start_agent, stop_agent
+from kiln.local.handover import _MODULES
 from kiln.local.lblink import BalancerLink
 from kiln.local.provider import LocalProvider
 
@@ -147,3 +150,14 @@ def test_a_balancer_running_other_code_hands_its_sockets_over_under_load(
     assert sum(loop.sent for loop in loops) > 500
     assert [e for loop in loops for e in loop.errors] == []
     wait_for(lambda: gone(old), 100, "the old balancer to finish and exit")
+
+
+def test_the_code_fingerprint_covers_every_module_the_balancer_serves_with() -> None:
+    """An upgrade that changed only upstream.py (the response side) left the old balancer
+    serving: the fingerprint named neither it nor stream, wsclose or challenges."""
+    script = "import sys, kiln.local.lbproc; print(' '.join(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    serving = {m for m in loaded if m.startswith("kiln.local.")} - {"kiln.local.procs"}
+    assert serving - set(_MODULES) == set()

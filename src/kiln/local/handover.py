@@ -22,9 +22,12 @@ from typing import Any
 
 from kiln.errors import ProviderError
 
+# The code that serves: a change to any of these replaces a running balancer on upgrade
+# (tests/local/test_lb_survives.py holds every kiln.local module it imports to the list).
 _MODULES = (
     "kiln.errors",
     "kiln.local.affinity",
+    "kiln.local.challenges",
     "kiln.local.front",
     "kiln.local.handover",
     "kiln.local.http1",
@@ -34,7 +37,10 @@ _MODULES = (
     "kiln.local.metrics",
     "kiln.local.proxy",
     "kiln.local.routes",
+    "kiln.local.stream",
     "kiln.local.tls",
+    "kiln.local.upstream",
+    "kiln.local.wsclose",
 )
 MAX_LISTENERS = 64
 Listener = tuple[str, int, int]  # host, port, file descriptor
