@@ -125,6 +125,18 @@ def test_trusted_proxies_are_addresses_or_cidr_blocks() -> None:
     assert parse_config(good).provider.local.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
 
 
+def test_ui_listen_is_a_loopback_address_or_nothing() -> None:
+    assert parse_config(MINIMAL).provider.local.ui_listen is None  # off by default
+    for good in ("127.0.0.1:8700", "127.0.0.2:8700", "[::1]:8700", "localhost:8700"):
+        local = parse_config(MINIMAL + f'[provider.local]\nui_listen = "{good}"\n').provider.local
+        assert local.ui_listen == good
+    for bad in ("0.0.0.0:8700", "10.1.2.3:8700", "[::]:8700", "example.com:8700"):
+        error = _error(MINIMAL + f'[provider.local]\nui_listen = "{bad}"\n')
+        assert f"ui_listen: '{bad}' is not a loopback address" in error, error
+        assert "SSH tunnel" in error
+    assert "is not HOST:PORT" in _error(MINIMAL + '[provider.local]\nui_listen = "8700"\n')
+
+
 def test_hosts_are_host_names() -> None:
     local = '[provider.local]\nhosts = ["Shop.Example.com.", "*.shop.example.com"]\n'
     hosts = parse_config(MINIMAL + local).provider.local.hosts

@@ -507,6 +507,23 @@ class LocalSettings(Section):
         description="Time an instance has to start its response once the request is sent; "
         "then 504.",
     )
+    ui_listen: str | None = Field(
+        default=None,
+        description="A loopback address (e.g. '127.0.0.1:8700') where the agent serves this "
+        "fleet's `kiln ui` page for as long as it runs, behind a token only you can read; "
+        "`kiln ui` opens it. Followed at the next deploy. Never on the fleet's listener.",
+    )
+
+    @field_validator("ui_listen")
+    @classmethod
+    def _ui_listen_is_loopback(cls, value: str | None) -> str | None:
+        if value is not None:
+            from kiln.ui.loopback import HINT, problem
+
+            wrong = problem(value)
+            if wrong is not None:
+                raise ValueError(f"{wrong} ({HINT})")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -189,6 +189,11 @@ class Platform(Protocol):
         oldest first; None where nothing is stored (the page then samples ``counters``)."""
         ...
 
+    def served_page(self) -> str | None:
+        """The URL (with its token) where something long-lived already serves this fleet's
+        page (the local agent, with ``ui_listen``), or None: ``kiln ui`` serves it itself."""
+        ...
+
     def destroy(
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
     ) -> Report:
@@ -230,6 +235,9 @@ class PlatformBase:
         return self._config()
 
     def traffic(self, since: float) -> list[list[float]] | None:
+        return None
+
+    def served_page(self) -> str | None:
         return None
 
     def require(self, capability: Capability, what: str) -> None:

@@ -42,6 +42,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("docs/ui.md", "kiln ui"): "serves until Ctrl-C: tests/ui/test_ui_browser.py runs it",
     ("docs/ui.md", "kiln ui --provider aws"): "serves until Ctrl-C; the AWS read path is the "
     "same platform status/history that tests/aws_deploy exercises",
+    ("docs/ui.md", "kiln ui --open"): "opens a browser: tests/ui/test_agent_page.py runs "
+    "kiln ui --json against the agent's page and opens its address in headless Chromium",
+    ("docs/ui.md", "kiln ui --json"): "needs a deployed fleet with ui_listen: "
+    "tests/ui/test_agent_page.py runs it",
     (
         "docs/ci.md",
         'git add .github/workflows/deploy.yml && git commit -m "Deploy with kiln" && git push',

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from kiln.deploy.journal import Journal
 from kiln.deploy.lock import read_holder
 from kiln.deploy.state import StateDb
-from kiln.providers.protocol import Instance, Provider
+from kiln.providers.protocol import FleetState, Instance
+
+
+class Describes(Protocol):
+    """All status needs of a provider: a read-only view suffices (the agent's page)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def describe(self, fleet: str) -> FleetState: ...
 
 
 def fleet_status(
-    provider: Provider,
+    provider: Describes,
     db: StateDb,
     fleet: str,
     configured_size: int,

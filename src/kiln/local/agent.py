@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -99,7 +100,10 @@ async def _serve(home: Home, ready: Ready | None) -> None:
     await supervisor.restore()
     stop = asyncio.Event()
     watchdog = LoopWatchdog()
-    app = make_app(supervisor, stop, watchdog)
+    from kiln.local.uipages import FleetPages  # it reads through the client, which imports us
+
+    pages = FleetPages(home, lambda: {n: f.settings for n, f in supervisor.fleets.items()})
+    app = make_app(supervisor, stop, watchdog, pages)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     old_umask = os.umask(0o177)  # the socket is born private: no window where others connect
@@ -108,12 +112,14 @@ async def _serve(home: Home, ready: Ready | None) -> None:
     finally:
         os.umask(old_umask)
     home.agent_socket.chmod(0o600)
+    await pages.tick()  # the restored fleets' ui_listen pages are open once we say ready
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     healer = asyncio.create_task(supervisor.run())
     pusher = asyncio.create_task(supervisor.lb.run())
     watching = asyncio.create_task(watchdog.run())
+    showing = asyncio.create_task(pages.run())
     log.info("agent %s serving %s", os.getpid(), home.agent_socket)
     if ready is not None:
         ready(None)
@@ -123,6 +129,10 @@ async def _serve(home: Home, ready: Ready | None) -> None:
         healer.cancel()
         pusher.cancel()
         watching.cancel()
+        showing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await showing
+        await pages.close()
         await supervisor.shutdown(stop_instances=app[STOP_INSTANCES][0])
         await runner.cleanup()
         db.close()

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -24,6 +24,9 @@ from kiln.local.model import FleetSettings
 from kiln.local.supervisor import Supervisor
 from kiln.local.watchdog import LoopWatchdog
 
+if TYPE_CHECKING:
+    from kiln.local.uipages import FleetPages  # it talks to the agent through the client
+
 log = logging.getLogger("kiln.agent")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
@@ -31,6 +34,7 @@ STOP = web.AppKey("stop", asyncio.Event)
 STARTED = web.AppKey("started", float)
 STOP_INSTANCES = web.AppKey("stop_instances", list)
 WATCHDOG = web.AppKey("watchdog", LoopWatchdog)
+PAGES: web.AppKey[FleetPages] = web.AppKey("pages")
 
 
 @web.middleware
@@ -57,7 +61,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def make_app(
-    supervisor: Supervisor, stop: asyncio.Event, watchdog: LoopWatchdog | None = None
+    supervisor: Supervisor,
+    stop: asyncio.Event,
+    watchdog: LoopWatchdog | None = None,
+    pages: FleetPages | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors])
     app[WATCHDOG] = watchdog or LoopWatchdog()
@@ -76,6 +83,10 @@ def make_app(
     app.router.add_get("/v1/instances/{instance}", instance)
     app.router.add_post("/v1/shutdown", shutdown)
     app.router.add_get("/metrics", metrics)
+    if pages is not None:  # the kiln ui page, read-only: /ui/<fleet>/ (kiln.local.uipages)
+        app[PAGES] = pages
+        pages.add_to(app)
+        app.router.add_get("/v1/ui", ui_pages)
     return app
 
 
@@ -179,6 +190,13 @@ async def instance(request: web.Request) -> web.Response:
         problem = "no instance" if not matches else f"{len(matches)} instances match"
         raise InstanceNotFound(f"{problem} {wanted}", hint="see 'kiln status'")
     return web.json_response(matches[0].public())
+
+
+async def ui_pages(request: web.Request) -> web.Response:
+    """Where each fleet's page is served on loopback, with the token to open it."""
+    pages = request.app[PAGES]
+    await pages.tick()  # settings pushed a moment ago are listened on now, not in a second
+    return web.json_response(pages.describe())
 
 
 async def shutdown(request: web.Request) -> web.Response:

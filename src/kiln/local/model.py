@@ -53,6 +53,15 @@ class FleetSettings:
     acme: dict[str, Any] | None = None
     # [fleet] sticky = "cookie": {"max_age": seconds or None}; None when off
     sticky: dict[str, Any] | None = None
+    ui_listen: str | None = None  # [provider.local] ui_listen: the page, on loopback only
+    app: str | None = None  # [app] name: the images the page lists (None: the fleet's name)
+    max_image_age: float | None = None  # [fleet] max_image_age: the page's warning
+
+    def __post_init__(self) -> None:
+        if self.ui_listen is not None:  # the agent refuses what kiln.toml would have
+            from kiln.ui.loopback import parse_loopback
+
+            parse_loopback(self.ui_listen, "ui_listen")
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig) -> FleetSettings:
@@ -77,6 +86,9 @@ class FleetSettings:
             tls_key=str((loaded.root / local.tls_key).absolute()) if local.tls_key else None,
             acme=_acme(loaded.root, local.acme) if local.acme else None,
             sticky=_sticky(cfg.fleet.sticky, cfg.fleet.sticky_duration),
+            ui_listen=local.ui_listen,
+            app=cfg.app.name,
+            max_image_age=cfg.fleet.max_image_age,
         )
 
     @classmethod

@@ -7,9 +7,9 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from kiln.durations import format_duration, format_size, format_time
-from kiln.errors import ConfigError, FleetNotFound, ImageNotFound, KilnError
-from kiln.image.store import Store, short_code
+from kiln.durations import format_duration, format_size
+from kiln.errors import ConfigError, FleetNotFound, ImageNotFound, ProviderError
+from kiln.image.store import Store
 from kiln.platform import (
     DRIFT_FOUND,
     Capability,
@@ -18,14 +18,14 @@ from kiln.platform import (
     Platform,
     PlatformBase,
     Report,
-    image_ages,
 )
 
 if TYPE_CHECKING:
     from kiln.deploy import Engine
     from kiln.image.drift import InstanceDrift
     from kiln.image.result import BakeProgress, BakeResult
-    from kiln.providers.protocol import Instance, Provider
+    from kiln.local.pagesource import FleetPage
+    from kiln.providers.protocol import Provider
 
 
 class LocalPlatform(PlatformBase):
@@ -93,29 +93,9 @@ class LocalPlatform(PlatformBase):
         )
 
     def images(self, app: str | None) -> Report:
-        records = Store(self.home).list_images(app)
-        now = time.time()
-        rows = []
-        for r in records:
-            commit = (r.meta.get("commit") or "-")[:10] + ("+dirty" if r.meta.get("dirty") else "")
-            rows.append(
-                (
-                    r.id,
-                    short_code(r.manifest.code_digest),
-                    r.app,
-                    format_time(r.created),
-                    format_duration(max(0.0, now - r.created)),
-                    format_size(r.manifest.size),
-                    str(len(r.manifest.files)),
-                    commit,
-                )
-            )
-        return Report(
-            [{**r.summary(), "age": round(max(0.0, now - r.created), 1)} for r in records],
-            columns=("IMAGE", "CODE", "APP", "CREATED", "AGE", "SIZE", "FILES", "COMMIT"),
-            rows=tuple(rows),
-            empty="no images yet: run 'kiln bake' in your app's directory",
-        )
+        from kiln.local.pagesource import image_report
+
+        return image_report(self.home, app)
 
     def code_of(self, image: str) -> str | None:
         try:
@@ -183,30 +163,24 @@ class LocalPlatform(PlatformBase):
         with scratch_instance(self.home, record.id, secrets, "run") as (where, _manifest, env):
             return run_attached(argv, where, env)
 
-    def status(self) -> dict[str, Any]:
-        from kiln.deploy.status import fleet_status
+    def page(self) -> FleetPage:
+        """This fleet as status and the page read it, with what kiln.toml says."""
+        from kiln.deploy import Settings
+        from kiln.local.pagesource import FleetPage
+        from kiln.local.provider import LocalProvider
 
-        engine = self.engine()
-        now = time.time()
-        data = fleet_status(
-            engine.provider,
-            engine.db,
-            engine.fleet,
-            engine.settings.size,
-            now,
-            annotate=lambda i: {"stale": _stale(i)},
+        config = self.loaded.config
+        return FleetPage(
+            self.home,
+            config.fleet_name,
+            LocalProvider(self.home, self.loaded),
+            size=Settings.from_config(config).size,
+            max_image_age=config.fleet.max_image_age,
+            acme=config.provider.local.acme is not None,
         )
-        if self.loaded.config.provider.local.acme is not None:
-            from kiln.local.acme import CertDir
 
-            data["certificate"] = CertDir(self.home, engine.fleet).status()
-        age = None
-        if data.get("current_image"):
-            try:
-                age = max(0.0, now - Store(self.home).get(data["current_image"]).created)
-            except KilnError:
-                age = None  # pruned or unreadable: no age to show
-        return {**data, **image_ages(age, None, self.loaded.config.fleet.max_image_age)}
+    def status(self) -> dict[str, Any]:
+        return self.page().status()
 
     def packages(self, ref: str, match: str | None) -> Report:
         self.require(Capability.PACKAGES, "kiln image packages")
@@ -222,9 +196,10 @@ class LocalPlatform(PlatformBase):
         self, *, reason: str | None, wait: float | None, on_event: OnEvent | None
     ) -> Report:
         from kiln.deploy.journal import DeploymentKind
+        from kiln.local.pagesource import stale as replaced
 
         fleet = self.provider().describe(self.loaded.config.fleet_name)
-        stale = {i.id: files for i in fleet.live() if (files := _stale(i))}
+        stale = {i.id: files for i in fleet.live() if (files := replaced(i))}
         if not stale:
             line = f"nothing to refresh: no instance of {fleet.name} runs a replaced host file"
             return Report({"fleet": fleet.name, "stale": {}, "replaced": None}, lines=(line,))
@@ -252,22 +227,37 @@ class LocalPlatform(PlatformBase):
         return [e.to_json() for e in Journal(db).history(fleet, limit)]
 
     def timeline(self, limit: int) -> list[dict[str, Any]]:
-        from kiln.deploy import StateDb
-        from kiln.deploy.journal import Journal
-        from kiln.ui.timeline import deployment_timeline
-
-        journal = Journal(StateDb(self.home.state_db))
-        fleet = self.loaded.config.fleet_name
-        return [deployment_timeline(journal, d) for d in journal.history(fleet, limit)]
+        return self.page().timeline(limit)
 
     def counters(self) -> dict[str, tuple[int, int]]:
-        stats = self.provider().stats(self.loaded.config.fleet_name)
-        return {i: (s.requests, s.errors) for i, s in stats.items()}
+        return self.page().counters()
 
     def traffic(self, since: float) -> list[list[float]] | None:
-        from kiln.local.provider import LocalProvider
+        return self.page().traffic(since)
 
-        return LocalProvider(self.home, self.loaded).traffic(self.loaded.config.fleet_name, since)
+    def served_page(self) -> str | None:
+        """The agent's page on [provider.local] ui_listen; it opens it at the next deploy."""
+        listen = self.loaded.config.provider.local.ui_listen
+        if listen is None:
+            return None
+        from kiln.local.client import ensure_agent
+        from kiln.ui.loopback import origin, parse_loopback
+
+        fleet = self.loaded.config.fleet_name
+        where = ensure_agent(self.home).get("/v1/ui")["listening"]
+        served = where.get(origin(*parse_loopback(listen, "ui_listen")))
+        if served is not None and fleet in served["urls"]:
+            url: str = served["urls"][fleet]
+            return url
+        if served is not None and fleet in served["fleets"]:
+            raise ProviderError(
+                f"the agent cannot serve fleet {fleet}'s page: {served['error']}",
+                hint="free that port or pick another ui_listen, then 'kiln deploy'",
+            )
+        raise ProviderError(
+            f"the agent does not serve fleet {fleet}'s page on {listen} yet",
+            hint="[provider.local] ui_listen takes effect at the fleet's next 'kiln deploy'",
+        )
 
     def drift(self, *, replace: bool, reason: str | None, on_event: OnEvent | None) -> Report:
         from kiln.deploy.journal import DeploymentKind
@@ -359,11 +349,3 @@ def _drift_lines(report: list[InstanceDrift]) -> tuple[str, ...]:
         if len(item.changes) > 20:
             lines.append(f"           ... and {len(item.changes) - 20} more")
     return tuple(lines)
-
-
-def _stale(instance: Instance) -> list[str]:
-    """Host files a live instance's process maps that were replaced since it started."""
-    from kiln.local.stale import replaced_files
-
-    pid = instance.details.get("pid")
-    return replaced_files(int(pid)) if pid and instance.live else []

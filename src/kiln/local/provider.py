@@ -30,17 +30,15 @@ from kiln.providers.protocol import (
 _DETAILS = ("pid", "port", "dir", "log", "times", "reason", "replaces", "replaced_by")
 
 
-class LocalProvider:
-    """Fleets run by the agent on this host; it is started on first use."""
+class AgentReads:
+    """What the agent says of its fleets, read-only: the provider's reads, and what the
+    agent's own page (kiln.local.uipages) reads of it, so both see one answer."""
 
     name = "local"
 
-    def __init__(self, home: Home, loaded: LoadedConfig) -> None:
+    def __init__(self, home: Home, client: AgentClient | None = None) -> None:
         self.home = home
-        self.loaded = loaded
-        self.settings = FleetSettings.from_config(loaded)
-        self.store = Store(home)
-        self._client: AgentClient | None = None
+        self._client = client
 
     @property
     def agent(self) -> AgentClient:
@@ -59,6 +57,32 @@ class LocalProvider:
             groups=data["groups"],
             instances=tuple(_instance(raw) for raw in data["instances"]),
         )
+
+    def traffic(self, fleet: str, since: float) -> list[list[float]]:
+        """What the agent recorded of the fleet's traffic (kiln.local.series)."""
+        rows: list[list[float]] = self.agent.get(self._path(fleet, f"/series?since={since:.3f}"))
+        return rows
+
+    def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
+        data = self.agent.get(self._path(fleet, "/stats"))
+        return {
+            i: InstanceStats(
+                requests=int(c["requests"]),
+                errors=int(c["errors_5xx"]) + int(c["failures"]),
+                p99_seconds=c["p99_seconds"],
+            )
+            for i, c in data.items()
+        }
+
+
+class LocalProvider(AgentReads):
+    """Fleets run by the agent on this host; it is started on first use."""
+
+    def __init__(self, home: Home, loaded: LoadedConfig) -> None:
+        super().__init__(home)
+        self.loaded = loaded
+        self.settings = FleetSettings.from_config(loaded)
+        self.store = Store(home)
 
     def launch(self, fleet: str, image: str, count: int, *, in_service: bool = True) -> list[str]:
         record = self.store.get(image)  # a clear ImageNotFound before anything starts
@@ -109,22 +133,6 @@ class LocalProvider:
 
     def log_tail(self, instance: str, lines: int = 20) -> str:
         return log_tail(instance_log(self.home, instance), lines)
-
-    def traffic(self, fleet: str, since: float) -> list[list[float]]:
-        """What the agent recorded of the fleet's traffic (kiln.local.series)."""
-        rows: list[list[float]] = self.agent.get(self._path(fleet, f"/series?since={since:.3f}"))
-        return rows
-
-    def stats(self, fleet: str) -> Mapping[str, InstanceStats]:
-        data = self.agent.get(self._path(fleet, "/stats"))
-        return {
-            i: InstanceStats(
-                requests=int(c["requests"]),
-                errors=int(c["errors_5xx"]) + int(c["failures"]),
-                p99_seconds=c["p99_seconds"],
-            )
-            for i, c in data.items()
-        }
 
 
 def instance_log(home: Home, instance: str) -> Path:

@@ -4,7 +4,8 @@ It serves on a loopback address only, never on a fleet's listener, and
 answers only a browser that presents the token printed by ``kiln ui`` (in the
 first URL, then as an HttpOnly, SameSite=Strict cookie) with a Host header
 naming that loopback address, so neither another user on the host nor a
-web page the user visits (DNS rebinding) can read it.
+web page the user visits (DNS rebinding) can read it. The local agent serves
+the same page through the same routes and guard (:mod:`kiln.local.uipages`).
 
 Once a second it reads the platform (status, the deployment timeline, the
 load balancer's counters; images every ten seconds) in a thread, so a slow
@@ -29,18 +30,36 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from kiln.errors import KilnError
-from kiln.platform import Platform
+from kiln.platform import Report
+from kiln.ui.loopback import HINT, browser_hosts, is_loopback, origin
 
 COOKIE = "kiln_ui"
 SERIES_SECONDS = 900  # the sparkline's memory when the page samples: fifteen minutes
 STORED_SECONDS = 3600  # the sparkline's window over stored traffic: an hour
 TIMELINE_LIMIT = 30
 IMAGES_EVERY = 10.0
+
+
+class PageSource(Protocol):
+    """What the page reads: a platform, or the local agent's view of one of its fleets."""
+
+    @property
+    def name(self) -> str: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def timeline(self, limit: int) -> list[dict[str, Any]]: ...
+
+    def counters(self) -> dict[str, tuple[int, int]]: ...
+
+    def traffic(self, since: float) -> list[list[float]] | None: ...
+
+    def images(self, app: str | None) -> Report: ...
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,7 @@ class Snapshot:
 class Collector:
     """Reads the platform in a thread, once a second, and keeps the latest snapshot."""
 
-    def __init__(self, platform: Platform, app: str, interval: float = 1.0) -> None:
+    def __init__(self, platform: PageSource, app: str, interval: float = 1.0) -> None:
         self.platform = platform
         self.app = app
         self.interval = interval
@@ -75,6 +94,9 @@ class Collector:
         self._counted_at: float | None = None
         self._images: list[dict[str, Any]] = []
         self._images_at = 0.0
+        self.asked = time.monotonic()  # when a page last asked: the agent stops idle ones
+        self.watching = 0  # open event streams
+        self.closed = False  # ends every stream, so a server's shutdown never waits on one
 
     async def run(self) -> None:
         while True:
@@ -83,6 +105,17 @@ class Collector:
                 self.snapshot = Snapshot(self.snapshot.version + 1, data)
                 self.changed.notify_all()
             await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        async with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    async def first(self, timeout: float = 15.0) -> None:
+        """Wait (a while) for the first look, so a page never starts from nothing."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self.changed:
+                await self.changed.wait_for(lambda: self.snapshot.version > 0 or self.closed)
 
     def read(self) -> dict[str, Any]:
         """One look at the platform; a failure is shown on the page, not raised."""
@@ -171,14 +204,14 @@ _SECURITY_HEADERS = {
 }
 
 
-def make_app(collector: Collector, token: str, host: str, port: int) -> web.Application:
-    allowed_hosts = {f"{host}:{port}", f"localhost:{port}"}
+def guard(token: str, hosts: frozenset[str]) -> Any:
+    """Refuse a request without the token (query, then cookie) or naming another Host."""
 
     @web.middleware
-    async def guard(
+    async def check(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.host not in allowed_hosts:
+        if request.host not in hosts:
             return web.Response(status=421, text="misdirected request\n")
         given = request.query.get("token") or request.cookies.get(COOKIE, "")
         if not hmac.compare_digest(given.encode(), token.encode()):
@@ -186,40 +219,74 @@ def make_app(collector: Collector, token: str, host: str, port: int) -> web.Appl
                 status=403, text="open the address kiln ui printed (it carries the token)\n"
             )
         response = await handler(request)
-        response.headers.update(_SECURITY_HEADERS)
         if request.query.get("token"):
             response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
         return response
 
+    return check
+
+
+def add_page(
+    router: web.UrlDispatcher, prefix: str, collector_for: Callable[[web.Request], Collector]
+) -> None:
+    """The page's routes under ``prefix`` ('' or e.g. '/ui/{fleet}'); its URLs are relative."""
+
     async def static(request: web.Request) -> web.Response:
+        collector_for(request)  # an unknown fleet is a 404 before any file
         name = request.match_info.get("name") or "index.html"
         suffix = name[name.rfind(".") :]
         if name not in ("index.html", "ui.js", "ui.css"):
             raise web.HTTPNotFound()
-        return web.Response(body=_static(name), content_type=_TYPES[suffix], charset="utf-8")
+        return web.Response(
+            body=_static(name),
+            content_type=_TYPES[suffix],
+            charset="utf-8",
+            headers=_SECURITY_HEADERS,
+        )
 
     async def state(request: web.Request) -> web.Response:
-        return web.json_response(collector.snapshot.data, dumps=_dumps)
+        collector = collector_for(request)
+        await collector.first()
+        return web.json_response(collector.snapshot.data, dumps=_dumps, headers=_SECURITY_HEADERS)
 
     async def events(request: web.Request) -> web.StreamResponse:
+        collector = collector_for(request)
         response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+            headers={**_SECURITY_HEADERS, "Content-Type": "text/event-stream"}
         )
         await response.prepare(request)
         seen = -1
-        while True:
-            async with collector.changed:
-                while collector.snapshot.version == seen:
-                    await collector.changed.wait()
-                snapshot = collector.snapshot
-            seen = snapshot.version
-            await response.write(f"data: {_dumps(snapshot.data)}\n\n".encode())
+        collector.watching += 1
+        try:
+            while True:
+                async with collector.changed:
+                    while collector.snapshot.version == seen and not collector.closed:
+                        await collector.changed.wait()
+                    snapshot = collector.snapshot
+                if collector.closed:
+                    return response
+                seen = snapshot.version
+                await response.write(f"data: {_dumps(snapshot.data)}\n\n".encode())
+        finally:
+            collector.watching -= 1
+            collector.asked = time.monotonic()
 
-    app = web.Application(middlewares=[guard])
-    app.router.add_get("/", static)
-    app.router.add_get("/static/{name}", static)
-    app.router.add_get("/api/state", state)
-    app.router.add_get("/events", events)
+    async def slash(request: web.Request) -> web.Response:
+        collector_for(request)
+        target = request.rel_url.with_path(request.path + "/")
+        raise web.HTTPFound(target.with_query(request.rel_url.query))
+
+    if prefix:
+        router.add_get(prefix, slash)
+    router.add_get(f"{prefix}/", static)
+    router.add_get(f"{prefix}/static/{{name}}", static)
+    router.add_get(f"{prefix}/api/state", state)
+    router.add_get(f"{prefix}/events", events)
+
+
+def make_app(collector: Collector, token: str, host: str, port: int) -> web.Application:
+    app = web.Application(middlewares=[guard(token, browser_hosts(host, port))])
+    add_page(app.router, "", lambda request: collector)
     return app
 
 
@@ -239,14 +306,12 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve(
-    platform: Platform, app_name: str, *, host: str = "127.0.0.1", port: int = 0
+    platform: PageSource, app_name: str, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[Served]:
     """Serve the page until the block ends; ``port=0`` picks a free port."""
-    if not host.startswith("127.") and host not in ("::1", "localhost"):
-        raise KilnError(
-            f"kiln ui serves on a loopback address only, not {host}",
-            hint="use 127.0.0.1 and an SSH tunnel to look from elsewhere",
-        )
+    host = host.strip("[]")
+    if not is_loopback(host):
+        raise KilnError(f"kiln ui serves on a loopback address only, not {host}", hint=HINT)
     token = secrets.token_urlsafe(24)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
@@ -264,8 +329,9 @@ async def serve(
     try:
         await runner.setup()
         await web.SockSite(runner, sock).start()
-        yield Served(f"http://{host}:{bound}/?token={token}", host, bound, token)
+        yield Served(f"http://{origin(host, bound)}/?token={token}", host, bound, token)
     finally:
+        await collector.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -1,4 +1,4 @@
-// kiln ui: renders /api/state, then every server-sent update. No framework:
+// kiln ui: renders api/state, then every server-sent update. No framework:
 // one render path for the first paint and for live updates; every value goes
 // into the page as text (textContent), never as markup.
 "use strict";
@@ -182,13 +182,13 @@ function render(data) {
 }
 
 function connect() {
-  const source = new EventSource("/events");
+  const source = new EventSource("events");
   source.onopen = () => { $("connection").textContent = "live"; };
   source.onmessage = (event) => render(JSON.parse(event.data));
   source.onerror = () => { $("connection").textContent = "reconnecting…"; };
 }
 
-fetch("/api/state", { credentials: "same-origin" })
+fetch("api/state", { credentials: "same-origin" })
   .then((r) => r.json())
   .then(render)
   .finally(connect);
