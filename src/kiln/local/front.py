@@ -31,7 +31,8 @@ class Front(Balancer):
     def _fast(self, head: Request, client: Client) -> bool:
         if self.acme is not None and self.acme.claims(head):
             return False  # answered in _serve
-        target = self.routes.pick(head.host)
+        routes = self.routes
+        target = routes.default if routes.single else routes.pick(head.host)
         return target is not None and target._fast(head, client)
 
     async def _serve(self, head: Request, client: Client) -> bool:

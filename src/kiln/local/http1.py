@@ -348,7 +348,9 @@ def make_request(method: bytes, target: bytes, version: str, f: Fields) -> Reque
     if not _ORIGIN.fullmatch(target):
         target, host = _normalise_target(method, target, host)
     if not f.rare:  # no field beyond the common ones: no coding, Connection or Upgrade
-        return Request(method, target, ver, host, keep, False, f.length, _closes(ver, f.connection))
+        connection = f.connection
+        close = ver == b"1.0" if connection is None else _closes(ver, connection)
+        return Request(method, target, ver, host, keep, False, f.length, close)
     chunked = f.coding is not None
     if chunked and ver == b"1.0":  # RFC 9112 6.1: framing is faulty
         raise BadMessage("Transfer-Encoding in an HTTP/1.0 request")
@@ -424,7 +426,9 @@ def make_response(status: int, reason: bytes, version: str, f: Fields) -> Respon
         raise BadMessage(f"instance answered a bad status line ({status})", 502)
     keep = f.end_head()
     if not f.rare:
-        return Response(status, reason, ver, keep, False, f.length, _closes(ver, f.connection))
+        connection = f.connection
+        close = ver == b"1.0" if connection is None else _closes(ver, connection)
+        return Response(status, reason, ver, keep, False, f.length, close)
     upgrade = f.upgrade if status == 101 else None
     if status == 101 and (upgrade is None or not _UPGRADE.fullmatch(upgrade)):
         raise BadMessage("instance switched protocols without a valid Upgrade", 502)

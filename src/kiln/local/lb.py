@@ -174,13 +174,12 @@ class Balancer:
         n = len(routable)
         if not n:
             return None
-        self._rr = start = self._rr + 1
+        self._rr = start = (self._rr + 1) % n
         round_robin = self.policy == "round-robin"
         best: Backend | None = None
         best_load = 0
         suspect: Backend | None = None
-        for k in range(start, start + n):
-            backend = routable[k % n]
+        for backend in routable[start:] + routable[:start] if start else routable:
             if tried and backend.id in tried:
                 continue
             if backend.down_until:
@@ -282,8 +281,9 @@ class Balancer:
         is served by a task.
         """
         messages = client.messages
+        events = messages.events
         while not client.busy:
-            event = messages.take()
+            event = events.popleft() if events else None
             if event is None:
                 if client.closed:
                     return
@@ -356,7 +356,7 @@ class Balancer:
         else:
             request = request_head(head, client.forwarding(head))
         events.popleft()  # the end
-        if not events:
+        if not events and client.read_paused:
             client.resume()
         backend.outstanding += 1
         upstream.begin(self, client, head, started)

@@ -180,11 +180,12 @@ class Client(Stream):
         if self.write_paused:  # answers pile up unread: wait for the client to read them
             self.set(SENDING)
             return
-        self.set(IDLE)
+        self.phase = IDLE
+        self.since = time.monotonic()
         messages = self.messages
         if messages.events or messages.error is not None:
             self.listener.pump(self)  # the next request is here already
-        else:
+        elif self.read_paused:
             self.resume()
 
     def set(self, phase: int) -> None:

@@ -46,6 +46,7 @@ class Routes(Generic[T]):
         self.wildcard: dict[str, T] = {}  # ".example.com" -> target
         self.default: T | None = None
         self.owners: dict[str, str] = {}  # claimed name ("" for every other) -> fleet
+        self.single = False  # one fleet answers every Host: ``default``, without a look
 
     def claim(self, fleet: str, hosts: Iterable[str], target: T) -> str | None:
         """Add a fleet's claims; the conflict, said for people, if any (nothing added then)."""
@@ -65,6 +66,7 @@ class Routes(Generic[T]):
         if not names:
             self.owners[""] = fleet
             self.default = target
+        self.single = self.default is not None and len(self.owners) == 1
         return None
 
     def pick(self, host: bytes | str | None) -> T | None:

@@ -141,7 +141,8 @@ class Upstream(Stream):
         """The request is sent: the response head is due by ``deadline``."""
         assert self.balancer is not None
         self.balancer.waiting[self] = deadline
-        self.resume()
+        if self.read_paused:
+            self.resume()
 
     def hold(self) -> None:
         """Read nothing until the request is sent (its body streams first)."""
@@ -178,17 +179,28 @@ class Upstream(Stream):
         balancer = self.balancer
         client = self.client
         assert balancer is not None and client is not None
-        balancer.waiting.pop(self, None)
+        if error is not None or not self.final:  # a final head took its deadline off
+            balancer.waiting.pop(self, None)
         self.client = None
         if client.sending is self:
             client.sending = None
         if error is not None:
             self.spent = True
             self.close()
-        else:
+        elif not self.switched:
+            # answered: counted, and the connection kept for the next request if it can be
             self.request = b""  # kept for a retry only: a pooled connection holds no body
-            if not self.switched:
-                self._answered(balancer)
+            resp = self.resp
+            assert resp is not None
+            backend = self.backend
+            elapsed = time.monotonic() - self.started
+            backend.counters.record_with(balancer.totals, resp.status, elapsed)
+            idle = backend.idle
+            if self.reusable and backend.routable and len(idle) < POOL_SIZE and self.usable():
+                idle.append(self)
+            else:
+                self.spent = True
+                self.close()
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
@@ -196,19 +208,6 @@ class Upstream(Stream):
                 waiter.set_result(error)
         else:
             balancer.fast_end(self, client, error)
-
-    def _answered(self, balancer: Balancer) -> None:
-        """Count the answer, and keep the connection for the next request if it can be."""
-        resp = self.resp
-        assert resp is not None
-        backend = self.backend
-        backend.counters.record_with(balancer.totals, resp.status, time.monotonic() - self.started)
-        idle = backend.idle
-        if self.reusable and backend.routable and len(idle) < POOL_SIZE and self.usable():
-            idle.append(self)
-        else:
-            self.spent = True
-            self.close()
 
     # protocol callbacks ---------------------------------------------------
 
