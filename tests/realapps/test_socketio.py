@@ -21,15 +21,18 @@ from typing import Any
 from realkit import deploy, free_port, get, npm_tools, review
 
 from kilntest import Kiln
+from ui.webdriver import Browser, available
 
 N = 10
 SERVER = """\
+const PAGE = `PAGE_HTML`;
 const express = require('express');
 const http = require('http');
 const { Server } = require('socket.io');
 const app = express();
 app.get('/healthz', (req, res) => res.send('ok'));
 app.get('/', (req, res) => res.send('VERSION'));
+app.get('/page', (req, res) => res.type('html').send(PAGE));
 const server = http.createServer(app);
 const io = new Server(server);
 io.on('connection', (s) => {
@@ -37,6 +40,19 @@ io.on('connection', (s) => {
 });
 server.listen(process.env.PORT, process.env.HOST);
 """
+
+# A browser page: five sockets of its own (forceNew), polling first, as a browser keeps cookies.
+PAGE = """<script src="/socket.io/socket.io.js"></script><script>
+window.seen = [];
+for (let i = 0; i < 5; i++) {
+  const s = io({ forceNew: true, reconnection: false });
+  const first = () => s.io.engine.transport.name;
+  let began = null;
+  s.io.once('open', () => { began = first(); });
+  s.on('connect', () => s.emit('whoami', (id) => window.seen.push([id, began])));
+  s.on('connect_error', (e) => window.seen.push(['error', e.message]));
+}
+</script>"""
 
 # N clients, polling first; "ready" once all are connected, then each asks who serves it
 # every 200 ms until the stop file appears, and a summary once all are connected again.
@@ -100,7 +116,8 @@ def test_socketio_clients_connect_and_survive_a_rolling_deploy(tmp_path: Path) -
         "dependencies": {"express": "4.22.3", "socket.io": "4.8.4"},
     }
     (app / "package.json").write_text(json.dumps(package, indent=2))
-    (app / "server.js").write_text(SERVER.replace("VERSION", "v1"))
+    server = SERVER.replace("PAGE_HTML", PAGE)
+    (app / "server.js").write_text(server.replace("VERSION", "v1"))
     client = tmp_path / "client.js"
     client.write_text(CLIENT)
     env = {**os.environ, "NODE_PATH": str(npm_tools("socket.io-client@4.8.4"))}
@@ -131,7 +148,7 @@ def test_socketio_clients_connect_and_survive_a_rolling_deploy(tmp_path: Path) -
             first = json.loads(proc.stdout.readline())
             assert first["ready"] and first["errors"] == [], first  # N/N connected
             assert set(first["before"]) == old  # balanced over both instances, then pinned
-            (app / "server.js").write_text(SERVER.replace("VERSION", "v2"))
+            (app / "server.js").write_text(server.replace("VERSION", "v2"))
             started = time.monotonic()
             second = deploy(kiln)
             rolled = time.monotonic() - started
@@ -150,3 +167,10 @@ def test_socketio_clients_connect_and_survive_a_rolling_deploy(tmp_path: Path) -
     assert summary["lostAcks"] == 0, summary  # nothing lost on a connection that stayed up
     assert set(summary["after"]) <= new, summary  # every client moved to the new instances
     assert summary["disconnects"] >= N  # each left an old instance once, by reconnecting
+    if available():  # a real browser: it keeps the cookie itself, and scripts cannot read it
+        with Browser(tmp_path / "chromium") as browser:
+            browser.go(f"{url}/page")
+            browser.wait_for("return window.seen.length === 5", 60, "5 sockets answering")
+            seen = browser.js("return window.seen")
+            assert all(began == "polling" and id_ in new for id_, began in seen), seen
+            assert "kiln_" not in browser.js("return document.cookie")  # HttpOnly
