@@ -9,6 +9,7 @@ the promotion makes is recorded and must be in the policy's promote statements.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,13 @@ from typing import Any
 import boto3
 import pytest
 
+import kiln.aws.ami
+import kiln.aws.boottest
+from aws.awsservers import SshServer
 from aws_deploy.awsworld import World, build_world
 from kiln.aws import platform as aws_platform
 from kiln.aws.ami import env_digest
+from kiln.aws.builder import Builder
 from kiln.aws.deployments import open_deployments
 from kiln.aws.iam import create_deploy_user
 from kiln.aws.images import CODE_TAG, ENV_TAG, RECIPE_TAG, Ami
@@ -32,8 +37,11 @@ from kiln.aws.policy import (
     options,
     policy_document,
 )
-from kiln.aws.promote import check_shareable
+from kiln.aws.promote import check_shareable, promote_ami
+from kiln.aws.relayer import PROMOTED_FROM_TAG, SOURCE_AMI_TAG, derived_image
 from kiln.aws.session import Aws, connect
+from kiln.aws.ssh import SshTarget
+from kiln.aws.targets import probe
 from kiln.config import AwsSettings, LoadedConfig, load_config
 from kiln.errors import AwsError, PromotionRefused
 from kiln.home import Home
@@ -223,7 +231,7 @@ def test_another_region_gets_a_copy_through_its_own_profile(
     assert listed[0]["code_digest"] == CODE
 
 
-def test_an_env_layer_that_differs_is_refused_on_aws(
+def test_a_recipe_that_differs_is_refused_on_aws(
     world: World,
     home: Home,
     tmp_path: Path,
@@ -239,11 +247,24 @@ def test_an_env_layer_that_differs_is_refused_on_aws(
             "kiln-production": ("eu-west-1", *deploy_keys),
         },
     )
-    loaded = _config(world, tmp_path / "app", deploy_moto, "env = { MODE = 'live' }\n")
+    """Another secret source or port changes the unit: that is a bake, not a promotion.
+
+    (A different [env] alone is derived: see the relayer test below.)"""
+    secrets = "env = { MODE = 'live' }\nsecrets = { STRIPE = 'env:STRIPE_LIVE' }\n"
+    loaded = _config(world, tmp_path / "app", deploy_moto, secrets)
     _staging_ami(world, loaded)
     staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
-    with pytest.raises(PromotionRefused, match="the target's differs"):
+    with pytest.raises(PromotionRefused, match="another recipe"):
         production.promote_image(IMAGE, staging, lambda _line: None)
+    with pytest.raises(PromotionRefused, match="the target's differs"):  # no relayer: refused
+        promote_ami(
+            connect(staging.settings()),
+            connect(production.settings()),
+            IMAGE,
+            env={"MODE": "live"},
+            recipe=recipe(staging.loaded.config, staging.settings()),
+            timeout=5,
+        )
 
 
 def test_a_missing_profile_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -549,3 +570,104 @@ def test_an_encrypted_ami_goes_to_another_account_only_under_a_key_it_may_use(
     assert "kms:CreateGrant, kms:Decrypt, kms:DescribeKey missing" in str(refused.value)
     with pytest.raises(PromotionRefused, match="does not let account"):
         check_shareable(source, ami(key("arn:aws:iam::999999999999:root")), b)
+
+
+# -- a target whose [env] differs: a derived AMI, only its env file new --------------
+
+
+def test_a_different_env_gets_a_derived_ami_that_only_rewrites_the_env_layer(
+    world: World,
+    home: Home,
+    tmp_path: Path,
+    deploy_moto: str,
+    good_app: str,
+    ssh_server: SshServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through AwsPlatform.promote_image, as 'kiln promote' runs it: builder over SSH
+    (loopback, a scratch root standing in for the promoted AMI's disk), boot test, deploy."""
+    keys = _user(world.admin, f"{world.app}-relayer", ["bake", "deploy", "scaling"])
+    _profiles(
+        tmp_path,
+        monkeypatch,
+        {"kiln-staging": ("eu-west-1", *keys), "kiln-production": ("eu-west-1", *keys)},
+    )
+    builder = (
+        f'subnet_id = "{world.subnets[0]}"\nssh_cidr = "127.0.0.1/32"\n'
+        'ssh_timeout = "20s"\nimage_timeout = "20s"\nboot_test = true\n'
+    )
+    world.config(tmp_path / "app", extra_aws=f'endpoint_url = "{deploy_moto}"\n{builder}')
+    with (tmp_path / "app" / "kiln.toml").open("a") as f:
+        f.write(
+            "\n[env]\nGREETING = 'hello'\n"
+            "\n[environments.staging]\nprovider.aws = { profile = 'kiln-staging' }\n"
+            "\n[environments.production]\nrequire = 'staging'\n"
+            "provider.aws = { profile = 'kiln-production' }\nenv = { MODE = 'live' }\n"
+        )
+    loaded = load_config(tmp_path / "app" / "kiln.toml")
+    origin = _staging_ami(world, loaded)
+    disk = tmp_path / "builder-root"  # the promoted AMI's files, as its bake left them
+    (disk / "etc" / "kiln" / world.app).mkdir(parents=True)
+    (disk / "etc" / "kiln" / world.app / "env").write_text('GREETING="hello"\n')
+    (disk / "etc" / "ssh").mkdir()
+    (disk / "etc" / "ssh" / "ssh_host_ed25519_key").write_text("the builder's boot made it\n")
+    code = disk / "opt" / "kiln" / world.app / "c0de" / "app.py"
+    code.parent.mkdir(parents=True)
+    code.write_text("print('the promoted code')\n")
+
+    def loopback(_settings: AwsSettings) -> Callable[[Builder], SshTarget]:
+        def target(builder: Builder) -> SshTarget:
+            assert builder.key is not None
+            ssh_server.authorize(builder.key)
+            return SshTarget("127.0.0.1", ssh_server.port, "admin", builder.key, False, str(disk))
+
+        return target
+
+    monkeypatch.setattr(kiln.aws.ami, "default_target", loopback)
+    monkeypatch.setattr(
+        kiln.aws.boottest, "direct_checker", lambda *_a, **_k: lambda _i: probe(good_app, None, 2)
+    )
+    calls = _record(monkeypatch)
+    staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
+    said: list[str] = []
+
+    derived = production.promote_image(IMAGE, staging, said.append)
+    live = {"GREETING": "hello", "MODE": "live"}
+    assert derived == derived_image(CODE, live)[0] != IMAGE
+    # only the env file was written, as the unit reads it; nothing else was uploaded
+    env = (disk / "etc" / "kiln" / world.app / "env").read_text()
+    assert 'MODE="live"' in env and f'KILN_IMAGE="{derived}"' in env and 'PORT="3000"' in env
+    assert [c for c in ssh_server.commands if c.endswith(" - env-only")]
+    assert code.read_text() == "print('the promoted code')\n"  # the code is untouched
+    assert not (disk / "etc" / "ssh" / "ssh_host_ed25519_key").exists()  # first boot cleared
+    (made,) = world.admin.ec2.describe_images(
+        Owners=["self"], Filters=[{"Name": "tag:kiln:image", "Values": [derived]}]
+    )["Images"]
+    made_tags = {t["Key"]: t["Value"] for t in made["Tags"]}
+    assert made_tags[CODE_TAG] == CODE  # same code
+    assert made_tags[ENV_TAG] == env_digest(live) and made_tags["kiln:digest"] != IMAGE * 2
+    assert made_tags[PROMOTED_FROM_TAG] == IMAGE and made_tags[SOURCE_AMI_TAG] == origin
+    assert made_tags["kiln:verified"]  # its own boot test passed
+    assert production.code_of(derived) == CODE
+    # every call is in the policies the deploy user holds (bake for the builder)
+    made_calls = {call for call, _r, _k in calls} - {"sts:GetCallerIdentity"}
+    assert {"ec2:RunInstances", "ec2:CreateImage"} <= made_calls
+    assert "ec2:CopyImage" not in made_calls  # same account and region: nothing to copy
+    assert made_calls <= _scoped_actions(loaded, "production", ["bake", "deploy"])
+
+    # production deploys the derived AMI
+    world.addresses[derived] = good_app
+    config = LoadedConfig(config=loaded.config.for_environment("production"), path=loaded.path)
+    deploy = connect(production.settings())
+    fleet = open_deployments(home, config, aws=deploy, resolve=world.resolve)
+    result = fleet.deploy(derived)
+    assert result.ok, result.message
+    serving = world.admin.ec2.describe_instances(InstanceIds=sorted(world.targets()))
+    assert {i["ImageId"] for r in serving["Reservations"] for i in r["Instances"]} == {
+        made["ImageId"]
+    }
+
+    # a second promotion finds the derived AMI by its identity: no builder
+    calls.clear()
+    assert production.promote_image(IMAGE, staging, said.append) == derived
+    assert not {c for c, _r, _k in calls} & {"ec2:RunInstances", "ec2:CreateImage"}

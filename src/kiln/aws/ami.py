@@ -19,8 +19,8 @@ import secrets
 import shutil
 import time
 import urllib.request
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -270,32 +270,8 @@ def _build(
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=settings.build_ttl)
     build = b.BuildTags(build_id=build_id, app=record.app, expires=expires.replace(microsecond=0))
     bundle = render_bundle(store, record, config, settings, store.home.tmp / f"ami-{build_id}")
-    ssh = settings.bake_via == "ssh"
-    cidr = (settings.ssh_cidr or caller_cidr(aws)) if ssh else None  # SSM: no inbound rule
-    vpc_id = subnet_vpc(aws, settings.subnet_id) if settings.subnet_id else None
-    if vpc_id is None:
-        require_default_vpc(aws)
-    with ExitStack() as stack:
-        key_name, key = stack.enter_context(b.key_pair(aws, build, note)) if ssh else (None, None)
-        group_id = stack.enter_context(b.security_group(aws, build, cidr, vpc_id, note))
-        builder = stack.enter_context(
-            b.builder_instance(
-                aws,
-                build,
-                base_ami=base,
-                instance_type=settings.builder_instance_type,
-                key_name=key_name,
-                key=key,
-                group_id=group_id,
-                subnet_id=settings.subnet_id,
-                ttl=settings.build_ttl,
-                note=note,
-                instance_profile=None if ssh else settings.builder_instance_profile,
-                block_devices=builder_mappings(
-                    settings, found_base.root_device, kms_key, found_base.root_size
-                ),
-            )
-        )
+    devices = builder_mappings(settings, found_base.root_device, kms_key, found_base.root_size)
+    with running_builder(aws, settings, build, base, note, devices) as builder:
         target = reach(builder)
         staging = posixpath.join(target.root, "tmp", f"kiln-{build_id}")
         uploads = [Upload(path, posixpath.join(staging, path.name)) for path in bundle.files()]
@@ -308,10 +284,7 @@ def _build(
         )
         packages = parse_packages(output)
         note(f"{len(packages)} packages installed on the builder")
-        note(f"stopping {builder.instance_id}")
-        with aws_errors("stopping the builder"):
-            aws.ec2.stop_instances(InstanceIds=[builder.instance_id])
-        b.wait_instance(aws, builder.instance_id, "stopped", timeout=600, note=note)
+        stop_builder(aws, builder, note)
         made = Made(base, found_base.created, len(packages), build_id if unique else None)
         ami_id = _create_image(
             aws, record, builder.instance_id, made, settings, config, base=found_base
@@ -322,6 +295,54 @@ def _build(
         note(f"creating {ami_id}")
         wait_available(aws, ami_id, timeout=settings.image_timeout, note=note)
         return ami_id
+
+
+@contextmanager
+def running_builder(
+    aws: Aws,
+    settings: AwsSettings,
+    build: b.BuildTags,
+    base: str,
+    note: Progress,
+    devices: list[Any] | None = None,
+) -> Iterator[b.Builder]:
+    """A builder launched from ``base``, reachable as bake_via says; all of it gone after.
+
+    SSH: its own key pair and a security group open to ``ssh_cidr`` (or this
+    machine's address); SSM: a security group with no inbound rule.
+    """
+    ssh = settings.bake_via == "ssh"
+    cidr = (settings.ssh_cidr or caller_cidr(aws)) if ssh else None  # SSM: no inbound rule
+    vpc_id = subnet_vpc(aws, settings.subnet_id) if settings.subnet_id else None
+    if vpc_id is None:
+        require_default_vpc(aws)
+    with ExitStack() as stack:
+        key_name, key = stack.enter_context(b.key_pair(aws, build, note)) if ssh else (None, None)
+        group_id = stack.enter_context(b.security_group(aws, build, cidr, vpc_id, note))
+        yield stack.enter_context(
+            b.builder_instance(
+                aws,
+                build,
+                base_ami=base,
+                instance_type=settings.builder_instance_type,
+                key_name=key_name,
+                key=key,
+                group_id=group_id,
+                subnet_id=settings.subnet_id,
+                ttl=settings.build_ttl,
+                note=note,
+                instance_profile=None if ssh else settings.builder_instance_profile,
+                block_devices=devices,
+            )
+        )
+
+
+def stop_builder(aws: Aws, builder: b.Builder, note: Progress) -> None:
+    """Stopped, so CreateImage takes a consistent disk without rebooting it."""
+    note(f"stopping {builder.instance_id}")
+    with aws_errors("stopping the builder"):
+        aws.ec2.stop_instances(InstanceIds=[builder.instance_id])
+    b.wait_instance(aws, builder.instance_id, "stopped", timeout=600, note=note)
 
 
 @dataclass(frozen=True)

@@ -99,12 +99,12 @@ def disk_spec(settings: AwsSettings) -> dict[str, Any]:
 
 def env_file(record: ImageRecord, settings: AwsSettings) -> str:
     """systemd EnvironmentFile: the baked env plus where to listen."""
-    env = {
-        **record.manifest.env,
-        "HOST": "0.0.0.0",
-        "PORT": str(settings.port),
-        "KILN_IMAGE": record.id,
-    }
+    return env_text(record.manifest.env, settings.port, record.id)
+
+
+def env_text(baked: dict[str, str], port: int, image: str) -> str:
+    """The env layer as the AMI holds it (a promotion's derived AMI writes it anew)."""
+    env = {**baked, "HOST": "0.0.0.0", "PORT": str(port), "KILN_IMAGE": image}
     lines = ["# baked by kiln: part of the image, no secrets here\n"]
     for name, value in sorted(env.items()):
         escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -2,9 +2,12 @@
 # kiln: install one baked image on an AMI builder.
 #
 #   install.sh ROOT APP DIGEST STAGING SHA256 [upgrade]
+#   install.sh ROOT APP - STAGING - env-only
 #
 # With "upgrade", the distribution's non-interactive security upgrade runs
-# first. The builder's package list is printed last, between
+# first. With "env-only" (kiln promote into an environment whose [env]
+# differs: the builder was launched from a kiln AMI of APP), only the env
+# file is replaced, the app's unit stopped first; the rest is as installed. The builder's package list is printed last, between
 # kiln-packages-begin and kiln-packages-end, for the AMI's record.
 #
 # ROOT is the filesystem to install into: "/" on a real builder, a scratch
@@ -35,6 +38,31 @@ say() { printf 'kiln-install: %s\n' "$*"; }
 fail() { printf 'kiln-install: %s\n' "$*" >&2; exit 1; }
 
 root=${root%/}
+
+# First-boot state: clones must get their own identity, keys and cloud-init run.
+clear_first_boot() {
+    rm -rf "$root/var/lib/cloud/instances" "$root/var/lib/cloud/instance" "$root/var/lib/cloud/data"
+    rm -f "$root"/etc/ssh/ssh_host_*
+    [ -f "$root/etc/machine-id" ] && : > "$root/etc/machine-id"
+    rm -f "$root/var/lib/dbus/machine-id"
+    for keys in "$root"/root/.ssh/authorized_keys "$root"/home/*/.ssh/authorized_keys; do
+        [ -f "$keys" ] && rm -f "$keys"
+    done
+    rm -rf "$staging"
+    say "first-boot state cleared"
+}
+
+if [ "$upgrade" = env-only ]; then
+    conf="$root/etc/kiln/$app"
+    [ -f "$conf/env" ] || fail "not a kiln AMI of $app: no /etc/kiln/$app/env"
+    if [ -z "$root" ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl stop "kiln-$app.service" 2>/dev/null || true
+    fi
+    install -m 0644 "$staging/env" "$conf/env"
+    say "env layer of $app replaced"
+    clear_first_boot
+    exit 0
+fi
 if [ "$upgrade" = upgrade ]; then
     if command -v apt-get >/dev/null 2>&1; then
         say "security upgrade: apt-get upgrade"
@@ -82,16 +110,7 @@ if [ -z "$root" ] && command -v useradd >/dev/null 2>&1 && ! id kiln >/dev/null 
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kiln
 fi
 
-# First-boot state: clones must get their own identity, keys and cloud-init run.
-rm -rf "$root/var/lib/cloud/instances" "$root/var/lib/cloud/instance" "$root/var/lib/cloud/data"
-rm -f "$root"/etc/ssh/ssh_host_*
-[ -f "$root/etc/machine-id" ] && : > "$root/etc/machine-id"
-rm -f "$root/var/lib/dbus/machine-id"
-for keys in "$root"/root/.ssh/authorized_keys "$root"/home/*/.ssh/authorized_keys; do
-    [ -f "$keys" ] && rm -f "$keys"
-done
-rm -rf "$staging"
-say "first-boot state cleared"
+clear_first_boot
 
 # What the AMI was built from: its package list (name, tab, version).
 echo kiln-packages-begin

@@ -147,9 +147,10 @@ class AwsPlatform(PlatformBase):
         return ami.tags.get(CODE_TAG) if ami is not None else None
 
     def promote_image(self, image: str, source: Platform, narrate: Narrate) -> str:
-        """The same AMI: reused in this account and region, or copied into this region."""
+        """The same AMI, reused or copied here; with this environment's [env], one derived."""
         from kiln.aws.install import recipe
         from kiln.aws.promote import promote_ami
+        from kiln.aws.relayer import Relayer
 
         if not isinstance(source, AwsPlatform):
             raise ConfigError(
@@ -158,7 +159,14 @@ class AwsPlatform(PlatformBase):
             )
         settings = self.settings()
         config = self.loaded.config
-        promote_ami(
+        relayer = Relayer(
+            app=config.app.name,
+            env=dict(config.env),
+            settings=settings,
+            health=config.health,
+            scratch=self.home.tmp,
+        )
+        ami, _new = promote_ami(
             connect(source.settings()),
             connect(settings),
             image,
@@ -168,8 +176,9 @@ class AwsPlatform(PlatformBase):
             note=narrate,
             promote_to=source.settings().promote_to_accounts,
             encrypt=(settings.encrypted, settings.kms_key_id),
+            relayer=relayer,
         )
-        return image
+        return ami.image
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
         """Deregister old AMIs and delete their snapshots together, never one in use.

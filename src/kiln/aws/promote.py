@@ -1,11 +1,12 @@
 """Promotion on AWS: the AMI that served in one environment serves in the next, unbaked.
 
 An AMI holds the whole image (code and env layer) plus its recipe (port, where
-secrets come from), so the next environment can run it only if its own [env]
-and recipe are the same: then the AMI is reused where it is (same account and
-region) or copied into the target region (``CopyImage``, tags carried over).
-Environment-specific values belong in SSM then: the same parameter names in
-each account, different values. Into another account, the source account's
+secrets come from), so the next environment can run it as it is only if its
+own [env] and recipe are the same: then the AMI is reused where it is (same
+account and region) or copied into the target region (``CopyImage``, tags
+carried over). A target whose [env] differs runs an AMI derived from it that
+differs only in its env file (:mod:`kiln.aws.relayer`); a different recipe is
+refused. Into another account, the source account's
 keys first share that one AMI (launch permission, snapshot
 createVolumePermission) with the target account, which then copies it with its
 own keys: production owns its copy, so staging's retention cannot delete it.
@@ -16,12 +17,15 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.aws.ami import env_digest
 from kiln.aws.images import ENV_TAG, IMAGE_TAG, RECIPE_TAG, Ami, _describe, wait_available
 from kiln.aws.session import Aws, aws_errors, tags
 from kiln.errors import AwsError, ImageNotFound, PromotionRefused
+
+if TYPE_CHECKING:
+    from kiln.aws.relayer import Relayer
 
 Note = Callable[[str], None]
 
@@ -49,12 +53,15 @@ def promote_ami(
     note: Note | None = None,
     promote_to: Sequence[str] = (),
     encrypt: tuple[bool, str | None] = (False, None),
+    relayer: Relayer | None = None,
 ) -> tuple[Ami, bool]:
-    """The AMI of ``image`` where ``target`` deploys, and whether it was copied there.
+    """The AMI the target deploys (``image``'s, or one derived from it), and whether it is new.
 
     ``promote_to``: the source environment's ``promote_to_accounts``, the only
     accounts its AMIs may be shared with. ``encrypt``: the target's
     (``encrypted``, ``kms_key_id``), which its copy is encrypted with.
+    ``relayer``: how the target derives an AMI with its own [env] when that
+    differs (:mod:`kiln.aws.relayer`); without it, a different [env] is refused.
     """
     say = note or (lambda _msg: None)
     origin = newest_ami(source, image)
@@ -63,19 +70,41 @@ def promote_ami(
             f"image {image} has no available AMI in {source.region}",
             hint="bake it there with 'kiln bake --provider aws' (the source environment's)",
         )
-    if origin.tags.get(ENV_TAG) != env_digest(env):
-        raise PromotionRefused(
-            f"{origin.id} holds the source environment's [env]; the target's differs, "
-            "and on AWS the env layer is inside the AMI",
-            hint="keep [env] the same in both environments and put what differs in "
-            "[secrets] (SSM, read at boot)",
-        )
     if origin.tags.get(RECIPE_TAG) != recipe:
         raise PromotionRefused(
             f"{origin.id} was made with another recipe (port or secret sources) than "
             "the target environment's",
             hint="give both environments the same [provider.aws] port, ssm_prefix and [secrets]",
         )
+    into = (source, target, origin, image, timeout, say, promote_to, encrypt)
+    if origin.tags.get(ENV_TAG) == env_digest(env):
+        return _into_target(*into)
+    if relayer is None:
+        raise PromotionRefused(
+            f"{origin.id} holds the source environment's [env]; the target's differs, "
+            "and on AWS the env layer is inside the AMI",
+            hint="keep [env] the same in both environments and put what differs in "
+            "[secrets] (SSM, read at boot)",
+        )
+    derived = newest_ami(target, relayer.image_for(origin))
+    if derived is not None:
+        say(f"reusing {derived.id} ({derived.image}: {image} with this environment's [env])")
+        return derived, False
+    base, _copied = _into_target(*into)
+    return relayer.make(target, base, say), True
+
+
+def _into_target(
+    source: Aws,
+    target: Aws,
+    origin: Ami,
+    image: str,
+    timeout: float,
+    say: Note,
+    promote_to: Sequence[str],
+    encrypt: tuple[bool, str | None],
+) -> tuple[Ami, bool]:
+    """``origin`` where ``target`` deploys: found there, or shared and copied there."""
     here = newest_ami(target, image)
     if here is not None:
         say(f"reusing {here.id} in {target.region}")
