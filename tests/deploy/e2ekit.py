@@ -25,8 +25,16 @@ CRASH_LATER = (
 )
 
 
-def write_app_config(directory: Path, port: int, size: int = 2, settle: str = "1.5s") -> Path:
-    """kiln.toml for the test app (app name 'web', as images from make_image)."""
+def write_app_config(
+    directory: Path, port: int, size: int = 2, settle: str = "1.5s", grace: str = "20s"
+) -> Path:
+    """kiln.toml for the test app (app name 'web', as images from make_image).
+
+    Its health timings are ceilings, generous for a busy machine (the suite runs
+    4 workers and a VM on 2 cores): a healthy app passes its checks as soon as it
+    answers, whatever ``grace`` and ``timeout`` allow. Only an app that never
+    turns healthy waits out the grace: a test of one passes a short ``grace``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "kiln.toml"
     path.write_text(
@@ -38,10 +46,10 @@ run = "python3 app.py"
 [health]
 path = "/health"
 interval = "100ms"
-timeout = "1s"
+timeout = "5s"
 healthy_threshold = 2
 unhealthy_threshold = 2
-grace = "1s"
+grace = "{grace}"
 
 [fleet]
 size = {size}

@@ -31,10 +31,10 @@ GREETING = "base"
 [health]
 path = "/health"
 interval = "100ms"
-timeout = "1s"
+timeout = "5s"
 healthy_threshold = 2
 unhealthy_threshold = 2
-grace = "1s"
+grace = "20s"
 
 [fleet]
 size = 2

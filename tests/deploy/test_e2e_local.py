@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -34,6 +35,7 @@ from kiln.home import Home
 from kilntest import Kiln
 
 pytestmark = pytest.mark.slow
+CLI = (sys.executable, "-m", "kiln.cli")
 
 
 @pytest.fixture
@@ -75,7 +77,9 @@ def test_rollouts_and_rollbacks_under_load(site: tuple[Kiln, int], home: Home) -
             ("crashes-later", "stability"),
         ):
             load.phase = variant
-            bad = _deploy(kiln, app_image(home, variant), ok=False)
+            # never healthy: it fails once its grace is out, so this deploy gets a short one
+            with _grace(kiln.cwd / "kiln.toml", "1s" if variant == "never-healthy" else None):
+                bad = _deploy(kiln, app_image(home, variant), ok=False)
             assert (bad["outcome"], bad["gate"]) == ("rolled back", gate), bad
             assert bad["instance"]
         load.phase = "rollback"
@@ -96,6 +100,18 @@ def test_rollouts_and_rollbacks_under_load(site: tuple[Kiln, int], home: Home) -
     assert "failed at start: exited with status 3" in history[3]["message"]
     assert "boom: missing DATABASE_URL" in history[3]["figures"]["log_tail"]
     assert "unhealthy" in history[2]["message"]  # seen failing its checks, or killed for it
+
+
+@contextlib.contextmanager
+def _grace(config: Path, grace: str | None) -> Iterator[None]:
+    """The app's health grace is ``grace`` meanwhile (None: left as it is)."""
+    before = config.read_text()
+    if grace is not None:
+        config.write_text(re.sub(r'(?m)^grace = ".*"$', f'grace = "{grace}"', before))
+    try:
+        yield
+    finally:
+        config.write_text(before)
 
 
 def _journal_reached(db_path: Path, since: float, step: int) -> bool:
@@ -134,27 +150,25 @@ def test_kill_9_at_every_step_under_load(site: tuple[Kiln, int], home: Home, str
             step = min(kill_at, len(json.loads(plan.stdout)["steps"]) - 1)
             load.phase = f"{strategy} killed at step {step}"
             since = time.time()
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kiln.cli",
-                    "deploy",
-                    "--image",
-                    target,
-                    "--strategy",
-                    strategy,
-                    "--json",
-                ],
-                cwd=kiln.cwd,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            output = kiln.cwd / f"deploy-{kill_at}.out"
+            with output.open("wb") as out:
+                proc = subprocess.Popen(
+                    [*CLI, "deploy", "--image", target, "--strategy", strategy, "--json"],
+                    cwd=kiln.cwd,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
             try:
-                deadline = time.monotonic() + 30
+                # a ceiling, not a wait: the kill comes as soon as the step begins
+                deadline = time.monotonic() + 300
                 while not _journal_reached(home.state_db, since, step):
-                    assert proc.poll() is None and time.monotonic() < deadline, "never got there"
+                    ended = proc.poll()
+                    assert ended is None, (
+                        f"deploy ended ({ended}) before step {step}:\n"
+                        + (output.read_text()[-3000:])
+                    )
+                    assert time.monotonic() < deadline, f"step {step} not begun in 300 s"
                     time.sleep(0.002)
                 proc.send_signal(signal.SIGKILL)
             finally:

@@ -33,7 +33,6 @@ pytestmark = pytest.mark.slow
 def site(home: Home, tmp_path: Path) -> Iterator[tuple[Kiln, int]]:
     port = free_port()
     config = write_app_config(tmp_path / "app", port)
-    config.write_text(config.read_text().replace('grace = "1s"', 'grace = "20s"'))
     try:
         yield Kiln(config.parent), port
     finally:
