@@ -26,7 +26,14 @@ from kiln.aws.ami import env_digest
 from kiln.aws.builder import Builder
 from kiln.aws.deployments import open_deployments
 from kiln.aws.iam import create_deploy_user
-from kiln.aws.images import CODE_TAG, ENV_TAG, RECIPE_TAG, Ami
+from kiln.aws.images import (
+    CODE_TAG,
+    ENV_TAG,
+    PROMOTED_FROM_TAG,
+    RECIPE_TAG,
+    SOURCE_AMI_TAG,
+    Ami,
+)
 from kiln.aws.install import recipe
 from kiln.aws.platform import AwsPlatform
 from kiln.aws.policy import (
@@ -38,7 +45,7 @@ from kiln.aws.policy import (
     policy_document,
 )
 from kiln.aws.promote import check_shareable, promote_ami
-from kiln.aws.relayer import PROMOTED_FROM_TAG, SOURCE_AMI_TAG, derived_image
+from kiln.aws.relayer import derived_image
 from kiln.aws.session import Aws, connect
 from kiln.aws.ssh import SshTarget
 from kiln.aws.targets import probe
@@ -649,6 +656,11 @@ def test_a_different_env_gets_a_derived_ami_that_only_rewrites_the_env_layer(
     assert made_tags[PROMOTED_FROM_TAG] == IMAGE and made_tags[SOURCE_AMI_TAG] == origin
     assert made_tags["kiln:verified"]  # its own boot test passed
     assert production.code_of(derived) == CODE
+    listed = json.loads(
+        Kiln(loaded.root)("images", "--provider", "aws", "--env", "production", "--json").stdout
+    )
+    shown = {a["image"]: a for a in listed}
+    assert shown[derived]["promoted_from"] == IMAGE and shown[derived]["code_digest"] == CODE
     # every call is in the policies the deploy user holds (bake for the builder)
     made_calls = {call for call, _r, _k in calls} - {"sts:GetCallerIdentity"}
     assert {"ec2:RunInstances", "ec2:CreateImage"} <= made_calls

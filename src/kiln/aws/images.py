@@ -24,6 +24,8 @@ RUNTIME_TAG = "kiln:runtime"  # the installer version: 4 and later run releases 
 BASE_CREATED_TAG = "kiln:base-created"  # the base AMI's creation date
 PACKAGES_TAG = "kiln:packages"  # how many packages the builder had
 BASE_NAME_TAG = "kiln:base-name"  # the base's name: the same base in another region
+PROMOTED_FROM_TAG = "kiln:promoted-from"  # a derived AMI (kiln.aws.relayer): whose code it runs
+SOURCE_AMI_TAG = "kiln:source-ami"  # ...and the AMI it was derived from
 AMI_TAG = "kiln:ami"  # on server groups (kiln.aws.groups): the AMI a group launches
 
 
@@ -74,6 +76,7 @@ class Ami:
             "snapshots": list(self.snapshots),
             "encrypted": self.encrypted,
             "deprecation_time": self.deprecation_time,
+            "promoted_from": self.tags.get(PROMOTED_FROM_TAG),  # derived for another [env]
         }
 
     @classmethod

@@ -46,7 +46,16 @@ from kiln.aws.ami import (
     stop_builder,
 )
 from kiln.aws.boottest import Checker, boot_test
-from kiln.aws.images import CODE_TAG, DIGEST_TAG, ENV_TAG, IMAGE_TAG, Ami, wait_available
+from kiln.aws.images import (
+    CODE_TAG,
+    DIGEST_TAG,
+    ENV_TAG,
+    IMAGE_TAG,
+    PROMOTED_FROM_TAG,
+    SOURCE_AMI_TAG,
+    Ami,
+    wait_available,
+)
 from kiln.aws.install import env_text
 from kiln.aws.policy import BUILD_TAG, VERIFIED_TAG
 from kiln.aws.publish import PUBLISHED_TAG, publish
@@ -56,8 +65,6 @@ from kiln.config import AwsSettings, HealthSettings
 from kiln.errors import PromotionRefused
 from kiln.image.store import short_id
 
-PROMOTED_FROM_TAG = "kiln:promoted-from"  # the image whose code this AMI runs
-SOURCE_AMI_TAG = "kiln:source-ami"  # the AMI it was derived from
 _NOT_CARRIED = {VERIFIED_TAG, PUBLISHED_TAG, BUILD_TAG, "Name"}  # this AMI earns its own
 
 
