@@ -342,3 +342,47 @@ def test_pages_start_when_asked_stop_when_idle_and_listen_where_fleets_say(home:
         asyncio.run(scenario())
     finally:
         busy.close()
+
+
+def test_kiln_ui_says_why_the_agent_does_not_serve_the_page_and_a_restart_keeps_it(
+    fleet: Fleet, home: Home
+) -> None:
+    import signal
+
+    from localtest import wait_for
+
+    from kiln.local.agent import read_pid
+
+    kiln = fleet.kiln
+    result = kiln("ui", ok=False)  # ui_listen is set, but nothing was deployed with it yet
+    assert result.exit_code == 1 and "does not serve fleet web's page" in result.stderr
+    assert "next 'kiln deploy'" in result.stderr and "Traceback" not in result.output
+
+    with socket.socket() as busy:  # another program holds the port: the deploy still works
+        busy.bind(("127.0.0.1", fleet.ui_port))
+        busy.listen()
+        kiln("deploy", "--image", app_image(home, "v1"))
+        result = kiln("ui", ok=False)
+        assert result.exit_code == 1, result.output
+        assert "cannot serve fleet web's page" in result.stderr
+        assert "Address already in use" in result.stderr
+    url = fleet.page_url()  # the port is free again: the agent takes it within a second
+    assert _get(url)[0] == 200
+
+    # an agent killed and started again serves the same address, token and all
+    pid = read_pid(home)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _dead(pid), 30, "the killed agent to be gone")
+    assert json.loads(kiln("status", "--json").stdout)["fleet"] == "web"  # starts the agent
+    assert fleet.page_url() == url
+    status, body = _get(url.replace("/?token=", "/api/state?token="))
+    assert status == 200 and json.loads(body)["status"]["fleet"] == "web"
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped yet: either way its lock and listeners are closed."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
