@@ -462,6 +462,16 @@ def forwarding(req: Request | None, client_ip: bytes, scheme: bytes, trusted: bo
 
 def request_head(req: Request, forwarded: bytes) -> bytes:
     """The head sent upstream, written from the validated fields."""
+    if req.upgrade is None and not req.chunked and req.host is not None:  # nearly every one
+        length = b"" if req.length is None else b"Content-Length: %d\r\n" % req.length
+        return b"%s %s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n" % (
+            req.method,
+            req.target,
+            req.host,
+            req.fields,
+            length,
+            forwarded,
+        )
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     if req.host is not None:
         parts += [b"Host: ", req.host, b"\r\n"]
@@ -478,15 +488,12 @@ def request_head(req: Request, forwarded: bytes) -> bytes:
 
 def response_head(resp: Response, framing: bytes, keep_alive: bool) -> bytes:
     """The head sent to the client; ``framing`` is its Content-Length or TE line, or empty."""
-    return b"".join(
-        [
-            b"HTTP/1.1 %d " % resp.status,
-            resp.reason,
-            b"\r\n",
-            resp.fields,
-            framing,
-            b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n",
-        ]
+    return b"HTTP/1.1 %d %s\r\n%s%sConnection: %s\r\n\r\n" % (
+        resp.status,
+        resp.reason,
+        resp.fields,
+        framing,
+        b"keep-alive" if keep_alive else b"close",
     )
 
 

@@ -360,9 +360,7 @@ class Balancer:
             client.resume()
         backend.outstanding += 1
         upstream.begin(self, client, head, started)
-        upstream.request = request
-        upstream.transport.write(request)
-        upstream.expect_response(started + self.limits.response_timeout)
+        upstream.send(request, started + self.limits.response_timeout)
         return True
 
     def fast_end(self, upstream: Upstream, client: Client, error: BaseException | None) -> None:

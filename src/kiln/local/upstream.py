@@ -137,6 +137,15 @@ class Upstream(Stream):
         self.resp = None
         self.received = self.answered = self.complete = self.switched = self.final = False
 
+    def send(self, request: bytes, deadline: float) -> None:
+        """Send a whole request, kept for a retry; its response head is due by ``deadline``."""
+        self.request = request
+        self.transport.write(request)
+        assert self.balancer is not None
+        self.balancer.waiting[self] = deadline
+        if self.read_paused:
+            self.resume()
+
     def expect_response(self, deadline: float) -> None:
         """The request is sent: the response head is due by ``deadline``."""
         assert self.balancer is not None
