@@ -107,7 +107,7 @@ class Affinity:
             return
         head.affinity = ""
         fields = head.fields
-        if _COOKIE not in fields.lower():
+        if self.name not in fields:  # cookie names are case-sensitive: not ours anywhere
             return
         lines = fields.split(b"\r\n")
         changed = False
