@@ -136,7 +136,7 @@ def test_python_stacks(
     assert (found.kind, config.app.run, config.health.path) == (kind, run, health)
     assert _steps(config.app.build)[0].endswith(installs)
     assert config.env["PYTHONPATH"] == "deps"
-    assert config.fleet.sticky == ("cookie" if kind in ("Streamlit", "Gradio") else "off")
+    assert config.fleet.sticky == ("cookie" if kind in ("Streamlit", "Gradio") else None)
 
 
 def test_gradio_launch_with_a_fixed_port_is_a_warning(tmp_path: Path) -> None:
