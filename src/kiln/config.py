@@ -587,6 +587,7 @@ class LocalSettings(Section):
 
 
 _REGION = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"
+_ROLE_NAME = r"^(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,64}$"  # an IAM role name, with its path
 _ORG_ARN = r"^arn:aws[a-z-]*:organizations::\d{12}:organization/o-[a-z0-9]{10,32}$"
 _OU_ARN = (
     r"^arn:aws[a-z-]*:organizations::\d{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$"
@@ -859,6 +860,15 @@ class AwsSettings(Section):
         default=None,
         description="A warm pool for each new server group. Unset: the current group's "
         "warm pool, if it has one, is carried to the next.",
+    )
+    hook_roles: list[Annotated[str, Field(pattern=_ROLE_NAME)]] = Field(
+        default_factory=list,
+        description=(
+            "IAM roles (names, with their path if any) that the serving group's lifecycle "
+            "hooks notify through (their RoleARN): the scaling policy may pass only these "
+            "to Auto Scaling (iam:PassRole) when a new server group gets the hooks. A hook "
+            "naming another role stops the deploy before anything is launched."
+        ),
     )
 
     @model_validator(mode="after")

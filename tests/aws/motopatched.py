@@ -26,6 +26,11 @@
 - Organizations' ``CreateAccount``: the new account's
   OrganizationAccountAccessRole holds AdministratorAccess (moto creates it
   with no permission), so its management account can reach into it.
+- ``PutLifecycleHook`` keeps the hook's ``RoleARN``, ``NotificationTargetARN``
+  and ``NotificationMetadata`` (moto describes every hook with one made-up
+  role and queue); a hook without them has none, as on AWS.
+- ``PutScalingPolicy`` answers with ``PolicyARN`` (moto spells it
+  ``PolicyArn``, which boto3 drops).
 
 Nothing else changes.
 
@@ -41,6 +46,7 @@ import sys
 import time
 from typing import Any
 
+from moto.autoscaling.responses import AutoScalingResponse
 from moto.cloudwatch.models import Statistics
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import AuthFailureRestricted, InvalidAMIIdError
@@ -285,6 +291,34 @@ def new_account(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 FakeAccount.__init__ = new_account  # type: ignore[method-assign]
+
+_put_lifecycle_hook = AutoScalingResponse.put_lifecycle_hook
+
+
+def put_lifecycle_hook(self: Any) -> Any:
+    result = _put_lifecycle_hook(self)
+    group, name = self._get_param("AutoScalingGroupName"), self._get_param("LifecycleHookName")
+    hook = self.autoscaling_backend.lifecycle_hooks[f"{group}_{name}"]
+    hook.role_arn = self._get_param("RoleARN")
+    hook.notification_target_arn = self._get_param("NotificationTargetARN")
+    hook.notification_metadata = self._get_param("NotificationMetadata")
+    return result
+
+
+AutoScalingResponse.put_lifecycle_hook = put_lifecycle_hook  # type: ignore[method-assign]
+_put_scaling_policy = AutoScalingResponse.put_scaling_policy
+
+
+def put_scaling_policy(self: Any) -> ActionResult:
+    _put_scaling_policy(self)
+    (policy,) = self.autoscaling_backend.describe_policies(
+        autoscaling_group_name=self._get_param("AutoScalingGroupName"),
+        policy_names=[self._get_param("PolicyName")],
+    )
+    return ActionResult({"PolicyARN": policy.arn})
+
+
+AutoScalingResponse.put_scaling_policy = put_scaling_policy  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -15,7 +15,8 @@ the document itself. The model:
   update, modify) must then still need a tag no sequence can put on a foreign
   resource, or name its resources exactly (no wildcard), or lie wholly under a
   path kiln reserves for what it writes itself (``RESERVED``: the release runners'
-  results under the SSM path ``/kiln/oneoff/``, which docs/aws.md reserves).
+  results under the SSM path ``/kiln/oneoff/`` and alarms named ``kiln-*``, which
+  docs/aws.md reserves).
 
 It is deliberately pessimistic: a tag key pattern counts as obtained for every
 value, and a statement whose ARNs match a type counts for all of that type.
@@ -42,10 +43,12 @@ _RESOURCE_TAG = re.compile(
 
 
 # SSM parameters under /kiln/oneoff/ are kiln's by contract: the release runner (its
-# instance role) writes its result there and the deployer reads and deletes it
+# instance role) writes its result there and the deployer reads and deletes it; so are
+# CloudWatch alarms named kiln-* (a carried scaling policy's, kiln.aws.alarms)
 RESERVED = re.compile(
-    r"^arn:[^:]+:ssm:[^:]*:[^:]*:parameter/kiln/(oneoff/|\*/packages)"
-)  # release results; AMIs' package lists (kiln.aws.packages)
+    r"^arn:[^:]+:(ssm:[^:]*:[^:]*:parameter/kiln/(oneoff/|\*/packages)"
+    r"|cloudwatch:[^:]*:[^:]*:alarm:kiln-)"
+)  # release results; AMIs' package lists (kiln.aws.packages); alarms of kiln's groups
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from kiln.aws.policy import (
     actions,
     enforceable_document,
     enforceable_documents,
+    options,
     policy_document,
     size,
 )
@@ -120,6 +121,35 @@ def test_stickiness_only_when_kiln_toml_sets_sticky_and_only_on_its_target_group
     assert "ModifyTargetGroupAttributes" not in json.dumps(deploy)
 
 
+def test_pass_role_for_hooks_only_the_listed_roles_only_to_auto_scaling() -> None:
+    """Carried lifecycle hooks pass their notification roles: hook_roles, scaling only."""
+    plain = policy_document(region="eu-west-1", account="123456789012", purposes=["scaling"])
+    assert "iam:PassRole" not in json.dumps(plain), "no hook_roles: nothing to pass"
+    document = policy_document(
+        region="eu-west-1",
+        account="123456789012",
+        hook_roles=("hooks/notify", "drain", "drain"),
+    )
+    (statement,) = [s for s in document["Statement"] if s["Sid"] == "KilnScalingPassHookRoles"]
+    assert statement["Action"] == "iam:PassRole"
+    assert statement["Resource"] == [
+        "arn:aws:iam::123456789012:role/drain",
+        "arn:aws:iam::123456789012:role/hooks/notify",
+    ]
+    assert statement["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "autoscaling.amazonaws.com"}
+    }
+    assert lint(document, community=False) == []
+    # only in the scaling policy: the deploy and bake policies pass no hook role
+    for part in ("bake", "deploy", "publish"):
+        rendered = policy_document(
+            region="eu-west-1", account="123456789012", purposes=PARTS[part], hook_roles=("x",)
+        )
+        assert "autoscaling.amazonaws.com" not in json.dumps(rendered), part
+    settings = AwsSettings(hook_roles=["hooks/notify"])
+    assert options(settings)["hook_roles"] == ("hooks/notify",)
+
+
 def test_policy_is_scoped_by_purpose_and_tags() -> None:
     document = policy_document(region="eu-west-1", account="123456789012")
     sids = [s["Sid"] for s in document["Statement"]]
@@ -136,6 +166,10 @@ def test_policy_is_scoped_by_purpose_and_tags() -> None:
         if statement["Sid"] == "KilnPackages":  # SSM parameters under kiln's own path
             lists = "arn:aws:ssm:eu-west-1:123456789012:parameter/kiln/*/packages"
             assert statement["Resource"] == lists + "*"
+            continue
+        if statement["Sid"] == "KilnScalingOwnAlarms":  # alarms named kiln-*, kiln's own
+            alarms = "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:kiln-*"
+            assert statement["Resource"] == alarms
             continue
         if destructive or "ec2:DeregisterImage" in statement["Action"]:
             tag_keys = json.dumps(statement["Condition"])

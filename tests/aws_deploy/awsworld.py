@@ -8,6 +8,7 @@ processes by image, so kiln's own probe sees healthy and failing releases
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import subprocess
 import sys
@@ -166,7 +167,9 @@ instance_type = "t3.micro"
     def decorate(self, group: str) -> None:
         """What a team sets up on its serving group by hand (or Terraform): kiln never made it.
 
-        A target-tracking and a step policy, a terminating lifecycle hook, a warm pool.
+        A target-tracking and a step policy (with the alarm that triggers it), a
+        terminating lifecycle hook, scheduled actions (a recurring one that started
+        yesterday, a one-off next month, a one-off that ran yesterday), a warm pool.
         """
         scaling = self.admin.client("autoscaling")
         scaling.put_scaling_policy(
@@ -181,12 +184,49 @@ instance_type = "t3.micro"
             },
             EstimatedInstanceWarmup=90,
         )
-        scaling.put_scaling_policy(
+        step = scaling.put_scaling_policy(
             AutoScalingGroupName=group,
             PolicyName="step-out",
             PolicyType="StepScaling",
             AdjustmentType="ChangeInCapacity",
             StepAdjustments=[{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 2}],
+        )["PolicyARN"]
+        self.admin.client("cloudwatch").put_metric_alarm(
+            AlarmName=f"{self.app}-step-out-high",
+            AlarmDescription="scale out at 80% CPU",
+            AlarmActions=[step, f"arn:aws:sns:{self.admin.region}:123456789012:pager"],
+            MetricName="CPUUtilization",
+            Namespace="AWS/EC2",
+            Statistic="Average",
+            Dimensions=[{"Name": "AutoScalingGroupName", "Value": group}],
+            Period=60,
+            EvaluationPeriods=3,
+            DatapointsToAlarm=2,
+            Threshold=80.0,
+            ComparisonOperator="GreaterThanThreshold",
+            TreatMissingData="notBreaching",
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        day = datetime.timedelta(days=1)
+        scaling.put_scheduled_update_group_action(
+            AutoScalingGroupName=group,
+            ScheduledActionName="nightly-down",
+            Recurrence="0 22 * * *",
+            StartTime=now - day,
+            MinSize=1,
+            TimeZone="Europe/Paris",
+        )
+        scaling.put_scheduled_update_group_action(
+            AutoScalingGroupName=group,
+            ScheduledActionName="launch-day",
+            StartTime=now + 30 * day,
+            MaxSize=6,
+        )
+        scaling.put_scheduled_update_group_action(
+            AutoScalingGroupName=group,
+            ScheduledActionName="sale-ran",
+            StartTime=now - day,
+            MaxSize=5,
         )
         scaling.put_lifecycle_hook(
             AutoScalingGroupName=group,

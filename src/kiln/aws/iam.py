@@ -100,6 +100,7 @@ def create_deploy_user(
     builder_role: str | None = None,
     sticky: bool = False,
     canary_target_group: str | None = None,
+    hook_roles: Sequence[str] = (),
     publish: Mapping[str, Any] | None = None,
 ) -> DeployUser:
     """Converge the deploy user; ``documents`` overrides a part's policy (tests).
@@ -132,6 +133,7 @@ def create_deploy_user(
                     builder_role=builder_role,
                     sticky=sticky,
                     canary_target_group=canary_target_group,
+                    hook_roles=hook_roles,
                     **(publish or {}),
                 )
             )

@@ -375,7 +375,11 @@ SCALING_RULES: tuple[Rule, ...] = (
     Rule(
         sid="KilnScalingDescribe",
         purposes=_p("scaling"),
-        actions=("autoscaling:DescribeLifecycleHooks", "autoscaling:DescribePolicies"),
+        actions=(
+            "autoscaling:DescribeLifecycleHooks",
+            "autoscaling:DescribePolicies",
+            "autoscaling:DescribeScheduledActions",
+        ),
         resources=("*",),
         condition={"StringEquals": {"aws:RequestedRegion": "{region}"}},
     ),
@@ -385,6 +389,7 @@ SCALING_RULES: tuple[Rule, ...] = (
         actions=(
             "autoscaling:PutLifecycleHook",
             "autoscaling:PutScalingPolicy",
+            "autoscaling:PutScheduledUpdateGroupAction",
             "autoscaling:PutWarmPool",
         ),
         resources=(_ASG + "kiln-*",),
@@ -397,6 +402,19 @@ SCALING_RULES: tuple[Rule, ...] = (
         actions=("elasticloadbalancing:ModifyTargetGroupAttributes",),
         resources=("{target_group}", "{canary_target_group}"),
         only_with="sticky",
+    ),
+    Rule(  # the alarms acting on a step or simple policy; kiln's own, to delete with a group
+        sid="KilnScalingReadAlarms",
+        purposes=_p("scaling"),
+        actions=("cloudwatch:DescribeAlarms",),
+        resources=("arn:{partition}:cloudwatch:{region}:{account}:alarm:*",),
+    ),
+    Rule(  # a carried policy's alarms, named after kiln's group (kiln.aws.alarms); deleted
+        # with it. No tags on them (that would need cloudwatch:TagResource too).
+        sid="KilnScalingOwnAlarms",
+        purposes=_p("scaling"),
+        actions=("cloudwatch:DeleteAlarms", "cloudwatch:PutMetricAlarm"),
+        resources=("arn:{partition}:cloudwatch:{region}:{account}:alarm:kiln-*",),
     ),
 )
 RULES = RULES + SCALING_RULES
@@ -630,6 +648,7 @@ def policy_document(
     builder_role: str | None = None,
     sticky: bool = False,
     canary_target_group: str | None = None,
+    hook_roles: Sequence[str] = (),
     copy_regions: Sequence[str] = (),
     share: bool = False,
     deprecate: bool = False,
@@ -653,6 +672,9 @@ def policy_document(
     ``sticky`` (``[fleet] sticky`` set, either way) lets kiln set the stickiness
     attributes of ``target_group`` and ``canary_target_group``
     (``canary_target_group_arn``; without it, of any target group like ``target_group``).
+    ``hook_roles`` (``hook_roles``): the lifecycle hooks' notification roles the
+    scaling policy may pass to Auto Scaling when it carries the hooks; without
+    them, none.
     ``copy_regions``, ``share``, ``deprecate`` and ``kms`` (see :func:`options`)
     render the publish statements kiln.toml needs; without them, none.
     ``promote_kms`` (``promote_to_accounts`` with ``kms``) lets kiln promote read
@@ -717,6 +739,15 @@ def policy_document(
         statements.append(_pass_role(pass_role, values))
     if builder_role and "ssm" in purposes:
         statements.append(_pass_role(builder_role, values, sid="KilnBakePassBuilderRole"))
+    if hook_roles and "scaling" in purposes:  # carried lifecycle hooks' notification roles
+        statements.append(
+            _pass_role(
+                sorted(set(hook_roles)),
+                values,
+                sid="KilnScalingPassHookRoles",
+                service="autoscaling.amazonaws.com",
+            )
+        )
     return {"Version": VERSION, "Statement": statements}
 
 
@@ -725,14 +756,19 @@ def _listed(resource: str | list[str]) -> list[str]:
 
 
 def _pass_role(
-    role: str, values: dict[str, Any], sid: str = "KilnDeployPassInstanceRole"
+    role: str | list[str],
+    values: dict[str, Any],
+    sid: str = "KilnDeployPassInstanceRole",
+    service: str = "ec2.amazonaws.com",
 ) -> dict[str, Any]:
+    """``iam:PassRole`` on exactly these roles, to one service only."""
+    arns = ["arn:{partition}:iam::{account}:role/".format(**values) + r for r in _listed(role)]
     return {
         "Sid": sid,
         "Effect": "Allow",
         "Action": "iam:PassRole",
-        "Resource": "arn:{partition}:iam::{account}:role/".format(**values) + role,
-        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        "Resource": arns[0] if len(arns) == 1 else arns,
+        "Condition": {"StringEquals": {"iam:PassedToService": service}},
     }
 
 
@@ -869,6 +905,7 @@ def options(settings: Any, sticky: str | None = None) -> dict[str, Any]:
         "listener": settings.listener_arn,
         "ssm": settings.bake_via == "ssm",
         "builder_role": builder_role(settings),
+        "hook_roles": tuple(settings.hook_roles),
         "copy_regions": tuple(settings.copy_to_regions),
         # kiln promote shares the one AMI it promotes with promote_to_accounts
         "share": settings.shares or bool(settings.promote_to_accounts),

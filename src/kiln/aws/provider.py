@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from kiln.aws import canary, carry, sticky
+from kiln.aws import alarms, canary, carry, sticky
 from kiln.aws import groups as g
 from kiln.aws import targets as t
 from kiln.aws.boottest import is_verified
@@ -397,8 +397,8 @@ class AwsProvider:
             security_groups=s.security_group_ids,
             instance_profile=s.instance_profile,
         )
+        inherited = self._carried(current)  # first: a hook kiln may not carry stops it here
         version = g.add_template_version(self.aws, fleet, data, f"{name} {image} {ami}", tags)
-        inherited = self._carried(current)
         hooked = bool(inherited.hooks)  # created empty, so its first instances meet the hooks
         g.create_group(
             self.aws,
@@ -421,8 +421,10 @@ class AwsProvider:
 
     def _carried(self, current: g.ServerGroup | None) -> carry.Carried:
         """The serving group's policies, hooks and warm pool; kiln.toml's warm_pool wins."""
-        found = carry.read(self.aws, current.name, current.warm_pool) if current else None
+        now = datetime.datetime.now(datetime.UTC)
+        found = carry.read(self.aws, current.name, current.warm_pool, now) if current else None
         inherited = found or carry.Carried()
+        carry.check_hook_roles(inherited, self.settings.hook_roles)
         if self.settings.warm_pool is not None:
             inherited = replace(inherited, warm_pool=carry.configured(self.settings.warm_pool))
         return inherited
@@ -476,6 +478,7 @@ class AwsProvider:
             if grp in running:
                 continue
             if grp.number > newest or keep <= 0:
+                alarms.retire(self.aws, grp.name)  # the alarms kiln made for it
                 g.delete_group(self.aws, grp.name)
             else:
                 keep -= 1

@@ -222,6 +222,7 @@ def create_deploy_user_command(
         builder_role=options.pop("builder_role"),
         sticky=options.pop("sticky"),
         canary_target_group=options.pop("canary_target_group"),
+        hook_roles=options.pop("hook_roles"),
         publish=options,
     )
     if as_json:
