@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -24,9 +25,11 @@ from typing import Any
 
 import pytest
 from e2ekit import Load, app_image, free_port, kill_everything, write_app_config
+from localtest import wait_for
 from webdriver import Browser, available
 
 from kiln.home import Home
+from kiln.local.agent import read_pid
 from kilntest import REPO, Kiln
 
 pytestmark = pytest.mark.slow
@@ -144,6 +147,23 @@ def test_the_agent_serves_the_page_on_its_socket_and_its_loopback_port_live(
                 what="the deployment succeeded",
             )
         assert load.sent > 20 and load.failed == 0, load.errors[:5]
+
+        # the agent killed and started again: the open tab reconnects, its cookie still good
+        pid = read_pid(home)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: _dead(pid), 30, "the killed agent to be gone")
+        browser.wait_for(
+            "return document.querySelector('#connection').innerText !== 'live'",
+            what="the page noticing the agent is gone",
+        )
+        kiln("status")  # starts the agent again
+        shown = browser.js("return Number(document.body.dataset.version)")
+        browser.wait_for(
+            f"return document.querySelector('#connection').innerText === 'live' && "
+            f"Number(document.body.dataset.version) > {shown}",
+            what="the page live again, with updates from the new agent",
+        )
 
 
 def _other_user() -> str:
@@ -322,6 +342,10 @@ def test_pages_start_when_asked_stop_when_idle_and_listen_where_fleets_say(home:
             pages.collector("nope")
         collector = pages.collector("web")
         assert pages.collector("web") is collector  # one per fleet
+        await collector.first()  # no agent here: the page shows why, it does not fail
+        assert collector.snapshot.data["errors"], collector.snapshot.data
+        # it read in the pages' own threads, never in those the agent launches instances in
+        assert any(t.name.startswith("kiln-page") for t in threading.enumerate())
         await pages.tick()
         described = pages.describe()["listening"]
         assert list(described[f"127.0.0.1:{free}"]["urls"]) == ["web"]
@@ -347,12 +371,6 @@ def test_pages_start_when_asked_stop_when_idle_and_listen_where_fleets_say(home:
 def test_kiln_ui_says_why_the_agent_does_not_serve_the_page_and_a_restart_keeps_it(
     fleet: Fleet, home: Home
 ) -> None:
-    import signal
-
-    from localtest import wait_for
-
-    from kiln.local.agent import read_pid
-
     kiln = fleet.kiln
     result = kiln("ui", ok=False)  # ui_listen is set, but nothing was deployed with it yet
     assert result.exit_code == 1 and "does not serve fleet web's page" in result.stderr

@@ -20,6 +20,9 @@ listener (that is the balancer process, which has no route to the agent):
 
 A fleet's collector starts when its page is first asked for and stops once
 nobody has looked for a minute, so an agent nobody watches does no work for it.
+Collectors read in two threads of their own: however many pages are open,
+they never hold a thread of the pool the agent launches and waits for
+instances in (and their reads call the agent's API, which may need one).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -48,6 +52,7 @@ from kiln.ui.server import Collector, add_page, guard
 
 log = logging.getLogger("kiln.agent")
 IDLE = 60.0  # a collector nobody asked for this long stops
+READERS = 2  # threads the pages read in, whatever the number of fleets watched
 PREFIX = "/ui/{fleet}"
 Address = tuple[str, int]
 
@@ -91,6 +96,7 @@ class FleetPages:
         self.listeners: dict[Address, web.AppRunner] = {}
         self.errors: dict[Address, str] = {}
         self._ticking = asyncio.Lock()  # the run loop and GET /v1/ui both tick
+        self.readers = ThreadPoolExecutor(READERS, thread_name_prefix="kiln-page")
 
     def add_to(self, app: web.Application) -> None:
         """The page on the agent's socket: owner-only already, so no token there."""
@@ -110,7 +116,7 @@ class FleetPages:
                 max_image_age=settings.max_image_age,
                 acme=settings.acme is not None,
             )
-            collector = Collector(source, settings.app or fleet)
+            collector = Collector(source, settings.app or fleet, executor=self.readers)
             running = self.collectors[fleet] = (collector, asyncio.create_task(collector.run()))
         running[0].asked = time.monotonic()
         return running[0]
@@ -203,3 +209,4 @@ class FleetPages:
         for runner in self.listeners.values():
             await runner.cleanup()
         self.listeners.clear()
+        self.readers.shutdown(wait=False, cancel_futures=True)

@@ -28,6 +28,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
@@ -83,8 +84,15 @@ class Snapshot:
 class Collector:
     """Reads the platform in a thread, once a second, and keeps the latest snapshot."""
 
-    def __init__(self, platform: PageSource, app: str, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        platform: PageSource,
+        app: str,
+        interval: float = 1.0,
+        executor: Executor | None = None,  # None: asyncio's default threads
+    ) -> None:
         self.platform = platform
+        self.executor = executor
         self.app = app
         self.interval = interval
         self.series: deque[Sample] = deque(maxlen=int(SERIES_SECONDS / interval))
@@ -100,7 +108,7 @@ class Collector:
 
     async def run(self) -> None:
         while True:
-            data = await asyncio.to_thread(self.read)
+            data = await asyncio.get_running_loop().run_in_executor(self.executor, self.read)
             async with self.changed:
                 self.snapshot = Snapshot(self.snapshot.version + 1, data)
                 self.changed.notify_all()
