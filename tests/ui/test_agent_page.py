@@ -330,10 +330,11 @@ def test_pages_start_when_asked_stop_when_idle_and_listen_where_fleets_say(home:
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
-    free, taken = free_port(), busy.getsockname()[1]
+    free, taken, v6 = free_port(), busy.getsockname()[1], free_port()
     fleets = {
         "web": FleetSettings("127.0.0.1", 1, ui_listen=f"127.0.0.1:{free}"),
         "api": FleetSettings("127.0.0.1", 2, ui_listen=f"127.0.0.1:{taken}"),
+        "six": FleetSettings("127.0.0.1", 3, ui_listen=f"[::1]:{v6}"),
     }
 
     async def scenario() -> None:
@@ -350,6 +351,11 @@ def test_pages_start_when_asked_stop_when_idle_and_listen_where_fleets_say(home:
         described = pages.describe()["listening"]
         assert list(described[f"127.0.0.1:{free}"]["urls"]) == ["web"]
         assert "Address already in use" in described[f"127.0.0.1:{taken}"]["error"]
+        six = described[f"[::1]:{v6}"]["urls"]["six"]  # IPv6 loopback: brackets, Host and all
+        assert six.startswith(f"http://[::1]:{v6}/ui/six/?token=")
+        status, body = await asyncio.to_thread(_get, six.replace("/?", "/api/state?"))
+        assert status == 200 and json.loads(body)["app"] == "six", body
+        assert (await asyncio.to_thread(_get, six, f"[::1]:{free}"))[0] == 421
         collector.watching, collector.asked = 1, time.monotonic() - IDLE - 1
         await pages.tick()
         assert "web" in pages.collectors  # a page is open: it keeps reading
