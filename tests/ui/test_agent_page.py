@@ -7,7 +7,6 @@ throwaway account made with useradd. Screenshots land in build/ui-artifacts/.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -166,12 +165,21 @@ def test_the_agent_serves_the_page_on_its_socket_and_its_loopback_port_live(
         )
 
 
-def _other_user() -> str:
-    with contextlib.suppress(KeyError):
+@pytest.fixture
+def other_user() -> Iterator[str]:
+    """A throwaway account: another user of this host, removed afterwards if made here."""
+    try:
         pwd.getpwnam(OTHER_USER)
-        return OTHER_USER
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/false", OTHER_USER], check=True)
-    return OTHER_USER
+        made = False
+    except KeyError:
+        command = ["useradd", "--no-create-home", "--shell", "/bin/false", OTHER_USER]
+        subprocess.run(command, check=True)
+        made = True
+    try:
+        yield OTHER_USER
+    finally:
+        if made:
+            subprocess.run(["userdel", OTHER_USER], check=False)
 
 
 _FETCH = """
@@ -189,7 +197,7 @@ except urllib.error.HTTPError as exc:
     reason="needs root and useradd to play another user of this host",
 )
 def test_another_user_of_the_host_cannot_read_the_page_or_its_token(
-    fleet: Fleet, home: Home
+    fleet: Fleet, home: Home, other_user: str
 ) -> None:
     fleet.kiln("deploy", "--image", app_image(home, "v1"))
     url = fleet.page_url()
@@ -205,8 +213,7 @@ def test_another_user_of_the_host_cannot_read_the_page_or_its_token(
     mode = token_path(home).stat().st_mode & 0o777
     assert mode == 0o600, oct(mode)
 
-    user = _other_user()
-    as_other = ["runuser", "-u", user, "--"]
+    as_other = ["runuser", "-u", other_user, "--"]
     # what that user can reach: the port, without the token (a 403) ...
     fetch = [*as_other, "/usr/bin/python3", "-c", _FETCH]
     out = subprocess.run([*fetch, f"{base}api/state"], capture_output=True, text=True)
