@@ -582,6 +582,35 @@ def test_an_encrypted_ami_goes_to_another_account_only_under_a_key_it_may_use(
 # -- a target whose [env] differs: a derived AMI, only its env file new --------------
 
 
+def _loopback_builder(
+    tmp_path: Path, app: str, ssh_server: SshServer, good_app: str, mp: pytest.MonkeyPatch
+) -> Path:
+    """Builders reached over loopback SSH into a scratch root: the promoted AMI's files,
+    as its bake left them. Boot tests probe ``good_app``. Returns the scratch root."""
+    disk = tmp_path / "builder-root"
+    (disk / "etc" / "kiln" / app).mkdir(parents=True)
+    (disk / "etc" / "kiln" / app / "env").write_text('GREETING="hello"\n')
+    (disk / "etc" / "ssh").mkdir()
+    (disk / "etc" / "ssh" / "ssh_host_ed25519_key").write_text("the builder's boot made it\n")
+    code = disk / "opt" / "kiln" / app / "c0de" / "app.py"
+    code.parent.mkdir(parents=True)
+    code.write_text("print('the promoted code')\n")
+
+    def loopback(_settings: AwsSettings) -> Callable[[Builder], SshTarget]:
+        def target(builder: Builder) -> SshTarget:
+            assert builder.key is not None
+            ssh_server.authorize(builder.key)
+            return SshTarget("127.0.0.1", ssh_server.port, "admin", builder.key, False, str(disk))
+
+        return target
+
+    mp.setattr(kiln.aws.ami, "default_target", loopback)
+    mp.setattr(
+        kiln.aws.boottest, "direct_checker", lambda *_a, **_k: lambda _i: probe(good_app, None, 2)
+    )
+    return disk
+
+
 def test_a_different_env_gets_a_derived_ami_that_only_rewrites_the_env_layer(
     world: World,
     home: Home,
@@ -613,27 +642,8 @@ def test_a_different_env_gets_a_derived_ami_that_only_rewrites_the_env_layer(
         )
     loaded = load_config(tmp_path / "app" / "kiln.toml")
     origin = _staging_ami(world, loaded)
-    disk = tmp_path / "builder-root"  # the promoted AMI's files, as its bake left them
-    (disk / "etc" / "kiln" / world.app).mkdir(parents=True)
-    (disk / "etc" / "kiln" / world.app / "env").write_text('GREETING="hello"\n')
-    (disk / "etc" / "ssh").mkdir()
-    (disk / "etc" / "ssh" / "ssh_host_ed25519_key").write_text("the builder's boot made it\n")
+    disk = _loopback_builder(tmp_path, world.app, ssh_server, good_app, monkeypatch)
     code = disk / "opt" / "kiln" / world.app / "c0de" / "app.py"
-    code.parent.mkdir(parents=True)
-    code.write_text("print('the promoted code')\n")
-
-    def loopback(_settings: AwsSettings) -> Callable[[Builder], SshTarget]:
-        def target(builder: Builder) -> SshTarget:
-            assert builder.key is not None
-            ssh_server.authorize(builder.key)
-            return SshTarget("127.0.0.1", ssh_server.port, "admin", builder.key, False, str(disk))
-
-        return target
-
-    monkeypatch.setattr(kiln.aws.ami, "default_target", loopback)
-    monkeypatch.setattr(
-        kiln.aws.boottest, "direct_checker", lambda *_a, **_k: lambda _i: probe(good_app, None, 2)
-    )
     calls = _record(monkeypatch)
     staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
     said: list[str] = []
@@ -683,3 +693,116 @@ def test_a_different_env_gets_a_derived_ami_that_only_rewrites_the_env_layer(
     calls.clear()
     assert production.promote_image(IMAGE, staging, said.append) == derived
     assert not {c for c, _r, _k in calls} & {"ec2:RunInstances", "ec2:CreateImage"}
+
+
+def test_another_account_with_another_env_derives_from_its_own_copy(
+    accounts: Accounts,
+    home: Home,
+    tmp_path: Path,
+    deploy_moto: str,
+    good_app: str,
+    ssh_server: SshServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Production in B with its own [env]: A shares, B copies, B derives from its copy."""
+    b, world_b = accounts.b, accounts.production
+    keys_b = _user(world_b.admin, "production-relayer", ["bake", "deploy", "scaling"])
+    _profiles(
+        tmp_path,
+        monkeypatch,
+        {
+            "kiln-staging": ("eu-west-1", *accounts.staging_keys),
+            "kiln-production": ("eu-west-1", *keys_b),
+        },
+    )
+    builder = (
+        f'subnet_id = "{world_b.subnets[0]}"\nssh_cidr = "127.0.0.1/32"\n'
+        'ssh_timeout = "20s"\nimage_timeout = "20s"\nboot_test = true\n'
+    )
+    root = tmp_path / "app"
+    world_b.config(root, extra_aws=f'endpoint_url = "{deploy_moto}"\n{builder}')
+    subnets = ", ".join(f"'{s}'" for s in accounts.staging.subnets[:2])
+    with (root / "kiln.toml").open("a") as f:
+        f.write(
+            "\n[env]\nGREETING = 'hello'\n"
+            "\n[environments.staging]\nprovider.aws = { profile = 'kiln-staging', "
+            f"target_group_arn = '{accounts.staging.target_group}', subnet_ids = [{subnets}], "
+            f"promote_to_accounts = ['{b}'] }}\n"
+            "\n[environments.production]\nprovider.aws = { profile = 'kiln-production' }\n"
+            "env = { MODE = 'live' }\n"
+        )
+    loaded = load_config(root / "kiln.toml")
+    origin = _staging_ami(accounts.staging, loaded)
+    _loopback_builder(tmp_path, world_b.app, ssh_server, good_app, monkeypatch)
+    calls = _record(monkeypatch)
+    staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
+    said: list[str] = []
+
+    derived = production.promote_image(IMAGE, staging, said.append)
+    assert derived == derived_image(CODE, {"GREETING": "hello", "MODE": "live"})[0]
+    mine = world_b.admin.ec2.describe_images(Owners=["self"])["Images"]
+    by_image = {t["Value"]: i for i in mine for t in i.get("Tags", []) if t["Key"] == "kiln:image"}
+    copy, made = by_image[IMAGE], by_image[derived]  # both B's own
+    made_tags = {t["Key"]: t["Value"] for t in made["Tags"]}
+    assert made_tags[SOURCE_AMI_TAG] == copy["ImageId"] != origin
+    assert made_tags[CODE_TAG] == CODE and made_tags["kiln:verified"]
+    a_key = accounts.staging_keys[0]
+    by_a = {c for c, _r, k in calls if k == a_key} - {"sts:GetCallerIdentity"}
+    by_b = {c for c, _r, k in calls if k == keys_b[0]} - {"sts:GetCallerIdentity"}
+    assert by_a <= _scoped_actions(loaded, "staging", ["deploy", "publish"])
+    assert {"ec2:CopyImage", "ec2:RunInstances", "ec2:CreateImage"} <= by_b
+    assert by_b <= _scoped_actions(loaded, "production", ["bake", "deploy"])
+
+    calls.clear()  # again: the derived AMI is found in B, nothing shared, copied or built
+    assert production.promote_image(IMAGE, staging, said.append) == derived
+    assert not {c for c, _r, _k in calls} & {
+        "ec2:ModifyImageAttribute", "ec2:CopyImage", "ec2:RunInstances", "ec2:CreateImage"
+    }  # fmt: skip
+
+
+def test_deriving_from_an_ami_without_the_apps_env_file_fails_in_one_line_and_cleans_up(
+    world: World,
+    home: Home,
+    tmp_path: Path,
+    deploy_moto: str,
+    good_app: str,
+    ssh_server: SshServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = _user(world.admin, f"{world.app}-relayer", ["bake", "deploy", "scaling"])
+    _profiles(
+        tmp_path,
+        monkeypatch,
+        {"kiln-staging": ("eu-west-1", *keys), "kiln-production": ("eu-west-1", *keys)},
+    )
+    builder = f'subnet_id = "{world.subnets[0]}"\nssh_cidr = "127.0.0.1/32"\nssh_timeout = "20s"\n'
+    world.config(tmp_path / "app", extra_aws=f'endpoint_url = "{deploy_moto}"\n{builder}')
+    with (tmp_path / "app" / "kiln.toml").open("a") as f:
+        f.write(
+            "\n[environments.staging]\nprovider.aws = { profile = 'kiln-staging' }\n"
+            "\n[environments.production]\nprovider.aws = { profile = 'kiln-production' }\n"
+            "env = { MODE = 'live' }\n"
+        )
+    loaded = load_config(tmp_path / "app" / "kiln.toml")
+    _staging_ami(world, loaded)
+    disk = _loopback_builder(tmp_path, world.app, ssh_server, good_app, monkeypatch)
+    (disk / "etc" / "kiln" / world.app / "env").unlink()  # not this app's kiln AMI
+    staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
+    with pytest.raises(AwsError, match=f"not a kiln AMI of {world.app}"):
+        production.promote_image(IMAGE, staging, lambda _line: None)
+    running = world.admin.ec2.describe_instances(
+        Filters=[
+            {"Name": "tag-key", "Values": ["kiln:build-id"]},
+            {"Name": "tag:kiln:app", "Values": [world.app]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]},
+        ]
+    )["Reservations"]
+    assert running == []  # the builder is gone
+    found = world.admin.ec2.describe_images(
+        Owners=["self"],
+        Filters=[
+            {"Name": "tag:kiln:promoted-from", "Values": [IMAGE]},
+            {"Name": "tag:kiln:app", "Values": [world.app]},
+        ],
+    )["Images"]
+    assert found == []  # no derived AMI of this app
