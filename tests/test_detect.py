@@ -247,6 +247,8 @@ def test_session_servers_get_sticky_sessions_and_say_why(
     assert found.sticky in found.why  # printed by kiln init with the other reasons
     config = _config(tmp_path)
     assert config.fleet.sticky == "cookie"
+    if "gunicorn" in config.app.run:  # its workers share no sessions: one, with threads
+        assert "--workers 1 --threads 100 " in config.app.run
 
 
 def test_apps_without_a_session_server_are_not_sticky(tmp_path: Path) -> None:

@@ -68,7 +68,20 @@ def detect(root: Path) -> Detected:
     found.sticky = found.sticky or _sticky(root)
     if found.sticky:
         found.why.append(found.sticky)
+        _one_process(found)
     return found
+
+
+def _one_process(found: Detected) -> None:
+    """Sessions held in a process need every request of a client in that process:
+    gunicorn spreads connections over its workers with no affinity, so one worker
+    (threaded, as Flask-SocketIO's docs run it), and instances for scale."""
+    if found.run.startswith(GUNICORN):
+        found.run = found.run.replace("--workers 2", "--workers 1 --threads 100", 1)
+        found.why.append(
+            "one gunicorn worker with 100 threads per instance: its workers would split a "
+            "client's session between processes; scale with [fleet] size"
+        )
 
 
 def _sticky(root: Path) -> str | None:

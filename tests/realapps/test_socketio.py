@@ -174,3 +174,61 @@ def test_socketio_clients_connect_and_survive_a_rolling_deploy(tmp_path: Path) -
             seen = browser.js("return window.seen")
             assert all(began == "polling" and id_ in new for id_, began in seen), seen
             assert "kiln_" not in browser.js("return document.cookie")  # HttpOnly
+
+
+FLASK_APP = """\
+import os
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+app = Flask(__name__)
+socketio = SocketIO(app)
+
+
+@app.route("/healthz")
+def healthz():
+    return "ok"
+
+
+@socketio.on("whoami")
+def whoami():
+    return os.environ["KILN_INSTANCE_ID"]
+"""
+
+
+def test_flask_socketio_under_gunicorn_connects_every_client(tmp_path: Path) -> None:
+    """The same for Flask-SocketIO (a Python server the JS client speaks to): `kiln init`
+    makes it sticky and runs one threaded gunicorn worker per instance, since gunicorn's
+    workers would split a client's session between processes as instances do."""
+    app = tmp_path / "chat"
+    app.mkdir()
+    (app / "app.py").write_text(FLASK_APP)
+    (app / "requirements.txt").write_text(
+        "flask==3.1.3\nflask-socketio==5.7.0\nsimple-websocket==1.1.0\ngunicorn==23.0.0\n"
+    )
+    client = tmp_path / "client.js"
+    client.write_text(CLIENT)
+    env = {**os.environ, "NODE_PATH": str(npm_tools("socket.io-client@4.8.4"))}
+    kiln = Kiln(app)
+    init = kiln("init")
+    assert "flask-socketio in requirements.txt" in init.stdout
+    toml = (app / "kiln.toml").read_text()
+    assert 'sticky = "cookie"' in toml and "--workers 1 --threads 100 " in toml
+    port = free_port()
+    review(app, port)
+    deploy(kiln)
+    stop = tmp_path / "stop"
+    stop.touch()  # connect, ask each instance once, report
+    done = subprocess.run(
+        ["node", str(client), f"http://127.0.0.1:{port}", str(N), str(stop)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    first, summary = (json.loads(line) for line in done.stdout.splitlines()[:2])
+    assert first["ready"] and first["errors"] == [], (first, done.stderr)
+    assert set(first["before"]) == _status_ids(kiln)  # both instances serve sessions
+    assert summary["polledFirst"] == N and summary["lostAcks"] == 0, summary
+    assert summary["connected"] and summary["connectErrors"] == [], summary
