@@ -290,6 +290,7 @@ def main() -> int:
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run scripts/test-deps.sh (or apt-get install {tool})")
 
+    load_before = os.getloadavg()[0]  # other work on the machine: the figures depend on it
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-bench-")))
         kiln_port, addresses, kind, kiln_pid = stack.enter_context(kiln_fleet(workdir, 2))
@@ -325,6 +326,7 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "system": platform.platform(),
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         },
         "backend": {"kind": kind, "instances": 2, "body_bytes": len(BODY) + 1},
         "load": {
@@ -373,7 +375,8 @@ def main() -> int:
         f"kiln added p99 at moderate load: {s['kiln_added_p99_ms_vs_direct_moderate']:.2f} ms "
         f"vs direct (goal <= 1 ms), {s['kiln_added_p99_ms_vs_haproxy_moderate']:+.2f} ms vs haproxy"
     )
-    print(f"saved {args.output}")
+    loads = report["machine"]["load_average"]
+    print(f"load average {loads[0]} before, {loads[1]} after; saved {args.output}")
     return 0
 
 
