@@ -78,7 +78,7 @@ def test_a_deleted_agent_database_is_rebuilt_from_the_running_instances(
     agent = read_pid(home)
     assert agent is not None
     os.kill(agent, signal.SIGKILL)
-    wait_for(lambda: gone(agent), 10, "the agent to die")
+    wait_for(lambda: gone(agent), 60, "the agent to die")
     for suffix in ("", "-wal", "-shm"):
         Path(str(db_path(home)) + suffix).unlink(missing_ok=True)
 
@@ -109,5 +109,5 @@ def test_a_deleted_agent_database_is_rebuilt_from_the_running_instances(
     live = _live(kiln)
     assert len(live) == 2 and not set(live) & set(before)
     assert {i["image"] for i in _status(kiln)["instances"] if i["id"] in live} == {v2}
-    wait_for(lambda: _processes(home) == set(live), 15, "only the new instances to run")
+    wait_for(lambda: _processes(home) == set(live), 60, "only the new instances to run")
     assert all(gone(p) for p in before.values())

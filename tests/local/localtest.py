@@ -5,6 +5,7 @@ Import them from here (never from conftest, whose name other test dirs share).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -23,6 +24,7 @@ from kiln.image.store import FileEntry, Manifest, Store
 from kiln.local import lbproc
 from kiln.local.agent import db_path, read_pid
 from kiln.local.client import stop_agent
+from kiln.local.lblink import BalancerLink
 from kiln.local.provider import LocalProvider
 from kiln.providers.protocol import InstanceState
 from kilntest import Kiln
@@ -150,10 +152,10 @@ run = "python3 app.py"
 [health]
 path = "/health"
 interval = "100ms"
-timeout = "1s"
+timeout = "5s"
 healthy_threshold = 1
 unhealthy_threshold = 2
-grace = "3s"
+grace = "10s"
 
 [fleet]
 drain = "5s"
@@ -212,8 +214,21 @@ def serving(provider: LocalProvider, n: int, fleet: str = "web") -> list[str]:
         ids = [i.id for i in provider.describe(fleet).serving()]
         return ids if len(ids) >= n else None
 
-    result: list[str] = wait_for(check, 15, f"{n} instances serving")
+    result: list[str] = wait_for(check, 90, f"{n} instances serving")  # a ceiling: busy machine
     return result
+
+
+def in_flight(home: Home, instance: str, fleet: str = "web") -> int:
+    """Requests the balancer has sent the instance and not yet seen answered."""
+    link = BalancerLink(home, dict)
+
+    async def ask() -> int:
+        try:
+            return await link.outstanding(fleet, instance)
+        finally:
+            link.close()
+
+    return asyncio.run(ask())
 
 
 def gone(pid: int) -> bool:

@@ -63,7 +63,7 @@ def test_the_agent_holds_no_secret_and_none_of_the_callers_variables(
     # A restarted agent has lost the values it held in memory; the running
     # instance still carries them, so self-healing keeps the secret.
     os.kill(agent, signal.SIGKILL)
-    wait_for(lambda: gone(agent), 10, "the agent to die")
+    wait_for(lambda: gone(agent), 60, "the agent to die")
     monkeypatch.delenv("KILN_TEST_API_TOKEN")
     start_agent(local_home)
     (old,) = provider.describe("web").live()

@@ -60,7 +60,7 @@ def test_app_that_exits_at_once_is_failed_with_its_log(
         inst = next(i for i in provider.describe("web").instances if i.id == first)
         return inst.state is InstanceState.FAILED
 
-    wait_for(failed, 10, "the crashing instance to fail")
+    wait_for(failed, 60, "the crashing instance to fail")
     inst = next(i for i in provider.describe("web").instances if i.id == first)
     assert inst.exit_status == 3 and inst.details["reason"] == "exited with status 3"
     assert "boom: DATABASE_URL is not set" in provider.log_tail(first)

@@ -136,7 +136,7 @@ def test_materialize_fails_half_way(site: tuple[Kiln, int], home: Home) -> None:
     assert code != 0 and data is not None, data
     assert data["outcome"] == "rolled back" and "zz_last.py" in data["message"], data
     # nothing half-written is left: no instance directory, no partial image tree
-    wait_for(lambda: not _dirs(home.instances) and not _dirs(home.agent_dir / "trees"), 10, "")
+    wait_for(lambda: not _dirs(home.instances) and not _dirs(home.agent_dir / "trees"), 60, "")
     works(kiln, home, port)
 
 

@@ -72,7 +72,7 @@ def test_sigkill_under_load_costs_no_request_and_heals(
             fresh = [i for i in provider.describe("web").serving() if i.id != survivor]
             return bool(fresh) and fresh[0].id != victim
 
-        wait_for(healed, 15, "a healthy replacement in service")
+        wait_for(healed, 60, "a healthy replacement in service")
         time.sleep(0.5)
     assert load.failed == [], load.failed[:5]
     assert load.ok > 100
@@ -103,7 +103,7 @@ def test_unhealthy_instance_is_replaced(provider: LocalProvider, image: str) -> 
         state = provider.describe("web")
         return any(i.id != first for i in state.serving())
 
-    wait_for(replaced, 15, "replacement of the unhealthy instance")
+    wait_for(replaced, 60, "replacement of the unhealthy instance")
     old = next(i for i in provider.describe("web").instances if i.id == first)
     assert old.state is InstanceState.FAILED
     assert "answered 500" in old.details["reason"]
@@ -119,7 +119,7 @@ def test_agent_sigkill_then_restart_readopts(
     agent_pid = read_pid(local_home)
     assert agent_pid
     os.kill(agent_pid, signal.SIGKILL)
-    wait_for(lambda: refused(local_home.agent_socket), 5, "the dead agent's socket to refuse")
+    wait_for(lambda: refused(local_home.agent_socket), 60, "the dead agent's socket to refuse")
     for pid in before.values():
         assert Path(f"/proc/{pid}").exists()  # instances outlive the agent
 

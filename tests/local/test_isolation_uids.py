@@ -96,10 +96,10 @@ def test_what_an_instance_started_dies_with_it_and_its_uid_is_never_reused(
     def escaped() -> list[int]:
         return [p for p in uids.processes_of(uid) if _session_of(p) != pid]
 
-    wait_for(lambda: len(escaped()) >= 2, 15, "the escapee and its child")
+    wait_for(lambda: len(escaped()) >= 2, 60, "the escapee and its child")
 
     first.terminate("web", [inst.id])
-    wait_for(lambda: not uids.processes_of(uid), 15, f"every process of uid {uid} to be killed")
+    wait_for(lambda: not uids.processes_of(uid), 60, f"every process of uid {uid} to be killed")
 
     second = LocalProvider(
         open_home,
@@ -125,7 +125,7 @@ def test_a_uid_that_owns_a_process_is_never_handed_out(tmp_path: Path) -> None:
         ["sleep", "60"], user=squatter_uid, group=squatter_uid, extra_groups=[]
     )
     try:
-        wait_for(lambda: squatter.pid in uids.processes_of(squatter_uid), 5, "the squatter")
+        wait_for(lambda: squatter.pid in uids.processes_of(squatter_uid), 60, "the squatter")
         taken = pool.take(known=[], dirs=tmp_path / "none")
         assert taken == TEST_UIDS + 2  # past the last one handed out, and past the squatter
         assert pool.take(known=[TEST_UIDS + 3], dirs=tmp_path / "none") == TEST_UIDS + 4
@@ -151,7 +151,7 @@ def test_kill_all_catches_a_process_that_keeps_forking() -> None:
         [str(PYTHON), "-c", storm], user=uid, group=uid, extra_groups=[], start_new_session=True
     )
     try:
-        wait_for(lambda: len(uids.processes_of(uid)) > 10, 10, "a fork storm")
+        wait_for(lambda: len(uids.processes_of(uid)) > 10, 60, "a fork storm")
         assert uids.kill_all(uid) == []
         assert uids.processes_of(uid) == []
     finally:

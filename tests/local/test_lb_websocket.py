@@ -252,12 +252,12 @@ def test_websockets_across_a_replacement(local_home: Home, tmp_path: Path) -> No
     runner = threading.Thread(target=lambda: asyncio.run(client()))
     runner.start()
     try:
-        wait_for(lambda: any(m.startswith(old) for _, m in log), 10, "echoes from the old instance")
+        wait_for(lambda: any(m.startswith(old) for _, m in log), 60, "echoes from the old instance")
         [new] = provider.launch("web", image, 1)  # a rolling step: new one in, old one out
         wait_for(lambda: len(provider.describe("web").serving()) == 2, 15, "both serving")
         started = time.monotonic()
         provider.terminate("web", [old])
-        wait_for(lambda: any(m.startswith(new) for _, m in log), 15, "echoes from the new one")
+        wait_for(lambda: any(m.startswith(new) for _, m in log), 60, "echoes from the new one")
     finally:
         stop.set()
         runner.join(20)
@@ -346,12 +346,12 @@ tunnel_grace = "1s"
     provider = LocalProvider(local_home, load_config(app / "kiln.toml"))
     old = {i.id for i in provider.describe("web").serving()}
     with Sockets(port, 4) as sockets:
-        wait_for(lambda: sockets.instances() == old, 10, "sockets on both old instances")
+        wait_for(lambda: sockets.instances() == old, 60, "sockets on both old instances")
         kiln("deploy", "--image", v2, "--json")
         done = time.monotonic()
         new = {i.id for i in provider.describe("web").serving()}
         assert new.isdisjoint(old) and len(new) == 2
-        wait_for(lambda: len({n for t, n, m in sockets.log if t > done}) == 4, 10, "echoes")
+        wait_for(lambda: len({n for t, n, m in sockets.log if t > done}) == 4, 60, "echoes")
     assert sockets.failures == []
     closes = [(t, n) for t, n, m in sockets.log if m == "closed"]
     assert {n for _, n in closes} == {0, 1, 2, 3}  # every client lost its old socket once

@@ -37,7 +37,7 @@ def test_grace_counts_from_process_start_and_status_shows_materializing(
         lb_port,
         name="web",
     )
-    text = config.read_text().replace('grace = "3s"', f'grace = "{GRACE:g}s"')
+    text = config.read_text().replace('grace = "10s"', f'grace = "{GRACE:g}s"')
     config.write_text(text.replace("unhealthy_threshold = 2", "unhealthy_threshold = 3"))
     provider = LocalProvider(local_home, load_config(config))
     files = many_files(4000, size=4096, app=SLOW_START) | {"data.bin": "x" * (120 << 20)}

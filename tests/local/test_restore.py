@@ -56,7 +56,7 @@ def test_restart_kills_unrecorded_spawn_and_ignores_recycled_pid(
         assert len(state.live()) == 2 and state.groups == {image: 2}
         assert all(i.details["replaces"] in by_id for i in state.live())
 
-        wait_for(lambda: orphan.poll() is not None, 5, "the unrecorded spawn to be killed")
+        wait_for(lambda: orphan.poll() is not None, 60, "the unrecorded spawn to be killed")
         assert orphan.returncode == -signal.SIGKILL
         assert stranger.poll() is None and not gone(stranger.pid)  # never touched
     finally:

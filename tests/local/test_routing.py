@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from localtest import http_get, serving, wait_for, write_config
+from localtest import http_get, in_flight, serving, wait_for, write_config
 
 from kiln.config import load_config
 from kiln.home import Home
@@ -79,7 +79,7 @@ def test_membership_changes_and_503(provider: LocalProvider, image: str, lb_port
     blue = provider.launch("web", image, 1)
     green = provider.launch("web", image, 1, in_service=False)
     serving(provider, 1)
-    wait_for(lambda: provider.describe("web").live()[1].healthy, 10, "green healthy")
+    wait_for(lambda: provider.describe("web").live()[1].healthy, 60, "green healthy")
     assert {http_get(lb_port)[1]["instance"] for _ in range(4)} == set(blue)
 
     provider.set_in_service("web", add=green, remove=blue)
@@ -91,19 +91,21 @@ def test_membership_changes_and_503(provider: LocalProvider, image: str, lb_port
 
 
 def test_terminate_drains_in_flight_requests(
-    provider: LocalProvider, image: str, lb_port: int
+    provider: LocalProvider, image: str, lb_port: int, local_home: Home
 ) -> None:
     ids = provider.launch("web", image, 1)
     serving(provider, 1)
     results: list[int] = []
-    slow = threading.Thread(target=lambda: results.append(http_get(lb_port, "/slow?s=1.2")[0]))
+    slow = threading.Thread(
+        target=lambda: results.append(http_get(lb_port, "/slow?s=2", timeout=60)[0])
+    )
     slow.start()
-    wait_for(lambda: provider.stats("web") is not None, 2)
-    time.sleep(0.3)  # the slow request is in flight
+    # in flight once the balancer has sent it (a 0.3 s sleep was too short under load)
+    wait_for(lambda: in_flight(local_home, ids[0]), 60, "the slow request in flight")
     started = time.monotonic()
     provider.terminate("web", ids)
     took = time.monotonic() - started
-    slow.join(5)
+    slow.join(60)
     assert results == [200]  # it finished, not cut off
     assert 0.5 < took < 4.5  # waited for it, not for the whole drain time
     state = provider.describe("web")
@@ -130,15 +132,16 @@ def test_drain_is_capped_by_fleet_drain(
 
     def slow() -> None:
         try:
-            results.append(http_get(lb_port, "/slow?s=5")[0])
+            results.append(http_get(lb_port, "/slow?s=30", timeout=60)[0])
         except OSError as exc:  # cut off: the instance was stopped after the drain time
             results.append(exc)
 
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.3)
+    wait_for(lambda: in_flight(local_home, ids[0]), 60, "the slow request in flight")
     started = time.monotonic()
     provider.terminate("web", ids)
-    assert time.monotonic() - started < 3.0  # the drain time, then SIGTERM: not the 5 s request
-    thread.join(10)
+    # the drain time, then SIGTERM: not the 30 s request (10 s: room for a busy machine)
+    assert time.monotonic() - started < 10.0
+    thread.join(60)
     assert results and results[0] != 200

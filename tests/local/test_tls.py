@@ -138,7 +138,7 @@ def test_tls_with_sni_for_two_fleets_reload_and_forwarded_proto(
         finally:
             conn.close()
 
-    wait_for(renewed, 15, "the renewed certificate")
+    wait_for(renewed, 60, "the renewed certificate")
     assert _get(kept)["instance"] == shop_id and _serial(kept) == before
     kept.close()
 
