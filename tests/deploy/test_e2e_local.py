@@ -131,23 +131,34 @@ def _journal_reached(db_path: Path, since: float, step: int) -> bool:
 
 @pytest.mark.parametrize("strategy", ["rolling", "blue-green"])
 def test_kill_9_at_every_step_under_load(site: tuple[Kiln, int], home: Home, strategy: str) -> None:
-    """SIGKILL the deployer as each step begins; 'kiln deploy --resume' finishes it."""
+    """SIGKILL the deployer as each step begins; 'kiln deploy --resume' finishes it.
+
+    Every step of every plan shape: rolling's four; blue-green's launch, switch
+    and retire (with keep_warm 0 no warm standby is left, so each plan is the
+    long one), then its switch and retire back to a warm standby (keep_warm on:
+    the retired fleet stays warm for the next deployment). It once killed
+    blue-green at its first launch and then at a warm retire only.
+    """
     kiln, port = site
     config = kiln.cwd / "kiln.toml"
     config.write_text(config.read_text().replace('settle = "1.5s"', "settle = 0"))
     images = [app_image(home, "v1"), app_image(home, "v2")]
     assert _deploy(kiln, images[0])["outcome"] == "succeeded"
-    steps = len(
-        json.loads(kiln("deploy", "--image", images[1], "--dry-run", "--json").stdout)["steps"]
+    kills = (  # (keep_warm, step to kill at, the plan's steps)
+        [("1m", n, 4) for n in range(4)]
+        if strategy == "rolling"
+        else [("0s", n, 3) for n in range(3)] + [("10m", 2, 3), ("10m", 0, 2), ("10m", 1, 2)]
     )
     env = {**os.environ, "KILN_HOME": str(home.root)}
     missed = 0
     with Load(port) as load, Capacity(home, config) as capacity:
-        for kill_at in range(steps):
+        for kill_at, (keep_warm, step, length) in enumerate(kills):
+            config.write_text(
+                re.sub(r'(?m)^keep_warm = ".*"$', f'keep_warm = "{keep_warm}"', config.read_text())
+            )
             target = images[(kill_at + 1) % 2]
             plan = kiln("deploy", "--image", target, "--strategy", strategy, "--dry-run", "--json")
-            # (blue-green back to a warm standby is shorter: a switch and a retire)
-            step = min(kill_at, len(json.loads(plan.stdout)["steps"]) - 1)
+            assert len(json.loads(plan.stdout)["steps"]) == length, plan.stdout
             load.phase = f"{strategy} killed at step {step}"
             since = time.time()
             output = kiln.cwd / f"deploy-{kill_at}.out"
@@ -194,7 +205,7 @@ def test_kill_9_at_every_step_under_load(site: tuple[Kiln, int], home: Home, str
     assert capacity.minimum >= 2, "the fleet went below its desired healthy capacity"
     assert missed <= 1
     history = json.loads(kiln("history", "--json").stdout)
-    assert [h["outcome"] for h in history] == ["succeeded"] * (steps + 1)
+    assert [h["outcome"] for h in history] == ["succeeded"] * (len(kills) + 1)
 
 
 def test_deploy_bakes_first_and_an_unchanged_app_is_a_no_op(
