@@ -151,7 +151,12 @@ class Relayer:
             )
             prefix = "sudo -n " if target.sudo else ""
             provision(
-                target, uploads, prefix + command, timeout=self.settings.ssh_timeout, note=note
+                target,
+                uploads,
+                prefix + command,
+                timeout=self.settings.ssh_timeout,
+                note=note,
+                doing="replacing the env layer",
             )
             stop_builder(aws, builder, note)
             return self._create_image(aws, base, image, digest, builder.instance_id)

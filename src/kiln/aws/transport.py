@@ -69,7 +69,13 @@ class Transport(Protocol):
 
 
 def provision(
-    transport: Transport, uploads: list[Upload], command: str, *, timeout: float, note: Note
+    transport: Transport,
+    uploads: list[Upload],
+    command: str,
+    *,
+    timeout: float,
+    note: Note,
+    doing: str = "installing the image",
 ) -> str:
     """Open, upload (each file checked on the builder), run ``command``; its stdout."""
     try:
@@ -79,14 +85,12 @@ def provision(
             note(f"uploading {item.source.name} ({item.source.stat().st_size} bytes)")
             transport.put(item)
             _check(transport, item)
-        note("installing")
+        note(doing)
         ran = transport.run(command)
     finally:
         transport.close()
     if ran.exit_status != 0:
-        raise AwsError(
-            f"installing the image on the builder failed (exit {ran.exit_status}): {ran.last_error}"
-        )
+        raise AwsError(f"{doing} on the builder failed (exit {ran.exit_status}): {ran.last_error}")
     return ran.stdout
 
 
