@@ -13,6 +13,7 @@ import re
 import ssl
 import stat
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -280,3 +281,74 @@ def test_the_key_is_made_once_private_and_kept(tmp_path: Path) -> None:
     assert one.token("i-1") == affinity.Affinity("web", key).token("i-1")
     assert one.token("i-1") != affinity.Affinity("web", os.urandom(32)).token("i-1")
     assert one.token("i-1") != affinity.Affinity("api", key).token("i-1")
+
+
+NAMED = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        body = sys.argv[2].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def _raw_get(port: int, *fields: str) -> tuple[list[str], str]:
+    return asyncio.run(_one(port, *fields))
+
+
+async def _one(port: int, *fields: str) -> tuple[list[str], str]:
+    _, cookies, body = await get(port, *fields)
+    return cookies, body
+
+
+def test_cookies_stay_valid_across_a_balancer_restart(tmp_path: Path) -> None:
+    """The balancer process as the agent runs it: sticky comes in the configure message,
+    and the secret it keeps in the home outlives the process."""
+    from lbharness import BalancerProcess, wait_port
+
+    ports = [free_port(), free_port()]
+    servers = [
+        subprocess.Popen([sys.executable, "-c", NAMED, str(p), name])
+        for p, name in zip(ports, ("a", "b"), strict=True)
+    ]
+    try:
+        for p in ports:
+            wait_port(p)
+        home = tmp_path / "home"
+        first = BalancerProcess(home)
+        try:
+            port = first.serve(*ports)
+            first.fleets["f0"]["sticky"] = {"max_age": None}
+            first.call("configure", fleets=first.fleets)
+            cookies, body = _raw_get(port)
+            token = re.match(r"kiln_f0=([^;]*);", cookies[0])
+            assert token is not None, cookies
+            fleets = first.fleets
+        finally:
+            first.stop()
+        key = home / "agent" / "affinity.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        second = BalancerProcess(home)
+        try:
+            second.fleets = fleets
+            assert second.call("configure", fleets=fleets)["listening"]["f0"]
+            wait_port(port)
+            for _ in range(4):  # round-robin would alternate; the cookie holds
+                again, same = _raw_get(port, f"Cookie: kiln_f0={token.group(1)}")
+                assert (again, same) == ([], body)
+        finally:
+            second.stop()
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait(10)
