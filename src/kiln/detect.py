@@ -330,7 +330,7 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
     if installing:
         why.append(
             f"node_modules/ is made by the build and reused while {' and '.join(inputs)} "
-            "are unchanged"
+            f"{'is' if len(inputs) == 1 else 'are'} unchanged"
         )
     if not installing:
         return ["npm run build"] if building else []

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
-from realkit import first_try
+from realkit import SYSTEM_PYTHON, first_try
+
+from kilntest import Kiln
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +57,39 @@ def _websocket_ping(port: int, path: str) -> tuple[bytes, bytes]:
                 return head.split(b"\r\n", 1)[0], frame
 
 
+# A browser's first message: run the script. Its output comes back as ForwardMsgs.
+SESSION = """\
+import sys
+from streamlit.proto.BackMsg_pb2 import BackMsg
+from websockets.sync.client import connect
+
+rerun = BackMsg()
+rerun.rerun_script.query_string = ""
+with connect(sys.argv[1], subprotocols=["streamlit"], open_timeout=30) as ws:
+    ws.send(rerun.SerializeToString())
+    for _ in range(50):
+        frame = ws.recv(timeout=60)
+        if b"version 1" in frame:
+            print("rendered")
+            break
+"""
+
+
+def _streamlit_session(kiln: Kiln, port: int) -> str:
+    """A Streamlit session through the balancer, with the image's own client libraries."""
+    status = json.loads(kiln("status", "--json").stdout)
+    live = [i for i in status["instances"] if i["state"] == "healthy"]
+    deps = Path(os.environ["KILN_HOME"]) / "instances" / live[0]["id"] / "deps"
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", SESSION, f"ws://127.0.0.1:{port}/_stcore/stream"],
+        env={**os.environ, "PYTHONPATH": str(deps)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return done.stdout.strip() or done.stderr[-2000:]
+
+
 @pytest.mark.timeout(900)  # a 470 MB install (pyarrow, pandas) baked, 3 deploys of 2 instances
 def test_streamlit_on_the_first_try(tmp_path: Path) -> None:
     app = tmp_path / "inventory"
@@ -64,12 +101,13 @@ def test_streamlit_on_the_first_try(tmp_path: Path) -> None:
     def change() -> None:
         script.write_text(STREAMLIT_APP.replace("version 1", "version 2"))
 
-    _kiln, port = first_try(app, "/", change, lambda body: b"<title>Streamlit</title>" in body)
+    kiln, port = first_try(app, "/", change, lambda body: b"<title>Streamlit</title>" in body)
     toml = (app / "kiln.toml").read_text()
     assert "python3 -m streamlit run app.py --server.address $HOST --server.port $PORT" in toml
     assert 'path = "/_stcore/health"' in toml and 'sticky = "cookie"' in toml
     status, pong = _websocket_ping(port, "/_stcore/stream")
     assert (status, pong) == (b"HTTP/1.1 101 Switching Protocols", b"kiln")
+    assert _streamlit_session(kiln, port) == "rendered"  # rolled back: version 1 runs
 
 
 SANIC_APP = """\
