@@ -144,6 +144,10 @@ def test_a_sticky_fleet_gets_stickiness_on_its_target_groups_in_the_scaling_poli
         PolicyArn="arn:aws:iam::123456789012:policy/kiln/kiln-web-scaling", VersionId="v1"
     )["PolicyVersion"]["Document"]
     assert "KilnStickiness" in json.dumps(attached)
+    (kiln.cwd / "kiln.toml").write_text(  # no target group: nothing to set, nothing granted
+        '[app]\nname = "shop"\nrun = "python3 app.py"\n[fleet]\nsticky = "cookie"\n'
+    )
+    assert "KilnStickiness" not in kiln("aws", "policy", "--json").stdout
 
 
 def test_instance_role_policy_names_the_apps_secrets_and_release_results(

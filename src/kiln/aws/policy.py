@@ -897,7 +897,8 @@ def options(settings: Any, sticky: str | None = None) -> dict[str, Any]:
     """policy_document's arguments for ``[provider.aws]`` (an AwsSettings) and
     ``[fleet] sticky``."""
     return {
-        "sticky": sticky is not None,
+        # stickiness is set on target_group_arn (and the canary's) only: none, nothing to set
+        "sticky": sticky is not None and bool(settings.target_group_arn),
         "canary_target_group": settings.canary_target_group_arn,
         "pass_role": instance_role(settings),
         "target_group": settings.target_group_arn,
