@@ -112,6 +112,7 @@ class Lifecycle:
         self.stopping: set[str] = set()  # ids whose retirement is under way
         self._log_sizes: dict[str, int] = {}  # log path -> size at the last time note
         self.booting: set[str] = set()  # ids recorded by this agent, not yet spawned
+        self.launching: dict[str, int] = {}  # fleet -> launches under way: never idled
         self._listening = asyncio.Lock()
         self.lb = BalancerLink(home, self.lb_config)
         self.certs = Certifier(

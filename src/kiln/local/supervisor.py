@@ -181,7 +181,7 @@ class Supervisor(Lifecycle):
         a record outlive its fleet and the fleet become undeployable (issue 15).
         """
         busy = any(r.live for r in self.instances.values() if r.fleet == fleet.name)
-        if fleet.groups or busy or fleet.idle:
+        if fleet.groups or busy or fleet.idle or fleet.name in self.launching:
             return
         fleet.idle = True
         self.lb.changed()
@@ -202,8 +202,16 @@ class Supervisor(Lifecycle):
     ) -> list[str]:
         record = await asyncio.to_thread(self.store.get, image)
         secrets = pick(settings.secrets, secrets)  # fail before anything changes
-        fleet = await self.ensure_fleet(name, settings, secrets)
-        self._set_group(fleet, record.id, count)
+        # Until its group is set, a new (or woken) fleet has no group and no
+        # instance: the idle sweep must not take its listener away meanwhile
+        # (it did while the balancer took seconds to start on a busy machine,
+        # and the fleet then served with no listener).
+        self.launching[name] = self.launching.get(name, 0) + 1
+        try:
+            fleet = await self.ensure_fleet(name, settings, secrets)
+            self._set_group(fleet, record.id, count)
+        finally:
+            self._launched(name)
         recs = [self.new_record(fleet, record.id, in_service) for _ in range(count)]
         for index, rec in enumerate(recs):
             try:
@@ -218,6 +226,11 @@ class Supervisor(Lifecycle):
                 await self._idle_if_empty(fleet)
                 raise
         return [rec.id for rec in recs]
+
+    def _launched(self, name: str) -> None:
+        self.launching[name] -= 1
+        if not self.launching[name]:
+            del self.launching[name]
 
     def resolve_id(self, fleet: FleetRuntime, instance_id: str) -> InstanceRecord:
         """The instance, or the live replacement that took its place."""
