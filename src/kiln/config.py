@@ -774,7 +774,7 @@ class AwsSettings(Section):
     instance_role: str | None = Field(
         default=None,
         description=(
-            "IAM role inside the instance profile; the deploy policy may pass only this role "
+            "IAM role inside the instance profile; kiln's policies may pass only this role "
             "(iam:PassRole). Default: the profile's name."
         ),
     )
@@ -861,8 +861,9 @@ class AwsSettings(Section):
         description="A warm pool for each new server group. Unset: the current group's "
         "warm pool, if it has one, is carried to the next.",
     )
-    hook_roles: list[Annotated[str, Field(pattern=_ROLE_NAME)]] = Field(
+    hook_roles: list[Annotated[str, Field(pattern=_ROLE_NAME, max_length=128)]] = Field(
         default_factory=list,
+        max_length=10,  # the scaling policy's size is tested with ten of 128 characters
         description=(
             "IAM roles (names, with their path if any) that the serving group's lifecycle "
             "hooks notify through (their RoleARN): the scaling policy may pass only these "

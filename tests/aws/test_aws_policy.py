@@ -10,6 +10,7 @@ linter checks. Both come from one list of rules.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import time
 from pathlib import Path
@@ -451,53 +452,63 @@ def _regions() -> tuple[tuple[str, str], ...]:
     return tuple(_every_region())
 
 
-def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() -> None:
-    """IAM's 6,144-character limit (whitespace not counted): moto does not enforce it."""
+def _longest_options(partition: str, region: str | None) -> dict[str, dict[str, Any]]:
+    """Each option of [provider.aws] and [fleet] that grows a policy, at its longest."""
     role = "r" * 64  # the longest role name IAM allows, for iam:PassRole
-    largest: dict[str, int] = {}
-    canaried: dict[str, int] = {}
-    # the canary's listener (listener_arn): an ALB name of 32 characters, the longest
+    # an ALB of 32 characters (the longest name), its listener; a target group likewise
     listener = (
-        "arn:{}:elasticloadbalancing:{}:123456789012:listener/app/"
+        f"arn:{partition}:elasticloadbalancing:{region}:123456789012:listener/app/"
         + "n" * 32
-        + ("/0123456789abcdef/0123456789abcdef")
+        + "/0123456789abcdef/0123456789abcdef"
     )
-    group = (  # a target group's ARN: a name of 32 characters, the longest
-        "arn:{}:elasticloadbalancing:{}:123456789012:targetgroup/" + "t" * 32 + "/0123456789abcdef"
+    group = (
+        f"arn:{partition}:elasticloadbalancing:{region}:123456789012:targetgroup/"
+        + "t" * 32
+        + "/0123456789abcdef"
     )
+    return {
+        "instance role": {"pass_role": role},
+        "canary": {"listener": listener},
+        "target group": {"target_group": group},
+        "boot test": {"boot_test_target_group": group},
+        "ssm bake": {"ssm": True, "builder_role": role},
+        "sticky": {"sticky": True, "canary_target_group": group},
+        # as many hook roles as kiln.toml may list (10), each 128 characters with its path
+        "hook roles": {"hook_roles": tuple(f"hooks/{i:02d}" + "h" * 120 for i in range(10))},
+    }
+
+
+def test_every_managed_policy_fits_iam_in_every_partition_region_and_option() -> None:
+    """IAM's 6,144-character limit (whitespace not counted): moto does not enforce it.
+
+    Every combination of the options, all on at once included, in every region
+    of every partition, each at its longest: every policy stays under 75% of
+    the limit, the headroom for the next kiln version's statements.
+    """
+    largest: dict[str, tuple[int, str]] = {}
     for partition, region in [*_every_region(), ("aws", None)]:
+        longest = _longest_options(partition, region)
+        names = sorted(longest)
         for account in ("123456789012", None):
-            for pass_role, canary, ssm in (
-                (None, False, False),
-                (role, False, False),
-                (role, True, False),
-                (role, False, True),
-                (role, True, True),
-            ):
-                for part, purposes in PARTS.items():
-                    document = policy_document(
-                        region=region,
-                        account=account,
-                        partition=partition,
-                        purposes=purposes,
-                        pass_role=pass_role,
-                        listener=listener.format(partition, region) if canary else None,
-                        ssm=ssm,
-                        builder_role=role if ssm else None,
-                        sticky=True,  # [fleet] sticky: its two target groups, the longest
-                        canary_target_group=group.format(partition, region),
-                        **(_longest_publish(partition, region) if part == "publish" else {}),
-                    )
-                    chars = size(document)
-                    assert chars <= MANAGED_POLICY_MAX, (partition, region, part, chars)
-                    which = canaried if canary and part == "deploy" else largest
-                    which[part] = max(which.get(part, 0), chars)
-    # headroom for the next kiln version's statements: at most 75% of the limit each
-    assert all(chars < MANAGED_POLICY_MAX * 0.75 for chars in largest.values()), largest
-    # a canary's listener_arn (up to 186 characters of ARN) is the one option allowed past
-    # 75%: the deploy policy with it and a PassRole is at 78.6% in aws-iso-f. The next
-    # deploy statements need the deploy policy split in two (see docs/aws.md, Limits).
-    assert all(chars < MANAGED_POLICY_MAX * 0.8 for chars in canaried.values()), canaried
+            for count in range(len(names) + 1):
+                for chosen in itertools.combinations(names, count):
+                    given: dict[str, Any] = {}
+                    for name in chosen:
+                        given |= longest[name]
+                    for part, purposes in PARTS.items():
+                        publish = _longest_publish(partition, region) if part == "publish" else {}
+                        document = policy_document(
+                            region=region,
+                            account=account,
+                            partition=partition,
+                            purposes=purposes,
+                            **given,
+                            **publish,
+                        )
+                        chars = size(document)
+                        if chars > largest.get(part, (0, ""))[0]:
+                            largest[part] = (chars, f"{partition} {region} {chosen}")
+    assert all(chars <= MANAGED_POLICY_MAX * 0.75 for chars, _ in largest.values()), largest
 
 
 def test_missing_credentials_and_region_say_what_to_do(

@@ -133,22 +133,16 @@ RULES: tuple[Rule, ...] = (
         resources=(_OWN + "security-group/*", _OWN + "key-pair/*", _OWN + "instance/*"),
         condition=_BUILT_BY_KILN,
     ),
-    Rule(  # only from kiln's own builder: never an image of somebody else's disk
-        sid="KilnBakeImageOfOwnBuilder",
+    Rule(  # only from kiln's own builder: never an image of somebody else's disk; and
+        # its console, so a failed boot test shows why (one statement: the bake's headroom)
+        sid="KilnBakeOwnBuilder",
         purposes=_p("bake"),
-        actions=("ec2:CreateImage",),
+        actions=("ec2:CreateImage", "ec2:GetConsoleOutput"),
         resources=(_OWN + "instance/*",),
         condition=_BUILT_BY_KILN,
     ),
-    Rule(
-        sid="KilnBootTestReadConsole",  # a failed boot test shows why
-        purposes=_p("bake"),
-        actions=("ec2:GetConsoleOutput",),
-        resources=(_OWN + "instance/*",),
-        condition=_BUILT_BY_KILN,
-    ),
-    Rule(
-        sid="KilnBootTestTargetHealth",  # [provider.aws] boot_test_target_group_arn
+    Rule(  # [provider.aws] boot_test_target_group_arn: a read (rendered into KilnDescribe)
+        sid="KilnDescribe",
         purposes=_p("bake"),
         actions=("elasticloadbalancing:DescribeTargetHealth",),
         resources=("*",),
@@ -247,7 +241,7 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         condition={"StringEquals": {"aws:RequestedRegion": "{region}"}},
     ),
     Rule(  # consoles: why an instance failed; a release runner (kiln.aws.oneoff) always ends
-        sid="KilnDeployOwnInstances",
+        sid="KilnDeployOwnInstancesAndTemplates",
         purposes=_p("deploy"),
         actions=("ec2:GetConsoleOutput", "ec2:TerminateInstances"),
         resources=(_OWN + "instance/*",),
@@ -260,8 +254,8 @@ DEPLOY_RULES: tuple[Rule, ...] = (
         resources=(_OWN + "launch-template/*", _ASG + "kiln-*"),
         condition={"StringLike": {f"aws:RequestTag/{FLEET_TAG}": "*"}},
     ),
-    Rule(
-        sid="KilnDeployOwnLaunchTemplates",
+    Rule(  # the fleet's template (rendered into the statement above: same tag condition)
+        sid="KilnDeployOwnInstancesAndTemplates",
         purposes=_p("deploy"),
         actions=(
             "ec2:CreateLaunchTemplateVersion",
@@ -659,7 +653,8 @@ def policy_document(
 
     ``pass_role`` (the fleet's instance role) adds ``iam:PassRole`` for that one
     role, passable to EC2 only: launch templates naming an instance profile need
-    it, and so does the boot test, which launches with the fleet's launch data.
+    it (rendered in the scaling policy, not the deploy one), and so does the boot
+    test, which launches with the fleet's launch data.
     ``target_group`` (kiln.toml's ``target_group_arn``) is the only target group
     whose members the deploy statements may change; without it, any in the region.
     ``boot_test_target_group`` (``boot_test_target_group_arn``) is the one target group
@@ -735,10 +730,19 @@ def policy_document(
             same["Resource"] = joined[0] if len(joined) == 1 else joined
         else:
             statements.append(statement)
-    if pass_role and {"deploy", "bake"} & set(purposes):  # fleet and boot-test launches
-        statements.append(_pass_role(pass_role, values))
+    # Roles passed to EC2: the fleet's instance role (fleet launches, rendered in the
+    # scaling policy that every deploy user holds beside the deploy one, for the deploy
+    # policy's headroom; and boot-test launches) and the SSM builder's role.
+    to_ec2: list[tuple[str, str]] = []
+    if pass_role and {"scaling", "bake"} & set(purposes):
+        to_ec2.append(("KilnDeployPassInstanceRole", pass_role))
     if builder_role and "ssm" in purposes:
-        statements.append(_pass_role(builder_role, values, sid="KilnBakePassBuilderRole"))
+        to_ec2.append(("KilnBakePassBuilderRole", builder_role))
+    if len(to_ec2) == 1:
+        statements.append(_pass_role(to_ec2[0][1], values, sid=to_ec2[0][0]))
+    elif to_ec2:  # both: one statement, for the bake policy's headroom
+        roles = sorted({role for _sid, role in to_ec2})
+        statements.append(_pass_role(roles, values, sid="KilnPassRolesToEc2"))
     if hook_roles and "scaling" in purposes:  # carried lifecycle hooks' notification roles
         statements.append(
             _pass_role(
