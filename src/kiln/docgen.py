@@ -75,6 +75,8 @@ def _type_name(field: FieldInfo) -> str:
     text = text.replace("kiln.config.AcmeSettings", "table (below)")
     for simple in ("str", "int", "float", "bool"):
         text = text.replace(f"<class '{simple}'>", simple)
+    if text.startswith("Optional[Literal[") and text.endswith("]]"):  # sticky: unset or one of
+        text = text[len("Optional[") : -1] + " or None"
     return text.replace("|", "or").replace("Literal", "one of ")
 
 
