@@ -314,6 +314,17 @@ def test_no_warning_when_the_port_comes_from_the_environment(tmp_path: Path, sou
     assert detect(tmp_path).warnings == []
 
 
+def test_a_nest_app_listening_on_3000_gets_the_warning_not_also_the_note(tmp_path: Path) -> None:
+    package = {"scripts": {"build": "nest build"}, "dependencies": {"@nestjs/core": "^10"}}
+    main = "async function bootstrap() {\n  await app.listen(3000);\n}\n"
+    _write(tmp_path, {"package.json": package, "src/main.ts": main})
+    found = detect(tmp_path)
+    assert found.kind == "NestJS" and len(found.warnings) == 1 and not found.notes
+    (tmp_path / "src/main.ts").write_text("await app.listen(config.get('port'));\n")
+    found = detect(tmp_path)
+    assert not found.warnings and "process.env.PORT" in found.notes[0]
+
+
 def test_a_fastify_app_gets_a_note_on_the_host_it_binds(tmp_path: Path) -> None:
     package = {"main": "server.js", "dependencies": {"fastify": "^5"}}
     _write(

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from kiln.detect import NODE_EXCLUDE, Detected, _read, node_build, package_json, scripts_of
+from kiln.fixedport import fixed_port
 
 NODE_ENV = {"NODE_ENV": "production"}
 # A site generator and where its build writes the site.
@@ -151,7 +152,10 @@ def _nest(root: Path, package: dict[str, object]) -> Detected:
     why = ["package.json depends on @nestjs/core: a NestJS app"]
     why.append("'nest build' compiles it to dist/main.js, run with node (as start:prod does)")
     found = _node_stack("NestJS", "node dist/main.js", why, root, package)
-    found.notes.append("src/main.ts must call app.listen(process.env.PORT, process.env.HOST)")
+    main = _read(root / "src" / "main.ts")
+    if "process.env.PORT" not in main and fixed_port(main, js=True) is None:
+        # a literal port gets init's warning instead; this is for a port from elsewhere
+        found.notes.append("src/main.ts must call app.listen(process.env.PORT, process.env.HOST)")
     return found
 
 

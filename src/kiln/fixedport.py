@@ -36,7 +36,7 @@ def fixed_port_warnings(root: Path, run: str) -> list[str]:
     for path in _entry_files(root, run):
         text = _read(path)
         js = path.suffix != ".py"  # node's entry may have no suffix (bin/www)
-        found = _fixed(text, js)
+        found = fixed_port(text, js)
         if found is None:
             continue
         port, line = found
@@ -51,7 +51,7 @@ def fixed_port_warnings(root: Path, run: str) -> list[str]:
     return warnings
 
 
-def _fixed(text: str, js: bool) -> tuple[str, str] | None:
+def fixed_port(text: str, js: bool) -> tuple[str, str] | None:
     """(port, the line that fixes it), unless the file reads PORT from the environment."""
     if (_JS_ENV if js else _PY_ENV).search(text):
         return None
