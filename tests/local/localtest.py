@@ -170,8 +170,9 @@ stop_timeout = "2s"
 
 
 def http_get(
-    port: int, path: str = "/", timeout: float = 5.0, headers: dict[str, str] | None = None
+    port: int, path: str = "/", timeout: float = 30.0, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, Any]]:
+    """GET through the balancer; ``timeout`` is a ceiling for a busy machine."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path, headers=headers or {})

@@ -78,7 +78,7 @@ def test_logs_follow_ends_when_the_instance_has_ended(
         capture_output=True,
         text=True,
         env=env,
-        timeout=20,
+        timeout=120,  # a ceiling: the CLI alone took 10 s to start at load 15
         check=False,
     )
     assert done.returncode == 0 and "listening on" in done.stdout
