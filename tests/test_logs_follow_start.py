@@ -71,3 +71,8 @@ def test_fleet_follow_prints_a_line_written_while_the_first_lines_are_shown(
     )
     lines = [line.split("  ", 1)[1] for line in kiln("logs", "-f").stdout.splitlines()]
     assert lines == ["listening on", "served /late"]
+
+
+def test_without_follow_a_half_written_last_line_is_shown(home: Home, kiln: Kiln) -> None:
+    _log(home, "listening on\nEnter a number: ")
+    assert kiln("logs", INSTANCE).stdout.splitlines() == ["listening on", "Enter a number: "]

@@ -127,7 +127,9 @@ def logs(state: State, instance: str | None, follow: bool, lines: int, since: st
     home = state.home()
     if instance is not None:
         path = instance_log(home, instance)
-        end = log_end(path)  # before reading: what is written meanwhile is followed
+        # following: where from, taken before reading, so what is written meanwhile is
+        # followed; without -f a half-written last line is shown as it is
+        end = log_end(path) if follow else None
         if cutoff is None:
             text = log_tail(path, lines, end)
         else:
@@ -135,16 +137,16 @@ def logs(state: State, instance: str | None, follow: bool, lines: int, since: st
             text = "\n".join(recent[-lines:] if lines else [])
         if text:
             click.echo(text)
-        if follow:
+        if end is not None:
             _follow(path, end, lambda: _still_running(state, instance))
         return
     fleet = state.config().config.fleet_name
     known = _fleet_logs(home, fleet)
-    ends = {iid: log_end(path) for iid, (path, _live) in known.items()}
+    ends = {iid: log_end(path) for iid, (path, _live) in known.items()} if follow else {}
     merged = sorted(
         (at, iid, line)
         for iid, (path, _live) in known.items()
-        for at, line in timed_lines(path, ends[iid])
+        for at, line in timed_lines(path, ends.get(iid))
         if cutoff is None or at >= cutoff
     )
     for at, iid, line in merged[-lines:] if lines else []:
