@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 from e2ekit import Load, app_image, free_port, kill_everything, write_app_config
+from localtest import wait_for
 from uikit import served_ui
 
+from kiln.config import load_config
 from kiln.home import Home
+from kiln.local.provider import LocalProvider
 from kiln.local.series import Sampler
 from kiln.ui.server import Sample, _traffic_during
 from kilntest import Kiln
@@ -65,13 +68,24 @@ def test_a_deployment_nobody_watched_shows_its_traffic_when_the_page_opens(
     fleet: tuple[Kiln, int], home: Home
 ) -> None:
     kiln, port = fleet
+    provider = LocalProvider(home, load_config(kiln.cwd / "kiln.toml"))
+
+    def bucket_after(moment: float) -> None:
+        """Wait for the agent to store a bucket ending after ``moment`` (every 5 s, or
+        later on a busy machine: a sleep of 6 s missed it)."""
+        wait_for(
+            lambda: any(row[0] > moment for row in provider.traffic("web", moment - 60)),
+            120,
+            "the agent's next traffic bucket",
+        )
+
     kiln("deploy", "--image", app_image(home, "v1"))
-    time.sleep(6)  # the agent's first sample of the fleet: later buckets have deltas
+    bucket_after(time.time())  # sampled twice: later buckets have deltas
     with Load(port, workers=2) as load:
         kiln("deploy", "--image", app_image(home, "v2"))
-        time.sleep(6)  # one more bucket after the deployment ends
+        bucket_after(time.time())  # one more bucket after the deployment ends
     assert load.sent > 20 and load.failed == 0, load.errors[:5]
-    time.sleep(6)  # the last bucket with load in it is written
+    bucket_after(time.time())  # the last bucket with load in it is written
 
     opened = time.time()
     with served_ui(kiln.cwd) as url:
