@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+from lbharness import balancer_process
 from localtest import free_port
 
 from kiln.local.health import probe
@@ -251,3 +254,18 @@ def test_closing_under_load_raises_nothing() -> None:
     with runner:
         errors = runner.run(close_under_load())
     assert errors == []
+
+
+@pytest.mark.slow
+def test_a_stop_with_the_agent_connected_logs_no_traceback(tmp_path: Path) -> None:
+    """The agent keeps its control connection open; a SIGTERM used to log a
+    CancelledError traceback for it in lb.log on every normal stop."""
+    with balancer_process(tmp_path) as lb, socket.socket(socket.AF_UNIX) as agent:
+        agent.connect(str(lb.socket))
+        agent.sendall(b'{"op": "hello"}\n')
+        agent.settimeout(30.0)
+        assert b'"ok": true' in agent.recv(65536)
+        lb.stop()
+        assert lb.proc.returncode == 0
+    text = lb.log.read_text()
+    assert "stopped" in text and "Traceback" not in text, text

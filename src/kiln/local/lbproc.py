@@ -444,6 +444,9 @@ async def _serve(home: Home, host: BalancerHost, lock_fd: int) -> None:
     finally:
         watcher.cancel()
         server.close()
+        for writer in list(host.controls):  # the agent's open connection: let its handler
+            writer.close()  # see the end now, not be cancelled (a traceback) as the loop ends
+        await asyncio.sleep(0)
         await host.close()
         with contextlib.suppress(OSError):
             if path.stat().st_ino == inode:
