@@ -31,6 +31,11 @@
   role and queue); a hook without them has none, as on AWS.
 - ``PutScalingPolicy`` answers with ``PolicyARN`` (moto spells it
   ``PolicyArn``, which boto3 drops).
+- ``PutLifecycleHook`` with a ``RoleARN`` checks ``iam:PassRole`` on that
+  role for the caller, as AWS does (moto checks only the call's own action):
+  an Allow statement whose actions, resources and ``iam:PassedToService``
+  (``autoscaling.amazonaws.com``) match; a statement with any other condition
+  key does not count. Only when the server enforces IAM.
 
 Nothing else changes.
 
@@ -39,6 +44,7 @@ Nothing else changes.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -295,7 +301,51 @@ FakeAccount.__init__ = new_account  # type: ignore[method-assign]
 _put_lifecycle_hook = AutoScalingResponse.put_lifecycle_hook
 
 
+def _may_pass_role(response: Any, role: str, service: str) -> None:
+    """iam:PassRole on ``role`` to ``service`` for the caller, or AccessDenied (AWS's check)."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.iam.access_control import IAMPolicy, IAMRequest
+
+    if ActionAuthenticatorMixin.request_count < settings.INITIAL_NO_AUTH_ACTION_COUNT:
+        return
+    request = IAMRequest(
+        account_id=response.current_account,
+        method=response.method,
+        path=response.raw_path,
+        data=response.data,
+        body=response.raw_body,
+        headers=response.headers,
+        action="PassRole",
+    )
+
+    def listed(value: Any) -> list[str]:
+        return value if isinstance(value, list) else [value]
+
+    def matches(patterns: Any, value: str) -> bool:
+        return any(fnmatch.fnmatchcase(value, p) for p in listed(patterns))
+
+    for policy in request._access_key.collect_policies():
+        for statement in listed(IAMPolicy(policy)._policy_json["Statement"]):
+            condition = statement.get("Condition", {})
+            passed = condition.get("StringEquals", {}).get("iam:PassedToService")
+            others = {k for block in condition.values() for k in block} - {"iam:PassedToService"}
+            if (
+                statement["Effect"] == "Allow"
+                and matches(statement.get("Action", []), "iam:PassRole")
+                and matches(statement.get("Resource", []), role)
+                and (passed is None or service in listed(passed))
+                and not others
+            ):
+                return
+    request._action = "iam:PassRole"
+    request._raise_access_denied()
+
+
 def put_lifecycle_hook(self: Any) -> Any:
+    role = self._get_param("RoleARN")
+    if role:
+        _may_pass_role(self, role, "autoscaling.amazonaws.com")
     result = _put_lifecycle_hook(self)
     group, name = self._get_param("AutoScalingGroupName"), self._get_param("LifecycleHookName")
     hook = self.autoscaling_backend.lifecycle_hooks[f"{group}_{name}"]

@@ -2,15 +2,17 @@
 
 On the IAM-enforcing moto server with the deploy user's keys (deploy and
 scaling policies; tests/aws/motopatched.py keeps a hook's role, target and
-metadata). moto evaluates no alarms, fires no scheduled action, makes no
-target-tracking alarms and checks no iam:PassRole: that a carried policy
-really scales, on its re-pointed alarm, is what only AWS shows. (moto also
+metadata, and checks iam:PassRole on a hook's role as AWS does). moto
+evaluates no alarms, fires no scheduled action and makes no target-tracking
+alarms: that a carried policy really scales, on its re-pointed alarm, is
+what only AWS shows. (moto also
 keeps one scaling policy per name in a region, not per group: a copy replaces
 the old group's, so the old group's policies are read before each deploy.)
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import pytest
 
 from aws_deploy.awsworld import World
 from kiln.aws.deployments import AwsDeployments
+from kiln.aws.iam import user_name
+from kiln.aws.policy import SCALING_PURPOSES, options, policy_document
 from kiln.deploy.settings import Settings
 from kiln.errors import DeployError
 from kiln.home import Home
@@ -187,9 +191,35 @@ def test_a_hook_whose_role_kiln_may_not_pass_stops_the_deploy_first(
     fleet = AwsDeployments(
         world.provider(home, allowed), Settings.from_config(allowed.config), world.app, lock_ttl=30
     )
-    assert fleet.deploy(images[1]).ok
+    # listed in kiln.toml, but the deploy user's policies lack the PassRole statement:
+    # the server checks iam:PassRole as AWS does (tests/aws/motopatched.py)
+    with pytest.raises(DeployError, match="AccessDenied"):
+        fleet.deploy(images[1])
+    # the half-made group was deleted: a retry makes it again, hooks and all
+    assert set(world.groups()) == {first}
+
+    # the scaling policy rendered with hook_roles: its PassRole statement, as generated
+    statement = next(
+        s
+        for s in policy_document(
+            region=world.deploy.region,
+            account="123456789012",
+            purposes=SCALING_PURPOSES,
+            **options(allowed.config.provider.aws),
+        )["Statement"]
+        if s["Sid"] == "KilnScalingPassHookRoles"
+    )
+    iam = world.admin.iam
+    user = user_name("deploys")  # the deploy user of tests/aws_deploy/conftest.py
+    document = {"Version": "2012-10-17", "Statement": [statement]}
+    iam.put_user_policy(UserName=user, PolicyName="hooks", PolicyDocument=json.dumps(document))
+    try:
+        assert fleet.deploy(images[1]).ok
+    finally:
+        iam.delete_user_policy(UserName=user, PolicyName="hooks")
+    newest = max(world.groups())
     (hook,) = world.admin.client("autoscaling").describe_lifecycle_hooks(
-        AutoScalingGroupName=f"kiln-{world.app}-v002"
+        AutoScalingGroupName=newest
     )["LifecycleHooks"]
     assert hook["RoleARN"] == role and hook["NotificationMetadata"] == "from the team"
     assert hook["NotificationTargetARN"] == "arn:aws:sqs:eu-west-1:123456789012:launches"

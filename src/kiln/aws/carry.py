@@ -14,7 +14,9 @@ time has passed is not copied (Auto Scaling refuses a start time in the
 past); a recurring one is, without its past start time. A hook's notification
 role is passed again, which needs ``iam:PassRole`` on it: only the roles
 kiln.toml lists (``hook_roles``) are in the policy, and a hook naming another
-stops the deploy before the new group exists.
+stops the deploy before the new group exists. (If putting any of it fails, the
+provider deletes the new group again: a retry would otherwise find it and only
+size it.)
 """
 
 from __future__ import annotations

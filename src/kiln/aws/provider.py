@@ -413,8 +413,15 @@ class AwsProvider:
             grace=int(self.health.grace) + 30,
             tags={**tags, g.AMI_TAG: ami, "kiln:min": str(low), "kiln:max": str(high)},
         )
-        carry.put_hooks(self.aws, name, inherited)
-        carry.put_policies_and_pool(self.aws, name, inherited)
+        try:
+            carry.put_hooks(self.aws, name, inherited)
+            carry.put_policies_and_pool(self.aws, name, inherited)
+        except BaseException:
+            # undone, so the next attempt makes the group again with all it inherits
+            # (a retry finding it would only resize it, without the hooks it lacks)
+            alarms.retire(self.aws, name)
+            g.delete_group(self.aws, name)
+            raise
         if hooked:
             g.set_size(self.aws, name, desired=count, min_size=min(low, count))
         return name
