@@ -171,6 +171,55 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
             [("npm ci --include=dev", "node_modules"), "npm run build", "npm prune --omit=dev"],
             "npm start",
         ),
+        (  # yarn's lockfile is honoured by yarn (npm would resolve afresh)
+            {
+                "package.json": {"main": "index.js", "dependencies": {"ms": "^2"}},
+                "index.js": "",
+                "yarn.lock": "# yarn lockfile v1\n",
+            },
+            [
+                (
+                    "npx --yes yarn@1 install --frozen-lockfile --non-interactive --production",
+                    "node_modules",
+                )
+            ],
+            "node index.js",
+        ),
+        (  # pnpm at the version packageManager names, dev dependencies for the build
+            {
+                "package.json": {
+                    "packageManager": "pnpm@9.15.0+sha512.abc",
+                    "scripts": {"start": "node dist/s.js", "build": "tsc"},
+                    "dependencies": {"express": "^4"},
+                    "devDependencies": {"typescript": "^5"},
+                },
+                "pnpm-lock.yaml": "lockfileVersion: '9.0'\n",
+            },
+            [
+                ("npx --yes pnpm@9.15.0 install --frozen-lockfile --prod=false", "node_modules"),
+                "npx --yes pnpm@9.15.0 run build",
+                "npx --yes pnpm@9.15.0 prune --prod",
+            ],
+            "npm start",
+        ),
+        (  # pnpm 8's lockfile without packageManager: pnpm 8
+            {
+                "package.json": {"main": "index.js", "dependencies": {"ms": "^2"}},
+                "index.js": "",
+                "pnpm-lock.yaml": "lockfileVersion: '6.0'\n",
+            },
+            [("npx --yes pnpm@8 install --frozen-lockfile --prod", "node_modules")],
+            "node index.js",
+        ),
+        (  # Yarn 2+ is not run: npm, said so
+            {
+                "package.json": {"main": "index.js", "dependencies": {"ms": "^2"}},
+                "index.js": "",
+                "yarn.lock": "__metadata:\n  version: 8\n",
+            },
+            [("npm install --no-audit --no-fund --omit=dev", "node_modules")],
+            "node index.js",
+        ),
     ],
 )
 def test_node_installs_with_or_without_a_lockfile_and_keeps_node_modules(

@@ -308,10 +308,8 @@ def scripts_of(package: dict[str, object]) -> dict[str, object]:
 
 def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[str | BuildStep]:
     """Install (cached by package.json and the lockfile), build, prune: the bake's steps."""
-    lock = next(
-        (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
-    )
-    inputs = ["package.json", lock] if lock else ["package.json"]
+    tool = node_tool(root, package, why)
+    inputs = ["package.json", tool.lock] if tool.lock else ["package.json"]
     building = "build" in scripts_of(package)
     # npm makes no node_modules/ for a package without dependencies, so a step
     # promising one would fail every bake of a plain `node:http` app.
@@ -319,28 +317,99 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
         building and _declares(package, ("devDependencies",))
     )
     if not installing:
-        install = ""
         why.append("no dependencies in package.json: nothing to install")
-    elif lock:
-        install = "npm ci"
-        why.append(f"{lock}: 'npm ci' installs exactly the locked versions")
-    else:
-        install = "npm install --no-audit --no-fund"
-        why.append("no package-lock.json: 'npm install' (commit a lockfile for repeatable builds)")
-    if installing:
-        why.append(
-            f"node_modules/ is made by the build and reused while {' and '.join(inputs)} "
-            f"{'is' if len(inputs) == 1 else 'are'} unchanged"
-        )
-    if not installing:
-        return ["npm run build"] if building else []
+        return [tool.run_build] if building else []
+    why.append(
+        f"node_modules/ is made by the build and reused while {' and '.join(inputs)} "
+        f"{'is' if len(inputs) == 1 else 'are'} unchanged"
+    )
     if building:
         why.append("scripts.build: run at bake time (with dev dependencies, pruned after)")
-        # --include=dev: [env] NODE_ENV=production reaches the build, and npm would
-        # leave out the devDependencies (tsc, vite, nest) the build runs
-        step = BuildStep(run=f"{install} --include=dev", inputs=inputs, outputs=["node_modules"])
-        return [step, "npm run build", "npm prune --omit=dev"]
-    return [BuildStep(run=f"{install} --omit=dev", inputs=inputs, outputs=["node_modules"])]
+        # [env] NODE_ENV=production reaches the build, and npm, yarn and pnpm
+        # would leave out the devDependencies (tsc, vite, nest) the build runs
+        step = BuildStep(run=f"{tool.install} {tool.dev}", inputs=inputs, outputs=["node_modules"])
+        return [step, tool.run_build, tool.prune]
+    return [BuildStep(run=f"{tool.install} {tool.prod}", inputs=inputs, outputs=["node_modules"])]
+
+
+@dataclass(frozen=True)
+class NodeTool:
+    """How the project's own package manager installs, builds and prunes."""
+
+    lock: str | None
+    install: str  # exactly the lockfile's versions when there is one
+    dev: str  # the flag that installs devDependencies too (for a build)
+    prod: str  # the flag that leaves them out
+    run_build: str
+    prune: str
+
+
+def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeTool:
+    """npm, or yarn / pnpm when their lockfile is the project's (run with npx, pinned).
+
+    npm ignores a pnpm-lock.yaml, takes a yarn.lock only as a hint (and rewrites
+    it to what it resolved), so an image built with it would not hold the locked
+    versions; and the lockfile must be an input of the cached install step.
+    """
+    manager = package.get("packageManager")
+    wanted = manager.split("+", 1)[0] if isinstance(manager, str) else ""
+    npm_lock = next(
+        (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
+    )
+    if npm_lock is None and (root / "pnpm-lock.yaml").is_file():
+        pnpm = wanted if wanted.startswith("pnpm@") else f"pnpm@{_pnpm_major(root)}"
+        why.append(f"pnpm-lock.yaml: '{pnpm} install --frozen-lockfile' (pnpm run by npx)")
+        tool = f"npx --yes {pnpm}"
+        return NodeTool(
+            "pnpm-lock.yaml",
+            f"{tool} install --frozen-lockfile",
+            "--prod=false",
+            "--prod",
+            f"{tool} run build",
+            f"{tool} prune --prod",
+        )
+    if npm_lock is None and (root / "yarn.lock").is_file():
+        berry = "__metadata:" in _read(root / "yarn.lock")[:4096] or bool(
+            re.match(r"yarn@[2-9]", wanted)
+        )
+        if not berry:
+            yarn = wanted if wanted.startswith("yarn@1.") else "yarn@1"
+            why.append(f"yarn.lock: '{yarn} install --frozen-lockfile' (yarn run by npx)")
+            tool = f"npx --yes {yarn}"
+            install = f"{tool} install --frozen-lockfile --non-interactive"
+            return NodeTool(
+                "yarn.lock",
+                install,
+                "--production=false",
+                "--production",
+                f"{tool} run build",
+                f"{install} --production",
+            )
+        why.append(
+            "yarn.lock is Yarn 2+'s, which kiln does not run: 'npm install' resolves the "
+            "versions afresh (commit a package-lock.json, or change the build steps)"
+        )
+    if npm_lock:
+        why.append(f"{npm_lock}: 'npm ci' installs exactly the locked versions")
+        install = "npm ci"
+    else:
+        if not (root / "yarn.lock").is_file():
+            why.append(
+                "no package-lock.json: 'npm install' (commit a lockfile for repeatable builds)"
+            )
+        install = "npm install --no-audit --no-fund"
+    return NodeTool(
+        npm_lock, install, "--include=dev", "--omit=dev", "npm run build", "npm prune --omit=dev"
+    )
+
+
+def _pnpm_major(root: Path) -> int:
+    """The pnpm that writes this lockfile's version: 9.0 → 9, 6.x → 8, 5.x → 7."""
+    match = re.search(
+        r"^lockfileVersion:\s*'?(\d+)", _read(root / "pnpm-lock.yaml")[:512], re.MULTILINE
+    )
+    major = int(match.group(1)) if match else 9
+    return 9 if major >= 9 else 8 if major == 6 else 7
 
 
 def _node(root: Path) -> Detected | None:
