@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from kiln.aws.groups import split_release
+from kiln.aws.iam import user_name
+from kiln.aws.policy import SCALING_PURPOSES, options, policy_document
 from kiln.aws.provider import AwsProvider
 from kiln.aws.session import Aws
 from kiln.aws.targets import Target
@@ -236,6 +239,34 @@ instance_type = "t3.micro"
             DefaultResult="CONTINUE",
         )
         scaling.put_warm_pool(AutoScalingGroupName=group, MinSize=1, PoolState="Stopped")
+
+    @contextmanager
+    def hook_roles_passable(self, loaded: LoadedConfig) -> Iterator[None]:
+        """The deploy user may pass kiln.toml's hook_roles: the statement kiln renders, as is.
+
+        The session's deploy user holds moto's unscoped rendering, which has no
+        iam:PassRole (kiln adds PassRole statements outside the rules); this
+        adds the scaling policy's KilnScalingPassHookRoles for the test's length.
+        """
+        settings = loaded.config.provider.aws
+        assert settings is not None and settings.hook_roles
+        (statement,) = [
+            s
+            for s in policy_document(
+                region=self.deploy.region,
+                account="123456789012",
+                purposes=SCALING_PURPOSES,
+                **options(settings),
+            )["Statement"]
+            if s["Sid"] == "KilnScalingPassHookRoles"
+        ]
+        user = user_name("deploys")  # the deploy user of tests/aws_deploy/conftest.py
+        document = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+        self.admin.iam.put_user_policy(UserName=user, PolicyName="hooks", PolicyDocument=document)
+        try:
+            yield
+        finally:
+            self.admin.iam.delete_user_policy(UserName=user, PolicyName="hooks")
 
     def live_members(self, group: str) -> set[str]:
         g = self.groups().get(group)

@@ -12,7 +12,6 @@ the old group's, so the old group's policies are read before each deploy.)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ import pytest
 
 from aws_deploy.awsworld import World
 from kiln.aws.deployments import AwsDeployments
-from kiln.aws.iam import user_name
-from kiln.aws.policy import SCALING_PURPOSES, options, policy_document
 from kiln.deploy.settings import Settings
 from kiln.errors import DeployError
 from kiln.home import Home
@@ -199,24 +196,8 @@ def test_a_hook_whose_role_kiln_may_not_pass_stops_the_deploy_first(
     assert set(world.groups()) == {first}
 
     # the scaling policy rendered with hook_roles: its PassRole statement, as generated
-    statement = next(
-        s
-        for s in policy_document(
-            region=world.deploy.region,
-            account="123456789012",
-            purposes=SCALING_PURPOSES,
-            **options(allowed.config.provider.aws),
-        )["Statement"]
-        if s["Sid"] == "KilnScalingPassHookRoles"
-    )
-    iam = world.admin.iam
-    user = user_name("deploys")  # the deploy user of tests/aws_deploy/conftest.py
-    document = {"Version": "2012-10-17", "Statement": [statement]}
-    iam.put_user_policy(UserName=user, PolicyName="hooks", PolicyDocument=json.dumps(document))
-    try:
+    with world.hook_roles_passable(allowed):
         assert fleet.deploy(images[1]).ok
-    finally:
-        iam.delete_user_policy(UserName=user, PolicyName="hooks")
     newest = max(world.groups())
     (hook,) = world.admin.client("autoscaling").describe_lifecycle_hooks(
         AutoScalingGroupName=newest

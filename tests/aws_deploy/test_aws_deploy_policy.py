@@ -6,7 +6,10 @@ history, drift, logs, a lock takeover) is recorded from botocore's own events on
 session. The deploy user holds only the deploy and scaling statements (enforceable),
 so every recorded call was allowed; the recorded set must equal the deploy
 actions, minus any AWS only checks on the caller's behalf (none since release
-runners made ``ec2:RunInstances`` a call of kiln's own).
+runners made ``ec2:RunInstances`` a call of kiln's own). The one such check
+kept: ``iam:PassRole`` on a carried lifecycle hook's role, which the user
+holds only as kiln renders it (hook_roles) and the server checks
+(tests/aws/motopatched.py).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
     bad_app: str,
     monkeypatch: pytest.MonkeyPatch,
     runners: Runners,
+    request: pytest.FixtureRequest,
 ) -> None:
     monkeypatch.setattr(groups, "KEEP_TEMPLATE_VERSIONS", 4)  # old versions get deleted
     calls = record(world.deploy)  # before the first client exists: every call is seen
@@ -74,8 +78,11 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
         else:
             world.ami(image)
         world.addresses[image] = bad_app if "bad" in image else good_app
+    hooks = 'hook_roles = ["hooks/kiln-notify"]\n'  # a hook's role, passed (iam:PassRole)
     loaded = world.config(  # sticky: the target groups' stickiness is set once
-        tmp_path / "app", extra_fleet='sticky = "cookie"', extra_aws=world.canary_settings("[20]")
+        tmp_path / "app",
+        extra_fleet='sticky = "cookie"',
+        extra_aws=world.canary_settings("[20]") + hooks,
     )
     provider = world.provider(home, loaded)
     provider.release_poll = 0.2
@@ -84,6 +91,16 @@ def test_every_deploy_call_is_in_the_policy_and_nothing_else_is(
 
     assert fleet.deploy(images[0]).ok  # first release: template and group created
     world.decorate(f"kiln-{world.app}-v001")  # carried to every later group
+    world.admin.client("autoscaling").put_lifecycle_hook(  # passing its role is checked
+        AutoScalingGroupName=f"kiln-{world.app}-v001",
+        LifecycleHookName="announce",
+        LifecycleTransition="autoscaling:EC2_INSTANCE_LAUNCHING",
+        RoleARN="arn:aws:iam::123456789012:role/hooks/kiln-notify",
+        NotificationTargetARN="arn:aws:sqs:eu-west-1:123456789012:launches",
+    )
+    passing = world.hook_roles_passable(loaded)  # the rendered PassRole statement
+    passing.__enter__()
+    request.addfinalizer(lambda: passing.__exit__(None, None, None))
     assert fleet.deploy(images[1]).ok  # its release command; rolling: drain, terminate
     assert [r["returncode"] for r in runners.ran] == [0]
     assert fleet.deploy(images[3]).outcome == "rolled back"  # failed release deleted
