@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from localtest import free_port
+from localtest import free_port, write_config
 
 from kiln.home import Home
 from kiln.local.listening import listening_ports, port_in_use
@@ -113,3 +113,27 @@ def test_listening_ports_of_this_process(tmp_path: Path) -> None:
         sock.listen()
         port = sock.getsockname()[1]
         assert port in listening_ports(os.getsid(0))
+
+
+SLOW_BOOT = """\
+import http.server, os, time
+time.sleep(120)  # a lifespan loading a model, a slow import: longer than the grace
+http.server.ThreadingHTTPServer(
+    (os.environ["HOST"], int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler
+).serve_forever()
+"""
+
+
+def test_an_app_still_booting_when_grace_ends_is_told_to_raise_grace(
+    local_home: Home, tmp_path: Path
+) -> None:
+    """Before, the gate said only 'unhealthy: cannot connect: Connection refused', as for
+    an app that crashed; the log tail showed the app waiting on its startup."""
+    app = tmp_path / "slow"
+    write_config(app, free_port()).write_text(
+        (app / "kiln.toml").read_text().replace('grace = "10s"', 'grace = "2s"')
+    )
+    (app / "app.py").write_text(SLOW_BOOT)
+    message = _failed_deploy(Kiln(app))
+    assert "nothing in it listens yet when its [health] grace of 2s ends" in message, message
+    assert "if the app takes longer to boot, raise grace; it must listen on $PORT=" in message

@@ -30,7 +30,7 @@ from kiln.local.certs import Certifier, tls_files
 from kiln.local.health import Tracker, probe
 from kiln.local.launchprint import launch_print, load_key
 from kiln.local.lblink import BalancerLink
-from kiln.local.listening import log_end, port_in_use, wrong_port
+from kiln.local.listening import log_end, not_listening, port_in_use, wrong_port
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
 from kiln.local.series import Sampler
@@ -348,8 +348,13 @@ class Lifecycle:
                 if self.exit_status(rec)[0]:
                     self.check_processes()  # it died: say so, rather than "unhealthy"
                     return
-                # an app that ignores $PORT: say where it listens instead
+                # an app that ignores $PORT: say where it listens instead; one
+                # still booting when grace ended: say that
                 elsewhere = await asyncio.to_thread(wrong_port, rec.pid or 0, rec.port or 0)
+                if elsewhere is None and rec.state == InstanceState.RUNNING:  # never healthy
+                    elsewhere = await asyncio.to_thread(
+                        not_listening, rec.pid or 0, rec.port or 0, check.grace
+                    )
                 rec.set_state(InstanceState.UNHEALTHY)
                 rec.reason = elsewhere or f"unhealthy: {t.last_error}"
                 self.save(rec)

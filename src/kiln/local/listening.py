@@ -15,6 +15,8 @@ import os
 import re
 from pathlib import Path
 
+from kiln.durations import format_duration
+
 HINT = "the app must listen on $PORT (and $HOST), not on a port of its own"
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 _IN_USE = (
@@ -33,6 +35,22 @@ def wrong_port(leader: int, port: int) -> str | None:
         return None
     shown = ", ".join(f":{p}" for p in sorted(ports))
     return f"listens on {shown}, not on $PORT={port}: {HINT}"
+
+
+def not_listening(leader: int, port: int, grace: float) -> str | None:
+    """'nothing listens yet…' when a booting instance has no listening socket at all.
+
+    An app still starting when grace ends (a lifespan that loads a model, a
+    slow import) fails its checks with 'connection refused' like one that
+    crashed; this says the likelier fix. None when its sockets cannot be read.
+    """
+    sockets = _socket_inodes(leader) if leader > 0 else None
+    if sockets is None or _listening(leader, sockets):
+        return None
+    return (
+        f"nothing in it listens yet when its [health] grace of {format_duration(grace)} "
+        f"ends: if the app takes longer to boot, raise grace; it must listen on $PORT={port}"
+    )
 
 
 def port_in_use(log_tail: str, port: int) -> str | None:
@@ -61,12 +79,20 @@ def log_end(path: Path, size: int = 8192) -> str:
 
 def listening_ports(leader: int) -> set[int]:
     """TCP ports the processes of ``leader``'s session listen on; empty if unknown."""
+    sockets = _socket_inodes(leader)
+    return _listening(leader, sockets) if sockets else set()
+
+
+def _socket_inodes(leader: int) -> set[str] | None:
+    """The socket inodes the session's processes hold; None when none could be read."""
     inodes: set[str] = set()
+    read = False
     for pid in _session(leader):
         try:
             fds = list(Path(f"/proc/{pid}/fd").iterdir())
         except OSError:
             continue
+        read = True
         for fd in fds:
             try:
                 target = str(fd.readlink())
@@ -74,8 +100,11 @@ def listening_ports(leader: int) -> set[int]:
                 continue
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
-    if not inodes:
-        return set()
+    return inodes if read else None
+
+
+def _listening(leader: int, inodes: set[str]) -> set[int]:
+    """The TCP ports among ``inodes`` that are listening sockets."""
     ports: set[int] = set()
     for table in ("tcp", "tcp6"):
         try:
