@@ -43,7 +43,9 @@ def aws_group() -> None:
 @click.option(
     "--part",
     type=click.Choice(sorted(iam_policy.PARTS)),
-    help="One managed policy: bake (bake, images, prune, reap) or deploy. Default: both.",
+    help="One managed policy: bake (bake, images, prune, reap), deploy, scaling (what new "
+    "server groups inherit, the instance role's PassRole) or publish (copies, sharing). "
+    "Default: every one kiln.toml needs.",
 )
 @click.option("--account", metavar="ID", help="Account id for resource ARNs (default: ask STS).")
 @click.option("--region", metavar="NAME", help="Region the policy is scoped to.")
@@ -74,7 +76,7 @@ def policy_command(
     """Print the least-privilege IAM policies for exactly the calls kiln makes.
 
     --json --part NAME prints one document, ready for `aws iam create-policy`;
-    --json alone prints {"bake": ..., "deploy": ...}. --instance-role prints
+    --json alone prints {"bake": ..., "deploy": ..., "scaling": ...}. --instance-role prints
     what the fleet's instances need instead (read their secrets, report a release).
     --builder prints the SSM builder's role instead: {"trust": ..., "permissions": ...}.
     """
@@ -147,7 +149,8 @@ def _print_policies(
             )
         console.print(table)
     console.print(
-        "the documents: 'kiln aws policy --json [--part bake|deploy | --instance-role]'",
+        "the documents: 'kiln aws policy --json [--part bake|deploy|scaling|publish "
+        "| --instance-role]'",
         markup=False,
     )
 
