@@ -40,6 +40,7 @@ __all__ = [
     "OnEvent",
     "Platform",
     "PlatformBase",
+    "Promotion",
     "Report",
     "open_platform",
 ]
@@ -71,6 +72,21 @@ class Capability(StrEnum):
     DESTROY = "destroy"  # `kiln destroy`: stop every instance, forget the fleet, keep history
     PACKAGES = "packages"  # `kiln image packages`: the OS packages a machine image holds
     PROMOTE = "promote"  # `kiln promote`: another environment's image, same code, no bake
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What promoting an image into an environment would do, found without changing it.
+
+    ``image``: the image the environment would deploy (its identity, even when it
+    does not exist there yet). ``actions``: each ``{"action", "text", ...}``, in
+    order. ``ready``: that image exists where the environment deploys, so a
+    deployment plan can be made against it now.
+    """
+
+    image: str
+    actions: tuple[dict[str, Any], ...] = ()
+    ready: bool = True
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,11 @@ class Platform(Protocol):
 
     def promote_image(self, image: str, source: Platform, narrate: Narrate) -> str:
         """This environment's image with the code ``source`` serves as ``image``; no bake."""
+        ...
+
+    def plan_promotion(self, image: str, source: Platform) -> Promotion:
+        """What ``promote_image`` would do (``kiln promote --dry-run``): nothing shared,
+        copied or launched."""
         ...
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report: ...

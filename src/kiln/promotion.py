@@ -86,12 +86,15 @@ def check_required(
     required_name: str,
     *,
     override: bool,
+    code: str | None = None,
 ) -> str | None:
     """Refuse ``image`` for ``target`` unless its code was healthy in ``required``.
 
-    Returns the note to record in the history when ``override`` forced it.
+    ``code``: its code digest when known already (a promotion's, whose image may
+    not exist yet); else ``target`` is asked. Returns the note to record in the
+    history when ``override`` forced it.
     """
-    code = target.code_of(image)
+    code = code or target.code_of(image)
     if code is not None and code in healthy_codes(required):
         return None
     shown = short_code(code) if code else "unknown code"

@@ -19,6 +19,8 @@ import pytest
 
 import kiln.aws.ami
 import kiln.aws.boottest
+import kiln.aws.provider
+import kiln.aws.targets
 from aws.awsservers import SshServer
 from aws_deploy.awsworld import World, build_world
 from kiln.aws import platform as aws_platform
@@ -238,6 +240,92 @@ def test_another_region_gets_a_copy_through_its_own_profile(
     assert listed[0]["code_digest"] == CODE
 
 
+READ_ONLY = ("Describe", "Get", "List")
+
+
+def _record_everything(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
+    """:func:`_record`, and the deployment engine's calls too (its own sessions)."""
+    calls = _record(monkeypatch)
+    monkeypatch.setattr(kiln.aws.provider, "connect", aws_platform.connect)
+    return calls
+
+
+def _writes(calls: list[tuple[str, str, str]]) -> set[str]:
+    return {c for c, _r, _k in calls if not c.split(":")[1].startswith(READ_ONLY)}
+
+
+def _amis_of(aws: Aws, image: str) -> list[Any]:
+    return list(
+        aws.ec2.describe_images(
+            Owners=["self"], Filters=[{"Name": "tag:kiln:image", "Values": [image]}]
+        )["Images"]
+    )
+
+
+def _serve_in_staging(
+    world: World, home: Home, loaded: LoadedConfig, app: str, mp: pytest.MonkeyPatch
+) -> None:
+    """Staging's fleet serves IMAGE healthily: what 'kiln promote staging ...' reads (the
+    command cannot reach moto's instances, so it trusts ELB's target health, as it does
+    wherever its runner cannot reach an instance)."""
+    mp.setattr(kiln.aws.targets, "private_address", lambda _target: None)
+    world.addresses[IMAGE] = app
+    config = LoadedConfig(config=loaded.config.for_environment("staging"), path=loaded.path)
+    fleet = open_deployments(home, config, aws=world.deploy, resolve=world.resolve)
+    assert fleet.deploy(IMAGE).ok
+
+
+def test_a_dry_run_promotion_into_another_region_copies_nothing(
+    world: World,
+    home: Home,
+    tmp_path: Path,
+    deploy_moto: str,
+    deploy_keys: tuple[str, str],
+    good_app: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """'kiln promote --dry-run' says it would copy, makes only read-only calls; the real
+    promotion then copies (issue #20: the dry run used to copy)."""
+    production_key = _second_key(world, deploy_keys)
+    _profiles(
+        tmp_path,
+        monkeypatch,
+        {
+            "kiln-staging": ("eu-west-1", *deploy_keys),
+            "kiln-production": ("ca-central-1", *production_key),  # no copy there yet
+        },
+    )
+    loaded = _config(world, tmp_path / "app", deploy_moto)
+    ami = _staging_ami(world, loaded)
+    _serve_in_staging(world, home, loaded, good_app, monkeypatch)
+    calls = _record_everything(monkeypatch)
+    kiln = Kiln(loaded.root)
+    promote = ("promote", "staging", "production", "--provider", "aws", "--dry-run")
+
+    shown = json.loads(kiln(*promote, "--json").stdout)
+    assert shown["promoted"] == shown["image"] == IMAGE
+    assert [(a["action"], a["ami"], a["region"]) for a in shown["actions"]] == [
+        ("copy", ami, "ca-central-1")
+    ]
+    assert shown["plan"] is None  # the AMI is not in ca-central-1 yet: nothing to plan against
+    text = kiln(*promote)
+    assert f"would copy {ami} from eu-west-1 to ca-central-1" in text.stderr
+    assert "the deployment plan is made once these have run" in text.stdout
+    assert {c for c, _r, _k in calls} >= {"ec2:DescribeImages", "sts:GetCallerIdentity"}
+    assert _writes(calls) == set()
+    staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
+    central = connect(production.settings())
+    assert central.ec2.describe_images(Owners=["self"])["Images"] == []
+
+    # the promotion itself copies what the dry run said, and a dry run then reuses the copy
+    assert production.promote_image(IMAGE, staging, lambda _line: None) == IMAGE
+    (copy,) = central.ec2.describe_images(Owners=["self"])["Images"]
+    again = production.plan_promotion(IMAGE, staging)
+    assert again.ready and [(a["action"], a["ami"]) for a in again.actions] == [
+        ("reuse", copy["ImageId"])
+    ]
+
+
 def test_a_recipe_that_differs_is_refused_on_aws(
     world: World,
     home: Home,
@@ -455,6 +543,21 @@ def test_another_account_shares_then_copies_and_deploys_the_copy(
     staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
     said: list[str] = []
 
+    # a dry run says what it would do, and shares, copies and launches nothing
+    dry = production.plan_promotion(IMAGE, staging)
+    assert dry.image == IMAGE and not dry.ready
+    assert [(a["action"], a["ami"], a.get("account")) for a in dry.actions] == [
+        ("share", origin, b),
+        ("copy", origin, None),
+    ]
+    assert _writes(calls) == set()
+    shared = accounts.staging.admin.ec2.describe_image_attribute(
+        ImageId=origin, Attribute="launchPermission"
+    )
+    assert shared["LaunchPermissions"] == []
+    assert accounts.production.deploy.ec2.describe_images(Owners=["self"])["Images"] == []
+    calls.clear()
+
     assert production.promote_image(IMAGE, staging, said.append) == IMAGE
     assert f"{origin} and its 1 snapshot(s) shared with account {b}" in said
     # A granted B launch permission and createVolumePermission, with A's keys
@@ -647,9 +750,18 @@ def test_a_different_env_gets_a_derived_ami_that_only_rewrites_the_env_layer(
     calls = _record(monkeypatch)
     staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
     said: list[str] = []
+    live = {"GREETING": "hello", "MODE": "live"}
+
+    # a dry run names the derived identity, and launches no builder, makes no AMI
+    dry = production.plan_promotion(IMAGE, staging)
+    assert dry.image == derived_image(CODE, live)[0] and not dry.ready
+    assert [(a["action"], a["ami"]) for a in dry.actions] == [("reuse", origin), ("derive", origin)]
+    assert dry.actions[1]["image"] == dry.image
+    assert _writes(calls) == set() and ssh_server.commands == []
+    assert _amis_of(world.admin, dry.image) == []
+    calls.clear()
 
     derived = production.promote_image(IMAGE, staging, said.append)
-    live = {"GREETING": "hello", "MODE": "live"}
     assert derived == derived_image(CODE, live)[0] != IMAGE
     # only the env file was written, as the unit reads it; nothing else was uploaded
     env = (disk / "etc" / "kiln" / world.app / "env").read_text()
@@ -738,8 +850,15 @@ def test_another_account_with_another_env_derives_from_its_own_copy(
     staging, production = _platform(home, loaded, "staging"), _platform(home, loaded, "production")
     said: list[str] = []
 
+    dry = production.plan_promotion(IMAGE, staging)
+    assert [a["action"] for a in dry.actions] == ["share", "copy", "derive"]
+    assert dry.image == derived_image(CODE, {"GREETING": "hello", "MODE": "live"})[0]
+    assert _writes(calls) == set() and ssh_server.commands == []
+    assert world_b.admin.ec2.describe_images(Owners=["self"])["Images"] == []
+    calls.clear()
+
     derived = production.promote_image(IMAGE, staging, said.append)
-    assert derived == derived_image(CODE, {"GREETING": "hello", "MODE": "live"})[0]
+    assert derived == dry.image
     mine = world_b.admin.ec2.describe_images(Owners=["self"])["Images"]
     by_image = {t["Value"]: i for i in mine for t in i.get("Tags", []) if t["Key"] == "kiln:image"}
     copy, made = by_image[IMAGE], by_image[derived]  # both B's own

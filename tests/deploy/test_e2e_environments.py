@@ -104,7 +104,12 @@ def test_bake_once_prove_in_staging_promote_under_load(
         v2 = _json(kiln, "deploy", "--env", "staging")
         assert v2["outcome"] == "succeeded", v2
         staging_load.phase = production_load.phase = "promote v2 to production"
+        dry = _json(kiln, "promote", "staging", "production", "--dry-run")
+        assert dry["promoted"] == v2["to"] and dry["image"] != v2["to"]
+        assert [a["action"] for a in dry["actions"]] == ["record"]  # a manifest, nothing run
+        assert dry["plan"] is not None and http_get(production_port)[1]["image"] == production["to"]
         promoted = _json(kiln, "promote", "staging", "production")
+        assert promoted["to"] == dry["image"]
         assert promoted["outcome"] == "succeeded", promoted
     for load in (staging_load, production_load):
         assert load.sent > 100, load.phase

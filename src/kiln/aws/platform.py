@@ -7,10 +7,10 @@ so any CI runner sees the same; see :mod:`kiln.aws.deployments`.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.aws.deployments import AwsDeployments, open_deployments
-from kiln.aws.session import connect
+from kiln.aws.session import Aws, connect
 from kiln.config import AwsSettings
 from kiln.errors import ConfigError, FleetNotFound
 from kiln.image.result import BakeProgress
@@ -21,8 +21,12 @@ from kiln.platform import (
     OnEvent,
     Platform,
     PlatformBase,
+    Promotion,
     Report,
 )
+
+if TYPE_CHECKING:
+    from kiln.aws.relayer import Relayer
 
 
 class AwsPlatform(PlatformBase):
@@ -148,37 +152,53 @@ class AwsPlatform(PlatformBase):
 
     def promote_image(self, image: str, source: Platform, narrate: Narrate) -> str:
         """The same AMI, reused or copied here; with this environment's [env], one derived."""
-        from kiln.aws.install import recipe
         from kiln.aws.promote import promote_ami
-        from kiln.aws.relayer import Relayer
 
-        if not isinstance(source, AwsPlatform):
-            raise ConfigError(
-                f"promotion from --provider {source.name} to aws: both must be aws",
-                hint="promote between two environments of one provider",
-            )
         settings = self.settings()
         config = self.loaded.config
-        relayer = Relayer(
+        ami, _new = promote_ami(
+            *self._promotion(source),
+            image,
+            env=dict(config.env),
+            recipe=_recipe(self),
+            timeout=settings.image_timeout,
+            note=narrate,
+            promote_to=_aws(source).settings().promote_to_accounts,
+            encrypt=(settings.encrypted, settings.kms_key_id),
+            relayer=self._relayer(),
+        )
+        return ami.image
+
+    def plan_promotion(self, image: str, source: Platform) -> Promotion:
+        """Lookups only (DescribeImages, GetCallerIdentity, the KMS key's policy)."""
+        from kiln.aws.promote import plan_promotion
+
+        plan = plan_promotion(
+            *self._promotion(source),
+            image,
+            env=dict(self.loaded.config.env),
+            recipe=_recipe(self),
+            promote_to=_aws(source).settings().promote_to_accounts,
+            relayer=self._relayer(),
+        )
+        steps = tuple({**s.to_json(), "text": f"would {s.text}"} for s in plan.steps)
+        return Promotion(plan.image, steps, ready=plan.ready)
+
+    def _promotion(self, source: Platform) -> tuple[Aws, Aws]:
+        """(source session, this environment's session): each through its own profile."""
+        return connect(_aws(source).settings()), connect(self.settings())
+
+    def _relayer(self) -> Relayer:
+        from kiln.aws.relayer import Relayer
+
+        config = self.loaded.config
+        return Relayer(
             app=config.app.name,
             env=dict(config.env),
-            settings=settings,
+            settings=self.settings(),
             health=config.health,
             scratch=self.home.tmp,
         )
-        ami, _new = promote_ami(
-            connect(source.settings()),
-            connect(settings),
-            image,
-            env=dict(config.env),
-            recipe=recipe(config, settings),
-            timeout=settings.image_timeout,
-            note=narrate,
-            promote_to=source.settings().promote_to_accounts,
-            encrypt=(settings.encrypted, settings.kms_key_id),
-            relayer=relayer,
-        )
-        return ami.image
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
         """Deregister old AMIs and delete their snapshots together, never one in use.
@@ -329,6 +349,21 @@ class AwsPlatform(PlatformBase):
             self.require(Capability.RECYCLE_DRY_RUN, "kiln recycle --dry-run")
         result = self.deployer(on_event).recycle(max_age, reason=reason, wait=wait)
         return Report(result.to_json(), result=result)
+
+
+def _aws(source: Platform) -> AwsPlatform:
+    if not isinstance(source, AwsPlatform):
+        raise ConfigError(
+            f"promotion from --provider {source.name} to aws: both must be aws",
+            hint="promote between two environments of one provider",
+        )
+    return source
+
+
+def _recipe(platform: AwsPlatform) -> str:
+    from kiln.aws.install import recipe
+
+    return recipe(platform.loaded.config, platform.settings())
 
 
 def _regions(home: str, copies: list[Any]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kiln.aws.ami import env_digest
@@ -42,6 +43,129 @@ def newest_ami(aws: Aws, image: str) -> Ami | None:
     return found[0] if found else None
 
 
+@dataclass(frozen=True)
+class Step:
+    """One thing a promotion does: ``reuse``, ``share``, ``copy`` or ``derive``."""
+
+    action: str
+    text: str  # e.g. "copy ami-1 from eu-west-1 to us-west-2"
+    ami: str  # the AMI it acts on (or reuses)
+    region: str  # where the result is
+    account: str | None = None  # ``share``: the account it is shared with
+    image: str | None = None  # ``derive``: the identity the new AMI will have
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"action": self.action, "text": self.text, "ami": self.ami, "region": self.region}
+        if self.account is not None:
+            data["account"] = self.account
+        if self.image is not None:
+            data["image"] = self.image
+        return data
+
+
+@dataclass(frozen=True)
+class PromotionPlan:
+    """What promoting ``origin`` into the target does, decided with lookups only.
+
+    ``found``: the AMI the target deploys when it is there already (nothing to
+    do but reuse it). Otherwise ``base`` (the target's own copy, when there is
+    one), whether the source account shares ``origin`` with ``share_with``
+    first, whether it is copied, and whether an AMI is derived from the result.
+    """
+
+    image: str  # the image the target deploys: the promoted one, or its derived identity
+    origin: Ami
+    steps: tuple[Step, ...]
+    found: Ami | None = None
+    base: Ami | None = None
+    share_with: str | None = None
+    derive: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """The target has the AMI it deploys: nothing to share, copy or derive."""
+        return self.found is not None
+
+
+def plan_promotion(
+    source: Aws,
+    target: Aws,
+    image: str,
+    *,
+    env: dict[str, str],
+    recipe: str,
+    promote_to: Sequence[str] = (),
+    relayer: Relayer | None = None,
+) -> PromotionPlan:
+    """What :func:`promote_ami` would do, from read-only calls (Describe*, Get*) alone.
+
+    Every refusal (another recipe, an [env] that cannot be derived, an account
+    ``promote_to`` does not list, a key the target account may not use) is
+    raised here, before anything is shared, copied or launched.
+    """
+    origin = newest_ami(source, image)
+    if origin is None:
+        raise ImageNotFound(
+            f"image {image} has no available AMI in {source.region}",
+            hint="bake it there with 'kiln bake --provider aws' (the source environment's)",
+        )
+    if origin.tags.get(RECIPE_TAG) != recipe:
+        raise PromotionRefused(
+            f"{origin.id} was made with another recipe (port or secret sources) than "
+            "the target environment's",
+            hint="give both environments the same [provider.aws] port, ssm_prefix and [secrets]",
+        )
+    if origin.tags.get(ENV_TAG) == env_digest(env):
+        return _plan_into_target(source, target, origin, image, promote_to)
+    if relayer is None:
+        raise PromotionRefused(
+            f"{origin.id} holds the source environment's [env]; the target's differs, "
+            "and on AWS the env layer is inside the AMI",
+            hint="keep [env] the same in both environments and put what differs in "
+            "[secrets] (SSM, read at boot)",
+        )
+    wanted = relayer.image_for(origin)
+    derived = newest_ami(target, wanted)
+    if derived is not None:
+        text = f"reuse {derived.id} ({derived.image}: {image} with this environment's [env])"
+        step = Step("reuse", text, derived.id, target.region)
+        return PromotionPlan(wanted, origin, (step,), found=derived)
+    into = _plan_into_target(source, target, origin, image, promote_to)
+    base = into.found or into.base
+    text = (
+        f"derive {wanted} from {base.id if base else 'the copy'} in {target.region}: "
+        "a builder run rewrites only the env layer"
+    )
+    step = Step("derive", text, base.id if base else origin.id, target.region, image=wanted)
+    return PromotionPlan(
+        wanted, origin, (*into.steps, step), base=base,
+        share_with=into.share_with, derive=True,
+    )  # fmt: skip
+
+
+def _plan_into_target(
+    source: Aws, target: Aws, origin: Ami, image: str, promote_to: Sequence[str]
+) -> PromotionPlan:
+    """``origin`` where ``target`` deploys: found there, or to be shared and copied there."""
+    here = newest_ami(target, image)
+    if here is not None:
+        step = Step("reuse", f"reuse {here.id} in {target.region}", here.id, target.region)
+        return PromotionPlan(image, origin, (step,), found=here)
+    steps: list[Step] = []
+    owner, account = _account(source), _account(target)
+    share_with = None
+    if owner != account:
+        check_grantable(source, origin, account, promote_to)
+        share_with = account
+        text = (
+            f"share {origin.id} and its {len(origin.snapshots)} snapshot(s) with account {account}"
+        )
+        steps.append(Step("share", text, origin.id, source.region, account=account))
+    text = f"copy {origin.id} from {source.region} to {target.region}"
+    steps.append(Step("copy", text, origin.id, target.region))
+    return PromotionPlan(image, origin, tuple(steps), share_with=share_with)
+
+
 def promote_ami(
     source: Aws,
     target: Aws,
@@ -62,56 +186,42 @@ def promote_ami(
     (``encrypted``, ``kms_key_id``), which its copy is encrypted with.
     ``relayer``: how the target derives an AMI with its own [env] when that
     differs (:mod:`kiln.aws.relayer`); without it, a different [env] is refused.
+    Carries out :func:`plan_promotion`'s plan.
     """
     say = note or (lambda _msg: None)
-    origin = newest_ami(source, image)
-    if origin is None:
-        raise ImageNotFound(
-            f"image {image} has no available AMI in {source.region}",
-            hint="bake it there with 'kiln bake --provider aws' (the source environment's)",
-        )
-    if origin.tags.get(RECIPE_TAG) != recipe:
-        raise PromotionRefused(
-            f"{origin.id} was made with another recipe (port or secret sources) than "
-            "the target environment's",
-            hint="give both environments the same [provider.aws] port, ssm_prefix and [secrets]",
-        )
-    into = (source, target, origin, image, timeout, say, promote_to, encrypt)
-    if origin.tags.get(ENV_TAG) == env_digest(env):
-        return _into_target(*into)
-    if relayer is None:
-        raise PromotionRefused(
-            f"{origin.id} holds the source environment's [env]; the target's differs, "
-            "and on AWS the env layer is inside the AMI",
-            hint="keep [env] the same in both environments and put what differs in "
-            "[secrets] (SSM, read at boot)",
-        )
-    derived = newest_ami(target, relayer.image_for(origin))
-    if derived is not None:
-        say(f"reusing {derived.id} ({derived.image}: {image} with this environment's [env])")
-        return derived, False
-    base, _copied = _into_target(*into)
-    return relayer.make(target, base, say), True
+    plan = plan_promotion(
+        source, target, image, env=env, recipe=recipe, promote_to=promote_to, relayer=relayer
+    )
+    if plan.found is not None:
+        if plan.image != image:
+            found = plan.found
+            say(f"reusing {found.id} ({found.image}: {image} with this environment's [env])")
+        else:
+            say(f"reusing {plan.found.id} in {target.region}")
+        return plan.found, False
+    base = plan.base
+    if base is not None:
+        say(f"reusing {base.id} in {target.region}")
+    else:
+        if plan.share_with is not None:
+            grant(source, plan.origin, plan.share_with, allowed=promote_to, note=say)
+        base = _copy(source, target, plan.origin, image, timeout, say, encrypt)
+    if plan.derive:
+        assert relayer is not None  # plan_promotion derives only with one
+        return relayer.make(target, base, say), True
+    return base, True
 
 
-def _into_target(
+def _copy(
     source: Aws,
     target: Aws,
     origin: Ami,
     image: str,
     timeout: float,
     say: Note,
-    promote_to: Sequence[str],
     encrypt: tuple[bool, str | None],
-) -> tuple[Ami, bool]:
-    """``origin`` where ``target`` deploys: found there, or shared and copied there."""
-    here = newest_ami(target, image)
-    if here is not None:
-        say(f"reusing {here.id} in {target.region}")
-        return here, False
-    owner, account = _account(source), _account(target)
-    if owner != account:
-        grant(source, origin, account, allowed=promote_to, note=say)
+) -> Ami:
+    """Copy ``origin`` (the target's account may read it) into the target's region."""
     say(f"copying {origin.id} from {source.region} to {target.region}")
     carried = tags({k: v for k, v in origin.tags.items() if k.startswith("kiln:") or k == "Name"})
     with aws_errors(f"copying {origin.id} to {target.region}"):
@@ -133,7 +243,7 @@ def _into_target(
             hint=f"deregister {copy} in {target.region}; promote against an endpoint "
             "that tags copies as they are made (AWS does)",
         )
-    return ami, True
+    return ami
 
 
 def grant(source: Aws, origin: Ami, account: str, *, allowed: Sequence[str], note: Note) -> None:
@@ -144,14 +254,7 @@ def grant(source: Aws, origin: Ami, account: str, *, allowed: Sequence[str], not
     ``promote_to_accounts``: a key that may share may share with anyone, so
     kiln itself keeps to the list. Granting twice is harmless (AWS keeps one).
     """
-    if account not in allowed:
-        raise PromotionRefused(
-            f"the target environment is AWS account {account}, which the source "
-            "environment's promote_to_accounts does not list",
-            hint=f'add promote_to_accounts = ["{account}"] to the source environment\'s '
-            "[provider.aws] (and re-create its deploy user's policies: 'kiln aws policy')",
-        )
-    check_shareable(source, origin, account)
+    check_grantable(source, origin, account, allowed)
     with aws_errors(f"sharing {origin.id} with account {account}"):
         source.ec2.modify_image_attribute(
             ImageId=origin.id, LaunchPermission={"Add": [{"UserId": account}]}
@@ -164,6 +267,19 @@ def grant(source: Aws, origin: Ami, account: str, *, allowed: Sequence[str], not
                 UserIds=[account],
             )
     note(f"{origin.id} and its {len(origin.snapshots)} snapshot(s) shared with account {account}")
+
+
+def check_grantable(source: Aws, origin: Ami, account: str, allowed: Sequence[str]) -> None:
+    """Refuse sharing with an account ``promote_to_accounts`` does not list, or under a key
+    that account may not use; read-only (the key's metadata and policy)."""
+    if account not in allowed:
+        raise PromotionRefused(
+            f"the target environment is AWS account {account}, which the source "
+            "environment's promote_to_accounts does not list",
+            hint=f'add promote_to_accounts = ["{account}"] to the source environment\'s '
+            "[provider.aws] (and re-create its deploy user's policies: 'kiln aws policy')",
+        )
+    check_shareable(source, origin, account)
 
 
 def check_shareable(source: Aws, origin: Ami, account: str) -> None:

@@ -29,7 +29,7 @@ from kiln.deploy.lock import unlock as unlock_fleet
 from kiln.durations import parse_duration
 from kiln.errors import ConfigError, DeployError, GateFailed, ImageNotFound
 from kiln.image.store import Store, short_code
-from kiln.platform import Capability, Deployer
+from kiln.platform import Capability, Deployer, Platform, Promotion
 from kiln.promotion import check_required, environments_status, healthy_now, with_note
 
 PROVIDER = provider_option("Where the fleet runs.")
@@ -293,7 +293,12 @@ def scale_command(state: State, size: int, as_json: bool, wait: str | None, prov
     type=click.Choice(["rolling", "blue-green", "canary"]),
     help="Default: TO's [fleet] strategy.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what promoting would do (reuse, share, copy or derive an AMI on AWS) and the "
+    "plan; deploy nothing, and share, copy or build nothing.",
+)
 @click.option("--reason", help="Why, recorded in TO's history (after the promotion note).")
 @JSON
 @WAIT
@@ -325,35 +330,66 @@ def promote_command(
         platform.require(Capability.CANARY, "the canary strategy")
     state.config_for(source)
     serving = healthy_now(origin, source)
-    image = platform.promote_image(serving.image, origin, lambda line: err_console.print(line))
+    # lookups only: every refusal comes before anything is shared, copied or built
+    promotion = platform.plan_promotion(serving.image, origin)
     required = config.environments[target].require
     note = f"promoted from {source} ({serving.image}, {short_code(serving.code)})"
     if required is not None and required != source:
         forced = check_required(
             platform,
             target,
-            image,
+            promotion.image,
             state.platform(provider, environment=required),
             required,
             override=False,
+            code=serving.code,  # a promotion keeps the code; its image may not exist yet
         )
         assert forced is None
+    if dry_run:
+        _promotion_plan(platform, promotion, serving.image, note, strategy, as_json)
+        return
+    image = platform.promote_image(serving.image, origin, lambda line: err_console.print(line))
     narrator = _Narrator()
     engine = platform.deployer(narrator)
-    if dry_run:
-        plan = engine.plan(image, strategy)
-        if as_json:
-            emit_json({"promoted": serving.image, "image": image, "plan": plan.to_json()})
-        else:
-            err_console.print(f"{note}: {image}")
-            console.print("\n".join(plan.describe()), markup=False)
-        return
     err_console.print(f"{note}: deploying {image} to {config.fleet_name}")
     with _sigterm_as_ctrl_c(), narrator.live(True):
         result = engine.deploy(
             image, strategy=strategy, reason=with_note(reason, note), wait=_wait_seconds(wait)
         )
     _finish(result, as_json)
+
+
+def _promotion_plan(
+    platform: Platform,
+    promotion: Promotion,
+    promoted: str,
+    note: str,
+    strategy: str | None,
+    as_json: bool,
+) -> None:
+    """What 'kiln promote --dry-run' shows: the promotion's actions, then the deployment plan
+    (only once the image exists where the target deploys: on AWS, after a copy or derive)."""
+    plan = None
+    if promotion.ready:
+        plan = platform.deployer(_Narrator()).plan(promotion.image, strategy)
+    later = "the deployment plan is made once these have run: 'kiln promote' without --dry-run"
+    if as_json:
+        emit_json(
+            {
+                "promoted": promoted,
+                "image": promotion.image,
+                "actions": list(promotion.actions),
+                "plan": plan.to_json() if plan is not None else None,
+            }
+        )
+        return
+    err_console.print(f"{note}: {promotion.image}", markup=False)
+    for action in promotion.actions:
+        err_console.print(f"  {action['text']}", markup=False)
+    if plan is None:
+        console.print(later, markup=False)
+    else:
+        console.print("\n".join(plan.describe()), markup=False)
 
 
 @cli.command("status")

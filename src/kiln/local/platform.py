@@ -17,6 +17,7 @@ from kiln.platform import (
     OnEvent,
     Platform,
     PlatformBase,
+    Promotion,
     Report,
 )
 
@@ -110,6 +111,14 @@ class LocalPlatform(PlatformBase):
         manifest = replace(record.manifest, env=dict(self.loaded.config.env))
         meta = {**record.meta, "created": time.time(), "promoted_from": record.id}
         return store.add_image(manifest, meta).id
+
+    def plan_promotion(self, image: str, source: Platform) -> Promotion:
+        """Records the promoted manifest, as ``promote_image`` does: only a manifest in
+        the content-addressed store (its files are the source's), which the deployment
+        plan needs; nothing is deployed."""
+        made = self.promote_image(image, source, lambda _line: None)
+        text = f"recorded {made} ({image}'s files with this environment's [env]) in the image store"
+        return Promotion(made, ({"action": "record", "text": text, "image": made},))
 
     def prune(self, keep: int, app: str | None, *, dry_run: bool) -> Report:
         from kiln.image.prune import local_images_in_use, plan_prune, prune
