@@ -315,3 +315,21 @@ def test_an_express_health_route_is_found_in_the_apps_own_sources(tmp_path: Path
     assert _config(tmp_path).health.path is None  # a package's route is not the app's
     _write(tmp_path, {"src/routes.ts": "app.get('/healthz', (req, res) => res.send('ok'))\n"})
     assert _config(tmp_path).health.path == "/healthz"
+
+
+@pytest.mark.parametrize(
+    ("requirements", "added"),
+    [
+        ("fastapi\n", "uvicorn websockets"),  # plain uvicorn: no WebSocket at all
+        ("fastapi\nwsproto\n", "uvicorn"),
+        ("fastapi\nuvicorn\n", None),  # the app's own choice of server, left alone
+    ],
+)
+def test_uvicorn_added_by_the_build_brings_a_websocket_library(
+    tmp_path: Path, requirements: str, added: str | None
+) -> None:
+    _write(tmp_path, {"main.py": "from fastapi import FastAPI\napp = FastAPI()\n"})
+    (tmp_path / "requirements.txt").write_text(requirements)
+    (install,) = _steps(_config(tmp_path).app.build)
+    pip = "python3 -m pip install -q --target deps -r requirements.txt"
+    assert install == (f"{pip} {added}" if added else pip, "deps")

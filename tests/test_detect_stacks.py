@@ -98,14 +98,14 @@ UVICORN = "python3 -m uvicorn --host $HOST --port $PORT"
             "Quart",
             f"{UVICORN} app:app",
             None,
-            "quart uvicorn",
+            "quart uvicorn websockets",
         ),
         (
             {"main.py": "from litestar import Litestar\napp = Litestar(route_handlers=[])\n"},
             "Litestar",
             f"{UVICORN} main:app",
             None,
-            "litestar uvicorn",
+            "litestar uvicorn websockets",
         ),
         (
             {"api.py": "import falcon\napp = falcon.App()\n"},

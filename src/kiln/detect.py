@@ -128,14 +128,20 @@ def _requirements(root: Path) -> list[str]:
     return names
 
 
-def _pip_build(root: Path, needed: list[str], why: list[str]) -> list[str | BuildStep]:
+def _pip_build(
+    root: Path, needed: list[str], why: list[str], *, wsgi: bool = False
+) -> list[str | BuildStep]:
     """Install requirements.txt plus the server (and framework) it does not list.
 
     With a requirements.txt the step is cached by it: a code-only change
-    re-bakes without running pip.
+    re-bakes without running pip. ``wsgi``: uvicorn serves WSGI (no WebSocket).
     """
     listed = _requirements(root)
     missing = [name for name in needed if name not in listed]
+    if "uvicorn" in missing and not wsgi and not {"websockets", "wsproto"} & set(listed):
+        # plain uvicorn answers a WebSocket upgrade with 404 ("No supported
+        # WebSocket library detected"): an app's @app.websocket routes would not work
+        missing.append("websockets")
     parts = [PIP]
     pinned = (root / "requirements.txt").is_file()
     if pinned:

@@ -153,7 +153,7 @@ def _python(kind: str, run: str, root: Path, why: list[str], needed: list[str]) 
         kind=kind,
         run=run,
         why=why,
-        build=_pip_build(root, needed, why),
+        build=_pip_build(root, needed, why, wsgi="--interface wsgi" in run),
         env=_python_env(),
         health_path=_route(root, _HEALTH),
         grace="20s",
