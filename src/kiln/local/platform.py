@@ -357,4 +357,21 @@ def _drift_lines(report: list[InstanceDrift]) -> tuple[str, ...]:
         lines.extend(f"           {c.kind:<9} {c.path}" for c in item.changes[:20])
         if len(item.changes) > 20:
             lines.append(f"           ... and {len(item.changes) - 20} more")
-    return tuple(lines)
+    return tuple(lines) + _writable_hint(report)
+
+
+def _writable_hint(report: list[InstanceDrift]) -> tuple[str, ...]:
+    """Files only added (a SQLite file, uploads): likelier the app's own writes than tampering.
+
+    Named as the `writable` patterns that would cover them, so that a reader
+    does not `--replace` instances for what the app does by design.
+    """
+    added = sorted({c.path for d in report for c in d.changes if c.kind == "added"})
+    if not added:
+        return ()
+    patterns = sorted({p.split("/", 1)[0] + ("/" if "/" in p else "") for p in added})
+    shown = ", ".join(f'"{p}"' for p in patterns[:6]) + (", ..." if len(patterns) > 6 else "")
+    return (
+        f"note: files were added; if the app writes them at run time, list them in "
+        f"[app] writable = [{shown}] (drift ignores those)",
+    )
