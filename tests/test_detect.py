@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from kiln.config import BuildStep, parse_config
-from kiln.detect import detect
+from kiln.detect import PYPROJECT_DEPS, detect
 from kiln.scaffold import render_config
 from kilntest import Kiln
 
@@ -333,3 +334,30 @@ def test_uvicorn_added_by_the_build_brings_a_websocket_library(
     (install,) = _steps(_config(tmp_path).app.build)
     pip = "python3 -m pip install -q --target deps -r requirements.txt"
     assert install == (f"{pip} {added}" if added else pip, "deps")
+
+
+def test_pyproject_dependencies_are_installed_without_a_requirements_txt(tmp_path: Path) -> None:
+    _write(tmp_path, {"main.py": "from fastapi import FastAPI\napp = FastAPI()\n"})
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\ndependencies = ["FastAPI>=0.110", "uvicorn[standard]"]\n'
+    )
+    (step,) = _config(tmp_path).app.build
+    assert isinstance(step, BuildStep) and step.inputs == ["pyproject.toml"]
+    assert step.run.endswith("| python3 -m pip install -q --target deps -r /dev/stdin")
+    (tmp_path / "pyproject.toml").write_text('[tool.poetry.dependencies]\nfastapi = "^0.110"\n')
+    found = detect(tmp_path)
+    assert any("Poetry's own table is not read" in why for why in found.why)
+    assert _steps(_config(tmp_path).app.build) == [
+        "python3 -m pip install -q --target deps fastapi uvicorn websockets"
+    ]
+
+
+def test_the_pyproject_step_installs_what_the_file_lists(tmp_path: Path) -> None:
+    """The generated shell line, run: pip gets the [project] dependencies on stdin."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\ndependencies = ["a>=1", "b[c]; python_version >= \'3\'"]\n'
+    )
+    listed = subprocess.run(
+        PYPROJECT_DEPS + "cat", shell=True, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert listed.stdout.splitlines() == ["a>=1", "b[c]; python_version >= '3'"]

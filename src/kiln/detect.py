@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,9 @@ def _sticky(root: Path) -> str | None:
     if not python and not npm:
         return None
     where = (
-        f"{', '.join(npm)} in package.json" if npm else f"{', '.join(python)} in requirements.txt"
+        f"{', '.join(npm)} in package.json"
+        if npm
+        else f"{', '.join(python)} in {_python_manifest(root)}"
     )
     return (
         f"{where}: each client's polling requests must reach the instance holding its "
@@ -116,16 +119,45 @@ def _npm_dependencies(root: Path) -> dict[str, object]:
 
 
 def _requirements(root: Path) -> list[str]:
-    """Lower-cased distribution names in requirements.txt (no includes, no URLs)."""
+    """Lower-cased distribution names in requirements.txt (no includes, no URLs),
+    else in pyproject.toml's [project] dependencies."""
     path = root / "requirements.txt"
-    if not path.is_file():
-        return []
+    pinned = path.is_file()
+    lines = _read(path).splitlines() if pinned else _pyproject_dependencies(root) or []
     names = []
-    for line in _read(path).splitlines():
+    for line in lines:
         match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
         if match:
             names.append(re.sub(r"[-_.]+", "-", match.group(1)).lower())
     return names
+
+
+def _python_manifest(root: Path) -> str:
+    """The file the app's Python dependencies are read from."""
+    return "requirements.txt" if (root / "requirements.txt").is_file() else "pyproject.toml"
+
+
+def _pyproject_dependencies(root: Path) -> list[str] | None:
+    """pyproject.toml's [project] dependencies (PEP 621), None without them."""
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return None
+    try:
+        project = tomllib.loads(_read(path)).get("project", {})
+    except tomllib.TOMLDecodeError:
+        return None
+    deps = project.get("dependencies") if isinstance(project, dict) else None
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        return None
+    return deps
+
+
+# pyproject.toml's [project] dependencies fed to pip at bake time, so that the
+# image follows the file (pip has no "install only the dependencies" option)
+PYPROJECT_DEPS = (
+    'python3 -c \'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))'
+    '["project"]["dependencies"], sep="\\n")\' | '
+)
 
 
 def _pip_build(
@@ -143,18 +175,31 @@ def _pip_build(
         # WebSocket library detected"): an app's @app.websocket routes would not work
         missing.append("websockets")
     parts = [PIP]
-    pinned = (root / "requirements.txt").is_file()
-    if pinned:
+    source = "requirements.txt"
+    if (root / source).is_file():
         parts.append("-r requirements.txt")
         why.append("requirements.txt: installed into deps/ at bake time, reused while unchanged")
+    elif _pyproject_dependencies(root) is not None:
+        source = "pyproject.toml"
+        parts = [PYPROJECT_DEPS + PIP, "-r /dev/stdin"]
+        why.append(
+            "pyproject.toml: its [project] dependencies installed into deps/ at bake time, "
+            "reused while it is unchanged"
+        )
     else:
+        source = ""
         why.append("no requirements.txt: the build installs unpinned packages; pin them there")
+        if (root / "pyproject.toml").is_file():
+            why.append(
+                "pyproject.toml has no [project] dependencies (Poetry's own table is not "
+                "read): export them to requirements.txt"
+            )
     if missing:
         parts.append(" ".join(missing))
-        why.append(f"{', '.join(missing)} not in requirements.txt: the build adds it")
+        why.append(f"{', '.join(missing)} not in {source or 'requirements.txt'}: the build adds it")
     command = " ".join(parts)
-    if pinned:
-        return [BuildStep(run=command, inputs=["requirements.txt"], outputs=["deps"])]
+    if source:
+        return [BuildStep(run=command, inputs=[source], outputs=["deps"])]
     return [command]
 
 

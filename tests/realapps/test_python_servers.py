@@ -39,3 +39,37 @@ def test_datasette_on_uvicorn_on_the_first_try(tmp_path: Path) -> None:
     first_try(app, "/-/versions.json", change, check)
     toml = (app / "kiln.toml").read_text()
     assert "python3 -m uvicorn" in toml and "asgi:app" in toml
+
+
+PYPROJECT_APP = """\
+import humanize
+from flask import Flask
+
+app = Flask(__name__)
+
+
+@app.get("/")
+def index():
+    return {"size": humanize.naturalsize(123456789), "version": "v1"}
+"""
+
+
+def test_a_pyproject_toml_app_gets_its_dependencies(tmp_path: Path) -> None:
+    """No requirements.txt: the dependencies are in pyproject.toml's [project] table (uv,
+    PDM, Hatch, Poetry 2). Before, the build installed flask and gunicorn only and every
+    instance died with ModuleNotFoundError: humanize."""
+    app = tmp_path / "sizes"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(
+        '[project]\nname = "sizes"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["flask>=3,<4", "humanize>=4.9"]\n'
+    )
+    main = app / "app.py"
+    main.write_text(PYPROJECT_APP)
+
+    def change() -> None:
+        main.write_text(PYPROJECT_APP.replace('"v1"', '"v2"'))
+
+    first_try(app, "/", change, lambda body: json.loads(body)["size"] == "123.5 MB")
+    toml = (app / "kiln.toml").read_text()
+    assert 'inputs = ["pyproject.toml"]' in toml and "python3 -m gunicorn" in toml
