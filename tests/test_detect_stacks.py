@@ -30,7 +30,11 @@ STREAMLIT_RUN = (
     "--server.headless true --global.developmentMode false --server.fileWatcherType none "
     "--browser.gatherUsageStats false"
 )
-GUNICORN = "python3 -m gunicorn --bind $HOST:$PORT --workers 2 --access-logfile -"
+GUNICORN = "python3 -m gunicorn --bind $HOST:$PORT --workers 2 --threads 4 --access-logfile -"
+AIOHTTP = (  # an async worker: no threads
+    "python3 -m gunicorn --bind $HOST:$PORT --workers 2 --access-logfile - "
+    "--worker-class aiohttp.GunicornWebWorker"
+)
 UVICORN = "python3 -m uvicorn --host $HOST --port $PORT"
 
 
@@ -78,7 +82,7 @@ UVICORN = "python3 -m uvicorn --host $HOST --port $PORT"
                 "app.router.add_get('/health', h)\nweb.run_app(app)\n"
             },
             "aiohttp",
-            f"{GUNICORN} --worker-class aiohttp.GunicornWebWorker app:app",
+            f"{AIOHTTP} app:app",
             "/health",
             "aiohttp gunicorn",
         ),
@@ -89,7 +93,7 @@ UVICORN = "python3 -m uvicorn --host $HOST --port $PORT"
                 "web.run_app(make_app())\n"
             },
             "aiohttp",
-            f"{GUNICORN} --worker-class aiohttp.GunicornWebWorker srv:make_app",
+            f"{AIOHTTP} srv:make_app",
             None,
             "aiohttp gunicorn",
         ),

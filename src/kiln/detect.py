@@ -23,7 +23,10 @@ PY_EXCLUDE = ["__pycache__/", "*.pyc", ".venv/", "venv/", "/deps/", ".env", "*.s
 NODE_EXCLUDE = ["node_modules/", ".env", "npm-debug.log*"]
 _NODE_SOURCES = (".js", ".mjs", ".cjs", ".ts")
 PIP = "python3 -m pip install -q --target deps"
-GUNICORN = "python3 -m gunicorn --bind $HOST:$PORT --workers 2 --access-logfile -"
+# threads: a sync worker serves one request at a time, so two of them behind a few
+# slow requests left the health checks unanswered (a rolled-back deploy); the
+# dev servers users try first (flask run, runserver) are threaded too
+GUNICORN = "python3 -m gunicorn --bind $HOST:$PORT --workers 2 --threads 4 --access-logfile -"
 UVICORN = "python3 -m uvicorn --host $HOST --port $PORT"
 _SOURCE_LIMIT = 256 * 1024  # bigger files are not read for detection
 _NOT_SOURCE = frozenset({"node_modules", "deps", "venv", ".venv", ".git", "__pycache__"})
@@ -78,7 +81,7 @@ def _one_process(found: Detected) -> None:
     gunicorn spreads connections over its workers with no affinity, so one worker
     (threaded, as Flask-SocketIO's docs run it), and instances for scale."""
     if found.run.startswith(GUNICORN):
-        found.run = found.run.replace("--workers 2", "--workers 1 --threads 100", 1)
+        found.run = found.run.replace("--workers 2 --threads 4", "--workers 1 --threads 100", 1)
         found.why.append(
             "one gunicorn worker with 100 threads per instance: its workers would split a "
             "client's session between processes; scale with [fleet] size"

@@ -217,7 +217,8 @@ def _aiohttp_factory(root: Path, modules: list[Path]) -> Detected | None:
 
 def _aiohttp_served(root: Path, path: Path, target: str, why: list[str]) -> Detected:
     why.append("served by gunicorn's aiohttp worker on $HOST:$PORT (web.run_app is not called)")
-    run = f"{GUNICORN} --worker-class aiohttp.GunicornWebWorker {path.stem}:{target}"
+    worker = "--worker-class aiohttp.GunicornWebWorker"  # async: no threads
+    run = f"{GUNICORN.replace(' --threads 4', '')} {worker} {path.stem}:{target}"
     return _python("aiohttp", run, root, why, ["aiohttp", "gunicorn"])
 
 

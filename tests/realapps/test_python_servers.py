@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from realkit import first_try
+from realkit import LoadLoop, deploy, first_try, free_port, get, review
+
+from kilntest import Kiln
 
 
 def test_httpbin_on_gunicorn_on_the_first_try(tmp_path: Path) -> None:
@@ -73,3 +75,48 @@ def test_a_pyproject_toml_app_gets_its_dependencies(tmp_path: Path) -> None:
     first_try(app, "/", change, lambda body: json.loads(body)["size"] == "123.5 MB")
     toml = (app / "kiln.toml").read_text()
     assert 'inputs = ["pyproject.toml"]' in toml and "python3 -m gunicorn" in toml
+
+
+SLOW_APP = """\
+import time
+from flask import Flask
+
+app = Flask(__name__)
+VERSION = "v1"
+
+
+@app.get("/")
+def index():
+    return VERSION
+
+
+@app.get("/report")
+def report():
+    time.sleep(3)  # a slow query, an upstream API
+    return "report " + VERSION
+"""
+
+
+def test_a_flask_app_with_slow_requests_rolls_out_under_them(tmp_path: Path) -> None:
+    """Twelve slow requests at a time while a rolling deploy runs: none fails. Before,
+    kiln init ran two sync gunicorn workers per instance, one request each: requests
+    queued past the client's 10 s timeout (3 of 34 failed), and in a run with wrk on
+    /health beside them, the health checks timed out too and the deploy rolled back."""
+    app = tmp_path / "reports"
+    app.mkdir()
+    (app / "requirements.txt").write_text("flask==3.0.3\n")
+    main = app / "app.py"
+    main.write_text(SLOW_APP)
+    kiln = Kiln(app)
+    port = free_port()
+    kiln("init")
+    review(app, port)
+    deploy(kiln)
+    main.write_text(SLOW_APP.replace('"v1"', '"v2"'))
+    with LoadLoop(
+        "127.0.0.1", port, path="/report", workers=12, pause=0.0, max_seconds=240
+    ) as slow:
+        second = deploy(kiln)
+    assert second["outcome"] == "succeeded"
+    assert slow.sent >= 12 and slow.failed == 0, slow.errors
+    assert get(port, "/") == (200, b"v2")
