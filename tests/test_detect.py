@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiln.config import BuildStep, parse_config
-from kiln.detect import PYPROJECT_DEPS, detect
+from kiln.detect import PYPROJECT_DEPS, PYPROJECT_LIST, detect
 from kiln.scaffold import render_config
 from kilntest import Kiln
 
@@ -343,7 +343,10 @@ def test_pyproject_dependencies_are_installed_without_a_requirements_txt(tmp_pat
     )
     (step,) = _config(tmp_path).app.build
     assert isinstance(step, BuildStep) and step.inputs == ["pyproject.toml"]
-    assert step.run.endswith("| python3 -m pip install -q --target deps -r /dev/stdin")
+    assert step.run.endswith(
+        "&& python3 -m pip install -q --target deps -r .kiln-requirements.txt"
+        " && rm .kiln-requirements.txt"
+    )
     (tmp_path / "pyproject.toml").write_text('[tool.poetry.dependencies]\nfastapi = "^0.110"\n')
     found = detect(tmp_path)
     assert any("Poetry's own table is not read" in why for why in found.why)
@@ -353,11 +356,19 @@ def test_pyproject_dependencies_are_installed_without_a_requirements_txt(tmp_pat
 
 
 def test_the_pyproject_step_installs_what_the_file_lists(tmp_path: Path) -> None:
-    """The generated shell line, run: pip gets the [project] dependencies on stdin."""
+    """The generated shell line, run by /bin/sh: pip gets the [project] dependencies."""
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "x"\ndependencies = ["a>=1", "b[c]; python_version >= \'3\'"]\n'
     )
-    listed = subprocess.run(
-        PYPROJECT_DEPS + "cat", shell=True, cwd=tmp_path, capture_output=True, text=True
-    )
+    line = PYPROJECT_DEPS + f"cat {PYPROJECT_LIST}"
+    listed = subprocess.run(["/bin/sh", "-c", line], cwd=tmp_path, capture_output=True, text=True)
     assert listed.stdout.splitlines() == ["a>=1", "b[c]; python_version >= '3'"]
+
+
+def test_a_pyproject_that_does_not_parse_fails_the_step(tmp_path: Path) -> None:
+    """Through a pipe, pip got nothing and the step succeeded: the bake went on
+    without the app's dependencies and every instance died at boot."""
+    (tmp_path / "pyproject.toml").write_text('[project\ndependencies = ["a"]\n')
+    line = PYPROJECT_DEPS + f"cat {PYPROJECT_LIST}"
+    done = subprocess.run(["/bin/sh", "-c", line], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0 and "TOMLDecodeError" in done.stderr

@@ -157,9 +157,13 @@ def _pyproject_dependencies(root: Path) -> list[str] | None:
 
 # pyproject.toml's [project] dependencies fed to pip at bake time, so that the
 # image follows the file (pip has no "install only the dependencies" option)
+# Through a file, not a pipe: /bin/sh has no pipefail, so a pyproject.toml that
+# does not parse would have fed pip nothing and the bake would have succeeded
+# with no dependencies, to fail at boot.
+PYPROJECT_LIST = ".kiln-requirements.txt"
 PYPROJECT_DEPS = (
     'python3 -c \'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))'
-    '["project"]["dependencies"], sep="\\n")\' | '
+    f'["project"]["dependencies"], sep="\\n")\' > {PYPROJECT_LIST} && '
 )
 
 
@@ -184,7 +188,7 @@ def _pip_build(
         why.append("requirements.txt: installed into deps/ at bake time, reused while unchanged")
     elif _pyproject_dependencies(root) is not None:
         source = "pyproject.toml"
-        parts = [PYPROJECT_DEPS + PIP, "-r /dev/stdin"]
+        parts = [PYPROJECT_DEPS + PIP, f"-r {PYPROJECT_LIST}"]
         why.append(
             "pyproject.toml: its [project] dependencies installed into deps/ at bake time, "
             "reused while it is unchanged"
@@ -201,6 +205,8 @@ def _pip_build(
         parts.append(" ".join(missing))
         why.append(f"{', '.join(missing)} not in {source or 'requirements.txt'}: the build adds it")
     command = " ".join(parts)
+    if source == "pyproject.toml":
+        command += f" && rm {PYPROJECT_LIST}"  # the list is no part of the image
     if source:
         return [BuildStep(run=command, inputs=[source], outputs=["deps"])]
     return [command]
