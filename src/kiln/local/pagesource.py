@@ -9,7 +9,7 @@ one source: the agent's API, the state database and the image store.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln.durations import format_duration, format_size, format_time
 from kiln.errors import KilnError
@@ -18,8 +18,23 @@ from kiln.image.store import Store, short_code
 from kiln.platform import Report, image_ages
 
 if TYPE_CHECKING:
-    from kiln.local.provider import AgentReads
-    from kiln.providers.protocol import Instance
+    from collections.abc import Callable, Mapping
+
+    from kiln.providers.protocol import FleetState, Instance, InstanceStats
+
+    Traffic = Callable[[str, float], list[list[float]]]
+
+
+class Reads(Protocol):
+    """What the page reads of a fleet's instances: the agent's answers (AgentReads),
+    or whichever provider kiln.providers.registry opens (a fake one in tests)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def describe(self, fleet: str) -> FleetState: ...
+
+    def stats(self, fleet: str) -> Mapping[str, InstanceStats]: ...
 
 
 class FleetPage:
@@ -31,8 +46,9 @@ class FleetPage:
         self,
         home: Home,
         fleet: str,
-        reads: AgentReads,
+        reads: Reads,
         *,
+        traffic: Traffic | None = None,
         size: int | None = None,
         max_image_age: float | None = None,
         acme: bool = False,
@@ -40,6 +56,7 @@ class FleetPage:
         self.home = home
         self.fleet = fleet
         self.reads = reads
+        self._traffic = traffic
         self.size = size
         self.max_image_age = max_image_age
         self.acme = acme
@@ -82,7 +99,7 @@ class FleetPage:
         return {i: (s.requests, s.errors) for i, s in stats.items()}
 
     def traffic(self, since: float) -> list[list[float]] | None:
-        return self.reads.traffic(self.fleet, since)
+        return None if self._traffic is None else self._traffic(self.fleet, since)
 
     def images(self, app: str | None) -> Report:
         return image_report(self.home, app)

@@ -182,7 +182,8 @@ class LocalPlatform(PlatformBase):
         return FleetPage(
             self.home,
             config.fleet_name,
-            LocalProvider(self.home, self.loaded),
+            self.provider(),  # the registry's, like every other command's reads
+            traffic=LocalProvider(self.home, self.loaded).traffic,
             size=Settings.from_config(config).size,
             max_image_age=config.fleet.max_image_age,
             acme=config.provider.local.acme is not None,

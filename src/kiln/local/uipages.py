@@ -113,6 +113,7 @@ class FleetPages:
                 self.home,
                 fleet,
                 reads,
+                traffic=reads.traffic,
                 max_image_age=settings.max_image_age,
                 acme=settings.acme is not None,
             )
