@@ -275,7 +275,7 @@ def _kill_bake_midway(app: Path, home: Path, sig: int) -> subprocess.CompletedPr
 def test_interrupted_bake_leaves_no_image(tmp_path: Path, signame: str) -> None:
     import signal
 
-    app = write_app(tmp_path / "big", files=3000)
+    app = write_app(tmp_path / "big", files=12000)
     for attempt in range(5):  # a starved poller may see the (1 s) bake finish first
         home = tmp_path / f"h{attempt}"
         result = _kill_bake_midway(app, home, getattr(signal, signame))
