@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from e2ekit import Load, app_image, free_port, kill_everything, write_app_config
 from localtest import wait_for
+from uikit import deploy_watched_live
 from webdriver import Browser, available
 
 from kiln.home import Home
@@ -126,24 +127,12 @@ def test_the_agent_serves_the_page_on_its_socket_and_its_loopback_port_live(
         )
         assert "fleet web" in browser.js("return document.querySelector('h1').innerText")
         with Load(fleet.port, workers=2) as load:
-            done = threading.Event()
             v2 = app_image(home, "v2")
-            deploying = threading.Thread(
-                target=lambda: (kiln("deploy", "--image", v2), done.set()), daemon=True
-            )
-            deploying.start()
-            running = browser.wait_for(
-                "const li = document.querySelector('#deployments > li[data-outcome=running]');"
-                "return li && li.querySelector('.seg') ? li.dataset.deployment : null",
+            deploy_watched_live(
+                browser,
+                lambda: kiln("deploy", "--image", v2),
+                ARTIFACTS / "agent-page-running.png",
                 what="the running deployment, live over server-sent events",
-            )
-            browser.screenshot(ARTIFACTS / "agent-page-running.png")
-            deploying.join(120)
-            assert done.is_set()
-            browser.wait_for(
-                f"const li = document.querySelector('li[data-deployment=\"{running}\"]');"
-                "return li && li.dataset.outcome === 'succeeded'",
-                what="the deployment succeeded",
             )
         assert load.sent > 20 and load.failed == 0, load.errors[:5]
 

@@ -5,7 +5,6 @@ Screenshots land in build/ui-artifacts/ (kept by CI as artifacts, ignored by git
 
 from __future__ import annotations
 
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from e2ekit import Load, app_image, free_port, kill_everything, write_app_config
-from uikit import served_ui
+from uikit import deploy_watched_live, served_ui
 from webdriver import Browser, available
 
 from kiln.home import Home
@@ -70,23 +69,11 @@ def test_the_page_shows_the_fleet_live_and_a_rolled_back_deployment(
         # a deployment under load appears on the timeline while it runs, then succeeds
         with Load(port, workers=2) as load:
             v2 = app_image(home, "v2")
-            done = threading.Event()
-            deploying = threading.Thread(
-                target=lambda: (kiln("deploy", "--image", v2), done.set()), daemon=True
-            )
-            deploying.start()
-            running = browser.wait_for(
-                "const li = document.querySelector('#deployments > li[data-outcome=running]');"
-                "return li && li.querySelector('.seg') ? li.dataset.deployment : null",
+            deploy_watched_live(
+                browser,
+                lambda: kiln("deploy", "--image", v2),
+                ARTIFACTS / "deployment-running.png",
                 what="the running deployment with a step under way",
-            )
-            browser.screenshot(ARTIFACTS / "deployment-running.png")
-            deploying.join(120)
-            assert done.is_set()
-            browser.wait_for(
-                f"const li = document.querySelector('li[data-deployment=\"{running}\"]');"
-                "return li && li.dataset.outcome === 'succeeded'",
-                what="the deployment succeeded",
             )
             browser.wait_for(
                 "return document.querySelector('#traffic-desc').innerText.includes('requests/s')",

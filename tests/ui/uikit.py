@@ -6,8 +6,10 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -29,3 +31,27 @@ def served_ui(cwd: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def deploy_watched_live(
+    browser: Any, deploy: Callable[[], object], screenshot: Path, what: str
+) -> str:
+    """Run ``deploy`` in a thread while the open page must show it running (a
+    screenshot then) and then succeeded; the deployment's id."""
+    done = threading.Event()
+    deploying = threading.Thread(target=lambda: (deploy(), done.set()), daemon=True)
+    deploying.start()
+    running: str = browser.wait_for(
+        "const li = document.querySelector('#deployments > li[data-outcome=running]');"
+        "return li && li.querySelector('.seg') ? li.dataset.deployment : null",
+        what=what,
+    )
+    browser.screenshot(screenshot)
+    deploying.join(120)
+    assert done.is_set()
+    browser.wait_for(
+        f"const li = document.querySelector('li[data-deployment=\"{running}\"]');"
+        "return li && li.dataset.outcome === 'succeeded'",
+        what="the deployment succeeded",
+    )
+    return running
