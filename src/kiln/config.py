@@ -327,6 +327,14 @@ class CanarySettings(Section):
         le=1000,
         description="Highest canary p99 latency as a multiple of the old fleet's.",
     )
+    p99_slack: Duration = Field(
+        default=0.02,
+        ge=0,
+        description=(
+            "A canary p99 at most this much above the old fleet's never fails, whatever "
+            "the ratio: a few milliseconds either way are noise, not a regression."
+        ),
+    )
     min_requests: int = Field(
         default=20,
         ge=0,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from deploykit import BAD, FLEET, NEW, OLD, Behavior, World
 
+from kiln.deploy.gates import judge_canary
+from kiln.deploy.settings import Settings
 from kiln.errors import (
     AgentError,
     DeployError,
@@ -234,6 +236,31 @@ def test_canary_fails_on_errors_or_latency(deployed: World, behavior: Behavior, 
     entry = w.journal().history(FLEET)[0]
     assert entry.figures["canary_requests"] > 0 and "canary_p99" in entry.figures
     w.assert_settled(OLD, 2)
+
+
+@pytest.mark.parametrize(
+    ("canary_ms", "fleet_ms", "fails"),
+    [
+        (3.0, 1.0, False),  # 3x, but 2 ms: a busy machine's noise, not a regression
+        (21.0, 0.5, True),  # past the ratio and the slack
+        (140.0, 100.0, False),  # 40 ms more, but within the ratio
+        (160.0, 100.0, True),
+    ],
+)
+def test_canary_latency_needs_both_the_ratio_and_the_slack(
+    canary_ms: float, fleet_ms: float, fails: bool
+) -> None:
+    figures = {
+        "canary_requests": 100,
+        "canary_error_rate": 0.0,
+        "canary_p99": canary_ms / 1000,
+        "fleet_error_rate": 0.0,
+        "fleet_p99": fleet_ms / 1000,
+    }
+    why = judge_canary(figures, Settings())
+    assert (why is not None) == fails, why
+    if fails:
+        assert why is not None and "p99_slack" in why
 
 
 def test_canary_without_traffic_cannot_be_judged(deployed: World) -> None:

@@ -104,15 +104,35 @@ def test_address_in_use_in_the_log(log: str, said: str) -> None:
     assert port_in_use("listening on 4100\n", 4100) is None
 
 
-def test_listening_ports_of_this_process(tmp_path: Path) -> None:
-    import os
-    import socket
+def test_listening_ports_of_a_session(tmp_path: Path) -> None:
+    """A child leading its own session, as an instance does: CI may run us in session 0."""
+    import subprocess
+    import sys
+    import time
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port = sock.getsockname()[1]
-        assert port in listening_ports(os.getsid(0))
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys, time\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+            "print(s.getsockname()[1], flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        deadline = time.monotonic() + 10
+        while port not in listening_ports(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert port in listening_ports(child.pid)
+        assert listening_ports(0) == set()  # no session: nothing, not every process's
+    finally:
+        child.kill()
+        child.wait()
 
 
 SLOW_BOOT = """\

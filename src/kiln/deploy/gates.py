@@ -299,9 +299,11 @@ def judge_canary(f: Mapping[str, Any], s: Settings) -> str | None:
             f"allowed: {s.max_error_rate:.2%} above the fleet ([canary] max_error_rate)"
         )
     c_p99, o_p99 = f["canary_p99"], f["fleet_p99"]
-    if c_p99 is not None and o_p99 and c_p99 > s.max_p99_ratio * o_p99:
+    slower = c_p99 is not None and o_p99 and c_p99 - o_p99 > s.p99_slack
+    if slower and c_p99 > s.max_p99_ratio * o_p99:
         return (
             f"p99 latency {c_p99 * 1000:.0f}ms on the canaries vs {o_p99 * 1000:.0f}ms on the "
-            f"fleet ({c_p99 / o_p99:.1f}x); allowed: {s.max_p99_ratio:g}x ([canary] max_p99_ratio)"
+            f"fleet ({c_p99 / o_p99:.1f}x); allowed: {s.max_p99_ratio:g}x "
+            f"([canary] max_p99_ratio), or {s.p99_slack * 1000:.0f}ms more ([canary] p99_slack)"
         )
     return None

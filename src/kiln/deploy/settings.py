@@ -32,6 +32,7 @@ class Settings:
     canary_duration: float = _CANARY.duration
     max_error_rate: float = _CANARY.max_error_rate
     max_p99_ratio: float = _CANARY.max_p99_ratio
+    p99_slack: float = _CANARY.p99_slack
     min_requests: int = _CANARY.min_requests
 
     @classmethod
@@ -55,6 +56,7 @@ class Settings:
             canary_duration=canary.duration,
             max_error_rate=canary.max_error_rate,
             max_p99_ratio=canary.max_p99_ratio,
+            p99_slack=canary.p99_slack,
             min_requests=canary.min_requests,
         )
 

@@ -78,8 +78,12 @@ def log_end(path: Path, size: int = 8192) -> str:
 
 
 def listening_ports(leader: int) -> set[int]:
-    """TCP ports the processes of ``leader``'s session listen on; empty if unknown."""
-    sockets = _socket_inodes(leader)
+    """TCP ports the processes of ``leader``'s session listen on; empty if unknown.
+
+    Session 0 is no session: it is what /proc shows for processes whose session
+    began outside this pid namespace (a container's, a CI runner's).
+    """
+    sockets = _socket_inodes(leader) if leader > 0 else None
     return _listening(leader, sockets) if sockets else set()
 
 
