@@ -5,23 +5,36 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast test-vm lint fmt docs clean
+.PHONY: demo test test-fast test-vm lint fmt docs clean build
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+BUILD_STAMP := $(VENV)/.built
+
 # The demo needs kiln and its runtime dependencies only.
-$(RUN_STAMP): pyproject.toml | $(BIN)/python
+$(RUN_STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
-	touch $(RUN_STAMP)
+	touch $(RUN_STAMP) $(BUILD_STAMP)
 
 # The suite also needs moto, parliament, linters and type stubs.
-$(TEST_STAMP): pyproject.toml | $(BIN)/python
+$(TEST_STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(TEST_STAMP) $(RUN_STAMP)
+	touch $(TEST_STAMP) $(RUN_STAMP) $(BUILD_STAMP)
 
-demo: $(RUN_STAMP)
+# The install compiles the balancer's hot path in place (setup.py: each module
+# under src/kiln with a .pxd beside it; pure Python when Cython or a C compiler
+# is missing, or with KILN_PURE=1). An edited module or .pxd is compiled again
+# here; until then kiln imports its .py (kiln.local.compiled), never a stale build.
+ACCELERATED := $(shell find src/kiln -name '*.pxd')
+$(BUILD_STAMP): $(ACCELERATED) $(ACCELERATED:.pxd=.py) | $(RUN_STAMP)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(BUILD_STAMP)
+
+build: $(BUILD_STAMP)
+
+demo: $(RUN_STAMP) $(BUILD_STAMP)
 	$(BIN)/kiln demo
 
 # `make test` runs the suite on JOBS pytest-xdist workers, longest test files
@@ -33,7 +46,7 @@ demo: $(RUN_STAMP)
 JOBS ?= 4
 KILN_VM ?= 1
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(BUILD_STAMP)
 	./scripts/test-deps.sh
 	if [ "$(KILN_VM)" = 1 ]; then ./scripts/vm-deps.sh; fi
 	$(BIN)/ruff check src tests benchmarks
@@ -62,4 +75,5 @@ docs: $(TEST_STAMP)
 	$(BIN)/python -m kiln.cli.docgen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	find src/kiln \( -name '*.so' -o -name '*.c' \) -delete

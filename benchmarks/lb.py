@@ -45,6 +45,7 @@ from kiln.home import Home
 from kiln.image.store import FileEntry, Manifest, Store
 from kiln.local import lbproc
 from kiln.local.client import stop_agent
+from kiln.local.compiled import mapped_in
 from kiln.local.provider import LocalProvider
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lb.json"
@@ -296,6 +297,7 @@ def main() -> int:
         kiln_port, addresses, kind, kiln_pid = stack.enter_context(kiln_fleet(workdir, 2))
         ha_port, ha_pid = stack.enter_context(haproxy(addresses))
         pids: dict[str, int | None] = {"direct": None, "kiln": kiln_pid, "haproxy": ha_pid}
+        compiled = mapped_in(kiln_pid)  # the form of kiln's hot path measured (KILN_PURE=1: none)
         direct_port = int(addresses[0].rsplit(":", 1)[1])
         targets = {"direct": direct_port, "kiln": kiln_port, "haproxy": ha_port}
         for port in targets.values():  # warm up connections, caches, the JIT of node
@@ -329,6 +331,7 @@ def main() -> int:
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         },
         "backend": {"kind": kind, "instances": 2, "body_bytes": len(BODY) + 1},
+        "compiled": compiled,  # kiln's modules the balancer ran compiled; [] is pure Python
         "load": {
             "rounds": args.rounds,
             "full": {"tool": "wrk -t2", "connections": args.connections, "seconds": args.duration},
@@ -375,6 +378,8 @@ def main() -> int:
         f"kiln added p99 at moderate load: {s['kiln_added_p99_ms_vs_direct_moderate']:.2f} ms "
         f"vs direct (goal <= 1 ms), {s['kiln_added_p99_ms_vs_haproxy_moderate']:+.2f} ms vs haproxy"
     )
+    form = "unknown" if compiled is None else ", ".join(compiled) or "none (pure Python)"
+    print(f"kiln's balancer ran these modules compiled: {form}")
     loads = report["machine"]["load_average"]
     print(f"load average {loads[0]} before, {loads[1]} after; saved {args.output}")
     return 0

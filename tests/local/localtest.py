@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -82,6 +83,21 @@ server = ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Hand
 print("listening on", os.environ["HOST"], os.environ["PORT"], flush=True)
 server.serve_forever()
 """
+
+
+def pytest_pure(*args: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
+    """pytest on ``args`` in a fresh interpreter that imports the Python source of
+    every compiled module (``KILN_PURE=1``, kiln.local.compiled): the fallback form
+    of the balancer, tested beside the compiled one the suite itself runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not a worker
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**env, "KILN_PURE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:

@@ -58,6 +58,7 @@ def test_the_agent_holds_no_secret_and_none_of_the_callers_variables(
         "TMPDIR",
         "PYTHONPATH",
         "KILN_HOME",
+        "KILN_PURE",
     }
 
     # A restarted agent has lost the values it held in memory; the running

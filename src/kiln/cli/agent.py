@@ -18,6 +18,7 @@ from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.local.agent import log_path, read_pid, serve
 from kiln.local.client import AgentClient, agent_status, start_agent, stop_agent
+from kiln.local.compiled import mapped_in
 from kiln.local.logtimes import timed_lines
 from kiln.local.procs import log_end, log_tail
 from kiln.local.provider import instance_log
@@ -62,6 +63,9 @@ def agent_status_cmd(state: State, as_json: bool) -> None:
     """Show whether the agent runs and what it serves (exit 3 when it does not run)."""
     home = state.home()
     status = agent_status(home)
+    if status is not None and status.get("balancer_pid"):
+        # which form of the hot path the running balancer loaded (kiln.local.compiled)
+        status["balancer_compiled"] = mapped_in(int(str(status["balancer_pid"])))
     if as_json:
         emit_json({"running": status is not None, **(status or {})})
     elif status is None:
@@ -77,7 +81,15 @@ def agent_status_cmd(state: State, as_json: bool) -> None:
 def _print_status(status: dict[str, object]) -> None:
     console.print(f"agent running, pid {status['pid']}, up {status['uptime_seconds']}s")
     if status.get("balancer_pid"):
-        console.print(f"balancer running, pid {status['balancer_pid']}")
+        compiled = status.get("balancer_compiled")
+        form = (
+            "its hot path unknown"  # another user's process: its memory map is private
+            if not isinstance(compiled, list)
+            else "hot path compiled: " + ", ".join(compiled)
+            if compiled
+            else "hot path pure Python"
+        )
+        console.print(f"balancer running, pid {status['balancer_pid']}, {form}")
     fleets = status.get("fleets") or {}
     assert isinstance(fleets, dict)
     if not fleets:

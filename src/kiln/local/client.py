@@ -24,7 +24,10 @@ START_TIMEOUT = 30.0
 # All the agent takes from the environment of the command that starts it: never
 # a secret, never the caller's other variables (any same-user process can read
 # /proc/<agent>/environ). Secrets reach the agent over its socket instead.
-AGENT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+AGENT_ENV = (
+    *("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"),
+    "KILN_PURE",  # the balancer runs its hot path as Python source (kiln.local.compiled)
+)
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -35,7 +35,7 @@ from typing import Any
 from kiln import __version__
 from kiln.errors import KilnError
 from kiln.home import Home
-from kiln.local import affinity
+from kiln.local import affinity, compiled
 from kiln.local.challenges import Challenges
 from kiln.local.front import Front
 from kiln.local.handover import CODE, inherited, send_listeners
@@ -438,7 +438,7 @@ async def _serve(home: Home, host: BalancerHost, lock_fd: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, host.done.set)
     watcher = asyncio.create_task(_watch(path, inode, host))
-    log.info("balancer %s serving %s", os.getpid(), path)
+    log.info("balancer %s serving %s; %s", os.getpid(), path, compiled.describe())
     try:
         await host.done.wait()
     finally:

@@ -1,0 +1,117 @@
+"""kiln's build: pure Python, with the balancer's hot path compiled by Cython when it can be.
+
+A module under src/kiln is compiled iff an augmenting ``X.pxd`` sits beside its
+``X.py`` (Cython's pure-Python mode: the .py stays the one source and runs as it
+is). Compiling is an optimisation, never a requirement: without Cython or a C
+compiler, when a module fails to compile, or with ``KILN_PURE=1`` in the
+environment, the install succeeds as pure Python and says so. All or nothing: a
+module compiled against another's .pxd needs that one compiled too, so one
+failure leaves every module pure. Everything else is in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+from typing import Any
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+SRC = ROOT / "src"
+# Cython's defaults otherwise: the .py source is the truth, and what it does as
+# plain Python it must do compiled (tests run both forms).
+DIRECTIVES = {"language_level": 3, "binding": False}
+
+
+def _say(message: str) -> None:
+    print(f"kiln build: {message}", file=sys.stderr)
+
+
+def _accelerated() -> list[Path]:
+    """Every src/kiln/**/X.py with an X.pxd beside it, relative to this file."""
+    return sorted(
+        pxd.with_suffix(".py").relative_to(ROOT)
+        for pxd in (SRC / "kiln").rglob("*.pxd")
+        if pxd.with_suffix(".py").is_file()
+    )
+
+
+def _in_place_builds(sources: list[Path]) -> list[Path]:
+    """Compiled modules an earlier in-place build left beside their sources."""
+    return [
+        built
+        for source in sources
+        for suffix in EXTENSION_SUFFIXES
+        if (built := ROOT / source.with_suffix(suffix)).is_file()
+    ]
+
+
+def _forget_in_place_builds(sources: list[Path]) -> None:
+    """An in-place .so shadows its .py at import: a pure build must not leave one behind."""
+    for built in _in_place_builds(sources):
+        built.unlink()
+        _say(f"removed {built.relative_to(ROOT)}")
+
+
+def _extensions() -> list[Extension]:
+    sources = _accelerated()
+    if not sources:
+        return []
+    if os.environ.get("KILN_PURE"):
+        _say("KILN_PURE is set: installing pure Python, nothing compiled")
+        _forget_in_place_builds(sources)
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        _say("Cython is not installed: installing pure Python (slower load balancer)")
+        return []
+    try:
+        modules: list[Extension] = cythonize(
+            [str(source) for source in sources],
+            compiler_directives=DIRECTIVES,
+            quiet=True,
+        )
+    except Exception as exc:  # a Cython error in the .pxd: the .py still runs
+        _say(f"Cython could not translate the hot path ({exc}): installing pure Python")
+        return []
+    return modules
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that falls back to pure Python instead of failing the install."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if self.parallel is None:  # one C file per module: compile them side by side
+            self.parallel = os.cpu_count() or 1
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # no compiler at all (DistutilsPlatformError) and the like
+            self._fall_back(exc)
+
+    def build_extensions(self) -> None:
+        try:
+            super().build_extensions()
+        except Exception as exc:  # CCompilerError, DistutilsExecError, a missing Python.h…
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        _say(f"compiling failed ({exc}): installing pure Python (slower load balancer)")
+        for ext in self.extensions:  # all or nothing, in the build tree and in place
+            for path in (Path(self.get_ext_fullpath(ext.name)), ROOT / self._in_place(ext)):
+                path.unlink(missing_ok=True)
+        self.extensions = []
+
+    def _in_place(self, ext: Any) -> Path:
+        package, _, _ = ext.name.rpartition(".")
+        return Path("src", *package.split("."), Path(self.get_ext_filename(ext.name)).name)
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
