@@ -26,10 +26,15 @@ $(TEST_STAMP): pyproject.toml setup.py | $(BIN)/python
 # The install compiles the balancer's hot path in place (setup.py: each module
 # under src/kiln with a .pxd beside it; pure Python when Cython or a C compiler
 # is missing, or with KILN_PURE=1). An edited module or .pxd is compiled again
-# here; until then kiln imports its .py (kiln.local.compiled), never a stale build.
+# here (only what changed, when the venv has Cython: the test extra brings it);
+# until then kiln imports its .py (kiln.local.compiled), never a stale build.
 ACCELERATED := $(shell find src/kiln -name '*.pxd')
 $(BUILD_STAMP): $(ACCELERATED) $(ACCELERATED:.pxd=.py) | $(RUN_STAMP)
-	$(BIN)/python -m pip install -q --no-deps -e .
+	if $(BIN)/python -c 'import Cython' 2>/dev/null; then \
+		$(BIN)/python setup.py -q build_ext --inplace; \
+	else \
+		$(BIN)/python -m pip install -q --no-deps -e .; \
+	fi
 	touch $(BUILD_STAMP)
 
 build: $(BUILD_STAMP)

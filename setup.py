@@ -12,6 +12,7 @@ failure leaves every module pure. Everything else is in pyproject.toml.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
@@ -57,7 +58,18 @@ def _forget_in_place_builds(sources: list[Path]) -> None:
         _say(f"removed {built.relative_to(ROOT)}")
 
 
+def _forget_orphans() -> None:
+    """In-place builds of modules whose .pxd is gone: no longer meant to be compiled."""
+    for generated in (SRC / "kiln").rglob("*.c"):
+        if not generated.with_suffix(".pxd").exists():
+            for built in _in_place_builds([generated.with_suffix(".py").relative_to(ROOT)]):
+                built.unlink()
+                _say(f"removed {built.relative_to(ROOT)} (its .pxd is gone)")
+            generated.unlink()
+
+
 def _extensions() -> list[Extension]:
+    _forget_orphans()
     sources = _accelerated()
     if not sources:
         return []
@@ -74,6 +86,8 @@ def _extensions() -> list[Extension]:
         modules: list[Extension] = cythonize(
             [str(source) for source in sources],
             compiler_directives=DIRECTIVES,
+            include_path=[str(SRC)],  # a .pxd may cimport another module's
+            nthreads=os.cpu_count() or 1,
             quiet=True,
         )
     except Exception as exc:  # a Cython error in the .pxd: the .py still runs
@@ -102,6 +116,16 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # CCompilerError, DistutilsExecError, a missing Python.h…
             self._fall_back(exc)
 
+    def copy_file(self, infile: Any, outfile: Any, *args: Any, **kwargs: Any) -> Any:
+        """An in-place extension is replaced, never rewritten: a running balancer maps
+        the old file, and rewriting it under that process would crash it (SIGBUS)."""
+        if not str(outfile).endswith(tuple(EXTENSION_SUFFIXES)):
+            return super().copy_file(infile, outfile, *args, **kwargs)
+        partial = f"{outfile}.{os.getpid()}.partial"
+        shutil.copy2(infile, partial)
+        Path(partial).replace(outfile)
+        return outfile, 1
+
     def _fall_back(self, exc: BaseException) -> None:
         _say(f"compiling failed ({exc}): installing pure Python (slower load balancer)")
         for ext in self.extensions:  # all or nothing, in the build tree and in place
@@ -114,4 +138,5 @@ class OptionalBuildExt(build_ext):
         return Path("src", *package.split("."), Path(self.get_ext_filename(ext.name)).name)
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+if __name__ == "__main__":  # as pip's build backend runs it too; tests import the command
+    setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

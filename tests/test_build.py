@@ -7,6 +7,7 @@ for compiling every module.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -79,12 +80,17 @@ def test_without_cython_the_install_is_pure_python(tmp_path: Path) -> None:
 
 def test_kiln_pure_compiles_nothing_and_removes_an_in_place_build(tmp_path: Path) -> None:
     root = _checkout(tmp_path)
-    leftover = root / "src" / "kiln" / "local" / ("http1" + EXT)
+    local = root / "src" / "kiln" / "local"
+    leftover = local / ("http1" + EXT)
     leftover.write_bytes(b"an earlier build")
+    orphans = [local / "lb.c", local / ("lb" + EXT)]  # built while lb.pxd existed
+    for orphan in orphans:
+        orphan.write_bytes(b"an earlier build")
     done = _build_in_place(root, KILN_PURE="1")
     assert done.returncode == 0, done.stderr
     assert "KILN_PURE is set: installing pure Python, nothing compiled" in done.stderr
     assert not leftover.exists()  # it would shadow the .py at import
+    assert not [orphan for orphan in orphans if orphan.exists()], done.stderr
 
 
 def test_a_wheel_holds_the_compiled_module_and_the_sources(tmp_path: Path) -> None:
@@ -103,3 +109,24 @@ def test_a_wheel_holds_the_compiled_module_and_the_sources(tmp_path: Path) -> No
     assert local == {"http1.py", "http1.pxd", "http1" + EXT}
     assert not [n for n in names if n.endswith(".c")]
     assert "kiln/local/compiled.py" in names
+
+
+def test_an_in_place_build_replaces_the_extension_a_running_balancer_maps(
+    tmp_path: Path,
+) -> None:
+    """Rewriting the file under a process that maps it would crash that process."""
+    spec = importlib.util.spec_from_file_location("kiln_setup", REPO / "setup.py")
+    assert spec is not None and spec.loader is not None
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    from setuptools import Distribution
+
+    command = setup.OptionalBuildExt(Distribution())
+    built, in_place = tmp_path / ("built" + EXT), tmp_path / ("http1" + EXT)
+    built.write_bytes(b"new build")
+    in_place.write_bytes(b"the build a balancer runs")
+    running = in_place.stat().st_ino
+    command.copy_file(str(built), str(in_place))
+    assert in_place.read_bytes() == b"new build"
+    assert in_place.stat().st_ino != running  # a new file: the old one lives on while mapped
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([built.name, in_place.name])

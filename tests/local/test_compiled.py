@@ -100,6 +100,12 @@ def test_a_stale_in_place_build_is_never_imported(
     monkeypatch.setenv("KILN_PURE", "0")
     assert finder.find_spec("kiln.x.mod", [str(stale)]) is None
     assert finder.find_spec("other.mod", [str(stale)]) is None  # only kiln's modules
+    monkeypatch.delenv("KILN_PURE")
+    (fresh / "mod.pxd").unlink()  # no longer meant to be compiled: its build is left over
+    spec = finder.find_spec("kiln.x.mod", [str(fresh)])
+    assert spec is not None and spec.origin == str(fresh / "mod.py")
+    (fresh / "mod.c").unlink()  # an extension module of its own (none of kiln's)
+    assert finder.find_spec("kiln.x.mod", [str(fresh)]) is None
 
 
 @pytest.mark.parametrize("pure", [False, True], ids=["default", "KILN_PURE"])

@@ -58,7 +58,8 @@ def stale_builds() -> list[str]:
     return [
         name
         for name in accelerated()
-        if (ext := _extension(_ROOT.joinpath(*name.split(".")[1:]))) is not None and _stale(ext)
+        if (ext := _extension(base := str(_ROOT.joinpath(*name.split(".")[1:])))) is not None
+        and _stale(base, ext)
     ]
 
 
@@ -98,32 +99,37 @@ def _tails(name: str) -> list[str]:
     return ["/" + "/".join(name.split(".")) + suffix for suffix in EXTENSION_SUFFIXES]
 
 
-def _extension(base: Path) -> Path | None:
+def _mtime(path: str) -> int | None:
+    """Plain ``os.stat`` on strings: the import hook runs for every kiln module."""
+    try:
+        return os.stat(path).st_mtime_ns  # noqa: PTH116
+    except OSError:
+        return None
+
+
+def _extension(base: str) -> str | None:
     """The in-place build of module file ``base`` (no suffix), if there is one: an
     extension with the ``.c`` Cython wrote beside it (wheels ship no ``.c``)."""
-    if not base.with_suffix(".c").is_file():
+    if _mtime(base + ".c") is None:
         return None
     for suffix in EXTENSION_SUFFIXES:
-        ext = base.with_suffix(suffix)
-        if ext.is_file():
-            return ext
+        if _mtime(base + suffix) is not None:
+            return base + suffix
     return None
 
 
-def _stale(ext: Path) -> bool:
-    base = ext.parent / ext.name.split(".")[0]
-    built = ext.stat().st_mtime_ns
-    return any(
-        source.is_file() and source.stat().st_mtime_ns > built
-        for source in (base.with_suffix(".py"), base.with_suffix(".pxd"))
-    )
+def _stale(base: str, ext: str) -> bool:
+    built = _mtime(ext) or 0
+    return any((_mtime(source) or 0) > built for source in (base + ".py", base + ".pxd"))
 
 
 class SourceFirst:
     """Imports an accelerated module's ``.py`` instead of its extension when this
-    process runs pure (``KILN_PURE``) or the extension is a stale in-place build.
+    process runs pure (``KILN_PURE``) or the extension is a stale in-place build, or
+    one left behind by a ``.pxd`` since removed.
 
-    Costs one ``stat`` per ``kiln`` module imported; anything else passes by.
+    Costs two or three ``stat`` calls (a few µs) per ``kiln`` module imported;
+    anything else passes by.
     """
 
     def find_spec(
@@ -136,19 +142,21 @@ class SourceFirst:
             return None
         leaf = fullname.rpartition(".")[2]
         for directory in path:
-            base = Path(directory, leaf)
-            if not base.with_suffix(".pxd").is_file():
+            base = f"{directory}{os.sep}{leaf}"
+            source = base + ".py"
+            if _mtime(source) is None:
                 continue
-            source = base.with_suffix(".py")
-            if not source.is_file():
+            if _mtime(base + ".pxd") is not None:
+                ext = _extension(base)
+                if not pure_requested() and (ext is None or not _stale(base, ext)):
+                    return None
+            elif _extension(base) is None:  # an ordinary module
                 return None
-            ext = _extension(base)
-            if pure_requested() or (ext is not None and _stale(ext)):
-                spec = ModuleSpec(fullname, SourceFileLoader(fullname, str(source)))
-                spec.origin = str(source)
-                spec.has_location = True  # __file__ and __cached__, as a normal import sets
-                return spec
-            return None
+            # else an in-place build left behind by a .pxd since removed
+            spec = ModuleSpec(fullname, SourceFileLoader(fullname, source))
+            spec.origin = source
+            spec.has_location = True  # __file__ and __cached__, as a normal import sets
+            return spec
         return None
 
 
