@@ -82,30 +82,47 @@ def test_a_stale_in_place_build_is_never_imported(
 ) -> None:
     """An extension beside an edited .py would run code that is no longer there."""
     monkeypatch.delenv("KILN_PURE", raising=False)
-    finder = compiled.SourceFirst()
     fresh, stale = tmp_path / "fresh", tmp_path / "stale"
     for directory, built_after in ((fresh, True), (stale, False)):
         directory.mkdir()
         _module(directory, built_after)
-    assert finder.find_spec("kiln.x.mod", [str(fresh)]) is None  # the import system's own way
-    spec = finder.find_spec("kiln.x.mod", [str(stale)])
+    assert compiled.SourceFirst(fresh).find_spec("kiln.mod", [str(fresh)]) is None  # as usual
+    spec = compiled.SourceFirst(stale).find_spec("kiln.mod", [str(stale)])
     assert spec is not None and spec.origin == str(stale / "mod.py")
     (fresh / "mod.pxd").touch()  # a newer .pxd makes it stale too
-    spec = finder.find_spec("kiln.x.mod", [str(fresh)])
+    spec = compiled.SourceFirst(fresh).find_spec("kiln.mod", [str(fresh)])
     assert spec is not None and spec.origin == str(fresh / "mod.py")
     monkeypatch.setenv("KILN_PURE", "1")
     (stale / "mod.c").unlink()  # not an in-place build (a wheel's): only KILN_PURE applies
-    spec = finder.find_spec("kiln.x.mod", [str(stale)])
+    spec = compiled.SourceFirst(stale).find_spec("kiln.mod", [str(stale)])
     assert spec is not None and spec.origin == str(stale / "mod.py")
     monkeypatch.setenv("KILN_PURE", "0")
-    assert finder.find_spec("kiln.x.mod", [str(stale)]) is None
-    assert finder.find_spec("other.mod", [str(stale)]) is None  # only kiln's modules
-    monkeypatch.delenv("KILN_PURE")
-    (fresh / "mod.pxd").unlink()  # no longer meant to be compiled: its build is left over
-    spec = finder.find_spec("kiln.x.mod", [str(fresh)])
-    assert spec is not None and spec.origin == str(fresh / "mod.py")
-    (fresh / "mod.c").unlink()  # an extension module of its own (none of kiln's)
-    assert finder.find_spec("kiln.x.mod", [str(fresh)]) is None
+    assert compiled.SourceFirst(stale).find_spec("kiln.mod", [str(stale)]) is None
+    assert compiled.SourceFirst(stale).find_spec("other.mod", [str(stale)]) is None  # not kiln's
+
+
+def test_one_stale_build_leaves_every_module_pure(tmp_path: Path) -> None:
+    """A module compiled against another's .pxd cannot import that one as Python."""
+    _module(tmp_path, built_after_source=True)
+    other = _mkdir(tmp_path / "other")
+    _module(other, built_after_source=False)
+    spec = compiled.SourceFirst(tmp_path).find_spec("kiln.mod", [str(tmp_path)])
+    assert spec is not None and spec.origin == str(tmp_path / "mod.py")
+    assert compiled.stale_builds(tmp_path) == ["kiln.other.mod"]
+
+
+def test_a_build_left_behind_by_a_removed_pxd_is_never_imported(tmp_path: Path) -> None:
+    _module(tmp_path, built_after_source=True)
+    (tmp_path / "mod.pxd").unlink()  # no longer meant to be compiled
+    spec = compiled.SourceFirst(tmp_path).find_spec("kiln.mod", [str(tmp_path)])
+    assert spec is not None and spec.origin == str(tmp_path / "mod.py")
+    (tmp_path / "mod.c").unlink()  # an extension module of its own (none of kiln's)
+    assert compiled.SourceFirst(tmp_path).find_spec("kiln.mod", [str(tmp_path)]) is None
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
 
 
 @pytest.mark.parametrize("pure", [False, True], ids=["default", "KILN_PURE"])

@@ -32,11 +32,11 @@ def pure_requested() -> bool:
     return os.environ.get(ENV, "") not in ("", "0")
 
 
-def accelerated() -> list[str]:
+def accelerated(root: Path = _ROOT) -> list[str]:
     """Modules meant to be compiled: each ``kiln`` module with a ``.pxd`` beside it."""
     return sorted(
-        ".".join(("kiln", *pxd.relative_to(_ROOT).with_suffix("").parts))
-        for pxd in _ROOT.rglob("*.pxd")
+        ".".join(("kiln", *pxd.relative_to(root).with_suffix("").parts))
+        for pxd in root.rglob("*.pxd")
         if pxd.with_suffix(".py").is_file()
     )
 
@@ -53,12 +53,14 @@ def compiled_modules() -> list[str]:
     ]
 
 
-def stale_builds() -> list[str]:
-    """Accelerated modules whose in-place extension is older than their source (ignored)."""
+def stale_builds(root: Path = _ROOT) -> list[str]:
+    """Accelerated modules whose in-place extension is older than their source: while
+    there is one, none is imported compiled (one module's extension can be typed
+    against another's)."""
     return [
         name
-        for name in accelerated()
-        if (ext := _extension(base := str(_ROOT.joinpath(*name.split(".")[1:])))) is not None
+        for name in accelerated(root)
+        if (ext := _extension(base := str(root.joinpath(*name.split(".")[1:])))) is not None
         and _stale(base, ext)
     ]
 
@@ -125,12 +127,17 @@ def _stale(base: str, ext: str) -> bool:
 
 class SourceFirst:
     """Imports an accelerated module's ``.py`` instead of its extension when this
-    process runs pure (``KILN_PURE``) or the extension is a stale in-place build, or
-    one left behind by a ``.pxd`` since removed.
+    process runs pure (``KILN_PURE``) or any in-place build under ``root`` is stale
+    (decided once per process, so that its modules agree), and instead of a build
+    left behind by a ``.pxd`` since removed.
 
     Costs two or three ``stat`` calls (a few µs) per ``kiln`` module imported;
     anything else passes by.
     """
+
+    def __init__(self, root: Path = _ROOT) -> None:
+        self.root = root
+        self.stale: bool | None = None  # whether any build under root is stale
 
     def find_spec(
         self,
@@ -147,8 +154,9 @@ class SourceFirst:
             if _mtime(source) is None:
                 continue
             if _mtime(base + ".pxd") is not None:
-                ext = _extension(base)
-                if not pure_requested() and (ext is None or not _stale(base, ext)):
+                if self.stale is None:
+                    self.stale = bool(stale_builds(self.root))
+                if not pure_requested() and not self.stale:
                     return None
             elif _extension(base) is None:  # an ordinary module
                 return None
