@@ -36,7 +36,7 @@ def test_the_hot_path_runs_compiled() -> None:
     stale = compiled.stale_builds()
     assert not stale, f"in-place builds older than their source: {stale}; run `make build`"
     assert compiled.compiled_modules() == meant, (
-        "not compiled (`pip install -e .` says why: Cython or a C compiler missing?)"
+        "not compiled: `make build` (or `pip install -v -e .`) says why"
     )
     assert compiled.mapped_in(os.getpid()) == meant
     assert compiled.describe() == "hot path compiled: " + ", ".join(meant)
