@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast test-vm lint fmt docs clean build
+.PHONY: demo test test-deps test-fast test-vm lint fmt docs clean build
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,8 +51,11 @@ demo: $(RUN_STAMP) $(BUILD_STAMP)
 JOBS ?= 4
 KILN_VM ?= 1
 
-test: $(TEST_STAMP) $(BUILD_STAMP)
-	./scripts/test-deps.sh
+# System tools first: the install compiles with the C compiler they include.
+test-deps:
+	PYTHON=$(PY) ./scripts/test-deps.sh
+
+test: test-deps $(TEST_STAMP) $(BUILD_STAMP)
 	if [ "$(KILN_VM)" = 1 ]; then ./scripts/vm-deps.sh; fi
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy

@@ -4,6 +4,12 @@
 # developer machine that already has them pays nothing.
 set -euo pipefail
 need=()
+# A C compiler and Python's headers: installing kiln compiles the balancer's hot path
+# (setup.py), and the suite checks that it runs compiled (tests/local/test_compiled.py).
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+"${PYTHON:-python3}" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' ||
+    need+=(python3-dev)
 command -v sshd >/dev/null 2>&1 || need+=(openssh-server)
 # systemd-analyze verifies the unit files AMI bakes install (tests/aws).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
