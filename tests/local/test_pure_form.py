@@ -3,9 +3,11 @@
 The suite runs the compiled hot path where setup.py could build it; the
 Python source is what runs everywhere else (no compiler, ``KILN_PURE=1``), so
 the tests that hold the balancer to RFC 9112 and against request smuggling
-run on it too, in one subprocess with ``KILN_PURE=1`` (about 20 s). Left out:
-the smuggler corpus against the stdlib backend (37 s; werkzeug and gunicorn
-get the same vectors). test_lb_cost.py counts its Python budget on the source.
+run on it too, in one subprocess with ``KILN_PURE=1`` (about 25 s, mostly
+waiting on slow clients and backends). Left out, to keep it short: the smuggler
+corpus against the stdlib backend (37 s; werkzeug and gunicorn get the same
+vectors), the timeout and WebSocket tests (25 s). test_lb_cost.py counts its
+Python budget on the source.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ PROTOCOL_TESTS = (
     "tests/local/test_lb_protocol.py",
     "tests/local/test_lb_edges.py",
     "tests/local/test_lb_forwarded.py",
+    "tests/local/test_lb_streaming.py",
     "tests/local/test_smuggling.py",
 )
 
