@@ -85,7 +85,7 @@ server.serve_forever()
 """
 
 
-def pytest_pure(*args: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
+def pytest_pure(*args: str, timeout: float = 900.0) -> subprocess.CompletedProcess[str]:
     """pytest on ``args`` in a fresh interpreter that imports the Python source of
     every compiled module (``KILN_PURE=1``, kiln.local.compiled): the fallback form
     of the balancer, tested beside the compiled one the suite itself runs."""
