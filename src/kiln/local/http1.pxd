@@ -1,3 +1,42 @@
+# Cython's augmenting declarations for http1.py (pure-Python mode): when this
+# module is compiled, these classes are extension types with typed fields.
+# The .py file is the one source; run uncompiled, it is plain Python.
+# Compile with the directive annotation_typing=False: the types declared in
+# .pxd files are the only ones Cython uses (the .py annotations are for mypy;
+# read by Cython, `status: int` would clash with `int status` here).
+cimport cython
+
+
+cdef class Request:
+    cdef public bytes method
+    cdef public bytes target
+    cdef public bytes version
+    cdef public object host
+    cdef public bytes fields
+    cdef public bint chunked
+    cdef public object length
+    cdef public bint close
+    cdef public object upgrade
+    cdef public bint expect
+    cdef public object forwarded_for
+    cdef public object forwarded_proto
+    cdef public tuple claims
+    cdef public object affinity
+
+    cpdef reframe(self, length)
+
+
+cdef class Response:
+    cdef public int status
+    cdef public bytes reason
+    cdef public bytes version
+    cdef public bytes fields
+    cdef public bint chunked
+    cdef public object length
+    cdef public bint close
+    cdef public object upgrade
+
+
 cdef class Fields:
     cdef public bint after_head
     cdef public list claims
@@ -16,3 +55,18 @@ cdef class Fields:
     cdef public int status
     cdef public object trailers
     cdef public object upgrade
+
+    @cython.locals(kind=int)
+    cpdef add(self, bytes name, bytes value)
+    cpdef bytes end_head(self)
+
+
+@cython.locals(keep=bytes, ver=bytes, host=object)
+cpdef Request make_request(bytes method, bytes target, str version, Fields f)
+
+
+cpdef bytes request_head(Request req, bytes forwarded)
+
+cpdef bytes response_head(Response resp, bytes framing, bint keep_alive)
+
+cpdef Response make_response(int status, bytes reason, str version, Fields f)

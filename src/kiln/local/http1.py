@@ -16,7 +16,6 @@ a message nobody forwards verbatim.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 CHUNK = 64 * 1024
 MAX_HEAD = 64 * 1024  # bytes of one head; more is 431
@@ -84,42 +83,109 @@ class BadMessage(Exception):
         self.status = status
 
 
-@dataclass(slots=True)
 class Request:
-    """A validated request head: what the proxy forwards, and how its body is framed."""
+    """A validated request head: what the proxy forwards, and how its body is framed.
 
-    method: bytes
-    target: bytes  # origin-form (or ``*`` for OPTIONS)
-    version: bytes  # b"1.0" or b"1.1"
-    host: bytes | None
-    fields: bytes  # end-to-end fields, validated, as the lines to forward
-    chunked: bool = False
-    length: int | None = None  # Content-Length; None when absent or chunked
-    close: bool = False  # the client wants the connection closed after this exchange
-    upgrade: bytes | None = None  # the protocol a client asked to switch to
-    expect: bool = False  # Expect: 100-continue
-    forwarded_for: bytes | None = None
-    forwarded_proto: bytes | None = None
-    claims: tuple[tuple[bytes, bytes], ...] = ()  # Forwarded, X-Real-IP…
-    affinity: str | None = None  # sticky fleets: the instance its cookie names ("" none)
+    A plain class rather than a dataclass: compiled (``http1.pxd``) it is an
+    extension type whose fields the balancer reads as C struct members.
+    """
+
+    __slots__ = (
+        "affinity",
+        "chunked",
+        "claims",
+        "close",
+        "expect",
+        "fields",
+        "forwarded_for",
+        "forwarded_proto",
+        "host",
+        "length",
+        "method",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,  # origin-form (or ``*`` for OPTIONS)
+        version: bytes,  # b"1.0" or b"1.1"
+        host: bytes | None,
+        fields: bytes,  # end-to-end fields, validated, as the lines to forward
+        chunked: bool = False,
+        length: int | None = None,  # Content-Length; None when absent or chunked
+        close: bool = False,  # the client wants the connection closed after this exchange
+        upgrade: bytes | None = None,  # the protocol a client asked to switch to
+        expect: bool = False,  # Expect: 100-continue
+        forwarded_for: bytes | None = None,
+        forwarded_proto: bytes | None = None,
+        claims: tuple[tuple[bytes, bytes], ...] = (),  # Forwarded, X-Real-IP…
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.host = host
+        self.fields = fields
+        self.chunked = chunked
+        self.length = length
+        self.close = close
+        self.upgrade = upgrade
+        self.expect = expect
+        self.forwarded_for = forwarded_for
+        self.forwarded_proto = forwarded_proto
+        self.claims = claims
+        self.affinity: str | None = None  # sticky fleets: the instance its cookie names
+
+    def reframe(self, length: int) -> None:
+        """The body was read whole: it is forwarded with its length, not chunked."""
+        self.chunked, self.length = False, length
 
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.length)
 
+    def __repr__(self) -> str:
+        return f"Request({self.method!r}, {self.target!r}, host={self.host!r})"
 
-@dataclass(slots=True)
+
 class Response:
     """A validated response head."""
 
-    status: int
-    reason: bytes
-    version: bytes
-    fields: bytes  # end-to-end fields, validated, as the lines to forward
-    chunked: bool = False
-    length: int | None = None
-    close: bool = False
-    upgrade: bytes | None = None
+    __slots__ = (
+        "chunked",
+        "close",
+        "fields",
+        "length",
+        "reason",
+        "status",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        fields: bytes,  # end-to-end fields, validated, as the lines to forward
+        chunked: bool = False,
+        length: int | None = None,
+        close: bool = False,
+        upgrade: bytes | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.fields = fields
+        self.chunked = chunked
+        self.length = length
+        self.close = close
+        self.upgrade = upgrade
+
+    def __repr__(self) -> str:
+        return f"Response({self.status}, {self.reason!r})"
 
 
 # What a field name is to the proxy, by its spelling as received: a field is
@@ -218,8 +284,8 @@ class Fields:
                 self.trailers = []
             self.trailers.append((name, value))
             return
-        kind = _KINDS.get(name)
-        if kind is None:
+        kind = _KINDS.get(name, -1)
+        if kind < 0:
             kind = _kind(name)
         if kind == KEEP:
             self.keep += (name, b": ", value.rstrip(b" \t"), b"\r\n")

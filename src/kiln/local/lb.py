@@ -22,7 +22,7 @@ import socket
 import ssl
 import time
 from collections.abc import Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kiln.errors import ProviderError
 from kiln.local.http1 import (
@@ -48,6 +48,7 @@ from kiln.local.proxy import (
     refusal,
     send_body,
 )
+from kiln.local.stream import protocol_factory
 from kiln.local.upstream import ClientGone, Upstream
 from kiln.local.wsclose import tunnel_for
 
@@ -107,6 +108,17 @@ class Backend:
         for upstream in self.idle:
             upstream.close()
         self.idle.clear()
+
+
+def _pooled(backend: Backend) -> Upstream | None:
+    """An idle connection to ``backend`` that can carry a request, if one is pooled."""
+    idle = backend.idle
+    while idle:
+        upstream = idle.pop()
+        if upstream.usable():
+            return upstream
+        upstream.close()
+    return None
 
 
 class Balancer:
@@ -207,7 +219,7 @@ class Balancer:
         where: dict[str, Any] = {"sock": sock} if sock else {"host": host, "port": port}
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                functools.partial(Client, self),
+                protocol_factory(functools.partial(Client, self)),
                 **where,
                 reuse_address=True,
                 backlog=1024,
@@ -343,7 +355,7 @@ class Balancer:
         backend = self._pick(()) if sticky is None else sticky.pick(self, head, ())
         if backend is None:
             return False
-        upstream = self._pooled(backend)
+        upstream = _pooled(backend)
         if upstream is None:
             self._rr -= 1  # the task picks again, and must pick the same
             return False
@@ -351,7 +363,7 @@ class Balancer:
         if pieces:
             body = b"".join([events.popleft()[1] for _ in range(pieces)])
             if head.chunked:  # read whole: forwarded with its length
-                head.chunked, head.length = False, len(body)
+                head.reframe(len(body))
             request = request_head(head, client.forwarding(head)) + body
         else:
             request = request_head(head, client.forwarding(head))
@@ -397,7 +409,7 @@ class Balancer:
         if not whole:
             body, prefix = None, read  # the rest streams from the client: sent only once
         elif head.chunked:  # read whole: forwarded with its length
-            head.chunked, head.length = False, len(read)
+            head.reframe(len(read))
         forwarded = client.forwarding(head)
         upstream_head = request_head(head, forwarded)
         if prefix:
@@ -454,24 +466,16 @@ class Balancer:
             client.write(simple_response(503, message, close=not keep))
         return keep
 
-    @staticmethod
-    def _pooled(backend: Backend) -> Upstream | None:
-        idle = backend.idle
-        while idle:
-            upstream = idle.pop()
-            if upstream.usable():
-                return upstream
-            upstream.close()
-        return None
-
     async def _connect(self, backend: Backend) -> Upstream:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.limits.connect_timeout):
                 _, upstream = await loop.create_connection(
-                    functools.partial(Upstream, backend), backend.host, backend.port
+                    protocol_factory(functools.partial(Upstream, backend)),
+                    backend.host,
+                    backend.port,
                 )
-                return upstream
+                return cast(Upstream, upstream)
         except (OSError, TimeoutError) as exc:
             backend.down_until = time.monotonic() + SUSPECT_SECONDS
             raise _Retry from exc
@@ -486,7 +490,7 @@ class Balancer:
         started: float,
         fresh: bool = False,
     ) -> bool:
-        pooled = self._pooled(backend) if body is not None and not fresh else None
+        pooled = _pooled(backend) if body is not None and not fresh else None
         upstream = pooled or await self._connect(backend)
         replayable = body is not None and head.method in IDEMPOTENT
         waiter: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()

@@ -11,13 +11,19 @@ same object, once the connection is switched to raw bytes.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 RAW_LIMIT = 256 * 1024  # raw bytes held for a reader before the socket is paused
 
 
-class Stream(asyncio.Protocol):
-    """Writing with flow control, and raw reading once ``raw()`` was called."""
+class Stream:
+    """Writing with flow control, and raw reading once ``raw()`` was called.
+
+    Not an ``asyncio.Protocol`` subclass: compiled (``stream.pxd``) it is an
+    extension type, which cannot have a Python base, and event loops only call
+    a protocol's methods (``protocol_factory`` casts it for the type checker).
+    """
 
     __slots__ = (
         "_drained",
@@ -160,3 +166,8 @@ class Stream(asyncio.Protocol):
         if len(raw) <= RAW_LIMIT:
             self.resume()
         return data
+
+
+def protocol_factory(factory: Callable[[], Stream]) -> Callable[[], asyncio.Protocol]:
+    """``factory`` as the loop's ``create_server``/``create_connection`` want it typed."""
+    return cast("Callable[[], asyncio.Protocol]", factory)

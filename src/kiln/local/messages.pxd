@@ -1,0 +1,20 @@
+# Cython's augmenting declarations for messages.py (see http1.pxd).
+from kiln.local.http1 cimport Fields
+
+
+cdef class MessageReader:
+    cdef public object events
+    cdef public Fields _fields
+    cdef public object _parser
+    cdef public bytes _url
+    cdef public bint body
+    cdef public Py_ssize_t _head_bytes
+    cdef public bint _in_chunk
+    cdef public Py_ssize_t _chunk_at
+    cdef public bint _trailing
+    cdef public Py_ssize_t _trailer_bytes
+    cdef public object error
+    cdef public bint mid
+    cdef public bint spent
+    cdef public double last_read
+    cdef public double head_start

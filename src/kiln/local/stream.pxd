@@ -1,0 +1,17 @@
+# Cython's augmenting declarations for stream.py (see http1.pxd).
+
+cdef class Stream:
+    cdef public object transport
+    cdef public bint closed
+    cdef public object lost
+    cdef public bint write_paused
+    cdef public bint read_paused
+    cdef public object _drained
+    cdef public object _raw
+    cdef public bint _raw_eof
+    cdef public object _raw_waiter
+
+    cpdef pause(self)
+    cpdef resume(self)
+    cpdef write(self, bytes data)
+    cpdef close(self)
