@@ -24,8 +24,10 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 SRC = ROOT / "src"
 # Cython's defaults otherwise: the .py source is the truth, and what it does as
-# plain Python it must do compiled (tests run both forms).
-DIRECTIVES = {"language_level": 3, "binding": False}
+# plain Python it must do compiled (tests run both forms). Types come from the
+# .pxd files only: the .py annotations are for mypy (`status: int` would clash
+# with a .pxd's C `int status`).
+DIRECTIVES = {"language_level": 3, "binding": False, "annotation_typing": False}
 
 
 def _say(message: str) -> None:
@@ -82,10 +84,15 @@ def _extensions() -> list[Extension]:
     except ImportError:
         _say("Cython is not installed: installing pure Python (slower load balancer)")
         return []
+    # .c files are regenerated when a .py or .pxd changes, not when the directives do
+    stamp = ROOT / "build" / "cython-directives"
+    said = repr(sorted(DIRECTIVES.items()))
+    force = not stamp.is_file() or stamp.read_text() != said
     try:
         modules: list[Extension] = cythonize(
             [str(source) for source in sources],
             compiler_directives=DIRECTIVES,
+            force=force,
             include_path=[str(SRC)],  # a .pxd may cimport another module's
             nthreads=os.cpu_count() or 1,
             quiet=True,
@@ -93,6 +100,8 @@ def _extensions() -> list[Extension]:
     except Exception as exc:  # a Cython error in a .pxd: the .py still runs
         _say(f"Cython could not translate the hot path (errors above; {exc}): pure Python")
         return []
+    stamp.parent.mkdir(exist_ok=True)
+    stamp.write_text(said)
     if os.name == "posix":  # no debug info: a third less compile time, a ninth the size
         for module in modules:
             module.extra_compile_args.append("-g0")

@@ -28,6 +28,7 @@ _MODULES = (
     "kiln.errors",
     "kiln.local.affinity",
     "kiln.local.challenges",
+    "kiln.local.compiled",
     "kiln.local.front",
     "kiln.local.handover",
     "kiln.local.http1",
