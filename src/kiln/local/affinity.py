@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kiln.local.backend import Backend
     from kiln.local.http1 import Request
-    from kiln.local.lb import Backend, Balancer
+    from kiln.local.lb import Balancer
     from kiln.local.upstream import Upstream
 
 KEY_BYTES = 32

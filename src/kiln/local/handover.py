@@ -27,6 +27,7 @@ from kiln.errors import ProviderError
 _MODULES = (
     "kiln.errors",
     "kiln.local.affinity",
+    "kiln.local.backend",
     "kiln.local.challenges",
     "kiln.local.compiled",
     "kiln.local.front",

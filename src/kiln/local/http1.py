@@ -204,6 +204,7 @@ _HOP_KIND = {
 }
 _KINDS: dict[bytes, int] = {}
 _KINDS_MAX = 4096  # spellings remembered; longer names and later ones are classified each time
+_kind_of = _KINDS.get  # bound once: looked up for every field of every message
 
 
 def _kind(name: bytes) -> int:
@@ -284,7 +285,7 @@ class Fields:
                 self.trailers = []
             self.trailers.append((name, value))
             return
-        kind = _KINDS.get(name, -1)
+        kind = _kind_of(name, -1)
         if kind < 0:
             kind = _kind(name)
         if kind == KEEP:

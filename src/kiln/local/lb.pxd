@@ -1,21 +1,10 @@
 # Cython's augmenting declarations for lb.py (see http1.pxd).
+cimport cython
+from kiln.local.backend cimport Backend
 from kiln.local.metrics cimport Counters
 from kiln.local.proxy cimport Client
 from kiln.local.upstream cimport Upstream
 from kiln.local.http1 cimport Request
-
-
-cdef class Backend:
-    cdef public Counters counters
-    cdef public double down_until
-    cdef public double draining_since
-    cdef public str host
-    cdef public str id
-    cdef public list idle
-    cdef public Py_ssize_t outstanding
-    cdef public int port
-    cdef public bint routable
-    cdef public set tunnels
 
 
 cdef class Balancer:
@@ -38,9 +27,13 @@ cdef class Balancer:
     cdef dict __dict__
 
     cpdef pump(self, Client client)
+    @cython.locals(backend=Backend, upstream=Upstream, pieces=Py_ssize_t, size=Py_ssize_t, started=double)
     cpdef bint _fast(self, Request head, Client client)
+    @cython.locals(backend=Backend)
     cpdef fast_end(self, Upstream upstream, Client client, error)
+    @cython.locals(backend=Backend, best=Backend, suspect=Backend, n=Py_ssize_t, start=Py_ssize_t, best_load=Py_ssize_t, load=Py_ssize_t)
     cpdef Backend _pick(self, tuple tried)
 
 
+@cython.locals(upstream=Upstream)
 cpdef Upstream _pooled(Backend backend)

@@ -25,6 +25,7 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from kiln.errors import ProviderError
+from kiln.local.backend import Backend
 from kiln.local.http1 import (
     IDEMPOTENT,
     BadMessage,
@@ -43,7 +44,6 @@ from kiln.local.proxy import (
     Limits,
     Networks,
     ResponseTimeout,
-    Tunnel,
     read_body,
     refusal,
     send_body,
@@ -68,46 +68,6 @@ class _Retry(Exception):
 
 class _Stale(Exception):
     """A reused keep-alive connection was closed under us: try the same instance afresh."""
-
-
-class Backend:
-    """One instance as the balancer sees it: address, idle connections, counters."""
-
-    __slots__ = (
-        "counters",
-        "down_until",
-        "draining_since",
-        "host",
-        "id",
-        "idle",
-        "outstanding",
-        "port",
-        "routable",
-        "tunnels",
-    )
-
-    def __init__(
-        self, instance_id: str, host: str, port: int, counters: Counters | None = None
-    ) -> None:
-        self.id = instance_id
-        self.host = host
-        self.port = port
-        self.outstanding = 0
-        self.idle: list[Upstream] = []
-        self.counters = counters or Counters()
-        self.down_until = 0.0
-        self.routable = False
-        self.draining_since = 0.0  # when it stopped being routable, while it has tunnels
-        self.tunnels: set[Tunnel] = set()
-
-    def close_tunnels(self) -> None:
-        for tunnel in list(self.tunnels):
-            tunnel.close()
-
-    def close_idle(self) -> None:
-        for upstream in self.idle:
-            upstream.close()
-        self.idle.clear()
 
 
 def _pooled(backend: Backend) -> Upstream | None:

@@ -1,4 +1,6 @@
 # Cython's augmenting declarations for upstream.py (see http1.pxd).
+cimport cython
+from kiln.local.backend cimport Backend
 from kiln.local.stream cimport Stream
 from kiln.local.proxy cimport Client
 from kiln.local.http1 cimport Fields, Request, Response
@@ -16,7 +18,7 @@ cdef class Upstream(Stream):
     cdef public Py_ssize_t _trailer_bytes
     cdef public bint _trailing
     cdef public bint answered
-    cdef public object backend
+    cdef public Backend backend
     cdef public object balancer
     cdef public bint chunked
     cdef public Client client
@@ -41,4 +43,5 @@ cdef class Upstream(Stream):
     cpdef begin(self, balancer, Client client, Request head, double started, waiter=*)
     cpdef send(self, bytes request, double deadline)
     cpdef bint usable(self)
+    @cython.locals(backend=Backend, idle=list, elapsed=double)
     cpdef _end(self, error)

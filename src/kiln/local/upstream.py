@@ -34,7 +34,8 @@ from kiln.local.proxy import SENDING, Client, ResponseTimeout
 from kiln.local.stream import Stream
 
 if TYPE_CHECKING:
-    from kiln.local.lb import Backend, Balancer
+    from kiln.local.backend import Backend
+    from kiln.local.lb import Balancer
 
 POOL_SIZE = 128  # idle connections kept per instance
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
