@@ -44,6 +44,7 @@ from kiln.loadgen import LoadLoop
 from kiln.local import lbproc
 from kiln.local.agent import read_pid
 from kiln.local.client import start_agent, stop_agent
+from kiln.local.compiled import mapped_in
 from kiln.local.provider import LocalProvider
 
 CLOSE_LUA = 'wrk.headers["Connection"] = "close"\n'
@@ -221,6 +222,7 @@ def main() -> int:
         balancer = lbproc.read_pid(home)
         assert balancer is not None
         pids = {"kiln": balancer, "haproxy": ha_pids[0]}
+        compiled = mapped_in(balancer)  # the form of kiln's hot path measured ([]: pure Python)
         for name, port in targets.items():
             https_wrk(port, 8, 1, False, pids[name])  # warm up
         throughput: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
@@ -244,6 +246,7 @@ def main() -> int:
         **machine(),
         "load_average_1m": round(os.getloadavg()[0], 1),  # the neighbours' share of the cores
         "backend": kind,
+        "compiled": compiled,  # kiln's modules the balancer ran compiled
         "tls_keepalive_connections": args.connections,
         "tls_throughput_kiln_rps": tp["kiln"][rps],
         "tls_throughput_haproxy_rps": tp["haproxy"][rps],
