@@ -75,7 +75,7 @@ def _extensions() -> list[Extension]:
     sources = _accelerated()
     if not sources:
         return []
-    if os.environ.get("KILN_PURE"):
+    if os.environ.get("KILN_PURE", "") not in ("", "0"):  # as kiln.local.compiled reads it
         _say("KILN_PURE is set: installing pure Python, nothing compiled")
         _forget_in_place_builds(sources)
         return []

@@ -8,9 +8,9 @@ figures and bug reports must say which form ran: the balancer logs it at start,
 
 ``KILN_PURE=1`` in a process's environment makes it import the Python source of
 every such module even where the extension exists (the agent hands it on to the
-balancer). An in-place build (editable install, ``make build``) older than its
-``.py`` or ``.pxd`` is never imported either: an extension beside an edited
-source would otherwise win at import and run code that is no longer there.
+balancer). Nor is any imported while an in-place build (editable install,
+``make build``) is older than its ``.py`` or ``.pxd``: an extension beside an
+edited source would otherwise win at import and run code that is no longer there.
 """
 
 from __future__ import annotations
