@@ -127,9 +127,12 @@ def backend_image(home: Home) -> tuple[str, str]:
 
 
 @contextmanager
-def kiln_fleet(workdir: Path, instances: int) -> Iterator[tuple[int, list[str], str, int]]:
+def kiln_fleet(
+    workdir: Path, instances: int, pure: bool = False
+) -> Iterator[tuple[int, list[str], str, int]]:
     """An agent with a fleet of ``instances``: (lb port, instance addresses, backend kind,
-    the balancer's pid)."""
+    the balancer's pid). ``pure``: its balancer runs the Python source (KILN_PURE=1)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     home = Home(workdir / "kiln").ensure()
     os.environ["KILN_HOME"] = str(home.root)
     port = free_port()
@@ -151,7 +154,12 @@ listen = "127.0.0.1:{port}"
     provider = LocalProvider(home, load_config(app / "kiln.toml"))
     image, kind = backend_image(home)
     try:
-        provider.launch("bench", image, instances)
+        if pure:  # the agent passes it on to the balancer it starts now
+            os.environ["KILN_PURE"] = "1"
+        try:
+            provider.launch("bench", image, instances)
+        finally:
+            os.environ.pop("KILN_PURE", None)
         deadline = time.monotonic() + 20
         while len(provider.describe("bench").serving()) < instances:
             if time.monotonic() > deadline:
@@ -208,12 +216,13 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process (its threads included) so far."""
+def cpu_times(pid: int | None) -> tuple[float, float]:
+    """User and system CPU time of a process (its threads included) so far: the user
+    part is the proxy's own code, the system part mostly the kernel's socket work."""
     if pid is None:
-        return 0.0
+        return 0.0, 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
 def wrk(
@@ -233,18 +242,22 @@ def wrk(
         script.write_text(PACED_LUA.format(delay=delay_ms))
         cmd += ["-s", str(script)]
     cmd.append(f"http://127.0.0.1:{port}/")
-    cpu_before = cpu_seconds(proxy_pid)
+    user_before, sys_before = cpu_times(proxy_pid)
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        cpu = cpu_seconds(proxy_pid) - cpu_before
+        user, system = cpu_times(proxy_pid)
     finally:
         if script is not None:
             script.unlink()
-    return wrk_figures(out, cpu if proxy_pid else None)
+    if proxy_pid is None:
+        return wrk_figures(out)
+    return wrk_figures(out, user - user_before, system - sys_before)
 
 
-def wrk_figures(out: str, cpu: float | None = None) -> dict[str, Any]:
-    """wrk's --latency report as figures; ``cpu`` (seconds) becomes CPU per request."""
+def wrk_figures(out: str, user: float | None = None, system: float | None = None) -> dict[str, Any]:
+    """wrk's --latency report as figures; ``user`` and ``system`` (CPU seconds of the
+    proxy) become CPU per request."""
+    cpu = None if user is None or system is None else user + system
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     latency = {}
     for pct in ("50", "99"):
@@ -260,10 +273,14 @@ def wrk_figures(out: str, cpu: float | None = None) -> dict[str, Any]:
         "p99_ms": latency["99"],
         "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "proxy_cpu_us_per_request": round(cpu / total * 1e6, 1)
-        if cpu is not None and total
-        else None,
+        "proxy_cpu_us_per_request": _per_request(cpu, total),
+        "proxy_user_us_per_request": _per_request(user, total),
+        "proxy_sys_us_per_request": _per_request(system, total),
     }
+
+
+def _per_request(seconds: float | None, requests: int) -> float | None:
+    return round(seconds / requests * 1e6, 1) if seconds is not None and requests else None
 
 
 def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -276,6 +293,32 @@ def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _pure_summary(full: dict[str, Any], paced: dict[str, Any]) -> dict[str, Any]:
+    """The Python-source balancer's figures beside the compiled one's (--pure-too)."""
+    if "kiln_pure" not in full:
+        return {}
+    pure, kiln, ha = full["kiln_pure"], full["kiln"], full["haproxy"]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a and b else None
+
+    return {
+        "kiln_pure_cpu_us_per_request": pure["proxy_cpu_us_per_request"],
+        "kiln_pure_vs_haproxy_cpu_per_request": ratio(
+            pure["proxy_cpu_us_per_request"], ha["proxy_cpu_us_per_request"]
+        ),
+        "kiln_pure_vs_haproxy_throughput": ratio(
+            pure["requests_per_second"], ha["requests_per_second"]
+        ),
+        "kiln_compiled_vs_pure_cpu_per_request": ratio(
+            kiln["proxy_cpu_us_per_request"], pure["proxy_cpu_us_per_request"]
+        ),
+        "kiln_pure_added_p99_ms_vs_direct_moderate": round(
+            (paced["kiln_pure"]["p99_ms"] or 0) - (paced["direct"]["p99_ms"] or 0), 3
+        ),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -286,6 +329,11 @@ def main() -> int:
     parser.add_argument("--paced-connections", type=int, default=16)
     parser.add_argument("--paced-delay-ms", type=float, default=5.0, help="pause between requests")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--pure-too",
+        action="store_true",
+        help="also run a balancer on the Python source (KILN_PURE=1), in the same rounds",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "haproxy"):
         if not shutil.which(tool):
@@ -300,6 +348,11 @@ def main() -> int:
         compiled = mapped_in(kiln_pid)  # the form of kiln's hot path measured (KILN_PURE=1: none)
         direct_port = int(addresses[0].rsplit(":", 1)[1])
         targets = {"direct": direct_port, "kiln": kiln_port, "haproxy": ha_port}
+        if args.pure_too:
+            pure_port, _, _, pure_pid = stack.enter_context(kiln_fleet(workdir / "pure", 2, True))
+            if mapped_in(pure_pid):
+                sys.exit("the KILN_PURE=1 balancer runs compiled modules: is the agent older?")
+            targets["kiln_pure"], pids["kiln_pure"] = pure_port, pure_pid
         for port in targets.values():  # warm up connections, caches, the JIT of node
             wrk(port, 8, 1)
         full_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
@@ -351,6 +404,7 @@ def main() -> int:
             "kiln_vs_haproxy_cpu_per_request": round(cpu_ratio, 2) if cpu_ratio else None,
             "kiln_added_p99_ms_vs_direct_moderate": round(added_p99, 3),
             "kiln_added_p99_ms_vs_haproxy_moderate": round(added_vs_haproxy, 3),
+            **_pure_summary(full, paced),
             "goal_throughput_met": ratio >= 0.9,
             "goal_cpu_met": cpu_ratio is not None and cpu_ratio <= 1.5,
             "goal_added_p99_met": added_p99 <= 1.0,
@@ -362,7 +416,7 @@ def main() -> int:
         f"{'':10}{'full load req/s':>16}{'p50 ms':>9}{'p99 ms':>9}   |"
         f"{'moderate req/s':>15}{'p50 ms':>9}{'p99 ms':>9}"
     )
-    for name in ("direct", "kiln", "haproxy"):
+    for name in full:
         f, p = full[name], paced[name]
         print(
             f"{name:10}{f['requests_per_second']:>16}{f['p50_ms']:>9}{f['p99_ms']:>9}   |"
@@ -378,6 +432,19 @@ def main() -> int:
         f"kiln added p99 at moderate load: {s['kiln_added_p99_ms_vs_direct_moderate']:.2f} ms "
         f"vs direct (goal <= 1 ms), {s['kiln_added_p99_ms_vs_haproxy_moderate']:+.2f} ms vs haproxy"
     )
+    for name in ("kiln", "kiln_pure", "haproxy"):
+        if name in full:
+            f = full[name]
+            print(
+                f"  {name}: {f['proxy_user_us_per_request']} us user + "
+                f"{f['proxy_sys_us_per_request']} us system per request at full load"
+            )
+    if "kiln_pure" in full:
+        print(
+            f"kiln's balancer as Python source: {s['kiln_pure_cpu_us_per_request']} us, "
+            f"{s['kiln_pure_vs_haproxy_cpu_per_request']}x haproxy; compiled/source CPU: "
+            f"{s['kiln_compiled_vs_pure_cpu_per_request']}x"
+        )
     form = "unknown" if compiled is None else ", ".join(compiled) or "none (pure Python)"
     print(f"kiln's balancer ran these modules compiled: {form}")
     loads = report["machine"]["load_average"]

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchutil import machine, save_and_print
-from lb import backend_image, cpu_seconds, free_port, median, wait_port, wrk_figures
+from lb import backend_image, cpu_times, free_port, median, wait_port, wrk_figures
 
 from kiln.config import load_config
 from kiln.home import Home
@@ -153,14 +153,14 @@ def https_wrk(
         script.write_text(CLOSE_LUA)
         cmd += ["-s", str(script)]
     cmd.append(f"https://127.0.0.1:{port}/")
-    cpu = cpu_seconds(proxy_pid)
+    user_before, sys_before = cpu_times(proxy_pid)
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     finally:
         if script is not None:
             script.unlink()
-    cpu = cpu_seconds(proxy_pid) - cpu
-    return wrk_figures(out, cpu)
+    user, system = cpu_times(proxy_pid)
+    return wrk_figures(out, user - user_before, system - sys_before)
 
 
 def agent_kill_under_load(home: Home, port: int, seconds: float) -> dict[str, Any]:
