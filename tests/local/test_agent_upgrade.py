@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from kiln.home import Home
 from kiln.loadgen import LoadLoop
 from kiln.local import client
 from kiln.local.client import agent_status, start_agent
-from kiln.local.codeid import kiln_code
+from kiln.local.codeid import fingerprint, kiln_code
 from kiln.local.provider import LocalProvider
 
 
@@ -63,3 +64,21 @@ def test_an_agent_of_other_code_is_restarted_and_nothing_stops_serving(
 
     again, started = start_agent(local_home)  # same code: left alone
     assert not started and again["pid"] == new["pid"]
+
+
+def test_a_rebuilt_or_removed_extension_is_new_code(tmp_path: Path) -> None:
+    """`make build` replacing a compiled module (or a build going away) must restart the
+    agent and hand the balancer over, as an edited .py does."""
+    package = tmp_path / "kiln"
+    (package / "local").mkdir(parents=True)
+    (package / "local" / "http1.py").write_text("x = 1\n")
+    (package / "local" / "http1.pxd").write_text("cdef class Fields:\n    pass\n")
+    source_only = fingerprint(package)
+    built = package / "local" / f"http1{EXTENSION_SUFFIXES[0]}"
+    built.write_bytes(b"\x7fELF one build")
+    compiled = fingerprint(package)
+    assert compiled != source_only
+    built.write_bytes(b"\x7fELF another, rebuilt")
+    assert fingerprint(package) != compiled
+    built.unlink()
+    assert fingerprint(package) == source_only
