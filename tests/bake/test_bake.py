@@ -246,6 +246,12 @@ def test_relocatable_python_app_with_a_real_dependency(tmp_path: Path, home: Hom
     assert out.startswith("six 1.16.0") and str(dest) in out
 
 
+def _default_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill_bake_midway(app: Path, home: Path, sig: int) -> subprocess.CompletedProcess[str]:
     """Start a real `kiln bake` and signal it while it is storing objects."""
     env = {**os.environ, "KILN_HOME": str(home)}
@@ -256,6 +262,9 @@ def _kill_bake_midway(app: Path, home: Path, sig: int) -> subprocess.CompletedPr
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a suite started in the background (`make test &`) inherits SIGINT ignored, as
+        # shells do for background jobs; Ctrl-C at a terminal is what is tested here
+        preexec_fn=_default_sigint,
     )
     import time
 
