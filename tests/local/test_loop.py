@@ -158,7 +158,8 @@ def test_watchdog_reports_a_blocked_loop(caplog: pytest.LogCaptureFixture) -> No
     assert 0.25 < watchdog.worst < 1.0
     assert watchdog.stalls >= 1
     assert any("event loop stalled" in r.getMessage() for r in caplog.records)
-    assert "kiln_agent_loop_stalls_total 1" in watchdog.metrics()
+    # a loaded machine may stall the loop once more on its own: the count is what was seen
+    assert f"kiln_agent_loop_stalls_total {watchdog.stalls}" in watchdog.metrics()
 
 
 def test_slow_directory_removal_happens_off_the_loop(
