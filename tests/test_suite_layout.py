@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,21 +54,42 @@ def test_aws_tests_collect_after_another_directorys_conftest() -> None:
 
 
 def _run_sandbox(root: Path, *args: str) -> list[str]:
+    """One pytest-xdist run of the sandbox; the order its tests ran in.
+
+    The run gets its own session and no stdin: under ``make test`` this test runs in
+    an xdist worker whose stdin is its channel to the controller. A run that does not
+    finish (each takes seconds; one in CI once ran past the 300 s test timeout, the
+    only such run in hundreds) fails with what it printed and its processes' states.
+    """
     (root / "order.txt").unlink(missing_ok=True)
-    done = subprocess.run(
+    proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "pytest", "-q", "-n", "1", "--dist", "worksteal"),
             *("-o", f"cache_dir={root / 'cache'}", *args),
         ],
         cwd=root,
-        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=300,
+        start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(TESTS)},
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        tree = subprocess.run(
+            ["ps", "-o", "pid,stat,etime,wchan:20,args", "-g", str(proc.pid)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"the sandbox run did not finish in 120 s:\n{tree}\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
     # A test's recorded figures are printed once at the end (the VM rehearsal's timings).
-    assert done.stdout.count("figures: test_b.py::test_b: 1.5 s") == 1, done.stdout
+    assert out.count("figures: test_b.py::test_b: 1.5 s") == 1, out
     return (root / "order.txt").read_text().split()
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from kiln.home import Home
 from kiln.image.store import FileEntry, Manifest, Store
-from kiln.local import lbproc
+from kiln.local import lbproc, procs
 from kiln.local.agent import db_path, read_pid
 from kiln.local.client import stop_agent
 from kiln.local.lblink import BalancerLink
@@ -202,13 +202,27 @@ def http_get(
         return response.status, {"text": raw.decode(errors="replace")}
 
 
-def _recorded_pids(home: Home) -> list[int]:
+def _recorded_pids(home: Home) -> list[tuple[int, int | None]]:
+    """Each recorded instance's pid with its /proc start time (None if unrecorded)."""
     path = db_path(home)
     if not path.exists():
         return []
     with contextlib.closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT data FROM agent_instances").fetchall()
-    return [json.loads(raw)["pid"] for (raw,) in rows if json.loads(raw).get("pid")]
+    records = [json.loads(raw) for (raw,) in rows]
+    return [(r["pid"], r.get("pid_start")) for r in records if r.get("pid")]
+
+
+def _still_ours(pid: int, started: int | None, home: Home) -> bool:
+    """Whether ``pid`` is still the process kiln recorded, not a later one given its number.
+
+    pid_max is 32768 on many machines, and a full run starts thousands of processes:
+    a pid recorded minutes ago may be an unrelated process now (another test's, or a
+    pytest-xdist worker's), which SIGKILL must not touch.
+    """
+    if started is not None:
+        return procs.alive(pid, started)
+    return procs.environ_of(pid, None).get("KILN_HOME") == str(home.root)
 
 
 def kill_everything(home: Home) -> None:
@@ -217,11 +231,20 @@ def kill_everything(home: Home) -> None:
         stop_agent(home, stop_instances=True, timeout=30)
     agent_pid = read_pid(home)
     balancer_pid = lbproc.read_pid(home)
-    for pid in [*_recorded_pids(home), *(p for p in (agent_pid, balancer_pid) if p)]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    pids = [
+        *_recorded_pids(home),
+        *((p, None) for p in (agent_pid, balancer_pid) if p),
+    ]
+    for pid, started in pids:
+        if procs.start_time(pid) is None:
+            # the leader is gone; its group may not be (no pid is reused while its group lives)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        elif _still_ours(pid, started, home):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def serving(provider: LocalProvider, n: int, fleet: str = "web") -> list[str]:
