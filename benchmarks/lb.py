@@ -7,7 +7,9 @@ then measures with wrk:
 
 * direct    wrk -> one instance
 * kiln      wrk -> the agent's load balancer -> both instances
-* haproxy   wrk -> HAProxy (1 thread, leastconn, keep-alive reuse) -> both instances
+* haproxy   wrk -> HAProxy (1 thread, leastconn, keep-alive reuse) -> both instances,
+            setting X-Forwarded-For and X-Forwarded-Proto as kiln does (a client's
+            own X-Forwarded-For dropped): the instances get the same requests
 
 at full load (throughput, and the CPU time the proxy process - kiln's
 balancer, or HAProxy - spends per request, from /proc) and at a moderate,
@@ -188,9 +190,12 @@ defaults
   timeout client 30s
   timeout server 30s
   option http-keep-alive
+  option forwardfor
   http-reuse always
 frontend fe
   bind 127.0.0.1:{port}
+  http-request del-header X-Forwarded-For
+  http-request set-header X-Forwarded-Proto http
   default_backend be
 backend be
   balance leastconn

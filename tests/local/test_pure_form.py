@@ -22,6 +22,7 @@ PROTOCOL_TESTS = (
     "tests/local/test_lb_forwarded.py",
     "tests/local/test_lb_streaming.py",
     "tests/local/test_smuggling.py",
+    "tests/local/test_stream_batching.py",
 )
 
 

@@ -7,6 +7,7 @@ cdef class Stream:
     cdef public bint write_paused
     cdef public bint read_paused
     cdef public object _drained
+    cdef public bytes _pending
     cdef public object _raw
     cdef public bint _raw_eof
     cdef public object _raw_waiter
@@ -14,4 +15,6 @@ cdef class Stream:
     cpdef pause(self)
     cpdef resume(self)
     cpdef write(self, bytes data)
+    cpdef send_soon(self, bytes data)
+    cpdef flush(self)
     cpdef close(self)

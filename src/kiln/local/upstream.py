@@ -141,7 +141,7 @@ class Upstream(Stream):
     def send(self, request: bytes, deadline: float) -> None:
         """Send a whole request, kept for a retry; its response head is due by ``deadline``."""
         self.request = request
-        self.transport.write(request)
+        self.send_soon(request)
         assert self.balancer is not None
         self.balancer.waiting[self] = deadline
         if self.read_paused:
@@ -267,7 +267,7 @@ class Upstream(Stream):
                 out.clear()
                 self._end(ClientGone("the client went away"))
                 return
-            client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            client.send_soon(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
         if self.complete or self.switched:
             self._end(None)  # whatever came after the end (an error now) is never used
@@ -289,8 +289,8 @@ class Upstream(Stream):
             self.mid = False
             if self.chunked:
                 self.out.append(LAST_CHUNK)
-            if self.out and not client.transport.is_closing():
-                client.transport.write(b"".join(self.out))
+            if self.out:
+                client.write(b"".join(self.out))
             self.out.clear()
             self.spent = True
             self._end(None)
