@@ -52,6 +52,8 @@ class Detected:
     notes: list[str] = field(default_factory=list)
     sticky: str | None = None  # why each client must stay on one instance, if it must
     warnings: list[str] = field(default_factory=list)  # what will not work as the app stands
+    run_source: str = "detected"  # or "Procfile": the app's own web process
+    release_source: str | None = None  # "detected" or "Procfile" when there is a release
 
 
 def detect(root: Path) -> Detected:
@@ -60,19 +62,22 @@ def detect(root: Path) -> Detected:
     from kiln.detect_node import detect_node_script, detect_node_stack, fastify_note
     from kiln.detect_python import detect_python_stack
     from kiln.fixedport import fixed_port_warnings
+    from kiln.procfile import apply_procfile
 
     detectors: list[Callable[[Path], Detected | None]] = [_django, detect_python_stack]
     detectors += [_python_framework, detect_node_stack, _node, detect_node_script, _static]
     found = next((f for f in (d(root) for d in detectors) if f), None)
     found = found or _fallback(root)
-    if found.kind == "Node":
-        note = fastify_note(root)
-        found.notes += [note] if note else []
-    found.warnings += fixed_port_warnings(root, found.run)
+    found.release_source = "detected" if found.release else None
     found.sticky = found.sticky or _sticky(root)
     if found.sticky:
         found.why.append(found.sticky)
         _one_process(found)
+    apply_procfile(root, found)
+    if found.kind == "Node":
+        note = fastify_note(root)
+        found.notes += [note] if note else []
+    found.warnings += fixed_port_warnings(root, found.run)
     return found
 
 

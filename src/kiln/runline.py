@@ -68,6 +68,26 @@ def exec_form(line: str) -> str:
     return line  # nothing but assignments, or an empty last command
 
 
+def simple_commands(line: str) -> list[list[tuple[str, int]]] | None:
+    """The words (text, offset) of each simple command in ``line``, leading assignments
+    and redirections left out; None for a line :func:`exec_form` would leave alone."""
+    tokens = _tokens(line)
+    if tokens is None or any(kind == "op" and text in _GIVE_UP for kind, text, _ in tokens):
+        return None
+    commands: list[list[tuple[str, int]]] = [[]]
+    target = False
+    for kind, text, start in tokens:
+        if kind == "op":
+            if text in _SEPARATORS:
+                commands.append([])
+            target = text not in _SEPARATORS  # a redirection: its target is the next word
+        elif target:
+            target = False
+        elif commands[-1] or not _ASSIGNMENT.match(text):
+            commands[-1].append((text, start))
+    return [words for words in commands if words]
+
+
 def _tokens(line: str) -> list[tuple[str, str, int]] | None:
     """(kind, text, offset) of each word and operator; None for what kiln will not parse."""
     out: list[tuple[str, str, int]] = []

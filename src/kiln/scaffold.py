@@ -19,7 +19,7 @@ _TEMPLATE = """\
 name = "{name}"
 # Started once per instance, from the instance's directory, through /bin/sh
 # (a shell line: '&&' and $VARS work; its last command is exec'd).
-# The app must listen on $HOST:$PORT (kiln sets both).
+# The app must listen on $HOST:$PORT (kiln sets both).{run_from}
 run = {run}
 # Run at bake time in a scratch copy of the source; the result is the image.
 # A {{ run, inputs, outputs }} step is reused while its inputs are unchanged.
@@ -91,6 +91,7 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         notes=notes,
         name=name or _slug(app_dir.name),
         run=_toml(found.run),
+        run_from=_from_procfile(found),
         build=_build(found.build),
         release=release,
         exclude=", ".join(_toml(p) for p in found.exclude),
@@ -99,6 +100,13 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         grace=found.grace,
         sticky=sticky,
     )
+
+
+def _from_procfile(found: Detected) -> str:
+    """A comment on where the run line came from, when it is not kiln's guess."""
+    if found.run_source != "Procfile":
+        return ""
+    return "\n# From the Procfile's web process (kiln init reads it; this file is what deploys)."
 
 
 def _build(steps: list[str | BuildStep]) -> str:

@@ -18,13 +18,30 @@ from kiln.scaffold import render_config
 @cli.command()
 @click.option("--force", is_flag=True, help="Overwrite an existing kiln.toml.")
 @click.option("--name", help="App name (default: the directory's name).")
-def init(force: bool, name: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print what was detected as one JSON object.")
+def init(force: bool, name: str | None, as_json: bool) -> None:
     """Write a commented kiln.toml for the app in this directory."""
     target = Path.cwd() / CONFIG_NAME
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists", hint="use --force to overwrite it")
     found = detect(Path.cwd())
     text = render_config(Path.cwd(), name=name, found=found)
+    if as_json:
+        target.write_text(text, encoding="utf-8")
+        emit_json(
+            {
+                "path": str(target),
+                "kind": found.kind,
+                "run": found.run,
+                "run_source": found.run_source,
+                "release": found.release,
+                "release_source": found.release_source,
+                "why": found.why,
+                "notes": found.notes,
+                "warnings": found.warnings,
+            }
+        )
+        return
     console.print(f"detected: {found.kind}", markup=False)
     for reason in found.why:
         console.print(f"  - {reason}", markup=False)

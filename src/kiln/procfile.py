@@ -1,0 +1,190 @@
+"""A Procfile (Heroku, Dokku, Render): the app's own word on how it runs.
+
+``web: gunicorn myproj.wsgi --log-file -`` is the command its author runs in
+production, so ``kiln init`` uses it over its own guess, made to listen on
+$HOST:$PORT (kiln.listenargs); ``release: python manage.py migrate`` becomes
+the release command. Other process types (worker, clock) are not instances
+behind a load balancer: init names them in a note, never drops them silently.
+The build still comes from detecting the stack. Read by ``kiln init`` only:
+kiln.toml is what deploys.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.detect import (
+    PIP,
+    PY_EXCLUDE,
+    Detected,
+    _pip_build,
+    _python_env,
+    _read,
+    _requirements,
+    _route,
+)
+from kiln.listenargs import Adapted, listen_on_host_port, python3
+from kiln.runenv import SYSTEM_PATH
+
+NAME = "Procfile"
+# foreman's and Heroku's grammar: a process type, a colon, the command
+_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(\S.*?)\s*$")
+_SHELL = frozenset(
+    ("python", "python3", "node", "npm", "npx", "sh", "bash", "exec", "cd", "env", ".")
+)
+
+
+@dataclass
+class Procfile:
+    """Process types and their commands, and the lines that were neither."""
+
+    processes: dict[str, str] = field(default_factory=dict)
+    malformed: list[tuple[int, str]] = field(default_factory=list)  # (number, line)
+    repeated: list[str] = field(default_factory=list)  # types declared twice: the last wins
+
+
+def parse_procfile(text: str) -> Procfile:
+    """Blank lines and # comments skipped; every other line must be 'type: command'."""
+    procfile = Procfile()
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _LINE.match(stripped)
+        if match is None:
+            procfile.malformed.append((number, stripped))
+            continue
+        name, command = match.groups()
+        if name in procfile.processes and name not in procfile.repeated:
+            procfile.repeated.append(name)
+        procfile.processes[name] = command
+    return procfile
+
+
+def read_procfile(root: Path) -> Procfile | None:
+    path = root / NAME
+    return parse_procfile(_read(path)) if path.is_file() else None
+
+
+def apply_procfile(root: Path, found: Detected) -> None:
+    """Let the app's Procfile set the run and release commands ``found`` guessed."""
+    procfile = read_procfile(root)
+    if procfile is None:
+        return
+    if procfile.malformed:
+        lines = ", ".join(f"{n} ('{text[:40]}')" for n, text in procfile.malformed)
+        found.notes.append(
+            f"Procfile line{'s' if len(procfile.malformed) > 1 else ''} {lines} "
+            f"{'are' if len(procfile.malformed) > 1 else 'is'} not 'type: command': ignored"
+        )
+    if procfile.repeated:
+        found.notes.append(
+            f"Procfile declares {', '.join(procfile.repeated)} twice: the last is used"
+        )
+    web = procfile.processes.get("web")
+    if web is None:
+        found.notes.append("Procfile has no web process: the run line is kiln's own guess")
+    else:
+        _use_web(root, found, web)
+    release = procfile.processes.get("release")
+    if release is not None:
+        _use_release(root, found, release)
+    others = [name for name in procfile.processes if name not in ("web", "release")]
+    if others:
+        plural = len(others) > 1
+        found.notes.append(
+            f"Procfile's {', '.join(others)} process{'es are' if plural else ' is'} not run "
+            "by kiln, which runs the web process on each instance: run "
+            f"{'them' if plural else 'it'} elsewhere"
+        )
+
+
+def _use_web(root: Path, found: Detected, web: str) -> None:
+    adapted = listen_on_host_port(web)
+    found.why.append(f"Procfile: web process '{web}' runs the app, instead of kiln's own guess")
+    found.run, found.run_source = adapted.line, "Procfile"
+    found.why += adapted.changes
+    found.warnings += adapted.warnings
+    if adapted.server is not None or _runs_python(adapted):
+        _python_build(root, found, adapted)
+    _bin_path(root, found, adapted)
+    if adapted.server is not None and adapted.server.name == "gunicorn":
+        _workers(found, adapted.words)
+
+
+def _use_release(root: Path, found: Detected, release: str) -> None:
+    adapted = python3(release)
+    if found.release and found.release != adapted.line:
+        found.why.append(f"Procfile: release process, instead of '{found.release}'")
+    else:
+        found.why.append("Procfile: release process, run once per deployment before traffic")
+    found.release, found.release_source = adapted.line, "Procfile"
+    _bin_path(root, found, adapted)
+
+
+def _runs_python(adapted: Adapted) -> bool:
+    return bool(adapted.words) and adapted.words[0] in ("python", "python3")
+
+
+def _python_build(root: Path, found: Detected, adapted: Adapted) -> None:
+    """A Python web process needs the app's dependencies, and its server, in deps/."""
+    if "PYTHONPATH" not in found.env:
+        if not (root / "requirements.txt").is_file() and not (root / "pyproject.toml").is_file():
+            return  # nothing says what to install: the run line is the user's to check
+        needed = [adapted.server.module] if adapted.server else []
+        found.kind = "Python app (Procfile)"
+        found.build = _pip_build(root, needed, found.why)
+        found.env = _python_env() | {k: v for k, v in found.env.items() if k != "NODE_ENV"}
+        found.exclude = list(PY_EXCLUDE)
+        found.health_path = _route(root, ("/health", "/healthz", "/ping"))
+        return
+    if adapted.server is None:
+        return
+    dist = adapted.server.module
+    if dist in _requirements(root):
+        return
+    for i, step in enumerate(found.build):
+        command = step if isinstance(step, str) else step.run
+        if PIP not in command or re.search(rf"(?<![\w-]){re.escape(dist)}(?![\w-])", command):
+            continue
+        listed = re.search(rf"{re.escape(PIP)}(?: -r \S+)?", command)
+        assert listed is not None
+        grown = command[: listed.end()] + f" {dist}" + command[listed.end() :]
+        found.build[i] = grown if isinstance(step, str) else step.model_copy(update={"run": grown})
+        found.why.append(f"{dist} (the Procfile's server) is not listed: the build adds it")
+        return
+
+
+def _bin_path(root: Path, found: Detected, adapted: Adapted) -> None:
+    """A command the build installs (a console script in deps/bin, a package's
+    node_modules/.bin) is found there, as Heroku's PATH finds it."""
+    word = adapted.words[0] if adapted.words else ""
+    if not word or "/" in word or "=" in word or word in _SHELL or adapted.server:
+        return
+    if "PYTHONPATH" in found.env and found.env.get("PYTHONPATH") == "deps":
+        where, what = "deps/bin", "a script the build installs into deps/bin"
+    elif (root / "package.json").is_file() and word not in ("yarn", "pnpm"):
+        where, what = "node_modules/.bin", "a package's command in node_modules/.bin"
+    else:
+        return
+    path = f"{where}:{SYSTEM_PATH}"
+    if found.env.get("PATH", path) != path:
+        return
+    if "PATH" not in found.env:
+        found.why.append(f"Procfile runs '{word}', {what}: [env] PATH starts there")
+    found.env["PATH"] = path
+
+
+def _workers(found: Detected, words: list[str]) -> None:
+    """gunicorn's workers come from WEB_CONCURRENCY when not given, as Heroku sets it:
+    one sync worker alone lets a few slow requests starve the health checks."""
+    given = any(w in ("-w", "--workers") or w.startswith(("--workers=", "-w")) for w in words)
+    if given or "WEB_CONCURRENCY" in found.env or found.sticky:
+        return
+    found.env["WEB_CONCURRENCY"] = "2"
+    found.why.append(
+        "WEB_CONCURRENCY=2 (as Heroku sets it): gunicorn runs two workers, so a slow "
+        "request does not hold up the health checks"
+    )

@@ -1,0 +1,284 @@
+"""A Procfile's web process is the run line, made to listen on $HOST:$PORT; its release
+process is the release command; other processes are named in a note."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kiln.config import BuildStep, parse_config
+from kiln.detect import detect
+from kiln.listenargs import listen_on_host_port
+from kiln.procfile import parse_procfile
+from kiln.runenv import SYSTEM_PATH
+from kiln.runline import simple_commands
+from kiln.scaffold import render_config
+from kilntest import Kiln
+
+DJANGO_MANAGE = "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n"
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def _runs(build: list[str | BuildStep]) -> list[str]:
+    return [s if isinstance(s, str) else s.run for s in build]
+
+
+def test_parse_takes_types_and_commands_and_names_what_it_skips() -> None:
+    text = (
+        "\ufeff# the app's processes\r\n"
+        "web: gunicorn app:app --log-file -\r\n"
+        "\r\n"
+        "release:python manage.py migrate\n"
+        "worker: celery -A app worker -l info  \n"
+        "not a process line\n"
+        "web: gunicorn app:app --timeout 60\n"
+        "bad name: x\n"
+    )
+    procfile = parse_procfile(text)
+    assert procfile.processes == {
+        "web": "gunicorn app:app --timeout 60",  # the last one declared wins, as in foreman
+        "release": "python manage.py migrate",
+        "worker": "celery -A app worker -l info",
+    }
+    assert procfile.malformed == [(6, "not a process line"), (8, "bad name: x")]
+    assert procfile.repeated == ["web"]
+
+
+def test_simple_commands_leave_out_assignments_and_redirections() -> None:
+    line = "FOO=1 python manage.py migrate >log 2>&1 && X=2 gunicorn app:app"
+    words = [[w for w, _ in command] for command in simple_commands(line) or []]
+    assert words == [["python", "manage.py", "migrate", "2"], ["gunicorn", "app:app"]]
+    assert simple_commands("gunicorn app:app | tee log") is None
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # Heroku's gunicorn reads $PORT and binds every interface
+        (
+            "gunicorn myproj.wsgi --log-file -",
+            "python3 -m gunicorn --bind $HOST:$PORT myproj.wsgi --log-file -",
+        ),
+        ("gunicorn -b 0.0.0.0:$PORT app:app", "python3 -m gunicorn -b $HOST:$PORT app:app"),
+        ("gunicorn --bind=0.0.0.0:$PORT app:app", "python3 -m gunicorn --bind=$HOST:$PORT app:app"),
+        (
+            'gunicorn "app:create_app()" --bind "0.0.0.0:${PORT}"',
+            'python3 -m gunicorn "app:create_app()" --bind $HOST:$PORT',
+        ),
+        (
+            "gunicorn -b0.0.0.0:5000 -b [::]:$PORT app:app",
+            "python3 -m gunicorn -b$HOST:$PORT app:app",
+        ),
+        ("gunicorn -b $HOST:$PORT app:app", "python3 -m gunicorn -b $HOST:$PORT app:app"),
+        ("python -m gunicorn -w 3 app:app", "python3 -m gunicorn --bind $HOST:$PORT -w 3 app:app"),
+        # uvicorn ignores $PORT: 127.0.0.1:8000 unless told
+        ("uvicorn main:app", "python3 -m uvicorn --host $HOST --port $PORT main:app"),
+        (
+            "uvicorn main:app --host 0.0.0.0 --port $PORT",
+            "python3 -m uvicorn main:app --host $HOST --port $PORT",
+        ),
+        (
+            "uvicorn main:app --host=0.0.0.0 --port=${PORT:-5000}",
+            "python3 -m uvicorn main:app --host=$HOST --port=${PORT:-5000}",
+        ),
+        ("uvicorn main:app --port $PORT", "python3 -m uvicorn --host $HOST main:app --port $PORT"),
+        (
+            "python3 -m uvicorn main:app --host 0.0.0.0 --port 8000",
+            "python3 -m uvicorn main:app --host $HOST --port $PORT",
+        ),
+        (
+            "hypercorn main:app --bind 0.0.0.0:$PORT",
+            "python3 -m hypercorn main:app --bind $HOST:$PORT",
+        ),
+        (
+            "daphne p.asgi:application --port $PORT --bind 0.0.0.0",
+            "python3 -m daphne p.asgi:application --port $PORT --bind $HOST",
+        ),
+        (
+            "daphne p.asgi:application",
+            "python3 -m daphne --bind $HOST --port $PORT p.asgi:application",
+        ),
+        (
+            "waitress-serve --port=$PORT app:app",
+            "python3 -m waitress --host $HOST --port=$PORT app:app",
+        ),
+        (
+            "waitress-serve --listen=*:$PORT app:app",
+            "python3 -m waitress --listen=$HOST:$PORT app:app",
+        ),
+        # the server is the last command; python is python3 everywhere
+        (
+            "python manage.py migrate && gunicorn p.wsgi",
+            "python3 manage.py migrate && python3 -m gunicorn --bind $HOST:$PORT p.wsgi",
+        ),
+        ("python app.py", "python3 app.py"),
+        ("node server.js", "node server.js"),
+        ("npm start", "npm start"),
+    ],
+)
+def test_a_server_is_made_to_listen_on_host_port(line: str, expected: str) -> None:
+    adapted = listen_on_host_port(line)
+    assert adapted.line == expected
+    assert not adapted.warnings
+    assert bool(adapted.changes) == (line != expected)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "gunicorn --bind unix:/tmp/app.sock app:app",
+        "uvicorn main:app --uds /tmp/a.sock",
+        "gunicorn app:app | tee log",
+    ],
+)
+def test_a_listener_kiln_cannot_reach_is_left_with_a_warning(line: str) -> None:
+    adapted = listen_on_host_port(line)
+    assert "$HOST:$PORT" in adapted.warnings[0]
+    assert adapted.line.endswith(line.split(" ", 1)[1])
+
+
+def test_django_with_a_heroku_procfile(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "manage.py": DJANGO_MANAGE,
+            "mysite/settings.py": "",
+            "mysite/wsgi.py": "application = get_wsgi_application()\n",
+            "requirements.txt": "Django>=5\ngunicorn>=22\n",
+            "Procfile": (
+                "release: python manage.py migrate\n"
+                "web: gunicorn mysite.wsgi --log-file -\n"
+                "worker: celery -A mysite worker\n"
+                "clock: python clock.py\n"
+            ),
+        },
+    )
+    found = detect(tmp_path)
+    assert found.kind == "Django"
+    assert found.run == "python3 -m gunicorn --bind $HOST:$PORT mysite.wsgi --log-file -"
+    assert found.run_source == "Procfile" and found.release_source == "Procfile"
+    assert found.release == "python3 manage.py migrate"
+    assert any(w.startswith("Procfile: web process") for w in found.why)
+    assert found.env["WEB_CONCURRENCY"] == "2"
+    others = [n for n in found.notes if "worker, clock" in n]
+    assert len(others) == 1 and "not run by kiln" in others[0]
+    config = parse_config(render_config(tmp_path, name="mysite", found=found))
+    assert config.app.run == found.run and config.app.release == found.release
+    assert "From the Procfile's web process" in render_config(tmp_path, "mysite", found)
+
+
+def test_without_a_procfile_the_sources_say_detected(tmp_path: Path) -> None:
+    _write(tmp_path, {"manage.py": DJANGO_MANAGE, "mysite/wsgi.py": "application = 1\n"})
+    found = detect(tmp_path)
+    assert found.run_source == "detected" and found.release_source == "detected"
+    assert "Procfile" not in render_config(tmp_path, "mysite", found)
+
+
+def test_the_procfiles_server_is_installed_when_not_listed(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "app.py": "from flask import Flask\napp = Flask(__name__)\n",
+            "requirements.txt": "flask\n",
+            "Procfile": "web: waitress-serve --port=$PORT app:app\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.run == "python3 -m waitress --host $HOST --port=$PORT app:app"
+    assert _runs(found.build) == [
+        "python3 -m pip install -q --target deps -r requirements.txt waitress gunicorn"
+    ]
+    assert "WEB_CONCURRENCY" not in found.env  # gunicorn's setting
+
+
+def test_an_app_detection_misses_gets_its_python_build_from_the_procfile(tmp_path: Path) -> None:
+    """The app object lives in a package kiln does not read; the Procfile names it."""
+    _write(
+        tmp_path,
+        {
+            "shop/__init__.py": "def create_app(): ...\n",
+            "requirements.txt": "flask\nuvicorn\n",
+            "Procfile": "web: uvicorn shop:app --host 0.0.0.0 --port $PORT\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.kind == "Python app (Procfile)"
+    assert found.run == "python3 -m uvicorn shop:app --host $HOST --port $PORT"
+    assert found.env["PYTHONPATH"] == "deps"
+    assert _runs(found.build) == ["python3 -m pip install -q --target deps -r requirements.txt"]
+
+
+def test_a_console_script_from_the_build_is_found_on_path(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "app.py": "from flask import Flask\napp = Flask(__name__)\n",
+            "requirements.txt": "flask\ngunicorn\nflask-migrate\n",
+            "Procfile": "web: gunicorn app:app\nrelease: flask db upgrade\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.release == "flask db upgrade"
+    assert found.env["PATH"] == f"deps/bin:{SYSTEM_PATH}"
+
+
+def test_a_node_procfile(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "package.json": json.dumps(
+                {"dependencies": {"express": "^4", "serve": "^14"}, "scripts": {"start": "x"}}
+            ),
+            "server.js": "require('express')().listen(3000)\n",
+            "Procfile": "web: node server.js\nworker: node worker.js\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.kind == "Node" and found.run == "node server.js"
+    assert any("worker process is not run by kiln" in n for n in found.notes)
+    assert any("listens on port 3000" in w for w in found.warnings)  # the Procfile's file
+    (tmp_path / "Procfile").write_text("web: serve -s build -l $PORT\n")
+    found = detect(tmp_path)
+    assert found.run == "serve -s build -l $PORT"
+    assert found.env["PATH"] == f"node_modules/.bin:{SYSTEM_PATH}"
+
+
+def test_no_web_process_or_bad_lines_fall_back_to_detection(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "app.py": "from flask import Flask\napp = Flask(__name__)\n",
+            "Procfile": "worker: python worker.py\nweb gunicorn app:app\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.run_source == "detected" and found.run.endswith("app:app")
+    assert "--workers 2 --threads 4" in found.run  # kiln's own line
+    assert "Procfile line 2 ('web gunicorn app:app') is not 'type: command': ignored" in found.notes
+    assert "Procfile has no web process: the run line is kiln's own guess" in found.notes
+
+
+def test_init_json_says_where_the_run_line_came_from(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "app.py": "from flask import Flask\napp = Flask(__name__)\n",
+            "requirements.txt": "flask\ngunicorn\n",
+            "Procfile": "web: gunicorn app:app -b 0.0.0.0:$PORT\n",
+        },
+    )
+    doc = json.loads(Kiln(tmp_path)("init", "--json").stdout)
+    assert doc["run"] == "python3 -m gunicorn app:app -b $HOST:$PORT"
+    assert doc["run_source"] == "Procfile" and doc["release_source"] is None
+    assert doc["path"] == str(tmp_path / "kiln.toml") and (tmp_path / "kiln.toml").is_file()
+    (tmp_path / "Procfile").unlink()
+    doc = json.loads(Kiln(tmp_path)("init", "--json", "--force").stdout)
+    assert doc["run_source"] == "detected"
