@@ -282,3 +282,37 @@ def test_init_json_says_where_the_run_line_came_from(tmp_path: Path) -> None:
     (tmp_path / "Procfile").unlink()
     doc = json.loads(Kiln(tmp_path)("init", "--json", "--force").stdout)
     assert doc["run_source"] == "detected"
+
+
+def test_exec_before_the_server_is_kept() -> None:
+    adapted = listen_on_host_port("exec gunicorn app:app")
+    assert adapted.line == "exec python3 -m gunicorn --bind $HOST:$PORT app:app"
+
+
+@pytest.mark.parametrize(
+    ("web", "run"),
+    [
+        ("yarn start", "npm start"),
+        ("pnpm run serve --port $PORT", "npm run serve -- --port $PORT"),
+        ("cd web && yarn start", "cd web && npm start"),
+        ("yarn start 2>&1", "yarn start 2>&1"),  # a redirection: left as written
+    ],
+)
+def test_yarn_and_pnpm_scripts_run_with_npm(tmp_path: Path, web: str, run: str) -> None:
+    """The build runs yarn and pnpm through npx: the instances may have neither."""
+    package = {"dependencies": {"express": "^4"}, "scripts": {"start": "node s.js"}}
+    _write(tmp_path, {"package.json": json.dumps(package), "Procfile": f"web: {web}\n"})
+    found = detect(tmp_path)
+    assert found.run == run
+    assert any(f"run as '{run.split(' && ')[-1]}'" in w for w in found.why) == (web != run)
+
+
+def test_a_command_kiln_cannot_see_into_gets_a_note(tmp_path: Path) -> None:
+    _write(tmp_path, {"requirements.txt": "flask\n", "Procfile": "web: ./bin/start-web\n"})
+    found = detect(tmp_path)
+    assert found.run == "./bin/start-web" and found.kind == "Python app (Procfile)"
+    assert _runs(found.build) == ["python3 -m pip install -q --target deps -r requirements.txt"]
+    assert found.env["PATH"] == f"deps/bin:{SYSTEM_PATH}"  # the script may run gunicorn
+    assert any(
+        "kiln cannot see where the Procfile's './bin/start-web' listens" in n for n in found.notes
+    )

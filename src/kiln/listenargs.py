@@ -104,6 +104,7 @@ def python3(line: str) -> Adapted:
     edits = [(s, s + len(w), "python3") for w, s in (c[0] for c in commands) if w == "python"]
     changes = ["'python' run as python3: the instances' PATH has python3"] if edits else []
     words = [_unquote(w) for w, _ in commands[-1]] if commands else []
+    words = words[1:] if words[:1] == ["exec"] else words
     return Adapted(_apply(line, edits), changes=changes, words=words)
 
 
@@ -119,6 +120,8 @@ def listen_on_host_port(line: str) -> Adapted:
             ],
         )
     last = commands[-1] if commands else []
+    if last and last[0][0] == "exec":
+        last = last[1:]  # kiln puts exec there itself
     found = _server(last)
     if found is None:
         return python3(line)

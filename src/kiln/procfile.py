@@ -27,10 +27,14 @@ from kiln.detect import (
 )
 from kiln.listenargs import Adapted, listen_on_host_port, python3
 from kiln.runenv import SYSTEM_PATH
+from kiln.runline import simple_commands
 
 NAME = "Procfile"
 # foreman's and Heroku's grammar: a process type, a colon, the command
 _LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(\S.*?)\s*$")
+_LOOKED_AT = frozenset(("python", "python3", "node", "npm", "yarn", "pnpm"))
+# yarn and pnpm commands that are not a package.json script
+_NOT_SCRIPTS = frozenset(("install", "add", "exec", "dlx", "node", "workspace", "workspaces"))
 _SHELL = frozenset(
     ("python", "python3", "node", "npm", "npx", "sh", "bash", "exec", "cd", "env", ".")
 )
@@ -102,12 +106,19 @@ def apply_procfile(root: Path, found: Detected) -> None:
 
 
 def _use_web(root: Path, found: Detected, web: str) -> None:
-    adapted = listen_on_host_port(web)
+    adapted = _npm(listen_on_host_port(web))
     found.why.append(f"Procfile: web process '{web}' runs the app, instead of kiln's own guess")
     found.run, found.run_source = adapted.line, "Procfile"
     found.why += adapted.changes
     found.warnings += adapted.warnings
-    if adapted.server is not None or _runs_python(adapted):
+    first = adapted.words[0] if adapted.words else ""
+    if adapted.server is None and first not in _LOOKED_AT and not adapted.warnings:
+        found.notes.append(
+            f"kiln cannot see where the Procfile's '{first}' listens: it must listen on $PORT, "
+            "and on $HOST rather than 0.0.0.0"
+        )
+    unknown = found.kind == "unknown"  # nothing recognised: a Python manifest says enough
+    if adapted.server is not None or _runs_python(adapted) or unknown:
         _python_build(root, found, adapted)
     _bin_path(root, found, adapted)
     if adapted.server is not None and adapted.server.name == "gunicorn":
@@ -115,13 +126,40 @@ def _use_web(root: Path, found: Detected, web: str) -> None:
 
 
 def _use_release(root: Path, found: Detected, release: str) -> None:
-    adapted = python3(release)
+    adapted = _npm(python3(release))
     if found.release and found.release != adapted.line:
         found.why.append(f"Procfile: release process, instead of '{found.release}'")
     else:
         found.why.append("Procfile: release process, run once per deployment before traffic")
     found.release, found.release_source = adapted.line, "Procfile"
     _bin_path(root, found, adapted)
+
+
+def _npm(adapted: Adapted) -> Adapted:
+    """``yarn start``, ``pnpm run x`` → ``npm start``, ``npm run x``: the build runs yarn
+    and pnpm through npx, so the instances' PATH may have neither; npm runs the same
+    package.json script."""
+    words = adapted.words
+    if len(words) < 2 or words[0] not in ("yarn", "pnpm") or adapted.line.count(words[0]) != 1:
+        return adapted
+    if any(c in adapted.line[adapted.line.index(words[0]) :] for c in "<>|&;"):
+        return adapted  # a redirection after it: left as written
+    script = words[2] if words[1] == "run" and len(words) > 2 else words[1]
+    if script.startswith("-") or script in _NOT_SCRIPTS:
+        return adapted
+    npm = "npm start" if script == "start" else f"npm run {script}"
+    at = adapted.line.index(words[0])
+    raw = (simple_commands(adapted.line[at:]) or [[]])[-1]  # the words as written
+    skip = 3 if words[1] == "run" else 2
+    if len(raw) > skip:
+        npm += f" -- {adapted.line[at + raw[skip][1] :]}"
+    adapted.line = adapted.line[:at] + npm
+    adapted.words = ["npm", *words[1:]]
+    adapted.changes.append(
+        f"'{words[0]} {' '.join(words[1:])}' run as '{npm}': the same package.json script, "
+        f"and the instances' PATH need not have {words[0]}"
+    )
+    return adapted
 
 
 def _runs_python(adapted: Adapted) -> bool:
@@ -161,19 +199,20 @@ def _bin_path(root: Path, found: Detected, adapted: Adapted) -> None:
     """A command the build installs (a console script in deps/bin, a package's
     node_modules/.bin) is found there, as Heroku's PATH finds it."""
     word = adapted.words[0] if adapted.words else ""
-    if not word or "/" in word or "=" in word or word in _SHELL or adapted.server:
+    if not word or word in _SHELL or adapted.server:
         return
-    if "PYTHONPATH" in found.env and found.env.get("PYTHONPATH") == "deps":
-        where, what = "deps/bin", "a script the build installs into deps/bin"
-    elif (root / "package.json").is_file() and word not in ("yarn", "pnpm"):
-        where, what = "node_modules/.bin", "a package's command in node_modules/.bin"
+    if found.env.get("PYTHONPATH") == "deps":
+        # a script of the app's own (bin/web) may run gunicorn, as on Heroku
+        where, what = "deps/bin", "where the build installs Python scripts"
+    elif (root / "package.json").is_file() and word not in ("yarn", "pnpm") and "/" not in word:
+        where, what = "node_modules/.bin", "where packages install their commands"
     else:
         return
     path = f"{where}:{SYSTEM_PATH}"
     if found.env.get("PATH", path) != path:
         return
     if "PATH" not in found.env:
-        found.why.append(f"Procfile runs '{word}', {what}: [env] PATH starts there")
+        found.why.append(f"Procfile runs '{word}': [env] PATH starts with {where}, {what}")
     found.env["PATH"] = path
 
 

@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from realkit import first_try
+from realkit import deploy, first_try, free_port, get, review
+
+from kilntest import Kiln
 
 APP = """\
 import os
@@ -100,3 +102,43 @@ def test_a_heroku_procfile_app_on_the_first_try(
     history = json.loads(kiln("history", "--json").stdout)
     releases = [h["figures"].get("release") for h in history if h["kind"] == "deploy"]
     assert releases and all(r and r["command"] == "python3 init_db.py" for r in releases)
+
+
+FASTAPI_APP = """\
+from fastapi import FastAPI
+
+api = FastAPI()
+
+
+@api.get("/items/{item}")
+def read(item: int) -> dict[str, int]:
+    return {"item": item, "twice": item * 2}
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_fastapi_procfile_on_uvicorn_with_a_port_default(tmp_path: Path) -> None:
+    """'--host=0.0.0.0 --port=${PORT:-5000}' as Render and Heroku guides write it: the
+    host becomes $HOST, the port stays the instance's. The app object is 'api' in a
+    package, which detection alone does not find (it served the directory instead)."""
+    app = tmp_path / "items"
+    (app / "service").mkdir(parents=True)
+    (app / "requirements.txt").write_text("fastapi==0.115.6\nuvicorn==0.34.0\n")
+    (app / "service" / "__init__.py").write_text(FASTAPI_APP)
+    (app / "Procfile").write_text(
+        "web: uvicorn service:api --host=0.0.0.0 --port=${PORT:-5000} --proxy-headers\n"
+    )
+    kiln = Kiln(app)
+    port = free_port()
+    init = json.loads(kiln("init", "--json").stdout)
+    assert init["kind"] == "Python app (Procfile)" and init["run_source"] == "Procfile"
+    assert init["run"] == (
+        "python3 -m uvicorn service:api --host=$HOST --port=${PORT:-5000} --proxy-headers"
+    )
+    review(app, port)
+    deploy(kiln)
+    status, body = get(port, "/items/21")
+    assert status == 200 and json.loads(body) == {"item": 21, "twice": 42}, body[:300]
+    instances = json.loads(kiln("status", "--json").stdout)["instances"]
+    for address in [i["address"] for i in instances if i["state"] == "healthy"]:
+        assert _listeners(int(address.rsplit(":", 1)[1])) == {"127.0.0.1"}
