@@ -316,3 +316,60 @@ def test_a_command_kiln_cannot_see_into_gets_a_note(tmp_path: Path) -> None:
     assert any(
         "kiln cannot see where the Procfile's './bin/start-web' listens" in n for n in found.notes
     )
+
+
+def test_a_python_web_process_beside_a_node_build_keeps_both(tmp_path: Path) -> None:
+    """A Flask app in a package whose assets npm builds: pip first, then the Node build."""
+    package = {"scripts": {"build": "webpack", "start": "node x.js"}}
+    package["devDependencies"] = {"webpack": "^5"}
+    _write(
+        tmp_path,
+        {
+            "package.json": json.dumps(package),
+            "requirements.txt": "flask\ngunicorn\n",
+            "shop/__init__.py": "app = None\n",
+            "Procfile": "web: gunicorn shop:app\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.kind == "Python app (Procfile)"
+    runs = _runs(found.build)
+    assert runs[0] == "python3 -m pip install -q --target deps -r requirements.txt"
+    assert "npm run build" in runs
+    assert found.env["PYTHONPATH"] == "deps" and "node_modules/" in found.exclude
+    assert not any("process.env" in n for n in found.notes)  # no Node server runs
+
+
+def test_an_apm_launcher_keeps_running_the_rewritten_server(tmp_path: Path) -> None:
+    """newrelic-admin and ddtrace-run are console scripts in deps/bin that run the server."""
+    _write(
+        tmp_path,
+        {
+            "app.py": "from flask import Flask\napp = Flask(__name__)\n",
+            "requirements.txt": "flask\ngunicorn\nnewrelic\n",
+            "Procfile": "web: newrelic-admin run-program gunicorn app:app\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.run == (
+        "newrelic-admin run-program python3 -m gunicorn --bind $HOST:$PORT app:app"
+    )
+    assert found.env["PATH"] == f"deps/bin:{SYSTEM_PATH}"
+    assert found.env["WEB_CONCURRENCY"] == "2"
+    adapted = listen_on_host_port("ddtrace-run uvicorn main:app --host 0.0.0.0 --port $PORT")
+    assert adapted.line == "ddtrace-run python3 -m uvicorn main:app --host $HOST --port $PORT"
+
+
+def test_a_development_server_in_the_procfile_is_warned_about(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "manage.py": DJANGO_MANAGE,
+            "mysite/wsgi.py": "application = 1\n",
+            "Procfile": "web: python manage.py runserver 0.0.0.0:$PORT\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.run == "python3 manage.py runserver 0.0.0.0:$PORT"  # the user's call
+    (warning,) = [w for w in found.warnings if "development server" in w]
+    assert "manage.py runserver" in warning and "mysite.wsgi:application" in warning

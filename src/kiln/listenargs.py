@@ -72,6 +72,8 @@ SERVERS = {
     )
 }
 _BY_MODULE = {s.module: s for s in SERVERS.values()}
+# APM agents' launchers, which run the server after them: (words, how many)
+_WRAPPERS = (("newrelic-admin run-program", 2), ("ddtrace-run", 1))
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Adapted:
     changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)  # the last command's, as written
+    wrapper: str = ""  # what runs the server: an APM agent's launcher
 
 
 @dataclass
@@ -122,14 +125,17 @@ def listen_on_host_port(line: str) -> Adapted:
     last = commands[-1] if commands else []
     if last and last[0][0] == "exec":
         last = last[1:]  # kiln puts exec there itself
-    found = _server(last)
+    words = [_unquote(w) for w, _ in last]
+    wrapped = next((n for w, n in _WRAPPERS if words[:n] == w.split()), 0)
+    found = _server(last[wrapped:])
     if found is None:
         return python3(line)
     server, taken = found
+    last = last[wrapped:]
     edits = [(s, s + len(w), "python3") for w, s in (c[0] for c in commands[:-1]) if w == "python"]
     begin, end = last[0][1], last[taken - 1][1] + len(last[taken - 1][0])
     edits.append((begin, end, f"python3 -m {server.module}"))
-    adapted = Adapted(line, server, words=[_unquote(w) for w, _ in last])
+    adapted = Adapted(line, server, words=words, wrapper=" ".join(words[:wrapped]))
     if not _PYTHON.match(last[0][0]):
         adapted.changes.append(
             f"{server.name} run as 'python3 -m {server.module}': the build installs it into "

@@ -107,6 +107,12 @@ def apply_procfile(root: Path, found: Detected) -> None:
 
 def _use_web(root: Path, found: Detected, web: str) -> None:
     adapted = _npm(listen_on_host_port(web))
+    dev = _dev_server(adapted.words)
+    if dev:
+        found.warnings.append(
+            f"the Procfile's web process runs {dev}, which is not made for production "
+            f"traffic: kiln's own guess was '{found.run}'"
+        )
     found.why.append(f"Procfile: web process '{web}' runs the app, instead of kiln's own guess")
     found.run, found.run_source = adapted.line, "Procfile"
     found.why += adapted.changes
@@ -162,6 +168,16 @@ def _npm(adapted: Adapted) -> Adapted:
     return adapted
 
 
+def _dev_server(words: list[str]) -> str | None:
+    """The development server a command starts (Django's runserver, flask run), if any."""
+    text = " ".join(words)
+    if re.search(r"\bmanage\.py runserver\b", text):
+        return "Django's development server (manage.py runserver)"
+    if re.search(r"^(?:python3? -m )?flask(?: --app \S+)? run\b", text):
+        return "Flask's development server (flask run)"
+    return None
+
+
 def _runs_python(adapted: Adapted) -> bool:
     return bool(adapted.words) and adapted.words[0] in ("python", "python3")
 
@@ -173,9 +189,11 @@ def _python_build(root: Path, found: Detected, adapted: Adapted) -> None:
             return  # nothing says what to install: the run line is the user's to check
         needed = [adapted.server.module] if adapted.server else []
         found.kind = "Python app (Procfile)"
-        found.build = _pip_build(root, needed, found.why)
-        found.env = _python_env() | {k: v for k, v in found.env.items() if k != "NODE_ENV"}
-        found.exclude = list(PY_EXCLUDE)
+        # a Node build found beside it (assets for the Python app) is kept, after pip
+        found.build = _pip_build(root, needed, found.why) + found.build
+        found.env = _python_env() | found.env
+        found.exclude = PY_EXCLUDE + [p for p in found.exclude if p not in PY_EXCLUDE]
+        found.notes = [n for n in found.notes if "process.env.PORT" not in n]  # node's server
         found.health_path = _route(root, ("/health", "/healthz", "/ping"))
         return
     if adapted.server is None:
@@ -199,7 +217,7 @@ def _bin_path(root: Path, found: Detected, adapted: Adapted) -> None:
     """A command the build installs (a console script in deps/bin, a package's
     node_modules/.bin) is found there, as Heroku's PATH finds it."""
     word = adapted.words[0] if adapted.words else ""
-    if not word or word in _SHELL or adapted.server:
+    if not word or word in _SHELL or (adapted.server and not adapted.wrapper):
         return
     if found.env.get("PYTHONPATH") == "deps":
         # a script of the app's own (bin/web) may run gunicorn, as on Heroku
