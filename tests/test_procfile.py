@@ -211,6 +211,7 @@ def test_an_app_detection_misses_gets_its_python_build_from_the_procfile(tmp_pat
     )
     found = detect(tmp_path)
     assert found.kind == "Python app (Procfile)"
+    assert found.why[0].startswith("Procfile: web process")  # not the placeholder's reason
     assert found.run == "python3 -m uvicorn shop:app --host $HOST --port $PORT"
     assert found.env["PYTHONPATH"] == "deps"
     assert _runs(found.build) == ["python3 -m pip install -q --target deps -r requirements.txt"]

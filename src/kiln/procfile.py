@@ -113,6 +113,8 @@ def _use_web(root: Path, found: Detected, web: str) -> None:
             f"the Procfile's web process runs {dev}, which is not made for production "
             f"traffic: kiln's own guess was '{found.run}'"
         )
+    if found.kind == "unknown":  # the placeholder's reason is no reason any more
+        found.why = [w for w in found.why if not w.startswith("nothing recognised")]
     found.why.append(f"Procfile: web process '{web}' runs the app, instead of kiln's own guess")
     found.run, found.run_source = adapted.line, "Procfile"
     found.why += adapted.changes

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from realkit import deploy, first_try, free_port, get, review
+from test_node import _LOCKS
 
 from kilntest import Kiln
 
@@ -142,3 +143,45 @@ def test_a_fastapi_procfile_on_uvicorn_with_a_port_default(tmp_path: Path) -> No
     instances = json.loads(kiln("status", "--json").stdout)["instances"]
     for address in [i["address"] for i in instances if i["state"] == "healthy"]:
         assert _listeners(int(address.rsplit(":", 1)[1])) == {"127.0.0.1"}
+
+
+NODE_SERVER = """\
+const http = require('node:http');
+const fs = require('node:fs');
+const ms = require('ms');
+http.createServer((req, res) => {
+  const seeded = fs.readFileSync(process.env.SEED_PATH, 'utf8');
+  res.end(`${seeded} ${ms(60000)}\\n`);
+}).listen(Number(process.env.PORT), process.env.HOST);
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_yarn_project_whose_procfile_runs_yarn_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'web: yarn start' on a host without yarn (the build runs it through npx): the
+    instances run 'npm start', the same script; 'release: node seed.js' runs before."""
+    app = tmp_path / "seeded"
+    app.mkdir()
+    package = {"name": "seeded", "private": True, "dependencies": {"ms": "^2.0.0"}}
+    package["scripts"] = {"start": "node server.js"}
+    (app / "package.json").write_text(json.dumps(package))
+    (app / "yarn.lock").write_text(_LOCKS["yarn.lock"])
+    (app / "server.js").write_text(NODE_SERVER)
+    (app / "seed.js").write_text(
+        "require('node:fs').writeFileSync(process.env.SEED_PATH, 'seeded by the release');\n"
+    )
+    (app / "Procfile").write_text("web: yarn start\nrelease: node seed.js\n")
+    monkeypatch.setenv("SEED_FILE", str(tmp_path / "seed.txt"))
+    kiln = Kiln(app)
+    port = free_port()
+    init = json.loads(kiln("init", "--json").stdout)
+    assert init["run"] == "npm start" and init["release"] == "node seed.js"
+    review(app, port)
+    toml = (app / "kiln.toml").read_text()
+    (app / "kiln.toml").write_text(
+        toml.replace("[secrets]\n", '[secrets]\nSEED_PATH = "env:SEED_FILE"\n', 1)
+    )
+    deploy(kiln)
+    assert get(port, "/") == (200, b"seeded by the release 1m\n")
