@@ -4,6 +4,7 @@ process is the release command; other processes are named in a note."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from kiln.detect import detect
 from kiln.listenargs import listen_on_host_port
 from kiln.procfile import parse_procfile
 from kiln.runenv import SYSTEM_PATH
-from kiln.runline import simple_commands
+from kiln.runline import exec_form, simple_commands
 from kiln.scaffold import render_config
 from kilntest import Kiln
 
@@ -374,3 +375,31 @@ def test_a_development_server_in_the_procfile_is_warned_about(tmp_path: Path) ->
     assert found.run == "python3 manage.py runserver 0.0.0.0:$PORT"  # the user's call
     (warning,) = [w for w in found.warnings if "development server" in w]
     assert "manage.py runserver" in warning and "mysite.wsgi:application" in warning
+
+
+def test_a_pythonpath_the_procfile_sets_keeps_deps_on_it(tmp_path: Path) -> None:
+    """Set alone, PYTHONPATH=src would hide deps/, where the build installs gunicorn."""
+    _write(
+        tmp_path,
+        {
+            "requirements.txt": "flask\ngunicorn\n",
+            "app.py": "from flask import Flask\napp = Flask(__name__)\n",
+            "Procfile": "web: PYTHONPATH=src gunicorn app:app\n"
+            'release: PYTHONPATH="src" python init_db.py\n',
+        },
+    )
+    found = detect(tmp_path)
+    assert found.run == "PYTHONPATH=src:$PYTHONPATH python3 -m gunicorn --bind $HOST:$PORT app:app"
+    assert found.release == 'PYTHONPATH="src":$PYTHONPATH python3 init_db.py'
+    # as an instance's shell runs it (exec before the server), deps/ is still there
+    line = exec_form(
+        'PYTHONPATH="src":$PYTHONPATH python3 -c "import os; print(os.environ[\'PYTHONPATH\'])"'
+    )
+    shown = subprocess.run(
+        ["/bin/sh", "-c", line],
+        env={"PATH": SYSTEM_PATH, "PYTHONPATH": "deps"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == "src:deps"

@@ -27,7 +27,7 @@ from kiln.detect import (
 )
 from kiln.listenargs import Adapted, listen_on_host_port, python3
 from kiln.runenv import SYSTEM_PATH
-from kiln.runline import simple_commands
+from kiln.runline import assignments, simple_commands
 
 NAME = "Procfile"
 # foreman's and Heroku's grammar: a process type, a colon, the command
@@ -131,6 +131,7 @@ def _use_web(root: Path, found: Detected, web: str) -> None:
     _bin_path(root, found, adapted)
     if adapted.server is not None and adapted.server.name == "gunicorn":
         _workers(found, adapted.words)
+    found.run = _keep_deps(found, found.run)
 
 
 def _use_release(root: Path, found: Detected, release: str) -> None:
@@ -141,6 +142,7 @@ def _use_release(root: Path, found: Detected, release: str) -> None:
         found.why.append("Procfile: release process, run once per deployment before traffic")
     found.release, found.release_source = adapted.line, "Procfile"
     _bin_path(root, found, adapted)
+    found.release = _keep_deps(found, found.release)
 
 
 def _npm(adapted: Adapted) -> Adapted:
@@ -178,6 +180,21 @@ def _dev_server(words: list[str]) -> str | None:
     if re.search(r"^(?:python3? -m )?flask(?: --app \S+)? run\b", text):
         return "Flask's development server (flask run)"
     return None
+
+
+def _keep_deps(found: Detected, line: str) -> str:
+    """``PYTHONPATH=src gunicorn …`` keeps deps/ on the path: set alone, it would hide
+    the packages the build installs there (gunicorn itself among them)."""
+    if "PYTHONPATH" not in found.env:
+        return line
+    for text, start in reversed(assignments(line)):
+        if text.startswith("PYTHONPATH=") and "$PYTHONPATH" not in text:
+            line = f"{line[: start + len(text)]}:$PYTHONPATH{line[start + len(text) :]}"
+            found.why.append(
+                f"Procfile sets {text}: kiln appends ':$PYTHONPATH', so the packages the "
+                f"build installs into {found.env['PYTHONPATH']}/ are still found"
+            )
+    return line
 
 
 def _runs_python(adapted: Adapted) -> bool:

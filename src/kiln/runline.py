@@ -88,6 +88,29 @@ def simple_commands(line: str) -> list[list[tuple[str, int]]] | None:
     return [words for words in commands if words]
 
 
+def assignments(line: str) -> list[tuple[str, int]]:
+    """The variable assignments (text, offset) before each simple command's first word,
+    ``PYTHONPATH=src`` in ``PYTHONPATH=src gunicorn app:app``; [] for a line
+    :func:`simple_commands` would not read."""
+    tokens = _tokens(line)
+    if tokens is None or any(kind == "op" and text in _GIVE_UP for kind, text, _ in tokens):
+        return []
+    found: list[tuple[str, int]] = []
+    leading, target = True, False
+    for kind, text, start in tokens:
+        if kind == "op":
+            if text in _SEPARATORS:
+                leading = True
+            target = text not in _SEPARATORS
+        elif target:
+            target = False
+        elif leading and _ASSIGNMENT.match(text):
+            found.append((text, start))
+        else:
+            leading = False
+    return found
+
+
 def _tokens(line: str) -> list[tuple[str, str, int]] | None:
     """(kind, text, offset) of each word and operator; None for what kiln will not parse."""
     out: list[tuple[str, str, int]] = []
