@@ -348,11 +348,14 @@ def test_pyproject_dependencies_are_installed_without_a_requirements_txt(tmp_pat
         " && rm .kiln-requirements.txt"
     )
     (tmp_path / "pyproject.toml").write_text('[tool.poetry.dependencies]\nfastapi = "^0.110"\n')
-    found = detect(tmp_path)
-    assert any("Poetry's own table is not read" in why for why in found.why)
-    assert _steps(_config(tmp_path).app.build) == [
-        "python3 -m pip install -q --target deps fastapi uvicorn websockets"
-    ]
+    found = detect(tmp_path)  # Poetry 1's own table: read at bake time too (tests/test_pylocks.py)
+    assert any("Poetry's [tool.poetry.dependencies]" in why for why in found.why)
+    (step,) = _config(tmp_path).app.build
+    assert isinstance(step, BuildStep) and step.inputs == ["pyproject.toml"]
+    assert step.run.endswith(
+        " pyproject.toml > .kiln-requirements.txt && python3 -m pip install -q --target deps"
+        " -r .kiln-requirements.txt uvicorn websockets && rm .kiln-requirements.txt"
+    )
 
 
 def test_the_pyproject_step_installs_what_the_file_lists(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln import pylocks
 from kiln.config import BuildStep
 
 PY_EXCLUDE = ["__pycache__/", "*.pyc", ".venv/", "venv/", "/deps/", ".env", "*.sqlite3"]
@@ -130,8 +131,13 @@ def _requirements(root: Path) -> list[str]:
     """Lower-cased distribution names in requirements.txt (no includes, no URLs),
     else in pyproject.toml's [project] dependencies."""
     path = root / "requirements.txt"
-    pinned = path.is_file()
-    lines = _read(path).splitlines() if pinned else _pyproject_dependencies(root) or []
+    source = _python_source(root)
+    if source == "requirements.txt":
+        lines = _read(path).splitlines()
+    elif source in ("Pipfile.lock", "Pipfile", "poetry.lock", "Poetry"):
+        lines = _locked_names(root, source)
+    else:
+        lines = _pyproject_dependencies(root) or []
     names = []
     for line in lines:
         match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
@@ -142,7 +148,48 @@ def _requirements(root: Path) -> list[str]:
 
 def _python_manifest(root: Path) -> str:
     """The file the app's Python dependencies are read from."""
-    return "requirements.txt" if (root / "requirements.txt").is_file() else "pyproject.toml"
+    source = _python_source(root) or "pyproject.toml"
+    return "pyproject.toml" if source in ("Poetry", "[project]") else source
+
+
+def _python_source(root: Path) -> str | None:
+    """Where the app's dependencies come from, in the order that wins: a
+    requirements.txt (teams export it on purpose), a lock (Pipfile.lock, poetry.lock),
+    a Pipfile, pyproject.toml's [project] table, Poetry's own table ("Poetry")."""
+    for name in ("requirements.txt", "Pipfile.lock"):
+        if (root / name).is_file():
+            return name
+    poetry = _poetry_table(root)
+    if (root / "poetry.lock").is_file() and (poetry or _pyproject_dependencies(root)):
+        return "poetry.lock"
+    if (root / "Pipfile").is_file():
+        return "Pipfile"
+    if _pyproject_dependencies(root) is not None:
+        return "[project]"
+    return "Poetry" if poetry else None
+
+
+def _poetry_table(root: Path) -> dict[str, object]:
+    """pyproject.toml's [tool.poetry.dependencies] (Poetry 1), empty without one."""
+    try:
+        project = tomllib.loads(_read(root / "pyproject.toml"))
+    except tomllib.TOMLDecodeError:
+        return {}
+    deps = project.get("tool", {}).get("poetry", {}).get("dependencies")
+    return deps if isinstance(deps, dict) else {}
+
+
+def _locked_names(root: Path, source: str) -> list[str]:
+    """The distributions a Pipenv or Poetry project names (the roots for Poetry)."""
+    try:
+        if source == "Pipfile.lock":
+            return list(json.loads(_read(root / source)).get("default", {}))
+        if source == "Pipfile":
+            return list(tomllib.loads(_read(root / source)).get("packages", {}))
+        roots, _ = pylocks.poetry_roots(tomllib.loads(_read(root / "pyproject.toml")))
+    except (ValueError, AttributeError):  # TOMLDecodeError and JSONDecodeError included
+        return []  # the bake reads the file again, and fails on it
+    return [name for name, *_ in roots]
 
 
 def _pyproject_dependencies(root: Path) -> list[str] | None:
@@ -186,35 +233,88 @@ def _pip_build(
         # plain uvicorn answers a WebSocket upgrade with 404 ("No supported
         # WebSocket library detected"): an app's @app.websocket routes would not work
         missing.append("websockets")
+    source = _python_source(root)
     parts = [PIP]
-    source = "requirements.txt"
-    if (root / source).is_file():
+    inputs = [source] if source else []
+    if source == "requirements.txt":
         parts.append("-r requirements.txt")
         why.append("requirements.txt: installed into deps/ at bake time, reused while unchanged")
-    elif _pyproject_dependencies(root) is not None:
-        source = "pyproject.toml"
+    elif source == "[project]":
+        inputs = ["pyproject.toml"]
         parts = [PYPROJECT_DEPS + PIP, f"-r {PYPROJECT_LIST}"]
         why.append(
             "pyproject.toml: its [project] dependencies installed into deps/ at bake time, "
             "reused while it is unchanged"
         )
+        for lock in ("uv.lock", "pdm.lock"):
+            if (root / lock).is_file():
+                why.append(
+                    f"{lock} is not used: the [project] ranges are installed, not its locked "
+                    "versions (export them to requirements.txt to pin them)"
+                )
+    elif source is not None:
+        read = "pyproject.toml" if source == "Poetry" else source
+        inputs = ["pyproject.toml", "poetry.lock"] if source == "poetry.lock" else [read]
+        parts = [lock_program(read) + PIP, f"-r {PYPROJECT_LIST}"]
+        why.append(_LOCK_WHY[source])
+        why += _poetry_why(root) if source in ("Poetry", "poetry.lock") else []
     else:
-        source = ""
         why.append("no requirements.txt: the build installs unpinned packages; pin them there")
         if (root / "pyproject.toml").is_file():
             why.append(
-                "pyproject.toml has no [project] dependencies (Poetry's own table is not "
-                "read): export them to requirements.txt"
+                "pyproject.toml lists no dependencies ([project] or [tool.poetry]): "
+                "the build installs the server only"
             )
     if missing:
         parts.append(" ".join(missing))
-        why.append(f"{', '.join(missing)} not in {source or 'requirements.txt'}: the build adds it")
+        shown = _python_manifest(root) if source else "requirements.txt"
+        why.append(f"{', '.join(missing)} not in {shown}: the build adds it")
     command = " ".join(parts)
-    if source == "pyproject.toml":
+    if source and source != "requirements.txt":
         command += f" && rm {PYPROJECT_LIST}"  # the list is no part of the image
     if source:
-        return [BuildStep(run=command, inputs=[source], outputs=["deps"])]
+        return [BuildStep(run=command, inputs=inputs, outputs=["deps"])]
     return [command]
+
+
+_LOCK_WHY = {
+    "Pipfile.lock": "Pipfile.lock: its default packages installed into deps/ at their locked "
+    "versions (never develop), read at bake time, reused while it is unchanged",
+    "poetry.lock": "poetry.lock: the packages the main dependencies of pyproject.toml need, "
+    "installed into deps/ at their locked versions (dev groups left out), read at bake time, "
+    "reused while both files are unchanged",
+    "Pipfile": "Pipfile: its [packages] installed into deps/ at bake time, NOT pinned: "
+    "run pipenv lock and commit Pipfile.lock to pin them",
+    "Poetry": "pyproject.toml: Poetry's [tool.poetry.dependencies] installed into deps/ at bake "
+    "time (as PEP 508 ranges), NOT pinned: commit poetry.lock to pin them",
+}
+
+
+def _poetry_why(root: Path) -> list[str]:
+    """What of Poetry's table pip cannot install as written, named for the user."""
+    try:
+        roots, unknown = pylocks.poetry_roots(tomllib.loads(_read(root / "pyproject.toml")))
+    except tomllib.TOMLDecodeError:
+        return []
+    lines = [f"{', '.join(unknown)}: no pip equivalent for its constraint, not installed"] * bool(
+        unknown
+    )
+    direct = [name for name, _, _, line in roots if " @ " in line or line.startswith((".", "/"))]
+    if direct:
+        lines.append(f"{', '.join(direct)}: from git, a URL or a path, as written, not pinned")
+    return lines
+
+
+def lock_program(name: str) -> str:
+    """The shell words that write the requirement lines of a Pipenv or Poetry file to
+    .kiln-requirements.txt at bake time: kiln.pylocks run by the image python3 (kiln is
+    not installed there). Through a file: /bin/sh has no pipefail, a file that does not
+    parse must fail the step."""
+    source = re.sub(r'\s*"""[\s\S]*?"""', "", Path(pylocks.__file__).read_text())  # docstrings
+    code = "\n".join(
+        line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")
+    )
+    return f"python3 -c '{code}' {name} > {PYPROJECT_LIST} && "
 
 
 def _python_env() -> dict[str, str]:

@@ -21,6 +21,7 @@ from kiln.detect import (
     Detected,
     _pip_build,
     _python_env,
+    _python_source,
     _read,
     _requirements,
     _route,
@@ -204,7 +205,7 @@ def _runs_python(adapted: Adapted) -> bool:
 def _python_build(root: Path, found: Detected, adapted: Adapted) -> None:
     """A Python web process needs the app's dependencies, and its server, in deps/."""
     if "PYTHONPATH" not in found.env:
-        if not (root / "requirements.txt").is_file() and not (root / "pyproject.toml").is_file():
+        if _python_source(root) is None and not (root / "pyproject.toml").is_file():
             return  # nothing says what to install: the run line is the user's to check
         needed = [adapted.server.module] if adapted.server else []
         found.kind = "Python app (Procfile)"

@@ -1,0 +1,241 @@
+"""Pipenv and Poetry dependencies as pip requirement lines, read at BAKE time.
+
+kiln init puts this file, verbatim, into the build step as a python3 -c program
+(the image python3 runs it in the app dir, kiln is not installed there), so the
+image follows the lock file as it changes. Hence: standard library only (plus
+the packaging copy inside pip, which the step runs next anyway), and no single
+quote anywhere in this file (the program is single-quoted for /bin/sh). Run as
+a program it prints the lines of the file named by its argument; any file that
+does not parse raises, so the step fails instead of installing nothing.
+
+Lock files pin the whole closure: the lines are name==version, so pip can only
+pick the locked versions (pip still resolves, without --no-deps: a package our
+walk missed is fetched instead of failing at boot, and a lock that disagrees
+with itself fails the bake).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+import tomllib
+from typing import Any
+
+
+def norm(name: str) -> str:
+    """PEP 503 normalised name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def holds(marker: Any, extras: Any = ()) -> bool:
+    """Whether a PEP 508 marker holds for this interpreter (the image python3)."""
+    if not marker or not isinstance(marker, str):
+        return True
+    # pip carries packaging: the step runs python3 -m pip right after this program
+    markers = importlib.import_module("pip._vendor.packaging.markers")
+    return any(markers.Marker(marker).evaluate({"extra": e}) for e in [*extras, ""])
+
+
+def direct(name: str, spec: dict[str, Any], extras: Any = ()) -> str | None:
+    """A git, url or path requirement as pip takes it; None for an index package."""
+    want = name + ("[" + ",".join(extras) + "]" if extras else "")
+    if spec.get("git"):
+        ref = spec.get("ref") or spec.get("rev") or spec.get("tag") or spec.get("branch")
+        git = str(spec["git"])
+        git = git if git.startswith("git+") else "git+" + git
+        sub = "#subdirectory=" + str(spec["subdirectory"]) if spec.get("subdirectory") else ""
+        return f"{want} @ {git}@{ref}{sub}" if ref else f"{want} @ {git}{sub}"
+    if spec.get("url") or spec.get("file"):
+        return want + " @ " + str(spec.get("url") or spec.get("file"))
+    if spec.get("path"):
+        path = str(spec["path"])
+        return path if path.startswith(("/", ".")) else "./" + path
+    return None
+
+
+def line(name: str, version: str, extras: Any = (), marker: Any = "") -> str:
+    """name[extras]version; marker"""
+    out = name + ("[" + ",".join(extras) + "]" if extras else "") + version
+    return out + (f"; {marker}" if marker else "")
+
+
+def pipfile_lock(text: str) -> list[str]:
+    """Pipfile.lock: every package of its default section (never develop), pinned."""
+    lines = []
+    for name, spec in json.loads(text)["default"].items():
+        extras = spec.get("extras") or ()
+        where = direct(name, spec, extras)
+        if where:
+            lines.append(where + ("; " + spec["markers"] if spec.get("markers") else ""))
+        else:
+            lines.append(line(name, spec.get("version") or "", extras, spec.get("markers")))
+    return lines
+
+
+def pipfile(text: str) -> list[str]:
+    """A Pipfile without its lock: the [packages] table as it stands (unpinned)."""
+    lines = []
+    for name, spec in tomllib.loads(text).get("packages", {}).items():
+        spec = spec if isinstance(spec, dict) else {"version": spec}
+        extras = spec.get("extras") or ()
+        where = direct(name, spec, extras)
+        version = str(spec.get("version") or "*")
+        version = "" if version == "*" else version
+        marked = spec.get("markers") or ""
+        lines.append(where or line(name, version, extras, marked))
+    return lines
+
+
+def caret(version: str, tilde: bool) -> str:
+    """Poetry ^ and ~ constraints as PEP 440 ranges."""
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")]
+    if tilde:
+        upper = [parts[0] + 1] if len(parts) == 1 else [parts[0], parts[1] + 1]
+    else:
+        first = next((i for i, p in enumerate(parts) if p), len(parts) - 1)
+        upper = [*parts[:first], parts[first] + 1]
+    return ">=" + version + ",<" + ".".join(map(str, upper))
+
+
+def constraint(text: str) -> str | None:
+    """A Poetry version constraint as a PEP 440 specifier; None when it has no equivalent."""
+    specs = []
+    for part in re.split(r"\s*,\s*|\s+(?=[<>=!~^])", text.strip()):
+        if part in ("*", ""):
+            continue
+        if "||" in part or "|" in part:
+            return None
+        if part.startswith("^") or (part.startswith("~") and not part.startswith("~=")):
+            specs.append(caret(part.lstrip("^~").strip(), part.startswith("~")))
+        elif re.match(r"^(==|!=|>=|<=|>|<|~=|===)", part):
+            specs.append(part.replace(" ", ""))
+        elif re.match(r"^[0-9][0-9a-zA-Z.*+!-]*$", part):
+            specs.append("==" + part)
+        else:
+            return None
+    return ",".join(specs)
+
+
+def poetry_roots(project: dict[str, Any]) -> tuple[list[tuple[str, Any, Any, str]], list[str]]:
+    """The main dependencies of pyproject.toml: (name, extras, marker, line) each, and the
+    [tool.poetry.dependencies] entries that have no pip equivalent. Optional ones are left
+    out: they belong to the project extras, which an app does not install."""
+    roots: list[tuple[str, Any, Any, str]] = []
+    for text in project.get("project", {}).get("dependencies", []):
+        found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?", text)
+        if found:
+            named = [e.strip() for e in (found.group(2) or "").split(",") if e.strip()]
+            roots.append((found.group(1), named, text.partition(";")[2].strip(), text))
+    poetry = project.get("tool", {}).get("poetry", {}).get("dependencies", {})
+    unknown = []
+    for name, value in poetry.items():
+        if norm(name) == "python":
+            continue
+        for spec in value if isinstance(value, list) else [value]:
+            spec = spec if isinstance(spec, dict) else {"version": spec}
+            if spec.get("optional"):
+                continue
+            extras = spec.get("extras") or ()
+            marker = spec.get("markers") or ""
+            where = direct(name, spec, extras)
+            version = constraint(str(spec.get("version", "*")))
+            if where is None and version is None:
+                unknown.append(name)
+                continue
+            roots.append((name, extras, marker, where or line(name, version or "", extras, marker)))
+    return roots, unknown
+
+
+def poetry_pyproject(text: str) -> list[str]:
+    """pyproject.toml of a Poetry project without its lock: the main dependencies, unpinned."""
+    roots, unknown = poetry_roots(tomllib.loads(text))
+    if unknown:
+        print("kiln: not installed (no pip equivalent):", *unknown, file=sys.stderr)
+    return [root[3] for root in roots]
+
+
+def poetry_lock(project_text: str, lock_text: str) -> list[str]:
+    """poetry.lock: the packages the main dependencies need, at their locked versions.
+
+    Walked from the roots in pyproject.toml through each package dependencies (with
+    their markers and requested extras), as Poetry does: a lock 2.0 file written by
+    Poetry 1.5 to 1.8 says nothing else about which group a package belongs to. Dev
+    groups are never walked, so their packages stay out unless main needs them too.
+    """
+    roots, unknown = poetry_roots(tomllib.loads(project_text))
+    if unknown:
+        print("kiln: not installed (no pip equivalent):", *unknown, file=sys.stderr)
+    packages: dict[str, list[dict[str, Any]]] = {}
+    for package in tomllib.loads(lock_text).get("package", []):
+        packages.setdefault(norm(package["name"]), []).append(package)
+    chosen: dict[str, dict[str, Any]] = {}
+    extras_of: dict[str, set[str]] = {}
+    todo = [(root[0], root[1]) for root in roots if holds(root[2])]
+    while todo:
+        name, extras = todo.pop()
+        key = norm(name)
+        candidates = packages.get(key)
+        if not candidates:
+            raise SystemExit(f"kiln: {name} is not in poetry.lock: run poetry lock")
+        package = next((p for p in candidates if holds(group_marker(p))), candidates[0])
+        new = set(extras) - extras_of.get(key, set())
+        if key in chosen and not new:
+            continue
+        chosen[key] = package
+        extras_of.setdefault(key, set()).update(extras)
+        wanted = {
+            norm(re.split(r"[ (<>=!~;\[]", d)[0])
+            for e in extras_of[key]
+            for d in package.get("extras", {}).get(e, [])
+        }
+        for dep, value in package.get("dependencies", {}).items():
+            for spec in value if isinstance(value, list) else [value]:
+                spec = spec if isinstance(spec, dict) else {"version": spec}
+                if spec.get("optional") and norm(dep) not in wanted:
+                    continue
+                if holds(spec.get("markers"), extras_of[key]):
+                    todo.append((dep, spec.get("extras") or []))
+    return [locked(chosen[key]) for key in sorted(chosen)]
+
+
+def group_marker(package: dict[str, Any]) -> Any:
+    """A lock 2.1 package marker: a string, or a table per group (main is ours)."""
+    marker = package.get("markers")
+    return marker.get("main") if isinstance(marker, dict) else marker
+
+
+def locked(package: dict[str, Any]) -> str:
+    """One poetry.lock package as a pip line."""
+    source = package.get("source") or {}
+    kind, url = source.get("type"), source.get("url")
+    if kind == "git":
+        ref = source.get("resolved_reference") or source.get("reference")
+        return direct(package["name"], {"git": url, "ref": ref, **source}) or ""
+    if kind in ("directory", "file"):
+        return direct(package["name"], {"path": url}) or ""
+    if kind == "url":
+        return str(package["name"]) + " @ " + str(url)
+    return line(package["name"], "==" + package["version"])
+
+
+def main(argv: list[str]) -> None:
+    """Print the requirement lines of the file argv names."""
+    name = argv[0]
+    with open(name, "rb") as file:
+        text = file.read().decode()
+    if name == "Pipfile.lock":
+        lines = pipfile_lock(text)
+    elif name == "Pipfile":
+        lines = pipfile(text)
+    elif name == "poetry.lock":
+        with open("pyproject.toml", "rb") as project:
+            lines = poetry_lock(project.read().decode(), text)
+    else:
+        lines = poetry_pyproject(text)
+    print(*lines, sep="\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
