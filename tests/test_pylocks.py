@@ -304,6 +304,7 @@ def test_poetry_table_without_a_lock() -> None:
         "requests[socks]>=2.32,<3",
         "mylib @ git+https://github.com/example/mylib.git@v2",
         "./libs/shared",
+        "odd",
         'tomli>=2.0,<3; python_version < "3.11"',
     ]
     assert unknown == ["odd"]
@@ -388,3 +389,14 @@ def test_a_uv_lock_is_said_to_be_unused(tmp_path: Path) -> None:
         },
     )
     assert any("uv.lock is not used" in why for why in detect(tmp_path).why)
+
+
+def test_a_procfile_app_with_only_a_pipfile_lock_gets_its_dependencies(tmp_path: Path) -> None:
+    """Before, a Procfile's Python web process got a build only beside a requirements.txt
+    or pyproject.toml: with a Pipfile.lock, nothing was installed, not even gunicorn."""
+    (tmp_path / "Procfile").write_text("web: gunicorn shop.server:make_app\n")
+    (tmp_path / "Pipfile.lock").write_text(_pipfile_lock())
+    found = detect(tmp_path)
+    (step,) = found.build
+    assert isinstance(step, BuildStep) and step.inputs == ["Pipfile.lock"]
+    assert step.run.endswith(f"-r {PYPROJECT_LIST} gunicorn && rm {PYPROJECT_LIST}")

@@ -257,7 +257,7 @@ def _pip_build(
         inputs = ["pyproject.toml", "poetry.lock"] if source == "poetry.lock" else [read]
         parts = [lock_program(read) + PIP, f"-r {PYPROJECT_LIST}"]
         why.append(_LOCK_WHY[source])
-        why += _poetry_why(root) if source in ("Poetry", "poetry.lock") else []
+        why += _poetry_why(root) if source == "Poetry" else []
     else:
         why.append("no requirements.txt: the build installs unpinned packages; pin them there")
         if (root / "pyproject.toml").is_file():
@@ -296,9 +296,9 @@ def _poetry_why(root: Path) -> list[str]:
         roots, unknown = pylocks.poetry_roots(tomllib.loads(_read(root / "pyproject.toml")))
     except tomllib.TOMLDecodeError:
         return []
-    lines = [f"{', '.join(unknown)}: no pip equivalent for its constraint, not installed"] * bool(
-        unknown
-    )
+    lines = []
+    if unknown:
+        lines.append(f"{', '.join(unknown)}: no pip equivalent for its constraint, unpinned")
     direct = [name for name, _, _, line in roots if " @ " in line or line.startswith((".", "/"))]
     if direct:
         lines.append(f"{', '.join(direct)}: from git, a URL or a path, as written, not pinned")

@@ -120,8 +120,9 @@ def constraint(text: str) -> str | None:
 
 def poetry_roots(project: dict[str, Any]) -> tuple[list[tuple[str, Any, Any, str]], list[str]]:
     """The main dependencies of pyproject.toml: (name, extras, marker, line) each, and the
-    [tool.poetry.dependencies] entries that have no pip equivalent. Optional ones are left
-    out: they belong to the project extras, which an app does not install."""
+    [tool.poetry.dependencies] entries whose constraint has no pip equivalent (their
+    line is unpinned). Optional ones are left out: they belong to the project extras,
+    which an app does not install."""
     roots: list[tuple[str, Any, Any, str]] = []
     for text in project.get("project", {}).get("dependencies", []):
         found = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?", text)
@@ -142,8 +143,7 @@ def poetry_roots(project: dict[str, Any]) -> tuple[list[tuple[str, Any, Any, str
             where = direct(name, spec, extras)
             version = constraint(str(spec.get("version", "*")))
             if where is None and version is None:
-                unknown.append(name)
-                continue
+                unknown.append(name)  # installed unpinned: better than a missing import
             roots.append((name, extras, marker, where or line(name, version or "", extras, marker)))
     return roots, unknown
 
@@ -152,7 +152,7 @@ def poetry_pyproject(text: str) -> list[str]:
     """pyproject.toml of a Poetry project without its lock: the main dependencies, unpinned."""
     roots, unknown = poetry_roots(tomllib.loads(text))
     if unknown:
-        print("kiln: not installed (no pip equivalent):", *unknown, file=sys.stderr)
+        print("kiln: no pip equivalent, installed unpinned:", *unknown, file=sys.stderr)
     return [root[3] for root in roots]
 
 
@@ -164,9 +164,7 @@ def poetry_lock(project_text: str, lock_text: str) -> list[str]:
     Poetry 1.5 to 1.8 says nothing else about which group a package belongs to. Dev
     groups are never walked, so their packages stay out unless main needs them too.
     """
-    roots, unknown = poetry_roots(tomllib.loads(project_text))
-    if unknown:
-        print("kiln: not installed (no pip equivalent):", *unknown, file=sys.stderr)
+    roots, _ = poetry_roots(tomllib.loads(project_text))  # all of them are in the lock
     packages: dict[str, list[dict[str, Any]]] = {}
     for package in tomllib.loads(lock_text).get("package", []):
         packages.setdefault(norm(package["name"]), []).append(package)
