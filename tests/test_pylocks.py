@@ -380,15 +380,159 @@ def test_requirements_txt_still_wins_over_a_lock(tmp_path: Path) -> None:
     assert isinstance(step, BuildStep) and step.inputs == ["requirements.txt"]
 
 
-def test_a_uv_lock_is_said_to_be_unused(tmp_path: Path) -> None:
+UV_LOCK = """\
+version = 1
+requires-python = ">=3.11"
+
+[[package]]
+name = "blinker"
+version = "1.8.2"
+source = { registry = "https://pypi.org/simple" }
+sdist = { url = "https://x.org/blinker-1.8.2.tar.gz", hash = "sha256:00", size = 1 }
+wheels = [
+    { url = "https://x.org/blinker-1.8.2-py3-none-any.whl", hash = "sha256:00", size = 1 },
+]
+
+[[package]]
+name = "click"
+version = "8.1.7"
+source = { registry = "https://pypi.org/simple" }
+dependencies = [
+    { name = "colorama", marker = "platform_system == 'Windows'" },
+]
+
+[[package]]
+name = "colorama"
+version = "0.4.6"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "flask"
+version = "3.0.3"
+source = { registry = "https://pypi.org/simple" }
+dependencies = [
+    { name = "blinker" },
+    { name = "click" },
+    { name = "itsdangerous" },
+    { name = "jinja2" },
+    { name = "werkzeug" },
+]
+
+[[package]]
+name = "iniconfig"
+version = "2.0.0"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "itsdangerous"
+version = "2.2.0"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "jinja2"
+version = "3.1.4"
+source = { registry = "https://pypi.org/simple" }
+dependencies = [
+    { name = "markupsafe" },
+]
+
+[package.optional-dependencies]
+i18n = [
+    { name = "babel" },
+]
+
+[[package]]
+name = "markupsafe"
+version = "2.1.5"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "mylib"
+version = "1.0.0"
+source = { git = "https://github.com/example/mylib.git?tag=v1#0123abcd" }
+
+[[package]]
+name = "shop"
+version = "0.1.0"
+source = { virtual = "." }
+dependencies = [
+    { name = "flask" },
+    { name = "mylib" },
+    { name = "werkzeug", extra = ["watchdog"], marker = "sys_platform == 'linux'" },
+]
+
+[package.optional-dependencies]
+cache = [
+    { name = "redis" },
+]
+
+[package.dev-dependencies]
+dev = [
+    { name = "iniconfig" },
+]
+
+[package.metadata]
+requires-dist = [
+    { name = "flask", specifier = ">=3.0" },
+    { name = "mylib", git = "https://github.com/example/mylib.git?tag=v1" },
+]
+
+[[package]]
+name = "redis"
+version = "5.0.7"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "watchdog"
+version = "4.0.1"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "werkzeug"
+version = "3.0.3"
+source = { registry = "https://pypi.org/simple" }
+dependencies = [
+    { name = "markupsafe" },
+]
+
+[package.optional-dependencies]
+watchdog = [
+    { name = "watchdog" },
+]
+"""
+
+
+def test_uv_lock_installs_what_the_project_needs_at_the_locked_versions() -> None:
+    """Not iniconfig (dev), redis (an extra nobody asks for), colorama (Windows),
+    babel (an extra of jinja2 nobody asks for); watchdog, asked for with werkzeug."""
+    assert pylocks.uv_lock(UV_LOCK) == [
+        "blinker==1.8.2",
+        "click==8.1.7",
+        "flask==3.0.3",
+        "itsdangerous==2.2.0",
+        "jinja2==3.1.4",
+        "markupsafe==2.1.5",
+        "mylib @ git+https://github.com/example/mylib.git@0123abcd",
+        "watchdog==4.0.1",
+        "werkzeug==3.0.3",
+    ]
+
+
+def test_a_uv_project_installs_from_its_lock(tmp_path: Path) -> None:
     _write_app(
         tmp_path,
         {
-            "pyproject.toml": '[project]\nname = "x"\ndependencies = ["flask>=3"]\n',
-            "uv.lock": "version = 1\n",
+            "pyproject.toml": '[project]\nname = "shop"\ndependencies = ["flask>=3"]\n',
+            "uv.lock": UV_LOCK,
         },
     )
-    assert any("uv.lock is not used" in why for why in detect(tmp_path).why)
+    found = detect(tmp_path)
+    (step,) = found.build
+    assert isinstance(step, BuildStep) and step.inputs == ["pyproject.toml", "uv.lock"]
+    assert any(why.startswith("uv.lock: ") for why in found.why), found.why
+    done = _run(tmp_path, "uv.lock")
+    assert done.returncode == 0, done.stderr
+    assert "werkzeug==3.0.3" in done.stdout.splitlines()
 
 
 def test_a_procfile_app_with_only_a_pipfile_lock_gets_its_dependencies(tmp_path: Path) -> None:

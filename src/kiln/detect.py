@@ -149,12 +149,12 @@ def _requirements(root: Path) -> list[str]:
 def _python_manifest(root: Path) -> str:
     """The file the app's Python dependencies are read from."""
     source = _python_source(root) or "pyproject.toml"
-    return "pyproject.toml" if source in ("Poetry", "[project]") else source
+    return "pyproject.toml" if source in ("Poetry", "[project]", "uv.lock") else source
 
 
 def _python_source(root: Path) -> str | None:
     """Where the app's dependencies come from, in the order that wins: a
-    requirements.txt (teams export it on purpose), a lock (Pipfile.lock, poetry.lock),
+    requirements.txt (teams export it on purpose), a lock (Pipfile.lock, poetry.lock, uv.lock),
     a Pipfile, pyproject.toml's [project] table, Poetry's own table ("Poetry")."""
     for name in ("requirements.txt", "Pipfile.lock"):
         if (root / name).is_file():
@@ -162,6 +162,8 @@ def _python_source(root: Path) -> str | None:
     poetry = _poetry_table(root)
     if (root / "poetry.lock").is_file() and (poetry or _pyproject_dependencies(root)):
         return "poetry.lock"
+    if (root / "uv.lock").is_file() and _pyproject_dependencies(root) is not None:
+        return "uv.lock"
     if (root / "Pipfile").is_file():
         return "Pipfile"
     if _pyproject_dependencies(root) is not None:
@@ -246,15 +248,14 @@ def _pip_build(
             "pyproject.toml: its [project] dependencies installed into deps/ at bake time, "
             "reused while it is unchanged"
         )
-        for lock in ("uv.lock", "pdm.lock"):
-            if (root / lock).is_file():
-                why.append(
-                    f"{lock} is not used: the [project] ranges are installed, not its locked "
-                    "versions (export them to requirements.txt to pin them)"
-                )
+        if (root / "pdm.lock").is_file():
+            why.append(
+                "pdm.lock is not used: the [project] ranges are installed, not its locked "
+                "versions (export them to requirements.txt to pin them)"
+            )
     elif source is not None:
         read = "pyproject.toml" if source == "Poetry" else source
-        inputs = ["pyproject.toml", "poetry.lock"] if source == "poetry.lock" else [read]
+        inputs = ["pyproject.toml", source] if source in ("poetry.lock", "uv.lock") else [read]
         parts = [lock_program(read) + PIP, f"-r {PYPROJECT_LIST}"]
         why.append(_LOCK_WHY[source])
         why += _poetry_why(root) if source == "Poetry" else []
@@ -281,6 +282,9 @@ _LOCK_WHY = {
     "Pipfile.lock": "Pipfile.lock: its default packages installed into deps/ at their locked "
     "versions (never develop), read at bake time, reused while it is unchanged",
     "poetry.lock": "poetry.lock: the packages the main dependencies of pyproject.toml need, "
+    "installed into deps/ at their locked versions (dev groups left out), read at bake time, "
+    "reused while both files are unchanged",
+    "uv.lock": "uv.lock: the packages the [project] dependencies of pyproject.toml need, "
     "installed into deps/ at their locked versions (dev groups left out), read at bake time, "
     "reused while both files are unchanged",
     "Pipfile": "Pipfile: its [packages] installed into deps/ at bake time, NOT pinned: "

@@ -198,6 +198,60 @@ def poetry_lock(project_text: str, lock_text: str) -> list[str]:
     return [locked(chosen[key]) for key in sorted(chosen)]
 
 
+def uv_lock(lock_text: str) -> list[str]:
+    """uv.lock: the packages the project dependencies need, at their locked versions.
+
+    The project is the lock package whose source is the app dir itself; walked from
+    its dependencies (never its dev-dependencies or optional-dependencies), following
+    markers that hold here and the extras asked for. Where the lock holds two versions
+    of a package, the dependency entry names the one it means.
+    """
+    packages: dict[str, list[dict[str, Any]]] = {}
+    root = None
+    for package in tomllib.loads(lock_text).get("package", []):
+        packages.setdefault(norm(package["name"]), []).append(package)
+        source = package.get("source", {})
+        if "." in (source.get("virtual"), source.get("editable")):
+            root = package
+    if root is None:
+        raise SystemExit("kiln: uv.lock has no package for the project itself: run uv lock")
+    chosen: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: set[tuple[str, str, str]] = set()
+    todo = [dep for dep in root.get("dependencies", []) if holds(dep.get("marker"))]
+    while todo:
+        dep = todo.pop()
+        candidates = packages.get(norm(dep["name"]))
+        if not candidates:
+            raise SystemExit("kiln: " + str(dep["name"]) + " is not in uv.lock: run uv lock")
+        version = dep.get("version")
+        package = next((p for p in candidates if p["version"] == version), candidates[0])
+        extras = sorted(dep.get("extra") or [])
+        key = (norm(package["name"]), package["version"])
+        if (*key, ",".join(extras)) in seen:
+            continue
+        seen.add((*key, ",".join(extras)))
+        chosen[key] = package
+        deps = list(package.get("dependencies", []))
+        for extra in extras:
+            deps += package.get("optional-dependencies", {}).get(extra, [])
+        todo += [d for d in deps if holds(d.get("marker"), extras)]
+    return [uv_line(chosen[key]) for key in sorted(chosen)]
+
+
+def uv_line(package: dict[str, Any]) -> str:
+    """One uv.lock package as a pip line."""
+    name, source = str(package["name"]), package.get("source", {})
+    if source.get("git"):
+        url, _, commit = str(source["git"]).partition("#")
+        return direct(name, {"git": url.split("?")[0], "ref": commit}) or ""
+    if source.get("url"):
+        return name + " @ " + str(source["url"])
+    for kind in ("directory", "editable", "path"):
+        if source.get(kind):
+            return direct(name, {"path": source[kind]}) or ""
+    return line(name, "==" + str(package["version"]))
+
+
 def group_marker(package: dict[str, Any]) -> Any:
     """A lock 2.1 package marker: a string, or a table per group (main is ours)."""
     marker = package.get("markers")
@@ -227,6 +281,8 @@ def main(argv: list[str]) -> None:
         lines = pipfile_lock(text)
     elif name == "Pipfile":
         lines = pipfile(text)
+    elif name == "uv.lock":
+        lines = uv_lock(text)
     elif name == "poetry.lock":
         with open("pyproject.toml", "rb") as project:
             lines = poetry_lock(project.read().decode(), text)
