@@ -242,3 +242,33 @@ def test_a_pipenv_app_deploys_from_its_lock(tmp_path: Path) -> None:
     (app / "Pipfile.lock").write_text(json.dumps(lock, indent=4))
     _locked_first_try(app)
     assert 'inputs = ["Pipfile.lock"]' in (app / "kiln.toml").read_text()
+
+
+def test_a_uv_app_deploys_from_its_lock(tmp_path: Path) -> None:
+    """pyproject.toml says flask>=3 and humanize; uv.lock pins them (a dev group holds
+    tabulate). Before, the ranges were installed: Werkzeug 3.1, not the locked 3.0.3."""
+    app = tmp_path / "uvapp"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(
+        '[project]\nname = "uvapp"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["flask>=3", "humanize>=4"]\n\n'
+        '[dependency-groups]\ndev = ["tabulate>=0.9"]\n'
+    )
+    text = 'version = 1\nrequires-python = ">=3.11"\n'
+    registry = 'source = { registry = "https://pypi.org/simple" }\n'
+    for name, version in sorted({**FLASK_LOCKED, "tabulate": "0.9.0"}.items()):
+        text += f'\n[[package]]\nname = "{name}"\nversion = "{version}"\n{registry}'
+        deps = [line.split(" =")[0].lower() for line in FLASK_DEPS.get(name, "").splitlines()]
+        marked = {"colorama": ", marker = \"platform_system == 'Windows'\""}
+        if deps:
+            text += "dependencies = [\n"
+            text += "".join(f'    {{ name = "{d}"{marked.get(d, "")} }},\n' for d in deps)
+            text += "]\n"
+    text += (
+        '\n[[package]]\nname = "uvapp"\nversion = "0.1.0"\nsource = { virtual = "." }\n'
+        'dependencies = [\n    { name = "flask" },\n    { name = "humanize" },\n]\n\n'
+        '[package.dev-dependencies]\ndev = [\n    { name = "tabulate" },\n]\n'
+    )
+    (app / "uv.lock").write_text(text)
+    _locked_first_try(app)
+    assert 'inputs = ["pyproject.toml", "uv.lock"]' in (app / "kiln.toml").read_text()
