@@ -21,6 +21,7 @@ import pytest
 from kiln import pylocks
 from kiln.config import BuildStep
 from kiln.detect import PYPROJECT_LIST, detect, lock_program
+from kilntest import Kiln
 
 PIPFILE = """\
 [[source]]
@@ -231,15 +232,29 @@ MAIN = [
 ]
 
 
-def test_poetry_18_lock_installs_what_main_needs_at_the_locked_versions() -> None:
+def _lines(app: Path, name: str) -> list[str]:
+    """The lines the build step gets, from the program run as the bake runs it (a
+    separate python3: importing pip in the test process upsets later tests)."""
+    done = _run(app, name)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def _poetry(app: Path, project: str, lock: str) -> list[str]:
+    (app / "pyproject.toml").write_text(project)
+    (app / "poetry.lock").write_text(lock)
+    return _lines(app, "poetry.lock")
+
+
+def test_poetry_18_lock_installs_what_main_needs_at_the_locked_versions(tmp_path: Path) -> None:
     """Not pytest, toml, iniconfig, pluggy (dev), not colorama (Windows), not
     importlib-metadata/zipp (Python < 3.10), not redis (an optional extra); PySocks
     because requests is asked for with its socks extra."""
     assert sys.version_info >= (3, 10)
-    assert pylocks.poetry_lock(POETRY_PYPROJECT, POETRY_18_LOCK) == MAIN
+    assert _poetry(tmp_path, POETRY_PYPROJECT, POETRY_18_LOCK) == MAIN
 
 
-def test_poetry_2_lock_with_groups_and_a_project_table() -> None:
+def test_poetry_2_lock_with_groups_and_a_project_table(tmp_path: Path) -> None:
     """Poetry 2 writes [project] dependencies and lock-version 2.1 with groups and
     per-group markers; the main group still comes from walking the roots."""
     project = textwrap.dedent("""\
@@ -255,18 +270,20 @@ def test_poetry_2_lock_with_groups_and_a_project_table() -> None:
     lock = POETRY_18_LOCK.replace(
         'python-versions = ">=3.8"\n', 'python-versions = ">=3.8"\ngroups = ["main"]\n'
     ).replace('lock-version = "2.0"', 'lock-version = "2.1"')
-    assert pylocks.poetry_lock(project, lock) == MAIN
+    assert _poetry(tmp_path, project, lock) == MAIN
 
 
-def test_an_old_poetry_lock_with_categories_is_walked_the_same() -> None:
+def test_an_old_poetry_lock_with_categories_is_walked_the_same(tmp_path: Path) -> None:
     lock = POETRY_18_LOCK.replace("optional = false\n", 'category = "main"\noptional = false\n')
-    assert pylocks.poetry_lock(POETRY_PYPROJECT, lock) == MAIN
+    assert _poetry(tmp_path, POETRY_PYPROJECT, lock) == MAIN
 
 
-def test_a_root_missing_from_the_lock_fails_loudly() -> None:
+def test_a_root_missing_from_the_lock_fails_loudly(tmp_path: Path) -> None:
     project = POETRY_PYPROJECT.replace('flask = "^3.0"', 'flask = "^3.0"\ngunicorn = "^22"')
-    with pytest.raises(SystemExit, match=r"gunicorn is not in poetry\.lock"):
-        pylocks.poetry_lock(project, POETRY_18_LOCK)
+    (tmp_path / "pyproject.toml").write_text(project)
+    (tmp_path / "poetry.lock").write_text(POETRY_18_LOCK)
+    done = _run(tmp_path, "poetry.lock")
+    assert done.returncode != 0 and "gunicorn is not in poetry.lock" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -502,10 +519,11 @@ watchdog = [
 """
 
 
-def test_uv_lock_installs_what_the_project_needs_at_the_locked_versions() -> None:
+def test_uv_lock_installs_what_the_project_needs_at_the_locked_versions(tmp_path: Path) -> None:
     """Not iniconfig (dev), redis (an extra nobody asks for), colorama (Windows),
     babel (an extra of jinja2 nobody asks for); watchdog, asked for with werkzeug."""
-    assert pylocks.uv_lock(UV_LOCK) == [
+    (tmp_path / "uv.lock").write_text(UV_LOCK)
+    assert _lines(tmp_path, "uv.lock") == [
         "blinker==1.8.2",
         "click==8.1.7",
         "flask==3.0.3",
@@ -544,3 +562,18 @@ def test_a_procfile_app_with_only_a_pipfile_lock_gets_its_dependencies(tmp_path:
     (step,) = found.build
     assert isinstance(step, BuildStep) and step.inputs == ["Pipfile.lock"]
     assert step.run.endswith(f"-r {PYPROJECT_LIST} gunicorn && rm {PYPROJECT_LIST}")
+
+
+def test_a_broken_lock_fails_the_bake_in_a_line_a_reader_can_read(tmp_path: Path) -> None:
+    """The real CLI: the step fails on the lock's parse error (pip is never reached) and
+    the error names the program by its first line, not its 8 KB body."""
+    _write_app(tmp_path, {"Pipfile.lock": '{"default": {'})
+    kiln = Kiln(tmp_path)
+    kiln("init")
+    baked = kiln("bake", ok=False)
+    assert baked.exit_code != 0
+    assert "JSONDecodeError" in baked.stderr and "pip install" in baked.stderr
+    assert "python3 -c '# kiln/pylocks.py: the pip requirement lines of a lock file …'" in (
+        baked.stderr
+    )
+    assert "def poetry_lock" not in baked.stderr  # the program body is not shown

@@ -318,7 +318,8 @@ def lock_program(name: str) -> str:
     code = "\n".join(
         line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")
     )
-    return f"python3 -c '{code}' {name} > {PYPROJECT_LIST} && "
+    head = "# kiln/pylocks.py: the pip requirement lines of a lock file"  # shown by the bake
+    return f"python3 -c '{head}\n{code}' {name} > {PYPROJECT_LIST} && "
 
 
 def _python_env() -> dict[str, str]:

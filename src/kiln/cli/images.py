@@ -13,7 +13,7 @@ from kiln.cli.app import State, cli, pass_state, provider_option
 from kiln.cli.output import console, emit_json, err_console, note, print_report
 from kiln.durations import format_size, format_time
 from kiln.errors import CorruptObject
-from kiln.image.result import BakeProgress
+from kiln.image.result import BakeProgress, shown_command
 from kiln.image.store import Store
 
 if TYPE_CHECKING:
@@ -31,13 +31,15 @@ class _ConsoleProgress(BakeProgress):
     def step(self, index: int, total: int, command: str) -> None:
         self._stop_bar()
         if not self.quiet:
-            err_console.print(f"[bold]step {index}/{total}[/] {escape(command)}", markup=True)
+            err_console.print(
+                f"[bold]step {index}/{total}[/] {escape(shown_command(command))}", markup=True
+            )
 
     def cached(self, index: int, total: int, command: str) -> None:
         self._stop_bar()
         if not self.quiet:
             err_console.print(
-                f"[bold]step {index}/{total}[/] {escape(command)} [dim](reused)[/]",
+                f"[bold]step {index}/{total}[/] {escape(shown_command(command))} [dim](reused)[/]",
                 markup=True,
             )
 

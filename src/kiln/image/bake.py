@@ -24,7 +24,7 @@ from kiln.errors import BuildError
 from kiln.home import Home
 from kiln.image import quick, stepcache
 from kiln.image.ignore import SourceEntry, build_spec, load_spec, walk
-from kiln.image.result import BakeProgress, BakeResult
+from kiln.image.result import BakeProgress, BakeResult, shown_command
 from kiln.image.store import (
     FileEntry,
     LinkEntry,
@@ -325,7 +325,8 @@ def _run_step(
     if code != 0:
         shown = "\n".join(f"  | {line}" for line in tail) or "  | (no output)"
         raise BuildError(
-            f"build step {number}/{total} failed with exit code {code}: {command}\n{shown}",
+            f"build step {number}/{total} failed with exit code {code}: "
+            f"{shown_command(command)}\n{shown}",
             hint="fix the step and bake again; nothing was stored",
         )
 

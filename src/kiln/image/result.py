@@ -5,6 +5,7 @@ use them without importing the bake and its config models."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,3 +38,13 @@ class BakeProgress:
     def output(self, line: str) -> None: ...
 
     def files(self, done: int, total: int) -> None: ...
+
+
+# a multi-line python3 -c program in a build step (kiln init puts kiln/pylocks.py
+# into the step that reads a lock file: 8 KB, printed at every bake otherwise)
+_PROGRAM = re.compile(r"python3 -c '([^'\n]*)\n[^']*'")
+
+
+def shown_command(command: str) -> str:
+    """A build command as progress and errors show it: such a program by its first line."""
+    return _PROGRAM.sub(lambda m: f"python3 -c '{m.group(1)} …'", command)
