@@ -577,3 +577,26 @@ def test_a_broken_lock_fails_the_bake_in_a_line_a_reader_can_read(tmp_path: Path
         baked.stderr
     )
     assert "def poetry_lock" not in baked.stderr  # the program body is not shown
+
+
+def test_a_poetry_lock_with_two_versions_of_a_package_installs_the_one_for_this_python(
+    tmp_path: Path,
+) -> None:
+    """Poetry 1.8 locks a multiple-constraints dependency as two packages of one name,
+    with nothing on the packages themselves to tell them apart: the edge does."""
+    project = POETRY_PYPROJECT.replace(
+        'flask = "^3.0"',
+        'flask = "^3.0"\nnumpy = [\n'
+        '    {version = "^2.1", markers = "python_version >= \\"3.10\\""},\n'
+        '    {version = "~1.24", markers = "python_version < \\"3.10\\""},\n]',
+    )
+    lock = POETRY_18_LOCK.replace(
+        "[metadata]",
+        _package("numpy", "1.24.4") + _package("numpy", "2.1.3") + "[metadata]",
+    )
+    assert sys.version_info >= (3, 10)
+    assert "numpy==2.1.3" in _poetry(tmp_path, project, lock)
+    older = lock.replace('"numpy"\nversion = "2.1.3"', '"numpy"\nversion = "2.2.0"')
+    older = older.replace('"numpy"\nversion = "1.24.4"', '"numpy"\nversion = "2.1.3"')
+    older = older.replace('"numpy"\nversion = "2.2.0"', '"numpy"\nversion = "1.24.4"')
+    assert "numpy==2.1.3" in _poetry(tmp_path, project, older)  # not merely the first

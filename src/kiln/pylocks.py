@@ -170,14 +170,14 @@ def poetry_lock(project_text: str, lock_text: str) -> list[str]:
         packages.setdefault(norm(package["name"]), []).append(package)
     chosen: dict[str, dict[str, Any]] = {}
     extras_of: dict[str, set[str]] = {}
-    todo = [(root[0], root[1]) for root in roots if holds(root[2])]
+    todo = [(name, extras, spec_of(text)) for name, extras, marker, text in roots if holds(marker)]
     while todo:
-        name, extras = todo.pop()
+        name, extras, version = todo.pop()
         key = norm(name)
         candidates = packages.get(key)
         if not candidates:
             raise SystemExit(f"kiln: {name} is not in poetry.lock: run poetry lock")
-        package = next((p for p in candidates if holds(group_marker(p))), candidates[0])
+        package = pick(candidates, version)
         new = set(extras) - extras_of.get(key, set())
         if key in chosen and not new:
             continue
@@ -194,7 +194,7 @@ def poetry_lock(project_text: str, lock_text: str) -> list[str]:
                 if spec.get("optional") and norm(dep) not in wanted:
                     continue
                 if holds(spec.get("markers"), extras_of[key]):
-                    todo.append((dep, spec.get("extras") or []))
+                    todo.append((dep, spec.get("extras") or [], str(spec.get("version", ""))))
     return [locked(chosen[key]) for key in sorted(chosen)]
 
 
@@ -250,6 +250,24 @@ def uv_line(package: dict[str, Any]) -> str:
         if source.get(kind):
             return direct(name, {"path": source[kind]}) or ""
     return line(name, "==" + str(package["version"]))
+
+
+def spec_of(text: str) -> str:
+    """The version specifier of a requirement line (name[extras] (spec); marker)."""
+    rest = re.sub(r"^\s*[A-Za-z0-9._-]+\s*(\[[^\]]*\])?", "", text).partition(";")[0]
+    return rest.strip().strip("()")
+
+
+def pick(candidates: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    """Of the versions a lock holds for one package (a dependency with a constraint per
+    Python version), the one this edge asks for and whose markers hold here."""
+    spec = constraint(version) if len(candidates) > 1 and version else None
+    if spec:
+        specifiers = importlib.import_module("pip._vendor.packaging.specifiers")
+        wanted = specifiers.SpecifierSet(spec)
+        fits = [p for p in candidates if wanted.contains(p["version"], prereleases=True)]
+        candidates = fits or candidates
+    return next((p for p in candidates if holds(group_marker(p))), candidates[0])
 
 
 def group_marker(package: dict[str, Any]) -> Any:
