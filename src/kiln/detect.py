@@ -128,8 +128,8 @@ def _npm_dependencies(root: Path) -> dict[str, object]:
 
 
 def _requirements(root: Path) -> list[str]:
-    """Lower-cased distribution names in requirements.txt (no includes, no URLs),
-    else in pyproject.toml's [project] dependencies."""
+    """Lower-cased distribution names in requirements.txt (no includes, no URLs), else
+    in the Pipenv or Poetry files, else in pyproject.toml's [project] dependencies."""
     path = root / "requirements.txt"
     source = _python_source(root)
     if source == "requirements.txt":
@@ -189,7 +189,7 @@ def _locked_names(root: Path, source: str) -> list[str]:
         if source == "Pipfile":
             return list(tomllib.loads(_read(root / source)).get("packages", {}))
         roots, _ = pylocks.poetry_roots(tomllib.loads(_read(root / "pyproject.toml")))
-    except (ValueError, AttributeError):  # TOMLDecodeError and JSONDecodeError included
+    except (ValueError, AttributeError, TypeError):  # TOMLDecodeError, JSONDecodeError too
         return []  # the bake reads the file again, and fails on it
     return [name for name, *_ in roots]
 
