@@ -600,3 +600,29 @@ def test_a_poetry_lock_with_two_versions_of_a_package_installs_the_one_for_this_
     older = older.replace('"numpy"\nversion = "1.24.4"', '"numpy"\nversion = "2.1.3"')
     older = older.replace('"numpy"\nversion = "2.2.0"', '"numpy"\nversion = "1.24.4"')
     assert "numpy==2.1.3" in _poetry(tmp_path, project, older)  # not merely the first
+
+
+def test_a_private_package_index_is_passed_on_to_pip(tmp_path: Path) -> None:
+    """A team's own index (Pipenv [[source]], a Poetry legacy source, a uv registry):
+    before, pip looked on PyPI only and the bake failed on the team's own package."""
+    private = "https://${INDEX_USER}:${INDEX_TOKEN}@pypi.example.com/simple"
+    lock = json.loads(_pipfile_lock())
+    lock["_meta"]["sources"] = [
+        {"name": "pypi", "url": "https://pypi.org/simple", "verify_ssl": True},
+        {"name": "corp", "url": private, "verify_ssl": True},
+    ]
+    (tmp_path / "Pipfile.lock").write_text(json.dumps(lock))
+    assert _lines(tmp_path, "Pipfile.lock")[0] == f"--extra-index-url {private}"
+    poetry = POETRY_18_LOCK.replace(
+        "[metadata]",
+        '[package.source]\ntype = "legacy"\nurl = "https://pypi.example.com/simple"\n'
+        'reference = "corp"\n\n[metadata]',
+    )  # the last package before [metadata] (zipp) comes from the team's index
+    project = POETRY_PYPROJECT.replace('flask = "^3.0"', 'flask = "^3.0"\nzipp = "^3.19"')
+    lines = _poetry(tmp_path, project, poetry)
+    assert lines[0] == "--extra-index-url https://pypi.example.com/simple"
+    assert "zipp==3.19.2" in lines
+    markupsafe = 'name = "markupsafe"\nversion = "2.1.5"\nsource = { registry = "https://pypi'
+    uv = UV_LOCK.replace(markupsafe + '.org/simple" }', markupsafe + '.example.com/simple" }')
+    (tmp_path / "uv.lock").write_text(uv)
+    assert _lines(tmp_path, "uv.lock")[0] == "--extra-index-url https://pypi.example.com/simple"

@@ -61,10 +61,18 @@ def line(name: str, version: str, extras: Any = (), marker: Any = "") -> str:
     return out + (f"; {marker}" if marker else "")
 
 
+def indexes(urls: Any) -> list[str]:
+    """Package indexes other than PyPI, as requirement-file options (pip expands the
+    ${VAR} credentials Pipenv and Poetry users put in them)."""
+    found = [str(u) for u in urls if u and "://pypi.org/" not in str(u)]
+    return ["--extra-index-url " + u for u in dict.fromkeys(found)]
+
+
 def pipfile_lock(text: str) -> list[str]:
     """Pipfile.lock: every package of its default section (never develop), pinned."""
-    lines = []
-    for name, spec in json.loads(text)["default"].items():
+    lock = json.loads(text)
+    lines = indexes(s.get("url") for s in lock.get("_meta", {}).get("sources", []))
+    for name, spec in lock["default"].items():
         extras = spec.get("extras") or ()
         where = direct(name, spec, extras)
         if where:
@@ -76,8 +84,9 @@ def pipfile_lock(text: str) -> list[str]:
 
 def pipfile(text: str) -> list[str]:
     """A Pipfile without its lock: the [packages] table as it stands (unpinned)."""
-    lines = []
-    for name, spec in tomllib.loads(text).get("packages", {}).items():
+    pipfile = tomllib.loads(text)
+    lines = indexes(s.get("url") for s in pipfile.get("source", []))
+    for name, spec in pipfile.get("packages", {}).items():
         spec = spec if isinstance(spec, dict) else {"version": spec}
         extras = spec.get("extras") or ()
         where = direct(name, spec, extras)
@@ -195,7 +204,10 @@ def poetry_lock(project_text: str, lock_text: str) -> list[str]:
                     continue
                 if holds(spec.get("markers"), extras_of[key]):
                     todo.append((dep, spec.get("extras") or [], str(spec.get("version", ""))))
-    return [locked(chosen[key]) for key in sorted(chosen)]
+    legacy = [p.get("source", {}).get("url") for p in chosen.values()]
+    kinds = [p.get("source", {}).get("type") for p in chosen.values()]
+    urls = [url for url, kind in zip(legacy, kinds, strict=True) if kind == "legacy"]
+    return indexes(urls) + [locked(chosen[key]) for key in sorted(chosen)]
 
 
 def uv_lock(lock_text: str) -> list[str]:
@@ -235,7 +247,8 @@ def uv_lock(lock_text: str) -> list[str]:
         for extra in extras:
             deps += package.get("optional-dependencies", {}).get(extra, [])
         todo += [d for d in deps if holds(d.get("marker"), extras)]
-    return [uv_line(chosen[key]) for key in sorted(chosen)]
+    urls = [p.get("source", {}).get("registry") for p in chosen.values()]
+    return indexes(urls) + [uv_line(chosen[key]) for key in sorted(chosen)]
 
 
 def uv_line(package: dict[str, Any]) -> str:
