@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiln.config import BuildStep, parse_config
-from kiln.detect import PYPROJECT_DEPS, PYPROJECT_LIST, detect
+from kiln.detect import LOCK_SCRIPT, PYPROJECT_DEPS, PYPROJECT_LIST, detect
 from kiln.scaffold import render_config
 from kilntest import Kiln
 
@@ -351,7 +351,7 @@ def test_pyproject_dependencies_are_installed_without_a_requirements_txt(tmp_pat
     found = detect(tmp_path)  # Poetry 1's own table: read at bake time too (tests/test_pylocks.py)
     assert any("Poetry's [tool.poetry.dependencies]" in why for why in found.why)
     (step,) = _config(tmp_path).app.build
-    assert isinstance(step, BuildStep) and step.inputs == ["pyproject.toml"]
+    assert isinstance(step, BuildStep) and step.inputs == ["pyproject.toml", LOCK_SCRIPT]
     assert step.run.endswith(
         " pyproject.toml > .kiln-requirements.txt && python3 -m pip install -q --target deps"
         " -r .kiln-requirements.txt uvicorn websockets && rm .kiln-requirements.txt"

@@ -20,7 +20,7 @@ import pytest
 
 from kiln import pylocks
 from kiln.config import BuildStep
-from kiln.detect import PYPROJECT_LIST, detect, lock_program
+from kiln.detect import LOCK_SCRIPT, PYPROJECT_LIST, detect, lock_program, lock_script
 from kilntest import Kiln
 
 PIPFILE = """\
@@ -328,6 +328,7 @@ def test_poetry_table_without_a_lock() -> None:
 
 
 def _run(app: Path, name: str) -> subprocess.CompletedProcess[str]:
+    (app / LOCK_SCRIPT).write_text(lock_script())  # as kiln init writes it
     line = lock_program(name) + f"cat {PYPROJECT_LIST}"
     return subprocess.run(["/bin/sh", "-c", line], cwd=app, capture_output=True, text=True)
 
@@ -342,7 +343,6 @@ def test_the_build_line_writes_the_locked_lines_with_the_image_python(tmp_path: 
     assert done.stdout.splitlines() == MAIN
     done = _run(tmp_path, "Pipfile.lock")
     assert done.stdout.splitlines()[3] == "flask==3.0.3"
-    assert "'" not in Path(pylocks.__file__).read_text()  # the program is single-quoted
 
 
 @pytest.mark.parametrize(
@@ -382,7 +382,8 @@ def test_init_installs_pipenv_and_poetry_projects(
     _write_app(tmp_path, files)
     found = detect(tmp_path)
     (step,) = found.build
-    assert isinstance(step, BuildStep) and step.inputs == inputs and step.outputs == ["deps"]
+    assert isinstance(step, BuildStep) and step.inputs == [*inputs, LOCK_SCRIPT]
+    assert step.outputs == ["deps"]
     assert step.run.endswith(f"-r {PYPROJECT_LIST} gunicorn && rm {PYPROJECT_LIST}"), step.run[
         -200:
     ]
@@ -546,7 +547,7 @@ def test_a_uv_project_installs_from_its_lock(tmp_path: Path) -> None:
     )
     found = detect(tmp_path)
     (step,) = found.build
-    assert isinstance(step, BuildStep) and step.inputs == ["pyproject.toml", "uv.lock"]
+    assert isinstance(step, BuildStep) and step.inputs == ["pyproject.toml", "uv.lock", LOCK_SCRIPT]
     assert any(why.startswith("uv.lock: ") for why in found.why), found.why
     done = _run(tmp_path, "uv.lock")
     assert done.returncode == 0, done.stderr
@@ -560,22 +561,23 @@ def test_a_procfile_app_with_only_a_pipfile_lock_gets_its_dependencies(tmp_path:
     (tmp_path / "Pipfile.lock").write_text(_pipfile_lock())
     found = detect(tmp_path)
     (step,) = found.build
-    assert isinstance(step, BuildStep) and step.inputs == ["Pipfile.lock"]
+    assert isinstance(step, BuildStep) and step.inputs == ["Pipfile.lock", LOCK_SCRIPT]
     assert step.run.endswith(f"-r {PYPROJECT_LIST} gunicorn && rm {PYPROJECT_LIST}")
 
 
 def test_a_broken_lock_fails_the_bake_in_a_line_a_reader_can_read(tmp_path: Path) -> None:
-    """The real CLI: the step fails on the lock's parse error (pip is never reached) and
-    the error names the program by its first line, not its 8 KB body."""
+    """The real CLI: init writes the program beside kiln.toml, which stays short; the
+    step fails on the lock's parse error (pip is never reached), naming the step."""
     _write_app(tmp_path, {"Pipfile.lock": '{"default": {'})
     kiln = Kiln(tmp_path)
-    kiln("init")
+    done = json.loads(kiln("init", "--json").stdout)
+    assert done["files"] == [str(tmp_path / "kiln.toml"), str(tmp_path / LOCK_SCRIPT)]
+    assert (tmp_path / LOCK_SCRIPT).read_text() == lock_script()
+    assert len((tmp_path / "kiln.toml").read_text()) < 4000  # not the program's 8 KB
     baked = kiln("bake", ok=False)
     assert baked.exit_code != 0
     assert "JSONDecodeError" in baked.stderr and "pip install" in baked.stderr
-    assert "python3 -c '# kiln/pylocks.py: the pip requirement lines of a lock file …'" in (
-        baked.stderr
-    )
+    assert f"python3 {LOCK_SCRIPT} Pipfile.lock > .kiln-requirements.txt" in baked.stderr
     assert "def poetry_lock" not in baked.stderr  # the program body is not shown
 
 

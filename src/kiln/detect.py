@@ -256,6 +256,7 @@ def _pip_build(
     elif source is not None:
         read = "pyproject.toml" if source == "Poetry" else source
         inputs = ["pyproject.toml", source] if source in ("poetry.lock", "uv.lock") else [read]
+        inputs.append(LOCK_SCRIPT)  # a newer kiln's program re-runs the step
         parts = [lock_program(read) + PIP, f"-r {PYPROJECT_LIST}"]
         why.append(_LOCK_WHY[source])
         why += _poetry_why(root) if source == "Poetry" else []
@@ -309,17 +310,27 @@ def _poetry_why(root: Path) -> list[str]:
     return lines
 
 
+# The program that reads a Pipenv, Poetry or uv file at bake time (kiln.pylocks, as it
+# is): kiln init writes it beside kiln.toml, and the build step runs it by this name.
+LOCK_SCRIPT = ".kiln-locks.py"
+
+
 def lock_program(name: str) -> str:
-    """The shell words that write the requirement lines of a Pipenv or Poetry file to
-    .kiln-requirements.txt at bake time: kiln.pylocks run by the image python3 (kiln is
-    not installed there). Through a file: /bin/sh has no pipefail, a file that does not
-    parse must fail the step."""
-    source = re.sub(r'\s*"""[\s\S]*?"""', "", Path(pylocks.__file__).read_text())  # docstrings
-    code = "\n".join(
-        line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")
+    """The shell words that write the requirement lines of a Pipenv, Poetry or uv file
+    to .kiln-requirements.txt at bake time, with the image python3 (kiln need not be
+    installed where the build runs). Through a file: /bin/sh has no pipefail, and a
+    file that does not parse must fail the step."""
+    return f"python3 {LOCK_SCRIPT} {name} > {PYPROJECT_LIST} && "
+
+
+def lock_script() -> str:
+    """What kiln init writes to LOCK_SCRIPT: kiln.pylocks, under a header saying why."""
+    head = (
+        "# Written by `kiln init`: the build step in kiln.toml runs this program to read\n"
+        "# the app's lock file at bake time. Keep it with kiln.toml (commit it); run\n"
+        "# `kiln init --force` with a newer kiln to refresh it.\n"
     )
-    head = "# kiln/pylocks.py: the pip requirement lines of a lock file"  # shown by the bake
-    return f"python3 -c '{head}\n{code}' {name} > {PYPROJECT_LIST} && "
+    return head + Path(pylocks.__file__).read_text()
 
 
 def _python_env() -> dict[str, str]:

@@ -1,12 +1,12 @@
 """Pipenv and Poetry dependencies as pip requirement lines, read at BAKE time.
 
-kiln init puts this file, verbatim, into the build step as a python3 -c program
-(the image python3 runs it in the app dir, kiln is not installed there), so the
-image follows the lock file as it changes. Hence: standard library only (plus
-the packaging copy inside pip, which the step runs next anyway), and no single
-quote anywhere in this file (the program is single-quoted for /bin/sh). Run as
-a program it prints the lines of the file named by its argument; any file that
-does not parse raises, so the step fails instead of installing nothing.
+kiln init writes this file, verbatim, beside kiln.toml as .kiln-locks.py, and the
+build step runs it (the image python3, in the app dir, where kiln need not be
+installed), so the image follows the lock file as it changes. Hence: standard
+library only (plus the packaging copy inside pip, which the step runs next
+anyway). Run as a program it prints the lines of the file named by its
+argument; any file that does not parse raises, so the step fails instead of
+installing nothing.
 
 Lock files pin the whole closure: the lines are name==version, so pip can only
 pick the locked versions (pip still resolves, without --no-deps: a package our

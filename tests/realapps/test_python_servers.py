@@ -213,7 +213,7 @@ def test_a_poetry_1_app_deploys_from_its_lock(tmp_path: Path) -> None:
     (app / "poetry.lock").write_text(_poetry_lock())
     kiln, port = _locked_first_try(app)
     toml = (app / "kiln.toml").read_text()
-    assert 'inputs = ["pyproject.toml", "poetry.lock"]' in toml
+    assert 'inputs = ["pyproject.toml", "poetry.lock", ".kiln-locks.py"]' in toml
     # the lock is read at bake time and is an input of the cached step: a new lock,
     # a new Werkzeug, with kiln.toml untouched
     lock = (app / "poetry.lock").read_text()
@@ -241,7 +241,7 @@ def test_a_pipenv_app_deploys_from_its_lock(tmp_path: Path) -> None:
     lock = {"_meta": {"pipfile-spec": 6}, "default": default, "develop": develop}
     (app / "Pipfile.lock").write_text(json.dumps(lock, indent=4))
     _locked_first_try(app)
-    assert 'inputs = ["Pipfile.lock"]' in (app / "kiln.toml").read_text()
+    assert 'inputs = ["Pipfile.lock", ".kiln-locks.py"]' in (app / "kiln.toml").read_text()
 
 
 def test_a_uv_app_deploys_from_its_lock(tmp_path: Path) -> None:
@@ -271,4 +271,7 @@ def test_a_uv_app_deploys_from_its_lock(tmp_path: Path) -> None:
     )
     (app / "uv.lock").write_text(text)
     _locked_first_try(app)
-    assert 'inputs = ["pyproject.toml", "uv.lock"]' in (app / "kiln.toml").read_text()
+    assert (
+        'inputs = ["pyproject.toml", "uv.lock", ".kiln-locks.py"]'
+        in (app / "kiln.toml").read_text()
+    )

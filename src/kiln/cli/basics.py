@@ -10,7 +10,7 @@ from kiln.cli.app import State, cli, environment_option, pass_state
 from kiln.cli.output import console, emit_json
 from kiln.config import json_schema
 from kiln.configfile import CONFIG_NAME
-from kiln.detect import detect
+from kiln.detect import LOCK_SCRIPT, detect, lock_script
 from kiln.errors import ConfigError
 from kiln.scaffold import render_config
 
@@ -26,11 +26,16 @@ def init(force: bool, name: str | None, as_json: bool) -> None:
         raise ConfigError(f"{target} already exists", hint="use --force to overwrite it")
     found = detect(Path.cwd())
     text = render_config(Path.cwd(), name=name, found=found)
+    # the program the build step runs to read a lock file (kiln need not be on the builder)
+    script = Path.cwd() / LOCK_SCRIPT if LOCK_SCRIPT in text else None
     if as_json:
         target.write_text(text, encoding="utf-8")
+        if script is not None:
+            script.write_text(lock_script(), encoding="utf-8")
         emit_json(
             {
                 "path": str(target),
+                "files": [str(target)] + ([str(script)] if script else []),
                 "kind": found.kind,
                 "run": found.run,
                 "run_source": found.run_source,
@@ -51,6 +56,13 @@ def init(force: bool, name: str | None, as_json: bool) -> None:
         console.print(f"  note: {note}", markup=False)
     target.write_text(text, encoding="utf-8")
     console.print(f"wrote {target}", markup=False)
+    if script is not None:
+        script.write_text(lock_script(), encoding="utf-8")
+        console.print(
+            f"wrote {script} (the build step runs it to read the lock file: commit it "
+            "with kiln.toml)",
+            markup=False,
+        )
     console.print("next: review it, then 'kiln deploy' (it bakes first)")
 
 

@@ -40,8 +40,8 @@ class BakeProgress:
     def files(self, done: int, total: int) -> None: ...
 
 
-# a multi-line python3 -c program in a build step (kiln init puts kiln/pylocks.py
-# into the step that reads a lock file: 8 KB, printed at every bake otherwise)
+# a multi-line python3 -c program in a build step, a user's own: printed whole at
+# every bake otherwise
 _PROGRAM = re.compile(r"python3 -c '([^'\n]*)\n[^']*'")
 
 
