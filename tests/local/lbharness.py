@@ -260,13 +260,22 @@ class BalancerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         self.socket = lbproc.socket_path(self.home)
+        self.fleets: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + 30.0
-        while not self.socket.exists():
+        # until it answers: a predecessor in the same home leaves its socket file behind,
+        # so the file existing says nothing (a loaded CI run connected to it, refused)
+        while not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"the balancer did not start: {self.log.read_text()}")
             time.sleep(0.05)
-        self.fleets: dict[str, dict[str, Any]] = {}
+
+    def _answers(self) -> bool:
+        try:
+            self.call("hello")
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        return True
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         """One control request, answered."""
