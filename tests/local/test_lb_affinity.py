@@ -38,7 +38,10 @@ def instance(name: str) -> web.Application:
             await ws.close()
             return ws
         cookie = request.headers.get("Cookie", "-")
-        return web.Response(text=f"{name} {cookie}")
+        response = web.Response(text=f"{name} {cookie}")
+        if "cache" in request.query:  # what the app says about caching this answer
+            response.headers["Cache-Control"] = request.query["cache"]
+        return response
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
@@ -72,11 +75,17 @@ async def fleet(
 
 
 async def get(
-    port: int, *fields: str, tls: ssl.SSLContext | None = None, upgrade: bool = False
+    port: int,
+    *fields: str,
+    tls: ssl.SSLContext | None = None,
+    upgrade: bool = False,
+    target: str = "/socket.io/?EIO=4",
+    named: str = "set-cookie",
 ) -> tuple[str, list[str], str]:
-    """One request on its own connection: (status line, Set-Cookie values, body)."""
+    """One request on its own connection: (status line, values of the ``named`` field
+    (Set-Cookie), body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
-    lines = ["GET /socket.io/?EIO=4 HTTP/1.1", "Host: app.test", *fields]
+    lines = [f"GET {target} HTTP/1.1", "Host: app.test", *fields]
     if upgrade:
         lines += ["Connection: Upgrade", "Upgrade: websocket", f"Sec-WebSocket-Key: {WS_KEY}"]
         lines += ["Sec-WebSocket-Version: 13"]
@@ -91,7 +100,7 @@ async def get(
         body = (await reader.read()).decode()
     writer.close()
     status, *rest = head.split("\r\n")
-    cookies = [v for n, _, v in (f.partition(": ") for f in rest) if n.lower() == "set-cookie"]
+    cookies = [v for n, _, v in (f.partition(": ") for f in rest) if n.lower() == named]
     return status, cookies, body
 
 
@@ -241,6 +250,30 @@ async def off_and_durations() -> None:
 
 def test_off_means_no_cookie_and_a_duration_is_its_max_age() -> None:
     asyncio.run(off_and_durations())
+
+
+async def caching(cache: str | None) -> tuple[list[str], list[str]]:
+    """Cache-Control of an answer that sets the cookie, and of one that does not."""
+    async with fleet(["a", "b"]) as (_, port):
+        target = "/page" if cache is None else f"/page?cache={cache}"
+        _, cookies, _ = await get(port, target=target)
+        _, setting, _ = await get(port, target=target, named="cache-control")
+        _, kept, _ = await get(
+            port, f"Cookie: kiln_web={value(cookies[0])}", target=target, named="cache-control"
+        )
+        _, again, _ = await get(port, f"Cookie: kiln_web={value(cookies[0])}", target=target)
+        assert again == []  # the cookie named who answered: nothing set, nothing marked
+        return setting, kept
+
+
+def test_an_answer_setting_the_cookie_is_kept_from_shared_caches() -> None:
+    """A CDN in front would otherwise give one client's cookie, and instance, to all."""
+    assert asyncio.run(caching(None)) == (["private"], [])
+    public = "public, max-age=600"
+    assert asyncio.run(caching("public,%20max-age=600")) == ([public, "private"], [public])
+    for own in ("no-store", "private", "private, max-age=60", "max-age=0, No-Store"):
+        quoted = own.replace(" ", "%20")
+        assert asyncio.run(caching(quoted)) == ([own], [own])  # the app's word is enough
 
 
 def _tls(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:

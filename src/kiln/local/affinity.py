@@ -12,7 +12,12 @@ with in-memory sessions. Like HAProxy's ``cookie ... insert indirect``:
   and the cookie set again, so a rolling deploy moves sticky clients over one
   request at a time;
 - the cookie is taken out of the request forwarded to the instance: the app
-  never sees it.
+  never sees it;
+- an answer that sets the cookie is marked ``Cache-Control: private`` unless
+  the app already kept shared caches from storing it (``private`` or
+  ``no-store``), as HAProxy's ``nocache`` does: a CDN or shared cache in front
+  would otherwise hand one client's cookie, and so one instance, to everyone
+  who gets that answer from it.
 
 The value is opaque: an HMAC of the fleet and instance id under a secret the
 balancer keeps in ``KILN_HOME/agent/affinity.key`` (0600), so it reveals no
@@ -29,6 +34,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +48,9 @@ if TYPE_CHECKING:
 
 KEY_BYTES = 32
 _COOKIE = b"cookie"
+# a Cache-Control field of a regenerated head that already keeps shared caches out
+_KEPT_PRIVATE = re.compile(rb"^cache-control:[^\r\n]*\b(?:private|no-store)\b", re.I | re.M)
+_PRIVATE = b"Cache-Control: private\r\n"
 
 
 def cookie_name(fleet: str) -> str:
@@ -155,9 +164,11 @@ class Affinity:
 
     # the response -----------------------------------------------------------
 
-    def set_cookie(self, upstream: Upstream) -> bytes:
-        """The Set-Cookie line for an answer, or b"" when the request's cookie already
-        named the instance that answered."""
+    def set_cookie(self, upstream: Upstream, fields: bytes, final: bool) -> bytes:
+        """The lines to add to an answer whose other field lines are ``fields``: b"" when
+        the request's cookie already named the instance that answered, else the
+        Set-Cookie line and (a ``final`` answer that shared caches may store)
+        ``Cache-Control: private``."""
         head = upstream.head
         backend = upstream.backend
         if head is not None and head.affinity == backend.id:
@@ -168,7 +179,10 @@ class Affinity:
             or (client.trusted and head is not None and _says_https(head.forwarded_proto))
         )
         tail = self._secure if secure else self._plain
-        return b"Set-Cookie: " + self.name + b"=" + self.token(backend.id) + tail
+        line = b"Set-Cookie: " + self.name + b"=" + self.token(backend.id) + tail
+        if final and not _KEPT_PRIVATE.search(fields):
+            return line + _PRIVATE
+        return line
 
 
 def _says_https(proto: bytes | None) -> bool:

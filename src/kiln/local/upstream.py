@@ -335,7 +335,7 @@ class Upstream(Stream):
         assert balancer is not None
         sticky = balancer.sticky
         if sticky is not None and (status >= 200 or status == 101):
-            resp.fields += sticky.set_cookie(self)
+            resp.fields += sticky.set_cookie(self, resp.fields, status >= 200)
         if status < 200:
             self._interim(resp, head)
             return
