@@ -12,10 +12,16 @@ then measures with wrk:
             own X-Forwarded-For dropped): the instances get the same requests
 
 at full load (throughput, and the CPU time the proxy process - kiln's
-balancer, or HAProxy - spends per request, from /proc) and at a moderate,
-paced load (latency: each
-connection pauses between requests, so nothing queues), in interleaved
-rounds whose medians are kept. Prints a table and writes
+balancer, or HAProxy - spends per request, from /proc), and paced for
+latency, each connection pausing between requests (5 ms on average):
+
+* moderate  random pauses (exponential, as independent users think): requests
+            arrive at random moments, a few at a time
+* bursty    a fixed pause: wrk's timers fire on whole milliseconds, and
+            connections answered together wait together, so they fall into
+            step and the requests of many connections arrive at once
+
+in interleaved rounds whose medians are kept. Prints a table and writes
 benchmarks/results/lb.json.
 
     python benchmarks/lb.py [--duration 5] [--rounds 3] [--connections 64]
@@ -84,8 +90,23 @@ async def main():
 asyncio.run(main())
 """
 
-# Paces each connection: wrk calls delay() before every request (milliseconds).
-PACED_LUA = "function delay() return {delay} end\n"
+# Paces each connection: wrk calls delay() before every request (whole milliseconds).
+BURSTY_LUA = "function delay() return {delay} end\n"
+# The same mean pause, drawn for each request from an exponential distribution,
+# with a seed of its own for each of wrk's threads (each runs its own Lua).
+MODERATE_LUA = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("seed", threads)
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + seed)
+end
+function delay()
+  return math.floor(-{delay} * math.log(1 - math.random()) + 0.5)
+end
+"""
 
 
 def free_port() -> int:
@@ -230,38 +251,55 @@ def cpu_times(pid: int | None) -> tuple[float, float]:
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
+def wakeups(pid: int | None) -> int:
+    """How often a process (its threads included) has gone to sleep and been woken so far."""
+    if pid is None:
+        return 0
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
 def wrk(
     port: int,
     connections: int,
     duration: int,
-    delay_ms: float | None = None,
+    pace: str | None = None,
     proxy_pid: int | None = None,
 ) -> dict[str, Any]:
-    """One wrk run; with ``proxy_pid``, also that process's CPU time per request."""
+    """One wrk run, ``pace`` the Lua script pausing connections if any; with
+    ``proxy_pid``, also that process's CPU time and wake-ups per request."""
     cmd = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s", "--latency"]
     script = None
-    if delay_ms is not None:
+    if pace is not None:
         fd, name = tempfile.mkstemp(suffix=".lua")
         script = Path(name)
         os.close(fd)
-        script.write_text(PACED_LUA.format(delay=delay_ms))
+        script.write_text(pace)
         cmd += ["-s", str(script)]
     cmd.append(f"http://127.0.0.1:{port}/")
     user_before, sys_before = cpu_times(proxy_pid)
+    woken_before = wakeups(proxy_pid)
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         user, system = cpu_times(proxy_pid)
+        woken = wakeups(proxy_pid) - woken_before
     finally:
         if script is not None:
             script.unlink()
     if proxy_pid is None:
         return wrk_figures(out)
-    return wrk_figures(out, user - user_before, system - sys_before)
+    return wrk_figures(out, user - user_before, system - sys_before, woken)
 
 
-def wrk_figures(out: str, user: float | None = None, system: float | None = None) -> dict[str, Any]:
+def wrk_figures(
+    out: str, user: float | None = None, system: float | None = None, woken: int | None = None
+) -> dict[str, Any]:
     """wrk's --latency report as figures; ``user`` and ``system`` (CPU seconds of the
-    proxy) become CPU per request."""
+    proxy) become CPU per request, ``woken`` (its wake-ups) wake-ups per request: the
+    fewer, the more requests each wake-up found waiting."""
     cpu = None if user is None or system is None else user + system
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     latency = {}
@@ -281,6 +319,9 @@ def wrk_figures(out: str, user: float | None = None, system: float | None = None
         "proxy_cpu_us_per_request": _per_request(cpu, total),
         "proxy_user_us_per_request": _per_request(user, total),
         "proxy_sys_us_per_request": _per_request(system, total),
+        "proxy_wakeups_per_request": (
+            round(woken / total, 2) if woken is not None and total else None
+        ),
     }
 
 
@@ -332,7 +373,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians kept")
     parser.add_argument("--connections", type=int, default=64, help="connections at full load")
     parser.add_argument("--paced-connections", type=int, default=16)
-    parser.add_argument("--paced-delay-ms", type=float, default=5.0, help="pause between requests")
+    parser.add_argument(
+        "--paced-delay-ms", type=float, default=5.0, help="mean pause between requests, paced"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--pure-too",
@@ -362,6 +405,9 @@ def main() -> int:
             wrk(port, 8, 1)
         full_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         paced_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        bursty_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        moderate_lua = MODERATE_LUA.format(delay=args.paced_delay_ms)
+        bursty_lua = BURSTY_LUA.format(delay=args.paced_delay_ms)
         for _ in range(args.rounds):  # interleaved, so a noisy neighbour hurts all alike
             for name, port in targets.items():
                 full_runs[name].append(
@@ -369,10 +415,15 @@ def main() -> int:
                 )
             for name, port in targets.items():
                 paced_runs[name].append(
-                    wrk(port, args.paced_connections, args.duration, args.paced_delay_ms)
+                    wrk(port, args.paced_connections, args.duration, moderate_lua, pids[name])
+                )
+            for name, port in targets.items():
+                bursty_runs[name].append(
+                    wrk(port, args.paced_connections, args.duration, bursty_lua, pids[name])
                 )
         full = {name: median(runs) for name, runs in full_runs.items()}
         paced = {name: median(runs) for name, runs in paced_runs.items()}
+        bursty = {name: median(runs) for name, runs in bursty_runs.items()}
 
     ratio = full["kiln"]["requests_per_second"] / full["haproxy"]["requests_per_second"]
     kiln_cpu = full["kiln"]["proxy_cpu_us_per_request"]
@@ -380,6 +431,10 @@ def main() -> int:
     cpu_ratio = kiln_cpu / ha_cpu if kiln_cpu and ha_cpu else None
     added_p99 = (paced["kiln"]["p99_ms"] or 0) - (paced["direct"]["p99_ms"] or 0)
     added_vs_haproxy = (paced["kiln"]["p99_ms"] or 0) - (paced["haproxy"]["p99_ms"] or 0)
+
+    def added(load: dict[str, Any], name: str, base: str = "direct") -> float:
+        return round((load[name]["p99_ms"] or 0) - (load[base]["p99_ms"] or 0), 3)
+
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
@@ -394,7 +449,13 @@ def main() -> int:
             "rounds": args.rounds,
             "full": {"tool": "wrk -t2", "connections": args.connections, "seconds": args.duration},
             "moderate": {
-                "tool": "wrk -t2 with a paced delay() script",
+                "tool": "wrk -t2 with a delay() script: exponential pauses, seeded per thread",
+                "connections": args.paced_connections,
+                "mean_pause_ms": args.paced_delay_ms,
+                "seconds": args.duration,
+            },
+            "bursty": {
+                "tool": "wrk -t2 with a delay() script: the same pause every time",
                 "connections": args.paced_connections,
                 "pause_ms": args.paced_delay_ms,
                 "seconds": args.duration,
@@ -402,6 +463,7 @@ def main() -> int:
         },
         "full_load": full,
         "moderate_load": paced,
+        "bursty_load": bursty,
         "summary": {
             "kiln_vs_haproxy_throughput": round(ratio, 3),
             "kiln_cpu_us_per_request": kiln_cpu,
@@ -409,6 +471,10 @@ def main() -> int:
             "kiln_vs_haproxy_cpu_per_request": round(cpu_ratio, 2) if cpu_ratio else None,
             "kiln_added_p99_ms_vs_direct_moderate": round(added_p99, 3),
             "kiln_added_p99_ms_vs_haproxy_moderate": round(added_vs_haproxy, 3),
+            "haproxy_added_p99_ms_vs_direct_moderate": added(paced, "haproxy"),
+            "kiln_added_p99_ms_vs_direct_bursty": added(bursty, "kiln"),
+            "haproxy_added_p99_ms_vs_direct_bursty": added(bursty, "haproxy"),
+            "kiln_added_p99_ms_vs_haproxy_bursty": added(bursty, "kiln", "haproxy"),
             **_pure_summary(full, paced),
             "goal_throughput_met": ratio >= 0.9,
             "goal_cpu_met": cpu_ratio is not None and cpu_ratio <= 1.5,
@@ -419,13 +485,15 @@ def main() -> int:
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"{'':10}{'full load req/s':>16}{'p50 ms':>9}{'p99 ms':>9}   |"
-        f"{'moderate req/s':>15}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'moderate req/s':>15}{'p50 ms':>9}{'p99 ms':>9}   |"
+        f"{'bursty req/s':>13}{'p50 ms':>9}{'p99 ms':>9}"
     )
     for name in full:
-        f, p = full[name], paced[name]
+        f, p, b = full[name], paced[name], bursty[name]
         print(
             f"{name:10}{f['requests_per_second']:>16}{f['p50_ms']:>9}{f['p99_ms']:>9}   |"
-            f"{p['requests_per_second']:>15}{p['p50_ms']:>9}{p['p99_ms']:>9}"
+            f"{p['requests_per_second']:>15}{p['p50_ms']:>9}{p['p99_ms']:>9}   |"
+            f"{b['requests_per_second']:>13}{b['p50_ms']:>9}{b['p99_ms']:>9}"
         )
     s = report["summary"]
     print(
@@ -436,6 +504,17 @@ def main() -> int:
         f"kiln/haproxy throughput: {s['kiln_vs_haproxy_throughput']:.2f}x (goal >= 0.9x); "
         f"kiln added p99 at moderate load: {s['kiln_added_p99_ms_vs_direct_moderate']:.2f} ms "
         f"vs direct (goal <= 1 ms), {s['kiln_added_p99_ms_vs_haproxy_moderate']:+.2f} ms vs haproxy"
+        f" (haproxy adds {s['haproxy_added_p99_ms_vs_direct_moderate']:.2f} ms)"
+    )
+    print(
+        "bursty load (connections in step): kiln adds"
+        f" {s['kiln_added_p99_ms_vs_direct_bursty']:.2f} ms p99,"
+        f" haproxy {s['haproxy_added_p99_ms_vs_direct_bursty']:.2f} ms;"
+        " wake-ups per request, moderate/bursty:"
+        f" kiln {paced['kiln']['proxy_wakeups_per_request']}/"
+        f"{bursty['kiln']['proxy_wakeups_per_request']},"
+        f" haproxy {paced['haproxy']['proxy_wakeups_per_request']}/"
+        f"{bursty['haproxy']['proxy_wakeups_per_request']}"
     )
     for name in ("kiln", "kiln_pure", "haproxy"):
         if name in full:
