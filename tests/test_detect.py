@@ -75,7 +75,7 @@ def test_django_runs_gunicorn_on_its_wsgi_collects_static_and_migrates(tmp_path:
         (
             {"web.py": "import flask\ndef create_app():\n    pass\n"},
             "Flask",
-            "web:create_app()",
+            "'web:create_app()'",
             "gunicorn",
         ),
         (
@@ -109,6 +109,74 @@ def test_python_frameworks_get_a_production_server(
     )
     assert server in str(config.app.build[0])  # installed into deps/ by the build
     assert "$HOST" in config.app.run and "$PORT" in config.app.run
+
+
+@pytest.mark.parametrize(
+    ("files", "kind", "target", "path"),
+    [
+        (  # FastAPI's "Bigger Applications" layout: relative imports inside a package
+            {
+                "app/__init__.py": "",
+                "app/main.py": "from fastapi import FastAPI\nfrom .routers import items\n"
+                "app = FastAPI()\n",
+                "app/routers/__init__.py": "",
+                "tests/__init__.py": "",
+                "tests/test_main.py": "from fastapi import FastAPI\napp = FastAPI()\n",
+            },
+            "FastAPI",
+            "app.main:app",
+            "deps",
+        ),
+        (  # Flask's tutorial: the factory in the package's __init__.py
+            {"flaskr/__init__.py": "from flask import Flask\n\ndef create_app(test_config=None):\n"
+             "    return Flask(__name__)\n", "flaskr/db.py": "import sqlite3\n"},
+            "Flask",
+            "'flaskr:create_app()'",
+            "deps",
+        ),
+        (  # a src layout: the package is not installed, so src/ goes on the path
+            {"src/shop/__init__.py": "", "src/shop/app.py": "from flask import Flask\n"
+             "app = Flask(__name__)\n", "pyproject.toml": "[project]\nname = 'shop'\n"
+             "version = '1'\ndependencies = ['flask']\n"},
+            "Flask",
+            "shop.app:app",
+            "src:deps",
+        ),
+        (  # a module at the top still comes first
+            {"main.py": "from fastapi import FastAPI\napi = FastAPI()\n",
+             "service/__init__.py": "from fastapi import FastAPI\napp = FastAPI()\n"},
+            "FastAPI",
+            "main:api",
+            "deps",
+        ),
+    ],
+)  # fmt: skip
+def test_an_app_in_a_package_is_found_and_imported_as_a_module(
+    tmp_path: Path, files: dict[str, str], kind: str, target: str, path: str
+) -> None:
+    """Before, only modules at the top were read: these were served as a static
+    directory."""
+    found = detect(_write(tmp_path, files))
+    assert (found.kind, found.env["PYTHONPATH"]) == (kind, path)
+    assert found.run.endswith(f" {target}") and "$HOST" in found.run
+    config = _config(tmp_path)
+    assert config.app.run == found.run and config.env["PYTHONPATH"] == path
+
+
+def test_packages_that_are_not_the_app_are_not_read(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "tests/__init__.py": "",
+            "tests/app.py": "from flask import Flask\napp = Flask(__name__)\n",
+            "docs/__init__.py": "",
+            "docs/main.py": "from fastapi import FastAPI\napp = FastAPI()\n",
+            "not-a-name/__init__.py": "",
+            "not-a-name/main.py": "from fastapi import FastAPI\napp = FastAPI()\n",
+            "index.html": "<p>hi</p>\n",
+        },
+    )
+    assert detect(tmp_path).kind == "static site"
 
 
 def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:

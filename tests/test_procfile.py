@@ -201,11 +201,11 @@ def test_the_procfiles_server_is_installed_when_not_listed(tmp_path: Path) -> No
 
 
 def test_an_app_detection_misses_gets_its_python_build_from_the_procfile(tmp_path: Path) -> None:
-    """The app object lives in a package kiln does not read; the Procfile names it."""
+    """The app object is made in a way detection does not recognise; the Procfile names it."""
     _write(
         tmp_path,
         {
-            "shop/__init__.py": "def create_app(): ...\n",
+            "shop/__init__.py": "from shop.factory import make\napp = make()\n",
             "requirements.txt": "flask\nuvicorn\n",
             "Procfile": "web: uvicorn shop:app --host 0.0.0.0 --port $PORT\n",
         },

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -333,8 +334,10 @@ def lock_script() -> str:
     return head + Path(pylocks.__file__).read_text()
 
 
-def _python_env() -> dict[str, str]:
-    return {"PYTHONPATH": "deps", "PYTHONDONTWRITEBYTECODE": "1"}
+def _python_env(src: bool = False) -> dict[str, str]:
+    """``src``: the app's packages are under src/ (a src layout), which goes on the path
+    since only the dependencies are installed, not the project itself."""
+    return {"PYTHONPATH": "src:deps" if src else "deps", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def _django(root: Path) -> Detected | None:
@@ -408,12 +411,13 @@ _FRAMEWORKS = (
     ("ASGI", r"^(application|app)\s*=", "uvicorn", None),
 )
 _MODULES = ("app.py", "main.py", "wsgi.py", "asgi.py", "server.py", "application.py", "api.py")
+# directories that hold a package but never the app it serves
+_NOT_APP = frozenset({"tests", "test", "testing", "docs", "examples", "scripts", "migrations"})
 
 
 def _python_framework(root: Path) -> Detected | None:
-    candidates = [root / name for name in _MODULES] + sorted(root.glob("*.py"))
     seen: set[Path] = set()
-    for path in candidates:
+    for base, path in _app_modules(root):
         if path in seen or not path.is_file():
             continue
         seen.add(path)
@@ -424,23 +428,56 @@ def _python_framework(root: Path) -> Detected | None:
             match = re.search(pattern, text, re.MULTILINE)
             if match is None:
                 continue
-            target = f"{path.stem}:{match.group(1)}" + (
+            parts = path.relative_to(base).with_suffix("").parts
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            target = f"{module}:{match.group(1)}" + (
                 "()" if kind == "Flask" and match.group(1) == "create_app" else ""
             )
-            why = [f"{path.name} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
-            run = f"{GUNICORN if server == 'gunicorn' else UVICORN} {target}"
+            shown = path.relative_to(root).as_posix()
+            why = [f"{shown} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
+            # quoted: the run line goes through /bin/sh, where "create_app()" is a syntax error
+            run = f"{GUNICORN if server == 'gunicorn' else UVICORN} {shlex.quote(target)}"
             why.append(f"served by {server} on $HOST:$PORT")
+            src = base != root
+            if src:
+                why.append(f"src layout: src/ goes on PYTHONPATH, so {target} imports")
             needed = [n for n in (framework, server) if n is not None]
             return Detected(
                 kind=kind,
                 run=run,
                 why=why,
                 build=_pip_build(root, needed, why),
-                env=_python_env(),
+                env=_python_env(src),
                 health_path=_route(root, ("/health", "/healthz", "/ping")),
                 grace="20s",
             )
     return None
+
+
+def _app_modules(root: Path) -> Iterator[tuple[Path, Path]]:
+    """(where imports start, a module that may define the app), likeliest first: the
+    top level's modules, then a package's (``app/main.py`` as in FastAPI's larger
+    layouts, a Flask factory in ``flaskr/__init__.py``), then those of a src layout."""
+    for path in [root / name for name in _MODULES] + sorted(root.glob("*.py")):
+        yield root, path
+    for base in (root, root / "src"):
+        for package in _packages(base):
+            for name in (*_MODULES, "__init__.py"):
+                yield base, package / name
+
+
+def _packages(base: Path) -> list[Path]:
+    """The importable packages directly in ``base`` that may be the app's."""
+    if not base.is_dir():
+        return []
+    return sorted(
+        path
+        for path in base.iterdir()
+        if path.name.isidentifier()
+        and path.name not in _NOT_APP
+        and path.name not in _NOT_SOURCE
+        and (path / "__init__.py").is_file()
+    )
 
 
 def _route(root: Path, paths: tuple[str, ...], suffixes: tuple[str, ...] = (".py",)) -> str | None:

@@ -121,7 +121,7 @@ def read(item: int) -> dict[str, int]:
 def test_a_fastapi_procfile_on_uvicorn_with_a_port_default(tmp_path: Path) -> None:
     """'--host=0.0.0.0 --port=${PORT:-5000}' as Render and Heroku guides write it: the
     host becomes $HOST, the port stays the instance's. The app object is 'api' in a
-    package, which detection alone does not find (it served the directory instead)."""
+    package: detection finds it too, and the Procfile's line is the one that runs."""
     app = tmp_path / "items"
     (app / "service").mkdir(parents=True)
     (app / "requirements.txt").write_text("fastapi==0.115.6\nuvicorn==0.34.0\n")
@@ -132,7 +132,7 @@ def test_a_fastapi_procfile_on_uvicorn_with_a_port_default(tmp_path: Path) -> No
     kiln = Kiln(app)
     port = free_port()
     init = json.loads(kiln("init", "--json").stdout)
-    assert init["kind"] == "Python app (Procfile)" and init["run_source"] == "Procfile"
+    assert init["kind"] == "FastAPI" and init["run_source"] == "Procfile"
     assert init["run"] == (
         "python3 -m uvicorn service:api --host=$HOST --port=${PORT:-5000} --proxy-headers"
     )
