@@ -76,3 +76,50 @@ def test_fleet_follow_prints_a_line_written_while_the_first_lines_are_shown(
 def test_without_follow_a_half_written_last_line_is_shown(home: Home, kiln: Kiln) -> None:
     _log(home, "listening on\nEnter a number: ")
     assert kiln("logs", INSTANCE).stdout.splitlines() == ["listening on", "Enter a number: "]
+
+
+def test_fleet_follow_ends_when_the_ended_instances_logs_expire_between_two_looks(
+    home: Home, kiln: Kiln, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent lists an instance live, then (it ended and its log expired, as
+    log_retention allows, between two of the follower's looks) no longer lists it.
+    Before, the follower kept the instance live and followed for ever (a fresh-clone
+    CI run at load 8 hit it in tests/local/test_fleet_logs.py)."""
+    (kiln.cwd / "kiln.toml").write_text('[app]\nname = "web"\nrun = "python3 app.py"\n')
+    path = _log(home, "listening on\n")
+    answers = iter([{INSTANCE: (path, True)}, {INSTANCE: (path, True)}])
+    looks: list[int] = []
+
+    def fleet_logs(_home: Home, _fleet: str) -> dict[str, tuple[Path, bool]]:
+        looks.append(1)
+        assert len(looks) < 8, "still following a fleet with nothing left"
+        found = next(answers, None)
+        if found is None:
+            path.unlink(missing_ok=True)  # expired
+            return {}  # the agent answered: nothing of the fleet is left
+        return found
+
+    monkeypatch.setattr(agent_cli, "_fleet_logs", fleet_logs)
+    result = kiln("logs", "-f")
+    assert [line.split("  ", 1)[1] for line in result.stdout.splitlines()] == ["listening on"]
+
+
+def test_fleet_follow_goes_on_while_the_agent_does_not_answer(
+    home: Home, kiln: Kiln, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No answer is not an answer: the instance stays live until the agent says it ended."""
+    (kiln.cwd / "kiln.toml").write_text('[app]\nname = "web"\nrun = "python3 app.py"\n')
+    path = _log(home, "listening on\n")
+    answers = iter([{INSTANCE: (path, True)}, {INSTANCE: (path, True)}, None, None])
+    looks: list[int] = []
+
+    def fleet_logs(_home: Home, _fleet: str) -> dict[str, tuple[Path, bool]] | None:
+        looks.append(1)
+        if len(looks) == 3:
+            with path.open("a") as f:
+                f.write("served /while-unreachable\n")
+        return next(answers, {INSTANCE: (path, False)})
+
+    monkeypatch.setattr(agent_cli, "_fleet_logs", fleet_logs)
+    lines = [line.split("  ", 1)[1] for line in kiln("logs", "-f").stdout.splitlines()]
+    assert lines == ["listening on", "served /while-unreachable"] and len(looks) >= 5

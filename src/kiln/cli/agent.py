@@ -153,7 +153,7 @@ def logs(state: State, instance: str | None, follow: bool, lines: int, since: st
             _follow(path, end, lambda: _still_running(state, instance))
         return
     fleet = state.config().config.fleet_name
-    known = _fleet_logs(home, fleet)
+    known = _fleet_logs(home, fleet) or {}
     ends = {iid: log_end(path) for iid, (path, _live) in known.items()} if follow else {}
     merged = sorted(
         (at, iid, line)
@@ -171,12 +171,13 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}"
 
 
-def _fleet_logs(home: Home, fleet: str) -> dict[str, tuple[Path, bool]]:
-    """Every instance of the fleet the agent still knows: its log, and whether it is live."""
+def _fleet_logs(home: Home, fleet: str) -> dict[str, tuple[Path, bool]] | None:
+    """Every instance of the fleet the agent still knows: its log, and whether it is live;
+    None when the agent did not answer."""
     try:
         data = AgentClient(home).get(f"/v1/fleets/{quote(fleet, safe='')}", timeout=10.0)
     except KilnError:
-        return {}
+        return None
     return {
         i["id"]: (Path(i["log"]), i["state"] not in ("failed", "terminated"))
         for i in data.get("instances", [])
@@ -190,13 +191,18 @@ def _follow_fleet(
     """Print each instance's new lines past ``offsets`` as they come, prefixed; new
     instances join in.
 
-    Ends once the fleet has no live instance left and everything is printed.
+    Ends once the fleet has no live instance left and everything is printed. An
+    instance the agent no longer lists (its log expired after it ended) has ended
+    too: before, the last word known of it (live) was kept, and a fleet whose logs
+    all expired between two looks was followed for ever.
     """
     partial: dict[str, bytes] = {}
     polls = 0
     while True:
         if polls % 10 == 0:
-            known = _fleet_logs(home, fleet) or known
+            listed = _fleet_logs(home, fleet)
+            if listed is not None:  # the agent answered: whoever it no longer lists ended
+                known = {iid: (path, False) for iid, (path, _live) in known.items()} | listed
             for iid in known:
                 offsets.setdefault(iid, 0)  # started since: all of it is new
         printed = False
