@@ -14,10 +14,11 @@ import os
 import re
 import shlex
 import subprocess
+import tomllib
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from kiln import DISTRIBUTION, __version__
 from kiln.config import LoadedConfig
@@ -48,7 +49,10 @@ class PipelineSpec:
     python: str
     install: str
     test_commands: tuple[str, ...]
-    has_requirements: bool
+    # what installs the app's dependencies (its test and dev ones too) before the tests,
+    # and the files those commands read (the pip cache's key)
+    app_install: tuple[str, ...]
+    manifests: tuple[str, ...]
     region: str | None
     bake_script: str | None = None  # the app's own scripts/build-ami.sh (AWS), if it has one
     staging: str | None = None  # --promote FROM:TO: every push deploys here...
@@ -184,6 +188,7 @@ def plan_pipeline(
             hint="use letters, digits, '.', '_', '-' and '/' in the app's directory names",
         )
     region = config.provider.aws.region if config.provider.aws else None
+    app_install, manifests = dependency_install(app_dir)
     return PipelineSpec(
         system=system,
         provider=provider,
@@ -192,7 +197,8 @@ def plan_pipeline(
         python=_python_version(config.app.python),
         install=install or default_install(),
         test_commands=_test_commands(app_dir, test_command),
-        has_requirements=(app_dir / "requirements.txt").is_file(),
+        app_install=app_install,
+        manifests=manifests,
         region=region,
         bake_script=BAKE_SCRIPT
         if provider == "aws" and (app_dir / BAKE_SCRIPT).is_file()
@@ -225,6 +231,81 @@ def _promotion(loaded: LoadedConfig, promote: str | None) -> tuple[str | None, s
 def _python_version(wanted: str | None) -> str:
     match = re.search(r"(\d+\.\d+)", wanted or "")
     return match.group(1) if match else DEFAULT_PYTHON
+
+
+# requirement files that hold what only the tests and development need, beside
+# requirements.txt (the first of each pair that exists)
+_DEV_REQUIREMENTS = (
+    ("requirements-dev.txt", "dev-requirements.txt"),
+    ("requirements-test.txt", "test-requirements.txt"),
+    ("requirements/dev.txt", "requirements/development.txt"),
+    ("requirements/test.txt", "requirements/tests.txt"),
+)
+_TEST_LIST = ".kiln-test-requirements.txt"
+# [project] dependencies with the test and dev extras and dependency groups (PEP 735)
+_PEP621_TEST_DEPS = (
+    'python -c \'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); '
+    'o = p["project"].get("optional-dependencies", {}); '
+    'g = p.get("dependency-groups", {}); '
+    'print(*p["project"].get("dependencies", []), *[d for k in ("test", "tests", '
+    '"dev") for d in o.get(k, []) + g.get(k, []) if isinstance(d, str)], sep="\\n")\''
+    f" > {_TEST_LIST}"
+)
+
+
+def dependency_install(app_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The commands that install the app's dependencies, dev and test ones included,
+    for its tests in CI, and the files they read.
+
+    The same precedence as the image's build (``kiln init``): requirements.txt,
+    then Pipfile.lock, poetry.lock, Pipfile, uv.lock, Poetry's table, [project].
+    Unlike the image, the tests need what the app keeps for development (pytest
+    plugins, httpx for a TestClient...), so each tool installs its dev set too.
+    """
+
+    def has(name: str) -> bool:
+        return (app_dir / name).is_file()
+
+    project = _pyproject(app_dir)
+    poetry = isinstance(project.get("tool", {}).get("poetry", {}).get("dependencies"), dict)
+    pipenv = "python -m pip install pipenv"
+    poetry_install = (
+        "python -m pip install poetry",
+        # into the runner's python, not a virtualenv of Poetry's; no global config written
+        # (--no-root: the app itself need not be a package)
+        "POETRY_VIRTUALENVS_CREATE=false poetry install --no-interaction --no-root",
+    )
+    if has("requirements.txt"):
+        dev = [next((n for n in pair if has(n)), None) for pair in _DEV_REQUIREMENTS]
+        files = ["requirements.txt", *(name for name in dev if name)]
+        options = " ".join(f"-r {name}" for name in files)
+        return (f"python -m pip install {options}",), tuple(files)
+    if has("Pipfile.lock"):
+        return (pipenv, "pipenv install --dev --system --deploy"), ("Pipfile", "Pipfile.lock")
+    if has("poetry.lock") and has("pyproject.toml"):
+        return poetry_install, ("pyproject.toml", "poetry.lock")
+    if has("Pipfile"):
+        return (pipenv, "pipenv install --dev --system --skip-lock"), ("Pipfile",)
+    if has("uv.lock") and has("pyproject.toml"):
+        export = (
+            "uv export --frozen --no-emit-project --no-hashes --format requirements-txt"
+            f" -o {_TEST_LIST}"
+        )
+        install = f"python -m pip install -r {_TEST_LIST}"
+        return ("python -m pip install uv", export, install), ("pyproject.toml", "uv.lock")
+    if poetry:
+        return poetry_install, ("pyproject.toml",)
+    if isinstance(project.get("project", {}).get("dependencies"), list):
+        install = f"python -m pip install -r {_TEST_LIST}"
+        return (_PEP621_TEST_DEPS, install), ("pyproject.toml",)
+    return (), ()
+
+
+def _pyproject(app_dir: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
 
 
 def _test_commands(app_dir: Path, explicit: str | None) -> tuple[str, ...]:
@@ -270,16 +351,14 @@ def _install_command(spec: PipelineSpec) -> str:
 
 def _cache_files(spec: PipelineSpec) -> list[str]:
     prefix = "" if spec.workdir == "." else f"{spec.workdir}/"
-    names = ["kiln.toml", "requirements.txt"] if spec.has_requirements else ["kiln.toml"]
-    return [prefix + name for name in names]
+    return [prefix + name for name in ("kiln.toml", *spec.manifests)]
 
 
 def _github_values(spec: PipelineSpec) -> dict[str, str]:
     steps: list[str] = []
-    if spec.test_commands and spec.has_requirements:
-        steps += _github_step(
-            "Install the app's requirements", "python -m pip install -r requirements.txt"
-        )
+    if spec.test_commands:
+        for command in spec.app_install:
+            steps += _github_step("Install the app's dependencies", command)
     for number, command in enumerate(spec.test_commands, 1):
         steps += _github_step(
             "Test" if number == len(spec.test_commands) else "Prepare tests", command
@@ -430,8 +509,8 @@ def _github_step(name: str, command: str) -> list[str]:
 
 def _gitlab_values(spec: PipelineSpec) -> dict[str, str]:
     commands: list[str] = []
-    if spec.test_commands and spec.has_requirements:
-        commands.append("python -m pip install -r requirements.txt")
+    if spec.test_commands:
+        commands += spec.app_install
     commands += spec.test_commands
     steps = [f"- {_scalar(command)}" for command in commands]
     if not commands:

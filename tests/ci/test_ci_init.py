@@ -202,6 +202,79 @@ def test_options_shape_the_pipeline(kiln: Kiln) -> None:
     assert steps[-1] == {"name": "Test", "run": "make check: all"}
 
 
+MANIFESTS = [
+    pytest.param(
+        {"requirements.txt": "flask\n", "requirements-dev.txt": "pytest-cov\n"},
+        ["python -m pip install -r requirements.txt -r requirements-dev.txt"],
+        ["requirements.txt", "requirements-dev.txt"],
+        id="requirements",
+    ),
+    pytest.param(
+        {"Pipfile": "", "Pipfile.lock": "{}"},
+        ["python -m pip install pipenv", "pipenv install --dev --system --deploy"],
+        ["Pipfile", "Pipfile.lock"],
+        id="pipenv",
+    ),
+    pytest.param(
+        {"pyproject.toml": '[tool.poetry.dependencies]\npython = "^3.11"\n', "poetry.lock": ""},
+        [
+            "python -m pip install poetry",
+            "POETRY_VIRTUALENVS_CREATE=false poetry install --no-interaction --no-root",
+        ],
+        ["pyproject.toml", "poetry.lock"],
+        id="poetry",
+    ),
+    pytest.param(
+        {"pyproject.toml": '[project]\nname = "x"\ndependencies = []\n', "uv.lock": ""},
+        ["python -m pip install uv", "uv export", "python -m pip install -r"],
+        ["pyproject.toml", "uv.lock"],
+        id="uv",
+    ),
+    pytest.param(
+        {"pyproject.toml": '[project]\nname = "x"\ndependencies = ["flask"]\n'},
+        ["python -c 'import tomllib;", "python -m pip install -r"],
+        ["pyproject.toml"],
+        id="pyproject",
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "commands", "cached"), MANIFESTS)
+def test_the_test_stage_installs_the_apps_dependencies_from_its_manifest(
+    kiln: Kiln,
+    actionlint: Lint,
+    schema_check: SchemaCheck,
+    files: dict[str, str],
+    commands: list[str],
+    cached: list[str],
+) -> None:
+    """Before, only a requirements.txt was installed (tests/realapps/test_ci_dependencies.py
+    runs these with the real tools)."""
+    repo = app_in_repo(kiln, config=LOCAL_APP)
+    (kiln.cwd / "requirements.txt").unlink()
+    for name, text in files.items():
+        (kiln.cwd / name).write_text(text)
+    kiln("ci", "init", "github", "--provider", "local")
+    kiln("ci", "init", "gitlab", "--provider", "local")
+    github, gitlab = repo / ".github/workflows/deploy.yml", repo / ".gitlab-ci.yml"
+    assert actionlint(github) == []
+    for schema, path in (("github-workflows", github), ("gitlab-ci", gitlab)):
+        checked = schema_check(schema, path)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    steps = load(github)["jobs"]["test"]["steps"]
+    installs = [s["run"] for s in steps if s.get("name") == "Install the app's dependencies"]
+    assert len(installs) == len(commands)
+    assert all(run.startswith(start) for run, start in zip(installs, commands, strict=True))
+    names = [s.get("name") for s in steps]
+    assert names.index("Install the app's dependencies") < names.index("Test")
+    script = load(gitlab)["test"]["script"]
+    start = script.index(installs[0])
+    assert script[start : start + len(installs)] == installs
+    assert script.index("python -m pytest -q") > start
+    setup = next(s for s in steps if "setup-python" in s.get("uses", ""))
+    assert setup["with"]["cache-dependency-path"].split() == ["kiln.toml", *cached]  # its key
+
+
 class Dist:
     def __init__(self, direct_url: str | None) -> None:
         self.direct_url = direct_url
@@ -280,7 +353,7 @@ def test_the_generated_install_line_installs_kiln_from_its_repository(
 
 def _pip_wheel(ci: Any, spec: str, out: Path) -> None:
     command = shlex.split(ci._install_command(ci.PipelineSpec(
-        "github", "aws", "shop", ".", "3.11", spec, (), False, None
+        "github", "aws", "shop", ".", "3.11", spec, (), (), (), None
     )))  # fmt: skip
     assert command[:4] == ["python", "-m", "pip", "install"]
     done = subprocess.run(
