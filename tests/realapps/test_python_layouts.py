@@ -12,11 +12,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from realkit import deploy, free_port, get, review
 
 from kilntest import Kiln
+
+
+def _deployed(app: Path, files: dict[str, str]) -> tuple[dict[str, Any], int]:
+    """The app written, `kiln init` as it is (but for the review's edits), deployed:
+    (what init said, the port it serves on)."""
+    for name, text in files.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    kiln = Kiln(app)
+    port = free_port()
+    init: dict[str, Any] = json.loads(kiln("init", "--json").stdout)
+    review(app, port)
+    deploy(kiln)
+    return init, port
+
 
 MAIN = """\
 from fastapi import Depends, FastAPI
@@ -70,15 +86,8 @@ def test_fastapis_bigger_applications_layout(tmp_path: Path) -> None:
         "tests/__init__.py": "",
         "tests/test_main.py": "from app.main import app\n",
     }
-    for name, text in files.items():
-        (app / name).parent.mkdir(parents=True, exist_ok=True)
-        (app / name).write_text(text)
-    kiln = Kiln(app)
-    port = free_port()
-    init = json.loads(kiln("init", "--json").stdout)
+    init, port = _deployed(app, files)
     assert init["kind"] == "FastAPI" and init["run"].endswith(" app.main:app"), init
-    review(app, port)
-    deploy(kiln)
     status, body = get(port, "/items/")
     assert status == 200 and json.loads(body)["gun"] == {"name": "Portal Gun"}, body[:300]
 
@@ -130,15 +139,8 @@ def test_a_flask_factory_in_a_src_layout(tmp_path: Path) -> None:
         "src/greeter/__init__.py": FACTORY,
         "src/greeter/views.py": VIEWS,
     }
-    for name, text in files.items():
-        (app / name).parent.mkdir(parents=True, exist_ok=True)
-        (app / name).write_text(text)
-    kiln = Kiln(app)
-    port = free_port()
-    init = json.loads(kiln("init", "--json").stdout)
+    init, port = _deployed(app, files)
     assert init["kind"] == "Flask" and init["run"].endswith(" 'greeter:create_app()'"), init
     assert 'PYTHONPATH = "src:deps"' in (app / "kiln.toml").read_text()
-    review(app, port)
-    deploy(kiln)
     status, body = get(port, "/hello")
     assert status == 200 and json.loads(body) == {"greeting": "hello", "package": "greeter"}
