@@ -126,3 +126,34 @@ def test_sqlite_failures_a_user_causes_are_explained_and_bugs_are_not() -> None:
     assert isinstance(readonly, HomeError) and "cannot write kiln's state" in readonly.message
     assert explain_failure(sqlite3.OperationalError("no such table: x")) is None
     assert explain_failure(ValueError("a bug")) is None
+
+
+def test_a_missing_dependency_is_explained_not_a_traceback(tmp_path: Path) -> None:
+    """A checkout pulled without reinstalling: the lazily imported command's module needs
+    a package the environment lacks. Found when a venv older than httptools ran
+    `kiln agent --help` and printed a traceback."""
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    (hidden / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'httptools':\n"
+        "            raise ModuleNotFoundError(\"No module named 'httptools'\", name='httptools')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(hidden)}
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "'httptools'" in done.stderr and "install kiln again" in done.stderr
+    assert (
+        explain_failure(ModuleNotFoundError("No module named 'kiln.nope'", name="kiln.nope"))
+        is None
+    )

@@ -60,7 +60,10 @@ def explain(exc: OSError, *, source: Path | None = None) -> KilnError | None:
 
 
 def explain_failure(exc: BaseException) -> KilnError | None:
-    """The CLI's safety net: an OS or SQLite failure a user causes, as a KilnError."""
+    """The CLI's safety net: an OS or SQLite failure a user causes, or an install
+    missing a dependency, as a KilnError."""
+    if isinstance(exc, ModuleNotFoundError):
+        return _incomplete_install(exc)
     if isinstance(exc, OSError):
         return explain(exc)
     sqlite3 = sys.modules.get("sqlite3")  # not imported: not the cause (and not paid for)
@@ -75,3 +78,18 @@ def explain_failure(exc: BaseException) -> KilnError | None:
                 "owner and permissions of its files",
             )
     return None
+
+
+def _incomplete_install(exc: ModuleNotFoundError) -> KilnError | None:
+    """A dependency kiln imports is not installed: an environment kiln was copied or
+    upgraded into without its requirements (a checkout pulled without reinstalling).
+    A module of kiln's own missing is a bug, and keeps its traceback."""
+    name = exc.name or ""
+    if not name or name.partition(".")[0] == "kiln":
+        return None
+    return KilnError(
+        f"kiln's installation is incomplete: the module {name!r} it needs is missing "
+        f"from {sys.prefix}",
+        hint="install kiln again with its dependencies (pip install --upgrade kiln-deploy; "
+        "in a checkout of kiln, pip install -e . or make demo)",
+    )
