@@ -47,7 +47,7 @@ def test_one_fields_object_serves_message_after_message() -> None:
     f.add(b"Transfer-Encoding", b"chunked")
     f.add(b"Connection", b"Upgrade, X-A")
     f.add(b"Upgrade", b"websocket")
-    with pytest.raises(BadMessage, match="body on an Upgrade"):
+    with pytest.raises(BadMessage, match="chunked body on an Upgrade"):
         make_request(b"GET", b"/", "1.1", f)
     f.reset()
     f.add(b"Host", b"x")

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import logging
 import socket
 import ssl
 import time
@@ -60,6 +61,9 @@ REPLAY_LIMIT = 64 * 1024  # request bodies up to this are read whole before an i
 SWEEP = 0.5  # seconds between two looks at the deadlines
 SUSPECT_SECONDS = 1.0  # avoid an instance that refused a connection for this long
 _NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, BadMessage)
+REPORTS_PER_MINUTE = 10  # the balancer's own 5xx answers logged, per fleet; then counted
+
+log = logging.getLogger("kiln.lb")
 
 
 class _Retry(Exception):
@@ -79,6 +83,42 @@ def _pooled(backend: Backend) -> Upstream | None:
             return upstream
         upstream.close()
     return None
+
+
+class Reports:
+    """The balancer's own 5xx answers in lb.log, with why: the first few of each
+    minute, then how many more (a failing instance must not flood the log)."""
+
+    def __init__(self, fleet: str) -> None:
+        self.fleet = fleet
+        self.since = 0.0
+        self.logged = 0
+        self.more = 0
+
+    def tick(self, now: float) -> None:
+        """A new minute: say how many went unlogged in the last one."""
+        if now - self.since >= 60.0:
+            if self.more:
+                log.warning(
+                    "fleet %s: %d more such answers in the last minute", self.fleet, self.more
+                )
+            self.since, self.logged, self.more = now, 0, 0
+
+    def answered(self, status: int, head: Request, why: str) -> None:
+        self.tick(time.monotonic())
+        if self.logged >= REPORTS_PER_MINUTE:
+            self.more += 1
+            return
+        self.logged += 1
+        target = head.target[:200].decode("latin-1")
+        log.warning(
+            "fleet %s: answered %d to %s %s: %s",
+            self.fleet,
+            status,
+            head.method.decode("latin-1"),
+            target,
+            why,
+        )
 
 
 class Balancer:
@@ -104,6 +144,7 @@ class Balancer:
         self._sweeper: asyncio.Task[None] | None = None
         self._rr = 0
         self.sticky: Affinity | None = None  # [fleet] sticky (kiln.local.affinity)
+        self._reports = Reports(fleet)
 
     # membership -----------------------------------------------------------
 
@@ -218,6 +259,8 @@ class Balancer:
                 if deadline < now:
                     del self.waiting[upstream]
                     upstream.timed_out()
+            if self._reports.more:
+                self._reports.tick(now)
 
     async def move(self, host: str, port: int) -> None:
         """Listen somewhere else; the old listener closes once the new one is up."""
@@ -395,7 +438,7 @@ class Balancer:
             )
             stale = None
             if backend is None:
-                return self._give_up(head, client, bool(tried), body is not None)
+                return self._give_up(head, client, bool(tried), body is not None, started)
             tried += (backend.id,)
             backend.outstanding += 1
             try:
@@ -414,16 +457,18 @@ class Balancer:
             finally:
                 backend.outstanding -= 1
 
-    def _give_up(self, head: Request, client: Client, tried: bool, body_read: bool) -> bool:
+    def _give_up(
+        self, head: Request, client: Client, tried: bool, body_read: bool, started: float
+    ) -> bool:
         keep = body_read and not head.close and head.upgrade is None
         if tried:
-            message = f"fleet {self.fleet}: every instance tried failed to answer\n"
-            client.write(simple_response(502, message, close=not keep))
-            self.totals.record(502, 0.0)
+            status, message = 502, f"fleet {self.fleet}: every instance tried failed to answer"
         else:
             self.unavailable += 1
-            message = f"fleet {self.fleet} has no healthy instance in service\n"
-            client.write(simple_response(503, message, close=not keep))
+            status, message = 503, f"fleet {self.fleet} has no healthy instance in service"
+        client.write(simple_response(status, message + "\n", close=not keep))
+        self.totals.record(status, time.monotonic() - started)  # what the client got
+        self._reports.answered(status, head, message)
         return keep
 
     async def _connect(self, backend: Backend) -> Upstream:
@@ -497,16 +542,22 @@ class Balancer:
         (or, when its answer had begun, is to be cut off)."""
         if isinstance(error, ClientGone):
             return None
-        if not upstream.answered:
-            if isinstance(error, ResponseTimeout):
-                message = (504, "instance did not answer in time\n")
-            elif replayable and not upstream.received and not isinstance(error, BadMessage):
-                return _Stale if pooled else _Retry
-            else:
-                message = (502, "instance failed\n")
-            client.write(simple_response(*message, close=True))
-        backend.counters.failures += 1
-        self.totals.failures += 1
+        if upstream.answered:  # cut off: the client saw the instance's status already
+            backend.counters.failures += 1
+            self.totals.failures += 1
+            return None
+        if isinstance(error, ResponseTimeout):
+            status, message = 504, "instance did not answer in time"
+        elif replayable and not upstream.received and not isinstance(error, BadMessage):
+            return _Stale if pooled else _Retry
+        else:
+            status, message = 502, "instance failed"
+        client.write(simple_response(status, message + "\n", close=True))
+        # counted as the answer the client got, the instance's (not also as a failed
+        # attempt: what deploy gates add up, 5xx plus failures, counts it once)
+        backend.counters.record_with(self.totals, status, time.monotonic() - upstream.started)
+        assert upstream.head is not None
+        self._reports.answered(status, upstream.head, f"instance {backend.id}: {error}")
         return None
 
     async def _switch(

@@ -16,5 +16,6 @@ cdef class MessageReader:
     cdef public object error
     cdef public bint mid
     cdef public bint spent
+    cdef public Py_ssize_t _owed
     cdef public double last_read
     cdef public double head_start

@@ -62,6 +62,7 @@ class MessageReader:
         "_fields",
         "_head_bytes",
         "_in_chunk",
+        "_owed",
         "_parser",
         "_trailer_bytes",
         "_trailing",
@@ -89,6 +90,7 @@ class MessageReader:
         self.error: BaseException | None = None
         self.mid = False  # inside a message
         self.spent = False  # the parser cannot go on (after an upgrade, an error, the end)
+        self._owed = 0  # bytes of a body llhttp skipped (an Upgrade offer ignored) still due
         self.last_read = 0.0  # monotonic time of the last feed
         self.head_start = 0.0  # when the head being read began; 0.0 when none is
 
@@ -113,7 +115,7 @@ class MessageReader:
         self._head_bytes = 0
         self.head_start = 0.0
         if len(self._url) + self._fields.size > MAX_HEAD:
-            raise BadMessage("head too large", 431)
+            raise self._too_large(self._fields.size)
         request = make_request(
             parser.get_method(), self._url, parser.get_http_version(), self._fields
         )
@@ -145,24 +147,25 @@ class MessageReader:
             return None
         if not self.body:
             self._head_bytes += len(data)
+        elif self._owed:  # the body of an Upgrade offer ignored (``_offered``)
+            data = self._skipped_body(data)
         trailing = self._trailing
         self._chunk_at = len(self.events)  # "no event since": since this read or a size line
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.spent = True
-            self.mid = False
-            return data[exc.args[0] :]
-        except httptools.HttpParserCallbackError as exc:
-            self.spent = True
-            cause = exc.__context__
-            self.error = cause if isinstance(cause, BadMessage) else BadMessage(str(exc))
+            try:
+                rest = self._offered(data[exc.args[0] :])
+            except httptools.HttpParserError as failed:
+                self._failed(failed)
+            else:
+                if rest is not None:
+                    return rest
         except httptools.HttpParserError as exc:
-            self.spent = True
-            self.error = BadMessage(f"malformed: {exc}", 400)
+            self._failed(exc)
         if not self.body and self._head_bytes > MAX_HEAD and self.error is None:
             self.spent = True
-            self.error = BadMessage("head too large", 431)
+            self.error = self._too_large(self._head_bytes - len(self._url))
         # A chunk that brought no data since its size line is the last one: what
         # follows is trailers, which httptools holds until each field ends. A read
         # that begins and ends in them is all trailer.
@@ -173,6 +176,64 @@ class MessageReader:
                 self.spent = True
                 self.error = BadMessage("trailers too large", 431)
         return None
+
+    def _offered(self, rest: bytes) -> bytes | None:
+        """llhttp stopped after a request offering an upgrade; ``rest`` is what followed.
+
+        The bytes after the head when the proxy takes the offer. One it ignored
+        (kiln.local.http1.make_request) is followed by its body, which llhttp
+        skipped and is counted out here, then by the next request, parsed on.
+        """
+        while True:
+            # llhttp skips the body of an offer and stops after its end: (HEAD, END)
+            _, request = self.events[-2]
+            if request.upgrade is not None:  # taken
+                self.spent = True
+                self.mid = False
+                return rest
+            if request.length:
+                self._owed = request.length
+                self.events.pop()  # the end llhttp reported before the body
+                self.mid = self.body = True
+                rest = self._skipped_body(rest)
+            if not rest:
+                return None
+            try:
+                self._parser.feed_data(rest)
+                return None
+            except httptools.HttpParserUpgrade as exc:
+                rest = rest[exc.args[0] :]
+
+    def _failed(self, exc: httptools.HttpParserError) -> None:
+        self.spent = True
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            cause = exc.__context__
+            self.error = cause if isinstance(cause, BadMessage) else BadMessage(str(exc))
+        else:
+            self.error = BadMessage(f"malformed: {exc}", 400)
+
+    def _skipped_body(self, data: bytes) -> bytes:
+        """The Content-Length body llhttp skipped, taken from ``data``; what follows it."""
+        owed = self._owed
+        if owed > len(data):
+            self._owed -= len(data)
+            self.events.append((BODY, data))
+            return b""
+        self._owed = 0
+        if owed:
+            self.events.append((BODY, data[:owed]))
+        self.events.append((END, None))
+        self.mid = self.body = False
+        return data[owed:]
+
+    def _too_large(self, rest: int) -> BadMessage:
+        """414 when the request target is most of a head too large (RFC 9112 3: a
+        server MUST answer a target longer than it parses so), else 431. ``rest`` is
+        the size of the head but its target. llhttp hands the target over at the end
+        of every feed, so a long one is measured while it is still arriving."""
+        if len(self._url) > rest:
+            return BadMessage("request target too long", 414)
+        return BadMessage("head too large", 431)
 
     def feed_eof(self) -> None:
         """The peer closed its side: the end between messages, else a truncated one."""

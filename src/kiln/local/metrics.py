@@ -64,9 +64,9 @@ class Counters:
     __slots__ = ("errors", "failures", "latency", "requests")
 
     def __init__(self) -> None:
-        self.requests = 0  # answered requests
+        self.requests = 0  # answered requests, the balancer's own 502, 503 and 504 included
         self.errors = 0  # answered with 5xx
-        self.failures = 0  # attempts that failed (connect, reset, timeout)
+        self.failures = 0  # attempts that failed and were retried, or were cut off mid-answer
         self.latency = Histogram()
 
     def record(self, status: int, seconds: float) -> None:
@@ -125,7 +125,8 @@ def render_counters(prefix: str, series: Iterable[tuple[dict[str, str], Counters
     ]
     out += [f"{prefix}_responses_5xx_total{_labels(lb)} {c.errors}" for lb, c in rows]
     out += [
-        f"# HELP {prefix}_upstream_failures_total Attempts that failed before an answer.",
+        f"# HELP {prefix}_upstream_failures_total Attempts that failed and were retried,"
+        " or cut off mid-answer (a failure the client got a 502 or 504 for is that 5xx).",
         f"# TYPE {prefix}_upstream_failures_total counter",
     ]
     out += [f"{prefix}_upstream_failures_total{_labels(lb)} {c.failures}" for lb, c in rows]

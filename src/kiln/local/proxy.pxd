@@ -8,6 +8,7 @@ cdef class Client(Stream):
     cdef public object _waiter
     cdef public double body_start
     cdef public bint busy
+    cdef public object exchange
     cdef public object expired
     cdef public bytes forwarded
     cdef public bytes ip

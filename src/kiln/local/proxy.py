@@ -68,6 +68,7 @@ class Client(Stream):
         "_waiter",
         "body_start",
         "busy",
+        "exchange",
         "expired",
         "forwarded",
         "ip",
@@ -93,6 +94,7 @@ class Client(Stream):
         self.forwarded = b""  # the X-Forwarded lines of every request, unless ``trusted``
         self.busy = False  # a request is being answered
         self.sending: Any = None  # an instance connection waiting for this client to read
+        self.exchange: Any = None  # the instance connection carrying this client's request
         self._waiter: asyncio.Future[None] | None = None
         self.phase = IDLE
         self.since = self.body_start = time.monotonic()
@@ -128,6 +130,12 @@ class Client(Stream):
         else:
             self.messages.feed_eof()
             self._wake()
+            exchange = self.exchange
+            if exchange is not None and not exchange.answered:
+                # The client gave up waiting (curl --max-time, a closed tab): the
+                # instance is told at once by the close of its connection, as nginx
+                # does by default, rather than working on for nobody until it answers.
+                exchange.client_gone()
         return self.get_extra_info("sslcontext") is None  # TLS cannot half-close
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -140,9 +148,10 @@ class Client(Stream):
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)  # a task reading from this client learns it is gone
-        sending, self.sending = self.sending, None
-        if sending is not None:
-            sending.client_gone()
+        self.sending = None
+        exchange = self.exchange
+        if exchange is not None:  # waiting for its answer, or sending it: the instance is told
+            exchange.client_gone()
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -332,6 +341,8 @@ async def read_body(client: Client, head: Request, limit: int) -> tuple[bytes, b
     """
     if not head.has_body:  # its end came with its head (llhttp emits both in one feed)
         client.messages.take() or await client_event(client)
+        if not client.messages.events:
+            client.resume()  # a client giving up while it waits is seen (Client.eof_received)
         return b"", True
     client.set(BODY_IN)
     client.body_start = client.since

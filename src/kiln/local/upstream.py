@@ -132,6 +132,7 @@ class Upstream(Stream):
         """Carry ``head``'s exchange; its end goes to ``waiter``, else to the balancer."""
         self.balancer = balancer
         self.client = client
+        client.exchange = self
         self.head = head
         self.started = started
         self.waiter = waiter
@@ -172,6 +173,9 @@ class Upstream(Stream):
         """Drop the exchange (its client failed or went away); the connection closes."""
         if self.balancer is not None:
             self.balancer.waiting.pop(self, None)
+        client = self.client
+        if client is not None and client.exchange is self:
+            client.exchange = None
         self.client = None
         self.waiter = None
         self.spent = True
@@ -192,6 +196,7 @@ class Upstream(Stream):
         if error is not None or not self.final:  # a final head took its deadline off
             balancer.waiting.pop(self, None)
         self.client = None
+        client.exchange = None  # one exchange at a time: a retry's begins after this
         if client.sending is self:
             client.sending = None
         if error is not None:
