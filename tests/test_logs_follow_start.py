@@ -17,6 +17,7 @@ import pytest
 
 from kiln.cli import agent as agent_cli
 from kiln.home import Home
+from kiln.local.client import agent_status, stop_agent
 from kilntest import Kiln
 
 INSTANCE = "i-0123456789ab"
@@ -65,7 +66,9 @@ def test_fleet_follow_prints_a_line_written_while_the_first_lines_are_shown(
 ) -> None:
     (kiln.cwd / "kiln.toml").write_text('[app]\nname = "web"\nrun = "python3 app.py"\n')
     path = _log(home, "listening on\n")
-    monkeypatch.setattr(agent_cli, "_fleet_logs", lambda _home, _fleet: {INSTANCE: (path, False)})
+    monkeypatch.setattr(
+        agent_cli, "_fleet_logs", lambda _home, _fleet, **_: {INSTANCE: (path, False)}
+    )
     monkeypatch.setattr(
         agent_cli, "timed_lines", _appending_after(agent_cli.timed_lines, path, "served /late\n")
     )
@@ -90,7 +93,7 @@ def test_fleet_follow_ends_when_the_ended_instances_logs_expire_between_two_look
     answers = iter([{INSTANCE: (path, True)}, {INSTANCE: (path, True)}])
     looks: list[int] = []
 
-    def fleet_logs(_home: Home, _fleet: str) -> dict[str, tuple[Path, bool]]:
+    def fleet_logs(_home: Home, _fleet: str, **_: Any) -> dict[str, tuple[Path, bool]]:
         looks.append(1)
         assert len(looks) < 8, "still following a fleet with nothing left"
         found = next(answers, None)
@@ -113,7 +116,7 @@ def test_fleet_follow_goes_on_while_the_agent_does_not_answer(
     answers = iter([{INSTANCE: (path, True)}, {INSTANCE: (path, True)}, None, None])
     looks: list[int] = []
 
-    def fleet_logs(_home: Home, _fleet: str) -> dict[str, tuple[Path, bool]] | None:
+    def fleet_logs(_home: Home, _fleet: str, **_: Any) -> dict[str, tuple[Path, bool]] | None:
         looks.append(1)
         if len(looks) == 3:
             with path.open("a") as f:
@@ -123,3 +126,42 @@ def test_fleet_follow_goes_on_while_the_agent_does_not_answer(
     monkeypatch.setattr(agent_cli, "_fleet_logs", fleet_logs)
     lines = [line.split("  ", 1)[1] for line in kiln("logs", "-f").stdout.splitlines()]
     assert lines == ["listening on", "served /while-unreachable"] and len(looks) >= 5
+
+
+def test_fleet_lines_of_one_time_keep_their_order(
+    home: Home, kiln: Kiln, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A traceback is written at once, so its lines share a time: they were sorted by
+    their text, `File ...` lines first and `Traceback (most recent call last):` last
+    (found on a NestJS and a Django app; `kiln logs INSTANCE` had them right)."""
+    (kiln.cwd / "kiln.toml").write_text('[app]\nname = "web"\nrun = "python3 app.py"\n')
+    written = [
+        "Traceback (most recent call last):",
+        '  File "app.py", line 3, in <module>',
+        "ZeroDivisionError: division by zero",
+        "Error: boom at startup",
+        "    at Object.<anonymous> (/app/server.js:2:7)",
+    ]
+    path = _log(home, "\n".join(written) + "\n")
+    other = path.with_name("i-00000000000b.log")
+    other.write_text("a line of another instance\n")
+    monkeypatch.setattr(
+        agent_cli,
+        "_fleet_logs",
+        lambda _home, _fleet, **_: {INSTANCE: (path, False), "i-00000000000b": (other, False)},
+    )
+    shown = [line.split("  ", 1) for line in kiln("logs").stdout.splitlines()]
+    assert [text for iid, text in shown if iid.endswith(INSTANCE)] == written
+
+
+def test_fleet_logs_without_a_running_agent_start_it(home: Home, kiln: Kiln) -> None:
+    """`kiln logs` printed nothing and exited 0 when the agent was stopped, though the
+    instances ran and their logs were on disk; it now starts the agent, as `kiln status`
+    does, and says when the fleet has no logs at all."""
+    (kiln.cwd / "kiln.toml").write_text('[app]\nname = "web"\nrun = "python3 app.py"\n')
+    try:
+        result = kiln("logs")
+        assert "fleet web has no instance with logs" in result.stderr
+        assert agent_status(home) is not None, "the agent was started"
+    finally:
+        stop_agent(home)

@@ -17,7 +17,7 @@ from kiln.durations import parse_duration
 from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.local.agent import log_path, read_pid, serve
-from kiln.local.client import AgentClient, agent_status, start_agent, stop_agent
+from kiln.local.client import AgentClient, agent_status, ensure_agent, start_agent, stop_agent
 from kiln.local.compiled import mapped_in
 from kiln.local.logtimes import timed_lines
 from kiln.local.procs import log_end, log_tail
@@ -153,13 +153,23 @@ def logs(state: State, instance: str | None, follow: bool, lines: int, since: st
             _follow(path, end, lambda: _still_running(state, instance))
         return
     fleet = state.config().config.fleet_name
-    known = _fleet_logs(home, fleet) or {}
+    known = _fleet_logs(home, fleet, start=True) or {}
+    if not known:
+        note(
+            f"fleet {fleet} has no instance with logs: it was not deployed on this host, "
+            "or its instances ended longer ago than [provider.local] log_retention"
+        )
     ends = {iid: log_end(path) for iid, (path, _live) in known.items()} if follow else {}
+    # by time, then instance; an instance's lines that share a time keep their order
+    # (a traceback's lines are written at once: sorting them by text scrambled them)
     merged = sorted(
-        (at, iid, line)
-        for iid, (path, _live) in known.items()
-        for at, line in timed_lines(path, ends.get(iid))
-        if cutoff is None or at >= cutoff
+        (
+            (at, iid, line)
+            for iid, (path, _live) in known.items()
+            for at, line in timed_lines(path, ends.get(iid))
+            if cutoff is None or at >= cutoff
+        ),
+        key=lambda row: (row[0], row[1]),
     )
     for at, iid, line in merged[-lines:] if lines else []:
         click.echo(f"{_clock(at)} {iid}  {line}")
@@ -171,13 +181,21 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}"
 
 
-def _fleet_logs(home: Home, fleet: str) -> dict[str, tuple[Path, bool]] | None:
+def _fleet_logs(
+    home: Home, fleet: str, *, start: bool = False
+) -> dict[str, tuple[Path, bool]] | None:
     """Every instance of the fleet the agent still knows: its log, and whether it is live;
-    None when the agent did not answer."""
-    try:
-        data = AgentClient(home).get(f"/v1/fleets/{quote(fleet, safe='')}", timeout=10.0)
-    except KilnError:
-        return None
+    None when the agent did not answer. With ``start``, an agent that is not running is
+    started, as `kiln status` does (it knows which instances are the fleet's), and its
+    errors are the user's: `kiln logs` printed nothing and succeeded without one."""
+    path = f"/v1/fleets/{quote(fleet, safe='')}"
+    if start:
+        data = ensure_agent(home).get(path, timeout=10.0)
+    else:
+        try:
+            data = AgentClient(home).get(path, timeout=10.0)
+        except KilnError:
+            return None
     return {
         i["id"]: (Path(i["log"]), i["state"] not in ("failed", "terminated"))
         for i in data.get("instances", [])
