@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pathspec
 import pytest
 
 from kiln.config import BuildStep, parse_config
@@ -443,3 +444,37 @@ def test_a_pyproject_that_does_not_parse_fails_the_step(tmp_path: Path) -> None:
     line = PYPROJECT_DEPS + f"cat {PYPROJECT_LIST}"
     done = subprocess.run(["/bin/sh", "-c", line], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode != 0 and "TOMLDecodeError" in done.stderr
+
+
+def test_nothing_recognised_fails_at_the_first_deploy_instead_of_serving_the_source(
+    tmp_path: Path,
+) -> None:
+    """The placeholder was `python3 -m http.server`: it passed every gate and served
+    the app's source (a Sanic app in a package: `GET /myapp/server.py` gave its code)."""
+    _write(tmp_path, {"myapp/server.py": "print('hi')\n", "requirements.txt": "weird-fw\n"})
+    found = detect(tmp_path)
+    assert found.kind == "unknown"
+    assert "http.server" not in found.run
+    assert any("set [app] run" in w for w in found.warnings)
+    done = subprocess.run(["/bin/sh", "-c", found.run], capture_output=True, text=True)
+    assert done.returncode == 64 and "set [app] run in kiln.toml" in done.stderr
+    assert _config(tmp_path).app.run == found.run
+
+
+def test_local_dotenv_files_stay_out_of_every_kind_of_image(tmp_path: Path) -> None:
+    """create-next-app's .gitignore lists .env*; kiln left out only .env, so a
+    developer's .env.local (which `next start` loads) was baked and served secrets."""
+    kinds = {
+        "node": {"package.json": '{"scripts": {"start": "node server.js"}}', "server.js": ""},
+        "python": {"app.py": "from flask import Flask\napp = Flask(__name__)\n"},
+        "static": {"index.html": "<p>hi</p>"},
+        "unknown": {"notes.txt": "?"},
+    }
+    for kind, files in kinds.items():
+        root = _write(tmp_path / kind, {**files, ".env.local": "API_SECRET=sk_live\n"})
+        (root / ".env.production").write_text("NEXT_PUBLIC_A=1\n")  # a committed default
+        excluded = pathspec.GitIgnoreSpec.from_lines(_config(root).app.exclude)
+        assert excluded.match_file(".env.local") and excluded.match_file(".env"), kind
+        assert excluded.match_file(".env.production.local"), kind
+        assert not excluded.match_file(".env.production"), kind
+        assert any(".env.local stay out of the image" in n for n in detect(root).notes), kind

@@ -18,11 +18,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pathspec
+
 from kiln import pylocks
 from kiln.config import BuildStep
 
-PY_EXCLUDE = ["__pycache__/", "*.pyc", ".venv/", "venv/", "/deps/", ".env", "*.sqlite3"]
-NODE_EXCLUDE = ["node_modules/", ".env", "npm-debug.log*"]
+# dotenv files that stay on the developer's machine: .env, and the *.local ones
+# (Next.js, Vite, dotenv-flow: .env.local, .env.production.local…); .env.production
+# and the like are often committed defaults a build reads, and are kept
+ENV_FILES = [".env", ".env*.local"]
+PY_EXCLUDE = ["__pycache__/", "*.pyc", ".venv/", "venv/", "/deps/", *ENV_FILES, "*.sqlite3"]
+NODE_EXCLUDE = ["node_modules/", *ENV_FILES, "npm-debug.log*"]
 _NODE_SOURCES = (".js", ".mjs", ".cjs", ".ts")
 PIP = "python3 -m pip install -q --target deps"
 # threads: a sync worker serves one request at a time, so two of them behind a few
@@ -80,7 +86,23 @@ def detect(root: Path) -> Detected:
         note = fastify_note(root)
         found.notes += [note] if note else []
     found.warnings += fixed_port_warnings(root, found.run)
+    found.exclude += [p for p in ENV_FILES if p not in found.exclude]
+    _env_files_note(root, found)
     return found
+
+
+def _env_files_note(root: Path, found: Detected) -> None:
+    """Say which dotenv files stay out of the image, and where their settings go."""
+    spec = pathspec.GitIgnoreSpec.from_lines(ENV_FILES)
+    try:
+        names = sorted(p.name for p in root.iterdir() if p.is_file() and spec.match_file(p.name))
+    except OSError:
+        return
+    if names:
+        found.notes.append(
+            f"{', '.join(names)} stay out of the image (local settings and secrets): give "
+            "production its settings in [env] and its secrets in [secrets]"
+        )
 
 
 def _one_process(found: Detected) -> None:
@@ -685,7 +707,7 @@ def _static(root: Path) -> Detected | None:
                 kind="static site",
                 run=f"python3 -m http.server --bind $HOST{where} $PORT",
                 why=[f"{shown} and no app code: a static site, served by python3 -m http.server"],
-                exclude=[".env"],
+                exclude=list(ENV_FILES),
                 health_path="/",
                 grace="10s",
             )
@@ -701,11 +723,22 @@ def _fallback(root: Path) -> Detected:
             return Detected(
                 kind="Python script", run=f"python3 {candidate}", why=why, build=build, env=env
             )
+    # A run line that fails at the first deploy's boot gate, saying what to do. A
+    # placeholder that served the directory passed every gate and published the
+    # app's source (and whatever secrets it holds) behind the balancer.
     return Detected(
         kind="unknown",
-        run="python3 -m http.server --bind $HOST $PORT",
-        why=["nothing recognised: a placeholder that serves the directory; edit [app] run"],
+        run=f"echo {shlex.quote(UNKNOWN_RUN)} >&2; exit 64",
+        why=[f"nothing recognised: {UNKNOWN_RUN}"],
+        warnings=[UNKNOWN_RUN],
+        exclude=list(ENV_FILES),
     )
+
+
+UNKNOWN_RUN = (
+    "kiln init recognised no app here: set [app] run in kiln.toml to the command that "
+    "starts it on $HOST:$PORT (and [app] build to what installs it)"
+)
 
 
 def _read(path: Path) -> str:
