@@ -478,3 +478,89 @@ def test_local_dotenv_files_stay_out_of_every_kind_of_image(tmp_path: Path) -> N
         assert excluded.match_file(".env.production.local"), kind
         assert not excluded.match_file(".env.production"), kind
         assert any(".env.local stay out of the image" in n for n in detect(root).notes), kind
+
+
+@pytest.mark.parametrize(
+    ("files", "kind", "run_end", "pythonpath"),
+    [
+        (  # Sanic in a package: was "unknown"
+            {
+                "myapp/__init__.py": "",
+                "myapp/server.py": "from sanic import Sanic\napp = Sanic('x')\n",
+            },
+            "Sanic",
+            "-m sanic myapp.server:app --host $HOST --port $PORT --no-motd",
+            "deps",
+        ),
+        (  # aiohttp factory in a package: was taken for Flask's create_app
+            {
+                "app/__init__.py": "from aiohttp import web\n\ndef create_app():\n"
+                "    app = web.Application()\n    return app\n"
+            },
+            "aiohttp",
+            "aiohttp.GunicornWebWorker 'app:create_app()'",
+            "deps",
+        ),
+        (  # a top-level aiohttp factory: its run line was unquoted, a /bin/sh syntax error
+            {
+                "server.py": "from aiohttp import web\n\ndef make():\n"
+                "    a = web.Application()\n    return a\n"
+            },
+            "aiohttp",
+            "aiohttp.GunicornWebWorker 'server:make()'",
+            "deps",
+        ),
+        (  # Quart's factory: was taken for Flask's
+            {
+                "app.py": "from quart import Quart\n\ndef create_app():\n"
+                "    app = Quart(__name__)\n    return app\n"
+            },
+            "Quart",
+            "--factory app:create_app",
+            "deps",
+        ),
+        (  # Quart's tutorial layout (src/blog/__init__.py)
+            {"src/blog/__init__.py": "from quart import Quart\napp = Quart(__name__)\n"},
+            "Quart",
+            " blog:app",
+            "src:deps",
+        ),
+        (  # Litestar in a package
+            {
+                "app/__init__.py": "",
+                "app/main.py": "from litestar import Litestar\napp = Litestar([])\n",
+            },
+            "Litestar",
+            " app.main:app",
+            "deps",
+        ),
+        (  # Flasky: create_app(config_name) is called by flasky.py with its argument
+            {
+                "app/__init__.py": "from flask import Flask\n\ndef create_app(config_name):\n"
+                "    app = Flask(__name__)\n    return app\n",
+                "flasky.py": "import os\nfrom app import create_app\n"
+                "app = create_app(os.getenv('FLASK_CONFIG') or 'default')\n",
+            },
+            "Flask",
+            " flasky:app",
+            "deps",
+        ),
+    ],
+)
+def test_framework_apps_in_packages_and_factories(
+    tmp_path: Path, files: dict[str, str], kind: str, run_end: str, pythonpath: str
+) -> None:
+    """Found by deploying real apps laid out as their frameworks' own docs do."""
+    found = detect(_write(tmp_path, files))
+    assert (found.kind, found.env.get("PYTHONPATH")) == (kind, pythonpath), found
+    assert found.run.endswith(run_end), found.run
+    assert subprocess.run(["/bin/sh", "-n", "-c", found.run]).returncode == 0  # parses
+
+
+def test_sanic_health_endpoint_only_when_it_is_served(tmp_path: Path) -> None:
+    """HEALTH = True alone (Sanic's docs) serves nothing at /__health__: sanic-ext
+    serves it, with HEALTH_ENDPOINT = True too. The guess rolled a deploy back."""
+    app = "from sanic import Sanic\napp = Sanic('x')\napp.config.HEALTH = True\n"
+    assert detect(_write(tmp_path / "a", {"server.py": app})).health_path is None
+    both = app + "app.config.HEALTH_ENDPOINT = True\n"
+    assert detect(_write(tmp_path / "b", {"server.py": both})).health_path == "/__health__"

@@ -149,12 +149,6 @@ def test_gradio_launch_with_a_fixed_port_is_a_warning(tmp_path: Path) -> None:
     assert "server_port= to launch()" in warning
 
 
-def test_sanic_health_endpoint_when_the_app_turns_it_on(tmp_path: Path) -> None:
-    app = "from sanic import Sanic\napp = Sanic('a')\napp.config.HEALTH = True\n"
-    _write(tmp_path, {"app.py": app})
-    assert detect(tmp_path).health_path == "/__health__"
-
-
 @pytest.mark.parametrize(
     ("package", "extra", "kind", "run", "health"),
     [

@@ -450,11 +450,16 @@ def _python_framework(root: Path) -> Detected | None:
             match = re.search(pattern, text, re.MULTILINE)
             if match is None:
                 continue
+            if match.group(1) == "create_app" and kind == "Flask":
+                if not re.search(r"^\s*(?:from|import)\s+flask\b", text, re.MULTILINE):
+                    continue  # another framework's factory (Quart's, FastAPI's…)
+                made = _made_by_factory(root, path)
+                if made is not None:  # it needs arguments a module passes it
+                    base, path, match = made
             parts = path.relative_to(base).with_suffix("").parts
             module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-            target = f"{module}:{match.group(1)}" + (
-                "()" if kind == "Flask" and match.group(1) == "create_app" else ""
-            )
+            called = kind == "Flask" and match.group(1) == "create_app"
+            target = f"{module}:{match.group(1)}" + ("()" if called else "")
             shown = path.relative_to(root).as_posix()
             why = [f"{shown} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
             # quoted: the run line goes through /bin/sh, where "create_app()" is a syntax error
@@ -473,6 +478,23 @@ def _python_framework(root: Path) -> Detected | None:
                 health_path=_route(root, ("/health", "/healthz", "/ping")),
                 grace="20s",
             )
+    return None
+
+
+def _made_by_factory(root: Path, factory: Path) -> tuple[Path, Path, re.Match[str]] | None:
+    """(base, module, match of ``X = create_app(``) when ``factory``'s create_app needs
+    arguments and a top-level module calls it with them (Flasky's ``flasky.py``:
+    ``app = create_app(os.getenv("FLASK_CONFIG") or "default")``); gunicorn then
+    imports that module's app, where ``create_app()`` failed for the missing one."""
+    define = re.search(r"^def create_app\(([^)]*)\)", _read(factory), re.MULTILINE)
+    params = define.group(1) if define else ""
+    required = [p for p in params.split(",") if p.strip() and "=" not in p and "*" not in p]
+    if not required:
+        return None
+    for path in sorted(root.glob("*.py")):
+        found = re.search(r"^(\w+)\s*=\s*create_app\(", _read(path), re.MULTILINE)
+        if found is not None:
+            return root, path, found
     return None
 
 

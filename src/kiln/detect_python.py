@@ -12,11 +12,21 @@ the reasons.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.detect import GUNICORN, UVICORN, Detected, _pip_build, _python_env, _read, _route
+from kiln.detect import (
+    GUNICORN,
+    UVICORN,
+    Detected,
+    _app_modules,
+    _pip_build,
+    _python_env,
+    _read,
+    _route,
+)
 
 _HEALTH = ("/health", "/healthz", "/ping")
 _SCRIPT_NAMES = ("streamlit_app.py", "app.py", "main.py", "Home.py", "dashboard.py", "demo.py")
@@ -29,13 +39,38 @@ def detect_python_stack(root: Path) -> Detected | None:
         found = stack(root, modules)
         if found is not None:
             return found
-    for path in modules:
+    served = _served_modules(root)
+    for path in served:
         text = _read(path)
         for app in _APP_OBJECTS:
             match = re.search(app.pattern, text, re.MULTILINE)
             if match is not None:
                 return app.build(root, path, text, match)
-    return _aiohttp_factory(root, modules)
+    return _factory(root, served)
+
+
+def _served_modules(root: Path) -> list[Path]:
+    """Modules that may hold an app object a server imports: the top level's, then a
+    package's and a src layout's (kiln.detect._app_modules), as for Flask and FastAPI.
+    A Sanic app in ``myapp/server.py`` or Quart's tutorial ``src/blog/__init__.py``
+    was otherwise not found, and kiln init fell back to nothing."""
+    seen: list[Path] = []
+    for path in [*_modules(root), *(p for _, p in _app_modules(root))]:
+        if path not in seen and path.is_file():
+            seen.append(path)
+    return seen
+
+
+def _module(root: Path, path: Path) -> str:
+    """The dotted module a server imports ``path`` as (from src/ in a src layout)."""
+    src = root / "src"
+    base = src if path.is_relative_to(src) else root
+    parts = path.relative_to(base).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _shown(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
 def _modules(root: Path) -> list[Path]:
@@ -138,23 +173,29 @@ def _served(
     """gunicorn or uvicorn on ``module:object``, like the generic frameworks."""
 
     def build(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
-        why = [f"{path.name} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
+        shown = _shown(root, path)
+        why = [f"{shown} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
         why.append(f"served by {server} on $HOST:$PORT")
         command = GUNICORN if server == "gunicorn" else UVICORN
-        return _python(
-            kind, f"{command} {path.stem}:{match.group(1)}", root, why, [framework, server]
-        )
+        target = shlex.quote(f"{_module(root, path)}:{match.group(1)}")
+        return _python(kind, f"{command} {target}", root, why, [framework, server], path)
 
     return build
 
 
-def _python(kind: str, run: str, root: Path, why: list[str], needed: list[str]) -> Detected:
+def _python(
+    kind: str, run: str, root: Path, why: list[str], needed: list[str], path: Path | None = None
+) -> Detected:
+    """``path``: the app's module; in a src layout src/ goes on PYTHONPATH."""
+    src = path is not None and path.is_relative_to(root / "src")
+    if src:
+        why.append("src layout: src/ goes on PYTHONPATH")
     return Detected(
         kind=kind,
         run=run,
         why=why,
         build=_pip_build(root, needed, why, wsgi="--interface wsgi" in run),
-        env=_python_env(),
+        env=_python_env(src),
         health_path=_route(root, _HEALTH),
         grace="20s",
     )
@@ -162,64 +203,86 @@ def _python(kind: str, run: str, root: Path, why: list[str], needed: list[str]) 
 
 def _dash(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
     app = match.group(1)
-    why = [f"{path.name} defines {app} = Dash(…): a Dash app (a Flask server inside)"]
+    module = _module(root, path)
+    why = [f"{_shown(root, path)} defines {app} = Dash(…): a Dash app (a Flask server inside)"]
     server = re.search(rf"^(\w+)\s*=\s*{app}\.server\b", text, re.MULTILINE)
     if server:
-        run = f"{GUNICORN} {path.stem}:{server.group(1)}"
+        run = f"{GUNICORN} {module}:{server.group(1)}"
         why.append(f"{server.group(1)} = {app}.server: served by gunicorn, as Dash documents")
-        return _python("Dash", run, root, why, ["dash", "gunicorn"])
+        return _python("Dash", run, root, why, ["dash", "gunicorn"], path)
     # gunicorn takes a name, not an attribute path; uvicorn takes app.server
-    run = f"{UVICORN} --interface wsgi {path.stem}:{app}.server"
+    run = f"{UVICORN} --interface wsgi {module}:{app}.server"
     why.append(f"no 'server = {app}.server' line: uvicorn serves {app}.server as WSGI")
-    found = _python("Dash", run, root, why, ["dash", "uvicorn"])
+    found = _python("Dash", run, root, why, ["dash", "uvicorn"], path)
     found.notes.append(
         f"add 'server = {app}.server' to {path.name} and run "
-        f"'{GUNICORN} {path.stem}:server' for a multi-worker server"
+        f"'{GUNICORN} {module}:server' for a multi-worker server"
     )
     return found
 
 
 def _sanic(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
-    why = [f"{path.name} defines {match.group(1)} = Sanic(…): a Sanic app"]
+    why = [f"{_shown(root, path)} defines {match.group(1)} = Sanic(…): a Sanic app"]
     why.append("served by Sanic's own server (python3 -m sanic) on $HOST:$PORT")
-    run = f"python3 -m sanic {path.stem}:{match.group(1)} --host $HOST --port $PORT --no-motd"
-    found = _python("Sanic", run, root, why, ["sanic"])
+    target = shlex.quote(f"{_module(root, path)}:{match.group(1)}")
+    run = f"python3 -m sanic {target} --host $HOST --port $PORT --no-motd"
+    found = _python("Sanic", run, root, why, ["sanic"], path)
     if found.health_path is None and _sanic_health(text):
         found.health_path = "/__health__"
     return found
 
 
 def _sanic_health(text: str) -> bool:
-    """Sanic's built-in health endpoint, when the app turns it on."""
-    return re.search(r"HEALTH\s*=\s*True|HEALTH_ENDPOINT\s*=\s*True", text) is not None
+    """Sanic's health endpoint: served by the sanic-ext plugin, and only with both
+    settings on (HEALTH alone, in Sanic's own docs, answers 404 at /__health__)."""
+    return bool(
+        re.search(r"\bHEALTH\s*=\s*True", text) and re.search(r"HEALTH_ENDPOINT\s*=\s*True", text)
+    )
 
 
 def _aiohttp(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
-    why = [f"{path.name} defines {match.group(1)} = web.Application(): an aiohttp app"]
+    why = [f"{_shown(root, path)} defines {match.group(1)} = web.Application(): an aiohttp app"]
     return _aiohttp_served(root, path, match.group(1), why)
 
 
-def _aiohttp_factory(root: Path, modules: list[Path]) -> Detected | None:
-    """A function that builds and returns a web.Application (sync or async)."""
+# what a factory's body builds: (kind, regex of the object it assigns)
+_FACTORY_MADE = (
+    ("aiohttp", r"(?:aiohttp\.)?web\.Application\("),
+    ("Quart", r"(?:quart\.)?Quart\("),
+    ("Litestar", r"(?:litestar\.)?Litestar\("),
+)
+
+
+def _factory(root: Path, modules: list[Path]) -> Detected | None:
+    """A function without arguments that builds and returns an app (sync or async)."""
     for path in modules:
         text = _read(path)
         for match in re.finditer(r"^(async\s+)?def\s+(\w+)\(\s*\)", text, re.MULTILINE):
             rest = text[match.end() :].partition("\n")[2]  # the lines after the def
             body = re.split(r"^\S", rest, maxsplit=1, flags=re.MULTILINE)[0]
-            made = re.search(r"^\s+(\w+)\s*=\s*(?:aiohttp\.)?web\.Application\(", body, re.M)
-            if made and re.search(rf"^\s+return\s+{made.group(1)}\s*$", body, re.MULTILINE):
-                name = match.group(2)
-                why = [f"{path.name}: {name}() returns a web.Application: an aiohttp app"]
-                target = name if match.group(1) else f"{name}()"  # the worker awaits a coroutine
-                return _aiohttp_served(root, path, target, why)
+            for kind, made_by in _FACTORY_MADE:
+                made = re.search(rf"^\s+(\w+)\s*(?::[^=]+)?=\s*{made_by}", body, re.M)
+                if made and re.search(rf"^\s+return\s+{made.group(1)}\s*$", body, re.M):
+                    name = match.group(2)
+                    shown = _shown(root, path)
+                    why = [f"{shown}: {name}() returns a {kind} app"]
+                    if kind == "aiohttp":  # the worker awaits a coroutine, calls a function
+                        target = name if match.group(1) else f"{name}()"
+                        return _aiohttp_served(root, path, target, why)
+                    why.append("served by uvicorn on $HOST:$PORT, which calls the factory")
+                    target = shlex.quote(f"{_module(root, path)}:{name}")
+                    run = f"{UVICORN} --factory {target}"
+                    return _python(kind, run, root, why, [kind.lower(), "uvicorn"], path)
     return None
 
 
 def _aiohttp_served(root: Path, path: Path, target: str, why: list[str]) -> Detected:
     why.append("served by gunicorn's aiohttp worker on $HOST:$PORT (web.run_app is not called)")
     worker = "--worker-class aiohttp.GunicornWebWorker"  # async: no threads
-    run = f"{GUNICORN.replace(' --threads 4', '')} {worker} {path.stem}:{target}"
-    return _python("aiohttp", run, root, why, ["aiohttp", "gunicorn"])
+    # quoted: the run line goes through /bin/sh, where "create_app()" is a syntax error
+    target = shlex.quote(f"{_module(root, path)}:{target}")
+    run = f"{GUNICORN.replace(' --threads 4', '')} {worker} {target}"
+    return _python("aiohttp", run, root, why, ["aiohttp", "gunicorn"], path)
 
 
 _OBJECT = r"^(\w+)\s*(?::[^=]+)?=\s*"
