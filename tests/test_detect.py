@@ -564,3 +564,84 @@ def test_sanic_health_endpoint_only_when_it_is_served(tmp_path: Path) -> None:
     assert detect(_write(tmp_path / "a", {"server.py": app})).health_path is None
     both = app + "app.config.HEALTH_ENDPOINT = True\n"
     assert detect(_write(tmp_path / "b", {"server.py": both})).health_path == "/__health__"
+
+
+def _django_project(root: Path, settings: str, files: dict[str, str]) -> Path:
+    manage = DJANGO_MANAGE.replace("mysite.settings", settings)
+    return _write(root, {"manage.py": manage, "requirements.txt": "Django>=5\n", **files})
+
+
+@pytest.mark.parametrize(
+    ("settings", "files", "pythonpath", "settings_inputs"),
+    [
+        (  # a settings package: settings/__init__.py imports base.py, which has the rest
+            "mysite.settings",
+            {
+                "mysite/settings/__init__.py": "from .base import *\n",
+                "mysite/settings/base.py": "STATIC_ROOT = BASE_DIR / 'staticfiles'\n",
+                "mysite/wsgi.py": "",
+            },
+            "deps",
+            ["mysite/settings/__init__.py", "mysite/settings/base.py"],
+        ),
+        (  # split settings: DJANGO_SETTINGS_MODULE names a module of the package
+            "mysite.settings.production",
+            {
+                "mysite/settings/__init__.py": "",
+                "mysite/settings/base.py": "STATIC_ROOT = BASE_DIR / 'staticfiles'\n",
+                "mysite/settings/production.py": "from .base import *\n",
+                "mysite/wsgi.py": "",
+            },
+            "deps",
+            [
+                "mysite/settings/__init__.py",
+                "mysite/settings/base.py",
+                "mysite/settings/production.py",
+            ],
+        ),
+        (  # manage.py at the top, the project in src/
+            "mysite.settings",
+            {
+                "src/mysite/settings.py": "STATIC_ROOT = BASE_DIR / 'staticfiles'\n",
+                "src/mysite/wsgi.py": "",
+            },
+            "src:deps",
+            ["src/mysite/settings.py"],
+        ),
+    ],
+)
+def test_django_layouts_beyond_startproject(
+    tmp_path: Path,
+    settings: str,
+    files: dict[str, str],
+    pythonpath: str,
+    settings_inputs: list[str],
+) -> None:
+    """Each was taken for a plain WSGI app (no migrate, no collectstatic: every page a
+    500, no CSS), or read the wrong file for STATIC_ROOT."""
+    found = detect(_django_project(tmp_path, settings, files))
+    assert found.kind == "Django" and found.run.endswith("mysite.wsgi:application"), found
+    assert found.env["PYTHONPATH"] == pythonpath
+    collect = [s for s in found.build if isinstance(s, BuildStep) and "collectstatic" in s.run]
+    assert collect, found.build
+    # every static/ directory however deep (apps/polls/static was missed), and what
+    # installs the packages, so a stylesheet edit is never served stale
+    assert collect[0].inputs == ["requirements.txt", *settings_inputs, "**/static"]
+
+
+def test_django_channels_is_served_over_asgi(tmp_path: Path) -> None:
+    """ASGI_APPLICATION set and asgi.py present: WebSockets need the ASGI app; gunicorn on
+    wsgi.py answered the chat's WebSocket with 404."""
+    root = _django_project(
+        tmp_path,
+        "mysite.settings",
+        {
+            "mysite/settings.py": "ASGI_APPLICATION = 'mysite.asgi.application'\n",
+            "mysite/wsgi.py": "",
+            "mysite/asgi.py": "application = ProtocolTypeRouter({})\n",
+        },
+    )
+    found = detect(root)
+    assert found.kind == "Django" and found.run.startswith("python3 -m uvicorn"), found.run
+    assert found.run.endswith("mysite.asgi:application")
+    assert "websockets" in str(found.build[0])

@@ -370,35 +370,47 @@ def _django(root: Path) -> Detected | None:
     if match is None:
         return None
     settings = match.group(1)
-    package = settings.rsplit(".", 1)[0]
-    package_dir = root / package.replace(".", "/")
+    found = _django_project(root, settings)
+    if found is None:
+        return None
+    base, package = found
+    package_dir = base / package.replace(".", "/")
+    src = base != root
     why = [f"manage.py sets DJANGO_SETTINGS_MODULE={settings}: a Django project"]
-    if (package_dir / "wsgi.py").is_file():
+    if src:
+        why.append(f"src layout: src/ goes on PYTHONPATH, so {package} imports")
+    settings_files = _django_settings_files(base, settings)
+    settings_text = "\n".join(_read(f) for f in settings_files)
+    channels = "ASGI_APPLICATION" in settings_text and (package_dir / "asgi.py").is_file()
+    if (package_dir / "wsgi.py").is_file() and not channels:
         run = f"{GUNICORN} {package}.wsgi:application"
         why.append(f"{package}/wsgi.py: served by gunicorn")
         server = "gunicorn"
     elif (package_dir / "asgi.py").is_file():
         run = f"{UVICORN} {package}.asgi:application"
-        why.append(f"{package}/asgi.py: served by uvicorn")
+        reason = "ASGI_APPLICATION is set (Channels: WebSockets)" if channels else "served"
+        why.append(f"{package}/asgi.py: {reason}, by uvicorn")
         server = "uvicorn"
     else:
         return None
     build = _pip_build(root, ["django", server], why)
-    settings_text = _read(root / (settings.replace(".", "/") + ".py"))
     notes = []
     static_root = re.search(r"^STATIC_ROOT\s*=.*?['\"]([\w.-]+)/?['\"]\)?\s*$", settings_text, re.M)
     if static_root:
-        settings_file = settings.replace(".", "/") + ".py"
+        depends = next((s.inputs for s in build if isinstance(s, BuildStep)), [])
+        shown = [f.relative_to(root).as_posix() for f in settings_files]
         build.append(
             BuildStep(
                 run="python3 manage.py collectstatic --noinput",
-                inputs=["requirements.txt", settings_file, "static", "*/static"],
+                # every static/ directory, however deep (apps/polls/static was missed by
+                # */static, and a stale stylesheet shipped), and what installs packages
+                inputs=[*depends, *shown, "**/static"],
                 outputs=[static_root.group(1)],
             )
         )
         why.append(
             f"STATIC_ROOT is {static_root.group(1)}/: static files are collected at bake time, "
-            "again only when requirements, settings or static/ dirs change"
+            "again only when dependencies, settings or a static/ directory change"
         )
     elif "STATIC_ROOT" in settings_text:
         build.append("python3 manage.py collectstatic --noinput")
@@ -415,11 +427,43 @@ def _django(root: Path) -> Detected | None:
         run=run,
         why=why,
         build=build,
-        env=_python_env(),
+        env=_python_env(src),
         health_path=_route(root, ("/health", "/healthz")),
         release="python3 manage.py migrate --noinput",
         notes=notes,
     )
+
+
+def _django_project(root: Path, settings: str) -> tuple[Path, str] | None:
+    """(where imports start, the package with wsgi.py or asgi.py) for ``settings``.
+
+    The settings module's package, or one above it: ``mysite.settings`` is in
+    ``mysite``, a split ``mysite.settings.production`` in ``mysite`` too. At the
+    top, or under src/ (manage.py at the top, the project in a src layout).
+    """
+    parts = settings.split(".")[:-1]
+    for base in (root, root / "src"):
+        for end in range(len(parts), 0, -1):
+            package = ".".join(parts[:end])
+            directory = base / package.replace(".", "/")
+            if (directory / "wsgi.py").is_file() or (directory / "asgi.py").is_file():
+                return base, package
+    return None
+
+
+def _django_settings_files(base: Path, settings: str) -> list[Path]:
+    """The settings module's source: its file, or every module of a settings package
+    (``settings/__init__.py`` importing ``base.py``), or of the package a split
+    ``settings.production`` is in."""
+    path = base / settings.replace(".", "/")
+    if path.with_suffix(".py").is_file():
+        module = path.with_suffix(".py")
+        if module.parent.name == "settings" or (module.parent / "base.py").is_file():
+            return sorted(module.parent.glob("*.py"))  # split: base.py holds the rest
+        return [module]
+    if (path / "__init__.py").is_file():
+        return sorted(path.glob("*.py"))
+    return []
 
 
 _FRAMEWORKS = (
