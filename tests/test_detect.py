@@ -645,3 +645,19 @@ def test_django_channels_is_served_over_asgi(tmp_path: Path) -> None:
     assert found.kind == "Django" and found.run.startswith("python3 -m uvicorn"), found.run
     assert found.run.endswith("mysite.asgi:application")
     assert "websockets" in str(found.build[0])
+
+
+def test_django_health_checks_send_a_name_allowed_hosts_lists(tmp_path: Path) -> None:
+    base = "STATIC_ROOT = BASE_DIR / 'staticfiles'\nALLOWED_HOSTS = []\n"
+    cases = {
+        'ALLOWED_HOSTS = ["www.example.com", "example.com"]': "www.example.com",
+        "ALLOWED_HOSTS = ['.example.com']  # and subdomains": "example.com",
+        'ALLOWED_HOSTS = ["*"]': None,
+        'ALLOWED_HOSTS = ["localhost", "example.com"]': None,
+        'ALLOWED_HOSTS = os.environ["HOSTS"].split(",")': None,  # computed: not read
+    }
+    for n, (line, host) in enumerate(cases.items()):
+        files = {"mysite/settings.py": base + line + "\n", "mysite/wsgi.py": ""}
+        root = _django_project(tmp_path / str(n), "mysite.settings", files)
+        assert detect(root).health_host == host, line
+        assert _config(root).health.host == host, line

@@ -190,6 +190,16 @@ class HealthSettings(Section):
         default=None,
         description="HTTP path probed with GET (2xx/3xx is healthy). Unset: a TCP connect check.",
     )
+    host: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$",
+        description=(
+            "Host header of each HTTP check, e.g. 'www.example.com', for an app that answers "
+            "only its public names (Django's ALLOWED_HOSTS answers 400 to any other). "
+            "Unset: the instance's address and port. Local provider only (ALB checks "
+            "cannot set it)."
+        ),
+    )
     interval: Duration = Field(default=1.0, gt=0, description="Time between two checks.")
     timeout: Duration = Field(default=2.0, gt=0, description="A check slower than this fails.")
     healthy_threshold: int = Field(

@@ -55,6 +55,7 @@ class Detected:
     exclude: list[str] = field(default_factory=lambda: list(PY_EXCLUDE))
     env: dict[str, str] = field(default_factory=dict)
     health_path: str | None = None  # None: a TCP check
+    health_host: str | None = None  # the Host health checks send, when the app needs one
     grace: str = "30s"
     release: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -422,6 +423,9 @@ def _django(root: Path) -> Detected | None:
             "the database is SQLite inside the app directory: each instance would get its "
             "own copy; point DATABASES at a shared database through a [secrets] entry"
         )
+    health_host = _allowed_host(settings_text)
+    if health_host is not None:
+        why.append(f"ALLOWED_HOSTS lists {health_host}: health checks send it as their Host")
     return Detected(
         kind="Django",
         run=run,
@@ -429,9 +433,24 @@ def _django(root: Path) -> Detected | None:
         build=build,
         env=_python_env(src),
         health_path=_route(root, ("/health", "/healthz")),
+        health_host=health_host,
         release="python3 manage.py migrate --noinput",
         notes=notes,
     )
+
+
+def _allowed_host(settings_text: str) -> str | None:
+    """A name Django answers when ALLOWED_HOSTS is a literal list of public names only:
+    it answers 400 to a check sent with the instance's address as its Host (a deploy
+    of such a project rolled back, every check 400)."""
+    assigned = re.findall(r"^ALLOWED_HOSTS\s*=\s*(.*)$", settings_text, re.MULTILINE)
+    last = re.fullmatch(r"\[([^\]]*)\]\s*(?:#.*)?", assigned[-1].strip()) if assigned else None
+    if last is None:  # none, or computed (from the environment): nothing to read
+        return None
+    hosts: list[str] = re.findall(r"['\"]([^'\"]+)['\"]", last.group(1))
+    if not hosts or {"*", "127.0.0.1", "localhost", ".localhost", "[::1]"} & set(hosts):
+        return None
+    return hosts[0].lstrip(".")  # ".example.com" is example.com and its subdomains
 
 
 def _django_project(root: Path, settings: str) -> tuple[Path, str] | None:

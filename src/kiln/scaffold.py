@@ -39,6 +39,7 @@ writable = ["tmp/", "*.log"]
 
 [health]
 {health}
+{health_host}
 interval = "1s"
 timeout = "2s"
 healthy_threshold = 2
@@ -97,6 +98,7 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         exclude=", ".join(_toml(p) for p in found.exclude),
         env=env or '# LOG_LEVEL = "info"\n',
         health=health,
+        health_host=_health_host(found),
         grace=found.grace,
         sticky=sticky,
     )
@@ -132,3 +134,11 @@ def _toml(value: str) -> str:
 def _slug(text: str) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return slug[:63] or "app"
+
+
+def _health_host(found: Detected) -> str:
+    """[health] host: set when detection found the name the app answers, else a hint."""
+    if found.health_host:
+        host = _toml(found.health_host)
+        return f"host = {host}   # the Host checks send: the app answers its names only"
+    return '# host = "www.example.com"  # the Host checks send, for an app answering its names only'

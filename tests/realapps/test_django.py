@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
-from realkit import SYSTEM_PYTHON, first_try, get, pip_tools
+from realkit import SYSTEM_PYTHON, deploy, first_try, free_port, get, pip_tools, review
 
 from kilntest import Kiln
 
@@ -117,3 +118,32 @@ def test_django_admin_static_and_migrations_on_the_first_try(site: Path) -> None
     assert sorted(i["id"] for i in after["instances"] if i["state"] == "healthy") == sorted(
         i["id"] for i in before["instances"] if i["state"] == "healthy"
     )
+
+
+@pytest.mark.timeout(600)
+def test_a_project_answering_only_its_public_name_is_checked_with_it(site: Path) -> None:
+    """ALLOWED_HOSTS = ["mysite.example.com"]: Django answers 400 (DisallowedHost) to a
+    check sent with the instance's address as its Host, so the first deploy rolled
+    back with every check 400. kiln init reads the name and the checks send it."""
+    settings = site / "mysite" / "settings.py"
+    settings.write_text(
+        settings.read_text().replace(
+            'ALLOWED_HOSTS = ["*"]', 'ALLOWED_HOSTS = ["mysite.example.com"]'
+        )
+    )
+    kiln = Kiln(site)
+    port = free_port()
+    kiln("init")
+    review(site, port)
+    _configure(site)
+    toml = (site / "kiln.toml").read_text()
+    assert 'host = "mysite.example.com"' in toml
+    # the admin's login page: a route every startproject has, 200 to a GET
+    (site / "kiln.toml").write_text(toml.replace('# path = "/health"', 'path = "/admin/login/"', 1))
+    deploy(kiln)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/admin/login/", headers={"Host": "mysite.example.com"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+    assert get(port, "/admin/login/")[0] == 400  # any other name is still refused

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from kiln.config import HealthSettings
 
 
-async def probe(host: str, port: int, path: str | None, timeout: float) -> str | None:
-    """Run one check; None when it passed, else why it failed."""
+async def probe(
+    host: str, port: int, path: str | None, timeout: float, header: str | None = None
+) -> str | None:
+    """Run one check; None when it passed, else why it failed. ``header``: the Host
+    to send ([health] host), else the instance's address."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
@@ -22,7 +25,8 @@ async def probe(host: str, port: int, path: str | None, timeout: float) -> str |
             if path is None:
                 return None
             writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kiln-health\r\n"
+                f"GET {path} HTTP/1.1\r\nHost: {header or f'{host}:{port}'}\r\n"
+                "User-Agent: kiln-health\r\n"
                 "Connection: close\r\n\r\n".encode()
             )
             line = await reader.readline()

@@ -326,7 +326,7 @@ class Lifecycle:
     async def _health_loop(self, fleet: FleetRuntime, rec: InstanceRecord, t: Tracker) -> None:
         check = t.settings
         while rec.live and rec.id not in self.stopping:
-            error = await probe(INSTANCE_HOST, rec.port or 0, check.path, check.timeout)
+            error = await probe(INSTANCE_HOST, rec.port or 0, check.path, check.timeout, check.host)
             if not rec.live or rec.id in self.stopping:
                 return
             verdict = t.observe(error, time.time())

@@ -179,6 +179,6 @@ async def _record(sup: Supervisor, fleet: FleetRuntime, item: Found) -> Instance
         if not fleet.secrets:
             fleet.secrets = secrets
     check = settings.health_check
-    if await probe("127.0.0.1", rec.port or 0, check.path, check.timeout) is None:
+    if await probe("127.0.0.1", rec.port or 0, check.path, check.timeout, check.host) is None:
         rec.set_state(InstanceState.HEALTHY)  # it served before: it serves on at once
     return rec
