@@ -89,6 +89,14 @@ def detect(root: Path) -> Detected:
     found.warnings += fixed_port_warnings(root, found.run)
     found.exclude += [p for p in ENV_FILES if p not in found.exclude]
     _env_files_note(root, found)
+    member_of = workspace_root(root) if (root / "package.json").is_file() else None
+    if member_of is not None:
+        found.warnings.append(
+            f"this package is a workspace of {member_of}: run kiln init there (its start "
+            "script can run this one: npm start -w NAME). Installed alone, without the "
+            "workspace's lockfile, its sibling packages would be fetched from the npm "
+            "registry, where anyone may publish a package of their names"
+        )
     return found
 
 
@@ -636,10 +644,16 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
     tool = node_tool(root, package, why)
     inputs = ["package.json", tool.lock] if tool.lock else ["package.json"]
     building = "build" in scripts_of(package)
+    members = workspaces(package)
+    if members:  # npm and yarn workspaces: one install at the root makes them all
+        inputs += [f"{m.rstrip('/')}/package.json" for m in members]
+        why.append(f"workspaces {', '.join(members)}: installed together, from the root")
     # npm makes no node_modules/ for a package without dependencies, so a step
     # promising one would fail every bake of a plain `node:http` app.
-    installing = _declares(package, ("dependencies", "optionalDependencies")) or (
-        building and _declares(package, ("devDependencies",))
+    installing = (
+        bool(members)
+        or _declares(package, ("dependencies", "optionalDependencies"))
+        or (building and _declares(package, ("devDependencies",)))
     )
     if not installing:
         why.append("no dependencies in package.json: nothing to install")
@@ -655,6 +669,26 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
         step = BuildStep(run=f"{tool.install} {tool.dev}", inputs=inputs, outputs=["node_modules"])
         return [step, tool.run_build, tool.prune]
     return [BuildStep(run=f"{tool.install} {tool.prod}", inputs=inputs, outputs=["node_modules"])]
+
+
+def workspaces(package: dict[str, object]) -> list[str]:
+    """The workspace patterns package.json declares (npm's list, or yarn's packages)."""
+    declared = package.get("workspaces")
+    if isinstance(declared, dict):
+        declared = declared.get("packages")
+    return [str(w) for w in declared if isinstance(w, str)] if isinstance(declared, list) else []
+
+
+def workspace_root(root: Path) -> Path | None:
+    """The npm/yarn workspace ``root`` is a member of, if any (up to 4 levels up)."""
+    for parent in list(root.resolve().parents)[:4]:
+        package = package_json(parent)
+        if package is None:
+            continue
+        for member in workspaces(package):
+            if any(m.resolve() == root.resolve() for m in parent.glob(member.rstrip("/"))):
+                return parent
+    return None
 
 
 @dataclass(frozen=True)

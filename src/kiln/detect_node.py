@@ -102,8 +102,16 @@ def _dependencies(package: dict[str, object]) -> set[str]:
 
 
 def _node_stack(
-    kind: str, run: str, why: list[str], root: Path, package: dict[str, object]
+    kind: str,
+    run: str,
+    why: list[str],
+    root: Path,
+    package: dict[str, object],
+    made: tuple[str, ...] = (),
 ) -> Detected:
+    """``made``: what the build makes, left out of the source, so a local build
+    (a stale dist/, a .next/ that changes on every `next dev`) neither ships nor
+    makes a new image: the bake makes it afresh, and what it makes is kept."""
     build = node_build(root, package, why)
     notes = [] if "build" in scripts_of(package) else [f"add the {kind} build as scripts.build"]
     return Detected(
@@ -111,7 +119,7 @@ def _node_stack(
         run=run,
         why=why,
         build=build,
-        exclude=list(NODE_EXCLUDE),
+        exclude=[*NODE_EXCLUDE, *(f"/{m}/" for m in made)],
         env=dict(NODE_ENV),
         grace="30s",
         notes=notes,
@@ -122,7 +130,7 @@ def _next(root: Path, package: dict[str, object]) -> Detected:
     why = ["package.json depends on next: a Next.js app"]
     why.append("'next start' serves the build on $HOST:$PORT (-H, -p), run without npm")
     found = _node_stack(
-        "Next.js", "node_modules/.bin/next start -H $HOST -p $PORT", why, root, package
+        "Next.js", "node_modules/.bin/next start -H $HOST -p $PORT", why, root, package, (".next",)
     )
     found.health_path = _next_health(root)
     if found.health_path:
@@ -145,13 +153,15 @@ def _next_health(root: Path) -> str | None:
 def _nuxt(root: Path, package: dict[str, object]) -> Detected:
     why = ["package.json depends on nuxt: a Nuxt app"]
     why.append("its build is .output/server/index.mjs, which listens on $HOST:$PORT itself")
-    return _node_stack("Nuxt", "node .output/server/index.mjs", why, root, package)
+    return _node_stack(
+        "Nuxt", "node .output/server/index.mjs", why, root, package, (".output", ".nuxt")
+    )
 
 
 def _nest(root: Path, package: dict[str, object]) -> Detected:
     why = ["package.json depends on @nestjs/core: a NestJS app"]
     why.append("'nest build' compiles it to dist/main.js, run with node (as start:prod does)")
-    found = _node_stack("NestJS", "node dist/main.js", why, root, package)
+    found = _node_stack("NestJS", "node dist/main.js", why, root, package, ("dist",))
     main = _read(root / "src" / "main.ts")
     if "process.env.PORT" not in main and fixed_port(main, js=True) is None:
         # a literal port gets init's warning instead; this is for a port from elsewhere

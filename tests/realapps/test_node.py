@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from realkit import CACHE, first_try
 
+from kilntest import Kiln
+
 
 def test_express_generator_app_on_the_first_try(tmp_path: Path) -> None:
     app = tmp_path / "shop"
@@ -106,3 +108,61 @@ def test_a_yarn_or_pnpm_project_gets_its_locked_versions(tmp_path: Path, lock: s
     assert lock in (app / "kiln.toml").read_text()  # an input of the cached install step
     assert (app / lock).read_text() == _LOCKS[lock]  # never rewritten by the bake
     assert kiln("drift").exit_code == 0
+
+
+def test_an_npm_workspaces_monorepo_from_its_root(tmp_path: Path) -> None:
+    """A root with `workspaces` and the lockfile, an API package requiring a sibling one.
+    kiln init at the root installed nothing (the root declares no dependencies), and
+    the deploy failed with MODULE_NOT_FOUND; in the package itself there is no
+    lockfile, and npm would fetch the sibling from the registry."""
+    root = tmp_path / "mono"
+    (root / "packages" / "shared").mkdir(parents=True)
+    (root / "packages" / "api").mkdir(parents=True)
+    (root / "package.json").write_text(
+        json.dumps(
+            {
+                "name": "mono",
+                "private": True,
+                "workspaces": ["packages/*"],
+                "scripts": {"start": "npm start -w @mono/api"},
+            }
+        )
+    )
+    (root / "packages" / "shared" / "package.json").write_text(
+        json.dumps({"name": "@mono/shared", "version": "1.0.0", "main": "index.js"})
+    )
+    (root / "packages" / "shared" / "index.js").write_text(
+        "exports.greet = (who) => `hello ${who}`;\n"
+    )
+    (root / "packages" / "api" / "package.json").write_text(
+        json.dumps(
+            {
+                "name": "@mono/api",
+                "version": "1.0.0",
+                "scripts": {"start": "node server.js"},
+                "dependencies": {"@mono/shared": "*", "ms": "2.1.3"},
+            }
+        )
+    )
+    server = root / "packages" / "api" / "server.js"
+    server.write_text(
+        "const http = require('node:http');\n"
+        "const { greet } = require('@mono/shared');\n"
+        "const ms = require('ms');\n"
+        "http.createServer((req, res) => res.end(greet('mono') + ' ' + ms(60000)))\n"
+        "  .listen(Number(process.env.PORT), process.env.HOST);\n"
+    )
+    env = {**os.environ, "npm_config_cache": str(CACHE / "npm")}
+    subprocess.run(
+        ["npm", "install", "--package-lock-only"], cwd=root, check=True, timeout=300, env=env
+    )
+    member = Kiln(root / "packages" / "api")("init").stdout
+    assert "is a workspace of" in member and "run kiln init there" in member
+    (root / "packages" / "api" / "kiln.toml").unlink()
+
+    def change() -> None:
+        server.write_text(server.read_text().replace("' ' + ms", "' v2 ' + ms"))
+
+    first_try(root, "/", change, lambda body: body.startswith(b"hello mono"))
+    toml = (root / "kiln.toml").read_text()
+    assert '"packages/*/package.json"' in toml and "npm ci" in toml, toml
