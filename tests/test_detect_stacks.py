@@ -9,6 +9,7 @@ import pytest
 
 from kiln.config import BuildStep, parse_config
 from kiln.detect import detect
+from kiln.fixedport import fixed_port_warnings
 from kiln.scaffold import render_config
 from kilntest import Kiln
 
@@ -292,7 +293,7 @@ def test_init_warns_when_the_entry_file_hard_codes_its_port(
     _write(kiln.cwd, files)
     found = detect(kiln.cwd)
     assert found.run == run
-    (warning,) = found.warnings
+    (warning,) = [w for w in found.warnings if "listens on port" in w]
     assert f"listens on port {port} ('{line}')" in warning and "$PORT" in warning
     out = kiln("init").stdout
     assert f"warning: {warning.split(':')[0]}" in out
@@ -309,7 +310,7 @@ def test_init_warns_when_the_entry_file_hard_codes_its_port(
 )
 def test_no_warning_when_the_port_comes_from_the_environment(tmp_path: Path, source: str) -> None:
     _write(tmp_path, {"index.js": source, "package.json": {"main": "index.js"}})
-    assert detect(tmp_path).warnings == []
+    assert not [w for w in detect(tmp_path).warnings if "listens on port" in w]
 
 
 def test_a_nest_app_listening_on_3000_gets_the_warning_not_also_the_note(tmp_path: Path) -> None:
@@ -317,7 +318,8 @@ def test_a_nest_app_listening_on_3000_gets_the_warning_not_also_the_note(tmp_pat
     main = "async function bootstrap() {\n  await app.listen(3000);\n}\n"
     _write(tmp_path, {"package.json": package, "src/main.ts": main})
     found = detect(tmp_path)
-    assert found.kind == "NestJS" and len(found.warnings) == 1 and not found.notes
+    ported = [w for w in found.warnings if "listens on port" in w]
+    assert found.kind == "NestJS" and len(ported) == 1 and not found.notes
     (tmp_path / "src/main.ts").write_text("await app.listen(config.get('port'));\n")
     found = detect(tmp_path)
     assert not found.warnings and "process.env.PORT" in found.notes[0]
@@ -331,3 +333,55 @@ def test_a_fastify_app_gets_a_note_on_the_host_it_binds(tmp_path: Path) -> None:
     )
     found = detect(tmp_path)
     assert found.kind == "Node" and any("Fastify listens on localhost" in n for n in found.notes)
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "port"),
+    [
+        ("server.js", "const server = Hapi.server({ port: 3000, host: 'localhost' });\n", "3000"),
+        ("server.js", "const wss = new WebSocketServer({ port: 8080 });\n", "8080"),
+        ("server.js", "const io = new Server(3000);\n", "3000"),
+        ("app.py", "app = make_app()\napp.listen(8888)\n", "8888"),  # tornado
+        ("app.py", "async def main():\n    async with serve(echo, 'localhost', 8765):\n", "8765"),
+        ("app.py", "serve(app, host='127.0.0.1', port=8080)\n", "8080"),  # waitress
+        ("app.py", "web.run_app(app)\n", "8080, aiohttp's default,"),
+    ],
+)
+def test_more_quickstarts_that_fix_their_port(
+    tmp_path: Path, name: str, source: str, port: str
+) -> None:
+    """The quickstarts of hapi, ws, socket.io, tornado, websockets, waitress and aiohttp:
+    each passed init without a word and failed its first deploy (EADDRINUSE)."""
+    run = f"{'node' if name.endswith('.js') else 'python3'} {name}"
+    (tmp_path / name).write_text(source)
+    warnings = fixed_port_warnings(tmp_path, run)
+    assert any(f"listens on port {port} (" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "open_"),
+    [
+        ("bin/www", "var server = http.createServer(app);\nserver.listen(port);\n", True),
+        ("index.js", "app.listen(PORT, () => console.log('up'));\n", True),
+        ("index.js", "app.listen(process.env.PORT, '0.0.0.0');\n", True),
+        ("index.js", "app.listen(process.env.PORT, process.env.HOST);\n", False),
+        (
+            "index.js",
+            "const host = process.env.HOST || '0.0.0.0';\napp.listen(port, host);\n",
+            False,
+        ),
+        ("app.py", "serve(app, host='0.0.0.0', port=int(os.environ['PORT']))\n", True),
+        ("app.py", "app.run(host=os.environ['HOST'], port=int(os.environ['PORT']))\n", False),
+    ],
+)
+def test_listening_on_every_interface_is_a_warning(
+    tmp_path: Path, name: str, source: str, open_: bool
+) -> None:
+    """Each instance is then reachable without the balancer: no TLS, no host routing,
+    and whatever X-Forwarded-For a client sends. express-generator's bin/www and the
+    NestJS scaffold do it (Node binds every interface when listen() gets no host)."""
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text(source)
+    run = f"{'python3' if name.endswith('.py') else 'node'} {name}"
+    warnings = [w for w in fixed_port_warnings(tmp_path, run) if "every interface" in w]
+    assert bool(warnings) == open_, warnings

@@ -21,43 +21,70 @@ _JS_FIXED = (
     re.compile(r"\.listen\(\s*(\d{2,5})\b"),
     re.compile(r"\.listen\(\s*\{[^}]*?\bport\s*:\s*(\d{2,5})\b", re.DOTALL),
     re.compile(r"^\s*(?:const|let|var)\s+port\s*=\s*(\d{2,5})\s*;?\s*$", re.MULTILINE | re.I),
+    # hapi's Hapi.server({ port: 3000 }), ws's new WebSocketServer({ port: 8080 })
+    re.compile(r"[sS]erver\(\s*\{[^}]*?\bport\s*:\s*(\d{2,5})\b", re.DOTALL),
+    re.compile(r"new\s+Server\(\s*(\d{2,5})\b"),  # socket.io's new Server(3000)
 )
+_JS_SERVES = (".listen(", "erver(")
 _PY_ENV = re.compile(r"""(?:environ|getenv)[^\n]*['"]PORT['"]""")
 _PY_FIXED = (
     re.compile(r"\.run(?:_app)?\([^)]*?\bport\s*=\s*(\d{2,5})\b", re.DOTALL),
     re.compile(r"""Server\(\s*\(\s*['"][^'"]*['"]\s*,\s*(\d{2,5})\s*\)"""),
     re.compile(r"^PORT\s*=\s*(\d{2,5})\s*$", re.MULTILINE),
+    re.compile(r"\.listen\(\s*(\d{2,5})\b"),  # tornado's app.listen(8888)
+    re.compile(r"\bserve\([^)]*?\bport\s*=\s*(\d{2,5})\b", re.DOTALL),  # waitress
+    # websockets' serve(handler, "localhost", 8765)
+    re.compile(r"""\bserve\(\s*\w+\s*,\s*['"][^'"]*['"]\s*,\s*(\d{2,5})\b"""),
+    re.compile(r"\bweb\.run_app\(\s*\w+\s*\)()"),  # aiohttp: 8080 when not told
+)
+# where a server is told to listen on every interface: reachable around the balancer
+_JS_HOST_ENV = re.compile(r"""process\.env(?:\.HOST\b|\[\s*['"]HOST['"]\s*\])|\benv\.HOST\b""")
+_JS_OPEN = (
+    re.compile(r"""\.listen\([^)\n]*?['"](0\.0\.0\.0|::)['"]"""),
+    re.compile(r"""\bhost(?:name)?\s*:\s*['"](0\.0\.0\.0|::)['"]"""),
+    # Node binds every interface when listen() is given no host
+    re.compile(r"\.listen\(\s*[\w.]+\s*(?:\)|,\s*(?:\(|function\b|async\b|\w+\s*=>))()"),
+)
+_PY_HOST_ENV = re.compile(r"""(?:environ|getenv)[^\n]*['"]HOST['"]""")
+_PY_OPEN = (
+    re.compile(r"""\bhost\s*=\s*['"](0\.0\.0\.0|::)['"]"""),
+    re.compile(r"""\(\s*\(\s*['"](0\.0\.0\.0|)['"]\s*,"""),  # HTTPServer(("", 8000), …)
 )
 
 
 def fixed_port_warnings(root: Path, run: str) -> list[str]:
-    """One warning per file the run line starts that hard-codes its listen port."""
+    """One warning per file the run line starts that hard-codes its listen port, and
+    one per file that listens on every interface."""
     warnings = []
     for path in _entry_files(root, run):
         text = _read(path)
         js = path.suffix != ".py"  # node's entry may have no suffix (bin/www)
         found = fixed_port(text, js)
-        if found is None:
-            continue
-        port, line = found
-        if js:
-            use = "process.env.PORT (and process.env.HOST)"
-        else:
-            use = "int(os.environ['PORT']) (and os.environ['HOST'])"
-        warnings.append(
-            f"{path.relative_to(root)} listens on port {port} ('{line}'): every instance "
-            f"gets its own $PORT, so it must listen on {use}"
-        )
+        if found is not None:
+            port, line = found
+            if js:
+                use = "process.env.PORT (and process.env.HOST)"
+            else:
+                use = "int(os.environ['PORT']) (and os.environ['HOST'])"
+            port = port or "8080, aiohttp's default,"
+            warnings.append(
+                f"{path.relative_to(root)} listens on port {port} ('{line}'): every instance "
+                f"gets its own $PORT, so it must listen on {use}"
+            )
+        opened = _match_line(text, _JS_OPEN if js else _PY_OPEN)
+        if opened is not None and not (_JS_HOST_ENV if js else _PY_HOST_ENV).search(text):
+            host = "process.env.HOST" if js else "os.environ['HOST']"
+            warnings.append(
+                f"{path.relative_to(root)} listens on every interface ('{opened[1]}'): each "
+                "instance is then reachable around kiln's load balancer (no TLS, no host "
+                f"routing, any X-Forwarded-For believed); listen on {host} (kiln sets it)"
+            )
     return warnings
 
 
-def fixed_port(text: str, js: bool) -> tuple[str, str] | None:
-    """(port, the line that fixes it), unless the file reads PORT from the environment."""
-    if (_JS_ENV if js else _PY_ENV).search(text):
-        return None
-    if js and ".listen(" not in text:
-        return None
-    for pattern in _JS_FIXED if js else _PY_FIXED:
+def _match_line(text: str, patterns: tuple[re.Pattern[str], ...]) -> tuple[str, str] | None:
+    """(group 1, the line it is on) of the first pattern that matches."""
+    for pattern in patterns:
         match = pattern.search(text)
         if match:
             start = text.rfind("\n", 0, match.start(1)) + 1
@@ -65,6 +92,15 @@ def fixed_port(text: str, js: bool) -> tuple[str, str] | None:
             line = text[start : end if end >= 0 else len(text)].strip()
             return match.group(1), line[:80]
     return None
+
+
+def fixed_port(text: str, js: bool) -> tuple[str, str] | None:
+    """(port, the line that fixes it), unless the file reads PORT from the environment."""
+    if (_JS_ENV if js else _PY_ENV).search(text):
+        return None
+    if js and not any(serves in text for serves in _JS_SERVES):
+        return None
+    return _match_line(text, _JS_FIXED if js else _PY_FIXED)
 
 
 def _entry_files(root: Path, run: str) -> list[Path]:
