@@ -47,6 +47,10 @@ def init(force: bool, name: str | None, as_json: bool) -> None:
             }
         )
         return
+    # written before anything is printed: `kiln init | head -1` ends the output early
+    target.write_text(text, encoding="utf-8")
+    if script is not None:
+        script.write_text(lock_script(), encoding="utf-8")
     console.print(f"detected: {found.kind}", markup=False)
     for reason in found.why:
         console.print(f"  - {reason}", markup=False)
@@ -54,10 +58,8 @@ def init(force: bool, name: str | None, as_json: bool) -> None:
         console.print(f"  warning: {warning}", markup=False, style="yellow")
     for note in found.notes:
         console.print(f"  note: {note}", markup=False)
-    target.write_text(text, encoding="utf-8")
     console.print(f"wrote {target}", markup=False)
     if script is not None:
-        script.write_text(lock_script(), encoding="utf-8")
         console.print(
             f"wrote {script} (the build step runs it to read the lock file: commit it "
             "with kiln.toml)",

@@ -10,6 +10,7 @@ canary     the canaries' 5xx rate and p99 stay close to the old fleet's (with a
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +130,7 @@ class Gates:
 
     def _log_tail(self, instance: str) -> str | None:
         try:
-            return self.provider.log_tail(instance, LOG_LINES)
+            return condensed(self.provider.log_tail(instance, LOG_LINES * 10), LOG_LINES)
         except KilnError:
             return None
 
@@ -307,3 +308,24 @@ def judge_canary(f: Mapping[str, Any], s: Settings) -> str | None:
             f"([canary] max_p99_ratio), or {s.p99_slack * 1000:.0f}ms more ([canary] p99_slack)"
         )
     return None
+
+
+# the line that says what went wrong: Node's "Error: Cannot find module 'x'", Python's
+# "ModuleNotFoundError: …", a Traceback's start, a shell's "sh: 1: x: not found"
+_CAUSE = re.compile(
+    r"^\s*(?:Traceback \(most recent call last\)|[\w.]*(?:Error|Exception)\b[^\n]*:|"
+    r"\S+: (?:\d+: )?[^\n]*not found$)"
+)
+
+
+def condensed(text: str, keep: int) -> str:
+    """The last ``keep`` lines, with the line saying what went wrong first when it is
+    further up: behind `npm start`, npm's own dozen error lines pushed Node's
+    "Error: Cannot find module 'express'" out of a 20-line tail."""
+    lines = text.splitlines()
+    tail = lines[-keep:]
+    if len(lines) <= keep or any(_CAUSE.match(line) for line in tail):
+        return "\n".join(tail)
+    earlier = lines[:-keep]
+    cause = next((line for line in reversed(earlier) if _CAUSE.match(line)), None)
+    return "\n".join([cause, "…", *tail] if cause is not None else tail)

@@ -1,0 +1,54 @@
+"""The boot gate's log tail shows what went wrong, not only what came after it."""
+
+from __future__ import annotations
+
+from kiln.deploy.gates import condensed
+
+NPM = """\
+> mono@1.0.0 start
+> npm start -w @mono/api
+node:internal/modules/cjs/loader:1228
+  throw err;
+  ^
+
+Error: Cannot find module 'express'
+Require stack:
+- /srv/app/packages/api/server.js
+    at Module._resolveFilename (node:internal/modules/cjs/loader:1225:15)
+    at Module._load (node:internal/modules/cjs/loader:1051:27)
+    at Module.require (node:internal/modules/cjs/loader:1311:19)
+    at require (node:internal/modules/helpers:179:18)
+    at Object.<anonymous> (/srv/app/packages/api/server.js:1:17)
+    at Module._compile (node:internal/modules/cjs/loader:1469:14)
+    at Module._extensions..js (node:internal/modules/cjs/loader:1548:10)
+    at Module.load (node:internal/modules/cjs/loader:1288:32)
+    at Module._load (node:internal/modules/cjs/loader:1104:12)
+    at Function.executeUserEntryPoint [as runMain] (node:internal/modules/run_main:174:12) {
+  code: 'MODULE_NOT_FOUND',
+  requireStack: [ '/srv/app/packages/api/server.js' ]
+}
+
+Node.js v20.19.2
+npm error Lifecycle script `start` failed with error:
+npm error code 1
+npm error path /srv/app/packages/api
+npm error workspace @mono/api@1.0.0
+npm error location /srv/app/packages/api
+npm error command failed
+npm error command sh -c node server.js
+"""
+
+
+def test_the_cause_above_a_long_tail_is_shown_first() -> None:
+    """Found behind `npm start` in a workspace: the 20-line tail held npm's lines and
+    the stack, not the missing module."""
+    shown = condensed(NPM, 20).splitlines()
+    assert shown[0] == "Error: Cannot find module 'express'" and shown[1] == "…"
+    assert shown[2:] == NPM.splitlines()[-20:]
+
+
+def test_a_tail_that_holds_its_cause_is_left_as_it_is() -> None:
+    text = "\n".join([f"line {n}" for n in range(30)] + ["ValueError: bad port"])
+    assert condensed(text, 20).splitlines() == text.splitlines()[-20:]
+    short = "only\nthree\nlines"
+    assert condensed(short, 20) == short
