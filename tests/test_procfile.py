@@ -115,6 +115,10 @@ def test_simple_commands_leave_out_assignments_and_redirections() -> None:
             "waitress-serve --listen=*:$PORT app:app",
             "python3 -m waitress --listen=$HOST:$PORT app:app",
         ),
+        (  # Sanic's own server, told where to listen with -H/--host and -p/--port
+            "sanic myapp.server:app --host 0.0.0.0 --port 8000 --workers 2",
+            "python3 -m sanic myapp.server:app --host $HOST --port $PORT --workers 2",
+        ),
         # the server is the last command; python is python3 everywhere
         (
             "python manage.py migrate && gunicorn p.wsgi",
@@ -213,6 +217,7 @@ def test_an_app_detection_misses_gets_its_python_build_from_the_procfile(tmp_pat
     found = detect(tmp_path)
     assert found.kind == "Python app (Procfile)"
     assert found.why[0].startswith("Procfile: web process")  # not the placeholder's reason
+    assert not found.warnings  # nor its warning that there is no run line
     assert found.run == "python3 -m uvicorn shop:app --host $HOST --port $PORT"
     assert found.env["PYTHONPATH"] == "deps"
     assert _runs(found.build) == ["python3 -m pip install -q --target deps -r requirements.txt"]

@@ -69,6 +69,13 @@ SERVERS = {
             sockets=("--unix-socket",),
             default="0.0.0.0:8080 (every interface)",
         ),
+        Server(
+            "sanic",
+            "sanic",
+            host=("-H", "--host"),
+            port=("-p", "--port"),
+            sockets=("-u", "--unix"),
+        ),
     )
 }
 _BY_MODULE = {s.module: s for s in SERVERS.values()}

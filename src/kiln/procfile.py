@@ -18,6 +18,7 @@ from pathlib import Path
 from kiln.detect import (
     PIP,
     PY_EXCLUDE,
+    UNKNOWN_RUN,
     Detected,
     _pip_build,
     _python_env,
@@ -114,8 +115,11 @@ def _use_web(root: Path, found: Detected, web: str) -> None:
             f"the Procfile's web process runs {dev}, which is not made for production "
             f"traffic: kiln's own guess was '{found.run}'"
         )
-    if found.kind == "unknown":  # the placeholder's reason is no reason any more
+    if found.kind == "unknown":  # the placeholder's reasons are no reasons any more
         found.why = [w for w in found.why if not w.startswith("nothing recognised")]
+        found.warnings = [w for w in found.warnings if w != UNKNOWN_RUN]
+    # nor are those about kiln's own run line (one gunicorn worker for sessions…)
+    found.why = [w for w in found.why if not w.startswith("one gunicorn worker")]
     found.why.append(f"Procfile: web process '{web}' runs the app, instead of kiln's own guess")
     found.run, found.run_source = adapted.line, "Procfile"
     found.why += adapted.changes
