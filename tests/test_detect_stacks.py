@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from kiln.config import BuildStep, parse_config
 from kiln.detect import detect
+from kiln.detect_node import engine_warning
 from kiln.fixedport import fixed_port_warnings
 from kiln.scaffold import render_config
 from kilntest import Kiln
@@ -385,3 +387,33 @@ def test_listening_on_every_interface_is_a_warning(
     run = f"{'python3' if name.endswith('.py') else 'node'} {name}"
     warnings = [w for w in fixed_port_warnings(tmp_path, run) if "every interface" in w]
     assert bool(warnings) == open_, warnings
+
+
+@pytest.mark.parametrize(
+    ("wanted", "installed", "warned"),
+    [
+        (">=22", "v20.19.2", True),
+        ("^22.3.0", "v20.19.2", True),
+        ("22.x", "v20.19.2", True),
+        (">=18.17.0", "v20.19.2", False),
+        ("*", "v20.19.2", False),
+        (">=22", None, False),  # no node here: nothing to compare
+    ],
+)
+def test_a_newer_node_than_this_machines_is_a_warning(
+    tmp_path: Path, wanted: str, installed: str | None, warned: bool
+) -> None:
+    """NestJS 12 and an engines.node >=22 app on this Node 20 host got only npm's
+    hundred EBADENGINE lines at bake."""
+    _write(tmp_path, {"package.json": {"engines": {"node": wanted}}})
+    assert bool(engine_warning(tmp_path, installed)) == warned
+
+
+def test_init_compares_engines_with_the_node_it_finds(tmp_path: Path) -> None:
+    _write(tmp_path, {"package.json": {"engines": {"node": ">=999"}, "main": "index.js"}})
+    (tmp_path / "index.js").write_text(
+        "require('http').createServer().listen(process.env.PORT, process.env.HOST)\n"
+    )
+    warnings = detect(tmp_path).warnings
+    if shutil.which("node"):
+        assert any("engines.node" in w for w in warnings), warnings

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -68,7 +70,12 @@ class Detected:
 def detect(root: Path) -> Detected:
     """The first detector that recognises the app; a commented fallback otherwise."""
     # the stack modules build on this one's helpers, so they are imported here
-    from kiln.detect_node import detect_node_script, detect_node_stack, fastify_note
+    from kiln.detect_node import (
+        detect_node_script,
+        detect_node_stack,
+        engine_warning,
+        fastify_note,
+    )
     from kiln.detect_python import detect_python_stack
     from kiln.fixedport import fixed_port_warnings
     from kiln.procfile import apply_procfile
@@ -89,6 +96,9 @@ def detect(root: Path) -> Detected:
     found.warnings += fixed_port_warnings(root, found.run)
     found.exclude += [p for p in ENV_FILES if p not in found.exclude]
     _env_files_note(root, found)
+    if (root / "package.json").is_file():
+        engine = engine_warning(root, node_version())
+        found.warnings += [engine] if engine else []
     member_of = workspace_root(root) if (root / "package.json").is_file() else None
     if member_of is not None:
         found.warnings.append(
@@ -669,6 +679,18 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
         step = BuildStep(run=f"{tool.install} {tool.dev}", inputs=inputs, outputs=["node_modules"])
         return [step, tool.run_build, tool.prune]
     return [BuildStep(run=f"{tool.install} {tool.prod}", inputs=inputs, outputs=["node_modules"])]
+
+
+def node_version() -> str | None:
+    """``node --version`` of this machine, None without a working node."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    try:
+        done = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def workspaces(package: dict[str, object]) -> list[str]:

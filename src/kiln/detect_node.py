@@ -204,3 +204,23 @@ def _out_dir(root: Path) -> str | None:
         if match:
             return match.group(1)
     return None
+
+
+def engine_warning(root: Path, installed: str | None) -> str | None:
+    """package.json's ``engines.node`` asks for a newer Node than ``installed``
+    (``node --version`` on this machine, which bakes and runs the instances): npm
+    only warns (EBADENGINE, a line per package), and the app fails later."""
+    package = package_json(root) or {}
+    engines = package.get("engines")
+    wanted = engines.get("node") if isinstance(engines, dict) else None
+    if not isinstance(wanted, str) or installed is None:
+        return None
+    least = re.match(r"\s*(?:>=|\^|~|=)?\s*v?(\d+)", wanted)
+    have = re.match(r"v?(\d+)", installed.strip())
+    if least is None or have is None or int(have.group(1)) >= int(least.group(1)):
+        return None
+    return (
+        f"package.json asks for node {wanted} (engines.node), and this machine's node is "
+        f"{installed.strip()}: the bake and the instances run that one; install a newer "
+        "Node here, or lower engines.node if the app runs on it"
+    )
