@@ -11,6 +11,7 @@ import pytest
 
 from kiln.config import BuildStep, parse_config
 from kiln.detect import LOCK_SCRIPT, PYPROJECT_DEPS, PYPROJECT_LIST, detect
+from kiln.runline import exec_form
 from kiln.scaffold import render_config
 from kilntest import Kiln
 
@@ -456,7 +457,8 @@ def test_nothing_recognised_fails_at_the_first_deploy_instead_of_serving_the_sou
     assert found.kind == "unknown"
     assert "http.server" not in found.run
     assert any("set [app] run" in w for w in found.warnings)
-    done = subprocess.run(["/bin/sh", "-c", found.run], capture_output=True, text=True)
+    run = exec_form(found.run)  # as an instance runs it
+    done = subprocess.run(["/bin/sh", "-c", run], capture_output=True, text=True)
     assert done.returncode == 64 and "set [app] run in kiln.toml" in done.stderr
     assert _config(tmp_path).app.run == found.run
 
@@ -661,3 +663,18 @@ def test_django_health_checks_send_a_name_allowed_hosts_lists(tmp_path: Path) ->
         root = _django_project(tmp_path / str(n), "mysite.settings", files)
         assert detect(root).health_host == host, line
         assert _config(root).health.host == host, line
+
+
+def test_a_monorepo_root_points_at_its_apps(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "api/app.py": "from flask import Flask\napp = Flask(__name__)\n",
+            "api/requirements.txt": "flask\n",
+            "web/package.json": "{}",
+            "docs/index.md": "# docs",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.kind == "unknown"
+    assert any("apps in api/, web/: run kiln init in each" in w for w in found.why), found.why

@@ -43,6 +43,8 @@ def test_exec_goes_before_the_last_simple_command(line: str, expected: str) -> N
         "app 'unterminated",
         "a &&",
         "X=1",
+        "echo 'set [app] run' >&2; exit 64",  # `exec exit` is "exit: not found"
+        "cd web",
     ],
 )
 def test_lines_kiln_cannot_rewrite_run_unchanged(line: str) -> None:

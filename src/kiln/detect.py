@@ -867,13 +867,33 @@ def _fallback(root: Path) -> Detected:
     # A run line that fails at the first deploy's boot gate, saying what to do. A
     # placeholder that served the directory passed every gate and published the
     # app's source (and whatever secrets it holds) behind the balancer.
+    apps = _apps_below(root)
+    why = ["nothing recognised here: the run line fails the first deploy, saying so"]
+    if apps:
+        why.append(f"apps in {', '.join(apps)}: run kiln init in each (a fleet each)")
     return Detected(
         kind="unknown",
         run=f"echo {shlex.quote(UNKNOWN_RUN)} >&2; exit 64",
-        why=[f"nothing recognised: {UNKNOWN_RUN}"],
+        why=why,
         warnings=[UNKNOWN_RUN],
         exclude=list(ENV_FILES),
     )
+
+
+_APP_FILES = ("manage.py", "package.json", "requirements.txt", "pyproject.toml", "Procfile")
+
+
+def _apps_below(root: Path) -> list[str]:
+    """Directories just below ``root`` that hold an app (a monorepo's root)."""
+    try:
+        below = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+    return [
+        f"{p.name}/"
+        for p in below
+        if p.name not in _NOT_SOURCE and any((p / f).is_file() for f in _APP_FILES)
+    ]
 
 
 UNKNOWN_RUN = (

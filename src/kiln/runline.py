@@ -43,6 +43,10 @@ _KEYWORDS = frozenset(
         "function",
         "select",
         "coproc",
+        # the shell's own commands, which no exec can run (`exec exit 64` is "exit: not
+        # found", status 127): the line is left to the shell
+        *("exit", "return", "break", "continue", ":", ".", "source", "eval", "set"),
+        *("unset", "export", "readonly", "local", "shift", "trap", "wait", "cd", "umask"),
     ]
 )
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")

@@ -65,7 +65,12 @@ def init(force: bool, name: str | None, as_json: bool) -> None:
             "with kiln.toml)",
             markup=False,
         )
-    console.print("next: review it, then 'kiln deploy' (it bakes first)")
+    if found.kind == "unknown":
+        console.print(
+            "next: set [app] run (and [app] build) in it, then 'kiln deploy'", markup=False
+        )
+    else:
+        console.print("next: review it, then 'kiln deploy' (it bakes first)")
 
 
 @cli.group()
