@@ -37,3 +37,16 @@ def test_a_few_failed_instances_are_all_listed(capsys: pytest.CaptureFixture[str
     fleetviews._print_instances([_instance(1, "failed"), _instance(2, "healthy")])
     out = capsys.readouterr().out
     assert "i-000000000001" in out and "not shown" not in out
+
+
+def test_an_unfinished_deployment_says_what_to_do() -> None:
+    """A first deployment read `(None → img-…)`, and one still running was told to be
+    resumed or rolled back, which only met its lock."""
+    dep = {"id": "dep-1", "from": None, "to": "img-2", "strategy": "rolling"}
+    stopped = fleetviews.deployment_line({**dep, "outcome": "interrupted"}, None, 100.0)
+    assert "((nothing) → img-2, rolling)" in stopped and "--resume" in stopped
+    lock = {"holder": "me", "expires": 130.0}
+    running = fleetviews.deployment_line({**dep, "outcome": "running"}, lock, 100.0)
+    assert "wait for it" in running and "--resume" not in running
+    expired = fleetviews.deployment_line({**dep, "outcome": "running"}, lock, 200.0)
+    assert "--resume" in expired  # its holder is gone: the lock ran out

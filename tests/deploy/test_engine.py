@@ -356,6 +356,7 @@ def test_rollback_of_an_interrupted_deployment(deployed: World) -> None:
         engine.deploy(NEW)
     result = w.engine().rollback()
     assert result.outcome == "rolled back" and result.gate == "user"
+    assert result.ok and result.to_json()["ok"]  # done as asked: `kiln rollback` exits 0
     w.assert_settled(OLD, 2)
 
 

@@ -28,6 +28,12 @@ def print_result(result: Result) -> None:
     if result.outcome == "succeeded":
         console.print(f"[green]✓[/] {escape(result.message or '')}{took} ({result.deployment})")
         return
+    if result.ok:  # rolled back as the user asked
+        console.print(
+            f"[green]✓[/] deployment {result.deployment} rolled back{took}, as asked: the fleet "
+            f"serves {escape(result.from_image or 'nothing')} again"
+        )
+        return
     verb = "rolled back" if result.outcome == "rolled back" else "FAILED"
     headline = f"✗ deployment {result.deployment} {verb}{took}:"
     err_console.print(f"[bold red]{headline}[/] {escape(result.message or '')}")
@@ -118,19 +124,27 @@ def print_status(data: dict[str, Any]) -> None:
                 f"{escape(', '.join(i['stale'][:2]))}{more}[/]: 'kiln refresh' replaces it"
             )
     dep = data.get("deployment_in_progress")
-    if dep:
-        console.print(
-            f"[yellow]deployment {dep['id']} ({dep['from']} → {dep['to']}, {dep['strategy']}) "
-            f"is {dep['outcome']}[/]: finish it with 'kiln deploy --resume' or undo it with "
-            "'kiln rollback'"
-        )
     lock = data.get("lock")
+    if dep:
+        console.print(deployment_line(dep, lock, time.time()))
     if lock:
         beat, expires = lock.get("heartbeat"), lock.get("expires")
         ago = f", heartbeat {format_duration(max(0.0, time.time() - beat))} ago" if beat else ""
         if expires:
             ago += f", expires in {format_duration(max(0.0, expires - time.time()))}"
         console.print(f"[yellow]locked by {escape(str(lock.get('holder')))}{ago}[/]")
+
+
+def deployment_line(dep: dict[str, Any], lock: dict[str, Any] | None, now: float) -> str:
+    """The unfinished deployment, and what to do about it: nothing yet while its
+    holder still runs it (resuming or rolling back would only meet its lock)."""
+    span = f"{dep['from'] or '(nothing)'} → {dep['to'] or '(nothing)'}, {dep['strategy']}"
+    held = lock is not None and (lock.get("expires") or 0) > now
+    if dep["outcome"] == "running" and held:
+        advice = "wait for it (or add --wait to the next command)"
+    else:
+        advice = "finish it with 'kiln deploy --resume' or undo it with 'kiln rollback'"
+    return f"[yellow]deployment {dep['id']} ({span}) is {dep['outcome']}[/]: {advice}"
 
 
 # Ended instances stay listed (their logs are kept for log_retention), but a

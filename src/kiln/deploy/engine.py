@@ -20,7 +20,7 @@ from typing import Any
 
 from kiln.deploy.clock import Clock, SystemClock
 from kiln.deploy.gates import Gates, Trip
-from kiln.deploy.history import Result, who_am_i
+from kiln.deploy.history import USER_GATE, Result, who_am_i
 from kiln.deploy.journal import Deployment, DeploymentKind, Journal, JournalEvent, Outcome, Who
 from kiln.deploy.lock import HEARTBEAT_TTL, DeployLock
 from kiln.deploy.plan import (
@@ -385,7 +385,7 @@ class Engine:
         if finishing:
             return self._drive(dep, self._execute)
         why = f"rollback requested by {self.who}" + (f": {reason}" if reason else "")
-        return self._drive(dep, lambda d: self._begin_rollback(d, Trip("user", why)))
+        return self._drive(dep, lambda d: self._begin_rollback(d, Trip(USER_GATE, why)))
 
     def _drive(self, dep: Deployment, body: Callable[[Deployment], Result]) -> Result:
         """Run, turning Ctrl-C or a provider failure into a journaled stop and next steps.

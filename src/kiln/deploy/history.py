@@ -33,6 +33,9 @@ def who_am_i(env: Mapping[str, str] | None = None) -> Who:
     return Who(user=user, host=socket.gethostname(), commit=commit)
 
 
+USER_GATE = "user"  # the gate of a rollback the user asked for
+
+
 @dataclass(frozen=True)
 class Result:
     """The outcome of one engine operation, for people and for ``--json``."""
@@ -54,9 +57,12 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in (Outcome.SUCCEEDED, Outcome.UNCHANGED) and (
-            self.resumed is None or self.resumed.outcome is not Outcome.FAILED
+        """Done as asked: succeeded, nothing to do, or rolled back because the user asked
+        (`kiln rollback` of an unfinished deployment: exit 0, not a tripped gate's 4)."""
+        done = self.outcome in (Outcome.SUCCEEDED, Outcome.UNCHANGED) or (
+            self.outcome is Outcome.ROLLED_BACK and self.gate == USER_GATE
         )
+        return done and (self.resumed is None or self.resumed.outcome is not Outcome.FAILED)
 
     def to_json(self) -> dict[str, Any]:
         return {
