@@ -74,3 +74,15 @@ def test_init_refuses_a_name_kiln_toml_would_reject(kiln: Kiln) -> None:
     result = kiln("init", "--name", "Bad Name", ok=False)
     assert result.exit_code == 2 and "cannot be an app name" in result.stderr
     assert not (kiln.cwd / "kiln.toml").exists()
+
+
+def test_a_failure_with_json_is_still_one_json_document_on_stdout(kiln: Kiln) -> None:
+    """Scripts parse stdout: a failed `--json` command left it empty (not JSON)."""
+    for argv in (("status", "--json"), ("image", "show", "img-nope", "--json")):
+        result = kiln(*argv, ok=False)
+        doc = json.loads(result.stdout)
+        assert doc["ok"] is False and doc["error"]["message"], doc
+        assert doc["error"]["exit_code"] == result.exit_code != 0
+        assert "error:" in result.stderr  # people still read the error line there
+    plain = kiln("status", ok=False)
+    assert plain.stdout == ""  # without --json, nothing on stdout

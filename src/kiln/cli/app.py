@@ -152,12 +152,16 @@ class KilnGroup(click.Group):
         return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        # a script that asked for --json gets a JSON document on stdout even on failure
+        as_json = "--json" in ctx.args
         try:
             return super().invoke(ctx)
         except KilnError as exc:
             from kiln.cli.output import report_error  # rich: paid only when printing
 
             report_error(exc)
+            if as_json:
+                emit_error_json(exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             from kiln.cli.output import err_console
@@ -170,6 +174,8 @@ class KilnGroup(click.Group):
                 from kiln.cli.output import report_error
 
                 report_error(explained)
+                if as_json:
+                    emit_error_json(explained)
                 ctx.exit(explained.exit_code)
             if not type(exc).__module__.startswith("botocore"):
                 raise
@@ -205,3 +211,21 @@ def cli(ctx: click.Context, home: str | None, config: str | None) -> None:
     if reconfigure is not None:
         reconfigure(errors="backslashreplace")
     ctx.obj = State(home_override=home, config_path=config)
+
+
+def emit_error_json(exc: KilnError) -> None:
+    """``{"ok": false, "error": {...}}`` on stdout: with --json, stdout is always one
+    JSON document (the error line and hint still go to stderr)."""
+    from kiln.cli.output import emit_json
+
+    emit_json(
+        {
+            "ok": False,
+            "error": {
+                "type": type(exc).__name__,
+                "message": exc.message,
+                "hint": exc.hint,
+                "exit_code": exc.exit_code,
+            },
+        }
+    )

@@ -23,11 +23,16 @@ _CLI_HEADER = """\
 Every command accepts the global options of `kiln` (before the command name):
 `--home PATH` (state directory, default `$KILN_HOME` or `~/.kiln`) and
 `-c/--config PATH` (default `./kiln.toml`). Commands that print data accept
-`--json`; narration and progress go to stderr so stdout stays parseable.
+`--json`; narration and progress go to stderr so stdout stays parseable. With
+`--json`, stdout is one JSON document on failure too: `{"ok": false, "error":
+{"type", "message", "hint", "exit_code"}}` (the error line and hint still go to
+stderr); a deployment that ran and did not succeed prints its result instead,
+with `"ok": false`.
 
 Exit codes: 0 success; 1 error; 2 bad configuration or usage; 3 corrupted
-store object; 4 a deployment gate tripped (rolled back); 5 the fleet's lock is
-held; 6 drift found (`kiln drift`); 130 interrupted.
+store object (and, for `kiln agent status`, no agent running); 4 a deployment
+gate tripped (rolled back; a `kiln rollback` the user asked for is 0); 5 the
+fleet's lock is held; 6 drift found (`kiln drift`); 130 interrupted.
 """
 
 
