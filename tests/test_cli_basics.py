@@ -86,3 +86,8 @@ def test_a_failure_with_json_is_still_one_json_document_on_stdout(kiln: Kiln) ->
         assert "error:" in result.stderr  # people still read the error line there
     plain = kiln("status", ok=False)
     assert plain.stdout == ""  # without --json, nothing on stdout
+
+
+def test_a_mistyped_command_names_the_nearest(kiln: Kiln) -> None:
+    result = kiln("deplyo", ok=False)
+    assert result.exit_code == 2 and "Did you mean deploy" in result.stderr

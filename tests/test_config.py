@@ -251,3 +251,15 @@ def test_acme_settings() -> None:
     local = parse_config(MINIMAL + '[provider.local]\nhosts = ["a.example.com"]\n' + ACME)
     local = local.provider.local
     assert local.acme is not None and local.acme.http_address == ("0.0.0.0", 80)
+
+
+def test_a_run_line_the_shell_cannot_parse_is_a_config_error(tmp_path: Path) -> None:
+    """`kiln config check` said ok, and only the boot gate found the syntax error,
+    after a whole bake."""
+    text = '[app]\nname = "web"\nrun = "python3 -m gunicorn --bind $HOST:$PORT (app:app"\n'
+    with pytest.raises(ConfigError, match=r"\[app\] run: /bin/sh cannot parse it: .*\("):
+        parse_config(text)
+    bad_release = '[app]\nname = "web"\nrun = "python3 app.py"\nrelease = "migrate &&"\n'
+    with pytest.raises(ConfigError, match=r"\[app\] release: /bin/sh cannot parse it"):
+        parse_config(bad_release)
+    assert parse_config('[app]\nname = "web"\nrun = "a && exec b \'c d\'"\n').app.run

@@ -10,6 +10,7 @@ import difflib
 import ipaddress
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -169,7 +170,7 @@ class AppSettings(Section):
     def _release_is_a_command(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("the release command is empty: remove it or say what to run")
-        return value
+        return _shell_line(value) if value is not None else None
 
     @field_validator("run")
     @classmethod
@@ -180,7 +181,24 @@ class AppSettings(Section):
             raise ValueError(f"cannot parse the command line: {exc}") from exc
         if not argv:
             raise ValueError("the run command is empty: say how to start the app")
-        return value
+        return _shell_line(value)
+
+
+def _shell_line(line: str) -> str:
+    """``line`` if /bin/sh can parse it (``sh -n``: read, never run). A syntax error
+    was found only by the boot gate, after a whole bake."""
+    if not Path("/bin/sh").exists():
+        return line
+    try:
+        done = subprocess.run(
+            ["/bin/sh", "-n", "-c", line], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return line
+    if done.returncode != 0:
+        said = done.stderr.strip().removeprefix("/bin/sh: ").removeprefix("1: ")
+        raise ValueError(f"/bin/sh cannot parse it: {said or 'a syntax error'}")
+    return line
 
 
 class HealthSettings(Section):
