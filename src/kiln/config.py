@@ -121,7 +121,8 @@ class AppSettings(Section):
         description=(
             "Shell command line that starts one instance, run through /bin/sh from the "
             "instance's directory ('&&', quoting and $VAR work; the last command is exec'd "
-            "so the server gets signals itself). It must listen on $HOST:$PORT."
+            "so the server gets signals itself). It must listen on $HOST:$PORT. Checked with "
+            "'sh -n' whenever kiln.toml is read."
         ),
     )
     build: list[str | BuildStep] = Field(
