@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kiln.cli import fleetviews
+from kiln.deploy.state import StateDb
+from kiln.deploy.status import fleet_status
+from kiln.providers.protocol import FleetState, Instance, InstanceState
 
 
 def _instance(n: int, state: str) -> dict[str, Any]:
@@ -50,3 +54,20 @@ def test_an_unfinished_deployment_says_what_to_do() -> None:
     assert "wait for it" in running and "--resume" not in running
     expired = fleetviews.deployment_line({**dep, "outcome": "running"}, lock, 200.0)
     assert "--resume" in expired  # its holder is gone: the lock ran out
+
+
+def test_an_ended_instance_is_never_in_service_in_json(tmp_path: Path) -> None:
+    """One that exited while the agent was down kept in_service true in `--json`, though
+    the table said IN LB no: scripts counted a dead instance as serving."""
+    dead = Instance("i-dead", "web", "img-1", InstanceState.FAILED, 1.0, in_service=True)
+    live = Instance("i-live", "web", "img-1", InstanceState.HEALTHY, 2.0, in_service=True)
+
+    class Provider:
+        name = "fake"
+
+        def describe(self, fleet: str) -> FleetState:
+            return FleetState(fleet, None, {"img-1": 2}, (dead, live))
+
+    doc = fleet_status(Provider(), StateDb(tmp_path / "state.db"), "web", 2, 10.0)
+    serving = {i["id"]: i["in_service"] for i in doc["instances"]}
+    assert serving == {"i-dead": False, "i-live": True}

@@ -68,3 +68,28 @@ def test_unknown_plan_format_and_step_kind_are_refused() -> None:
         Step.from_json({"kind": "reboot"})
     with pytest.raises(DeployError, match="unknown strategy"):
         make_plan(FleetState("shop", None, {}, ()), "img-a", "yolo", 1, Knobs())
+
+
+def test_a_failure_already_terminated_is_not_planned_again() -> None:
+    """A warm standby instance that died: terminating it took it out of its group's
+    count, but it stays failed, and each later deploy planned to terminate it again, a
+    step that changed nothing (every unchanged `kiln deploy` journaled a deployment)."""
+
+    def failed(terminating: bool) -> Instance:
+        return Instance(
+            "i-dead",
+            "web",
+            "img-old",
+            InstanceState.FAILED,
+            1.0,
+            details={"terminating": terminating},
+        )
+
+    serving = Instance("i-new", "web", "img-new", InstanceState.HEALTHY, 2.0, in_service=True)
+    for terminating, planned in ((False, True), (True, False)):
+        state = FleetState(
+            "web", None, {"img-new": 1, "img-old": 1}, (serving, failed(terminating))
+        )
+        plan = make_plan(state, "img-new", "rolling", 1, Knobs())
+        doomed = [i for s in plan.steps for i in s.instances]
+        assert ("i-dead" in doomed) == planned, plan.describe()

@@ -226,8 +226,15 @@ def unreplaced_failures(state: FleetState, exclude: str | None = None) -> list[I
         if image == exclude:
             continue
         excess = desired - len(state.live(image))
+        # one already terminated left its group's count then: terminating it again
+        # changes nothing, and planned each time it made every deploy a step that
+        # never ended (a warm standby instance that died)
         failed = [
-            i for i in state.instances if i.image == image and i.state is InstanceState.FAILED
+            i
+            for i in state.instances
+            if i.image == image
+            and i.state is InstanceState.FAILED
+            and not i.details.get("terminating")
         ]
         failed.sort(key=lambda i: (i.launched_at, i.id), reverse=True)
         found += failed[: max(0, excess)]

@@ -39,7 +39,9 @@ def fleet_status(
             "image": i.image,
             "state": i.state.value,
             "healthy": i.healthy,
-            "in_service": i.in_service,
+            # an ended instance serves nothing, whatever its record last said (one that
+            # exited while the agent was down kept in_service true in --json)
+            "in_service": i.in_service and i.live,
             "age": round(max(0.0, now - i.launched_at), 1),
             "address": i.address,
             "warm": bool(rec and i.id in rec.warm_ids),

@@ -27,7 +27,10 @@ from kiln.providers.protocol import (
     InstanceStats,
 )
 
-_DETAILS = ("pid", "port", "dir", "log", "times", "reason", "replaces", "replaced_by")
+_DETAILS = (
+    *("pid", "port", "dir", "log", "times", "reason", "replaces", "replaced_by"),
+    "terminating",  # asked to end: out of its group's count already
+)
 
 
 class AgentReads:
