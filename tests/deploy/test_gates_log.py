@@ -52,3 +52,23 @@ def test_a_tail_that_holds_its_cause_is_left_as_it_is() -> None:
     assert condensed(text, 20).splitlines() == text.splitlines()[-20:]
     short = "only\nthree\nlines"
     assert condensed(short, 20) == short
+
+
+GUNICORN = (
+    ["[INFO] Starting gunicorn 23.0.0", "[INFO] Booting worker with pid: 12"]
+    + ["Traceback (most recent call last):"]
+    + [f'  File "/srv/deps/gunicorn/arbiter.py", line {n}, in spawn_worker' for n in range(9)]
+    + ["ModuleNotFoundError: No module named 'nonexistent_module_xyz'"]
+    + ["[INFO] Worker exiting (pid: 12)", "[ERROR] Worker (pid:12) exited with code 3"]
+    + ["Traceback (most recent call last):"]
+    + [f'  File "/srv/deps/gunicorn/app/base.py", line {n}, in run' for n in range(33)]
+    + ["gunicorn.errors.HaltServer: <HaltServer 'Worker failed to boot.' 3>"]
+)
+
+
+def test_gunicorns_halt_does_not_hide_the_workers_error() -> None:
+    """A worker's ModuleNotFoundError was line 16 of 50; the tail held only the
+    arbiter's HaltServer traceback."""
+    shown = condensed("\n".join(GUNICORN), 20).splitlines()
+    assert shown[0] == "ModuleNotFoundError: No module named 'nonexistent_module_xyz'"
+    assert shown[-1].startswith("gunicorn.errors.HaltServer")

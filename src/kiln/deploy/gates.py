@@ -311,21 +311,19 @@ def judge_canary(f: Mapping[str, Any], s: Settings) -> str | None:
 
 
 # the line that says what went wrong: Node's "Error: Cannot find module 'x'", Python's
-# "ModuleNotFoundError: …", a Traceback's start, a shell's "sh: 1: x: not found"
+# "ModuleNotFoundError: No module named 'x'", a shell's "sh: 1: x: not found"
 _CAUSE = re.compile(
-    r"^\s*(?:Traceback \(most recent call last\)|[\w.]*(?:Error|Exception)\b[^\n]*:|"
-    r"\S+: (?:\d+: )?[^\n]*not found$)"
+    r"^\s*(?:[\w.]*(?:Error|Exception)\b[^\n]*?:\s*\S|\S+: (?:\d+: )?[^\n]*not found$)"
 )
 
 
 def condensed(text: str, keep: int) -> str:
-    """The last ``keep`` lines, with the line saying what went wrong first when it is
-    further up: behind `npm start`, npm's own dozen error lines pushed Node's
-    "Error: Cannot find module 'express'" out of a 20-line tail."""
+    """The last ``keep`` lines, after the first line further up that says what went
+    wrong. Behind `npm start`, npm's dozen error lines pushed Node's "Cannot find
+    module" out of a 20-line tail; gunicorn's "Worker failed to boot" traceback did
+    the same to the worker's ModuleNotFoundError."""
     lines = text.splitlines()
     tail = lines[-keep:]
-    if len(lines) <= keep or any(_CAUSE.match(line) for line in tail):
-        return "\n".join(tail)
-    earlier = lines[:-keep]
-    cause = next((line for line in reversed(earlier) if _CAUSE.match(line)), None)
-    return "\n".join([cause, "…", *tail] if cause is not None else tail)
+    earlier = lines[:-keep] if len(lines) > keep else []
+    cause = next((line for line in earlier if _CAUSE.match(line) and line not in tail), None)
+    return "\n".join([cause.strip(), "…", *tail] if cause is not None else tail)
