@@ -25,6 +25,8 @@ def test_a_second_deploy_fails_fast_with_the_holders_details(deployed: World) ->
     assert "bob@ci-runner-1 (pid 1, deployment dep-12345678)" in message
     assert "started" in message and "last heartbeat" in message
     assert "--wait" in (info.value.hint or "") and "kiln unlock" in (info.value.hint or "")
+    # any command meeting the lock: `kiln scale` was told to use `kiln deploy --wait`
+    assert "kiln deploy --wait" not in (info.value.hint or "")
     assert deployed.provider.calls[calls:] == []
     assert deployed.serving() == {OLD: 2}
 

@@ -97,8 +97,9 @@ class DeployLock:
             if deadline is None or now >= deadline:
                 raise LockHeld(
                     f"fleet {self.fleet} is being deployed by {holder.describe(now)}",
-                    hint="wait with 'kiln deploy --wait [TIMEOUT]', or if that deployment is "
-                    "really gone, 'kiln unlock' (then 'kiln deploy --resume')",
+                    hint="run the command again with --wait [TIMEOUT] to wait for it (deploy, "
+                    "rollback, scale, recycle, refresh, promote and destroy take it), or if "
+                    "that deployment is really gone, 'kiln unlock' (then 'kiln deploy --resume')",
                 )
             self.clock.sleep(min(1.0, max(0.05, deadline - now)))
 
