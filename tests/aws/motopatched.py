@@ -148,7 +148,7 @@ def block_device_mappings(self: Any) -> list[dict[str, Any]]:
 def _state(self: Any) -> str:
     ready = self.__dict__.get("kiln_ready_at")
     state = str(self.__dict__.get("kiln_state", "available"))
-    if state == "pending" and ready is not None and time.time() >= ready:
+    if state == "pending" and ready is not None and time.monotonic() >= ready:
         return "available"
     return state
 
@@ -190,7 +190,7 @@ def copy_image_response(self: Any) -> ActionResult:
     seconds = float(os.environ.get("KILN_MOTO_COPY_SECONDS", "0"))
     if seconds > 0:
         ami.state = "pending"
-        ami.kiln_ready_at = time.time() + seconds
+        ami.kiln_ready_at = time.monotonic() + seconds  # a duration: the wall clock may step
     if token:
         tokens[token] = ami.id
     return ActionResult({"ImageId": ami.id})
