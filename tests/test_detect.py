@@ -657,12 +657,47 @@ def test_django_health_checks_send_a_name_allowed_hosts_lists(tmp_path: Path) ->
         'ALLOWED_HOSTS = ["*"]': None,
         'ALLOWED_HOSTS = ["localhost", "example.com"]': None,
         'ALLOWED_HOSTS = os.environ["HOSTS"].split(",")': None,  # computed: not read
+        'ALLOWED_HOSTS = [\n    "www.example.com",\n]': "www.example.com",  # black's layout
+        'ALLOWED_HOSTS = ("www.example.com",)': "www.example.com",
+        # computed, once taken for the names "DOMAIN" and "{DOMAIN}" (every check a 400,
+        # and a kiln.toml that did not load)
+        'ALLOWED_HOSTS = [os.getenv("DOMAIN")]': None,
+        'DOMAIN = "x"\nALLOWED_HOSTS = [f"{DOMAIN}"]': None,
+        'ALLOWED_HOSTS = ["www.example.com"]\nALLOWED_HOSTS += EXTRA': None,
+        'if DEBUG:\n    ALLOWED_HOSTS = ["dev.example.com"]': None,  # depends on the run
     }
     for n, (line, host) in enumerate(cases.items()):
         files = {"mysite/settings.py": base + line + "\n", "mysite/wsgi.py": ""}
         root = _django_project(tmp_path / str(n), "mysite.settings", files)
         assert detect(root).health_host == host, line
         assert _config(root).health.host == host, line
+
+
+def test_django_reads_the_settings_module_in_use_not_its_siblings(tmp_path: Path) -> None:
+    """With mysite.settings.production in use, staging.py (sorted after it) set the
+    health checks' Host, and production answered every check with 400."""
+    files = {
+        "mysite/settings/__init__.py": "",
+        "mysite/settings/base.py": "ALLOWED_HOSTS = ['base.example.com']\nSTATIC_ROOT = 'st'\n",
+        "mysite/settings/production.py": (
+            "ALLOWED_HOSTS = ['early.example.com']\n"
+            "from .base import *  # base's value replaces the one above\n"
+            "try:\n    from mysite.settings.local import *\nexcept ImportError:\n    pass\n"
+        ),
+        "mysite/settings/local.py": "ALLOWED_HOSTS = ['www.example.com']\n",
+        "mysite/settings/staging.py": "ALLOWED_HOSTS = ['staging.example.com']\n",
+        "mysite/wsgi.py": "",
+    }
+    root = _django_project(tmp_path, "mysite.settings.production", files)
+    found = detect(root)
+    assert found.health_host == "www.example.com"
+    # every sibling still counts for collectstatic: any may be the one in use somewhere
+    collect = next(s for s in found.build if isinstance(s, BuildStep) and "static" in s.run)
+    assert "mysite/settings/staging.py" in collect.inputs
+
+    files["mysite/settings/production.py"] = "from .base import *\nALLOWED_HOSTS = ['p.example']\n"
+    root = _django_project(tmp_path / "later", "mysite.settings.production", files)
+    assert detect(root).health_host == "p.example"  # assigned after the import: it wins
 
 
 def test_a_monorepo_root_points_at_its_apps(tmp_path: Path) -> None:

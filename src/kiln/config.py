@@ -202,6 +202,10 @@ def _shell_line(line: str) -> str:
     return line
 
 
+# a Host header: a name or an IPv6 literal in brackets, with an optional port
+HOST_PATTERN = r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+
+
 class HealthSettings(Section):
     """Load-balancer health checks, with ALB semantics."""
 
@@ -211,7 +215,7 @@ class HealthSettings(Section):
     )
     host: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$",
+        pattern=HOST_PATTERN,
         description=(
             "Host header of each HTTP check, e.g. 'www.example.com', for an app that answers "
             "only its public names (Django's ALLOWED_HOSTS answers 400 to any other). "

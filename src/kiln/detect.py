@@ -9,6 +9,7 @@ Detection reads files only; it never imports or runs the app.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from pathlib import Path
 import pathspec
 
 from kiln import pylocks
-from kiln.config import BuildStep
+from kiln.config import HOST_PATTERN, BuildStep
 
 # dotenv files that stay on the developer's machine: .env, and the *.local ones
 # (Next.js, Vite, dotenv-flow: .env.local, .env.production.local…); .env.production
@@ -398,7 +399,7 @@ def _django(root: Path) -> Detected | None:
     why = [f"manage.py sets DJANGO_SETTINGS_MODULE={settings}: a Django project"]
     if src:
         why.append(f"src layout: src/ goes on PYTHONPATH, so {package} imports")
-    settings_files = _django_settings_files(base, settings)
+    settings_files, assigned = _django_settings(base, settings)
     settings_text = "\n".join(_read(f) for f in settings_files)
     channels = "ASGI_APPLICATION" in settings_text and (package_dir / "asgi.py").is_file()
     if (package_dir / "wsgi.py").is_file() and not channels:
@@ -417,7 +418,7 @@ def _django(root: Path) -> Detected | None:
     static_root = re.search(r"^STATIC_ROOT\s*=.*?['\"]([\w.-]+)/?['\"]\)?\s*$", settings_text, re.M)
     if static_root:
         depends = next((s.inputs for s in build if isinstance(s, BuildStep)), [])
-        shown = [f.relative_to(root).as_posix() for f in settings_files]
+        shown = [f.relative_to(root).as_posix() for f in _django_settings_files(base, settings)]
         build.append(
             BuildStep(
                 run="python3 manage.py collectstatic --noinput",
@@ -441,7 +442,7 @@ def _django(root: Path) -> Detected | None:
             "the database is SQLite inside the app directory: each instance would get its "
             "own copy; point DATABASES at a shared database through a [secrets] entry"
         )
-    health_host = _allowed_host(settings_text)
+    health_host = _allowed_host(assigned)
     if health_host is not None:
         why.append(f"ALLOWED_HOSTS lists {health_host}: health checks send it as their Host")
     return Detected(
@@ -457,18 +458,22 @@ def _django(root: Path) -> Detected | None:
     )
 
 
-def _allowed_host(settings_text: str) -> str | None:
+def _allowed_host(assigned: dict[str, ast.expr | None]) -> str | None:
     """A name Django answers when ALLOWED_HOSTS is a literal list of public names only:
     it answers 400 to a check sent with the instance's address as its Host (a deploy
-    of such a project rolled back, every check 400)."""
-    assigned = re.findall(r"^ALLOWED_HOSTS\s*=\s*(.*)$", settings_text, re.MULTILINE)
-    last = re.fullmatch(r"\[([^\]]*)\]\s*(?:#.*)?", assigned[-1].strip()) if assigned else None
-    if last is None:  # none, or computed (from the environment): nothing to read
+    of such a project rolled back, every check 400). Only string literals are read:
+    ``os.getenv("DOMAIN")`` or an f-string is no host name."""
+    node = assigned.get("ALLOWED_HOSTS")
+    try:
+        hosts = ast.literal_eval(node) if node is not None else None
+    except ValueError:  # computed: from the environment, a function, …
         return None
-    hosts: list[str] = re.findall(r"['\"]([^'\"]+)['\"]", last.group(1))
+    if not isinstance(hosts, list | tuple) or not all(isinstance(h, str) for h in hosts):
+        return None
     if not hosts or {"*", "127.0.0.1", "localhost", ".localhost", "[::1]"} & set(hosts):
         return None
-    return hosts[0].lstrip(".")  # ".example.com" is example.com and its subdomains
+    host = str(hosts[0]).lstrip(".")  # ".example.com" is example.com and its subdomains
+    return host if re.fullmatch(HOST_PATTERN, host) else None
 
 
 def _django_project(root: Path, settings: str) -> tuple[Path, str] | None:
@@ -501,6 +506,49 @@ def _django_settings_files(base: Path, settings: str) -> list[Path]:
     if (path / "__init__.py").is_file():
         return sorted(path.glob("*.py"))
     return []
+
+
+def _django_settings(base: Path, settings: str) -> tuple[list[Path], dict[str, ast.expr | None]]:
+    """The settings modules Django runs for ``settings``, and the value each top-level
+    name ends with, as Python runs them: a star import (``from .base import *``) takes
+    effect where it stands, so a later assignment wins over it. A name assigned under
+    an ``if`` depends on the run: its value is None. Siblings that are not imported
+    (``staging.py`` beside the ``production.py`` in use) are not read."""
+    files: list[Path] = []
+    assigned: dict[str, ast.expr | None] = {}
+
+    def run(module: str, certain: bool) -> None:
+        path = base / module.replace(".", "/")
+        path = path / "__init__.py" if (path / "__init__.py").is_file() else path.with_suffix(".py")
+        if path in files or not path.is_file():
+            return
+        files.append(path)
+        try:
+            tree = ast.parse(_read(path))
+        except (SyntaxError, ValueError):
+            return
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        statements(tree.body, package, certain)
+
+    def statements(body: list[ast.stmt], package: str, certain: bool) -> None:
+        for node in body:
+            if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+                parts = package.split(".")
+                start = parts[: len(parts) - node.level + 1] if node.level else []
+                run(".".join([*start, *([node.module] if node.module else [])]), certain)
+            elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                plain = certain and not isinstance(node, ast.AugAssign)
+                for target in targets:
+                    if isinstance(target, ast.Name):
+                        assigned[target.id] = node.value if plain else None
+            elif isinstance(node, ast.Try):  # try: from .local import * / except ImportError
+                statements(node.body, package, certain)
+            elif isinstance(node, ast.If):
+                statements(node.body + node.orelse, package, certain=False)
+
+    run(settings, certain=True)
+    return files, assigned
 
 
 _FRAMEWORKS = (
