@@ -109,6 +109,30 @@ def test_a_client_that_gives_up_waiting_closes_the_instances_connection(
     assert float(line.rsplit(" ", 1)[1]) < 5.0, line
 
 
+@pytest.mark.parametrize("after", [0.0, 0.5])
+def test_a_client_that_half_closes_before_its_answer_has_given_up_whenever_it_does(
+    fleet: tuple[BalancerProcess, int, Path], after: float
+) -> None:
+    """As behind nginx, a FIN before the answer begins is a client giving up, whether it
+    came while the request waited for the instance or while the instance was still
+    being reached. At once (with the request, a fresh instance connection to open), the
+    request used to be sent anyway and the instance worked for nobody."""
+    _, port, events = fleet
+    target = f"/wait-half-{after:g}"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    time.sleep(after)
+    sock.shutdown(socket.SHUT_WR)
+    started = time.monotonic()
+    assert sock.recv(4096) == b"", "no answer: the client gave up"
+    assert time.monotonic() - started < 5.0
+    sock.close()
+    time.sleep(1.0)
+    line = told(events, target, within=1.0)
+    # never sent on, or the instance was told at once
+    assert line.endswith("nothing within 1.0 s") or " told " in line, line
+
+
 def test_the_balancers_own_502_is_counted_and_logged(
     fleet: tuple[BalancerProcess, int, Path],
 ) -> None:

@@ -497,6 +497,9 @@ class Balancer:
     ) -> bool:
         pooled = _pooled(backend) if body is not None and not fresh else None
         upstream = pooled or await self._connect(backend)
+        if client.half_closed:  # it gave up while the instance was reached (eof_received)
+            upstream.close()
+            return False
         replayable = body is not None and head.method in IDEMPOTENT
         waiter: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         upstream.begin(self, client, head, started, waiter)

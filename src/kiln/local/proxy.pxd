@@ -11,6 +11,7 @@ cdef class Client(Stream):
     cdef public object exchange
     cdef public object expired
     cdef public bytes forwarded
+    cdef public bint half_closed
     cdef public bytes ip
     cdef public object listener
     cdef public MessageReader messages

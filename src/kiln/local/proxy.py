@@ -71,6 +71,7 @@ class Client(Stream):
         "exchange",
         "expired",
         "forwarded",
+        "half_closed",
         "ip",
         "listener",
         "messages",
@@ -93,6 +94,7 @@ class Client(Stream):
         self.scheme = b"http"
         self.forwarded = b""  # the X-Forwarded lines of every request, unless ``trusted``
         self.busy = False  # a request is being answered
+        self.half_closed = False  # it sent its FIN: a request not yet answered was given up
         self.sending: Any = None  # an instance connection waiting for this client to read
         self.exchange: Any = None  # the instance connection carrying this client's request
         self._waiter: asyncio.Future[None] | None = None
@@ -128,6 +130,7 @@ class Client(Stream):
         if self._raw is not None:
             self.raw_eof()
         else:
+            self.half_closed = True
             self.messages.feed_eof()
             self._wake()
             exchange = self.exchange
