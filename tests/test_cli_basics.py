@@ -86,6 +86,18 @@ def test_a_failure_with_json_is_still_one_json_document_on_stdout(kiln: Kiln) ->
         assert "error:" in result.stderr  # people still read the error line there
     plain = kiln("status", ok=False)
     assert plain.stdout == ""  # without --json, nothing on stdout
+    # a usage error is one JSON document too
+    usage = kiln("status", "--json", "--no-such-option", ok=False)
+    assert usage.exit_code == 2 and json.loads(usage.stdout)["error"]["type"] == "UsageError"
+    assert "No such option" in usage.stderr
+
+
+def test_json_is_read_only_where_the_command_takes_it(kiln: Kiln) -> None:
+    """`kiln run -- tool --json`: the --json is the tool's; kiln printed its own error
+    as JSON on stdout, where the tool's output belongs."""
+    result = kiln("run", "--", "python3", "tool.py", "--json", ok=False)
+    assert result.stdout == "", result.stdout
+    assert "error:" in result.stderr
 
 
 def test_a_mistyped_command_names_the_nearest(kiln: Kiln) -> None:

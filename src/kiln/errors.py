@@ -69,6 +69,12 @@ class ConfigError(KilnError):
     exit_code = 2
 
 
+class UsageError(KilnError):
+    """A command line click refused (an unknown option, a missing argument)."""
+
+    exit_code = 2
+
+
 class HomeError(KilnError):
     exit_code = 2
 

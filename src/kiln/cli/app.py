@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from kiln import __version__
-from kiln.errors import KilnError
+from kiln.errors import KilnError, UsageError
 from kiln.home import Home
 from kiln.oserrors import explain_failure
 from kiln.platform import PLATFORM_NAMES
@@ -113,6 +113,9 @@ def environment_option(fn: F) -> F:
     )(fn)
 
 
+JSON_KEY = "kiln.json"  # ctx.meta: the command run was asked for --json
+
+
 class KilnGroup(click.Group):
     """Turns user errors into one line and an exit code, never a traceback.
 
@@ -150,6 +153,8 @@ class KilnGroup(click.Group):
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
         """An unknown command is an error naming the nearest ones (`kiln deplyo`)."""
+        # the command line as the group has it: what ``invoke`` reports failures by
+        ctx.meta[JSON_KEY] = self.wants_json(ctx, args)
         name = args[0] if args else ""
         if args and not name.startswith("-") and self.get_command(ctx, name) is None:
             import difflib
@@ -164,16 +169,39 @@ class KilnGroup(click.Group):
             importlib.import_module(self.lazy_commands[cmd_name])
         return self.commands.get(cmd_name)
 
+    def wants_json(self, ctx: click.Context, args: list[str]) -> bool:
+        """The command run takes ``--json`` and was given it (before any ``--``): the
+        one `kiln run -- tool --json` passes on is not kiln's to read."""
+        if "--" in args:
+            args = args[: args.index("--")]
+        group: click.Group = self
+        command: click.Command | None = None
+        for arg in args:
+            if arg.startswith("-"):
+                continue
+            command = group.get_command(ctx, arg)
+            if not isinstance(command, click.Group):
+                break
+            group = command
+        return (
+            command is not None
+            and "--json" in args
+            and any("--json" in param.opts for param in command.params)
+        )
+
     def invoke(self, ctx: click.Context) -> Any:
         # a script that asked for --json gets a JSON document on stdout even on failure
-        as_json = "--json" in ctx.args
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option or argument: click reports it
+            if ctx.meta.get(JSON_KEY):
+                emit_error_json(UsageError(exc.format_message()))
+            raise
         except KilnError as exc:
             from kiln.cli.output import report_error  # rich: paid only when printing
 
             report_error(exc)
-            if as_json:
+            if ctx.meta.get(JSON_KEY):
                 emit_error_json(exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -187,7 +215,7 @@ class KilnGroup(click.Group):
                 from kiln.cli.output import report_error
 
                 report_error(explained)
-                if as_json:
+                if ctx.meta.get(JSON_KEY):
                     emit_error_json(explained)
                 ctx.exit(explained.exit_code)
             if not type(exc).__module__.startswith("botocore"):
