@@ -547,6 +547,36 @@ def test_local_dotenv_files_stay_out_of_every_kind_of_image(tmp_path: Path) -> N
             " flasky:app",
             "deps",
         ),
+        (  # a FastAPI factory: was "Python script", run as python3 main.py (exits at once)
+            {
+                "main.py": "from fastapi import FastAPI\n\ndef create_app():\n"
+                "    app = FastAPI()\n    return app\n"
+            },
+            "FastAPI",
+            "--factory main:create_app",
+            "deps",
+        ),
+        (  # a factory whose parameters all have defaults (Flaskr's shape), called at the
+            # top: the app it made is served, not made a second time
+            {
+                "app.py": "from quart import Quart\n\ndef create_app(test_config=None):\n"
+                "    app = Quart(__name__)\n    return app\n\napp = create_app()\n"
+            },
+            "Quart",
+            " app:app",
+            "deps",
+        ),
+        (  # src/ itself a package: Sanic was served as app:app with src on the path (its
+            # relative imports failed) while FastAPI in the same layout got src.app:app
+            {
+                "src/__init__.py": "",
+                "src/routes.py": "",
+                "src/app.py": "from sanic import Sanic\nfrom .routes import bp\napp = Sanic('x')\n",
+            },
+            "Sanic",
+            "-m sanic src.app:app --host $HOST --port $PORT --no-motd",
+            "deps",
+        ),
     ],
 )
 def test_framework_apps_in_packages_and_factories(

@@ -17,7 +17,7 @@ import shlex
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -567,11 +567,7 @@ _NOT_APP = frozenset({"tests", "test", "testing", "docs", "examples", "scripts",
 
 
 def _python_framework(root: Path) -> Detected | None:
-    seen: set[Path] = set()
-    for base, path in _app_modules(root):
-        if path in seen or not path.is_file():
-            continue
-        seen.add(path)
+    for path in _app_modules(root):
         text = _read(path)
         for kind, pattern, server, framework in _FRAMEWORKS:
             if pattern.endswith("=") and path.name != f"{kind.lower()}.py":
@@ -581,37 +577,56 @@ def _python_framework(root: Path) -> Detected | None:
                 continue
             if match.group(1) == "create_app" and kind == "Flask":
                 if not re.search(r"^\s*(?:from|import)\s+flask\b", text, re.MULTILINE):
-                    continue  # another framework's factory (Quart's, FastAPI's…)
+                    continue  # another framework's factory (kiln.detect_python's)
                 made = _made_by_factory(root, path)
                 if made is not None:  # it needs arguments a module passes it
-                    base, path, match = made
-            parts = path.relative_to(base).with_suffix("").parts
-            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+                    path, match = made
             called = kind == "Flask" and match.group(1) == "create_app"
-            target = f"{module}:{match.group(1)}" + ("()" if called else "")
+            target = f"{module_name(root, path)}:{match.group(1)}" + ("()" if called else "")
             shown = path.relative_to(root).as_posix()
             why = [f"{shown} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
             # quoted: the run line goes through /bin/sh, where "create_app()" is a syntax error
             run = f"{GUNICORN if server == 'gunicorn' else UVICORN} {shlex.quote(target)}"
             why.append(f"served by {server} on $HOST:$PORT")
-            src = base != root
-            if src:
-                why.append(f"src layout: src/ goes on PYTHONPATH, so {target} imports")
             needed = [n for n in (framework, server) if n is not None]
-            return Detected(
-                kind=kind,
-                run=run,
-                why=why,
-                build=_pip_build(root, needed, why),
-                env=_python_env(src),
-                health_path=_route(root, ("/health", "/healthz", "/ping")),
-                grace="20s",
-            )
+            return python_detected(kind, run, root, path, why, needed)
     return None
 
 
-def _made_by_factory(root: Path, factory: Path) -> tuple[Path, Path, re.Match[str]] | None:
-    """(base, module, match of ``X = create_app(``) when ``factory``'s create_app needs
+def python_detected(
+    kind: str, run: str, root: Path, path: Path, why: list[str], needed: list[str]
+) -> Detected:
+    """A Python app served from module ``path`` by ``run``; ``needed``: the packages
+    the server line imports, installed when the requirements do not list them."""
+    src = import_base(root, path) != root
+    if src:
+        why.append("src layout: src/ goes on PYTHONPATH")
+    return Detected(
+        kind=kind,
+        run=run,
+        why=why,
+        build=_pip_build(root, needed, why, wsgi="--interface wsgi" in run),
+        env=_python_env(src),
+        health_path=_route(root, ("/health", "/healthz", "/ping")),
+        grace="20s",
+    )
+
+
+def import_base(root: Path, path: Path) -> Path:
+    """Where imports of ``path`` start: src/ in a src layout, the top otherwise (and
+    when src/ is itself a package: ``src.main:app``, whose relative imports work)."""
+    src = root / "src"
+    return src if path.is_relative_to(src) and not (src / "__init__.py").is_file() else root
+
+
+def module_name(root: Path, path: Path) -> str:
+    """The dotted module a server imports ``path`` as."""
+    parts = path.relative_to(import_base(root, path)).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _made_by_factory(root: Path, factory: Path) -> tuple[Path, re.Match[str]] | None:
+    """(module, match of ``X = create_app(``) when ``factory``'s create_app needs
     arguments and a top-level module calls it with them (Flasky's ``flasky.py``:
     ``app = create_app(os.getenv("FLASK_CONFIG") or "default")``); gunicorn then
     imports that module's app, where ``create_app()`` failed for the missing one."""
@@ -623,20 +638,19 @@ def _made_by_factory(root: Path, factory: Path) -> tuple[Path, Path, re.Match[st
     for path in sorted(root.glob("*.py")):
         found = re.search(r"^(\w+)\s*=\s*create_app\(", _read(path), re.MULTILINE)
         if found is not None:
-            return root, path, found
+            return path, found
     return None
 
 
-def _app_modules(root: Path) -> Iterator[tuple[Path, Path]]:
-    """(where imports start, a module that may define the app), likeliest first: the
-    top level's modules, then a package's (``app/main.py`` as in FastAPI's larger
-    layouts, a Flask factory in ``flaskr/__init__.py``), then those of a src layout."""
-    for path in [root / name for name in _MODULES] + sorted(root.glob("*.py")):
-        yield root, path
+def _app_modules(root: Path) -> list[Path]:
+    """Modules that may define the app, likeliest first, each once: the top level's,
+    then a package's (``app/main.py`` as in FastAPI's larger layouts, a Flask factory
+    in ``flaskr/__init__.py``), then those of a src layout."""
+    found = [root / name for name in _MODULES] + sorted(root.glob("*.py"))
     for base in (root, root / "src"):
         for package in _packages(base):
-            for name in (*_MODULES, "__init__.py"):
-                yield base, package / name
+            found += [package / name for name in (*_MODULES, "__init__.py")]
+    return [path for n, path in enumerate(found) if path.is_file() and path not in found[:n]]
 
 
 def _packages(base: Path) -> list[Path]:

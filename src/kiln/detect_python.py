@@ -25,7 +25,8 @@ from kiln.detect import (
     _pip_build,
     _python_env,
     _read,
-    _route,
+    module_name,
+    python_detected,
 )
 
 _HEALTH = ("/health", "/healthz", "/ping")
@@ -54,19 +55,8 @@ def _served_modules(root: Path) -> list[Path]:
     package's and a src layout's (kiln.detect._app_modules), as for Flask and FastAPI.
     A Sanic app in ``myapp/server.py`` or Quart's tutorial ``src/blog/__init__.py``
     was otherwise not found, and kiln init fell back to nothing."""
-    seen: list[Path] = []
-    for path in [*_modules(root), *(p for _, p in _app_modules(root))]:
-        if path not in seen and path.is_file():
-            seen.append(path)
-    return seen
-
-
-def _module(root: Path, path: Path) -> str:
-    """The dotted module a server imports ``path`` as (from src/ in a src layout)."""
-    src = root / "src"
-    base = src if path.is_relative_to(src) else root
-    parts = path.relative_to(base).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    top = _modules(root)
+    return top + [p for p in _app_modules(root) if p not in top]
 
 
 def _shown(root: Path, path: Path) -> str:
@@ -177,43 +167,25 @@ def _served(
         why = [f"{shown} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
         why.append(f"served by {server} on $HOST:$PORT")
         command = GUNICORN if server == "gunicorn" else UVICORN
-        target = shlex.quote(f"{_module(root, path)}:{match.group(1)}")
-        return _python(kind, f"{command} {target}", root, why, [framework, server], path)
+        target = shlex.quote(f"{module_name(root, path)}:{match.group(1)}")
+        return python_detected(kind, f"{command} {target}", root, path, why, [framework, server])
 
     return build
 
 
-def _python(
-    kind: str, run: str, root: Path, why: list[str], needed: list[str], path: Path | None = None
-) -> Detected:
-    """``path``: the app's module; in a src layout src/ goes on PYTHONPATH."""
-    src = path is not None and path.is_relative_to(root / "src")
-    if src:
-        why.append("src layout: src/ goes on PYTHONPATH")
-    return Detected(
-        kind=kind,
-        run=run,
-        why=why,
-        build=_pip_build(root, needed, why, wsgi="--interface wsgi" in run),
-        env=_python_env(src),
-        health_path=_route(root, _HEALTH),
-        grace="20s",
-    )
-
-
 def _dash(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
     app = match.group(1)
-    module = _module(root, path)
+    module = module_name(root, path)
     why = [f"{_shown(root, path)} defines {app} = Dash(…): a Dash app (a Flask server inside)"]
     server = re.search(rf"^(\w+)\s*=\s*{app}\.server\b", text, re.MULTILINE)
     if server:
         run = f"{GUNICORN} {module}:{server.group(1)}"
         why.append(f"{server.group(1)} = {app}.server: served by gunicorn, as Dash documents")
-        return _python("Dash", run, root, why, ["dash", "gunicorn"], path)
+        return python_detected("Dash", run, root, path, why, ["dash", "gunicorn"])
     # gunicorn takes a name, not an attribute path; uvicorn takes app.server
     run = f"{UVICORN} --interface wsgi {module}:{app}.server"
     why.append(f"no 'server = {app}.server' line: uvicorn serves {app}.server as WSGI")
-    found = _python("Dash", run, root, why, ["dash", "uvicorn"], path)
+    found = python_detected("Dash", run, root, path, why, ["dash", "uvicorn"])
     found.notes.append(
         f"add 'server = {app}.server' to {path.name} and run "
         f"'{GUNICORN} {module}:server' for a multi-worker server"
@@ -224,9 +196,9 @@ def _dash(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
 def _sanic(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
     why = [f"{_shown(root, path)} defines {match.group(1)} = Sanic(…): a Sanic app"]
     why.append("served by Sanic's own server (python3 -m sanic) on $HOST:$PORT")
-    target = shlex.quote(f"{_module(root, path)}:{match.group(1)}")
+    target = shlex.quote(f"{module_name(root, path)}:{match.group(1)}")
     run = f"python3 -m sanic {target} --host $HOST --port $PORT --no-motd"
-    found = _python("Sanic", run, root, why, ["sanic"], path)
+    found = python_detected("Sanic", run, root, path, why, ["sanic"])
     if found.health_path is None and _sanic_health(text):
         found.health_path = "/__health__"
     return found
@@ -245,44 +217,74 @@ def _aiohttp(root: Path, path: Path, text: str, match: re.Match[str]) -> Detecte
     return _aiohttp_served(root, path, match.group(1), why)
 
 
-# what a factory's body builds: (kind, regex of the object it assigns)
+# what a factory's body builds: (kind, regex of the object it assigns); a Flask
+# factory is kiln.detect's (gunicorn calls it)
 _FACTORY_MADE = (
     ("aiohttp", r"(?:aiohttp\.)?web\.Application\("),
+    ("FastAPI", r"(?:fastapi\.)?FastAPI\("),
+    ("Starlette", r"(?:\w+\.)?Starlette\("),
     ("Quart", r"(?:quart\.)?Quart\("),
     ("Litestar", r"(?:litestar\.)?Litestar\("),
 )
 
 
-def _factory(root: Path, modules: list[Path]) -> Detected | None:
-    """A function without arguments that builds and returns an app (sync or async)."""
+@dataclass(frozen=True)
+class _Factory:
+    path: Path
+    name: str
+    kind: str
+    is_async: bool
+    made: str | None  # ``app = name(…)`` at the module's top level: the app it made
+
+
+def _find_factory(modules: list[Path]) -> _Factory | None:
+    """A function that builds and returns an app, callable without arguments (every
+    parameter has a default: Flaskr's ``create_app(test_config=None)``)."""
     for path in modules:
         text = _read(path)
-        for match in re.finditer(r"^(async\s+)?def\s+(\w+)\(\s*\)", text, re.MULTILINE):
+        for match in re.finditer(r"^(async\s+)?def\s+(\w+)\(([^)]*)\)", text, re.MULTILINE):
+            params = [p for p in match.group(3).split(",") if p.strip()]
+            if any("=" not in p and not p.strip().startswith("*") for p in params):
+                continue  # a server cannot call it as it stands
             rest = text[match.end() :].partition("\n")[2]  # the lines after the def
             body = re.split(r"^\S", rest, maxsplit=1, flags=re.MULTILINE)[0]
             for kind, made_by in _FACTORY_MADE:
                 made = re.search(rf"^\s+(\w+)\s*(?::[^=]+)?=\s*{made_by}", body, re.M)
-                if made and re.search(rf"^\s+return\s+{made.group(1)}\s*$", body, re.M):
+                returned = made and re.search(rf"^\s+return\s+{made.group(1)}\s*$", body, re.M)
+                # uvicorn calls a factory, never awaits it; aiohttp's worker does both
+                if returned and (kind == "aiohttp" or not match.group(1)):
                     name = match.group(2)
-                    shown = _shown(root, path)
-                    why = [f"{shown}: {name}() returns a {kind} app"]
-                    if kind == "aiohttp":  # the worker awaits a coroutine, calls a function
-                        target = name if match.group(1) else f"{name}()"
-                        return _aiohttp_served(root, path, target, why)
-                    why.append("served by uvicorn on $HOST:$PORT, which calls the factory")
-                    target = shlex.quote(f"{_module(root, path)}:{name}")
-                    run = f"{UVICORN} --factory {target}"
-                    return _python(kind, run, root, why, [kind.lower(), "uvicorn"], path)
+                    call = re.search(rf"^(\w+)\s*=\s*{name}\(", text, re.MULTILINE)
+                    made_app = call.group(1) if call and not match.group(1) else None
+                    return _Factory(path, name, kind, bool(match.group(1)), made_app)
     return None
+
+
+def _factory(root: Path, modules: list[Path]) -> Detected | None:
+    found = _find_factory(modules)
+    if found is None:
+        return None
+    path, name, kind = found.path, found.name, found.kind
+    why = [f"{_shown(root, path)}: {name}() returns a {kind} app"]
+    if kind == "aiohttp":  # the worker awaits a coroutine, calls a function
+        target = found.made or (name if found.is_async else f"{name}()")
+        return _aiohttp_served(root, path, target, why)
+    if found.made is not None:  # the module already made it: served as it is
+        why.append(f"{found.made} = {name}(…) at the top: served by uvicorn on $HOST:$PORT")
+        run = f"{UVICORN} {shlex.quote(f'{module_name(root, path)}:{found.made}')}"
+    else:
+        why.append("served by uvicorn on $HOST:$PORT, which calls the factory")
+        run = f"{UVICORN} --factory {shlex.quote(f'{module_name(root, path)}:{name}')}"
+    return python_detected(kind, run, root, path, why, [kind.lower(), "uvicorn"])
 
 
 def _aiohttp_served(root: Path, path: Path, target: str, why: list[str]) -> Detected:
     why.append("served by gunicorn's aiohttp worker on $HOST:$PORT (web.run_app is not called)")
     worker = "--worker-class aiohttp.GunicornWebWorker"  # async: no threads
     # quoted: the run line goes through /bin/sh, where "create_app()" is a syntax error
-    target = shlex.quote(f"{_module(root, path)}:{target}")
+    target = shlex.quote(f"{module_name(root, path)}:{target}")
     run = f"{GUNICORN.replace(' --threads 4', '')} {worker} {target}"
-    return _python("aiohttp", run, root, why, ["aiohttp", "gunicorn"], path)
+    return python_detected("aiohttp", run, root, path, why, ["aiohttp", "gunicorn"])
 
 
 _OBJECT = r"^(\w+)\s*(?::[^=]+)?=\s*"
