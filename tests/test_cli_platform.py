@@ -67,6 +67,29 @@ def test_aws_runs_release_commands_and_one_off_commands(home: Home) -> None:
     aws.require(Capability.RUN, "kiln run")
 
 
+def test_a_health_host_is_refused_on_aws_before_anything_is_baked(
+    home: Home, tmp_path: Path
+) -> None:
+    """kiln init writes [health] host for a Django project answering only its public
+    names; ALB checks cannot send it, so on AWS every target would fail its checks."""
+    from kiln.config import load_config
+
+    config = tmp_path / "kiln.toml"
+    config.write_text(
+        '[app]\nname = "web"\nrun = "python3 app.py"\n'
+        '[health]\npath = "/health"\nhost = "www.example.com"\n'
+    )
+    aws = open_platform("aws", home, lambda: load_config(config))
+    with pytest.raises(ConfigError, match=r"\[health\] host is not available") as refused:
+        aws.deployer()
+    assert refused.value.hint is not None and "ALLOWED_HOSTS" in refused.value.hint
+    with pytest.raises(ConfigError, match=r"\[health\] host is not available"):
+        aws.bake(lambda *_: None, lambda _: None)  # type: ignore[arg-type]
+    open_platform("local", home, lambda: load_config(config)).require(
+        Capability.HEALTH_HOST, "[health] host"
+    )
+
+
 def test_image_ages_warn_once_over_max_image_age() -> None:
     """What every platform's status adds: ages, and 'kiln refresh' due past the maximum."""
     from kiln.platform import image_ages

@@ -219,8 +219,8 @@ class HealthSettings(Section):
         description=(
             "Host header of each HTTP check, e.g. 'www.example.com', for an app that answers "
             "only its public names (Django's ALLOWED_HOSTS answers 400 to any other). "
-            "Unset: the instance's address and port. Local provider only (ALB checks "
-            "cannot set it)."
+            "Unset: the instance's address and port. Local provider only: refused with "
+            "--provider aws (ALB checks cannot set it)."
         ),
     )
     interval: Duration = Field(default=1.0, gt=0, description="Time between two checks.")

@@ -72,6 +72,7 @@ class Capability(StrEnum):
     DESTROY = "destroy"  # `kiln destroy`: stop every instance, forget the fleet, keep history
     PACKAGES = "packages"  # `kiln image packages`: the OS packages a machine image holds
     PROMOTE = "promote"  # `kiln promote`: another environment's image, same code, no bake
+    HEALTH_HOST = "health-host"  # [health] host: a Host header on every health check
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Platform(Protocol):
     name: str
     capabilities: frozenset[Capability]
 
-    def require(self, capability: Capability, what: str) -> None: ...
+    def require(self, capability: Capability, what: str, hint: str | None = None) -> None: ...
 
     def bake(
         self, progress: BakeProgress, narrate: Narrate, *, boot_test: bool | None = None
@@ -261,13 +262,13 @@ class PlatformBase:
     def served_page(self) -> str | None:
         return None
 
-    def require(self, capability: Capability, what: str) -> None:
-        """The one place an unsupported feature is refused."""
+    def require(self, capability: Capability, what: str, hint: str | None = None) -> None:
+        """The one place an unsupported feature is refused; ``hint``: what to do instead."""
         if capability not in self.capabilities:
             others = [n for n in PLATFORMS if n != self.name]
+            elsewhere = f"it works with --provider {' or '.join(others)}" if others else None
             raise ConfigError(
-                f"{what} is not available with --provider {self.name}",
-                hint=f"it works with --provider {' or '.join(others)}" if others else None,
+                f"{what} is not available with --provider {self.name}", hint=hint or elsewhere
             )
 
 

@@ -49,9 +49,21 @@ class AwsPlatform(PlatformBase):
             return AwsSettings()
         return self.loaded.config.provider.aws or AwsSettings()
 
+    def _refuse_unsupported(self) -> None:
+        """Settings no AWS health check can honour, refused before anything is baked."""
+        if self.has_config and self.loaded.config.health.host is not None:
+            self.require(
+                Capability.HEALTH_HOST,
+                "[health] host",
+                hint="ALB health checks send the target's address as their Host: make the app "
+                "answer its health path for any Host (Django: add the instances' addresses to "
+                "ALLOWED_HOSTS, or answer it in a middleware), then remove [health] host",
+            )
+
     def deployer(
         self, on_event: OnEvent | None = None, *, allow_unverified: bool = False
     ) -> AwsDeployments:
+        self._refuse_unsupported()
         return open_deployments(
             self.home, self.loaded, on_event=on_event, allow_unverified=allow_unverified
         )
@@ -62,6 +74,7 @@ class AwsPlatform(PlatformBase):
         from kiln.aws.ami import bake_ami
         from kiln.aws.boottest import BootTestFailed
 
+        self._refuse_unsupported()  # its boot test checks health as the ALB will
         try:
             result = bake_ami(
                 self.loaded, self.home, progress=narrate, bake_progress=progress,
