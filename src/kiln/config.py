@@ -7,6 +7,7 @@ Field descriptions live on the models; ``docs/config.md`` and the JSON Schema
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import re
 import shlex
@@ -185,9 +186,11 @@ class AppSettings(Section):
         return _shell_line(value)
 
 
+@functools.lru_cache(maxsize=64)
 def _shell_line(line: str) -> str:
     """``line`` if /bin/sh can parse it (``sh -n``: read, never run). A syntax error
-    was found only by the boot gate, after a whole bake."""
+    was found only by the boot gate, after a whole bake. Cached: every environment's
+    view of kiln.toml validates the same lines again."""
     if not Path("/bin/sh").exists():
         return line
     try:
