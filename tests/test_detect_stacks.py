@@ -347,6 +347,10 @@ def test_a_fastify_app_gets_a_note_on_the_host_it_binds(tmp_path: Path) -> None:
         ("app.py", "async def main():\n    async with serve(echo, 'localhost', 8765):\n", "8765"),
         ("app.py", "serve(app, host='127.0.0.1', port=8080)\n", "8080"),  # waitress
         ("app.py", "web.run_app(app)\n", "8080, aiohttp's default,"),
+        # aiohttp's docs' own forms: missed by a pattern wanting one name and nothing else
+        ("app.py", "web.run_app(init_app())\n", "8080, aiohttp's default,"),
+        ("app.py", "web.run_app(app, host='127.0.0.1')\n", "8080, aiohttp's default,"),
+        ("app.py", "web.run_app(app, port=8081)\n", "8081"),
     ],
 )
 def test_more_quickstarts_that_fix_their_port(

@@ -4,7 +4,9 @@ kiln gives every instance its own $PORT (and $HOST). An app that calls
 ``app.listen(3000)`` fails its health checks, and a second instance dies with
 EADDRINUSE; `kiln init` says so up front, naming the line to change. Only the
 file the run line executes is read: under gunicorn or uvicorn an
-``app.run(port=5000)`` in ``__main__`` never runs.
+``app.run(port=5000)`` in ``__main__`` never runs. A server told to listen on
+every interface (0.0.0.0, or Node's ``listen(port)`` without a host) is
+warned of too: each instance is then reachable around the balancer.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ _PY_FIXED = (
     re.compile(r"\bserve\([^)]*?\bport\s*=\s*(\d{2,5})\b", re.DOTALL),  # waitress
     # websockets' serve(handler, "localhost", 8765)
     re.compile(r"""\bserve\(\s*\w+\s*,\s*['"][^'"]*['"]\s*,\s*(\d{2,5})\b"""),
-    re.compile(r"\bweb\.run_app\(\s*\w+\s*\)()"),  # aiohttp: 8080 when not told
 )
+# servers that listen on a port of their own when given none: (the call, that port)
+_PY_DEFAULT = ((re.compile(r"\bweb\.run_app\((?![^\n]*\bport\s*=)"), "8080, aiohttp's default,"),)
 # where a server is told to listen on every interface: reachable around the balancer
 _JS_HOST_ENV = re.compile(r"""process\.env(?:\.HOST\b|\[\s*['"]HOST['"]\s*\])|\benv\.HOST\b""")
 _JS_OPEN = (
@@ -66,7 +69,6 @@ def fixed_port_warnings(root: Path, run: str) -> list[str]:
                 use = "process.env.PORT (and process.env.HOST)"
             else:
                 use = "int(os.environ['PORT']) (and os.environ['HOST'])"
-            port = port or "8080, aiohttp's default,"
             warnings.append(
                 f"{path.relative_to(root)} listens on port {port} ('{line}'): every instance "
                 f"gets its own $PORT, so it must listen on {use}"
@@ -83,14 +85,16 @@ def fixed_port_warnings(root: Path, run: str) -> list[str]:
 
 
 def _match_line(text: str, patterns: tuple[re.Pattern[str], ...]) -> tuple[str, str] | None:
-    """(group 1, the line it is on) of the first pattern that matches."""
+    """(group 1, or "" for a pattern without one; the line it is on) of the first
+    pattern that matches."""
     for pattern in patterns:
         match = pattern.search(text)
         if match:
-            start = text.rfind("\n", 0, match.start(1)) + 1
-            end = text.find("\n", match.start(1))
+            at = match.start(1) if pattern.groups else match.start()
+            start = text.rfind("\n", 0, at) + 1
+            end = text.find("\n", at)
             line = text[start : end if end >= 0 else len(text)].strip()
-            return match.group(1), line[:80]
+            return (match.group(1) if pattern.groups else ""), line[:80]
     return None
 
 
@@ -100,7 +104,12 @@ def fixed_port(text: str, js: bool) -> tuple[str, str] | None:
         return None
     if js and not any(serves in text for serves in _JS_SERVES):
         return None
-    return _match_line(text, _JS_FIXED if js else _PY_FIXED)
+    found = _match_line(text, _JS_FIXED if js else _PY_FIXED)
+    for call, port in () if js or found else _PY_DEFAULT:
+        default = _match_line(text, (call,))
+        if default is not None:
+            return port, default[1]
+    return found
 
 
 def _entry_files(root: Path, run: str) -> list[Path]:

@@ -28,10 +28,11 @@ def init(force: bool, name: str | None, as_json: bool) -> None:
     text = render_config(Path.cwd(), name=name, found=found)
     # the program the build step runs to read a lock file (kiln need not be on the builder)
     script = Path.cwd() / LOCK_SCRIPT if LOCK_SCRIPT in text else None
+    # written before anything is printed: `kiln init | head -1` ends the output early
+    target.write_text(text, encoding="utf-8")
+    if script is not None:
+        script.write_text(lock_script(), encoding="utf-8")
     if as_json:
-        target.write_text(text, encoding="utf-8")
-        if script is not None:
-            script.write_text(lock_script(), encoding="utf-8")
         emit_json(
             {
                 "path": str(target),
@@ -47,10 +48,6 @@ def init(force: bool, name: str | None, as_json: bool) -> None:
             }
         )
         return
-    # written before anything is printed: `kiln init | head -1` ends the output early
-    target.write_text(text, encoding="utf-8")
-    if script is not None:
-        script.write_text(lock_script(), encoding="utf-8")
     console.print(f"detected: {found.kind}", markup=False)
     for reason in found.why:
         console.print(f"  - {reason}", markup=False)
