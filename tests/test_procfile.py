@@ -382,6 +382,17 @@ def test_a_development_server_in_the_procfile_is_warned_about(tmp_path: Path) ->
     assert "manage.py runserver" in warning and "mysite.wsgi:application" in warning
 
 
+def test_a_development_server_of_an_app_kiln_does_not_know_names_no_guess(
+    tmp_path: Path,
+) -> None:
+    """kiln had no guess of its own: the warning quoted its failing placeholder."""
+    _write(tmp_path, {"Procfile": "web: flask run --port $PORT\n", "notes.txt": "?"})
+    found = detect(tmp_path)
+    (warning,) = [w for w in found.warnings if "not made for production" in w]
+    assert "guess" not in warning and "exit 64" not in warning, warning
+    assert not any("nothing recognised" in w for w in found.why), found.why
+
+
 def test_a_pythonpath_the_procfile_sets_keeps_deps_on_it(tmp_path: Path) -> None:
     """Set alone, PYTHONPATH=src would hide deps/, where the build installs gunicorn."""
     _write(

@@ -89,8 +89,12 @@ def detect(root: Path) -> Detected:
     found.sticky = found.sticky or _sticky(root)
     if found.sticky:
         found.why.append(found.sticky)
-        _one_process(found)
     apply_procfile(root, found)
+    if found.sticky:
+        _one_process(found)  # after the Procfile: kiln's own gunicorn line only
+    if found.kind == "unknown" and found.run_source != "Procfile":
+        found.why.insert(0, "nothing recognised here: the run line fails the first deploy")
+        found.warnings.append(UNKNOWN_RUN)
     if found.kind == "Node":
         note = fastify_note(root)
         found.notes += [note] if note else []
@@ -929,15 +933,13 @@ def _fallback(root: Path) -> Detected:
     # A run line that fails at the first deploy's boot gate, saying what to do. A
     # placeholder that served the directory passed every gate and published the
     # app's source (and whatever secrets it holds) behind the balancer.
+    # (detect says so, unless a Procfile says what runs the app)
     apps = _apps_below(root)
-    why = ["nothing recognised here: the run line fails the first deploy, saying so"]
-    if apps:
-        why.append(f"apps in {', '.join(apps)}: run kiln init in each (a fleet each)")
+    why = [f"apps in {', '.join(apps)}: run kiln init in each (a fleet each)"] if apps else []
     return Detected(
         kind="unknown",
         run=f"echo {shlex.quote(UNKNOWN_RUN)} >&2; exit 64",
         why=why,
-        warnings=[UNKNOWN_RUN],
         exclude=list(ENV_FILES),
     )
 

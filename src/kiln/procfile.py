@@ -18,7 +18,6 @@ from pathlib import Path
 from kiln.detect import (
     PIP,
     PY_EXCLUDE,
-    UNKNOWN_RUN,
     Detected,
     _pip_build,
     _python_env,
@@ -111,15 +110,11 @@ def _use_web(root: Path, found: Detected, web: str) -> None:
     adapted = _npm(listen_on_host_port(web))
     dev = _dev_server(adapted.words)
     if dev:
+        guess = f": kiln's own guess was '{found.run}'" if found.kind != "unknown" else ""
         found.warnings.append(
             f"the Procfile's web process runs {dev}, which is not made for production "
-            f"traffic: kiln's own guess was '{found.run}'"
+            f"traffic{guess}"
         )
-    if found.kind == "unknown":  # the placeholder's reasons are no reasons any more
-        found.why = [w for w in found.why if not w.startswith("nothing recognised")]
-        found.warnings = [w for w in found.warnings if w != UNKNOWN_RUN]
-    # nor are those about kiln's own run line (one gunicorn worker for sessions…)
-    found.why = [w for w in found.why if not w.startswith("one gunicorn worker")]
     found.why.append(f"Procfile: web process '{web}' runs the app, instead of kiln's own guess")
     found.run, found.run_source = adapted.line, "Procfile"
     found.why += adapted.changes
