@@ -138,13 +138,15 @@ def print_status(data: dict[str, Any]) -> None:
 def deployment_line(dep: dict[str, Any], lock: dict[str, Any] | None, now: float) -> str:
     """The unfinished deployment, and what to do about it: nothing yet while its
     holder still runs it (resuming or rolling back would only meet its lock)."""
-    span = f"{dep['from'] or '(nothing)'} → {dep['to'] or '(nothing)'}, {dep['strategy']}"
+    from kiln.deploy.plan import span
+
+    shown = f"{span(dep['from'], dep['to'])}, {dep['strategy']}"
     held = lock is not None and (lock.get("expires") or 0) > now
     if dep["outcome"] == "running" and held:
         advice = "wait for it (or add --wait to the next command)"
     else:
         advice = "finish it with 'kiln deploy --resume' or undo it with 'kiln rollback'"
-    return f"[yellow]deployment {dep['id']} ({span}) is {dep['outcome']}[/]: {advice}"
+    return f"[yellow]deployment {dep['id']} ({shown}) is {dep['outcome']}[/]: {advice}"
 
 
 # Ended instances stay listed (their logs are kept for log_retention), but a

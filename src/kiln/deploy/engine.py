@@ -31,6 +31,7 @@ from kiln.deploy.plan import (
     StepKind,
     make_plan,
     rollback_plan,
+    span,
     unreplaced_failures,
 )
 from kiln.deploy.records import majority, next_record, result_of, summary
@@ -111,7 +112,7 @@ class Engine:
         if dep is not None:
             self._emit(
                 EventKind.WARNING,
-                f"deployment {dep.id} ({_span(dep)}) is unfinished: "
+                f"deployment {dep.id} ({span(dep.from_image, dep.to_image)}) is unfinished: "
                 "'kiln deploy' finishes it first, so this plan may change",
             )
         return self._plan(image, self._strategy(strategy), self.provider.launch_print())
@@ -338,7 +339,7 @@ class Engine:
         dep = self.journal.unfinished(self.fleet)
         if dep is not None:
             raise DeployError(
-                f"deployment {dep.id} ({_span(dep)}) is unfinished",
+                f"deployment {dep.id} ({span(dep.from_image, dep.to_image)}) is unfinished",
                 hint="finish it with 'kiln deploy --resume' or undo it with 'kiln rollback'",
             )
 
@@ -357,7 +358,7 @@ class Engine:
         _ = dep.plan, dep.rollback_plan  # an unknown journal format stops here, unchanged
         self._emit(
             EventKind.WARNING,
-            f"resuming deployment {dep.id} ({_span(dep)}, "
+            f"resuming deployment {dep.id} ({span(dep.from_image, dep.to_image)}, "
             f"{'rolling back' if dep.phase == 'rollback' else dep.strategy}) left unfinished",
         )
         self._resumed_at = self.clock.now()
@@ -376,7 +377,7 @@ class Engine:
         allowed = dep.to_image if dep.kind is DeploymentKind.ROLLBACK else dep.from_image
         if to is not None and to != allowed:
             raise DeployError(
-                f"deployment {dep.id} ({_span(dep)}) is unfinished; "
+                f"deployment {dep.id} ({span(dep.from_image, dep.to_image)}) is unfinished; "
                 f"'kiln rollback' can only take the fleet to {allowed} now",
                 hint="run 'kiln rollback' without --to first",
             )
@@ -658,8 +659,3 @@ def _check_serving(state: FleetState, plan: Plan) -> None:
             f"stability gate: at the end {len(serving)} of {plan.size} instances of "
             f"{plan.image} serve" + (f", and {len(others)} of other images" if others else ""),
         )
-
-
-def _span(dep: Deployment) -> str:
-    """``from → to`` of a deployment; a first one came from nothing (not "None")."""
-    return f"{dep.from_image or '(nothing)'} → {dep.to_image or '(nothing)'}"

@@ -167,13 +167,17 @@ class Plan:
     def describe(self) -> list[str]:
         head = (
             f"{self.strategy} deployment of {self.fleet}: "
-            f"{self.from_image or '(nothing)'} → {self.image or '(nothing)'}, "
-            f"{self.size} instance(s)"
+            f"{span(self.from_image, self.image)}, {self.size} instance(s)"
         )
         if self.empty:
             return [head, "  nothing to do: the fleet already serves this image"]
         note = [f"  {self.relaunch_note}"] if self.relaunch else []
         return [head, *note] + [f"  {n}. {s.describe()}" for n, s in enumerate(self.steps, 1)]
+
+
+def span(from_image: str | None, to_image: str | None) -> str:
+    """``from → to`` of a deployment; a first one comes from nothing (not "None")."""
+    return f"{from_image or '(nothing)'} → {to_image or '(nothing)'}"
 
 
 @dataclass(frozen=True)
