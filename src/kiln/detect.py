@@ -14,8 +14,6 @@ import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +28,9 @@ from kiln.config import HOST_PATTERN, BuildStep
 # (Next.js, Vite, dotenv-flow: .env.local, .env.production.local…); .env.production
 # and the like are often committed defaults a build reads, and are kept
 ENV_FILES = [".env", ".env*.local"]
-PY_EXCLUDE = ["__pycache__/", "*.pyc", ".venv/", "venv/", "/deps/", *ENV_FILES, "*.sqlite3"]
-NODE_EXCLUDE = ["node_modules/", *ENV_FILES, "npm-debug.log*"]
+# (every kind's exclude gets ENV_FILES too: detect adds them)
+PY_EXCLUDE = ["__pycache__/", "*.pyc", ".venv/", "venv/", "/deps/", "*.sqlite3"]
+NODE_EXCLUDE = ["node_modules/", "npm-debug.log*"]
 _NODE_SOURCES = (".js", ".mjs", ".cjs", ".ts")
 PIP = "python3 -m pip install -q --target deps"
 # threads: a sync worker serves one request at a time, so two of them behind a few
@@ -74,8 +73,8 @@ def detect(root: Path) -> Detected:
     from kiln.detect_node import (
         detect_node_script,
         detect_node_stack,
-        engine_warning,
         fastify_note,
+        node_warnings,
     )
     from kiln.detect_python import detect_python_stack
     from kiln.fixedport import fixed_port_warnings
@@ -102,16 +101,7 @@ def detect(root: Path) -> Detected:
     found.exclude += [p for p in ENV_FILES if p not in found.exclude]
     _env_files_note(root, found)
     if (root / "package.json").is_file():
-        engine = engine_warning(root, node_version())
-        found.warnings += [engine] if engine else []
-    member_of = workspace_root(root) if (root / "package.json").is_file() else None
-    if member_of is not None:
-        found.warnings.append(
-            f"this package is a workspace of {member_of}: run kiln init there (its start "
-            "script can run this one: npm start -w NAME). Installed alone, without the "
-            "workspace's lockfile, its sibling packages would be fetched from the npm "
-            "registry, where anyone may publish a package of their names"
-        )
+        found.warnings += node_warnings(root)
     return found
 
 
@@ -747,36 +737,12 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
     return [BuildStep(run=f"{tool.install} {tool.prod}", inputs=inputs, outputs=["node_modules"])]
 
 
-def node_version() -> str | None:
-    """``node --version`` of this machine, None without a working node."""
-    node = shutil.which("node")
-    if node is None:
-        return None
-    try:
-        done = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
 def workspaces(package: dict[str, object]) -> list[str]:
     """The workspace patterns package.json declares (npm's list, or yarn's packages)."""
     declared = package.get("workspaces")
     if isinstance(declared, dict):
         declared = declared.get("packages")
     return [str(w) for w in declared if isinstance(w, str)] if isinstance(declared, list) else []
-
-
-def workspace_root(root: Path) -> Path | None:
-    """The npm/yarn workspace ``root`` is a member of, if any (up to 4 levels up)."""
-    for parent in list(root.resolve().parents)[:4]:
-        package = package_json(parent)
-        if package is None:
-            continue
-        for member in workspaces(package):
-            if any(m.resolve() == root.resolve() for m in parent.glob(member.rstrip("/"))):
-                return parent
-    return None
 
 
 @dataclass(frozen=True)
@@ -914,7 +880,6 @@ def _static(root: Path) -> Detected | None:
                 kind="static site",
                 run=f"python3 -m http.server --bind $HOST{where} $PORT",
                 why=[f"{shown} and no app code: a static site, served by python3 -m http.server"],
-                exclude=list(ENV_FILES),
                 health_path="/",
                 grace="10s",
             )
@@ -940,7 +905,6 @@ def _fallback(root: Path) -> Detected:
         kind="unknown",
         run=f"echo {shlex.quote(UNKNOWN_RUN)} >&2; exit 64",
         why=why,
-        exclude=list(ENV_FILES),
     )
 
 

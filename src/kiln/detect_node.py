@@ -10,9 +10,19 @@ generic Node run line with a note on the host Fastify binds by default.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
-from kiln.detect import NODE_EXCLUDE, Detected, _read, node_build, package_json, scripts_of
+from kiln.detect import (
+    NODE_EXCLUDE,
+    Detected,
+    _read,
+    node_build,
+    package_json,
+    scripts_of,
+    workspaces,
+)
 from kiln.fixedport import fixed_port
 
 NODE_ENV = {"NODE_ENV": "production"}
@@ -224,3 +234,45 @@ def engine_warning(root: Path, installed: str | None) -> str | None:
         f"{installed.strip()}: the bake and the instances run that one; install a newer "
         "Node here, or lower engines.node if the app runs on it"
     )
+
+
+def node_warnings(root: Path) -> list[str]:
+    """What kiln init says of any Node package: a Node too old for it, and a workspace
+    member that should be deployed from its workspace's root."""
+    warnings = []
+    engine = engine_warning(root, node_version())
+    if engine is not None:
+        warnings.append(engine)
+    member_of = workspace_root(root)
+    if member_of is not None:
+        warnings.append(
+            f"this package is a workspace of {member_of}: run kiln init there (its start "
+            "script can run this one: npm start -w NAME). Installed alone, without the "
+            "workspace's lockfile, its sibling packages would be fetched from the npm "
+            "registry, where anyone may publish a package of their names"
+        )
+    return warnings
+
+
+def node_version() -> str | None:
+    """``node --version`` of this machine, None without a working node."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    try:
+        done = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def workspace_root(root: Path) -> Path | None:
+    """The npm/yarn workspace ``root`` is a member of, if any (up to 4 levels up)."""
+    for parent in list(root.resolve().parents)[:4]:
+        package = package_json(parent)
+        if package is None:
+            continue
+        for member in workspaces(package):
+            if any(m.resolve() == root.resolve() for m in parent.glob(member.rstrip("/"))):
+                return parent
+    return None
