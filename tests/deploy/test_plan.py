@@ -82,7 +82,7 @@ def test_a_failure_already_terminated_is_not_planned_again() -> None:
             "img-old",
             InstanceState.FAILED,
             1.0,
-            details={"terminating": terminating},
+            terminating=terminating,
         )
 
     serving = Instance("i-new", "web", "img-new", InstanceState.HEALTHY, 2.0, in_service=True)

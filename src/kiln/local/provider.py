@@ -27,10 +27,7 @@ from kiln.providers.protocol import (
     InstanceStats,
 )
 
-_DETAILS = (
-    *("pid", "port", "dir", "log", "times", "reason", "replaces", "replaced_by"),
-    "terminating",  # asked to end: out of its group's count already
-)
+_DETAILS = ("pid", "port", "dir", "log", "times", "reason", "replaces", "replaced_by")
 
 
 class AgentReads:
@@ -161,6 +158,7 @@ def _instance(raw: dict[str, Any]) -> Instance:
         address=raw.get("address"),
         in_service=bool(raw["in_service"]),
         exit_status=raw.get("exit_status"),
+        terminating=bool(raw.get("terminating")),
         details={k: raw.get(k) for k in _DETAILS},
         launch={str(k): str(v) for k, v in (raw.get("launch") or {}).items()},
     )

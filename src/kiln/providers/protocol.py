@@ -59,6 +59,9 @@ class Instance:
     address: str | None = None
     in_service: bool = False  # registered with the load balancer
     exit_status: int | None = None
+    # asked to end and not yet ended: already out of its group's count (a failed one
+    # stays failed meanwhile, and terminating it again would change nothing)
+    terminating: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)  # provider-specific (pid, az...)
     # How it was launched: setting -> value, with "secrets" a keyed fingerprint of
     # the secret values (never a value). Empty when the provider does not track it.
