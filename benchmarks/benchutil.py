@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -27,3 +28,10 @@ def save_and_print(name: str, figures: dict[str, Any]) -> None:
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:>{width}}: {value}")
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -48,6 +48,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from benchutil import free_port
+
 from kiln.config import load_config
 from kiln.home import Home
 from kiln.image.store import FileEntry, Manifest, Store
@@ -107,12 +109,6 @@ function delay()
   return math.floor(-{delay} * math.log(1 - math.random()) + 0.5)
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

@@ -30,7 +30,6 @@ import http.client
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from benchutil import free_port
 
 from kiln.config import load_config
 from kiln.deploy import Engine, Event, Settings, StateDb
@@ -151,12 +152,6 @@ class Load:
 
 
 # the fleet
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_image(home: Home, text: str, tag: str) -> str:

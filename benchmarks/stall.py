@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchutil import machine, save_and_print
+from benchutil import free_port, machine, save_and_print
 
 from kiln.config import load_config
 from kiln.home import Home
@@ -47,12 +46,6 @@ class Handler(BaseHTTPRequestHandler):
 ThreadingHTTPServer.daemon_threads = True
 ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Handler).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def image(home: Home, app: str, files: int, total: int, salt: str) -> str:

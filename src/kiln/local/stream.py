@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 RAW_LIMIT = 256 * 1024  # raw bytes held for a reader before the socket is paused
+HOLD_LIMIT = 64 * 1024  # bytes held to the end of a turn before more are sent at once
 
 # Streams holding bytes until the end of this turn of the event loop (``send_soon``).
 _held: list[Stream] = []
@@ -118,8 +119,15 @@ class Stream:
                 asyncio.get_running_loop().call_soon(_send_held)
             _held.append(self)
             self._pending = data
-        else:
+        elif len(self._pending) < HOLD_LIMIT:
             self._pending += data
+        else:
+            # A body streaming through (the loop reads a socket up to 32 times a
+            # turn): what is held goes now, so that flow control sees it and pauses
+            # the instance. Appended, a 1 GB download held 4.6 MB a turn, copied
+            # whole at each append: 8x slower than straight from the app.
+            self.flush()
+            self._pending = data
 
     def flush(self) -> None:
         """Send what ``send_soon`` holds now."""
