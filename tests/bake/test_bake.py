@@ -128,6 +128,28 @@ def test_failing_build_step_names_step_code_and_tail(app_dir: Path, home: Home) 
     assert not any(home.tmp.iterdir()), "scratch must be removed"
 
 
+def test_a_failing_step_whose_output_was_shown_is_not_printed_twice(
+    app_dir: Path, home: Home
+) -> None:
+    """`kiln bake` streams each step's output: the error then repeated its last 30
+    lines right below them."""
+    (app_dir / "kiln.toml").write_text(
+        '[app]\nname = "shop"\nrun = "python3 app.py"\nbuild = ["echo $((6 * 7)); exit 7"]\n'
+    )
+    shown: list[str] = []
+
+    class Console(BakeProgress):
+        shows_output = True
+
+        def output(self, line: str) -> None:
+            shown.append(line)
+
+    with pytest.raises(BuildError) as info:
+        _bake(app_dir, home, Console())
+    assert shown == ["42"]
+    assert "42" not in str(info.value) and "its output is above" in str(info.value)
+
+
 def test_empty_source_is_an_error(tmp_path: Path, home: Home) -> None:
     (tmp_path / "kiln.toml").write_text('[app]\nname = "e"\nrun = "x"\n')
     with pytest.raises(BuildError, match="no source files"):

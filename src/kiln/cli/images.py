@@ -25,6 +25,7 @@ class _ConsoleProgress(BakeProgress):
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        self.shows_output = not quiet
         self.bar: Progress | None = None
         self.task: TaskID | None = None
 

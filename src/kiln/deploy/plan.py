@@ -236,9 +236,7 @@ def unreplaced_failures(state: FleetState, exclude: str | None = None) -> list[I
         failed = [
             i
             for i in state.instances
-            if i.image == image
-            and i.state is InstanceState.FAILED
-            and not i.terminating
+            if i.image == image and i.state is InstanceState.FAILED and not i.terminating
         ]
         failed.sort(key=lambda i: (i.launched_at, i.id), reverse=True)
         found += failed[: max(0, excess)]

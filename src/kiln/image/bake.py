@@ -323,10 +323,13 @@ def _run_step(
         proc.wait()
         raise
     if code != 0:
-        shown = "\n".join(f"  | {line}" for line in tail) or "  | (no output)"
+        if progress.shows_output:  # printed as it came: just above, not again
+            shown = " (its output is above)"
+        else:
+            shown = "\n" + ("\n".join(f"  | {line}" for line in tail) or "  | (no output)")
         raise BuildError(
             f"build step {number}/{total} failed with exit code {code}: "
-            f"{shown_command(command)}\n{shown}",
+            f"{shown_command(command)}{shown}",
             hint="fix the step and bake again; nothing was stored",
         )
 

@@ -30,6 +30,8 @@ class BakeResult:
 class BakeProgress:
     """Hooks the CLI overrides to show progress; the library stays silent."""
 
+    shows_output = False  # ``output`` shows each line: a failure need not repeat them
+
     def step(self, index: int, total: int, command: str) -> None: ...
 
     def cached(self, index: int, total: int, command: str) -> None:
