@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from kiln.cli.docgen import generated
+from kiln.home import Home
+from kiln.image.store import Store
 from kilntest import REPO, Kiln
 
 
@@ -98,6 +101,27 @@ def test_json_is_read_only_where_the_command_takes_it(kiln: Kiln) -> None:
     result = kiln("run", "--", "python3", "tool.py", "--json", ok=False)
     assert result.stdout == "", result.stdout
     assert "error:" in result.stderr
+
+
+def test_a_listen_address_another_program_holds_is_refused_before_the_bake(
+    kiln: Kiln, home: Home
+) -> None:
+    """Found at the launch, it cost a whole bake and left an interrupted deployment."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        (kiln.cwd / "app.py").write_text("print('hi')\n")
+        (kiln.cwd / "kiln.toml").write_text(
+            '[app]\nname = "shop"\nrun = "python3 app.py"\n'
+            f'[provider.local]\nlisten = "127.0.0.1:{taken}"\n'
+        )
+        result = kiln("deploy", ok=False)
+    assert result.exit_code == 1
+    assert f"127.0.0.1:{taken} is already in use" in result.stderr, result.stderr
+    assert "set [provider.local] listen to a free address" in result.stderr
+    assert Store(home).list_images() == []  # nothing baked
+    assert not home.state_db.exists() or "dep-" not in kiln("history").stdout
 
 
 def test_a_mistyped_command_names_the_nearest(kiln: Kiln) -> None:

@@ -46,6 +46,11 @@ class Home:
         return self.root / "agent.sock"
 
     @property
+    def balancer_pid_file(self) -> Path:
+        """The load balancer process's pid (kiln.local.lbproc), while one runs."""
+        return self.agent_dir / "lb.pid"
+
+    @property
     def instances(self) -> Path:
         return self.root / "instances"
 

@@ -36,6 +36,7 @@ from kiln.local.http1 import (
     simple_response,
     switching_head,
 )
+from kiln.local.listening import address_taken
 from kiln.local.messages import BODY, END, HEAD
 from kiln.local.metrics import Counters
 from kiln.local.proxy import (
@@ -229,11 +230,7 @@ class Balancer:
             )
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ProviderError(
-                    f"cannot serve fleet {self.fleet}: {host}:{port} is already in use",
-                    hint="stop what listens there, or set [provider.local] listen to a free "
-                    "address",
-                ) from exc
+                raise address_taken(self.fleet, host, port) from exc
             raise ProviderError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         self.listen = (host, port)
         self.sweep()

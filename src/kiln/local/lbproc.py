@@ -66,7 +66,7 @@ def lock_path(home: Home) -> Path:
 
 
 def pid_path(home: Home) -> Path:
-    return home.agent_dir / "lb.pid"
+    return home.balancer_pid_file
 
 
 def log_path(home: Home) -> Path:

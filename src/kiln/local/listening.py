@@ -11,13 +11,40 @@ another user's /proc entries, nothing is said.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import socket
 from pathlib import Path
 
 from kiln.durations import format_duration
+from kiln.errors import ProviderError
 
 HINT = "the app must listen on $PORT (and $HOST), not on a port of its own"
+
+
+def address_taken(fleet: str, host: str, port: int) -> ProviderError:
+    """The fleet's listen address is another program's."""
+    return ProviderError(
+        f"cannot serve fleet {fleet}: {host}:{port} is already in use",
+        hint="stop what listens there, or set [provider.local] listen to a free address",
+    )
+
+
+def refuse_taken(fleet: str, host: str, port: int) -> None:
+    """Refuse an address another program listens on, before a deploy bakes: found
+    at the launch, it left an interrupted deployment behind, after the whole bake.
+    Only while no balancer of this home runs (one of ours may hold it, rightly)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise address_taken(fleet, host, port) from None
+
+
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 _IN_USE = (
     re.compile(r"EADDRINUSE\b.*?:(\d{1,5})\s*$", re.MULTILINE),  # node

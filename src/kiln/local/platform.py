@@ -55,7 +55,15 @@ class LocalPlatform(PlatformBase):
     def deployer(
         self, on_event: OnEvent | None = None, *, allow_unverified: bool = False
     ) -> Engine:
-        """The engine; a local image has no boot test to pass, so nothing is refused."""
+        """The engine (a local image has no boot test to pass), once the fleet's listen
+        address is known not to be another program's."""
+        from kiln.local.listening import refuse_taken
+        from kiln.pids import pid_alive, read_pid_file
+
+        pid = read_pid_file(self.home.balancer_pid_file)
+        if pid is None or not pid_alive(pid):  # else ours may hold it: the agent decides
+            local = self.loaded.config.provider.local
+            refuse_taken(self.loaded.config.fleet_name, local.host, local.port)
         return self.engine(on_event)
 
     def bake(
