@@ -132,6 +132,33 @@ def test_a_failed_deploy_keeps_the_warm_standby_for_rollback(
     w.assert_settled(OLD, 2)
 
 
+def test_a_standby_instance_self_healing_replaced_stays_in_the_standby(deployed: World) -> None:
+    """A warm standby instance died and was replaced, out of service, under a new id:
+    the next deploy took the replacement for a stray and terminated it, and the
+    standby shrank by one."""
+    w = deployed
+    assert w.engine().deploy(NEW, strategy="blue-green").ok  # OLD x2 kept warm
+    w.provider.self_heal = True
+    dead = sorted(w.db.fleet(FLEET).warm_ids)[0]  # type: ignore[union-attr]
+    died = w.provider._instances[dead]
+    died.behavior = Behavior(crash_after=w.clock.now() - died.launched_at)
+    w.clock.sleep(2.0)
+    w.provider.describe(FLEET)  # self-healing replaces it, out of service as it was
+    healed = died.replaced_by
+    assert healed is not None and not w.provider._instances[healed].in_service
+    w.clock.sleep(2.0)  # the replacement is healthy
+
+    assert w.engine().deploy(NEW).outcome == "unchanged"
+    assert w.running() == {NEW: 2, OLD: 2}
+    before = len(w.provider.calls)
+    back = w.engine().rollback()
+    assert back.outcome == "succeeded"
+    kinds = [c[0] for c in w.provider.calls[before:] if c[0] != "describe"]
+    assert kinds == ["set_in_service", "terminate"]  # still a switch to two, no launch
+    w.assert_settled(OLD, 2)
+    assert healed in {i.id for i in w.provider.describe(FLEET).serving()}
+
+
 def test_a_newer_standby_replaces_the_older_one(deployed: World) -> None:
     w = deployed
     assert w.engine().deploy(NEW, strategy="blue-green").ok  # OLD warm

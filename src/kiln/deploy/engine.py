@@ -34,7 +34,7 @@ from kiln.deploy.plan import (
     span,
     unreplaced_failures,
 )
-from kiln.deploy.records import majority, next_record, result_of, summary
+from kiln.deploy.records import majority, next_record, result_of, standby, summary
 from kiln.deploy.replace import replacement_plan
 from kiln.deploy.settings import Settings
 from kiln.deploy.state import FleetRecord, StateDb
@@ -203,9 +203,7 @@ class Engine:
             rec = self._record()
             image = rec.current_image
             assert image is not None
-            state = self.provider.describe(self.fleet)
-            warm = set(rec.warm_ids)
-            state = replace(state, instances=tuple(i for i in state.instances if i.id not in warm))
+            state = self._without_standby(self.provider.describe(self.fleet), rec)
             plan = make_plan(state, image, "rolling", size, self._knobs(settle=0), image)
             if plan.empty:
                 self._save(replace(rec, size=size, config_size=self.settings.size))
@@ -324,7 +322,7 @@ class Engine:
     @staticmethod
     def _without_standby(state: FleetState, rec: FleetRecord | None) -> FleetState:
         """The fleet as a plan should see it when the warm standby is not its business."""
-        warm = set(rec.warm_ids) if rec else set()
+        warm = standby(rec, state)
         return replace(state, instances=tuple(i for i in state.instances if i.id not in warm))
 
     def _record(self) -> FleetRecord:
@@ -510,7 +508,7 @@ class Engine:
             ]
         if warm and rec and rec.warm_ids:  # a newer standby replaces the older one
             idle = {i.id for i in state.live() if not i.in_service}
-            older = [i for i in rec.warm_ids if i in idle and i not in warm]
+            older = sorted(i for i in standby(rec, state) if i in idle and i not in warm)
             if older:
                 self._emit(EventKind.INFO, f"discarding the older warm standby of {rec.warm_image}")
                 self.provider.terminate(self.fleet, older)
@@ -622,7 +620,7 @@ class Engine:
             return
         state = self.provider.describe(self.fleet)
         idle = {i.id for i in state.live() if not i.in_service}
-        doomed = [i for i in rec.warm_ids if i in idle]
+        doomed = sorted(i for i in standby(rec, state) if i in idle)
         if doomed:
             self._emit(
                 EventKind.INFO,

@@ -39,7 +39,7 @@ def next_record(
     warm_image, until = (from_image, warm_until) if warm else (None, None)
     if not warm and rec and rec.warm_ids:
         idle = {i.id for i in state.live() if not i.in_service}
-        warm = [i for i in rec.warm_ids if i in idle]
+        warm = sorted(i for i in standby(rec, state) if i in idle)
         warm_image, until = (rec.warm_image, rec.warm_until) if warm else (None, None)
     return FleetRecord(
         fleet,
@@ -51,6 +51,21 @@ def next_record(
         warm_ids=tuple(warm),
         warm_until=until,
     )
+
+
+def standby(rec: FleetRecord | None, state: FleetState) -> set[str]:
+    """The warm standby's instances as they are now: those recorded, and whatever
+    self-healing started in place of one that died (out of service, as it was, under
+    a new id: the next deploy took it for a stray and the standby shrank by one)."""
+    found = set(rec.warm_ids) if rec else set()
+    replaced = {i.id: i.replaced_by for i in state.instances if i.replaced_by}
+    todo = list(found)
+    while todo:
+        successor = replaced.get(todo.pop())
+        if successor is not None and successor not in found:
+            found.add(successor)
+            todo.append(successor)
+    return found
 
 
 def result_of(dep: Deployment, log: str | None = None) -> Result:

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from kiln.deploy.journal import Journal
 from kiln.deploy.lock import read_holder
+from kiln.deploy.records import standby
 from kiln.deploy.state import StateDb
 from kiln.providers.protocol import FleetState, Instance
 
@@ -33,6 +34,7 @@ def fleet_status(
     rec = db.fleet(fleet)
     unfinished = Journal(db).unfinished(fleet)
     holder = read_holder(db, fleet)
+    warm = standby(rec, state)
     instances = [
         {
             "id": i.id,
@@ -44,7 +46,7 @@ def fleet_status(
             "in_service": i.in_service and i.live,
             "age": round(max(0.0, now - i.launched_at), 1),
             "address": i.address,
-            "warm": bool(rec and i.id in rec.warm_ids),
+            "warm": i.id in warm and i.live,
             **(annotate(i) if annotate else {}),
         }
         for i in state.instances
@@ -58,7 +60,11 @@ def fleet_status(
         "current_image": rec.current_image if rec else None,
         "previous_image": rec.previous_image if rec else None,
         "warm_standby": (
-            {"image": rec.warm_image, "instances": list(rec.warm_ids), "until": rec.warm_until}
+            {
+                "image": rec.warm_image,
+                "instances": sorted(i.id for i in state.live() if i.id in warm),
+                "until": rec.warm_until,
+            }
             if rec and rec.warm_ids
             else None
         ),

@@ -27,7 +27,7 @@ from kiln.providers.protocol import (
     InstanceStats,
 )
 
-_DETAILS = ("pid", "port", "dir", "log", "times", "reason", "replaces", "replaced_by")
+_DETAILS = ("pid", "port", "dir", "log", "times", "reason", "replaces")
 
 
 class AgentReads:
@@ -159,6 +159,7 @@ def _instance(raw: dict[str, Any]) -> Instance:
         in_service=bool(raw["in_service"]),
         exit_status=raw.get("exit_status"),
         terminating=bool(raw.get("terminating")),
+        replaced_by=raw.get("replaced_by"),
         details={k: raw.get(k) for k in _DETAILS},
         launch={str(k): str(v) for k, v in (raw.get("launch") or {}).items()},
     )

@@ -346,6 +346,6 @@ class FakeProvider:
             address=f"127.0.0.1:{20000 + int(inst.id[2:])}",
             in_service=inst.in_service and state is not InstanceState.TERMINATED,
             exit_status=exit_status,
-            details={"replaced_by": inst.replaced_by} if inst.replaced_by else {},
+            replaced_by=inst.replaced_by,
             launch=inst.launch,
         )

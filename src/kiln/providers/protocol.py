@@ -62,6 +62,7 @@ class Instance:
     # asked to end and not yet ended: already out of its group's count (a failed one
     # stays failed meanwhile, and terminating it again would change nothing)
     terminating: bool = False
+    replaced_by: str | None = None  # the instance self-healing started in its place
     details: Mapping[str, Any] = field(default_factory=dict)  # provider-specific (pid, az...)
     # How it was launched: setting -> value, with "secrets" a keyed fingerprint of
     # the secret values (never a value). Empty when the provider does not track it.
