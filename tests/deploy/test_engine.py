@@ -204,6 +204,15 @@ def test_bad_images_are_rolled_back(
     assert rec is not None and rec.current_image == OLD
 
 
+def test_an_automatic_rollback_plan_names_the_image_it_leaves(deployed: World) -> None:
+    """Its header read '(nothing) → img-old', as if nothing had been deployed."""
+    deployed.provider.add_image(BAD, Behavior(never_healthy=True))
+    result = deployed.engine().deploy(BAD)
+    assert result.outcome == "rolled back" and result.deployment is not None
+    plan = deployed.journal().get(result.deployment).rollback_plan
+    assert plan is not None and f"{BAD} → {OLD}" in plan.describe()[0], plan.describe()
+
+
 def test_a_failed_first_deployment_leaves_nothing_behind(world: World) -> None:
     world.provider.add_image(BAD, Behavior(exit_at_start=True))
     result = world.engine().deploy(BAD)

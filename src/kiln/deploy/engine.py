@@ -175,8 +175,7 @@ class Engine:
             self._check_image(target)
             state = self.provider.describe(self.fleet)
             size = rec.desired_size(self.settings.size)
-            plan = rollback_plan(state, target, size, "rollback")
-            plan = replace(plan, from_image=rec.current_image)
+            plan = rollback_plan(state, target, size, "rollback", rec.current_image)
             if plan.empty:
                 return Result(
                     self.fleet, Outcome.UNCHANGED, kind=DeploymentKind.ROLLBACK, to_image=target
@@ -542,7 +541,7 @@ class Engine:
             return self._result(self.journal.get(dep.id))
         if rec is not None and target != rec.warm_image:
             state = self._without_standby(state, rec)  # a failed deploy keeps the standby
-        plan = rollback_plan(state, target, size, dep.strategy)
+        plan = rollback_plan(state, target, size, dep.strategy, dep.to_image)
         self.journal.start_rollback(dep.id, plan, trip.message, figures, self.clock.now())
         self._emit(
             EventKind.WARNING, f"rolling back to {target or 'nothing'}", {"plan": plan.to_json()}

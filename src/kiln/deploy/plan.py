@@ -322,15 +322,18 @@ def _relaunch(
     return steps
 
 
-def rollback_plan(state: FleetState, image: str | None, size: int, strategy: str) -> Plan:
-    """Back to ``image`` as fast as is safe: warm standbys first, then launch all at once."""
+def rollback_plan(
+    state: FleetState, image: str | None, size: int, strategy: str, leaving: str | None = None
+) -> Plan:
+    """Back to ``image`` as fast as is safe: warm standbys first, then launch all at once.
+    ``leaving``: the image rolled back from (the plan's header names it)."""
     if image is None:
         doomed = _ids(state.live() + unreplaced_failures(state))
         steps = (Step(StepKind.TERMINATE, instances=doomed, why="first deployment failed"),)
-        return Plan(state.name, strategy, None, None, size, steps if doomed else ())
+        return Plan(state.name, strategy, None, leaving, size, steps if doomed else ())
     knobs = Knobs(max_surge=size, max_unavailable=0, settle=0)
     plan = make_plan(state, image, "rolling", size, knobs)
-    return replace(plan, strategy=strategy)
+    return replace(plan, strategy=strategy, from_image=leaving)
 
 
 def _rolling(view: _Fleet, size: int, knobs: Knobs) -> list[Step]:
