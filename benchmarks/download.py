@@ -20,7 +20,6 @@ benchmarks/results/download.json.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -29,14 +28,11 @@ import threading
 import time
 from pathlib import Path
 
-from benchutil import free_port, machine, save_and_print
+from benchutil import machine, save_and_print
+from lb import kiln_fleet
 
-from kiln.config import load_config
 from kiln.home import Home
 from kiln.image.store import FileEntry, Manifest, Store
-from kiln.local import lbproc
-from kiln.local.client import stop_agent
-from kiln.local.provider import LocalProvider
 
 BACKEND = r"""
 import os, socket, threading
@@ -102,26 +98,13 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=4, help="clients reading at 20 MB/s")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kiln-download-"))
-    home = Home(work / "kiln").ensure()
-    os.environ["KILN_HOME"] = str(home.root)
-    listen = free_port()
-    app = work / "app"
-    app.mkdir()
-    (app / "kiln.toml").write_text(
-        f'[app]\nname = "download"\nrun = "true"\n[provider.local]\nlisten = "127.0.0.1:{listen}"\n'
-    )
-    provider = LocalProvider(home, load_config(app / "kiln.toml"))
-    try:
-        provider.launch("download", _image(home, args.mb << 20), 1)
-        deadline = time.monotonic() + 30
-        while not provider.describe("download").serving():
-            if time.monotonic() > deadline:
-                raise SystemExit("the instance did not become healthy")
-            time.sleep(0.1)
-        (instance,) = provider.describe("download").serving()
-        balancer = lbproc.read_pid(home)
-        assert balancer is not None
-        direct_url, kiln_url = f"http://{instance.address}/", f"http://127.0.0.1:{listen}/"
+    with kiln_fleet(work, 1, image_of=lambda home: (_image(home, args.mb << 20), "python")) as (
+        listen,
+        (address,),
+        _kind,
+        balancer,
+    ):
+        direct_url, kiln_url = f"http://{address}/", f"http://127.0.0.1:{listen}/"
         _fetch(kiln_url)  # warm: the instance connection, the allocator
         direct, through = [], []
         for _ in range(args.rounds):
@@ -138,8 +121,6 @@ def main() -> None:
         busy = _rss_mb(balancer)
         for thread in slow:
             thread.join()
-    finally:
-        stop_agent(home, stop_instances=True)
     d, k = statistics.median(direct), statistics.median(through)
     save_and_print(
         "download",

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -147,10 +147,14 @@ def backend_image(home: Home) -> tuple[str, str]:
 
 @contextmanager
 def kiln_fleet(
-    workdir: Path, instances: int, pure: bool = False
+    workdir: Path,
+    instances: int,
+    pure: bool = False,
+    image_of: Callable[[Home], tuple[str, str]] | None = None,
 ) -> Iterator[tuple[int, list[str], str, int]]:
     """An agent with a fleet of ``instances``: (lb port, instance addresses, backend kind,
-    the balancer's pid). ``pure``: its balancer runs the Python source (KILN_PURE=1)."""
+    the balancer's pid). ``pure``: its balancer runs the Python source (KILN_PURE=1).
+    ``image_of``: (image, kind) of the backend, stored in the home (else ``backend_image``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     home = Home(workdir / "kiln").ensure()
     os.environ["KILN_HOME"] = str(home.root)
@@ -171,7 +175,7 @@ listen = "127.0.0.1:{port}"
 """
     )
     provider = LocalProvider(home, load_config(app / "kiln.toml"))
-    image, kind = backend_image(home)
+    image, kind = (image_of or backend_image)(home)
     try:
         if pure:  # the agent passes it on to the balancer it starts now
             os.environ["KILN_PURE"] = "1"
