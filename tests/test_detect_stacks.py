@@ -421,3 +421,88 @@ def test_init_compares_engines_with_the_node_it_finds(tmp_path: Path) -> None:
     warnings = detect(tmp_path).warnings
     if shutil.which("node"):
         assert any("engines.node" in w for w in warnings), warnings
+
+
+# Found by deploying each framework's own starter (helpers, November 30): none of
+# these deployed with the kiln.toml kiln init wrote.
+
+
+def test_react_router_framework_mode_runs_its_server_not_a_static_site(tmp_path: Path) -> None:
+    """Taken for a Vite static site: dist/ never existed, every check 404."""
+    package = {
+        "scripts": {
+            "build": "react-router build",
+            "start": "react-router-serve ./build/server/index.js",
+        },
+        "dependencies": {"@react-router/node": "7.16.0", "@react-router/serve": "7.16.0"},
+        "devDependencies": {"vite": "^8", "@react-router/dev": "7.16.0"},
+    }
+    found = detect(_write(tmp_path, {"package.json": package, "package-lock.json": "{}"}))
+    assert (found.kind, found.run) == ("Node", "npm start"), found
+    assert "npm run build" in _steps(found.build)
+    assert not any("development server" in w for w in found.why + found.warnings)
+
+
+@pytest.mark.parametrize("adapter", ["@sveltejs/adapter-node", "@sveltejs/adapter-auto"])
+def test_sveltekit_runs_adapter_nodes_build_with_the_balancers_headers(
+    tmp_path: Path, adapter: str
+) -> None:
+    """Was 'unknown' (no start script); its form POSTs then answered 403 until told
+    where the scheme comes from."""
+    package = {
+        "scripts": {"build": "vite build", "dev": "vite dev"},
+        "devDependencies": {"@sveltejs/kit": "^2", adapter: "^5", "vite": "^8"},
+    }
+    config = "import adapter from '%s';\nexport default { kit: { adapter: adapter() } };\n"
+    found = detect(
+        _write(tmp_path, {"package.json": package, "svelte.config.js": config % adapter})
+    )
+    assert (found.kind, found.run) == ("SvelteKit", "node build"), found
+    assert found.env["PROTOCOL_HEADER"] == "x-forwarded-proto"
+    assert found.env["ADDRESS_HEADER"] == "x-forwarded-for" and found.env["XFF_DEPTH"] == "1"
+    assert "/build/" in found.exclude and "node_modules/" in found.exclude
+    assert ["npm run build"] == [s for s in _steps(found.build) if s == "npm run build"]
+    warned = any("adapter-node" in w for w in found.warnings)
+    assert warned == (adapter != "@sveltejs/adapter-node")
+
+
+def test_astro_on_demand_runs_its_standalone_server(tmp_path: Path) -> None:
+    package = {
+        "scripts": {"build": "astro build", "dev": "astro dev"},
+        "dependencies": {"astro": "^5", "@astrojs/node": "^9"},
+    }
+    config = "export default defineConfig({ adapter: node({ mode: 'standalone' }) });\n"
+    found = detect(_write(tmp_path, {"package.json": package, "astro.config.mjs": config}))
+    assert (found.kind, found.run) == ("Astro", "node ./dist/server/entry.mjs"), found
+    assert "/dist/" in found.exclude and not found.warnings
+    assert any("security.allowedDomains" in n for n in found.notes)
+
+
+def test_feathers_compiles_and_keeps_each_client_on_one_instance(tmp_path: Path) -> None:
+    """socket.io came in through @feathersjs/socketio: no sticky, so every long-poll
+    reaching the other instance answered 400 'Session ID unknown'; and the compile
+    script never ran ('Cannot find module lib')."""
+    package = {
+        "scripts": {"compile": "shx rm -rf lib/ && tsc", "start": "node lib/"},
+        "dependencies": {"@feathersjs/feathers": "^5", "@feathersjs/socketio": "^5"},
+        "devDependencies": {"typescript": "^5"},
+    }
+    found = detect(_write(tmp_path, {"package.json": package, "package-lock.json": "{}"}))
+    assert found.sticky is not None and "@feathersjs/socketio" in found.sticky
+    assert "npm run compile" in _steps(found.build), found.build
+
+
+def test_honos_fixed_port_is_found_in_its_typescript_source(tmp_path: Path) -> None:
+    """create-hono's node template: serve({ fetch, port: 3000 }) in src/index.ts, run as
+    dist/index.js; no warning, then EADDRINUSE at the first deploy."""
+    package = {
+        "scripts": {"build": "tsc", "start": "node dist/index.js"},
+        "dependencies": {"hono": "^4", "@hono/node-server": "^1"},
+    }
+    source = (
+        "import { serve } from '@hono/node-server'\n"
+        "serve({\n  fetch: app.fetch,\n  port: 3000\n}, (info) => console.log(info.port))\n"
+    )
+    found = detect(_write(tmp_path, {"package.json": package, "src/index.ts": source}))
+    assert any("src/index.ts listens on port 3000" in w for w in found.warnings), found.warnings
+    assert any("src/index.ts listens on every interface" in w for w in found.warnings)

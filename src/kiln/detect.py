@@ -42,7 +42,13 @@ _SOURCE_LIMIT = 256 * 1024  # bigger files are not read for detection
 _NOT_SOURCE = frozenset({"node_modules", "deps", "venv", ".venv", ".git", "__pycache__"})
 # Servers whose clients must come back to the instance that opened their session
 # (long-polling transports, in-process session state): [fleet] sticky = "cookie".
-_STICKY_NPM = ("socket.io", "engine.io", "sockjs", "@nestjs/platform-socket.io")
+_STICKY_NPM = (
+    "socket.io",
+    "engine.io",
+    "sockjs",
+    "@nestjs/platform-socket.io",
+    "@feathersjs/socketio",  # socket.io inside: its long-polls must reach one instance
+)
 _STICKY_PYPI = ("python-socketio", "flask-socketio", "python-engineio")
 
 
@@ -709,7 +715,8 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
     """Install (cached by package.json and the lockfile), build, prune: the bake's steps."""
     tool = node_tool(root, package, why)
     inputs = ["package.json", tool.lock] if tool.lock else ["package.json"]
-    building = "build" in scripts_of(package)
+    script = build_script(package)
+    building = script is not None
     members = workspaces(package)
     if members:  # npm and yarn workspaces: one install at the root makes them all
         inputs += [f"{m.rstrip('/')}/package.json" for m in members]
@@ -729,12 +736,19 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
         f"{'is' if len(inputs) == 1 else 'are'} unchanged"
     )
     if building:
-        why.append("scripts.build: run at bake time (with dev dependencies, pruned after)")
+        why.append(f"scripts.{script}: run at bake time (with dev dependencies, pruned after)")
         # [env] NODE_ENV=production reaches the build, and npm, yarn and pnpm
         # would leave out the devDependencies (tsc, vite, nest) the build runs
         step = BuildStep(run=f"{tool.install} {tool.dev}", inputs=inputs, outputs=["node_modules"])
         return [step, tool.run_build, tool.prune]
     return [BuildStep(run=f"{tool.install} {tool.prod}", inputs=inputs, outputs=["node_modules"])]
+
+
+def build_script(package: dict[str, object]) -> str | None:
+    """The script that builds the app: ``build``, or ``compile`` (Feathers and
+    LoopBack compile TypeScript with it; their start script runs the output)."""
+    scripts = scripts_of(package)
+    return next((name for name in ("build", "compile") if name in scripts), None)
 
 
 def workspaces(package: dict[str, object]) -> list[str]:
@@ -766,6 +780,7 @@ def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeToo
     """
     manager = package.get("packageManager")
     wanted = manager.split("+", 1)[0] if isinstance(manager, str) else ""
+    script = build_script(package) or "build"
     npm_lock = next(
         (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
     )
@@ -778,7 +793,7 @@ def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeToo
             f"{tool} install --frozen-lockfile",
             "--prod=false",
             "--prod",
-            f"{tool} run build",
+            f"{tool} run {script}",
             f"{tool} prune --prod",
         )
     if npm_lock is None and (root / "yarn.lock").is_file():
@@ -795,7 +810,7 @@ def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeToo
                 install,
                 "--production=false",
                 "--production",
-                f"{tool} run build",
+                f"{tool} run {script}",
                 f"{install} --production",
             )
         why.append(
@@ -811,9 +826,8 @@ def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeToo
                 "no package-lock.json: 'npm install' (commit a lockfile for repeatable builds)"
             )
         install = "npm install --no-audit --no-fund"
-    return NodeTool(
-        npm_lock, install, "--include=dev", "--omit=dev", "npm run build", "npm prune --omit=dev"
-    )
+    run_build, prune = f"npm run {script}", "npm prune --omit=dev"
+    return NodeTool(npm_lock, install, "--include=dev", "--omit=dev", run_build, prune)
 
 
 def _pnpm_major(root: Path) -> int:

@@ -45,9 +45,11 @@ _SERVERS = (
     "nuxt",
     "@nestjs/core",
     "@remix-run/serve",
-    "@sveltejs/adapter-node",
+    "@react-router/serve",  # React Router 7's framework mode (Remix's successor)
+    "@sveltejs/kit",
     "@astrojs/node",
     "hono",
+    "@hono/node-server",
     "socket.io",
 )
 
@@ -58,7 +60,14 @@ def detect_node_stack(root: Path) -> Detected | None:
     if package is None:
         return None
     deps = _dependencies(package)
-    for name, stack in (("next", _next), ("nuxt", _nuxt), ("@nestjs/core", _nest)):
+    stacks = (
+        ("next", _next),
+        ("nuxt", _nuxt),
+        ("@nestjs/core", _nest),
+        ("@sveltejs/kit", _sveltekit),
+        ("@astrojs/node", _astro),
+    )
+    for name, stack in stacks:
         if name in deps:
             return stack(root, package)
     if not any(server in deps for server in _SERVERS):
@@ -176,6 +185,50 @@ def _nest(root: Path, package: dict[str, object]) -> Detected:
     if "process.env.PORT" not in main and fixed_port(main, js=True) is None:
         # a literal port gets init's warning instead; this is for a port from elsewhere
         found.notes.append("src/main.ts must call app.listen(process.env.PORT, process.env.HOST)")
+    return found
+
+
+def _sveltekit(root: Path, package: dict[str, object]) -> Detected:
+    config = _read(root / "svelte.config.js") or _read(root / "svelte.config.ts")
+    out = re.search(r"""\bout\s*:\s*['"]([\w./-]+)['"]""", config)
+    build = out.group(1).strip("./") if out else "build"
+    why = ["package.json depends on @sveltejs/kit: a SvelteKit app"]
+    why.append(f"adapter-node builds it into {build}/, run with node: it reads $HOST and $PORT")
+    found = _node_stack("SvelteKit", f"node {build}", why, root, package, (build, ".svelte-kit"))
+    # adapter-node's own settings: the scheme and client address kiln's balancer sends
+    found.env |= {
+        "PROTOCOL_HEADER": "x-forwarded-proto",
+        "ADDRESS_HEADER": "x-forwarded-for",
+        "XFF_DEPTH": "1",
+    }
+    why.append(
+        "PROTOCOL_HEADER and ADDRESS_HEADER: the scheme and client address come from kiln's "
+        "balancer (without them every form POST was refused as cross-site: 403)"
+    )
+    if "@sveltejs/adapter-node" not in _dependencies(package):
+        found.warnings.append(
+            "svelte.config.js does not use @sveltejs/adapter-node, whose Node server kiln "
+            "runs: npm i -D @sveltejs/adapter-node and use it in svelte.config.js"
+        )
+    return found
+
+
+def _astro(root: Path, package: dict[str, object]) -> Detected:
+    why = ["package.json depends on @astrojs/node: an Astro app rendered on demand"]
+    why.append("its standalone server is dist/server/entry.mjs, which reads $HOST and $PORT")
+    found = _node_stack(
+        "Astro", "node ./dist/server/entry.mjs", why, root, package, ("dist", ".astro")
+    )
+    config = "\n".join(_read(root / f"astro.config.{ext}") for ext in ("mjs", "ts", "js", "mts"))
+    if re.search(r"""mode\s*:\s*['"]middleware['"]""", config):
+        found.warnings.append(
+            "astro.config uses the node adapter in middleware mode, which needs a server of "
+            "your own: use mode: 'standalone', or set [app] run to your server"
+        )
+    found.notes.append(
+        "Astro checks that form POSTs come from the site's origin: list the public domain "
+        "in security.allowedDomains (astro.config) so that check and Astro.url use it"
+    )
     return found
 
 

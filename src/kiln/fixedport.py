@@ -26,8 +26,10 @@ _JS_FIXED = (
     # hapi's Hapi.server({ port: 3000 }), ws's new WebSocketServer({ port: 8080 })
     re.compile(r"[sS]erver\(\s*\{[^}]*?\bport\s*:\s*(\d{2,5})\b", re.DOTALL),
     re.compile(r"new\s+Server\(\s*(\d{2,5})\b"),  # socket.io's new Server(3000)
+    # @hono/node-server's serve({ fetch: app.fetch, port: 3000 })
+    re.compile(r"\bserve\(\s*\{[^}]*?\bport\s*:\s*(\d{2,5})\b", re.DOTALL),
 )
-_JS_SERVES = (".listen(", "erver(")
+_JS_SERVES = (".listen(", "erver(", "serve(")
 _PY_ENV = re.compile(r"""(?:environ|getenv)[^\n]*['"]PORT['"]""")
 _PY_FIXED = (
     re.compile(r"\.run(?:_app)?\([^)]*?\bport\s*=\s*(\d{2,5})\b", re.DOTALL),
@@ -47,6 +49,8 @@ _JS_OPEN = (
     re.compile(r"""\bhost(?:name)?\s*:\s*['"](0\.0\.0\.0|::)['"]"""),
     # Node binds every interface when listen() is given no host
     re.compile(r"\.listen\(\s*[\w.]+\s*(?:\)|,\s*(?:\(|function\b|async\b|\w+\s*=>))()"),
+    # nor does @hono/node-server's serve({ fetch, port }) without a hostname
+    re.compile(r"\bserve\(\s*\{(?![^}]*\bhostname\b)[^}]*\bfetch\b[^}]*\}()", re.DOTALL),
 )
 _PY_HOST_ENV = re.compile(r"""(?:environ|getenv)[^\n]*['"]HOST['"]""")
 _PY_OPEN = (
@@ -123,8 +127,10 @@ def _entry_files(root: Path, run: str) -> list[Path]:
             target = words[i + 1]
             if not target.startswith("-"):
                 files.append(target)
-    if "dist/main.js" in files and (root / "src/main.ts").is_file():
-        files.append("src/main.ts")  # NestJS: the listen line is in the source
+    for built in list(files):  # compiled TypeScript: the listen line is in the source
+        source = re.fullmatch(r"(?:\./)?(?:dist|build|lib)/([\w/-]+)\.m?js", built)
+        if source and (root / "src" / f"{source.group(1)}.ts").is_file():
+            files.append(f"src/{source.group(1)}.ts")  # NestJS's main.ts, Hono's index.ts
     paths = [root / f for f in files]
     return [p for p in paths if p.is_file() and p.resolve().is_relative_to(root.resolve())]
 
