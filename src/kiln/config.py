@@ -534,9 +534,10 @@ class LocalSettings(Section):
     tunnel_grace: Duration = Field(
         default=5.0,
         ge=0,
-        description="How long WebSocket (and other upgraded) connections to an instance taken "
-        "out of service may go on before the load balancer closes them. Draining waits for "
-        "them, within [fleet] drain.",
+        description="How long WebSocket (and other upgraded) connections and event streams "
+        "(text/event-stream) of an instance taken out of service may go on before the load "
+        "balancer closes them (a stream ends with its last chunk). Draining waits for them, "
+        "within [fleet] drain.",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,

@@ -12,4 +12,5 @@ cdef class Backend:
     cdef public Py_ssize_t outstanding
     cdef public int port
     cdef public bint routable
+    cdef public dict streams
     cdef public set tunnels

@@ -26,6 +26,7 @@ class Backend:
         "outstanding",
         "port",
         "routable",
+        "streams",
         "tunnels",
     )
 
@@ -40,12 +41,30 @@ class Backend:
         self.counters = counters or Counters()
         self.down_until = 0.0
         self.routable = False
-        self.draining_since = 0.0  # when it stopped being routable, while it has tunnels
+        self.draining_since = 0.0  # when it stopped being routable: tunnel_grace counts from it
         self.tunnels: set[Tunnel] = set()
+        # event streams (SSE) being answered: connection -> when its exchange began
+        # (an entry whose connection moved on to another exchange is stale, and dropped)
+        self.streams: dict[Upstream, float] = {}
 
     def close_tunnels(self) -> None:
+        """Tunnels, and event streams, end once their instance has left (tunnel_grace):
+        neither ends by itself, and each held the instance's drain to its very end."""
         for tunnel in list(self.tunnels):
             tunnel.close()
+        streams, self.streams = self.streams, {}
+        for upstream, started in streams.items():
+            if upstream.started == started:
+                upstream.end_stream()
+
+    def prune_streams(self) -> None:
+        """Forget the event streams that ended (their connection idle, or answering
+        another exchange since)."""
+        self.streams = {
+            upstream: started
+            for upstream, started in self.streams.items()
+            if upstream.client is not None and upstream.started == started
+        }
 
     def close_idle(self) -> None:
         for upstream in self.idle:

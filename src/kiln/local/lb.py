@@ -249,8 +249,10 @@ class Balancer:
             for client in list(self.clients):
                 client.overdue(now, limits)
             for backend in self.backends.values():
+                if backend.streams:
+                    backend.prune_streams()
                 late = now - backend.draining_since > limits.tunnel_grace
-                if backend.tunnels and not backend.routable and late:
+                if (backend.tunnels or backend.streams) and not backend.routable and late:
                     backend.close_tunnels()
             for upstream, deadline in list(self.waiting.items()):
                 if deadline < now:

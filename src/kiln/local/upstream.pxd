@@ -43,5 +43,6 @@ cdef class Upstream(Stream):
     cpdef begin(self, balancer, Client client, Request head, double started, waiter=*)
     cpdef send(self, bytes request, double deadline)
     cpdef bint usable(self)
+    cpdef end_stream(self)
     @cython.locals(backend=Backend, idle=list, elapsed=double)
     cpdef _end(self, error)

@@ -185,6 +185,24 @@ class Upstream(Stream):
         if self.client is not None:
             self._end(ResponseTimeout("no response in time"))
 
+    def end_stream(self) -> None:
+        """End an event stream (SSE) whose instance has left, as the instance would on
+        shutting down: the client gets the end of the response (the last chunk, or the
+        close of an HTTP/1.0 connection) and EventSource reconnects, to an instance in
+        service. Cut off at the end of the drain instead, curl saw a truncated
+        transfer, and the stream held every batch of a rolling deploy for all of it."""
+        client = self.client
+        if client is None or not self.answered or self.complete or self._raw is not None:
+            return
+        if self.chunked:
+            self.out.append(LAST_CHUNK)
+        client.write(b"".join(self.out))
+        self.out.clear()
+        self.complete = True
+        self.reusable = False  # mid-stream from the instance's side: never pooled
+        self.keep_client = self.keep_client and not self.eof_body
+        self._end(None)
+
     def client_gone(self) -> None:
         if self.client is not None and self._raw is None:
             self._end(ClientGone("the client went away"))
@@ -383,6 +401,8 @@ class Upstream(Stream):
         self.out.append(response_head(resp, framing, keep))
         if is_head:
             raise _HeadOnly
+        if b"text/event-stream" in resp.fields:  # never ends by itself: see end_stream
+            self.backend.streams[self] = self.started
 
     def _interim(self, resp: Response, head: Request) -> None:
         """A 1xx head: passed on, or (a 101 the client asked for) the switch to a tunnel."""
