@@ -23,6 +23,7 @@ import pathspec
 
 from kiln import pylocks
 from kiln.config import HOST_PATTERN, BuildStep
+from kiln.runenv import SYSTEM_PATH
 
 # dotenv files that stay on the developer's machine: .env, and the *.local ones
 # (Next.js, Vite, dotenv-flow: .env.local, .env.production.local…); .env.production
@@ -378,8 +379,14 @@ def lock_script() -> str:
 
 def _python_env(src: bool = False) -> dict[str, str]:
     """``src``: the app's packages are under src/ (a src layout), which goes on the path
-    since only the dependencies are installed, not the project itself."""
-    return {"PYTHONPATH": "src:deps" if src else "deps", "PYTHONDONTWRITEBYTECODE": "1"}
+    since only the dependencies are installed, not the project itself. deps/bin leads
+    PATH, as on Heroku: a release line `flask db upgrade` or `alembic upgrade head`
+    (and `kiln run -- alembic …`) finds the command the build installed."""
+    return {
+        "PYTHONPATH": "src:deps" if src else "deps",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PATH": f"deps/bin:{SYSTEM_PATH}",
+    }
 
 
 def _django(root: Path) -> Detected | None:

@@ -33,6 +33,7 @@ __all__ = [
     "AwsError",
     "BuildError",
     "CiError",
+    "CommandNotFound",
     "ConfigError",
     "CorruptObject",
     "DeployError",
@@ -48,6 +49,7 @@ __all__ = [
     "StoreError",
     "UnsafeImage",
     "UnverifiedImage",
+    "UsageError",
 ]
 
 
@@ -73,6 +75,12 @@ class UsageError(KilnError):
     """A command line click refused (an unknown option, a missing argument)."""
 
     exit_code = 2
+
+
+class CommandNotFound(KilnError):
+    """`kiln run`'s command is nowhere to be run: 127, as a shell says it."""
+
+    exit_code = 127
 
 
 class HomeError(KilnError):

@@ -139,6 +139,15 @@ def test_kiln_run_sees_secrets_and_stdin_in_a_throwaway_directory(app: Path) -> 
     assert other.returncode == 0 and other.stdout.strip() == baked
 
 
+def test_kiln_run_of_a_command_not_there_is_one_line_with_127(app: Path) -> None:
+    """`kiln run -- alembic upgrade head` (alembic not on the PATH) was a traceback."""
+    baked = json.loads(Kiln(app)("bake", "--json").stdout)["image"]
+    done = _kiln_run(app, "--image", baked, "--", "no-such-tool", "upgrade")
+    assert done.returncode == 127, done.stderr
+    assert "no-such-tool: not found" in done.stderr and "python3 -m NAME" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_kiln_run_before_any_deploy_says_what_to_do(app: Path) -> None:
     done = _kiln_run(app, "--", "true")
     assert done.returncode != 0 and "has not been deployed yet" in done.stderr

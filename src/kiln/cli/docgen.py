@@ -32,7 +32,8 @@ with `"ok": false`.
 Exit codes: 0 success; 1 error; 2 bad configuration or usage; 3 corrupted
 store object (and, for `kiln agent status`, no agent running); 4 a deployment
 gate tripped (rolled back; a `kiln rollback` the user asked for is 0); 5 the
-fleet's lock is held; 6 drift found (`kiln drift`); 130 interrupted.
+fleet's lock is held; 6 drift found (`kiln drift`); 127 `kiln run`'s command
+not found; 130 interrupted.
 """
 
 

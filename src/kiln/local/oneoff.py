@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from kiln.errors import CommandNotFound
 from kiln.home import Home
 from kiln.image.store import Manifest, Store
 from kiln.local import procs
@@ -84,7 +85,15 @@ def run_captured(command: str, cwd: Path, env: Mapping[str, str], timeout: float
 
 def run_attached(argv: list[str], cwd: Path, env: Mapping[str, str]) -> int:
     """Run ``argv`` on this terminal (stdin, stdout, stderr); its exit status."""
-    proc = subprocess.Popen(argv, cwd=cwd, env=dict(env))
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=dict(env))
+    except (FileNotFoundError, PermissionError) as exc:
+        raise CommandNotFound(
+            f"{argv[0]}: {'not found' if isinstance(exc, FileNotFoundError) else 'not runnable'}"
+            f" in the image's directory or on its PATH ({env.get('PATH', '')})",
+            hint="a Python tool the app installs also runs as 'python3 -m NAME' "
+            "(e.g. kiln run -- python3 -m alembic upgrade head)",
+        ) from None
     try:
         return proc.wait()
     except KeyboardInterrupt:  # the terminal sent SIGINT to both: let it finish
