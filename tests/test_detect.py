@@ -394,13 +394,20 @@ def test_an_express_health_route_is_found_in_the_apps_own_sources(tmp_path: Path
         ("fastapi\n", "uvicorn websockets"),  # plain uvicorn: no WebSocket at all
         ("fastapi\nwsproto\n", "uvicorn"),
         ("fastapi\nuvicorn\n", None),  # the app's own choice of server, left alone
+        # ...unless it has WebSocket routes: `uv add uvicorn` lists it plainly, and every
+        # WebSocket got 404
+        ("fastapi\nuvicorn\n#ws", "websockets"),
+        ("fastapi\nuvicorn[standard]\n#ws", None),
     ],
 )
 def test_uvicorn_added_by_the_build_brings_a_websocket_library(
     tmp_path: Path, requirements: str, added: str | None
 ) -> None:
-    _write(tmp_path, {"main.py": "from fastapi import FastAPI\napp = FastAPI()\n"})
-    (tmp_path / "requirements.txt").write_text(requirements)
+    main = "from fastapi import FastAPI\napp = FastAPI()\n"
+    if requirements.endswith("#ws"):
+        main += "@app.websocket('/ws')\nasync def ws(socket): ...\n"
+    _write(tmp_path, {"main.py": main})
+    (tmp_path / "requirements.txt").write_text(requirements.removesuffix("#ws"))
     (install,) = _steps(_config(tmp_path).app.build)
     pip = "python3 -m pip install -q --target deps -r requirements.txt"
     assert install == (f"{pip} {added}" if added else pip, "deps")

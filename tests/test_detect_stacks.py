@@ -24,6 +24,10 @@ def _write(root: Path, files: dict[str, object]) -> Path:
     return root
 
 
+def _config(root: Path):  # type: ignore[no-untyped-def]
+    return parse_config(render_config(root, name="app"))
+
+
 def _steps(build: list[str | BuildStep]) -> list[object]:
     return [s if isinstance(s, str) else s.run for s in build]
 
@@ -506,3 +510,45 @@ def test_honos_fixed_port_is_found_in_its_typescript_source(tmp_path: Path) -> N
     found = detect(_write(tmp_path, {"package.json": package, "src/index.ts": source}))
     assert any("src/index.ts listens on port 3000" in w for w in found.warnings), found.warnings
     assert any("src/index.ts listens on every interface" in w for w in found.warnings)
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "run"),
+    [
+        (
+            "import panel as pn\npn.panel('hello').servable()\n",
+            "Panel",
+            "python3 -m panel serve app.py --address $HOST --port $PORT",
+        ),
+        (
+            "from bokeh.io import curdoc\nfrom bokeh.plotting import figure\n"
+            "curdoc().add_root(figure())\n",
+            "Bokeh",
+            "python3 -m bokeh serve app.py --address $HOST --port $PORT",
+        ),
+        (
+            "from shiny import App, ui\napp_ui = ui.page_fluid()\napp = App(app_ui, None)\n",
+            "Shiny",
+            "python3 -m shiny run app.py --host $HOST --port $PORT",
+        ),
+        (
+            "from nicegui import ui\nui.label('hi')\nui.run()\n",
+            "NiceGUI",
+            "python3 app.py",
+        ),
+    ],
+)
+def test_session_servers_run_under_their_own_server_and_keep_clients_on_one_instance(
+    tmp_path: Path, source: str, kind: str, run: str
+) -> None:
+    """Run as scripts, Panel, Bokeh and Shiny apps ended at once (status 0); through two
+    instances, NiceGUI's socket.io and Shiny's uploads failed every time without
+    sticky sessions."""
+    (tmp_path / "app.py").write_text(source)
+    (tmp_path / "requirements.txt").write_text(kind.lower() + "\n")
+    found = detect(tmp_path)
+    assert (found.kind, found.run) == (kind, run), found
+    assert found.sticky is not None and kind in found.sticky
+    assert _config(tmp_path).fleet.sticky == "cookie"
+    ported = [w for w in found.warnings if "listens on port 8080, NiceGUI's default," in w]
+    assert bool(ported) == (kind == "NiceGUI"), found.warnings

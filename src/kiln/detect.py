@@ -190,6 +190,15 @@ def _requirements(root: Path) -> list[str]:
     return names
 
 
+def _uses_websockets(root: Path) -> bool:
+    """The app's Python source has WebSocket routes, and no manifest asks for
+    uvicorn[standard] (which brings a WebSocket library)."""
+    manifests = _read(root / "requirements.txt") + _read(root / "pyproject.toml")
+    if re.search(r"uvicorn\s*\[[^\]]*standard", manifests):
+        return False
+    return any("websocket" in _read(path).lower() for path in _sources(root, (".py",)))
+
+
 def _python_manifest(root: Path) -> str:
     """The file the app's Python dependencies are read from."""
     source = _python_source(root) or "pyproject.toml"
@@ -275,9 +284,11 @@ def _pip_build(
     """
     listed = _requirements(root)
     missing = [name for name in needed if name not in listed]
-    if "uvicorn" in missing and not wsgi and not {"websockets", "wsproto"} & set(listed):
-        # plain uvicorn answers a WebSocket upgrade with 404 ("No supported
-        # WebSocket library detected"): an app's @app.websocket routes would not work
+    # plain uvicorn answers a WebSocket upgrade with 404 ("No supported WebSocket library
+    # detected"): when kiln adds uvicorn, and when the app lists it plainly (`uv add
+    # uvicorn`) but has WebSocket routes
+    serving = "uvicorn" in needed and not wsgi and not {"websockets", "wsproto"} & set(listed)
+    if serving and ("uvicorn" in missing or _uses_websockets(root)):
         missing.append("websockets")
     source = _python_source(root)
     parts = [PIP]

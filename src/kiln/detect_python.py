@@ -36,7 +36,7 @@ _SCRIPT_NAMES = ("streamlit_app.py", "app.py", "main.py", "Home.py", "dashboard.
 def detect_python_stack(root: Path) -> Detected | None:
     """The first stack one of the app's top-level modules uses, or None."""
     modules = _modules(root)
-    for stack in (_streamlit, _gradio):
+    for stack in (_streamlit, _gradio, _session_server):
         found = stack(root, modules)
         if found is not None:
             return found
@@ -142,6 +142,78 @@ def _gradio(root: Path, modules: list[Path]) -> Detected | None:
                 'balancer keeps each client there (sticky = "cookie")'
             ),
         )
+    return None
+
+
+@dataclass(frozen=True)
+class _Sessions:
+    """A framework whose browser sessions live in its own server's process."""
+
+    kind: str
+    package: str  # the module imports it
+    marker: str  # and has this (regex)
+    run: str  # {file}: the module
+    serves: str  # why the run line is what it is
+
+
+_SESSION_SERVERS = (
+    _Sessions(
+        "Panel",
+        "panel",
+        r"\.servable\(",
+        "python3 -m panel serve {file} --address $HOST --port $PORT",
+        "'panel serve' runs it (run as a script, it defines the app and ends)",
+    ),
+    _Sessions(
+        "Bokeh",
+        "bokeh",
+        r"\bcurdoc\(\)",
+        "python3 -m bokeh serve {file} --address $HOST --port $PORT",
+        "'bokeh serve' runs it (run as a script, it defines the document and ends)",
+    ),
+    _Sessions(
+        "Shiny",
+        "shiny",
+        r"\bApp\(|shiny\.express",
+        "python3 -m shiny run {file} --host $HOST --port $PORT",
+        "'shiny run' serves it",
+    ),
+    _Sessions(
+        "NiceGUI",
+        "nicegui",
+        r"\bui\.run\(",
+        "python3 {file}",
+        "ui.run() serves it: it must be told host=os.environ['HOST'], "
+        "port=int(os.environ['PORT']), reload=False, show=False",
+    ),
+)
+
+
+def _session_server(root: Path, modules: list[Path]) -> Detected | None:
+    """Panel, Bokeh, Shiny and NiceGUI apps: each browser session (its document, its
+    WebSocket or socket.io, its upload URLs) lives in one server process, so every
+    request of a client must reach the same instance. Run as scripts (`kiln init`'s
+    guess), the first three ended at once with status 0."""
+    for path in modules:
+        text = _read(path)
+        for server in _SESSION_SERVERS:
+            if not _imports(text, server.package) or not re.search(server.marker, text):
+                continue
+            why = [f"{path.name} imports {server.package}: a {server.kind} app"]
+            why.append(server.serves)
+            return Detected(
+                kind=server.kind,
+                run=server.run.format(file=path.name),
+                why=why,
+                build=_pip_build(root, [server.package], why),
+                env=_python_env(),
+                grace="30s",
+                sticky=(
+                    f"{server.kind} keeps each browser session in the process that opened it "
+                    "(its WebSocket, its uploads): the load balancer keeps each client there "
+                    '(sticky = "cookie")'
+                ),
+            )
     return None
 
 

@@ -41,7 +41,10 @@ _PY_FIXED = (
     re.compile(r"""\bserve\(\s*\w+\s*,\s*['"][^'"]*['"]\s*,\s*(\d{2,5})\b"""),
 )
 # servers that listen on a port of their own when given none: (the call, that port)
-_PY_DEFAULT = ((re.compile(r"\bweb\.run_app\((?![^\n]*\bport\s*=)"), "8080, aiohttp's default,"),)
+_PY_DEFAULT = (
+    (re.compile(r"\bweb\.run_app\((?![^\n]*\bport\s*=)"), "8080, aiohttp's default,"),
+    (re.compile(r"\bui\.run\((?![^\n]*\bport\s*=)"), "8080, NiceGUI's default,"),
+)
 # where a server is told to listen on every interface: reachable around the balancer
 _JS_HOST_ENV = re.compile(r"""process\.env(?:\.HOST\b|\[\s*['"]HOST['"]\s*\])|\benv\.HOST\b""")
 _JS_OPEN = (

@@ -204,6 +204,16 @@ def test_bad_images_are_rolled_back(
     assert rec is not None and rec.current_image == OLD
 
 
+def test_a_run_line_that_returns_is_said_to_serve_nothing(world: World) -> None:
+    """Panel's, Bokeh's or Shiny's app.py run as a script defines the app and ends
+    with status 0: 'exited at start with status 0' and an empty log said nothing."""
+    world.provider.add_image(BAD, Behavior(exit_at_start=True, start_status=0))
+    result = world.engine().deploy(BAD)
+    assert result.outcome == "rolled back" and result.gate == "boot"
+    assert "exited at start with status 0" in (result.message or "")
+    assert "the run line returned, so nothing serves" in (result.message or "")
+
+
 def test_an_automatic_rollback_plan_names_the_image_it_leaves(deployed: World) -> None:
     """Its header read '(nothing) → img-old', as if nothing had been deployed."""
     deployed.provider.add_image(BAD, Behavior(never_healthy=True))

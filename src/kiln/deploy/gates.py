@@ -119,6 +119,12 @@ class Gates:
             what += f": {reason}" if reason else ""
             return self._trip("stability", inst, f"instance {inst.id} of {inst.image} {what}")
         what = f"failed at start: {reason}" if reason else f"exited at start{status}"
+        if inst.exit_status == 0:  # Panel's `python3 app.py`: it defines, it never serves
+            what += (
+                "; the run line returned, so nothing serves: it must keep running on "
+                "$HOST:$PORT (a module that only defines an app needs its server's command, "
+                "e.g. 'python3 -m panel serve app.py …', as [app] run)"
+            )
         return self._trip("boot", inst, f"instance {inst.id} of {inst.image} {what}")
 
     def _trip(

@@ -38,7 +38,8 @@ class Behavior:
 
     boot: float = 1.0  # time from launch to healthy
     never_healthy: bool = False  # runs, never passes its checks
-    exit_at_start: bool = False  # exits with status 1 shortly after launch
+    exit_at_start: bool = False  # exits with start_status shortly after launch
+    start_status: int = 1  # 0: a run line that returns (a module that serves nothing)
     crash_after: float | None = None  # healthy, then exits this long after launch
     error_rate: float = 0.0  # share of requests answered 5xx
     p99: float = 0.05
@@ -336,7 +337,7 @@ class FakeProvider:
         state = inst.state(now)
         exit_status = None
         if state is InstanceState.FAILED:
-            exit_status = 1 if inst.behavior.exit_at_start else 137
+            exit_status = inst.behavior.start_status if inst.behavior.exit_at_start else 137
         return Instance(
             id=inst.id,
             fleet=inst.fleet,
