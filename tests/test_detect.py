@@ -750,3 +750,34 @@ def test_a_monorepo_root_points_at_its_apps(tmp_path: Path) -> None:
     found = detect(tmp_path)
     assert found.kind == "unknown"
     assert any("apps in api/, web/: run kiln init in each" in w for w in found.why), found.why
+
+
+def test_alembic_and_flask_migrate_migrations_are_the_release(tmp_path: Path) -> None:
+    """A uv-managed FastAPI app with Alembic, and a Flask app with Flask-Migrate: each
+    deployed green with no release, every page that read the database a 500."""
+    api = _write(
+        tmp_path / "api",
+        {
+            "main.py": "from fastapi import FastAPI\napp = FastAPI()\n",
+            "requirements.txt": "fastapi\nsqlalchemy\nalembic\n",
+            "alembic.ini": "[alembic]\nsqlalchemy.url = sqlite:///./app.db\n",
+        },
+    )
+    found = detect(api)
+    assert found.release == "python3 -m alembic upgrade head"
+    assert any("SQLite file inside the app directory" in w for w in found.warnings)
+    assert _config(api).app.release == "python3 -m alembic upgrade head"
+
+    web = _write(
+        tmp_path / "web",
+        {
+            "shop/__init__.py": "from flask import Flask\n\ndef create_app():\n"
+            "    app = Flask(__name__)\n    return app\n",
+            "requirements.txt": "flask\nflask-migrate\n",
+            "migrations/alembic.ini": "[alembic]\n",
+            "config.py": "DATABASE_URL = 'postgresql://db/shop'\n",
+        },
+    )
+    found = detect(web)
+    assert found.release == "python3 -m flask --app 'shop:create_app()' db upgrade"
+    assert not any("SQLite" in w for w in found.warnings)

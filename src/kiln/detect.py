@@ -91,6 +91,8 @@ def detect(root: Path) -> Detected:
     detectors += [_python_framework, detect_node_stack, _node, detect_node_script, _static]
     found = next((f for f in (d(root) for d in detectors) if f), None)
     found = found or _fallback(root)
+    if "PYTHONPATH" in found.env and found.kind != "Django":
+        _python_database(root, found)
     found.release_source = "detected" if found.release else None
     found.sticky = found.sticky or _sticky(root)
     if found.sticky:
@@ -188,6 +190,27 @@ def _requirements(root: Path) -> list[str]:
         if match:
             names.append(re.sub(r"[-_.]+", "-", match.group(1)).lower())
     return names
+
+
+def _python_database(root: Path, found: Detected) -> None:
+    """Migrations as the release (Alembic, Flask-Migrate), and a word on a SQLite file in
+    the app directory. Without them a FastAPI or Flask app deployed green and answered
+    500 ('no such table') on every page that reads its database."""
+    listed = _requirements(root)
+    target = re.search(r"""['"]?([\w.]+:[\w.]+(?:\(\))?)['"]?\s*$""", found.run)
+    if "flask-migrate" in listed and (root / "migrations" / "alembic.ini").is_file() and target:
+        found.release = f"python3 -m flask --app {shlex.quote(target.group(1))} db upgrade"
+        found.why.append("Flask-Migrate's migrations/: 'flask db upgrade' is the release")
+    elif "alembic" in listed and (root / "alembic.ini").is_file():
+        found.release = "python3 -m alembic upgrade head"
+        found.why.append("alembic.ini: 'alembic upgrade head' is the release")
+    sqlite = re.compile(r"sqlite(?:\+\w+)?:///(?!/)[\w.-]")  # a path relative to the app
+    if any(sqlite.search(_read(path)) for path in _sources(root, (".py", ".ini", ".toml"))):
+        found.warnings.append(
+            "the database is a SQLite file inside the app directory: each instance, and "
+            "the release that migrates it, gets its own copy (the migrated one is thrown "
+            "away); give DATABASE_URL (or your setting) a shared database through [secrets]"
+        )
 
 
 def _uses_websockets(root: Path) -> bool:
