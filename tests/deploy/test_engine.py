@@ -67,6 +67,15 @@ def test_redeploying_the_current_image_changes_nothing(deployed: World) -> None:
     assert all(c[0] == "describe" for c in deployed.provider.calls[calls:])
 
 
+def test_settings_applied_without_a_replacement_are_not_nothing_to_do(deployed: World) -> None:
+    """Only [fleet] sticky changed: it took effect, and kiln said 'nothing to do'."""
+    deployed.provider.settings_changes = ["fleet web is sticky by cookie from now on"]
+    result = deployed.engine().deploy(OLD)
+    assert result.outcome == "unchanged" and result.ok
+    assert result.message == "fleet web is sticky by cookie from now on"
+    assert deployed.engine().deploy(OLD).message is None  # a second time: nothing changed
+
+
 def test_blue_green_flips_in_one_call_and_keeps_the_old_fleet_warm(deployed: World) -> None:
     w, t0 = deployed, deployed.clock.now()
     result = w.engine().deploy(NEW, strategy="blue-green")

@@ -23,7 +23,9 @@ def print_result(result: Result) -> None:
         print_result(result.resumed)
     took = f" in {format_duration(result.duration)}" if result.duration else ""
     if result.outcome == "unchanged":
-        console.print(f"{result.fleet} already serves {result.to_image}: nothing to do")
+        # a settings change applied without replacing any instance is not "nothing"
+        done = f"no instance replaced; {result.message}" if result.message else "nothing to do"
+        console.print(f"{result.fleet} already serves {result.to_image}: {escape(done)}")
         return
     if result.outcome == "succeeded":
         console.print(f"[green]✓[/] {escape(result.message or '')}{took} ({result.deployment})")

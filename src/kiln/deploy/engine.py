@@ -141,14 +141,18 @@ class Engine:
             if resumed and resumed.to_image == image and resumed.outcome is not Outcome.SUCCEEDED:
                 return resumed  # that very deployment just failed: no second attempt here
             self._reap_warm()
-            for change in self.provider.apply_settings(self.fleet):
+            changes = self.provider.apply_settings(self.fleet)
+            for change in changes:
                 self._emit(EventKind.INFO, change)
             plan = self._plan(image, chosen, launch)
             if plan.relaunch:
                 self._emit(EventKind.INFO, plan.relaunch_note, {"instances": list(plan.relaunch)})
             if plan.empty:
                 self._save_unchanged(plan)
-                return Result(self.fleet, Outcome.UNCHANGED, to_image=image, resumed=resumed)
+                applied = "; ".join(changes) if changes else None  # not "nothing to do"
+                return Result(
+                    self.fleet, Outcome.UNCHANGED, to_image=image, resumed=resumed, message=applied
+                )
             return replace(self._start(plan, DeploymentKind.DEPLOY, reason), resumed=resumed)
 
     def resume(self, *, wait: float | None = None) -> Result | None:

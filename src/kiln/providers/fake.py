@@ -149,6 +149,7 @@ class FakeProvider:
         self._describes = 0
         self._errors: dict[str, Exception] = {}
         self.launch_settings: dict[str, str] = {}  # what new instances carry (launch_print)
+        self.settings_changes: list[str] = []  # what the next apply_settings reports
 
     # scripting -------------------------------------------------------------
 
@@ -277,7 +278,9 @@ class FakeProvider:
         return dict(self.launch_settings)
 
     def apply_settings(self, fleet: str) -> list[str]:
-        return []
+        """What changed in the fleet's settings: scripted by a test (``settings_changes``)."""
+        changes, self.settings_changes = self.settings_changes, []
+        return changes
 
     def log_tail(self, instance: str, lines: int = 20) -> str:
         inst = self._instances.get(instance)
