@@ -781,3 +781,21 @@ def test_alembic_and_flask_migrate_migrations_are_the_release(tmp_path: Path) ->
     found = detect(web)
     assert found.release == "python3 -m flask --app 'shop:create_app()' db upgrade"
     assert not any("SQLite" in w for w in found.warnings)
+
+
+def test_django_debug_in_the_settings_in_use_is_a_warning(tmp_path: Path) -> None:
+    """wagtail start runs settings.dev (DEBUG = True) beside a production.py: the 500
+    pages of a broken deploy were full debug pages, served through the balancer."""
+    files = {
+        "mysite/settings/__init__.py": "",
+        "mysite/settings/base.py": "DEBUG = False\nMEDIA_ROOT = BASE_DIR / 'media'\n",
+        "mysite/settings/dev.py": "from .base import *\nDEBUG = True\n",
+        "mysite/settings/production.py": "from .base import *\n",
+        "mysite/wsgi.py": "",
+    }
+    found = detect(_django_project(tmp_path / "dev", "mysite.settings.dev", files))
+    (warning,) = [w for w in found.warnings if "DEBUG = True" in w]
+    assert 'DJANGO_SETTINGS_MODULE = "mysite.settings.production"' in warning
+    assert any("MEDIA_ROOT is inside the app directory" in n for n in found.notes)
+    found = detect(_django_project(tmp_path / "prod", "mysite.settings.production", files))
+    assert not any("DEBUG" in w for w in found.warnings)

@@ -483,6 +483,12 @@ def _django(root: Path) -> Detected | None:
             "the database is SQLite inside the app directory: each instance would get its "
             "own copy; point DATABASES at a shared database through a [secrets] entry"
         )
+    warnings = _django_debug(base, settings, assigned)
+    if re.search(r"^MEDIA_ROOT\s*=.*BASE_DIR", settings_text, re.MULTILINE):
+        notes.append(
+            "MEDIA_ROOT is inside the app directory: an upload lands on one instance and is "
+            "gone at the next deploy; keep uploads in shared storage (django-storages)"
+        )
     health_host = _allowed_host(assigned)
     if health_host is not None:
         why.append(f"ALLOWED_HOSTS lists {health_host}: health checks send it as their Host")
@@ -496,7 +502,26 @@ def _django(root: Path) -> Detected | None:
         health_host=health_host,
         release="python3 manage.py migrate --noinput",
         notes=notes,
+        warnings=warnings,
     )
+
+
+def _django_debug(base: Path, settings: str, assigned: dict[str, ast.expr | None]) -> list[str]:
+    """DEBUG = True in the settings in use (wagtail start's settings.dev, say): every
+    error is then a page of the code and settings, served to anyone."""
+    node = assigned.get("DEBUG")
+    if not (isinstance(node, ast.Constant) and node.value is True):
+        return []
+    package = base / settings.rpartition(".")[0].replace(".", "/")
+    production = next((n for n in ("production", "prod") if (package / f"{n}.py").is_file()), None)
+    if production is not None:
+        use = f'[env] DJANGO_SETTINGS_MODULE = "{settings.rpartition(".")[0]}.{production}"'
+    else:
+        use = "DEBUG from the environment (DEBUG = os.environ.get('DEBUG') == '1')"
+    return [
+        f"{settings} sets DEBUG = True: every error page (the code, the settings) is served "
+        f"to anyone; use {use}"
+    ]
 
 
 def _allowed_host(assigned: dict[str, ast.expr | None]) -> str | None:
