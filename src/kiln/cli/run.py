@@ -21,9 +21,11 @@ def run_command(state: State, image: str | None, provider: str, command: tuple[s
 
     It runs in a fresh directory of the image with the image's [env] and the
     app's [secrets], then the directory is deleted; nothing joins the fleet.
-    kiln exits with the command's status. With --provider aws it runs on a
-    fresh instance of the image's AMI, reached over SSH and terminated
-    afterwards. Put '--' before the command:
+    It does not see this shell's environment (an instance would not): give it
+    a value with env, as in kiln run -- env DJANGO_SUPERUSER_PASSWORD=… python3
+    manage.py createsuperuser --noinput. kiln exits with the command's status.
+    With --provider aws it runs on a fresh instance of the image's AMI, reached
+    over SSH and terminated afterwards. Put '--' before the command:
     kiln run -- python3 manage.py createsuperuser
     """
     argv = list(command)
