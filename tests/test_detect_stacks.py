@@ -465,7 +465,7 @@ def test_sveltekit_runs_adapter_nodes_build_with_the_balancers_headers(
     assert found.env["PROTOCOL_HEADER"] == "x-forwarded-proto"
     assert found.env["ADDRESS_HEADER"] == "x-forwarded-for" and found.env["XFF_DEPTH"] == "1"
     assert "/build/" in found.exclude and "node_modules/" in found.exclude
-    assert ["npm run build"] == [s for s in _steps(found.build) if s == "npm run build"]
+    assert [s for s in _steps(found.build) if s == "npm run build"] == ["npm run build"]
     warned = any("adapter-node" in w for w in found.warnings)
     assert warned == (adapter != "@sveltejs/adapter-node")
 

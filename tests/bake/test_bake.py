@@ -128,6 +128,20 @@ def test_failing_build_step_names_step_code_and_tail(app_dir: Path, home: Home) 
     assert not any(home.tmp.iterdir()), "scratch must be removed"
 
 
+def test_a_failing_steps_cause_leads_its_tail(app_dir: Path, home: Home) -> None:
+    """`npm ci` says why it refuses the lockfile, then prints 60 lines of usage: the
+    30-line tail held only the usage."""
+    script = "echo npm error npm ci can only install in sync; seq 60; exit 1"
+    (app_dir / "kiln.toml").write_text(
+        f'[app]\nname = "shop"\nrun = "python3 app.py"\nbuild = ["{script}"]\n'
+    )
+    with pytest.raises(BuildError) as info:
+        _bake(app_dir, home)
+    lines = str(info.value).splitlines()
+    assert lines[1:3] == ["  | npm error npm ci can only install in sync", "  | …"], lines
+    assert lines[-1] == "  | 60"
+
+
 def test_a_failing_step_whose_output_was_shown_is_not_printed_twice(
     app_dir: Path, home: Home
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.deploy.gates import condensed
+from kiln.causes import condensed
 
 NPM = """\
 > mono@1.0.0 start

@@ -10,11 +10,11 @@ canary     the canaries' 5xx rate and p99 stay close to the old fleet's (with a
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiln.causes import condensed
 from kiln.deploy.clock import Clock
 from kiln.deploy.settings import Settings
 from kiln.errors import KilnError
@@ -314,22 +314,3 @@ def judge_canary(f: Mapping[str, Any], s: Settings) -> str | None:
             f"([canary] max_p99_ratio), or {s.p99_slack * 1000:.0f}ms more ([canary] p99_slack)"
         )
     return None
-
-
-# the line that says what went wrong: Node's "Error: Cannot find module 'x'", Python's
-# "ModuleNotFoundError: No module named 'x'", a shell's "sh: 1: x: not found"
-_CAUSE = re.compile(
-    r"^\s*(?:[\w.]*(?:Error|Exception)\b[^\n]*?:\s*\S|\S+: (?:\d+: )?[^\n]*not found$)"
-)
-
-
-def condensed(text: str, keep: int) -> str:
-    """The last ``keep`` lines, after the first line further up that says what went
-    wrong. Behind `npm start`, npm's dozen error lines pushed Node's "Cannot find
-    module" out of a 20-line tail; gunicorn's "Worker failed to boot" traceback did
-    the same to the worker's ModuleNotFoundError."""
-    lines = text.splitlines()
-    tail = lines[-keep:]
-    earlier = lines[:-keep] if len(lines) > keep else []
-    cause = next((line for line in earlier if _CAUSE.match(line) and line not in tail), None)
-    return "\n".join([cause.strip(), "…", *tail] if cause is not None else tail)

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from kiln.causes import CAUSE, with_cause
 from kiln.config import LoadedConfig
 from kiln.errors import BuildError
 from kiln.home import Home
@@ -302,6 +303,7 @@ def _run_step(
 ) -> None:
     progress.step(number, total, command)
     tail: deque[str] = deque(maxlen=30)
+    cause: str | None = None  # npm ci says why, then prints its usage: 60 more lines
     proc = subprocess.Popen(
         ["/bin/sh", "-c", command],
         cwd=scratch,
@@ -317,6 +319,8 @@ def _run_step(
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
             progress.output(line.rstrip("\n"))
+            if cause is None and CAUSE.match(line):
+                cause = line.rstrip("\n")
         code = proc.wait()
     except BaseException:
         proc.kill()
@@ -326,7 +330,8 @@ def _run_step(
         if progress.shows_output:  # printed as it came: just above, not again
             shown = " (its output is above)"
         else:
-            shown = "\n" + ("\n".join(f"  | {line}" for line in tail) or "  | (no output)")
+            lines = with_cause(cause, list(tail))
+            shown = "\n" + ("\n".join(f"  | {line}" for line in lines) or "  | (no output)")
         raise BuildError(
             f"build step {number}/{total} failed with exit code {code}: "
             f"{shown_command(command)}{shown}",
