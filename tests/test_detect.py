@@ -228,7 +228,7 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
                 "package-lock.json": {},
             },
             ["npm run build"],
-            "npm start",
+            "node dist/s.js",  # what the build makes: run with node, for its signals
         ),
         (  # [env] NODE_ENV=production reaches the build: npm would skip typescript
             {
@@ -240,7 +240,7 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
                 "package-lock.json": {},
             },
             [("npm ci --include=dev", "node_modules"), "npm run build", "npm prune --omit=dev"],
-            "npm start",
+            "node dist/s.js",  # what the build makes: run with node, for its signals
         ),
         (  # yarn's lockfile is honoured by yarn (npm would resolve afresh)
             {
@@ -271,7 +271,7 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
                 "npx --yes pnpm@9.15.0 run build",
                 "npx --yes pnpm@9.15.0 prune --prod",
             ],
-            "npm start",
+            "node dist/s.js",  # what the build makes: run with node, for its signals
         ),
         (  # pnpm 8's lockfile without packageManager: pnpm 8
             {

@@ -508,6 +508,8 @@ def test_honos_fixed_port_is_found_in_its_typescript_source(tmp_path: Path) -> N
         "serve({\n  fetch: app.fetch,\n  port: 3000\n}, (info) => console.log(info.port))\n"
     )
     found = detect(_write(tmp_path, {"package.json": package, "src/index.ts": source}))
+    # run as the build makes it, with or without a local dist/ (it was 'npm start' without)
+    assert found.run == "node dist/index.js"
     assert any("src/index.ts listens on port 3000" in w for w in found.warnings), found.warnings
     assert any("src/index.ts listens on every interface" in w for w in found.warnings)
 

@@ -915,7 +915,9 @@ def _node(root: Path) -> Detected | None:
     start = str(scripts.get("start", "")) if scripts else ""
     main = str(package["main"]) if isinstance(package.get("main"), str) else None
     direct = re.fullmatch(r"node\s+([\w./-]+)", start.strip())
-    if direct and (root / direct.group(1)).is_file():
+    # a file the build makes (tsc's dist/index.js) need not exist here: the bake makes it
+    built = direct and build_script(package) and re.match(r"(\./)?(dist|build|lib)/", direct[1])
+    if direct and ((root / direct.group(1)).is_file() or built):
         run = f"node {direct.group(1)}"
         why.append(f"scripts.start is '{start}': run with node directly, so it gets signals")
     elif start:
