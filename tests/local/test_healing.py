@@ -80,7 +80,7 @@ def test_sigkill_under_load_costs_no_request_and_heals(
     dead = next(i for i in state.instances if i.id == victim)
     assert dead.state is InstanceState.FAILED and dead.exit_status == -signal.SIGKILL
     assert "SIGKILL" in dead.details["reason"]
-    replacement = dead.details["replaced_by"]
+    replacement = dead.replaced_by
     assert {i.id for i in state.serving()} == {survivor, replacement}
     assert state.groups == {image: 2}
     # the replacement takes traffic

@@ -34,6 +34,7 @@ _MODULES = (
     "kiln.local.handover",
     "kiln.local.http1",
     "kiln.local.lb",
+    "kiln.local.listening",
     "kiln.local.lbproc",
     "kiln.local.messages",
     "kiln.local.metrics",
