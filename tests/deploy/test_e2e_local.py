@@ -241,7 +241,8 @@ def test_sigterm_stops_safely_and_says_how_to_finish(site: tuple[Kiln, int], hom
     assert _deploy(kiln, v1)["outcome"] == "succeeded"
     env = {**os.environ, "KILN_HOME": str(home.root)}
     since = time.time()
-    with Load(port) as load:
+    journal = contextlib.closing(sqlite3.connect(home.state_db, timeout=5, isolation_level=None))
+    with Load(port) as load, journal as conn:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kiln.cli", "deploy", "--image", v2],
             cwd=kiln.cwd,
@@ -252,7 +253,7 @@ def test_sigterm_stops_safely_and_says_how_to_finish(site: tuple[Kiln, int], hom
         )
         try:
             deadline = time.monotonic() + 300  # a ceiling: the signal comes once step 0 begins
-            while not _journal_reached(home.state_db, since, 0):
+            while not _journal_reached(conn, since, 0):
                 assert proc.poll() is None, "the deploy ended before step 0"
                 assert time.monotonic() < deadline, "step 0 not begun in 300 s"
                 time.sleep(0.01)
