@@ -810,6 +810,10 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
     return [BuildStep(run=f"{tool.install} {tool.prod}", inputs=inputs, outputs=["node_modules"])]
 
 
+# where a Node build writes what a start script runs (tsc's dist/, Feathers' lib/)
+BUILT_OUTPUT = r"(?:\./)?(?:dist|build|lib)/"
+
+
 def build_script(package: dict[str, object]) -> str | None:
     """The script that builds the app: ``build``, or ``compile`` (Feathers and
     LoopBack compile TypeScript with it; their start script runs the output)."""
@@ -916,7 +920,7 @@ def _node(root: Path) -> Detected | None:
     main = str(package["main"]) if isinstance(package.get("main"), str) else None
     direct = re.fullmatch(r"node\s+([\w./-]+)", start.strip())
     # a file the build makes (tsc's dist/index.js) need not exist here: the bake makes it
-    built = direct and build_script(package) and re.match(r"(\./)?(dist|build|lib)/", direct[1])
+    built = direct and build_script(package) and re.match(BUILT_OUTPUT, direct[1])
     if direct and ((root / direct.group(1)).is_file() or built):
         run = f"node {direct.group(1)}"
         why.append(f"scripts.start is '{start}': run with node directly, so it gets signals")

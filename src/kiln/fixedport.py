@@ -16,7 +16,7 @@ import re
 import shlex
 from pathlib import Path
 
-from kiln.detect import _read
+from kiln.detect import BUILT_OUTPUT, _read
 
 _JS_ENV = re.compile(r"""process\.env(?:\.PORT\b|\[\s*['"]PORT['"]\s*\])|\benv\.PORT\b""")
 _JS_FIXED = (
@@ -131,7 +131,7 @@ def _entry_files(root: Path, run: str) -> list[Path]:
             if not target.startswith("-"):
                 files.append(target)
     for built in list(files):  # compiled TypeScript: the listen line is in the source
-        source = re.fullmatch(r"(?:\./)?(?:dist|build|lib)/([\w/-]+)\.m?js", built)
+        source = re.fullmatch(rf"{BUILT_OUTPUT}([\w/-]+)\.m?js", built)
         if source and (root / "src" / f"{source.group(1)}.ts").is_file():
             files.append(f"src/{source.group(1)}.ts")  # NestJS's main.ts, Hono's index.ts
     paths = [root / f for f in files]

@@ -31,7 +31,6 @@ from kiln.deploy.plan import (
     StepKind,
     make_plan,
     rollback_plan,
-    span,
     unreplaced_failures,
 )
 from kiln.deploy.records import majority, next_record, result_of, standby, summary
@@ -112,7 +111,7 @@ class Engine:
         if dep is not None:
             self._emit(
                 EventKind.WARNING,
-                f"deployment {dep.id} ({span(dep.from_image, dep.to_image)}) is unfinished: "
+                f"deployment {dep.id} ({dep.span}) is unfinished: "
                 "'kiln deploy' finishes it first, so this plan may change",
             )
         return self._plan(image, self._strategy(strategy), self.provider.launch_print())
@@ -340,7 +339,7 @@ class Engine:
         dep = self.journal.unfinished(self.fleet)
         if dep is not None:
             raise DeployError(
-                f"deployment {dep.id} ({span(dep.from_image, dep.to_image)}) is unfinished",
+                f"deployment {dep.id} ({dep.span}) is unfinished",
                 hint="finish it with 'kiln deploy --resume' or undo it with 'kiln rollback'",
             )
 
@@ -359,7 +358,7 @@ class Engine:
         _ = dep.plan, dep.rollback_plan  # an unknown journal format stops here, unchanged
         self._emit(
             EventKind.WARNING,
-            f"resuming deployment {dep.id} ({span(dep.from_image, dep.to_image)}, "
+            f"resuming deployment {dep.id} ({dep.span}, "
             f"{'rolling back' if dep.phase == 'rollback' else dep.strategy}) left unfinished",
         )
         self._resumed_at = self.clock.now()
@@ -378,7 +377,7 @@ class Engine:
         allowed = dep.to_image if dep.kind is DeploymentKind.ROLLBACK else dep.from_image
         if to is not None and to != allowed:
             raise DeployError(
-                f"deployment {dep.id} ({span(dep.from_image, dep.to_image)}) is unfinished; "
+                f"deployment {dep.id} ({dep.span}) is unfinished; "
                 f"'kiln rollback' can only take the fleet to {allowed} now",
                 hint="run 'kiln rollback' without --to first",
             )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from kiln.deploy.plan import Plan
+from kiln.deploy.plan import Plan, span
 from kiln.deploy.state import StateDb, dumps
 
 
@@ -94,6 +94,11 @@ class Deployment:
     @property
     def unfinished(self) -> bool:
         return self.outcome in UNFINISHED
+
+    @property
+    def span(self) -> str:
+        """``from → to``, as messages name the deployment."""
+        return span(self.from_image, self.to_image)
 
     @property
     def plan(self) -> Plan:

@@ -316,11 +316,12 @@ def _run_step(
     )
     assert proc.stdout is not None
     try:
-        for line in proc.stdout:
-            tail.append(line.rstrip("\n"))
-            progress.output(line.rstrip("\n"))
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            progress.output(line)
             if cause is None and CAUSE.match(line):
-                cause = line.rstrip("\n")
+                cause = line
         code = proc.wait()
     except BaseException:
         proc.kill()

@@ -125,7 +125,7 @@ class Stream:
             # A body streaming through (the loop reads a socket up to 32 times a
             # turn): what is held goes now, so that flow control sees it and pauses
             # the instance. Appended, a 1 GB download held 4.6 MB a turn, copied
-            # whole at each append: 8x slower than straight from the app.
+            # whole at each append: about 7x slower than straight from the app.
             self.flush()
             self._pending = data
 
