@@ -37,6 +37,13 @@ cdef class Response:
     cdef public object upgrade
 
 
+cdef int KEEP, HOST, LENGTH, CODING, CONNECTION, UPGRADE, EXPECT, XFF, XFP, CLAIM, IMPOSTOR, PROXY_CONN
+cdef Py_ssize_t _FIELDS_LIMIT, _HEAD_LIMIT
+
+@cython.locals(end=Py_ssize_t)
+cdef bytes _trimmed(bytes value)
+
+
 cdef class Fields:
     cdef public bint after_head
     cdef public list claims
@@ -56,17 +63,23 @@ cdef class Fields:
     cdef public object trailers
     cdef public object upgrade
 
-    @cython.locals(kind=int)
+    @cython.locals(kind=int, kinds=dict, common=dict, end=Py_ssize_t)
     cpdef add(self, bytes name, bytes value)
     cpdef bytes end_head(self)
 
 
-@cython.locals(keep=bytes, ver=bytes, host=object)
+@cython.locals(keep=bytes, ver=bytes, host=object, good=set)
 cpdef Request make_request(bytes method, bytes target, str version, Fields f)
 
 
 cpdef bytes request_head(Request req, bytes forwarded)
 
+@cython.locals(lines=dict, line=bytes)
+cpdef bytes length_line(object length)
+
 cpdef bytes response_head(Response resp, bytes framing, bint keep_alive)
 
+@cython.locals(ver=bytes, keep=bytes, reasons=frozenset)
 cpdef Response make_response(int status, bytes reason, str version, Fields f)
+
+cpdef bint _closes(bytes version, object connection)

@@ -48,8 +48,10 @@ _SCHEMES = (b"http", b"https")
 # Host or the framing would change what the next hop thinks the message is.
 _NEVER_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
 _COMMON_CONNECTION = frozenset({b"close", b"keep-alive"})
-_COMMON_CONNECTIONS = {token: frozenset({token}) for token in _COMMON_CONNECTION}
-_VERSIONS = {"1.0": b"1.0", "1.1": b"1.1"}
+_COMMON_CONNECTIONS = {
+    spelling: frozenset({spelling.lower()})
+    for spelling in (b"close", b"keep-alive", b"Close", b"Keep-Alive")
+}
 
 # Second locks behind llhttp's own checks (RFC 9110 5.1, 5.5, 5.6.2).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -58,6 +60,7 @@ _PROTOCOL = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:/[!#$%&'*+\-.^_`|~0-9A-Za-z]+)?"
 _UPGRADE = re.compile(_PROTOCOL + rb"(?:[ \t]*,[ \t]*" + _PROTOCOL + rb")*")  # RFC 9110 7.8
 _REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _ORIGIN = re.compile(rb"/[\x21-\x7e]*")  # origin-form: path and query, visible ASCII only
+_origin = _ORIGIN.fullmatch  # bound once: called for every request
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@\s]+)([/?][\x21-\x7e]*)?")
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
 _REASON_OK = frozenset({b"OK", b"Not Found", b"No Content", b"Found", b"Not Modified", b""})
@@ -191,9 +194,12 @@ class Response:
 
 # What a field name is to the proxy, by its spelling as received: a field is
 # classified once per spelling, not once per message (names are few and repeat).
-KEEP, HOST, LENGTH, CODING, CONNECTION, UPGRADE, EXPECT, XFF, XFP, CLAIM, IMPOSTOR = range(11)
+KEEP, HOST, LENGTH, CODING, CONNECTION, UPGRADE, EXPECT, XFF, XFP, CLAIM, IMPOSTOR, PROXY_CONN = (
+    range(12)
+)
 _HOP_KIND = {
     b"host": HOST,
+    b"proxy-connection": PROXY_CONN,
     b"content-length": LENGTH,
     b"transfer-encoding": CODING,
     b"connection": CONNECTION,
@@ -206,6 +212,18 @@ _HOP_KIND = {
 _KINDS: dict[bytes, int] = {}
 _KINDS_MAX = 4096  # spellings remembered; longer names and later ones are classified each time
 _kind_of = _KINDS.get  # bound once: looked up for every field of every message
+
+
+_FIELDS_LIMIT = MAX_FIELDS  # compiled, these are C integers (http1.pxd)
+_HEAD_LIMIT = MAX_HEAD
+
+
+def _trimmed(value: bytes) -> bytes:
+    """``value`` without the trailing whitespace llhttp leaves (rarely any)."""
+    end = len(value)
+    if end and (value[end - 1] == 32 or value[end - 1] == 9):  # SP, HTAB
+        return value.rstrip(b" \t")
+    return value
 
 
 def _kind(name: bytes) -> int:
@@ -279,37 +297,44 @@ class Fields:
         """One field (llhttp's ``on_header`` callback)."""
         self.count += 1
         self.size += len(name) + len(value)
-        if self.count > MAX_FIELDS or self.size > MAX_HEAD:
+        if self.count > _FIELDS_LIMIT or self.size > _HEAD_LIMIT:
             self._too_large()
         if self.after_head:
             if self.trailers is None:
                 self.trailers = []
             self.trailers.append((name, value))
             return
-        kind = _kind_of(name, -1)
+        kinds = _KINDS
+        kind = kinds.get(name, -1)
         if kind < 0:
             kind = _kind(name)
         if kind == KEEP:
-            self.keep += (name, b": ", value.rstrip(b" \t"), b"\r\n")
+            end = len(value)  # _trimmed(), inlined for the fields most heads are made of
+            if end and (value[end - 1] == 32 or value[end - 1] == 9):
+                value = value.rstrip(b" \t")
+            self.keep.extend((name, b": ", value, b"\r\n"))
         elif kind == HOST:
             self.hosts += 1
             if self.host is None:
-                self.host = value.rstrip(b" \t")
+                self.host = _trimmed(value)
         elif kind == LENGTH:
-            value = value.rstrip(b" \t")
+            value = _trimmed(value)
             if not value.isdigit() or self.length is not None:
                 raise self._bad("bad or repeated Content-Length")
             self.length = int(value)
         elif kind == CONNECTION:
-            value = value.rstrip(b" \t").lower()
-            common = _COMMON_CONNECTIONS.get(value)
-            if common is not None and self.connection is None:
-                self.connection = common  # what nearly every message says
+            value = _trimmed(value)
+            common = _COMMON_CONNECTIONS
+            tokens = common.get(value)  # as nearly every message spells it
+            if tokens is None:
+                tokens = common.get(value.lower())
+            if tokens is not None and self.connection is None:
+                self.connection = tokens
             else:
-                self._connection(value)
+                self._connection(value.lower())
         elif kind != IMPOSTOR:
             self.rare = True
-            self._hop(kind, name, value.rstrip(b" \t"))
+            self._hop(kind, name, _trimmed(value))
 
     def _too_large(self) -> None:
         many = self.count > MAX_FIELDS
@@ -352,6 +377,11 @@ class Fields:
                 self.forwarded_proto = value
         elif kind == CLAIM:
             self.claims.append((name, value))
+        elif kind == PROXY_CONN and self.connection is None:
+            # dropped, its tokens unread (it is no HTTP/1.1 field), but llhttp keeps an
+            # HTTP/1.0 message alive for it: a Connection field with no token, for
+            # ``kiln.local.messages.version``, means what no Connection field means
+            self.connection = _NO_TOKENS
 
     def end_head(self) -> bytes:
         """The head is complete: check its framing; the field lines to forward.
@@ -399,7 +429,7 @@ def check_field(name: bytes, value: bytes) -> bytes:
 
 def make_request(method: bytes, target: bytes, version: str, f: Fields) -> Request:
     """Validate a request head llhttp parsed (its fields in ``f``); BadMessage says why not."""
-    ver = _VERSIONS.get(version)
+    ver = b"1.1" if version == "1.1" else b"1.0" if version == "1.0" else None
     if ver is None:
         raise BadMessage(f"unsupported HTTP version {version!r}", 505)
     if method == b"CONNECT":
@@ -411,9 +441,11 @@ def make_request(method: bytes, target: bytes, version: str, f: Fields) -> Reque
             raise BadMessage("more than one Host")
         if ver == b"1.1":
             raise BadMessage("HTTP/1.1 request without Host")
-    elif host is not None and host not in _GOOD_HOSTS:
-        _check_host(host)
-    if not _ORIGIN.fullmatch(target):
+    elif host is not None:
+        good = _GOOD_HOSTS
+        if host not in good:
+            _check_host(host)
+    if not _origin(target):
         target, host = _normalise_target(method, target, host)
     if not f.rare:  # no field beyond the common ones: no coding, Connection or Upgrade
         connection = f.connection
@@ -495,10 +527,11 @@ def _normalise_target(method: bytes, target: bytes, host: bytes | None) -> tuple
 def make_response(status: int, reason: bytes, version: str, f: Fields) -> Response:
     """Validate a response head from an instance (its fields in ``f``); BadMessage (a 502)
     says why not."""
-    ver = _VERSIONS.get(version)
+    ver = b"1.1" if version == "1.1" else b"1.0" if version == "1.0" else None
     if ver is None:
         raise BadMessage(f"instance answered HTTP version {version!r}", 502)
-    if not 100 <= status <= 599 or (reason not in _REASON_OK and not _REASON.fullmatch(reason)):
+    reasons = _REASON_OK
+    if not 100 <= status <= 599 or (reason not in reasons and not _REASON.fullmatch(reason)):
         raise BadMessage(f"instance answered a bad status line ({status})", 502)
     keep = f.end_head()
     if not f.rare:
@@ -539,14 +572,20 @@ def forwarding(req: Request | None, client_ip: bytes, scheme: bytes, trusted: bo
 def request_head(req: Request, forwarded: bytes) -> bytes:
     """The head sent upstream, written from the validated fields."""
     if req.upgrade is None and not req.chunked and req.host is not None:  # nearly every one
-        length = b"" if req.length is None else b"Content-Length: %d\r\n" % req.length
-        return b"%s %s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n" % (
-            req.method,
-            req.target,
-            req.host,
-            req.fields,
-            length,
-            forwarded,
+        length = b"" if req.length is None else length_line(req.length)
+        return b"".join(
+            (
+                req.method,
+                b" ",
+                req.target,
+                b" HTTP/1.1\r\nHost: ",
+                req.host,
+                b"\r\n",
+                req.fields,
+                length,
+                forwarded,
+                b"\r\n",
+            )
         )
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     if req.host is not None:
@@ -557,19 +596,44 @@ def request_head(req: Request, forwarded: bytes) -> bytes:
     if req.chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif req.length is not None:
-        parts.append(b"Content-Length: %d\r\n" % req.length)
+        parts.append(length_line(req.length))
     parts += [forwarded, b"\r\n"]
     return b"".join(parts)
 
 
+# Heads are joined from their parts: formatting with ``%`` parses its template each
+# time, and formatting an integer costs more than the rest of a head.
+_STATUS_CODES = [b"%d " % status for status in range(600)]  # as a status line writes them
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
+_LENGTH_LINES: dict[int, bytes] = {}  # lengths repeat: the same page, the same asset
+_LENGTHS_MAX = 1024
+
+
+def length_line(length: int) -> bytes:
+    """The ``Content-Length`` field line for ``length``."""
+    lines = _LENGTH_LINES
+    line = lines.get(length)
+    if line is None:
+        line = b"Content-Length: %d\r\n" % length
+        if len(lines) >= _LENGTHS_MAX:
+            lines.clear()
+        lines[length] = line
+    return line
+
+
 def response_head(resp: Response, framing: bytes, keep_alive: bool) -> bytes:
     """The head sent to the client; ``framing`` is its Content-Length or TE line, or empty."""
-    return b"HTTP/1.1 %d %s\r\n%s%sConnection: %s\r\n\r\n" % (
-        resp.status,
-        resp.reason,
-        resp.fields,
-        framing,
-        b"keep-alive" if keep_alive else b"close",
+    return b"".join(
+        (
+            b"HTTP/1.1 ",
+            _STATUS_CODES[resp.status],
+            resp.reason,
+            b"\r\n",
+            resp.fields,
+            framing,
+            _KEEP_ALIVE if keep_alive else _CLOSE,
+        )
     )
 
 

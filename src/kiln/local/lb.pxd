@@ -4,7 +4,7 @@ from kiln.local.backend cimport Backend
 from kiln.local.metrics cimport Counters
 from kiln.local.proxy cimport Client
 from kiln.local.upstream cimport Upstream
-from kiln.local.http1 cimport Request
+from kiln.local.http1 cimport Request, request_head
 
 
 cdef class Balancer:

@@ -63,6 +63,7 @@ SWEEP = 0.5  # seconds between two looks at the deadlines
 SUSPECT_SECONDS = 1.0  # avoid an instance that refused a connection for this long
 _NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, BadMessage)
 REPORTS_PER_MINUTE = 10  # the balancer's own 5xx answers logged, per fleet; then counted
+_monotonic = time.monotonic  # bound once: read for every request
 
 log = logging.getLogger("kiln.lb")
 
@@ -361,7 +362,7 @@ class Balancer:
         if upstream is None:
             self._rr -= 1  # the task picks again, and must pick the same
             return False
-        started = time.monotonic()
+        started = _monotonic()
         if pieces:
             body = b"".join([events.popleft()[1] for _ in range(pieces)])
             if head.chunked:  # read whole: forwarded with its length

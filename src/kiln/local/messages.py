@@ -28,6 +28,8 @@ class Truncated(ConnectionError):
     """The peer closed the connection in the middle of a message."""
 
 
+_monotonic = time.monotonic  # bound once: read for every request
+
 _CALLBACKS = (
     "on_message_begin",
     "on_url",
@@ -47,6 +49,35 @@ def callbacks(owner: object, fields: Fields) -> SimpleNamespace:
     return SimpleNamespace(**found, on_header=fields.add)
 
 
+def version(parser: Any, fields: Fields, began: bytes | None, at: int) -> str:
+    """The HTTP version of the head llhttp has just read, as ``get_http_version`` says it.
+
+    That call formats a new string each time: two of them were a tenth of the
+    balancer's Python per kept-alive request. So the version is read where
+    llhttp accepted it, when ``began`` (the read the message began at the
+    start of) holds it: a status line opens with it (``at`` 0), a request
+    line ends with it, after its method, target and two spaces (``at``): the
+    CRLF matched there can only be the line's end, as no CR is allowed
+    within it. Else from llhttp, which accepts versions 0.9, 1.0, 1.1 and 2.0
+    only and keeps only 1.1 alive without a Connection field
+    (``fields.connection`` counts Proxy-Connection too): one C call.
+    """
+    if began is not None:
+        if at:
+            if began.startswith(b"HTTP/1.1\r\n", at):
+                return "1.1"
+            if began.startswith(b"HTTP/1.0\r\n", at):
+                return "1.0"
+        elif began.startswith(b"HTTP/1.1 "):
+            return "1.1"
+        elif began.startswith(b"HTTP/1.0 "):
+            return "1.0"
+    if fields.connection is None and parser.should_keep_alive():
+        return "1.1"
+    said: str = parser.get_http_version()
+    return said
+
+
 class MessageReader:
     """One connection's incoming requests, as events.
 
@@ -58,10 +89,12 @@ class MessageReader:
     """
 
     __slots__ = (
+        "_began",
         "_chunk_at",
         "_fields",
         "_head_bytes",
         "_in_chunk",
+        "_lead",
         "_owed",
         "_parser",
         "_trailer_bytes",
@@ -81,6 +114,8 @@ class MessageReader:
         self._fields = Fields(431)  # the head's, then (after it) the trailers'
         self._parser: Any = httptools.HttpRequestParser(callbacks(self, self._fields))
         self._url = b""
+        self._lead: bytes | None = None  # this read, while no message has begun in it
+        self._began: bytes | None = None  # the read the current message began at the start of
         self.body = False
         self._head_bytes = 0
         self._in_chunk = False  # between a chunk's size line and its end (last chunk: trailers)
@@ -97,6 +132,8 @@ class MessageReader:
     # httptools callbacks --------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._began = self._lead  # the first message of a read begun between messages
+        self._lead = None
         self.mid = True
         self.head_start = self.last_read
         self._url = b""
@@ -116,9 +153,12 @@ class MessageReader:
         self.head_start = 0.0
         if len(self._url) + self._fields.size > MAX_HEAD:
             raise self._too_large(self._fields.size)
-        request = make_request(
-            parser.get_method(), self._url, parser.get_http_version(), self._fields
-        )
+        began = self._began
+        self._began = None
+        method = parser.get_method()
+        url = self._url
+        said = version(parser, self._fields, began, len(method) + len(url) + 2)
+        request = make_request(method, url, said, self._fields)
         self.events.append((HEAD, request))
 
     def on_body(self, body: bytes) -> None:
@@ -142,13 +182,14 @@ class MessageReader:
 
     def feed(self, data: bytes) -> bytes | None:
         """Parse ``data``; the bytes after the head when the request switched protocols."""
-        self.last_read = time.monotonic()
+        self.last_read = _monotonic()
         if self.spent:
             return None
         if not self.body:
             self._head_bytes += len(data)
         elif self._owed:  # the body of an Upgrade offer ignored (``_offered``)
             data = self._skipped_body(data)
+        self._lead = None if self.mid else data  # a message begins at its start (or CRLF)
         trailing = self._trailing
         self._chunk_at = len(self.events)  # "no event since": since this read or a size line
         try:

@@ -32,6 +32,7 @@ from kiln.local.stream import Stream
 
 HIGH_WATER = 64 * 1024
 LINGER = 1.0  # how long a refused client may go on sending before the connection is reset
+_monotonic = time.monotonic  # bound once: read for every request
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +194,7 @@ class Client(Stream):
             self.set(SENDING)
             return
         self.phase = IDLE
-        self.since = time.monotonic()
+        self.since = _monotonic()
         messages = self.messages
         if messages.events or messages.error is not None:
             self.listener.pump(self)  # the next request is here already
@@ -202,7 +203,7 @@ class Client(Stream):
 
     def set(self, phase: int) -> None:
         self.phase = phase
-        self.since = time.monotonic()
+        self.since = _monotonic()
 
     def overdue(self, now: float, limits: Limits) -> None:
         """Act on a missed deadline: whoever waits for the client is told."""

@@ -1,4 +1,5 @@
 # Cython's augmenting declarations for stream.py (see http1.pxd).
+cimport cython
 
 cdef class Stream:
     cdef public object transport
@@ -18,3 +19,7 @@ cdef class Stream:
     cpdef send_soon(self, bytes data)
     cpdef flush(self)
     cpdef close(self)
+
+
+@cython.locals(streams=list, stream=Stream)
+cpdef _send_held()

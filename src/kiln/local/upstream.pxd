@@ -3,7 +3,8 @@ cimport cython
 from kiln.local.backend cimport Backend
 from kiln.local.stream cimport Stream
 from kiln.local.proxy cimport Client
-from kiln.local.http1 cimport Fields, Request, Response
+from kiln.local.http1 cimport Fields, Request, Response, length_line, make_response, response_head
+from kiln.local.messages cimport version
 
 
 cdef class Upstream(Stream):
@@ -14,6 +15,8 @@ cdef class Upstream(Stream):
     cdef public bint _in_chunk
     cdef public bint _in_trailers
     cdef public bytes _last
+    cdef public bytes _lead
+    cdef public bytes _began
     cdef public bytes _reason
     cdef public Py_ssize_t _trailer_bytes
     cdef public bint _trailing

@@ -26,10 +26,11 @@ from kiln.local.http1 import (
     Response,
     chunk,
     interim_head,
+    length_line,
     make_response,
     response_head,
 )
-from kiln.local.messages import Truncated, callbacks
+from kiln.local.messages import Truncated, callbacks, version
 from kiln.local.proxy import SENDING, Client, ResponseTimeout
 from kiln.local.stream import Stream
 
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 POOL_SIZE = 128  # idle connections kept per instance
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+_monotonic = time.monotonic  # bound once: read for every request
 
 
 class ClientGone(ConnectionError):
@@ -57,6 +60,7 @@ class Upstream(Stream):
     """One connection to an instance, and the exchange it is carrying, if any."""
 
     __slots__ = (
+        "_began",
         "_chunk_at",
         "_fields",
         "_head_bytes",
@@ -64,6 +68,7 @@ class Upstream(Stream):
         "_in_chunk",
         "_in_trailers",
         "_last",
+        "_lead",
         "_reason",
         "_trailer_bytes",
         "_trailing",
@@ -105,6 +110,8 @@ class Upstream(Stream):
         self._trailer_bytes = 0
         self._heads = 0  # heads completed by the current read
         self._last = b""  # the previous read: a head's end may straddle two
+        self._lead: bytes | None = None  # this read, while no response has begun in it
+        self._began: bytes | None = None  # the read the current response began at the start of
         self.mid = False  # inside a response
         self.spent = False  # the parser cannot go on (after a HEAD answer, a switch, an error)
         self.stray = False  # bytes came that nobody asked for
@@ -226,7 +233,7 @@ class Upstream(Stream):
             resp = self.resp
             assert resp is not None
             backend = self.backend
-            elapsed = time.monotonic() - self.started
+            elapsed = _monotonic() - self.started
             backend.counters.record_with(balancer.totals, resp.status, elapsed)
             idle = backend.idle
             if self.reusable and backend.routable and len(idle) < POOL_SIZE and self.usable():
@@ -260,6 +267,7 @@ class Upstream(Stream):
         error: BaseException | None = None
         trailing = self._trailing
         self._chunk_at = 0  # "nothing queued since" this read (``out`` is empty) or a size line
+        self._lead = None if self.mid else data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -333,6 +341,8 @@ class Upstream(Stream):
     def on_message_begin(self) -> None:
         if self.final:  # a second response to one request
             raise BadMessage("instance answered more than it was asked", 502)
+        self._began = self._lead  # the first response of a read begun between responses
+        self._lead = None
         self.mid = True
         self.eof_body = False
         self._reason = b""
@@ -348,8 +358,13 @@ class Upstream(Stream):
         self._in_trailers = True
         self._head_bytes = 0
         self._heads += 1
+        began = self._began
+        self._began = None
         resp = make_response(
-            parser.get_status_code(), self._reason, parser.get_http_version(), self._fields
+            parser.get_status_code(),
+            self._reason,
+            version(parser, self._fields, began, 0),
+            self._fields,
         )
         status = resp.status
         head = self.head
@@ -373,7 +388,7 @@ class Upstream(Stream):
             self.reusable = not resp.close
             self.chunked = self.eof_body = False
             self.answered = True
-            self.out.append(response_head(resp, b"Content-Length: %d\r\n" % length, keep))
+            self.out.append(response_head(resp, length_line(length), keep))
             return
         is_head = head.method == b"HEAD"
         no_body = is_head or status in (204, 304)
@@ -382,7 +397,7 @@ class Upstream(Stream):
         if status == 204:
             framing = b""
         elif resp.length is not None:
-            framing = b"Content-Length: %d\r\n" % resp.length
+            framing = length_line(resp.length)
         elif head.version != b"1.0" and (resp.chunked or not no_body):
             framing = _CHUNKED
             chunked = not no_body  # re-framed: the instance's chunk sizes are never forwarded
