@@ -35,3 +35,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def refuse_stale_build() -> None:
+    """Exit when kiln's in-place compiled build is older than its source: kiln would
+    then run the balancer as Python source (kiln.local.compiled), and a run meant to
+    measure the compiled form would measure the other one."""
+    from kiln.local.compiled import pure_requested, stale_builds
+
+    stale = stale_builds()
+    if stale and not pure_requested():
+        sys.exit(
+            "the compiled build is older than its source ("
+            + ", ".join(stale)
+            + "): run `make build` first, or set KILN_PURE=1 to measure the source form"
+        )

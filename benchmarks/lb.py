@@ -48,7 +48,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchutil import free_port
+from benchutil import free_port, refuse_stale_build
 
 from kiln.config import load_config
 from kiln.home import Home
@@ -401,6 +401,7 @@ def main() -> int:
         help="also run a balancer on the Python source (KILN_PURE=1), in the same rounds",
     )
     args = parser.parse_args()
+    refuse_stale_build()
     for tool in ("wrk", "haproxy"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run scripts/test-deps.sh (or apt-get install {tool})")

@@ -35,7 +35,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchutil import machine, save_and_print
+from benchutil import machine, refuse_stale_build, save_and_print
 from lb import backend_image, cpu_times, free_port, median, wait_port, wrk_figures
 
 from kiln.config import load_config
@@ -203,6 +203,7 @@ def main() -> int:
     parser.add_argument("--handshake-connections", type=int, default=16)
     parser.add_argument("--kill-seconds", type=float, default=9.0)
     args = parser.parse_args()
+    refuse_stale_build()
 
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-bench-")))
