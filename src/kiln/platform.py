@@ -13,7 +13,7 @@ place (:meth:`PlatformBase.require`) with one message.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -174,8 +174,16 @@ class Platform(Protocol):
         """``allow_unverified``: deploy images no boot test has passed (AMIs only)."""
         ...
 
-    def run(self, image: str | None, argv: list[str], *, narrate: Narrate | None = None) -> int:
-        """``argv`` once in a fresh directory of ``image`` (default: the current one).
+    def run(
+        self,
+        image: str | None,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        narrate: Narrate | None = None,
+    ) -> int:
+        """``argv`` once in a fresh directory of ``image`` (default: the current one),
+        with ``env`` over the instance's environment.
 
         ``narrate`` hears about a slow start (an instance launched for it)."""
         ...

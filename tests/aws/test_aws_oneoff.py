@@ -26,7 +26,7 @@ from awskit import REGION, TargetFactory, leftovers
 from kiln.aws.ami import bake_ami
 from kiln.aws.builder import Builder
 from kiln.aws.install import ONEOFF_MARK
-from kiln.aws.oneoff import release_user_data, result_parameter, run_oneoff
+from kiln.aws.oneoff import release_user_data, result_parameter, run_oneoff, with_env
 from kiln.aws.policy import ALL_PURPOSES, actions, instance_policy_document
 from kiln.aws.session import Aws, aws_errors, connect, tag_map
 from kiln.aws.ssh import SshTarget
@@ -232,19 +232,20 @@ def test_kiln_run_on_a_fresh_instance_sees_secrets_and_returns_the_status(
     (tmp_path / "in").write_bytes(b"typed\n")
     settings = AwsSettings(ssh_cidr="127.0.0.1/32", ssh_timeout=20, instance_type="t3.micro")
     notes: list[str] = []
-    shell = 'echo "$DB_PASSWORD $GREETING"; read x; echo "got $x"; echo oops >&2; exit 7'
+    shell = 'echo "$DB_PASSWORD $GREETING $GIVEN"; read x; echo "got $x"; echo oops >&2; exit 7'
+    given = {"GIVEN": "it's given", "DB_PASSWORD": "over"}  # kiln run --var: over the secrets
     with (
         (tmp_path / "in").open("rb") as stdin,
         (tmp_path / "out").open("wb") as stdout,
         (tmp_path / "err").open("wb") as stderr,
     ):
         code = run_oneoff(
-            kiln, settings, "acme", "acme", installed["ami"], ["sh", "-c", shell],
+            kiln, settings, "acme", "acme", installed["ami"], with_env(["sh", "-c", shell], given),
             note=notes.append, ssh_target=loopback_target, streams=(stdin, stdout, stderr),
         )  # fmt: skip
 
     assert code == 7
-    assert (tmp_path / "out").read_bytes() == b's3cret say "hi"\ngot typed\n'
+    assert (tmp_path / "out").read_bytes() == b'over say "hi" it\'s given\ngot typed\n'
     assert (tmp_path / "err").read_bytes() == b"oops\n"
     (command,) = [c for c in ssh_server.commands if " exec acme -- " in c]
     assert command.startswith("/usr/bin/python3 ") and "lib/kiln/oneoff --root" in command

@@ -115,7 +115,9 @@ SHOW = (
 )
 
 
-def _kiln_run(app: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def _kiln_run(
+    app: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kiln.cli", "run", *args],
         cwd=app,
@@ -123,6 +125,7 @@ def _kiln_run(app: Path, *args: str, stdin: str = "") -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
 
 
@@ -152,3 +155,25 @@ def test_kiln_run_before_any_deploy_says_what_to_do(app: Path) -> None:
     done = _kiln_run(app, "--", "true")
     assert done.returncode != 0 and "has not been deployed yet" in done.stderr
     assert "kiln run --image ID" in done.stderr
+
+
+def test_kiln_run_var_passes_values_on_over_the_instances(app: Path) -> None:
+    """`DJANGO_SUPERUSER_PASSWORD=… kiln run -- … createsuperuser --noinput` made a user
+    without a usable password: kiln run does not pass its shell's environment on, and
+    said so, but only `env NAME=VALUE` in the command could pass a value."""
+    baked = json.loads(Kiln(app)("bake", "--json").stdout)["image"]
+    shell = {**os.environ, "FROM_SHELL": "typed in the shell", "NOT_PASSED": "x"}
+    show = 'echo "$FROM_SHELL|$GIVEN|$API_TOKEN|${NOT_PASSED:-unset}"'
+    done = _kiln_run(
+        app, "--image", baked, "--var", "FROM_SHELL", "--var", "GIVEN=a=b",
+        "--var", "API_TOKEN=over the secret", "--", "sh", "-c", show, env=shell,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "typed in the shell|a=b|over the secret|unset"
+
+    unset = _kiln_run(app, "--image", baked, "--var", "NOT_IN_SHELL", "--", "true")
+    assert unset.returncode == 2 and "NOT_IN_SHELL is not set in this shell" in unset.stderr
+    assert "--var NOT_IN_SHELL=VALUE" in unset.stderr
+    bad = _kiln_run(app, "--image", baked, "--var", "2X=1", "--", "true")
+    assert bad.returncode == 2 and "'2X' is not a variable name" in bad.stderr
+    assert "Traceback" not in unset.stderr + bad.stderr

@@ -26,7 +26,7 @@ import posixpath
 import secrets
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 
 from kiln.aws import builder as b
@@ -224,6 +224,14 @@ def _no_result(aws: Aws, instance_id: str, command: str, why: str, started: floa
 
 
 RUN_TTL = 12 * 3600.0  # a 'kiln run' instance left by a killed kiln is reaped after this
+
+
+def with_env(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """``argv`` run by env(1) with ``env`` set: over the instance's environment, which the
+    runtime makes on the instance, where kiln cannot add to it."""
+    if not env:
+        return list(argv)
+    return ["env", *(f"{name}={value}" for name, value in env.items()), *argv]
 
 
 def oneoff_command(app: str, argv: Sequence[str], target: SshTarget) -> str:

@@ -7,6 +7,7 @@ so any CI runner sees the same; see :mod:`kiln.aws.deployments`.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kiln.aws.deployments import AwsDeployments, open_deployments
@@ -247,9 +248,16 @@ class AwsPlatform(PlatformBase):
     def history(self, limit: int, *, all_fleets: bool) -> list[dict[str, Any]]:
         return self.deployer().history(limit)
 
-    def run(self, image: str | None, argv: list[str], *, narrate: Narrate | None = None) -> int:
+    def run(
+        self,
+        image: str | None,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        narrate: Narrate | None = None,
+    ) -> int:
         """On a fresh instance of the image's AMI, over SSH, attached to this terminal."""
-        from kiln.aws.oneoff import run_oneoff
+        from kiln.aws.oneoff import run_oneoff, with_env
 
         deployments = self.deployer()
         app = self.loaded.config.app.name
@@ -263,7 +271,7 @@ class AwsPlatform(PlatformBase):
         provider = deployments.provider
         ami = provider.ami_of(image)
         return run_oneoff(
-            provider.aws, provider.settings, app, deployments.fleet, ami, argv,
+            provider.aws, provider.settings, app, deployments.fleet, ami, with_env(argv, env or {}),
             note=narrate or (lambda _msg: None),
         )  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -155,7 +156,14 @@ class LocalPlatform(PlatformBase):
             footer=(footer,),
         )
 
-    def run(self, image: str | None, argv: list[str], *, narrate: Narrate | None = None) -> int:
+    def run(
+        self,
+        image: str | None,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        narrate: Narrate | None = None,
+    ) -> int:
         """On this terminal, as this user, with the image's env and the app's secrets."""
         from kiln.deploy import StateDb
         from kiln.local.oneoff import run_attached, scratch_instance
@@ -177,8 +185,8 @@ class LocalPlatform(PlatformBase):
                 hint="run it from that app's directory",
             )
         secrets = resolve(config.secrets, os.environ)
-        with scratch_instance(self.home, record.id, secrets, "run") as (where, _manifest, env):
-            return run_attached(argv, where, env)
+        with scratch_instance(self.home, record.id, secrets, "run") as (where, _manifest, ours):
+            return run_attached(argv, where, ours | dict(env or {}))
 
     def page(self) -> FleetPage:
         """This fleet as status and the page read it, with what kiln.toml says."""
