@@ -19,9 +19,19 @@ CAUSE = re.compile(
 )
 
 
+# what a serial console puts before a line (the kernel's clock, journald's "name[pid]: ")
+_CONSOLE = re.compile(r"\[\s*\d+\.\d+\]\s+(?:[^\s\[\]:]+\[\d+\]:\s)?|[^\s\[\]:]+\[\d+\]:\s")
+
+
+def _said(line: str) -> str:
+    """``line`` without a console's prefix."""
+    prefix = _CONSOLE.match(line)
+    return line[prefix.end() :] if prefix else line
+
+
 def first_cause(lines: Iterable[str]) -> str | None:
     """The first line that says what went wrong, if one does."""
-    return next((line for line in lines if CAUSE.match(line)), None)
+    return next((line for line in lines if CAUSE.match(_said(line))), None)
 
 
 def with_cause(cause: str | None, tail: list[str]) -> list[str]:

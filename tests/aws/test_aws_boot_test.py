@@ -7,6 +7,7 @@ tests run it for real against a responder on each instance's address).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
@@ -16,7 +17,12 @@ import pytest
 from awskit import TargetFactory, leftovers
 
 from kiln.aws.ami import bake_ami
-from kiln.aws.boottest import VERIFIED_TAG, BootTestFailed, direct_checker
+from kiln.aws.boottest import (
+    VERIFIED_TAG,
+    BootTestFailed,
+    boot_test_user_data,
+    direct_checker,
+)
 from kiln.aws.session import Aws, tag_map
 from kiln.config import HealthSettings, LoadedConfig
 from kiln.home import Home
@@ -66,6 +72,11 @@ def test_boot_test_launches_like_the_fleet_and_tags_the_ami_verified(
     assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group["GroupId"]]
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
     assert "KeyName" not in instance  # nobody logs in: what works, works at boot
+    # its only difference: the app's output goes to the console too (this boot only)
+    data = aws.ec2.describe_instance_attribute(
+        InstanceId=instance["InstanceId"], Attribute="userData"
+    )["UserData"]["Value"]
+    assert base64.b64decode(data).decode() == boot_test_user_data("acme")
     tags = tag_map(instance["Tags"])
     assert tags["kiln:build-id"] == result.build_id and tags["kiln:app"] == "acme"
     assert instance["State"]["Name"] == "terminated"

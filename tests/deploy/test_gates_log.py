@@ -72,3 +72,28 @@ def test_gunicorns_halt_does_not_hide_the_workers_error() -> None:
     shown = condensed("\n".join(GUNICORN), 20).splitlines()
     assert shown[0] == "ModuleNotFoundError: No module named 'nonexistent_module_xyz'"
     assert shown[-1].startswith("gunicorn.errors.HaltServer")
+
+
+# A boot test's console: the app's output, copied there by the boot-test drop-in,
+# carries the kernel's clock and journald's "name[pid]: " before each line.
+CONSOLE = "\n".join(
+    [
+        "[   38.201734] cloud-init[603]: Cloud-init v. 22.4.2 finished at Mon, 30 Nov 2026",
+        "[   41.905112] run[731]: Traceback (most recent call last):",
+        '[   41.905290] run[731]:   File "/opt/kiln/acme/app.py", line 1, in <module>',
+        "[   41.905301] run[731]:     import flask",
+        "[   41.905333] run[731]: ModuleNotFoundError: No module named 'flask'",
+        *[
+            f"[   {46 + n}.000000] systemd[1]: kiln-acme.service: Scheduled restart."
+            for n in range(40)
+        ],
+    ]
+)
+
+
+def test_a_consoles_prefixed_lines_still_give_their_cause() -> None:
+    """The AWS boot test's console tail was 40 lines of restarts: the cause is found
+    behind the console's prefixes, as it is in a plain log."""
+    shown = condensed(CONSOLE, 10).splitlines()
+    assert shown[0] == "[   41.905333] run[731]: ModuleNotFoundError: No module named 'flask'"
+    assert shown[1] == "…" and len(shown) == 12

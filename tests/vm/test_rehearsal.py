@@ -34,6 +34,7 @@ import yaml
 from vmlab import GUEST_HOST, Seed, Vm, wait_for
 
 from kiln.aws.ami import build_ami
+from kiln.aws.boottest import boot_test_user_data
 from kiln.aws.builder import Builder
 from kiln.aws.oneoff import release_user_data, result_parameter
 from kiln.aws.session import Aws, connect
@@ -97,6 +98,12 @@ def _lab_user_data(app: str) -> str:
     )
     script = f"mkdir -p {dropin} && printf '{conf}' > {dropin}/lab.conf && systemctl daemon-reload"
     return "#cloud-config\nbootcmd:\n  - " + json.dumps(["sh", "-c", script]) + "\n"
+
+
+def _with_boot_test(lab: str, app: str) -> str:
+    """The lab's user data and what kiln gives a boot test's instance, in one document."""
+    docs = [yaml.safe_load(lab), yaml.safe_load(boot_test_user_data(app))]
+    return "#cloud-config\n" + yaml.safe_dump({"bootcmd": [c for d in docs for c in d["bootcmd"]]})
 
 
 def _lab_runner_user_data(app: str, parameter: str) -> str:
@@ -304,7 +311,13 @@ port = {PORT}
             work,
             Seed(
                 instance_id=f"i-{name}",
-                user_data=_lab_user_data("acme"),
+                # clone-b boots as a boot test's instance would: the app's output on
+                # the serial console too
+                user_data=(
+                    _with_boot_test(_lab_user_data("acme"), "acme")
+                    if name == "clone-b"
+                    else _lab_user_data("acme")
+                ),
                 public_keys=(lab_pub,),
                 hostname=name,
             ),
@@ -364,6 +377,17 @@ port = {PORT}
                 "GREETING": 'say "hi"',
                 "KILN_IMAGE": record.id,
             }, env
+
+        # A boot test's instance shows the app's own output on its console (EC2 shows the
+        # console, never the journal): here the app's request log, "GET /health" 200. A
+        # fleet instance's console stays the system's.
+        wait_for(
+            "the app's output on clone-b's console",
+            lambda: '"GET /health HTTP/1.1" 200' in clones[1].console(),
+            timeout=60,
+            vm=clones[1],
+        )
+        assert '"GET /health HTTP/1.1"' not in clones[0].console()
 
         # Now log in (the lab's own key, from each clone's metadata) and look.
         for clone in clones:

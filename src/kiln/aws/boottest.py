@@ -6,9 +6,12 @@ IMDSv2, subnet) and no SSH key: what must work is what works at boot. kiln
 probes it like a load balancer would (``[health]`` path, interval, timeout,
 thresholds, grace). Passed: the AMI is tagged ``kiln:verified``, which
 ``kiln deploy --provider aws`` asks for. Failed: the bake fails with the
-instance's console output. Either way the instance is terminated; it carries
-the bake's ``kiln:build-id`` and ``kiln:expires`` tags, so ``kiln aws reap``
-removes it if kiln is killed first.
+instance's console output, which on this instance alone also carries the
+app's own output (``boot_test_user_data``): a fleet's app logs to the
+journal, which EC2 cannot show, and its error was nowhere in the console.
+Either way the instance is terminated; it carries the bake's
+``kiln:build-id`` and ``kiln:expires`` tags, so ``kiln aws reap`` removes it
+if kiln is killed first.
 
 The probe needs a route to the instance (a runner inside the VPC, or a
 public address the security groups admit). ``checker`` replaces it: tests
@@ -20,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,6 +34,7 @@ from kiln.aws import builder as b
 from kiln.aws import targets as t
 from kiln.aws.policy import VERIFIED_TAG
 from kiln.aws.session import Aws, aws_errors
+from kiln.causes import condensed
 from kiln.config import AwsSettings, HealthSettings
 from kiln.errors import AwsError
 
@@ -162,12 +167,29 @@ def boot_test(
             sleep(health.interval)
 
 
+def boot_test_user_data(app: str) -> str:
+    """cloud-config for the test instance: the app's unit copies its output to the serial
+    console, which EC2 shows (``get_console_output``) and the bake prints when the test
+    fails. A drop-in under /run, for this boot only; ``bootcmd`` runs before the unit
+    starts (it waits for ``network-online.target``), and the reload makes systemd read it.
+    """
+    dropin = f"/run/systemd/system/kiln-{app}.service.d"
+    conf = "[Service]\\nStandardOutput=journal+console\\nStandardError=journal+console\\n"
+    script = (
+        f"mkdir -p {dropin} && printf '{conf}' > {dropin}/kiln-boot-test.conf"
+        " && systemctl daemon-reload"
+    )
+    return "#cloud-config\nbootcmd:\n  - " + json.dumps(["sh", "-c", script]) + "\n"
+
+
 @contextmanager
 def _test_instance(
     aws: Aws, ami: str, settings: AwsSettings, build: b.BuildTags, note: Note
 ) -> Iterator[str]:
     name = f"kiln-boot-test-{build.app}-{build.build_id}"
-    with b.fleet_like_instance(aws, ami, settings, build, name=name, note=note) as instance_id:
+    with b.fleet_like_instance(
+        aws, ami, settings, build, name=name, note=note, user_data=boot_test_user_data(build.app)
+    ) as instance_id:
         yield instance_id
 
 
@@ -188,7 +210,8 @@ def _fail(
 ) -> None:
     console = console_output(aws, instance_id)
     hint = (
-        "the instance's console output is above; fix the app or its unit and bake again"
+        "the instance's console output is above (the app's own output among it); "
+        "fix the app or its unit and bake again"
         if reached
         else "kiln probes the instance's private address: run the bake inside the VPC, "
         "or set [provider.aws] boot_test = false and test the AMI another way"
@@ -210,4 +233,4 @@ def console_output(aws: Aws, instance_id: str, lines: int = CONSOLE_LINES) -> st
         text = base64.b64decode(raw, validate=True).decode("utf-8", "replace")
     except (binascii.Error, ValueError):
         text = raw
-    return "\n".join(text.splitlines()[-lines:]) or "(the console is empty)"
+    return condensed(text, lines) or "(the console is empty)"
