@@ -211,7 +211,6 @@ _HOP_KIND = {
 }
 _KINDS: dict[bytes, int] = {}
 _KINDS_MAX = 4096  # spellings remembered; longer names and later ones are classified each time
-_kind_of = _KINDS.get  # bound once: looked up for every field of every message
 
 
 _FIELDS_LIMIT = MAX_FIELDS  # compiled, these are C integers (http1.pxd)
