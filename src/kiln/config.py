@@ -47,7 +47,7 @@ Duration = Annotated[
     ),
 ]
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV = {"HOST", "PORT", "KILN_INSTANCE_ID", "KILN_IMAGE"}
 
 
@@ -1148,7 +1148,7 @@ class Config(Section):
     @classmethod
     def _names_are_env_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not _ENV_NAME.match(name):
+            if not ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
             if name in _RESERVED_ENV:
                 raise ValueError(f"{name} is set by kiln for every instance; choose another name")

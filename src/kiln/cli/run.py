@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 
 import click
@@ -52,15 +51,14 @@ def run_command(
     raise click.exceptions.Exit(code)
 
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def passed_env(pairs: tuple[str, ...], shell: Mapping[str, str]) -> dict[str, str]:
     """``--var`` values: NAME=VALUE, or NAME for its value in ``shell`` (docker run -e's rule)."""
+    from kiln.config import ENV_NAME  # what kiln.toml's [env] takes (pydantic: loaded late)
+
     extra: dict[str, str] = {}
     for pair in pairs:
         name, given, value = pair.partition("=")
-        if not _NAME.fullmatch(name):
+        if not ENV_NAME.match(name):
             raise click.BadParameter(
                 f"{name!r} is not a variable name (letters, digits, _)", param_hint="--var"
             )
