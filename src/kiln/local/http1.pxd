@@ -39,6 +39,9 @@ cdef class Response:
 
 cdef int KEEP, HOST, LENGTH, CODING, CONNECTION, UPGRADE, EXPECT, XFF, XFP, CLAIM, IMPOSTOR, PROXY_CONN
 cdef Py_ssize_t _FIELDS_LIMIT, _HEAD_LIMIT
+cdef list _SPELLINGS
+cdef bint COMPILED
+cdef bytearray _SPELLING_KINDS
 
 @cython.locals(end=Py_ssize_t)
 cdef bytes _trimmed(bytes value)
@@ -63,7 +66,8 @@ cdef class Fields:
     cdef public object trailers
     cdef public object upgrade
 
-    @cython.locals(kind=int, kinds=dict, common=dict, end=Py_ssize_t)
+    cpdef reset(self)
+    @cython.locals(kind=int, slot=Py_ssize_t, common=dict, end=Py_ssize_t)
     cpdef add(self, bytes name, bytes value)
     cpdef bytes end_head(self)
 
@@ -74,6 +78,11 @@ cpdef Request make_request(bytes method, bytes target, str version, Fields f)
 
 cpdef bytes request_head(Request req, bytes forwarded)
 
+@cython.locals(req=Request)
+cdef Request _plain_request(bytes method, bytes target, bytes version, object host, bytes fields, object length, bint close)
+@cython.locals(resp=Response)
+cdef Response _plain_response(int status, bytes reason, bytes version, bytes fields, object length, bint close)
+
 @cython.locals(lines=dict, line=bytes)
 cpdef bytes length_line(object length)
 
@@ -83,3 +92,6 @@ cpdef bytes response_head(Response resp, bytes framing, bint keep_alive)
 cpdef Response make_response(int status, bytes reason, str version, Fields f)
 
 cpdef bint _closes(bytes version, object connection)
+
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, c=int)
+cdef bint _origin(bytes target)

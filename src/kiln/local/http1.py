@@ -17,6 +17,13 @@ from __future__ import annotations
 
 import re
 
+try:
+    import cython
+
+    COMPILED: bool = cython.compiled  # True in the module compiled from this source
+except ImportError:  # Cython is only needed to compile
+    COMPILED = False
+
 CHUNK = 64 * 1024
 MAX_HEAD = 64 * 1024  # bytes of one head; more is 431
 MAX_FIELDS = 100  # header fields in one head; more is 431
@@ -60,7 +67,6 @@ _PROTOCOL = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:/[!#$%&'*+\-.^_`|~0-9A-Za-z]+)?"
 _UPGRADE = re.compile(_PROTOCOL + rb"(?:[ \t]*,[ \t]*" + _PROTOCOL + rb")*")  # RFC 9110 7.8
 _REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _ORIGIN = re.compile(rb"/[\x21-\x7e]*")  # origin-form: path and query, visible ASCII only
-_origin = _ORIGIN.fullmatch  # bound once: called for every request
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#@\s]+)([/?][\x21-\x7e]*)?")
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
 _REASON_OK = frozenset({b"OK", b"Not Found", b"No Content", b"Found", b"Not Modified", b""})
@@ -209,8 +215,16 @@ _HOP_KIND = {
     b"x-forwarded-proto": XFP,
     **dict.fromkeys(_CLAIMS, CLAIM),
 }
-_KINDS: dict[bytes, int] = {}
-_KINDS_MAX = 4096  # spellings remembered; longer names and later ones are classified each time
+# Each spelling classified is remembered in the slot its length and first and last
+# bytes pick, so the next field of that spelling is classified by one comparison:
+# compiled, a dict lookup would cost more to hash the name (a new object each time,
+# for every field) than all the rest of its classification. Two
+# spellings that share a slot take turns in it (both are still right, the one
+# classified later is just not remembered), and the table never grows.
+_SLOTS = 1024  # a power of two: Fields.add masks with 1023
+_SPELLINGS: list[bytes] = [b""] * _SLOTS  # llhttp refuses an empty name: b"" never matches
+_SPELLING_KINDS = bytearray(_SLOTS)
+_GOOD_HOSTS_MAX = 4096
 
 
 _FIELDS_LIMIT = MAX_FIELDS  # compiled, these are C integers (http1.pxd)
@@ -225,7 +239,8 @@ def _trimmed(value: bytes) -> bytes:
     return value
 
 
-def _kind(name: bytes) -> int:
+def _kind(name: bytes, slot: int) -> int:
+    """What a field of this spelling is, remembered in its ``slot`` (``Fields.add``)."""
     lname = name.lower()
     if lname in _HOP:
         kind = _HOP_KIND.get(lname, IMPOSTOR)  # keep-alive, te, trailer…: dropped
@@ -233,8 +248,9 @@ def _kind(name: bytes) -> int:
         kind = IMPOSTOR  # CGI-style servers (wsgiref, Django) read it as ours
     else:
         kind = KEEP
-    if len(name) <= 64 and len(_KINDS) < _KINDS_MAX:
-        _KINDS[name] = kind
+    if len(name) <= 64:  # longer ones are classified each time
+        _SPELLINGS[slot] = name
+        _SPELLING_KINDS[slot] = kind
     return kind
 
 
@@ -303,10 +319,11 @@ class Fields:
                 self.trailers = []
             self.trailers.append((name, value))
             return
-        kinds = _KINDS
-        kind = kinds.get(name, -1)
-        if kind < 0:
-            kind = _kind(name)
+        if COMPILED:  # a few C operations (a token: llhttp refuses an empty name)
+            slot = (len(name) * 61 + name[0] * 37 + name[-1] * 7) & 1023
+        else:  # fewer bytecodes
+            slot = hash(name) & 1023
+        kind = _SPELLING_KINDS[slot] if _SPELLINGS[slot] == name else _kind(name, slot)
         if kind == KEEP:
             end = len(value)  # _trimmed(), inlined for the fields most heads are made of
             if end and (value[end - 1] == 32 or value[end - 1] == 9):
@@ -449,7 +466,7 @@ def make_request(method: bytes, target: bytes, version: str, f: Fields) -> Reque
     if not f.rare:  # no field beyond the common ones: no coding, Connection or Upgrade
         connection = f.connection
         close = ver == b"1.0" if connection is None else _closes(ver, connection)
-        return Request(method, target, ver, host, keep, False, f.length, close)
+        return _plain_request(method, target, ver, host, keep, f.length, close)
     chunked = f.coding is not None
     if chunked and ver == b"1.0":  # RFC 9112 6.1: framing is faulty
         raise BadMessage("Transfer-Encoding in an HTTP/1.0 request")
@@ -490,6 +507,22 @@ def make_request(method: bytes, target: bytes, version: str, f: Fields) -> Reque
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
 
+def _origin(target: bytes) -> bool:
+    """Whether ``target`` is in origin-form (``_ORIGIN``): llhttp admits nothing but
+    visible ASCII in a target, this is the second lock. Compiled, a loop over the
+    bytes: a regular expression's set-up costs more than a whole target's check."""
+    if not COMPILED:
+        return _ORIGIN.fullmatch(target) is not None
+    n = len(target)
+    if n == 0 or target[0] != 47:  # "/"
+        return False
+    for i in range(1, n):
+        c = target[i]
+        if c < 0x21 or c > 0x7E:
+            return False
+    return True
+
+
 def _closes(version: bytes, connection: frozenset[bytes] | set[bytes] | None) -> bool:
     """Whether the connection ends after this message (RFC 9112 9.3)."""
     if connection is None:
@@ -503,7 +536,7 @@ _GOOD_HOSTS: set[bytes] = set()  # Host values seen valid (few, and repeated on 
 def _check_host(host: bytes) -> None:
     if not _HOST.fullmatch(host):
         raise BadMessage("bad Host")
-    if len(host) <= 255 and len(_GOOD_HOSTS) < _KINDS_MAX:
+    if len(host) <= 255 and len(_GOOD_HOSTS) < _GOOD_HOSTS_MAX:
         _GOOD_HOSTS.add(host)
 
 
@@ -536,13 +569,59 @@ def make_response(status: int, reason: bytes, version: str, f: Fields) -> Respon
     if not f.rare:
         connection = f.connection
         close = ver == b"1.0" if connection is None else _closes(ver, connection)
-        return Response(status, reason, ver, keep, False, f.length, close)
+        return _plain_response(status, reason, ver, keep, f.length, close)
     upgrade = f.upgrade if status == 101 else None
     if status == 101 and (upgrade is None or not _UPGRADE.fullmatch(upgrade)):
         raise BadMessage("instance switched protocols without a valid Upgrade", 502)
     connection = f.connection or _NO_TOKENS
     close = _closes(ver, connection)
     return Response(status, reason, ver, keep, f.coding is not None, f.length, close, upgrade)
+
+
+# Nearly every head is plain: no coding, Upgrade, Expect or forwarded claims. Compiled,
+# these make one without the argument parsing a call to the class costs.
+
+
+def _plain_request(
+    method: bytes,
+    target: bytes,
+    version: bytes,
+    host: bytes | None,
+    fields: bytes,
+    length: int | None,
+    close: bool,
+) -> Request:
+    req = Request.__new__(Request)
+    req.method = method
+    req.target = target
+    req.version = version
+    req.host = host
+    req.fields = fields
+    req.chunked = False
+    req.length = length
+    req.close = close
+    req.upgrade = None
+    req.expect = False
+    req.forwarded_for = None
+    req.forwarded_proto = None
+    req.claims = ()
+    req.affinity = None
+    return req
+
+
+def _plain_response(
+    status: int, reason: bytes, version: bytes, fields: bytes, length: int | None, close: bool
+) -> Response:
+    resp = Response.__new__(Response)
+    resp.status = status
+    resp.reason = reason
+    resp.version = version
+    resp.fields = fields
+    resp.chunked = False
+    resp.length = length
+    resp.close = close
+    resp.upgrade = None
+    return resp
 
 
 # writing ------------------------------------------------------------------

@@ -31,7 +31,7 @@ cdef class Balancer:
     cpdef bint _fast(self, Request head, Client client)
     @cython.locals(backend=Backend)
     cpdef fast_end(self, Upstream upstream, Client client, error)
-    @cython.locals(backend=Backend, best=Backend, suspect=Backend, n=Py_ssize_t, start=Py_ssize_t, best_load=Py_ssize_t, load=Py_ssize_t)
+    @cython.locals(backend=Backend, best=Backend, suspect=Backend, n=Py_ssize_t, start=Py_ssize_t, best_load=Py_ssize_t, load=Py_ssize_t, i=Py_ssize_t)
     cpdef Backend _pick(self, tuple tried)
 
 

@@ -194,7 +194,8 @@ class Balancer:
         best: Backend | None = None
         best_load = 0
         suspect: Backend | None = None
-        for backend in routable[start:] + routable[:start] if start else routable:
+        for i in range(n):  # from ``start`` round, without building a list per request
+            backend = routable[(start + i) % n]
             if tried and backend.id in tried:
                 continue
             if backend.down_until:
