@@ -145,3 +145,29 @@ def test_a_target_without_its_slash_is_not_origin_form() -> None:
     f.add(b"Host", b"x")
     assert make_request(b"GET", b"/", "1.1", f).target == b"/"
     assert make_request(b"GET", b"http://x/p?q", "1.1", f).target == b"/p?q"
+
+
+def test_a_connections_last_good_host_never_lets_a_bad_one_through() -> None:
+    """Each connection remembers the last Host it sent that was valid (``good_host``):
+    a different one is checked, every time, whatever came before it."""
+    f = Fields(431)
+    sent = [b"a.example", b"a.example", b"a example", b"a.example", b"b.example:8080", b"a\x7fb"]
+    for host, good in zip(sent, (True, True, False, True, True, False), strict=True):
+        f.reset()
+        f.add(b"Host", host)
+        if good:
+            assert make_request(b"GET", b"/", "1.1", f).host == host
+        else:
+            with pytest.raises(BadMessage, match="bad Host"):
+                make_request(b"GET", b"/", "1.1", f)
+
+
+def test_a_response_reason_other_than_ok_is_still_checked() -> None:
+    for reason, good in ((b"OK", True), (b"Fine By Me", True), (b"O\x00K", False)):
+        f = Fields(502)
+        f.add(b"Content-Length", b"0")
+        if good:
+            assert make_response(200, reason, "1.1", f).reason == reason
+        else:
+            with pytest.raises(BadMessage, match="bad status line"):
+                make_response(200, reason, "1.1", f)

@@ -56,6 +56,7 @@ cdef class Fields:
     cdef public object expect
     cdef public object forwarded_for
     cdef public object forwarded_proto
+    cdef public bytes good_host
     cdef public object host
     cdef public Py_ssize_t hosts
     cdef public list keep

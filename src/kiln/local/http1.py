@@ -274,6 +274,7 @@ class Fields:
         "expect",
         "forwarded_for",
         "forwarded_proto",
+        "good_host",
         "host",
         "hosts",
         "keep",
@@ -287,6 +288,7 @@ class Fields:
 
     def __init__(self, status: int) -> None:
         self.status = status  # what a head too large is answered: 431, or 502 for an instance's
+        self.good_host = b""  # the last Host found valid, kept from message to message
         self.rare = True
         self.reset()
 
@@ -457,10 +459,11 @@ def make_request(method: bytes, target: bytes, version: str, f: Fields) -> Reque
             raise BadMessage("more than one Host")
         if ver == b"1.1":
             raise BadMessage("HTTP/1.1 request without Host")
-    elif host is not None:
+    elif host is not None and host != f.good_host:  # a connection's requests share one
         good = _GOOD_HOSTS
         if host not in good:
             _check_host(host)
+        f.good_host = host
     if not _origin(target):
         target, host = _normalise_target(method, target, host)
     if not f.rare:  # no field beyond the common ones: no coding, Connection or Upgrade
@@ -563,7 +566,9 @@ def make_response(status: int, reason: bytes, version: str, f: Fields) -> Respon
     if ver is None:
         raise BadMessage(f"instance answered HTTP version {version!r}", 502)
     reasons = _REASON_OK
-    if not 100 <= status <= 599 or (reason not in reasons and not _REASON.fullmatch(reason)):
+    if not 100 <= status <= 599 or (
+        reason != b"OK" and reason not in reasons and not _REASON.fullmatch(reason)
+    ):
         raise BadMessage(f"instance answered a bad status line ({status})", 502)
     keep = f.end_head()
     if not f.rare:

@@ -15,5 +15,5 @@ cdef class Counters:
 
     @cython.locals(bucket=Py_ssize_t, latency=Histogram)
     cpdef record(self, int status, double seconds)
-    @cython.locals(bucket=Py_ssize_t, latency=Histogram)
+    @cython.locals(bucket=Py_ssize_t, latency=Histogram, bounds=tuple, bound=double)
     cpdef record_with(self, Counters fleet, int status, double seconds)
