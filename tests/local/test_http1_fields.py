@@ -171,3 +171,15 @@ def test_a_response_reason_other_than_ok_is_still_checked() -> None:
         else:
             with pytest.raises(BadMessage, match="bad status line"):
                 make_response(200, reason, "1.1", f)
+
+
+@pytest.mark.parametrize(
+    "spelled", [b"0", b"7", b"0042", b"129", b"9" * 18, b"9" * 19, b"1" + b"0" * 30]
+)
+def test_a_content_length_is_the_number_it_spells(spelled: bytes) -> None:
+    """Compiled, short lengths are added up digit by digit (``_digits``), longer ones
+    go to ``int()``: either way the number spelled, never a C integer overflowed."""
+    f = Fields(431)
+    f.add(b"Host", b"x")
+    f.add(b"Content-Length", spelled)
+    assert make_request(b"POST", b"/", "1.1", f).length == int(spelled)

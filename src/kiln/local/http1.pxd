@@ -46,6 +46,9 @@ cdef bytearray _SPELLING_KINDS
 @cython.locals(end=Py_ssize_t)
 cdef bytes _trimmed(bytes value)
 
+@cython.locals(number="long long", c="unsigned char")
+cdef object _digits(bytes value)
+
 
 cdef class Fields:
     cdef public bint after_head

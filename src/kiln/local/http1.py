@@ -55,6 +55,7 @@ _SCHEMES = (b"http", b"https")
 # Host or the framing would change what the next hop thinks the message is.
 _NEVER_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
 _COMMON_CONNECTION = frozenset({b"close", b"keep-alive"})
+_KEEP_ALIVE_TOKEN = frozenset({b"keep-alive"})
 _COMMON_CONNECTIONS = {
     spelling: frozenset({spelling.lower()})
     for spelling in (b"close", b"keep-alive", b"Close", b"Keep-Alive")
@@ -239,6 +240,17 @@ def _trimmed(value: bytes) -> bytes:
     return value
 
 
+def _digits(value: bytes) -> int:
+    """The number ``value`` (ASCII digits only) spells. Compiled, added up digit by
+    digit: ``int()`` of bytes costs more than the rest of a field's handling."""
+    if not COMPILED or len(value) > 18:  # beyond 18 digits a C long long could overflow
+        return int(value)
+    number = 0
+    for c in value:
+        number = number * 10 + (c - 48)
+    return number
+
+
 def _kind(name: bytes, slot: int) -> int:
     """What a field of this spelling is, remembered in its ``slot`` (``Fields.add``)."""
     lname = name.lower()
@@ -339,11 +351,11 @@ class Fields:
             value = _trimmed(value)
             if not value.isdigit() or self.length is not None:
                 raise self._bad("bad or repeated Content-Length")
-            self.length = int(value)
+            self.length = _digits(value)
         elif kind == CONNECTION:
             value = _trimmed(value)
-            common = _COMMON_CONNECTIONS
-            tokens = common.get(value)  # as nearly every message spells it
+            common = _COMMON_CONNECTIONS  # as nearly every message spells it
+            tokens = _KEEP_ALIVE_TOKEN if value == b"keep-alive" else common.get(value)
             if tokens is None:
                 tokens = common.get(value.lower())
             if tokens is not None and self.connection is None:
