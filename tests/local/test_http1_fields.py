@@ -183,3 +183,19 @@ def test_a_content_length_is_the_number_it_spells(spelled: bytes) -> None:
     f.add(b"Host", b"x")
     f.add(b"Content-Length", spelled)
     assert make_request(b"POST", b"/", "1.1", f).length == int(spelled)
+
+
+def test_a_plain_head_is_the_object_the_class_would_make() -> None:
+    """Plain heads are made without ``__init__`` (``_plain_request``, ``_plain_response``):
+    every slot is set, to what the class's own defaults would give."""
+    req = request((b"Host", b"x"), (b"Content-Length", b"3"), (b"X-A", b"1"))
+    made = http1.Request(b"GET", b"/", b"1.1", b"x", b"X-A: 1\r\n", length=3)
+    for slot in http1.Request.__slots__:
+        assert getattr(req, slot) == getattr(made, slot), slot
+    f = Fields(502)
+    f.add(b"Content-Length", b"2")
+    f.add(b"Content-Type", b"text/plain")
+    resp = make_response(200, b"OK", "1.1", f)
+    made_resp = http1.Response(200, b"OK", b"1.1", b"Content-Type: text/plain\r\n", length=2)
+    for slot in http1.Response.__slots__:
+        assert getattr(resp, slot) == getattr(made_resp, slot), slot

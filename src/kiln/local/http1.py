@@ -217,11 +217,11 @@ _HOP_KIND = {
     **dict.fromkeys(_CLAIMS, CLAIM),
 }
 # Each spelling classified is remembered in the slot its length and first and last
-# bytes pick, so the next field of that spelling is classified by one comparison:
-# compiled, a dict lookup would cost more to hash the name (a new object each time,
-# for every field) than all the rest of its classification. Two
-# spellings that share a slot take turns in it (both are still right, the one
-# classified later is just not remembered), and the table never grows.
+# bytes pick (compiled; its hash in the source form), so the next field of that
+# spelling is classified by one comparison: compiled, a dict lookup would cost more
+# to hash the name (a new object each time, for every field) than all the rest of
+# its classification. Spellings that share a slot take turns in it (each is still
+# classified right, only not remembered), and the table never grows.
 _SLOTS = 1024  # a power of two: Fields.add masks with 1023
 _SPELLINGS: list[bytes] = [b""] * _SLOTS  # llhttp refuses an empty name: b"" never matches
 _SPELLING_KINDS = bytearray(_SLOTS)
