@@ -225,12 +225,13 @@ def _uses_websockets(root: Path) -> bool:
 def _python_manifest(root: Path) -> str:
     """The file the app's Python dependencies are read from."""
     source = _python_source(root) or "pyproject.toml"
-    return "pyproject.toml" if source in ("Poetry", "[project]", "uv.lock") else source
+    return "pyproject.toml" if source in ("Poetry", "[project]", "uv.lock", "pdm.lock") else source
 
 
 def _python_source(root: Path) -> str | None:
     """Where the app's dependencies come from, in the order that wins: a
-    requirements.txt (teams export it on purpose), a lock (Pipfile.lock, poetry.lock, uv.lock),
+    requirements.txt (teams export it on purpose), a lock (Pipfile.lock, poetry.lock, uv.lock,
+    pdm.lock),
     a Pipfile, pyproject.toml's [project] table, Poetry's own table ("Poetry")."""
     for name in ("requirements.txt", "Pipfile.lock"):
         if (root / name).is_file():
@@ -238,8 +239,9 @@ def _python_source(root: Path) -> str | None:
     poetry = _poetry_table(root)
     if (root / "poetry.lock").is_file() and (poetry or _pyproject_dependencies(root)):
         return "poetry.lock"
-    if (root / "uv.lock").is_file() and _pyproject_dependencies(root) is not None:
-        return "uv.lock"
+    for lock in ("uv.lock", "pdm.lock"):
+        if (root / lock).is_file() and _pyproject_dependencies(root) is not None:
+            return lock
     if (root / "Pipfile").is_file():
         return "Pipfile"
     if _pyproject_dependencies(root) is not None:
@@ -326,14 +328,10 @@ def _pip_build(
             "pyproject.toml: its [project] dependencies installed into deps/ at bake time, "
             "reused while it is unchanged"
         )
-        if (root / "pdm.lock").is_file():
-            why.append(
-                "pdm.lock is not used: the [project] ranges are installed, not its locked "
-                "versions (export them to requirements.txt to pin them)"
-            )
     elif source is not None:
         read = "pyproject.toml" if source == "Poetry" else source
-        inputs = ["pyproject.toml", source] if source in ("poetry.lock", "uv.lock") else [read]
+        with_project = ("poetry.lock", "uv.lock", "pdm.lock")
+        inputs = ["pyproject.toml", source] if source in with_project else [read]
         inputs.append(LOCK_SCRIPT)  # a newer kiln's program re-runs the step
         parts = [lock_program(read) + PIP, f"-r {PYPROJECT_LIST}"]
         why.append(_LOCK_WHY[source])
@@ -366,6 +364,9 @@ _LOCK_WHY = {
     "uv.lock": "uv.lock: the packages the [project] dependencies of pyproject.toml need, "
     "installed into deps/ at their locked versions (dev groups left out), read at bake time, "
     "reused while both files are unchanged",
+    "pdm.lock": "pdm.lock: the packages the [project] dependencies of pyproject.toml need, "
+    "installed into deps/ at their locked versions (dev groups left out), read at bake time, "
+    "reused while both files are unchanged",
     "Pipfile": "Pipfile: its [packages] installed into deps/ at bake time, NOT pinned: "
     "run pipenv lock and commit Pipfile.lock to pin them",
     "Poetry": "pyproject.toml: Poetry's [tool.poetry.dependencies] installed into deps/ at bake "
@@ -394,7 +395,7 @@ LOCK_SCRIPT = ".kiln-locks.py"
 
 
 def lock_program(name: str) -> str:
-    """The shell words that write the requirement lines of a Pipenv, Poetry or uv file
+    """The shell words that write the requirement lines of a Pipenv, Poetry, uv or PDM file
     to .kiln-requirements.txt at bake time, with the image python3 (kiln need not be
     installed where the build runs). Through a file: /bin/sh has no pipefail, and a
     file that does not parse must fail the step."""

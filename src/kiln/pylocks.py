@@ -1,4 +1,4 @@
-"""Pipenv and Poetry dependencies as pip requirement lines, read at BAKE time.
+"""Pipenv, Poetry, uv and PDM dependencies as pip requirement lines, read at BAKE time.
 
 kiln init writes this file, verbatim, beside kiln.toml as .kiln-locks.py, and the
 build step runs it (the image python3, in the app dir, where kiln need not be
@@ -265,6 +265,62 @@ def uv_line(package: dict[str, Any]) -> str:
     return line(name, "==" + str(package["version"]))
 
 
+def pdm_lock(project_text: str, lock_text: str) -> list[str]:
+    """pdm.lock: the packages the [project] dependencies need, at their locked versions.
+
+    Walked from pyproject.toml's [project] dependencies through each package's
+    dependencies (PEP 508 lines, with markers that hold here), as an install of the
+    default group resolves them; a package asked for with extras has an entry of its
+    own whose dependencies hold what the extras add. Dev groups and optional
+    dependencies are never walked, so their packages stay out unless the app needs
+    them too. Lock files from 4.0 on (PDM 2) read alike: groups are not relied on.
+    """
+    requirement = importlib.import_module("pip._vendor.packaging.requirements").Requirement
+    project = tomllib.loads(project_text)
+    packages: dict[tuple[str, frozenset[str]], list[dict[str, Any]]] = {}
+    for package in tomllib.loads(lock_text).get("package", []):
+        extras = frozenset(norm(e) for e in package.get("extras", []))
+        packages.setdefault((norm(package["name"]), extras), []).append(package)
+    chosen: dict[str, dict[str, Any]] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [str(d) for d in project.get("project", {}).get("dependencies", [])]
+    while todo:
+        req = requirement(todo.pop())
+        if req.marker is not None and not holds(str(req.marker)):
+            continue
+        name, extras = norm(req.name), frozenset(norm(e) for e in req.extras)
+        for key in dict.fromkeys([(name, frozenset[str]()), (name, extras)]):
+            if key in seen:
+                continue
+            seen.add(key)
+            candidates = packages.get(key)
+            if not candidates:
+                if key[1]:  # extras that add no package have no entry of their own
+                    continue
+                raise SystemExit(f"kiln: {req.name} is not in pdm.lock: run pdm lock")
+            fits = [p for p in candidates if req.specifier.contains(p["version"], True)]
+            fits = [p for p in fits or candidates if holds(p.get("marker"))] or candidates
+            if not key[1]:
+                chosen[name] = fits[0]
+            todo += [str(d) for d in fits[0].get("dependencies", [])]
+    sources = project.get("tool", {}).get("pdm", {}).get("source", [])
+    urls = [s.get("url") for s in sources if isinstance(s, dict) and s.get("type") != "find_links"]
+    return indexes(urls) + [pdm_line(chosen[name]) for name in sorted(chosen)]
+
+
+def pdm_line(package: dict[str, Any]) -> str:
+    """One pdm.lock package as a pip line."""
+    name = str(package["name"])
+    if package.get("git"):
+        spec = {"git": package["git"], "ref": package.get("revision") or package.get("ref")}
+        return direct(name, {**spec, "subdirectory": package.get("subdirectory")}) or ""
+    if package.get("url"):
+        return name + " @ " + str(package["url"])
+    if package.get("path"):
+        return direct(name, {"path": package["path"]}) or ""
+    return line(name, "==" + str(package["version"]))
+
+
 def spec_of(text: str) -> str:
     """The version specifier of a requirement line (name[extras] (spec); marker)."""
     rest = re.sub(r"^\s*[A-Za-z0-9._-]+\s*(\[[^\]]*\])?", "", text).partition(";")[0]
@@ -314,6 +370,9 @@ def main(argv: list[str]) -> None:
         lines = pipfile(text)
     elif name == "uv.lock":
         lines = uv_lock(text)
+    elif name == "pdm.lock":
+        with open("pyproject.toml", "rb") as project:
+            lines = pdm_lock(project.read().decode(), text)
     elif name == "poetry.lock":
         with open("pyproject.toml", "rb") as project:
             lines = poetry_lock(project.read().decode(), text)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
-from realkit import LoadLoop, deploy, first_try, free_port, get, review
+from realkit import SYSTEM_PYTHON, LoadLoop, deploy, first_try, free_port, get, pip_tools, review
 
 from kilntest import Kiln
 
@@ -222,6 +224,38 @@ def test_a_poetry_1_app_deploys_from_its_lock(tmp_path: Path) -> None:
     )
     assert deploy(kiln)["outcome"] == "succeeded"
     assert json.loads(get(port, "/")[1])["werkzeug"] == "3.0.4"
+
+
+def test_a_pdm_app_deploys_from_the_lock_pdm_wrote(tmp_path: Path) -> None:
+    """The lock is PDM's own (pdm lock, against PyPI): Flask and Werkzeug locked at
+    3.0.3 and humanize at 4.9.0, then the ranges loosened as a project states them.
+    Before, init said pdm.lock was not used: the newest Werkzeug (3.1) was installed."""
+    app = tmp_path / "pdmapp"
+    app.mkdir()
+    project = (
+        '[project]\nname = "pdmapp"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["flask==3.0.3", "werkzeug==3.0.3", "humanize==4.9.0"]\n\n'
+        '[dependency-groups]\ndev = ["tabulate>=0.9"]\n\n[tool.pdm]\ndistribution = false\n'
+    )
+    (app / "pyproject.toml").write_text(project)
+    # hishel 2 dropped what PDM 2.29 imports (its own pin allows it)
+    tools = pip_tools("pdm>=2.20,<3", "hishel[httpx2]>=1.4,<2")
+    subprocess.run(
+        [SYSTEM_PYTHON, "-m", "pdm", "lock"],
+        cwd=app,
+        check=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tools), "PDM_CHECK_UPDATE": "false"},
+    )
+    assert 'name = "tabulate"' in (app / "pdm.lock").read_text()
+    (app / "pyproject.toml").write_text(
+        project.replace(
+            '"flask==3.0.3", "werkzeug==3.0.3", "humanize==4.9.0"', '"flask>=3", "humanize>=4"'
+        )
+    )
+    _locked_first_try(app)
+    toml = (app / "kiln.toml").read_text()
+    assert 'inputs = ["pyproject.toml", "pdm.lock", ".kiln-locks.py"]' in toml
 
 
 def test_a_pipenv_app_deploys_from_its_lock(tmp_path: Path) -> None:
