@@ -10,10 +10,14 @@ import pathspec
 import pytest
 
 from kiln.config import BuildStep, parse_config
-from kiln.detect import LOCK_SCRIPT, PYPROJECT_DEPS, PYPROJECT_LIST, detect
+from kiln.detect import BERRY_ENV, LOCK_SCRIPT, PYPROJECT_DEPS, PYPROJECT_LIST, detect
 from kiln.runline import exec_form
 from kiln.scaffold import render_config
 from kilntest import Kiln
+
+BERRY = f"{BERRY_ENV} npx --yes --package @yarnpkg/cli-dist@4 yarn"
+BERRY_453 = f"{BERRY_ENV} npx --yes --package @yarnpkg/cli-dist@4.5.3 yarn"
+RELEASE = f"{BERRY_ENV} node .yarn/releases/yarn-4.1.0.cjs"
 
 DJANGO_MANAGE = """\
 import os, sys
@@ -282,13 +286,66 @@ def test_a_health_route_in_the_source_is_used_else_tcp(tmp_path: Path) -> None:
             [("npx --yes pnpm@8 install --frozen-lockfile --prod", "node_modules")],
             "node index.js",
         ),
-        (  # Yarn 2+ is not run: npm, said so
+        (  # Yarn 4's lockfile: Yarn 4 into node_modules/, then the dev packages focused out
             {
                 "package.json": {"main": "index.js", "dependencies": {"ms": "^2"}},
                 "index.js": "",
                 "yarn.lock": "__metadata:\n  version: 8\n",
             },
-            [("npm install --no-audit --no-fund --omit=dev", "node_modules")],
+            [
+                (
+                    f"{BERRY} install --immutable && {BERRY} workspaces focus --all --production",
+                    "node_modules",
+                )
+            ],
+            "node index.js",
+        ),
+        (  # the Yarn packageManager names, dev dependencies for the build, pruned after
+            {
+                "package.json": {
+                    "packageManager": "yarn@4.5.3+sha512.abc",
+                    "scripts": {"start": "node dist/s.js", "build": "tsc"},
+                    "dependencies": {"express": "^4"},
+                    "devDependencies": {"typescript": "^5"},
+                },
+                "yarn.lock": "__metadata:\n  version: 8\n",
+            },
+            [
+                (f"{BERRY_453} install --immutable", "node_modules"),
+                f"{BERRY_453} run build",
+                f"{BERRY_453} workspaces focus --all --production",
+            ],
+            "node dist/s.js",
+        ),
+        (  # Yarn 3's lockfile: Yarn 3, which cannot leave the dev packages out
+            {
+                "package.json": {"main": "index.js", "dependencies": {"ms": "^2"}},
+                "index.js": "",
+                "yarn.lock": "# yarn lockfile\n\n__metadata:\n  version: 6\n  cacheKey: 8\n",
+            },
+            [
+                (
+                    f"{BERRY_ENV} npx --yes --package @yarnpkg/cli-dist@3 yarn install --immutable",
+                    "node_modules",
+                )
+            ],
+            "node index.js",
+        ),
+        (  # the release the project commits, named in .yarnrc.yml
+            {
+                "package.json": {"main": "index.js", "dependencies": {"ms": "^2"}},
+                "index.js": "",
+                "yarn.lock": "__metadata:\n  version: 8\n",
+                ".yarnrc.yml": "nodeLinker: pnp\nyarnPath: .yarn/releases/yarn-4.1.0.cjs\n",
+                ".yarn/releases/yarn-4.1.0.cjs": "",
+            },
+            [
+                (
+                    f"{RELEASE} install --immutable && "
+                    f"{RELEASE} workspaces focus --all --production",
+                    "node_modules",
+                )
+            ],
             "node index.js",
         ),
     ],

@@ -806,9 +806,9 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
         why.append(f"scripts.{script}: run at bake time (with dev dependencies, pruned after)")
         # [env] NODE_ENV=production reaches the build, and npm, yarn and pnpm
         # would leave out the devDependencies (tsc, vite, nest) the build runs
-        step = BuildStep(run=f"{tool.install} {tool.dev}", inputs=inputs, outputs=["node_modules"])
-        return [step, tool.run_build, tool.prune]
-    return [BuildStep(run=f"{tool.install} {tool.prod}", inputs=inputs, outputs=["node_modules"])]
+        step = BuildStep(run=tool.install_dev, inputs=inputs, outputs=["node_modules"])
+        return [step, tool.run_build, *([tool.prune] if tool.prune else [])]
+    return [BuildStep(run=tool.install_prod, inputs=inputs, outputs=["node_modules"])]
 
 
 # where a Node build writes what a start script runs (tsc's dist/, Feathers' lib/)
@@ -835,11 +835,10 @@ class NodeTool:
     """How the project's own package manager installs, builds and prunes."""
 
     lock: str | None
-    install: str  # exactly the lockfile's versions when there is one
-    dev: str  # the flag that installs devDependencies too (for a build)
-    prod: str  # the flag that leaves them out
+    install_dev: str  # exactly the lockfile's versions when there is one, devDependencies too
+    install_prod: str  # the same, without them
     run_build: str
-    prune: str
+    prune: str | None  # after a build: devDependencies removed (None: they stay)
 
 
 def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeTool:
@@ -859,11 +858,11 @@ def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeToo
         pnpm = wanted if wanted.startswith("pnpm@") else f"pnpm@{_pnpm_major(root)}"
         why.append(f"pnpm-lock.yaml: '{pnpm} install --frozen-lockfile' (pnpm run by npx)")
         tool = f"npx --yes {pnpm}"
+        install = f"{tool} install --frozen-lockfile"
         return NodeTool(
             "pnpm-lock.yaml",
-            f"{tool} install --frozen-lockfile",
-            "--prod=false",
-            "--prod",
+            f"{install} --prod=false",
+            f"{install} --prod",
             f"{tool} run {script}",
             f"{tool} prune --prod",
         )
@@ -878,16 +877,12 @@ def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeToo
             install = f"{tool} install --frozen-lockfile --non-interactive"
             return NodeTool(
                 "yarn.lock",
-                install,
-                "--production=false",
-                "--production",
+                f"{install} --production=false",
+                f"{install} --production",
                 f"{tool} run {script}",
                 f"{install} --production",
             )
-        why.append(
-            "yarn.lock is Yarn 2+'s, which kiln does not run: 'npm install' resolves the "
-            "versions afresh (commit a package-lock.json, or change the build steps)"
-        )
+        return _berry(root, wanted, script, why)
     if npm_lock:
         why.append(f"{npm_lock}: 'npm ci' installs exactly the locked versions")
         install = "npm ci"
@@ -898,7 +893,46 @@ def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeToo
             )
         install = "npm install --no-audit --no-fund"
     run_build, prune = f"npm run {script}", "npm prune --omit=dev"
-    return NodeTool(npm_lock, install, "--include=dev", "--omit=dev", run_build, prune)
+    return NodeTool(npm_lock, f"{install} --include=dev", f"{install} --omit=dev", run_build, prune)
+
+
+# Yarn 2+ installs into node_modules/ (its Plug'n'Play default needs every command
+# that runs the app to load .pnp.cjs); the lockfile is the same either way
+BERRY_ENV = "YARN_NODE_LINKER=node-modules YARN_ENABLE_TELEMETRY=0"
+
+
+def _berry(root: Path, wanted: str, script: str, why: list[str]) -> NodeTool:
+    """Yarn 2+ (a yarn.lock with ``__metadata:``): the release the project commits
+    (.yarnrc.yml's yarnPath), else the version ``packageManager`` names, else the
+    major that writes the lockfile's version, from the npm registry."""
+    rc = _read(root / ".yarnrc.yml")
+    path = re.search(r"^yarnPath:\s*[\"']?([^\"'\s#]+)", rc, re.MULTILINE)
+    if path and (root / path.group(1)).is_file():
+        release = re.search(r"yarn-(\d+)\.", path.group(1))
+        major = int(release.group(1)) if release else 4
+        yarn, named = f"node {path.group(1)}", path.group(1)
+    else:
+        if wanted.startswith("yarn@"):
+            version = wanted.removeprefix("yarn@")
+        else:
+            lock = _read(root / "yarn.lock")
+            found = re.search(r"^__metadata:\s*\n\s+version:\s*(\d+)", lock, re.MULTILINE)
+            lockfile = int(found.group(1)) if found else 8
+            version = "4" if lockfile >= 8 else "3" if lockfile >= 6 else "2"
+        leading = re.match(r"\d+", version)
+        major = int(leading.group(0)) if leading else 4
+        yarn, named = f"npx --yes --package @yarnpkg/cli-dist@{version} yarn", f"yarn {version}"
+    tool = f"{BERRY_ENV} {yarn}"
+    install = f"{tool} install --immutable"
+    why.append(
+        f"yarn.lock is Yarn 2+'s: '{named} install --immutable' into node_modules/ "
+        "(nodeLinker node-modules, so node and npm start find the packages)"
+    )
+    if major < 4:  # `workspaces focus` is Yarn 4's own; 2 and 3 need a plugin for it
+        why.append("Yarn 2 and 3 have no production install without a plugin: devDependencies stay")
+        return NodeTool("yarn.lock", install, install, f"{tool} run {script}", None)
+    focus = f"{tool} workspaces focus --all --production"
+    return NodeTool("yarn.lock", install, f"{install} && {focus}", f"{tool} run {script}", focus)
 
 
 def _pnpm_major(root: Path) -> int:

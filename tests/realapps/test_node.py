@@ -110,6 +110,55 @@ def test_a_yarn_or_pnpm_project_gets_its_locked_versions(tmp_path: Path, lock: s
     assert kiln("drift").exit_code == 0
 
 
+def test_a_yarn_4_project_gets_its_locked_versions_without_its_dev_packages(
+    tmp_path: Path,
+) -> None:
+    """A Yarn 4 project whose lockfile Yarn itself wrote (from the npm registry), with
+    `resolutions` holding ms ^2.0.0 at 2.0.0, and a devDependency. Before, kiln ran
+    `npm install`, which reads neither the lockfile nor `resolutions`: ms 2.1.3."""
+    app = tmp_path / "berry"
+    app.mkdir()
+    (app / "package.json").write_text(
+        json.dumps(
+            {
+                "name": "berry",
+                "private": True,
+                "dependencies": {"ms": "^2.0.0"},
+                "devDependencies": {"left-pad": "1.3.0"},
+                "resolutions": {"ms": "2.0.0"},
+            }
+        )
+    )
+    yarn = ["npx", "--yes", "--package", "@yarnpkg/cli-dist@4", "yarn"]
+    env = {**os.environ, "npm_config_cache": str(CACHE / "npm"), "YARN_ENABLE_TELEMETRY": "0"}
+    subprocess.run(
+        [*yarn, "install"], cwd=app, check=True, capture_output=True, timeout=300, env=env
+    )
+    lock = (app / "yarn.lock").read_text()
+    assert "__metadata:" in lock and 'resolution: "ms@npm:2.0.0"' in lock, lock
+    for made in (".pnp.cjs", ".pnp.loader.mjs"):  # what a repository would not commit
+        (app / made).unlink(missing_ok=True)
+    subprocess.run(["rm", "-rf", str(app / ".yarn")], check=True)
+    index = app / "index.js"
+    index.write_text(
+        "const http = require('node:http');\n"
+        "const ms = require('ms/package.json').version;\n"
+        "let dev = 'no dev';\n"
+        "try { require.resolve('left-pad'); dev = 'dev'; } catch {}\n"
+        "http.createServer((req, res) => res.end(`ms ${ms} ${dev} v1\\n`))\n"
+        "  .listen(Number(process.env.PORT), process.env.HOST);\n"
+    )
+
+    def change() -> None:
+        index.write_text(index.read_text().replace(" v1", " v2"))
+
+    kiln, _port = first_try(app, "/", change, lambda body: body == b"ms 2.0.0 no dev v1\n")
+    toml = (app / "kiln.toml").read_text()
+    assert "yarn install --immutable" in toml and "workspaces focus --all --production" in toml
+    assert (app / "yarn.lock").read_text() == lock  # never rewritten by the bake
+    assert kiln("drift").exit_code == 0
+
+
 def test_an_npm_workspaces_monorepo_from_its_root(tmp_path: Path) -> None:
     """A root with `workspaces` and the lockfile, an API package requiring a sibling one.
     kiln init at the root installed nothing (the root declares no dependencies), and
