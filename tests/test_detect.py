@@ -856,3 +856,30 @@ def test_django_debug_in_the_settings_in_use_is_a_warning(tmp_path: Path) -> Non
     assert any("MEDIA_ROOT is inside the app directory" in n for n in found.notes)
     found = detect(_django_project(tmp_path / "prod", "mysite.settings.production", files))
     assert not any("DEBUG" in w for w in found.warnings)
+
+
+@pytest.mark.parametrize(
+    ("scripts", "lock", "said"),
+    [
+        (
+            {"start": "bun run index.ts"},
+            "bun.lock",
+            ["scripts.start runs Bun", "bun.lock is Bun's"],
+        ),
+        ({"start": "node dist/i.js", "build": "bunx tsc"}, None, ["scripts.build runs Bun"]),
+        ({"start": "cross-env NODE_ENV=production bun index.ts"}, None, ["scripts.start runs"]),
+        ({"start": "node server.js"}, "bun.lockb", ["bun.lockb is Bun's lockfile"]),
+        ({"start": "node bun.js", "build": "npm run bundle"}, None, []),  # no Bun there
+    ],
+)
+def test_init_says_a_bun_project_needs_bun_which_the_image_lacks(
+    tmp_path: Path, scripts: dict[str, str], lock: str | None, said: list[str]
+) -> None:
+    """Before, a Bun project was baked as a Node one without a word: its first deploy
+    failed at boot with 'bun: not found', and bun.lock was silently ignored."""
+    files = {"package.json": json.dumps({"scripts": scripts, "dependencies": {"hono": "^4"}})}
+    _write(tmp_path, {**files, **({lock: ""} if lock else {})})
+    bun = [w for w in detect(tmp_path).warnings if "Bun" in w]
+    assert len(bun) == len(said), bun
+    for warning, start in zip(bun, said, strict=True):
+        assert warning.startswith(start), warning

@@ -18,6 +18,7 @@ from kiln.detect import (
     NODE_EXCLUDE,
     Detected,
     _read,
+    build_script,
     node_build,
     package_json,
     scripts_of,
@@ -296,6 +297,7 @@ def node_warnings(root: Path) -> list[str]:
     engine = engine_warning(root, node_version())
     if engine is not None:
         warnings.append(engine)
+    warnings += bun_warnings(root)
     member_of = workspace_root(root)
     if member_of is not None:
         warnings.append(
@@ -305,6 +307,33 @@ def node_warnings(root: Path) -> list[str]:
             "registry, where anyone may publish a package of their names"
         )
     return warnings
+
+
+# a command word: at the start, or after a separator, `env` or another command's &&
+_BUN = re.compile(r"(?:^|[;&|(]\s*|\benv\s+(?:\w+=\S*\s+)*)(bunx?)(?=\s|$)")
+
+
+def bun_warnings(root: Path) -> list[str]:
+    """What kiln init says of a Bun project: its images have node and npm, not Bun."""
+    package = package_json(root) or {}
+    scripts = scripts_of(package)
+    lock = next((n for n in ("bun.lock", "bun.lockb") if (root / n).is_file()), None)
+    said = []
+    for name in ("start", build_script(package)):
+        command = scripts.get(name) if name else None
+        if isinstance(command, str) and _BUN.search(command):
+            said.append(
+                f"scripts.{name} runs Bun ('{command}'), which the image does not have (kiln "
+                "bakes Node apps with node and npm): it would fail with 'bun: not found'. Run "
+                "the app with node (a start script such as 'node server.js', or [app] run), or "
+                "install Bun in [app] build yourself"
+            )
+    if lock is not None:
+        said.append(
+            f"{lock} is Bun's lockfile, which npm does not read: 'npm install' resolves the "
+            "versions afresh (commit a package-lock.json for repeatable builds)"
+        )
+    return said
 
 
 def node_version() -> str | None:
