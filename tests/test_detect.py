@@ -883,3 +883,27 @@ def test_init_says_a_bun_project_needs_bun_which_the_image_lacks(
     assert len(bun) == len(said), bun
     for warning, start in zip(bun, said, strict=True):
         assert warning.startswith(start), warning
+
+
+def test_a_package_manager_or_yarn_path_is_never_shell_syntax_in_the_build(tmp_path: Path) -> None:
+    """packageManager and .yarnrc.yml's yarnPath reach the install command: a value that
+    is not a plain name@version is not used, and a release path is quoted."""
+    _write(
+        tmp_path,
+        {
+            "package.json": json.dumps(
+                {
+                    "packageManager": "yarn@4;touch pwned",
+                    "main": "index.js",
+                    "dependencies": {"ms": "^2"},
+                }
+            ),
+            "index.js": "",
+            "yarn.lock": "__metadata:\n  version: 8\n",
+        },
+    )
+    (step,) = detect(tmp_path).build
+    assert isinstance(step, BuildStep) and "pwned" not in step.run and "cli-dist@4 " in step.run
+    _write(tmp_path, {".yarnrc.yml": "yarnPath: .yarn/r$(x).cjs\n", ".yarn/r$(x).cjs": ""})
+    (step,) = detect(tmp_path).build
+    assert isinstance(step, BuildStep) and "node '.yarn/r$(x).cjs' install" in step.run

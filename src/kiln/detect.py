@@ -850,6 +850,8 @@ def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeToo
     """
     manager = package.get("packageManager")
     wanted = manager.split("+", 1)[0] if isinstance(manager, str) else ""
+    if not re.fullmatch(r"[\w.@-]*", wanted):  # it goes into a shell command: a name@version
+        wanted = ""
     script = build_script(package) or "build"
     npm_lock = next(
         (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
@@ -910,7 +912,7 @@ def _berry(root: Path, wanted: str, script: str, why: list[str]) -> NodeTool:
     if path and (root / path.group(1)).is_file():
         release = re.search(r"yarn-(\d+)\.", path.group(1))
         major = int(release.group(1)) if release else 4
-        yarn, named = f"node {path.group(1)}", path.group(1)
+        yarn, named = f"node {shlex.quote(path.group(1))}", path.group(1)
     else:
         if wanted.startswith("yarn@"):
             version = wanted.removeprefix("yarn@")
