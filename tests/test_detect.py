@@ -870,6 +870,7 @@ def test_django_debug_in_the_settings_in_use_is_a_warning(tmp_path: Path) -> Non
         ({"start": "cross-env NODE_ENV=production bun index.ts"}, None, ["scripts.start runs"]),
         ({"start": "node server.js"}, "bun.lockb", ["bun.lockb is Bun's lockfile"]),
         ({"start": "node bun.js", "build": "npm run bundle"}, None, []),  # no Bun there
+        ({"start": "NODE_ENV=production bun run src/index.ts"}, None, ["scripts.start runs"]),
     ],
 )
 def test_init_says_a_bun_project_needs_bun_which_the_image_lacks(
@@ -907,3 +908,36 @@ def test_a_package_manager_or_yarn_path_is_never_shell_syntax_in_the_build(tmp_p
     _write(tmp_path, {".yarnrc.yml": "yarnPath: .yarn/r$(x).cjs\n", ".yarn/r$(x).cjs": ""})
     (step,) = detect(tmp_path).build
     assert isinstance(step, BuildStep) and "node '.yarn/r$(x).cjs' install" in step.run
+
+
+def test_a_bun_lockfile_beside_the_one_npm_uses_is_not_said_to_be_ignored(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "package.json": json.dumps({"main": "i.js", "dependencies": {"ms": "^2"}}),
+            "i.js": "",
+            "package-lock.json": "{}",
+            "bun.lockb": "",
+        },
+    )
+    assert not [w for w in detect(tmp_path).warnings if "Bun" in w]
+
+
+def test_a_committed_yarn_release_without_a_version_in_its_name_follows_the_lockfile(
+    tmp_path: Path,
+) -> None:
+    """`yarn set version berry` (Yarn 2 and 3) wrote .yarn/releases/yarn-berry.cjs: its
+    Yarn is the lockfile's (version 6: Yarn 3), which has no `workspaces focus`."""
+    _write(
+        tmp_path,
+        {
+            "package.json": json.dumps({"main": "i.js", "dependencies": {"ms": "^2"}}),
+            "i.js": "",
+            "yarn.lock": "__metadata:\n  version: 6\n",
+            ".yarnrc.yml": "yarnPath: .yarn/releases/yarn-berry.cjs\n",
+            ".yarn/releases/yarn-berry.cjs": "",
+        },
+    )
+    (step,) = detect(tmp_path).build
+    assert isinstance(step, BuildStep)
+    assert step.run == f"{BERRY_ENV} node .yarn/releases/yarn-berry.cjs install --immutable"

@@ -822,3 +822,27 @@ def test_a_pdm_project_installs_from_its_lock_and_a_missing_root_fails_the_step(
     done = _run(tmp_path, "pdm.lock")
     assert done.returncode != 0
     assert "humanize is not in pdm.lock: run pdm lock" in done.stderr
+
+
+def test_pdm_vcs_url_and_project_root_entries_become_what_pip_takes(tmp_path: Path) -> None:
+    """PDM names a package's VCS as its key (hg, svn, bzr as well as git), and early
+    PDM 2 wrote local archives as file:///${PROJECT_ROOT}/...: never a PyPI pin."""
+    deps = ["hgpkg", "svnpkg", "whl", "local", "remote"]
+    (tmp_path / "pyproject.toml").write_text(f"[project]\nname = 'x'\ndependencies = {deps!r}\n")
+    (tmp_path / "pdm.lock").write_text(
+        '[metadata]\nlock_version = "4.0"\n\n'
+        '[[package]]\nname = "hgpkg"\nversion = "0.1"\n'
+        'hg = "https://hg.example.com/hgpkg"\nrevision = "abc"\n\n'
+        '[[package]]\nname = "svnpkg"\nversion = "0.2"\nsvn = "svn+https://svn.example.com/p"\n\n'
+        '[[package]]\nname = "whl"\nversion = "1.0"\n'
+        'url = "file:///${PROJECT_ROOT}/wheels/whl-1.0-py3-none-any.whl"\n\n'
+        '[[package]]\nname = "local"\nversion = "0.3"\npath = "libs/local"\neditable = true\n\n'
+        '[[package]]\nname = "remote"\nversion = "2.0"\nurl = "https://example.com/remote-2.0.tar.gz"\n'
+    )
+    assert _lines(tmp_path, "pdm.lock") == [
+        "hgpkg @ hg+https://hg.example.com/hgpkg@abc",
+        "./libs/local",
+        "remote @ https://example.com/remote-2.0.tar.gz",
+        "svnpkg @ svn+https://svn.example.com/p",
+        "./wheels/whl-1.0-py3-none-any.whl",
+    ]

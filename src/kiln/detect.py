@@ -909,21 +909,23 @@ def _berry(root: Path, wanted: str, script: str, why: list[str]) -> NodeTool:
     major that writes the lockfile's version, from the npm registry."""
     rc = _read(root / ".yarnrc.yml")
     path = re.search(r"^yarnPath:\s*[\"']?([^\"'\s#]+)", rc, re.MULTILINE)
-    if path and (root / path.group(1)).is_file():
-        release = re.search(r"yarn-(\d+)\.", path.group(1))
-        major = int(release.group(1)) if release else 4
-        yarn, named = f"node {shlex.quote(path.group(1))}", path.group(1)
+    if wanted.startswith("yarn@"):
+        version = wanted.removeprefix("yarn@")
     else:
-        if wanted.startswith("yarn@"):
-            version = wanted.removeprefix("yarn@")
-        else:
-            lock = _read(root / "yarn.lock")
-            found = re.search(r"^__metadata:\s*\n\s+version:\s*(\d+)", lock, re.MULTILINE)
-            lockfile = int(found.group(1)) if found else 8
-            version = "4" if lockfile >= 8 else "3" if lockfile >= 6 else "2"
-        leading = re.match(r"\d+", version)
-        major = int(leading.group(0)) if leading else 4
+        lock = _read(root / "yarn.lock")
+        found = re.search(r"^__metadata:\s*\n\s+version:\s*(\d+)", lock, re.MULTILINE)
+        lockfile = int(found.group(1)) if found else 8
+        version = "4" if lockfile >= 8 else "3" if lockfile >= 6 else "2"
+    if path and (root / path.group(1)).is_file():
+        # its name says its version (yarn-4.1.0.cjs), or not (`yarn set version berry`)
+        named = path.group(1)
+        release = re.search(r"yarn-(\d[\w.-]*?)\.c?js$", named)
+        version = release.group(1) if release else version
+        yarn = f"node {shlex.quote(named)}"
+    else:
         yarn, named = f"npx --yes --package @yarnpkg/cli-dist@{version} yarn", f"yarn {version}"
+    leading = re.match(r"\d+", version)
+    major = int(leading.group(0)) if leading else 4
     tool = f"{BERRY_ENV} {yarn}"
     install = f"{tool} install --immutable"
     why.append(

@@ -309,8 +309,9 @@ def node_warnings(root: Path) -> list[str]:
     return warnings
 
 
-# a command word: at the start, or after a separator, `env` or another command's &&
-_BUN = re.compile(r"(?:^|[;&|(]\s*|\benv\s+(?:\w+=\S*\s+)*)(bunx?)(?=\s|$)")
+# a command word: at the start, after a separator or `env` (cross-env too), past any
+# VAR=value assignments before it
+_BUN = re.compile(r"(?:^|[;&|(]\s*|\benv\s+)(?:\w+=\S*\s+)*(bunx?)(?=\s|$)")
 
 
 def bun_warnings(root: Path) -> list[str]:
@@ -328,7 +329,8 @@ def bun_warnings(root: Path) -> list[str]:
                 "the app with node (a start script such as 'node server.js', or [app] run), or "
                 "install Bun in [app] build yourself"
             )
-    if lock is not None:
+    others = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml")
+    if lock is not None and not any((root / other).is_file() for other in others):
         said.append(
             f"{lock} is Bun's lockfile, which npm does not read: 'npm install' resolves the "
             "versions afresh (commit a package-lock.json for repeatable builds)"

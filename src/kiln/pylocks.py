@@ -309,16 +309,30 @@ def pdm_lock(project_text: str, lock_text: str) -> list[str]:
 
 
 def pdm_line(package: dict[str, Any]) -> str:
-    """One pdm.lock package as a pip line."""
+    """One pdm.lock package as a pip line: a VCS entry at its revision (PDM names the
+    VCS as the key), a URL, a path, else the pinned version."""
     name = str(package["name"])
-    if package.get("git"):
-        spec = {"git": package["git"], "ref": package.get("revision") or package.get("ref")}
-        return direct(name, {**spec, "subdirectory": package.get("subdirectory")}) or ""
+    for vcs in ("git", "hg", "svn", "bzr"):
+        if package.get(vcs):
+            repo = str(package[vcs])
+            repo = repo if repo.startswith(vcs + "+") else f"{vcs}+{repo}"
+            revision = package.get("revision") or package.get("ref")
+            sub = f"#subdirectory={package['subdirectory']}" if package.get("subdirectory") else ""
+            return f"{name} @ {repo}@{revision}{sub}" if revision else f"{name} @ {repo}{sub}"
     if package.get("url"):
-        return name + " @ " + str(package["url"])
+        url = str(package["url"])
+        if "${PROJECT_ROOT}" in url:  # early PDM 2: a local archive, from the app dir
+            return _project_relative(url.removeprefix("file://").lstrip("/"))
+        return name + " @ " + url
     if package.get("path"):
-        return direct(name, {"path": package["path"]}) or ""
+        return _project_relative(str(package["path"]))
     return line(name, "==" + str(package["version"]))
+
+
+def _project_relative(path: str) -> str:
+    """A path in pdm.lock as pip takes it from the app dir, ``${PROJECT_ROOT}`` being it."""
+    path = path.replace("${PROJECT_ROOT}", ".")
+    return path if path.startswith(("/", ".")) else "./" + path
 
 
 def spec_of(text: str) -> str:
