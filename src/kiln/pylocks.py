@@ -39,18 +39,21 @@ def holds(marker: Any, extras: Any = ()) -> bool:
 
 
 def direct(name: str, spec: dict[str, Any], extras: Any = ()) -> str | None:
-    """A git, url or path requirement as pip takes it; None for an index package."""
+    """A VCS (git, hg, svn, bzr: the key names it), url or path requirement as pip
+    takes it; None for an index package. A path is from the app dir, which PDM
+    writes as ``${PROJECT_ROOT}``."""
     want = name + ("[" + ",".join(extras) + "]" if extras else "")
-    if spec.get("git"):
-        ref = spec.get("ref") or spec.get("rev") or spec.get("tag") or spec.get("branch")
-        git = str(spec["git"])
-        git = git if git.startswith("git+") else "git+" + git
-        sub = "#subdirectory=" + str(spec["subdirectory"]) if spec.get("subdirectory") else ""
-        return f"{want} @ {git}@{ref}{sub}" if ref else f"{want} @ {git}{sub}"
+    for vcs in ("git", "hg", "svn", "bzr"):
+        if spec.get(vcs):
+            ref = spec.get("ref") or spec.get("rev") or spec.get("tag") or spec.get("branch")
+            repo = str(spec[vcs])
+            repo = repo if repo.startswith(vcs + "+") else f"{vcs}+{repo}"
+            sub = "#subdirectory=" + str(spec["subdirectory"]) if spec.get("subdirectory") else ""
+            return f"{want} @ {repo}@{ref}{sub}" if ref else f"{want} @ {repo}{sub}"
     if spec.get("url") or spec.get("file"):
         return want + " @ " + str(spec.get("url") or spec.get("file"))
     if spec.get("path"):
-        path = str(spec["path"])
+        path = str(spec["path"]).replace("${PROJECT_ROOT}", ".")
         return path if path.startswith(("/", ".")) else "./" + path
     return None
 
@@ -309,30 +312,14 @@ def pdm_lock(project_text: str, lock_text: str) -> list[str]:
 
 
 def pdm_line(package: dict[str, Any]) -> str:
-    """One pdm.lock package as a pip line: a VCS entry at its revision (PDM names the
-    VCS as the key), a URL, a path, else the pinned version."""
+    """One pdm.lock package as a pip line: a VCS entry at its revision, a URL, a path,
+    else the pinned version."""
     name = str(package["name"])
-    for vcs in ("git", "hg", "svn", "bzr"):
-        if package.get(vcs):
-            repo = str(package[vcs])
-            repo = repo if repo.startswith(vcs + "+") else f"{vcs}+{repo}"
-            revision = package.get("revision") or package.get("ref")
-            sub = f"#subdirectory={package['subdirectory']}" if package.get("subdirectory") else ""
-            return f"{name} @ {repo}@{revision}{sub}" if revision else f"{name} @ {repo}{sub}"
-    if package.get("url"):
-        url = str(package["url"])
-        if "${PROJECT_ROOT}" in url:  # early PDM 2: a local archive, from the app dir
-            return _project_relative(url.removeprefix("file://").lstrip("/"))
-        return name + " @ " + url
-    if package.get("path"):
-        return _project_relative(str(package["path"]))
-    return line(name, "==" + str(package["version"]))
-
-
-def _project_relative(path: str) -> str:
-    """A path in pdm.lock as pip takes it from the app dir, ``${PROJECT_ROOT}`` being it."""
-    path = path.replace("${PROJECT_ROOT}", ".")
-    return path if path.startswith(("/", ".")) else "./" + path
+    spec = {**package, "ref": package.get("revision") or package.get("ref")}
+    url = str(package.get("url") or "")
+    if "${PROJECT_ROOT}" in url:  # early PDM 2: a local archive, from the app dir
+        spec |= {"url": None, "path": url.removeprefix("file://").lstrip("/")}
+    return direct(name, spec) or line(name, "==" + str(package["version"]))
 
 
 def spec_of(text: str) -> str:

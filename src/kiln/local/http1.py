@@ -55,11 +55,11 @@ _SCHEMES = (b"http", b"https")
 # Host or the framing would change what the next hop thinks the message is.
 _NEVER_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
 _COMMON_CONNECTION = frozenset({b"close", b"keep-alive"})
-_KEEP_ALIVE_TOKEN = frozenset({b"keep-alive"})
 _COMMON_CONNECTIONS = {
     spelling: frozenset({spelling.lower()})
     for spelling in (b"close", b"keep-alive", b"Close", b"Keep-Alive")
 }
+_KEEP_ALIVE_TOKEN = _COMMON_CONNECTIONS[b"keep-alive"]
 
 # Second locks behind llhttp's own checks (RFC 9110 5.1, 5.5, 5.6.2).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
