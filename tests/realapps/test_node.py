@@ -130,10 +130,18 @@ def test_a_yarn_4_project_gets_its_locked_versions_without_its_dev_packages(
         )
     )
     yarn = ["npx", "--yes", "--package", "@yarnpkg/cli-dist@4", "yarn"]
-    env = {**os.environ, "npm_config_cache": str(CACHE / "npm"), "YARN_ENABLE_TELEMETRY": "0"}
-    subprocess.run(
-        [*yarn, "install"], cwd=app, check=True, capture_output=True, timeout=300, env=env
+    # Yarn makes every install immutable when it sees CI (as in `.ci/run`): this one
+    # writes the lockfile, as a developer's machine would.
+    env = {
+        **os.environ,
+        "npm_config_cache": str(CACHE / "npm"),
+        "YARN_ENABLE_TELEMETRY": "0",
+        "YARN_ENABLE_IMMUTABLE_INSTALLS": "false",
+    }
+    made = subprocess.run(
+        [*yarn, "install"], cwd=app, capture_output=True, text=True, timeout=300, env=env
     )
+    assert made.returncode == 0, made.stdout + made.stderr
     lock = (app / "yarn.lock").read_text()
     assert "__metadata:" in lock and 'resolution: "ms@npm:2.0.0"' in lock, lock
     for made in (".pnp.cjs", ".pnp.loader.mjs"):  # what a repository would not commit
