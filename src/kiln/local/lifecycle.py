@@ -358,7 +358,7 @@ class Lifecycle:
                 rec.set_state(InstanceState.UNHEALTHY)
                 rec.reason = elsewhere or f"unhealthy: {t.last_error}"
                 self.save(rec)
-                log.warning("instance %s is %s; replacing it", rec.id, rec.reason)
+                log.warning("instance %s: %s; replacing it", rec.id, rec.reason)
                 self.background(self.retire(fleet, rec, InstanceState.FAILED, drain=False))
                 return
             await asyncio.sleep(check.interval)

@@ -328,24 +328,31 @@ class Supervisor(Lifecycle):
                 await self._idle_if_empty(fleet)  # e.g. restored with nothing left
 
     async def _reconcile(self, fleet: FleetRuntime) -> None:
-        for image, desired in list(fleet.groups.items()):
-            mine = [
-                r for r in self.instances.values() if r.fleet == fleet.name and r.image == image
-            ]
-            live = [r for r in mine if r.live and r.state != "unhealthy" and not r.terminating]
-            missing = desired - len(live)
-            for _ in range(missing):
+        for image in list(fleet.groups):
+            for _ in range(self._missing(fleet, image)[0]):  # at most that many a tick
                 if time.time() < fleet.backoff.get(image, (0.0, 0.0))[0]:
                     return
-                await self._replace(fleet, image, mine, live)
+                if not await self._replace(fleet, image):
+                    break
 
-    async def _replace(
-        self,
-        fleet: FleetRuntime,
-        image: str,
-        mine: list[InstanceRecord],
-        live: list[InstanceRecord],
-    ) -> None:
+    def _missing(
+        self, fleet: FleetRuntime, image: str
+    ) -> tuple[int, list[InstanceRecord], list[InstanceRecord]]:
+        """How many instances the group lacks, its records, and the live ones."""
+        mine = [r for r in self.instances.values() if r.fleet == fleet.name and r.image == image]
+        live = [r for r in mine if r.live and r.state != "unhealthy" and not r.terminating]
+        return fleet.groups.get(image, 0) - len(live), mine, live
+
+    async def _replace(self, fleet: FleetRuntime, image: str) -> bool:
+        """Start one instance in the group; False when none was started."""
+        if await self._corrupt_image(fleet, image):
+            return False
+        # Decided only now, after the await: a terminate (a rollback's, say) that ran
+        # meanwhile has lowered the group, and a replacement on the stale count kept
+        # a broken image running after its deployment was rolled back to nothing.
+        missing, mine, live = self._missing(fleet, image)
+        if missing <= 0:
+            return False
         gone = sorted(
             (
                 r
@@ -355,8 +362,6 @@ class Supervisor(Lifecycle):
             key=lambda r: r.launched_at,
         )
         predecessor = gone[0] if gone else None
-        if await self._corrupt_image(fleet, image):
-            return
         in_service = predecessor.in_service if predecessor else any(r.in_service for r in live)
         if predecessor is not None and not predecessor.ever_healthy:
             delay = min(max(fleet.backoff.get(image, (0.0, 0.5))[1] * 2, 1.0), MAX_BACKOFF)
@@ -370,6 +375,7 @@ class Supervisor(Lifecycle):
             await self.boot(fleet, rec)
         except KilnError as exc:
             log.error("replacement %s failed: %s", rec.id, exc)
+        return True
 
     async def _corrupt_image(self, fleet: FleetRuntime, image: str) -> bool:
         """An image whose objects were found corrupt cannot start: no launch, no record.
