@@ -142,6 +142,28 @@ def test_a_failing_steps_cause_leads_its_tail(app_dir: Path, home: Home) -> None
     assert lines[-1] == "  | 60"
 
 
+def test_a_failing_npm_steps_whole_error_leads_its_tail(app_dir: Path, home: Home) -> None:
+    """npm's "code EUSAGE" led the tail, but the line naming the package that is
+    missing from the lock file, three lines down, was cut out with the usage."""
+    said = ["code EUSAGE", "", "npm ci can only install in sync", "", "Missing: ms@ from lock file"]
+    said += ["", "Clean install a project", "", "Usage:", "npm ci"]
+    script = "; ".join(f"echo npm error {line}".rstrip() for line in said)
+    (app_dir / "kiln.toml").write_text(
+        f'[app]\nname = "shop"\nrun = "python3 app.py"\nbuild = ["{script}; seq 60; exit 1"]\n'
+    )
+    with pytest.raises(BuildError) as info:
+        _bake(app_dir, home)
+    lines = str(info.value).splitlines()
+    assert lines[1:7] == [
+        "  | npm error code EUSAGE",
+        "  | npm error",
+        "  | npm error npm ci can only install in sync",
+        "  | npm error",
+        "  | npm error Missing: ms@ from lock file",
+        "  | …",
+    ], lines
+
+
 def test_a_failing_step_whose_output_was_shown_is_not_printed_twice(
     app_dir: Path, home: Home
 ) -> None:

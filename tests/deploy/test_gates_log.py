@@ -97,3 +97,37 @@ def test_a_consoles_prefixed_lines_still_give_their_cause() -> None:
     shown = condensed(CONSOLE, 10).splitlines()
     assert shown[0] == "[   41.905333] run[731]: ModuleNotFoundError: No module named 'flask'"
     assert shown[1] == "…" and len(shown) == 12
+
+
+# `npm ci` on a lockfile out of step with package.json (a React Router template)
+NPM_CI = """\
+npm error code EUSAGE
+npm error
+npm error `npm ci` can only install packages when your package.json and package-lock.json \
+or npm-shrinkwrap.json are in sync. Please update your lock file with `npm install` before \
+continuing.
+npm error
+npm error Missing: napi-windows-process-start-time@ from lock file
+npm error
+npm error Clean install a project
+npm error
+npm error Usage:
+npm error npm ci
+npm error
+npm error Options:
+"""
+
+
+def test_npms_whole_error_leads_and_its_usage_is_left_out() -> None:
+    """The line naming the package (Missing: …) was cut: only "npm error code EUSAGE"
+    led the tail, which then held npm's usage text."""
+    usage = "\n".join(f"npm error [--option-{n}]" for n in range(60))
+    shown = condensed(NPM_CI + usage, 20).splitlines()
+    assert shown[: shown.index("…")] == NPM_CI.splitlines()[:5]
+    assert "Missing: napi-windows-process-start-time@ from lock file" in shown[4]
+    assert "npm error Clean install a project" not in shown
+
+
+def test_a_cause_that_is_not_npms_is_one_line() -> None:
+    text = "\n".join(["Error: boom", "npm error code 1", *[f"l{n}" for n in range(30)]])
+    assert condensed(text, 20).splitlines()[:2] == ["Error: boom", "…"]

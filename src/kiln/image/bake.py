@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kiln.causes import CAUSE, with_cause
+from kiln.causes import CAUSE, CAUSE_LINES, cause_block, with_cause
 from kiln.config import LoadedConfig
 from kiln.errors import BuildError
 from kiln.home import Home
@@ -303,7 +303,7 @@ def _run_step(
 ) -> None:
     progress.step(number, total, command)
     tail: deque[str] = deque(maxlen=30)
-    cause: str | None = None  # npm ci says why, then prints its usage: 60 more lines
+    cause: list[str] = []  # npm ci says why, then prints its usage: 60 more lines
     proc = subprocess.Popen(
         ["/bin/sh", "-c", command],
         cwd=scratch,
@@ -320,8 +320,8 @@ def _run_step(
             line = raw.rstrip("\n")
             tail.append(line)
             progress.output(line)
-            if cause is None and CAUSE.match(line):
-                cause = line
+            if cause or CAUSE.match(line):  # it, and what may go on with it
+                cause += [line] if len(cause) < CAUSE_LINES else []
         code = proc.wait()
     except BaseException:
         proc.kill()
@@ -331,7 +331,7 @@ def _run_step(
         if progress.shows_output:  # printed as it came: just above, not again
             shown = " (its output is above)"
         else:
-            lines = with_cause(cause, list(tail))
+            lines = with_cause(cause_block(cause), list(tail))
             shown = "\n" + ("\n".join(f"  | {line}" for line in lines) or "  | (no output)")
         raise BuildError(
             f"build step {number}/{total} failed with exit code {code}: "
