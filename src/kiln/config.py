@@ -214,7 +214,8 @@ class HealthSettings(Section):
 
     path: str | None = Field(
         default=None,
-        description="HTTP path probed with GET (2xx/3xx is healthy). Unset: a TCP connect check.",
+        description="HTTP path probed with GET (2xx/3xx is healthy). Unset: a TCP connect check "
+        "(local provider: and one GET / when it first passes, where a 5xx fails it).",
     )
     host: str | None = Field(
         default=None,

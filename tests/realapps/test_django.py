@@ -147,3 +147,78 @@ def test_a_project_answering_only_its_public_name_is_checked_with_it(site: Path)
     with urllib.request.urlopen(request, timeout=10) as answer:
         assert answer.status == 200
     assert get(port, "/admin/login/")[0] == 400  # any other name is still refused
+
+
+BLOG_VIEWS = """
+from django.http import HttpResponse
+from .models import Post
+
+def home(request):
+    return HttpResponse("posts: %d" % Post.objects.count())
+"""
+
+
+@pytest.mark.timeout(900)
+def test_a_home_page_that_reads_an_unmigrated_database_fails_the_boot_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new project as `startproject` writes it (SQLite in the app directory), with a
+    home page that reads a model. Each instance had its own empty copy of the database
+    (the release migrated another, thrown away): every TCP check passed, the deploy
+    was green, and `/` answered 500 "no such table". Now the first GET / of each new
+    instance fails the boot gate, with Django's own error in the log tail; given a
+    shared database, the same image deploys."""
+    tools = pip_tools("Django>=5,<5.2")
+    app = tmp_path / "blogsite"
+    app.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tools)}
+    django = [SYSTEM_PYTHON, "-m", "django"]
+    subprocess.run([*django, "startproject", "blogsite", str(app)], check=True, env=env)
+    subprocess.run([*django, "startapp", "blog"], cwd=app, check=True, env=env)
+    (app / "blog" / "models.py").write_text(
+        "from django.db import models\n\nclass Post(models.Model):\n"
+        "    title = models.CharField(max_length=100)\n"
+    )
+    (app / "blog" / "views.py").write_text(BLOG_VIEWS)
+    settings = app / "blogsite" / "settings.py"
+    settings.write_text(
+        settings.read_text().replace("INSTALLED_APPS = [", 'INSTALLED_APPS = [\n    "blog",', 1)
+        + '\nimport os\nDATABASES["default"]["NAME"] = os.environ.get("DATABASE_PATH", '
+        'BASE_DIR / "db.sqlite3")\n'
+    )
+    urls = app / "blogsite" / "urls.py"
+    urls.write_text(
+        urls.read_text().replace(
+            "urlpatterns = [", "from blog.views import home\n\nurlpatterns = [\n    path('', home),"
+        )
+    )
+    made = subprocess.run(
+        [SYSTEM_PYTHON, "manage.py", "makemigrations", "blog"],
+        cwd=app,
+        env={**env, "DJANGO_SETTINGS_MODULE": "blogsite.settings"},
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    (app / "requirements.txt").write_text("Django>=5,<5.2\n")
+    kiln = Kiln(app)
+    port = free_port()
+    init = kiln("init").stdout
+    assert "SQLite" in init, init
+    review(app, port)
+
+    failed = kiln("deploy", "--json", ok=False)
+    assert failed.exit_code == 4, failed.stdout + failed.stderr
+    doc = json.loads(failed.stdout)
+    assert doc["outcome"] == "rolled back" and doc["gate"] == "boot", doc
+    assert "GET / answered 500" in doc["message"], doc["message"]
+    shown = kiln("history", "--json").stdout + failed.stdout + failed.stderr
+    assert "no such table: blog_post" in shown, shown
+
+    monkeypatch.setenv("BLOG_DB", str(tmp_path / "shared.sqlite3"))
+    path = app / "kiln.toml"
+    path.write_text(
+        path.read_text().replace("[secrets]\n", '[secrets]\nDATABASE_PATH = "env:BLOG_DB"\n', 1)
+    )
+    deploy(kiln)
+    assert get(port, "/") == (200, b"posts: 0")

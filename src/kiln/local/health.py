@@ -1,8 +1,9 @@
 """Health checks with load-balancer semantics (interval, timeout, thresholds, grace).
 
 A check is an HTTP GET of ``[health] path`` (2xx/3xx passes) or, without a
-path, a TCP connect. ``Tracker`` turns a stream of results into the
-healthy/unhealthy verdicts the supervisor acts on.
+path, a TCP connect, then one GET / when it first passes (a 5xx fails it).
+``Tracker`` turns a stream of results into the healthy/unhealthy verdicts the
+supervisor acts on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,31 @@ async def probe(
 ) -> str | None:
     """Run one check; None when it passed, else why it failed. ``header``: the Host
     to send ([health] host), else the instance's address."""
+    status = await _get(host, port, path, timeout, header)
+    if isinstance(status, str):
+        return status
+    return None if status is None or 200 <= status < 400 else f"GET {path} answered {status}"
+
+
+async def first_look(host: str, port: int, timeout: float, header: str | None = None) -> str | None:
+    """One GET / when a TCP check has just passed: why the instance is broken when it
+    answers 5xx, else None (any other answer, or none in time, tells nothing).
+
+    A port that accepts says nothing of the pages: a Wagtail site with a database
+    nobody had migrated passed every TCP check, deployed green, and answered 500 on
+    every page that reads it. The look is once per instance, at its start.
+    """
+    status = await _get(host, port, "/", timeout, header)
+    if isinstance(status, int) and status >= 500:
+        return f"GET / answered {status} once its port accepted connections"
+    return None
+
+
+async def _get(
+    host: str, port: int, path: str | None, timeout: float, header: str | None
+) -> int | str | None:
+    """The status of GET ``path`` (None: no path, the connect was the check), or why
+    there is none."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
@@ -40,8 +66,7 @@ async def probe(
     parts = line.split()
     if len(parts) < 2 or not parts[1].isdigit():
         return f"not an HTTP answer: {line[:60]!r}"
-    status = int(parts[1])
-    return None if 200 <= status < 400 else f"GET {path} answered {status}"
+    return int(parts[1])
 
 
 @dataclass

@@ -27,7 +27,7 @@ from kiln.image.drift import baseline_path, record_baseline
 from kiln.image.store import Store
 from kiln.local import procs, uids
 from kiln.local.certs import Certifier, tls_files
-from kiln.local.health import Tracker, probe
+from kiln.local.health import Tracker, first_look, probe
 from kiln.local.launchprint import launch_print, load_key
 from kiln.local.lblink import BalancerLink
 from kiln.local.listening import log_end, not_listening, port_in_use, wrong_port
@@ -330,6 +330,12 @@ class Lifecycle:
             if not rec.live or rec.id in self.stopping:
                 return
             verdict = t.observe(error, time.time())
+            if verdict == "healthy" and check.path is None:
+                broken = await first_look(INSTANCE_HOST, rec.port or 0, check.timeout, check.host)
+                if not rec.live or rec.id in self.stopping:
+                    return
+                if broken is not None:
+                    t.last_error, verdict = broken, "unhealthy"
             if verdict == "healthy":
                 self.sync_lb(fleet, becoming_healthy=rec.id)
                 try:  # routable in the balancer before anyone is told it is healthy
