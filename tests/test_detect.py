@@ -66,7 +66,32 @@ def test_django_runs_gunicorn_on_its_wsgi_collects_static_and_migrates(tmp_path:
     ]
     assert config.env["PYTHONPATH"] == "deps" and config.health.path is None  # TCP
     assert config.app.release == "python3 manage.py migrate --noinput"
-    assert any("SQLite" in note for note in found.notes)
+
+
+def test_a_django_sqlite_database_in_the_app_directory_is_a_warning(tmp_path: Path) -> None:
+    """startproject's and wagtail start's BASE_DIR / 'db.sqlite3': init only noted it, the
+    deploy went green, and every page that read the database answered 500 (no such table):
+    the release migrated a copy that was thrown away. Flask's same case was a warning."""
+    settings = (
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3',\n"
+        "    'NAME': BASE_DIR / 'db.sqlite3'}}\n"
+    )
+    files = {"mysite/settings.py": settings, "mysite/wsgi.py": ""}
+    found = detect(_django_project(tmp_path / "django", "mysite.settings", files))
+    (warning,) = [w for w in found.warnings if "SQLite" in w]
+    assert "the release's 'manage.py migrate' migrates a copy that is thrown away" in warning
+    assert "each instance has its own empty database" in warning
+    assert "point DATABASES at a shared database through a [secrets] entry" in warning
+    assert not any("SQLite" in n for n in found.notes)
+    # Flask's says the same, in the same words
+    flask = _write(
+        tmp_path / "flask",
+        {"app.py": "from flask import Flask\napp = Flask(__name__)\nDB = 'sqlite:///app.db'\n"},
+    )
+    (same,) = [w for w in detect(flask).warnings if "SQLite" in w]
+    assert same.startswith("the database is a SQLite file inside the app directory: ")
+    assert warning.startswith("the database is a SQLite file inside the app directory: ")
+    assert "each instance has its own empty database" in same
 
 
 @pytest.mark.parametrize(

@@ -198,19 +198,35 @@ def _python_database(root: Path, found: Detected) -> None:
     500 ('no such table') on every page that reads its database."""
     listed = _requirements(root)
     target = re.search(r"""['"]?([\w.]+:[\w.]+(?:\(\))?)['"]?\s*$""", found.run)
+    migrate = None
     if "flask-migrate" in listed and (root / "migrations" / "alembic.ini").is_file() and target:
         found.release = f"python3 -m flask --app {shlex.quote(target.group(1))} db upgrade"
         found.why.append("Flask-Migrate's migrations/: 'flask db upgrade' is the release")
+        migrate = "flask db upgrade"
     elif "alembic" in listed and (root / "alembic.ini").is_file():
         found.release = "python3 -m alembic upgrade head"
         found.why.append("alembic.ini: 'alembic upgrade head' is the release")
+        migrate = "alembic upgrade head"
     sqlite = re.compile(r"sqlite(?:\+\w+)?:///(?!/)[\w.-]")  # a path relative to the app
     if any(sqlite.search(_read(path)) for path in _sources(root, (".py", ".ini", ".toml"))):
-        found.warnings.append(
-            "the database is a SQLite file inside the app directory: each instance, and "
-            "the release that migrates it, gets its own copy (the migrated one is thrown "
-            "away); give DATABASE_URL (or your setting) a shared database through [secrets]"
-        )
+        found.warnings.append(sqlite_in_app(migrate, "DATABASE_URL (or your setting)"))
+
+
+def sqlite_in_app(migrate: str | None, setting: str) -> str:
+    """One warning for a SQLite file in the app directory, whatever the framework: the
+    release migrates a copy of the app directory that is then deleted, and each instance
+    runs on its own. A Django project deployed green with it, every page that read the
+    database a 500 ('no such table'), when init had only noted it."""
+    migrated = (
+        f"the release's '{migrate}' migrates a copy that is thrown away"
+        if migrate
+        else "a release that migrated it would migrate a copy that is thrown away"
+    )
+    return (
+        f"the database is a SQLite file inside the app directory: {migrated}, and each "
+        f"instance has its own empty database; point {setting} at a shared database "
+        "through a [secrets] entry (a DATABASE_URL, or a path outside the app directory)"
+    )
 
 
 def _uses_websockets(root: Path) -> bool:
@@ -479,12 +495,9 @@ def _django(root: Path) -> Detected | None:
         why.append("STATIC_ROOT is set: static files are collected at bake time")
     else:
         notes.append("set STATIC_ROOT (and serve it, e.g. with whitenoise) to ship static files")
-    if "sqlite3" in settings_text:
-        notes.append(
-            "the database is SQLite inside the app directory: each instance would get its "
-            "own copy; point DATABASES at a shared database through a [secrets] entry"
-        )
     warnings = _django_debug(base, settings, assigned)
+    if "sqlite3" in settings_text:
+        warnings.append(sqlite_in_app("manage.py migrate", "DATABASES"))
     if re.search(r"^MEDIA_ROOT\s*=.*BASE_DIR", settings_text, re.MULTILINE):
         notes.append(
             "MEDIA_ROOT is inside the app directory: an upload lands on one instance and is "
