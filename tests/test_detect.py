@@ -880,7 +880,82 @@ def test_django_debug_in_the_settings_in_use_is_a_warning(tmp_path: Path) -> Non
     assert 'DJANGO_SETTINGS_MODULE = "mysite.settings.production"' in warning
     assert any("MEDIA_ROOT is inside the app directory" in n for n in found.notes)
     found = detect(_django_project(tmp_path / "prod", "mysite.settings.production", files))
-    assert not any("DEBUG" in w for w in found.warnings)
+    assert not any("DEBUG = True" in w for w in found.warnings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ("DEBUG = False\nALLOWED_HOSTS = []\n", True),  # startproject, made ready by hand
+        ("SECRET_KEY = 'x'\n", True),  # neither assigned: Django's defaults, False and []
+        ("DEBUG = os.environ.get('DEBUG') == '1'\nALLOWED_HOSTS = ()\n", True),
+        ("DEBUG = False\nALLOWED_HOSTS = ['www.example.com']\n", False),
+        ("DEBUG = False\nALLOWED_HOSTS = os.environ['HOSTS'].split(',')\n", False),
+        ("DEBUG = False\nif X:\n    ALLOWED_HOSTS = ['a.example']\n", False),  # may be set
+        # Django answers localhost then; the DEBUG warning says to list them
+        ("DEBUG = True\nALLOWED_HOSTS = []\n", False),
+        ("from .base import *\n", True),  # nor in the base it runs
+        ("from .base import *\nALLOWED_HOSTS = ['www.example.com']\n", False),
+        ("from django_base_settings import *\n", False),  # another package's: unknown
+        (
+            "from .base import *\ntry:\n    from .local import *\nexcept ImportError:\n    pass\n",
+            True,
+        ),  # local.py is not there, nor in the image
+    ],
+)
+def test_django_with_debug_off_and_no_allowed_hosts_is_a_warning(
+    tmp_path: Path, settings: str, warned: bool
+) -> None:
+    """DEBUG off and ALLOWED_HOSTS empty: Django answers 400 to every request, and init
+    said nothing."""
+    files = {
+        "mysite/settings/__init__.py": "",
+        "mysite/settings/base.py": "STATIC_ROOT = 'static'\n",
+        "mysite/settings/site.py": settings,
+        "mysite/wsgi.py": "",
+    }
+    found = detect(_django_project(tmp_path, "mysite.settings.site", files))
+    hosts = [w for w in found.warnings if "leaves ALLOWED_HOSTS empty" in w]
+    assert bool(hosts) == warned, found.warnings
+    if warned:
+        (warning,) = hosts
+        assert warning.startswith("mysite.settings.site leaves ALLOWED_HOSTS empty: ")
+        assert "Django answers 400 (Bad Request) to every request" in warning
+        assert "os.environ['ALLOWED_HOSTS'].split(',')" in warning
+        assert "[env] ALLOWED_HOSTS entry" in warning
+
+
+def test_the_production_settings_init_suggests_must_list_allowed_hosts(tmp_path: Path) -> None:
+    """wagtail start: settings.dev has DEBUG = True, and the production.py init said to
+    use instead leaves ALLOWED_HOSTS empty: followed as written, every request a 400."""
+    files = {
+        "mysite/settings/__init__.py": "",
+        "mysite/settings/base.py": "DEBUG = False\n",
+        "mysite/settings/dev.py": "from .base import *\nDEBUG = True\nALLOWED_HOSTS = ['*']\n",
+        "mysite/settings/production.py": "from .base import *\nDEBUG = False\n"
+        "try:\n    from .local import *\nexcept ImportError:\n    pass\n",
+        "mysite/wsgi.py": "",
+    }
+    found = detect(_django_project(tmp_path / "wagtail", "mysite.settings.dev", files))
+    (warning,) = [w for w in found.warnings if "DEBUG = True" in w]
+    assert warning.endswith(
+        'use [env] DJANGO_SETTINGS_MODULE = "mysite.settings.production", and list the '
+        "public host names in its ALLOWED_HOSTS (from the environment: ALLOWED_HOSTS = "
+        "os.environ['ALLOWED_HOSTS'].split(','), with an [env] ALLOWED_HOSTS entry)"
+    )
+    assert not any("leaves ALLOWED_HOSTS empty" in w for w in found.warnings)  # dev lists *
+    files["mysite/settings/dev.py"] = "DEBUG = True\n"  # no production.py beside it
+    del files["mysite/settings/production.py"]
+    found = detect(_django_project(tmp_path / "alone", "mysite.settings.dev", files))
+    (warning,) = [w for w in found.warnings if "DEBUG = True" in w]
+    assert "DEBUG from the environment" in warning
+    assert "list the public host names in ALLOWED_HOSTS (from the environment" in warning
+    files["mysite/settings/production.py"] = "from .base import *\nDEBUG = False\n"
+    files["mysite/settings/production.py"] += "ALLOWED_HOSTS = ['www.example.com']\n"
+    files["mysite/settings/dev.py"] = "from .base import *\nDEBUG = True\n"
+    found = detect(_django_project(tmp_path / "listed", "mysite.settings.dev", files))
+    (warning,) = [w for w in found.warnings if "DEBUG = True" in w]
+    assert warning.endswith('use [env] DJANGO_SETTINGS_MODULE = "mysite.settings.production"')
 
 
 @pytest.mark.parametrize(

@@ -522,20 +522,48 @@ def _django(root: Path) -> Detected | None:
 
 def _django_debug(base: Path, settings: str, assigned: dict[str, ast.expr | None]) -> list[str]:
     """DEBUG = True in the settings in use (wagtail start's settings.dev, say): every
-    error is then a page of the code and settings, served to anyone."""
+    error is then a page of the code and settings, served to anyone. DEBUG off with
+    ALLOWED_HOSTS empty: Django answers 400 to every request. The production module
+    suggested instead is read too: Wagtail's leaves ALLOWED_HOSTS empty."""
     node = assigned.get("DEBUG")
     if not (isinstance(node, ast.Constant) and node.value is True):
-        return []
-    package = base / settings.rpartition(".")[0].replace(".", "/")
-    production = next((n for n in ("production", "prod") if (package / f"{n}.py").is_file()), None)
+        return [_NO_HOSTS.format(settings=settings)] if _no_hosts(assigned) else []
+    package = settings.rpartition(".")[0]
+    where = base / package.replace(".", "/")
+    production = next((n for n in ("production", "prod") if (where / f"{n}.py").is_file()), None)
     if production is not None:
-        use = f'[env] DJANGO_SETTINGS_MODULE = "{settings.rpartition(".")[0]}.{production}"'
+        module = f"{package}.{production}"
+        use = f'[env] DJANGO_SETTINGS_MODULE = "{module}"'
+        hosts = _django_settings(base, module)[1]  # DEBUG off there: it must list them
     else:
         use = "DEBUG from the environment (DEBUG = os.environ.get('DEBUG') == '1')"
+        hosts = assigned
+    if _no_hosts(hosts):
+        its = "its " if production is not None else ""
+        use += f", and list the public host names in {its}ALLOWED_HOSTS ({_HOSTS_FROM_ENV})"
     return [
         f"{settings} sets DEBUG = True: every error page (the code, the settings) is served "
         f"to anyone; use {use}"
     ]
+
+
+_HOSTS_FROM_ENV = (
+    "from the environment: ALLOWED_HOSTS = os.environ['ALLOWED_HOSTS'].split(','), "
+    "with an [env] ALLOWED_HOSTS entry"
+)
+_NO_HOSTS = (
+    "{settings} leaves ALLOWED_HOSTS empty: with DEBUG off, Django answers 400 (Bad "
+    f"Request) to every request; list the public host names in it ({_HOSTS_FROM_ENV})"
+)
+
+
+def _no_hosts(assigned: dict[str, ast.expr | None]) -> bool:
+    """ALLOWED_HOSTS is certainly empty: never assigned (nor possibly by a module kiln
+    cannot read), or assigned [] or () for certain."""
+    if "ALLOWED_HOSTS" not in assigned:
+        return UNSEEN not in assigned
+    node = assigned["ALLOWED_HOSTS"]
+    return isinstance(node, ast.List | ast.Tuple) and not node.elts
 
 
 def _allowed_host(assigned: dict[str, ast.expr | None]) -> str | None:
@@ -588,18 +616,27 @@ def _django_settings_files(base: Path, settings: str) -> list[Path]:
     return []
 
 
+# in what _django_settings returns: a star import kiln could not read ("*" is no name)
+UNSEEN = "*"
+
+
 def _django_settings(base: Path, settings: str) -> tuple[list[Path], dict[str, ast.expr | None]]:
     """The settings modules Django runs for ``settings``, and the value each top-level
     name ends with, as Python runs them: a star import (``from .base import *``) takes
     effect where it stands, so a later assignment wins over it. A name assigned under
     an ``if`` depends on the run: its value is None. Siblings that are not imported
-    (``staging.py`` beside the ``production.py`` in use) are not read."""
+    (``staging.py`` beside the ``production.py`` in use) are not read. A star import of
+    another package's module, which kiln cannot read, is recorded as UNSEEN; one of the
+    app's own that does not exist (``from .local import *`` in a try) set nothing."""
     files: list[Path] = []
     assigned: dict[str, ast.expr | None] = {}
 
     def run(module: str, certain: bool) -> None:
         path = base / module.replace(".", "/")
         path = path / "__init__.py" if (path / "__init__.py").is_file() else path.with_suffix(".py")
+        top = module.partition(".")[0]
+        if not path.is_file() and not (base / top).is_dir() and not (base / f"{top}.py").is_file():
+            assigned[UNSEEN] = None  # another package's settings: any name may come from it
         if path in files or not path.is_file():
             return
         files.append(path)
