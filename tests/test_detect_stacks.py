@@ -150,6 +150,50 @@ def test_python_stacks(
     assert config.fleet.sticky == ("cookie" if kind in ("Streamlit", "Gradio") else None)
 
 
+FASTHTML = """\
+from fasthtml.common import *
+
+app, rt = fast_app()
+
+@rt('/')
+def get():
+    return Div(P('Hello World!'), hx_get="/change")
+
+serve()
+"""
+
+
+def test_fasthtml_runs_under_uvicorn_not_as_a_script(tmp_path: Path) -> None:
+    """FastHTML's quick start was run as 'python3 main.py': its serve() binds 0.0.0.0
+    with reload (two processes per instance, every interface). Imported by uvicorn, as
+    kiln's other ASGI apps are, serve() does nothing."""
+    _write(tmp_path, {"requirements.txt": "python-fasthtml\n", "main.py": FASTHTML})
+    found = detect(tmp_path)
+    config = _config(tmp_path)
+    assert found.kind == "FastHTML"
+    assert config.app.run == "python3 -m uvicorn --host $HOST --port $PORT main:app"
+    # python-fasthtml requires uvicorn[standard]: nothing to add, and no word that it lacks it
+    assert _steps(config.app.build) == [
+        "python3 -m pip install -q --target deps -r requirements.txt"
+    ]
+    assert "uvicorn comes with python-fasthtml, which requires uvicorn[standard]" in found.why
+    assert not any("not in requirements.txt" in w for w in found.why), found.why
+    assert not any("every interface" in w for w in found.warnings)
+    assert ".sesskey" in config.app.exclude  # the developer's signing key stays out
+    (note,) = [n for n in found.notes if "secret_key" in n]
+    assert note.startswith("main.py gives fast_app() no secret_key")
+
+    # FastHTML() itself, and without a requirements.txt: the build adds the framework
+    made = _write(
+        tmp_path / "made",
+        {"app.py": "from fasthtml import FastHTML\napp = FastHTML(secret_key=KEY)\n"},
+    )
+    found = detect(made)
+    assert found.run.endswith(" app:app") and found.kind == "FastHTML"
+    assert _steps(found.build) == ["python3 -m pip install -q --target deps python-fasthtml"]
+    assert not any("secret_key" in n for n in found.notes)
+
+
 def test_gradio_launch_with_a_fixed_port_is_a_warning(tmp_path: Path) -> None:
     _write(tmp_path, {"app.py": "import gradio as gr\ngr.Interface(f).launch(server_port=7860)\n"})
     (warning,) = detect(tmp_path).warnings

@@ -204,6 +204,23 @@ def test_the_procfiles_server_is_installed_when_not_listed(tmp_path: Path) -> No
     assert "WEB_CONCURRENCY" not in found.env  # gunicorn's setting
 
 
+def test_a_server_a_listed_package_brings_is_not_added(tmp_path: Path) -> None:
+    """python-fasthtml requires uvicorn[standard]: init said uvicorn was not listed and
+    added a second, plain one to the build."""
+    _write(
+        tmp_path,
+        {
+            "main.py": "from fasthtml.common import *\napp, rt = fast_app()\nserve()\n",
+            "requirements.txt": "python-fasthtml\n",
+            "Procfile": "web: uvicorn main:app --host 0.0.0.0 --port $PORT\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.run == "python3 -m uvicorn main:app --host $HOST --port $PORT"
+    assert _runs(found.build) == ["python3 -m pip install -q --target deps -r requirements.txt"]
+    assert not any("is not listed" in w for w in found.why), found.why
+
+
 def test_an_app_detection_misses_gets_its_python_build_from_the_procfile(tmp_path: Path) -> None:
     """The app object is made in a way detection does not recognise; the Procfile names it."""
     _write(

@@ -315,6 +315,16 @@ PYPROJECT_DEPS = (
 )
 
 
+# distributions that install a server (and what it needs) with them: kiln need not
+# add it, nor say the app lacks it
+_BRINGS = {"python-fasthtml": ("uvicorn", "websockets")}
+
+
+def brought_with(names: list[str]) -> dict[str, str]:
+    """{distribution: the one of ``names`` that requires it} for the servers they bring."""
+    return {dep: name for name in names for dep in _BRINGS.get(name, ())}
+
+
 def _pip_build(
     root: Path, needed: list[str], why: list[str], *, wsgi: bool = False
 ) -> list[str | BuildStep]:
@@ -324,11 +334,15 @@ def _pip_build(
     re-bakes without running pip. ``wsgi``: uvicorn serves WSGI (no WebSocket).
     """
     listed = _requirements(root)
-    missing = [name for name in needed if name not in listed]
+    brought = brought_with([*listed, *needed])
+    missing = [name for name in needed if name not in listed and name not in brought]
+    for dep in sorted({d for d in needed if d in brought and d not in listed}):
+        why.append(f"{dep} comes with {brought[dep]}, which requires uvicorn[standard]")
     # plain uvicorn answers a WebSocket upgrade with 404 ("No supported WebSocket library
     # detected"): when kiln adds uvicorn, and when the app lists it plainly (`uv add
     # uvicorn`) but has WebSocket routes
-    serving = "uvicorn" in needed and not wsgi and not {"websockets", "wsproto"} & set(listed)
+    has_ws = {"websockets", "wsproto"} & {*listed, *brought}
+    serving = "uvicorn" in needed and not wsgi and not has_ws
     if serving and ("uvicorn" in missing or _uses_websockets(root)):
         missing.append("websockets")
     source = _python_source(root)

@@ -2,7 +2,7 @@
 
 Streamlit and Gradio apps are scripts run by their framework's own server;
 Dash wraps a Flask server; Sanic ships its own server; aiohttp runs on
-gunicorn's aiohttp worker; Quart, Litestar, Falcon and Bottle are WSGI/ASGI
+gunicorn's aiohttp worker; Quart, Litestar, FastHTML, Falcon and Bottle are WSGI/ASGI
 apps under names the generic detector does not know. Each stack is found by
 what its source imports or constructs (never by running it), and gets a run
 line that listens on $HOST:$PORT, the health route the framework serves, and
@@ -284,6 +284,26 @@ def _sanic_health(text: str) -> bool:
     )
 
 
+def _fasthtml(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
+    """uvicorn on the app, as for Starlette (FastHTML is one): run as a script, its
+    ``serve()`` started uvicorn on 0.0.0.0 with reload (two processes, every interface);
+    imported by uvicorn, ``serve()`` does nothing."""
+    found = _served("FastHTML", "uvicorn", "python-fasthtml")(root, path, text, match)
+    found.why.insert(1, "serve() does nothing when a server imports the module")
+    found.exclude.append(_SESSKEY)
+    if "secret_key" not in text:  # a note: an app that keeps no session loses nothing
+        found.notes.append(
+            f"{_shown(root, path)} gives {match.group(2)}() no secret_key: FastHTML signs "
+            f"session cookies with a key it writes to {_SESSKEY} at start, so each instance "
+            "makes its own and refuses the others' sessions (and a deploy ends them all); "
+            "pass secret_key=os.environ['SESSION_SECRET'] with a [secrets] entry"
+        )
+    return found
+
+
+_SESSKEY = ".sesskey"  # FastHTML's signing key, made on the developer's machine: no image's
+
+
 def _aiohttp(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
     why = [f"{_shown(root, path)} defines {match.group(1)} = web.Application(): an aiohttp app"]
     return _aiohttp_served(root, path, match.group(1), why)
@@ -370,6 +390,8 @@ _APP_OBJECTS = (
         _OBJECT + r"(?:litestar\.)?Litestar\(",
         _served("Litestar", "uvicorn", "litestar"),
     ),
+    # `app, rt = fast_app()`: the app is the first name (group 2: what made it)
+    _App("FastHTML", r"^(\w+)\s*(?:,\s*\w+\s*)*=\s*(fast_app|FastHTML)\(", _fasthtml),
     _App("Falcon", _OBJECT + r"falcon\.asgi\.App\(", _served("Falcon", "uvicorn", "falcon")),
     _App("Falcon", _OBJECT + r"falcon\.App\(", _served("Falcon", "gunicorn", "falcon")),
     _App("Bottle", _OBJECT + r"(?:bottle\.)?Bottle\(", _served("Bottle", "gunicorn", "bottle")),

@@ -25,6 +25,7 @@ from kiln.detect import (
     _read,
     _requirements,
     _route,
+    brought_with,
 )
 from kiln.listenargs import Adapted, listen_on_host_port, python3
 from kiln.runenv import SYSTEM_PATH
@@ -218,7 +219,8 @@ def _python_build(root: Path, found: Detected, adapted: Adapted) -> None:
     if adapted.server is None:
         return
     dist = adapted.server.module
-    if dist in _requirements(root):
+    names = _requirements(root)
+    if dist in names or dist in brought_with(names):
         return
     for i, step in enumerate(found.build):
         command = step if isinstance(step, str) else step.run
