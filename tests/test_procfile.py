@@ -119,6 +119,34 @@ def test_simple_commands_leave_out_assignments_and_redirections() -> None:
             "sanic myapp.server:app --host 0.0.0.0 --port 8000 --workers 2",
             "python3 -m sanic myapp.server:app --host $HOST --port $PORT --workers 2",
         ),
+        # FastAPI's documented production command binds 0.0.0.0:8000 when told nothing
+        (
+            "fastapi run main.py --port $PORT",
+            "python3 -m fastapi run --host $HOST main.py --port $PORT",
+        ),
+        ("fastapi run", "python3 -m fastapi run --host $HOST --port $PORT"),
+        (
+            "python -m fastapi run app/main.py --host=0.0.0.0 --port=80 --workers 4",
+            "python3 -m fastapi run app/main.py --host=$HOST --port=$PORT --workers 4",
+        ),
+        # Litestar: --app belongs to the group, --host/--port to its run subcommand
+        (
+            "litestar --app app:app run --host 0.0.0.0 --port $PORT",
+            "python3 -m litestar --app app:app run --host $HOST --port $PORT",
+        ),
+        ("litestar run -H 0.0.0.0 -p 8000", "python3 -m litestar run -H $HOST -p $PORT"),
+        (
+            "litestar --app app:app run",
+            "python3 -m litestar --app app:app run --host $HOST --port $PORT",
+        ),
+        (
+            "granian --interface asgi --host 0.0.0.0 --port $PORT main:app",
+            "python3 -m granian --interface asgi --host $HOST --port $PORT main:app",
+        ),
+        (
+            "granian --interface wsgi app:app",
+            "python3 -m granian --host $HOST --port $PORT --interface wsgi app:app",
+        ),
         # the server is the last command; python is python3 everywhere
         (
             "python manage.py migrate && gunicorn p.wsgi",
@@ -141,6 +169,8 @@ def test_a_server_is_made_to_listen_on_host_port(line: str, expected: str) -> No
     [
         "gunicorn --bind unix:/tmp/app.sock app:app",
         "uvicorn main:app --uds /tmp/a.sock",
+        "litestar --app app:app run --uds /tmp/a.sock",
+        "granian --interface asgi --uds /tmp/a.sock main:app",
         "gunicorn app:app | tee log",
     ],
 )
@@ -397,6 +427,84 @@ def test_a_development_server_in_the_procfile_is_warned_about(tmp_path: Path) ->
     assert found.run == "python3 manage.py runserver 0.0.0.0:$PORT"  # the user's call
     (warning,) = [w for w in found.warnings if "development server" in w]
     assert "manage.py runserver" in warning and "mysite.wsgi:application" in warning
+
+
+def test_fastapi_and_litestar_procfiles_listen_on_host_port(tmp_path: Path) -> None:
+    """FastAPI's `fastapi run` (its documented production command) bound 0.0.0.0 and got
+    only a note that kiln could not see where it listens; so did Litestar and Granian."""
+    app = {"main.py": "from fastapi import FastAPI\napp = FastAPI()\n"}
+    for n, (web, run, dist) in enumerate(
+        [
+            (
+                "fastapi run main.py --port $PORT",
+                "python3 -m fastapi run --host $HOST main.py --port $PORT",
+                "fastapi[standard]",
+            ),
+            (
+                "granian --interface asgi --host 0.0.0.0 --port $PORT main:app",
+                "python3 -m granian --interface asgi --host $HOST --port $PORT main:app",
+                "fastapi\ngranian",
+            ),
+        ]
+    ):
+        files = {**app, "requirements.txt": dist, "Procfile": f"web: {web}\n"}
+        root = _write(tmp_path / str(n), files)
+        found = detect(root)
+        assert found.run == run
+        assert not found.warnings and not any("cannot see" in n for n in found.notes)
+    found = detect(
+        _write(
+            tmp_path / "litestar",
+            {
+                "app.py": "from litestar import Litestar\napp = Litestar([])\n",
+                "requirements.txt": "litestar[standard]\n",
+                "Procfile": "web: litestar --app app:app run --host 0.0.0.0 --port $PORT\n",
+            },
+        )
+    )
+    assert found.run == "python3 -m litestar --app app:app run --host $HOST --port $PORT"
+    assert "litestar --host 0.0.0.0 → $HOST: kiln gives each instance its own address" in (
+        found.why
+    )
+
+
+def test_fastapi_dev_in_the_procfile_is_a_development_server(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "main.py": "from fastapi import FastAPI\napp = FastAPI()\n",
+            "requirements.txt": "fastapi[standard]\n",
+            "Procfile": "web: fastapi dev main.py --port $PORT\n",
+        },
+    )
+    found = detect(tmp_path)
+    assert found.run == "fastapi dev main.py --port $PORT"  # the user's call
+    (warning,) = [w for w in found.warnings if "development server" in w]
+    assert "FastAPI's development server (fastapi dev" in warning
+    assert "python3 -m uvicorn --host $HOST --port $PORT main:app" in warning  # kiln's guess
+
+
+@pytest.mark.parametrize(
+    ("web", "first"),
+    [
+        ("python manage.py runserver 0.0.0.0:$PORT", "python manage.py"),
+        ("HOST=0.0.0.0 node server.js", "node server.js"),
+        ("bin/start-web --listen 0.0.0.0:$PORT", "bin/start-web"),
+        ("hug -f app.py --host=0.0.0.0 -p $PORT", "hug"),
+    ],
+)
+def test_a_web_process_kiln_cannot_rewrite_that_binds_every_interface_is_a_warning(
+    tmp_path: Path, web: str, first: str
+) -> None:
+    """A literal 0.0.0.0 kiln leaves in the line got only a note (or nothing): each
+    instance was reachable around the balancer."""
+    _write(tmp_path, {"requirements.txt": "flask\n", "Procfile": f"web: {web}\n"})
+    found = detect(tmp_path)
+    (warning,) = [w for w in found.warnings if "every interface" in w]
+    assert warning.startswith("the Procfile's web process listens on 0.0.0.0 (every interface)")
+    assert f"kiln does not rewrite where '{first}' listens" in warning
+    assert "reachable around kiln's load balancer" in warning
+    assert not any("cannot see where" in n for n in found.notes)
 
 
 def test_a_development_server_of_an_app_kiln_does_not_know_names_no_guess(

@@ -55,6 +55,11 @@ _JS_OPEN = (
     # nor does @hono/node-server's serve({ fetch, port }) without a hostname
     re.compile(r"\bserve\(\s*\{(?![^}]*\bhostname\b)[^}]*\bfetch\b[^}]*\}()", re.DOTALL),
 )
+# why listening on every interface matters (the Procfile's check says it too)
+AROUND_BALANCER = (
+    "each instance is then reachable around kiln's load balancer (no TLS, no host "
+    "routing, any X-Forwarded-For believed)"
+)
 _PY_HOST_ENV = re.compile(r"""(?:environ|getenv)[^\n]*['"]HOST['"]""")
 _PY_OPEN = (
     re.compile(r"""\bhost\s*=\s*['"](0\.0\.0\.0|::)['"]"""),
@@ -84,9 +89,8 @@ def fixed_port_warnings(root: Path, run: str) -> list[str]:
         if opened is not None and not (_JS_HOST_ENV if js else _PY_HOST_ENV).search(text):
             host = "process.env.HOST" if js else "os.environ['HOST']"
             warnings.append(
-                f"{path.relative_to(root)} listens on every interface ('{opened[1]}'): each "
-                "instance is then reachable around kiln's load balancer (no TLS, no host "
-                f"routing, any X-Forwarded-For believed); listen on {host} (kiln sets it)"
+                f"{path.relative_to(root)} listens on every interface ('{opened[1]}'): "
+                f"{AROUND_BALANCER}; listen on {host} (kiln sets it)"
             )
     return warnings
 

@@ -2,8 +2,9 @@
 
 A Procfile's ``web: gunicorn app:app`` relies on gunicorn reading $PORT and
 binding 0.0.0.0 (every interface); ``uvicorn main:app --host 0.0.0.0 --port
-$PORT`` says so outright; ``hypercorn``, ``daphne`` and ``waitress-serve``
-listen on their own default port when told nothing. kiln gives each instance
+$PORT`` says so outright; ``hypercorn``, ``daphne``, ``waitress-serve``,
+``litestar run`` and ``granian`` listen on their own default port when told
+nothing, and ``fastapi run`` on 0.0.0.0:8000. kiln gives each instance
 its own $HOST and $PORT, so the Python servers it knows get their listen
 options set to those (added when missing, rewritten when they name another
 address or a fixed port) and are run as ``python3 -m SERVER`` (the build
@@ -38,6 +39,9 @@ class Server:
     sockets: tuple[str, ...] = ()  # listening on what kiln's balancer cannot reach
     add: str = "--host $HOST --port $PORT"  # when nothing says where to listen
     default: str = "127.0.0.1:8000"  # where it listens when told nothing
+    # the subcommand that serves (`fastapi run`, `litestar --app a:app run`): its options
+    # are the listen options; without it the line is not this server's
+    subcommand: str = ""
 
 
 SERVERS = {
@@ -76,6 +80,24 @@ SERVERS = {
             port=("-p", "--port"),
             sockets=("-u", "--unix"),
         ),
+        # FastAPI's documented production command; `fastapi dev` is its reloading dev server
+        Server(
+            "fastapi",
+            "fastapi",
+            host=("--host",),
+            port=("--port",),
+            default="0.0.0.0:8000 (every interface)",
+            subcommand="run",
+        ),
+        Server(
+            "litestar",
+            "litestar",
+            host=("-H", "--host"),
+            port=("-p", "--port"),
+            sockets=("-U", "--uds", "-F", "--fd"),
+            subcommand="run",
+        ),
+        Server("granian", "granian", host=("--host",), port=("--port",), sockets=("--uds",)),
     )
 }
 _BY_MODULE = {s.module: s for s in SERVERS.values()}
@@ -139,6 +161,12 @@ def listen_on_host_port(line: str) -> Adapted:
         return python3(line)
     server, taken = found
     last = last[wrapped:]
+    listen = taken  # where its listen options start
+    if server.subcommand:
+        names = [_unquote(w) for w, _ in last]
+        if server.subcommand not in names[taken:]:  # `fastapi dev`, `litestar routes`
+            return python3(line)
+        listen = names.index(server.subcommand, taken) + 1
     edits = [(s, s + len(w), "python3") for w, s in (c[0] for c in commands[:-1]) if w == "python"]
     begin, end = last[0][1], last[taken - 1][1] + len(last[taken - 1][0])
     edits.append((begin, end, f"python3 -m {server.module}"))
@@ -148,7 +176,8 @@ def listen_on_host_port(line: str) -> Adapted:
             f"{server.name} run as 'python3 -m {server.module}': the build installs it into "
             "deps/, which is on PYTHONPATH, not on PATH"
         )
-    edits += _listen_edits(server, last, taken, end, adapted)
+    after = last[listen - 1][1] + len(last[listen - 1][0])  # options go after it
+    edits += _listen_edits(server, last, listen, after, adapted)
     adapted.line = _apply(line, edits)
     return adapted
 

@@ -27,6 +27,7 @@ from kiln.detect import (
     _route,
     brought_with,
 )
+from kiln.fixedport import AROUND_BALANCER
 from kiln.listenargs import Adapted, listen_on_host_port, python3
 from kiln.runenv import SYSTEM_PATH
 from kiln.runline import assignments, simple_commands
@@ -119,6 +120,8 @@ def _use_web(root: Path, found: Detected, web: str) -> None:
     found.why.append(f"Procfile: web process '{web}' runs the app, instead of kiln's own guess")
     found.run, found.run_source = adapted.line, "Procfile"
     found.why += adapted.changes
+    opened = _every_interface(adapted)
+    adapted.warnings += [opened] if opened else []
     found.warnings += adapted.warnings
     first = adapted.words[0] if adapted.words else ""
     if adapted.server is None and first not in _LOOKED_AT and not adapted.warnings:
@@ -180,7 +183,27 @@ def _dev_server(words: list[str]) -> str | None:
         return "Django's development server (manage.py runserver)"
     if re.search(r"^(?:python3? -m )?flask(?: --app \S+)? run\b", text):
         return "Flask's development server (flask run)"
+    if re.search(r"^(?:python3? -m )?fastapi dev\b", text):
+        return "FastAPI's development server (fastapi dev, which reloads on every change)"
     return None
+
+
+# a literal 0.0.0.0 the line still has: kiln did not rewrite where it listens
+_EVERY_INTERFACE = re.compile(r"(?<![\w.])0\.0\.0\.0(?![\w.])")
+
+
+def _every_interface(adapted: Adapted) -> str | None:
+    """A warning when the web process, as kiln leaves it, listens on 0.0.0.0: a server
+    kiln knows is told $HOST instead, any other command is run as written."""
+    if adapted.server is not None or not _EVERY_INTERFACE.search(adapted.line):
+        return None
+    words = adapted.words or adapted.line.split()
+    first = " ".join(words[:2]) if words[0] in _LOOKED_AT and len(words) > 1 else words[0]
+    return (
+        f"the Procfile's web process listens on 0.0.0.0 (every interface), and kiln does not "
+        f"rewrite where '{first}' listens: {AROUND_BALANCER}; make it listen on $HOST "
+        "(kiln sets it)"
+    )
 
 
 def _keep_deps(found: Detected, line: str) -> str:
