@@ -399,6 +399,14 @@ def test_a_fastify_app_gets_a_note_on_the_host_it_binds(tmp_path: Path) -> None:
         ("app.py", "web.run_app(init_app())\n", "8080, aiohttp's default,"),
         ("app.py", "web.run_app(app, host='127.0.0.1')\n", "8080, aiohttp's default,"),
         ("app.py", "web.run_app(app, port=8081)\n", "8081"),
+        ("app.py", "server = make_server('0.0.0.0', 6543, app)\n", "6543"),  # wsgiref
+        ("app.py", "app = Robyn(__file__)\napp.start(port=8080)\n", "8080"),
+        ("app.py", "app = Robyn(__file__)\napp.start(host='0.0.0.0', port=8000)\n", "8000"),
+        (
+            "app.py",
+            "app = Robyn(__file__)\nif __name__ == '__main__':\n    app.start()\n",
+            "8080, Robyn's default,",
+        ),
     ],
 )
 def test_more_quickstarts_that_fix_their_port(
@@ -426,6 +434,11 @@ def test_more_quickstarts_that_fix_their_port(
         ),
         ("app.py", "serve(app, host='0.0.0.0', port=int(os.environ['PORT']))\n", True),
         ("app.py", "app.run(host=os.environ['HOST'], port=int(os.environ['PORT']))\n", False),
+        ("app.py", "httpd = make_server('0.0.0.0', 6543, app)\n", True),  # wsgiref
+        ("app.py", 'httpd = make_server("", 8000, app)\n', True),
+        ("app.py", "httpd = make_server('127.0.0.1', 8000, app)\n", False),
+        ("app.py", 'app.start(host="0.0.0.0", port=8080)\n', True),  # Robyn
+        ("app.py", "app.start(port=int(os.environ['PORT']))\n", False),
     ],
 )
 def test_listening_on_every_interface_is_a_warning(
@@ -439,6 +452,56 @@ def test_listening_on_every_interface_is_a_warning(
     run = f"{'python3' if name.endswith('.py') else 'node'} {name}"
     warnings = [w for w in fixed_port_warnings(tmp_path, run) if "every interface" in w]
     assert bool(warnings) == open_, warnings
+
+
+PYRAMID = """\
+from wsgiref.simple_server import make_server
+from pyramid.config import Configurator
+from pyramid.response import Response
+
+
+def hello_world(request):
+    return Response('Hello World!')
+
+
+if __name__ == '__main__':
+    with Configurator() as config:
+        config.add_route('hello', '/')
+        config.add_view(hello_world, route_name='hello')
+        app = config.make_wsgi_app()
+    server = make_server('0.0.0.0', 6543, app)
+    server.serve_forever()
+"""
+
+
+def test_pyramid_and_robyn_hello_worlds_name_the_line_to_change(tmp_path: Path) -> None:
+    """Pyramid's single-file hello world (the stdlib's make_server) and Robyn's quick
+    start passed init without a word: a fixed port and every interface."""
+    pyramid = _write(tmp_path / "pyramid", {"app.py": PYRAMID, "requirements.txt": "pyramid\n"})
+    found = detect(pyramid)
+    assert found.run == "python3 app.py"
+    line = "server = make_server('0.0.0.0', 6543, app)"
+    assert found.warnings == [
+        f"app.py listens on port 6543 ('{line}'): every instance gets its own $PORT, so it "
+        "must listen on int(os.environ['PORT']) (and os.environ['HOST'])",
+        f"app.py listens on every interface ('{line}'): each instance is then reachable "
+        "around kiln's load balancer (no TLS, no host routing, any X-Forwarded-For "
+        "believed); listen on os.environ['HOST'] (kiln sets it)",
+    ]
+    robyn = _write(
+        tmp_path / "robyn",
+        {
+            "app.py": "from robyn import Robyn\n\napp = Robyn(__file__)\n\n"
+            '@app.get("/")\nasync def h(request):\n    return "Hello, world!"\n\n'
+            'app.start(host="0.0.0.0", port=8080)\n',
+            "requirements.txt": "robyn\n",
+        },
+    )
+    warnings = detect(robyn).warnings
+    assert [w.split(":")[0] for w in warnings] == [
+        "app.py listens on port 8080 ('app.start(host=\"0.0.0.0\", port=8080)')",
+        "app.py listens on every interface ('app.start(host=\"0.0.0.0\", port=8080)')",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -39,11 +39,23 @@ _PY_FIXED = (
     re.compile(r"\bserve\([^)]*?\bport\s*=\s*(\d{2,5})\b", re.DOTALL),  # waitress
     # websockets' serve(handler, "localhost", 8765)
     re.compile(r"""\bserve\(\s*\w+\s*,\s*['"][^'"]*['"]\s*,\s*(\d{2,5})\b"""),
+    # the stdlib's wsgiref.simple_server.make_server('0.0.0.0', 6543, app): Pyramid's
+    # single-file hello world
+    re.compile(r"""\bmake_server\(\s*['"][^'"]*['"]\s*,\s*(\d{2,5})\b"""),
+    re.compile(r"\.start\([^)]*?\bport\s*=\s*(\d{2,5})\b", re.DOTALL),  # Robyn's app.start
 )
 # servers that listen on a port of their own when given none: (the call, that port)
 _PY_DEFAULT = (
     (re.compile(r"\bweb\.run_app\((?![^\n]*\bport\s*=)"), "8080, aiohttp's default,"),
     (re.compile(r"\bui\.run\((?![^\n]*\bport\s*=)"), "8080, NiceGUI's default,"),
+    # Robyn's app.start(), in a file that makes a Robyn(): its line, from the start
+    (
+        re.compile(
+            r"\A(?=[\s\S]*\bRobyn\()[\s\S]*?^[ \t]*(\w+\.start\((?![^\n]*\bport\s*=))",
+            re.MULTILINE,
+        ),
+        "8080, Robyn's default,",
+    ),
 )
 # where a server is told to listen on every interface: reachable around the balancer
 _JS_HOST_ENV = re.compile(r"""process\.env(?:\.HOST\b|\[\s*['"]HOST['"]\s*\])|\benv\.HOST\b""")
@@ -64,6 +76,7 @@ _PY_HOST_ENV = re.compile(r"""(?:environ|getenv)[^\n]*['"]HOST['"]""")
 _PY_OPEN = (
     re.compile(r"""\bhost\s*=\s*['"](0\.0\.0\.0|::)['"]"""),
     re.compile(r"""\(\s*\(\s*['"](0\.0\.0\.0|)['"]\s*,"""),  # HTTPServer(("", 8000), …)
+    re.compile(r"""\bmake_server\(\s*['"](0\.0\.0\.0|::|)['"]"""),  # wsgiref's
 )
 
 
