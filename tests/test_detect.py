@@ -568,7 +568,18 @@ def test_local_dotenv_files_stay_out_of_every_kind_of_image(tmp_path: Path) -> N
         assert excluded.match_file(".env.local") and excluded.match_file(".env"), kind
         assert excluded.match_file(".env.production.local"), kind
         assert not excluded.match_file(".env.production"), kind
-        assert any(".env.local stay out of the image" in n for n in detect(root).notes), kind
+        assert any(".env.local stays out of the image" in n for n in detect(root).notes), kind
+
+
+def test_dotenv_note_is_grammatical_for_one_file_and_several(tmp_path: Path) -> None:
+    """It read ".env stay out of the image" for a single file."""
+    one = _write(tmp_path / "one", {"index.html": "<p>hi</p>", ".env": "A=1\n"})
+    assert any(n.startswith(".env stays out of the image") for n in detect(one).notes)
+    files = {"index.html": "<p>hi</p>", ".env": "A=1\n", ".env.local": "B=2\n"}
+    files[".env.production.local"] = "C=3\n"
+    several = _write(tmp_path / "several", files)
+    said = ".env, .env.local and .env.production.local stay out of the image"
+    assert any(n.startswith(said) for n in detect(several).notes)
 
 
 @pytest.mark.parametrize(

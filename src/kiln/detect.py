@@ -122,8 +122,10 @@ def _env_files_note(root: Path, found: Detected) -> None:
     except OSError:
         return
     if names:
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        verb = "stays" if len(names) == 1 else "stay"
         found.notes.append(
-            f"{', '.join(names)} stay out of the image (local settings and secrets): give "
+            f"{listed} {verb} out of the image (local settings and secrets): give "
             "production its settings in [env] and its secrets in [secrets]"
         )
 
