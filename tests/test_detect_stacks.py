@@ -661,3 +661,31 @@ def test_session_servers_run_under_their_own_server_and_keep_clients_on_one_inst
     assert _config(tmp_path).fleet.sticky == "cookie"
     ported = [w for w in found.warnings if "listens on port 8080, NiceGUI's default," in w]
     assert bool(ported) == (kind == "NiceGUI"), found.warnings
+
+
+# Found by a new user's exploration of Node apps (December 1): each failed its first
+# deploy, or deployed something else, with the kiln.toml kiln init wrote.
+
+
+@pytest.mark.parametrize(
+    ("start", "warned"),
+    [
+        ("node --env-file=.env server.js", True),
+        ("node --env-file .env server.js", True),
+        ("cross-env NODE_ENV=production node --env-file=./.env.local server.js", True),
+        ("node --env-file-if-exists=.env server.js", False),  # Node 22: may be missing
+        ("node --env-file=config/app.env server.js", False),  # committed, kept
+    ],
+)
+def test_a_start_script_reading_a_dotenv_file_the_image_lacks_is_a_warning(
+    tmp_path: Path, start: str, warned: bool
+) -> None:
+    """Every instance failed with 'node: .env: not found': kiln leaves .env out."""
+    files: dict[str, object] = {"package.json": {"scripts": {"start": start}}}
+    files |= {"server.js": "", ".env": "A=1\n", ".env.local": "B=2\n", "config/app.env": "C=3\n"}
+    found = detect(_write(tmp_path, files))
+    said = [w for w in found.warnings if "--env-file" in w]
+    assert bool(said) == warned, found.warnings
+    if warned:
+        assert said[0].startswith(f"scripts.start ('{start}') gives node --env-file")
+        assert "[env]" in said[0] and "[secrets]" in said[0] and "drop the flag" in said[0]

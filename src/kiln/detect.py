@@ -110,7 +110,7 @@ def detect(root: Path) -> Detected:
     found.exclude += [p for p in ENV_FILES if p not in found.exclude]
     _env_files_note(root, found)
     if (root / "package.json").is_file():
-        found.warnings += node_warnings(root)
+        found.warnings += node_warnings(root, found.run)
     return found
 
 

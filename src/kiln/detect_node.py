@@ -14,7 +14,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pathspec
+
+from kiln import nodescripts
 from kiln.detect import (
+    ENV_FILES,
     NODE_EXCLUDE,
     Detected,
     _read,
@@ -290,14 +294,16 @@ def engine_warning(root: Path, installed: str | None) -> str | None:
     )
 
 
-def node_warnings(root: Path) -> list[str]:
-    """What kiln init says of any Node package: a Node too old for it, and a workspace
-    member that should be deployed from its workspace's root."""
+def node_warnings(root: Path, run: str) -> list[str]:
+    """What kiln init says of any Node package run by ``run``: a Node too old for it,
+    a dotenv file the image lacks, and a workspace member that should be deployed
+    from its workspace's root."""
     warnings = []
     engine = engine_warning(root, node_version())
     if engine is not None:
         warnings.append(engine)
     warnings += bun_warnings(root)
+    warnings += env_file_warnings(root, run)
     member_of = workspace_root(root)
     if member_of is not None:
         warnings.append(
@@ -308,6 +314,32 @@ def node_warnings(root: Path) -> list[str]:
         )
     return warnings
 
+
+def env_file_warnings(root: Path, run: str) -> list[str]:
+    """`node --env-file=.env` in what the bake or an instance runs: kiln leaves .env
+    out of the image, and node exits at once ('node: .env: not found')."""
+    package = package_json(root) or {}
+    build = build_script(package)
+    ran = nodescripts.commands(package, run)
+    ran += nodescripts.commands(package, f"npm run {build}") if build else []
+    said = []
+    for command, name in nodescripts.env_files(ran):
+        left_out = _LEFT_OUT.match_file(name.removeprefix("./"))
+        if not left_out and (root / name).is_file():
+            continue
+        where = f"scripts.{command.script}" if command.script else "the run line"
+        text = str(scripts_of(package).get(command.script, "")) if command.script else run
+        why = "kiln leaves it out of the image" if left_out else "the app has no such file"
+        said.append(
+            f"{where} ('{text}') gives {command.program} --env-file {name}, and {why}: "
+            f"it would fail with '{command.program}: {name}: not found'. Move those settings "
+            "into [env] and the secrets into [secrets], and drop the flag (or use Node 22's "
+            "--env-file-if-exists)"
+        )
+    return list(dict.fromkeys(said))
+
+
+_LEFT_OUT = pathspec.GitIgnoreSpec.from_lines(ENV_FILES)
 
 # a command word: at the start, after a separator or `env` (cross-env too), past any
 # VAR=value assignments before it
