@@ -689,3 +689,68 @@ def test_a_start_script_reading_a_dotenv_file_the_image_lacks_is_a_warning(
     if warned:
         assert said[0].startswith(f"scripts.start ('{start}') gives node --env-file")
         assert "[env]" in said[0] and "[secrets]" in said[0] and "drop the flag" in said[0]
+
+
+ELEVENTY = {
+    "scripts": {"build": "npx @11ty/eleventy", "start": "npx @11ty/eleventy --serve"},
+    "dependencies": {"@11ty/eleventy": "^3"},
+}
+
+
+@pytest.mark.parametrize(
+    ("package", "files", "kind", "site"),
+    [
+        (ELEVENTY, {}, "Eleventy", "_site"),
+        (
+            {**ELEVENTY, "scripts": {"build": "npx @11ty/eleventy --output=dist"}},
+            {".eleventy.js": "module.exports = () => ({ dir: { output: 'www' } })"},
+            "Eleventy",
+            "dist",  # the command line wins, as in Eleventy
+        ),
+        ({**ELEVENTY, "scripts": {"build": "eleventy --output public/"}}, {}, "Eleventy", "public"),
+        (
+            ELEVENTY,
+            {"eleventy.config.js": 'export default { dir: { input: "src", output: "www" } }'},
+            "Eleventy",
+            "www",
+        ),
+        (ELEVENTY, {".eleventy.js": "c => c.setOutputDirectory('./out/')"}, "Eleventy", "out"),
+        (
+            {"scripts": {"build": "vitepress build docs"}, "devDependencies": {"vitepress": "^1"}},
+            {"docs/index.md": "# hi"},
+            "VitePress",
+            "docs/.vitepress/dist",
+        ),
+        (
+            {"scripts": {"build": "vitepress build docs"}, "devDependencies": {"vitepress": "^1"}},
+            {"docs/.vitepress/config.mts": "export default defineConfig({ outDir: '../site' })"},
+            "VitePress",
+            "site",  # relative to the site's root, docs/
+        ),
+        (
+            {
+                "scripts": {"build": "docusaurus build", "start": "docusaurus start"},
+                "dependencies": {"@docusaurus/core": "^3", "react": "^19"},
+            },
+            {},
+            "Docusaurus",
+            "build",
+        ),
+        (
+            {"scripts": {"build": "vite build --outDir=site"}, "devDependencies": {"vite": "^5"}},
+            {},
+            "Vite",
+            "site",
+        ),
+    ],
+)
+def test_site_generators_are_built_and_their_output_served(
+    tmp_path: Path, package: dict[str, object], files: dict[str, object], kind: str, site: str
+) -> None:
+    """Eleventy ran its file-watching dev server (`--serve`, on 8080): the gate failed."""
+    found = detect(_write(tmp_path, {"package.json": package, **files}))
+    assert found.kind == f"{kind} static site", found
+    assert found.run == f"python3 -m http.server --bind $HOST --directory {site} $PORT"
+    assert "npm run build" in _steps(found.build) and found.health_path == "/"
+    # a page per route: no note on a single-page app's deep links
+    assert any("single-page-app" in n for n in found.notes) == (kind == "Vite")

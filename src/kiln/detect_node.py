@@ -1,9 +1,9 @@
 """Node web stacks whose start script is not a production server on $HOST:$PORT.
 
 Next.js and Nuxt build at bake time and run their production server; NestJS
-runs its compiled dist/main.js; a Vite, Create React App, Vue CLI, Astro,
-Parcel or Gatsby site is built at bake time and its output served as static
-files (their `start` scripts are development servers). Fastify apps keep the
+runs its compiled dist/main.js; an Eleventy, VitePress, Docusaurus, Vite, Create
+React App, Vue CLI, Astro, Parcel or Gatsby site is built at bake time and its
+output served as static files (their `start` scripts are development servers). Fastify apps keep the
 generic Node run line with a note on the host Fastify binds by default.
 """
 
@@ -28,18 +28,10 @@ from kiln.detect import (
     scripts_of,
     workspaces,
 )
+from kiln.detect_sites import static_build
 from kiln.fixedport import fixed_port
 
 NODE_ENV = {"NODE_ENV": "production"}
-# A site generator and where its build writes the site.
-_STATIC_BUILDS = (
-    ("vite", "Vite", "dist"),
-    ("react-scripts", "Create React App", "build"),
-    ("@vue/cli-service", "Vue CLI", "dist"),
-    ("astro", "Astro", "dist"),
-    ("parcel", "Parcel", "dist"),
-    ("gatsby", "Gatsby", "public"),
-)
 # Any of these among the dependencies: the app has a server of its own.
 _SERVERS = (
     "express",
@@ -76,9 +68,7 @@ def detect_node_stack(root: Path) -> Detected | None:
         if name in deps:
             return stack(root, package)
     if not any(server in deps for server in _SERVERS):
-        for tool, kind, out in _STATIC_BUILDS:
-            if tool in deps and "build" in scripts_of(package):
-                return _static_build(root, package, tool, kind, out)
+        return static_build(root, package, deps)
     return None
 
 
@@ -235,43 +225,6 @@ def _astro(root: Path, package: dict[str, object]) -> Detected:
         "in security.allowedDomains (astro.config) so that check and Astro.url use it"
     )
     return found
-
-
-def _static_build(
-    root: Path, package: dict[str, object], tool: str, kind: str, out: str
-) -> Detected:
-    configured = _out_dir(root)
-    if configured:
-        out = configured
-    why = [f"package.json uses {tool} and no server: a {kind} site, built at bake time"]
-    why.append(f"{out}/ (the build's output) is served by python3 -m http.server")
-    start = str(scripts_of(package).get("start", ""))
-    if start:
-        why.append(f"scripts.start ('{start}') is a development server: not used")
-    build = node_build(root, package, why)
-    return Detected(
-        kind=f"{kind} static site",
-        run=f"python3 -m http.server --bind $HOST --directory {out} $PORT",
-        why=why,
-        build=build,
-        exclude=list(NODE_EXCLUDE),
-        env=dict(NODE_ENV),
-        health_path="/",
-        grace="10s",
-        notes=[
-            "http.server has no single-page-app fallback: a deep link to a client-side "
-            "route answers 404 (serve the build with a server that has one if you need it)"
-        ],
-    )
-
-
-def _out_dir(root: Path) -> str | None:
-    """build.outDir from a Vite config, when it sets a plain relative one."""
-    for name in ("vite.config.js", "vite.config.ts", "vite.config.mjs", "vite.config.mts"):
-        match = re.search(r"""outDir\s*:\s*['"]\.?/?([\w.-]+)/?['"]""", _read(root / name))
-        if match:
-            return match.group(1)
-    return None
 
 
 def engine_warning(root: Path, installed: str | None) -> str | None:

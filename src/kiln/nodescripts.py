@@ -104,3 +104,14 @@ def env_files(ran: list[Command]) -> list[tuple[Command, str]]:
             elif word == "--env-file" and i + 1 < len(c.words):
                 found.append((c, c.words[i + 1]))
     return found
+
+
+def option(ran: list[Command], flag: str) -> str | None:
+    """The value the commands in ``ran`` give ``flag`` (--output=DIR, --output DIR)."""
+    for c in ran:
+        for i, word in enumerate(c.words):
+            if word.startswith(f"{flag}="):
+                return word.removeprefix(f"{flag}=")
+            if word == flag and i + 1 < len(c.words):
+                return c.words[i + 1]
+    return None

@@ -1,0 +1,114 @@
+"""Sites built at bake time and served as static files: the generator's output
+directory, from its defaults, its build command's options and its config."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from kiln import nodescripts
+from kiln.detect import NODE_EXCLUDE, Detected, _read, node_build, scripts_of
+
+# A site generator, where its build writes the site, and the option of its build
+# command that writes it elsewhere. The ones built on Vite come before it.
+_STATIC_BUILDS = (
+    ("@11ty/eleventy", "Eleventy", "_site", "--output"),
+    ("vitepress", "VitePress", ".vitepress/dist", None),  # under `vitepress build DIR`
+    ("@docusaurus/core", "Docusaurus", "build", "--out-dir"),
+    ("vite", "Vite", "dist", "--outDir"),
+    ("react-scripts", "Create React App", "build", None),
+    ("@vue/cli-service", "Vue CLI", "dist", "--dest"),
+    ("astro", "Astro", "dist", "--outDir"),
+    ("parcel", "Parcel", "dist", "--dist-dir"),
+    ("gatsby", "Gatsby", "public", None),
+)
+
+
+def static_build(root: Path, package: dict[str, object], deps: set[str]) -> Detected | None:
+    """A site generator among ``deps`` with a build script: its output, served."""
+    for tool, kind, out, flag in _STATIC_BUILDS:
+        if tool in deps and "build" in scripts_of(package):
+            out = _site_dir(root, package, tool, flag) or out
+            return _site(root, package, tool, kind, out)
+    return None
+
+
+def _site(root: Path, package: dict[str, object], tool: str, kind: str, out: str) -> Detected:
+    why = [f"package.json uses {tool} and no server: a {kind} site, built at bake time"]
+    why.append(f"{out}/ (the build's output) is served by python3 -m http.server")
+    start = str(scripts_of(package).get("start", ""))
+    if start:
+        why.append(f"scripts.start ('{start}') is a development server: not used")
+    build = node_build(root, package, why)
+    return Detected(
+        kind=f"{kind} static site",
+        run=f"python3 -m http.server --bind $HOST --directory {out} $PORT",
+        why=why,
+        build=build,
+        exclude=list(NODE_EXCLUDE),
+        env={"NODE_ENV": "production"},
+        health_path="/",
+        grace="10s",
+        notes=[_NO_FALLBACK] if tool in _SINGLE_PAGE else [],
+    )
+
+
+# the generators of single-page apps, whose routes are the client's (the others
+# write a page for each route)
+_SINGLE_PAGE = ("vite", "react-scripts", "@vue/cli-service", "parcel")
+_NO_FALLBACK = (
+    "http.server has no single-page-app fallback: a deep link to a client-side "
+    "route answers 404 (serve the build with a server that has one if you need it)"
+)
+
+
+def _site_dir(root: Path, package: dict[str, object], tool: str, flag: str | None) -> str | None:
+    """Where the build writes the site when not where ``tool`` writes it by default:
+    the build command's ``flag``, else what the tool's config says in a plain string."""
+    ran = nodescripts.commands(package, "npm run build")
+    given = nodescripts.option(ran, flag) if flag else None
+    if given is not None:
+        return _inside(given)
+    if tool == "vite":
+        return _inside(_config_string(root, _VITE_CONFIGS, r"\boutDir"))
+    if tool == "@11ty/eleventy":
+        configs = (".eleventy.js", *(f"eleventy.config.{e}" for e in ("js", "mjs", "cjs", "ts")))
+        output = _config_string(root, configs, r"\bdir\s*:\s*\{[^}]*?\boutput")
+        return _inside(output or _config_string(root, configs, r"\bsetOutputDirectory\("))
+    if tool == "vitepress":  # relative to the site's root: `vitepress build docs`
+        base = next((_vitepress_root(c) for c in ran if c.program == "vitepress"), None) or "."
+        names = [f".vitepress/{n}.{e}" for n in ("config", "config/index") for e in _JS_EXTS]
+        out = _config_string(root / base, names, r"\boutDir") or ".vitepress/dist"
+        return _inside(f"{base}/{out}")
+    return None
+
+
+_JS_EXTS = ("js", "ts", "mjs", "mts", "cjs", "cts")
+_VITE_CONFIGS = ("vite.config.js", "vite.config.ts", "vite.config.mjs", "vite.config.mts")
+
+
+def _config_string(root: Path, names: Iterable[str], key: str) -> str | None:
+    """The string literal a config file gives ``key`` (a regex up to the value)."""
+    for name in names:
+        match = re.search(key + r"""\s*:?\s*(['"`])([\w./-]+)\1""", _read(root / name))
+        if match:
+            return match.group(2)
+    return None
+
+
+def _vitepress_root(command: nodescripts.Command) -> str | None:
+    """DIR of `vitepress build DIR` (the site's root, where .vitepress/ is)."""
+    if command.words[1:2] != ("build",):
+        return None
+    return next((w for w in command.words[2:] if not w.startswith("-")), None)
+
+
+def _inside(path: str | None) -> str | None:
+    """``path`` as a plain relative one (./dist/: dist), None when it leaves the app."""
+    if path is None:
+        return None
+    normal = posixpath.normpath(path)
+    plain = re.fullmatch(r"[\w.-]+(?:/[\w.-]+)*", normal)
+    return normal if plain and normal != "." and not normal.startswith("..") else None
