@@ -754,3 +754,115 @@ def test_site_generators_are_built_and_their_output_served(
     assert "npm run build" in _steps(found.build) and found.health_path == "/"
     # a page per route: no note on a single-page app's deep links
     assert any("single-page-app" in n for n in found.notes) == (kind == "Vite")
+
+
+LOCKS: dict[str, dict[str, object]] = {
+    "npm": {"package-lock.json": "{}"},
+    "pnpm": {"pnpm-lock.yaml": "lockfileVersion: '9.0'\n"},
+    "yarn": {"yarn.lock": "# yarn lockfile v1\n"},
+}
+
+
+@pytest.mark.parametrize(
+    ("scripts", "dev", "lock", "files", "steps", "said"),
+    [
+        (
+            {"start": "tsx src/index.ts"},
+            {"tsx": "^4"},
+            "npm",
+            {},
+            ["npm ci --include=dev"],
+            "runs tsx, a devDependency: dev packages stay in the image; move tsx to",
+        ),
+        (
+            {"build": "tsc", "start": "cross-env NODE_ENV=production node dist/server.js"},
+            {"cross-env": "^7", "typescript": "^5"},
+            "npm",
+            {},
+            ["npm ci --include=dev", "npm run build"],
+            "runs cross-env, a devDependency",
+        ),
+        (
+            {"build": "tsc", "start": "npm run serve", "serve": "npx ts-node src/index.ts"},
+            {"ts-node": "^10", "typescript": "^5"},
+            "pnpm",
+            {},
+            [
+                "npx --yes pnpm@9 install --frozen-lockfile --prod=false",
+                "npx --yes pnpm@9 run build",
+            ],
+            "runs ts-node, a devDependency",
+        ),
+        (
+            {"start": "NODE_ENV=production tsc && node dist/index.js"},
+            {"typescript": "^5"},
+            "yarn",
+            {},
+            ["npx --yes yarn@1 install --frozen-lockfile --non-interactive --production=false"],
+            "runs tsc (typescript), a devDependency: dev packages stay in the image; move "
+            "typescript to dependencies",
+        ),
+        (  # a command named by the package's bin, found when node_modules/ is there
+            {"start": "acme-serve ./site"},
+            {"@acme/tools": "^1"},
+            "npm",
+            {"node_modules/@acme/tools/package.json": '{"bin": {"acme-serve": "serve.js"}}'},
+            ["npm ci --include=dev"],
+            "runs acme-serve (@acme/tools), a devDependency",
+        ),
+        (  # @types/node is no `node`; eslint is not run: pruned as before
+            {"build": "tsc", "start": "node --enable-source-maps dist/index.js"},
+            {"@types/node": "^22", "eslint": "^9", "typescript": "^5"},
+            "npm",
+            {},
+            ["npm ci --include=dev", "npm run build", "npm prune --omit=dev"],
+            None,
+        ),
+    ],
+)
+def test_a_start_script_running_a_dev_dependency_keeps_the_dev_packages(
+    tmp_path: Path,
+    scripts: dict[str, str],
+    dev: dict[str, str],
+    lock: str,
+    files: dict[str, object],
+    steps: list[str],
+    said: str | None,
+) -> None:
+    """After the prune (or a production install) every instance failed at boot with
+    'sh: 1: tsx: not found', 'cross-env: not found'."""
+    package = {"scripts": scripts, "dependencies": {"express": "^4"}, "devDependencies": dev}
+    found = detect(_write(tmp_path, {"package.json": package, **LOCKS[lock], **files}))
+    assert found.run == "npm start"
+    assert _steps(found.build) == steps
+    kept = [n for n in found.notes if "devDependenc" in n]
+    assert [said in n for n in kept] == ([True] if said else [])
+
+
+@pytest.mark.parametrize(
+    ("start", "watching"),
+    [
+        ("nodemon server.js", "nodemon"),
+        ("tsx watch src/index.ts", "tsx watch"),
+        ("node --watch server.js", "node --watch"),
+        ("cross-env PORT=1 node --watch-path=src server.js", "node --watch"),
+        ("node server.js --workers 2", None),
+    ],
+)
+def test_a_start_script_that_watches_files_is_a_warning(
+    tmp_path: Path, start: str, watching: str | None
+) -> None:
+    """A watcher that sees the app crash waits for a file change instead of exiting."""
+    package = {"scripts": {"start": start}, "dependencies": {"express": "^4", "tsx": "^4"}}
+    files = {"package.json": package, "server.js": ""}
+    said = [w for w in detect(_write(tmp_path, files)).warnings if "watcher" in w]
+    assert said == (
+        [
+            f"scripts.start runs {watching} ('{start}'), a development watcher: when "
+            "the app crashes it waits for a file to change instead of exiting, and it "
+            "watches files an image never changes; start the app without it ('node "
+            "server.js', 'tsx src/index.ts')"
+        ]
+        if watching
+        else []
+    )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pathspec
 
-from kiln import pylocks
+from kiln import nodescripts, pylocks
 from kiln.config import HOST_PATTERN, BuildStep
 from kiln.runenv import SYSTEM_PATH
 
@@ -844,8 +844,11 @@ def scripts_of(package: dict[str, object]) -> dict[str, object]:
     return raw_scripts if isinstance(raw_scripts, dict) else {}
 
 
-def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[str | BuildStep]:
-    """Install (cached by package.json and the lockfile), build, prune: the bake's steps."""
+def node_build(
+    root: Path, package: dict[str, object], why: list[str], keep_dev: bool = False
+) -> list[str | BuildStep]:
+    """Install (cached by package.json and the lockfile), build, prune: the bake's steps.
+    ``keep_dev``: the app runs a devDependency, so the image keeps them all."""
     tool = node_tool(root, package, why)
     inputs = ["package.json", tool.lock] if tool.lock else ["package.json"]
     script = build_script(package)
@@ -859,7 +862,7 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
     installing = (
         bool(members)
         or _declares(package, ("dependencies", "optionalDependencies"))
-        or (building and _declares(package, ("devDependencies",)))
+        or ((building or keep_dev) and _declares(package, ("devDependencies",)))
     )
     if not installing:
         why.append("no dependencies in package.json: nothing to install")
@@ -869,12 +872,15 @@ def node_build(root: Path, package: dict[str, object], why: list[str]) -> list[s
         f"{'is' if len(inputs) == 1 else 'are'} unchanged"
     )
     if building:
-        why.append(f"scripts.{script}: run at bake time (with dev dependencies, pruned after)")
+        after = "kept: the app runs one" if keep_dev else "pruned after"
+        why.append(f"scripts.{script}: run at bake time (with dev dependencies, {after})")
         # [env] NODE_ENV=production reaches the build, and npm, yarn and pnpm
         # would leave out the devDependencies (tsc, vite, nest) the build runs
         step = BuildStep(run=tool.install_dev, inputs=inputs, outputs=["node_modules"])
-        return [step, tool.run_build, *([tool.prune] if tool.prune else [])]
-    return [BuildStep(run=tool.install_prod, inputs=inputs, outputs=["node_modules"])]
+        prune = [tool.prune] if tool.prune and not keep_dev else []
+        return [step, tool.run_build, *prune]
+    install = tool.install_dev if keep_dev else tool.install_prod
+    return [BuildStep(run=install, inputs=inputs, outputs=["node_modules"])]
 
 
 # where a Node build writes what a start script runs (tsc's dist/, Feathers' lib/)
@@ -1018,8 +1024,6 @@ def _node(root: Path) -> Detected | None:
     package = package_json(root)
     if package is None:
         return None
-    why = ["package.json: a Node app"]
-    build = node_build(root, package, why)
     scripts = scripts_of(package)
     start = str(scripts.get("start", "")) if scripts else ""
     main = str(package["main"]) if isinstance(package.get("main"), str) else None
@@ -1028,10 +1032,9 @@ def _node(root: Path) -> Detected | None:
     built = direct and build_script(package) and re.match(BUILT_OUTPUT, direct[1])
     if direct and ((root / direct.group(1)).is_file() or built):
         run = f"node {direct.group(1)}"
-        why.append(f"scripts.start is '{start}': run with node directly, so it gets signals")
+        said = f"scripts.start is '{start}': run with node directly, so it gets signals"
     elif start:
-        run = "npm start"
-        why.append(f"scripts.start is '{start}'")
+        run, said = "npm start", f"scripts.start is '{start}'"
     else:
         file = next(
             (f for f in (main, "server.js", "app.js", "index.js") if f and (root / f).is_file()),
@@ -1039,8 +1042,13 @@ def _node(root: Path) -> Detected | None:
         )
         if file is None:
             return None
-        run = f"node {file}"
-        why.append(f"no start script: {file} is the entry point")
+        run, said = f"node {file}", f"no start script: {file} is the entry point"
+    why = ["package.json: a Node app"]
+    ran = nodescripts.commands(package, run) if run == "npm start" else []
+    dev = nodescripts.dev_programs(root, package, ran)
+    build = node_build(root, package, why, keep_dev=bool(dev))
+    why.append(said)
+    notes = ["the app must listen on process.env.PORT (and process.env.HOST if it binds one)"]
     return Detected(
         kind="Node",
         run=run,
@@ -1050,7 +1058,40 @@ def _node(root: Path) -> Detected | None:
         env={"NODE_ENV": "production"},
         health_path=_route(root, ("/health", "/healthz", "/ping"), _NODE_SOURCES),
         grace="20s",
-        notes=["the app must listen on process.env.PORT (and process.env.HOST if it binds one)"],
+        notes=[*notes, *([_kept_dev_note(dev)] if dev else [])],
+        warnings=[_watcher_warning(package, c) for c in nodescripts.watchers(ran)],
+    )
+
+
+def _kept_dev_note(dev: dict[str, str]) -> str:
+    """Why the image keeps the devDependencies: the start script runs ``dev``
+    (command → its package), which a prune would remove ('sh: 1: tsx: not found')."""
+    shown = [c if c == p else f"{c} ({p})" for c, p in dev.items()]
+    packages = " and ".join(dict.fromkeys(dev.values()))
+    if len(shown) == 1:
+        runs = f"runs {shown[0]}, a devDependency"
+    else:
+        runs = f"runs {', '.join(shown[:-1])} and {shown[-1]}, devDependencies"
+    return (
+        f"the start script {runs}: dev packages stay in the image; move {packages} to "
+        "dependencies to leave them out"
+    )
+
+
+def _watcher_warning(package: dict[str, object], command: nodescripts.Command) -> str:
+    """A start script that watches files: on a crash it waits for a change instead of
+    exiting, and an image's files never change."""
+    watching = command.program
+    if command.words[1:2] == ("watch",):
+        watching += " watch"
+    elif "--watch" in " ".join(command.words):
+        watching += " --watch"
+    text = scripts_of(package).get(command.script or "start", "")
+    return (
+        f"scripts.{command.script} runs {watching} ('{text}'), a development watcher: when "
+        "the app crashes it waits for a file to change instead of exiting, and it watches "
+        "files an image never changes; start the app without it ('node server.js', "
+        "'tsx src/index.ts')"
     )
 
 

@@ -1,17 +1,37 @@
 """What a package.json script runs, read as /bin/sh would split it.
 
-An image holds what the build leaves: a start script given `--env-file=.env`
-fails on the file kiln leaves out.
+An image holds what the build leaves: a start script that runs a devDependency's
+command fails with `sh: 1: tsx: not found` after the prune, one given
+`--env-file=.env` fails on the file kiln leaves out, and a watcher (nodemon,
+`node --watch`) that sees the app crash waits for a file change instead of exiting.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 # commands that run the command after them (past its flags and VAR=x assignments)
 _PREFIXES = frozenset({"npx", "cross-env", "env", "exec", "nohup", "time"})
+# commands a package may share a name with that are never its (@types/node: node)
+_SYSTEM = frozenset({"node", "npm", "npx", "sh", "bash", "env", "exec", "true"})
+# well-known commands not named after their package
+_KNOWN_BINS = {
+    "tsc": "typescript",
+    "ng": "@angular/cli",
+    "nest": "@nestjs/cli",
+    "pm2-runtime": "pm2",
+    "pm2-docker": "pm2",
+    "eleventy": "@11ty/eleventy",
+    "babel-node": "@babel/node",
+    "ts-node-esm": "ts-node",
+    "tsnd": "ts-node-dev",
+    "vue-cli-service": "@vue/cli-service",
+}
+_WATCHERS = frozenset({"nodemon", "ts-node-dev", "tsnd", "node-dev"})
 _ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=")
 
 
@@ -91,6 +111,51 @@ def _npm_script(words: list[str]) -> str | None:
 def _scripts(package: dict[str, object]) -> dict[str, object]:
     scripts = package.get("scripts")
     return scripts if isinstance(scripts, dict) else {}
+
+
+def dev_programs(root: Path, package: dict[str, object], ran: list[Command]) -> dict[str, str]:
+    """The programs among ``ran`` that a devDependency provides, each with its
+    package: gone from an image whose dev packages were pruned."""
+    bins = _dev_bins(root, package)
+    return {c.program: bins[c.program] for c in ran if c.program in bins}
+
+
+def _dev_bins(root: Path, package: dict[str, object]) -> dict[str, str]:
+    """Command name → the devDependency that provides it (and nothing else does):
+    its name, its name's last part (@nestjs/cli: cli), the ``bin`` names of its
+    installed package.json, and the well-known commands named otherwise."""
+    dev = _names(package, "devDependencies")
+    dev -= _names(package, "dependencies") | _names(package, "optionalDependencies")
+    bins: dict[str, str] = {}
+    for name in sorted(dev):
+        if name.startswith("@types/"):
+            continue
+        bins |= {name: name, name.rsplit("/", 1)[-1]: name}
+        try:
+            installed = json.loads((root / "node_modules" / name / "package.json").read_text())
+        except (OSError, ValueError):
+            continue
+        declared = installed.get("bin") if isinstance(installed, dict) else None
+        if isinstance(declared, dict):
+            bins |= {str(b): name for b in declared}
+    bins |= {word: owner for word, owner in _KNOWN_BINS.items() if owner in dev}
+    return {word: owner for word, owner in bins.items() if word not in _SYSTEM}
+
+
+def _names(package: dict[str, object], key: str) -> set[str]:
+    listed = package.get(key)
+    return {str(n) for n in listed} if isinstance(listed, dict) else set()
+
+
+def watchers(ran: list[Command]) -> list[Command]:
+    """The commands among ``ran`` that watch files and restart the app."""
+    return [
+        c
+        for c in ran
+        if c.program in _WATCHERS
+        or (c.program == "tsx" and c.words[1:2] == ("watch",))
+        or any(w == "--watch" or w.startswith(("--watch=", "--watch-path")) for w in c.words)
+    ]
 
 
 def env_files(ran: list[Command]) -> list[tuple[Command, str]]:
