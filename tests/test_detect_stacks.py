@@ -260,7 +260,10 @@ def test_gradio_launch_with_a_fixed_port_is_a_warning(tmp_path: Path) -> None:
                 "scripts": {"build": "vite build"},
                 "devDependencies": {"vite": "^5"},
             },
-            {"vite.config.js": "export default { build: { outDir: 'site' } }"},
+            {
+                "vite.config.js": "export default { build: { outDir: 'site' } }",
+                "index.html": "<div id=app>",
+            },
             "Vite static site",
             "python3 -m http.server --bind $HOST --directory site $PORT",
             "/",
@@ -866,3 +869,88 @@ def test_a_start_script_that_watches_files_is_a_warning(
         if watching
         else []
     )
+
+
+QWIK = {
+    "scripts": {
+        "build": "qwik build",
+        "build.server": "vite build -c adapters/node-server/vite.config.ts",
+        "serve": "node server/entry.node-server",
+        "start": "vite --open --mode ssr",
+    },
+    "devDependencies": {
+        "@builder.io/qwik": "^1",
+        "@builder.io/qwik-city": "^1",
+        "undici": "*",
+        "vite": "^5",
+    },
+}
+STATIC_RUN = "python3 -m http.server --bind $HOST --directory dist $PORT"
+QWIK_ENTRY = (  # the node-server adapter's src/entry.node-server.tsx
+    "const PORT = process.env.PORT ?? 3004;\nconst server = createServer();\n"
+    "server.listen(PORT, () => {\n  console.log(`listening on ${PORT}`);\n});\n"
+)
+
+
+def test_qwik_city_runs_its_node_server_with_its_dev_packages(tmp_path: Path) -> None:
+    """Taken for a Vite static site: dist/ was served, and '/' was a directory listing.
+    Its server's packages (undici) are devDependencies, so a prune broke it too."""
+    files = {
+        "package.json": QWIK,
+        "package-lock.json": "{}",
+        "adapters/node-server/vite.config.ts": "export default {}",
+        "src/entry.node-server.tsx": QWIK_ENTRY,
+    }
+    found = detect(_write(tmp_path, files))
+    assert (found.kind, found.run) == ("Qwik City", "node server/entry.node-server"), found
+    assert _steps(found.build) == ["npm ci --include=dev", "npm run build"]  # no prune
+    assert found.env["PROTOCOL_HEADER"] == "x-forwarded-proto"
+    assert "/server/" in found.exclude and "/dist/" in found.exclude
+    assert any("ORIGIN" in n for n in found.notes)
+    # the adapter listens on $PORT and every interface: the source is read for it
+    (warning,) = found.warnings
+    assert warning.startswith("src/entry.node-server.tsx listens on every interface")
+
+
+@pytest.mark.parametrize(
+    ("adapter", "kind", "run", "warned"),
+    [
+        ("express", "Qwik City", "node server/entry.express", None),
+        ("static", "Qwik City static site", STATIC_RUN, None),
+        (None, "Qwik City", "node server/entry.node-server", "no adapter in adapters/"),
+    ],
+)
+def test_qwik_city_runs_as_its_adapter_builds_it(
+    tmp_path: Path, adapter: str | None, kind: str, run: str, warned: str | None
+) -> None:
+    package = {**QWIK, "scripts": {"build": "qwik build"}}
+    files: dict[str, object] = {"package.json": package}
+    if adapter:
+        files[f"adapters/{adapter}/vite.config.ts"] = "export default {}"
+    found = detect(_write(tmp_path, files))
+    assert (found.kind, found.run) == (kind, run), found
+    assert [(warned or "") in w for w in found.warnings] == ([True] if warned else [])
+
+
+@pytest.mark.parametrize(
+    ("package", "files", "said"),
+    [
+        (
+            {"scripts": {"build": "vite build"}, "devDependencies": {"vite": "^5", "vike": "^0"}},
+            {"index.html": "<div id=app>"},
+            "package.json has vike, which renders pages on a server",
+        ),
+        (
+            {"scripts": {"build": "vite build"}, "devDependencies": {"vite": "^5"}},
+            {},
+            "no index.html, which Vite builds into dist/index.html",
+        ),
+    ],
+)
+def test_a_vite_build_that_may_make_no_page_is_a_warning(
+    tmp_path: Path, package: dict[str, object], files: dict[str, object], said: str
+) -> None:
+    """Silently served as a static site, '/' was a directory listing."""
+    found = detect(_write(tmp_path, {"package.json": package, **files}))
+    assert found.kind == "Vite static site"
+    assert [w for w in found.warnings if w.startswith(said)] == found.warnings != []

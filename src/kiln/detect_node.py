@@ -1,9 +1,9 @@
 """Node web stacks whose start script is not a production server on $HOST:$PORT.
 
 Next.js and Nuxt build at bake time and run their production server; NestJS
-runs its compiled dist/main.js; an Eleventy, VitePress, Docusaurus, Vite, Create
-React App, Vue CLI, Astro, Parcel or Gatsby site is built at bake time and its
-output served as static files (their `start` scripts are development servers). Fastify apps keep the
+runs its compiled dist/main.js, Qwik City its Node adapter's server/; the site
+generators (kiln.detect_sites) build at bake time, their output served as static
+files (their `start` scripts are development servers). Fastify apps keep the
 generic Node run line with a note on the host Fastify binds by default.
 """
 
@@ -28,7 +28,7 @@ from kiln.detect import (
     scripts_of,
     workspaces,
 )
-from kiln.detect_sites import static_build
+from kiln.detect_sites import served_site, static_build
 from kiln.fixedport import fixed_port
 
 NODE_ENV = {"NODE_ENV": "production"}
@@ -63,6 +63,8 @@ def detect_node_stack(root: Path) -> Detected | None:
         ("@nestjs/core", _nest),
         ("@sveltejs/kit", _sveltekit),
         ("@astrojs/node", _astro),
+        ("@builder.io/qwik-city", _qwik),
+        ("@qwik.dev/router", _qwik),  # Qwik 2's name for it
     )
     for name, stack in stacks:
         if name in deps:
@@ -122,11 +124,13 @@ def _node_stack(
     root: Path,
     package: dict[str, object],
     made: tuple[str, ...] = (),
+    keep_dev: bool = False,
 ) -> Detected:
     """``made``: what the build makes, left out of the source, so a local build
     (a stale dist/, a .next/ that changes on every `next dev`) neither ships nor
-    makes a new image: the bake makes it afresh, and what it makes is kept."""
-    build = node_build(root, package, why)
+    makes a new image: the bake makes it afresh, and what it makes is kept.
+    ``keep_dev``: the server needs packages the stack lists as devDependencies."""
+    build = node_build(root, package, why, keep_dev=keep_dev)
     notes = [] if "build" in scripts_of(package) else [f"add the {kind} build as scripts.build"]
     return Detected(
         kind=kind,
@@ -224,6 +228,44 @@ def _astro(root: Path, package: dict[str, object]) -> Detected:
         "Astro checks that form POSTs come from the site's origin: list the public domain "
         "in security.allowedDomains (astro.config) so that check and Astro.url use it"
     )
+    return found
+
+
+# Qwik City's adapters whose build is a Node server, in server/entry.NAME.js
+_QWIK_SERVERS = ("node-server", "express", "fastify")
+
+
+def _qwik(root: Path, package: dict[str, object]) -> Detected:
+    """Qwik City runs as its adapter builds it: a Node server, or a static site."""
+    deps = _dependencies(package)
+    name = "@qwik.dev/router" if "@qwik.dev/router" in deps else "@builder.io/qwik-city"
+    serve = str(scripts_of(package).get("serve", "")).strip()
+    given = re.fullmatch(r"node\s+(server/entry\.[\w-]+)", serve)
+    adapter = next((a for a in _QWIK_SERVERS if (root / "adapters" / a).is_dir()), None)
+    if given is None and adapter is None and (root / "adapters" / "static").is_dir():
+        return served_site(root, package, name, "Qwik City", "dist")
+    entry = given.group(1) if given else f"server/entry.{adapter or 'node-server'}"
+    why = [f"package.json depends on {name}: a Qwik City app"]
+    why.append(f"its Node adapter builds {entry}.js, run with node: it reads $PORT")
+    why.append("Qwik City lists its server's packages (undici…) as devDependencies: they stay")
+    found = _node_stack(
+        "Qwik City", f"node {entry}", why, root, package, ("dist", "server"), keep_dev=True
+    )
+    found.env["PROTOCOL_HEADER"] = "x-forwarded-proto"
+    why.append(
+        "PROTOCOL_HEADER: Qwik City refuses a form POST whose Origin is not the request's "
+        "own, whose scheme (https) comes from kiln's balancer"
+    )
+    found.notes.append(
+        "Qwik City takes the site's origin from the Host header; set ORIGIN in [env] "
+        "(https://example.com) if the public one differs"
+    )
+    if given is None and adapter is None:
+        found.warnings.append(
+            "Qwik City has no adapter in adapters/, so its build makes no server: add the "
+            "Node one ('npm run qwik add node-server') for kiln to run, or 'static' for a "
+            "static site"
+        )
     return found
 
 

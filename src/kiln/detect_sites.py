@@ -31,11 +31,12 @@ def static_build(root: Path, package: dict[str, object], deps: set[str]) -> Dete
     for tool, kind, out, flag in _STATIC_BUILDS:
         if tool in deps and "build" in scripts_of(package):
             out = _site_dir(root, package, tool, flag) or out
-            return _site(root, package, tool, kind, out)
+            return served_site(root, package, tool, kind, out)
     return None
 
 
-def _site(root: Path, package: dict[str, object], tool: str, kind: str, out: str) -> Detected:
+def served_site(root: Path, package: dict[str, object], tool: str, kind: str, out: str) -> Detected:
+    """A site ``tool`` builds into ``out``, served by http.server."""
     why = [f"package.json uses {tool} and no server: a {kind} site, built at bake time"]
     why.append(f"{out}/ (the build's output) is served by python3 -m http.server")
     start = str(scripts_of(package).get("start", ""))
@@ -52,7 +53,49 @@ def _site(root: Path, package: dict[str, object], tool: str, kind: str, out: str
         health_path="/",
         grace="10s",
         notes=[_NO_FALLBACK] if tool in _SINGLE_PAGE else [],
+        warnings=_rendered_warnings(root, package, tool, out),
     )
+
+
+# frameworks that render on a server of their own, built with Vite: a build of
+# theirs is no static site unless they say so (kiln runs the ones it knows)
+_RENDERERS = (
+    "@builder.io/qwik-city",
+    "@qwik.dev/router",
+    "@solidjs/start",
+    "vike",
+    "vite-plugin-ssr",
+    "@analogjs/platform",
+    "@tanstack/react-start",
+    "vinxi",
+    "nitropack",
+)
+
+
+def _rendered_warnings(root: Path, package: dict[str, object], tool: str, out: str) -> list[str]:
+    """A Vite build that may make no page to serve: a server-rendering framework among
+    the packages, or no index.html for Vite to build (served as a directory listing)."""
+    listed: set[str] = set()
+    for key in ("dependencies", "devDependencies"):
+        names = package.get(key)
+        listed |= {str(n) for n in names} if isinstance(names, dict) else set()
+    renderers = [r for r in _RENDERERS if r in listed and r != tool]  # Qwik's static adapter
+    if renderers:
+        return [
+            f"package.json has {renderers[0]}, which renders pages on a server, and kiln "
+            f"serves {out}/ as a static site: unless its build writes the pages there, set "
+            "[app] run to the app's server"
+        ]
+    if (
+        tool == "vite"
+        and not (root / "index.html").is_file()
+        and not _config_string(root, _VITE_CONFIGS, r"\broot")
+    ):
+        return [
+            f"no index.html, which Vite builds into {out}/index.html: '/' would answer a "
+            "directory listing; if the app has a server, set [app] run to it"
+        ]
+    return []
 
 
 # the generators of single-page apps, whose routes are the client's (the others
