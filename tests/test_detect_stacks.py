@@ -691,6 +691,7 @@ def test_a_start_script_reading_a_dotenv_file_the_image_lacks_is_a_warning(
     assert bool(said) == warned, found.warnings
     if warned:
         assert said[0].startswith(f"scripts.start ('{start}') gives node --env-file")
+        assert "fail at once ('node: " in said[0] and ": not found')" in said[0]
         assert "[env]" in said[0] and "[secrets]" in said[0] and "drop the flag" in said[0]
 
 

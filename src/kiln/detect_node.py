@@ -325,9 +325,10 @@ def env_file_warnings(root: Path, run: str) -> list[str]:
         where = f"scripts.{command.script}" if command.script else "the run line"
         text = str(scripts_of(package).get(command.script, "")) if command.script else run
         why = "kiln leaves it out of the image" if left_out else "the app has no such file"
+        fails = f" ('node: {name}: not found')" if command.program == "node" else ""
         said.append(
             f"{where} ('{text}') gives {command.program} --env-file {name}, and {why}: "
-            f"it would fail with '{command.program}: {name}: not found'. Move those settings "
+            f"it would fail at once{fails}. Move those settings "
             "into [env] and the secrets into [secrets], and drop the flag (or use Node 22's "
             "--env-file-if-exists)"
         )
