@@ -11,6 +11,7 @@ import pytest
 
 from kiln.config import BuildStep, parse_config
 from kiln.detect import BERRY_ENV, LOCK_SCRIPT, PYPROJECT_DEPS, PYPROJECT_LIST, detect
+from kiln.pyversion import python_warning
 from kiln.runline import exec_form
 from kiln.scaffold import render_config
 from kilntest import Kiln
@@ -1052,3 +1053,57 @@ def test_a_committed_yarn_release_without_a_version_in_its_name_follows_the_lock
     (step,) = detect(tmp_path).build
     assert isinstance(step, BuildStep)
     assert step.run == f"{BERRY_ENV} node .yarn/releases/yarn-berry.cjs install --immutable"
+
+
+FASTAPI_APP = "from fastapi import FastAPI\napp = FastAPI()\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "said"),
+    [
+        (
+            {"pyproject.toml": '[project]\nrequires-python = ">=3.13"\ndependencies = []\n'},
+            "pyproject.toml (requires-python) asks for Python >=3.13",
+        ),
+        ({".python-version": "3.13\n", "requirements.txt": "fastapi\n"}, ".python-version"),
+        ({"runtime.txt": "python-3.13.1\n", "requirements.txt": "fastapi\n"}, "runtime.txt"),
+    ],
+)
+def test_a_python_newer_than_the_hosts_python3_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], said: str
+) -> None:
+    """The bake and the instances run python3 on the instances' PATH: Wagtail's template
+    (Django 6.1, Python 3.12+) failed at bake on 3.11 with 'No matching distribution'."""
+    monkeypatch.setattr("kiln.runenv.python_on", lambda path, name="python3": "python3.11")
+    _write(tmp_path, {"main.py": FASTAPI_APP, **files})
+    [warning] = [w for w in detect(tmp_path).warnings if "asks for Python" in w]
+    assert warning.startswith(said) and "python3 on the instances' PATH here is python3.11" in (
+        warning
+    )
+    assert 'install Python 3.13 on the hosts, then set [app] python = "python3.13"' in warning
+
+
+@pytest.mark.parametrize(
+    ("files", "warned"),
+    [
+        ({"pyproject.toml": '[project]\nrequires-python = ">=3.10,<4"\n'}, False),
+        ({"pyproject.toml": '[project]\nrequires-python = "~=3.11"\n'}, False),
+        ({"pyproject.toml": '[project]\nrequires-python = ">=3.11.4"\n'}, False),  # patch: unknown
+        ({"pyproject.toml": '[project]\nrequires-python = "==3.12.*"\n'}, True),
+        ({"pyproject.toml": '[project]\nrequires-python = "<3.11"\n'}, True),
+        ({"pyproject.toml": '[project]\nrequires-python = "<3.11.5"\n'}, False),
+        ({"pyproject.toml": '[project]\nrequires-python = ">=3.12 || >=2.7"\n'}, False),
+        ({"pyproject.toml": '[tool.poetry.dependencies]\npython = "^3.12"\n'}, True),
+        ({"pyproject.toml": '[tool.poetry.dependencies]\npython = "^3.10"\n'}, False),
+        ({"pyproject.toml": '[tool.poetry.dependencies]\npython = "~3.10"\n'}, True),
+        ({"Pipfile": '[requires]\npython_version = "3.12"\n'}, True),
+        ({".python-version": "3.11.9\n"}, False),
+        ({".python-version": "system\n"}, False),
+        ({"runtime.txt": "python-3.11.10\n"}, False),
+    ],
+)
+def test_the_python_version_asked_for_is_compared_by_major_and_minor(
+    tmp_path: Path, files: dict[str, str], warned: bool
+) -> None:
+    _write(tmp_path, files)
+    assert (python_warning(tmp_path, "python3.11") is not None) == warned

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pathspec
 
-from kiln import nodescripts, pylocks
+from kiln import nodescripts, pylocks, runenv
 from kiln.config import HOST_PATTERN, BuildStep
 from kiln.runenv import SYSTEM_PATH
 
@@ -86,6 +86,7 @@ def detect(root: Path) -> Detected:
     from kiln.detect_python import detect_python_stack
     from kiln.fixedport import fixed_port_warnings
     from kiln.procfile import apply_procfile
+    from kiln.pyversion import python_warning
 
     detectors: list[Callable[[Path], Detected | None]] = [_django, detect_python_stack]
     detectors += [_python_framework, detect_node_stack, _node, detect_node_script, _static]
@@ -107,6 +108,9 @@ def detect(root: Path) -> Detected:
         note = fastify_note(root)
         found.notes += [note] if note else []
     found.warnings += fixed_port_warnings(root, found.run)
+    if "PYTHONPATH" in found.env:  # a Python app, run by the hosts' python3
+        wrong = python_warning(root, runenv.python_on(SYSTEM_PATH))
+        found.warnings += [wrong] if wrong else []
     found.exclude += [p for p in ENV_FILES if p not in found.exclude]
     _env_files_note(root, found)
     if (root / "package.json").is_file():
