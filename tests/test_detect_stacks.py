@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -192,6 +193,47 @@ def test_fasthtml_runs_under_uvicorn_not_as_a_script(tmp_path: Path) -> None:
     assert found.run.endswith(" app:app") and found.kind == "FastHTML"
     assert _steps(found.build) == ["python3 -m pip install -q --target deps python-fasthtml"]
     assert not any("secret_key" in n for n in found.notes)
+
+
+@pytest.mark.parametrize(
+    ("files", "brings"),
+    [
+        (
+            {
+                "pyproject.toml": '[project]\ndependencies = ["litestar[standard]>=2"]\n',
+                "app.py": "from litestar import Litestar\napp = Litestar([])\n",
+            },
+            "litestar[standard]",
+        ),
+        (
+            {
+                "requirements.txt": "fastapi[standard]==0.115.0\n",
+                "main.py": "from fastapi import FastAPI\napp = FastAPI()\n",
+            },
+            "fastapi[standard]",
+        ),
+        (
+            {
+                "requirements.txt": "fastapi\nuvicorn[standard]\n",
+                "main.py": "from fastapi import FastAPI, WebSocket\napp = FastAPI()\n",
+            },
+            None,  # uvicorn is listed itself, with websockets through its extra
+        ),
+    ],
+)
+def test_an_extra_that_brings_uvicorn_standard_adds_no_server(
+    tmp_path: Path, files: dict[str, str], brings: str | None
+) -> None:
+    """init said 'uvicorn, websockets not in pyproject.toml: the build adds it' for
+    litestar[standard] and fastapi[standard], which require uvicorn[standard] (and so
+    websockets), and a second, plain uvicorn was installed over it."""
+    found = detect(_write(tmp_path, files))
+    assert found.run.startswith("python3 -m uvicorn --host $HOST --port $PORT ")
+    (pip,) = [s.run for s in found.build if isinstance(s, BuildStep)]
+    assert not re.search(r"(?<![\w-])(uvicorn|websockets)(?![\w-])", pip), pip
+    assert not any("the build adds it" in w for w in found.why), found.why
+    if brings is not None:
+        assert f"uvicorn comes with {brings}, which requires uvicorn[standard]" in found.why
 
 
 def test_gradio_launch_with_a_fixed_port_is_a_warning(tmp_path: Path) -> None:

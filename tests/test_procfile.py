@@ -228,10 +228,59 @@ def test_the_procfiles_server_is_installed_when_not_listed(tmp_path: Path) -> No
     )
     found = detect(tmp_path)
     assert found.run == "python3 -m waitress --host $HOST --port=$PORT app:app"
+    # waitress only: gunicorn, kiln's own server for Flask, runs nothing here
     assert _runs(found.build) == [
-        "python3 -m pip install -q --target deps -r requirements.txt waitress gunicorn"
+        "python3 -m pip install -q --target deps -r requirements.txt waitress"
     ]
     assert "WEB_CONCURRENCY" not in found.env  # gunicorn's setting
+
+
+@pytest.mark.parametrize(
+    ("files", "web", "pip"),
+    [
+        (  # Channels: daphne listed, kiln's own line was uvicorn
+            {
+                "manage.py": DJANGO_MANAGE,
+                "mysite/settings.py": "ASGI_APPLICATION = 'mysite.asgi.application'\n",
+                "mysite/asgi.py": "application = 1\n",
+                "requirements.txt": "django\nchannels\ndaphne\n",
+            },
+            "daphne mysite.asgi:application --port $PORT --bind 0.0.0.0",
+            "-r requirements.txt",
+        ),
+        (
+            {
+                "main.py": "from fastapi import FastAPI\napp = FastAPI()\n",
+                "requirements.txt": "fastapi\n",
+            },
+            "granian --interface asgi --host 0.0.0.0 --port $PORT main:app",
+            "-r requirements.txt granian",
+        ),
+        (
+            {
+                "app.py": "from flask import Flask\napp = Flask(__name__)\n",
+                "requirements.txt": "flask\n",
+            },
+            "python app.py",
+            "-r requirements.txt",
+        ),
+    ],
+)
+def test_the_procfiles_server_is_the_only_one_the_build_ensures(
+    tmp_path: Path, files: dict[str, str], web: str, pip: str
+) -> None:
+    """uvicorn and websockets were added for a Procfile running daphne or granian, and
+    gunicorn for `web: python app.py`, each with a why line saying the app lacked them."""
+    _write(tmp_path, {**files, "Procfile": f"web: {web}\n"})
+    found = detect(tmp_path)
+    assert [r for r in _runs(found.build) if "pip" in r] == [
+        f"python3 -m pip install -q --target deps {pip}"
+    ]
+    added = [w for w in found.why if "the build adds it" in w]
+    assert added == (
+        ["granian not in requirements.txt: the build adds it"] if "granian" in pip else []
+    )
+    assert any(w.startswith("the Procfile's web process decides the server") for w in found.why)
 
 
 def test_a_server_a_listed_package_brings_is_not_added(tmp_path: Path) -> None:

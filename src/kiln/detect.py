@@ -72,6 +72,9 @@ class Detected:
     warnings: list[str] = field(default_factory=list)  # what will not work as the app stands
     run_source: str = "detected"  # or "Procfile": the app's own web process
     release_source: str | None = None  # "detected" or "Procfile" when there is a release
+    # what kiln's Python run line imports (framework, server), given to _pip_build: the
+    # build installs those the manifest lacks; a Procfile's web process may change them
+    needed: list[str] = field(default_factory=list)
 
 
 def detect(root: Path) -> Detected:
@@ -179,9 +182,10 @@ def _npm_dependencies(root: Path) -> dict[str, object]:
 # Python ------------------------------------------------------------------------
 
 
-def _requirements(root: Path) -> list[str]:
+def _requirements(root: Path, *, extras: bool = False) -> list[str]:
     """Lower-cased distribution names in requirements.txt (no includes, no URLs), else
-    in the Pipenv or Poetry files, else in pyproject.toml's [project] dependencies."""
+    in the Pipenv or Poetry files, else in pyproject.toml's [project] dependencies.
+    ``extras``: each extra asked for is listed too, as ``fastapi[standard]``."""
     path = root / "requirements.txt"
     source = _python_source(root)
     if source == "requirements.txt":
@@ -192,9 +196,12 @@ def _requirements(root: Path) -> list[str]:
         lines = _pyproject_dependencies(root) or []
     names = []
     for line in lines:
-        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?", line)
         if match:
-            names.append(re.sub(r"[-_.]+", "-", match.group(1)).lower())
+            name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            names.append(name)
+            asked = (match.group(2) or "").split(",") if extras else []
+            names += [f"{name}[{e.strip().lower()}]" for e in asked if e.strip()]
     return names
 
 
@@ -321,13 +328,26 @@ PYPROJECT_DEPS = (
 )
 
 
-# distributions that install a server (and what it needs) with them: kiln need not
-# add it, nor say the app lacks it
-_BRINGS = {"python-fasthtml": ("uvicorn", "websockets")}
+# distributions (and extras) that install a server, and what it needs, with them: kiln
+# need not add it, nor say the app lacks it. From their metadata: each requires
+# uvicorn[standard], which requires websockets; fastapi[standard] fastapi-cli too.
+_UVICORN_STANDARD = ("uvicorn", "websockets")
+_FASTAPI_STANDARD = (*_UVICORN_STANDARD, "fastapi-cli")
+_BRINGS = {
+    "python-fasthtml": _UVICORN_STANDARD,
+    "uvicorn[standard]": _UVICORN_STANDARD,
+    "fastapi[standard]": _FASTAPI_STANDARD,
+    "fastapi[standard-no-fastapi-cloud-cli]": _FASTAPI_STANDARD,
+    "fastapi[all]": _FASTAPI_STANDARD,
+    "litestar[standard]": _UVICORN_STANDARD,
+    "litestar[cli]": _UVICORN_STANDARD,
+    "litestar[full]": _UVICORN_STANDARD,
+}
 
 
 def brought_with(names: list[str]) -> dict[str, str]:
-    """{distribution: the one of ``names`` that requires it} for the servers they bring."""
+    """{distribution: the one of ``names`` that requires it} for the servers they bring;
+    ``names`` as _requirements lists them with their extras."""
     return {dep: name for name in names for dep in _BRINGS.get(name, ())}
 
 
@@ -340,7 +360,7 @@ def _pip_build(
     re-bakes without running pip. ``wsgi``: uvicorn serves WSGI (no WebSocket).
     """
     listed = _requirements(root)
-    brought = brought_with([*listed, *needed])
+    brought = brought_with([*_requirements(root, extras=True), *needed])
     missing = [name for name in needed if name not in listed and name not in brought]
     for dep in sorted({d for d in needed if d in brought and d not in listed}):
         why.append(f"{dep} comes with {brought[dep]}, which requires uvicorn[standard]")
@@ -537,6 +557,7 @@ def _django(root: Path) -> Detected | None:
         release="python3 manage.py migrate --noinput",
         notes=notes,
         warnings=warnings,
+        needed=["django", server],
     )
 
 
@@ -746,6 +767,7 @@ def python_detected(
         env=_python_env(src),
         health_path=_route(root, ("/health", "/healthz", "/ping")),
         grace="20s",
+        needed=needed,
     )
 
 

@@ -239,10 +239,13 @@ def _python_build(root: Path, found: Detected, adapted: Adapted) -> None:
         found.notes = [n for n in found.notes if "process.env.PORT" not in n]  # node's server
         found.health_path = _route(root, ("/health", "/healthz", "/ping"))
         return
+    if found.needed and (adapted.server is not None or _runs_python(adapted)):
+        _own_server_replaced(root, found, adapted)
+        return
     if adapted.server is None:
         return
     dist = adapted.server.module
-    names = _requirements(root)
+    names = _requirements(root, extras=True)
     if dist in names or dist in brought_with(names):
         return
     for i, step in enumerate(found.build):
@@ -255,6 +258,37 @@ def _python_build(root: Path, found: Detected, adapted: Adapted) -> None:
         found.build[i] = grown if isinstance(step, str) else step.model_copy(update={"run": grown})
         found.why.append(f"{dist} (the Procfile's server) is not listed: the build adds it")
         return
+
+
+_KILNS_SERVERS = ("gunicorn", "uvicorn")  # what kiln's own run lines serve Python apps with
+
+
+def _own_server_replaced(root: Path, found: Detected, adapted: Adapted) -> None:
+    """The web process names its server (or runs a script that serves): the build
+    ensures that server only, not the one kiln's own run line needed. uvicorn and
+    websockets were added for a Procfile running daphne, gunicorn for `python app.py`."""
+    server = [adapted.server.module] if adapted.server else []
+    needed = [n for n in found.needed if n not in _KILNS_SERVERS] + server
+    if needed == found.needed:
+        return
+    said: list[str] = []  # what the detected build said, with either interface
+    old = _pip_build(root, found.needed, said)[0]
+    _pip_build(root, found.needed, said, wsgi=True)
+    if old not in found.build:
+        return
+    why: list[str] = []
+    new = _pip_build(root, needed, why, wsgi="--interface wsgi" in found.run)[0]
+    found.build[found.build.index(old)] = new
+    at = next((i for i, line in enumerate(found.why) if line in said), len(found.why))
+    kept = [line for line in found.why if line not in said]
+    found.why = kept[:at] + why + kept[at:]
+    words = [(s if isinstance(s, str) else s.run).split() for s in (old, new)]
+    dropped = [w for w in words[0] if w not in words[1]]
+    if dropped:
+        found.why.append(
+            f"the Procfile's web process decides the server: the build does not add "
+            f"{' and '.join(dropped)}, which kiln's own run line needed"
+        )
 
 
 def _bin_path(root: Path, found: Detected, adapted: Adapted) -> None:
