@@ -997,3 +997,70 @@ def test_a_vite_build_that_may_make_no_page_is_a_warning(
     found = detect(_write(tmp_path, {"package.json": package, **files}))
     assert found.kind == "Vite static site"
     assert [w for w in found.warnings if w.startswith(said)] == found.warnings != []
+
+
+CHANNELS = {
+    "manage.py": "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n",
+    "mysite/settings.py": "INSTALLED_APPS = ['daphne', 'chat']\n"
+    "ASGI_APPLICATION = 'mysite.asgi.application'\nSTATIC_ROOT = 'static'\n",
+    "mysite/asgi.py": "application = ProtocolTypeRouter({})\n",
+}
+QUART = {"app.py": "from quart import Quart\napp = Quart(__name__)\n"}
+FASTAPI = {"main.py": "from fastapi import FastAPI\napp = FastAPI()\n"}
+
+
+@pytest.mark.parametrize(
+    ("files", "listed", "run"),
+    [
+        (QUART, "quart\nhypercorn\n", "python3 -m hypercorn --bind $HOST:$PORT app:app"),
+        (
+            CHANNELS,
+            "django\nchannels\ndaphne\n",
+            "python3 -m daphne -b $HOST -p $PORT mysite.asgi:application",
+        ),
+        (
+            CHANNELS,
+            "Django\nchannels[daphne]>=4\n",
+            "python3 -m daphne -b $HOST -p $PORT mysite.asgi:application",
+        ),
+        (
+            FASTAPI,
+            "fastapi\ngranian\n",
+            "python3 -m granian --interface asgi --host $HOST --port $PORT main:app",
+        ),
+        (
+            {
+                "main.py": "from quart import Quart\ndef create_app():\n    app = Quart(__name__)\n"
+                "    return app\n"
+            },
+            "quart\nhypercorn\n",
+            "python3 -m hypercorn --bind $HOST:$PORT 'main:create_app()'",
+        ),
+        (
+            {
+                "main.py": "from litestar import Litestar\ndef make():\n    app = Litestar([])\n"
+                "    return app\n"
+            },
+            "litestar\ngranian\n",
+            "python3 -m granian --interface asgi --host $HOST --port $PORT --factory main:make",
+        ),
+    ],
+)
+def test_the_asgi_server_the_app_lists_serves_it(
+    tmp_path: Path, files: dict[str, str], listed: str, run: str
+) -> None:
+    """Quart with hypercorn, and Channels with daphne (in INSTALLED_APPS too, as its
+    tutorial has it), ran under a uvicorn kiln added, beside websockets."""
+    found = detect(_write(tmp_path, {**files, "requirements.txt": listed}))
+    assert found.run == run
+    pip = next(s.run for s in found.build if isinstance(s, BuildStep))
+    assert pip == "python3 -m pip install -q --target deps -r requirements.txt"
+    server = run.split()[2]
+    assert f"{server} is in requirements.txt, and uvicorn is not: the app's own server runs it" in (
+        found.why
+    )
+
+
+def test_uvicorn_listed_beside_another_asgi_server_is_kept(tmp_path: Path) -> None:
+    found = detect(_write(tmp_path, {**QUART, "requirements.txt": "quart\nhypercorn\nuvicorn\n"}))
+    assert found.run == "python3 -m uvicorn --host $HOST --port $PORT app:app"

@@ -342,7 +342,48 @@ _BRINGS = {
     "litestar[standard]": _UVICORN_STANDARD,
     "litestar[cli]": _UVICORN_STANDARD,
     "litestar[full]": _UVICORN_STANDARD,
+    "channels[daphne]": ("daphne",),  # as Channels' tutorial installs it
 }
+
+
+# ASGI servers an app may list instead of uvicorn: each serves the app on $HOST:$PORT
+# (checked against their --help: hypercorn 0.18, daphne 4.2, granian 2.8)
+_ASGI_SERVERS = {
+    "hypercorn": "python3 -m hypercorn --bind $HOST:$PORT",
+    "daphne": "python3 -m daphne -b $HOST -p $PORT",
+    "granian": "python3 -m granian --interface asgi --host $HOST --port $PORT",
+}
+
+
+def listed_asgi_server(root: Path) -> str | None:
+    """The ASGI server the app lists (or a listed package brings), uvicorn first."""
+    names = _requirements(root, extras=True)
+    listed = {*names, *brought_with(names)}
+    return next((s for s in ("uvicorn", *_ASGI_SERVERS) if s in listed), None)
+
+
+def asgi_served(
+    root: Path, target: str, why: list[str], *, factory: bool = False
+) -> tuple[str, str]:
+    """(run line, server) of an ASGI app at ``target`` (``module:app``; a function that
+    builds it with ``factory``): the server the app lists, uvicorn when it lists none.
+    Quart's hypercorn and Channels' daphne were replaced by an added uvicorn."""
+    server = listed_asgi_server(root) or "uvicorn"
+    if server == "daphne" and factory:
+        server = "uvicorn"  # daphne calls no factory
+    if server == "uvicorn":
+        run = f"{UVICORN} {'--factory ' if factory else ''}{shlex.quote(target)}"
+    elif server == "hypercorn" and factory:  # hypercorn evaluates 'module:make()'
+        run = f"{_ASGI_SERVERS[server]} {shlex.quote(target + '()')}"
+    else:
+        given = "--factory " if factory else ""
+        run = f"{_ASGI_SERVERS[server]} {given}{shlex.quote(target)}"
+    if server != "uvicorn":
+        why.append(
+            f"{server} is in {_python_manifest(root)}, and uvicorn is not: the app's own "
+            "server runs it"
+        )
+    return run, server
 
 
 def brought_with(names: list[str]) -> dict[str, str]:
@@ -363,7 +404,8 @@ def _pip_build(
     brought = brought_with([*_requirements(root, extras=True), *needed])
     missing = [name for name in needed if name not in listed and name not in brought]
     for dep in sorted({d for d in needed if d in brought and d not in listed}):
-        why.append(f"{dep} comes with {brought[dep]}, which requires uvicorn[standard]")
+        standard = ", which requires uvicorn[standard]" if dep in _UVICORN_STANDARD else ""
+        why.append(f"{dep} comes with {brought[dep]}{standard}")
     # plain uvicorn answers a WebSocket upgrade with 404 ("No supported WebSocket library
     # detected"): when kiln adds uvicorn, and when the app lists it plainly (`uv add
     # uvicorn`) but has WebSocket routes
@@ -505,10 +547,10 @@ def _django(root: Path) -> Detected | None:
         why.append(f"{package}/wsgi.py: served by gunicorn")
         server = "gunicorn"
     elif (package_dir / "asgi.py").is_file():
-        run = f"{UVICORN} {package}.asgi:application"
         reason = "ASGI_APPLICATION is set (Channels: WebSockets)" if channels else "served"
-        why.append(f"{package}/asgi.py: {reason}, by uvicorn")
-        server = "uvicorn"
+        said: list[str] = []
+        run, server = asgi_served(root, f"{package}.asgi:application", said)
+        why += [f"{package}/asgi.py: {reason}, by {server}", *said]
     else:
         return None
     build = _pip_build(root, ["django", server], why)
@@ -743,9 +785,13 @@ def _python_framework(root: Path) -> Detected | None:
             target = f"{module_name(root, path)}:{match.group(1)}" + ("()" if called else "")
             shown = path.relative_to(root).as_posix()
             why = [f"{shown} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
-            # quoted: the run line goes through /bin/sh, where "create_app()" is a syntax error
-            run = f"{GUNICORN if server == 'gunicorn' else UVICORN} {shlex.quote(target)}"
-            why.append(f"served by {server} on $HOST:$PORT")
+            if server == "uvicorn":
+                said: list[str] = []
+                run, server = asgi_served(root, target, said)
+                why += [f"served by {server} on $HOST:$PORT", *said]
+            else:  # quoted: /bin/sh runs it, where "create_app()" is a syntax error
+                run = f"{GUNICORN} {shlex.quote(target)}"
+                why.append(f"served by {server} on $HOST:$PORT")
             needed = [n for n in (framework, server) if n is not None]
             return python_detected(kind, run, root, path, why, needed)
     return None

@@ -25,6 +25,7 @@ from kiln.detect import (
     _pip_build,
     _python_env,
     _read,
+    asgi_served,
     module_name,
     python_detected,
 )
@@ -232,15 +233,20 @@ class _App:
 def _served(
     kind: str, server: str, framework: str
 ) -> Callable[[Path, Path, str, re.Match[str]], Detected]:
-    """gunicorn or uvicorn on ``module:object``, like the generic frameworks."""
+    """gunicorn on ``module:object``, or the ASGI server the app lists (uvicorn when it
+    lists none), like the generic frameworks."""
 
     def build(root: Path, path: Path, text: str, match: re.Match[str]) -> Detected:
         shown = _shown(root, path)
         why = [f"{shown} defines {match.group(0).strip().rstrip('(')}…: a {kind} app"]
-        why.append(f"served by {server} on $HOST:$PORT")
-        command = GUNICORN if server == "gunicorn" else UVICORN
-        target = shlex.quote(f"{module_name(root, path)}:{match.group(1)}")
-        return python_detected(kind, f"{command} {target}", root, path, why, [framework, server])
+        target = f"{module_name(root, path)}:{match.group(1)}"
+        said: list[str] = []
+        if server == "gunicorn":
+            run, serving = f"{GUNICORN} {shlex.quote(target)}", server
+        else:
+            run, serving = asgi_served(root, target, said)
+        why += [f"served by {serving} on $HOST:$PORT", *said]
+        return python_detected(kind, run, root, path, why, [framework, serving])
 
     return build
 
@@ -361,13 +367,16 @@ def _factory(root: Path, modules: list[Path]) -> Detected | None:
     if kind == "aiohttp":  # the worker awaits a coroutine, calls a function
         target = found.made or (name if found.is_async else f"{name}()")
         return _aiohttp_served(root, path, target, why)
+    said: list[str] = []
+    module = module_name(root, path)
     if found.made is not None:  # the module already made it: served as it is
-        why.append(f"{found.made} = {name}(…) at the top: served by uvicorn on $HOST:$PORT")
-        run = f"{UVICORN} {shlex.quote(f'{module_name(root, path)}:{found.made}')}"
+        run, server = asgi_served(root, f"{module}:{found.made}", said)
+        why.append(f"{found.made} = {name}(…) at the top: served by {server} on $HOST:$PORT")
     else:
-        why.append("served by uvicorn on $HOST:$PORT, which calls the factory")
-        run = f"{UVICORN} --factory {shlex.quote(f'{module_name(root, path)}:{name}')}"
-    return python_detected(kind, run, root, path, why, [kind.lower(), "uvicorn"])
+        run, server = asgi_served(root, f"{module}:{name}", said, factory=True)
+        why.append(f"served by {server} on $HOST:$PORT, which calls the factory")
+    why += said
+    return python_detected(kind, run, root, path, why, [kind.lower(), server])
 
 
 def _aiohttp_served(root: Path, path: Path, target: str, why: list[str]) -> Detected:
