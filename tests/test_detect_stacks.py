@@ -1064,3 +1064,45 @@ def test_the_asgi_server_the_app_lists_serves_it(
 def test_uvicorn_listed_beside_another_asgi_server_is_kept(tmp_path: Path) -> None:
     found = detect(_write(tmp_path, {**QUART, "requirements.txt": "quart\nhypercorn\nuvicorn\n"}))
     assert found.run == "python3 -m uvicorn --host $HOST --port $PORT app:app"
+
+
+BLACKSHEEP = """\
+from datetime import datetime
+
+from blacksheep import Application, get
+
+app = Application()
+
+
+@get("/")
+def home():
+    return f"Hello, World! {datetime.now().isoformat()}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("listed", "run"),
+    [
+        ("blacksheep\nuvicorn\n", "python3 -m uvicorn --host $HOST --port $PORT server:app"),
+        ("blacksheep\nhypercorn\n", "python3 -m hypercorn --bind $HOST:$PORT server:app"),
+    ],
+)
+def test_an_app_object_of_an_unknown_framework_runs_under_the_listed_server(
+    tmp_path: Path, listed: str, run: str
+) -> None:
+    """BlackSheep's quick start ran as 'python3 server.py', which defines the app and
+    exits: the boot gate failed, its hint naming Panel."""
+    found = detect(_write(tmp_path, {"server.py": BLACKSHEEP, "requirements.txt": listed}))
+    assert found.run == run and found.kind == "ASGI"
+    server = run.split()[2]
+    assert found.why[0] == (
+        f"server.py assigns app = Application(…), and {server} is in requirements.txt: "
+        "inferred to be an ASGI app for it"
+    )
+    assert _steps(found.build) == ["python3 -m pip install -q --target deps -r requirements.txt"]
+    assert any("kiln does not know the framework of Application()" in n for n in found.notes)
+
+
+def test_no_server_is_guessed_for_an_app_object_when_none_is_listed(tmp_path: Path) -> None:
+    found = detect(_write(tmp_path, {"server.py": BLACKSHEEP, "requirements.txt": "blacksheep\n"}))
+    assert found.run == "python3 server.py"

@@ -1191,6 +1191,9 @@ def _static(root: Path) -> Detected | None:
 
 
 def _fallback(root: Path) -> Detected:
+    inferred = _listed_server_app(root)
+    if inferred is not None:
+        return inferred
     for candidate in ("app.py", "main.py", "server.py"):
         if (root / candidate).is_file():
             why = [f"{candidate}: started with python3; it must listen on $HOST:$PORT"]
@@ -1210,6 +1213,33 @@ def _fallback(root: Path) -> Detected:
         run=f"echo {shlex.quote(UNKNOWN_RUN)} >&2; exit 64",
         why=why,
     )
+
+
+def _listed_server_app(root: Path) -> Detected | None:
+    """An app object of a framework kiln does not know (BlackSheep's quick start:
+    ``app = Application()`` in server.py), under the ASGI server the app lists. Run as
+    a script, such a module defines the app and exits. Never a server it does not list."""
+    server = listed_asgi_server(root)
+    if server is None:
+        return None
+    modules = [root / name for name in _MODULES] + sorted(root.glob("*.py"))
+    for path in dict.fromkeys(p for p in modules if p.is_file()):
+        made = re.search(r"^(app|application)\s*(?::[^=]+)?=\s*([\w.]+)\(", _read(path), re.M)
+        if made is None:
+            continue
+        why = [
+            f"{path.name} assigns {made.group(1)} = {made.group(2)}(…), and {server} is in "
+            f"{_python_manifest(root)}: inferred to be an ASGI app for it"
+        ]
+        run, server = asgi_served(root, f"{path.stem}:{made.group(1)}", why)
+        why.append(f"served by {server} on $HOST:$PORT")
+        found = python_detected("ASGI", run, root, path, why, [server])
+        found.notes.append(
+            f"kiln does not know the framework of {made.group(2)}(): if {path.stem}:"
+            f"{made.group(1)} is no ASGI app, set [app] run to the command that serves it"
+        )
+        return found
+    return None
 
 
 _APP_FILES = ("manage.py", "package.json", "requirements.txt", "pyproject.toml", "Procfile")
