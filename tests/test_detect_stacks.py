@@ -484,6 +484,11 @@ def test_more_quickstarts_that_fix_their_port(
         ("app.py", "httpd = make_server('127.0.0.1', 8000, app)\n", False),
         ("app.py", 'app.start(host="0.0.0.0", port=8080)\n', True),  # Robyn
         ("app.py", "app.start(port=int(os.environ['PORT']))\n", False),
+        # ws listens on every interface unless given a host
+        ("server.js", "const wss = new WebSocketServer({ port: 8080 });\n", True),
+        ("server.js", "const wss = new WebSocket.Server({\n  port: 8080\n});\n", True),
+        ("server.js", "new WebSocketServer({ host: process.env.HOST, port: +PORT });\n", False),
+        ("server.js", "const wss = new WebSocketServer({ server });\n", False),
     ],
 )
 def test_listening_on_every_interface_is_a_warning(
@@ -663,7 +668,10 @@ def test_honos_fixed_port_is_found_in_its_typescript_source(tmp_path: Path) -> N
     # run as the build makes it, with or without a local dist/ (it was 'npm start' without)
     assert found.run == "node dist/index.js"
     assert any("src/index.ts listens on port 3000" in w for w in found.warnings), found.warnings
-    assert any("src/index.ts listens on every interface" in w for w in found.warnings)
+    # the line to change is the port's, not the callback's on the closing brace's line
+    assert any(
+        "src/index.ts listens on every interface ('port: 3000')" in w for w in found.warnings
+    ), found.warnings
 
 
 @pytest.mark.parametrize(

@@ -64,8 +64,17 @@ _JS_OPEN = (
     re.compile(r"""\bhost(?:name)?\s*:\s*['"](0\.0\.0\.0|::)['"]"""),
     # Node binds every interface when listen() is given no host
     re.compile(r"\.listen\(\s*[\w.]+\s*(?:\)|,\s*(?:\(|function\b|async\b|\w+\s*=>))()"),
-    # nor does @hono/node-server's serve({ fetch, port }) without a hostname
-    re.compile(r"\bserve\(\s*\{(?![^}]*\bhostname\b)[^}]*\bfetch\b[^}]*\}()", re.DOTALL),
+    # nor does @hono/node-server's serve({ fetch, port }) without a hostname: quoted at
+    # its port, not at the callback that may follow on the closing brace's line
+    re.compile(
+        r"\bserve\(\s*\{(?![^}]*\bhostname\b)(?=[^}]*\bfetch\b)(?:[^}]*?()\bport\b)?",
+        re.DOTALL,
+    ),
+    # nor does ws's new WebSocketServer({ port }) without a host
+    re.compile(
+        r"\bnew\s+(?:WebSocket\.Server|WebSocketServer)\(\s*\{(?![^}]*\bhost\b)[^}]*?()\bport\b",
+        re.DOTALL,
+    ),
 )
 # why listening on every interface matters (the Procfile's check says it too)
 AROUND_BALANCER = (
@@ -114,11 +123,12 @@ def _match_line(text: str, patterns: tuple[re.Pattern[str], ...]) -> tuple[str, 
     for pattern in patterns:
         match = pattern.search(text)
         if match:
-            at = match.start(1) if pattern.groups else match.start()
+            # an optional group that took no part quotes the match's first line
+            at = match.start(1) if pattern.groups and match.start(1) >= 0 else match.start()
             start = text.rfind("\n", 0, at) + 1
             end = text.find("\n", at)
             line = text[start : end if end >= 0 else len(text)].strip()
-            return (match.group(1) if pattern.groups else ""), line[:80]
+            return (match.group(1) or "" if pattern.groups else ""), line[:80]
     return None
 
 
