@@ -810,6 +810,49 @@ def test_site_generators_are_built_and_their_output_served(
     assert any("single-page-app" in n for n in found.notes) == (kind == "Vite")
 
 
+VITEPRESS_INIT = {  # what `vitepress init` writes: no build script
+    "docs:dev": "vitepress dev docs",
+    "docs:build": "vitepress build docs",
+    "docs:preview": "vitepress preview docs",
+}
+
+
+@pytest.mark.parametrize(
+    ("scripts", "deps", "script", "site"),
+    [
+        (VITEPRESS_INIT, {"vitepress": "^1"}, "docs:build", "docs/.vitepress/dist"),
+        (
+            {"docs:build": "vitepress build docs --outDir public"},
+            {"vitepress": "^1"},
+            "docs:build",
+            "public",  # --outDir is the working directory's, the config's outDir docs/'s
+        ),
+        (
+            {"all": "npm run site && npm test", "site": "vitepress build"},
+            {"vitepress": "^1"},
+            "site",  # the script that builds, not one that runs it among others
+            ".vitepress/dist",
+        ),
+        (
+            {"start": "eleventy --serve", "watch": "eleventy --watch", "site": "eleventy"},
+            {"@11ty/eleventy": "^3"},
+            "site",
+            "_site",
+        ),
+    ],
+)
+def test_a_site_generator_built_by_a_script_not_named_build_is_found(
+    tmp_path: Path, scripts: dict[str, str], deps: dict[str, str], script: str, site: str
+) -> None:
+    """`vitepress init` names its build docs:build: the project was no VitePress site."""
+    package = {"scripts": scripts, "devDependencies": deps}
+    found = detect(_write(tmp_path, {"package.json": package, "docs/index.md": "# hi"}))
+    assert found.kind.endswith(" static site"), found
+    assert found.run == f"python3 -m http.server --bind $HOST --directory {site} $PORT"
+    assert f"npm run {script}" in _steps(found.build), found.build
+    assert f"scripts.{script}: run at bake time" in " ".join(found.why)
+
+
 LOCKS: dict[str, dict[str, object]] = {
     "npm": {"package-lock.json": "{}"},
     "pnpm": {"pnpm-lock.yaml": "lockfileVersion: '9.0'\n"},

@@ -917,13 +917,18 @@ def scripts_of(package: dict[str, object]) -> dict[str, object]:
 
 
 def node_build(
-    root: Path, package: dict[str, object], why: list[str], keep_dev: bool = False
+    root: Path,
+    package: dict[str, object],
+    why: list[str],
+    keep_dev: bool = False,
+    script: str | None = None,
 ) -> list[str | BuildStep]:
     """Install (cached by package.json and the lockfile), build, prune: the bake's steps.
-    ``keep_dev``: the app runs a devDependency, so the image keeps them all."""
-    tool = node_tool(root, package, why)
+    ``keep_dev``: the app runs a devDependency, so the image keeps them all.
+    ``script``: the script that builds, when not build_script's (VitePress' docs:build)."""
+    script = script or build_script(package)
+    tool = node_tool(root, package, why, script)
     inputs = ["package.json", tool.lock] if tool.lock else ["package.json"]
-    script = build_script(package)
     building = script is not None
     members = workspaces(package)
     if members:  # npm and yarn workspaces: one install at the root makes them all
@@ -985,7 +990,9 @@ class NodeTool:
     prune: str | None  # after a build: devDependencies removed (None: they stay)
 
 
-def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeTool:
+def node_tool(
+    root: Path, package: dict[str, object], why: list[str], script: str | None = None
+) -> NodeTool:
     """npm, or yarn / pnpm when their lockfile is the project's (run with npx, pinned).
 
     npm ignores a pnpm-lock.yaml, takes a yarn.lock only as a hint (and rewrites
@@ -996,7 +1003,8 @@ def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeToo
     wanted = manager.split("+", 1)[0] if isinstance(manager, str) else ""
     if not re.fullmatch(r"[\w.@-]*", wanted):  # it goes into a shell command: a name@version
         wanted = ""
-    script = build_script(package) or "build"
+    # a name from package.json, in a shell command: quoted (docs:build needs none)
+    script = shlex.quote(script or build_script(package) or "build")
     npm_lock = next(
         (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
     )

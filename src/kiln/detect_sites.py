@@ -11,38 +11,68 @@ from pathlib import Path
 from kiln import nodescripts
 from kiln.detect import NODE_EXCLUDE, Detected, _read, node_build, scripts_of
 
-# A site generator, where its build writes the site, and the option of its build
-# command that writes it elsewhere. The ones built on Vite come before it.
+# A site generator, where its build writes the site, the option of its build
+# command that writes it elsewhere, and that command (its program, its subcommand).
+# The ones built on Vite come before it.
 _STATIC_BUILDS = (
-    ("@11ty/eleventy", "Eleventy", "_site", "--output"),
-    ("vitepress", "VitePress", ".vitepress/dist", None),  # under `vitepress build DIR`
-    ("@docusaurus/core", "Docusaurus", "build", "--out-dir"),
-    ("vite", "Vite", "dist", "--outDir"),
-    ("react-scripts", "Create React App", "build", None),
-    ("@vue/cli-service", "Vue CLI", "dist", "--dest"),
-    ("astro", "Astro", "dist", "--outDir"),
-    ("parcel", "Parcel", "dist", "--dist-dir"),
-    ("gatsby", "Gatsby", "public", None),
+    ("@11ty/eleventy", "Eleventy", "_site", "--output", ("eleventy", None)),
+    # `vitepress build DIR`: its config's outDir is DIR's, --outDir the working directory's
+    ("vitepress", "VitePress", ".vitepress/dist", "--outDir", ("vitepress", "build")),
+    ("@docusaurus/core", "Docusaurus", "build", "--out-dir", ("docusaurus", "build")),
+    ("vite", "Vite", "dist", "--outDir", ("vite", "build")),
+    ("react-scripts", "Create React App", "build", None, ("react-scripts", "build")),
+    ("@vue/cli-service", "Vue CLI", "dist", "--dest", ("vue-cli-service", "build")),
+    ("astro", "Astro", "dist", "--outDir", ("astro", "build")),
+    ("parcel", "Parcel", "dist", "--dist-dir", ("parcel", "build")),
+    ("gatsby", "Gatsby", "public", None, ("gatsby", "build")),
 )
 
 
 def static_build(root: Path, package: dict[str, object], deps: set[str]) -> Detected | None:
-    """A site generator among ``deps`` with a build script: its output, served."""
-    for tool, kind, out, flag in _STATIC_BUILDS:
-        if tool in deps and "build" in scripts_of(package):
-            out = _site_dir(root, package, tool, flag) or out
-            return served_site(root, package, tool, kind, out)
+    """A site generator among ``deps`` with a script that builds: its output, served."""
+    for tool, kind, out, flag, command in _STATIC_BUILDS:
+        script = _building_script(package, command) if tool in deps else None
+        if script is not None:
+            out = _site_dir(root, package, script, tool, flag) or out
+            return served_site(root, package, tool, kind, out, script)
     return None
 
 
-def served_site(root: Path, package: dict[str, object], tool: str, kind: str, out: str) -> Detected:
-    """A site ``tool`` builds into ``out``, served by http.server."""
+def _building_script(package: dict[str, object], command: tuple[str, str | None]) -> str | None:
+    """``build``, else the first script that runs the generator's own build command:
+    `vitepress init` writes `"docs:build": "vitepress build docs"` and no build."""
+    scripts = scripts_of(package)
+    if "build" in scripts:
+        return "build"
+    program, subcommand = command
+    for name, text in scripts.items():
+        for ran in nodescripts.commands(package, text, name) if isinstance(text, str) else []:
+            # eleventy builds without a subcommand, and serves or watches with a flag
+            words = ran.words[1:]
+            watching = any(w in ("--serve", "--watch") for w in words)
+            if ran.program == program and (
+                words[:1] == (subcommand,) if subcommand else not watching
+            ):
+                return ran.script or name  # the script that runs it, not one running that
+    return None
+
+
+def served_site(
+    root: Path,
+    package: dict[str, object],
+    tool: str,
+    kind: str,
+    out: str,
+    script: str | None = None,
+) -> Detected:
+    """A site ``tool`` builds into ``out`` (with ``script``, else the build script),
+    served by http.server."""
     why = [f"package.json uses {tool} and no server: a {kind} site, built at bake time"]
     why.append(f"{out}/ (the build's output) is served by python3 -m http.server")
     start = str(scripts_of(package).get("start", ""))
     if start:
         why.append(f"scripts.start ('{start}') is a development server: not used")
-    build = node_build(root, package, why)
+    build = node_build(root, package, why, script=script)
     return Detected(
         kind=f"{kind} static site",
         run=f"python3 -m http.server --bind $HOST --directory {out} $PORT",
@@ -107,10 +137,12 @@ _NO_FALLBACK = (
 )
 
 
-def _site_dir(root: Path, package: dict[str, object], tool: str, flag: str | None) -> str | None:
-    """Where the build writes the site when not where ``tool`` writes it by default:
+def _site_dir(
+    root: Path, package: dict[str, object], script: str, tool: str, flag: str | None
+) -> str | None:
+    """Where ``script`` writes the site when not where ``tool`` writes it by default:
     the build command's ``flag``, else what the tool's config says in a plain string."""
-    ran = nodescripts.commands(package, "npm run build")
+    ran = nodescripts.commands(package, f"npm run {script}")
     given = nodescripts.option(ran, flag) if flag else None
     if given is not None:
         return _inside(given)
