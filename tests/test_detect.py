@@ -1107,3 +1107,87 @@ def test_the_python_version_asked_for_is_compared_by_major_and_minor(
 ) -> None:
     _write(tmp_path, files)
     assert (python_warning(tmp_path, "python3.11") is not None) == warned
+
+
+FASTIFY_TS = {  # `fastify-cli generate app --lang=ts`
+    "clean": "node -e \"require('fs').rmSync('dist', {recursive: true, force: true})\"",
+    "start": "npm run build:ts && fastify start -l info dist/app.js",
+    "build:ts": "npm run clean && tsc",
+    "watch:ts": "tsc -w",
+}
+
+
+@pytest.mark.parametrize(
+    ("scripts", "run", "build"),
+    [
+        (
+            FASTIFY_TS,
+            "node_modules/.bin/fastify start -l info dist/app.js",
+            ["npm run build:ts"],
+        ),
+        ({"start": "tsc && node dist/index.js"}, "node dist/index.js", ["node_modules/.bin/tsc"]),
+        (
+            {"start": "tsc -p tsconfig.build.json && PORT=$PORT fastify start dist/app.js"},
+            "PORT=$PORT node_modules/.bin/fastify start dist/app.js",
+            ["node_modules/.bin/tsc -p tsconfig.build.json"],
+        ),
+        (  # the build script runs it already: once
+            {
+                "build": "npm run compile:ts",
+                "compile:ts": "tsc",
+                "start": "npm run build && node .",
+            },
+            "node .",
+            ["npm run build"],
+        ),
+        (  # a script named otherwise that runs a compiler; then the build script's too
+            {
+                "build": "vite build",
+                "server": "babel src -d lib",
+                "start": "npm run server && node lib/",
+            },
+            "node lib/",
+            ["npm run build", "npm run server"],
+        ),
+    ],
+)
+def test_a_start_script_that_compiles_first_compiles_at_bake_time(
+    tmp_path: Path, scripts: dict[str, str], run: str, build: list[str]
+) -> None:
+    """fastify-cli's TypeScript template ran tsc at every instance start, where the
+    prune had removed it ('tsc: not found'): the compile is the bake's, the rest runs."""
+    package = {
+        "scripts": scripts,
+        "dependencies": {"fastify": "^5", "fastify-cli": "^7"},
+        "devDependencies": {"typescript": "^5", "@babel/cli": "^7"},
+    }
+    found = detect(_write(tmp_path, {"package.json": json.dumps(package)}))
+    assert found.run == run
+    assert _steps(found.build) == [
+        ("npm install --no-audit --no-fund --include=dev", "node_modules"),
+        *build,
+        "npm prune --omit=dev",
+    ]
+    assert any("compiles the app: run at bake time" in w for w in found.why), found.why
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        "npm run watch:ts && node dist/app.js",  # a watcher never ends
+        "npm run clean && node dist/app.js",  # no compiler
+        "tsc && node dist/a.js; node dist/b.js",  # the rest is more than one command
+        "node dist/app.js && tsc",
+    ],
+)
+def test_a_start_script_that_does_not_compile_first_is_run_as_it_is(
+    tmp_path: Path, start: str
+) -> None:
+    package = {
+        "scripts": {**FASTIFY_TS, "start": start},
+        "dependencies": {"fastify": "^5"},
+        "devDependencies": {"typescript": "^5"},
+    }
+    found = detect(_write(tmp_path, {"package.json": json.dumps(package)}))
+    assert found.run == "npm start", found.run
+    assert not any("compiles the app" in w for w in found.why)

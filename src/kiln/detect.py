@@ -15,7 +15,7 @@ import os
 import re
 import shlex
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -922,14 +922,23 @@ def node_build(
     why: list[str],
     keep_dev: bool = False,
     script: str | None = None,
+    first: Sequence[str | nodescripts.Command] = (),
 ) -> list[str | BuildStep]:
     """Install (cached by package.json and the lockfile), build, prune: the bake's steps.
     ``keep_dev``: the app runs a devDependency, so the image keeps them all.
-    ``script``: the script that builds, when not build_script's (VitePress' docs:build)."""
-    script = script or build_script(package)
-    tool = node_tool(root, package, why, script)
+    ``script``: the script that builds, when not build_script's (VitePress' docs:build).
+    ``first``: what the start script compiled with before starting the app (scripts,
+    commands), run after the build script unless it runs them."""
+    tool = node_tool(root, package, why)
     inputs = ["package.json", tool.lock] if tool.lock else ["package.json"]
-    building = script is not None
+    script = script or build_script(package)
+    scripts = [script] if script else []
+    ran = nodescripts.commands(package, f"npm run {script}") if script else []
+    done = {c.script for c in ran}
+    scripts += [s for s in first if isinstance(s, str) and s not in done]
+    commands = [nodescripts.local_bin(shlex.join(c.words)) for c in first if not isinstance(c, str)]
+    runs = [tool.run(s) for s in scripts] + commands
+    building = bool(runs)
     members = workspaces(package)
     if members:  # npm and yarn workspaces: one install at the root makes them all
         inputs += [f"{m.rstrip('/')}/package.json" for m in members]
@@ -943,19 +952,20 @@ def node_build(
     )
     if not installing:
         why.append("no dependencies in package.json: nothing to install")
-        return [tool.run_build] if building else []
+        return list(runs)
     why.append(
         f"node_modules/ is made by the build and reused while {' and '.join(inputs)} "
         f"{'is' if len(inputs) == 1 else 'are'} unchanged"
     )
     if building:
         after = "kept: the app runs one" if keep_dev else "pruned after"
-        why.append(f"scripts.{script}: run at bake time (with dev dependencies, {after})")
+        shown = [f"scripts.{s}" for s in scripts] + [f"'{c}'" for c in commands]
+        why.append(f"{', '.join(shown)}: run at bake time (with dev dependencies, {after})")
         # [env] NODE_ENV=production reaches the build, and npm, yarn and pnpm
         # would leave out the devDependencies (tsc, vite, nest) the build runs
         step = BuildStep(run=tool.install_dev, inputs=inputs, outputs=["node_modules"])
         prune = [tool.prune] if tool.prune and not keep_dev else []
-        return [step, tool.run_build, *prune]
+        return [step, *runs, *prune]
     install = tool.install_dev if keep_dev else tool.install_prod
     return [BuildStep(run=install, inputs=inputs, outputs=["node_modules"])]
 
@@ -986,13 +996,15 @@ class NodeTool:
     lock: str | None
     install_dev: str  # exactly the lockfile's versions when there is one, devDependencies too
     install_prod: str  # the same, without them
-    run_build: str
+    runner: str  # what runs a script: `npm run`
     prune: str | None  # after a build: devDependencies removed (None: they stay)
 
+    def run(self, script: str) -> str:
+        """The command that runs ``script`` (a name from package.json: quoted)."""
+        return f"{self.runner} {shlex.quote(script)}"
 
-def node_tool(
-    root: Path, package: dict[str, object], why: list[str], script: str | None = None
-) -> NodeTool:
+
+def node_tool(root: Path, package: dict[str, object], why: list[str]) -> NodeTool:
     """npm, or yarn / pnpm when their lockfile is the project's (run with npx, pinned).
 
     npm ignores a pnpm-lock.yaml, takes a yarn.lock only as a hint (and rewrites
@@ -1003,8 +1015,6 @@ def node_tool(
     wanted = manager.split("+", 1)[0] if isinstance(manager, str) else ""
     if not re.fullmatch(r"[\w.@-]*", wanted):  # it goes into a shell command: a name@version
         wanted = ""
-    # a name from package.json, in a shell command: quoted (docs:build needs none)
-    script = shlex.quote(script or build_script(package) or "build")
     npm_lock = next(
         (n for n in ("package-lock.json", "npm-shrinkwrap.json") if (root / n).is_file()), None
     )
@@ -1017,7 +1027,7 @@ def node_tool(
             "pnpm-lock.yaml",
             f"{install} --prod=false",
             f"{install} --prod",
-            f"{tool} run {script}",
+            f"{tool} run",
             f"{tool} prune --prod",
         )
     if npm_lock is None and (root / "yarn.lock").is_file():
@@ -1033,10 +1043,10 @@ def node_tool(
                 "yarn.lock",
                 f"{install} --production=false",
                 f"{install} --production",
-                f"{tool} run {script}",
+                f"{tool} run",
                 f"{install} --production",
             )
-        return _berry(root, wanted, script, why)
+        return _berry(root, wanted, why)
     if npm_lock:
         why.append(f"{npm_lock}: 'npm ci' installs exactly the locked versions")
         install = "npm ci"
@@ -1046,8 +1056,8 @@ def node_tool(
                 "no package-lock.json: 'npm install' (commit a lockfile for repeatable builds)"
             )
         install = "npm install --no-audit --no-fund"
-    run_build, prune = f"npm run {script}", "npm prune --omit=dev"
-    return NodeTool(npm_lock, f"{install} --include=dev", f"{install} --omit=dev", run_build, prune)
+    runner, prune = "npm run", "npm prune --omit=dev"
+    return NodeTool(npm_lock, f"{install} --include=dev", f"{install} --omit=dev", runner, prune)
 
 
 # Yarn 2+ installs into node_modules/ (its Plug'n'Play default needs every command
@@ -1055,7 +1065,7 @@ def node_tool(
 BERRY_ENV = "YARN_NODE_LINKER=node-modules YARN_ENABLE_TELEMETRY=0"
 
 
-def _berry(root: Path, wanted: str, script: str, why: list[str]) -> NodeTool:
+def _berry(root: Path, wanted: str, why: list[str]) -> NodeTool:
     """Yarn 2+ (a yarn.lock with ``__metadata:``): the release the project commits
     (.yarnrc.yml's yarnPath), else the version ``packageManager`` names, else the
     major that writes the lockfile's version, from the npm registry."""
@@ -1086,9 +1096,9 @@ def _berry(root: Path, wanted: str, script: str, why: list[str]) -> NodeTool:
     )
     if major < 4:  # `workspaces focus` is Yarn 4's own; 2 and 3 need a plugin for it
         why.append("Yarn 2 and 3 have no production install without a plugin: devDependencies stay")
-        return NodeTool("yarn.lock", install, install, f"{tool} run {script}", None)
+        return NodeTool("yarn.lock", install, install, f"{tool} run", None)
     focus = f"{tool} workspaces focus --all --production"
-    return NodeTool("yarn.lock", install, f"{install} && {focus}", f"{tool} run {script}", focus)
+    return NodeTool("yarn.lock", install, f"{install} && {focus}", f"{tool} run", focus)
 
 
 def _pnpm_major(root: Path) -> int:
@@ -1107,12 +1117,17 @@ def _node(root: Path) -> Detected | None:
     scripts = scripts_of(package)
     start = str(scripts.get("start", "")) if scripts else ""
     main = str(package["main"]) if isinstance(package.get("main"), str) else None
-    direct = re.fullmatch(r"node\s+([\w./-]+)", start.strip())
+    # `npm run build:ts && fastify start dist/app.js`: compiled at bake, not at each start
+    first, rest = nodescripts.compiled_first(package, start) or ([], start)
+    direct = re.fullmatch(r"node\s+([\w./-]+)", rest.strip())
     # a file the build makes (tsc's dist/index.js) need not exist here: the bake makes it
-    built = direct and build_script(package) and re.match(BUILT_OUTPUT, direct[1])
+    built = direct and (build_script(package) or first) and re.match(BUILT_OUTPUT, direct[1])
     if direct and ((root / direct.group(1)).is_file() or built):
         run = f"node {direct.group(1)}"
         said = f"scripts.start is '{start}': run with node directly, so it gets signals"
+    elif first:
+        run = nodescripts.local_bin(rest)
+        said = f"scripts.start is '{start}': run without npm, so it gets signals"
     elif start:
         run, said = "npm start", f"scripts.start is '{start}'"
     else:
@@ -1124,10 +1139,20 @@ def _node(root: Path) -> Detected | None:
             return None
         run, said = f"node {file}", f"no start script: {file} is the entry point"
     why = ["package.json: a Node app"]
-    ran = nodescripts.commands(package, run) if run == "npm start" else []
+    if run == "npm start":
+        ran = nodescripts.commands(package, run)
+    else:
+        ran = nodescripts.commands(package, rest, "start") if first else []
     dev = nodescripts.dev_programs(root, package, ran)
-    build = node_build(root, package, why, keep_dev=bool(dev))
+    build = node_build(root, package, why, keep_dev=bool(dev), first=first)
     why.append(said)
+    if first:
+        steps = [f"npm run {s}" if isinstance(s, str) else shlex.join(s.words) for s in first]
+        shown = " && ".join(steps)
+        why.append(
+            f"'{shown}' compiles the app: run at bake time, not at each instance's start "
+            "(where the pruned compiler is missing)"
+        )
     notes = ["the app must listen on process.env.PORT (and process.env.HOST if it binds one)"]
     return Detected(
         kind="Node",

@@ -180,3 +180,78 @@ def option(ran: list[Command], flag: str) -> str | None:
             if word == flag and i + 1 < len(c.words):
                 return c.words[i + 1]
     return None
+
+
+# programs that compile an app's source: run by a start script, at every instance start
+_COMPILERS = frozenset({"tsc", "babel", "esbuild", "swc"})
+
+
+def compiled_first(
+    package: dict[str, object], start: str
+) -> tuple[list[str | Command], str] | None:
+    """(the steps, the rest) of a start script that compiles before it starts the
+    app: fastify-cli's TypeScript template starts with `npm run build:ts && fastify
+    start -l info dist/app.js`, so tsc ran (and failed, pruned) at each instance
+    start. A step is a script's name (one named build* or compile*, or running a
+    compiler) or a compiler's command (`tsc`); the rest is one command. None when
+    the start script begins with no such step."""
+    parts = _and_parts(start)
+    steps: list[str | Command] = []
+    for part in parts[:-1]:
+        step = _compiling(package, part)
+        if step is None:
+            break
+        steps.append(step)
+    rest = " && ".join(parts[len(steps) :])
+    return (steps, rest) if steps and len(_split(rest)) == 1 else None
+
+
+def _compiling(package: dict[str, object], part: str) -> str | Command | None:
+    """The script ``part`` runs, or ``part`` itself, if it compiles (and does not watch)."""
+    split = _split(part)
+    if len(split) != 1:
+        return None
+    words = split[0]
+    name = _npm_script(words)
+    if name is not None and words[1] in ("run", "run-script"):
+        text = _scripts(package).get(name)
+        inner = commands(package, text, name) if isinstance(text, str) else []
+        if not inner or any(_watching(c) for c in inner):
+            return None
+        named = re.match(r"(?:build|compile)", name)
+        return name if named or any(c.program in _COMPILERS for c in inner) else None
+    command = Command(None, tuple(words))
+    return command if command.program in _COMPILERS and not _watching(command) else None
+
+
+def _watching(command: Command) -> bool:
+    return bool(watchers([command])) or "-w" in command.words
+
+
+def _and_parts(line: str) -> list[str]:
+    """``line`` split at each `&&` outside quotes, each part stripped."""
+    parts, start, quote, i = [], 0, "", 0
+    while i < len(line):
+        char = line[i]
+        if char == "\\" and quote != "'":
+            i += 2
+            continue
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif line.startswith("&&", i):
+            parts.append(line[start:i].strip())
+            start, i = i + 2, i + 2
+            continue
+        i += 1
+    return [*parts, line[start:].strip()]
+
+
+def local_bin(line: str) -> str:
+    """``line`` run outside npm, which puts node_modules/.bin on PATH for a script:
+    its program (past VAR=x assignments) from there, unless a path or node's own."""
+    match = re.match(r"((?:[A-Za-z_]\w*=\S*\s+)*)([\w@.+-]+)(?=\s|$)", line)
+    if match is None or match.group(2) in _SYSTEM:
+        return line
+    return f"{match.group(1)}node_modules/.bin/{line[match.start(2) :]}"
