@@ -23,15 +23,14 @@ from kiln.detect import (
     Detected,
     _read,
     build_script,
-    node_build,
     package_json,
     scripts_of,
     workspaces,
 )
 from kiln.detect_sites import served_site, static_build
 from kiln.fixedport import fixed_port
+from kiln.nodestack import NODE_ENV, dependencies, node_stack
 
-NODE_ENV = {"NODE_ENV": "production"}
 # Any of these among the dependencies: the app has a server of its own.
 _SERVERS = (
     "express",
@@ -56,7 +55,7 @@ def detect_node_stack(root: Path) -> Detected | None:
     package = package_json(root)
     if package is None:
         return None
-    deps = _dependencies(package)
+    deps = dependencies(package)
     stacks = (
         ("next", _next),
         ("nuxt", _nuxt),
@@ -94,7 +93,7 @@ def detect_node_script(root: Path) -> Detected | None:
 def fastify_note(root: Path) -> str | None:
     """Fastify binds localhost unless told: say how to listen on $HOST:$PORT."""
     package = package_json(root)
-    if package is None or "fastify" not in _dependencies(package):
+    if package is None or "fastify" not in dependencies(package):
         return None
     start = str(scripts_of(package).get("start", ""))
     if re.search(r"\bfastify\s+start\b", start):
@@ -108,46 +107,10 @@ def fastify_note(root: Path) -> str | None:
     )
 
 
-def _dependencies(package: dict[str, object]) -> set[str]:
-    names: set[str] = set()
-    for key in ("dependencies", "devDependencies"):
-        listed = package.get(key)
-        if isinstance(listed, dict):
-            names.update(str(n) for n in listed)
-    return names
-
-
-def _node_stack(
-    kind: str,
-    run: str,
-    why: list[str],
-    root: Path,
-    package: dict[str, object],
-    made: tuple[str, ...] = (),
-    keep_dev: bool = False,
-) -> Detected:
-    """``made``: what the build makes, left out of the source, so a local build
-    (a stale dist/, a .next/ that changes on every `next dev`) neither ships nor
-    makes a new image: the bake makes it afresh, and what it makes is kept.
-    ``keep_dev``: the server needs packages the stack lists as devDependencies."""
-    build = node_build(root, package, why, keep_dev=keep_dev)
-    notes = [] if "build" in scripts_of(package) else [f"add the {kind} build as scripts.build"]
-    return Detected(
-        kind=kind,
-        run=run,
-        why=why,
-        build=build,
-        exclude=[*NODE_EXCLUDE, *(f"/{m}/" for m in made)],
-        env=dict(NODE_ENV),
-        grace="30s",
-        notes=notes,
-    )
-
-
 def _next(root: Path, package: dict[str, object]) -> Detected:
     why = ["package.json depends on next: a Next.js app"]
     why.append("'next start' serves the build on $HOST:$PORT (-H, -p), run without npm")
-    found = _node_stack(
+    found = node_stack(
         "Next.js", "node_modules/.bin/next start -H $HOST -p $PORT", why, root, package, (".next",)
     )
     found.health_path = _next_health(root)
@@ -171,7 +134,7 @@ def _next_health(root: Path) -> str | None:
 def _nuxt(root: Path, package: dict[str, object]) -> Detected:
     why = ["package.json depends on nuxt: a Nuxt app"]
     why.append("its build is .output/server/index.mjs, which listens on $HOST:$PORT itself")
-    return _node_stack(
+    return node_stack(
         "Nuxt", "node .output/server/index.mjs", why, root, package, (".output", ".nuxt")
     )
 
@@ -179,7 +142,7 @@ def _nuxt(root: Path, package: dict[str, object]) -> Detected:
 def _nest(root: Path, package: dict[str, object]) -> Detected:
     why = ["package.json depends on @nestjs/core: a NestJS app"]
     why.append("'nest build' compiles it to dist/main.js, run with node (as start:prod does)")
-    found = _node_stack("NestJS", "node dist/main.js", why, root, package, ("dist",))
+    found = node_stack("NestJS", "node dist/main.js", why, root, package, ("dist",))
     main = _read(root / "src" / "main.ts")
     if "process.env.PORT" not in main and fixed_port(main, js=True) is None:
         # a literal port gets init's warning instead; this is for a port from elsewhere
@@ -193,7 +156,7 @@ def _sveltekit(root: Path, package: dict[str, object]) -> Detected:
     build = out.group(1).strip("./") if out else "build"
     why = ["package.json depends on @sveltejs/kit: a SvelteKit app"]
     why.append(f"adapter-node builds it into {build}/, run with node: it reads $HOST and $PORT")
-    found = _node_stack("SvelteKit", f"node {build}", why, root, package, (build, ".svelte-kit"))
+    found = node_stack("SvelteKit", f"node {build}", why, root, package, (build, ".svelte-kit"))
     # adapter-node's own settings: the scheme and client address kiln's balancer sends
     found.env |= {
         "PROTOCOL_HEADER": "x-forwarded-proto",
@@ -204,7 +167,7 @@ def _sveltekit(root: Path, package: dict[str, object]) -> Detected:
         "PROTOCOL_HEADER and ADDRESS_HEADER: the scheme and client address come from kiln's "
         "balancer (without them every form POST was refused as cross-site: 403)"
     )
-    if "@sveltejs/adapter-node" not in _dependencies(package):
+    if "@sveltejs/adapter-node" not in dependencies(package):
         found.warnings.append(
             "svelte.config.js does not use @sveltejs/adapter-node, whose Node server kiln "
             "runs: npm i -D @sveltejs/adapter-node and use it in svelte.config.js"
@@ -215,7 +178,7 @@ def _sveltekit(root: Path, package: dict[str, object]) -> Detected:
 def _astro(root: Path, package: dict[str, object]) -> Detected:
     why = ["package.json depends on @astrojs/node: an Astro app rendered on demand"]
     why.append("its standalone server is dist/server/entry.mjs, which reads $HOST and $PORT")
-    found = _node_stack(
+    found = node_stack(
         "Astro", "node ./dist/server/entry.mjs", why, root, package, ("dist", ".astro")
     )
     config = "\n".join(_read(root / f"astro.config.{ext}") for ext in ("mjs", "ts", "js", "mts"))
@@ -237,7 +200,7 @@ _QWIK_SERVERS = ("node-server", "express", "fastify")
 
 def _qwik(root: Path, package: dict[str, object]) -> Detected:
     """Qwik City runs as its adapter builds it: a Node server, or a static site."""
-    deps = _dependencies(package)
+    deps = dependencies(package)
     name = "@qwik.dev/router" if "@qwik.dev/router" in deps else "@builder.io/qwik-city"
     serve = str(scripts_of(package).get("serve", "")).strip()
     given = re.fullmatch(r"node\s+(server/entry\.[\w-]+)", serve)
@@ -248,7 +211,7 @@ def _qwik(root: Path, package: dict[str, object]) -> Detected:
     why = [f"package.json depends on {name}: a Qwik City app"]
     why.append(f"its Node adapter builds {entry}.js, run with node: it reads $PORT")
     why.append("Qwik City lists its server's packages (undici…) as devDependencies: they stay")
-    found = _node_stack(
+    found = node_stack(
         "Qwik City", f"node {entry}", why, root, package, ("dist", "server"), keep_dev=True
     )
     found.env["PROTOCOL_HEADER"] = "x-forwarded-proto"
