@@ -1157,3 +1157,111 @@ def test_an_app_object_of_an_unknown_framework_runs_under_the_listed_server(
 def test_no_server_is_guessed_for_an_app_object_when_none_is_listed(tmp_path: Path) -> None:
     found = detect(_write(tmp_path, {"server.py": BLACKSHEEP, "requirements.txt": "blacksheep\n"}))
     assert found.run == "python3 server.py"
+
+
+# what `ng new ng-app --ssr --defaults` (Angular CLI 20) writes, in part
+NG_SCRIPTS = {
+    "ng": "ng",
+    "start": "ng serve",
+    "build": "ng build",
+    "watch": "ng build --watch --configuration development",
+    "serve:ssr:ng-app": "node dist/ng-app/server/server.mjs",
+}
+NG_DEPS = {"@angular/core": "^20.3.0", "@angular/ssr": "^20.3.0", "express": "^5.1.0"}
+NG_DEV = {"@angular/build": "^20.3.0", "@angular/cli": "^20.3.0", "typescript": "~5.9.2"}
+NG_SERVER = """\
+const app = express();
+const angularApp = new AngularNodeAppEngine();
+if (isMainModule(import.meta.url) || process.env['pm_id']) {
+  const port = process.env['PORT'] || 4000;
+  app.listen(port, (error) => {
+    if (error) {
+      throw error;
+    }
+  });
+}
+"""
+
+
+def _angular_json(options: dict[str, object], builder: str = "@angular/build:application") -> str:
+    project = {"projectType": "application", "architect": {"build": {"builder": builder}}}
+    project["architect"]["build"]["options"] = options  # type: ignore[index]
+    return json.dumps({"version": 1, "projects": {"ng-app": project}})
+
+
+def test_an_angular_ssr_app_runs_its_built_server(tmp_path: Path) -> None:
+    """`npm start` is `ng serve`: 'sh: 1: ng: not found' once pruned. Run as built, its
+    server rendered nothing (Host 127.0.0.1 not allowed, X-Forwarded-For untrusted)."""
+    options = {"outputMode": "server", "ssr": {"entry": "src/server.ts"}}
+    files = {
+        "package.json": {"scripts": NG_SCRIPTS, "dependencies": NG_DEPS, "devDependencies": NG_DEV},
+        "package-lock.json": "{}",
+        "angular.json": _angular_json(options),
+        "src/server.ts": NG_SERVER,
+        "public/favicon.ico": "",
+    }
+    found = detect(_write(tmp_path, files))
+    assert (found.kind, found.run) == ("Angular", "node dist/ng-app/server/server.mjs")
+    assert _steps(found.build) == ["npm ci --include=dev", "npm run build", "npm prune --omit=dev"]
+    assert found.env["NG_ALLOWED_HOSTS"] == "localhost,127.0.0.1"
+    trusted = found.env["NG_TRUST_PROXY_HEADERS"].split(",")
+    assert {"x-forwarded-for", "x-forwarded-proto"} <= set(trusted)
+    assert any("NG_ALLOWED_HOSTS" in n and "public names" in n for n in found.notes)
+    # Express serves it before Angular's host check: answered whatever the check's Host
+    assert found.health_path == "/favicon.ico"
+    assert "/dist/" in found.exclude and "/.angular/" in found.exclude
+    (warning,) = found.warnings
+    assert warning.startswith("src/server.ts listens on every interface ('app.listen(port,")
+
+
+@pytest.mark.parametrize(
+    ("options", "scripts", "run"),
+    [
+        ({}, {"build": "ng build"}, "node dist/ng-app/server/server.mjs"),
+        ({"outputPath": "out/web"}, {"build": "ng build"}, "node out/web/server/server.mjs"),
+        (
+            {"outputPath": {"base": "out", "server": "srv"}},
+            {"build": "ng build"},
+            "node out/srv/server.mjs",
+        ),
+    ],
+)
+def test_an_angular_ssr_server_is_where_angular_json_puts_it(
+    tmp_path: Path, options: dict[str, object], scripts: dict[str, str], run: str
+) -> None:
+    files = {
+        "package.json": {"scripts": scripts, "dependencies": NG_DEPS, "devDependencies": NG_DEV},
+        "angular.json": _angular_json(options),
+    }
+    found = detect(_write(tmp_path, files))
+    assert (found.kind, found.run) == ("Angular", run)
+
+
+@pytest.mark.parametrize(
+    ("options", "builder", "ssr", "site"),
+    [
+        ({}, "@angular/build:application", False, "dist/ng-app/browser"),
+        (
+            {"outputPath": {"base": "www", "browser": ""}},
+            "@angular/build:application",
+            False,
+            "www",
+        ),
+        ({"outputMode": "static"}, "@angular/build:application", True, "dist/ng-app/browser"),
+        ({"outputPath": "dist/web"}, "@angular-devkit/build-angular:browser", False, "dist/web"),
+    ],
+)
+def test_an_angular_app_without_a_server_is_its_browser_build_served(
+    tmp_path: Path, options: dict[str, object], builder: str, ssr: bool, site: str
+) -> None:
+    """Without @angular/ssr (or built to static files), `ng build` writes a single-page
+    app: served as the other single-page builds are, not `ng serve`."""
+    deps = {**NG_DEPS} if ssr else {"@angular/core": "^20"}
+    package = {"scripts": NG_SCRIPTS, "dependencies": deps, "devDependencies": NG_DEV}
+    found = detect(
+        _write(tmp_path, {"package.json": package, "angular.json": _angular_json(options, builder)})
+    )
+    assert found.kind == "Angular static site", found
+    assert found.run == f"python3 -m http.server --bind $HOST --directory {site} $PORT"
+    assert "npm run build" in _steps(found.build)
+    assert any("single-page-app fallback" in n for n in found.notes)

@@ -27,6 +27,7 @@ from kiln.detect import (
     scripts_of,
     workspaces,
 )
+from kiln.detect_angular import angular
 from kiln.detect_sites import served_site, static_build
 from kiln.fixedport import fixed_port
 from kiln.nodestack import NODE_ENV, dependencies, node_stack
@@ -64,6 +65,7 @@ def detect_node_stack(root: Path) -> Detected | None:
         ("@astrojs/node", _astro),
         ("@builder.io/qwik-city", _qwik),
         ("@qwik.dev/router", _qwik),  # Qwik 2's name for it
+        ("@angular/core", angular),
     )
     for name, stack in stacks:
         if name in deps:

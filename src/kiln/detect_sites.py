@@ -130,7 +130,7 @@ def _rendered_warnings(root: Path, package: dict[str, object], tool: str, out: s
 
 # the generators of single-page apps, whose routes are the client's (the others
 # write a page for each route)
-_SINGLE_PAGE = ("vite", "react-scripts", "@vue/cli-service", "parcel")
+_SINGLE_PAGE = ("vite", "react-scripts", "@vue/cli-service", "parcel", "@angular/core")
 _NO_FALLBACK = (
     "http.server has no single-page-app fallback: a deep link to a client-side "
     "route answers 404 (serve the build with a server that has one if you need it)"
@@ -145,18 +145,18 @@ def _site_dir(
     ran = nodescripts.commands(package, f"npm run {script}")
     given = nodescripts.option(ran, flag) if flag else None
     if given is not None:
-        return _inside(given)
+        return inside(given)
     if tool == "vite":
-        return _inside(_config_string(root, _VITE_CONFIGS, r"\boutDir"))
+        return inside(_config_string(root, _VITE_CONFIGS, r"\boutDir"))
     if tool == "@11ty/eleventy":
         configs = (".eleventy.js", *(f"eleventy.config.{e}" for e in ("js", "mjs", "cjs", "ts")))
         output = _config_string(root, configs, r"\bdir\s*:\s*\{[^}]*?\boutput")
-        return _inside(output or _config_string(root, configs, r"\bsetOutputDirectory\("))
+        return inside(output or _config_string(root, configs, r"\bsetOutputDirectory\("))
     if tool == "vitepress":  # relative to the site's root: `vitepress build docs`
         base = next((_vitepress_root(c) for c in ran if c.program == "vitepress"), None) or "."
         names = [f".vitepress/{n}.{e}" for n in ("config", "config/index") for e in _JS_EXTS]
         out = _config_string(root / base, names, r"\boutDir") or ".vitepress/dist"
-        return _inside(f"{base}/{out}")
+        return inside(f"{base}/{out}")
     return None
 
 
@@ -180,7 +180,7 @@ def _vitepress_root(command: nodescripts.Command) -> str | None:
     return next((w for w in command.words[2:] if not w.startswith("-")), None)
 
 
-def _inside(path: str | None) -> str | None:
+def inside(path: str | None) -> str | None:
     """``path`` as a plain relative one (./dist/: dist), None when it leaves the app."""
     if path is None:
         return None

@@ -161,6 +161,8 @@ def _entry_files(root: Path, run: str) -> list[Path]:
         source = re.fullmatch(rf"{BUILT_OUTPUT}([\w/-]+)\.m?js", built)
         if source and (root / "src" / f"{source.group(1)}.ts").is_file():
             files.append(f"src/{source.group(1)}.ts")  # NestJS's main.ts, Hono's index.ts
+        if re.fullmatch(r"(?:\./)?dist/[\w.-]+/server/server\.mjs", built):
+            files.append("src/server.ts")  # Angular's ssr.entry, built by `ng build`
         qwik = re.fullmatch(r"server/(entry\.[\w-]+)(?:\.m?js)?", built)
         if qwik:  # Qwik City's adapter builds server/entry.node-server.js from src/
             files += [f"src/{qwik[1]}{ext}" for ext in (".tsx", ".ts")]
