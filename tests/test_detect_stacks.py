@@ -1265,3 +1265,72 @@ def test_an_angular_app_without_a_server_is_its_browser_build_served(
     assert found.run == f"python3 -m http.server --bind $HOST --directory {site} $PORT"
     assert "npm run build" in _steps(found.build)
     assert any("single-page-app fallback" in n for n in found.notes)
+
+
+# what AdonisJS 6's api-starter-kit has, in part
+ADONIS_PACKAGE = {
+    "type": "module",
+    "scripts": {
+        "start": "node bin/server.js",
+        "build": "node ace build",
+        "dev": "node ace serve --hmr",
+    },
+    "imports": {"#controllers/*": "./app/controllers/*.js", "#start/*": "./start/*.js"},
+    "dependencies": {"@adonisjs/core": "^6.18.0", "@adonisjs/lucid": "^21", "luxon": "^3"},
+    "devDependencies": {"@adonisjs/assembler": "^7.8.2", "typescript": "~5.8"},
+}
+ADONIS_ENV = """\
+import { Env } from '@adonisjs/core/env'
+
+export default await Env.create(new URL('../', import.meta.url), {
+  NODE_ENV: Env.schema.enum(['development', 'production', 'test'] as const),
+  PORT: Env.schema.number(),
+  APP_KEY: Env.schema.string(),
+  HOST: Env.schema.string({ format: 'host' }),
+  LOG_LEVEL: Env.schema.string(),
+  /*
+  | DB_URL: Env.schema.string(),
+  */
+  DB_HOST: Env.schema.string({ format: 'host' }),
+  DB_PASSWORD: Env.schema.string.optional(),
+  // SESSION_DRIVER: Env.schema.enum(['cookie', 'memory'] as const),
+})
+"""
+
+
+def test_an_adonisjs_app_runs_from_its_build(tmp_path: Path) -> None:
+    """`npm start` from the app's root: 'Cannot find module .../bin/server.js' (the build
+    writes build/bin/server.js); then start/env.ts refused the missing APP_KEY."""
+    files = {
+        "package.json": ADONIS_PACKAGE,
+        "package-lock.json": "{}",
+        "ace.js": "await import('./bin/console.js')\n",
+        "bin/server.ts": "new Ignitor(APP_ROOT).httpServer().start()\n",
+        "start/env.ts": ADONIS_ENV,
+        "start/routes.ts": "router.get('/health', ({ response }) => response.ok('ok'))\n",
+        "tsconfig.json": '{"compilerOptions": {"rootDir": "./", "outDir": "./build"}}',
+    }
+    found = detect(_write(tmp_path, files))
+    assert (found.kind, found.run) == ("AdonisJS", "cd build && node bin/server.js")
+    assert _steps(found.build) == ["npm ci --include=dev", "npm run build", "npm prune --omit=dev"]
+    assert found.env == {"NODE_ENV": "production", "LOG_LEVEL": "info"}
+    assert "/build/" in found.exclude and found.health_path == "/health"
+    (warning,) = found.warnings
+    # HOST, PORT, NODE_ENV and LOG_LEVEL are set; commented-out and optional ones are not asked
+    assert warning.startswith("start/env.ts requires APP_KEY, DB_HOST, which kiln does not set")
+    assert 'give it through [secrets] (APP_KEY = "env:APP_KEY"' in warning
+
+
+def test_an_adonisjs_build_directory_is_tsconfigs_out_dir(tmp_path: Path) -> None:
+    files = {
+        "package.json": ADONIS_PACKAGE,
+        "ace.js": "",
+        "bin/server.ts": "",
+        "start/env.ts": "export default await Env.create(root, { PORT: Env.schema.number() })",
+        "tsconfig.json": (
+            '{\n  // node ace build writes there\n  "compilerOptions": {"outDir": "out"}}'
+        ),
+    }
+    found = detect(_write(tmp_path, files))
+    assert found.run == "cd out && node bin/server.js"
+    assert "LOG_LEVEL" not in found.env and not found.warnings

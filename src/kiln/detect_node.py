@@ -1,7 +1,8 @@
 """Node web stacks whose start script is not a production server on $HOST:$PORT.
 
 Next.js and Nuxt build at bake time and run their production server; NestJS
-runs its compiled dist/main.js, Qwik City its Node adapter's server/; the site
+runs its compiled dist/main.js, Qwik City its Node adapter's server/, Angular
+(kiln.detect_angular) its SSR server, AdonisJS (kiln.detect_adonis) its build/; the site
 generators (kiln.detect_sites) build at bake time, their output served as static
 files (their `start` scripts are development servers). Fastify apps keep the
 generic Node run line with a note on the host Fastify binds by default.
@@ -27,6 +28,7 @@ from kiln.detect import (
     scripts_of,
     workspaces,
 )
+from kiln.detect_adonis import adonis
 from kiln.detect_angular import angular
 from kiln.detect_sites import served_site, static_build
 from kiln.fixedport import fixed_port
@@ -66,6 +68,7 @@ def detect_node_stack(root: Path) -> Detected | None:
         ("@builder.io/qwik-city", _qwik),
         ("@qwik.dev/router", _qwik),  # Qwik 2's name for it
         ("@angular/core", angular),
+        ("@adonisjs/core", adonis),
     )
     for name, stack in stacks:
         if name in deps:
