@@ -1178,6 +1178,7 @@ def test_a_start_script_that_compiles_first_compiles_at_bake_time(
         "npm run clean && node dist/app.js",  # no compiler
         "tsc && node dist/a.js; node dist/b.js",  # the rest is more than one command
         "node dist/app.js && tsc",
+        "npm run build:ts -- --sourceMap && node dist/app.js",  # its arguments are the run's
     ],
 )
 def test_a_start_script_that_does_not_compile_first_is_run_as_it_is(

@@ -214,6 +214,8 @@ def _compiling(package: dict[str, object], part: str) -> str | Command | None:
     words = split[0]
     name = _npm_script(words)
     if name is not None and words[1] in ("run", "run-script"):
+        if len(words) != 3:  # `npm run build -- --prod`: its arguments would be lost
+            return None
         text = _scripts(package).get(name)
         inner = commands(package, text, name) if isinstance(text, str) else []
         if not inner or any(_watching(c) for c in inner):
