@@ -1262,6 +1262,7 @@ def test_an_angular_app_without_a_server_is_its_browser_build_served(
         _write(tmp_path, {"package.json": package, "angular.json": _angular_json(options, builder)})
     )
     assert found.kind == "Angular static site", found
+    assert found.why[0].startswith("package.json uses @angular/core and no server: an Angular")
     assert found.run == f"python3 -m http.server --bind $HOST --directory {site} $PORT"
     assert "npm run build" in _steps(found.build)
     assert any("single-page-app fallback" in n for n in found.notes)

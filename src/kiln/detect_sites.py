@@ -67,7 +67,8 @@ def served_site(
 ) -> Detected:
     """A site ``tool`` builds into ``out`` (with ``script``, else the build script),
     served by http.server."""
-    why = [f"package.json uses {tool} and no server: a {kind} site, built at bake time"]
+    article = "an" if kind[0] in "AEIOU" else "a"
+    why = [f"package.json uses {tool} and no server: {article} {kind} site, built at bake time"]
     why.append(f"{out}/ (the build's output) is served by python3 -m http.server")
     start = str(scripts_of(package).get("start", ""))
     if start:
