@@ -25,6 +25,11 @@ async def probe(
     return None if status is None or 200 <= status < 400 else f"GET {path} answered {status}"
 
 
+# A first request is often the slowest (imports, caches, a 500's debug page): under
+# load Django's took over 2 s, and the check's own timeout let a broken app pass.
+FIRST_LOOK_TIMEOUT = 15.0
+
+
 async def first_look(host: str, port: int, timeout: float, header: str | None = None) -> str | None:
     """One GET / when a TCP check has just passed: why the instance is broken when it
     answers 5xx, else None (any other answer, or none in time, tells nothing).

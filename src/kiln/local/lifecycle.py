@@ -27,7 +27,7 @@ from kiln.image.drift import baseline_path, record_baseline
 from kiln.image.store import Store
 from kiln.local import procs, uids
 from kiln.local.certs import Certifier, tls_files
-from kiln.local.health import Tracker, first_look, probe
+from kiln.local.health import FIRST_LOOK_TIMEOUT, Tracker, first_look, probe
 from kiln.local.launchprint import launch_print, load_key
 from kiln.local.lblink import BalancerLink
 from kiln.local.listening import log_end, not_listening, port_in_use, wrong_port
@@ -331,7 +331,8 @@ class Lifecycle:
                 return
             verdict = t.observe(error, time.time())
             if verdict == "healthy" and check.path is None:
-                broken = await first_look(INSTANCE_HOST, rec.port or 0, check.timeout, check.host)
+                patience = max(check.timeout, FIRST_LOOK_TIMEOUT)
+                broken = await first_look(INSTANCE_HOST, rec.port or 0, patience, check.host)
                 if not rec.live or rec.id in self.stopping:
                     return
                 if broken is not None:
