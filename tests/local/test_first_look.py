@@ -34,7 +34,9 @@ def test_only_a_5xx_is_broken(status: int, broken: bool) -> None:
         server, port, heads = await _serve(answer)
         async with server:
             tcp = await probe("127.0.0.1", port, None, 2.0)  # the TCP check: a connect
-            return tcp, await first_look("127.0.0.1", port, 2.0, "www.example.com"), heads
+            looked, seen = await first_look("127.0.0.1", port, 2.0, "www.example.com")
+            assert seen == f"GET / answered {status}"
+            return tcp, looked, heads
 
     tcp, looked, heads = asyncio.run(scenario())
     assert tcp is None
@@ -44,9 +46,9 @@ def test_only_a_5xx_is_broken(status: int, broken: bool) -> None:
 
 
 def test_no_answer_in_time_tells_nothing() -> None:
-    async def scenario() -> str | None:
+    async def scenario() -> tuple[str | None, str]:
         server, port, _ = await _serve(None)
         async with server:
             return await first_look("127.0.0.1", port, 0.3)
 
-    assert asyncio.run(scenario()) is None
+    assert asyncio.run(scenario()) == (None, "no answer within 0.3s")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from realkit import SYSTEM_PYTHON, deploy, first_try, free_port, get, pip_tools, review
 
+from kiln.home import Home
+from kiln.local.agent import log_path
 from kilntest import Kiln
 
 SETTINGS = """
@@ -208,7 +210,12 @@ def test_a_home_page_that_reads_an_unmigrated_database_fails_the_boot_gate(
     review(app, port)
 
     failed = kiln("deploy", "--json", ok=False)
-    assert failed.exit_code == 4, failed.stdout + failed.stderr
+    looks = [
+        line
+        for line in log_path(Home.resolve(os.environ["KILN_HOME"])).read_text().splitlines()
+        if "first look" in line
+    ]
+    assert failed.exit_code == 4, failed.stdout + failed.stderr + "\n".join(looks)
     doc = json.loads(failed.stdout)
     assert doc["outcome"] == "rolled back" and doc["gate"] == "boot", doc
     assert "GET / answered 500" in doc["message"], doc["message"]

@@ -25,23 +25,27 @@ async def probe(
     return None if status is None or 200 <= status < 400 else f"GET {path} answered {status}"
 
 
-# A first request is often the slowest (imports, caches, a 500's debug page): under
-# load Django's took over 2 s, and the check's own timeout let a broken app pass.
+# A first request is often the slowest (imports, caches, a 500's debug page): likely
+# why, under load, the check's own 2 s timeout let a broken Django app pass.
 FIRST_LOOK_TIMEOUT = 15.0
 
 
-async def first_look(host: str, port: int, timeout: float, header: str | None = None) -> str | None:
+async def first_look(
+    host: str, port: int, timeout: float, header: str | None = None
+) -> tuple[str | None, str]:
     """One GET / when a TCP check has just passed: why the instance is broken when it
-    answers 5xx, else None (any other answer, or none in time, tells nothing).
+    answers 5xx, else None (any other answer, or none in time, tells nothing); and
+    what was seen, for the agent's log.
 
     A port that accepts says nothing of the pages: a Wagtail site with a database
     nobody had migrated passed every TCP check, deployed green, and answered 500 on
     every page that reads it. The look is once per instance, at its start.
     """
     status = await _get(host, port, "/", timeout, header)
+    seen = f"GET / answered {status}" if isinstance(status, int) else str(status)
     if isinstance(status, int) and status >= 500:
-        return f"GET / answered {status} once its port accepted connections"
-    return None
+        return f"{seen} once its port accepted connections", seen
+    return None, seen
 
 
 async def _get(

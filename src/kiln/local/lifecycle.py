@@ -332,7 +332,8 @@ class Lifecycle:
             verdict = t.observe(error, time.time())
             if verdict == "healthy" and check.path is None:
                 patience = max(check.timeout, FIRST_LOOK_TIMEOUT)
-                broken = await first_look(INSTANCE_HOST, rec.port or 0, patience, check.host)
+                broken, seen = await first_look(INSTANCE_HOST, rec.port or 0, patience, check.host)
+                log.info("instance %s: first look: %s", rec.id, seen)
                 if not rec.live or rec.id in self.stopping:
                     return
                 if broken is not None:
