@@ -131,3 +131,30 @@ def test_npms_whole_error_leads_and_its_usage_is_left_out() -> None:
 def test_a_cause_that_is_not_npms_is_one_line() -> None:
     text = "\n".join(["Error: boom", "npm error code 1", *[f"l{n}" for n in range(30)]])
     assert condensed(text, 20).splitlines()[:2] == ["Error: boom", "…"]
+
+
+class _NoLogs:
+    def log_tail(self, instance: str, lines: int = 20) -> str:
+        return ""
+
+
+def _failed(reason: str | None) -> str:
+    from kiln.deploy.gates import Gates
+    from kiln.deploy.settings import Settings
+    from kiln.providers.fake import FakeClock
+    from kiln.providers.protocol import Instance, InstanceState
+
+    clock = FakeClock()
+    gates = Gates(_NoLogs(), clock, "web", Settings(), deadline=clock.now() + 60)  # type: ignore[arg-type]
+    details = {"reason": reason} if reason else {}
+    inst = Instance("i-1", "web", "img-1", InstanceState.FAILED, clock.now(), None, False, 0)
+    return gates._trip_failed(Instance(**{**inst.__dict__, "details": details})).message
+
+
+def test_the_run_line_returned_only_when_it_did() -> None:
+    """A gunicorn stopped by the agent after its first GET / answered 500 exits 0 too:
+    the gate blamed a run line that returns and named Panel."""
+    assert "the run line returned" in _failed(None)
+    assert "the run line returned" in _failed("exited with status 0")
+    stopped = _failed("unhealthy: GET / answered 500 once its port accepted connections")
+    assert "GET / answered 500" in stopped and "the run line returned" not in stopped

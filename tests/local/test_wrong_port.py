@@ -94,6 +94,7 @@ def test_a_second_instance_dying_with_eaddrinuse_is_named(local_home: Home, tmp_
             "port 8000 was",
         ),
         ("[ERROR] Connection in use: ('0.0.0.0', 5000)\n", "port 5000 was"),
+        ("portend.Timeout: Port 8080 not free on 127.0.0.1.\n", "port 8080 was"),  # CherryPy
         ("OSError: [Errno 98] Address already in use\n", "the address it listens on was"),
         ("Error: listen EADDRINUSE: address already in use 127.0.0.1:4100\n", "its $PORT=4100"),
     ],

@@ -119,7 +119,10 @@ class Gates:
             what += f": {reason}" if reason else ""
             return self._trip("stability", inst, f"instance {inst.id} of {inst.image} {what}")
         what = f"failed at start: {reason}" if reason else f"exited at start{status}"
-        if inst.exit_status == 0:  # Panel's `python3 app.py`: it defines, it never serves
+        # Panel's `python3 app.py`: it defines, it never serves. Not when the provider
+        # stopped it for a reason of its own (a gunicorn stopped after its first GET /
+        # answered 500 exits 0 too, and the hint then pointed at Panel).
+        if inst.exit_status == 0 and (reason is None or reason.startswith("exited")):
             what += (
                 "; the run line returned, so nothing serves: it must keep running on "
                 "$HOST:$PORT (a module that only defines an app needs its server's command, "

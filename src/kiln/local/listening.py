@@ -51,6 +51,7 @@ _IN_USE = (
     re.compile(r"bind on address \('[^']*', (\d{1,5})\)"),  # uvicorn
     re.compile(r"Connection in use: \('[^']*', (\d{1,5})\)"),  # gunicorn
     re.compile(r"Port (\d{1,5}) is in use"),  # werkzeug
+    re.compile(r"Port (\d{1,5}) not free on "),  # CherryPy (portend)
     re.compile(r"EADDRINUSE|[Aa]ddress already in use"),  # anything else: no port known
 )
 
