@@ -462,6 +462,38 @@ def test_apps_without_a_session_server_are_not_sticky(tmp_path: Path) -> None:
     assert '# sticky = "cookie"' in text and parse_config(text).fleet.sticky is None
 
 
+SESSION_APP = (
+    "const session = require('express-session');\n"
+    "app.use(session({ secret: 'keyboard cat', resave: false, saveUninitialized: true%s }));\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("deps", "store", "sticky"),
+    [
+        ({"express": "4", "express-session": "1"}, "", True),  # its MemoryStore
+        ({"express": "4", "express-session": "1", "memorystore": "1"}, "", True),
+        ({"express": "4", "express-session": "1", "connect-flash": "0.1"}, "", True),
+        ({"express": "4", "express-session": "1", "connect-redis": "7"}, "", False),
+        ({"express": "4", "express-session": "1", "connect-pg-simple": "9"}, "", False),
+        ({"express": "4", "express-session": "1"}, ", store: new KnexStore()", False),
+        ({"express": "4"}, "", False),
+    ],
+)
+def test_express_sessions_kept_in_memory_are_sticky(
+    tmp_path: Path, deps: dict[str, str], store: str, sticky: bool
+) -> None:
+    """express-session with no store: on two instances each request met the other's
+    empty MemoryStore, and nobody stayed logged in (a new user's Express + EJS app)."""
+    package = {"scripts": {"start": "node app.js"}, "dependencies": deps}
+    _write(tmp_path, {"package.json": json.dumps(package), "app.js": SESSION_APP % store})
+    found = detect(tmp_path)
+    assert (found.sticky is not None) is sticky, found.sticky
+    if sticky:
+        assert found.sticky is not None and found.sticky.startswith("express-session")
+        assert _config(tmp_path).fleet.sticky == "cookie"
+
+
 def test_an_express_health_route_is_found_in_the_apps_own_sources(tmp_path: Path) -> None:
     package = {"scripts": {"start": "node src/server.mjs"}}
     _write(tmp_path, {"package.json": json.dumps(package), "src/server.mjs": "app.listen()\n"})

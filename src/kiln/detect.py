@@ -150,12 +150,13 @@ def _one_process(found: Detected) -> None:
 
 
 def _sticky(root: Path) -> str | None:
-    """Why the app needs session affinity: a session server among its dependencies."""
+    """Why the app needs session affinity: a session server among its dependencies,
+    or sessions kept in the process's memory."""
     listed = set(_requirements(root))
     python = [name for name in _STICKY_PYPI if name in listed]
     npm = [name for name in _STICKY_NPM if name in _npm_dependencies(root)]
     if not python and not npm:
-        return None
+        return _memory_sessions(root)
     where = (
         f"{', '.join(npm)} in package.json"
         if npm
@@ -164,6 +165,37 @@ def _sticky(root: Path) -> str | None:
     return (
         f"{where}: each client's polling requests must reach the instance holding its "
         'session, so the load balancer keeps it there (sticky = "cookie")'
+    )
+
+
+# a module that makes express-session keep its sessions in a shared database
+# (memorystore and session-file-store keep them per process or per host: not these)
+_SESSION_STORE = re.compile(
+    r"(redis|mongo|pg|postgres|mysql|dynamodb|memcache|knex|sequelize|typeorm|prisma"
+    r"|firestore|datastore)"
+)
+
+
+def _session_store(name: str) -> bool:
+    return bool(_SESSION_STORE.search(name)) and (
+        name.startswith("connect-") or "session" in name or "store" in name
+    )
+
+
+def _memory_sessions(root: Path) -> str | None:
+    """express-session given no store keeps every session in its MemoryStore: with
+    two instances each request met the other's empty store, the session cookie was
+    overwritten, and nobody stayed logged in (a new user's Express + EJS app)."""
+    deps = _npm_dependencies(root)
+    if "express-session" not in deps or any(_session_store(name) for name in deps):
+        return None
+    if any(re.search(r"\bstore\s*:", _read(f)) for f in _sources(root, _NODE_SOURCES)):
+        return None
+    return (
+        "express-session in package.json, given no store: its MemoryStore keeps each "
+        "session in one process, so the load balancer keeps each client on the instance "
+        'holding it (sticky = "cookie"); a deploy still ends every session: give it a '
+        "shared store (connect-redis, connect-pg-simple) to keep them"
     )
 
 
