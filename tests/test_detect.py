@@ -1224,3 +1224,38 @@ def test_a_start_script_that_does_not_compile_first_is_run_as_it_is(
     found = detect(_write(tmp_path, {"package.json": json.dumps(package)}))
     assert found.run == "npm start", found.run
     assert not any("compiles the app" in w for w in found.why)
+
+
+@pytest.mark.parametrize(
+    ("marker", "what"),
+    [("go.mod", "a Go module"), ("Cargo.toml", "a Rust crate"), ("deno.json", "a Deno project")],
+)
+def test_a_stack_kiln_does_not_build_is_named(tmp_path: Path, marker: str, what: str) -> None:
+    """ "nothing recognised here" alone left a Go, Rust or Deno user guessing."""
+    _write(tmp_path, {marker: "x\n", "README.md": "hi\n"})
+    found = detect(tmp_path)
+    assert found.kind == "unknown"
+    assert any(
+        line.startswith(f"{marker}: {what}, which kiln init does not build") for line in found.why
+    )
+
+
+def test_a_python_apps_front_end_build_that_is_not_run_is_a_warning(tmp_path: Path) -> None:
+    """A Django site bundling its JavaScript with esbuild: the image had no bundle and
+    every page answered 500 (whitenoise's manifest had no entry for it)."""
+    package = {
+        "scripts": {"build": "esbuild assets/main.js --bundle --outfile=static/dist/main.js"},
+        "devDependencies": {"esbuild": "0.24"},
+    }
+    _write(
+        tmp_path,
+        {
+            "app.py": "from flask import Flask\napp = Flask(__name__)\n",
+            "requirements.txt": "flask\n",
+            "package.json": json.dumps(package),
+        },
+    )
+    [warning] = [w for w in detect(tmp_path).warnings if "is not run by the build" in w]
+    assert warning.startswith("package.json's build script ('esbuild assets/main.js")
+    _write(tmp_path, {"package.json": json.dumps({"dependencies": {"htmx.org": "2"}})})
+    assert not [w for w in detect(tmp_path).warnings if "is not run by the build" in w]

@@ -116,9 +116,29 @@ def detect(root: Path) -> Detected:
         found.warnings += [wrong] if wrong else []
     found.exclude += [p for p in ENV_FILES if p not in found.exclude]
     _env_files_note(root, found)
+    found.warnings += _unbuilt_front_end(root, found)
     if (root / "package.json").is_file():
         found.warnings += node_warnings(root, found.run)
     return found
+
+
+def _unbuilt_front_end(root: Path, found: Detected) -> list[str]:
+    """A Python app with a package.json whose build script kiln does not run: a new
+    user's Django site bundled its JavaScript with esbuild into static/, the image
+    had no bundle, and every page answered 500 (a missing manifest entry)."""
+    if "PYTHONPATH" not in found.env or not (root / "package.json").is_file():
+        return []
+    package = package_json(root)
+    script = build_script(package) if package is not None else None
+    if script is None or package is None:
+        return []
+    text = scripts_of(package).get(script)
+    return [
+        f"package.json's {script} script ('{text}') is not run by the build: add a step "
+        f'before the others, e.g. {{ run = "npm ci --include=dev && npm run {script}", '
+        'inputs = ["package.json", "package-lock.json", "assets/**"], outputs = '
+        '["static/dist"] } with its own inputs and outputs'
+    ]
 
 
 def _env_files_note(root: Path, found: Detected) -> None:
@@ -1273,11 +1293,33 @@ def _fallback(root: Path) -> Detected:
     # (detect says so, unless a Procfile says what runs the app)
     apps = _apps_below(root)
     why = [f"apps in {', '.join(apps)}: run kiln init in each (a fleet each)"] if apps else []
+    why += [
+        f"{marker}: {what}, which kiln init does not build; write [app] build (compile "
+        "at bake time) and [app] run (start it on $HOST:$PORT) yourself"
+        for marker, what in _OTHER_STACKS
+        if (root / marker).is_file()
+    ][:1]
     return Detected(
         kind="unknown",
         run=f"echo {shlex.quote(UNKNOWN_RUN)} >&2; exit 64",
         why=why,
     )
+
+
+# What a directory kiln recognised nothing in is, when a file says so: "nothing
+# recognised here" alone left a Go, Rust or Deno user guessing whether kiln saw it.
+_OTHER_STACKS = (
+    ("go.mod", "a Go module"),
+    ("Cargo.toml", "a Rust crate"),
+    ("deno.json", "a Deno project"),
+    ("deno.jsonc", "a Deno project"),
+    ("Gemfile", "a Ruby app"),
+    ("mix.exs", "an Elixir project"),
+    ("composer.json", "a PHP project"),
+    ("pom.xml", "a Java (Maven) project"),
+    ("build.gradle", "a Java (Gradle) project"),
+    ("mkdocs.yml", "an MkDocs site"),
+)
 
 
 def _listed_server_app(root: Path) -> Detected | None:
