@@ -1335,3 +1335,31 @@ def test_an_adonisjs_build_directory_is_tsconfigs_out_dir(tmp_path: Path) -> Non
     found = detect(_write(tmp_path, files))
     assert found.run == "cd out && node bin/server.js"
     assert "LOG_LEVEL" not in found.env and not found.warnings
+
+
+def test_a_pnpm_workspace_and_a_script_running_pnpm_are_warnings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new user's pnpm workspace: its root declares no dependencies (init installed
+    nothing, with no word), and its start script 'pnpm --filter api start' failed at
+    boot with 'sh: 1: pnpm: not found' (the build runs pnpm through npx)."""
+    monkeypatch.setattr("shutil.which", lambda name, path=None: None)
+    root = tmp_path / "mono"
+    (root / "apps" / "api").mkdir(parents=True)
+    package = {"name": "mono", "private": True, "scripts": {"start": "pnpm --filter api start"}}
+    (root / "package.json").write_text(json.dumps(package))
+    (root / "pnpm-workspace.yaml").write_text("packages:\n  - 'apps/*'\n")
+    (root / "pnpm-lock.yaml").write_text("lockfileVersion: '9.0'\n")
+    warnings = detect(root).warnings
+    assert any(
+        w.startswith("pnpm-workspace.yaml here: kiln init builds npm and yarn") for w in warnings
+    )
+    assert any(
+        w.startswith("scripts.start runs pnpm ('pnpm --filter api start')") for w in warnings
+    )
+    member = root / "apps" / "api"
+    (member / "package.json").write_text(
+        json.dumps({"name": "api", "scripts": {"start": "node s.js"}})
+    )
+    said = [w for w in detect(member).warnings if w.startswith("pnpm-workspace.yaml in ")]
+    assert said and str(root.resolve()) in said[0]

@@ -33,6 +33,7 @@ from kiln.detect_angular import angular
 from kiln.detect_sites import served_site, static_build
 from kiln.fixedport import fixed_port
 from kiln.nodestack import NODE_ENV, dependencies, node_stack
+from kiln.runenv import SYSTEM_PATH
 
 # Any of these among the dependencies: the app has a server of its own.
 _SERVERS = (
@@ -266,6 +267,16 @@ def node_warnings(root: Path, run: str) -> list[str]:
     if engine is not None:
         warnings.append(engine)
     warnings += bun_warnings(root)
+    warnings += runner_warnings(root, run)
+    pnpm = next((p for p in [root, *list(root.resolve().parents)[:4]] if _pnpm_workspace(p)), None)
+    if pnpm is not None:
+        where = "here" if pnpm == root else f"in {pnpm}"
+        warnings.append(
+            f"pnpm-workspace.yaml {where}: kiln init builds npm and yarn workspaces, not "
+            "pnpm's (its members' packages are installed beside them, and a member installed "
+            "alone cannot resolve workspace:* dependencies): list the members in package.json "
+            "'workspaces' and use npm, or write [app] build and run yourself"
+        )
     warnings += env_file_warnings(root, run)
     member_of = workspace_root(root)
     if member_of is not None:
@@ -332,6 +343,31 @@ def bun_warnings(root: Path) -> list[str]:
             "versions afresh (commit a package-lock.json for repeatable builds)"
         )
     return said
+
+
+def _pnpm_workspace(path: Path) -> bool:
+    return (path / "pnpm-workspace.yaml").is_file()
+
+
+def runner_warnings(root: Path, run: str) -> list[str]:
+    """A script an instance runs that calls yarn or pnpm: the build runs them through
+    npx, but an instance has node and npm only ('sh: 1: pnpm: not found', a new
+    user's pnpm workspace whose start script was 'pnpm --filter api start')."""
+    package = package_json(root) or {}
+    said = []
+    for command in nodescripts.commands(package, run):
+        if (
+            command.program in ("yarn", "pnpm")
+            and command.script
+            and shutil.which(command.program, path=SYSTEM_PATH) is None
+        ):
+            text = scripts_of(package).get(command.script, "")
+            said.append(
+                f"scripts.{command.script} runs {command.program} ('{text}'), which the "
+                "instances do not have (the build runs it through npx): start the app with "
+                "node or npm instead (e.g. 'node apps/api/server.js'), or set [app] run"
+            )
+    return list(dict.fromkeys(said))
 
 
 def node_version() -> str | None:
