@@ -1259,3 +1259,23 @@ def test_a_python_apps_front_end_build_that_is_not_run_is_a_warning(tmp_path: Pa
     assert warning.startswith("package.json's build script ('esbuild assets/main.js")
     _write(tmp_path, {"package.json": json.dumps({"dependencies": {"htmx.org": "2"}})})
     assert not [w for w in detect(tmp_path).warnings if "is not run by the build" in w]
+
+
+@pytest.mark.parametrize(
+    ("config", "warned"),
+    [
+        ('SQLALCHEMY_DATABASE_URI = "sqlite:///" + os.path.join(basedir, "app.db")\n', True),
+        ("SQLALCHEMY_DATABASE_URI = f\"sqlite:///{BASE_DIR / 'app.db'}\"\n", True),
+        ('SQLALCHEMY_DATABASE_URI = "sqlite:///" + os.environ["DB_PATH"]\n', False),
+        ('SQLALCHEMY_DATABASE_URI = "sqlite:////var/lib/app/app.db"\n', False),
+    ],
+)
+def test_a_sqlite_path_made_from_the_apps_directory_is_a_warning(
+    tmp_path: Path, config: str, warned: bool
+) -> None:
+    """Flask-AppBuilder's config.py builds its URI from basedir: no warning, and each
+    instance wrote to its own app.db (a role added showed on every other request)."""
+    app = "from flask import Flask\napp = Flask(__name__)\napp.config.from_object('config')\n"
+    _write(tmp_path, {"app.py": app, "config.py": "import os\n" + config})
+    found = detect(tmp_path)
+    assert any("SQLite file inside the app directory" in w for w in found.warnings) is warned

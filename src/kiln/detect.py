@@ -272,7 +272,13 @@ def _python_database(root: Path, found: Detected) -> None:
         found.release = "python3 -m alembic upgrade head"
         found.why.append("alembic.ini: 'alembic upgrade head' is the release")
         migrate = "alembic upgrade head"
-    sqlite = re.compile(r"sqlite(?:\+\w+)?:///(?!/)[\w.-]")  # a path relative to the app
+    # a path relative to the app, or made from the app's own directory (Flask-AppBuilder's
+    # "sqlite:///" + os.path.join(basedir, "app.db"), an f-string of BASE_DIR)
+    here = (
+        r"(?:os\.path\.join\(\s*|str\(\s*)?"
+        r"(?:basedir|base_dir|BASE_DIR|APP_DIR|here\b|os\.path\.)"
+    )
+    sqlite = re.compile(rf"sqlite(?:\+\w+)?:///(?:(?!/)[\w.-]|[\"']\s*\+\s*{here}|\{{\s*{here})")
     if any(sqlite.search(_read(path)) for path in _sources(root, (".py", ".ini", ".toml"))):
         found.warnings.append(sqlite_in_app(migrate, "DATABASE_URL (or your setting)"))
 
