@@ -1363,3 +1363,24 @@ def test_a_pnpm_workspace_and_a_script_running_pnpm_are_warnings(
     )
     said = [w for w in detect(member).warnings if w.startswith("pnpm-workspace.yaml in ")]
     assert said and str(root.resolve()) in said[0]
+
+
+@pytest.mark.parametrize(
+    ("start", "warned"),
+    [
+        ("serve public", True),
+        ("serve -s build", True),
+        ("serve -l tcp://$HOST:$PORT public", False),
+        ("http-server dist", True),
+        ("http-server dist -a $HOST -p $PORT", False),
+        ("node server.js", False),
+    ],
+)
+def test_a_file_server_with_no_host_is_a_warning(tmp_path: Path, start: str, warned: bool) -> None:
+    """`serve public` reads $PORT but not $HOST: a new user's instances answered on
+    *:PORT, around the balancer."""
+    package = {"scripts": {"start": start}, "dependencies": {"serve": "14", "http-server": "14"}}
+    (tmp_path / "package.json").write_text(json.dumps(package))
+    (tmp_path / "server.js").write_text("")
+    said = [w for w in detect(tmp_path).warnings if "with no host: it listens on every" in w]
+    assert bool(said) is warned, said

@@ -268,6 +268,7 @@ def node_warnings(root: Path, run: str) -> list[str]:
         warnings.append(engine)
     warnings += bun_warnings(root)
     warnings += runner_warnings(root, run)
+    warnings += file_server_warnings(root, run)
     pnpm = next((p for p in [root, *list(root.resolve().parents)[:4]] if _pnpm_workspace(p)), None)
     if pnpm is not None:
         where = "here" if pnpm == root else f"in {pnpm}"
@@ -341,6 +342,31 @@ def bun_warnings(root: Path) -> list[str]:
         said.append(
             f"{lock} is Bun's lockfile, which npm does not read: 'npm install' resolves the "
             "versions afresh (commit a package-lock.json for repeatable builds)"
+        )
+    return said
+
+
+# static file servers run by a start script, and the option that gives them a host
+_FILE_SERVERS = {
+    "serve": (("-l", "--listen"), "serve -l tcp://$HOST:$PORT DIR"),
+    "http-server": (("-a",), "http-server DIR -a $HOST -p $PORT"),
+}
+
+
+def file_server_warnings(root: Path, run: str) -> list[str]:
+    """`serve public` answers on every interface (a new user's instances were reachable
+    on *:PORT, around the balancer): it reads $PORT, not $HOST."""
+    package = package_json(root) or {}
+    said = []
+    for command in nodescripts.commands(package, run):
+        known = _FILE_SERVERS.get(command.program)
+        if known is None or any(w.startswith(known[0]) for w in command.words[1:]):
+            continue
+        where = f"scripts.{command.script}" if command.script else "the run line"
+        text = scripts_of(package).get(command.script, "") if command.script else run
+        said.append(
+            f"{where} runs {command.program} ('{text}') with no host: it listens on every "
+            f"interface, reachable around the load balancer; give it one: '{known[1]}'"
         )
     return said
 
