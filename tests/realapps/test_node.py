@@ -223,3 +223,50 @@ def test_an_npm_workspaces_monorepo_from_its_root(tmp_path: Path) -> None:
     first_try(root, "/", change, lambda body: body.startswith(b"hello mono"))
     toml = (root / "kiln.toml").read_text()
     assert '"packages/*/package.json"' in toml and "npm ci" in toml, toml
+
+
+SESSION_APP = """\
+const express = require('express');
+const session = require('express-session');
+const app = express();
+app.use(session({ secret: 'keyboard cat', resave: false, saveUninitialized: true }));
+app.get('/', (req, res) => {
+  req.session.views = (req.session.views || 0) + 1;
+  res.send(`views ${req.session.views}`);
+});
+app.listen(Number(process.env.PORT), process.env.HOST);
+"""
+
+
+def test_express_sessions_in_memory_follow_their_client(tmp_path: Path) -> None:
+    """express-session's README example (its MemoryStore) on two instances: balanced
+    request by request, each met the other's empty store, the cookie was replaced, and
+    the count never passed 1 (a new user's login did not stick). kiln init now makes
+    the fleet sticky: a client with a cookie jar counts 1 to 6."""
+    import http.cookiejar
+    import urllib.request
+
+    from realkit import deploy, free_port, review
+
+    app = tmp_path / "sessions"
+    app.mkdir()
+    package = {
+        "name": "sessions",
+        "private": True,
+        "scripts": {"start": "node app.js"},
+        "dependencies": {"express": "^4.21.0", "express-session": "^1.18.0"},
+    }
+    (app / "package.json").write_text(json.dumps(package))
+    (app / "app.js").write_text(SESSION_APP)
+    kiln = Kiln(app)
+    port = free_port()
+    init = kiln("init").stdout
+    assert "express-session in package.json, given no store" in init, init
+    review(app, port)
+    assert 'sticky = "cookie"' in (app / "kiln.toml").read_text()
+    deploy(kiln)
+    jar = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    counts = [jar.open(f"http://127.0.0.1:{port}/", timeout=10).read() for _ in range(6)]
+    assert counts == [f"views {n}".encode() for n in range(1, 7)], counts
