@@ -599,7 +599,7 @@ def test_react_router_framework_mode_runs_its_server_not_a_static_site(tmp_path:
         "devDependencies": {"vite": "^8", "@react-router/dev": "7.16.0"},
     }
     found = detect(_write(tmp_path, {"package.json": package, "package-lock.json": "{}"}))
-    assert (found.kind, found.run) == ("Node", "npm start"), found
+    assert (found.kind, found.run) == ("React Router", "npm start"), found
     assert "npm run build" in _steps(found.build)
     assert not any("development server" in w for w in found.why + found.warnings)
 
@@ -1384,3 +1384,19 @@ def test_a_file_server_with_no_host_is_a_warning(tmp_path: Path, start: str, war
     (tmp_path / "server.js").write_text("")
     said = [w for w in detect(tmp_path).warnings if "with no host: it listens on every" in w]
     assert bool(said) is warned, said
+
+
+@pytest.mark.parametrize(
+    ("dependency", "kind"),
+    [("@react-router/serve", "React Router"), ("@remix-run/serve", "Remix"), ("express", "Node")],
+)
+def test_react_router_and_remix_are_named(tmp_path: Path, dependency: str, kind: str) -> None:
+    """Run as any Node app (`npm start`), but reported as 'detected: Node' while
+    docs/init.md gives them a row of their own."""
+    package = {
+        "scripts": {"build": "react-router build", "start": "react-router-serve ./build/x.js"},
+        "dependencies": {dependency: "7"},
+    }
+    (tmp_path / "package.json").write_text(json.dumps(package))
+    found = detect(tmp_path)
+    assert found.kind == kind and found.run == "npm start"

@@ -50,6 +50,11 @@ _STICKY_NPM = (
     "@nestjs/platform-socket.io",
     "@feathersjs/socketio",  # socket.io inside: its long-polls must reach one instance
 )
+# Node apps run as any other (`npm start`), under their framework's own server
+_NAMED_NODE_SERVERS = (
+    ("@react-router/serve", "React Router"),
+    ("@remix-run/serve", "Remix"),
+)
 _STICKY_PYPI = ("python-socketio", "flask-socketio", "python-engineio")
 
 
@@ -1212,8 +1217,11 @@ def _node(root: Path) -> Detected | None:
             "(where the pruned compiler is missing)"
         )
     notes = ["the app must listen on process.env.PORT (and process.env.HOST if it binds one)"]
+    deps = _npm_dependencies(root)
+    # served as any Node app, by its own server; named as docs/init.md names them
+    kind = next((k for name, k in _NAMED_NODE_SERVERS if name in deps), "Node")
     return Detected(
-        kind="Node",
+        kind=kind,
         run=run,
         why=why,
         build=build,
