@@ -106,6 +106,7 @@ def test_isolated_instances_cannot_touch_the_store_the_agent_or_each_other(
         own_dir / "app.py",
         other_dir / "app.py",
         other_dir / "new-file",
+        other_dir.with_name(two.id + ".run") / "new-file",  # its runtime directory
         local_home.agent_dir / "agent.db",
         local_home.state_db,
     ):
@@ -113,6 +114,7 @@ def test_isolated_instances_cannot_touch_the_store_the_agent_or_each_other(
         assert str(answer["result"]).startswith("denied"), (target, answer)
     own = _probe(one.address, Path(one.details["dir"]) / "scratch.txt")
     assert own["result"] == "written" and own["uid"] != 0
+    assert _probe(one.address, own_dir.with_name(one.id + ".run") / "x")["result"] == "written"
     assert _probe(two.address, other_dir / "x")["uid"] != own["uid"]
     assert Store(local_home).verify(image) == []
 

@@ -69,18 +69,41 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, FILE_WORK_NICE)
 
 
+def runtime_dir(instance_dir: Path) -> Path:
+    """The instance's own runtime directory, beside its files (``XDG_RUNTIME_DIR``).
+
+    Instances of one agent share its user and HOME; a tool that keeps its
+    per-process state in HOME would share it across instances too. pm2-runtime
+    does (``~/.pm2``: a second instance's pm2 stopped the first's app and then
+    exited, "Script already launched"), so its ``PM2_HOME`` is this directory,
+    and so is gunicorn 27's control socket (``$XDG_RUNTIME_DIR/gunicorn.ctl``,
+    else ``~/.gunicorn``). HOME itself stays the agent's.
+    """
+    return instance_dir.with_name(instance_dir.name + ".run")
+
+
+def make_runtime_dir(instance_dir: Path) -> dict[str, str]:
+    """Create it (0700, empty) and say so in the variables that point tools at it."""
+    where = runtime_dir(instance_dir)
+    shutil.rmtree(where, ignore_errors=True)  # a retried boot of the same record
+    where.mkdir(mode=0o700)
+    return {"XDG_RUNTIME_DIR": str(where), "PM2_HOME": str(where)}
+
+
 def remove_instance_dir(where: str) -> None:
-    """An instance's directory and its drift baseline, gone (file-tree work: a thread)."""
+    """An instance's directory, runtime directory and drift baseline, gone (a thread)."""
     if where:
         shutil.rmtree(where, ignore_errors=True)
+        shutil.rmtree(runtime_dir(Path(where)), ignore_errors=True)
         baseline_path(Path(where)).unlink(missing_ok=True)
 
 
 def dispose_instance_dir(where: str, uid: int | None) -> None:
     """After an instance ended: its files, and what its uid left behind (a thread)."""
     remove_instance_dir(where)
-    if uid is not None:  # what it started outside its process group dies too
-        uids.reap(uid, where)
+    # what it started outside its process group dies too; then what it wrote meanwhile goes
+    if uid is not None and uids.reap(uid):
+        remove_instance_dir(where)
 
 
 def describe_exit(status: int | None) -> str:
@@ -213,6 +236,7 @@ class Lifecycle:
             if path.is_dir() or path.lstat().st_nlink == 1:  # never a shared, linked file
                 os.lchown(path, uid, uid)
         directory.chmod(0o700)
+        os.chown(runtime_dir(directory), uid, uid)
         return uid
 
     def _lock_down_home(self) -> None:
@@ -274,7 +298,8 @@ class Lifecycle:
             )
             await self.file_work(partial(record_baseline, Path(rec.dir)))  # cheap `kiln drift`
             secrets = pick(fleet.settings.secrets, fleet.secrets)
-            env = instance_env(manifest.env) | secrets
+            runtime = await self.file_work(partial(make_runtime_dir, Path(rec.dir)))
+            env = runtime | instance_env(manifest.env) | secrets  # the image's [env] wins
             check_interpreter(manifest.python, env["PATH"])
             rec.launch = launch_print(self.launch_key, fleet.settings, secrets)
             rec.port = procs.free_port(INSTANCE_HOST)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -142,8 +141,8 @@ def _dir_owners(dirs: Path) -> set[int]:
     return found
 
 
-def reap(uid: int, directory: str = "") -> None:
-    """Kill what an instance's uid left behind, then remove what it wrote meanwhile.
+def reap(uid: int) -> bool:
+    """Kill what an instance's uid left behind; whether nothing of it is left running.
 
     Loud if a process survives: that uid is then never handed out again.
     """
@@ -151,7 +150,6 @@ def reap(uid: int, directory: str = "") -> None:
     left = kill_all(uid)
     if left:
         log.error("uid %s still owns processes %s; it will never be handed out again", uid, left)
-        return
+        return False
     log.info("uid %s emptied in %.3fs", uid, time.monotonic() - started)
-    if directory:
-        shutil.rmtree(directory, ignore_errors=True)
+    return True
