@@ -52,7 +52,8 @@ SOURCE_AMI = "ami-03cf127a"
 PORT = 8080
 # what the release runner shows: the app's unit held back, its user, a secret
 RELEASE = (
-    "echo unit $(systemctl is-active kiln-acme); echo user $(id -un); echo secret $DB_PASSWORD"
+    "echo unit $(systemctl is-active kiln-acme); echo user $(id -un); echo secret $DB_PASSWORD;"
+    " touch $HOME/.release && echo home $HOME"
 )
 BOOT_TIMEOUT = 900  # TCG on a shared 2-core machine: minutes per boot
 
@@ -60,7 +61,7 @@ APP = """\
 import json, os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SHOWN = ("DB_PASSWORD", "API_TOKEN", "GREETING", "KILN_IMAGE")
+SHOWN = ("DB_PASSWORD", "API_TOKEN", "GREETING", "KILN_IMAGE", "HOME", "XDG_RUNTIME_DIR")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -68,7 +69,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             body = b"ok\\n"
         elif self.path == "/env":
-            body = json.dumps({k: os.environ.get(k) for k in SHOWN}).encode()
+            shown = {k: os.environ.get(k) for k in SHOWN}
+            shown["home_writable"] = os.access(os.environ.get("HOME", "/"), os.W_OK)
+            body = json.dumps(shown).encode()
         else:
             self.send_error(404)
             return
@@ -364,6 +367,7 @@ port = {PORT}
             "unit inactive",
             "user kiln",
             "secret s3cr3t 'pw'",
+            "home /var/lib/kiln-acme",  # the unit's HOME, which it can write
         ], report
 
         for vm in clones:
@@ -376,6 +380,10 @@ port = {PORT}
                 "API_TOKEN": "tok-123",
                 "GREETING": 'say "hi"',
                 "KILN_IMAGE": record.id,
+                # a HOME it can write (pm2, npm, caches): the kiln user's is /nonexistent
+                "HOME": "/var/lib/kiln-acme",
+                "home_writable": True,
+                "XDG_RUNTIME_DIR": "/run/kiln-acme",
             }, env
 
         # A boot test's instance shows the app's own output on its console (EC2 shows the

@@ -143,6 +143,11 @@ Group=kiln
 WorkingDirectory=/opt/kiln/{app}/{digest_hex}
 RuntimeDirectory=kiln-{app}
 RuntimeDirectoryMode=0700
+# The kiln user has no home (/nonexistent); an app may write to its HOME (pm2
+# keeps ~/.pm2, npm its logs, caches): this one is the instance's own disk.
+StateDirectory=kiln-{app}
+StateDirectoryMode=0700
+Environment=HOME=/var/lib/kiln-{app} XDG_RUNTIME_DIR=/run/kiln-{app}
 EnvironmentFile=/etc/kiln/{app}/env
 ExecStartPre=+/usr/bin/python3 /usr/local/lib/kiln/fetch-secrets \
 /etc/kiln/{app}/secrets.json /run/kiln-{app}/secrets.env

@@ -97,12 +97,21 @@ class Instance:
         env = {"PATH": PATH, "LANG": "C.UTF-8"}
         account = self.account()
         if account is not None:
-            env.update(HOME=account.pw_dir, USER=USER, LOGNAME=USER, SHELL=account.pw_shell)
+            home = self.home(account)
+            env.update(HOME=home, USER=USER, LOGNAME=USER, SHELL=account.pw_shell)
         env.update(parse_env_file((self.conf / "env").read_text(encoding="utf-8")))
         spec = json.loads((self.conf / "secrets.json").read_text(encoding="utf-8"))
         env.update(_fetch_secrets().resolve(spec))
         env["KILN_INSTANCE_ID"] = f"oneoff-{os.getpid()}"
         return env
+
+    def home(self, account: Any) -> str:
+        """The unit's HOME (its StateDirectory, which systemd makes when the unit
+        starts; a one-off's boot holds the unit back, so it is made here)."""
+        home = Path("/var/lib") / f"kiln-{self.app}"
+        home.mkdir(mode=0o700, exist_ok=True)
+        os.chown(home, account.pw_uid, account.pw_gid)
+        return str(home)
 
     def release_command(self) -> str:
         path = self.conf / "release"
