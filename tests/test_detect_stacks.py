@@ -271,7 +271,8 @@ def test_gradio_launch_with_a_fixed_port_is_a_warning(tmp_path: Path) -> None:
                 "dependencies": {"@nestjs/core": "^10"},
                 "devDependencies": {"@nestjs/cli": "^10"},
             },
-            {"src/main.ts": "await app.listen(process.env.PORT ?? 3000);\n"},
+            # the scaffold's line plus the host (without: test_a_port_expression_without_...)
+            {"src/main.ts": "await app.listen(process.env.PORT ?? 3000, process.env.HOST);\n"},
             "NestJS",
             "node dist/main.js",
             None,
@@ -417,7 +418,40 @@ def test_a_nest_app_listening_on_3000_gets_the_warning_not_also_the_note(tmp_pat
     assert found.kind == "NestJS" and len(ported) == 1 and not found.notes
     (tmp_path / "src/main.ts").write_text("await app.listen(config.get('port'));\n")
     found = detect(tmp_path)
-    assert not found.warnings and "process.env.PORT" in found.notes[0]
+    assert "process.env.PORT" in found.notes[0]
+    # no host: Nest's listen() binds every interface (seen with `ss`: *:PORT)
+    shown = [w.split(" (", 1)[0] for w in found.warnings]
+    assert shown == ["src/main.ts listens on every interface"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "await app.listen(process.env.PORT ?? 3000);",  # the NestJS 11 scaffold's own line
+        "app.listen(process.env.PORT || 3000, () => console.log('up'));",
+        "server.listen(Number(process.env.PORT));",
+        "app.listen(parseInt(process.env.PORT, 10), () => {});",
+    ],
+)
+def test_a_port_expression_without_a_host_listens_on_every_interface(
+    tmp_path: Path, line: str
+) -> None:
+    _write(tmp_path, {"package.json": {"main": "server.js"}, "server.js": line + "\n"})
+    (warning,) = detect(tmp_path).warnings
+    assert warning.startswith(f"server.js listens on every interface ('{line}')")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "app.listen(Number(process.env.PORT), process.env.HOST);",
+        "app.listen(port, '127.0.0.1', () => {});",
+        "fastify.listen({ port: Number(process.env.PORT) });",  # Fastify: localhost
+    ],
+)
+def test_a_port_expression_with_a_host_is_not_warned_of(tmp_path: Path, line: str) -> None:
+    _write(tmp_path, {"package.json": {"main": "server.js"}, "server.js": line + "\n"})
+    assert not [w for w in detect(tmp_path).warnings if "every interface" in w]
 
 
 def test_a_fastify_app_gets_a_note_on_the_host_it_binds(tmp_path: Path) -> None:

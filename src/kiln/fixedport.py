@@ -62,8 +62,13 @@ _JS_HOST_ENV = re.compile(r"""process\.env(?:\.HOST\b|\[\s*['"]HOST['"]\s*\])|\b
 _JS_OPEN = (
     re.compile(r"""\.listen\([^)\n]*?['"](0\.0\.0\.0|::)['"]"""),
     re.compile(r"""\bhost(?:name)?\s*:\s*['"](0\.0\.0\.0|::)['"]"""),
-    # Node binds every interface when listen() is given no host
-    re.compile(r"\.listen\(\s*[\w.]+\s*(?:\)|,\s*(?:\(|function\b|async\b|\w+\s*=>))()"),
+    # Node binds every interface when listen() is given no host: a port expression
+    # (`port`, `process.env.PORT ?? 3000`, `Number(process.env.PORT)`), then the end
+    # or a callback
+    re.compile(
+        r"\.listen\(\s*(?:[^(){},\n'\"]|\([^()\n]*\))+?\s*"
+        r"(?:\)|,\s*(?:\(|function\b|async\b|\w+\s*=>))()"
+    ),
     # nor does @hono/node-server's serve({ fetch, port }) without a hostname: quoted at
     # its port, not at the callback that may follow on the closing brace's line
     re.compile(

@@ -466,6 +466,7 @@ class Engine:
             self.settings,
             deadline=self.clock.now() + self.settings.progress_deadline,
             tick=self._tick,
+            warn=self._warn,
             image=plan.image,
             since=max(dep.started, self._resumed_at),
         )
@@ -492,6 +493,11 @@ class Engine:
             if step.kind is StepKind.CANARY:
                 self._figures["canary"] = dict(result)
             self.journal.done(dep.id, phase, k, self.clock.now(), result)
+
+    def _warn(self, message: str) -> None:
+        """What an instance showed that is no failure (kept with the outcome for --json)."""
+        self._figures.setdefault("warnings", []).append(message)
+        self._emit(EventKind.WARNING, message)
 
     def _tick(self, state: FleetState) -> None:
         self.lock.beat()

@@ -62,11 +62,13 @@ class Gates:
     settings: Settings
     deadline: float  # progress deadline, absolute
     tick: Callable[[FleetState], None] = lambda _s: None
+    warn: Callable[[str], None] = lambda _m: None  # once per image: its instances are alike
     image: str | None = None
     since: float = 0.0  # failures of instances launched before this are history
     seen: set[str] = field(default_factory=set)
     healthy_once: set[str] = field(default_factory=set)
     ours_gone: set[str] = field(default_factory=set)
+    warned: set[str] = field(default_factory=set)  # images
 
     def forget(self, ids: list[str]) -> None:
         """We are terminating these: their disappearance is not a failure."""
@@ -95,6 +97,10 @@ class Gates:
             self.seen.add(inst.id)
             if inst.healthy:
                 self.healthy_once.add(inst.id)
+                warning = inst.details.get("warning")
+                if warning and image not in self.warned:
+                    self.warned.add(image)
+                    self.warn(f"instance {inst.id} of {image} {warning}")
             if inst.state in (InstanceState.FAILED, InstanceState.TERMINATED):
                 raise self._trip_failed(inst)
             if inst.state is InstanceState.UNHEALTHY:

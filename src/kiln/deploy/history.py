@@ -79,6 +79,7 @@ class Result:
             "gate": self.gate,
             "instance": self.instance,
             "log": self.log,
+            "warnings": list(self.figures.get("warnings", [])),  # what served, but not rightly
             "figures": self.figures,
             "resumed": self.resumed.to_json() if self.resumed else None,
         }

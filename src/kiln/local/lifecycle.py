@@ -30,7 +30,7 @@ from kiln.local.certs import Certifier, tls_files
 from kiln.local.health import FIRST_LOOK_TIMEOUT, Tracker, first_look, probe
 from kiln.local.launchprint import launch_print, load_key
 from kiln.local.lblink import BalancerLink
-from kiln.local.listening import log_end, not_listening, port_in_use, wrong_port
+from kiln.local.listening import exposed, log_end, not_listening, port_in_use, wrong_port
 from kiln.local.model import AgentDB, FleetSettings, InstanceRecord
 from kiln.local.secret_refs import pick
 from kiln.local.series import Sampler
@@ -369,6 +369,10 @@ class Lifecycle:
                     await self.lb.flush()
                 except KilnError as exc:
                     log.error("%s (will retry)", exc)
+                if not rec.ever_healthy:  # it serves: does it serve only through the balancer?
+                    rec.warning = await asyncio.to_thread(exposed, rec.pid or 0, rec.port or 0)
+                    if rec.warning:
+                        log.warning("instance %s %s", rec.id, rec.warning)
                 if not rec.live or rec.id in self.stopping:  # it went meanwhile
                     self.sync_lb(fleet)
                     return

@@ -12,6 +12,7 @@ another user's /proc entries, nothing is said.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from kiln.durations import format_duration
 from kiln.errors import ProviderError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 HINT = "the app must listen on $PORT (and $HOST), not on a port of its own"
 
@@ -137,7 +140,12 @@ def _socket_inodes(leader: int) -> set[str] | None:
 
 def _listening(leader: int, inodes: set[str]) -> set[int]:
     """The TCP ports among ``inodes`` that are listening sockets."""
-    ports: set[int] = set()
+    return {port for _address, port in _listening_on(leader, inodes)}
+
+
+def _listening_on(leader: int, inodes: set[str]) -> set[tuple[IPAddress, int]]:
+    """(address, port) of each listening socket among ``inodes``."""
+    found: set[tuple[IPAddress, int]] = set()
     for table in ("tcp", "tcp6"):
         try:
             lines = Path(f"/proc/{leader}/net/{table}").read_text().splitlines()[1:]
@@ -146,8 +154,44 @@ def _listening(leader: int, inodes: set[str]) -> set[int]:
         for line in lines:
             fields = line.split()
             if len(fields) > 9 and fields[3] == _LISTEN and fields[9] in inodes:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+                address, port = fields[1].rsplit(":", 1)
+                found.add((_address(address), int(port, 16)))
+    return found
+
+
+def _address(hexed: str) -> IPAddress:
+    """/proc/net/tcp{,6}'s local address: 32-bit words in host (little-endian) order."""
+    raw = bytes.fromhex(hexed)
+    return ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+
+
+def _loopback(address: IPAddress) -> bool:
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
+
+
+def exposed(leader: int, port: int) -> str | None:
+    """'listens on every interface…' when the instance's $PORT is bound beyond loopback.
+
+    kiln gives every instance HOST=127.0.0.1; an app that binds 0.0.0.0 or ::
+    anyway (Node's ``listen(port)`` with no host, a framework's default) can
+    be reached on the host's own addresses, around the balancer. Read from
+    /proc, so it covers every framework; None when the sockets cannot be read.
+    """
+    sockets = _socket_inodes(leader) if leader > 0 else None
+    if not sockets:
+        return None
+    wide = sorted(
+        str(a) for a, p in _listening_on(leader, sockets) if p == port and not _loopback(a)
+    )
+    if not wide:
+        return None
+    shown = ", ".join(f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in wide)
+    return (
+        f"listens on {shown}, not only on $HOST=127.0.0.1: reachable around kiln's load "
+        "balancer on this host's other addresses (no TLS, no host routing); "
+        "make the app listen on $HOST"
+    )
 
 
 def _session(leader: int) -> list[int]:

@@ -156,6 +156,7 @@ class InstanceRecord:
     ever_healthy: bool = False
     uid: int | None = None  # its own user when the fleet is isolated
     launch: dict[str, str] = field(default_factory=dict)  # its launch print (launchprint.py)
+    warning: str | None = None  # said once it is healthy: it serves, but not as it should
 
     @property
     def live(self) -> bool:

@@ -27,7 +27,7 @@ from kiln.providers.protocol import (
     InstanceStats,
 )
 
-_DETAILS = ("pid", "port", "dir", "log", "times", "reason", "replaces")
+_DETAILS = ("pid", "port", "dir", "log", "times", "reason", "replaces", "warning")
 
 
 class AgentReads:
