@@ -12,14 +12,19 @@ import re
 from collections.abc import Sequence
 
 # Node's "Error: Cannot find module 'x'", Python's "ModuleNotFoundError: No module
-# named 'x'", a shell's "sh: 1: x: not found", npm's first "npm error" line
+# named 'x'", a shell's "sh: 1: x: not found", npm's first "npm error" line, a
+# logger's "error: Failed to lift app: Error:" (Sails: its message on the next line)
 CAUSE = re.compile(
-    r"^\s*(?:[\w.]*(?:Error|Exception)\b[^\n]*?:\s*\S|\S+: (?:\d+: )?[^\n]*not found$"
-    r"|npm (?:error|ERR!) \S)"
+    r"^\s*(?:[\w.]*(?:Error|Exception)\b[^\n]*?:(?:\s*\S|\s*$)"
+    r"|\S+: (?:\d+: )?[^\n]*not found$|npm (?:error|ERR!) \S|(?:error|ERROR|FATAL):\s*\S)"
 )
 _NPM = re.compile(r"^\s*npm (?:error|ERR!)(?:\s|$)")
 _NPM_USAGE = re.compile(r"^\s*npm (?:error|ERR!) Usage:")
+_NPM_HELP = re.compile(r"^\s*npm (?:error|ERR!) Run \"npm help ")
 CAUSE_LINES = 12  # at most this many lines of one cause
+# A line is shown up to this many characters: Node quotes the source line of a throw,
+# and a minified bundle's is one line of 20 KB (and its caret line 1,000 spaces)
+LINE_MAX = 300
 
 
 # what a serial console puts before a line (the kernel's clock, journald's "name[pid]: ")
@@ -41,7 +46,9 @@ def cause_block(lines: Sequence[str]) -> list[str]:
     if start is None:
         return []
     block = [lines[start]]
-    if _NPM.match(_said(lines[start])):
+    if _said(lines[start]).rstrip().endswith(":"):  # its message is on the next line
+        block += [line for line in lines[start + 1 : start + 2] if line.strip()]
+    elif _NPM.match(_said(lines[start])):
         for line in lines[start + 1 : start + CAUSE_LINES]:
             said = _said(line)
             if not _NPM.match(said):
@@ -67,10 +74,28 @@ def _bare(line: str) -> bool:
 
 
 def with_cause(cause: Sequence[str], tail: list[str]) -> list[str]:
-    """``tail``, led by ``cause`` (a block of lines) when the tail does not hold it."""
-    if not cause or cause[0] in tail:
-        return tail
-    return [*(line.strip() for line in cause), "…", *tail]
+    """``tail``, led by ``cause`` (a block of lines) when the tail does not hold it;
+    npm's usage text left out, and every line clipped to LINE_MAX."""
+    shown = tail if not cause or cause[0] in tail else [*(c.strip() for c in cause), "…", *tail]
+    return [clip(line) for line in _without_npm_usage(shown)]
+
+
+def clip(line: str) -> str:
+    if len(line) <= LINE_MAX:
+        return line
+    return f"{line[:LINE_MAX]}… ({len(line) - LINE_MAX:,} more characters)"
+
+
+def _without_npm_usage(lines: list[str]) -> list[str]:
+    """npm's usage of a command (from "npm error Usage:" to its "Run \"npm help …\"")
+    says nothing about why it failed: one line says it was there."""
+    start = next((i for i, line in enumerate(lines) if _NPM_USAGE.match(_said(line))), None)
+    if start is None:
+        return lines
+    end = next(
+        (i for i in range(start + 1, len(lines)) if _NPM_HELP.match(_said(lines[i]))), len(lines)
+    )
+    return [*lines[:start], "(npm's usage of the command, left out)", *lines[end:]]
 
 
 def condensed(text: str, keep: int) -> str:

@@ -158,3 +158,59 @@ def test_the_run_line_returned_only_when_it_did() -> None:
     assert "the run line returned" in _failed("exited with status 0")
     stopped = _failed("unhealthy: GET / answered 500 once its port accepted connections")
     assert "GET / answered 500" in stopped and "the run line returned" not in stopped
+
+
+# Sails 1 failing to lift (a new user's app): it logs through captains-log, then exits 0
+SAILS = """\
+info: Starting app...
+error: Failed to lift app: Error:
+No sails.config.sockets.onlyAllowOrigins setting was detected, which is required
+    at Hook.initialize (/srv/app/node_modules/sails-hook-sockets/lib/initialize.js:79:13)
+""" + "".join(f"    at frame{n} (/srv/app/node_modules/sails/lib/x.js:{n}:1)\n" for n in range(30))
+
+
+def test_a_loggers_error_line_leads_with_the_message_on_its_next_line() -> None:
+    shown = condensed(SAILS, 20).splitlines()
+    assert shown[:3] == [
+        "error: Failed to lift app: Error:",
+        "No sails.config.sockets.onlyAllowOrigins setting was detected, which is required",
+        "…",
+    ]
+
+
+def test_a_minified_source_line_is_clipped() -> None:
+    """A failed release's tail was one 20 KB line of node-sqlite3-wasm's bundle and a
+    1,000-space caret line; the error under them was lost in the scroll."""
+    bundle = "var a=" + "x" * 20_000
+    text = "\n".join(
+        [
+            "/srv/app/node_modules/node-sqlite3-wasm/dist/node-sqlite3-wasm.js:1",
+            bundle,
+            " " * 1000 + "^",
+            "",
+            "SQLite3Error: table notes already exists",
+            "Node.js v20.19.2",
+        ]
+    )
+    shown = condensed(text, 20).splitlines()
+    assert shown[1] == bundle[:300] + "… (19,706 more characters)"
+    assert all(len(line) < 340 for line in shown)
+    assert "SQLite3Error: table notes already exists" in shown
+
+
+def test_npms_usage_is_left_out_of_the_tail_too() -> None:
+    """The cause block already left it out; the tail under it still held 30 lines of
+    `npm ci`'s options."""
+    options = [f"npm error [--option-{n}]" for n in range(25)]
+    tail = ["npm error Usage:", "npm error npm ci", "npm error", "npm error Options:", *options]
+    end = ['npm error Run "npm help ci" for more info', "npm error A complete log of this run"]
+    shown = condensed("\n".join(NPM_CI.splitlines()[:8] + tail + end), 40).splitlines()
+    assert "npm error [--option-3]" not in shown and "npm error npm ci" not in shown
+    assert "(npm's usage of the command, left out)" in shown
+    assert shown[-2:] == end
+    assert "npm error Missing: napi-windows-process-start-time@ from lock file" in shown
+
+
+def test_an_exit_0_names_both_causes_without_assuming_a_language() -> None:
+    said = _failed(None)
+    assert "If the log below shows an error, the app stopped on it" in said

@@ -128,11 +128,14 @@ class Gates:
         # Panel's `python3 app.py`: it defines, it never serves. Not when the provider
         # stopped it for a reason of its own (a gunicorn stopped after its first GET /
         # answered 500 exits 0 too, and the hint then pointed at Panel).
+        # Sails exits 0 when it fails to lift: the log says which it was.
         if inst.exit_status == 0 and (reason is None or reason.startswith("exited")):
             what += (
                 "; the run line returned, so nothing serves: it must keep running on "
-                "$HOST:$PORT (a module that only defines an app needs its server's command, "
-                "e.g. 'python3 -m panel serve app.py …', as [app] run)"
+                "$HOST:$PORT. If the log below shows an error, the app stopped on it (some "
+                "exit 0 when they fail to start); if not, the run line only defines the app "
+                "and [app] run needs its server's command (e.g. 'python3 -m panel serve "
+                "app.py …')"
             )
         return self._trip("boot", inst, f"instance {inst.id} of {inst.image} {what}")
 
