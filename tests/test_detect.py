@@ -494,6 +494,81 @@ def test_express_sessions_kept_in_memory_are_sticky(
         assert _config(tmp_path).fleet.sticky == "cookie"
 
 
+# config/session.js as `sails new` writes it: the adapter commented out
+SAILS_SESSION = """module.exports.session = {
+  secret: 'abc',
+  // adapter: '@sailshq/connect-redis',
+  // url: 'redis://user:password@localhost:6379/databasenumber',
+};
+"""
+
+
+@pytest.mark.parametrize(
+    ("files", "sticky"),
+    [
+        ({"config/session.js": SAILS_SESSION}, True),
+        ({}, True),
+        ({"config/session.js": SAILS_SESSION.replace("// adapter", "adapter")}, False),
+        ({"config/env/production.js": "session: { adapter: '@sailshq/connect-redis' },"}, False),
+    ],
+)
+def test_sails_sessions_kept_in_memory_are_sticky(
+    tmp_path: Path, files: dict[str, str], sticky: bool
+) -> None:
+    """A new user's Sails app: a counter in req.session read 1 on every request
+    through two instances (Sails bundles express-session, in memory by default)."""
+    package = {"main": "app.js", "dependencies": {"sails": "^1.5"}}
+    _write(tmp_path, {"package.json": json.dumps(package), "app.js": "sails.lift()\n", **files})
+    found = detect(tmp_path)
+    assert (found.sticky is not None) is sticky, found.sticky
+    if sticky:
+        assert found.sticky is not None and found.sticky.startswith("Sails keeps sessions")
+        assert _config(tmp_path).fleet.sticky == "cookie"
+
+
+PRISMA_SQLITE = 'datasource db {\n  provider = "sqlite"\n  url = "file:./dev.db"\n}\n'
+
+
+@pytest.mark.parametrize(
+    ("deps", "files", "named"),
+    [
+        (
+            {"better-sqlite3": "11"},
+            {"db.js": "const db = new Database('data/app.db');\n"},
+            "db.js ('data/app.db')",
+        ),
+        (
+            {"node-sqlite3-wasm": "1"},
+            {"src/db.mjs": "new Database(path.join(__dirname, 'notes.sqlite3'))\n"},
+            "src/db.mjs ('notes.sqlite3')",
+        ),
+        ({"@libsql/client": "0.14"}, {"db.ts": "createClient({ url: 'file:local.db' })"}, "db.ts"),
+        (
+            {"@prisma/client": "6"},
+            {"prisma/schema.prisma": PRISMA_SQLITE},
+            "prisma/schema.prisma",
+        ),
+        ({"better-sqlite3": "11"}, {"db.js": "new Database('/var/lib/notes/app.db')\n"}, None),
+        ({"better-sqlite3": "11"}, {"db.js": "new Database(process.env.DB_PATH)\n"}, None),
+        ({"express": "4"}, {"db.js": "const name = 'app.db';\n"}, None),  # no driver
+    ],
+)
+def test_a_node_apps_sqlite_file_inside_its_directory_is_a_warning(
+    tmp_path: Path, deps: dict[str, str], files: dict[str, str], named: str | None
+) -> None:
+    """A new user's Express notes API on better-sqlite3's data/app.db: init said
+    nothing, and each instance answered with the notes it alone had been given."""
+    package = {"scripts": {"start": "node db.js"}, "dependencies": deps}
+    _write(tmp_path, {"package.json": json.dumps(package), **files})
+    warnings = [w for w in detect(tmp_path).warnings if "SQLite" in w]
+    if named is None:
+        assert not warnings, warnings
+    else:
+        (warning,) = warnings
+        assert warning.startswith("the database is a SQLite file inside the app directory")
+        assert named in warning, warning
+
+
 def test_an_express_health_route_is_found_in_the_apps_own_sources(tmp_path: Path) -> None:
     package = {"scripts": {"start": "node src/server.mjs"}}
     _write(tmp_path, {"package.json": json.dumps(package), "src/server.mjs": "app.listen()\n"})

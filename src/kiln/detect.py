@@ -124,6 +124,9 @@ def detect(root: Path) -> Detected:
     found.warnings += _unbuilt_front_end(root, found)
     if (root / "package.json").is_file():
         found.warnings += node_warnings(root, found.run)
+        database = _node_sqlite(root)
+        if database is not None:
+            found.warnings.append(sqlite_in_app(found.release, database))
     return found
 
 
@@ -212,6 +215,8 @@ def _memory_sessions(root: Path) -> str | None:
     two instances each request met the other's empty store, the session cookie was
     overwritten, and nobody stayed logged in (a new user's Express + EJS app)."""
     deps = _npm_dependencies(root)
+    if "sails" in deps:
+        return _sails_sessions(root)
     if "express-session" not in deps or any(_session_store(name) for name in deps):
         return None
     if any(re.search(r"\bstore\s*:", _read(f)) for f in _sources(root, _NODE_SOURCES)):
@@ -222,6 +227,48 @@ def _memory_sessions(root: Path) -> str | None:
         'holding it (sticky = "cookie"); a deploy still ends every session: give it a '
         "shared store (connect-redis, connect-pg-simple) to keep them"
     )
+
+
+def _sails_sessions(root: Path) -> str | None:
+    """Sails bundles express-session, in memory unless config/session.js (or the
+    production environment's config) names an adapter: a new user's counter in
+    req.session read 1 on every request through two instances."""
+    configs = [root / "config" / "session.js", root / "config" / "env" / "production.js"]
+    for config in configs:
+        code = "\n".join(
+            line for line in _read(config).splitlines() if not line.lstrip().startswith("//")
+        )
+        if re.search(r"\badapter\s*:", code):
+            return None
+    return (
+        "Sails keeps sessions in memory unless config/session.js names an adapter: each "
+        "session lives in one process, so the load balancer keeps each client on the instance "
+        'holding it (sticky = "cookie"); a deploy still ends every session: set '
+        "sails.config.session.adapter (@sailshq/connect-redis) to keep them"
+    )
+
+
+# Node's SQLite drivers, and a database file named relative to the app (or file: URLs)
+_SQLITE_NPM = ("better-sqlite3", "sqlite3", "node-sqlite3-wasm", "sqlite", "@libsql/client")
+_SQLITE_FILE = re.compile(r"""['"`](?:file:)?(?!/)(?:\./)?[\w./-]*\.(?:db|sqlite3?)['"`]""")
+_PRISMA_SQLITE = re.compile(r'provider\s*=\s*"sqlite"[^}]*?\burl\s*=\s*"file:(?!/)', re.DOTALL)
+
+
+def _node_sqlite(root: Path) -> str | None:
+    """Where a Node app names a SQLite file inside its directory, if it does: each
+    instance then writes its own copy (a new user's notes API answered with half of
+    the notes, by instance)."""
+    deps = _npm_dependencies(root)
+    schema = root / "prisma" / "schema.prisma"
+    if ("prisma" in deps or "@prisma/client" in deps) and _PRISMA_SQLITE.search(_read(schema)):
+        return "the datasource url in prisma/schema.prisma"
+    if not any(name in deps for name in _SQLITE_NPM):
+        return None
+    for path in _sources(root, _NODE_SOURCES):
+        match = _SQLITE_FILE.search(_read(path))
+        if match:
+            return f"the database path in {path.relative_to(root)} ({match.group(0)})"
+    return None
 
 
 def _npm_dependencies(root: Path) -> dict[str, object]:
