@@ -465,6 +465,20 @@ def test_a_fastify_app_gets_a_note_on_the_host_it_binds(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "source",
+    [
+        "await app.listen({ port: Number(process.env.PORT), host: process.env.HOST });",
+        "const host = process.env.HOST;\napp.listen({\n  host,\n  port: +process.env.PORT\n});",
+    ],
+)
+def test_a_fastify_app_told_its_host_and_port_gets_no_note(tmp_path: Path, source: str) -> None:
+    """A new user's TypeScript Fastify server passed both, and was told to anyway."""
+    package = {"main": "dist/server.js", "dependencies": {"fastify": "^5"}}
+    _write(tmp_path, {"package.json": package, "src/server.ts": source + "\n"})
+    assert not [n for n in detect(tmp_path).notes if "Fastify" in n]
+
+
+@pytest.mark.parametrize(
     ("name", "source", "port"),
     [
         ("server.js", "const server = Hapi.server({ port: 3000, host: 'localhost' });\n", "3000"),

@@ -19,10 +19,12 @@ import pathspec
 
 from kiln import nodescripts
 from kiln.detect import (
+    _NODE_SOURCES,
     ENV_FILES,
     NODE_EXCLUDE,
     Detected,
     _read,
+    _sources,
     build_script,
     package_json,
     scripts_of,
@@ -31,7 +33,7 @@ from kiln.detect import (
 from kiln.detect_adonis import adonis
 from kiln.detect_angular import angular
 from kiln.detect_sites import served_site, static_build
-from kiln.fixedport import fixed_port
+from kiln.fixedport import JS_HOST_ENV, fixed_port
 from kiln.nodestack import NODE_ENV, dependencies, node_stack
 from kiln.runenv import SYSTEM_PATH
 
@@ -107,10 +109,20 @@ def fastify_note(root: Path) -> str | None:
             "fastify-cli reads $PORT; give it the host too: 'fastify start -a $HOST …' "
             "(or FASTIFY_ADDRESS)"
         )
+    if any(_TOLD.search(text) and JS_HOST_ENV.search(text) for text in _node_texts(root)):
+        return None  # it is told (a new user's TypeScript server, noted all the same)
     return (
         "Fastify listens on localhost and port 3000 unless told: "
         "fastify.listen({ port: Number(process.env.PORT), host: process.env.HOST })"
     )
+
+
+# listen({ port, host }) in either order: the host it is given is read from HOST
+_TOLD = re.compile(r"\.listen\(\s*\{[^}]*\b(?:port\b[^}]*\bhost|host\b[^}]*\bport)\b")
+
+
+def _node_texts(root: Path) -> list[str]:
+    return [_read(path) for path in _sources(root, _NODE_SOURCES)]
 
 
 def _next(root: Path, package: dict[str, object]) -> Detected:

@@ -58,7 +58,7 @@ _PY_DEFAULT = (
     ),
 )
 # where a server is told to listen on every interface: reachable around the balancer
-_JS_HOST_ENV = re.compile(r"""process\.env(?:\.HOST\b|\[\s*['"]HOST['"]\s*\])|\benv\.HOST\b""")
+JS_HOST_ENV = re.compile(r"""process\.env(?:\.HOST\b|\[\s*['"]HOST['"]\s*\])|\benv\.HOST\b""")
 _JS_OPEN = (
     re.compile(r"""\.listen\([^)\n]*?['"](0\.0\.0\.0|::)['"]"""),
     re.compile(r"""\bhost(?:name)?\s*:\s*['"](0\.0\.0\.0|::)['"]"""),
@@ -113,7 +113,7 @@ def fixed_port_warnings(root: Path, run: str) -> list[str]:
                 f"gets its own $PORT, so it must listen on {use}"
             )
         opened = _match_line(text, _JS_OPEN if js else _PY_OPEN)
-        if opened is not None and not (_JS_HOST_ENV if js else _PY_HOST_ENV).search(text):
+        if opened is not None and not (JS_HOST_ENV if js else _PY_HOST_ENV).search(text):
             host = "process.env.HOST" if js else "os.environ['HOST']"
             warnings.append(
                 f"{path.relative_to(root)} listens on every interface ('{opened[1]}'): "
