@@ -7,6 +7,7 @@ connections and on a fresh connection per request (the listener itself).
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import re
 import signal
@@ -123,10 +124,18 @@ def test_stop_all_stops_the_balancer(
 def test_a_balancer_running_other_code_hands_its_sockets_over_under_load(
     provider: LocalProvider, image: str, lb_port: int, local_home: Home
 ) -> None:
-    """What an upgrade of kiln does: the agent finds the balancer running other code."""
-    provider.launch("web", image, 2)
+    """What an upgrade of kiln does: the agent finds the balancer running other code.
+
+    Then a deploy replaces every instance. The old balancer no longer learns of
+    membership, so the connections it kept (wrk's, a browser's) must come over to
+    the successor: before, they stayed, and once the old instances were gone every
+    request on them was a 502 (a new user's run: 111,951 of 307,495)."""
+    first = provider.launch("web", image, 2)
     serving(provider, 2)
     old = agent_status(local_home)["balancer_pid"]  # type: ignore[index]
+    idle = http.client.HTTPConnection("127.0.0.1", lb_port, timeout=10)
+    idle.request("GET", "/")
+    idle.getresponse().read()  # a kept-alive connection that then sits idle
     loops = [loop.start() for loop in _loops(lb_port)]
     try:
         time.sleep(1.0)
@@ -143,13 +152,19 @@ def test_a_balancer_running_other_code_hands_its_sockets_over_under_load(
         assert new != old
         # the running agent reconnects to the successor and configures it
         wait_for(lambda: agent_status(local_home)["balancer_pid"] == new, 60, "the agent")  # type: ignore[index]
+        # every connection left the old balancer: it exits long before its 90 s limit
+        wait_for(lambda: gone(old), 20, "the old balancer to hand its connections over")
+        provider.launch("web", image, 2)  # a deploy: new instances, the old ones retired
+        serving(provider, 4)
+        provider.terminate("web", first)
+        wait_for(lambda: len(provider.describe("web").live()) == 2, 60, "the old instances")
         time.sleep(2.0)
     finally:
         for loop in loops:
             loop.stop()
+        idle.close()
     assert sum(loop.sent for loop in loops) > 500
     assert [e for loop in loops for e in loop.errors] == []
-    wait_for(lambda: gone(old), 100, "the old balancer to finish and exit")
 
 
 def test_the_code_fingerprint_covers_every_module_the_balancer_serves_with() -> None:

@@ -68,3 +68,21 @@ class Front(Balancer):
         """Close the listener here only; open connections carry on (a successor has it)."""
         if self._server is not None:
             self._server.close()
+
+    def retire(self) -> None:
+        """Stop accepting, and send every open connection to the successor.
+
+        A request under way whose answer has not started, and every request after
+        it, is answered with ``Connection: close``; a connection idle for
+        RETIRING_IDLE is closed (kiln.local.proxy). The clients come back on new
+        connections, to the successor. Kept open instead, they went on reaching
+        this balancer, which no longer learns of membership: once a deploy had
+        replaced the instances, every request on them was a 502 (a new user's wrk
+        run after a kiln upgrade).
+        """
+        self.stop_accepting()
+        self.retiring = True
+        for client in self.clients:
+            exchange = client.exchange
+            if exchange is not None and not exchange.answered and exchange.head is not None:
+                exchange.head.close = True

@@ -24,6 +24,7 @@ cdef class Balancer:
     cdef public object _sweeper
     cdef public Py_ssize_t _rr
     cdef public object sticky
+    cdef public bint retiring
     cdef dict __dict__
 
     cpdef pump(self, Client client)

@@ -146,6 +146,8 @@ class Balancer:
         self._sweeper: asyncio.Task[None] | None = None
         self._rr = 0
         self.sticky: Affinity | None = None  # [fleet] sticky (kiln.local.affinity)
+        # a successor serves the listener: every open connection ends after its answer
+        self.retiring = False
         self._reports = Reports(fleet)
 
     # membership -----------------------------------------------------------
@@ -315,6 +317,8 @@ class Balancer:
             if kind != HEAD:  # closed between requests, or the tail of an upgrade
                 client.close()
                 return
+            if self.retiring:  # answered with Connection: close: it comes back to the successor
+                head.close = True
             client.busy = True
             client.phase = BUSY  # not timed: the instance's pace
             if not self._fast(head, client):

@@ -187,7 +187,7 @@ class BalancerHost:
     def _wind_down(self, front: Front) -> None:
         """A listener no fleet wants any more (it moved): refuse new connections at once,
         finish the requests under way on the open ones, then close them."""
-        front.stop_accepting()
+        front.retire()
         task = asyncio.get_running_loop().create_task(self._finish(front))
         self.winding_down.add(task)
         task.add_done_callback(self.winding_down.discard)
@@ -370,7 +370,7 @@ class BalancerHost:
         listeners = [(h, p, fd) for (h, p), f in self.fronts.items() for fd in f.listening_fds()]
         send_listeners(writer, listeners)
         for front in self.fronts.values():
-            front.stop_accepting()
+            front.retire()
         self.retiring = True
         if self.control_server is not None:
             self.control_server.close()
@@ -448,8 +448,11 @@ async def _serve(home: Home, host: BalancerHost, lock_fd: int) -> None:
             writer.close()  # see the end now, not be cancelled (a traceback) as the loop ends
         await asyncio.sleep(0)
         await host.close()
+        # Handed over, the path is the successor's: its socket may even have our old
+        # inode number (freed when the successor unlinked ours, then reused), and
+        # unlinking it made the successor think its home was gone and exit.
         with contextlib.suppress(OSError):
-            if path.stat().st_ino == inode:
+            if not host.retiring and path.stat().st_ino == inode:
                 path.unlink()
         log.info("balancer %s stopped", os.getpid())
 

@@ -54,6 +54,10 @@ class ResponseTimeout(TimeoutError):
 
 # what a client connection is waiting for, for the sweeper
 IDLE, BODY_IN, BUSY, SENDING, TUNNEL = range(5)
+# A retiring balancer (a successor has the listener) closes a kept-alive connection
+# idle this long: a client between two requests of a burst gets its next answer with
+# Connection: close instead, so its request never meets the close
+RETIRING_IDLE = 1.0
 
 
 class Client(Stream):
@@ -215,6 +219,8 @@ class Client(Stream):
                     self._expire("request head")
             elif now - self.since > limits.client_idle_timeout:
                 self.close()  # idle between requests: closed without a word
+            elif self.listener.retiring and now - self.since > RETIRING_IDLE:
+                self.close()  # a successor serves: come back to it
         elif phase == BODY_IN:
             if now - self.body_start > limits.body_timeout:
                 self._expire("request body")
@@ -263,6 +269,7 @@ class Listener(Protocol):
 
     trusted: Networks
     clients: set[Client]
+    retiring: bool
 
     def pump(self, client: Client) -> None: ...
 
