@@ -1354,3 +1354,29 @@ def test_a_sqlite_path_made_from_the_apps_directory_is_a_warning(
     _write(tmp_path, {"app.py": app, "config.py": "import os\n" + config})
     found = detect(tmp_path)
     assert any("SQLite file inside the app directory" in w for w in found.warnings) is warned
+
+
+@pytest.mark.parametrize(
+    ("requirements", "settings", "served"),
+    [
+        ("Django>=5\n", "", False),
+        ("Django>=5\nwhitenoise>=6\n", "", True),
+        ("Django>=5\n", "MIDDLEWARE = ['whitenoise.middleware.WhiteNoiseMiddleware']\n", True),
+        ("Django>=5\ndjango-storages[s3]\n", 'STORAGES = {"staticfiles": {"BACKEND": '
+         '"storages.backends.s3.S3Storage"}}\n', True),
+        ("Django>=5\n", "STATIC_URL = 'https://cdn.example.com/static/'\n", True),
+    ],
+)  # fmt: skip
+def test_collected_static_files_that_nothing_serves_are_a_warning(
+    tmp_path: Path, requirements: str, settings: str, served: bool
+) -> None:
+    """A new user's Django REST framework API: collectstatic ran at bake, and every
+    /static/ URL answered 404 through gunicorn (the browsable API and admin unstyled)."""
+    files = {
+        "mysite/settings.py": "STATIC_ROOT = BASE_DIR / 'staticfiles'\n" + settings,
+        "mysite/wsgi.py": "",
+        "requirements.txt": requirements,
+    }
+    found = detect(_django_project(tmp_path, "mysite.settings", files))
+    warned = [w for w in found.warnings if w.startswith("STATIC_ROOT is collected")]
+    assert bool(warned) is not served, found.warnings

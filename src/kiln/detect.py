@@ -688,6 +688,14 @@ def _django(root: Path) -> Detected | None:
     else:
         notes.append("set STATIC_ROOT (and serve it, e.g. with whitenoise) to ship static files")
     warnings = _django_debug(base, settings, assigned)
+    if "STATIC_ROOT" in settings_text and not _static_served(root, settings_text):
+        warnings.append(
+            "STATIC_ROOT is collected at bake time, but nothing serves it: Django serves "
+            "static files only with DEBUG on, and gunicorn and uvicorn never do, so every "
+            "/static/ URL answers 404 (the admin unstyled); add whitenoise to the "
+            "requirements and 'whitenoise.middleware.WhiteNoiseMiddleware' after "
+            "SecurityMiddleware, or put them on a CDN (STORAGES, an absolute STATIC_URL)"
+        )
     if "sqlite3" in settings_text:
         warnings.append(sqlite_in_app("manage.py migrate", "DATABASES"))
     if re.search(r"^MEDIA_ROOT\s*=.*BASE_DIR", settings_text, re.MULTILINE):
@@ -711,6 +719,19 @@ def _django(root: Path) -> Detected | None:
         warnings=warnings,
         needed=["django", server],
     )
+
+
+def _static_served(root: Path, settings_text: str) -> bool:
+    """Whether something serves STATIC_ROOT in production: whitenoise (or dj-static),
+    or a storage backend / absolute STATIC_URL that puts the files elsewhere.
+    (A new user's Django REST framework API: its browsable pages and the admin had
+    no CSS.)"""
+    listed = set(_requirements(root))
+    if {"whitenoise", "dj-static"} & listed or "whitenoise" in settings_text.lower():
+        return True
+    if re.search(r"^STATIC_URL\s*=\s*[^#\n]*['\"](?:https?:)?//", settings_text, re.M):
+        return True
+    return bool(re.search(r"storages\.backends|STATICFILES_STORAGE", settings_text))
 
 
 def _django_debug(base: Path, settings: str, assigned: dict[str, ast.expr | None]) -> list[str]:
