@@ -236,6 +236,16 @@ def test_an_extra_that_brings_uvicorn_standard_adds_no_server(
         assert f"uvicorn comes with {brings}, which requires uvicorn[standard]" in found.why
 
 
+def test_gradios_hash_seed_is_writable_and_not_drift(tmp_path: Path) -> None:
+    """Gradio writes deps/gradio/hash_seed.txt on its first launch: a new user's
+    `kiln drift` exited 6 right after a clean deploy, on every instance."""
+    _write(tmp_path, {"app.py": "import gradio as gr\ngr.Interface(f).launch()\n"})
+    config = parse_config(render_config(tmp_path, name="app"))
+    assert config.app.writable == ["tmp/", "*.log", "deps/gradio/hash_seed.txt"]
+    (tmp_path / "app.py").write_text("print('hi')\n")
+    assert parse_config(render_config(tmp_path, name="app")).app.writable == ["tmp/", "*.log"]
+
+
 def test_gradio_launch_with_a_fixed_port_is_a_warning(tmp_path: Path) -> None:
     _write(tmp_path, {"app.py": "import gradio as gr\ngr.Interface(f).launch(server_port=7860)\n"})
     (warning,) = detect(tmp_path).warnings

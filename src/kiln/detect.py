@@ -67,6 +67,7 @@ class Detected:
     why: list[str] = field(default_factory=list)
     build: list[str | BuildStep] = field(default_factory=list)
     exclude: list[str] = field(default_factory=lambda: list(PY_EXCLUDE))
+    writable: list[str] = field(default_factory=lambda: ["tmp/", "*.log"])
     env: dict[str, str] = field(default_factory=dict)
     health_path: str | None = None  # None: a TCP check
     health_host: str | None = None  # the Host health checks send, when the app needs one

@@ -137,6 +137,8 @@ def _gradio(root: Path, modules: list[Path]) -> Detected | None:
             env=_python_env() | {"GRADIO_ANALYTICS_ENABLED": "False"},
             health_path="/",
             grace="60s",
+            # Gradio writes it into its package on first launch: not drift
+            writable=["tmp/", "*.log", "deps/gradio/hash_seed.txt"],
             warnings=warnings,
             sticky=(
                 "Gradio keeps each session's queue and state in one instance: the load "

@@ -28,7 +28,7 @@ build = {build}
 # .kilnignore patterns. What the build makes is always kept.
 exclude = [{exclude}]
 # Paths an instance may write at run time; drift detection ignores them.
-writable = ["tmp/", "*.log"]
+writable = [{writable}]
 
 # Baked into the image: changing a value makes a new image.
 [env]
@@ -96,6 +96,7 @@ def render_config(app_dir: Path, name: str | None = None, found: Detected | None
         build=_build(found.build),
         release=release,
         exclude=", ".join(_toml(p) for p in found.exclude),
+        writable=", ".join(_toml(p) for p in found.writable),
         env=env or '# LOG_LEVEL = "info"\n',
         health=health,
         health_host=_health_host(found),
