@@ -1380,3 +1380,34 @@ def test_collected_static_files_that_nothing_serves_are_a_warning(
     found = detect(_django_project(tmp_path, "mysite.settings", files))
     warned = [w for w in found.warnings if w.startswith("STATIC_ROOT is collected")]
     assert bool(warned) is not served, found.warnings
+
+
+EMMETT = """from emmett import App
+
+app = App(__name__)
+
+
+@app.route("/")
+async def hello():
+    return "Hello world!"
+"""
+
+
+def test_a_script_that_starts_no_server_is_a_warning(tmp_path: Path) -> None:
+    """Emmett's quick start: app.py only defines the app (`emmett serve` runs it); init
+    wrote `run = "python3 app.py"` with no word, and the first deploy failed."""
+    _write(tmp_path, {"app.py": EMMETT, "requirements.txt": "emmett\n"})
+    found = detect(tmp_path)
+    assert found.run == "python3 app.py"
+    (warning,) = found.warnings
+    assert warning.startswith("app.py starts no server that kiln can see")
+    serving = "server = HTTPServer((os.environ['HOST'], port), H)\nserver.serve_forever()\n"
+    (tmp_path / "app.py").write_text(serving)
+    assert detect(tmp_path).warnings == []
+
+
+def test_a_pelican_site_is_named(tmp_path: Path) -> None:
+    _write(tmp_path, {"pelicanconf.py": "AUTHOR = 'me'\n", "requirements.txt": "pelican\n"})
+    found = detect(tmp_path)
+    assert found.kind == "unknown"
+    assert any(line.startswith("pelicanconf.py: a Pelican site") for line in found.why)

@@ -1367,9 +1367,17 @@ def _fallback(root: Path) -> Detected:
             why = [f"{candidate}: started with python3; it must listen on $HOST:$PORT"]
             build = _pip_build(root, [], why) if (root / "requirements.txt").is_file() else []
             env = _python_env() if build else {}
-            return Detected(
+            found = Detected(
                 kind="Python script", run=f"python3 {candidate}", why=why, build=build, env=env
             )
+            if not _STARTS_SERVING.search(_read(root / candidate)):
+                found.warnings.append(
+                    f"{candidate} starts no server that kiln can see (no run(), serve(), "
+                    "listen(), run_app() or serve_forever() call): if it only defines the "
+                    "app, its first deploy fails at the boot gate; set [app] run to the "
+                    "command of its server, on $HOST:$PORT"
+                )
+            return found
     # A run line that fails at the first deploy's boot gate, saying what to do. A
     # placeholder that served the directory passed every gate and published the
     # app's source (and whatever secrets it holds) behind the balancer.
@@ -1389,6 +1397,15 @@ def _fallback(root: Path) -> Detected:
     )
 
 
+# A script that serves calls one of these (app.run(), web.run_app(app), serve(app, …),
+# server.serve_forever(), uvicorn.run(…), app.listen(…), demo.launch()); an Emmett
+# quick start's app.py only defines the app (its server is `emmett serve`)
+_STARTS_SERVING = re.compile(
+    r"\b(?:run|serve|serve_forever|run_app|run_simple|listen|launch|start|run_server"
+    r"|make_server|create_server|start_server)\s*\("
+)
+
+
 # What a directory kiln recognised nothing in is, when a file says so: "nothing
 # recognised here" alone left a Go, Rust or Deno user guessing whether kiln saw it.
 _OTHER_STACKS = (
@@ -1402,6 +1419,8 @@ _OTHER_STACKS = (
     ("pom.xml", "a Java (Maven) project"),
     ("build.gradle", "a Java (Gradle) project"),
     ("mkdocs.yml", "an MkDocs site"),
+    ("pelicanconf.py", "a Pelican site"),
+    ("hugo.toml", "a Hugo site"),
 )
 
 
