@@ -382,7 +382,10 @@ def _factory(root: Path, modules: list[Path]) -> Detected | None:
 
 
 def _aiohttp_served(root: Path, path: Path, target: str, why: list[str]) -> Detected:
-    why.append("served by gunicorn's aiohttp worker on $HOST:$PORT (web.run_app is not called)")
+    why.append(
+        "served by gunicorn's aiohttp worker on $HOST:$PORT (gunicorn imports the module: "
+        "a web.run_app() under __main__ does not run)"
+    )
     worker = "--worker-class aiohttp.GunicornWebWorker"  # async: no threads
     # quoted: the run line goes through /bin/sh, where "create_app()" is a syntax error
     target = shlex.quote(f"{module_name(root, path)}:{target}")

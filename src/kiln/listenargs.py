@@ -173,8 +173,8 @@ def listen_on_host_port(line: str) -> Adapted:
     adapted = Adapted(line, server, words=words, wrapper=" ".join(words[:wrapped]))
     if not _PYTHON.match(last[0][0]):
         adapted.changes.append(
-            f"{server.name} run as 'python3 -m {server.module}': the build installs it into "
-            "deps/, which is on PYTHONPATH, not on PATH"
+            f"{server.name} run as 'python3 -m {server.module}': the module the build "
+            "installs into deps/ (on PYTHONPATH), whatever Python its script names"
         )
     after = last[listen - 1][1] + len(last[listen - 1][0])  # options go after it
     edits += _listen_edits(server, last, listen, after, adapted)
