@@ -122,6 +122,9 @@ class socket_on:
         import socket
 
         self.sock = socket.socket()
+        # as servers do: the balancer closed the old listener's last connection itself
+        # (Connection: close as it retired), so that side of it sits in TIME_WAIT
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
         self.sock.listen()
 
