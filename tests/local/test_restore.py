@@ -29,6 +29,8 @@ def test_restart_kills_unrecorded_spawn_and_ignores_recycled_pid(
     # process started, the pid never recorded), and a pid since reused by a stranger.
     orphan = sleeper({"KILN_INSTANCE_ID": "i-0000000000aa"})
     stranger = sleeper()
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a pid that no longer runs
     try:
         db = AgentDB(db_path(local_home))
         db.save_fleet("web", provider.settings)
@@ -39,6 +41,12 @@ def test_restart_kills_unrecorded_spawn_and_ignores_recycled_pid(
             InstanceRecord(
                 "i-0000000000bb", "web", image, "healthy", now, in_service=True,
                 pid=stranger.pid, pid_start=1, port=1,
+            ),
+            # being retired (a deploy's terminate) when the agent was killed: it ended
+            # as it was told to, which is no failure (it showed as one)
+            InstanceRecord(
+                "i-0000000000cc", "web", image, "draining", now, pid=ended.pid, pid_start=1,
+                port=1, terminating=True,
             ),
         ):  # fmt: skip
             db.save_instance(rec)
@@ -53,6 +61,7 @@ def test_restart_kills_unrecorded_spawn_and_ignores_recycled_pid(
         )
         assert by_id["i-0000000000bb"].state is InstanceState.FAILED
         assert by_id["i-0000000000bb"].details["reason"] == "exited while the agent was down"
+        assert by_id["i-0000000000cc"].state is InstanceState.TERMINATED
         assert len(state.live()) == 2 and state.groups == {image: 2}
         assert all(i.details["replaces"] in by_id for i in state.live())
 

@@ -500,8 +500,11 @@ class Supervisor(Lifecycle):
             rec.reason = "the agent stopped while it was starting"
             self.finish(fleet, rec, InstanceState.FAILED)
         elif not procs.alive(rec.pid, rec.pid_start):
-            rec.reason = "exited while the agent was down"
-            self.finish(fleet, rec, InstanceState.FAILED)
+            if rec.terminating:  # it was being retired: it ended as it was told to
+                self.finish(fleet, rec, InstanceState.TERMINATED)
+            else:
+                rec.reason = "exited while the agent was down"
+                self.finish(fleet, rec, InstanceState.FAILED)
         else:
             log.info("re-adopted instance %s (pid %s, %s)", rec.id, rec.pid, rec.state)
             self.watch_health(fleet, rec, healthy=rec.state == "healthy")
