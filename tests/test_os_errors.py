@@ -124,6 +124,9 @@ def test_sqlite_failures_a_user_causes_are_explained_and_bugs_are_not() -> None:
     assert full is not None and "no space left on device" in full.message
     readonly = explain_failure(sqlite3.OperationalError("attempt to write a readonly database"))
     assert isinstance(readonly, HomeError) and "cannot write kiln's state" in readonly.message
+    # a full disk as a new operator met it: `kiln status` had a traceback
+    io = explain_failure(sqlite3.OperationalError("disk I/O error"))
+    assert isinstance(io, HomeError) and "a full disk is the usual cause" in (io.hint or "")
     assert explain_failure(sqlite3.OperationalError("no such table: x")) is None
     assert explain_failure(ValueError("a bug")) is None
 

@@ -71,6 +71,12 @@ def explain_failure(exc: BaseException) -> KilnError | None:
         text = str(exc)
         if "disk is full" in text:
             return explain(OSError(errno.ENOSPC, text))
+        if "disk I/O error" in text:  # SQLite's word for a journal it could not write
+            return HomeError(
+                f"cannot write kiln's state: {text}",
+                hint="a full disk is the usual cause (df -h on KILN_HOME's filesystem): "
+                "free some space and run the command again; nothing was changed",
+            )
         if "readonly database" in text or "unable to open database" in text:
             return HomeError(
                 f"cannot write kiln's state: {text}",
