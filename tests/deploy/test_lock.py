@@ -62,6 +62,10 @@ def test_wait_gets_the_lock_when_the_holder_finishes(deployed: World) -> None:
     engine = deployed.engine()
     engine.lock.clock = _ReleasingClock(deployed, other, after=3.0)
     assert engine.deploy(NEW, wait=30.0).outcome == "succeeded"
+    # said once, not silent (a new operator's --wait printed nothing for its whole wait)
+    waiting = [e.message for e in deployed.events if e.message.startswith("waiting up to")]
+    assert len(waiting) == 1, waiting
+    assert waiting[0].startswith(f"waiting up to 30s for fleet {FLEET}'s lock, held by bob@")
 
 
 def test_a_dead_holder_is_taken_over_with_a_warning(deployed: World) -> None:

@@ -61,8 +61,17 @@ class _Narrator:
 
     def __init__(self) -> None:
         self.status: Status | None = None
+        self.gone = False  # stderr went away (a closed pipe, a dropped ssh): the deploy goes on
 
     def __call__(self, event: Event) -> None:
+        if self.gone:
+            return
+        try:
+            self._show(event)
+        except OSError:  # BrokenPipeError, EIO: narration is no reason to stop half-way
+            self.gone = True
+
+    def _show(self, event: Event) -> None:
         if event.kind == "progress":
             if self.status is not None:
                 self.status.update(f"[dim]{escape(event.message)}[/]")
@@ -96,15 +105,16 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
     def handler(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
+    try:  # SIGHUP too: a dropped ssh session stops it as safely, journaled
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def _resolve_image(state: State, engine: Deployer, ref: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +16,23 @@ from kiln.errors import KilnError
 if TYPE_CHECKING:
     from kiln.platform import Report
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Output(Console):
+    """stdout or stderr, either of which may go away under a command that must finish (a
+    deploy piped into ``head``, a CI log closed, an ssh session dropped): from then on
+    it says nothing, and the command's exit status is its own. rich's answer,
+    SystemExit(1), stopped a deployment half-way and left it journaled as running."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.file.fileno())  # Python's own last flush must not fail
+            os.close(devnull)
+
+
+console = _Output(highlight=False, soft_wrap=True)
+err_console = _Output(stderr=True, highlight=False, soft_wrap=True)
 
 
 def emit_json(data: Any) -> None:

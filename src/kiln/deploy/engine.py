@@ -405,6 +405,9 @@ class Engine:
                 f"{exc.message}; {self._how_to_finish(dep)}",
                 hint=exc.hint or "fix the cause first",
             ) from exc
+        except Exception:  # anything else stops it too: never left "running" by nobody
+            self.journal.set_outcome(dep.id, Outcome.INTERRUPTED, self.clock.now())
+            raise
 
     def _execute(self, dep: Deployment) -> Result:
         self._figures = dict(dep.figures)

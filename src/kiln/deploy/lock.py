@@ -89,11 +89,18 @@ class DeployLock:
     def acquire(self, wait: float | None = None) -> None:
         """Take the lock; fail fast (``wait=None``) or retry for ``wait`` seconds."""
         deadline = None if wait is None else self.clock.now() + wait
+        waited_for: tuple[str, int] | None = None
         while True:
             holder = self._try()
             if holder is None:
                 return
             now = self.clock.now()
+            if deadline is not None and now < deadline and (holder.host, holder.pid) != waited_for:
+                waited_for = (holder.host, holder.pid)  # said once per holder: not silent
+                self.warn(
+                    f"waiting up to {deadline - now:.0f}s for fleet {self.fleet}'s lock, "
+                    f"held by {holder.describe(now)}"
+                )
             if deadline is None or now >= deadline:
                 raise LockHeld(
                     f"fleet {self.fleet} is being deployed by {holder.describe(now)}",
