@@ -510,6 +510,15 @@ class Lifecycle:
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             if gone():
                 break
+            if sig == signal.SIGKILL:  # what it still sent is cut: say so
+                busy = await self.lb.outstanding(rec.fleet, rec.id)
+                log.warning(
+                    "instance %s did not exit within %gs of SIGTERM: killed%s "
+                    "([provider.local] stop_timeout)",
+                    rec.id,
+                    timeout,
+                    f", with {busy} requests in flight" if busy else "",
+                )
             procs.signal_group(pid, sig)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and not gone():
