@@ -503,6 +503,25 @@ SAILS_SESSION = """module.exports.session = {
 """
 
 
+# config/env/production.js, abridged from `sails new`: "adapter:" in a block comment,
+# and a datastore's adapter, which is not the session's
+SAILS_PRODUCTION = """module.exports = {
+  datastores: {
+    /**
+    * 1. Choose an adapter:
+    */
+    default: {
+      adapter: 'sails-mysql',
+    },
+  },
+  session: {
+    cookie: { secure: true },
+    // adapter: '@sailshq/connect-redis',
+  },
+};
+"""
+
+
 @pytest.mark.parametrize(
     ("files", "sticky"),
     [
@@ -510,6 +529,7 @@ SAILS_SESSION = """module.exports.session = {
         ({}, True),
         ({"config/session.js": SAILS_SESSION.replace("// adapter", "adapter")}, False),
         ({"config/env/production.js": "session: { adapter: '@sailshq/connect-redis' },"}, False),
+        ({"config/env/production.js": SAILS_PRODUCTION}, True),  # as `sails new` writes it
     ],
 )
 def test_sails_sessions_kept_in_memory_are_sticky(

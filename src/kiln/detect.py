@@ -234,11 +234,10 @@ def _sails_sessions(root: Path) -> str | None:
     """Sails bundles express-session, in memory unless config/session.js (or the
     production environment's config) names an adapter: a new user's counter in
     req.session read 1 on every request through two instances."""
-    configs = [root / "config" / "session.js", root / "config" / "env" / "production.js"]
-    for config in configs:
-        code = "\n".join(
-            line for line in _read(config).splitlines() if not line.lstrip().startswith("//")
-        )
+    session = _js_code(_read(root / "config" / "session.js"))
+    production = _js_code(_read(root / "config" / "env" / "production.js"))
+    block = re.search(r"\bsession\s*:\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}", production)
+    for code in (session, block.group(1) if block else ""):
         if re.search(r"\badapter\s*:", code):
             return None
     return (
@@ -247,6 +246,13 @@ def _sails_sessions(root: Path) -> str | None:
         'holding it (sticky = "cookie"); a deploy still ends every session: set '
         "sails.config.session.adapter (@sailshq/connect-redis) to keep them"
     )
+
+
+def _js_code(text: str) -> str:
+    """JavaScript without its comments (Sails' generated config is mostly comments,
+    ``* 1. Choose an adapter:`` among them)."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
+    return re.sub(r"(?m)^\s*//.*$", "", text)
 
 
 # Node's SQLite drivers, and a database file named relative to the app (or file: URLs)
