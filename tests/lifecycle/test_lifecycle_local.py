@@ -109,6 +109,9 @@ def test_prune_keeps_what_serves_and_the_rollback_target(
     _, dry = _json(kiln, "prune", "--keep", "1", "--dry-run")
     assert set(dry["remove"]) == set(images[:2]) and dry["dry_run"] is True
     assert {images[2], images[3]} <= set(dry["in_use"])
+    shown = kiln("prune", "--keep", "1", "--dry-run").stdout
+    # the rollback target runs nowhere: "keep (in use)" misled an operator
+    assert f"{images[2]}" in shown and "keep (running, warm or a rollback target)" in shown
     _, done = _json(kiln, "prune", "--keep", "1")
     assert done["bytes_freed"] > 0
     left = {r.id for r in Store(home).list_images()}

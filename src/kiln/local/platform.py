@@ -142,7 +142,8 @@ class LocalPlatform(PlatformBase):
             )
         rows = [(r.id, r.app, format_size(r.manifest.size), "remove") for r in plan.remove]
         for r in plan.keep:
-            why = "in use" if r.id in plan.in_use else f"newest {keep}"
+            # running, warm, or a fleet's rollback target: "in use" misled an operator
+            why = "running, warm or a rollback target" if r.id in plan.in_use else f"newest {keep}"
             rows.append((r.id, r.app, format_size(r.manifest.size), f"keep ({why})"))
         verb = "would free" if dry_run else "freed"
         footer = (
