@@ -71,3 +71,33 @@ def test_an_ended_instance_is_never_in_service_in_json(tmp_path: Path) -> None:
     doc = fleet_status(Provider(), StateDb(tmp_path / "state.db"), "web", 2, 10.0)
     serving = {i["id"]: i["in_service"] for i in doc["instances"]}
     assert serving == {"i-dead": False, "i-live": True}
+
+
+def test_a_lock_whose_process_is_gone_is_said_to_be_taken_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the deploy command was kill -9'd, status said "locked by root@vm,
+    heartbeat 9.1s ago", as if somebody still deployed."""
+    import socket
+    import subprocess
+
+    from kiln.deploy.lock import DeployLock
+    from kiln.providers.fake import FakeClock
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    db = StateDb(tmp_path / "state.db")
+    host = socket.gethostname()
+    DeployLock(db, "web", FakeClock(), user="root", host=host, pid=ended.pid).acquire()
+
+    class Provider:
+        name = "fake"
+
+        def describe(self, fleet: str) -> FleetState:
+            return FleetState(fleet, None, {}, ())
+
+    doc = fleet_status(Provider(), db, "web", 2, 10.0)
+    assert doc["lock"]["stale"] == f"its process {ended.pid} on this host is gone"
+    fleetviews.print_status(doc)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "is gone, so the next command takes the lock over" in out

@@ -134,6 +134,9 @@ def print_status(data: dict[str, Any]) -> None:
         ago = f", heartbeat {format_duration(max(0.0, time.time() - beat))} ago" if beat else ""
         if expires:
             ago += f", expires in {format_duration(max(0.0, expires - time.time()))}"
+        stale = lock.get("stale")
+        if stale:  # nobody deploys: say so rather than "locked"
+            ago += f": {stale}, so the next command takes the lock over"
         console.print(f"[yellow]locked by {escape(str(lock.get('holder')))}{ago}[/]")
 
 
@@ -143,7 +146,7 @@ def deployment_line(dep: dict[str, Any], lock: dict[str, Any] | None, now: float
     from kiln.deploy.plan import span
 
     shown = f"{span(dep['from'], dep['to'])}, {dep['strategy']}"
-    held = lock is not None and (lock.get("expires") or 0) > now
+    held = lock is not None and (lock.get("expires") or 0) > now and not lock.get("stale")
     if dep["outcome"] == "running" and held:
         advice = "wait for it (or add --wait to the next command)"
     else:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from kiln.deploy.journal import Journal
-from kiln.deploy.lock import read_holder
+from kiln.deploy.lock import HEARTBEAT_TTL, read_holder, stale_reason
 from kiln.deploy.records import standby
 from kiln.deploy.state import StateDb
 from kiln.providers.protocol import FleetState, Instance
@@ -91,6 +93,8 @@ def fleet_status(
                 "deployment": holder.deployment,
                 "started": holder.started,
                 "heartbeat": holder.heartbeat,
+                # its process gone (a kill -9 of the deploy): the next command takes it over
+                "stale": stale_reason(holder, time.time(), socket.gethostname(), HEARTBEAT_TTL),
             }
             if holder
             else None
