@@ -4,6 +4,8 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
+
 from kiln.cli.docgen import generated
 from kiln.home import Home
 from kiln.image.store import Store
@@ -127,3 +129,21 @@ def test_a_listen_address_another_program_holds_is_refused_before_the_bake(
 def test_a_mistyped_command_names_the_nearest(kiln: Kiln) -> None:
     result = kiln("deplyo", ok=False)
     assert result.exit_code == 2 and "Did you mean deploy" in result.stderr
+
+
+def test_a_command_refused_for_want_of_kiln_toml_leaves_no_home_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kiln deploy` outside an app directory said "no kiln.toml" and left an empty
+    ~/.kiln (store/, tmp/) behind; a home that was there already stays."""
+    fresh = tmp_path / "fresh-home"
+    monkeypatch.setenv("KILN_HOME", str(fresh))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in ("deploy", "status", "rollback"):
+        result = Kiln(empty)(command, ok=False)
+        assert result.exit_code == 2 and "no kiln.toml" in result.stderr, result.stderr
+        assert not fresh.exists(), command
+    Home.resolve(fresh).ensure()
+    assert Kiln(empty)("deploy", ok=False).exit_code == 2
+    assert (fresh / "store").is_dir()  # not this command's to remove

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from collections.abc import Callable
@@ -33,11 +34,25 @@ class State:
     environment: str | None = None  # --env: one of kiln.toml's [environments]
     _home: Home | None = field(default=None, repr=False)
     _config: LoadedConfig | None = field(default=None, repr=False)
+    made_home: bool = field(default=False, repr=False)  # this command created KILN_HOME
 
     def home(self) -> Home:
         if self._home is None:
-            self._home = Home.resolve(self.home_override).ensure()
+            home = Home.resolve(self.home_override)
+            self.made_home = not home.root.exists()
+            self._home = home.ensure()
         return self._home
+
+    def unmake_home(self) -> None:
+        """A home this command made and left empty, gone again: ``kiln deploy`` outside
+        an app directory left an empty ~/.kiln behind its "no kiln.toml" error."""
+        home = self._home
+        if home is None or not self.made_home:
+            return
+        with contextlib.suppress(OSError):
+            for sub in (home.store, home.tmp):
+                sub.rmdir()  # only when empty
+            home.root.rmdir()
 
     def has_config(self) -> bool:
         """Whether a kiln.toml was named or is here (image commands work without one)."""
@@ -200,6 +215,9 @@ class KilnGroup(click.Group):
         except KilnError as exc:
             from kiln.cli.output import report_error  # rich: paid only when printing
 
+            state = ctx.find_object(State)
+            if state is not None:
+                state.unmake_home()
             report_error(exc)
             if ctx.meta.get(JSON_KEY):
                 emit_error_json(exc)
