@@ -194,7 +194,11 @@ def test_kiln_ui_reads_the_fleets_traffic_per_minute_from_cloudwatch(
     """AwsPlatform.traffic: both target groups summed per minute, as the deploy user."""
     cloudwatch = world.admin.client("cloudwatch")
     lb = canary.dimension(world.balancer, "loadbalancer")
-    minute = datetime.datetime.now(datetime.UTC).replace(second=0, microsecond=0)
+    # the last whole minute: moto reads [StartTime, EndTime) with EndTime = now cut to the
+    # second, so a point at the current minute's :00 was missed in that minute's first
+    # second (a CI run)
+    now = datetime.datetime.now(datetime.UTC)
+    minute = (now - datetime.timedelta(minutes=1)).replace(second=0, microsecond=0)
 
     def put(group: str, at: datetime.datetime, requests: int, errors: int) -> None:
         dims = [
