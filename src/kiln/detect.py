@@ -234,8 +234,8 @@ def _sails_sessions(root: Path) -> str | None:
     """Sails bundles express-session, in memory unless config/session.js (or the
     production environment's config) names an adapter: a new user's counter in
     req.session read 1 on every request through two instances."""
-    session = _js_code(_read(root / "config" / "session.js"))
-    production = _js_code(_read(root / "config" / "env" / "production.js"))
+    session = js_code(_read(root / "config" / "session.js"))
+    production = js_code(_read(root / "config" / "env" / "production.js"))
     block = re.search(r"\bsession\s*:\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}", production)
     for code in (session, block.group(1) if block else ""):
         if re.search(r"\badapter\s*:", code):
@@ -248,11 +248,12 @@ def _sails_sessions(root: Path) -> str | None:
     )
 
 
-def _js_code(text: str) -> str:
+def js_code(text: str) -> str:
     """JavaScript without its comments (Sails' generated config is mostly comments,
-    ``* 1. Choose an adapter:`` among them)."""
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
-    return re.sub(r"(?m)^\s*//.*$", "", text)
+    ``* 1. Choose an adapter:`` among them; AdonisJS' start/env.ts has some too). A
+    ``//`` inside a string (a URL) cuts the rest of its line: what is looked for
+    here comes before it."""
+    return re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.DOTALL)
 
 
 # Node's SQLite drivers, and a database file named relative to the app (or file: URLs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kiln.detect import _NODE_SOURCES, Detected, _read, _route
+from kiln.detect import _NODE_SOURCES, Detected, _read, _route, js_code
 from kiln.detect_sites import inside
 from kiln.nodestack import node_stack
 
@@ -44,7 +44,7 @@ def adonis(root: Path, package: dict[str, object]) -> Detected | None:
 def _required_env(text: str) -> list[str]:
     """The names start/env.ts validates as required: ``NAME: Env.schema.TYPE(…)``
     inside ``Env.create(…)``, without ``.optional``."""
-    text = re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.DOTALL)
+    text = js_code(text)
     created = text.find("Env.create(")
     if created < 0:
         return []
