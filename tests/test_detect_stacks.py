@@ -483,8 +483,11 @@ def test_a_fastify_app_gets_a_note_on_the_host_it_binds(tmp_path: Path) -> None:
 )
 def test_a_fastify_app_told_its_host_and_port_gets_no_note(tmp_path: Path, source: str) -> None:
     """A new user's TypeScript Fastify server passed both, and was told to anyway."""
-    package = {"main": "dist/server.js", "dependencies": {"fastify": "^5"}}
-    _write(tmp_path, {"package.json": package, "src/server.ts": source + "\n"})
+    package = {"main": "server.js", "dependencies": {"fastify": "^5"}}
+    _write(tmp_path, {"package.json": package, "server.js": "require('./src/server')\n"})
+    _write(tmp_path, {"src/server.ts": "await app.listen({ port: Number(process.env.PORT) });\n"})
+    assert [n for n in detect(tmp_path).notes if "Fastify" in n]  # not told its host: noted
+    _write(tmp_path, {"src/server.ts": source + "\n"})
     assert not [n for n in detect(tmp_path).notes if "Fastify" in n]
 
 
